@@ -1,0 +1,305 @@
+//! Chunking and chunk encoding.
+//!
+//! Boundaries suit the data (see `docs/FORMAT.md`): SQLite databases are cut
+//! at their page size, binaries rewritten in place (the HNSW `*.bin`) in
+//! fixed blocks, everything else with FastCDC. Files are streamed in
+//! batches of bounded size; boundaries do not depend on the batch size.
+//!
+//! Encoding: zstd at the store's level, kept only when it pays (at most
+//! `max_ratio_percent` of the raw size), else the raw bytes.
+
+use std::cell::RefCell;
+use std::io::{self, Read};
+use std::ops::Range;
+
+use crate::store::format::{ChunkingParams, CompressionParams};
+
+pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// How a file is cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    Fixed(usize),
+    Cdc { min: u32, avg: u32, max: u32 },
+}
+
+impl Strategy {
+    /// The largest chunk this strategy produces.
+    pub fn max_chunk(&self) -> usize {
+        match *self {
+            Strategy::Fixed(n) => n,
+            Strategy::Cdc { max, .. } => max as usize,
+        }
+    }
+}
+
+/// The page size from a SQLite header, if `header` is one.
+pub fn sqlite_page_size(header: &[u8]) -> Option<u32> {
+    if header.len() < 18 || &header[..16] != SQLITE_MAGIC {
+        return None;
+    }
+    let raw = u16::from_be_bytes([header[16], header[17]]) as u32;
+    let size = if raw == 1 { 65536 } else { raw };
+    (size >= 512 && size.is_power_of_two()).then_some(size)
+}
+
+/// Picks the strategy for a file from its name and, for a SQLite
+/// database, its page size.
+pub fn strategy_for(name: &[u8], sqlite_page: Option<u32>, params: &ChunkingParams) -> Strategy {
+    if let (true, Some(page)) = (params.sqlite_page_chunks, sqlite_page) {
+        return Strategy::Fixed(page as usize);
+    }
+    if params
+        .fixed_block_suffixes
+        .iter()
+        .any(|s| name.ends_with(s.as_bytes()))
+    {
+        return Strategy::Fixed(params.fixed_block_size as usize);
+    }
+    Strategy::Cdc {
+        min: params.cdc_min_size,
+        avg: params.cdc_avg_size,
+        max: params.cdc_max_size,
+    }
+}
+
+/// Cuts `data` into chunks. Unless `at_eof`, the trailing piece that might
+/// continue in later data is left out (the caller carries it over).
+pub fn cut(data: &[u8], strategy: Strategy, at_eof: bool) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    match strategy {
+        Strategy::Fixed(n) => {
+            let mut start = 0;
+            while start < data.len() {
+                let end = (start + n).min(data.len());
+                if end - start < n && !at_eof {
+                    break;
+                }
+                out.push(start..end);
+                start = end;
+            }
+        }
+        Strategy::Cdc { min, avg, max } => {
+            for c in fastcdc::v2020::FastCDC::new(data, min, avg, max) {
+                out.push(c.offset..c.offset + c.length);
+            }
+            // The last piece may be cut short by the end of the buffer.
+            if !at_eof {
+                out.pop();
+            }
+        }
+    }
+    out
+}
+
+/// Reads `reader` in batches of about `batch` bytes and calls `f` with each
+/// batch and its chunk ranges. Returns the total bytes read.
+pub fn for_each_batch<R: Read>(
+    mut reader: R,
+    strategy: Strategy,
+    batch: usize,
+    mut f: impl FnMut(&[u8], &[Range<usize>]) -> crate::error::Result<()>,
+) -> crate::error::Result<io::Result<u64>> {
+    // Two maximal chunks always fit, so every full batch makes progress.
+    let batch = batch.max(2 * strategy.max_chunk());
+    let mut buf: Vec<u8> = Vec::with_capacity(batch);
+    let mut total = 0u64;
+    loop {
+        let eof = match fill(&mut reader, &mut buf, batch) {
+            Ok(eof) => eof,
+            Err(e) => return Ok(Err(e)),
+        };
+        if buf.is_empty() {
+            break;
+        }
+        let ranges = cut(&buf, strategy, eof);
+        let consumed = ranges.last().map(|r| r.end).unwrap_or(0);
+        f(&buf, &ranges)?;
+        total += consumed as u64;
+        buf.drain(..consumed);
+        if eof {
+            break;
+        }
+    }
+    Ok(Ok(total))
+}
+
+/// Reads until `buf` holds `target` bytes or the reader ends; true at EOF.
+fn fill<R: Read>(reader: &mut R, buf: &mut Vec<u8>, target: usize) -> io::Result<bool> {
+    while buf.len() < target {
+        let start = buf.len();
+        buf.resize(target, 0);
+        match reader.read(&mut buf[start..]) {
+            Ok(0) => {
+                buf.truncate(start);
+                return Ok(true);
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+            Err(e) => {
+                buf.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    Ok(false)
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Encodes a raw chunk: (stored bytes, compressed?).
+pub fn encode(raw: &[u8], params: &CompressionParams) -> (Vec<u8>, bool) {
+    let compressed = COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(params.level) {
+            *slot = zstd::bulk::Compressor::new(params.level)
+                .ok()
+                .map(|c| (params.level, c));
+        }
+        slot.as_mut().and_then(|(_, c)| c.compress(raw).ok())
+    });
+    match compressed {
+        Some(c) if (c.len() as u64) * 100 <= (raw.len() as u64) * params.max_ratio_percent as u64 => {
+            (c, true)
+        }
+        _ => (raw.to_vec(), false),
+    }
+}
+
+/// Decodes a stored chunk back to `raw_len` raw bytes.
+pub fn decode(stored: Vec<u8>, compressed: bool, raw_len: u32) -> Result<Vec<u8>, String> {
+    if !compressed {
+        if stored.len() != raw_len as usize {
+            return Err(format!(
+                "stored length {} differs from the recorded {raw_len}",
+                stored.len()
+            ));
+        }
+        return Ok(stored);
+    }
+    let raw = DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Decompressor::new().ok();
+        }
+        match slot.as_mut() {
+            Some(d) => d
+                .decompress(&stored, raw_len as usize)
+                .map_err(|e| format!("does not decompress: {e}")),
+            None => Err("no zstd decompressor".to_string()),
+        }
+    })?;
+    if raw.len() != raw_len as usize {
+        return Err(format!(
+            "decompressed to {} bytes, expected {raw_len}",
+            raw.len()
+        ));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cdc() -> Strategy {
+        Strategy::Cdc {
+            min: 256,
+            avg: 1024,
+            max: 4096,
+        }
+    }
+
+    fn chunks_streamed(data: &[u8], strategy: Strategy, batch: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for_each_batch(data, strategy, batch, |buf, ranges| {
+            out.extend(ranges.iter().map(|r| buf[r.clone()].to_vec()));
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_concatenate_and_respect_bounds(
+            data in proptest::collection::vec(any::<u8>(), 0..40_000),
+            fixed in 1usize..5000,
+            batch in 1usize..20_000,
+        ) {
+            for strategy in [Strategy::Fixed(fixed), cdc()] {
+                let chunks = chunks_streamed(&data, strategy, batch);
+                prop_assert_eq!(chunks.concat(), data.clone());
+                let n = chunks.len();
+                for (i, c) in chunks.iter().enumerate() {
+                    prop_assert!(!c.is_empty());
+                    prop_assert!(c.len() <= strategy.max_chunk());
+                    let last = i + 1 == n;
+                    match strategy {
+                        Strategy::Fixed(size) => prop_assert!(last || c.len() == size),
+                        Strategy::Cdc { min, .. } => prop_assert!(last || c.len() >= min as usize),
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn boundaries_do_not_depend_on_batch_size(
+            data in proptest::collection::vec(any::<u8>(), 0..60_000),
+            a in 1usize..30_000,
+            b in 1usize..30_000,
+        ) {
+            prop_assert_eq!(chunks_streamed(&data, cdc(), a), chunks_streamed(&data, cdc(), b));
+            prop_assert_eq!(
+                chunks_streamed(&data, Strategy::Fixed(4096), a),
+                chunks_streamed(&data, Strategy::Fixed(4096), b)
+            );
+        }
+
+        #[test]
+        fn encode_decode_round_trip(data in proptest::collection::vec(any::<u8>(), 0..9000), zeros in 0usize..9000) {
+            let params = CompressionParams { algorithm: "zstd".into(), level: 3, max_ratio_percent: 90 };
+            let mut raw = data;
+            raw.extend(std::iter::repeat_n(0u8, zeros));
+            let (stored, compressed) = encode(&raw, &params);
+            prop_assert_eq!(decode(stored, compressed, raw.len() as u32).unwrap(), raw);
+        }
+    }
+
+    #[test]
+    fn cdc_insertion_shifts_few_chunks() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut edited = data.clone();
+        edited.splice(100_000..100_000, b"inserted".iter().copied());
+        let a = chunks_streamed(&data, cdc(), 1 << 16);
+        let b = chunks_streamed(&edited, cdc(), 1 << 16);
+        let shared = b.iter().filter(|c| a.contains(c)).count();
+        assert!(shared + 3 >= b.len(), "only {shared} of {} chunks shared", b.len());
+    }
+
+    #[test]
+    fn sqlite_header_page_size() {
+        let mut h = SQLITE_MAGIC.to_vec();
+        h.extend_from_slice(&4096u16.to_be_bytes());
+        assert_eq!(sqlite_page_size(&h), Some(4096));
+        h[16..18].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(sqlite_page_size(&h), Some(65536));
+        assert_eq!(sqlite_page_size(b"not sqlite at all"), None);
+    }
+
+    #[test]
+    fn incompressible_is_stored_raw_and_compressible_is_not() {
+        let params = CompressionParams { algorithm: "zstd".into(), level: 3, max_ratio_percent: 90 };
+        let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+        let (stored, compressed) = encode(&noise, &params);
+        assert!(!compressed);
+        assert_eq!(stored, noise);
+        let (stored, compressed) = encode(&[7u8; 4096], &params);
+        assert!(compressed && stored.len() < 100);
+    }
+}

@@ -1,0 +1,568 @@
+//! `create`: captures the database, the registry and (with `--chroma`) the
+//! Chroma tree into new packs, then publishes the snapshot's manifest.
+//!
+//! Order of work, each step durable before the next:
+//! 1. refuse early (missing db, not SQLite) before anything is written;
+//! 2. take the shared store lock (gc cannot delete under us);
+//! 3. stream every source through chunking, hashing and compression in
+//!    parallel batches, skipping chunks the store already has;
+//! 4. flush the last pack (fsync, rename);
+//! 5. publish `snapshots/<stamp>/` atomically.
+//!
+//! A crash at any point leaves at most unreferenced packs and temp files.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::chunk::{self, Strategy};
+use crate::error::{Error, IoContext, Result};
+use crate::id::Id;
+use crate::manifest::{
+    Entry, EntryKind, FileEntry, Manifest, SourceStat, CHROMA_PREFIX, DB_PATH, MANIFEST_VERSION,
+    REGISTRY_PATH,
+};
+use crate::progress::Progress;
+use crate::sources::{self, chroma, sqlite};
+use crate::stamp::Stamp;
+use crate::store::index::ChunkIndex;
+use crate::store::lock::{self, SharedLock};
+use crate::store::packer::Packer;
+use crate::store::Store;
+
+/// Bytes of a file processed per parallel batch: bounds memory.
+const BATCH_BYTES: usize = 8 << 20;
+/// A file whose mtime or ctime is this recent is not trusted to the files
+/// cache: a write in the same clock tick would go unseen.
+const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    pub db: PathBuf,
+    pub registry: PathBuf,
+    /// Some(dir) when Chroma is to be captured.
+    pub chroma: Option<PathBuf>,
+    pub tags: Vec<String>,
+    pub at: Option<DateTime<Utc>>,
+    pub lock_wait: Duration,
+    /// Cooperative ingestion lock held exclusively while Chroma is read.
+    pub ingestion_lock: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateResult {
+    pub stamp: String,
+    pub created_at: String,
+    pub tags: Vec<String>,
+    pub db_size_bytes: u64,
+    pub registry_snapshot_included: bool,
+    pub chroma_snapshot_included: bool,
+    pub chroma_snapshot_files: u64,
+    pub chroma_snapshot_bytes: u64,
+    pub chunks_total: u64,
+    pub chunks_new: u64,
+    pub bytes_new_stored: u64,
+    pub files_from_cache: u64,
+    pub duration_ms: u64,
+    pub validated: bool,
+    pub validation_errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Takes a snapshot, holding the shared store lock.
+pub fn create(store: &Store, opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateResult> {
+    sqlite::check_database(&opts.db)?;
+    let lock = lock::lock_shared(store.root(), "create", opts.lock_wait)?;
+    create_locked(store, &lock, opts, progress)
+}
+
+/// Takes a snapshot under a shared lock the caller already holds.
+pub fn create_locked(
+    store: &Store,
+    _lock: &SharedLock,
+    opts: &CreateOptions,
+    progress: &dyn Progress,
+) -> Result<CreateResult> {
+    let started = Instant::now();
+    let at = opts.at.unwrap_or_else(Utc::now);
+    let wanted = Stamp::at(at);
+    sqlite::check_database(&opts.db)?;
+    store.clean_tmp(None)?;
+    let mut index = store.load_index()?;
+    let previous = newest_manifest(store);
+    let mut cap = Capture::new(store, &mut index, previous.as_ref(), progress);
+
+    progress.phase("database", std::fs::metadata(&opts.db).ok().map(|m| m.len()));
+    cap.capture_sqlite(DB_PATH.as_bytes().to_vec(), &opts.db, true)?;
+
+    let registry_included = match std::fs::symlink_metadata(&opts.registry) {
+        Ok(m) if m.is_file() => {
+            cap.capture_registry(&opts.registry)?;
+            true
+        }
+        Ok(_) => {
+            cap.warnings.push(format!(
+                "registry {} is not a regular file; not captured",
+                opts.registry.display()
+            ));
+            false
+        }
+        Err(_) => false,
+    };
+
+    let mut chroma_included = false;
+    if let Some(dir) = &opts.chroma {
+        if dir.is_dir() {
+            let _ingestion = match &opts.ingestion_lock {
+                Some(p) => Some(hold_ingestion_lock(p, opts.lock_wait)?),
+                None => None,
+            };
+            cap.capture_chroma(dir)?;
+            chroma_included = true;
+        } else {
+            cap.warnings.push(format!(
+                "chroma dir {} does not exist: snapshot taken without Chroma",
+                dir.display()
+            ));
+        }
+    }
+    cap.finish()?;
+
+    let Capture {
+        entries,
+        errors,
+        warnings,
+        chunks_total,
+        chunks_new,
+        files_from_cache,
+        packer,
+        index,
+        ..
+    } = cap;
+    let bytes_new_stored = packer.bytes_written();
+    drop(packer);
+
+    let mut manifest = Manifest {
+        version: MANIFEST_VERSION,
+        stamp: wanted.to_string(),
+        created_at: at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        tags: opts.tags.clone(),
+        hostname: hostname(),
+        chroma_included,
+        capture_errors: errors.clone(),
+        entries,
+    };
+    let mut validation_errors = errors;
+    validation_errors.extend(unresolved_references(&manifest, index));
+
+    let mut result = CreateResult {
+        stamp: wanted.to_string(),
+        created_at: manifest.created_at.clone(),
+        tags: opts.tags.clone(),
+        db_size_bytes: manifest.db_size(),
+        registry_snapshot_included: registry_included,
+        chroma_snapshot_included: chroma_included,
+        chroma_snapshot_files: manifest.chroma_file_count(),
+        chroma_snapshot_bytes: manifest.chroma_bytes(),
+        chunks_total,
+        chunks_new,
+        bytes_new_stored,
+        files_from_cache,
+        duration_ms: 0,
+        validated: validation_errors.is_empty(),
+        validation_errors,
+        warnings,
+    };
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    let mut metadata = serde_json::to_value(&result).map_err(|e| Error::Other(e.to_string()))?;
+    let stamp = store.publish_snapshot(&wanted, &mut manifest, &mut metadata)?;
+    result.stamp = stamp.to_string();
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    progress.finish();
+    Ok(result)
+}
+
+/// The newest snapshot whose manifest reads, for the files cache.
+fn newest_manifest(store: &Store) -> Option<Manifest> {
+    let listing = store.list_snapshots().ok()?;
+    listing
+        .stamps
+        .iter()
+        .rev()
+        .take(3)
+        .find_map(|s| store.read_manifest(s).ok())
+}
+
+fn unresolved_references(manifest: &Manifest, index: &ChunkIndex) -> Vec<String> {
+    let mut missing: Vec<String> = manifest
+        .entries
+        .iter()
+        .filter_map(Entry::file)
+        .flat_map(|f| f.chunks.iter())
+        .filter(|id| !index.contains(id))
+        .map(|id| format!("chunk_missing:{id}"))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Holds the exclusive OS lock on the ingestion lock file.
+fn hold_ingestion_lock(path: &Path, wait: Duration) -> Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .ctx("open ingestion lock", path)?;
+    let start = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    holders: format!("the ingestion lock {} (a service writer)", path.display()),
+                    waited_secs: wait.as_secs(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+        }
+    }
+}
+
+/// Captures sources into packs and collects manifest entries.
+struct Capture<'a> {
+    store: &'a Store,
+    index: &'a mut ChunkIndex,
+    packer: Packer<'a>,
+    progress: &'a dyn Progress,
+    cache: HashMap<Vec<u8>, (SourceStat, FileEntry)>,
+    entries: Vec<Entry>,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+    chunks_total: u64,
+    chunks_new: u64,
+    files_from_cache: u64,
+    now_ns: i64,
+}
+
+/// A file's bytes stored: size and chunk ids.
+struct Stored {
+    size: u64,
+    chunks: Vec<Id>,
+}
+
+impl<'a> Capture<'a> {
+    fn new(
+        store: &'a Store,
+        index: &'a mut ChunkIndex,
+        previous: Option<&Manifest>,
+        progress: &'a dyn Progress,
+    ) -> Capture<'a> {
+        let cache = previous
+            .map(|m| {
+                m.entries
+                    .iter()
+                    .filter_map(|e| {
+                        let f = e.file()?;
+                        Some((e.path.clone(), (f.source?, f.clone())))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Capture {
+            store,
+            index,
+            packer: Packer::new(store),
+            progress,
+            cache,
+            entries: Vec::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            chunks_total: 0,
+            chunks_new: 0,
+            files_from_cache: 0,
+            now_ns: Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
+        }
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.packer.flush(self.index)
+    }
+
+    /// Chunks, hashes and stores everything `reader` yields.
+    fn store_stream<R: Read>(&mut self, reader: R, strategy: Strategy) -> Result<std::io::Result<Stored>> {
+        let sealer = self.store.sealer().clone();
+        let params = self.store.config().compression.clone();
+        let index = &mut *self.index;
+        let packer = &mut self.packer;
+        let progress = self.progress;
+        let mut chunks = Vec::new();
+        let mut new = 0u64;
+        let read = chunk::for_each_batch(reader, strategy, BATCH_BYTES, |buf, ranges| {
+            let ids: Vec<Id> = ranges
+                .par_iter()
+                .map(|r| sealer.chunk_id(&buf[r.clone()]))
+                .collect();
+            let mut seen = HashSet::new();
+            let fresh: Vec<usize> = (0..ids.len())
+                .filter(|&i| !packer.has(index, &ids[i]) && seen.insert(ids[i]))
+                .collect();
+            let encoded: Vec<(usize, Vec<u8>, bool)> = fresh
+                .par_iter()
+                .map(|&i| {
+                    let (enc, compressed) = chunk::encode(&buf[ranges[i].clone()], &params);
+                    (i, sealer.seal(enc, &ids[i].0), compressed)
+                })
+                .collect();
+            for (i, stored, compressed) in encoded {
+                if packer.add(index, ids[i], &stored, ranges[i].len() as u32, compressed)? {
+                    new += 1;
+                }
+            }
+            progress.advance(ranges.last().map(|r| r.end).unwrap_or(0) as u64);
+            chunks.extend(ids);
+            Ok(())
+        })?;
+        self.chunks_new += new;
+        Ok(read.map(|size| {
+            self.chunks_total += chunks.len() as u64;
+            Stored { size, chunks }
+        }))
+    }
+
+    fn push_file(&mut self, path: Vec<u8>, meta: &std::fs::Metadata, file: FileEntry) {
+        self.entries.push(Entry {
+            path,
+            kind: EntryKind::File(file),
+            mode: meta.mode(),
+            mtime_ns: sources::mtime_ns(meta),
+        });
+    }
+
+    /// A SQLite database through the online backup API into a temp file.
+    fn capture_sqlite(&mut self, path: Vec<u8>, src: &Path, is_main_db: bool) -> Result<()> {
+        let meta = std::fs::metadata(src).ctx("stat", src)?;
+        let tmp = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "sqlite");
+        let result = self.capture_sqlite_via(&path, src, &tmp, is_main_db);
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let mut p = tmp.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+        let stored = match result {
+            Ok(s) => s,
+            Err(e) if !is_main_db => {
+                self.errors.push(format!(
+                    "file_unreadable: {}: {e}",
+                    String::from_utf8_lossy(&path)
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.push_file(
+            path,
+            &meta,
+            FileEntry {
+                size: stored.size,
+                chunks: stored.chunks,
+                sqlite: true,
+                source: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn capture_sqlite_via(&mut self, path: &[u8], src: &Path, tmp: &Path, is_main_db: bool) -> Result<Stored> {
+        sqlite::backup_to(src, tmp)?;
+        if let Some(problems) = sqlite::integrity_problems(tmp, true)? {
+            let what = if is_main_db {
+                "db_integrity_check_failed".to_string()
+            } else {
+                format!("sqlite_integrity_check_failed: {}", String::from_utf8_lossy(path))
+            };
+            self.errors.push(format!("{what}: {problems}"));
+        }
+        let page = sqlite::sqlite_page_size_of(tmp).ctx("read", tmp)?;
+        let strategy = chunk::strategy_for(path, page, &self.store.config().chunking);
+        let file = File::open(tmp).ctx("open", tmp)?;
+        self.store_stream(file, strategy)?.ctx("read", tmp)
+    }
+
+    /// The registry: read whole (it is small), checked for change, parsed.
+    fn capture_registry(&mut self, src: &Path) -> Result<()> {
+        let mut bytes = Vec::new();
+        let mut stable = false;
+        let mut meta = std::fs::metadata(src).ctx("stat", src)?;
+        for _ in 0..2 {
+            bytes.clear();
+            let mut f = File::open(src).ctx("open", src)?;
+            let before = sources::source_stat(&f.metadata().ctx("stat", src)?);
+            f.read_to_end(&mut bytes).ctx("read", src)?;
+            meta = f.metadata().ctx("stat", src)?;
+            if before == sources::source_stat(&meta) && before.size == bytes.len() as u64 {
+                stable = true;
+                break;
+            }
+        }
+        if !stable {
+            self.errors
+                .push(format!("file_changed_during_read: {REGISTRY_PATH}"));
+        }
+        if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            self.errors.push(format!("registry_invalid_json: {e}"));
+        }
+        let strategy = chunk::strategy_for(REGISTRY_PATH.as_bytes(), None, &self.store.config().chunking);
+        let stored = self.store_stream(&bytes[..], strategy)?.ctx("read", src)?;
+        self.push_file(
+            REGISTRY_PATH.as_bytes().to_vec(),
+            &meta,
+            FileEntry {
+                size: stored.size,
+                chunks: stored.chunks,
+                sqlite: false,
+                source: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn capture_chroma(&mut self, dir: &Path) -> Result<()> {
+        let scan = chroma::scan(dir);
+        self.warnings.extend(scan.warnings);
+        self.errors.extend(scan.errors);
+        let total: u64 = scan
+            .items
+            .iter()
+            .map(|i| match i {
+                chroma::Item::File { meta, .. } => meta.len(),
+                _ => 0,
+            })
+            .sum();
+        self.progress.phase("chroma", Some(total));
+        for item in scan.items {
+            match item {
+                chroma::Item::Dir { rel, meta } => self.entries.push(Entry {
+                    path: chroma_path(&rel),
+                    kind: EntryKind::Dir,
+                    mode: meta.mode(),
+                    mtime_ns: sources::mtime_ns(&meta),
+                }),
+                chroma::Item::Symlink { rel, target, meta } => self.entries.push(Entry {
+                    path: chroma_path(&rel),
+                    kind: EntryKind::Symlink { target },
+                    mode: meta.mode(),
+                    mtime_ns: sources::mtime_ns(&meta),
+                }),
+                chroma::Item::File {
+                    rel,
+                    path,
+                    sqlite_page: Some(_),
+                    ..
+                } => self.capture_sqlite(chroma_path(&rel), &path, false)?,
+                chroma::Item::File { rel, path, meta, .. } => {
+                    self.capture_plain(chroma_path(&rel), &path, &meta)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A regular file, from the files cache when unchanged, else read with
+    /// change detection: re-read once; a second change is an error.
+    fn capture_plain(&mut self, snap_path: Vec<u8>, src: &Path, meta: &std::fs::Metadata) -> Result<()> {
+        let stat = sources::source_stat(meta);
+        if let Some(entry) = self.from_cache(&snap_path, &stat) {
+            self.files_from_cache += 1;
+            self.chunks_total += entry.chunks.len() as u64;
+            self.progress.advance(entry.size);
+            self.push_file(snap_path, meta, entry);
+            return Ok(());
+        }
+        let display = String::from_utf8_lossy(&snap_path).into_owned();
+        let strategy = chunk::strategy_for(&snap_path, None, &self.store.config().chunking);
+        let mut attempt = 0;
+        let (stored, after, stable) = loop {
+            attempt += 1;
+            let file = match File::open(src) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.errors.push(format!("file_unreadable: {display}: {e}"));
+                    return Ok(());
+                }
+            };
+            let before = file.metadata().ctx("stat", src)?;
+            let stored = match self.store_stream(&file, strategy)? {
+                Ok(s) => s,
+                Err(e) => {
+                    self.errors.push(format!("file_unreadable: {display}: {e}"));
+                    return Ok(());
+                }
+            };
+            let after = file.metadata().ctx("stat", src)?;
+            let still_there = std::fs::symlink_metadata(src)
+                .map(|m| m.ino() == after.ino())
+                .unwrap_or(false);
+            let stable = sources::source_stat(&before) == sources::source_stat(&after)
+                && stored.size == after.len()
+                && still_there;
+            if stable || attempt == 2 {
+                break (stored, after, stable);
+            }
+        };
+        let mut source = Some(sources::source_stat(&after));
+        if !stable {
+            // Kept, but never reported as good and never trusted by the cache.
+            self.errors.push(format!("file_changed_during_read: {display}"));
+            source = None;
+        }
+        if let Some(s) = source {
+            if self.now_ns - s.mtime_ns < RACY_WINDOW_NS || self.now_ns - s.ctime_ns < RACY_WINDOW_NS {
+                source = None;
+            }
+        }
+        self.push_file(
+            snap_path,
+            &after,
+            FileEntry {
+                size: stored.size,
+                chunks: stored.chunks,
+                sqlite: false,
+                source,
+            },
+        );
+        Ok(())
+    }
+
+    fn from_cache(&self, snap_path: &[u8], stat: &SourceStat) -> Option<FileEntry> {
+        let (prev, entry) = self.cache.get(snap_path)?;
+        let same = prev == stat;
+        (same && entry.chunks.iter().all(|id| self.packer.has(self.index, id))).then(|| entry.clone())
+    }
+}
+
+fn chroma_path(rel: &[u8]) -> Vec<u8> {
+    let mut p = CHROMA_PREFIX.as_bytes().to_vec();
+    if !rel.is_empty() {
+        p.push(b'/');
+        p.extend_from_slice(rel);
+    }
+    p
+}

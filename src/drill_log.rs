@@ -1,0 +1,63 @@
+//! The drill log: one small write-once file per drill under `drills/`,
+//! named `<stamp>--<drill time>.json`, so it works on any backend and never
+//! needs an append.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, IoContext, Result};
+use crate::list::DrillMark;
+use crate::store::Store;
+
+pub const DRILLS_DIR: &str = "drills";
+
+/// Records a drill outcome (`record` is the full drill result).
+pub fn append(store: &Store, stamp: &str, at: &str, ok: bool, record: &serde_json::Value) -> Result<()> {
+    let compact_at: String = at.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let name = format!("{DRILLS_DIR}/{stamp}--{compact_at}-{:04x}.json", rand::random::<u16>());
+    let mut doc = record.clone();
+    doc["drill_at"] = serde_json::Value::String(at.to_string());
+    doc["ok"] = serde_json::Value::Bool(ok);
+    let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| Error::Other(e.to_string()))?;
+    let sealed = store.sealer().seal(bytes, DRILLS_DIR.as_bytes());
+    store
+        .backend()
+        .write_once(&name, &sealed)
+        .ctx("write", store.object_path(&name))
+}
+
+/// The newest drill of each snapshot.
+pub fn last_drills(store: &Store) -> HashMap<String, DrillMark> {
+    let mut out: HashMap<String, DrillMark> = HashMap::new();
+    let Ok(files) = store.backend().list_files(DRILLS_DIR) else {
+        return out;
+    };
+    for f in files {
+        let Ok(bytes) = store.backend().read(&f.name) else {
+            continue;
+        };
+        let Ok(opened) = store.sealer().open(bytes, DRILLS_DIR.as_bytes()) else {
+            continue;
+        };
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&opened) else {
+            continue;
+        };
+        let (Some(stamp), Some(at), Some(ok)) = (
+            doc.get("stamp").and_then(|v| v.as_str()),
+            doc.get("drill_at").and_then(|v| v.as_str()),
+            doc.get("ok").and_then(|v| v.as_bool()),
+        ) else {
+            continue;
+        };
+        let newer = out.get(stamp).is_none_or(|m| m.at.as_str() < at);
+        if newer {
+            out.insert(
+                stamp.to_string(),
+                DrillMark {
+                    at: at.to_string(),
+                    ok,
+                },
+            );
+        }
+    }
+    out
+}

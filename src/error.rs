@@ -1,0 +1,193 @@
+//! Errors of the atosnap library.
+//!
+//! Error policy:
+//! - Every failure is a typed [`Error`] variant, never a panic. Each variant
+//!   has a stable, snake_case `code()` that scripts and the HTTP API may rely
+//!   on, and an `exit_code()` following SPEC §3: 1 refused or failed,
+//!   2 usage, 3 integrity problem.
+//! - The message names what is at fault: the file path, the chunk or pack
+//!   hash, the flag, the stamp. Where an operator can act, it says how.
+//! - I/O errors always carry the path and the operation; a full disk
+//!   (ENOSPC) and a read-only filesystem (EROFS) get their own codes because
+//!   the remedy differs.
+//! - Integrity findings inside validate / verify are *results*, not errors:
+//!   those commands return a report with stable error codes as strings. An
+//!   [`Error`] with exit code 3 is used only where a command must stop
+//!   because of damage (a corrupt manifest needed to go on, a restore refused
+//!   by validation).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Library result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("invalid stamp {stamp:?}: {reason} (stamps look like 20260411T120000Z or 20260411T120000Z-2)")]
+    InvalidStamp { stamp: String, reason: String },
+
+    #[error("snapshot {stamp} does not exist in the store (see `atosnap list`)")]
+    SnapshotMissing { stamp: String },
+
+    #[error("no store at {path}: create one with `atosnap init` or check --store / ATOCORE_BACKUP_DIR")]
+    StoreMissing { path: String },
+
+    #[error("store at {path} has format version {found}, this atosnap reads up to {supported}: upgrade atosnap")]
+    StoreTooNew {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error("store config {path} is unreadable: {detail}")]
+    StoreConfigInvalid { path: String, detail: String },
+
+    #[error("database {path} does not exist (set --db or ATOCORE_DB_PATH)")]
+    DbMissing { path: PathBuf },
+
+    #[error("database {path} is not a SQLite database: {detail}")]
+    DbNotSqlite { path: PathBuf, detail: String },
+
+    #[error("sqlite error on {path}: {detail}")]
+    Sqlite { path: PathBuf, detail: String },
+
+    #[error("disk full while trying to {op} {path}: free space on that filesystem and retry (nothing partial was published)")]
+    DiskFull { op: &'static str, path: PathBuf },
+
+    #[error("read-only filesystem while trying to {op} {path}")]
+    ReadOnly { op: &'static str, path: PathBuf },
+
+    #[error("permission denied while trying to {op} {path}")]
+    PermissionDenied { op: &'static str, path: PathBuf },
+
+    #[error("could not {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("store is locked by {holders} (waited {waited_secs}s; raise --lock-wait or retry later)")]
+    Locked { holders: String, waited_secs: u64 },
+
+    #[error("manifest of snapshot {stamp} is corrupt: {detail}")]
+    ManifestCorrupt { stamp: String, detail: String },
+
+    #[error("object {name} is corrupt: {detail}")]
+    ObjectCorrupt { name: String, detail: String },
+
+    #[error("chunk {hash} is missing from the store")]
+    ChunkMissing { hash: String },
+
+    #[error("chunk {hash} is corrupt: {detail}")]
+    ChunkCorrupt { hash: String, detail: String },
+
+    #[error("restore of a live runtime needs --confirm-service-stopped: stop the AtoCore service first, then pass the flag")]
+    NotConfirmed,
+
+    #[error("snapshot {stamp} failed validation, restore refused: {errors}")]
+    ValidationFailed { stamp: String, errors: String },
+
+    #[error("database {path} is held open by pid {pid} ({command}): stop that process before restoring")]
+    DbInUse {
+        path: PathBuf,
+        pid: u32,
+        command: String,
+    },
+
+    #[error("restored database failed its integrity check: {detail}")]
+    RestoredIntegrity { detail: String },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// A stable machine-readable code for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::InvalidStamp { .. } => "invalid_stamp",
+            Error::SnapshotMissing { .. } => "snapshot_missing",
+            Error::StoreMissing { .. } => "store_missing",
+            Error::StoreTooNew { .. } => "store_too_new",
+            Error::StoreConfigInvalid { .. } => "store_config_invalid",
+            Error::DbMissing { .. } => "db_missing",
+            Error::DbNotSqlite { .. } => "db_not_sqlite",
+            Error::Sqlite { .. } => "sqlite_error",
+            Error::DiskFull { .. } => "disk_full",
+            Error::ReadOnly { .. } => "read_only",
+            Error::PermissionDenied { .. } => "permission_denied",
+            Error::Io { .. } => "io_error",
+            Error::Locked { .. } => "store_locked",
+            Error::ManifestCorrupt { .. } => "manifest_corrupt",
+            Error::ObjectCorrupt { .. } => "object_corrupt",
+            Error::ChunkMissing { .. } => "chunk_missing",
+            Error::ChunkCorrupt { .. } => "chunk_corrupt",
+            Error::NotConfirmed => "confirmation_required",
+            Error::ValidationFailed { .. } => "validation_failed",
+            Error::DbInUse { .. } => "db_in_use",
+            Error::RestoredIntegrity { .. } => "restored_integrity_failed",
+            Error::Other(_) => "error",
+        }
+    }
+
+    /// Process exit code per SPEC §3.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => 2,
+            Error::ManifestCorrupt { .. }
+            | Error::ObjectCorrupt { .. }
+            | Error::ChunkMissing { .. }
+            | Error::ChunkCorrupt { .. }
+            | Error::ValidationFailed { .. }
+            | Error::RestoredIntegrity { .. } => 3,
+            _ => 1,
+        }
+    }
+
+    /// Wraps an I/O error with the operation and the path, classifying the
+    /// cases whose remedy differs.
+    pub fn io(op: &'static str, path: impl AsRef<Path>, source: io::Error) -> Error {
+        let path = path.as_ref().to_path_buf();
+        match source.raw_os_error() {
+            Some(code) if code == libc_enospc() => Error::DiskFull { op, path },
+            Some(code) if code == libc_erofs() => Error::ReadOnly { op, path },
+            _ if source.kind() == io::ErrorKind::PermissionDenied => {
+                Error::PermissionDenied { op, path }
+            }
+            _ => Error::Io { op, path, source },
+        }
+    }
+
+    pub fn sqlite(path: impl AsRef<Path>, err: rusqlite::Error) -> Error {
+        Error::Sqlite {
+            path: path.as_ref().to_path_buf(),
+            detail: err.to_string(),
+        }
+    }
+}
+
+// ENOSPC and EROFS are 28 and 30 on every Linux architecture.
+const fn libc_enospc() -> i32 {
+    28
+}
+const fn libc_erofs() -> i32 {
+    30
+}
+
+/// Extension to attach a path and an operation to `io::Result`s.
+pub trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}

@@ -1,0 +1,23 @@
+//! atosnap: a content-addressed, incremental snapshot store for an AtoCore
+//! runtime (SQLite database, project registry, Chroma vector store).
+//!
+//! The library is the product: every command is a function here returning
+//! a serde-serializable result; the binary only parses arguments, prints
+//! JSON and maps errors to exit codes.
+
+pub mod chunk;
+pub mod config;
+pub mod create;
+pub mod drill_log;
+pub mod error;
+pub mod extract;
+pub mod id;
+pub mod list;
+pub mod manifest;
+pub mod progress;
+pub mod sources;
+pub mod stamp;
+pub mod store;
+pub mod verify;
+
+pub use error::{Error, Result};

@@ -1,0 +1,131 @@
+//! Walks the Chroma directory (symlinks recorded, never followed) and
+//! classifies what it finds. Reading the files is the capture's job.
+
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::sources::sqlite::sqlite_page_size_of;
+
+/// Something found in the Chroma tree. `rel` is relative to the Chroma dir
+/// (empty for the dir itself).
+pub enum Item {
+    Dir {
+        rel: Vec<u8>,
+        meta: Metadata,
+    },
+    Symlink {
+        rel: Vec<u8>,
+        target: Vec<u8>,
+        meta: Metadata,
+    },
+    File {
+        rel: Vec<u8>,
+        path: PathBuf,
+        meta: Metadata,
+        sqlite_page: Option<u32>,
+    },
+}
+
+#[derive(Default)]
+pub struct Scan {
+    pub items: Vec<Item>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// The SQLite database a sidecar belongs to, if `path` is named like one.
+fn sidecar_base(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.as_bytes();
+    SIDECARS.iter().find_map(|s| {
+        name.strip_suffix(s.as_bytes())
+            .map(|base| path.with_file_name(OsStr::from_bytes(base)))
+    })
+}
+
+pub fn scan(root: &Path) -> Scan {
+    let mut scan = Scan::default();
+    let display = |rel: &[u8]| {
+        if rel.is_empty() {
+            "chroma".to_string()
+        } else {
+            format!("chroma/{}", String::from_utf8_lossy(rel))
+        }
+    };
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let at = e
+                    .path()
+                    .and_then(|p| p.strip_prefix(root).ok())
+                    .map(|p| display(p.as_os_str().as_bytes()))
+                    .unwrap_or_else(|| "chroma".into());
+                scan.errors.push(format!("file_unreadable: {at}: {e}"));
+                continue;
+            }
+        };
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                scan.errors
+                    .push(format!("file_unreadable: {}: {e}", display(&rel)));
+                continue;
+            }
+        };
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            scan.items.push(Item::Dir { rel, meta });
+        } else if ft.is_symlink() {
+            match std::fs::read_link(entry.path()) {
+                Ok(t) => scan.items.push(Item::Symlink {
+                    rel,
+                    target: t.as_os_str().as_bytes().to_vec(),
+                    meta,
+                }),
+                Err(e) => scan
+                    .errors
+                    .push(format!("file_unreadable: {}: {e}", display(&rel))),
+            }
+        } else if ft.is_file() {
+            if let Some(base) = sidecar_base(entry.path()) {
+                if matches!(sqlite_page_size_of(&base), Ok(Some(_))) {
+                    // Captured through the database's backup instead; the
+                    // sidecar would desync a restore.
+                    continue;
+                }
+            }
+            let sqlite_page = match sqlite_page_size_of(entry.path()) {
+                Ok(p) => p,
+                Err(e) => {
+                    scan.errors
+                        .push(format!("file_unreadable: {}: {e}", display(&rel)));
+                    continue;
+                }
+            };
+            scan.items.push(Item::File {
+                rel,
+                path: entry.path().to_path_buf(),
+                meta,
+                sqlite_page,
+            });
+        } else {
+            scan.warnings.push(format!(
+                "special file skipped: {} (not a regular file, folder or symlink)",
+                display(&rel)
+            ));
+        }
+    }
+    scan
+}

@@ -1,0 +1,270 @@
+//! The only place the store touches its storage. Names are `/`-separated
+//! paths relative to the store root (`objects/ab/ab…cd.pack`,
+//! `snapshots/<stamp>/manifest.bin`). Objects are written once and never
+//! modified; the operations are the ones an object store also offers, so a
+//! remote backend slots in behind the same trait.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A file in a listing.
+#[derive(Clone, Debug)]
+pub struct ListEntry {
+    pub name: String,
+    pub size: u64,
+}
+
+pub trait Backend: Send + Sync {
+    /// Human-readable location, for messages.
+    fn location(&self) -> String;
+    /// A readable name for an object, for messages (a path or a URL).
+    fn display_name(&self, name: &str) -> PathBuf;
+    fn exists(&self, name: &str) -> io::Result<bool>;
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    fn size(&self, name: &str) -> io::Result<u64>;
+    /// Every file below `dir`, recursively (missing `dir`: empty list).
+    fn list_files(&self, dir: &str) -> io::Result<Vec<ListEntry>>;
+    /// Immediate children of `dir` (files and folders), by name.
+    fn list_children(&self, dir: &str) -> io::Result<Vec<String>>;
+    /// Writes a new object durably (temp name, fsync, rename).
+    fn write_once(&self, name: &str, data: &[u8]) -> io::Result<()>;
+    /// Moves a finished, fsynced local file in as object `name`.
+    fn put_file(&self, name: &str, local: &Path) -> io::Result<()>;
+    /// Publishes a folder of small files atomically. Returns false, writing
+    /// nothing, when `dir` already exists.
+    fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> io::Result<bool>;
+    fn delete(&self, name: &str) -> io::Result<()>;
+    /// Removes a folder and what it holds, so that it disappears at once.
+    fn delete_dir(&self, dir: &str) -> io::Result<()>;
+    /// A local scratch folder for temp files of this process.
+    fn tmp_dir(&self) -> PathBuf;
+}
+
+/// A store on a local (or mounted) filesystem.
+pub struct LocalBackend {
+    root: PathBuf,
+    /// Open pack files, so reading thousands of chunks does not reopen.
+    open_files: Mutex<HashMap<String, Arc<File>>>,
+}
+
+const OPEN_FILE_CACHE: usize = 64;
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> LocalBackend {
+        LocalBackend {
+            root: root.into(),
+            open_files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn open_cached(&self, name: &str) -> io::Result<Arc<File>> {
+        let mut cache = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(self.path(name))?);
+        if cache.len() >= OPEN_FILE_CACHE {
+            cache.clear();
+        }
+        cache.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    fn forget(&self, name: &str) {
+        let mut cache = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        cache.remove(name);
+    }
+
+    /// A fresh temp path under `tmp/`, named for this process so that a
+    /// later writer can tell a dead process's leftovers from live work.
+    pub fn temp_path(&self, suffix: &str) -> PathBuf {
+        temp_path_in(&self.tmp_dir(), suffix)
+    }
+}
+
+/// `DIR/<pid>-<random>.<suffix>`.
+pub fn temp_path_in(dir: &Path, suffix: &str) -> PathBuf {
+    let r: u64 = rand::random();
+    dir.join(format!("{}-{:016x}.{}", std::process::id(), r, suffix))
+}
+
+/// fsyncs a folder so a rename inside it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `data` to `path` (which must not exist) and fsyncs it.
+pub fn write_new_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn display_name(&self, name: &str) -> PathBuf {
+        self.path(name)
+    }
+
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        match fs::symlink_metadata(self.path(name)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        File::open(self.path(name))?.read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let f = self.open_cached(name)?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn size(&self, name: &str) -> io::Result<u64> {
+        Ok(fs::metadata(self.path(name))?.len())
+    }
+
+    fn list_files(&self, dir: &str) -> io::Result<Vec<ListEntry>> {
+        let base = self.path(dir);
+        let mut out = Vec::new();
+        if !base.exists() {
+            return Ok(out);
+        }
+        for entry in walkdir::WalkDir::new(&base).follow_links(false) {
+            let entry = entry.map_err(io::Error::other)?;
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let rel = entry
+                .path()
+                .strip_prefix(&self.root)
+                .map_err(io::Error::other)?;
+            let Some(rel) = rel.to_str() else { continue };
+            out.push(ListEntry {
+                name: rel.to_string(),
+                size: entry.metadata().map_err(io::Error::other)?.len(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn list_children(&self, dir: &str) -> io::Result<Vec<String>> {
+        let base = self.path(dir);
+        let rd = match fs::read_dir(&base) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry?;
+            out.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn write_once(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        let tmp = self.temp_path("obj");
+        write_new_synced(&tmp, data)?;
+        self.put_file(name, &tmp)
+    }
+
+    fn put_file(&self, name: &str, local: &Path) -> io::Result<()> {
+        let dest = self.path(name);
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent)?;
+        if let Err(e) = fs::rename(local, &dest) {
+            let _ = fs::remove_file(local);
+            return Err(e);
+        }
+        sync_dir(&parent)
+    }
+
+    fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> io::Result<bool> {
+        let dest = self.path(dir);
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent)?;
+        if dest.exists() {
+            return Ok(false);
+        }
+        let tmp = self.temp_path("dir");
+        fs::create_dir(&tmp)?;
+        let staged = (|| {
+            for (name, data) in files {
+                write_new_synced(&tmp.join(name), data)?;
+            }
+            sync_dir(&tmp)
+        })();
+        if let Err(e) = staged {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        // rename(2) of a folder onto an existing non-empty folder fails, so
+        // two writers racing for one name cannot both win.
+        match fs::rename(&tmp, &dest) {
+            Ok(()) => {
+                sync_dir(&parent)?;
+                Ok(true)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                if dest.exists() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn delete(&self, name: &str) -> io::Result<()> {
+        self.forget(name);
+        let path = self.path(name);
+        fs::remove_file(&path)?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn delete_dir(&self, dir: &str) -> io::Result<()> {
+        let path = self.path(dir);
+        // Move it out of sight first so a crash never leaves half a folder
+        // where a reader would find it.
+        let tmp = self.temp_path("deleting");
+        fs::rename(&path, &tmp)?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        fs::remove_dir_all(&tmp)
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}

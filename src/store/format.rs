@@ -1,0 +1,143 @@
+//! `config.json`: the store's format version and the parameters every
+//! writer must use so that chunk boundaries (and so dedup) agree across
+//! runs and hosts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub format_version: u32,
+    /// Random id of this store (hex), for logs and for the cache of remote stores.
+    pub store_id: String,
+    pub created_at: String,
+    pub chunking: ChunkingParams,
+    pub compression: CompressionParams,
+    pub pack: PackParams,
+    pub encryption: EncryptionParams,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingParams {
+    /// SQLite databases are cut at their page size (from the header).
+    pub sqlite_page_chunks: bool,
+    /// Files whose name ends with one of these suffixes are cut in fixed
+    /// blocks: binaries rewritten in place (the HNSW `*.bin`).
+    pub fixed_block_suffixes: Vec<String>,
+    pub fixed_block_size: u32,
+    /// FastCDC (2020) parameters for every other file.
+    pub cdc_min_size: u32,
+    pub cdc_avg_size: u32,
+    pub cdc_max_size: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionParams {
+    pub algorithm: String,
+    pub level: i32,
+    /// A chunk is stored compressed only when the compressed form is at most
+    /// this percentage of the raw size; otherwise it is stored raw.
+    pub max_ratio_percent: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PackParams {
+    /// A pack is closed once it holds at least this many bytes.
+    pub target_size: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionParams {
+    /// `none` (this format version writes only unencrypted stores).
+    pub scheme: String,
+}
+
+impl StoreConfig {
+    pub fn new_default() -> StoreConfig {
+        StoreConfig {
+            format_version: FORMAT_VERSION,
+            store_id: hex::encode(rand::random::<[u8; 16]>()),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            chunking: ChunkingParams {
+                sqlite_page_chunks: true,
+                fixed_block_suffixes: vec![".bin".to_string()],
+                fixed_block_size: 4096,
+                cdc_min_size: 16 * 1024,
+                cdc_avg_size: 64 * 1024,
+                cdc_max_size: 256 * 1024,
+            },
+            compression: CompressionParams {
+                algorithm: "zstd".to_string(),
+                level: 3,
+                max_ratio_percent: 90,
+            },
+            pack: PackParams {
+                target_size: 32 * 1024 * 1024,
+            },
+            encryption: EncryptionParams {
+                scheme: "none".to_string(),
+            },
+        }
+    }
+
+    /// Parses `config.json`, refusing a newer format before looking at
+    /// anything else (a newer writer may have changed every other field).
+    pub fn parse(bytes: &[u8], path: &str) -> Result<StoreConfig> {
+        let invalid = |detail: String| Error::StoreConfigInvalid {
+            path: path.to_string(),
+            detail,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let version = value
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| invalid("no numeric format_version".to_string()))?;
+        if version > FORMAT_VERSION as u64 {
+            return Err(Error::StoreTooNew {
+                path: path.to_string(),
+                found: version.min(u32::MAX as u64) as u32,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let config: StoreConfig =
+            serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+        config.check().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let c = &self.chunking;
+        if c.fixed_block_size == 0 || c.fixed_block_size > 1 << 20 {
+            return Err("chunking.fixed_block_size out of range".into());
+        }
+        // FastCDC's own bounds; outside them it would refuse to run.
+        let ok = (64..=1 << 20).contains(&c.cdc_min_size)
+            && (256..=1 << 22).contains(&c.cdc_avg_size)
+            && (1024..=1 << 24).contains(&c.cdc_max_size)
+            && c.cdc_min_size <= c.cdc_avg_size
+            && c.cdc_avg_size <= c.cdc_max_size;
+        if !ok {
+            return Err("chunking.cdc sizes outside FastCDC's bounds (min 64..1Mi, avg 256..4Mi, max 1Ki..16Mi, min <= avg <= max)".into());
+        }
+        if self.compression.algorithm != "zstd" {
+            return Err(format!("unknown compression {:?}", self.compression.algorithm));
+        }
+        if self.encryption.scheme != "none" {
+            return Err(format!(
+                "encryption scheme {:?} is not supported by this build",
+                self.encryption.scheme
+            ));
+        }
+        Ok(())
+    }
+}

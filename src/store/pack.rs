@@ -1,0 +1,219 @@
+//! Pack files: immutable containers of stored chunks with their own index.
+//!
+//! ```text
+//! "ATOPACK1"                       8 bytes
+//! blob 0 .. blob n-1               stored chunks (zstd or raw), back to back
+//! index                            bincode Vec<PackEntry> (sealed when encrypted)
+//! index_len                        u32 little endian
+//! blake3(index)                    32 bytes
+//! "ATOPKEND"                       8 bytes
+//! ```
+//!
+//! A pack is named by the blake3 of all its bytes, written under a temp
+//! name, fsynced and renamed; it is never modified afterwards.
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::id::Id;
+
+pub const PACK_MAGIC: &[u8; 8] = b"ATOPACK1";
+pub const TRAILER_MAGIC: &[u8; 8] = b"ATOPKEND";
+/// Associated data binding a sealed pack index to its role.
+pub const INDEX_AD: &[u8] = b"pack-index";
+pub const TRAILER_LEN: usize = 4 + 32 + 8;
+
+/// One chunk inside a pack.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: Id,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub compressed: bool,
+}
+
+/// Object name of a pack.
+pub fn pack_name(id: &Id) -> String {
+    let hex = id.to_hex();
+    format!("objects/{}/{}.pack", &hex[..2], hex)
+}
+
+/// The pack id from an object name, if it is one.
+pub fn pack_id_from_name(name: &str) -> Option<Id> {
+    let file = name.strip_prefix("objects/")?.split('/').nth(1)?;
+    Id::from_hex(file.strip_suffix(".pack")?)
+}
+
+/// Streams a pack to a local temp file, hashing as it goes.
+pub struct PackWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    hasher: blake3::Hasher,
+    len: u64,
+    entries: Vec<PackEntry>,
+}
+
+/// A finished pack: durable on local disk, not yet published.
+pub struct FinishedPack {
+    pub id: Id,
+    pub path: PathBuf,
+    pub entries: Vec<PackEntry>,
+    pub size: u64,
+}
+
+impl PackWriter {
+    pub fn create(path: &Path) -> std::io::Result<PackWriter> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        let mut w = PackWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            path: path.to_path_buf(),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            entries: Vec::new(),
+        };
+        w.write(PACK_MAGIC)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(data)?;
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends a stored chunk; returns its entry.
+    pub fn add(
+        &mut self,
+        id: Id,
+        stored: &[u8],
+        raw_len: u32,
+        compressed: bool,
+    ) -> std::io::Result<PackEntry> {
+        let entry = PackEntry {
+            id,
+            offset: self.len as u32,
+            stored_len: stored.len() as u32,
+            raw_len,
+            compressed,
+        };
+        self.write(stored)?;
+        self.entries.push(entry);
+        Ok(entry)
+    }
+
+    /// Writes the index and trailer and fsyncs. `seal` turns the encoded
+    /// index into its stored form (identity in an unencrypted store).
+    pub fn finish(
+        mut self,
+        seal: impl FnOnce(Vec<u8>) -> Vec<u8>,
+    ) -> std::io::Result<FinishedPack> {
+        let index = bincode::serialize(&self.entries).map_err(std::io::Error::other)?;
+        let index = seal(index);
+        let index_hash = blake3::hash(&index);
+        self.write(&index)?;
+        self.write(&(index.len() as u32).to_le_bytes())?;
+        self.write(index_hash.as_bytes())?;
+        self.write(TRAILER_MAGIC)?;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(FinishedPack {
+            id: Id::from(self.hasher.finalize()),
+            path: self.path,
+            entries: self.entries,
+            size: self.len,
+        })
+    }
+}
+
+/// Why a pack's index could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackIndexError {
+    TooShort(u64),
+    BadMagic,
+    BadIndexLength,
+    IndexChecksum,
+    IndexDecode(String),
+    EntryOutOfBounds(Id),
+}
+
+impl std::fmt::Display for PackIndexError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PackIndexError::TooShort(n) => write!(f, "truncated: only {n} bytes"),
+            PackIndexError::BadMagic => write!(f, "truncated or not a pack: trailer magic missing"),
+            PackIndexError::BadIndexLength => write!(f, "index length points outside the file"),
+            PackIndexError::IndexChecksum => write!(f, "index checksum mismatch"),
+            PackIndexError::IndexDecode(e) => write!(f, "index does not decode: {e}"),
+            PackIndexError::EntryOutOfBounds(id) => {
+                write!(f, "index entry for chunk {id} points outside the blob area")
+            }
+        }
+    }
+}
+
+/// Where the index sits, from the last `TRAILER_LEN` bytes of a pack of
+/// `size` bytes. Returns (index offset, index length, index hash).
+pub fn parse_trailer(size: u64, trailer: &[u8]) -> Result<(u64, usize, [u8; 32]), PackIndexError> {
+    if size < (PACK_MAGIC.len() + TRAILER_LEN) as u64 || trailer.len() != TRAILER_LEN {
+        return Err(PackIndexError::TooShort(size));
+    }
+    if &trailer[36..44] != TRAILER_MAGIC {
+        return Err(PackIndexError::BadMagic);
+    }
+    let index_len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as u64;
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&trailer[4..36]);
+    let blob_end = size
+        .checked_sub(TRAILER_LEN as u64 + index_len)
+        .filter(|end| *end >= PACK_MAGIC.len() as u64)
+        .ok_or(PackIndexError::BadIndexLength)?;
+    Ok((blob_end, index_len as usize, hash))
+}
+
+/// Decodes a pack index read from the file and checks every entry lies in
+/// the blob area `[8, blob_end)`. `open` turns the stored index back into
+/// its encoded form (identity in an unencrypted store).
+pub fn decode_index(
+    stored: Vec<u8>,
+    expected_hash: &[u8; 32],
+    blob_end: u64,
+    open: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, String>,
+) -> Result<Vec<PackEntry>, PackIndexError> {
+    if blake3::hash(&stored).as_bytes() != expected_hash {
+        return Err(PackIndexError::IndexChecksum);
+    }
+    let encoded = open(stored).map_err(PackIndexError::IndexDecode)?;
+    let entries: Vec<PackEntry> = bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(1 << 30)
+        .deserialize(&encoded)
+        .map_err(|e| PackIndexError::IndexDecode(e.to_string()))?;
+    for e in &entries {
+        let end = e.offset as u64 + e.stored_len as u64;
+        if (e.offset as u64) < PACK_MAGIC.len() as u64 || end > blob_end {
+            return Err(PackIndexError::EntryOutOfBounds(e.id));
+        }
+    }
+    Ok(entries)
+}

@@ -1,0 +1,104 @@
+//! Where objects are written: the packer groups new stored chunks into
+//! packs of the configured target size, publishes each pack once it is
+//! durable, and records its chunks in the index. Chunks waiting in the open
+//! pack are tracked so the same chunk is never stored twice in one run.
+
+use std::collections::HashSet;
+
+use crate::error::{Error, IoContext, Result};
+use crate::id::Id;
+use crate::store::index::ChunkIndex;
+use crate::store::pack::{self, PackWriter};
+use crate::store::Store;
+
+pub struct Packer<'s> {
+    store: &'s Store,
+    open: Option<PackWriter>,
+    pending: HashSet<Id>,
+    /// Packs published by this packer and their sizes.
+    pub packs_written: Vec<(Id, u64)>,
+}
+
+impl<'s> Packer<'s> {
+    pub fn new(store: &'s Store) -> Packer<'s> {
+        Packer {
+            store,
+            open: None,
+            pending: HashSet::new(),
+            packs_written: Vec::new(),
+        }
+    }
+
+    /// True when the chunk is already stored or waiting in the open pack.
+    pub fn has(&self, index: &ChunkIndex, id: &Id) -> bool {
+        index.contains(id) || self.pending.contains(id)
+    }
+
+    /// Adds a stored (encoded and sealed) chunk. Returns false when the
+    /// chunk was already present and nothing was written.
+    pub fn add(
+        &mut self,
+        index: &mut ChunkIndex,
+        id: Id,
+        stored: &[u8],
+        raw_len: u32,
+        compressed: bool,
+    ) -> Result<bool> {
+        if self.has(index, &id) {
+            return Ok(false);
+        }
+        if self.open.is_none() {
+            let path = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "pack");
+            self.open = Some(PackWriter::create(&path).ctx("create", &path)?);
+        }
+        let writer = self.open.as_mut().expect("pack writer was just opened");
+        writer
+            .add(id, stored, raw_len, compressed)
+            .ctx("write", writer.path().to_path_buf())?;
+        self.pending.insert(id);
+        if writer.len() >= self.store.config().pack.target_size {
+            self.flush(index)?;
+        }
+        Ok(true)
+    }
+
+    /// Closes the open pack (if any), makes it durable and publishes it.
+    pub fn flush(&mut self, index: &mut ChunkIndex) -> Result<()> {
+        let Some(writer) = self.open.take() else {
+            return Ok(());
+        };
+        let tmp_path = writer.path().to_path_buf();
+        let sealer = self.store.sealer().clone();
+        let finished = match writer.finish(|b| sealer.seal(b, pack::INDEX_AD)) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp_path);
+                return Err(Error::io("write", &tmp_path, e));
+            }
+        };
+        let name = pack::pack_name(&finished.id);
+        self.store
+            .backend()
+            .put_file(&name, &finished.path)
+            .ctx("publish pack", self.store.object_path(&name))?;
+        index.add_pack(finished.id, finished.size, &finished.entries);
+        for e in &finished.entries {
+            self.pending.remove(&e.id);
+        }
+        self.packs_written.push((finished.id, finished.size));
+        Ok(())
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.packs_written.iter().map(|(_, s)| s).sum()
+    }
+}
+
+impl Drop for Packer<'_> {
+    fn drop(&mut self) {
+        // An unfinished pack (error path) is removed; nothing references it.
+        if let Some(w) = self.open.take() {
+            let _ = std::fs::remove_file(w.path());
+        }
+    }
+}
