@@ -162,7 +162,9 @@ pub fn encode(raw: &[u8], params: &CompressionParams) -> (Vec<u8>, bool) {
         slot.as_mut().and_then(|(_, c)| c.compress(raw).ok())
     });
     match compressed {
-        Some(c) if (c.len() as u64) * 100 <= (raw.len() as u64) * params.max_ratio_percent as u64 => {
+        Some(c)
+            if (c.len() as u64) * 100 <= (raw.len() as u64) * params.max_ratio_percent as u64 =>
+        {
             (c, true)
         }
         _ => (raw.to_vec(), false),
@@ -204,7 +206,7 @@ pub fn decode(stored: Vec<u8>, compressed: bool, raw_len: u32) -> Result<Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest};
 
     fn cdc() -> Strategy {
         Strategy::Cdc {
@@ -273,13 +275,19 @@ mod tests {
 
     #[test]
     fn cdc_insertion_shifts_few_chunks() {
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let mut edited = data.clone();
         edited.splice(100_000..100_000, b"inserted".iter().copied());
         let a = chunks_streamed(&data, cdc(), 1 << 16);
         let b = chunks_streamed(&edited, cdc(), 1 << 16);
         let shared = b.iter().filter(|c| a.contains(c)).count();
-        assert!(shared + 3 >= b.len(), "only {shared} of {} chunks shared", b.len());
+        assert!(
+            shared + 3 >= b.len(),
+            "only {shared} of {} chunks shared",
+            b.len()
+        );
     }
 
     #[test]
@@ -294,7 +302,11 @@ mod tests {
 
     #[test]
     fn incompressible_is_stored_raw_and_compressible_is_not() {
-        let params = CompressionParams { algorithm: "zstd".into(), level: 3, max_ratio_percent: 90 };
+        let params = CompressionParams {
+            algorithm: "zstd".into(),
+            level: 3,
+            max_ratio_percent: 90,
+        };
         let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
         let (stored, compressed) = encode(&noise, &params);
         assert!(!compressed);

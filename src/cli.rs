@@ -37,7 +37,12 @@ pub struct Global {
     #[arg(long, global = true, env = "ATOCORE_DB_PATH", value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// The project registry [default: ./config/project-registry.json].
-    #[arg(long, global = true, env = "ATOCORE_PROJECT_REGISTRY_PATH", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "ATOCORE_PROJECT_REGISTRY_PATH",
+        value_name = "PATH"
+    )]
     pub registry: Option<PathBuf>,
     /// The Chroma directory [default: $ATOCORE_DATA_DIR/chroma].
     #[arg(long, global = true, env = "ATOCORE_CHROMA_PATH", value_name = "DIR")]
@@ -49,7 +54,12 @@ pub struct Global {
     #[arg(long, global = true)]
     pub quiet: bool,
     /// Cooperative ingestion lock held exclusively while Chroma is read.
-    #[arg(long, global = true, env = "ATOCORE_INGESTION_LOCK", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "ATOCORE_INGESTION_LOCK",
+        value_name = "PATH"
+    )]
     pub ingestion_lock: Option<PathBuf>,
 }
 
@@ -166,7 +176,9 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             let at = match at {
                 Some(s) => Some(
                     chrono::DateTime::parse_from_rfc3339(s)
-                        .map_err(|e| Error::Usage(format!("--at {s:?}: not an RFC 3339 time ({e})")))?
+                        .map_err(|e| {
+                            Error::Usage(format!("--at {s:?}: not an RFC 3339 time ({e})"))
+                        })?
                         .with_timezone(&chrono::Utc),
                 ),
                 None => None,

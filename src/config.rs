@@ -55,7 +55,13 @@ mod tests {
         assert_eq!(p.chroma_dir, PathBuf::from("/srv/data/chroma"));
         assert_eq!(p.store, PathBuf::from("./backups"));
         assert_eq!(p.registry, PathBuf::from("./config/project-registry.json"));
-        let p = Paths::resolve_with_data_dir(None, Some("/x.db".into()), None, None, Path::new("/srv/data"));
+        let p = Paths::resolve_with_data_dir(
+            None,
+            Some("/x.db".into()),
+            None,
+            None,
+            Path::new("/srv/data"),
+        );
         assert_eq!(p.db, PathBuf::from("/x.db"));
     }
 }

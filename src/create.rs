@@ -76,7 +76,11 @@ pub struct CreateResult {
 }
 
 /// Takes a snapshot, holding the shared store lock.
-pub fn create(store: &Store, opts: &CreateOptions, progress: &dyn Progress) -> Result<CreateResult> {
+pub fn create(
+    store: &Store,
+    opts: &CreateOptions,
+    progress: &dyn Progress,
+) -> Result<CreateResult> {
     sqlite::check_database(&opts.db)?;
     let lock = lock::lock_shared(store.root(), "create", opts.lock_wait)?;
     create_locked(store, &lock, opts, progress)
@@ -98,7 +102,10 @@ pub fn create_locked(
     let previous = newest_manifest(store);
     let mut cap = Capture::new(store, &mut index, previous.as_ref(), progress);
 
-    progress.phase("database", std::fs::metadata(&opts.db).ok().map(|m| m.len()));
+    progress.phase(
+        "database",
+        std::fs::metadata(&opts.db).ok().map(|m| m.len()),
+    );
     cap.capture_sqlite(DB_PATH.as_bytes().to_vec(), &opts.db, true)?;
 
     let registry_included = match std::fs::symlink_metadata(&opts.registry) {
@@ -307,7 +314,11 @@ impl<'a> Capture<'a> {
     }
 
     /// Chunks, hashes and stores everything `reader` yields.
-    fn store_stream<R: Read>(&mut self, reader: R, strategy: Strategy) -> Result<std::io::Result<Stored>> {
+    fn store_stream<R: Read>(
+        &mut self,
+        reader: R,
+        strategy: Strategy,
+    ) -> Result<std::io::Result<Stored>> {
         let sealer = self.store.sealer().clone();
         let params = self.store.config().compression.clone();
         let index = &mut *self.index;
@@ -390,13 +401,22 @@ impl<'a> Capture<'a> {
         Ok(())
     }
 
-    fn capture_sqlite_via(&mut self, path: &[u8], src: &Path, tmp: &Path, is_main_db: bool) -> Result<Stored> {
+    fn capture_sqlite_via(
+        &mut self,
+        path: &[u8],
+        src: &Path,
+        tmp: &Path,
+        is_main_db: bool,
+    ) -> Result<Stored> {
         sqlite::backup_to(src, tmp)?;
         if let Some(problems) = sqlite::integrity_problems(tmp, true)? {
             let what = if is_main_db {
                 "db_integrity_check_failed".to_string()
             } else {
-                format!("sqlite_integrity_check_failed: {}", String::from_utf8_lossy(path))
+                format!(
+                    "sqlite_integrity_check_failed: {}",
+                    String::from_utf8_lossy(path)
+                )
             };
             self.errors.push(format!("{what}: {problems}"));
         }
@@ -429,7 +449,11 @@ impl<'a> Capture<'a> {
         if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
             self.errors.push(format!("registry_invalid_json: {e}"));
         }
-        let strategy = chunk::strategy_for(REGISTRY_PATH.as_bytes(), None, &self.store.config().chunking);
+        let strategy = chunk::strategy_for(
+            REGISTRY_PATH.as_bytes(),
+            None,
+            &self.store.config().chunking,
+        );
         let stored = self.store_stream(&bytes[..], strategy)?.ctx("read", src)?;
         self.push_file(
             REGISTRY_PATH.as_bytes().to_vec(),
@@ -477,9 +501,9 @@ impl<'a> Capture<'a> {
                     sqlite_page: Some(_),
                     ..
                 } => self.capture_sqlite(chroma_path(&rel), &path, false)?,
-                chroma::Item::File { rel, path, meta, .. } => {
-                    self.capture_plain(chroma_path(&rel), &path, &meta)?
-                }
+                chroma::Item::File {
+                    rel, path, meta, ..
+                } => self.capture_plain(chroma_path(&rel), &path, &meta)?,
             }
         }
         Ok(())
@@ -487,9 +511,14 @@ impl<'a> Capture<'a> {
 
     /// A regular file, from the files cache when unchanged, else read with
     /// change detection: re-read once; a second change is an error.
-    fn capture_plain(&mut self, snap_path: Vec<u8>, src: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    fn capture_plain(
+        &mut self,
+        snap_path: Vec<u8>,
+        src: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<()> {
         let stat = sources::source_stat(meta);
-        if let Some(entry) = self.from_cache(&snap_path, &stat) {
+        if let Some(entry) = self.cached_entry(&snap_path, &stat) {
             self.files_from_cache += 1;
             self.chunks_total += entry.chunks.len() as u64;
             self.progress.advance(entry.size);
@@ -530,11 +559,14 @@ impl<'a> Capture<'a> {
         let mut source = Some(sources::source_stat(&after));
         if !stable {
             // Kept, but never reported as good and never trusted by the cache.
-            self.errors.push(format!("file_changed_during_read: {display}"));
+            self.errors
+                .push(format!("file_changed_during_read: {display}"));
             source = None;
         }
         if let Some(s) = source {
-            if self.now_ns - s.mtime_ns < RACY_WINDOW_NS || self.now_ns - s.ctime_ns < RACY_WINDOW_NS {
+            if self.now_ns - s.mtime_ns < RACY_WINDOW_NS
+                || self.now_ns - s.ctime_ns < RACY_WINDOW_NS
+            {
                 source = None;
             }
         }
@@ -551,10 +583,15 @@ impl<'a> Capture<'a> {
         Ok(())
     }
 
-    fn from_cache(&self, snap_path: &[u8], stat: &SourceStat) -> Option<FileEntry> {
+    fn cached_entry(&self, snap_path: &[u8], stat: &SourceStat) -> Option<FileEntry> {
         let (prev, entry) = self.cache.get(snap_path)?;
         let same = prev == stat;
-        (same && entry.chunks.iter().all(|id| self.packer.has(self.index, id))).then(|| entry.clone())
+        (same
+            && entry
+                .chunks
+                .iter()
+                .all(|id| self.packer.has(self.index, id)))
+        .then(|| entry.clone())
     }
 }
 

@@ -54,7 +54,11 @@ pub fn run() -> Result<(Value, i32), Error> {
     let runtime = tmp.path().join("runtime");
     copy_tree(&fixtures, &runtime)?;
     let store_dir = tmp.path().join("backups");
-    eprintln!("atosnap demo: runtime copied from {} to {}", fixtures.display(), runtime.display());
+    eprintln!(
+        "atosnap demo: runtime copied from {} to {}",
+        fixtures.display(),
+        runtime.display()
+    );
 
     let store = Store::open_or_init(&store_dir)?;
     let opts = CreateOptions {

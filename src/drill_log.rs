@@ -11,9 +11,18 @@ use crate::store::Store;
 pub const DRILLS_DIR: &str = "drills";
 
 /// Records a drill outcome (`record` is the full drill result).
-pub fn append(store: &Store, stamp: &str, at: &str, ok: bool, record: &serde_json::Value) -> Result<()> {
+pub fn append(
+    store: &Store,
+    stamp: &str,
+    at: &str,
+    ok: bool,
+    record: &serde_json::Value,
+) -> Result<()> {
     let compact_at: String = at.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    let name = format!("{DRILLS_DIR}/{stamp}--{compact_at}-{:04x}.json", rand::random::<u16>());
+    let name = format!(
+        "{DRILLS_DIR}/{stamp}--{compact_at}-{:04x}.json",
+        rand::random::<u16>()
+    );
     let mut doc = record.clone();
     doc["drill_at"] = serde_json::Value::String(at.to_string());
     doc["ok"] = serde_json::Value::Bool(ok);

@@ -33,7 +33,9 @@ pub enum Error {
     #[error("snapshot {stamp} does not exist in the store (see `atosnap list`)")]
     SnapshotMissing { stamp: String },
 
-    #[error("no store at {path}: create one with `atosnap init` or check --store / ATOCORE_BACKUP_DIR")]
+    #[error(
+        "no store at {path}: create one with `atosnap init` or check --store / ATOCORE_BACKUP_DIR"
+    )]
     StoreMissing { path: String },
 
     #[error("store at {path} has format version {found}, this atosnap reads up to {supported}: upgrade atosnap")]
@@ -72,7 +74,9 @@ pub enum Error {
         source: io::Error,
     },
 
-    #[error("store is locked by {holders} (waited {waited_secs}s; raise --lock-wait or retry later)")]
+    #[error(
+        "store is locked by {holders} (waited {waited_secs}s; raise --lock-wait or retry later)"
+    )]
     Locked { holders: String, waited_secs: u64 },
 
     #[error("manifest of snapshot {stamp} is corrupt: {detail}")]
@@ -93,7 +97,9 @@ pub enum Error {
     #[error("snapshot {stamp} failed validation, restore refused: {errors}")]
     ValidationFailed { stamp: String, errors: String },
 
-    #[error("database {path} is held open by pid {pid} ({command}): stop that process before restoring")]
+    #[error(
+        "database {path} is held open by pid {pid} ({command}): stop that process before restoring"
+    )]
     DbInUse {
         path: PathBuf,
         pid: u32,

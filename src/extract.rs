@@ -49,7 +49,11 @@ pub fn write_file<W: Write>(
 }
 
 /// Reads a whole (small) file into memory.
-pub fn read_small_file(store: &Store, index: &ChunkIndex, file: &FileEntry) -> Result<Vec<u8>, ExtractError> {
+pub fn read_small_file(
+    store: &Store,
+    index: &ChunkIndex,
+    file: &FileEntry,
+) -> Result<Vec<u8>, ExtractError> {
     let mut out = Vec::with_capacity(file.size as usize);
     write_file(store, index, file, &mut out, |_| {})?;
     Ok(out)

@@ -79,7 +79,9 @@ pub fn list(store: &Store) -> Result<ListResult> {
                     entry.validated = meta.get("validated").and_then(|v| v.as_bool());
                 }
                 Err(e) => {
-                    entry.created_at = stamp.time().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                    entry.created_at = stamp
+                        .time()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                     entry.error = Some(e.to_string());
                 }
             }

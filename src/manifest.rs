@@ -148,7 +148,8 @@ impl Manifest {
         let compressed = sealer.open(body[8..].to_vec(), MANIFEST_MAGIC)?;
         let raw = zstd::stream::decode_all(&compressed[..])
             .map_err(|e| format!("does not decompress: {e}"))?;
-        let manifest: Manifest = bincode::deserialize(&raw).map_err(|e| format!("does not decode: {e}"))?;
+        let manifest: Manifest =
+            bincode::deserialize(&raw).map_err(|e| format!("does not decode: {e}"))?;
         if manifest.version > MANIFEST_VERSION {
             return Err(format!(
                 "manifest version {} is newer than this atosnap reads ({MANIFEST_VERSION})",
@@ -193,7 +194,9 @@ mod tests {
         assert_eq!(Manifest::decode(&bytes, &Sealer::Plain).unwrap(), m);
         let mut flipped = bytes.clone();
         flipped[12] ^= 1;
-        assert!(Manifest::decode(&flipped, &Sealer::Plain).unwrap_err().contains("checksum"));
+        assert!(Manifest::decode(&flipped, &Sealer::Plain)
+            .unwrap_err()
+            .contains("checksum"));
         assert!(Manifest::decode(&bytes[..bytes.len() - 5], &Sealer::Plain).is_err());
         assert!(Manifest::decode(b"garbage", &Sealer::Plain).is_err());
     }

@@ -107,7 +107,11 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for s in ["20260411T120000Z", "20260411T120000Z-2", "19991231T235959Z-17"] {
+        for s in [
+            "20260411T120000Z",
+            "20260411T120000Z-2",
+            "19991231T235959Z-17",
+        ] {
             assert_eq!(Stamp::parse(s).unwrap().to_string(), s);
         }
     }

@@ -88,7 +88,10 @@ pub fn validate_manifest(
     };
 
     // Every other chunk, each once, in parallel.
-    let db_chunks: HashSet<&Id> = manifest.db().map(|f| f.chunks.iter().collect()).unwrap_or_default();
+    let db_chunks: HashSet<&Id> = manifest
+        .db()
+        .map(|f| f.chunks.iter().collect())
+        .unwrap_or_default();
     let others: HashSet<&Id> = manifest
         .entries
         .iter()
@@ -216,7 +219,11 @@ pub fn verify(store: &Store, only: &[String], lock_wait: Duration) -> Result<Ver
     let selected: Option<Vec<Stamp>> = if only.is_empty() {
         None
     } else {
-        Some(only.iter().map(|s| Stamp::parse(s)).collect::<Result<_>>()?)
+        Some(
+            only.iter()
+                .map(|s| Stamp::parse(s))
+                .collect::<Result<_>>()?,
+        )
     };
     let _lock = lock::lock_shared(store.root(), "verify", lock_wait)?;
     let mut report = VerifyReport::default();
@@ -304,7 +311,10 @@ pub fn verify(store: &Store, only: &[String], lock_wait: Duration) -> Result<Ver
         let damaged: BTreeSet<String> = m
             .entries
             .iter()
-            .filter(|e| e.file().is_some_and(|f| f.chunks.iter().any(|id| bad.contains_key(id))))
+            .filter(|e| {
+                e.file()
+                    .is_some_and(|f| f.chunks.iter().any(|id| bad.contains_key(id)))
+            })
             .map(|e| e.path_lossy())
             .collect();
         report.snapshots.insert(
@@ -373,12 +383,13 @@ fn check_pack(store: &Store, index: &ChunkIndex, p: u32) -> PackCheck {
     sorted.sort_by_key(|e| e.offset);
     let mut pos = 0u64;
     let mut buf = Vec::new();
-    let mut read_exact = |n: u64, buf: &mut Vec<u8>, hasher: &mut blake3::Hasher| -> std::io::Result<()> {
-        buf.resize(n as usize, 0);
-        reader.read_exact(buf)?;
-        hasher.update(buf);
-        Ok(())
-    };
+    let mut read_exact =
+        |n: u64, buf: &mut Vec<u8>, hasher: &mut blake3::Hasher| -> std::io::Result<()> {
+            buf.resize(n as usize, 0);
+            reader.read_exact(buf)?;
+            hasher.update(buf);
+            Ok(())
+        };
     // Header, then each blob in offset order.
     if read_exact(PACK_MAGIC.len() as u64, &mut buf, &mut hasher).is_err() || buf != PACK_MAGIC {
         check.damage = Some("bad pack header".into());

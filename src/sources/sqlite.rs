@@ -141,7 +141,9 @@ pub fn table_row_counts(path: &Path) -> Result<std::collections::BTreeMap<String
     for name in names {
         let quoted = name.replace('"', "\"\"");
         let count: i64 = conn
-            .query_row(&format!("SELECT count(*) FROM \"{quoted}\""), [], |r| r.get(0))
+            .query_row(&format!("SELECT count(*) FROM \"{quoted}\""), [], |r| {
+                r.get(0)
+            })
             .map_err(|e| Error::sqlite(path, e))?;
         out.insert(name, count.max(0) as u64);
     }

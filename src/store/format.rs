@@ -130,7 +130,10 @@ impl StoreConfig {
             return Err("chunking.cdc sizes outside FastCDC's bounds (min 64..1Mi, avg 256..4Mi, max 1Ki..16Mi, min <= avg <= max)".into());
         }
         if self.compression.algorithm != "zstd" {
-            return Err(format!("unknown compression {:?}", self.compression.algorithm));
+            return Err(format!(
+                "unknown compression {:?}",
+                self.compression.algorithm
+            ));
         }
         if self.encryption.scheme != "none" {
             return Err(format!(

@@ -94,7 +94,12 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
     let info = HolderInfo {
         pid: std::process::id(),
         command: command.to_string(),
-        mode: if mode == Mode::Shared { "shared" } else { "exclusive" }.to_string(),
+        mode: if mode == Mode::Shared {
+            "shared"
+        } else {
+            "exclusive"
+        }
+        .to_string(),
         since: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
     let info_path = dir.join(format!(

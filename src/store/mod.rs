@@ -188,7 +188,8 @@ impl Store {
             .backend
             .read_range(name, size - TRAILER_LEN as u64, TRAILER_LEN)
             .map_err(|e| format!("unreadable: {e}"))?;
-        let (blob_end, len, hash) = pack::parse_trailer(size, &trailer).map_err(|e| e.to_string())?;
+        let (blob_end, len, hash) =
+            pack::parse_trailer(size, &trailer).map_err(|e| e.to_string())?;
         let stored = self
             .backend
             .read_range(name, blob_end, len)
@@ -230,7 +231,11 @@ impl Store {
     }
 
     /// Reads, unseals, decompresses and re-hashes one chunk.
-    pub fn read_chunk(&self, index: &ChunkIndex, id: &Id) -> std::result::Result<Vec<u8>, ChunkFault> {
+    pub fn read_chunk(
+        &self,
+        index: &ChunkIndex,
+        id: &Id,
+    ) -> std::result::Result<Vec<u8>, ChunkFault> {
         let loc = index.get(id).ok_or(ChunkFault::Missing)?;
         let name = pack::pack_name(&index.pack(loc.pack).id);
         self.read_chunk_at(&name, id, loc)
@@ -267,9 +272,12 @@ impl Store {
             .sealer
             .open(stored, &id.0)
             .map_err(ChunkFault::Corrupt)?;
-        let raw = crate::chunk::decode(encoded, compressed, raw_len).map_err(ChunkFault::Corrupt)?;
+        let raw =
+            crate::chunk::decode(encoded, compressed, raw_len).map_err(ChunkFault::Corrupt)?;
         if self.sealer.chunk_id(&raw) != *id {
-            return Err(ChunkFault::Corrupt("content does not match its hash".into()));
+            return Err(ChunkFault::Corrupt(
+                "content does not match its hash".into(),
+            ));
         }
         Ok(raw)
     }
@@ -277,7 +285,9 @@ impl Store {
     /// Deletes a pack. Only under the exclusive lock.
     pub fn delete_pack(&self, _lock: &ExclusiveLock, id: &Id) -> Result<()> {
         let name = pack::pack_name(id);
-        self.backend.delete(&name).ctx("delete", self.object_path(&name))
+        self.backend
+            .delete(&name)
+            .ctx("delete", self.object_path(&name))
     }
 
     // ---- snapshots --------------------------------------------------------
@@ -310,10 +320,13 @@ impl Store {
             });
         }
         let name = format!("snapshots/{stamp}/{MANIFEST_NAME}");
-        let bytes = self.backend.read(&name).map_err(|e| Error::ManifestCorrupt {
-            stamp: stamp.to_string(),
-            detail: format!("{}: {e}", self.object_path(&name).display()),
-        })?;
+        let bytes = self
+            .backend
+            .read(&name)
+            .map_err(|e| Error::ManifestCorrupt {
+                stamp: stamp.to_string(),
+                detail: format!("{}: {e}", self.object_path(&name).display()),
+            })?;
         Manifest::decode(&bytes, &self.sealer).map_err(|detail| Error::ManifestCorrupt {
             stamp: stamp.to_string(),
             detail: format!("{}: {detail}", self.object_path(&name).display()),
@@ -322,7 +335,10 @@ impl Store {
 
     pub fn read_metadata(&self, stamp: &Stamp) -> Result<serde_json::Value> {
         let name = format!("snapshots/{stamp}/{METADATA_NAME}");
-        let bytes = self.backend.read(&name).ctx("read", self.object_path(&name))?;
+        let bytes = self
+            .backend
+            .read(&name)
+            .ctx("read", self.object_path(&name))?;
         let opened = self
             .sealer
             .open(bytes, METADATA_NAME.as_bytes())
@@ -355,7 +371,8 @@ impl Store {
             let encoded = manifest
                 .encode(&self.sealer)
                 .map_err(|e| Error::Other(format!("manifest encoding failed: {e}")))?;
-            let meta = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+            let meta =
+                serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
             let meta = self.sealer.seal(meta, METADATA_NAME.as_bytes());
             let dir = format!("snapshots/{stamp}");
             let published = self
@@ -387,10 +404,7 @@ impl Store {
         let rd = std::fs::read_dir(&dir).ctx("list", &dir)?;
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let owner = name
-                .split('-')
-                .next()
-                .and_then(|p| p.parse::<u32>().ok());
+            let owner = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
             let stale = exclusive.is_some()
                 || match owner {
                     Some(pid) => pid != std::process::id() && !process_alive(pid),

@@ -67,10 +67,7 @@ pub struct FinishedPack {
 
 impl PackWriter {
     pub fn create(path: &Path) -> std::io::Result<PackWriter> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
         let mut w = PackWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),

@@ -54,7 +54,7 @@ impl<'s> Packer<'s> {
         let writer = self.open.as_mut().expect("pack writer was just opened");
         writer
             .add(id, stored, raw_len, compressed)
-            .ctx("write", writer.path().to_path_buf())?;
+            .ctx("write", writer.path())?;
         self.pending.insert(id);
         if writer.len() >= self.store.config().pack.target_size {
             self.flush(index)?;
