@@ -259,7 +259,7 @@ struct Capture<'a> {
     index: &'a mut ChunkIndex,
     packer: Packer<'a>,
     progress: &'a dyn Progress,
-    cache: HashMap<Vec<u8>, (SourceStat, FileEntry)>,
+    cache: HashMap<Vec<u8>, FileEntry>,
     entries: Vec<Entry>,
     errors: Vec<String>,
     warnings: Vec<String>,
@@ -282,14 +282,13 @@ impl<'a> Capture<'a> {
         previous: Option<&Manifest>,
         progress: &'a dyn Progress,
     ) -> Capture<'a> {
+        // A snapshot that met capture errors is not trusted as a cache.
         let cache = previous
+            .filter(|m| m.capture_errors.is_empty())
             .map(|m| {
                 m.entries
                     .iter()
-                    .filter_map(|e| {
-                        let f = e.file()?;
-                        Some((e.path.clone(), (f.source?, f.clone())))
-                    })
+                    .filter_map(|e| Some((e.path.clone(), e.file()?.clone())))
                     .collect()
             })
             .unwrap_or_default();
@@ -367,17 +366,16 @@ impl<'a> Capture<'a> {
         });
     }
 
-    /// A SQLite database through the online backup API into a temp file.
+    /// A SQLite database, captured online (see `sources::sqlite`), or taken
+    /// from the files cache when neither it nor its `-wal` changed.
     fn capture_sqlite(&mut self, path: Vec<u8>, src: &Path, is_main_db: bool) -> Result<()> {
         let meta = std::fs::metadata(src).ctx("stat", src)?;
-        let tmp = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "sqlite");
-        let result = self.capture_sqlite_via(&path, src, &tmp, is_main_db);
-        for suffix in ["", "-journal", "-wal", "-shm"] {
-            let mut p = tmp.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(PathBuf::from(p));
+        let (source, wal_source) = self.sqlite_identity(src, &meta);
+        if let Some(entry) = self.cached_entry(&path, source.as_ref(), wal_source.as_ref()) {
+            self.reuse(path, &meta, entry);
+            return Ok(());
         }
-        let stored = match result {
+        let stored = match self.capture_sqlite_pages(&path, src, is_main_db) {
             Ok(s) => s,
             Err(e) if !is_main_db => {
                 self.errors.push(format!(
@@ -395,21 +393,53 @@ impl<'a> Capture<'a> {
                 size: stored.size,
                 chunks: stored.chunks,
                 sqlite: true,
-                source: None,
+                source,
+                wal_source,
             },
         );
         Ok(())
     }
 
-    fn capture_sqlite_via(
+    /// Identity of a database and its `-wal` for the files cache; None when
+    /// either changed too recently to be trusted.
+    fn sqlite_identity(
+        &self,
+        src: &Path,
+        meta: &std::fs::Metadata,
+    ) -> (Option<SourceStat>, Option<SourceStat>) {
+        let mut wal = src.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = std::fs::metadata(PathBuf::from(wal))
+            .ok()
+            .map(|m| sources::source_stat(&m));
+        let main = sources::source_stat(meta);
+        if self.is_racy(&main) || wal.as_ref().is_some_and(|w| self.is_racy(w)) {
+            return (None, None);
+        }
+        (Some(main), wal)
+    }
+
+    fn is_racy(&self, s: &SourceStat) -> bool {
+        self.now_ns - s.mtime_ns < RACY_WINDOW_NS || self.now_ns - s.ctime_ns < RACY_WINDOW_NS
+    }
+
+    fn capture_sqlite_pages(
         &mut self,
         path: &[u8],
         src: &Path,
-        tmp: &Path,
         is_main_db: bool,
     ) -> Result<Stored> {
-        sqlite::backup_to(src, tmp)?;
-        if let Some(problems) = sqlite::integrity_problems(tmp, true)? {
+        let (stored, problems) = match sqlite::stream_pages(src, true)? {
+            Some(mut stream) => {
+                let page = Some(stream.page_size);
+                let strategy = chunk::strategy_for(path, page, &self.store.config().chunking);
+                let stored = self.store_stream(&mut stream, strategy)?;
+                let problems = stream.finish()?;
+                (stored.ctx("read", src)?, problems)
+            }
+            None => self.capture_sqlite_backup(path, src)?,
+        };
+        if let Some(problems) = problems {
             let what = if is_main_db {
                 "db_integrity_check_failed".to_string()
             } else {
@@ -420,10 +450,31 @@ impl<'a> Capture<'a> {
             };
             self.errors.push(format!("{what}: {problems}"));
         }
-        let page = sqlite::sqlite_page_size_of(tmp).ctx("read", tmp)?;
-        let strategy = chunk::strategy_for(path, page, &self.store.config().chunking);
-        let file = File::open(tmp).ctx("open", tmp)?;
-        self.store_stream(file, strategy)?.ctx("read", tmp)
+        Ok(stored)
+    }
+
+    /// Fallback: the online backup API into a temp file, then chunked.
+    fn capture_sqlite_backup(
+        &mut self,
+        path: &[u8],
+        src: &Path,
+    ) -> Result<(Stored, Option<String>)> {
+        let tmp = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "sqlite");
+        let result = (|| {
+            sqlite::backup_to(src, &tmp)?;
+            let problems = sqlite::integrity_problems(&tmp, true)?;
+            let page = sqlite::sqlite_page_size_of(&tmp).ctx("read", &tmp)?;
+            let strategy = chunk::strategy_for(path, page, &self.store.config().chunking);
+            let file = File::open(&tmp).ctx("open", &tmp)?;
+            let stored = self.store_stream(file, strategy)?.ctx("read", &tmp)?;
+            Ok((stored, problems))
+        })();
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let mut p = tmp.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+        result
     }
 
     /// The registry: read whole (it is small), checked for change, parsed.
@@ -463,6 +514,7 @@ impl<'a> Capture<'a> {
                 chunks: stored.chunks,
                 sqlite: false,
                 source: None,
+                wal_source: None,
             },
         );
         Ok(())
@@ -518,11 +570,8 @@ impl<'a> Capture<'a> {
         meta: &std::fs::Metadata,
     ) -> Result<()> {
         let stat = sources::source_stat(meta);
-        if let Some(entry) = self.cached_entry(&snap_path, &stat) {
-            self.files_from_cache += 1;
-            self.chunks_total += entry.chunks.len() as u64;
-            self.progress.advance(entry.size);
-            self.push_file(snap_path, meta, entry);
+        if let Some(entry) = self.cached_entry(&snap_path, Some(&stat), None) {
+            self.reuse(snap_path, meta, entry);
             return Ok(());
         }
         let display = String::from_utf8_lossy(&snap_path).into_owned();
@@ -563,12 +612,8 @@ impl<'a> Capture<'a> {
                 .push(format!("file_changed_during_read: {display}"));
             source = None;
         }
-        if let Some(s) = source {
-            if self.now_ns - s.mtime_ns < RACY_WINDOW_NS
-                || self.now_ns - s.ctime_ns < RACY_WINDOW_NS
-            {
-                source = None;
-            }
+        if source.as_ref().is_some_and(|s| self.is_racy(s)) {
+            source = None;
         }
         self.push_file(
             snap_path,
@@ -578,20 +623,37 @@ impl<'a> Capture<'a> {
                 chunks: stored.chunks,
                 sqlite: false,
                 source,
+                wal_source: None,
             },
         );
         Ok(())
     }
 
-    fn cached_entry(&self, snap_path: &[u8], stat: &SourceStat) -> Option<FileEntry> {
-        let (prev, entry) = self.cache.get(snap_path)?;
-        let same = prev == stat;
+    /// The previous snapshot's entry for this path when the source is
+    /// provably unchanged and all its chunks are still stored.
+    fn cached_entry(
+        &self,
+        snap_path: &[u8],
+        source: Option<&SourceStat>,
+        wal_source: Option<&SourceStat>,
+    ) -> Option<FileEntry> {
+        let entry = self.cache.get(snap_path)?;
+        let same = source.is_some()
+            && entry.source.as_ref() == source
+            && entry.wal_source.as_ref() == wal_source;
         (same
             && entry
                 .chunks
                 .iter()
                 .all(|id| self.packer.has(self.index, id)))
         .then(|| entry.clone())
+    }
+
+    fn reuse(&mut self, path: Vec<u8>, meta: &std::fs::Metadata, entry: FileEntry) {
+        self.files_from_cache += 1;
+        self.chunks_total += entry.chunks.len() as u64;
+        self.progress.advance(entry.size);
+        self.push_file(path, meta, entry);
     }
 }
 

@@ -58,8 +58,12 @@ pub struct FileEntry {
     /// Captured through the SQLite online backup API.
     pub sqlite: bool,
     /// Identity of the source file when it was read, for the files cache
-    /// (None for files captured through the backup API).
+    /// (None when it must not be trusted: read too close to a change, or
+    /// changed during the read).
     pub source: Option<SourceStat>,
+    /// For a SQLite database: the identity of its `-wal` file (None when
+    /// there was none). A database is unchanged only if both match.
+    pub wal_source: Option<SourceStat>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -180,6 +184,7 @@ mod tests {
                     chunks: vec![Id::hash(b"abc")],
                     sqlite: true,
                     source: None,
+                    wal_source: None,
                 }),
                 mode: 0o644,
                 mtime_ns: 1,
