@@ -325,6 +325,7 @@ impl<'a> Capture<'a> {
         let progress = self.progress;
         let mut chunks = Vec::new();
         let mut new = 0u64;
+        let mut verdict = CompressionVerdict::default();
         let read = chunk::for_each_batch(reader, strategy, BATCH_BYTES, |buf, ranges| {
             let ids: Vec<Id> = ranges
                 .par_iter()
@@ -337,10 +338,16 @@ impl<'a> Capture<'a> {
             let encoded: Vec<(usize, Vec<u8>, bool)> = fresh
                 .par_iter()
                 .map(|&i| {
-                    let (enc, compressed) = chunk::encode(&buf[ranges[i].clone()], &params);
+                    let raw = &buf[ranges[i].clone()];
+                    let (enc, compressed) = if verdict.worth_trying() {
+                        chunk::encode(raw, &params)
+                    } else {
+                        (raw.to_vec(), false)
+                    };
                     (i, sealer.seal(enc, &ids[i].0), compressed)
                 })
                 .collect();
+            verdict.record(encoded.iter().map(|(_, _, c)| *c));
             for (i, stored, compressed) in encoded {
                 if packer.add(index, ids[i], &stored, ranges[i].len() as u32, compressed)? {
                     new += 1;
@@ -654,6 +661,33 @@ impl<'a> Capture<'a> {
         self.chunks_total += entry.chunks.len() as u64;
         self.progress.advance(entry.size);
         self.push_file(path, meta, entry);
+    }
+}
+
+/// Whether compressing a file's chunks pays. After a fair sample of a file
+/// where almost nothing compressed (HNSW floats: 1.1x), the rest of that
+/// file is stored raw without trying: the CPU is better spent elsewhere.
+/// Only the stored form changes, never a chunk id.
+#[derive(Default)]
+struct CompressionVerdict {
+    tried: usize,
+    paid: usize,
+}
+
+impl CompressionVerdict {
+    const SAMPLE: usize = 256;
+
+    fn worth_trying(&self) -> bool {
+        self.tried < Self::SAMPLE || self.paid * 10 >= self.tried
+    }
+
+    fn record(&mut self, outcomes: impl Iterator<Item = bool>) {
+        if self.worth_trying() {
+            for compressed in outcomes {
+                self.tried += 1;
+                self.paid += compressed as usize;
+            }
+        }
     }
 }
 
