@@ -154,7 +154,7 @@ pub fn table_row_counts(path: &Path) -> Result<std::collections::BTreeMap<String
 }
 
 /// Bytes per batch handed from the page reader to the chunker.
-const PAGE_BATCH_BYTES: usize = 8 << 20;
+const PAGE_BATCH_BYTES: usize = 2 << 20;
 
 /// The pages of a database, streamed from one read transaction.
 pub struct PageStream {

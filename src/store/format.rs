@@ -77,7 +77,7 @@ impl StoreConfig {
             },
             compression: CompressionParams {
                 algorithm: "zstd".to_string(),
-                level: 3,
+                level: 1,
                 max_ratio_percent: 90,
             },
             pack: PackParams {
