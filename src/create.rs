@@ -14,7 +14,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::chunk::{self, Strategy};
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
+use crate::id::{Id, IdSet};
 use crate::manifest::{
     Entry, EntryKind, FileEntry, Manifest, SourceStat, CHROMA_PREFIX, DB_PATH, MANIFEST_VERSION,
     REGISTRY_PATH,
@@ -332,7 +332,7 @@ impl<'a> Capture<'a> {
                 .par_iter()
                 .map(|r| sealer.chunk_id(&buf[r.clone()]))
                 .collect();
-            let mut seen = HashSet::new();
+            let mut seen = IdSet::default();
             let fresh: Vec<usize> = (0..ids.len())
                 .filter(|&i| !packer.has(index, &ids[i]) && seen.insert(ids[i]))
                 .collect();

@@ -40,3 +40,31 @@ impl From<blake3::Hash> for Id {
         Id(*h.as_bytes())
     }
 }
+
+/// A hasher for ids: they are already uniform (BLAKE3 output), so the
+/// first 8 bytes are a perfect hash; SipHash would only cost time on the
+/// hot path of the chunk index.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(head) = bytes.first_chunk::<8>() {
+            self.0 ^= u64::from_le_bytes(*head);
+        } else {
+            for b in bytes {
+                self.0 = self.0.rotate_left(8) ^ *b as u64;
+            }
+        }
+    }
+
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+pub type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
+pub type IdMap<V> = std::collections::HashMap<Id, V, BuildIdHasher>;
+pub type IdSet = std::collections::HashSet<Id, BuildIdHasher>;
