@@ -87,11 +87,10 @@ impl Env {
     /// `init --encryption repokey` with the password from a file.
     fn init_repokey(&self, password: &str) -> PathBuf {
         let pw = self.password_file("pw", password);
-        let (code, doc) = run(
-            self.cmd()
-                .args(["init", "--encryption", "repokey", "--password-file"])
-                .arg(&pw),
-        );
+        let (code, doc) = run(self
+            .cmd()
+            .args(["init", "--encryption", "repokey", "--password-file"])
+            .arg(&pw));
         assert_eq!(code, 0, "{doc}");
         assert_eq!(doc["encryption"], "repokey");
         pw
@@ -273,7 +272,10 @@ fn store_bytes_reveal_no_content_nor_plain_chunk_hashes() {
     env.create(&pw, &[]);
     let (marker, registry_id, pages) = find(&env.store_files());
     assert!(marker, "control: the plain store keeps the raw page");
-    assert!(registry_id, "control: the plain store names the registry chunk");
+    assert!(
+        registry_id,
+        "control: the plain store names the registry chunk"
+    );
     assert!(pages > 100, "control: plain page hashes found: {pages}");
 
     std::fs::remove_dir_all(&env.store).unwrap();
@@ -318,8 +320,15 @@ fn wrong_password_is_refused_before_any_work() {
     }
     // ATOSNAP_PASSWORD wrong too.
     let (code, doc) = run(env.cmd().arg("list").env("ATOSNAP_PASSWORD", "nope"));
-    assert_eq!((code, doc["error"]["code"].as_str()), (1, Some("wrong_password")));
-    assert_eq!(before, env.store_files(), "a refused command wrote something");
+    assert_eq!(
+        (code, doc["error"]["code"].as_str()),
+        (1, Some("wrong_password"))
+    );
+    assert_eq!(
+        before,
+        env.store_files(),
+        "a refused command wrote something"
+    );
 }
 
 #[test]
@@ -428,7 +437,9 @@ fn tampered_or_swapped_manifest_is_manifest_corrupt() {
     flip_byte(&manifest(b), 20);
     let (code, doc) = validate(b);
     assert_eq!(code, 3, "{doc}");
-    assert!(errors(&doc).iter().any(|e| e.starts_with("manifest_corrupt")));
+    assert!(errors(&doc)
+        .iter()
+        .any(|e| e.starts_with("manifest_corrupt")));
 
     // 2. A flipped byte of the sealed body with the checksum recomputed:
     //    only the AEAD can catch it.
@@ -518,7 +529,10 @@ fn key_passwd_rewraps_the_master_key() {
         .args(["validate", stamp])
         .arg("--password-file")
         .arg(&old));
-    assert_eq!((code, doc["error"]["code"].as_str()), (1, Some("wrong_password")));
+    assert_eq!(
+        (code, doc["error"]["code"].as_str()),
+        (1, Some("wrong_password"))
+    );
     let (code, doc) = run(env
         .cmd()
         .args(["validate", stamp])
@@ -554,7 +568,10 @@ fn missing_damaged_or_foreign_key_file_is_a_clear_error() {
 
     std::fs::write(&key, b"{ not json").unwrap();
     let (code, doc) = list();
-    assert_eq!((code, doc["error"]["code"].as_str()), (1, Some("key_file_corrupt")));
+    assert_eq!(
+        (code, doc["error"]["code"].as_str()),
+        (1, Some("key_file_corrupt"))
+    );
     assert!(doc["error"]["message"]
         .as_str()
         .unwrap()
@@ -562,14 +579,20 @@ fn missing_damaged_or_foreign_key_file_is_a_clear_error() {
 
     std::fs::remove_file(&key).unwrap();
     let (code, doc) = list();
-    assert_eq!((code, doc["error"]["code"].as_str()), (1, Some("key_file_missing")));
+    assert_eq!(
+        (code, doc["error"]["code"].as_str()),
+        (1, Some("key_file_missing"))
+    );
 
     // The key file of another store (same password) is recognised.
     let other = Env::new();
     let other_pw = other.init_repokey("pw");
     std::fs::copy(other.store.join("keys/repokey.json"), &key).unwrap();
     let (code, doc) = list();
-    assert_eq!((code, doc["error"]["code"].as_str()), (1, Some("key_file_corrupt")));
+    assert_eq!(
+        (code, doc["error"]["code"].as_str()),
+        (1, Some("key_file_corrupt"))
+    );
     assert!(doc["error"]["message"]
         .as_str()
         .unwrap()
@@ -599,7 +622,10 @@ fn unencrypted_stores_keep_their_format_and_need_no_password() {
         .cmd()
         .args(["key", "passwd"])
         .env("ATOSNAP_NEW_PASSWORD", "x"));
-    assert_eq!((code, doc["error"]["code"].as_str()), (1, Some("store_not_encrypted")));
+    assert_eq!(
+        (code, doc["error"]["code"].as_str()),
+        (1, Some("store_not_encrypted"))
+    );
     // An unknown scheme is a usage error.
     let (code, _) = run(env.cmd().args(["init", "--encryption", "rot13"]));
     assert_eq!(code, 2);

@@ -147,7 +147,9 @@ impl StoreConfig {
             ("none", Some(_)) => return Err("encryption.key_id set for scheme \"none\"".into()),
             ("repokey", Some(id)) if id.len() == 32 && hex::decode(id).is_ok() => {}
             ("repokey", _) => {
-                return Err("encryption.key_id (32 hex digits) is required for scheme \"repokey\"".into())
+                return Err(
+                    "encryption.key_id (32 hex digits) is required for scheme \"repokey\"".into(),
+                )
             }
             (other, _) => {
                 return Err(format!(

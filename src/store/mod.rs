@@ -190,8 +190,7 @@ impl Store {
                 })?;
                 if password.is_empty() {
                     return Err(Error::Usage(
-                        "the password is empty: an encrypted store needs a real password"
-                            .into(),
+                        "the password is empty: an encrypted store needs a real password".into(),
                     ));
                 }
                 let cost = KdfCost::from_env()?;

@@ -243,7 +243,9 @@ mod tests {
         let sealed = s.seal(b"payload".to_vec(), b"chunk-a");
         assert!(s.open(sealed.clone(), b"chunk-b").is_err());
         assert!(sealer(2).open(sealed.clone(), b"chunk-a").is_err());
-        assert!(s.open(sealed[..sealed.len() - 1].to_vec(), b"chunk-a").is_err());
+        assert!(s
+            .open(sealed[..sealed.len() - 1].to_vec(), b"chunk-a")
+            .is_err());
         assert!(s.open(sealed[..10].to_vec(), b"chunk-a").is_err());
         assert!(Sealer::Plain.open(sealed.clone(), b"x").is_ok());
         for i in 0..sealed.len() {
