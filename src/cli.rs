@@ -239,7 +239,12 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             };
             // Refuse a missing db before a store is created for it.
             atosnap::sources::sqlite::check_database(&paths.db)?;
-            let store = Store::open_or_init_with(&paths.store, &secrets(g))?;
+            let secrets = secrets(g);
+            let existed = paths.store.join(atosnap::store::CONFIG_NAME).exists();
+            let store = Store::open_or_init_with(&paths.store, &secrets)?;
+            // A password given for a store that did not exist yet: the new
+            // store is unencrypted (SPEC §3), which the operator must hear.
+            let unencrypted_despite_password = !existed && secrets.is_given();
             let opts = CreateOptions {
                 db: paths.db.clone(),
                 registry: paths.registry.clone(),
@@ -249,7 +254,15 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 lock_wait,
                 ingestion_lock: g.ingestion_lock.clone(),
             };
-            let result = create::create(&store, &opts, progress.as_ref())?;
+            let mut result = create::create(&store, &opts, progress.as_ref())?;
+            if unencrypted_despite_password {
+                let warning = format!(
+                    "no store existed at {}: created an UNENCRYPTED one although a password was given (an encrypted store is made by `atosnap init --encryption repokey`)",
+                    paths.store.display()
+                );
+                eprintln!("atosnap: warning: {warning}");
+                result.warnings.push(warning);
+            }
             Ok((to_doc(&result)?, 0))
         }
         Command::List => {

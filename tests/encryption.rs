@@ -626,6 +626,15 @@ fn unencrypted_stores_keep_their_format_and_need_no_password() {
         (code, doc["error"]["code"].as_str()),
         (1, Some("store_not_encrypted"))
     );
+    // `create` on a missing store makes an unencrypted one, and says so
+    // when a password was given.
+    let (code, doc) = run(env
+        .cmd()
+        .arg("create")
+        .env("ATOCORE_BACKUP_DIR", env.root.join("implicit"))
+        .env("ATOSNAP_PASSWORD", "meant to encrypt"));
+    assert_eq!(code, 0, "{doc}");
+    assert!(doc["warnings"].to_string().contains("UNENCRYPTED"), "{doc}");
     // An unknown scheme is a usage error.
     let (code, _) = run(env.cmd().args(["init", "--encryption", "rot13"]));
     assert_eq!(code, 2);
