@@ -109,6 +109,27 @@ pub enum Error {
     #[error("restored database failed its integrity check: {detail}")]
     RestoredIntegrity { detail: String },
 
+    #[error("the store at {path} is encrypted: give its password with --password-file FILE, ATOSNAP_PASSWORD_FILE or ATOSNAP_PASSWORD")]
+    PasswordRequired { path: String },
+
+    #[error("the new password is missing: give it with --new-password-file FILE, ATOSNAP_NEW_PASSWORD_FILE or ATOSNAP_NEW_PASSWORD")]
+    NewPasswordRequired,
+
+    #[error("password file {path}: {detail}")]
+    PasswordFile { path: PathBuf, detail: String },
+
+    #[error("wrong password for the encrypted store at {path} (its key file {key_file} does not open with it)")]
+    WrongPassword { path: String, key_file: String },
+
+    #[error("key file {path} is missing: without it this encrypted store cannot be read (restore the key file from a copy; a lost key file or password means lost backups)")]
+    KeyFileMissing { path: String },
+
+    #[error("key file {path} is damaged: {detail} (restore the key file from a copy; a lost key file or password means lost backups)")]
+    KeyFileCorrupt { path: String, detail: String },
+
+    #[error("the store at {path} is not encrypted: it has no key or password")]
+    NotEncrypted { path: String },
+
     #[error("{0}")]
     Other(String),
 }
@@ -139,6 +160,13 @@ impl Error {
             Error::ValidationFailed { .. } => "validation_failed",
             Error::DbInUse { .. } => "db_in_use",
             Error::RestoredIntegrity { .. } => "restored_integrity_failed",
+            Error::PasswordRequired { .. } => "password_required",
+            Error::NewPasswordRequired => "new_password_required",
+            Error::PasswordFile { .. } => "password_file_unreadable",
+            Error::WrongPassword { .. } => "wrong_password",
+            Error::KeyFileMissing { .. } => "key_file_missing",
+            Error::KeyFileCorrupt { .. } => "key_file_corrupt",
+            Error::NotEncrypted { .. } => "store_not_encrypted",
             Error::Other(_) => "error",
         }
     }

@@ -33,6 +33,12 @@ pub trait Backend: Send + Sync {
     fn list_children(&self, dir: &str) -> io::Result<Vec<String>>;
     /// Writes a new object durably (temp name, fsync, rename).
     fn write_once(&self, name: &str, data: &[u8]) -> io::Result<()>;
+    /// Replaces object `name` (or creates it) atomically: a reader, or a
+    /// crash at any moment, sees the old content or the new, never neither
+    /// and never a mix. Only for the few mutable objects (the key file).
+    fn replace(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.write_once(name, data)
+    }
     /// Moves a finished, fsynced local file in as object `name`.
     fn put_file(&self, name: &str, local: &Path) -> io::Result<()>;
     /// Publishes a folder of small files atomically. Returns false, writing
@@ -192,6 +198,11 @@ impl Backend for LocalBackend {
         let tmp = self.temp_path("obj");
         write_new_synced(&tmp, data)?;
         self.put_file(name, &tmp)
+    }
+
+    fn replace(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        // Temp file, fsync, rename(2) over the old one, fsync the folder.
+        self.write_once(name, data)
     }
 
     fn put_file(&self, name: &str, local: &Path) -> io::Result<()> {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! STORE/config.json                     format version and parameters
+//! STORE/keys/repokey.json               encrypted stores: the wrapped master key
 //! STORE/objects/<xx>/<pack id>.pack     immutable packs of chunks
 //! STORE/snapshots/<stamp>/manifest.bin  + backup-metadata.json
 //! STORE/drills/<stamp>--<at>.json       drill outcomes
@@ -12,6 +13,7 @@
 pub mod backend;
 pub mod format;
 pub mod index;
+pub mod key;
 pub mod lock;
 pub mod pack;
 pub mod packer;
@@ -28,9 +30,10 @@ use crate::stamp::Stamp;
 use backend::{Backend, LocalBackend};
 use format::StoreConfig;
 use index::{ChunkIndex, DamagedPack, Location};
+use key::{KdfCost, KeyFile, Secrets, UnwrapError, KEY_FILE};
 use lock::ExclusiveLock;
 use pack::{PackEntry, PackIndexError, TRAILER_LEN};
-use seal::Sealer;
+use seal::{MasterKey, Sealer};
 
 pub const CONFIG_NAME: &str = "config.json";
 pub const MANIFEST_NAME: &str = "manifest.bin";
@@ -41,6 +44,8 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     config: StoreConfig,
     sealer: Sealer,
+    /// The key file an encrypted store was opened with.
+    key_file: Option<KeyFile>,
 }
 
 /// What is under `snapshots/`.
@@ -67,14 +72,64 @@ impl ChunkFault {
     }
 }
 
+/// Reads, checks and unwraps the key file of a `repokey` store.
+fn open_repokey(
+    root: &Path,
+    backend: &LocalBackend,
+    config: &StoreConfig,
+    secrets: &Secrets,
+) -> Result<(Sealer, KeyFile)> {
+    let password = secrets.password()?.ok_or_else(|| Error::PasswordRequired {
+        path: root.display().to_string(),
+    })?;
+    let key_path = root.join(KEY_FILE);
+    let corrupt = |detail: String| Error::KeyFileCorrupt {
+        path: key_path.display().to_string(),
+        detail,
+    };
+    let bytes = match backend.read(KEY_FILE) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::KeyFileMissing {
+                path: key_path.display().to_string(),
+            })
+        }
+        Err(e) => return Err(Error::io("read", &key_path, e)),
+    };
+    let file = KeyFile::parse(&bytes).map_err(corrupt)?;
+    if Some(&file.key_id) != config.encryption.key_id.as_ref() {
+        return Err(corrupt(format!(
+            "it holds key {} but config.json names key {} (a key file of another store?)",
+            file.key_id,
+            config.encryption.key_id.as_deref().unwrap_or("?")
+        )));
+    }
+    let master = file.unwrap(&password).map_err(|e| match e {
+        UnwrapError::WrongPassword => Error::WrongPassword {
+            path: root.display().to_string(),
+            key_file: key_path.display().to_string(),
+        },
+        UnwrapError::Corrupt(detail) => corrupt(detail),
+    })?;
+    Ok((Sealer::repokey(master), file))
+}
+
 /// Is there a live process with this pid (Linux: /proc)?
 pub fn process_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
 impl Store {
-    /// Opens an existing store.
+    /// Opens an existing unencrypted store (an encrypted one is refused
+    /// with `password_required`: use [`Store::open_with`]).
     pub fn open(root: &Path) -> Result<Store> {
+        Store::open_with(root, &Secrets::none())
+    }
+
+    /// Opens an existing store; an encrypted one takes its password from
+    /// `secrets` and is refused, before any other work, when the password
+    /// is missing (`password_required`) or wrong (`wrong_password`).
+    pub fn open_with(root: &Path, secrets: &Secrets) -> Result<Store> {
         let backend = LocalBackend::new(root);
         let config_path = root.join(CONFIG_NAME);
         if !config_path.exists() {
@@ -84,23 +139,40 @@ impl Store {
         }
         let bytes = backend.read(CONFIG_NAME).ctx("read", &config_path)?;
         let config = StoreConfig::parse(&bytes, &config_path.display().to_string())?;
-        let sealer = Sealer::from_scheme(&config.encryption.scheme).ok_or_else(|| {
-            Error::StoreConfigInvalid {
-                path: config_path.display().to_string(),
-                detail: format!("unknown encryption scheme {}", config.encryption.scheme),
+        let (sealer, key_file) = match config.encryption.scheme.as_str() {
+            "repokey" => {
+                let (sealer, file) = open_repokey(root, &backend, &config, secrets)?;
+                (sealer, Some(file))
             }
-        })?;
+            scheme => {
+                let sealer =
+                    Sealer::from_scheme(scheme).ok_or_else(|| Error::StoreConfigInvalid {
+                        path: config_path.display().to_string(),
+                        detail: format!("unknown encryption scheme {scheme}"),
+                    })?;
+                (sealer, None)
+            }
+        };
         Ok(Store {
             root: root.to_path_buf(),
             backend: Arc::new(backend),
             config,
             sealer,
+            key_file,
         })
     }
 
-    /// Creates a new store at `root` (which may exist but must not hold a
-    /// store already).
+    /// Creates a new unencrypted store at `root` (which may exist but must
+    /// not hold a store already).
     pub fn init(root: &Path) -> Result<Store> {
+        Store::init_with(root, "none", &Secrets::none())
+    }
+
+    /// Creates a new store with encryption `scheme` (`none` or `repokey`;
+    /// `repokey` takes its password from `secrets`). In a `repokey` store
+    /// the key file is durable before `config.json` appears, so a store
+    /// never exists without its key.
+    pub fn init_with(root: &Path, scheme: &str, secrets: &Secrets) -> Result<Store> {
         let config_path = root.join(CONFIG_NAME);
         if config_path.exists() {
             return Err(Error::Other(format!(
@@ -108,30 +180,100 @@ impl Store {
                 root.display()
             )));
         }
+        let mut config = StoreConfig::new_default();
+        // Everything that can be refused is checked before anything is written.
+        let repokey = match scheme {
+            "none" => None,
+            "repokey" => {
+                let password = secrets.password()?.ok_or_else(|| Error::PasswordRequired {
+                    path: root.display().to_string(),
+                })?;
+                if password.is_empty() {
+                    return Err(Error::Usage(
+                        "the password is empty: an encrypted store needs a real password".into(),
+                    ));
+                }
+                let cost = KdfCost::from_env()?;
+                let master = MasterKey::generate().map_err(Error::Other)?;
+                let file = KeyFile::wrap(&master, &password, cost).map_err(Error::Other)?;
+                config.encryption.scheme = "repokey".into();
+                config.encryption.key_id = Some(master.key_id());
+                Some((master, file))
+            }
+            other => {
+                return Err(Error::Usage(format!(
+                    "--encryption {other}: expected none or repokey"
+                )))
+            }
+        };
         for dir in ["objects", "snapshots", "locks", "tmp"] {
             let p = root.join(dir);
             std::fs::create_dir_all(&p).ctx("create", &p)?;
         }
-        let config = StoreConfig::new_default();
         let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
         let backend = LocalBackend::new(root);
+        if let Some((_, file)) = &repokey {
+            backend
+                .replace(KEY_FILE, &file.to_json())
+                .ctx("write", root.join(KEY_FILE))?;
+        }
         backend
             .write_once(CONFIG_NAME, &json)
             .ctx("write", &config_path)?;
-        Store::open(root)
+        match repokey {
+            None => Store::open(root),
+            Some((master, file)) => Ok(Store {
+                root: root.to_path_buf(),
+                backend: Arc::new(backend),
+                config,
+                sealer: Sealer::repokey(master),
+                key_file: Some(file),
+            }),
+        }
     }
 
     /// Opens the store, creating an unencrypted one when none exists.
     pub fn open_or_init(root: &Path) -> Result<Store> {
+        Store::open_or_init_with(root, &Secrets::none())
+    }
+
+    /// [`Store::open_with`], creating an unencrypted store when none exists.
+    pub fn open_or_init_with(root: &Path, secrets: &Secrets) -> Result<Store> {
         if root.join(CONFIG_NAME).exists() {
-            Store::open(root)
+            Store::open_with(root, secrets)
         } else {
             match Store::init(root) {
                 // Another process created it between our check and init.
-                Err(_) if root.join(CONFIG_NAME).exists() => Store::open(root),
+                Err(_) if root.join(CONFIG_NAME).exists() => Store::open_with(root, secrets),
                 other => other,
             }
         }
+    }
+
+    /// The key file of an encrypted store (public parts only matter: the
+    /// master key in it is wrapped).
+    pub fn key_file(&self) -> Option<&KeyFile> {
+        self.key_file.as_ref()
+    }
+
+    /// Re-wraps the master key under `new_password` and replaces the key
+    /// file atomically (temp file, fsync, rename, fsync of the folder): a
+    /// crash leaves the old password or the new one working, never neither.
+    pub fn change_password(&self, new_password: &key::Password) -> Result<KeyFile> {
+        let keys = self.sealer.keys().ok_or_else(|| Error::NotEncrypted {
+            path: self.root.display().to_string(),
+        })?;
+        if new_password.is_empty() {
+            return Err(Error::Usage(
+                "the new password is empty: an encrypted store needs a real password".into(),
+            ));
+        }
+        let cost = KdfCost::from_env()?;
+        let file = KeyFile::wrap(keys.master(), new_password, cost).map_err(Error::Other)?;
+        self.backend
+            .replace(KEY_FILE, &file.to_json())
+            .ctx("replace", self.object_path(KEY_FILE))?;
+        Ok(file)
     }
 
     pub fn root(&self) -> &Path {
@@ -327,10 +469,24 @@ impl Store {
                 stamp: stamp.to_string(),
                 detail: format!("{}: {e}", self.object_path(&name).display()),
             })?;
-        Manifest::decode(&bytes, &self.sealer).map_err(|detail| Error::ManifestCorrupt {
-            stamp: stamp.to_string(),
-            detail: format!("{}: {detail}", self.object_path(&name).display()),
-        })
+        let manifest =
+            Manifest::decode(&bytes, &self.sealer).map_err(|detail| Error::ManifestCorrupt {
+                stamp: stamp.to_string(),
+                detail: format!("{}: {detail}", self.object_path(&name).display()),
+            })?;
+        // A sealed manifest is authentic but not bound to its folder's name:
+        // one moved or copied over another snapshot's is caught here.
+        if self.sealer.is_encrypted() && manifest.stamp != stamp.to_string() {
+            return Err(Error::ManifestCorrupt {
+                stamp: stamp.to_string(),
+                detail: format!(
+                    "{}: the sealed manifest is snapshot {}'s (moved or swapped)",
+                    self.object_path(&name).display(),
+                    manifest.stamp
+                ),
+            });
+        }
+        Ok(manifest)
     }
 
     pub fn read_metadata(&self, stamp: &Stamp) -> Result<serde_json::Value> {
@@ -346,10 +502,22 @@ impl Store {
                 name: name.clone(),
                 detail: e,
             })?;
-        serde_json::from_slice(&opened).map_err(|e| Error::ObjectCorrupt {
-            name,
-            detail: format!("not JSON: {e}"),
-        })
+        let meta: serde_json::Value =
+            serde_json::from_slice(&opened).map_err(|e| Error::ObjectCorrupt {
+                name: name.clone(),
+                detail: format!("not JSON: {e}"),
+            })?;
+        let named = meta.get("stamp").and_then(|v| v.as_str());
+        if self.sealer.is_encrypted() && named != Some(stamp.to_string().as_str()) {
+            return Err(Error::ObjectCorrupt {
+                name,
+                detail: format!(
+                    "the sealed summary is snapshot {}'s (moved or swapped)",
+                    named.unwrap_or("?")
+                ),
+            });
+        }
+        Ok(meta)
     }
 
     /// Publishes a snapshot atomically under `wanted`, or the next free
