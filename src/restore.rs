@@ -218,6 +218,7 @@ pub fn restore(
     progress.phase("pre-restore snapshot", None);
     let pre_restore_snapshot =
         pre_restore_snapshot(store, &lock, opts, &targets, with_chroma, progress)?;
+    failpoint(|| "restore:after-pre-snapshot".into());
     if targets.live {
         // The snapshot took a while: look again before writing.
         refuse_if_in_use(&targets, with_chroma)?;
@@ -226,6 +227,7 @@ pub fn restore(
     // 3. and 4.: the old db's WAL folded in, then stale sidecars removed.
     checkpoint_wal(&targets.db);
     remove_sidecars(&targets.db)?;
+    failpoint(|| "restore:after-sidecars".into());
 
     let plan = plan(store, &manifest, &targets, with_chroma)?;
     let outcome = apply(store, &index, &manifest, &plan, progress)?;
@@ -312,6 +314,21 @@ pub fn check_paths(manifest: &Manifest) -> Result<()> {
 fn chroma_rel(path: &[u8]) -> Option<&[u8]> {
     path.strip_prefix(CHROMA_PREFIX.as_bytes())?
         .strip_prefix(b"/")
+}
+
+/// Test hook: with `ATOSNAP_FAILPOINT=<name>` the process dies at that
+/// point without cleaning up (as after a kill -9), so tests can prove that
+/// a re-run converges. Points: `restore:after-pre-snapshot`,
+/// `restore:after-sidecars`, `restore:before-rename:<snapshot path>`,
+/// `restore:chroma-after-remove`.
+pub fn failpoint(name: impl FnOnce() -> String) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if let Some(p) = POINT.get_or_init(|| std::env::var("ATOSNAP_FAILPOINT").ok()) {
+        if *p == name() {
+            eprintln!("atosnap: failpoint {p} reached, dying");
+            std::process::exit(137);
+        }
+    }
 }
 
 // ---- 0. is the runtime in use? -------------------------------------------
@@ -977,6 +994,7 @@ pub fn install_file(
         .ctx("set the mtime of", &tmp)?;
     f.sync_all().ctx("fsync", &tmp)?;
     drop(f);
+    failpoint(|| format!("restore:before-rename:{}", entry.path_lossy()));
     fs::rename(&tmp, target).ctx("rename into place", target)?;
     guard.1 = true;
     Ok(())
@@ -1050,6 +1068,7 @@ pub fn apply_chroma(
         }
         touched.insert(parent_of(&path).to_path_buf());
     }
+    failpoint(|| "restore:chroma-after-remove".into());
     for &i in &plan.create_dirs {
         let path = path_of(root, rel_of(manifest, i));
         fs::create_dir_all(&path).ctx("create", &path)?;
