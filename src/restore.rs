@@ -28,12 +28,12 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ use crate::chunk;
 use crate::create::{self, CreateOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::extract::{self, ExtractError};
+use crate::id::Id;
 use crate::manifest::{
     Entry, EntryKind, FileEntry, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH,
 };
@@ -148,6 +149,8 @@ pub struct RestorePlan {
     /// snapshot).
     pub db: Option<usize>,
     pub registry: Option<usize>,
+    /// Chunks of the db that the db on disk already holds.
+    pub db_reusable: Reusable,
     pub chroma: Option<ChromaPlan>,
 }
 
@@ -167,6 +170,8 @@ pub struct ChromaPlan {
     pub write: Vec<usize>,
     /// Files and symlinks that already match.
     pub unchanged: Vec<usize>,
+    /// For files to write that exist on disk: their chunks found there.
+    pub reusable: BTreeMap<usize, Reusable>,
     /// Every folder of the snapshot below the root (mode and mtime are set
     /// at the end, deepest first).
     pub dirs: Vec<usize>,
@@ -577,10 +582,29 @@ pub fn plan(
     } else {
         None
     };
+    let db = file_idx(DB_PATH);
+    // The db is always rebuilt, but from the pages the old one shares with
+    // the snapshot where it can (the old WAL was folded in and removed).
+    let db_reusable = db
+        .and_then(|i| {
+            let e = &manifest.entries[i];
+            let f = e.file()?;
+            compare_on_disk(
+                &targets.db,
+                &e.path,
+                f,
+                &store.config().chunking,
+                store.sealer(),
+            )
+            .ok()
+        })
+        .map(|d| d.reusable)
+        .unwrap_or_default();
     Ok(RestorePlan {
         targets: targets.clone(),
-        db: file_idx(DB_PATH),
+        db,
         registry: file_idx(REGISTRY_PATH),
+        db_reusable,
         chroma,
     })
 }
@@ -669,25 +693,28 @@ pub fn plan_chroma(store: &Store, manifest: &Manifest, root: &Path) -> Result<Ch
     // Files present on both sides: hashed in parallel.
     let params = &store.config().chunking;
     let sealer = store.sealer();
-    let verdicts: Vec<(usize, bool)> = candidates
+    let verdicts: Vec<(usize, OnDisk)> = candidates
         .par_iter()
         .map(|(i, path)| {
             let e = &manifest.entries[*i];
-            let same = match &e.kind {
+            let found = match &e.kind {
+                // An unreadable file is simply replaced.
                 EntryKind::File(f) => {
-                    // An unreadable file is simply replaced.
-                    file_matches(path, &e.path, f, params, sealer).unwrap_or(false)
+                    compare_on_disk(path, &e.path, f, params, sealer).unwrap_or_default()
                 }
-                _ => false,
+                _ => OnDisk::default(),
             };
-            (*i, same)
+            (*i, found)
         })
         .collect();
-    for (i, same) in verdicts {
-        if same {
+    for (i, found) in verdicts {
+        if found.matches {
             plan.unchanged.push(i);
         } else {
             plan.write.push(i);
+            if !found.reusable.is_empty() {
+                plan.reusable.insert(i, found.reusable);
+            }
         }
     }
     plan.write.sort_unstable();
@@ -822,6 +849,74 @@ pub fn file_matches(
     }
 }
 
+/// Where the chunks a snapshot file needs sit in the file on disk it will
+/// replace: chunk id to (offset, length). Rebuilding the file then reads
+/// those from disk (re-hashed on the way) instead of the store, so an
+/// in-place restore decompresses only what changed.
+pub type Reusable = HashMap<Id, (u64, u32)>;
+
+/// What hashing a file on disk found, against a snapshot file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OnDisk {
+    /// Same size and the same chunk ids in the same order.
+    pub matches: bool,
+    pub reusable: Reusable,
+}
+
+/// Hashes the whole file at `path` with the strategy of the snapshot file
+/// `file` (see [`file_matches`]): does it match, and which of the
+/// snapshot's chunks does it already hold, where.
+pub fn compare_on_disk(
+    path: &Path,
+    snap_path: &[u8],
+    file: &FileEntry,
+    params: &crate::store::format::ChunkingParams,
+    sealer: &crate::store::seal::Sealer,
+) -> std::io::Result<OnDisk> {
+    let f = File::open(path)?;
+    let size = f.metadata()?.len();
+    let page = if file.sqlite {
+        match sqlite::sqlite_page_size_of(path)? {
+            Some(p) => Some(p),
+            None => return Ok(OnDisk::default()),
+        }
+    } else {
+        None
+    };
+    let strategy = chunk::strategy_for(snap_path, page, params);
+    let needed: HashSet<&Id> = file.chunks.iter().collect();
+    let mut out = OnDisk::default();
+    let mut same_order = size == file.size;
+    let mut pos = 0usize;
+    let mut offset = 0u64;
+    let streamed = chunk::for_each_batch(f, strategy, HASH_BATCH, |buf, ranges| {
+        let ids: Vec<Id> = ranges
+            .par_iter()
+            .map(|r| sealer.chunk_id(&buf[r.clone()]))
+            .collect();
+        for (id, r) in ids.iter().zip(ranges) {
+            if same_order && file.chunks.get(pos) != Some(id) {
+                same_order = false;
+            }
+            pos += 1;
+            if needed.contains(id) {
+                out.reusable
+                    .entry(*id)
+                    .or_insert((offset + r.start as u64, r.len() as u32));
+            }
+        }
+        offset += ranges.last().map(|r| r.end as u64).unwrap_or(0);
+        Ok(())
+    });
+    match streamed {
+        Err(e) => return Err(std::io::Error::other(e.to_string())),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) => {}
+    }
+    out.matches = same_order && pos == file.chunks.len();
+    Ok(out)
+}
+
 // ---- the write steps ----------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -851,7 +946,9 @@ pub fn apply(
         let e = &manifest.entries[i];
         if let EntryKind::File(f) = &e.kind {
             progress.phase("database", Some(f.size));
-            install_file(store, index, e, f, &t.db, &|n| progress.advance(n))?;
+            install_file(store, index, e, f, &t.db, Some(&plan.db_reusable), &|n| {
+                progress.advance(n)
+            })?;
             sync_dir(parent_of(&t.db))?;
             out.db_restored = true;
         }
@@ -861,7 +958,9 @@ pub fn apply(
         let e = &manifest.entries[i];
         if let EntryKind::File(f) = &e.kind {
             progress.phase("registry", Some(f.size));
-            install_file(store, index, e, f, &t.registry, &|n| progress.advance(n))?;
+            install_file(store, index, e, f, &t.registry, None, &|n| {
+                progress.advance(n)
+            })?;
             sync_dir(parent_of(&t.registry))?;
             out.registry_restored = true;
         }
@@ -956,19 +1055,33 @@ fn extract_error(e: ExtractError, tmp: &Path) -> Error {
 }
 
 /// Rebuilds a file from its chunks into a temp file beside `target`, sets
-/// owner, mode and mtime, fsyncs and renames it over `target`. The caller
-/// fsyncs the folder.
+/// owner, mode and mtime, fsyncs and renames it over `target`. Chunks in
+/// `reusable` are read from the file being replaced (and re-hashed), the
+/// rest from the store. The caller fsyncs the folder.
 pub fn install_file(
     store: &Store,
     index: &ChunkIndex,
     entry: &Entry,
     file: &FileEntry,
     target: &Path,
+    reusable: Option<&Reusable>,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     let parent = parent_of(target);
     fs::create_dir_all(parent).ctx("create", parent)?;
     let owner = wanted_owner(target);
+    // Opened before the rename, so it reads the old file throughout.
+    let old = reusable
+        .filter(|r| !r.is_empty())
+        .and_then(|r| File::open(target).ok().map(|f| (f, r)));
+    let sealer = store.sealer();
+    let local = |id: &Id| -> Option<Vec<u8>> {
+        let (f, map) = old.as_ref()?;
+        let &(offset, len) = map.get(id)?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset).ok()?;
+        (sealer.chunk_id(&buf) == *id).then_some(buf)
+    };
     let tmp = temp_beside(target);
     let mut guard = TempGuard(&tmp, false);
     let f = OpenOptions::new()
@@ -978,7 +1091,7 @@ pub fn install_file(
         .open(&tmp)
         .ctx("create", &tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, &f);
-    extract::write_file(store, index, file, &mut w, on_bytes)
+    extract::write_file_with(store, index, file, &mut w, on_bytes, local)
         .map_err(|e| extract_error(e, &tmp))?;
     w.flush().ctx("write", &tmp)?;
     drop(w);
@@ -1096,7 +1209,9 @@ pub fn apply_chroma(
         let e = &manifest.entries[i];
         let path = path_of(root, rel_of(manifest, i));
         match &e.kind {
-            EntryKind::File(f) => install_file(store, index, e, f, &path, &on_bytes),
+            EntryKind::File(f) => {
+                install_file(store, index, e, f, &path, plan.reusable.get(&i), &on_bytes)
+            }
             EntryKind::Symlink { target } => install_symlink(e, target, &path),
             EntryKind::Dir => Ok(()),
         }
