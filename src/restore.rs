@@ -58,6 +58,9 @@ use crate::verify::{self, ValidateReport};
 pub const TEMP_PREFIX: &str = ".atosnap-restore-";
 /// The tag of the safety snapshot taken before a live restore.
 pub const PRE_RESTORE_TAG: &str = "pre-restore";
+/// File type bits of `st_mode`, and the symlink type.
+const S_IFMT: u32 = 0o170000;
+const S_IFLNK: u32 = 0o120000;
 /// Bytes per batch when re-hashing a file on disk.
 const HASH_BATCH: usize = 8 << 20;
 
@@ -203,13 +206,13 @@ pub fn restore(
     check_confirmation(opts)?;
     let stamp = Stamp::parse(&opts.stamp)?;
     let targets = Targets::of(opts);
-    if let Some(dir) = &opts.to {
-        prepare_to_dir(dir)?;
-    }
     let lock = lock::lock_shared(store.root(), "restore", opts.lock_wait)?;
     let manifest = store.read_manifest(&stamp)?;
     check_paths(&manifest)?;
     let with_chroma = chroma_wanted(&manifest, opts.chroma)?;
+    if let Some(dir) = &opts.to {
+        prepare_to_dir(dir)?;
+    }
     if targets.live {
         refuse_if_in_use(&targets, with_chroma)?;
     }
@@ -745,21 +748,19 @@ fn walk_existing(
         }
         child_rel.extend_from_slice(&name);
         let have = disk_kind(ft);
-        let want = wanted.get(&child_rel[..]).copied();
-        let want_kind = want.map(|i| &manifest.entries[i].kind);
-        match (have, want_kind) {
-            (DiskKind::Dir, Some(EntryKind::Dir)) => {
-                let i = want.unwrap_or_default();
+        let want = wanted
+            .get(&child_rel[..])
+            .map(|&i| (i, &manifest.entries[i].kind));
+        match (have, want) {
+            (DiskKind::Dir, Some((i, EntryKind::Dir))) => {
                 seen.insert(i);
                 walk_existing(&path, &child_rel, manifest, wanted, plan, seen, candidates)?;
             }
-            (DiskKind::File, Some(EntryKind::File(_))) => {
-                let i = want.unwrap_or_default();
+            (DiskKind::File, Some((i, EntryKind::File(_)))) => {
                 seen.insert(i);
                 candidates.push((i, path));
             }
-            (DiskKind::Symlink, Some(EntryKind::Symlink { target })) => {
-                let i = want.unwrap_or_default();
+            (DiskKind::Symlink, Some((i, EntryKind::Symlink { target }))) => {
                 seen.insert(i);
                 let same = fs::read_link(&path)
                     .map(|t| t.as_os_str().as_bytes() == &target[..])
@@ -772,9 +773,8 @@ fn walk_existing(
             }
             // A file where a symlink belongs or the reverse: the rename
             // of the new one replaces it atomically.
-            (DiskKind::File, Some(EntryKind::Symlink { .. }))
-            | (DiskKind::Symlink, Some(EntryKind::File(_))) => {
-                let i = want.unwrap_or_default();
+            (DiskKind::File, Some((i, EntryKind::Symlink { .. })))
+            | (DiskKind::Symlink, Some((i, EntryKind::File(_)))) => {
                 seen.insert(i);
                 plan.write.push(i);
             }
@@ -1130,8 +1130,14 @@ fn install_symlink(entry: &Entry, link_target: &[u8], target: &Path) -> Result<(
 }
 
 /// Sets mode and mtime of an existing file or folder when they differ.
-fn fix_meta(path: &Path, entry: &Entry) -> Result<()> {
-    let m = fs::symlink_metadata(path).ctx("stat", path)?;
+/// `follow`: for the Chroma dir itself, which may be a symlink to it.
+fn fix_meta(path: &Path, entry: &Entry, follow: bool) -> Result<()> {
+    let m = if follow {
+        fs::metadata(path)
+    } else {
+        fs::symlink_metadata(path)
+    }
+    .ctx("stat", path)?;
     if m.file_type().is_symlink() {
         let t = file_time(entry.mtime_ns);
         let have = m.mtime() * 1_000_000_000 + m.mtime_nsec();
@@ -1220,7 +1226,11 @@ pub fn apply_chroma(
         touched.insert(parent_of(&path_of(root, rel_of(manifest, i))).to_path_buf());
     }
     for &i in &plan.unchanged {
-        fix_meta(&path_of(root, rel_of(manifest, i)), &manifest.entries[i])?;
+        fix_meta(
+            &path_of(root, rel_of(manifest, i)),
+            &manifest.entries[i],
+            false,
+        )?;
     }
     for dir in &touched {
         if dir.is_dir() {
@@ -1232,10 +1242,20 @@ pub fn apply_chroma(
     let mut dirs = plan.dirs.clone();
     dirs.sort_by(|a, b| rel_of(manifest, *b).cmp(rel_of(manifest, *a)));
     for i in dirs {
-        fix_meta(&path_of(root, rel_of(manifest, i)), &manifest.entries[i])?;
+        fix_meta(
+            &path_of(root, rel_of(manifest, i)),
+            &manifest.entries[i],
+            false,
+        )?;
     }
     if let Some(i) = plan.root_entry {
-        fix_meta(root, &manifest.entries[i])?;
+        // When the Chroma dir was reached through a symlink, the snapshot
+        // may hold the link's own mode (0777) and mtime: never apply those
+        // to the folder itself.
+        let e = &manifest.entries[i];
+        if e.mode & S_IFMT != S_IFLNK {
+            fix_meta(root, e, true)?;
+        }
     }
     Ok(())
 }
@@ -1365,7 +1385,7 @@ mod tests {
             found.iter().any(|h| h.pid == std::process::id()),
             "{found:?}"
         );
-        assert!(open_holders(&[alias.clone()], Some(std::process::id())).is_empty());
+        assert!(open_holders(std::slice::from_ref(&alias), Some(std::process::id())).is_empty());
         assert!(open_holders(&[other], None).is_empty());
         drop(held);
         assert!(open_holders(&[alias], None).is_empty());

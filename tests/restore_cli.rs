@@ -391,16 +391,11 @@ fn restore_to_a_folder_needs_no_confirmation_and_leaves_live_data_alone() {
     );
     assert!(!has_marker(&out.join("atocore.db"), "live-only"));
     assert!(has_marker(&rt.db, "live-only"), "live db untouched");
-    assert_eq!(rt.stamps(), vec![s1]);
+    assert_eq!(rt.stamps(), vec![s1.clone()]);
     // --to a file is refused.
     let file = rt.path("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let (json, code, _) = rt.run(&[
-        "restore",
-        "20200101T000000Z",
-        "--to",
-        file.to_str().unwrap(),
-    ]);
+    let (json, code, _) = rt.run(&["restore", &s1, "--to", file.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert_eq!(json["error"]["code"], "target_invalid");
 }
@@ -513,4 +508,40 @@ fn a_restore_killed_at_any_step_converges_when_run_again() {
         assert_eq!(count(&rt.db, "memories"), FIXTURE_MEMORIES);
     }
     rt.ok(&["verify"]);
+}
+
+#[test]
+fn a_chroma_dir_that_is_a_symlink_is_restored_through_it_and_stays_a_symlink() {
+    let rt = Rt::fixture();
+    // Move the real tree elsewhere and point the configured path at it.
+    let real = rt.path("real-chroma");
+    std::fs::rename(&rt.chroma, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &rt.chroma).unwrap();
+    let s1 = rt.create(&["--chroma"]);
+    let mut want = tree_without(&real, &["chroma.sqlite3"]);
+    // The folder's own mode and mtime are not compared: the snapshot took
+    // the link's (a create quirk with a symlinked Chroma dir), and restore
+    // must not apply a 0777 link mode to the real folder.
+    let root_mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o7777;
+    want.remove(&b""[..]);
+    std::fs::write(real.join("junk"), b"junk").unwrap();
+    std::fs::remove_file(real.join(SEGMENT).join("header.bin")).unwrap();
+    let r = rt.ok(&[
+        "restore",
+        &s1,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ]);
+    assert_eq!(r["chroma_files_removed"], 1);
+    assert!(std::fs::symlink_metadata(&rt.chroma)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let mut got = tree_without(&real, &["chroma.sqlite3"]);
+    got.remove(&b""[..]);
+    assert_same_tree!(got, want);
+    assert_eq!(
+        std::fs::metadata(&real).unwrap().permissions().mode() & 0o7777,
+        root_mode
+    );
 }

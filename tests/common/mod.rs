@@ -136,8 +136,8 @@ impl Rt {
             .collect();
         t.extend(
             tree(&self.registry)
-                .into_iter()
-                .map(|(_, v)| (b"registry".to_vec(), v)),
+                .into_values()
+                .map(|v| (b"registry".to_vec(), v)),
         );
         t
     }
