@@ -10,9 +10,10 @@ use std::time::Duration;
 use atosnap::config::Paths;
 use atosnap::create::{self, CreateOptions};
 use atosnap::error::Error;
+use atosnap::restore::{self, ChromaChoice, RestoreOptions};
 use atosnap::store::key::Secrets;
 use atosnap::store::Store;
-use atosnap::{list, verify};
+use atosnap::{diff, drill, list, verify};
 
 use crate::progress_bar;
 
@@ -110,6 +111,29 @@ pub enum Command {
         #[arg(long = "snapshot", value_name = "STAMP")]
         snapshots: Vec<String>,
     },
+    /// Restore a snapshot into the live runtime (service stopped) or --to DIR.
+    Restore {
+        stamp: String,
+        /// Required for a live restore: the AtoCore service is stopped.
+        #[arg(long)]
+        confirm_service_stopped: bool,
+        /// Skip the pre-restore safety snapshot.
+        #[arg(long)]
+        no_pre_snapshot: bool,
+        /// Restore the Chroma tree (default: when the snapshot has one).
+        #[arg(long, conflicts_with = "no_chroma")]
+        chroma: bool,
+        /// Leave the Chroma dir alone.
+        #[arg(long)]
+        no_chroma: bool,
+        /// Restore into DIR/atocore.db, DIR/project-registry.json, DIR/chroma.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
+    /// Prove a snapshot restorable (default: the newest) without touching live data.
+    Drill { stamp: Option<String> },
+    /// Files added, removed and changed between two snapshots.
+    Diff { from: String, to: String },
     /// Build a runtime from the fixtures and run the drill end to end.
     Demo,
 }
@@ -280,6 +304,46 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             let report = verify::verify(&store, snapshots, lock_wait)?;
             let code = if report.ok { 0 } else { 3 };
             Ok((to_doc(&report)?, code))
+        }
+        Command::Restore {
+            stamp,
+            confirm_service_stopped,
+            no_pre_snapshot,
+            chroma,
+            no_chroma,
+            to,
+        } => {
+            let opts = RestoreOptions {
+                stamp: stamp.clone(),
+                db: paths.db.clone(),
+                registry: paths.registry.clone(),
+                chroma_dir: paths.chroma_dir.clone(),
+                to: to.clone(),
+                confirm_service_stopped: *confirm_service_stopped,
+                pre_snapshot: !no_pre_snapshot,
+                chroma: match (chroma, no_chroma) {
+                    (true, _) => ChromaChoice::Yes,
+                    (_, true) => ChromaChoice::No,
+                    _ => ChromaChoice::Auto,
+                },
+                lock_wait,
+            };
+            // The gate comes before anything else, the store included.
+            restore::check_confirmation(&opts)?;
+            let store = open_store(g, &paths)?;
+            let result = restore::restore(&store, &opts, progress.as_ref())?;
+            let code = if result.restored_integrity_ok { 0 } else { 3 };
+            Ok((to_doc(&result)?, code))
+        }
+        Command::Drill { stamp } => {
+            let store = open_store(g, &paths)?;
+            let result = drill::drill(&store, stamp.as_deref(), lock_wait, progress.as_ref())?;
+            let code = if result.ok { 0 } else { 3 };
+            Ok((to_doc(&result)?, code))
+        }
+        Command::Diff { from, to } => {
+            let store = open_store(g, &paths)?;
+            Ok((to_doc(&diff::diff(&store, from, to)?)?, 0))
         }
         Command::Demo => crate::demo::run(),
     }

@@ -98,13 +98,25 @@ pub enum Error {
     ValidationFailed { stamp: String, errors: String },
 
     #[error(
-        "database {path} is held open by pid {pid} ({command}): stop that process before restoring"
+        "{path} is held open by pid {pid} ({command}): stop that process (the AtoCore service?) before restoring"
     )]
     DbInUse {
         path: PathBuf,
         pid: u32,
         command: String,
     },
+
+    #[error("pre-restore safety snapshot failed, nothing was changed: {detail} (fix the cause, or pass --no-pre-snapshot after copying the live files aside)")]
+    PreSnapshotFailed { detail: String },
+
+    #[error("snapshot {stamp} has no Chroma tree: drop --chroma (or pick a snapshot taken with `create --chroma`)")]
+    ChromaNotInSnapshot { stamp: String },
+
+    #[error("the store has no snapshots yet (take one with `atosnap create`)")]
+    NoSnapshots,
+
+    #[error("restore target {path} is unusable: {detail}")]
+    TargetInvalid { path: PathBuf, detail: String },
 
     #[error("restored database failed its integrity check: {detail}")]
     RestoredIntegrity { detail: String },
@@ -159,6 +171,10 @@ impl Error {
             Error::NotConfirmed => "confirmation_required",
             Error::ValidationFailed { .. } => "validation_failed",
             Error::DbInUse { .. } => "db_in_use",
+            Error::PreSnapshotFailed { .. } => "pre_snapshot_failed",
+            Error::ChromaNotInSnapshot { .. } => "chroma_not_in_snapshot",
+            Error::NoSnapshots => "no_snapshots",
+            Error::TargetInvalid { .. } => "target_invalid",
             Error::RestoredIntegrity { .. } => "restored_integrity_failed",
             Error::PasswordRequired { .. } => "password_required",
             Error::NewPasswordRequired => "new_password_required",

@@ -8,6 +8,8 @@
 pub mod chunk;
 pub mod config;
 pub mod create;
+pub mod diff;
+pub mod drill;
 pub mod drill_log;
 pub mod error;
 pub mod extract;
@@ -15,6 +17,7 @@ pub mod id;
 pub mod list;
 pub mod manifest;
 pub mod progress;
+pub mod restore;
 pub mod sources;
 pub mod stamp;
 pub mod store;
