@@ -2,7 +2,9 @@
 //! blake3 in an encrypted store) and pack ids (blake3 of the pack file).
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Id(pub [u8; 32]);
@@ -38,5 +40,49 @@ impl fmt::Debug for Id {
 impl From<blake3::Hash> for Id {
     fn from(h: blake3::Hash) -> Id {
         Id(*h.as_bytes())
+    }
+}
+
+/// A hasher for ids, which are uniformly random already: their first eight
+/// bytes are the hash (SipHash would only cost time).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `Id` hashes as its 32-byte array; anything else mixes in.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+            if bytes.len() == 32 {
+                break;
+            }
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {
+        // The length prefix of the array: the same for every id.
+    }
+}
+
+/// A set of ids hashed by [`IdHasher`].
+pub type IdSet = HashSet<Id, BuildHasherDefault<IdHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_set_finds_what_it_holds() {
+        let ids: Vec<Id> = (0..1000u32).map(|i| Id::hash(&i.to_le_bytes())).collect();
+        let set: IdSet = ids.iter().take(500).copied().collect();
+        assert_eq!(set.len(), 500);
+        assert!(ids[..500].iter().all(|id| set.contains(id)));
+        assert!(ids[500..].iter().all(|id| !set.contains(id)));
     }
 }

@@ -23,10 +23,10 @@
 //! damaged, with the files in them.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use crate::error::Result;
-use crate::id::Id;
+use crate::id::{Id, IdSet};
 use crate::manifest::Manifest;
 use crate::stamp::Stamp;
 use crate::store::lock::ExclusiveLock;
@@ -80,12 +80,11 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
 
     // Referenced chunks the healthy packs lack.
     let mut index = store.load_index()?;
-    let mut needed: HashSet<Id> = audit
-        .manifests
+    let mut needed: IdSet = audit
+        .referenced
         .iter()
-        .flat_map(|(_, m)| m.entries.iter().filter_map(|e| e.file()))
-        .flat_map(|f| f.chunks.iter().copied())
         .filter(|id| !index.contains(id))
+        .copied()
         .collect();
     if !needed.is_empty() {
         let mut packer = Packer::new(store);
@@ -129,10 +128,11 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     out.chunks_lost = lost;
 
     // Summaries rebuilt from the manifests.
-    for (stamp, m) in &audit.manifests {
+    for stamp in &audit.readable {
         if metadata_problem(store, stamp).is_none() {
             continue;
         }
+        let m = store.read_manifest(stamp)?;
         let name = format!("snapshots/{stamp}/{METADATA_NAME}");
         if store.backend().exists(&name).unwrap_or(false) {
             let moved_to = store.quarantine_object(lock, &name, "summary does not read")?;
@@ -142,12 +142,13 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
                 reason: "summary does not read".into(),
             });
         }
-        store.write_metadata(lock, stamp, &rebuilt_metadata(stamp, m))?;
+        store.write_metadata(lock, stamp, &rebuilt_metadata(stamp, &m))?;
         out.metadata_rewritten.push(stamp.to_string());
     }
 
     // What stays damaged.
-    for (stamp, m) in &audit.manifests {
+    for stamp in &audit.readable {
+        let m = store.read_manifest(stamp)?;
         let damaged: Vec<String> = m
             .entries
             .iter()

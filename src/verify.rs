@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::extract::{self, ExtractError};
-use crate::id::Id;
+use crate::id::{Id, IdSet};
 use crate::manifest::{FileEntry, Manifest};
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
@@ -300,8 +300,11 @@ pub fn verify_with(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> 
 /// What the audit found, with what repair needs beyond the report.
 pub struct Audit {
     pub report: VerifyReport,
-    /// Snapshots whose manifest reads.
-    pub manifests: Vec<(Stamp, Manifest)>,
+    /// Snapshots whose manifest reads (manifests are read one at a time,
+    /// never all held at once).
+    pub readable: Vec<Stamp>,
+    /// Every chunk those snapshots reference.
+    pub referenced: IdSet,
     /// Snapshots whose manifest does not read.
     pub unreadable: Vec<Stamp>,
 }
@@ -354,7 +357,7 @@ impl PackCheck {
 
     /// Whether the damage concerns an audit of `referenced` only: damage to
     /// the pack as a whole does, a corrupt chunk only if referenced.
-    fn concerns(&self, referenced: &HashSet<Id>) -> bool {
+    fn concerns(&self, referenced: &IdSet) -> bool {
         // A corrupt chunk explains a name mismatch on its own.
         self.structural.is_some()
             || (self.name_mismatch && self.corrupt.is_empty())
@@ -369,11 +372,20 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
         Some(s) => s.to_vec(),
         None => listing.stamps.clone(),
     };
-    let mut manifests = Vec::new();
+    let mut readable = Vec::new();
     let mut unreadable = Vec::new();
+    let mut referenced = IdSet::default();
     for stamp in &stamps {
         match store.read_manifest(stamp) {
-            Ok(m) => manifests.push((stamp.clone(), m)),
+            Ok(m) => {
+                referenced.extend(
+                    m.entries
+                        .iter()
+                        .filter_map(|e| e.file())
+                        .flat_map(|f| f.chunks.iter().copied()),
+                );
+                readable.push(stamp.clone());
+            }
             Err(e @ (Error::SnapshotMissing { .. } | Error::ManifestCorrupt { .. })) => {
                 let code = e.code();
                 report.snapshots.insert(
@@ -393,11 +405,6 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
     }
 
     let index = store.load_index()?;
-    let referenced: HashSet<Id> = manifests
-        .iter()
-        .flat_map(|(_, m)| m.entries.iter().filter_map(|e| e.file()))
-        .flat_map(|f| f.chunks.iter().copied())
-        .collect();
     let missing: BTreeSet<Id> = referenced
         .iter()
         .filter(|id| !index.contains(id))
@@ -442,13 +449,19 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
     report.packs_sampled = rehash.len() as u64;
     report.sampled_percent = sample;
 
-    let checks: Vec<(u32, PackCheck)> = to_check
+    // Packs checked structurally: in parallel (small reads). Packs re-hashed:
+    // one after the other, each streamed by its own reader thread with its
+    // chunks decoded in parallel, so memory stays a few blocks whatever the
+    // number of cores.
+    let (hashed, structural): (Vec<u32>, Vec<u32>) =
+        to_check.iter().partition(|p| rehash.contains(p));
+    let mut checks: Vec<(u32, PackCheck)> = structural
         .par_iter()
-        .map(|&p| {
-            let check = check_pack(store, &index, p, &referenced, rehash.contains(&p));
-            (p, check)
-        })
+        .map(|&p| (p, check_pack(store, &index, p, &referenced, false)))
         .collect();
+    for p in hashed {
+        checks.push((p, check_pack(store, &index, p, &referenced, true)));
+    }
 
     // A chunk is bad when the copy every reader uses (its index location)
     // is corrupt, or when it is missing.
@@ -485,7 +498,8 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
     report.corrupt = corrupt.iter().map(Id::to_hex).collect();
     report.missing = missing.iter().map(Id::to_hex).collect();
 
-    for (stamp, m) in &manifests {
+    for stamp in &readable {
+        let m = store.read_manifest(stamp)?;
         let damaged: BTreeSet<String> = m
             .entries
             .iter()
@@ -516,7 +530,8 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
         && report.snapshots.values().all(|s| s.ok);
     Ok(Audit {
         report,
-        manifests,
+        readable,
+        referenced,
         unreadable,
     })
 }
@@ -540,9 +555,9 @@ pub fn metadata_problem(store: &Store, stamp: &Stamp) -> Option<String> {
     }
 }
 
-/// Bytes of a pack read at once when re-hashing: the chunks inside are
-/// decoded and checked in parallel.
-const WINDOW: usize = 4 << 20;
+/// Bytes of a pack read at once when re-hashing: the chunks inside a block
+/// are decoded and checked in parallel while the next blocks are read.
+const BLOCK: usize = 2 << 20;
 
 /// Checks one pack. Always its structure: the trailer and index read, the
 /// entries tile the blob area exactly, raw chunks have their recorded
@@ -553,7 +568,7 @@ fn check_pack(
     store: &Store,
     index: &ChunkIndex,
     p: u32,
-    referenced: &HashSet<Id>,
+    referenced: &IdSet,
     rehash: bool,
 ) -> PackCheck {
     let info = index.pack(p);
@@ -626,8 +641,9 @@ fn check_pack(
         return check;
     }
 
-    // Re-hash: stream the file once, hashing it whole and decoding the
-    // chunks of each window in parallel.
+    // Re-hash: a reader thread streams the file once in blocks, hashing it
+    // whole, while the chunks of each block are decoded and checked in
+    // parallel.
     let reader = match store.backend().open_read(&name) {
         Ok(r) => r,
         Err(e) => {
@@ -636,39 +652,79 @@ fn check_pack(
             return check;
         }
     };
-    check.bytes = 0;
-    let mut win = Window::new(reader);
-    match win.fill_to(PACK_MAGIC.len() as u64) {
-        Ok(true) if win.slice(0, PACK_MAGIC.len() as u64) == PACK_MAGIC => {}
-        Ok(_) => check.damaged("bad pack header".into()),
-        Err(e) => check.damaged(format!("unreadable: {e}")),
-    }
-    let mut batch: Vec<&PackEntry> = Vec::new();
-    let mut broken_at: Option<usize> = None;
-    for (i, e) in tiled.iter().enumerate() {
-        let end = e.offset as u64 + e.stored_len as u64;
-        if !batch.is_empty() && end - win.start > WINDOW as u64 {
-            decode_batch(store, &win, &batch, &mut check);
-            batch.clear();
-            win.discard_before(e.offset as u64);
-        }
-        match win.fill_to(end) {
-            Ok(true) => batch.push(e),
-            Ok(false) => {
-                check.damaged(format!("truncated: chunk {} ends past the file", e.id));
-                broken_at = Some(i);
-                break;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let streamed = std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || stream_blocks(reader, tx));
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_start = 0u64;
+        let mut next = 0usize;
+        let mut header_seen = false;
+        for block in rx {
+            if buf.is_empty() {
+                buf = block;
+            } else {
+                buf.extend_from_slice(&block);
             }
-            Err(err) => {
-                check.damaged(format!("unreadable: {err}"));
-                broken_at = Some(i);
-                break;
+            if !header_seen && buf_start == 0 && buf.len() >= PACK_MAGIC.len() {
+                header_seen = true;
+                if &buf[..PACK_MAGIC.len()] != PACK_MAGIC {
+                    check.damaged("bad pack header".into());
+                }
+            }
+            let buf_end = buf_start + buf.len() as u64;
+            let ready = tiled[next..]
+                .iter()
+                .take_while(|e| e.offset as u64 + e.stored_len as u64 <= buf_end)
+                .count();
+            decode_batch(
+                store,
+                &buf,
+                buf_start,
+                &tiled[next..next + ready],
+                &mut check,
+            );
+            next += ready;
+            // Keep only what the next entry still needs.
+            let keep_from = tiled
+                .get(next)
+                .map(|e| (e.offset as u64).max(buf_start))
+                .unwrap_or(buf_end);
+            let drop = ((keep_from - buf_start) as usize).min(buf.len());
+            buf.drain(..drop);
+            buf_start += drop as u64;
+        }
+        if !header_seen {
+            check.damaged("bad pack header".into());
+        }
+        hashing
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread failed")))
+    });
+    let decoded: usize = check.chunks as usize;
+    match streamed {
+        Ok((hash, len)) => {
+            check.bytes = len;
+            if decoded < tiled.len() {
+                check.damaged(format!(
+                    "truncated: chunk {} ends past the end of the file ({len} bytes)",
+                    tiled[decoded].id
+                ));
+                check.corrupt.extend(tiled[decoded..].iter().map(|e| e.id));
+            } else if len != info.size {
+                check.damaged(format!(
+                    "size changed while read: {len} bytes, listed {}",
+                    info.size
+                ));
+            } else {
+                check.name_mismatch = hash != info.id;
             }
         }
-    }
-    decode_batch(store, &win, &batch, &mut check);
-    if let Some(i) = broken_at {
-        check.corrupt.extend(tiled[i..].iter().map(|e| e.id));
+        Err(e) => {
+            check.damaged(format!("unreadable: {e}"));
+            check
+                .corrupt
+                .extend(tiled[decoded.min(tiled.len())..].iter().map(|e| e.id));
+        }
     }
     // Entries overlapping others: each checked on its own.
     for e in overlapping {
@@ -686,40 +742,27 @@ fn check_pack(
             check.corrupt.push(e.id);
         }
     }
-    // The rest (index and trailer) completes the whole-file hash.
-    if broken_at.is_none() {
-        match win.fill_to(u64::MAX) {
-            Ok(_) => {
-                check.bytes = win.end();
-                if win.end() != info.size {
-                    check.damaged(format!(
-                        "size changed while read: {} bytes, listed {}",
-                        win.end(),
-                        info.size
-                    ));
-                } else {
-                    check.name_mismatch = Id::from(win.hasher.finalize()) != info.id;
-                }
-            }
-            Err(e) => check.damaged(format!("unreadable: {e}")),
-        }
-    } else {
-        check.bytes = win.end();
-    }
     check.corrupt.sort();
     check.corrupt.dedup();
     check
 }
 
-fn decode_batch(store: &Store, win: &Window, batch: &[&PackEntry], check: &mut PackCheck) {
-    let (buf, start) = (&win.buf[..], win.start);
+/// Decodes and checks, in parallel, entries lying wholly in `buf` (which
+/// starts at file offset `start`).
+fn decode_batch(
+    store: &Store,
+    buf: &[u8],
+    start: u64,
+    batch: &[&PackEntry],
+    check: &mut PackCheck,
+) {
     let bad: Vec<Id> = batch
         .par_iter()
         .filter_map(|e| {
             let from = (e.offset as u64 - start) as usize;
-            let stored = buf[from..from + e.stored_len as usize].to_vec();
+            let stored = &buf[from..from + e.stored_len as usize];
             store
-                .decode_chunk(stored, &e.id, e.compressed, e.raw_len)
+                .check_chunk(stored, &e.id, e.compressed, e.raw_len)
                 .err()
                 .map(|_| e.id)
         })
@@ -728,71 +771,25 @@ fn decode_batch(store: &Store, win: &Window, batch: &[&PackEntry], check: &mut P
     check.corrupt.extend(bad);
 }
 
-/// A sliding window over a stream: bytes `[start, start + buf.len())`,
-/// every byte hashed once as it is read.
-struct Window {
-    reader: Box<dyn Read + Send>,
-    buf: Vec<u8>,
-    start: u64,
-    hasher: blake3::Hasher,
-    eof: bool,
-}
-
-impl Window {
-    fn new(reader: Box<dyn Read + Send>) -> Window {
-        Window {
-            reader,
-            buf: Vec::with_capacity(WINDOW + (1 << 20)),
-            start: 0,
-            hasher: blake3::Hasher::new(),
-            eof: false,
+/// Reads a stream to its end in blocks, sending each on and hashing it.
+/// Returns the hash of everything read and its length.
+fn stream_blocks(
+    mut reader: Box<dyn Read + Send>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> std::io::Result<(Id, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut len = 0u64;
+    loop {
+        let mut block = Vec::with_capacity(BLOCK);
+        let n = (&mut reader).take(BLOCK as u64).read_to_end(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block);
+        len += n as u64;
+        if tx.send(block).is_err() {
+            break;
         }
     }
-
-    fn end(&self) -> u64 {
-        self.start + self.buf.len() as u64
-    }
-
-    /// Reads until the window reaches `end`; false when the stream ends
-    /// first (`u64::MAX` reads to the end).
-    fn fill_to(&mut self, end: u64) -> std::io::Result<bool> {
-        const STEP: usize = 1 << 20;
-        while self.end() < end && !self.eof {
-            let old = self.buf.len();
-            self.buf.resize(old + STEP, 0);
-            let n = loop {
-                match self.reader.read(&mut self.buf[old..]) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        self.buf.truncate(old);
-                        return Err(e);
-                    }
-                }
-            };
-            self.buf.truncate(old + n);
-            if n == 0 {
-                self.eof = true;
-            } else {
-                self.hasher.update(&self.buf[old..]);
-            }
-            if end == u64::MAX && self.buf.len() >= WINDOW {
-                // Reading to the end: keep memory bounded.
-                let keep = self.buf.len();
-                self.discard_before(self.start + keep as u64);
-            }
-        }
-        Ok(self.end() >= end)
-    }
-
-    fn slice(&self, offset: u64, len: u64) -> &[u8] {
-        let from = (offset - self.start) as usize;
-        &self.buf[from..from + len as usize]
-    }
-
-    fn discard_before(&mut self, offset: u64) {
-        let n = (offset.saturating_sub(self.start) as usize).min(self.buf.len());
-        self.buf.drain(..n);
-        self.start += n as u64;
-    }
+    Ok((Id::from(hasher.finalize()), len))
 }

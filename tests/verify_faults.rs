@@ -742,3 +742,76 @@ fn repair_waits_for_writers_and_says_who() {
     // A plain verify shares the lock with writers.
     assert_eq!(verify(&env, &[]).json["ok"], true);
 }
+
+// ---- large packs and layout gaps ---------------------------------------------------
+
+/// A pack of several MiB is streamed in blocks: every chunk is checked,
+/// across block boundaries, and a flipped bit far into it is found.
+#[test]
+fn large_pack_is_checked_across_blocks() {
+    let env = Env::fixture();
+    let s = stamp_of(&env.create(&["--chroma"]));
+    let packs = env.packs();
+    assert_eq!(packs.len(), 1);
+    let size = fs::metadata(&packs[0]).unwrap().len();
+    assert!(size > 8 << 20, "pack of {size} bytes");
+    let entries = env
+        .open_store()
+        .read_pack_index(&pack_name_of(&env, &packs[0]), size)
+        .unwrap();
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], true);
+    assert_eq!(out.json["chunks_checked"], entries.len() as u64);
+    assert_eq!(out.json["bytes_checked"], size);
+
+    // A chunk beyond the first blocks, and the one straddling 4 MiB.
+    let far = entries
+        .iter()
+        .filter(|e| e.offset as u64 > 6 << 20)
+        .max_by_key(|e| e.stored_len)
+        .unwrap();
+    let straddling = entries
+        .iter()
+        .find(|e| (e.offset as u64) < 4 << 20 && (e.offset + e.stored_len) as u64 > 4 << 20)
+        .expect("a chunk across the 4 MiB mark");
+    flip_bit(&packs[0], far.offset as u64 + far.stored_len as u64 / 2);
+    flip_bit(
+        &packs[0],
+        straddling.offset as u64 + straddling.stored_len as u64 - 1,
+    );
+    let out = verify(&env, &[]);
+    let mut expected = vec![far.id.to_hex(), straddling.id.to_hex()];
+    expected.sort();
+    expected.dedup();
+    assert_eq!(out.json["corrupt"], serde_json::json!(expected));
+    assert_eq!(out.json["chunks_checked"], entries.len() as u64);
+    assert!(!damaged_files(&out, &s).is_empty());
+}
+
+#[test]
+fn bytes_outside_every_index_entry_are_structural_damage() {
+    let (env, s1, _) = two_snapshots();
+    let a = env.file_chunks(&s1, "chroma/seg/index_metadata.pickle")[0];
+    let (pack, _, _) = env.chunk_location(&a);
+    let name = rewrite_index(&env, &pack, |entries| entries.retain(|e| e.id != a));
+    let out = verify(&env, &["--sample", "0"]);
+    assert_eq!(out.json["ok"], false);
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([name]));
+    assert!(out.json["damage"][&name]
+        .as_str()
+        .unwrap()
+        .contains("belong to no index entry"));
+    // The chunk the index lost is missing, and named with its file.
+    assert_eq!(out.json["missing"], serde_json::json!([a.to_hex()]));
+    assert_eq!(
+        damaged_files(&out, &s1),
+        vec!["chroma/seg/index_metadata.pickle".to_string()]
+    );
+    // Repair cannot find it either (the index is what locates chunks): it
+    // is lost until a create stores it again, which needs the live file.
+    let out = verify(&env, &["--repair"]);
+    assert_eq!(
+        out.json["repair"]["chunks_lost"],
+        serde_json::json!([a.to_hex()])
+    );
+}

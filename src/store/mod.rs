@@ -333,6 +333,36 @@ impl Store {
         Ok(raw)
     }
 
+    /// Checks a stored chunk against its id without keeping the raw bytes
+    /// (verify): no copy of the stored bytes, none of raw chunks.
+    pub fn check_chunk(
+        &self,
+        stored: &[u8],
+        id: &Id,
+        compressed: bool,
+        raw_len: u32,
+    ) -> std::result::Result<(), ChunkFault> {
+        match &self.sealer {
+            Sealer::Plain if !compressed => {
+                if stored.len() != raw_len as usize {
+                    return Err(ChunkFault::Corrupt(format!(
+                        "stored length {} differs from the recorded {raw_len}",
+                        stored.len()
+                    )));
+                }
+                if self.sealer.chunk_id(stored) != *id {
+                    return Err(ChunkFault::Corrupt(
+                        "content does not match its hash".into(),
+                    ));
+                }
+                Ok(())
+            }
+            _ => self
+                .decode_chunk(stored.to_vec(), id, compressed, raw_len)
+                .map(|_| ()),
+        }
+    }
+
     /// Deletes a pack. Only under the exclusive lock.
     pub fn delete_pack(&self, _lock: &ExclusiveLock, id: &Id) -> Result<()> {
         let name = pack::pack_name(id);
