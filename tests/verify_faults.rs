@@ -815,3 +815,30 @@ fn bytes_outside_every_index_entry_are_structural_damage() {
         serde_json::json!([a.to_hex()])
     );
 }
+
+/// The files cache never vouches for a file whose chunks repair dropped:
+/// the next create reads it again and the store heals.
+#[test]
+fn files_cache_does_not_hide_a_lost_chunk() {
+    let env = Env::tiny();
+    // Out of the files cache's window for just-modified files (not a
+    // timing assertion: the cache is simply not trusted for 2 s).
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let s1 = stamp_of(&env.create(&["--chroma"]));
+    let second = env.create(&["--chroma"]);
+    assert_eq!(second["files_from_cache"], 2, "{second}");
+    let id = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[7];
+    let (pack, offset, len) = env.chunk_location(&id);
+    flip_bit(&pack, offset + len / 2);
+    let out = verify(&env, &["--repair"]);
+    assert_eq!(
+        out.json["repair"]["chunks_lost"],
+        serde_json::json!([id.to_hex()])
+    );
+    let third = env.create(&["--chroma"]);
+    assert_eq!(third["files_from_cache"], 1, "{third}");
+    assert_eq!(third["chunks_new"], 1, "{third}");
+    assert_eq!(env.run(&["validate", &stamp_of(&third)]).code, 0);
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], true, "{out:?}");
+}
