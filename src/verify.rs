@@ -147,11 +147,24 @@ fn check_db(
     db: &FileEntry,
     errors: &mut BTreeSet<String>,
 ) -> Result<bool> {
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!("{}-validate-", std::process::id()))
-        .suffix(".db")
-        .tempfile_in(store.tmp_dir()?)
-        .ctx("create temp file in", store.tmp_dir()?)?;
+    let prefix = format!("{}-validate-", std::process::id());
+    let builder = || {
+        let mut b = tempfile::Builder::new();
+        b.prefix(&prefix).suffix(".db");
+        b
+    };
+    // In the store's tmp/ (same disk as the data); a reader that may not
+    // write the store uses the system's temp dir instead.
+    let tmp = match store
+        .tmp_dir()
+        .and_then(|d| builder().tempfile_in(&d).ctx("create temp file in", &d))
+    {
+        Ok(t) => t,
+        Err(e @ (Error::PermissionDenied { .. } | Error::ReadOnly { .. })) => {
+            builder().tempfile().map_err(|_| e)?
+        }
+        Err(e) => return Err(e),
+    };
     let mut out = std::io::BufWriter::new(tmp.as_file());
     match extract::write_file(store, index, db, &mut out, |_| {}) {
         Ok(_) => {}

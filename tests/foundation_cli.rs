@@ -793,3 +793,23 @@ fn unreadable_chroma_file_is_named() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn non_utf8_names_are_captured_as_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::tiny();
+    let name = std::ffi::OsStr::from_bytes(b"seg/\xff\xfe-odd.pickle");
+    fs::write(env.chroma().join(name), common::pseudo_random(7, 5000)).unwrap();
+    let r = env.create(&["--chroma"]);
+    assert_eq!(r["validated"], true, "{r}");
+    assert_eq!(r["chroma_snapshot_files"], 4);
+    let stamp = r["stamp"].as_str().unwrap();
+    let m = env.manifest(stamp);
+    let entry = m
+        .entries
+        .iter()
+        .find(|e| e.path == b"chroma/seg/\xff\xfe-odd.pickle")
+        .expect("the raw name is kept");
+    assert_eq!(entry.file().unwrap().size, 5000);
+    assert_eq!(validate(&env, stamp).code, 0);
+}

@@ -842,3 +842,41 @@ fn files_cache_does_not_hide_a_lost_chunk() {
     let out = verify(&env, &[]);
     assert_eq!(out.json["ok"], true, "{out:?}");
 }
+
+/// An auditor that can read the store but not write it (a monitoring user,
+/// a read-only mount) can still list, validate and verify it.
+#[test]
+fn readers_audit_a_store_they_cannot_write() {
+    let Some(cmd) = unprivileged() else {
+        eprintln!("skipped: running as root without setpriv");
+        return;
+    };
+    if !common::is_root() {
+        eprintln!("skipped: needs a store owned by another user");
+        return;
+    }
+    let (env, s1, _) = two_snapshots();
+    // World-readable, writable by its owner (root) only.
+    for e in walkdir::WalkDir::new(&env.store).into_iter().flatten() {
+        let mode = if e.file_type().is_dir() { 0o755 } else { 0o644 };
+        fs::set_permissions(e.path(), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let as_user = |args: &[&str]| {
+        let mut c = std::process::Command::new(cmd.get_program());
+        c.args(cmd.get_args());
+        c.arg("--quiet").arg("--store").arg(&env.store).args(args);
+        run_cmd(&mut c)
+    };
+    let out = as_user(&["verify"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["ok"], true);
+    let out = as_user(&["list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = as_user(&["validate", &s1]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["valid"], true);
+    // Repair needs to write: refused with a clear error.
+    let out = as_user(&["verify", "--repair"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_code(), "permission_denied");
+}

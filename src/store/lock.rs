@@ -64,13 +64,21 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
     let dir = store_root.join("locks");
     fs::create_dir_all(&dir).ctx("create", &dir)?;
     let path = dir.join("store.lock");
-    let file = OpenOptions::new()
+    let file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .ctx("open lock file", &path)?;
+    {
+        Ok(f) => f,
+        // A reader may audit a store it cannot write (a monitoring user, a
+        // read-only mount): flock(2) needs no write access to the file.
+        Err(e) if mode == Mode::Shared && path.exists() => {
+            File::open(&path).map_err(|_| Error::io("open lock file", &path, e))?
+        }
+        Err(e) => return Err(Error::io("open lock file", &path, e)),
+    };
     let start = Instant::now();
     loop {
         let attempt = match mode {
