@@ -78,14 +78,31 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
         });
     }
 
-    // Referenced chunks the healthy packs lack.
+    // Chunks that any snapshot references (not only those audited: a
+    // quarantined pack may hold others' chunks) and the healthy packs lack.
     let mut index = store.load_index()?;
-    let mut needed: IdSet = audit
-        .referenced
-        .iter()
-        .filter(|id| !index.contains(id))
-        .copied()
-        .collect();
+    let stamps = store.list_snapshots()?.stamps;
+    let mut readable = Vec::new();
+    let mut unreadable: BTreeMap<String, String> = BTreeMap::new();
+    let mut needed = IdSet::default();
+    for stamp in &stamps {
+        match store.read_manifest(stamp) {
+            Ok(m) => {
+                needed.extend(
+                    m.entries
+                        .iter()
+                        .filter_map(|e| e.file())
+                        .flat_map(|f| f.chunks.iter())
+                        .filter(|id| !index.contains(id))
+                        .copied(),
+                );
+                readable.push(stamp.clone());
+            }
+            Err(e) => {
+                unreadable.insert(stamp.to_string(), format!("{}: {e}", e.code()));
+            }
+        }
+    }
     if !needed.is_empty() {
         let mut packer = Packer::new(store);
         for q in store.list_quarantined_packs()? {
@@ -146,8 +163,8 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
         out.metadata_rewritten.push(stamp.to_string());
     }
 
-    // What stays damaged.
-    for stamp in &audit.readable {
+    // What stays damaged, in every snapshot.
+    for stamp in &readable {
         let m = store.read_manifest(stamp)?;
         let damaged: Vec<String> = m
             .entries
@@ -169,17 +186,12 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             );
         }
     }
-    for stamp in &audit.unreadable {
-        let error = audit
-            .report
-            .snapshots
-            .get(&stamp.to_string())
-            .and_then(|h| h.error.clone());
+    for (stamp, error) in unreadable {
         out.still_damaged.insert(
-            stamp.to_string(),
+            stamp,
             SnapshotHealth {
                 ok: false,
-                error,
+                error: Some(error),
                 ..SnapshotHealth::default()
             },
         );

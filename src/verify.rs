@@ -316,8 +316,6 @@ pub struct Audit {
     /// Snapshots whose manifest reads (manifests are read one at a time,
     /// never all held at once).
     pub readable: Vec<Stamp>,
-    /// Every chunk those snapshots reference.
-    pub referenced: IdSet,
     /// Snapshots whose manifest does not read.
     pub unreadable: Vec<Stamp>,
 }
@@ -544,7 +542,6 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
     Ok(Audit {
         report,
         readable,
-        referenced,
         unreadable,
     })
 }

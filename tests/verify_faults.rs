@@ -880,3 +880,32 @@ fn readers_audit_a_store_they_cannot_write() {
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(out.error_code(), "permission_denied");
 }
+
+/// Repair limited to one snapshot's objects must not lose the chunks other
+/// snapshots keep in the pack it quarantines.
+#[test]
+fn repair_of_one_snapshot_keeps_the_others_chunks() {
+    let (env, s1, s2) = two_snapshots();
+    let id = shared_db_chunk(&env, &s1, &s2);
+    let (pack, offset, len) = env.chunk_location(&id);
+    // The first snapshot's old pickle lives in the same pack; the live
+    // runtime no longer has it, so losing it would be for good.
+    let old_pickle = env.file_chunks(&s1, "chroma/seg/index_metadata.pickle")[0];
+    assert_eq!(env.chunk_location(&old_pickle).0, pack);
+    flip_bit(&pack, offset + len / 2);
+
+    let out = verify(&env, &["--snapshot", &s2, "--repair"]);
+    assert_eq!(
+        out.json["repair"]["chunks_lost"],
+        serde_json::json!([id.to_hex()])
+    );
+    // Every snapshot the lost chunk touches is named, not only the one asked.
+    let still = out.json["repair"]["still_damaged"].as_object().unwrap();
+    assert_eq!(still.keys().collect::<Vec<_>>(), vec![&s1, &s2]);
+
+    let s3 = stamp_of(&env.create(&["--chroma"]));
+    assert_eq!(env.run(&["validate", &s3]).code, 0);
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], true, "{out:?}");
+    assert_eq!(env.run(&["validate", &s1]).code, 0);
+}
