@@ -121,7 +121,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
                     continue;
                 };
                 if store
-                    .decode_chunk(stored.clone(), &e.id, e.compressed, e.raw_len)
+                    .check_chunk(&stored, &e.id, e.compressed, e.raw_len)
                     .is_err()
                 {
                     continue;

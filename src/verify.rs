@@ -36,7 +36,7 @@ pub struct ValidateReport {
 /// is a report with `valid: false`.
 pub fn validate(store: &Store, stamp: &str, lock_wait: Duration) -> Result<ValidateReport> {
     let stamp = Stamp::parse(stamp)?;
-    let _lock = lock::lock_shared(store.root(), "validate", lock_wait)?;
+    let _lock = lock::lock_shared_reader(store.root(), "validate", lock_wait)?;
     let started = Instant::now();
     let mut report = ValidateReport {
         stamp: stamp.to_string(),
@@ -302,7 +302,7 @@ pub fn verify_with(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> 
         report.repair = Some(repaired);
         report
     } else {
-        let _lock = lock::lock_shared(store.root(), "verify", opts.lock_wait)?;
+        let _lock = lock::lock_shared_reader(store.root(), "verify", opts.lock_wait)?;
         audit(store, selected.as_deref(), opts.sample_percent)?.report
     };
     report.quarantined_objects = store.quarantined_objects()?.len() as u64;
