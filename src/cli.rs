@@ -108,8 +108,17 @@ pub enum Command {
     Validate { stamp: String },
     /// Audit the integrity of the whole store (or the named snapshots).
     Verify {
+        /// Check only this snapshot and the objects it references (repeatable).
         #[arg(long = "snapshot", value_name = "STAMP")]
         snapshots: Vec<String>,
+        /// Re-hash only this share of the packs (0-100), picked at random;
+        /// check the others structurally.
+        #[arg(long, value_name = "PERCENT")]
+        sample: Option<f64>,
+        /// Move damaged packs into quarantine/, keep their intact chunks in a
+        /// fresh pack, rebuild missing summaries (takes the exclusive lock).
+        #[arg(long)]
+        repair: bool,
     },
     /// Restore a snapshot into the live runtime (service stopped) or --to DIR.
     Restore {
@@ -299,9 +308,19 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             let code = if report.valid { 0 } else { 3 };
             Ok((to_doc(&report)?, code))
         }
-        Command::Verify { snapshots } => {
+        Command::Verify {
+            snapshots,
+            sample,
+            repair,
+        } => {
             let store = open_store(g, &paths)?;
-            let report = verify::verify(&store, snapshots, lock_wait)?;
+            let opts = verify::VerifyOptions {
+                snapshots: snapshots.clone(),
+                sample_percent: *sample,
+                repair: *repair,
+                lock_wait,
+            };
+            let report = verify::verify_with(&store, &opts)?;
             let code = if report.ok { 0 } else { 3 };
             Ok((to_doc(&report)?, code))
         }

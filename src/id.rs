@@ -2,7 +2,9 @@
 //! blake3 in an encrypted store) and pack ids (blake3 of the pack file).
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Id(pub [u8; 32]);
@@ -47,7 +49,7 @@ impl From<blake3::Hash> for Id {
 #[derive(Default, Clone, Copy)]
 pub struct IdHasher(u64);
 
-impl std::hash::Hasher for IdHasher {
+impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -65,6 +67,20 @@ impl std::hash::Hasher for IdHasher {
     fn write_usize(&mut self, _len: usize) {}
 }
 
-pub type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
+pub type BuildIdHasher = BuildHasherDefault<IdHasher>;
 pub type IdMap<V> = std::collections::HashMap<Id, V, BuildIdHasher>;
-pub type IdSet = std::collections::HashSet<Id, BuildIdHasher>;
+pub type IdSet = HashSet<Id, BuildIdHasher>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_set_finds_what_it_holds() {
+        let ids: Vec<Id> = (0..1000u32).map(|i| Id::hash(&i.to_le_bytes())).collect();
+        let set: IdSet = ids.iter().take(500).copied().collect();
+        assert_eq!(set.len(), 500);
+        assert!(ids[..500].iter().all(|id| set.contains(id)));
+        assert!(ids[500..].iter().all(|id| !set.contains(id)));
+    }
+}

@@ -17,6 +17,7 @@ pub mod id;
 pub mod list;
 pub mod manifest;
 pub mod progress;
+pub mod repair;
 pub mod restore;
 pub mod sources;
 pub mod stamp;

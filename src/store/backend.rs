@@ -49,6 +49,23 @@ pub trait Backend: Send + Sync {
     fn delete_dir(&self, dir: &str) -> io::Result<()>;
     /// A local scratch folder for temp files of this process.
     fn tmp_dir(&self) -> PathBuf;
+    /// Streams an object from its start (verify reads whole packs so).
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(io::Cursor::new(self.read(name)?)))
+    }
+    /// Moves an object to a new name (quarantine); `to` must not exist.
+    /// The default copies, then deletes.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        if self.exists(to)? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{to} already exists"),
+            ));
+        }
+        let data = self.read(from)?;
+        self.write_once(to, &data)?;
+        self.delete(from)
+    }
 }
 
 /// A store on a local (or mounted) filesystem.
@@ -277,5 +294,28 @@ impl Backend for LocalBackend {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(File::open(self.path(name))?))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (src, dest) = (self.path(from), self.path(to));
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent)?;
+        if fs::symlink_metadata(&dest).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already exists", dest.display()),
+            ));
+        }
+        self.forget(from);
+        fs::rename(&src, &dest)?;
+        sync_dir(&parent)?;
+        if let Some(p) = src.parent() {
+            sync_dir(p)?;
+        }
+        Ok(())
     }
 }

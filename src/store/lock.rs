@@ -45,12 +45,23 @@ pub struct ExclusiveLock {
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Shared,
+    SharedReader,
     Exclusive,
 }
 
 pub fn lock_shared(store_root: &Path, command: &str, wait: Duration) -> Result<SharedLock> {
     Ok(SharedLock {
         _held: acquire(store_root, command, wait, Mode::Shared)?,
+    })
+}
+
+/// The shared lock for a command that only reads (validate, verify, drill):
+/// it works on a store the caller may read but not write (a monitoring
+/// user, a read-only mount), where flock(2) on a read-only descriptor still
+/// keeps gc out.
+pub fn lock_shared_reader(store_root: &Path, command: &str, wait: Duration) -> Result<SharedLock> {
+    Ok(SharedLock {
+        _held: acquire(store_root, command, wait, Mode::SharedReader)?,
     })
 }
 
@@ -64,17 +75,25 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
     let dir = store_root.join("locks");
     fs::create_dir_all(&dir).ctx("create", &dir)?;
     let path = dir.join("store.lock");
-    let file = OpenOptions::new()
+    let file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .ctx("open lock file", &path)?;
+    {
+        Ok(f) => f,
+        // A reader may audit a store it cannot write (a monitoring user, a
+        // read-only mount): flock(2) needs no write access to the file.
+        Err(e) if mode == Mode::SharedReader && path.exists() => {
+            File::open(&path).map_err(|_| Error::io("open lock file", &path, e))?
+        }
+        Err(e) => return Err(Error::io("open lock file", &path, e)),
+    };
     let start = Instant::now();
     loop {
         let attempt = match mode {
-            Mode::Shared => file.try_lock_shared(),
+            Mode::Shared | Mode::SharedReader => file.try_lock_shared(),
             Mode::Exclusive => file.try_lock(),
         };
         match attempt {
@@ -94,10 +113,10 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
     let info = HolderInfo {
         pid: std::process::id(),
         command: command.to_string(),
-        mode: if mode == Mode::Shared {
-            "shared"
-        } else {
+        mode: if mode == Mode::Exclusive {
             "exclusive"
+        } else {
+            "shared"
         }
         .to_string(),
         since: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -8,6 +8,8 @@
 //! STORE/drills/<stamp>--<at>.json       drill outcomes
 //! STORE/locks/                          the store lock and its holders
 //! STORE/tmp/                            temp files of running writers
+//! STORE/quarantine/                     damaged objects moved aside by
+//!                                       `verify --repair` (never deleted)
 //! ```
 
 pub mod backend;
@@ -38,6 +40,7 @@ use seal::{MasterKey, Sealer};
 pub const CONFIG_NAME: &str = "config.json";
 pub const MANIFEST_NAME: &str = "manifest.bin";
 pub const METADATA_NAME: &str = "backup-metadata.json";
+pub const QUARANTINE_DIR: &str = "quarantine";
 
 pub struct Store {
     root: PathBuf,
@@ -53,6 +56,14 @@ pub struct Store {
 pub struct SnapshotListing {
     pub stamps: Vec<Stamp>,
     pub unparseable: Vec<String>,
+}
+
+/// Where a pack's chunks and index are.
+#[derive(Clone, Debug)]
+pub struct PackLayout {
+    pub entries: Vec<PackEntry>,
+    /// End of the blob area (where the index starts).
+    pub blob_end: u64,
 }
 
 /// Why a chunk could not be read.
@@ -323,6 +334,49 @@ impl Store {
         name: &str,
         size: u64,
     ) -> std::result::Result<Vec<PackEntry>, String> {
+        self.read_pack_layout(name, size).map(|l| l.entries)
+    }
+
+    /// Reads a pack's trailer and index, checking the index checksum and
+    /// that every entry lies in the blob area.
+    pub fn read_pack_layout(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> std::result::Result<PackLayout, String> {
+        let (blob_end, stored, hash) = self.read_pack_trailer(name, size)?;
+        let entries = pack::decode_index(stored, &hash, blob_end, |b| {
+            self.sealer.open(b, pack::INDEX_AD)
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(PackLayout { entries, blob_end })
+    }
+
+    /// Reads what can be read of a damaged pack's index: the checksum is
+    /// not required to match and entries pointing outside the blob area
+    /// are left out. Only for salvage, where every chunk is checked against
+    /// its id before it is kept.
+    pub fn read_pack_layout_lenient(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> std::result::Result<PackLayout, String> {
+        let (blob_end, stored, _) = self.read_pack_trailer(name, size)?;
+        let encoded = self.sealer.open(stored, pack::INDEX_AD)?;
+        let mut entries = pack::decode_entries(&encoded)?;
+        entries.retain(|e| {
+            e.offset as u64 >= pack::PACK_MAGIC.len() as u64
+                && e.offset as u64 + e.stored_len as u64 <= blob_end
+        });
+        Ok(PackLayout { entries, blob_end })
+    }
+
+    /// (blob area end, stored index bytes, index checksum from the trailer).
+    fn read_pack_trailer(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> std::result::Result<(u64, Vec<u8>, [u8; 32]), String> {
         if size < TRAILER_LEN as u64 {
             return Err(PackIndexError::TooShort(size).to_string());
         }
@@ -336,10 +390,7 @@ impl Store {
             .backend
             .read_range(name, blob_end, len)
             .map_err(|e| format!("unreadable: {e}"))?;
-        pack::decode_index(stored, &hash, blob_end, |b| {
-            self.sealer.open(b, pack::INDEX_AD)
-        })
-        .map_err(|e| e.to_string())
+        Ok((blob_end, stored, hash))
     }
 
     /// Builds the chunk index from every pack's trailer, in parallel. Packs
@@ -424,12 +475,142 @@ impl Store {
         Ok(raw)
     }
 
+    /// Checks a stored chunk against its id without keeping the raw bytes
+    /// (verify): no copy of the stored bytes, none of raw chunks.
+    pub fn check_chunk(
+        &self,
+        stored: &[u8],
+        id: &Id,
+        compressed: bool,
+        raw_len: u32,
+    ) -> std::result::Result<(), ChunkFault> {
+        match &self.sealer {
+            Sealer::Plain if !compressed => {
+                if stored.len() != raw_len as usize {
+                    return Err(ChunkFault::Corrupt(format!(
+                        "stored length {} differs from the recorded {raw_len}",
+                        stored.len()
+                    )));
+                }
+                if self.sealer.chunk_id(stored) != *id {
+                    return Err(ChunkFault::Corrupt(
+                        "content does not match its hash".into(),
+                    ));
+                }
+                Ok(())
+            }
+            _ => self
+                .decode_chunk(stored.to_vec(), id, compressed, raw_len)
+                .map(|_| ()),
+        }
+    }
+
     /// Deletes a pack. Only under the exclusive lock.
     pub fn delete_pack(&self, _lock: &ExclusiveLock, id: &Id) -> Result<()> {
         let name = pack::pack_name(id);
         self.backend
             .delete(&name)
             .ctx("delete", self.object_path(&name))
+    }
+
+    // ---- quarantine -------------------------------------------------------
+
+    /// Moves a damaged object (a pack, a snapshot's summary) out of the way
+    /// into `quarantine/`, beside a note saying why. Never deletes it.
+    /// Returns its new name. Only under the exclusive lock.
+    pub fn quarantine_object(
+        &self,
+        _lock: &ExclusiveLock,
+        name: &str,
+        reason: &str,
+    ) -> Result<String> {
+        let flat = name.rsplit('/').next().unwrap_or(name);
+        let flat = if name.starts_with("snapshots/") {
+            name.trim_start_matches("snapshots/").replace('/', "--")
+        } else {
+            flat.to_string()
+        };
+        let (stem, ext) = match flat.rsplit_once('.') {
+            Some((stem, ext)) => (stem.to_string(), format!(".{ext}")),
+            None => (flat.clone(), String::new()),
+        };
+        let mut n = 1;
+        let dest = loop {
+            let candidate = if n == 1 {
+                format!("{QUARANTINE_DIR}/{stem}{ext}")
+            } else {
+                format!("{QUARANTINE_DIR}/{stem}-{n}{ext}")
+            };
+            let taken = self
+                .backend
+                .exists(&candidate)
+                .ctx("stat", self.object_path(&candidate))?;
+            if !taken {
+                break candidate;
+            }
+            n += 1;
+        };
+        self.backend
+            .rename(name, &dest)
+            .ctx("move to quarantine", self.object_path(name))?;
+        let note = serde_json::json!({
+            "object": name,
+            "reason": reason,
+            "quarantined_at": chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        let note_name = format!("{dest}.json");
+        let bytes = serde_json::to_vec_pretty(&note).map_err(|e| Error::Other(e.to_string()))?;
+        // The object is safe already; a missing note loses only the reason.
+        let _ = self.backend.write_once(&note_name, &bytes);
+        Ok(dest)
+    }
+
+    /// Packs in `quarantine/`.
+    pub fn list_quarantined_packs(&self) -> Result<Vec<backend::ListEntry>> {
+        let list = self
+            .backend
+            .list_files(QUARANTINE_DIR)
+            .ctx("list", self.root.join(QUARANTINE_DIR))?;
+        Ok(list
+            .into_iter()
+            .filter(|e| e.name.ends_with(".pack"))
+            .collect())
+    }
+
+    /// Every object in `quarantine/` but the notes.
+    pub fn quarantined_objects(&self) -> Result<Vec<String>> {
+        let list = self
+            .backend
+            .list_files(QUARANTINE_DIR)
+            .ctx("list", self.root.join(QUARANTINE_DIR))?;
+        let names: std::collections::HashSet<&str> = list.iter().map(|e| e.name.as_str()).collect();
+        // A note is `<object>.json`, beside its object.
+        let is_note = |n: &str| {
+            n.strip_suffix(".json")
+                .is_some_and(|obj| names.contains(obj))
+        };
+        Ok(list
+            .iter()
+            .map(|e| e.name.clone())
+            .filter(|n| !is_note(n))
+            .collect())
+    }
+
+    /// Writes a snapshot's summary where none is (repair). Only under the
+    /// exclusive lock.
+    pub fn write_metadata(
+        &self,
+        _lock: &ExclusiveLock,
+        stamp: &Stamp,
+        metadata: &serde_json::Value,
+    ) -> Result<()> {
+        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        let bytes = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let bytes = self.sealer.seal(bytes, METADATA_NAME.as_bytes());
+        self.backend
+            .write_once(&name, &bytes)
+            .ctx("write", self.object_path(&name))
     }
 
     // ---- snapshots --------------------------------------------------------

@@ -127,6 +127,15 @@ impl Sealer {
         Sealer::Repokey(Arc::new(RepoKeys::from_master(master)))
     }
 
+    /// Bytes sealing adds to an object.
+    pub fn overhead(&self) -> usize {
+        if self.is_encrypted() {
+            SEAL_OVERHEAD
+        } else {
+            0
+        }
+    }
+
     pub fn is_encrypted(&self) -> bool {
         matches!(self, Sealer::Repokey(_))
     }
