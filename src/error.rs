@@ -82,6 +82,9 @@ pub enum Error {
     #[error("manifest of snapshot {stamp} is corrupt: {detail}")]
     ManifestCorrupt { stamp: String, detail: String },
 
+    #[error("gc refused, nothing was deleted: the manifest of snapshot {snapshot} cannot be read ({detail}), so the chunks it references cannot be told from garbage. Run `atosnap verify`, then restore that snapshot's manifest or delete the snapshot folder")]
+    GcUnsafe { snapshot: String, detail: String },
+
     #[error("object {name} is corrupt: {detail}")]
     ObjectCorrupt { name: String, detail: String },
 
@@ -132,6 +135,7 @@ impl Error {
             Error::Io { .. } => "io_error",
             Error::Locked { .. } => "store_locked",
             Error::ManifestCorrupt { .. } => "manifest_corrupt",
+            Error::GcUnsafe { .. } => "gc_refused_unreadable_manifest",
             Error::ObjectCorrupt { .. } => "object_corrupt",
             Error::ChunkMissing { .. } => "chunk_missing",
             Error::ChunkCorrupt { .. } => "chunk_corrupt",
@@ -148,6 +152,7 @@ impl Error {
         match self {
             Error::Usage(_) => 2,
             Error::ManifestCorrupt { .. }
+            | Error::GcUnsafe { .. }
             | Error::ObjectCorrupt { .. }
             | Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }
