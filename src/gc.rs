@@ -141,7 +141,10 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     for stamp in listing.stamps.iter().filter(|s| !exclude.contains(s)) {
         let manifest = store.read_manifest(stamp).map_err(|e| Error::GcUnsafe {
             snapshot: stamp.to_string(),
-            detail: e.to_string(),
+            detail: match e {
+                Error::ManifestCorrupt { detail, .. } => detail,
+                other => other.to_string(),
+            },
         })?;
         mark(&manifest);
         plan.snapshots_marked.push(stamp.to_string());
