@@ -15,6 +15,8 @@
 //!   copied (each re-verified against its id) into new packs, which are made
 //!   durable before the old pack is deleted; otherwise the pack is kept, its
 //!   dead bytes reported as `dead_bytes_kept`.
+//! - A store without a `snapshots/` folder is refused
+//!   ([`Error::SnapshotsDirMissing`]): everything would look like garbage.
 //! - Packs whose index cannot be read are never touched (`verify` reports
 //!   them; repairing them is its business).
 //!
@@ -137,6 +139,12 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             }
         }
     };
+    let snapshots_dir = store.root().join("snapshots");
+    if !snapshots_dir.is_dir() {
+        return Err(Error::SnapshotsDirMissing {
+            path: snapshots_dir,
+        });
+    }
     let listing = store.list_snapshots()?;
     for stamp in listing.stamps.iter().filter(|s| !exclude.contains(s)) {
         let manifest = store.read_manifest(stamp).map_err(|e| Error::GcUnsafe {
