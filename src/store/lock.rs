@@ -115,6 +115,8 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
         }
     }
+    // Holder files of processes that died holding the lock are stale.
+    let _ = current_holders(store_root);
     let info = HolderInfo {
         pid: std::process::id(),
         command: command.to_string(),

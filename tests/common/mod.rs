@@ -110,6 +110,11 @@ impl Env {
     /// The binary with this env's paths (flags, so stray ATOCORE_* variables
     /// of the caller do not matter).
     pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_with(args, true)
+    }
+
+    /// Like [`Env::cmd`], `--quiet` only when asked.
+    pub fn cmd_with(&self, args: &[&str], quiet: bool) -> Command {
         let mut c = Command::new(BIN);
         for var in [
             "ATOCORE_BACKUP_DIR",
@@ -128,9 +133,11 @@ impl Env {
             .arg("--registry")
             .arg(self.runtime.join("config/project-registry.json"))
             .arg("--chroma-dir")
-            .arg(self.chroma())
-            .arg("--quiet")
-            .args(args);
+            .arg(self.chroma());
+        if quiet {
+            c.arg("--quiet");
+        }
+        c.args(args);
         c
     }
 
