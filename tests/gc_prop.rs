@@ -150,8 +150,17 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
     Ok(())
 }
 
+/// 16 cases by default; PROPTEST_CASES overrides.
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    ProptestConfig::with_cases(cases)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    #![proptest_config(config())]
 
     #[test]
     fn gc_never_removes_a_chunk_a_remaining_snapshot_references(
