@@ -162,11 +162,14 @@ fn make_plan(store: &Store, policy: &Policy) -> Result<(retention::Plan, Cleanup
 
 /// Tags from the readable summary, else from the manifest.
 fn read_tags(store: &Store, stamp: &Stamp) -> std::result::Result<Vec<String>, String> {
-    let from_metadata = store.read_metadata(stamp).map_err(|e| e.to_string()).and_then(|m| {
-        m.get("tags")
-            .and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok())
-            .ok_or_else(|| "backup-metadata.json has no tags list".to_string())
-    });
+    let from_metadata = store
+        .read_metadata(stamp)
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            m.get("tags")
+                .and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok())
+                .ok_or_else(|| "backup-metadata.json has no tags list".to_string())
+        });
     match from_metadata {
         Ok(tags) => Ok(tags),
         Err(meta_err) => store

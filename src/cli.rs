@@ -7,12 +7,12 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use atosnap::cleanup::{self, CleanupOptions};
 use atosnap::config::Paths;
 use atosnap::create::{self, CreateOptions};
 use atosnap::error::Error;
-use atosnap::store::Store;
-use atosnap::cleanup::{self, CleanupOptions};
 use atosnap::retention::Policy;
+use atosnap::store::Store;
 use atosnap::{gc, list, verify};
 
 use crate::progress_bar;

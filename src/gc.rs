@@ -282,8 +282,8 @@ pub struct Executed {
 pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Executed> {
     let mut out = Executed::default();
     let mut freed = 0u64;
-    let delete = |p: &PackPlan, out: &mut Executed, freed: &mut u64| {
-        match store.delete_pack(lock, &p.id) {
+    let delete =
+        |p: &PackPlan, out: &mut Executed, freed: &mut u64| match store.delete_pack(lock, &p.id) {
             Ok(()) => {
                 out.deleted.push(p.name.clone());
                 *freed += p.size;
@@ -293,8 +293,7 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
                 out.errors.push(format!("pack {} not deleted: {e}", p.name));
                 false
             }
-        }
-    };
+        };
     for p in plan.with_action(Action::Delete) {
         delete(p, &mut out, &mut freed);
     }

@@ -296,8 +296,14 @@ mod tests {
         assert_eq!(
             kept,
             [
-                ("20260302T120000Z".to_string(), vec!["tag:pre-restore".into()]),
-                ("20260303T120000Z".to_string(), vec!["tags_unreadable".into()]),
+                (
+                    "20260302T120000Z".to_string(),
+                    vec!["tag:pre-restore".into()]
+                ),
+                (
+                    "20260303T120000Z".to_string(),
+                    vec!["tags_unreadable".into()]
+                ),
                 ("20260320T120000Z".to_string(), vec!["daily".into()]),
             ]
         );
@@ -386,7 +392,12 @@ mod tests {
     fn expected_keep(c: &[Candidate], p: &Policy) -> BTreeSet<Stamp> {
         let day = |d: NaiveDate| (d.year(), d.ordinal());
         let mut keep = oracle(c, p.keep_daily, |_| true, day);
-        keep.extend(oracle(c, p.keep_weekly, |d| d.weekday() == Weekday::Sun, day));
+        keep.extend(oracle(
+            c,
+            p.keep_weekly,
+            |d| d.weekday() == Weekday::Sun,
+            day,
+        ));
         keep.extend(oracle(
             c,
             p.keep_monthly,

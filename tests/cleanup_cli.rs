@@ -56,7 +56,10 @@ fn spec_sundays_keep_9_delete_1() {
         env.create_on(d, &[]);
     }
     let r = env.ok(&["cleanup"]);
-    assert_eq!((r["kept"].as_u64(), r["would_delete"].as_u64()), (Some(9), Some(1)));
+    assert_eq!(
+        (r["kept"].as_u64(), r["would_delete"].as_u64()),
+        (Some(9), Some(1))
+    );
     assert_eq!(strs(&r["would_delete_stamps"]), [noon("2026-03-25")]);
     assert_eq!(
         strs(&r["kept_reasons"][noon("2026-03-22")]),
@@ -73,7 +76,10 @@ fn spec_first_of_month_keep_9_delete_the_15th() {
         env.create_on(d, &[]);
     }
     let r = env.ok(&["cleanup", "--confirm"]);
-    assert_eq!((r["kept"].as_u64(), r["deleted"].as_u64()), (Some(9), Some(1)));
+    assert_eq!(
+        (r["kept"].as_u64(), r["deleted"].as_u64()),
+        (Some(9), Some(1))
+    );
     assert_eq!(strs(&r["deleted_stamps"]), [noon("2026-01-15")]);
     assert_eq!(strs(&r["kept_reasons"][noon("2025-12-01")]), ["monthly"]);
     let left = env.stamps();
@@ -114,7 +120,10 @@ fn confirm_deletes_then_gc_reclaims_space() {
     let before: u64 = env.packs().iter().map(|p| p.1).sum();
     let r = env.ok(&["cleanup", "--confirm"]);
     assert_eq!(r["deleted"], 3);
-    assert_eq!(strs(&r["deleted_stamps"]), strs(&dry["would_delete_stamps"]));
+    assert_eq!(
+        strs(&r["deleted_stamps"]),
+        strs(&dry["would_delete_stamps"])
+    );
     let reclaimed = r["bytes_reclaimed"].as_u64().unwrap();
     assert!(reclaimed > 0, "{r}");
     let after: u64 = env.packs().iter().map(|p| p.1).sum();
@@ -160,7 +169,13 @@ fn tags_come_from_the_manifest_when_the_summary_is_gone() {
     let env = Env::new();
     let old = env.create_on("2026-02-10", &["--tag", "keep-me"]);
     days(&env, 2, 4);
-    fs::remove_file(env.store.join("snapshots").join(&old).join("backup-metadata.json")).unwrap();
+    fs::remove_file(
+        env.store
+            .join("snapshots")
+            .join(&old)
+            .join("backup-metadata.json"),
+    )
+    .unwrap();
     let r = env.ok(&["cleanup", "--keep-daily", "1", "--keep-tag", "keep-me"]);
     assert_eq!(strs(&r["kept_reasons"][&old]), ["tag:keep-me"], "{r}");
 }

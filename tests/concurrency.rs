@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 
 fn spawn(mut c: Command) -> Child {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn finish(children: Vec<Child>) -> Vec<serde_json::Value> {
@@ -29,11 +32,14 @@ fn finish(children: Vec<Child>) -> Vec<serde_json::Value> {
 fn two_creates_in_the_same_second_get_distinct_stamps() {
     let env = Env::new();
     env.ok(&["init"]);
-    let args = ["create", "--at", "2026-04-11T12:00:00Z", "--lock-wait", "600"];
-    let children = vec![
-        spawn(env.cmd(&args)),
-        spawn(env.cmd(&args)),
+    let args = [
+        "create",
+        "--at",
+        "2026-04-11T12:00:00Z",
+        "--lock-wait",
+        "600",
     ];
+    let children = vec![spawn(env.cmd(&args)), spawn(env.cmd(&args))];
     let stamps: BTreeSet<String> = finish(children)
         .iter()
         .map(|d| d["stamp"].as_str().unwrap().to_string())
@@ -50,10 +56,7 @@ fn two_creates_started_together_on_a_new_store_both_succeed() {
     // No store yet: both race to create it too.
     let env = Env::new();
     let args = ["create", "--chroma", "--lock-wait", "600"];
-    let children = vec![
-        spawn(env.cmd(&args)),
-        spawn(env.cmd(&args)),
-    ];
+    let children = vec![spawn(env.cmd(&args)), spawn(env.cmd(&args))];
     let docs = finish(children);
     assert_ne!(docs[0]["stamp"], docs[1]["stamp"]);
     assert!(docs.iter().all(|d| d["validated"] == true));

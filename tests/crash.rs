@@ -132,7 +132,7 @@ fn args(kind: Kind) -> Vec<&'static str> {
 /// changed runtime (an incremental one).
 fn prepare(base: &Env, collectable: &Env, kind: Kind, trial: u64) -> Env {
     match kind {
-        Kind::Create if trial % 2 == 0 => {
+        Kind::Create if trial.is_multiple_of(2) => {
             let env = Env::clone_of(base);
             fs::remove_dir_all(&env.store).unwrap();
             env.init_with_pack_size(1 << 20);
@@ -215,7 +215,10 @@ fn trial(kind: Kind, n: u64, rng: &mut rand::rngs::StdRng, tally: &mut Tally) {
     match kind {
         Kind::Create => {
             let added: Vec<&String> = after.difference(&before).collect();
-            assert!(before.is_subset(&after), "{context}: {before:?} -> {after:?}");
+            assert!(
+                before.is_subset(&after),
+                "{context}: {before:?} -> {after:?}"
+            );
             assert!(
                 added.is_empty() || added == ["20260405T120000Z"],
                 "{context}: {added:?}"
@@ -245,8 +248,16 @@ fn trial(kind: Kind, n: u64, rng: &mut rand::rngs::StdRng, tally: &mut Tally) {
     }
     env.ok(&["gc", "--confirm"]);
     let dry = env.ok(&["gc"]);
-    assert_eq!(dry["would_delete_packs"], serde_json::json!([]), "{context}");
-    assert_eq!(dry["would_rewrite_packs"], serde_json::json!([]), "{context}");
+    assert_eq!(
+        dry["would_delete_packs"],
+        serde_json::json!([]),
+        "{context}"
+    );
+    assert_eq!(
+        dry["would_rewrite_packs"],
+        serde_json::json!([]),
+        "{context}"
+    );
     env.assert_healthy();
 }
 

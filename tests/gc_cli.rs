@@ -89,8 +89,8 @@ fn dry_run_plans_agree_with_verify_and_delete_nothing() {
     let before = env.packs();
     let r = env.ok(&["gc"]);
     assert_eq!(r["dry_run"], true);
-    assert_eq!(strs(&r["would_delete_packs"]), [s.pack_b.clone()]);
-    assert_eq!(strs(&r["would_rewrite_packs"]), [s.pack_a.clone()]);
+    assert_eq!(strs(&r["would_delete_packs"]), [s.pack_b.as_str()]);
+    assert_eq!(strs(&r["would_rewrite_packs"]), [s.pack_a.as_str()]);
     assert!(r.get("deleted_packs").is_none() && r.get("bytes_reclaimed").is_none());
     let size_b = before.iter().find(|p| p.0 == s.pack_b).unwrap().1;
     let reclaimable = r["bytes_reclaimable"].as_u64().unwrap();
@@ -99,7 +99,7 @@ fn dry_run_plans_agree_with_verify_and_delete_nothing() {
 
     // Same notion of garbage as verify.
     let v = env.ok(&["verify"]);
-    assert_eq!(strs(&v["orphans"]), [s.pack_b.clone()]);
+    assert_eq!(strs(&v["orphans"]), [s.pack_b.as_str()]);
     assert_eq!(
         v["reclaimable_bytes"].as_u64().unwrap(),
         reclaimable + r["dead_bytes_kept"].as_u64().unwrap(),
@@ -117,7 +117,7 @@ fn confirm_deletes_dead_packs_and_rewrites_sparse_ones() {
     let mut expect = vec![s.pack_a.clone(), s.pack_b.clone()];
     expect.sort();
     assert_eq!(deleted, expect, "{r}");
-    assert_eq!(strs(&r["rewritten_packs"]), [s.pack_a.clone()]);
+    assert_eq!(strs(&r["rewritten_packs"]), [s.pack_a.as_str()]);
     let written = strs(&r["written_packs"]);
     assert_eq!(written.len(), 1);
     let after = env.packs();
@@ -125,11 +125,8 @@ fn confirm_deletes_dead_packs_and_rewrites_sparse_ones() {
         after.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
         written
     );
-    assert_eq!(
-        before - total(&env),
-        r["bytes_reclaimed"].as_u64().unwrap()
-    );
-    assert_eq!(env.stamps(), [s.d3.clone()]);
+    assert_eq!(before - total(&env), r["bytes_reclaimed"].as_u64().unwrap());
+    assert_eq!(env.stamps(), [s.d3.as_str()]);
     let v = env.assert_healthy();
     assert_eq!(v["orphans"], serde_json::json!([]));
     assert_eq!(v["reclaimable_bytes"], 0);
@@ -147,7 +144,10 @@ fn assert_refused(env: &Env, args: &[&str], stamp: &str) {
     assert_eq!(r.code, 3, "{r:?}");
     assert_eq!(r.error_code(), "gc_refused_unreadable_manifest");
     let msg = r.json["error"]["message"].as_str().unwrap();
-    assert!(msg.contains(stamp) && msg.contains("nothing was deleted"), "{msg}");
+    assert!(
+        msg.contains(stamp) && msg.contains("nothing was deleted"),
+        "{msg}"
+    );
     assert!(r.stderr.contains(stamp));
     assert_eq!(env.packs(), before);
 }
@@ -198,16 +198,16 @@ fn a_damaged_pack_is_never_deleted() {
         .iter()
         .map(|d| d["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(damaged, [s.pack_b.clone()]);
+    assert_eq!(damaged, [s.pack_b.as_str()]);
     assert!(path.exists());
-    assert_eq!(strs(&r["rewritten_packs"]), [s.pack_a.clone()]);
+    assert_eq!(strs(&r["rewritten_packs"]), [s.pack_a.as_str()]);
     assert!(!env.store.join(&s.pack_a).exists());
     // The remaining snapshot is whole; verify still names the damage.
     let v = env.run(&["validate", &s.d3]);
     assert_eq!(v.code, 0, "{v:?}");
     assert_eq!(
         strs(&env.run(&["verify"]).json["damaged_objects"]),
-        [s.pack_b.clone()]
+        [s.pack_b.as_str()]
     );
 }
 
@@ -242,7 +242,7 @@ fn a_corrupt_live_chunk_keeps_its_sparse_pack() {
     );
     // A stays (its chunk is still the one verify will report); B goes.
     assert!(env.store.join(&s.pack_a).exists());
-    assert_eq!(strs(&r.json["deleted_packs"]), [s.pack_b.clone()]);
+    assert_eq!(strs(&r.json["deleted_packs"]), [s.pack_b.as_str()]);
     assert_eq!(r.json["rewritten_packs"], serde_json::json!([]));
 }
 
@@ -252,7 +252,11 @@ fn temp_leftovers_are_removed_by_confirm_only() {
     let tmp = env.store.join("tmp");
     fs::create_dir_all(&tmp).unwrap();
     let pid = dead_pid();
-    fs::write(tmp.join(format!("{pid}-00000000000000aa.pack")), vec![7u8; 1000]).unwrap();
+    fs::write(
+        tmp.join(format!("{pid}-00000000000000aa.pack")),
+        vec![7u8; 1000],
+    )
+    .unwrap();
     fs::create_dir(tmp.join(format!("{pid}-00000000000000bb.dir"))).unwrap();
     fs::write(
         tmp.join(format!("{pid}-00000000000000bb.dir/manifest.bin")),
@@ -274,13 +278,17 @@ fn a_manifest_in_an_unparseable_folder_keeps_its_data() {
     let kept = env.store.join("snapshots/keep-d1");
     fs::create_dir(&kept).unwrap();
     fs::copy(
-        s.env.store.join("snapshots").join(&s.d1).join("manifest.bin"),
+        s.env
+            .store
+            .join("snapshots")
+            .join(&s.d1)
+            .join("manifest.bin"),
         kept.join("manifest.bin"),
     )
     .unwrap();
     let r = env.ok(&["gc", "--confirm"]);
     assert_eq!(strs(&r["protected_unparseable"]), ["keep-d1"]);
-    assert_eq!(strs(&r["deleted_packs"]), [s.pack_b.clone()]);
+    assert_eq!(strs(&r["deleted_packs"]), [s.pack_b.as_str()]);
     assert!(env.store.join(&s.pack_a).exists());
     assert!(kept.join("manifest.bin").exists());
 }
@@ -311,7 +319,11 @@ fn every_result_field_is_present() {
     for k in common_keys {
         assert!(has(&dry, k) && has(&wet, k), "{k}");
     }
-    for k in ["would_delete_packs", "would_rewrite_packs", "bytes_reclaimable"] {
+    for k in [
+        "would_delete_packs",
+        "would_rewrite_packs",
+        "bytes_reclaimable",
+    ] {
         assert!(has(&dry, k) && !has(&wet, k), "{k}");
     }
     for k in [

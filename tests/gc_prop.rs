@@ -73,14 +73,20 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
     let mut stamps = Vec::new();
     for (i, s) in snaps.iter().enumerate() {
         for r in 0..s.rows {
-            conn.execute("INSERT INTO t VALUES (?1)", [format!("{i}-{r}-{}", "x".repeat(300))])
-                .unwrap();
+            conn.execute(
+                "INSERT INTO t VALUES (?1)",
+                [format!("{i}-{r}-{}", "x".repeat(300))],
+            )
+            .unwrap();
         }
         for old in std::fs::read_dir(&chroma).unwrap().flatten() {
             std::fs::remove_file(old.path()).unwrap();
         }
         for (k, blocks) in s.files.iter().enumerate() {
-            let data: Vec<u8> = blocks.iter().flat_map(|b| pool[*b as usize].clone()).collect();
+            let data: Vec<u8> = blocks
+                .iter()
+                .flat_map(|b| pool[*b as usize].clone())
+                .collect();
             std::fs::write(chroma.join(format!("f{k}.bin")), data).unwrap();
         }
         let opts = CreateOptions {

@@ -60,7 +60,11 @@ fn a_shared_holder_blocks_only_deleters() {
     env.ok(&["create", "--lock-wait", "0"]);
     env.ok(&["gc", "--lock-wait", "0"]);
     env.ok(&["cleanup", "--lock-wait", "0"]);
-    assert_locked_by(&env.run(&["gc", "--confirm", "--lock-wait", "0"]), me, "create");
+    assert_locked_by(
+        &env.run(&["gc", "--confirm", "--lock-wait", "0"]),
+        me,
+        "create",
+    );
     assert_locked_by(
         &env.run(&["cleanup", "--confirm", "--lock-wait", "0"]),
         me,
@@ -151,7 +155,11 @@ fn a_killed_holder_leaves_no_stale_lock() {
             .iter()
             .any(|n| n.ends_with(".pack"))
     });
-    assert_locked_by(&env.run(&["gc", "--confirm", "--lock-wait", "0"]), pid, "create");
+    assert_locked_by(
+        &env.run(&["gc", "--confirm", "--lock-wait", "0"]),
+        pid,
+        "create",
+    );
 
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
