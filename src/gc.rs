@@ -209,7 +209,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     order.sort_by(|&a, &b| {
         let (ta, la) = share[a];
         let (tb, lb) = share[b];
-        // la/ta > lb/tb, compared without division; empty packs last.
+        // Higher la/ta first (compared without division), then by name.
         (lb as u128 * ta as u128)
             .cmp(&(la as u128 * tb as u128))
             .then(packs[a].1.cmp(&packs[b].1))

@@ -246,3 +246,22 @@ fn cleanup_on_a_missing_store_is_a_clear_error() {
     assert_eq!(r.code, 1);
     assert_eq!(r.error_code(), "store_missing");
 }
+
+#[test]
+fn every_result_field_of_the_spec_is_present() {
+    let env = Env::new();
+    days(&env, 2, 3);
+    let dry = env.ok(&["cleanup", "--keep-daily", "1"]);
+    let wet = env.ok(&["cleanup", "--confirm", "--keep-daily", "1"]);
+    for k in ["dry_run", "kept", "kept_stamps", "unparseable", "errors"] {
+        assert!(dry.get(k).is_some() && wet.get(k).is_some(), "{k}");
+    }
+    for k in ["would_delete", "would_delete_stamps", "bytes_reclaimable"] {
+        assert!(dry.get(k).is_some() && wet.get(k).is_none(), "{k}");
+    }
+    for k in ["deleted", "deleted_stamps", "bytes_reclaimed"] {
+        assert!(wet.get(k).is_some() && dry.get(k).is_none(), "{k}");
+    }
+    assert_eq!(dry["would_delete"], 1);
+    assert_eq!(wet["deleted"], 1);
+}
