@@ -15,7 +15,8 @@
 //! --nocapture`) runs ATOSNAP_CRASH_TRIALS (default 24) per command and
 //! prints the tally. ATOSNAP_CRASH_SEED fixes the random delays' seed.
 //!
-//! The stores use 1 MiB packs so that each command publishes and deletes
+//! Half the kills land anywhere in the run, half in its second half (where
+//! gc deletes and rewrites packs). The stores use 1 MiB packs so that each command publishes and deletes
 //! many packs over its run: a kill lands between those steps.
 
 mod common;
@@ -173,9 +174,16 @@ fn trial(kind: Kind, n: u64, rng: &mut rand::rngs::StdRng, tally: &mut Tally) {
         BTreeSet::new()
     };
     let variant = if kind == Kind::Create { n % 2 } else { 0 };
-    let span = t.durations[&(kind, variant)].as_micros() as u64 * 13 / 10 + 1;
+    // Half the trials kill anywhere in [0, 1.3 T] of an unkilled run's
+    // duration T, half late in it ([0.6 T, 1.2 T]), where gc deletes.
+    let whole = t.durations[&(kind, variant)].as_micros() as u64;
+    let range = if (n / 2) % 2 == 0 {
+        0..whole * 13 / 10 + 1
+    } else {
+        whole * 6 / 10..whole * 12 / 10 + 1
+    };
     let packs_before = pack_names(&env);
-    let delay = Duration::from_micros(rng.random_range(0..span));
+    let delay = Duration::from_micros(rng.random_range(range));
 
     let mut child = env
         .cmd(&args(kind))
