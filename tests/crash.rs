@@ -177,7 +177,7 @@ fn trial(kind: Kind, n: u64, rng: &mut rand::rngs::StdRng, tally: &mut Tally) {
     // Half the trials kill anywhere in [0, 1.3 T] of an unkilled run's
     // duration T, half late in it ([0.6 T, 1.2 T]), where gc deletes.
     let whole = t.durations[&(kind, variant)].as_micros() as u64;
-    let range = if (n / 2) % 2 == 0 {
+    let range = if (n / 2).is_multiple_of(2) {
         0..whole * 13 / 10 + 1
     } else {
         whole * 6 / 10..whole * 12 / 10 + 1
