@@ -165,7 +165,18 @@ struct Tally {
     phases: BTreeMap<&'static str, u32>,
 }
 
-fn trial(kind: Kind, n: u64, rng: &mut rand::rngs::StdRng, tally: &mut Tally) {
+/// How long each command (and create variant) runs, learnt as the trials
+/// go: a load change on the machine would otherwise move every kill
+/// before the start or after the end.
+type Estimates = BTreeMap<(Kind, u64), Duration>;
+
+fn trial(
+    kind: Kind,
+    n: u64,
+    rng: &mut rand::rngs::StdRng,
+    estimates: &mut Estimates,
+    tally: &mut Tally,
+) {
     let t = templates();
     let env = prepare(&t.base, &t.collectable, kind, n);
     let before: BTreeSet<String> = if env.store.join("snapshots").exists() {
@@ -176,7 +187,7 @@ fn trial(kind: Kind, n: u64, rng: &mut rand::rngs::StdRng, tally: &mut Tally) {
     let variant = if kind == Kind::Create { n % 2 } else { 0 };
     // Half the trials kill anywhere in [0, 1.3 T] of an unkilled run's
     // duration T, half late in it ([0.6 T, 1.2 T]), where gc deletes.
-    let whole = t.durations[&(kind, variant)].as_micros() as u64;
+    let whole = estimates[&(kind, variant)].as_micros() as u64;
     let range = if (n / 2).is_multiple_of(2) {
         0..whole * 13 / 10 + 1
     } else {
@@ -193,6 +204,12 @@ fn trial(kind: Kind, n: u64, rng: &mut rand::rngs::StdRng, tally: &mut Tally) {
         .unwrap();
     std::thread::sleep(delay);
     let running = child.try_wait().unwrap().is_none();
+    let estimate = estimates.get_mut(&(kind, variant)).unwrap();
+    *estimate = if running {
+        (*estimate).max(delay)
+    } else {
+        (*estimate).min(delay)
+    };
     child.kill().unwrap(); // SIGKILL (a no-op if it already exited)
     child.wait().unwrap();
     let context = format!("{kind:?} trial {n}, killed after {delay:?}");
@@ -277,14 +294,22 @@ fn run_trials(per_kind: u64) -> BTreeMap<Kind, Tally> {
     eprintln!("crash: seed {seed} (ATOSNAP_CRASH_SEED), {per_kind} trials per command");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut tallies = BTreeMap::new();
+    let mut estimates = templates().durations.clone();
     for n in 0..per_kind {
         for kind in [Kind::Create, Kind::Gc, Kind::Cleanup] {
-            trial(kind, n, &mut rng, tallies.entry(kind).or_default());
+            trial(
+                kind,
+                n,
+                &mut rng,
+                &mut estimates,
+                tallies.entry(kind).or_default(),
+            );
         }
     }
     for (kind, t) in &tallies {
         eprintln!("crash: {kind:?}: {t:?}");
     }
+    eprintln!("crash: final duration estimates {estimates:?}");
     tallies
 }
 
