@@ -7,13 +7,15 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use atosnap::cleanup::{self, CleanupOptions};
 use atosnap::config::Paths;
 use atosnap::create::{self, CreateOptions};
 use atosnap::error::Error;
 use atosnap::restore::{self, ChromaChoice, RestoreOptions};
+use atosnap::retention::Policy;
 use atosnap::store::key::Secrets;
 use atosnap::store::Store;
-use atosnap::{diff, drill, list, verify};
+use atosnap::{diff, drill, gc, list, verify};
 
 use crate::progress_bar;
 
@@ -143,6 +145,30 @@ pub enum Command {
     Drill { stamp: Option<String> },
     /// Files added, removed and changed between two snapshots.
     Diff { from: String, to: String },
+    /// Apply the retention policy (dry run unless --confirm; then gc).
+    Cleanup {
+        /// Delete for real, then run gc.
+        #[arg(long)]
+        confirm: bool,
+        /// Keep the newest snapshot of each of the N most recent days that have one.
+        #[arg(long, default_value_t = 7, value_name = "N")]
+        keep_daily: u32,
+        /// Keep the newest Sunday snapshot of each of the N most recent weeks that have one.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        keep_weekly: u32,
+        /// Keep the newest 1st-of-month snapshot of each of the N most recent months that have one.
+        #[arg(long, default_value_t = 6, value_name = "N")]
+        keep_monthly: u32,
+        /// Keep every snapshot with this tag (repeatable).
+        #[arg(long = "keep-tag", value_name = "T")]
+        keep_tags: Vec<String>,
+    },
+    /// Delete objects no snapshot references (dry run unless --confirm).
+    Gc {
+        /// Delete for real (takes the exclusive store lock).
+        #[arg(long)]
+        confirm: bool,
+    },
     /// Build a runtime from the fixtures and run the drill end to end.
     Demo,
 }
@@ -175,6 +201,9 @@ pub fn run() -> i32 {
             return 2;
         }
     };
+    if !cli.global.quiet {
+        atosnap::store::lock::set_wait_notifier(|msg| eprintln!("atosnap: {msg}"));
+    }
     match dispatch(&cli) {
         Ok((doc, code)) => {
             print_json(&doc);
@@ -185,6 +214,13 @@ pub fn run() -> i32 {
             print_json(&error_doc(e.code(), &e.to_string()));
             e.exit_code()
         }
+    }
+}
+
+/// Names the causes on stderr when a result carries errors.
+fn report_errors(errors: &[String]) {
+    for e in errors {
+        eprintln!("atosnap: {e}");
     }
 }
 
@@ -363,6 +399,34 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
         Command::Diff { from, to } => {
             let store = open_store(g, &paths)?;
             Ok((to_doc(&diff::diff(&store, from, to)?)?, 0))
+        }
+        Command::Cleanup {
+            confirm,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_tags,
+        } => {
+            let store = open_store(g, &paths)?;
+            let opts = CleanupOptions {
+                policy: Policy {
+                    keep_daily: *keep_daily,
+                    keep_weekly: *keep_weekly,
+                    keep_monthly: *keep_monthly,
+                    keep_tags: keep_tags.clone(),
+                },
+                confirm: *confirm,
+                lock_wait,
+            };
+            let result = cleanup::cleanup(&store, &opts)?;
+            report_errors(&result.errors);
+            Ok((to_doc(&result)?, result.exit_code))
+        }
+        Command::Gc { confirm } => {
+            let store = open_store(g, &paths)?;
+            let result = gc::gc(&store, *confirm, lock_wait)?;
+            report_errors(&result.errors);
+            Ok((to_doc(&result)?, result.exit_code))
         }
         Command::Demo => crate::demo::run(),
     }

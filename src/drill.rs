@@ -65,6 +65,9 @@ pub fn drill(
             stamp: stamp.to_string(),
         });
     }
+    // Held for the whole drill: gc (exclusive) empties tmp/, where the
+    // scratch restore lives.
+    let _lock = crate::store::lock::lock_shared(store.root(), "drill", lock_wait)?;
     let tmp = store.tmp_dir()?;
     let scratch = tempfile::Builder::new()
         .prefix(&format!("{}-drill-", std::process::id()))

@@ -82,6 +82,12 @@ pub enum Error {
     #[error("manifest of snapshot {stamp} is corrupt: {detail}")]
     ManifestCorrupt { stamp: String, detail: String },
 
+    #[error("gc refused, nothing was deleted: the manifest of snapshot {snapshot} cannot be read ({detail}), so the chunks it references cannot be told from garbage. Run `atosnap verify`, then restore that snapshot's manifest or delete the snapshot folder")]
+    GcUnsafe { snapshot: String, detail: String },
+
+    #[error("gc refused, nothing was deleted: {path} is missing, so no snapshot can be seen and every object would look like garbage. Check --store and the mount")]
+    SnapshotsDirMissing { path: PathBuf },
+
     #[error("object {name} is corrupt: {detail}")]
     ObjectCorrupt { name: String, detail: String },
 
@@ -165,6 +171,8 @@ impl Error {
             Error::Io { .. } => "io_error",
             Error::Locked { .. } => "store_locked",
             Error::ManifestCorrupt { .. } => "manifest_corrupt",
+            Error::GcUnsafe { .. } => "gc_refused_unreadable_manifest",
+            Error::SnapshotsDirMissing { .. } => "snapshots_dir_missing",
             Error::ObjectCorrupt { .. } => "object_corrupt",
             Error::ChunkMissing { .. } => "chunk_missing",
             Error::ChunkCorrupt { .. } => "chunk_corrupt",
@@ -192,6 +200,7 @@ impl Error {
         match self {
             Error::Usage(_) => 2,
             Error::ManifestCorrupt { .. }
+            | Error::GcUnsafe { .. }
             | Error::ObjectCorrupt { .. }
             | Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }

@@ -4,11 +4,16 @@
 //! types are the proof: deleting functions take an `&ExclusiveLock`.
 //!
 //! Beside the lock, each holder writes `locks/holder-<pid>-<rand>.json`
-//! (pid, command, since) so a blocked command can say who is in the way.
+//! (pid, command, since) so a blocked command can say who is in the way:
+//! once when it starts waiting (through the notifier the binary installs
+//! with [`set_wait_notifier`], since the library never prints) and in the
+//! [`Error::Locked`] it returns when `wait` runs out. Holder files of dead
+//! processes are ignored and removed.
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
@@ -40,6 +45,14 @@ pub struct SharedLock {
 /// Held while deleting from the store (gc, cleanup --confirm, repair).
 pub struct ExclusiveLock {
     _held: Held,
+}
+
+static WAIT_NOTIFIER: OnceLock<fn(&str)> = OnceLock::new();
+
+/// Installs the function told (once per wait) that a command is blocked,
+/// who holds the lock, and how long it will wait. First call wins.
+pub fn set_wait_notifier(notify: fn(&str)) {
+    let _ = WAIT_NOTIFIER.set(notify);
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -91,6 +104,7 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
         Err(e) => return Err(Error::io("open lock file", &path, e)),
     };
     let start = Instant::now();
+    let mut told = false;
     loop {
         let attempt = match mode {
             Mode::Shared | Mode::SharedReader => file.try_lock_shared(),
@@ -99,6 +113,16 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
         match attempt {
             Ok(()) => break,
             Err(std::fs::TryLockError::WouldBlock) => {
+                if !told && !wait.is_zero() {
+                    told = true;
+                    if let Some(notify) = WAIT_NOTIFIER.get() {
+                        notify(&format!(
+                            "store is locked by {}; `{command}` waits up to {}s (--lock-wait)",
+                            describe_holders(&dir),
+                            wait.as_secs()
+                        ));
+                    }
+                }
                 if start.elapsed() >= wait {
                     return Err(Error::Locked {
                         holders: describe_holders(&dir),
@@ -110,6 +134,8 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
         }
     }
+    // Holder files of processes that died holding the lock are stale.
+    let _ = current_holders(store_root);
     let info = HolderInfo {
         pid: std::process::id(),
         command: command.to_string(),

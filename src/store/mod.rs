@@ -670,6 +670,33 @@ impl Store {
         Ok(manifest)
     }
 
+    /// The manifest inside `snapshots/<folder>/` for a folder whose name is
+    /// not a stamp (`folder` comes from a listing of `snapshots/`). `None`
+    /// when there is no manifest there; `Some(Err)` when one is there but
+    /// does not read or decode. gc uses it to keep such data live.
+    pub fn read_folder_manifest(
+        &self,
+        folder: &str,
+    ) -> Option<std::result::Result<Manifest, String>> {
+        if folder.contains('/') || folder == ".." || folder == "." {
+            return None;
+        }
+        let name = format!("snapshots/{folder}/{MANIFEST_NAME}");
+        match self.backend.exists(&name) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            // ENOTDIR: the folder is a plain file.
+            Err(e) if e.raw_os_error() == Some(20) => return None,
+            Err(e) => return Some(Err(e.to_string())),
+        }
+        Some(
+            self.backend
+                .read(&name)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| Manifest::decode(&bytes, &self.sealer)),
+        )
+    }
+
     pub fn read_metadata(&self, stamp: &Stamp) -> Result<serde_json::Value> {
         let name = format!("snapshots/{stamp}/{METADATA_NAME}");
         let bytes = self
