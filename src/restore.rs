@@ -946,10 +946,19 @@ pub fn apply(
         let e = &manifest.entries[i];
         if let EntryKind::File(f) = &e.kind {
             progress.phase("database", Some(f.size));
-            install_file(store, index, e, f, &t.db, Some(&plan.db_reusable), &|n| {
-                progress.advance(n)
-            })?;
-            sync_dir(parent_of(&t.db))?;
+            install_file(
+                store,
+                index,
+                e,
+                f,
+                &t.db,
+                Some(&plan.db_reusable),
+                t.live,
+                &|n| progress.advance(n),
+            )?;
+            if t.live {
+                sync_dir(parent_of(&t.db))?;
+            }
             out.db_restored = true;
         }
     }
@@ -958,16 +967,18 @@ pub fn apply(
         let e = &manifest.entries[i];
         if let EntryKind::File(f) = &e.kind {
             progress.phase("registry", Some(f.size));
-            install_file(store, index, e, f, &t.registry, None, &|n| {
+            install_file(store, index, e, f, &t.registry, None, t.live, &|n| {
                 progress.advance(n)
             })?;
-            sync_dir(parent_of(&t.registry))?;
+            if t.live {
+                sync_dir(parent_of(&t.registry))?;
+            }
             out.registry_restored = true;
         }
     }
     // 7. Chroma
     if let Some(cp) = &plan.chroma {
-        apply_chroma(store, index, manifest, cp, progress)?;
+        apply_chroma(store, index, manifest, cp, t.live, progress)?;
         out.chroma_written = cp.write.len() as u64;
         out.chroma_unchanged = cp.unchanged.len() as u64;
         out.chroma_removed = cp.files_removed();
@@ -1055,7 +1066,8 @@ fn extract_error(e: ExtractError, tmp: &Path) -> Error {
 }
 
 /// Rebuilds a file from its chunks into a temp file beside `target`, sets
-/// owner, mode and mtime, fsyncs and renames it over `target`. Chunks in
+/// owner, mode and mtime, fsyncs it (when `durable`) and renames it over
+/// `target`. Chunks in
 /// `reusable` are read from the file being replaced (and re-hashed), the
 /// rest from the store. The caller fsyncs the folder.
 pub fn install_file(
@@ -1065,6 +1077,7 @@ pub fn install_file(
     file: &FileEntry,
     target: &Path,
     reusable: Option<&Reusable>,
+    durable: bool,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     let parent = parent_of(target);
@@ -1105,7 +1118,9 @@ pub fn install_file(
         .ctx("set the mode of", &tmp)?;
     filetime::set_file_handle_times(&f, None, Some(file_time(entry.mtime_ns)))
         .ctx("set the mtime of", &tmp)?;
-    f.sync_all().ctx("fsync", &tmp)?;
+    if durable {
+        f.sync_all().ctx("fsync", &tmp)?;
+    }
     drop(f);
     failpoint(|| format!("restore:before-rename:{}", entry.path_lossy()));
     fs::rename(&tmp, target).ctx("rename into place", target)?;
@@ -1166,6 +1181,7 @@ pub fn apply_chroma(
     index: &ChunkIndex,
     manifest: &Manifest,
     plan: &ChromaPlan,
+    durable: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
     let root = &plan.root;
@@ -1215,9 +1231,16 @@ pub fn apply_chroma(
         let e = &manifest.entries[i];
         let path = path_of(root, rel_of(manifest, i));
         match &e.kind {
-            EntryKind::File(f) => {
-                install_file(store, index, e, f, &path, plan.reusable.get(&i), &on_bytes)
-            }
+            EntryKind::File(f) => install_file(
+                store,
+                index,
+                e,
+                f,
+                &path,
+                plan.reusable.get(&i),
+                durable,
+                &on_bytes,
+            ),
             EntryKind::Symlink { target } => install_symlink(e, target, &path),
             EntryKind::Dir => Ok(()),
         }
@@ -1232,7 +1255,7 @@ pub fn apply_chroma(
             false,
         )?;
     }
-    for dir in &touched {
+    for dir in touched.iter().filter(|_| durable) {
         if dir.is_dir() {
             sync_dir(dir)?;
         }

@@ -181,7 +181,6 @@ fn check_db(
         Err(ExtractError::Write(e)) => return Err(Error::io("write", tmp.path(), e)),
     }
     drop(out);
-    tmp.as_file().sync_data().ctx("write", tmp.path())?;
     match sqlite::integrity_problems(tmp.path(), false)? {
         None => Ok(true),
         Some(p) => {
