@@ -109,6 +109,11 @@ pub enum Error {
     #[error("restored database failed its integrity check: {detail}")]
     RestoredIntegrity { detail: String },
 
+    /// `serve` refused to start (an unsafe listen address, a bad token
+    /// file): the message says what to change.
+    #[error("serve refused to start: {0}")]
+    ServeRefused(String),
+
     #[error("{0}")]
     Other(String),
 }
@@ -139,6 +144,7 @@ impl Error {
             Error::ValidationFailed { .. } => "validation_failed",
             Error::DbInUse { .. } => "db_in_use",
             Error::RestoredIntegrity { .. } => "restored_integrity_failed",
+            Error::ServeRefused(_) => "serve_refused",
             Error::Other(_) => "error",
         }
     }

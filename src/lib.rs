@@ -15,6 +15,7 @@ pub mod id;
 pub mod list;
 pub mod manifest;
 pub mod progress;
+pub mod serve;
 pub mod sources;
 pub mod stamp;
 pub mod store;
