@@ -61,6 +61,9 @@ const DRAIN_LIMIT: usize = 1 << 20;
 /// Ceiling on concurrent store jobs; shutdown waits for all of them.
 const MAX_JOBS: u32 = 64;
 
+/// The tracing target of the start and stop lines (kept with `--quiet`).
+pub const LIFECYCLE: &str = "atosnap::serve::lifecycle";
+
 /// How `serve` runs.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -121,6 +124,7 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
     let stop = Arc::new(Mutex::new(String::new()));
     let signal = shutdown_signal(stop.clone())?;
     tracing::info!(
+        target: LIFECYCLE,
         store = %state.paths.store.display(),
         token = state.token.is_some(),
         "listening on http://{bound}"
@@ -131,11 +135,11 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
         .map_err(|e| Error::io("serve on", bound.to_string(), e))?;
     // Connections are closed; work whose client went away may still run.
     if state.jobs.available_permits() < MAX_JOBS as usize {
-        tracing::info!("waiting for running store work to finish");
+        tracing::info!(target: LIFECYCLE, "waiting for running store work to finish");
     }
     let _all = state.jobs.acquire_many(MAX_JOBS).await;
     let stopped_by = lock(&stop).clone();
-    tracing::info!(stopped_by = %stopped_by, "stopped");
+    tracing::info!(target: LIFECYCLE, stopped_by = %stopped_by, "stopped");
     Ok(ServeSummary {
         listen: bound.to_string(),
         stopped_by,
@@ -160,6 +164,7 @@ fn shutdown_signal(
         };
         *lock(&stop) = name.to_string();
         tracing::info!(
+            target: LIFECYCLE,
             signal = name,
             "stopping: no new connections; running requests finish first"
         );
