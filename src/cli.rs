@@ -7,11 +7,15 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use atosnap::cleanup::{self, CleanupOptions};
 use atosnap::config::Paths;
 use atosnap::create::{self, CreateOptions};
 use atosnap::error::Error;
+use atosnap::restore::{self, ChromaChoice, RestoreOptions};
+use atosnap::retention::Policy;
+use atosnap::store::key::Secrets;
 use atosnap::store::Store;
-use atosnap::{list, verify};
+use atosnap::{diff, drill, gc, list, verify};
 
 use crate::progress_bar;
 
@@ -61,15 +65,32 @@ pub struct Global {
         value_name = "PATH"
     )]
     pub ingestion_lock: Option<PathBuf>,
+    /// File holding the password of an encrypted store (else the
+    /// ATOSNAP_PASSWORD variable). Never give the password as a flag value.
+    #[arg(
+        long,
+        global = true,
+        env = "ATOSNAP_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a store explicitly.
     Init {
-        /// `none` (encrypted stores are not supported by this build yet).
-        #[arg(long, default_value = "none")]
+        /// `none`, or `repokey`: a random master key, wrapped under the
+        /// password (--password-file / ATOSNAP_PASSWORD_FILE or
+        /// ATOSNAP_PASSWORD), encrypts everything. A lost password means
+        /// lost backups.
+        #[arg(long, default_value = "none", value_parser = ["none", "repokey"])]
         encryption: String,
+    },
+    /// Manage the key of an encrypted store.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// Take a snapshot.
     Create {
@@ -89,8 +110,64 @@ pub enum Command {
     Validate { stamp: String },
     /// Audit the integrity of the whole store (or the named snapshots).
     Verify {
+        /// Check only this snapshot and the objects it references (repeatable).
         #[arg(long = "snapshot", value_name = "STAMP")]
         snapshots: Vec<String>,
+        /// Re-hash only this share of the packs (0-100), picked at random;
+        /// check the others structurally.
+        #[arg(long, value_name = "PERCENT")]
+        sample: Option<f64>,
+        /// Move damaged packs into quarantine/, keep their intact chunks in a
+        /// fresh pack, rebuild missing summaries (takes the exclusive lock).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Restore a snapshot into the live runtime (service stopped) or --to DIR.
+    Restore {
+        stamp: String,
+        /// Required for a live restore: the AtoCore service is stopped.
+        #[arg(long)]
+        confirm_service_stopped: bool,
+        /// Skip the pre-restore safety snapshot.
+        #[arg(long)]
+        no_pre_snapshot: bool,
+        /// Restore the Chroma tree (default: when the snapshot has one).
+        #[arg(long, conflicts_with = "no_chroma")]
+        chroma: bool,
+        /// Leave the Chroma dir alone.
+        #[arg(long)]
+        no_chroma: bool,
+        /// Restore into DIR/atocore.db, DIR/project-registry.json, DIR/chroma.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+    },
+    /// Prove a snapshot restorable (default: the newest) without touching live data.
+    Drill { stamp: Option<String> },
+    /// Files added, removed and changed between two snapshots.
+    Diff { from: String, to: String },
+    /// Apply the retention policy (dry run unless --confirm; then gc).
+    Cleanup {
+        /// Delete for real, then run gc.
+        #[arg(long)]
+        confirm: bool,
+        /// Keep the newest snapshot of each of the N most recent days that have one.
+        #[arg(long, default_value_t = 7, value_name = "N")]
+        keep_daily: u32,
+        /// Keep the newest Sunday snapshot of each of the N most recent weeks that have one.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        keep_weekly: u32,
+        /// Keep the newest 1st-of-month snapshot of each of the N most recent months that have one.
+        #[arg(long, default_value_t = 6, value_name = "N")]
+        keep_monthly: u32,
+        /// Keep every snapshot with this tag (repeatable).
+        #[arg(long = "keep-tag", value_name = "T")]
+        keep_tags: Vec<String>,
+    },
+    /// Delete objects no snapshot references (dry run unless --confirm).
+    Gc {
+        /// Delete for real (takes the exclusive store lock).
+        #[arg(long)]
+        confirm: bool,
     },
     /// Build a runtime from the fixtures and run the drill end to end.
     Demo,
@@ -112,6 +189,18 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Re-wrap the master key under a new password, atomically (the old
+    /// password comes from the usual --password-file / ATOSNAP_PASSWORD_FILE
+    /// / ATOSNAP_PASSWORD).
+    Passwd {
+        /// File holding the new password (else ATOSNAP_NEW_PASSWORD).
+        #[arg(long, env = "ATOSNAP_NEW_PASSWORD_FILE", value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+}
+
 /// Parses, runs, prints; returns the process exit code.
 pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
@@ -128,6 +217,9 @@ pub fn run() -> i32 {
             return 2;
         }
     };
+    if !cli.global.quiet {
+        atosnap::store::lock::set_wait_notifier(|msg| eprintln!("atosnap: {msg}"));
+    }
     // Completions and the man page are not JSON.
     match &cli.command {
         Command::Completions { shell } => return crate::docgen::completions(*shell),
@@ -144,6 +236,13 @@ pub fn run() -> i32 {
             print_json(&error_doc(e.code(), &e.to_string()));
             e.exit_code()
         }
+    }
+}
+
+/// Names the causes on stderr when a result carries errors.
+fn report_errors(errors: &[String]) {
+    for e in errors {
+        eprintln!("atosnap: {e}");
     }
 }
 
@@ -171,6 +270,18 @@ pub fn paths(g: &Global) -> Paths {
     )
 }
 
+/// The password source of every command: the password file (flag or
+/// ATOSNAP_PASSWORD_FILE), else ATOSNAP_PASSWORD.
+pub fn secrets(g: &Global) -> Secrets {
+    Secrets::from_env(g.password_file.clone())
+}
+
+/// Opens the existing store with the command's password source. Every
+/// command that reads a store opens it through here.
+pub fn open_store(g: &Global, paths: &Paths) -> Result<Store, Error> {
+    Store::open_with(&paths.store, &secrets(g))
+}
+
 fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
     let g = &cli.global;
     let paths = paths(g);
@@ -178,21 +289,33 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
     let progress = progress_bar::for_terminal(g.quiet);
     match &cli.command {
         Command::Init { encryption } => {
-            if encryption != "none" {
-                return Err(Error::Usage(format!(
-                    "--encryption {encryption}: this build writes only unencrypted stores (`none`)"
-                )));
+            let store = Store::init_with(&paths.store, encryption, &secrets(g))?;
+            let mut doc = serde_json::json!({
+                "store": paths.store.display().to_string(),
+                "format_version": store.config().format_version,
+                "encryption": store.config().encryption.scheme,
+                "store_id": store.config().store_id,
+            });
+            if let Some(file) = store.key_file() {
+                doc["key"] = file.summary();
+                doc["warnings"] = serde_json::json!([
+                    "keep the password (and a copy of keys/repokey.json) safe: a lost password or key file means lost backups"
+                ]);
             }
-            let store = Store::init(&paths.store)?;
-            Ok((
-                serde_json::json!({
-                    "store": paths.store.display().to_string(),
-                    "format_version": store.config().format_version,
-                    "encryption": store.config().encryption.scheme,
-                    "store_id": store.config().store_id,
-                }),
-                0,
-            ))
+            Ok((doc, 0))
+        }
+        Command::Key {
+            command: KeyCommand::Passwd { new_password_file },
+        } => {
+            let new = Secrets::new_password_from_env(new_password_file.clone())
+                .password()?
+                .ok_or(Error::NewPasswordRequired)?;
+            let store = open_store(g, &paths)?;
+            let file = store.change_password(&new)?;
+            let mut doc = file.summary();
+            doc["store"] = serde_json::json!(paths.store.display().to_string());
+            doc["changed"] = serde_json::json!(true);
+            Ok((doc, 0))
         }
         Command::Create { chroma, tags, at } => {
             let at = match at {
@@ -207,7 +330,12 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             };
             // Refuse a missing db before a store is created for it.
             atosnap::sources::sqlite::check_database(&paths.db)?;
-            let store = Store::open_or_init(&paths.store)?;
+            let secrets = secrets(g);
+            let existed = paths.store.join(atosnap::store::CONFIG_NAME).exists();
+            let store = Store::open_or_init_with(&paths.store, &secrets)?;
+            // A password given for a store that did not exist yet: the new
+            // store is unencrypted (SPEC §3), which the operator must hear.
+            let unencrypted_despite_password = !existed && secrets.is_given();
             let opts = CreateOptions {
                 db: paths.db.clone(),
                 registry: paths.registry.clone(),
@@ -217,24 +345,110 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 lock_wait,
                 ingestion_lock: g.ingestion_lock.clone(),
             };
-            let result = create::create(&store, &opts, progress.as_ref())?;
+            let mut result = create::create(&store, &opts, progress.as_ref())?;
+            if unencrypted_despite_password {
+                let warning = format!(
+                    "no store existed at {}: created an UNENCRYPTED one although a password was given (an encrypted store is made by `atosnap init --encryption repokey`)",
+                    paths.store.display()
+                );
+                eprintln!("atosnap: warning: {warning}");
+                result.warnings.push(warning);
+            }
             Ok((to_doc(&result)?, 0))
         }
         Command::List => {
-            let store = Store::open(&paths.store)?;
+            let store = open_store(g, &paths)?;
             Ok((to_doc(&list::list(&store)?)?, 0))
         }
         Command::Validate { stamp } => {
-            let store = Store::open(&paths.store)?;
+            let store = open_store(g, &paths)?;
             let report = verify::validate(&store, stamp, lock_wait)?;
             let code = if report.valid { 0 } else { 3 };
             Ok((to_doc(&report)?, code))
         }
-        Command::Verify { snapshots } => {
-            let store = Store::open(&paths.store)?;
-            let report = verify::verify(&store, snapshots, lock_wait)?;
+        Command::Verify {
+            snapshots,
+            sample,
+            repair,
+        } => {
+            let store = open_store(g, &paths)?;
+            let opts = verify::VerifyOptions {
+                snapshots: snapshots.clone(),
+                sample_percent: *sample,
+                repair: *repair,
+                lock_wait,
+            };
+            let report = verify::verify_with(&store, &opts)?;
             let code = if report.ok { 0 } else { 3 };
             Ok((to_doc(&report)?, code))
+        }
+        Command::Restore {
+            stamp,
+            confirm_service_stopped,
+            no_pre_snapshot,
+            chroma,
+            no_chroma,
+            to,
+        } => {
+            let opts = RestoreOptions {
+                stamp: stamp.clone(),
+                db: paths.db.clone(),
+                registry: paths.registry.clone(),
+                chroma_dir: paths.chroma_dir.clone(),
+                to: to.clone(),
+                confirm_service_stopped: *confirm_service_stopped,
+                pre_snapshot: !no_pre_snapshot,
+                chroma: match (chroma, no_chroma) {
+                    (true, _) => ChromaChoice::Yes,
+                    (_, true) => ChromaChoice::No,
+                    _ => ChromaChoice::Auto,
+                },
+                lock_wait,
+            };
+            // The gate comes before anything else, the store included.
+            restore::check_confirmation(&opts)?;
+            let store = open_store(g, &paths)?;
+            let result = restore::restore(&store, &opts, progress.as_ref())?;
+            let code = if result.restored_integrity_ok { 0 } else { 3 };
+            Ok((to_doc(&result)?, code))
+        }
+        Command::Drill { stamp } => {
+            let store = open_store(g, &paths)?;
+            let result = drill::drill(&store, stamp.as_deref(), lock_wait, progress.as_ref())?;
+            let code = if result.ok { 0 } else { 3 };
+            Ok((to_doc(&result)?, code))
+        }
+        Command::Diff { from, to } => {
+            let store = open_store(g, &paths)?;
+            Ok((to_doc(&diff::diff(&store, from, to)?)?, 0))
+        }
+        Command::Cleanup {
+            confirm,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_tags,
+        } => {
+            let store = open_store(g, &paths)?;
+            let opts = CleanupOptions {
+                policy: Policy {
+                    keep_daily: *keep_daily,
+                    keep_weekly: *keep_weekly,
+                    keep_monthly: *keep_monthly,
+                    keep_tags: keep_tags.clone(),
+                },
+                confirm: *confirm,
+                lock_wait,
+            };
+            let result = cleanup::cleanup(&store, &opts)?;
+            report_errors(&result.errors);
+            Ok((to_doc(&result)?, result.exit_code))
+        }
+        Command::Gc { confirm } => {
+            let store = open_store(g, &paths)?;
+            let result = gc::gc(&store, *confirm, lock_wait)?;
+            report_errors(&result.errors);
+            Ok((to_doc(&result)?, result.exit_code))
         }
         Command::Demo => crate::demo::run(),
         Command::Serve { listen, token_file } => {
@@ -253,6 +467,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 listen: *listen,
                 token,
                 paths,
+                secrets: secrets(g),
                 lock_wait,
                 ingestion_lock: g.ingestion_lock.clone(),
             })?;

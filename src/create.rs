@@ -14,7 +14,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::chunk::{self, Strategy};
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
+use crate::id::{Id, IdSet};
 use crate::manifest::{
     Entry, EntryKind, FileEntry, Manifest, SourceStat, CHROMA_PREFIX, DB_PATH, MANIFEST_VERSION,
     REGISTRY_PATH,
@@ -36,8 +36,9 @@ use crate::store::lock::{self, SharedLock};
 use crate::store::packer::Packer;
 use crate::store::Store;
 
-/// Bytes of a file processed per parallel batch: bounds memory.
-const BATCH_BYTES: usize = 8 << 20;
+/// Bytes of a file processed per parallel batch: bounds memory (the batch,
+/// its encoded copy and the page reader's two batches in flight).
+const BATCH_BYTES: usize = 4 << 20;
 /// A file whose mtime or ctime is this recent is not trusted to the files
 /// cache: a write in the same clock tick would go unseen.
 const RACY_WINDOW_NS: i64 = 2_000_000_000;
@@ -331,7 +332,7 @@ impl<'a> Capture<'a> {
                 .par_iter()
                 .map(|r| sealer.chunk_id(&buf[r.clone()]))
                 .collect();
-            let mut seen = HashSet::new();
+            let mut seen = IdSet::default();
             let fresh: Vec<usize> = (0..ids.len())
                 .filter(|&i| !packer.has(index, &ids[i]) && seen.insert(ids[i]))
                 .collect();
@@ -436,7 +437,10 @@ impl<'a> Capture<'a> {
         src: &Path,
         is_main_db: bool,
     ) -> Result<Stored> {
-        let (stored, problems) = match sqlite::stream_pages(src, true)? {
+        // The main db is checked in the same read transaction. Chroma's own
+        // SQLite files are left to validate and drill: their FTS5 integrity
+        // check alone would cost more than the whole capture.
+        let (stored, problems) = match sqlite::stream_pages(src, is_main_db)? {
             Some(mut stream) => {
                 let page = Some(stream.page_size);
                 let strategy = chunk::strategy_for(path, page, &self.store.config().chunking);
@@ -444,7 +448,7 @@ impl<'a> Capture<'a> {
                 let problems = stream.finish()?;
                 (stored.ctx("read", src)?, problems)
             }
-            None => self.capture_sqlite_backup(path, src)?,
+            None => self.capture_sqlite_backup(path, src, is_main_db)?,
         };
         if let Some(problems) = problems {
             let what = if is_main_db {
@@ -465,11 +469,16 @@ impl<'a> Capture<'a> {
         &mut self,
         path: &[u8],
         src: &Path,
+        check: bool,
     ) -> Result<(Stored, Option<String>)> {
         let tmp = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "sqlite");
         let result = (|| {
             sqlite::backup_to(src, &tmp)?;
-            let problems = sqlite::integrity_problems(&tmp, true)?;
+            let problems = if check {
+                sqlite::integrity_problems(&tmp, true)?
+            } else {
+                None
+            };
             let page = sqlite::sqlite_page_size_of(&tmp).ctx("read", &tmp)?;
             let strategy = chunk::strategy_for(path, page, &self.store.config().chunking);
             let file = File::open(&tmp).ctx("open", &tmp)?;

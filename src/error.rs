@@ -82,6 +82,12 @@ pub enum Error {
     #[error("manifest of snapshot {stamp} is corrupt: {detail}")]
     ManifestCorrupt { stamp: String, detail: String },
 
+    #[error("gc refused, nothing was deleted: the manifest of snapshot {snapshot} cannot be read ({detail}), so the chunks it references cannot be told from garbage. Run `atosnap verify`, then restore that snapshot's manifest or delete the snapshot folder")]
+    GcUnsafe { snapshot: String, detail: String },
+
+    #[error("gc refused, nothing was deleted: {path} is missing, so no snapshot can be seen and every object would look like garbage. Check --store and the mount")]
+    SnapshotsDirMissing { path: PathBuf },
+
     #[error("object {name} is corrupt: {detail}")]
     ObjectCorrupt { name: String, detail: String },
 
@@ -98,13 +104,25 @@ pub enum Error {
     ValidationFailed { stamp: String, errors: String },
 
     #[error(
-        "database {path} is held open by pid {pid} ({command}): stop that process before restoring"
+        "{path} is held open by pid {pid} ({command}): stop that process (the AtoCore service?) before restoring"
     )]
     DbInUse {
         path: PathBuf,
         pid: u32,
         command: String,
     },
+
+    #[error("pre-restore safety snapshot failed, nothing was changed: {detail} (fix the cause, or pass --no-pre-snapshot after copying the live files aside)")]
+    PreSnapshotFailed { detail: String },
+
+    #[error("snapshot {stamp} has no Chroma tree: drop --chroma (or pick a snapshot taken with `create --chroma`)")]
+    ChromaNotInSnapshot { stamp: String },
+
+    #[error("the store has no snapshots yet (take one with `atosnap create`)")]
+    NoSnapshots,
+
+    #[error("restore target {path} is unusable: {detail}")]
+    TargetInvalid { path: PathBuf, detail: String },
 
     #[error("restored database failed its integrity check: {detail}")]
     RestoredIntegrity { detail: String },
@@ -113,6 +131,26 @@ pub enum Error {
     /// file): the message says what to change.
     #[error("serve refused to start: {0}")]
     ServeRefused(String),
+    #[error("the store at {path} is encrypted: give its password with --password-file FILE, ATOSNAP_PASSWORD_FILE or ATOSNAP_PASSWORD")]
+    PasswordRequired { path: String },
+
+    #[error("the new password is missing: give it with --new-password-file FILE, ATOSNAP_NEW_PASSWORD_FILE or ATOSNAP_NEW_PASSWORD")]
+    NewPasswordRequired,
+
+    #[error("password file {path}: {detail}")]
+    PasswordFile { path: PathBuf, detail: String },
+
+    #[error("wrong password for the encrypted store at {path} (its key file {key_file} does not open with it)")]
+    WrongPassword { path: String, key_file: String },
+
+    #[error("key file {path} is missing: without it this encrypted store cannot be read (restore the key file from a copy; a lost key file or password means lost backups)")]
+    KeyFileMissing { path: String },
+
+    #[error("key file {path} is damaged: {detail} (restore the key file from a copy; a lost key file or password means lost backups)")]
+    KeyFileCorrupt { path: String, detail: String },
+
+    #[error("the store at {path} is not encrypted: it has no key or password")]
+    NotEncrypted { path: String },
 
     #[error("{0}")]
     Other(String),
@@ -137,14 +175,27 @@ impl Error {
             Error::Io { .. } => "io_error",
             Error::Locked { .. } => "store_locked",
             Error::ManifestCorrupt { .. } => "manifest_corrupt",
+            Error::GcUnsafe { .. } => "gc_refused_unreadable_manifest",
+            Error::SnapshotsDirMissing { .. } => "snapshots_dir_missing",
             Error::ObjectCorrupt { .. } => "object_corrupt",
             Error::ChunkMissing { .. } => "chunk_missing",
             Error::ChunkCorrupt { .. } => "chunk_corrupt",
             Error::NotConfirmed => "confirmation_required",
             Error::ValidationFailed { .. } => "validation_failed",
             Error::DbInUse { .. } => "db_in_use",
+            Error::PreSnapshotFailed { .. } => "pre_snapshot_failed",
+            Error::ChromaNotInSnapshot { .. } => "chroma_not_in_snapshot",
+            Error::NoSnapshots => "no_snapshots",
+            Error::TargetInvalid { .. } => "target_invalid",
             Error::RestoredIntegrity { .. } => "restored_integrity_failed",
             Error::ServeRefused(_) => "serve_refused",
+            Error::PasswordRequired { .. } => "password_required",
+            Error::NewPasswordRequired => "new_password_required",
+            Error::PasswordFile { .. } => "password_file_unreadable",
+            Error::WrongPassword { .. } => "wrong_password",
+            Error::KeyFileMissing { .. } => "key_file_missing",
+            Error::KeyFileCorrupt { .. } => "key_file_corrupt",
+            Error::NotEncrypted { .. } => "store_not_encrypted",
             Error::Other(_) => "error",
         }
     }
@@ -154,6 +205,7 @@ impl Error {
         match self {
             Error::Usage(_) => 2,
             Error::ManifestCorrupt { .. }
+            | Error::GcUnsafe { .. }
             | Error::ObjectCorrupt { .. }
             | Error::ChunkMissing { .. }
             | Error::ChunkCorrupt { .. }

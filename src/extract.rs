@@ -30,13 +30,30 @@ pub fn write_file<W: Write>(
     index: &ChunkIndex,
     file: &FileEntry,
     out: &mut W,
+    on_bytes: impl FnMut(u64),
+) -> Result<u64, ExtractError> {
+    write_file_with(store, index, file, out, on_bytes, |_| None)
+}
+
+/// Like [`write_file`], but takes a chunk from `local` when it has it (a
+/// restore reusing the bytes of the file it replaces; `local` must return
+/// only bytes whose id it has checked), from the store otherwise.
+pub fn write_file_with<W: Write>(
+    store: &Store,
+    index: &ChunkIndex,
+    file: &FileEntry,
+    out: &mut W,
     mut on_bytes: impl FnMut(u64),
+    local: impl Fn(&Id) -> Option<Vec<u8>> + Sync,
 ) -> Result<u64, ExtractError> {
     let mut written = 0u64;
     for batch in file.chunks.chunks(BATCH_CHUNKS) {
         let data: Vec<Result<Vec<u8>, (Id, ChunkFault)>> = batch
             .par_iter()
-            .map(|id| store.read_chunk(index, id).map_err(|f| (*id, f)))
+            .map(|id| match local(id) {
+                Some(bytes) => Ok(bytes),
+                None => store.read_chunk(index, id).map_err(|f| (*id, f)),
+            })
             .collect();
         for chunk in data {
             let chunk = chunk.map_err(|(id, f)| ExtractError::Chunk(id, f))?;

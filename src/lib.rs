@@ -6,15 +6,22 @@
 //! JSON and maps errors to exit codes.
 
 pub mod chunk;
+pub mod cleanup;
 pub mod config;
 pub mod create;
+pub mod diff;
+pub mod drill;
 pub mod drill_log;
 pub mod error;
 pub mod extract;
+pub mod gc;
 pub mod id;
 pub mod list;
 pub mod manifest;
 pub mod progress;
+pub mod repair;
+pub mod restore;
+pub mod retention;
 pub mod serve;
 pub mod sources;
 pub mod stamp;

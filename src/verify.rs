@@ -4,12 +4,12 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::extract::{self, ExtractError};
-use crate::id::Id;
+use crate::id::{Id, IdSet};
 use crate::manifest::{FileEntry, Manifest};
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
@@ -36,7 +36,7 @@ pub struct ValidateReport {
 /// is a report with `valid: false`.
 pub fn validate(store: &Store, stamp: &str, lock_wait: Duration) -> Result<ValidateReport> {
     let stamp = Stamp::parse(stamp)?;
-    let _lock = lock::lock_shared(store.root(), "validate", lock_wait)?;
+    let _lock = lock::lock_shared_reader(store.root(), "validate", lock_wait)?;
     let started = Instant::now();
     let mut report = ValidateReport {
         stamp: stamp.to_string(),
@@ -147,11 +147,24 @@ fn check_db(
     db: &FileEntry,
     errors: &mut BTreeSet<String>,
 ) -> Result<bool> {
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!("{}-validate-", std::process::id()))
-        .suffix(".db")
-        .tempfile_in(store.tmp_dir()?)
-        .ctx("create temp file in", store.tmp_dir()?)?;
+    let prefix = format!("{}-validate-", std::process::id());
+    let builder = || {
+        let mut b = tempfile::Builder::new();
+        b.prefix(&prefix).suffix(".db");
+        b
+    };
+    // In the store's tmp/ (same disk as the data); a reader that may not
+    // write the store uses the system's temp dir instead.
+    let tmp = match store
+        .tmp_dir()
+        .and_then(|d| builder().tempfile_in(&d).ctx("create temp file in", &d))
+    {
+        Ok(t) => t,
+        Err(e @ (Error::PermissionDenied { .. } | Error::ReadOnly { .. })) => {
+            builder().tempfile().map_err(|_| e)?
+        }
+        Err(e) => return Err(e),
+    };
     let mut out = std::io::BufWriter::new(tmp.as_file());
     match extract::write_file(store, index, db, &mut out, |_| {}) {
         Ok(_) => {}
@@ -185,8 +198,13 @@ pub struct SnapshotHealth {
     pub ok: bool,
     /// Paths inside the snapshot whose data is damaged.
     pub damaged_files: Vec<String>,
+    /// The manifest could not be read (the snapshot cannot be restored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The readable summary (`backup-metadata.json`) is missing or corrupt:
+    /// the data is intact, `list` shows less; `--repair` rewrites it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -198,238 +216,591 @@ pub struct VerifyReport {
     pub corrupt: Vec<String>,
     pub missing: Vec<String>,
     pub damaged_objects: Vec<String>,
+    /// Why each damaged object is damaged.
+    #[serde(default)]
+    pub damage: BTreeMap<String, String>,
     pub orphans: Vec<String>,
     pub reclaimable_bytes: u64,
     pub snapshots: BTreeMap<String, SnapshotHealth>,
+    /// Packs in the store, and how many of them were re-hashed (all of
+    /// them unless `--sample`; the others were checked structurally).
+    #[serde(default)]
+    pub packs_total: u64,
+    #[serde(default)]
+    pub packs_sampled: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_percent: Option<f64>,
+    /// Objects waiting in `quarantine/` for an operator.
+    #[serde(default)]
+    pub quarantined_objects: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<crate::repair::RepairReport>,
     pub duration_ms: u64,
 }
 
-/// What reading one pack found.
-#[derive(Default)]
-struct PackCheck {
-    bytes: u64,
-    chunks: u64,
-    corrupt: Vec<Id>,
-    damage: Option<String>,
+/// What `verify` is asked to do.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// Only these snapshots (and only the objects they reference).
+    pub snapshots: Vec<String>,
+    /// Re-hash only this share of the packs, in percent (0 to 100); check
+    /// the rest structurally. None: re-hash everything.
+    pub sample_percent: Option<f64>,
+    /// Quarantine damaged packs and keep their intact chunks (exclusive lock).
+    pub repair: bool,
+    pub lock_wait: Duration,
 }
 
-/// Audits the store (or only what `only` snapshots reference).
+impl VerifyOptions {
+    pub fn new(lock_wait: Duration) -> VerifyOptions {
+        VerifyOptions {
+            snapshots: Vec::new(),
+            sample_percent: None,
+            repair: false,
+            lock_wait,
+        }
+    }
+}
+
+/// Audits the store (or only what `only` snapshots reference), re-hashing
+/// everything.
 pub fn verify(store: &Store, only: &[String], lock_wait: Duration) -> Result<VerifyReport> {
+    verify_with(
+        store,
+        &VerifyOptions {
+            snapshots: only.to_vec(),
+            ..VerifyOptions::new(lock_wait)
+        },
+    )
+}
+
+/// Audits the store as `opts` say; with `repair`, repairs what it found.
+pub fn verify_with(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
     let started = Instant::now();
-    let selected: Option<Vec<Stamp>> = if only.is_empty() {
+    let selected: Option<Vec<Stamp>> = if opts.snapshots.is_empty() {
         None
     } else {
         Some(
-            only.iter()
+            opts.snapshots
+                .iter()
                 .map(|s| Stamp::parse(s))
                 .collect::<Result<_>>()?,
         )
     };
-    let _lock = lock::lock_shared(store.root(), "verify", lock_wait)?;
-    let mut report = VerifyReport::default();
+    if let Some(p) = opts.sample_percent {
+        if !(0.0..=100.0).contains(&p) {
+            return Err(Error::Usage(format!(
+                "--sample {p}: a percentage from 0 to 100"
+            )));
+        }
+    }
+    let mut report = if opts.repair {
+        let lock = lock::lock_exclusive(store.root(), "verify --repair", opts.lock_wait)?;
+        let audit = audit(store, selected.as_deref(), opts.sample_percent)?;
+        let repaired = crate::repair::repair(store, &lock, &audit)?;
+        let mut report = audit.report;
+        report.repair = Some(repaired);
+        report
+    } else {
+        let _lock = lock::lock_shared_reader(store.root(), "verify", opts.lock_wait)?;
+        audit(store, selected.as_deref(), opts.sample_percent)?.report
+    };
+    report.quarantined_objects = store.quarantined_objects()?.len() as u64;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
 
+/// What the audit found, with what repair needs beyond the report.
+pub struct Audit {
+    pub report: VerifyReport,
+    /// Snapshots whose manifest reads (manifests are read one at a time,
+    /// never all held at once).
+    pub readable: Vec<Stamp>,
+    /// Snapshots whose manifest does not read.
+    pub unreadable: Vec<Stamp>,
+}
+
+/// What checking one pack found.
+#[derive(Default)]
+struct PackCheck {
+    /// Bytes of the pack file read.
+    bytes: u64,
+    /// Chunks re-hashed.
+    chunks: u64,
+    /// Chunks that do not decode to their id (or cannot be read).
+    corrupt: Vec<Id>,
+    /// The first fault of the pack's structure: trailer, index, layout,
+    /// header, length, readability.
+    structural: Option<String>,
+    /// The file's hash is not its name (checked when nothing else is wrong).
+    name_mismatch: bool,
+    /// Stored bytes of all entries, and of those that are live here.
+    total_stored: u64,
+    live_stored: u64,
+}
+
+impl PackCheck {
+    fn damaged(&mut self, detail: String) {
+        if self.structural.is_none() {
+            self.structural = Some(detail);
+        }
+    }
+
+    /// What is wrong with the pack, if anything.
+    fn detail(&self) -> Option<String> {
+        if let Some(s) = &self.structural {
+            return Some(s.clone());
+        }
+        if !self.corrupt.is_empty() {
+            let mut ids: Vec<String> = self.corrupt.iter().take(3).map(Id::to_hex).collect();
+            if self.corrupt.len() > 3 {
+                ids.push("...".into());
+            }
+            return Some(format!(
+                "{} corrupt chunk(s): {}",
+                self.corrupt.len(),
+                ids.join(", ")
+            ));
+        }
+        self.name_mismatch
+            .then(|| "pack content does not match its name".to_string())
+    }
+
+    /// Whether the damage concerns an audit of `referenced` only: damage to
+    /// the pack as a whole does, a corrupt chunk only if referenced.
+    fn concerns(&self, referenced: &IdSet) -> bool {
+        // A corrupt chunk explains a name mismatch on its own.
+        self.structural.is_some()
+            || (self.name_mismatch && self.corrupt.is_empty())
+            || self.corrupt.iter().any(|id| referenced.contains(id))
+    }
+}
+
+fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Result<Audit> {
+    let mut report = VerifyReport::default();
     let listing = store.list_snapshots()?;
-    let stamps = match &selected {
-        Some(s) => s.clone(),
+    let stamps = match selected {
+        Some(s) => s.to_vec(),
         None => listing.stamps.clone(),
     };
-    let mut manifests = Vec::new();
+    let mut readable = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut referenced = IdSet::default();
     for stamp in &stamps {
         match store.read_manifest(stamp) {
-            Ok(m) => manifests.push((stamp.to_string(), m)),
+            Ok(m) => {
+                referenced.extend(
+                    m.entries
+                        .iter()
+                        .filter_map(|e| e.file())
+                        .flat_map(|f| f.chunks.iter().copied()),
+                );
+                readable.push(stamp.clone());
+            }
             Err(e @ (Error::SnapshotMissing { .. } | Error::ManifestCorrupt { .. })) => {
-                let code = if matches!(e, Error::SnapshotMissing { .. }) {
-                    "snapshot_missing"
-                } else {
-                    "manifest_corrupt"
-                };
+                let code = e.code();
                 report.snapshots.insert(
                     stamp.to_string(),
                     SnapshotHealth {
                         ok: false,
-                        damaged_files: vec![],
                         error: Some(format!("{code}: {e}")),
+                        ..SnapshotHealth::default()
                     },
                 );
+                if code == "manifest_corrupt" {
+                    unreadable.push(stamp.clone());
+                }
             }
             Err(e) => return Err(e),
         }
     }
 
     let index = store.load_index()?;
-    for d in &index.damaged {
-        report.damaged_objects.push(d.name.clone());
-    }
-    let referenced: HashSet<Id> = manifests
+    let missing: BTreeSet<Id> = referenced
         .iter()
-        .flat_map(|(_, m)| m.entries.iter().filter_map(|e| e.file()))
-        .flat_map(|f| f.chunks.iter().copied())
+        .filter(|id| !index.contains(id))
+        .copied()
         .collect();
 
-    // Packs to read: all of them, or those holding a referenced chunk.
-    let mut pack_live: Vec<u64> = vec![0; index.packs().len()];
+    // Packs whose index does not read: their chunks are unknown. With
+    // --snapshot they matter only when a referenced chunk is missing (it
+    // may be in one of them).
+    if selected.is_none() || !missing.is_empty() {
+        for d in &index.damaged {
+            report.objects_checked += 1;
+            report.damaged_objects.push(d.name.clone());
+            report.damage.insert(d.name.clone(), d.detail.clone());
+        }
+    }
+
+    // Packs to check: all of them, or those holding a referenced chunk.
+    let npacks = index.packs().len();
+    let mut pack_live: Vec<u64> = vec![0; npacks];
     for id in &referenced {
         if let Some(loc) = index.get(id) {
             pack_live[loc.pack as usize] += loc.stored_len() as u64;
         }
     }
-    let to_check: Vec<u32> = (0..index.packs().len() as u32)
+    let to_check: Vec<u32> = (0..npacks as u32)
         .filter(|&p| selected.is_none() || pack_live[p as usize] > 0)
         .collect();
-    let checks: Vec<(u32, PackCheck)> = to_check
-        .par_iter()
-        .map(|&p| (p, check_pack(store, &index, p)))
-        .collect();
+    let rehash: HashSet<u32> = match sample {
+        None => to_check.iter().copied().collect(),
+        Some(pct) => {
+            let n = to_check.len();
+            let k = ((n as f64 * pct / 100.0).ceil() as usize).min(n);
+            let mut rng = rand::rng();
+            rand::seq::index::sample(&mut rng, n, k)
+                .into_iter()
+                .map(|i| to_check[i])
+                .collect()
+        }
+    };
+    report.packs_total = (npacks + index.damaged.len()) as u64;
+    report.packs_sampled = rehash.len() as u64;
+    report.sampled_percent = sample;
 
-    let mut bad: HashMap<Id, &'static str> = HashMap::new();
+    // Packs checked structurally: in parallel (small reads). Packs re-hashed:
+    // one after the other, each streamed by its own reader thread with its
+    // chunks decoded in parallel, so memory stays a few blocks whatever the
+    // number of cores.
+    let (hashed, structural): (Vec<u32>, Vec<u32>) =
+        to_check.iter().partition(|p| rehash.contains(p));
+    let mut checks: Vec<(u32, PackCheck)> = structural
+        .par_iter()
+        .map(|&p| (p, check_pack(store, &index, p, &referenced, false)))
+        .collect();
+    for p in hashed {
+        checks.push((p, check_pack(store, &index, p, &referenced, true)));
+    }
+
+    // A chunk is bad when the copy every reader uses (its index location)
+    // is corrupt, or when it is missing.
+    let mut bad: HashSet<Id> = missing.iter().copied().collect();
+    let mut corrupt: BTreeSet<Id> = BTreeSet::new();
     for (p, check) in &checks {
         report.objects_checked += 1;
         report.bytes_checked += check.bytes;
         report.chunks_checked += check.chunks;
         let name = pack::pack_name(&index.pack(*p).id);
-        if check.damage.is_some() {
-            report.damaged_objects.push(name);
+        if let Some(detail) = check.detail() {
+            if selected.is_none() || check.concerns(&referenced) {
+                report.damaged_objects.push(name.clone());
+                report.damage.insert(name, detail);
+            }
         }
         for id in &check.corrupt {
-            bad.insert(*id, "corrupt");
+            if selected.is_none() || referenced.contains(id) {
+                corrupt.insert(*id);
+            }
+            if index.get(id).is_some_and(|loc| loc.pack == *p) {
+                bad.insert(*id);
+            }
+        }
+        if selected.is_none() {
+            if pack_live[*p as usize] == 0 {
+                report.orphans.push(pack::pack_name(&index.pack(*p).id));
+                report.reclaimable_bytes += index.pack(*p).size;
+            } else {
+                report.reclaimable_bytes += check.total_stored.saturating_sub(check.live_stored);
+            }
         }
     }
-    for id in &referenced {
-        if !index.contains(id) {
-            bad.insert(*id, "missing");
-        }
-    }
-    for (id, kind) in &bad {
-        if *kind == "missing" {
-            report.missing.push(id.to_hex());
-        } else if referenced.contains(id) || selected.is_none() {
-            report.corrupt.push(id.to_hex());
-        }
-    }
+    report.corrupt = corrupt.iter().map(Id::to_hex).collect();
+    report.missing = missing.iter().map(Id::to_hex).collect();
 
-    for (stamp, m) in &manifests {
+    for stamp in &readable {
+        let m = store.read_manifest(stamp)?;
         let damaged: BTreeSet<String> = m
             .entries
             .iter()
             .filter(|e| {
                 e.file()
-                    .is_some_and(|f| f.chunks.iter().any(|id| bad.contains_key(id)))
+                    .is_some_and(|f| f.chunks.iter().any(|id| bad.contains(id)))
             })
             .map(|e| e.path_lossy())
             .collect();
+        let metadata_error = metadata_problem(store, stamp);
         report.snapshots.insert(
-            stamp.clone(),
+            stamp.to_string(),
             SnapshotHealth {
-                ok: damaged.is_empty(),
+                ok: damaged.is_empty() && metadata_error.is_none(),
                 damaged_files: damaged.into_iter().collect(),
                 error: None,
+                metadata_error,
             },
         );
     }
 
-    if selected.is_none() {
-        for (p, info) in index.packs().iter().enumerate() {
-            if pack_live[p] == 0 {
-                report.orphans.push(pack::pack_name(&info.id));
-                report.reclaimable_bytes += info.size;
-            } else {
-                let total: u64 = index
-                    .iter()
-                    .filter(|(_, l)| l.pack as usize == p)
-                    .map(|(_, l)| l.stored_len() as u64)
-                    .sum();
-                report.reclaimable_bytes += total.saturating_sub(pack_live[p]);
-            }
-        }
-    }
-
-    report.corrupt.sort();
-    report.missing.sort();
+    report.orphans.sort();
     report.damaged_objects.sort();
     report.damaged_objects.dedup();
     report.ok = report.corrupt.is_empty()
         && report.missing.is_empty()
         && report.damaged_objects.is_empty()
         && report.snapshots.values().all(|s| s.ok);
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+    Ok(Audit {
+        report,
+        readable,
+        unreadable,
+    })
 }
 
-/// Streams one pack: checks its whole-file hash against its name and every
-/// chunk against its id, with memory bounded by one chunk.
-fn check_pack(store: &Store, index: &ChunkIndex, p: u32) -> PackCheck {
+/// Why a snapshot's `backup-metadata.json` is not usable, if it is not.
+pub fn metadata_problem(store: &Store, stamp: &Stamp) -> Option<String> {
+    let name = format!("snapshots/{stamp}/{}", crate::store::METADATA_NAME);
+    match store.backend().exists(&name) {
+        Ok(false) => Some(format!(
+            "metadata_missing: {}",
+            store.object_path(&name).display()
+        )),
+        Ok(true) => store
+            .read_metadata(stamp)
+            .err()
+            .map(|e| format!("metadata_corrupt: {e}")),
+        Err(e) => Some(format!(
+            "metadata_unreadable: {}: {e}",
+            store.object_path(&name).display()
+        )),
+    }
+}
+
+/// Bytes of a pack read at once when re-hashing: the chunks inside a block
+/// are decoded and checked in parallel while the next blocks are read.
+const BLOCK: usize = 2 << 20;
+
+/// Checks one pack. Always its structure: the trailer and index read, the
+/// entries tile the blob area exactly, raw chunks have their recorded
+/// length, the header is there. With `rehash`, it streams the whole file:
+/// its hash must be its name and every chunk must decode to its id. Memory
+/// is bounded by one window.
+fn check_pack(
+    store: &Store,
+    index: &ChunkIndex,
+    p: u32,
+    referenced: &IdSet,
+    rehash: bool,
+) -> PackCheck {
     let info = index.pack(p);
     let name = pack::pack_name(&info.id);
     let mut check = PackCheck::default();
-    let entries = match store.read_pack_index(&name, info.size) {
-        Ok(e) => e,
+    let layout = match store.read_pack_layout(&name, info.size) {
+        Ok(l) => l,
         Err(detail) => {
-            check.damage = Some(detail);
+            check.structural = Some(detail);
+            check.corrupt = index
+                .iter()
+                .filter(|(_, l)| l.pack == p)
+                .map(|(id, _)| *id)
+                .collect();
             return check;
         }
     };
-    let path = store.object_path(&name);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
+    check.bytes = (info.size - layout.blob_end).min(info.size);
+    let mut sorted: Vec<&PackEntry> = layout.entries.iter().collect();
+    sorted.sort_by_key(|e| (e.offset, e.stored_len));
+
+    // Structure: entries back to back from the header to the index.
+    let mut overlapping: Vec<&PackEntry> = Vec::new();
+    let mut tiled: Vec<&PackEntry> = Vec::with_capacity(sorted.len());
+    let mut pos = PACK_MAGIC.len() as u64;
+    for e in &sorted {
+        let start = e.offset as u64;
+        let end = start + e.stored_len as u64;
+        check.total_stored += e.stored_len as u64;
+        if referenced.contains(&e.id) && index.get(&e.id).is_some_and(|l| l.pack == p) {
+            check.live_stored += e.stored_len as u64;
+        }
+        if !e.compressed && e.stored_len as usize != e.raw_len as usize + store.sealer().overhead()
+        {
+            check.damaged(format!(
+                "index entry for chunk {} records {} raw bytes stored in {}",
+                e.id, e.raw_len, e.stored_len
+            ));
+            check.corrupt.push(e.id);
+        }
+        if start < pos {
+            check.damaged(format!(
+                "index entries overlap at chunk {} (offset {start})",
+                e.id
+            ));
+            overlapping.push(e);
+            continue;
+        }
+        if start > pos {
+            check.damaged(format!(
+                "bytes {pos}..{start} of the blob area belong to no index entry"
+            ));
+        }
+        tiled.push(e);
+        pos = end;
+    }
+    if pos < layout.blob_end {
+        check.damaged(format!(
+            "bytes {pos}..{} of the blob area belong to no index entry",
+            layout.blob_end
+        ));
+    }
+
+    if !rehash {
+        match store.backend().read_range(&name, 0, PACK_MAGIC.len()) {
+            Ok(h) if h == PACK_MAGIC => {}
+            Ok(_) => check.damaged("bad pack header".into()),
+            Err(e) => check.damaged(format!("unreadable: {e}")),
+        }
+        check.bytes += PACK_MAGIC.len() as u64;
+        return check;
+    }
+
+    // Re-hash: a reader thread streams the file once in blocks, hashing it
+    // whole, while the chunks of each block are decoded and checked in
+    // parallel.
+    let reader = match store.backend().open_read(&name) {
+        Ok(r) => r,
         Err(e) => {
-            check.damage = Some(format!("unreadable: {e}"));
-            check.corrupt = entries.iter().map(|e| e.id).collect();
+            check.damaged(format!("unreadable: {e}"));
+            check.corrupt.extend(layout.entries.iter().map(|e| e.id));
             return check;
         }
     };
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut hasher = blake3::Hasher::new();
-    let mut sorted: Vec<&PackEntry> = entries.iter().collect();
-    sorted.sort_by_key(|e| e.offset);
-    let mut pos = 0u64;
-    let mut buf = Vec::new();
-    let mut read_exact =
-        |n: u64, buf: &mut Vec<u8>, hasher: &mut blake3::Hasher| -> std::io::Result<()> {
-            buf.resize(n as usize, 0);
-            reader.read_exact(buf)?;
-            hasher.update(buf);
-            Ok(())
-        };
-    // Header, then each blob in offset order.
-    if read_exact(PACK_MAGIC.len() as u64, &mut buf, &mut hasher).is_err() || buf != PACK_MAGIC {
-        check.damage = Some("bad pack header".into());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let streamed = std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || stream_blocks(reader, tx));
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_start = 0u64;
+        let mut next = 0usize;
+        let mut header_seen = false;
+        for block in rx {
+            if buf.is_empty() {
+                buf = block;
+            } else {
+                buf.extend_from_slice(&block);
+            }
+            if !header_seen && buf_start == 0 && buf.len() >= PACK_MAGIC.len() {
+                header_seen = true;
+                if &buf[..PACK_MAGIC.len()] != PACK_MAGIC {
+                    check.damaged("bad pack header".into());
+                }
+            }
+            let buf_end = buf_start + buf.len() as u64;
+            let ready = tiled[next..]
+                .iter()
+                .take_while(|e| e.offset as u64 + e.stored_len as u64 <= buf_end)
+                .count();
+            decode_batch(
+                store,
+                &buf,
+                buf_start,
+                &tiled[next..next + ready],
+                &mut check,
+            );
+            next += ready;
+            // Keep only what the next entry still needs.
+            let keep_from = tiled
+                .get(next)
+                .map(|e| (e.offset as u64).max(buf_start))
+                .unwrap_or(buf_end);
+            let drop = ((keep_from - buf_start) as usize).min(buf.len());
+            buf.drain(..drop);
+            buf_start += drop as u64;
+        }
+        if !header_seen {
+            check.damaged("bad pack header".into());
+        }
+        hashing
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread failed")))
+    });
+    let decoded: usize = check.chunks as usize;
+    match streamed {
+        Ok((hash, len)) => {
+            check.bytes = len;
+            if decoded < tiled.len() {
+                check.damaged(format!(
+                    "truncated: chunk {} ends past the end of the file ({len} bytes)",
+                    tiled[decoded].id
+                ));
+                check.corrupt.extend(tiled[decoded..].iter().map(|e| e.id));
+            } else if len != info.size {
+                check.damaged(format!(
+                    "size changed while read: {len} bytes, listed {}",
+                    info.size
+                ));
+            } else {
+                check.name_mismatch = hash != info.id;
+            }
+        }
+        Err(e) => {
+            check.damaged(format!("unreadable: {e}"));
+            check
+                .corrupt
+                .extend(tiled[decoded.min(tiled.len())..].iter().map(|e| e.id));
+        }
     }
-    pos += PACK_MAGIC.len() as u64;
-    for e in sorted {
-        if (e.offset as u64) < pos {
-            check.damage = Some(format!("index entries overlap at chunk {}", e.id));
-            check.corrupt.push(e.id);
-            continue;
-        }
-        if read_exact(e.offset as u64 - pos, &mut buf, &mut hasher).is_err()
-            || read_exact(e.stored_len as u64, &mut buf, &mut hasher).is_err()
-        {
-            check.damage = Some("truncated".into());
-            check.corrupt.push(e.id);
-            pos = u64::MAX;
-            continue;
-        }
-        pos = e.offset as u64 + e.stored_len as u64;
+    // Entries overlapping others: each checked on its own.
+    for e in overlapping {
+        let decoded = store
+            .backend()
+            .read_range(&name, e.offset as u64, e.stored_len as usize)
+            .map_err(|e| e.to_string())
+            .and_then(|stored| {
+                store
+                    .decode_chunk(stored, &e.id, e.compressed, e.raw_len)
+                    .map_err(|f| format!("{f:?}"))
+            });
         check.chunks += 1;
-        check.bytes += e.stored_len as u64;
-        if store
-            .decode_chunk(std::mem::take(&mut buf), &e.id, e.compressed, e.raw_len)
-            .is_err()
-        {
+        if decoded.is_err() {
             check.corrupt.push(e.id);
         }
     }
-    // The rest (index and trailer) completes the whole-file hash.
-    let mut rest = Vec::new();
-    if pos != u64::MAX && reader.read_to_end(&mut rest).is_ok() {
-        hasher.update(&rest);
-        check.bytes += PACK_MAGIC.len() as u64 + rest.len() as u64;
-        if check.damage.is_none() && Id::from(hasher.finalize()) != info.id {
-            check.damage = Some("pack content does not match its name".into());
+    check.corrupt.sort();
+    check.corrupt.dedup();
+    check
+}
+
+/// Decodes and checks, in parallel, entries lying wholly in `buf` (which
+/// starts at file offset `start`).
+fn decode_batch(
+    store: &Store,
+    buf: &[u8],
+    start: u64,
+    batch: &[&PackEntry],
+    check: &mut PackCheck,
+) {
+    let bad: Vec<Id> = batch
+        .par_iter()
+        .filter_map(|e| {
+            let from = (e.offset as u64 - start) as usize;
+            let stored = &buf[from..from + e.stored_len as usize];
+            store
+                .check_chunk(stored, &e.id, e.compressed, e.raw_len)
+                .err()
+                .map(|_| e.id)
+        })
+        .collect();
+    check.chunks += batch.len() as u64;
+    check.corrupt.extend(bad);
+}
+
+/// Reads a stream to its end in blocks, sending each on and hashing it.
+/// Returns the hash of everything read and its length.
+fn stream_blocks(
+    mut reader: Box<dyn Read + Send>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> std::io::Result<(Id, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut len = 0u64;
+    loop {
+        let mut block = Vec::with_capacity(BLOCK);
+        let n = (&mut reader).take(BLOCK as u64).read_to_end(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block);
+        len += n as u64;
+        if tx.send(block).is_err() {
+            break;
         }
     }
-    if !check.corrupt.is_empty() && check.damage.is_none() {
-        check.damage = Some(format!("{} corrupt chunk(s)", check.corrupt.len()));
-    }
-    check
+    Ok((Id::from(hasher.finalize()), len))
 }

@@ -5,9 +5,9 @@
 //! of the file; without it, a snapshot may flag the file as changed during
 //! the read, but a torn copy is never reported good.
 
-mod common;
+mod http_common;
 
-use common::*;
+use http_common::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 

@@ -89,10 +89,10 @@ fn units_are_hardened_and_write_only_the_store_and_data() {
             .filter_map(|l| l.strip_prefix("ReadWritePaths="))
             .flat_map(str::split_whitespace)
             .collect();
-        assert!(rw.contains(&"/var/backups/atocore"), "{unit}: {rw:?}");
+        assert!(rw.contains(&"/srv/backups/atosnap"), "{unit}: {rw:?}");
         assert!(
             rw.iter()
-                .all(|p| ["/var/backups/atocore", "/srv/atocore/data"].contains(p)),
+                .all(|p| ["/srv/backups/atosnap", "/srv/atocore/data"].contains(p)),
             "{unit}: {rw:?}"
         );
     }
@@ -120,7 +120,7 @@ fn systemd_analyze_verifies_the_units() {
         let text = std::fs::read_to_string(contrib().join(unit))
             .unwrap()
             .replace("/usr/local/bin/atosnap", BIN)
-            .replace("/etc/atosnap/atosnap.env", &env_file.display().to_string());
+            .replace("/etc/atosnap.env", &env_file.display().to_string());
         let path = dir.path().join(unit);
         std::fs::write(&path, text).unwrap();
         paths.push(path);

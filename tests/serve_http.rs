@@ -8,9 +8,9 @@
 //! lock shared (as a service writer would): the create waits for its
 //! exclusive lock before reading Chroma.
 
-mod common;
+mod http_common;
 
-use common::*;
+use http_common::*;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -106,16 +106,15 @@ fn routes_answer_with_the_cli_json() {
     assert!(h["newest_age_seconds"].is_u64(), "{h}");
     assert_eq!(h["create_running"], false);
 
-    // drill: the drill result once `drill` is in the build, else 501.
+    // drill: the drill result, logged in the store.
     let r = server.post(&format!("/admin/backup/{stamp}/drill"), "");
-    match r.status {
-        200 => {
-            let d = r.json();
-            assert_eq!(d["stamp"], stamp.as_str());
-            assert!(d["ok"].is_boolean(), "{d}");
-        }
-        _ => r.assert_error(501, "not_available"),
-    }
+    assert_eq!(r.status, 200, "{}", r.text());
+    let d = r.json();
+    assert_eq!(d["stamp"], stamp.as_str());
+    assert_eq!(d["ok"], true, "{d}");
+    assert!(d["files_checked"].as_u64().unwrap() > 0, "{d}");
+    let listed = server.get("/admin/backup").json();
+    assert_eq!(listed["snapshots"][0]["last_drill"]["ok"], true, "{listed}");
 
     // metrics: OpenMetrics text.
     let r = server.get("/metrics");
@@ -527,7 +526,7 @@ fn sigkill_during_a_create_leaves_no_partial_snapshot() {
     let server = rt.start(&["--lock-wait", "300", "--ingestion-lock", &lock_arg]);
     let addr = server.addr;
     let create = std::thread::spawn(move || {
-        common::try_request(
+        http_common::try_request(
             addr,
             "POST",
             "/admin/backup",
@@ -617,11 +616,23 @@ fn metrics_parse_as_prometheus_text_and_match_list() {
     assert_eq!(before["atosnap_snapshots"], 1.0);
     assert_eq!(before["atosnap_create_duration_seconds_count"], 0.0);
     assert!(!before.contains_key("atosnap_last_verify_success"));
+    assert!(!before.contains_key("atosnap_last_drill_success"));
+    assert_eq!(before["atosnap_last_drill_timestamp_seconds"], 0.0);
 
     for body in [r#"{"include_chroma": true}"#, ""] {
         assert_eq!(server.post("/admin/backup", body).status, 200);
     }
     assert_eq!(server.post("/admin/verify", "").status, 200);
+    let first = rt.cli(&["list"]).1["snapshots"][0]["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        server
+            .post(&format!("/admin/backup/{first}/drill"), "{}")
+            .status,
+        200
+    );
     let m = parse_exposition(&server.get("/metrics").text());
     let list = rt.cli(&["list"]).1;
     let snaps = list["snapshots"].as_array().unwrap();
@@ -642,9 +653,73 @@ fn metrics_parse_as_prometheus_text_and_match_list() {
     assert_eq!(m["atosnap_verify_duration_seconds_count"], 1.0);
     assert_eq!(m["atosnap_last_verify_success"], 1.0);
     assert!(m["atosnap_last_verify_timestamp_seconds"] > 0.0);
-    assert_eq!(m["atosnap_last_drill_timestamp_seconds"], 0.0);
+    assert_eq!(m["atosnap_last_drill_success"], 1.0);
+    let drilled_at = chrono::DateTime::parse_from_rfc3339(
+        list["snapshots"][0]["last_drill"]["at"].as_str().unwrap(),
+    )
+    .unwrap()
+    .timestamp_millis() as f64
+        / 1000.0;
+    assert_eq!(m["atosnap_last_drill_timestamp_seconds"], drilled_at);
+    assert_eq!(m["atosnap_drill_duration_seconds_count"], 1.0);
     assert_eq!(
         m["atosnap_http_requests_total{method=\"POST\",route=\"/admin/backup\",status=\"200\"}"],
         2.0
     );
+}
+
+#[test]
+fn an_encrypted_store_is_served_with_its_password_and_refused_without() {
+    let rt = Runtime::new();
+    let pw = rt.root().join("password");
+    std::fs::write(&pw, "correct horse battery\n").unwrap();
+    let cheap = |c: &mut std::process::Command| {
+        c.env("ATOSNAP_KDF_PARAMS", "m=64,t=1,p=1")
+            .env_remove("ATOSNAP_PASSWORD")
+            .env_remove("ATOSNAP_PASSWORD_FILE");
+    };
+    let mut init = rt.cmd();
+    cheap(&mut init);
+    let out = init
+        .arg("--password-file")
+        .arg(&pw)
+        .args(["init", "--encryption", "repokey"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Without the password: refused at start, not on every request.
+    let mut c = rt.cmd();
+    cheap(&mut c);
+    let out = c
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["code"], "password_required", "{doc}");
+
+    let mut c = rt.cmd();
+    cheap(&mut c);
+    c.arg("--password-file")
+        .arg(&pw)
+        .args(["serve", "--listen", "127.0.0.1:0"]);
+    let server = Server::spawn(c);
+    let r = server.post("/admin/backup", r#"{"include_chroma": true}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stamp = r.json()["stamp"].as_str().unwrap().to_string();
+    let r = server.get(&format!("/admin/backup/{stamp}/validate"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["valid"], true);
+    assert_eq!(
+        server.get("/admin/backup").json()["snapshots"][0]["stamp"],
+        stamp.as_str()
+    );
+    assert_eq!(server.post("/admin/verify", "").json()["ok"], true);
+    assert!(!server.log_text().contains("correct horse"));
 }

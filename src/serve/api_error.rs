@@ -34,7 +34,9 @@ pub fn status_for(e: &Error) -> StatusCode {
         Error::Usage(_) | Error::InvalidStamp { .. } | Error::NotConfirmed => {
             StatusCode::BAD_REQUEST
         }
-        Error::SnapshotMissing { .. } | Error::StoreMissing { .. } => StatusCode::NOT_FOUND,
+        Error::SnapshotMissing { .. } | Error::StoreMissing { .. } | Error::NoSnapshots => {
+            StatusCode::NOT_FOUND
+        }
         Error::Locked { .. } | Error::DbInUse { .. } => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -47,8 +47,9 @@ use crate::create::{self, CreateOptions};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::stamp::Stamp;
-use crate::store::Store;
-use crate::{list, verify};
+use crate::store::key::Secrets;
+use crate::store::{Store, CONFIG_NAME};
+use crate::{drill, list, verify};
 pub use api_error::{status_for, ApiError};
 pub use auth::Token;
 use metrics::{Metrics, StoreFacts};
@@ -70,6 +71,9 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub token: Option<Token>,
     pub paths: Paths,
+    /// The store's password source (an encrypted store is opened once and
+    /// kept open: the key derivation is deliberately slow).
+    pub secrets: Secrets,
     pub lock_wait: Duration,
     pub ingestion_lock: Option<PathBuf>,
 }
@@ -121,6 +125,29 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
         .local_addr()
         .map_err(|e| Error::io("listen on", &listen, e))?;
     let state = Arc::new(AppState::new(cfg));
+    // Open the store now: a wrong or missing password refuses to start
+    // (rather than failing every request); a missing store is made by the
+    // first create.
+    let opening = state.clone();
+    let opened = tokio::task::spawn_blocking(move || opening.store(false).map(|_| ()))
+        .await
+        .map_err(|e| Error::Other(format!("opening the store failed unexpectedly: {e}")))?;
+    match opened {
+        Ok(()) => {}
+        Err(e @ Error::StoreMissing { .. }) => {
+            tracing::warn!("{e}; the first POST /admin/backup creates it")
+        }
+        Err(
+            e @ (Error::PasswordRequired { .. }
+            | Error::WrongPassword { .. }
+            | Error::PasswordFile { .. }
+            | Error::KeyFileMissing { .. }
+            | Error::KeyFileCorrupt { .. }
+            | Error::StoreTooNew { .. }
+            | Error::StoreConfigInvalid { .. }),
+        ) => return Err(e),
+        Err(e) => tracing::warn!(code = e.code(), "store not readable yet: {e}"),
+    }
     let stop = Arc::new(Mutex::new(String::new()));
     let signal = shutdown_signal(stop.clone())?;
     tracing::info!(
@@ -179,6 +206,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct AppState {
     paths: Paths,
+    secrets: Secrets,
+    /// The opened store, with the config bytes it was opened from.
+    store: Mutex<Option<(Vec<u8>, Store)>>,
     lock_wait: Duration,
     ingestion_lock: Option<PathBuf>,
     token: Option<Token>,
@@ -196,6 +226,8 @@ impl AppState {
     fn new(cfg: ServeConfig) -> AppState {
         AppState {
             paths: cfg.paths,
+            secrets: cfg.secrets,
+            store: Mutex::new(None),
             lock_wait: cfg.lock_wait,
             ingestion_lock: cfg.ingestion_lock,
             token: cfg.token,
@@ -207,6 +239,31 @@ impl AppState {
             requests: AtomicU64::new(0),
             started: Instant::now(),
         }
+    }
+
+    /// The store, with fresh file handles for each piece of work (packs a
+    /// gc deleted are never kept open). Its key is derived once, and again
+    /// only when `config.json` changes (a store replaced under the same
+    /// path). With `create`, a missing store is made (as `atosnap create`
+    /// does). Blocking.
+    fn store(&self, create: bool) -> Result<Store> {
+        let config_path = self.paths.store.join(CONFIG_NAME);
+        let current = std::fs::read(&config_path).ok();
+        if let (Some(bytes), Some((seen, store))) = (&current, lock(&self.store).as_ref()) {
+            if bytes == seen {
+                return Ok(store.reopened());
+            }
+        }
+        let opened = if create {
+            Store::open_or_init_with(&self.paths.store, &self.secrets)?
+        } else {
+            Store::open_with(&self.paths.store, &self.secrets)?
+        };
+        let fresh = opened.reopened();
+        if let Ok(bytes) = std::fs::read(&config_path) {
+            *lock(&self.store) = Some((bytes, opened));
+        }
+        Ok(fresh)
     }
 
     /// Runs `work` on the blocking pool. The job permit (and the gate
@@ -487,10 +544,6 @@ fn ok_json<T: Serialize>(value: &T) -> std::result::Result<Response, ApiError> {
     Ok(api_error::json_response(StatusCode::OK, &to_doc(value)?))
 }
 
-fn open_store(paths: &Paths) -> std::result::Result<Store, ApiError> {
-    Ok(Store::open(&paths.store)?)
-}
-
 fn require_snapshot(store: &Store, stamp: &Stamp) -> std::result::Result<(), ApiError> {
     if store.snapshot_exists(stamp)? {
         Ok(())
@@ -521,14 +574,24 @@ async fn create_backup(
         lock_wait: st.lock_wait.saturating_sub(waited.elapsed()),
         ingestion_lock: st.ingestion_lock.clone(),
     };
-    let store_dir = st.paths.store.clone();
     let started = Instant::now();
+    let state = st.clone();
     let result = st
         .blocking(Some(gate), move || {
             // As the CLI: refuse a missing db before a store is created.
             crate::sources::sqlite::check_database(&opts.db)?;
-            let store = Store::open_or_init(&store_dir)?;
-            Ok(create::create(&store, &opts, &LogProgress("create"))?)
+            let existed = state.paths.store.join(CONFIG_NAME).exists();
+            let store = state.store(true)?;
+            let mut result = create::create(&store, &opts, &LogProgress("create"))?;
+            if !existed && state.secrets.is_given() {
+                let warning = format!(
+                    "no store existed at {}: created an UNENCRYPTED one although a password was given (an encrypted store is made by `atosnap init --encryption repokey`)",
+                    state.paths.store.display()
+                );
+                tracing::warn!("{warning}");
+                result.warnings.push(warning);
+            }
+            Ok(result)
         })
         .await?;
     st.metrics.observe_create(started.elapsed().as_secs_f64());
@@ -543,9 +606,9 @@ async fn create_backup(
 }
 
 async fn list_backups(State(st): State<Arc<AppState>>) -> std::result::Result<Response, ApiError> {
-    let paths = st.paths.clone();
+    let state = st.clone();
     let result = st
-        .blocking(None, move || Ok(list::list(&open_store(&paths)?)?))
+        .blocking(None, move || Ok(list::list(&state.store(false)?)?))
         .await?;
     ok_json(&result)
 }
@@ -555,13 +618,16 @@ async fn validate_backup(
     stamp: std::result::Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
 ) -> std::result::Result<Response, ApiError> {
     let stamp = url_stamp(stamp)?;
-    let paths = st.paths.clone();
-    let lock_wait = st.lock_wait;
+    let state = st.clone();
     let report = st
         .blocking(None, move || {
-            let store = open_store(&paths)?;
+            let store = state.store(false)?;
             require_snapshot(&store, &stamp)?;
-            Ok(verify::validate(&store, &stamp.to_string(), lock_wait)?)
+            Ok(verify::validate(
+                &store,
+                &stamp.to_string(),
+                state.lock_wait,
+            )?)
         })
         .await?;
     if !report.exists {
@@ -582,36 +648,25 @@ async fn drill_backup(
     let stamp = url_stamp(stamp)?;
     let _options: DrillRequest = json_body(req).await?;
     let gate = st.drill_gate.enter(st.lock_wait).await?;
-    let paths = st.paths.clone();
-    let lock_wait = st.lock_wait;
+    let state = st.clone();
     let started = Instant::now();
     let result = st
         .blocking(Some(gate), move || {
-            let store = open_store(&paths)?;
+            let store = state.store(false)?;
             require_snapshot(&store, &stamp)?;
-            run_drill(&store, &stamp, lock_wait)
+            // The outcome goes to the store's drill log, which is where
+            // `atosnap_last_drill_success` reads it.
+            Ok(drill::drill(
+                &store,
+                Some(&stamp.to_string()),
+                state.lock_wait,
+                &LogProgress("drill"),
+            )?)
         })
         .await?;
     st.metrics.observe_drill(started.elapsed().as_secs_f64());
+    tracing::info!(stamp = %result.stamp, ok = result.ok, "drill finished");
     ok_json(&result)
-}
-
-/// The drill of one snapshot, as `atosnap drill STAMP` prints it.
-///
-/// NOTE for the merge: `drill` (src/drill.rs, branch restore) is not on
-/// this branch. Once it is, this becomes
-/// `to_doc(&crate::drill::drill(store, Some(&stamp.to_string()), lock_wait, &LogProgress("drill"))?)`;
-/// its outcome reaches `atosnap_last_drill_success` through the drill log.
-fn run_drill(
-    _store: &Store,
-    stamp: &Stamp,
-    _lock_wait: Duration,
-) -> std::result::Result<serde_json::Value, ApiError> {
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_available",
-        format!("drill is not available in this build (snapshot {stamp} exists; run `atosnap drill {stamp}` from a build that has it)"),
-    ))
 }
 
 async fn verify_store(
@@ -625,21 +680,21 @@ async fn verify_store(
         .map(|s| Stamp::parse(s))
         .collect::<Result<Vec<_>>>()?;
     let gate = st.verify_gate.enter(st.lock_wait).await?;
-    let paths = st.paths.clone();
-    let lock_wait = st.lock_wait;
+    let state = st.clone();
     let started = Instant::now();
     let report = st
         .blocking(Some(gate), move || {
-            let store = open_store(&paths)?;
+            let store = state.store(false)?;
             for stamp in &stamps {
                 require_snapshot(&store, stamp)?;
             }
             let names: Vec<String> = stamps.iter().map(Stamp::to_string).collect();
-            Ok(verify::verify(&store, &names, lock_wait)?)
+            Ok(verify::verify(&store, &names, state.lock_wait)?)
         })
         .await?;
     st.metrics
         .observe_verify(started.elapsed().as_secs_f64(), report.ok);
+    tracing::info!(ok = report.ok, "verify finished");
     ok_json(&report)
 }
 
@@ -659,12 +714,12 @@ pub struct Health {
 
 /// Store, newest stamp and its age; 503 when the store cannot be opened.
 async fn healthz(State(st): State<Arc<AppState>>) -> Response {
-    let paths = st.paths.clone();
     let create_running = st.create_gate.busy();
     let uptime_seconds = st.started.elapsed().as_secs();
+    let state = st.clone();
     let health = st
         .blocking(None, move || {
-            let store = open_store(&paths)?;
+            let store = state.store(false)?;
             let listing = store.list_snapshots()?;
             let newest = listing.stamps.last().cloned();
             let created_at = newest.as_ref().map(|s| {
@@ -680,7 +735,7 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
                 .map(|t| (chrono::Utc::now().timestamp() as f64 - t).max(0.0) as u64);
             Ok(Health {
                 status: "ok".into(),
-                store: paths.store.display().to_string(),
+                store: state.paths.store.display().to_string(),
                 snapshots: listing.stamps.len() as u64,
                 unparseable: listing.unparseable.len() as u64,
                 newest_stamp: newest.map(|s| s.to_string()),
@@ -702,10 +757,10 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_text(State(st): State<Arc<AppState>>) -> std::result::Result<Response, ApiError> {
-    let paths = st.paths.clone();
+    let state = st.clone();
     let facts = st
         .blocking(None, move || {
-            let gathered = Store::open(&paths.store).and_then(|store| {
+            let gathered = state.store(false).and_then(|store| {
                 let listing = list::list(&store)?;
                 StoreFacts::gather(&store, &listing)
             });
@@ -754,6 +809,7 @@ mod tests {
             listen: "0.0.0.0:8101".parse().unwrap(),
             token: None,
             paths: Paths::resolve_with_data_dir(None, None, None, None, std::path::Path::new(".")),
+            secrets: Secrets::none(),
             lock_wait: Duration::from_secs(1),
             ingestion_lock: None,
         };

@@ -76,7 +76,15 @@ pub fn scan(root: &Path) -> Scan {
             .strip_prefix(root)
             .map(|p| p.as_os_str().as_bytes().to_vec())
             .unwrap_or_default();
-        let meta = match entry.metadata() {
+        // The Chroma dir itself may be a symlink to the real folder (walkdir
+        // follows a root link): record the folder's mode and mtime, not the
+        // link's.
+        let meta = if entry.depth() == 0 {
+            std::fs::metadata(entry.path()).map_err(|e| e.to_string())
+        } else {
+            entry.metadata().map_err(|e| e.to_string())
+        };
+        let meta = match meta {
             Ok(m) => m,
             Err(e) => {
                 scan.errors
@@ -84,7 +92,11 @@ pub fn scan(root: &Path) -> Scan {
                 continue;
             }
         };
-        let ft = entry.file_type();
+        let ft = if entry.depth() == 0 {
+            meta.file_type()
+        } else {
+            entry.file_type()
+        };
         if ft.is_dir() {
             scan.items.push(Item::Dir { rel, meta });
         } else if ft.is_symlink() {

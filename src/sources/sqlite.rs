@@ -119,11 +119,11 @@ fn backup_error(src: &Path, dest: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
-/// `PRAGMA integrity_check` (or `quick_check`): None when ok, else the
+/// `PRAGMA integrity_check` (or `quick_check`) of a database file at rest:
+/// None when ok, else the
 /// first problems reported.
 pub fn integrity_problems(path: &Path, quick: bool) -> Result<Option<String>> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| Error::sqlite(path, e))?;
+    let conn = open_at_rest(path)?;
     let pragma = if quick {
         "PRAGMA quick_check(20)"
     } else {
@@ -132,10 +132,32 @@ pub fn integrity_problems(path: &Path, quick: bool) -> Result<Option<String>> {
     Ok(run_check(&conn, pragma))
 }
 
+/// Opens a database file at rest (a rebuilt temp copy, a just-restored
+/// db) read-only and `immutable`: SQLite reads the file alone, takes no
+/// locks and leaves no `-wal` / `-shm` behind, whatever the journal mode
+/// recorded in its header.
+fn open_at_rest(path: &Path) -> Result<Connection> {
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    Connection::open_with_flags(
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::sqlite(path, e))
+}
+
 /// Row counts of every table, for the drill.
 pub fn table_row_counts(path: &Path) -> Result<std::collections::BTreeMap<String, u64>> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| Error::sqlite(path, e))?;
+    let conn = open_at_rest(path)?;
     let names: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
         .and_then(|mut st| st.query_map([], |r| r.get::<_, String>(0))?.collect())
@@ -154,7 +176,7 @@ pub fn table_row_counts(path: &Path) -> Result<std::collections::BTreeMap<String
 }
 
 /// Bytes per batch handed from the page reader to the chunker.
-const PAGE_BATCH_BYTES: usize = 8 << 20;
+const PAGE_BATCH_BYTES: usize = 2 << 20;
 
 /// The pages of a database, streamed from one read transaction.
 pub struct PageStream {

@@ -33,6 +33,12 @@ pub trait Backend: Send + Sync {
     fn list_children(&self, dir: &str) -> io::Result<Vec<String>>;
     /// Writes a new object durably (temp name, fsync, rename).
     fn write_once(&self, name: &str, data: &[u8]) -> io::Result<()>;
+    /// Replaces object `name` (or creates it) atomically: a reader, or a
+    /// crash at any moment, sees the old content or the new, never neither
+    /// and never a mix. Only for the few mutable objects (the key file).
+    fn replace(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.write_once(name, data)
+    }
     /// Moves a finished, fsynced local file in as object `name`.
     fn put_file(&self, name: &str, local: &Path) -> io::Result<()>;
     /// Publishes a folder of small files atomically. Returns false, writing
@@ -43,6 +49,23 @@ pub trait Backend: Send + Sync {
     fn delete_dir(&self, dir: &str) -> io::Result<()>;
     /// A local scratch folder for temp files of this process.
     fn tmp_dir(&self) -> PathBuf;
+    /// Streams an object from its start (verify reads whole packs so).
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(io::Cursor::new(self.read(name)?)))
+    }
+    /// Moves an object to a new name (quarantine); `to` must not exist.
+    /// The default copies, then deletes.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        if self.exists(to)? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{to} already exists"),
+            ));
+        }
+        let data = self.read(from)?;
+        self.write_once(to, &data)?;
+        self.delete(from)
+    }
 }
 
 /// A store on a local (or mounted) filesystem.
@@ -194,6 +217,11 @@ impl Backend for LocalBackend {
         self.put_file(name, &tmp)
     }
 
+    fn replace(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        // Temp file, fsync, rename(2) over the old one, fsync the folder.
+        self.write_once(name, data)
+    }
+
     fn put_file(&self, name: &str, local: &Path) -> io::Result<()> {
         let dest = self.path(name);
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
@@ -266,5 +294,28 @@ impl Backend for LocalBackend {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(File::open(self.path(name))?))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (src, dest) = (self.path(from), self.path(to));
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent)?;
+        if fs::symlink_metadata(&dest).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already exists", dest.display()),
+            ));
+        }
+        self.forget(from);
+        fs::rename(&src, &dest)?;
+        sync_dir(&parent)?;
+        if let Some(p) = src.parent() {
+            sync_dir(p)?;
+        }
+        Ok(())
     }
 }

@@ -57,8 +57,13 @@ pub struct PackParams {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptionParams {
-    /// `none` (this format version writes only unencrypted stores).
+    /// `none` or `repokey` (a password-wrapped master key in
+    /// `keys/repokey.json`; see `store::key`).
     pub scheme: String,
+    /// `repokey` only: the public id of the master key (hex, 16 bytes), so
+    /// a key file of another store is recognised as such.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl StoreConfig {
@@ -77,7 +82,7 @@ impl StoreConfig {
             },
             compression: CompressionParams {
                 algorithm: "zstd".to_string(),
-                level: 3,
+                level: 1,
                 max_ratio_percent: 90,
             },
             pack: PackParams {
@@ -85,6 +90,7 @@ impl StoreConfig {
             },
             encryption: EncryptionParams {
                 scheme: "none".to_string(),
+                key_id: None,
             },
         }
     }
@@ -135,11 +141,21 @@ impl StoreConfig {
                 self.compression.algorithm
             ));
         }
-        if self.encryption.scheme != "none" {
-            return Err(format!(
-                "encryption scheme {:?} is not supported by this build",
-                self.encryption.scheme
-            ));
+        let e = &self.encryption;
+        match (e.scheme.as_str(), &e.key_id) {
+            ("none", None) => {}
+            ("none", Some(_)) => return Err("encryption.key_id set for scheme \"none\"".into()),
+            ("repokey", Some(id)) if id.len() == 32 && hex::decode(id).is_ok() => {}
+            ("repokey", _) => {
+                return Err(
+                    "encryption.key_id (32 hex digits) is required for scheme \"repokey\"".into(),
+                )
+            }
+            (other, _) => {
+                return Err(format!(
+                    "encryption scheme {other:?} is not supported by this build"
+                ))
+            }
         }
         Ok(())
     }

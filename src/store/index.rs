@@ -2,9 +2,7 @@
 //! (pack, offset, length). Built from the pack trailers; about 56 bytes per
 //! chunk (32-byte key, 16-byte location, hash table overhead).
 
-use std::collections::HashMap;
-
-use crate::id::Id;
+use crate::id::{Id, IdMap};
 use crate::store::pack::PackEntry;
 
 const COMPRESSED_BIT: u32 = 1 << 31;
@@ -45,7 +43,7 @@ pub struct DamagedPack {
 #[derive(Default)]
 pub struct ChunkIndex {
     packs: Vec<PackInfo>,
-    chunks: HashMap<Id, Location>,
+    chunks: IdMap<Location>,
     pub damaged: Vec<DamagedPack>,
 }
 

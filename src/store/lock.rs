@@ -4,11 +4,16 @@
 //! types are the proof: deleting functions take an `&ExclusiveLock`.
 //!
 //! Beside the lock, each holder writes `locks/holder-<pid>-<rand>.json`
-//! (pid, command, since) so a blocked command can say who is in the way.
+//! (pid, command, since) so a blocked command can say who is in the way:
+//! once when it starts waiting (through the notifier the binary installs
+//! with [`set_wait_notifier`], since the library never prints) and in the
+//! [`Error::Locked`] it returns when `wait` runs out. Holder files of dead
+//! processes are ignored and removed.
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
@@ -42,15 +47,34 @@ pub struct ExclusiveLock {
     _held: Held,
 }
 
+static WAIT_NOTIFIER: OnceLock<fn(&str)> = OnceLock::new();
+
+/// Installs the function told (once per wait) that a command is blocked,
+/// who holds the lock, and how long it will wait. First call wins.
+pub fn set_wait_notifier(notify: fn(&str)) {
+    let _ = WAIT_NOTIFIER.set(notify);
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Shared,
+    SharedReader,
     Exclusive,
 }
 
 pub fn lock_shared(store_root: &Path, command: &str, wait: Duration) -> Result<SharedLock> {
     Ok(SharedLock {
         _held: acquire(store_root, command, wait, Mode::Shared)?,
+    })
+}
+
+/// The shared lock for a command that only reads (validate, verify, drill):
+/// it works on a store the caller may read but not write (a monitoring
+/// user, a read-only mount), where flock(2) on a read-only descriptor still
+/// keeps gc out.
+pub fn lock_shared_reader(store_root: &Path, command: &str, wait: Duration) -> Result<SharedLock> {
+    Ok(SharedLock {
+        _held: acquire(store_root, command, wait, Mode::SharedReader)?,
     })
 }
 
@@ -64,22 +88,41 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
     let dir = store_root.join("locks");
     fs::create_dir_all(&dir).ctx("create", &dir)?;
     let path = dir.join("store.lock");
-    let file = OpenOptions::new()
+    let file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .ctx("open lock file", &path)?;
+    {
+        Ok(f) => f,
+        // A reader may audit a store it cannot write (a monitoring user, a
+        // read-only mount): flock(2) needs no write access to the file.
+        Err(e) if mode == Mode::SharedReader && path.exists() => {
+            File::open(&path).map_err(|_| Error::io("open lock file", &path, e))?
+        }
+        Err(e) => return Err(Error::io("open lock file", &path, e)),
+    };
     let start = Instant::now();
+    let mut told = false;
     loop {
         let attempt = match mode {
-            Mode::Shared => file.try_lock_shared(),
+            Mode::Shared | Mode::SharedReader => file.try_lock_shared(),
             Mode::Exclusive => file.try_lock(),
         };
         match attempt {
             Ok(()) => break,
             Err(std::fs::TryLockError::WouldBlock) => {
+                if !told && !wait.is_zero() {
+                    told = true;
+                    if let Some(notify) = WAIT_NOTIFIER.get() {
+                        notify(&format!(
+                            "store is locked by {}; `{command}` waits up to {}s (--lock-wait)",
+                            describe_holders(&dir),
+                            wait.as_secs()
+                        ));
+                    }
+                }
                 if start.elapsed() >= wait {
                     return Err(Error::Locked {
                         holders: describe_holders(&dir),
@@ -91,13 +134,15 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
         }
     }
+    // Holder files of processes that died holding the lock are stale.
+    let _ = current_holders(store_root);
     let info = HolderInfo {
         pid: std::process::id(),
         command: command.to_string(),
-        mode: if mode == Mode::Shared {
-            "shared"
-        } else {
+        mode: if mode == Mode::Exclusive {
             "exclusive"
+        } else {
+            "shared"
         }
         .to_string(),
         since: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -200,12 +200,7 @@ pub fn decode_index(
         return Err(PackIndexError::IndexChecksum);
     }
     let encoded = open(stored).map_err(PackIndexError::IndexDecode)?;
-    let entries: Vec<PackEntry> = bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .allow_trailing_bytes()
-        .with_limit(1 << 30)
-        .deserialize(&encoded)
-        .map_err(|e| PackIndexError::IndexDecode(e.to_string()))?;
+    let entries = decode_entries(&encoded).map_err(PackIndexError::IndexDecode)?;
     for e in &entries {
         let end = e.offset as u64 + e.stored_len as u64;
         if (e.offset as u64) < PACK_MAGIC.len() as u64 || end > blob_end {
@@ -213,4 +208,15 @@ pub fn decode_index(
         }
     }
     Ok(entries)
+}
+
+/// Decodes the entries of an (opened) pack index, without any check of
+/// where they point.
+pub fn decode_entries(encoded: &[u8]) -> Result<Vec<PackEntry>, String> {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(1 << 30)
+        .deserialize(encoded)
+        .map_err(|e| e.to_string())
 }

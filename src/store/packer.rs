@@ -3,10 +3,8 @@
 //! durable, and records its chunks in the index. Chunks waiting in the open
 //! pack are tracked so the same chunk is never stored twice in one run.
 
-use std::collections::HashSet;
-
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
+use crate::id::{Id, IdSet};
 use crate::store::index::ChunkIndex;
 use crate::store::pack::{self, PackWriter};
 use crate::store::Store;
@@ -14,7 +12,7 @@ use crate::store::Store;
 pub struct Packer<'s> {
     store: &'s Store,
     open: Option<PackWriter>,
-    pending: HashSet<Id>,
+    pending: IdSet,
     /// Packs published by this packer and their sizes.
     pub packs_written: Vec<(Id, u64)>,
 }
@@ -24,7 +22,7 @@ impl<'s> Packer<'s> {
         Packer {
             store,
             open: None,
-            pending: HashSet::new(),
+            pending: IdSet::default(),
             packs_written: Vec::new(),
         }
     }

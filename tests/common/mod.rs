@@ -1,334 +1,348 @@
-//! Test helpers for the black-box tests of `serve`: a small runtime, the
-//! built binary as a server on a free loopback port, and a minimal HTTP/1.1
-//! client over `std::net::TcpStream` (it sends paths exactly as given, so
-//! traversal attempts reach the server unnormalised).
-
+//! Helpers shared by the black-box tests: a runtime copied from the
+//! fixtures into a temp dir, the binary run against it, tree snapshots for
+//! comparisons.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_atosnap");
+pub const FIXTURE_MEMORIES: i64 = 1500;
 
-/// A runtime (db, registry, Chroma dir) and a store path, in a temp dir.
-pub struct Runtime {
+pub struct Rt {
     pub dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub db: PathBuf,
+    pub registry: PathBuf,
+    pub chroma: PathBuf,
 }
 
-impl Runtime {
-    pub fn new() -> Runtime {
+pub fn copy_tree(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let rel = entry.path().strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+impl Rt {
+    /// The fixture runtime in a fresh temp dir.
+    pub fn fixture() -> Rt {
         let dir = tempfile::tempdir().unwrap();
-        let rt = Runtime { dir };
-        std::fs::create_dir_all(rt.chroma().join("seg-1")).unwrap();
-        std::fs::create_dir_all(rt.root().join("config")).unwrap();
-        let db = rusqlite::Connection::open(rt.db()).unwrap();
-        db.execute_batch(
-            "CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < 500)
-             INSERT INTO docs(body) SELECT printf('document %d of the runtime', i) FROM n;",
-        )
-        .unwrap();
-        drop(db);
-        let chroma_db = rusqlite::Connection::open(rt.chroma().join("chroma.sqlite3")).unwrap();
-        chroma_db
-            .execute_batch("CREATE TABLE embeddings(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO embeddings(v) VALUES (x'00112233');")
-            .unwrap();
-        drop(chroma_db);
-        std::fs::write(
-            rt.chroma().join("seg-1/data_level0.bin"),
-            vec![0u8; 1 << 20],
-        )
-        .unwrap();
-        std::fs::write(rt.chroma().join("seg-1/header.bin"), b"hnsw header").unwrap();
-        std::fs::write(rt.registry(), br#"{"projects": [{"id": "p1"}]}"#).unwrap();
-        rt
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/runtime");
+        copy_tree(&src, &dir.path().join("rt"));
+        Rt {
+            store: dir.path().join("store"),
+            db: dir.path().join("rt/data/atocore.db"),
+            registry: dir.path().join("rt/config/project-registry.json"),
+            chroma: dir.path().join("rt/data/chroma"),
+            dir,
+        }
     }
 
-    pub fn root(&self) -> &Path {
-        self.dir.path()
-    }
-    pub fn db(&self) -> PathBuf {
-        self.root().join("atocore.db")
-    }
-    pub fn registry(&self) -> PathBuf {
-        self.root().join("config/project-registry.json")
-    }
-    pub fn chroma(&self) -> PathBuf {
-        self.root().join("chroma")
-    }
-    pub fn store(&self) -> PathBuf {
-        self.root().join("store")
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
     }
 
-    /// `atosnap` with this runtime's paths and a clean environment.
-    pub fn cmd(&self) -> Command {
-        self.cmd_with_db(&self.db())
-    }
-
-    /// As [`Runtime::cmd`] with another `--db`.
-    pub fn cmd_with_db(&self, db: &Path) -> Command {
-        let mut c = Command::new(BIN);
-        for var in [
+    pub fn cmd(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::cargo_bin("atosnap").unwrap();
+        for v in [
             "ATOCORE_DATA_DIR",
             "ATOCORE_BACKUP_DIR",
             "ATOCORE_DB_PATH",
             "ATOCORE_PROJECT_REGISTRY_PATH",
             "ATOCORE_CHROMA_PATH",
             "ATOCORE_INGESTION_LOCK",
-            "ATOSNAP_TOKEN_FILE",
-            "ATOSNAP_LOG",
+            "ATOSNAP_FAILPOINT",
         ] {
-            c.env_remove(var);
+            c.env_remove(v);
         }
-        c.arg("--store")
-            .arg(self.store())
+        c.current_dir(self.dir.path())
+            .arg("--quiet")
+            .arg("--store")
+            .arg(&self.store)
             .arg("--db")
-            .arg(db)
+            .arg(&self.db)
             .arg("--registry")
-            .arg(self.registry())
+            .arg(&self.registry)
             .arg("--chroma-dir")
-            .arg(self.chroma());
+            .arg(&self.chroma);
         c
     }
 
-    /// Runs a CLI command: (exit code, parsed stdout).
-    pub fn cli(&self, args: &[&str]) -> (i32, serde_json::Value) {
-        let out = self.cmd().arg("--quiet").args(args).output().unwrap();
-        let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{args:?}: stdout is not JSON ({e}): {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.code().unwrap_or(-1), doc)
+    /// Runs atosnap with `args`: (stdout JSON, exit code, stderr).
+    pub fn run(&self, args: &[&str]) -> (Value, i32, String) {
+        self.run_env(args, &[])
     }
 
-    pub fn start(&self, extra: &[&str]) -> Server {
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (Value, i32, String) {
         let mut c = self.cmd();
-        c.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
-        Server::spawn(c)
-    }
-}
-
-/// The binary running `serve`; killed on drop.
-pub struct Server {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    pub fn spawn(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a.parse().unwrap(),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start: {:?}", log.lock().unwrap());
-            }
-        };
-        Server { child, addr, log }
-    }
-
-    pub fn get(&self, path: &str) -> Response {
-        request(self.addr, "GET", path, &[], b"")
-    }
-
-    pub fn post(&self, path: &str, body: &str) -> Response {
-        request(
-            self.addr,
-            "POST",
-            path,
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let json: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        (
+            json,
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 
-    pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+    /// Runs and expects exit 0.
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let (json, code, stderr) = self.run(args);
+        assert_eq!(code, 0, "atosnap {args:?} failed: {json}\n{stderr}");
+        json
     }
 
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{sig}"), self.child.id().to_string()])
-            .status()
+    pub fn create(&self, args: &[&str]) -> String {
+        let mut a = vec!["create"];
+        a.extend_from_slice(args);
+        let json = self.ok(&a);
+        json["stamp"].as_str().unwrap().to_string()
+    }
+
+    pub fn stamps(&self) -> Vec<String> {
+        self.ok(&["list"])["snapshots"]
+            .as_array()
             .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    /// Waits for the process to exit; returns its code and stdout.
-    pub fn wait(mut self) -> (Option<i32>, String) {
-        let status = self.child.wait().unwrap();
-        let mut out = String::new();
-        if let Some(mut s) = self.child.stdout.take() {
-            s.read_to_string(&mut out).unwrap();
-        }
-        (status.code(), out)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {}: body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|s| s["stamp"].as_str().unwrap().to_string())
+            .collect()
     }
 
-    /// Asserts an error document with this status and code.
-    pub fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "{}", self.text());
-        let doc = self.json();
-        assert_eq!(doc["error"]["code"], code, "{doc}");
-        assert!(
-            doc["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{doc}"
+    /// What a restore puts back, besides the db (whose bytes a rebuild
+    /// may legitimately change): the registry and the Chroma tree. The
+    /// folders holding the db and the registry are not restored, so their
+    /// mtimes are not part of it.
+    pub fn restorable(&self) -> BTreeMap<Vec<u8>, Node> {
+        let mut t: BTreeMap<Vec<u8>, Node> = tree(&self.chroma)
+            .into_iter()
+            .map(|(k, v)| {
+                let mut p = b"chroma/".to_vec();
+                p.extend_from_slice(&k);
+                (p, v)
+            })
+            .collect();
+        t.extend(
+            tree(&self.registry)
+                .into_values()
+                .map(|v| (b"registry".to_vec(), v)),
         );
+        t
+    }
+
+    pub fn insert_marker(&self, id: &str) {
+        insert_marker(&self.db, id);
+    }
+
+    /// The packs of the store.
+    pub fn packs(&self) -> Vec<PathBuf> {
+        walkdir::WalkDir::new(self.store.join("objects"))
+            .into_iter()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .map(|e| e.into_path())
+            .collect()
+    }
+
+    /// Flips a byte in the middle of every pack (inside chunk data).
+    pub fn corrupt_packs(&self) {
+        for p in self.packs() {
+            let mut bytes = std::fs::read(&p).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x5a;
+            std::fs::write(&p, bytes).unwrap();
+        }
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Response {
-    try_request(addr, method, path, headers, body)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+pub fn insert_marker(db: &Path, id: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(
+        "INSERT INTO memories(id, memory_type, content, project, created_at) VALUES (?1, 'note', 'MARKER', 'test', datetime('now'))",
+        [id],
+    )
+    .unwrap();
 }
 
-pub fn try_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no header end in response"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Ok(Response {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
+pub fn has_marker(db: &Path, id: &str) -> bool {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row("SELECT count(*) FROM memories WHERE id = ?1", [id], |r| {
+        r.get::<_, i64>(0)
     })
+    .unwrap()
+        > 0
 }
 
-/// Polls `cond` until it holds; fails the test after a minute. (A bound
-/// on waiting for a state, never an assertion on how long work takes.)
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "gave up waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+pub fn count(db: &Path, table: &str) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// One thing in a tree, as compared by the tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    File {
+        content: blake3::Hash,
+        size: u64,
+        mode: u32,
+        mtime_ns: i64,
+    },
+    Dir {
+        mode: u32,
+        mtime_ns: i64,
+    },
+    Symlink {
+        target: Vec<u8>,
+        mtime_ns: i64,
+    },
+    Other,
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+/// Every entry below `root` (and `root` itself as the empty path), by
+/// relative path bytes; symlinks not followed.
+pub fn tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).follow_links(false) {
+        let e = e.unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        let ft = m.file_type();
+        let node = if ft.is_symlink() {
+            Node::Symlink {
+                target: std::fs::read_link(e.path())
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+                mtime_ns: mtime_ns(&m),
+            }
+        } else if ft.is_dir() {
+            Node::Dir {
+                mode: m.mode() & 0o7777,
+                mtime_ns: mtime_ns(&m),
+            }
+        } else if ft.is_file() {
+            Node::File {
+                content: blake3::hash(&std::fs::read(e.path()).unwrap()),
+                size: m.len(),
+                mode: m.mode() & 0o7777,
+                mtime_ns: mtime_ns(&m),
+            }
+        } else {
+            Node::Other
+        };
+        out.insert(rel, node);
     }
+    out
 }
 
-/// True while a `create` holds the store lock (its holder file is there).
-pub fn create_holds_store_lock(store: &Path) -> bool {
-    let Ok(rd) = std::fs::read_dir(store.join("locks")) else {
-        return false;
+/// Readable differences between two trees (empty when equal).
+pub fn tree_diff(a: &BTreeMap<Vec<u8>, Node>, b: &BTreeMap<Vec<u8>, Node>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => out.push(format!("only left: {}", String::from_utf8_lossy(k))),
+            Some(w) if w != v => out.push(format!(
+                "differs: {}: {v:?} vs {w:?}",
+                String::from_utf8_lossy(k)
+            )),
+            _ => {}
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            out.push(format!("only right: {}", String::from_utf8_lossy(k)));
+        }
+    }
+    out
+}
+
+#[macro_export]
+macro_rules! assert_same_tree {
+    ($a:expr, $b:expr) => {
+        assert_same_tree!($a, $b, "")
     };
-    rd.flatten().any(|e| {
-        e.file_name().to_string_lossy().starts_with("holder-")
-            && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("\"create\""))
-    })
+    ($a:expr, $b:expr, $($msg:tt)+) => {{
+        let d = $crate::common::tree_diff(&$a, &$b);
+        assert!(d.is_empty(), "trees differ {}:\n{}", format!($($msg)+), d.join("\n"));
+    }};
 }
 
-/// Holds a shared lock on the ingestion lock file, as a service writer.
-pub fn hold_shared(path: &Path) -> std::fs::File {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .unwrap();
-    f.lock_shared().unwrap();
-    f
+/// `tree` without one path (e.g. a SQLite file whose bytes legitimately
+/// differ from the live file's after the backup API).
+pub fn tree_without(root: &Path, skip: &[&str]) -> BTreeMap<Vec<u8>, Node> {
+    let mut t = tree(root);
+    for s in skip {
+        t.remove(s.as_bytes());
+    }
+    t
+}
+
+pub fn ino(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// Names of files anywhere below `root` whose content contains `needle`.
+pub fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| {
+            std::fs::read(e.path())
+                .map(|b| b.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .map(|e| e.into_path())
+        .collect()
+}
+
+pub fn has_table(db: &Path, table: &str) -> bool {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap()
+        > 0
+}
+
+/// Paths below `root` whose file name starts with `prefix`.
+pub fn files_named(root: &Path, prefix: &str) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name().as_bytes().starts_with(prefix.as_bytes()))
+        .map(|e| e.into_path())
+        .collect()
 }

@@ -1,0 +1,180 @@
+//! `cleanup`: applies the retention policy ([`crate::retention`]) to the
+//! store. It owns gathering the policy's input (each snapshot's tags from
+//! its `backup-metadata.json`, else from its manifest; unreadable tags keep
+//! the snapshot) and carrying the plan out.
+//!
+//! A dry run (the default) holds the shared lock and prices the deletion
+//! with a gc plan that leaves the doomed snapshots out. With `--confirm`
+//! the exclusive lock is taken first, the plan is made again under it (a
+//! create may have finished since), the snapshots are deleted (each folder
+//! disappears at once), then gc runs under the same lock. Folders under
+//! `snapshots/` that are not stamps are reported and never touched.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::gc::{self, GcResult};
+use crate::retention::{self, Candidate, Policy};
+use crate::stamp::Stamp;
+use crate::store::lock;
+use crate::store::Store;
+
+#[derive(Clone, Debug)]
+pub struct CleanupOptions {
+    pub policy: Policy,
+    pub confirm: bool,
+    pub lock_wait: Duration,
+}
+
+/// The result of `cleanup` (SPEC §3). A dry run fills the `would_*` and
+/// `bytes_reclaimable` fields, a confirmed run `deleted*`,
+/// `bytes_reclaimed` and `gc`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CleanupResult {
+    pub dry_run: bool,
+    pub kept: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_delete: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
+    pub kept_stamps: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_delete_stamps: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_stamps: Option<Vec<String>>,
+    /// Why each kept snapshot is kept: `daily`, `weekly`, `monthly`,
+    /// `tag:T`, `tags_unreadable`.
+    pub kept_reasons: BTreeMap<String, Vec<String>>,
+    pub unparseable: Vec<String>,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_reclaimable: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_reclaimed: Option<u64>,
+    pub policy: Policy,
+    /// The gc that followed the deletions (confirmed runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcResult>,
+    pub duration_ms: u64,
+    /// Process exit code for this result (0, 1 or 3).
+    #[serde(skip)]
+    pub exit_code: i32,
+}
+
+pub fn cleanup(store: &Store, opts: &CleanupOptions) -> Result<CleanupResult> {
+    let started = Instant::now();
+    if opts.policy.keeps_nothing() {
+        return Err(Error::Usage(
+            "--keep-daily, --keep-weekly and --keep-monthly are all 0 and no --keep-tag is given: cleanup would delete every snapshot; keep at least one".into(),
+        ));
+    }
+    let mut result = if opts.confirm {
+        let lock = lock::lock_exclusive(store.root(), "cleanup --confirm", opts.lock_wait)?;
+        let (plan, mut r) = make_plan(store, &opts.policy)?;
+        let mut deleted = Vec::new();
+        for stamp in &plan.delete {
+            match store.delete_snapshot(&lock, stamp) {
+                Ok(()) => deleted.push(stamp.to_string()),
+                Err(e) => {
+                    r.errors.push(format!("snapshot {stamp} not deleted: {e}"));
+                    r.exit_code = r.exit_code.max(1);
+                }
+            }
+        }
+        r.deleted = Some(deleted.len() as u64);
+        r.deleted_stamps = Some(deleted);
+        match gc::gc_confirmed(store, &lock) {
+            Ok(g) => {
+                r.bytes_reclaimed = g.bytes_reclaimed;
+                r.errors.extend(g.errors.iter().map(|e| format!("gc: {e}")));
+                r.exit_code = r.exit_code.max(g.exit_code);
+                r.gc = Some(g);
+            }
+            Err(e) => {
+                r.bytes_reclaimed = Some(0);
+                r.errors.push(format!("gc: {e}"));
+                r.exit_code = r.exit_code.max(e.exit_code());
+            }
+        }
+        r
+    } else {
+        let _lock = lock::lock_shared(store.root(), "cleanup", opts.lock_wait)?;
+        let (plan, mut r) = make_plan(store, &opts.policy)?;
+        r.dry_run = true;
+        r.would_delete = Some(plan.delete.len() as u64);
+        r.would_delete_stamps = Some(plan.delete.iter().map(|s| s.to_string()).collect());
+        let doomed: BTreeSet<Stamp> = plan.delete.iter().cloned().collect();
+        match gc::plan(store, &doomed) {
+            Ok(g) => r.bytes_reclaimable = Some(g.bytes_reclaimable()),
+            Err(e) => {
+                r.bytes_reclaimable = Some(0);
+                r.errors.push(format!("gc would refuse: {e}"));
+                r.exit_code = r.exit_code.max(e.exit_code());
+            }
+        }
+        r
+    };
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(result)
+}
+
+/// Lists the snapshots, reads their tags and applies the policy.
+fn make_plan(store: &Store, policy: &Policy) -> Result<(retention::Plan, CleanupResult)> {
+    let listing = store.list_snapshots()?;
+    let mut warnings = Vec::new();
+    let candidates: Vec<Candidate> = listing
+        .stamps
+        .iter()
+        .map(|stamp| {
+            let tags = read_tags(store, stamp).map_err(|e| {
+                warnings.push(format!("{stamp}: tags unreadable ({e}); kept"));
+            });
+            Candidate {
+                stamp: stamp.clone(),
+                tags: tags.ok(),
+            }
+        })
+        .collect();
+    let plan = retention::plan(&candidates, &listing.unparseable, policy);
+    let result = CleanupResult {
+        kept: plan.keep.len() as u64,
+        kept_stamps: plan.kept_stamps().map(|s| s.to_string()).collect(),
+        kept_reasons: plan
+            .keep
+            .iter()
+            .map(|k| {
+                (
+                    k.stamp.to_string(),
+                    k.reasons.iter().map(|r| r.to_string()).collect(),
+                )
+            })
+            .collect(),
+        unparseable: plan.unparseable.clone(),
+        warnings,
+        policy: policy.clone(),
+        ..CleanupResult::default()
+    };
+    Ok((plan, result))
+}
+
+/// Tags from the readable summary, else from the manifest.
+fn read_tags(store: &Store, stamp: &Stamp) -> std::result::Result<Vec<String>, String> {
+    let from_metadata = store
+        .read_metadata(stamp)
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            m.get("tags")
+                .and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok())
+                .ok_or_else(|| "backup-metadata.json has no tags list".to_string())
+        });
+    match from_metadata {
+        Ok(tags) => Ok(tags),
+        Err(meta_err) => store
+            .read_manifest(stamp)
+            .map(|m| m.tags)
+            .map_err(|e| format!("metadata: {meta_err}; manifest: {e}")),
+    }
+}

@@ -1,0 +1,491 @@
+//! `gc`: gives the space of deleted snapshots back. It owns the store's
+//! notion of live and dead data:
+//!
+//! - **Live chunk**: referenced by the manifest of any snapshot under
+//!   `snapshots/`, including folders whose name is not a stamp but that
+//!   hold a readable manifest (never deleted, so their data is kept too).
+//!   If the manifest of any *stamp* cannot be read, gc refuses to delete
+//!   anything ([`Error::GcUnsafe`]): its chunks cannot be told from garbage.
+//! - **Home copy**: a chunk stored in several packs (two writers raced, or a
+//!   gc was killed after rewriting) is live in one pack only: the copy in
+//!   the pack with the highest live share (ties: pack name order). The other
+//!   copies are dead.
+//! - **Per pack**: no live chunk → the pack is deleted; live chunks below
+//!   [`REWRITE_BELOW_LIVE_PERCENT`] of its chunk bytes → its live chunks are
+//!   copied (each re-verified against its id) into new packs, which are made
+//!   durable before the old pack is deleted; otherwise the pack is kept, its
+//!   dead bytes reported as `dead_bytes_kept`.
+//! - A store without a `snapshots/` folder is refused
+//!   ([`Error::SnapshotsDirMissing`]): everything would look like garbage.
+//! - Packs whose index cannot be read are never touched (`verify` reports
+//!   them; repairing them is its business).
+//!
+//! The dry run holds the shared store lock; `gc --confirm` holds the
+//! exclusive lock from before marking until the last deletion, so no
+//! `create` can add a reference meanwhile. Order of work under the lock:
+//! remove temp leftovers, mark, delete dead packs (frees space first), copy
+//! the live chunks of sparse packs, flush the new packs (fsync, rename),
+//! then delete the sparse packs. A kill at any point leaves every snapshot
+//! whole: at worst a chunk exists twice until the next gc.
+//!
+//! `verify`'s `reclaimable_bytes` equals `bytes_reclaimable +
+//! dead_bytes_kept` of a dry run (stored chunk bytes; pack headers and
+//! indexes aside) when no chunk is stored twice.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::stamp::Stamp;
+use crate::store::index::ChunkIndex;
+use crate::store::lock::{self, ExclusiveLock};
+use crate::store::pack::{self, PackEntry};
+use crate::store::packer::Packer;
+use crate::store::{ChunkFault, Store};
+
+/// A pack is rewritten when its live chunks make up less than this share
+/// (in stored bytes) of its chunk bytes. At 50 % a rewrite at least halves
+/// the pack, and every byte copied frees at least one byte.
+pub const REWRITE_BELOW_LIVE_PERCENT: u64 = 50;
+
+/// What gc will do with a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Keep,
+    Delete,
+    Rewrite,
+}
+
+/// One pack's verdict.
+#[derive(Clone, Debug)]
+pub struct PackPlan {
+    pub id: Id,
+    pub name: String,
+    /// File size.
+    pub size: u64,
+    /// Stored bytes of all its chunks.
+    pub chunk_bytes: u64,
+    /// Stored bytes of the live chunks whose home is this pack.
+    pub live_bytes: u64,
+    /// The live chunks whose home is this pack (copied on a rewrite).
+    pub live: Vec<PackEntry>,
+    pub chunks: u64,
+    pub action: Action,
+}
+
+/// A pack gc leaves alone because its index cannot be read.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SkippedPack {
+    pub name: String,
+    pub detail: String,
+}
+
+/// The marking and the verdicts, before anything is deleted.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Snapshots whose manifests were marked.
+    pub snapshots_marked: Vec<String>,
+    /// Unparseable folders whose manifest kept chunks live.
+    pub protected_unparseable: Vec<String>,
+    pub packs: Vec<PackPlan>,
+    pub damaged: Vec<SkippedPack>,
+    pub chunks_live: u64,
+    pub chunks_dead: u64,
+    /// Referenced chunks found in no readable pack (verify names them).
+    pub chunks_missing: u64,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn with_action(&self, action: Action) -> impl Iterator<Item = &PackPlan> {
+        self.packs.iter().filter(move |p| p.action == action)
+    }
+
+    /// Whole dead packs plus the dead chunk bytes of sparse packs.
+    pub fn bytes_reclaimable(&self) -> u64 {
+        self.packs
+            .iter()
+            .map(|p| match p.action {
+                Action::Delete => p.size,
+                Action::Rewrite => p.chunk_bytes - p.live_bytes,
+                Action::Keep => 0,
+            })
+            .sum()
+    }
+
+    /// Dead chunk bytes left in packs above the rewrite threshold.
+    pub fn dead_bytes_kept(&self) -> u64 {
+        self.with_action(Action::Keep)
+            .map(|p| p.chunk_bytes - p.live_bytes)
+            .sum()
+    }
+}
+
+/// Marks what every snapshot except `exclude` references and decides the
+/// fate of each pack. `exclude` lets cleanup's dry run price a deletion it
+/// has not made. The caller holds a store lock.
+pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
+    let mut plan = Plan::default();
+    // Chunk id -> home pack (u32::MAX until assigned).
+    let mut live: HashMap<Id, u32> = HashMap::new();
+    let mut mark = |m: &crate::manifest::Manifest| {
+        for f in m.entries.iter().filter_map(|e| e.file()) {
+            for id in &f.chunks {
+                live.entry(*id).or_insert(u32::MAX);
+            }
+        }
+    };
+    let snapshots_dir = store.root().join("snapshots");
+    if !snapshots_dir.is_dir() {
+        return Err(Error::SnapshotsDirMissing {
+            path: snapshots_dir,
+        });
+    }
+    let listing = store.list_snapshots()?;
+    for stamp in listing.stamps.iter().filter(|s| !exclude.contains(s)) {
+        let manifest = store.read_manifest(stamp).map_err(|e| Error::GcUnsafe {
+            snapshot: stamp.to_string(),
+            detail: match e {
+                Error::ManifestCorrupt { detail, .. } => detail,
+                other => other.to_string(),
+            },
+        })?;
+        mark(&manifest);
+        plan.snapshots_marked.push(stamp.to_string());
+    }
+    for folder in &listing.unparseable {
+        match store.read_folder_manifest(folder) {
+            None => {}
+            Some(Ok(manifest)) => {
+                mark(&manifest);
+                plan.protected_unparseable.push(folder.clone());
+            }
+            Some(Err(detail)) => plan.warnings.push(format!(
+                "snapshots/{folder} is not a stamp and its manifest does not read ({detail}): it protects no data"
+            )),
+        }
+    }
+
+    // Every pack's own index, in parallel.
+    let listed = store.list_packs()?;
+    let read: Vec<_> = listed
+        .into_par_iter()
+        .map(|p| {
+            let entries = store.read_pack_index(&p.name, p.size);
+            (p, entries)
+        })
+        .collect();
+    let mut packs: Vec<(Id, String, u64, Vec<PackEntry>)> = Vec::new();
+    for (p, entries) in read {
+        match (pack::pack_id_from_name(&p.name), entries) {
+            (Some(id), Ok(entries)) => packs.push((id, p.name, p.size, entries)),
+            (None, _) => plan.damaged.push(SkippedPack {
+                name: p.name,
+                detail: "not a pack name".into(),
+            }),
+            (Some(_), Err(detail)) => plan.damaged.push(SkippedPack {
+                name: p.name,
+                detail,
+            }),
+        }
+    }
+
+    // Home copies: packs with the highest live share (all copies counted)
+    // claim their live chunks first.
+    let share: Vec<(u64, u64)> = packs
+        .iter()
+        .map(|(_, _, _, entries)| {
+            entries.iter().fold((0, 0), |(all, lv), e| {
+                let s = e.stored_len as u64;
+                (all + s, lv + if live.contains_key(&e.id) { s } else { 0 })
+            })
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..packs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ta, la) = share[a];
+        let (tb, lb) = share[b];
+        // Higher la/ta first (compared without division), then by name.
+        (lb as u128 * ta as u128)
+            .cmp(&(la as u128 * tb as u128))
+            .then(packs[a].1.cmp(&packs[b].1))
+    });
+    for &p in &order {
+        for e in &packs[p].3 {
+            if let Some(home) = live.get_mut(&e.id) {
+                if *home == u32::MAX {
+                    *home = p as u32;
+                }
+            }
+        }
+    }
+    plan.chunks_missing = live.values().filter(|h| **h == u32::MAX).count() as u64;
+
+    for (p, (id, name, size, entries)) in packs.into_iter().enumerate() {
+        let chunk_bytes: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
+        let live_here: Vec<PackEntry> = entries
+            .iter()
+            .filter(|e| live.get(&e.id) == Some(&(p as u32)))
+            .copied()
+            .collect();
+        let live_bytes: u64 = live_here.iter().map(|e| e.stored_len as u64).sum();
+        plan.chunks_live += live_here.len() as u64;
+        plan.chunks_dead += (entries.len() - live_here.len()) as u64;
+        let action = if live_here.is_empty() {
+            Action::Delete
+        } else if live_bytes * 100 < chunk_bytes * REWRITE_BELOW_LIVE_PERCENT {
+            Action::Rewrite
+        } else {
+            Action::Keep
+        };
+        plan.packs.push(PackPlan {
+            id,
+            name,
+            size,
+            chunk_bytes,
+            live_bytes,
+            chunks: entries.len() as u64,
+            live: if action == Action::Rewrite {
+                live_here
+            } else {
+                Vec::new()
+            },
+            action,
+        });
+    }
+    plan.packs.sort_by(|a, b| a.name.cmp(&b.name));
+    plan.damaged.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(plan)
+}
+
+/// What executing a plan did.
+#[derive(Clone, Debug, Default)]
+pub struct Executed {
+    pub deleted: Vec<String>,
+    pub rewritten: Vec<String>,
+    pub written: Vec<String>,
+    pub bytes_reclaimed: u64,
+    pub errors: Vec<String>,
+    /// A chunk to copy was found corrupt (exit 3).
+    pub integrity_problem: bool,
+}
+
+/// Carries out `plan` under the exclusive lock: dead packs go first, then
+/// sparse packs are rewritten (new packs durable before the old ones go).
+/// Problems with one pack are reported in `errors` and leave that pack in
+/// place; an error writing new packs (a full disk) stops the rewrites and
+/// no sparse pack is deleted, but the dead packs are gone by then.
+pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Executed> {
+    let mut out = Executed::default();
+    let mut freed = 0u64;
+    let delete =
+        |p: &PackPlan, out: &mut Executed, freed: &mut u64| match store.delete_pack(lock, &p.id) {
+            Ok(()) => {
+                out.deleted.push(p.name.clone());
+                *freed += p.size;
+                true
+            }
+            Err(e) => {
+                out.errors.push(format!("pack {} not deleted: {e}", p.name));
+                false
+            }
+        };
+    for p in plan.with_action(Action::Delete) {
+        delete(p, &mut out, &mut freed);
+    }
+
+    let mut scratch = ChunkIndex::new();
+    let mut packer = Packer::new(store);
+    let mut copied: Vec<&PackPlan> = Vec::new();
+    let mut write_error = None;
+    for p in plan.with_action(Action::Rewrite) {
+        match copy_live(store, &mut packer, &mut scratch, p) {
+            Ok(()) => copied.push(p),
+            Err(CopyError::Chunk(id, fault)) => {
+                out.integrity_problem = true;
+                out.errors.push(format!(
+                    "{} in {}: pack kept as it is (run `atosnap verify`)",
+                    fault.code(&id),
+                    p.name
+                ));
+            }
+            Err(CopyError::Store(e)) => {
+                write_error = Some(e);
+                break;
+            }
+        }
+    }
+    if write_error.is_none() {
+        if let Err(e) = packer.flush(&mut scratch) {
+            write_error = Some(e);
+        }
+    }
+    let written_bytes = packer.bytes_written();
+    out.written = packer
+        .packs_written
+        .iter()
+        .map(|(id, _)| pack::pack_name(id))
+        .collect();
+    drop(packer);
+    match write_error {
+        // Without durable copies no sparse pack may go.
+        Some(e) => out
+            .errors
+            .push(format!("rewriting sparse packs stopped, none deleted: {e}")),
+        None => {
+            for p in copied {
+                if delete(p, &mut out, &mut freed) {
+                    out.rewritten.push(p.name.clone());
+                }
+            }
+        }
+    }
+    out.bytes_reclaimed = freed.saturating_sub(written_bytes);
+    Ok(out)
+}
+
+enum CopyError {
+    Chunk(Id, ChunkFault),
+    Store(Error),
+}
+
+/// Copies the live chunks of a sparse pack into the packer, each re-read
+/// and checked against its id first (a corrupt chunk is never laundered
+/// into a fresh pack).
+fn copy_live(
+    store: &Store,
+    packer: &mut Packer<'_>,
+    scratch: &mut ChunkIndex,
+    p: &PackPlan,
+) -> std::result::Result<(), CopyError> {
+    let mut live = p.live.clone();
+    live.sort_by_key(|e| e.offset);
+    for e in &live {
+        let stored = store
+            .backend()
+            .read_range(&p.name, e.offset as u64, e.stored_len as usize)
+            .map_err(|err| {
+                CopyError::Chunk(
+                    e.id,
+                    ChunkFault::Corrupt(format!("pack {} unreadable: {err}", p.name)),
+                )
+            })?;
+        store
+            .decode_chunk(stored.clone(), &e.id, e.compressed, e.raw_len)
+            .map_err(|f| CopyError::Chunk(e.id, f))?;
+        packer
+            .add(scratch, e.id, &stored, e.raw_len, e.compressed)
+            .map_err(CopyError::Store)?;
+    }
+    Ok(())
+}
+
+/// The result of `gc` (SPEC §3), dry run or not.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GcResult {
+    pub dry_run: bool,
+    pub snapshots_marked: u64,
+    pub packs_total: u64,
+    pub chunks_live: u64,
+    pub chunks_dead: u64,
+    pub chunks_missing: u64,
+    pub rewrite_threshold_percent: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_delete_packs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_rewrite_packs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_reclaimable: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_packs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewritten_packs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written_packs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_reclaimed: Option<u64>,
+    /// Dead bytes left in packs above the rewrite threshold.
+    pub dead_bytes_kept: u64,
+    /// Packs left alone because their index does not read.
+    pub damaged_packs: Vec<SkippedPack>,
+    pub protected_unparseable: Vec<String>,
+    pub tmp_files_removed: u64,
+    pub tmp_bytes_removed: u64,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+    pub duration_ms: u64,
+    /// Process exit code for this result (0, 1 or 3).
+    #[serde(skip)]
+    pub exit_code: i32,
+}
+
+impl GcResult {
+    fn from_plan(plan: &Plan, dry_run: bool) -> GcResult {
+        GcResult {
+            dry_run,
+            snapshots_marked: plan.snapshots_marked.len() as u64,
+            packs_total: (plan.packs.len() + plan.damaged.len()) as u64,
+            chunks_live: plan.chunks_live,
+            chunks_dead: plan.chunks_dead,
+            chunks_missing: plan.chunks_missing,
+            rewrite_threshold_percent: REWRITE_BELOW_LIVE_PERCENT,
+            dead_bytes_kept: plan.dead_bytes_kept(),
+            damaged_packs: plan.damaged.clone(),
+            protected_unparseable: plan.protected_unparseable.clone(),
+            warnings: plan.warnings.clone(),
+            ..GcResult::default()
+        }
+    }
+}
+
+/// `gc [--confirm]`: a dry run under the shared lock, or the real thing
+/// under the exclusive lock.
+pub fn gc(store: &Store, confirm: bool, lock_wait: Duration) -> Result<GcResult> {
+    let started = Instant::now();
+    let mut result = if confirm {
+        let lock = lock::lock_exclusive(store.root(), "gc --confirm", lock_wait)?;
+        gc_confirmed(store, &lock)?
+    } else {
+        let _lock = lock::lock_shared(store.root(), "gc", lock_wait)?;
+        let plan = plan(store, &BTreeSet::new())?;
+        let mut r = GcResult::from_plan(&plan, true);
+        r.would_delete_packs = Some(names(&plan, Action::Delete));
+        r.would_rewrite_packs = Some(names(&plan, Action::Rewrite));
+        r.bytes_reclaimable = Some(plan.bytes_reclaimable());
+        r
+    };
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(result)
+}
+
+fn names(plan: &Plan, action: Action) -> Vec<String> {
+    plan.with_action(action).map(|p| p.name.clone()).collect()
+}
+
+/// Collects garbage under an exclusive lock the caller holds (cleanup
+/// holds it from its first deletion to the end of gc).
+pub fn gc_confirmed(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
+    let started = Instant::now();
+    let tmp = store.clean_tmp(Some(lock))?;
+    let plan = plan(store, &BTreeSet::new())?;
+    let mut r = GcResult::from_plan(&plan, false);
+    r.tmp_files_removed = tmp.files;
+    r.tmp_bytes_removed = tmp.bytes;
+    let done = execute(store, lock, &plan)?;
+    r.deleted_packs = Some(done.deleted);
+    r.rewritten_packs = Some(done.rewritten);
+    r.written_packs = Some(done.written);
+    r.bytes_reclaimed = Some(done.bytes_reclaimed);
+    r.exit_code = match (done.errors.is_empty(), done.integrity_problem) {
+        (true, _) => 0,
+        (false, true) => 3,
+        (false, false) => 1,
+    };
+    r.errors = done.errors;
+    r.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(r)
+}

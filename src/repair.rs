@@ -1,0 +1,222 @@
+//! `verify --repair`: what is done about the damage an audit found, under
+//! the exclusive store lock.
+//!
+//! 1. Temp files of dead writers are removed (none are live: the lock is
+//!    exclusive).
+//! 2. Each damaged pack is moved into `quarantine/` with a note saying why;
+//!    nothing is ever deleted. Its name leaves `objects/` before anything
+//!    new is written, so a rewritten pack may take the same name.
+//! 3. The chunk index is rebuilt from the healthy packs. Every chunk a
+//!    snapshot references that it lacks is looked for in the quarantined
+//!    packs (this run's and earlier ones, so a repair cut short by a crash
+//!    converges when run again); each copy found is checked against its id
+//!    and, when intact, written into a fresh pack.
+//! 4. Referenced chunks still absent are dropped from the store: the next
+//!    `create` stores them again from the live data where it still holds
+//!    them (the files cache never vouches for a file whose chunks are
+//!    absent), which heals every snapshot that shares them.
+//! 5. A snapshot whose summary (`backup-metadata.json`) is missing or
+//!    corrupt gets a new one rebuilt from its manifest (a corrupt one is
+//!    quarantined first).
+//!
+//! The report says what was moved, kept and lost, and which snapshots stay
+//! damaged, with the files in them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::error::Result;
+use crate::id::{Id, IdSet};
+use crate::manifest::Manifest;
+use crate::stamp::Stamp;
+use crate::store::lock::ExclusiveLock;
+use crate::store::packer::Packer;
+use crate::store::{pack, Store, METADATA_NAME};
+use crate::verify::{metadata_problem, Audit, SnapshotHealth};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// Damaged objects moved aside.
+    pub quarantined: Vec<Quarantined>,
+    /// Fresh packs holding the chunks kept.
+    pub packs_written: Vec<String>,
+    /// Intact referenced chunks recovered from quarantined packs.
+    pub chunks_salvaged: u64,
+    pub bytes_salvaged: u64,
+    /// Referenced chunks no longer in the store: the next `create` stores
+    /// them again if the live data still has them.
+    pub chunks_lost: Vec<String>,
+    /// Snapshots whose summary was rebuilt from the manifest.
+    pub metadata_rewritten: Vec<String>,
+    pub tmp_files_removed: u64,
+    /// Snapshots still damaged after the repair, with the damaged files.
+    pub still_damaged: BTreeMap<String, SnapshotHealth>,
+    /// True when no snapshot stays damaged.
+    pub healed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub object: String,
+    pub moved_to: String,
+    pub reason: String,
+}
+
+/// Repairs what `audit` found. The caller holds the exclusive lock.
+pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<RepairReport> {
+    let mut out = RepairReport {
+        tmp_files_removed: store.clean_tmp(Some(lock))?.files,
+        ..RepairReport::default()
+    };
+
+    for (name, reason) in &audit.report.damage {
+        let moved_to = store.quarantine_object(lock, name, reason)?;
+        out.quarantined.push(Quarantined {
+            object: name.clone(),
+            moved_to,
+            reason: reason.clone(),
+        });
+    }
+
+    // Chunks that any snapshot references (not only those audited: a
+    // quarantined pack may hold others' chunks) and the healthy packs lack.
+    let mut index = store.load_index()?;
+    let stamps = store.list_snapshots()?.stamps;
+    let mut readable = Vec::new();
+    let mut unreadable: BTreeMap<String, String> = BTreeMap::new();
+    let mut needed = IdSet::default();
+    for stamp in &stamps {
+        match store.read_manifest(stamp) {
+            Ok(m) => {
+                needed.extend(
+                    m.entries
+                        .iter()
+                        .filter_map(|e| e.file())
+                        .flat_map(|f| f.chunks.iter())
+                        .filter(|id| !index.contains(id))
+                        .copied(),
+                );
+                readable.push(stamp.clone());
+            }
+            Err(e) => {
+                unreadable.insert(stamp.to_string(), format!("{}: {e}", e.code()));
+            }
+        }
+    }
+    if !needed.is_empty() {
+        let mut packer = Packer::new(store);
+        for q in store.list_quarantined_packs()? {
+            let Ok(layout) = store.read_pack_layout_lenient(&q.name, q.size) else {
+                continue;
+            };
+            for e in &layout.entries {
+                if !needed.contains(&e.id) {
+                    continue;
+                }
+                let Ok(stored) =
+                    store
+                        .backend()
+                        .read_range(&q.name, e.offset as u64, e.stored_len as usize)
+                else {
+                    continue;
+                };
+                if store
+                    .check_chunk(&stored, &e.id, e.compressed, e.raw_len)
+                    .is_err()
+                {
+                    continue;
+                }
+                if packer.add(&mut index, e.id, &stored, e.raw_len, e.compressed)? {
+                    out.chunks_salvaged += 1;
+                    out.bytes_salvaged += stored.len() as u64;
+                }
+                needed.remove(&e.id);
+            }
+        }
+        packer.flush(&mut index)?;
+        out.packs_written = packer
+            .packs_written
+            .iter()
+            .map(|(id, _)| pack::pack_name(id))
+            .collect();
+    }
+    let mut lost: Vec<String> = needed.iter().map(Id::to_hex).collect();
+    lost.sort();
+    out.chunks_lost = lost;
+
+    // Summaries rebuilt from the manifests.
+    for stamp in &audit.readable {
+        if metadata_problem(store, stamp).is_none() {
+            continue;
+        }
+        let m = store.read_manifest(stamp)?;
+        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        if store.backend().exists(&name).unwrap_or(false) {
+            let moved_to = store.quarantine_object(lock, &name, "summary does not read")?;
+            out.quarantined.push(Quarantined {
+                object: name.clone(),
+                moved_to,
+                reason: "summary does not read".into(),
+            });
+        }
+        store.write_metadata(lock, stamp, &rebuilt_metadata(stamp, &m))?;
+        out.metadata_rewritten.push(stamp.to_string());
+    }
+
+    // What stays damaged, in every snapshot.
+    for stamp in &readable {
+        let m = store.read_manifest(stamp)?;
+        let damaged: Vec<String> = m
+            .entries
+            .iter()
+            .filter(|e| {
+                e.file()
+                    .is_some_and(|f| f.chunks.iter().any(|id| !index.contains(id)))
+            })
+            .map(|e| e.path_lossy())
+            .collect();
+        if !damaged.is_empty() {
+            out.still_damaged.insert(
+                stamp.to_string(),
+                SnapshotHealth {
+                    ok: false,
+                    damaged_files: damaged,
+                    ..SnapshotHealth::default()
+                },
+            );
+        }
+    }
+    for (stamp, error) in unreadable {
+        out.still_damaged.insert(
+            stamp,
+            SnapshotHealth {
+                ok: false,
+                error: Some(error),
+                ..SnapshotHealth::default()
+            },
+        );
+    }
+    out.healed = out.still_damaged.is_empty();
+    Ok(out)
+}
+
+/// A snapshot's summary as `create` writes it, from its manifest (the
+/// figures of the run that made it, such as bytes stored, are gone).
+fn rebuilt_metadata(stamp: &Stamp, m: &Manifest) -> serde_json::Value {
+    serde_json::json!({
+        "stamp": stamp.to_string(),
+        "created_at": m.created_at,
+        "tags": m.tags,
+        "db_size_bytes": m.db_size(),
+        "registry_snapshot_included": m.registry().is_some(),
+        "chroma_snapshot_included": m.chroma_included,
+        "chroma_snapshot_files": m.chroma_file_count(),
+        "chroma_snapshot_bytes": m.chroma_bytes(),
+        "chunks_total": m.entries.iter().filter_map(|e| e.file()).map(|f| f.chunks.len() as u64).sum::<u64>(),
+        "validated": m.capture_errors.is_empty(),
+        "validation_errors": m.capture_errors,
+        "warnings": [],
+        "rebuilt_by": "verify --repair",
+        "rebuilt_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}

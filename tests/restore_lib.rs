@@ -1,0 +1,103 @@
+//! Restore's plan and apply through the library, on the fixture runtime:
+//! what the plan decides, and that chunks reused from the file being
+//! replaced are re-checked (bytes changed since the plan come from the
+//! store instead).
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+use atosnap::create::{self, CreateOptions};
+use atosnap::progress::NoProgress;
+use atosnap::restore::{self, Targets};
+use atosnap::stamp::Stamp;
+use atosnap::store::Store;
+
+const SEGMENT: &str = "e8763d70-0924-4389-9e69-cddb1f90792c";
+
+fn snapshot(rt: &Rt) -> (Store, String) {
+    let store = Store::open_or_init(&rt.store).unwrap();
+    let r = create::create(
+        &store,
+        &CreateOptions {
+            db: rt.db.clone(),
+            registry: rt.registry.clone(),
+            chroma: Some(rt.chroma.clone()),
+            tags: vec![],
+            at: None,
+            lock_wait: Duration::from_secs(10),
+            ingestion_lock: None,
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    (store, r.stamp)
+}
+
+fn live_targets(rt: &Rt) -> Targets {
+    Targets {
+        db: rt.db.clone(),
+        registry: rt.registry.clone(),
+        chroma: rt.chroma.clone(),
+        live: true,
+    }
+}
+
+#[test]
+fn the_plan_names_what_differs_and_what_can_be_reused() {
+    let rt = Rt::fixture();
+    let (store, stamp) = snapshot(&rt);
+    let manifest = store.read_manifest(&Stamp::parse(&stamp).unwrap()).unwrap();
+    let data = rt.chroma.join(SEGMENT).join("data_level0.bin");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[4096 * 10 + 7] ^= 1;
+    std::fs::write(&data, &bytes).unwrap();
+    std::fs::write(rt.chroma.join("extra"), b"x").unwrap();
+
+    let plan = restore::plan(&store, &manifest, &live_targets(&rt), true).unwrap();
+    let chroma = plan.chroma.as_ref().unwrap();
+    let path_of = |i: &usize| manifest.entries[*i].path_lossy();
+    let written: Vec<String> = chroma.write.iter().map(path_of).collect();
+    // chroma.sqlite3 is captured page for page, so the untouched live
+    // database matches its snapshot and is left alone.
+    assert_eq!(written, [format!("chroma/{SEGMENT}/data_level0.bin")]);
+    assert_eq!(chroma.unchanged.len(), 5);
+    assert_eq!(chroma.remove.len(), 1);
+    assert_eq!(chroma.remove[0].rel, b"extra");
+    assert!(chroma.root_exists && chroma.create_dirs.is_empty());
+    // All of data_level0.bin but the changed block is reusable from disk.
+    let i = chroma
+        .write
+        .iter()
+        .find(|i| path_of(i).ends_with("data_level0.bin"))
+        .unwrap();
+    let file = manifest.entries[*i].file().unwrap();
+    let reusable = &chroma.reusable[i];
+    let distinct: std::collections::HashSet<_> = file.chunks.iter().collect();
+    assert_eq!(reusable.len(), distinct.len() - 1);
+    assert!(!reusable.contains_key(&file.chunks[10]));
+    // The db: every page but the WAL-mode header page is on disk already.
+    assert!(!plan.db_reusable.is_empty());
+}
+
+#[test]
+fn reused_bytes_that_changed_after_the_plan_come_from_the_store() {
+    let rt = Rt::fixture();
+    let (store, stamp) = snapshot(&rt);
+    let manifest = store.read_manifest(&Stamp::parse(&stamp).unwrap()).unwrap();
+    let data = rt.chroma.join(SEGMENT).join("data_level0.bin");
+    let original = std::fs::read(&data).unwrap();
+    let mut bytes = original.clone();
+    bytes[0] ^= 1;
+    std::fs::write(&data, &bytes).unwrap();
+    let plan = restore::plan(&store, &manifest, &live_targets(&rt), true).unwrap();
+    // After the plan, damage blocks the plan counted as reusable.
+    for block in [3usize, 200, 700] {
+        bytes[block * 4096 + 1] ^= 0xff;
+    }
+    std::fs::write(&data, &bytes).unwrap();
+    let index = store.load_index().unwrap();
+    restore::apply(&store, &index, &manifest, &plan, &NoProgress).unwrap();
+    assert!(std::fs::read(&data).unwrap() == original);
+}
