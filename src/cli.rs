@@ -171,6 +171,22 @@ pub enum Command {
     },
     /// Build a runtime from the fixtures and run the drill end to end.
     Demo,
+    /// Serve the admin HTTP API until SIGTERM or Ctrl-C.
+    Serve {
+        /// Address to listen on (a non-loopback address needs a token).
+        #[arg(long, default_value = "127.0.0.1:8101", value_name = "ADDR:PORT")]
+        listen: std::net::SocketAddr,
+        /// File holding the bearer token (never pass the token itself).
+        #[arg(long, env = "ATOSNAP_TOKEN_FILE", value_name = "F")]
+        token_file: Option<PathBuf>,
+    },
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), or write one page per command into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,6 +219,12 @@ pub fn run() -> i32 {
     };
     if !cli.global.quiet {
         atosnap::store::lock::set_wait_notifier(|msg| eprintln!("atosnap: {msg}"));
+    }
+    // Completions and the man page are not JSON.
+    match &cli.command {
+        Command::Completions { shell } => return crate::docgen::completions(*shell),
+        Command::Man { dir: None } => return crate::docgen::man_to_stdout(),
+        _ => {}
     }
     match dispatch(&cli) {
         Ok((doc, code)) => {
@@ -429,5 +451,29 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             Ok((to_doc(&result)?, result.exit_code))
         }
         Command::Demo => crate::demo::run(),
+        Command::Serve { listen, token_file } => {
+            crate::logging::init(g.quiet);
+            let token = match token_file {
+                Some(f) => {
+                    let (token, warning) = atosnap::serve::Token::from_file(f)?;
+                    if let Some(w) = warning {
+                        tracing::warn!("{w}");
+                    }
+                    Some(token)
+                }
+                None => None,
+            };
+            let summary = atosnap::serve::run(atosnap::serve::ServeConfig {
+                listen: *listen,
+                token,
+                paths,
+                secrets: secrets(g),
+                lock_wait,
+                ingestion_lock: g.ingestion_lock.clone(),
+            })?;
+            Ok((to_doc(&summary)?, 0))
+        }
+        Command::Completions { .. } => Err(Error::Usage("completions print no JSON".into())),
+        Command::Man { dir } => crate::docgen::man_to_dir(dir.as_deref()),
     }
 }

@@ -127,6 +127,10 @@ pub enum Error {
     #[error("restored database failed its integrity check: {detail}")]
     RestoredIntegrity { detail: String },
 
+    /// `serve` refused to start (an unsafe listen address, a bad token
+    /// file): the message says what to change.
+    #[error("serve refused to start: {0}")]
+    ServeRefused(String),
     #[error("the store at {path} is encrypted: give its password with --password-file FILE, ATOSNAP_PASSWORD_FILE or ATOSNAP_PASSWORD")]
     PasswordRequired { path: String },
 
@@ -184,6 +188,7 @@ impl Error {
             Error::NoSnapshots => "no_snapshots",
             Error::TargetInvalid { .. } => "target_invalid",
             Error::RestoredIntegrity { .. } => "restored_integrity_failed",
+            Error::ServeRefused(_) => "serve_refused",
             Error::PasswordRequired { .. } => "password_required",
             Error::NewPasswordRequired => "new_password_required",
             Error::PasswordFile { .. } => "password_file_unreadable",

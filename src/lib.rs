@@ -22,6 +22,7 @@ pub mod progress;
 pub mod repair;
 pub mod restore;
 pub mod retention;
+pub mod serve;
 pub mod sources;
 pub mod stamp;
 pub mod store;

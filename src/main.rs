@@ -3,6 +3,8 @@
 
 mod cli;
 mod demo;
+mod docgen;
+mod logging;
 mod progress_bar;
 
 fn main() {

@@ -261,6 +261,20 @@ impl Store {
         }
     }
 
+    /// The same store with fresh storage handles (no open files kept from
+    /// earlier work) and the same unlocked key: how a long-running process
+    /// (`serve`) keeps an encrypted store open without re-deriving its key
+    /// per request, yet never holds deleted packs open after a gc.
+    pub fn reopened(&self) -> Store {
+        Store {
+            root: self.root.clone(),
+            backend: Arc::new(LocalBackend::new(&self.root)),
+            config: self.config.clone(),
+            sealer: self.sealer.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+
     /// The key file of an encrypted store (public parts only matter: the
     /// master key in it is wrapped).
     pub fn key_file(&self) -> Option<&KeyFile> {

@@ -1,0 +1,354 @@
+//! `GET /metrics`: the Prometheus / OpenMetrics text exposition, encoded by
+//! prometheus-client (never hand-formatted).
+//!
+//! Store facts (snapshot count, newest snapshot, store bytes, last drill)
+//! are read from the store at scrape time, so they agree with `list` and
+//! include work done by the CLI (timers). Durations and the last verify
+//! outcome are those of the work this server ran.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `atosnap_store_up` | gauge | 1 when the store opened |
+//! | `atosnap_snapshots` | gauge | snapshots listed (unparseable folders excluded) |
+//! | `atosnap_unparseable_snapshots` | gauge | folders under `snapshots/` that are not stamps |
+//! | `atosnap_last_snapshot_timestamp_seconds` | gauge | `created_at` of the newest snapshot (0: none) |
+//! | `atosnap_last_snapshot_age_seconds` | gauge | now minus the above (absent: none) |
+//! | `atosnap_store_bytes` | gauge | bytes under `objects/`, `snapshots/`, `drills/` |
+//! | `atosnap_last_drill_success` | gauge | 1/0, the newest drill in the drill log (absent: never drilled) |
+//! | `atosnap_last_drill_timestamp_seconds` | gauge | when it ran (0: never) |
+//! | `atosnap_last_verify_success` | gauge | 1/0, the last `POST /admin/verify` (absent: none yet) |
+//! | `atosnap_last_verify_timestamp_seconds` | gauge | when it finished (0: none yet) |
+//! | `atosnap_{create,verify,drill}_duration_seconds` | histogram | wall time of successful runs |
+//! | `atosnap_http_requests_total` | counter | by method, route, status |
+
+use chrono::{DateTime, Utc};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::list::ListResult;
+use crate::store::Store;
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: String,
+}
+
+/// What the store says at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct StoreFacts {
+    pub snapshots: u64,
+    pub unparseable: u64,
+    /// Unix seconds of the newest snapshot's `created_at`.
+    pub last_snapshot: Option<f64>,
+    pub store_bytes: u64,
+    /// The newest drill: ok, and when (unix seconds, if parseable).
+    pub last_drill: Option<(bool, Option<f64>)>,
+}
+
+/// Unix seconds of an RFC 3339 time.
+pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .ok()
+        .map(|t| t.timestamp_millis() as f64 / 1000.0)
+}
+
+impl StoreFacts {
+    /// Facts from a `list` result plus the store's size.
+    pub fn gather(store: &Store, listing: &ListResult) -> Result<StoreFacts> {
+        let newest = listing.snapshots.last().map(|e| {
+            unix_seconds(&e.created_at)
+                .or_else(|| {
+                    crate::stamp::Stamp::parse(&e.stamp)
+                        .ok()
+                        .map(|s| s.time().timestamp() as f64)
+                })
+                .unwrap_or(0.0)
+        });
+        let last_drill = listing
+            .snapshots
+            .iter()
+            .filter_map(|e| e.last_drill.as_ref())
+            .max_by(|a, b| a.at.cmp(&b.at))
+            .map(|d| (d.ok, unix_seconds(&d.at)));
+        Ok(StoreFacts {
+            snapshots: listing.snapshots.len() as u64,
+            unparseable: listing.unparseable.len() as u64,
+            last_snapshot: newest,
+            store_bytes: store_bytes(store)?,
+            last_drill,
+        })
+    }
+}
+
+/// Bytes the store holds: packs, snapshots and the drill log (temp files
+/// and locks excluded).
+pub fn store_bytes(store: &Store) -> Result<u64> {
+    let mut total = 0;
+    for dir in ["objects", "snapshots", crate::drill_log::DRILLS_DIR] {
+        let files = store
+            .backend()
+            .list_files(dir)
+            .map_err(|e| Error::io("list", store.root().join(dir), e))?;
+        total += files.iter().map(|f| f.size).sum::<u64>();
+    }
+    Ok(total)
+}
+
+#[derive(Debug)]
+struct Outcome {
+    ok: bool,
+    at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    create_seconds: Histogram,
+    verify_seconds: Histogram,
+    drill_seconds: Histogram,
+    requests: Family<RequestLabels, Counter>,
+    last_verify: Mutex<Option<Outcome>>,
+    /// Set for the duration of one encoding (under `render`'s lock).
+    facts: Mutex<Option<(StoreFacts, DateTime<Utc>)>>,
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+    registry: Mutex<Registry>,
+}
+
+fn durations() -> Histogram {
+    // 0.1 s .. ~55 min.
+    Histogram::new(exponential_buckets(0.1, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let inner = Arc::new(Inner {
+            create_seconds: durations(),
+            verify_seconds: durations(),
+            drill_seconds: durations(),
+            requests: Family::default(),
+            last_verify: Mutex::new(None),
+            facts: Mutex::new(None),
+        });
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(inner.clone()));
+        Metrics {
+            inner,
+            registry: Mutex::new(registry),
+        }
+    }
+
+    pub fn observe_create(&self, seconds: f64) {
+        self.inner.create_seconds.observe(seconds);
+    }
+
+    pub fn observe_drill(&self, seconds: f64) {
+        self.inner.drill_seconds.observe(seconds);
+    }
+
+    pub fn observe_verify(&self, seconds: f64, ok: bool) {
+        self.inner.verify_seconds.observe(seconds);
+        *lock(&self.inner.last_verify) = Some(Outcome { ok, at: Utc::now() });
+    }
+
+    pub fn count_request(&self, method: &str, route: &str, status: u16) {
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// The exposition text; `facts` is None when the store could not be
+    /// read (then `atosnap_store_up` is 0 and the store gauges are absent).
+    pub fn render(&self, facts: Option<StoreFacts>) -> Result<String> {
+        let registry = lock(&self.registry);
+        *lock(&self.inner.facts) = facts.map(|f| (f, Utc::now()));
+        let mut out = String::new();
+        let encoded = prometheus_client::encoding::text::encode(&mut out, &registry);
+        *lock(&self.inner.facts) = None;
+        encoded.map_err(|e| Error::Other(format!("metrics encoding failed: {e}")))?;
+        Ok(out)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+impl Collector for Inner {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let facts = lock(&self.facts).clone();
+        gauge(
+            &mut enc,
+            "atosnap_store_up",
+            "1 when the store could be opened and listed",
+            if facts.is_some() { 1.0 } else { 0.0 },
+        )?;
+        if let Some((f, now)) = &facts {
+            gauge(
+                &mut enc,
+                "atosnap_snapshots",
+                "Snapshots in the store (as listed)",
+                f.snapshots as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "atosnap_unparseable_snapshots",
+                "Folders under snapshots/ that are not stamps",
+                f.unparseable as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "atosnap_last_snapshot_timestamp_seconds",
+                "Creation time of the newest snapshot, unix seconds (0: no snapshot)",
+                f.last_snapshot.unwrap_or(0.0),
+            )?;
+            if let Some(t) = f.last_snapshot {
+                let now = now.timestamp_millis() as f64 / 1000.0;
+                gauge(
+                    &mut enc,
+                    "atosnap_last_snapshot_age_seconds",
+                    "Age of the newest snapshot",
+                    (now - t).max(0.0),
+                )?;
+            }
+            gauge(
+                &mut enc,
+                "atosnap_store_bytes",
+                "Bytes under objects/, snapshots/ and drills/",
+                f.store_bytes as f64,
+            )?;
+            if let Some((ok, _)) = f.last_drill {
+                gauge(
+                    &mut enc,
+                    "atosnap_last_drill_success",
+                    "1 when the newest drill in the drill log passed, 0 when it failed",
+                    if ok { 1.0 } else { 0.0 },
+                )?;
+            }
+            gauge(
+                &mut enc,
+                "atosnap_last_drill_timestamp_seconds",
+                "When the newest drill ran, unix seconds (0: never)",
+                f.last_drill.and_then(|(_, t)| t).unwrap_or(0.0),
+            )?;
+        }
+        let verify = lock(&self.last_verify)
+            .as_ref()
+            .map(|o| (o.ok, o.at.timestamp_millis() as f64 / 1000.0));
+        if let Some((ok, _)) = verify {
+            gauge(
+                &mut enc,
+                "atosnap_last_verify_success",
+                "1 when the last verify run by this server found the store ok",
+                if ok { 1.0 } else { 0.0 },
+            )?;
+        }
+        gauge(
+            &mut enc,
+            "atosnap_last_verify_timestamp_seconds",
+            "When the last verify run by this server finished, unix seconds (0: none yet)",
+            verify.map(|(_, t)| t).unwrap_or(0.0),
+        )?;
+        for (name, help, h) in [
+            (
+                "atosnap_create_duration_seconds",
+                "Wall time of snapshots taken by this server",
+                &self.create_seconds,
+            ),
+            (
+                "atosnap_verify_duration_seconds",
+                "Wall time of verifies run by this server",
+                &self.verify_seconds,
+            ),
+            (
+                "atosnap_drill_duration_seconds",
+                "Wall time of drills run by this server",
+                &self.drill_seconds,
+            ),
+        ] {
+            let m = enc.encode_descriptor(name, help, None, h.metric_type())?;
+            h.encode(m)?;
+        }
+        let m = enc.encode_descriptor(
+            "atosnap_http_requests",
+            "HTTP requests answered, by method, route and status",
+            None,
+            self.requests.metric_type(),
+        )?;
+        self.requests.encode(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_store_facts_and_durations() {
+        let m = Metrics::new();
+        m.observe_create(1.5);
+        m.observe_verify(0.2, true);
+        m.count_request("GET", "/healthz", 200);
+        let text = m
+            .render(Some(StoreFacts {
+                snapshots: 3,
+                unparseable: 1,
+                last_snapshot: Some(1_700_000_000.0),
+                store_bytes: 1234,
+                last_drill: Some((false, Some(1_700_000_100.0))),
+            }))
+            .unwrap();
+        for line in [
+            "atosnap_store_up 1",
+            "atosnap_snapshots 3",
+            "atosnap_unparseable_snapshots 1",
+            "atosnap_last_snapshot_timestamp_seconds 1700000000",
+            "atosnap_store_bytes 1234",
+            "atosnap_last_drill_success 0",
+            "atosnap_last_verify_success 1",
+            "atosnap_create_duration_seconds_count 1",
+            "atosnap_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(line)),
+                "{line} missing in\n{text}"
+            );
+        }
+        let down = m.render(None).unwrap();
+        assert!(down.contains("atosnap_store_up 0"));
+        assert!(!down.contains("atosnap_snapshots "));
+    }
+}

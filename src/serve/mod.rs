@@ -1,0 +1,837 @@
+//! `serve`: the admin HTTP API (axum on tokio). This module owns the
+//! routes, their request bodies and limits, the bearer-token check, the
+//! request log, the one-at-a-time gates of the long POSTs, and the
+//! lifecycle (bind, graceful shutdown). The work itself is the library's:
+//! every handler calls the same function the CLI calls, and answers with the
+//! same JSON document the CLI prints.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `POST /admin/backup` | optional `{"include_chroma": bool, "tags": [..]}` | the `create` result |
+//! | `GET /admin/backup` | | the `list` result |
+//! | `GET /admin/backup/{stamp}/validate` | | the `validate` result (200 even when `valid` is false) |
+//! | `POST /admin/backup/{stamp}/drill` | optional `{}` | the `drill` result |
+//! | `POST /admin/verify` | optional `{"snapshots": [..]}` | the `verify` result |
+//! | `GET /healthz` | | store, snapshot count, newest stamp and its age |
+//! | `GET /metrics` | | OpenMetrics text ([`metrics`]) |
+//!
+//! Store work runs on tokio's blocking pool, never on the async workers, so
+//! GETs keep answering while a create runs. Creates (and verifies, and
+//! drills) run one at a time per server: a second one waits up to
+//! `--lock-wait` and then gets 409 naming the running one. On SIGTERM or
+//! Ctrl-C the server stops accepting, lets running work finish, and
+//! returns.
+
+pub mod api_error;
+pub mod auth;
+pub mod metrics;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path as UrlPath, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Paths;
+use crate::create::{self, CreateOptions};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::stamp::Stamp;
+use crate::store::key::Secrets;
+use crate::store::{Store, CONFIG_NAME};
+use crate::{drill, list, verify};
+pub use api_error::{status_for, ApiError};
+pub use auth::Token;
+use metrics::{Metrics, StoreFacts};
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// A body over the limit is still read (and dropped) up to this size, so
+/// the client reads its 413 instead of a connection reset.
+const DRAIN_LIMIT: usize = 1 << 20;
+/// Ceiling on concurrent store jobs; shutdown waits for all of them.
+const MAX_JOBS: u32 = 64;
+
+/// The tracing target of the start and stop lines (kept with `--quiet`).
+pub const LIFECYCLE: &str = "atosnap::serve::lifecycle";
+
+/// How `serve` runs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub token: Option<Token>,
+    pub paths: Paths,
+    /// The store's password source (an encrypted store is opened once and
+    /// kept open: the key derivation is deliberately slow).
+    pub secrets: Secrets,
+    pub lock_wait: Duration,
+    pub ingestion_lock: Option<PathBuf>,
+}
+
+/// Printed by the CLI when the server has stopped.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServeSummary {
+    pub listen: String,
+    pub stopped_by: String,
+    pub requests: u64,
+    pub uptime_seconds: u64,
+}
+
+/// Refuses a configuration that would expose the store: a non-loopback
+/// address without a token.
+pub fn check_config(cfg: &ServeConfig) -> Result<()> {
+    if !cfg.listen.ip().is_loopback() && cfg.token.is_none() {
+        return Err(Error::ServeRefused(format!(
+            "{} is not a loopback address and no token is set: pass --token-file F (or ATOSNAP_TOKEN_FILE), or listen on 127.0.0.1",
+            cfg.listen
+        )));
+    }
+    Ok(())
+}
+
+/// Binds, serves until SIGTERM or Ctrl-C, waits for running work, returns.
+pub fn run(cfg: ServeConfig) -> Result<ServeSummary> {
+    check_config(&cfg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(MAX_JOBS as usize + 8)
+        .thread_name("atosnap-serve")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(serve_until_signal(cfg))
+}
+
+async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
+    let listen = cfg.listen.to_string();
+    let std_listener =
+        std::net::TcpListener::bind(cfg.listen).map_err(|e| Error::io("listen on", &listen, e))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("listen on", &listen, e))?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)
+        .map_err(|e| Error::io("listen on", &listen, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io("listen on", &listen, e))?;
+    let state = Arc::new(AppState::new(cfg));
+    // Open the store now: a wrong or missing password refuses to start
+    // (rather than failing every request); a missing store is made by the
+    // first create.
+    let opening = state.clone();
+    let opened = tokio::task::spawn_blocking(move || opening.store(false).map(|_| ()))
+        .await
+        .map_err(|e| Error::Other(format!("opening the store failed unexpectedly: {e}")))?;
+    match opened {
+        Ok(()) => {}
+        Err(e @ Error::StoreMissing { .. }) => {
+            tracing::warn!("{e}; the first POST /admin/backup creates it")
+        }
+        Err(
+            e @ (Error::PasswordRequired { .. }
+            | Error::WrongPassword { .. }
+            | Error::PasswordFile { .. }
+            | Error::KeyFileMissing { .. }
+            | Error::KeyFileCorrupt { .. }
+            | Error::StoreTooNew { .. }
+            | Error::StoreConfigInvalid { .. }),
+        ) => return Err(e),
+        Err(e) => tracing::warn!(code = e.code(), "store not readable yet: {e}"),
+    }
+    let stop = Arc::new(Mutex::new(String::new()));
+    let signal = shutdown_signal(stop.clone())?;
+    tracing::info!(
+        target: LIFECYCLE,
+        store = %state.paths.store.display(),
+        token = state.token.is_some(),
+        "listening on http://{bound}"
+    );
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(signal)
+        .await
+        .map_err(|e| Error::io("serve on", bound.to_string(), e))?;
+    // Connections are closed; work whose client went away may still run.
+    if state.jobs.available_permits() < MAX_JOBS as usize {
+        tracing::info!(target: LIFECYCLE, "waiting for running store work to finish");
+    }
+    let _all = state.jobs.acquire_many(MAX_JOBS).await;
+    let stopped_by = lock(&stop).clone();
+    tracing::info!(target: LIFECYCLE, stopped_by = %stopped_by, "stopped");
+    Ok(ServeSummary {
+        listen: bound.to_string(),
+        stopped_by,
+        requests: state.requests.load(Ordering::Relaxed),
+        uptime_seconds: state.started.elapsed().as_secs(),
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT), recording which.
+fn shutdown_signal(
+    stop: Arc<Mutex<String>>,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::Other(format!("cannot watch SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Error::Other(format!("cannot watch SIGINT: {e}")))?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        *lock(&stop) = name.to_string();
+        tracing::info!(
+            target: LIFECYCLE,
+            signal = name,
+            "stopping: no new connections; running requests finish first"
+        );
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---- state ----------------------------------------------------------------
+
+struct AppState {
+    paths: Paths,
+    secrets: Secrets,
+    /// The opened store, with the config bytes it was opened from.
+    store: Mutex<Option<(Vec<u8>, Store)>>,
+    lock_wait: Duration,
+    ingestion_lock: Option<PathBuf>,
+    token: Option<Token>,
+    metrics: Metrics,
+    create_gate: Gate,
+    verify_gate: Gate,
+    drill_gate: Gate,
+    /// One permit per running store job; shutdown takes them all.
+    jobs: Arc<Semaphore>,
+    requests: AtomicU64,
+    started: Instant,
+}
+
+impl AppState {
+    fn new(cfg: ServeConfig) -> AppState {
+        AppState {
+            paths: cfg.paths,
+            secrets: cfg.secrets,
+            store: Mutex::new(None),
+            lock_wait: cfg.lock_wait,
+            ingestion_lock: cfg.ingestion_lock,
+            token: cfg.token,
+            metrics: Metrics::new(),
+            create_gate: Gate::new("create"),
+            verify_gate: Gate::new("verify"),
+            drill_gate: Gate::new("drill"),
+            jobs: Arc::new(Semaphore::new(MAX_JOBS as usize)),
+            requests: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// The store, with fresh file handles for each piece of work (packs a
+    /// gc deleted are never kept open). Its key is derived once, and again
+    /// only when `config.json` changes (a store replaced under the same
+    /// path). With `create`, a missing store is made (as `atosnap create`
+    /// does). Blocking.
+    fn store(&self, create: bool) -> Result<Store> {
+        let config_path = self.paths.store.join(CONFIG_NAME);
+        let current = std::fs::read(&config_path).ok();
+        if let (Some(bytes), Some((seen, store))) = (&current, lock(&self.store).as_ref()) {
+            if bytes == seen {
+                return Ok(store.reopened());
+            }
+        }
+        let opened = if create {
+            Store::open_or_init_with(&self.paths.store, &self.secrets)?
+        } else {
+            Store::open_with(&self.paths.store, &self.secrets)?
+        };
+        let fresh = opened.reopened();
+        if let Ok(bytes) = std::fs::read(&config_path) {
+            *lock(&self.store) = Some((bytes, opened));
+        }
+        Ok(fresh)
+    }
+
+    /// Runs `work` on the blocking pool. The job permit (and the gate
+    /// permit, if any) stay held until `work` returns, even when the client
+    /// has gone away.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        gate: Option<OwnedSemaphorePermit>,
+        work: impl FnOnce() -> std::result::Result<T, ApiError> + Send + 'static,
+    ) -> std::result::Result<T, ApiError> {
+        let job = self
+            .jobs
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("shutting_down", "the server is stopping"))?;
+        let handle = tokio::task::spawn_blocking(move || {
+            let _job = job;
+            let _gate = gate;
+            work()
+        });
+        match handle.await {
+            Ok(result) => result,
+            Err(e) => Err(ApiError::internal(
+                "internal",
+                format!("store work failed unexpectedly: {e}"),
+            )),
+        }
+    }
+}
+
+/// One-at-a-time execution of a kind of work within this server.
+struct Gate {
+    what: &'static str,
+    slot: Arc<Semaphore>,
+    holder: Mutex<String>,
+}
+
+impl Gate {
+    fn new(what: &'static str) -> Gate {
+        Gate {
+            what,
+            slot: Arc::new(Semaphore::new(1)),
+            holder: Mutex::new(String::new()),
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.slot.available_permits() == 0
+    }
+
+    /// Waits up to `wait` for the slot; then 409 naming the running work.
+    async fn enter(&self, wait: Duration) -> Result<OwnedSemaphorePermit> {
+        let acquired = tokio::time::timeout(wait, self.slot.clone().acquire_owned()).await;
+        match acquired {
+            Ok(Ok(permit)) => {
+                *lock(&self.holder) = format!(
+                    "a `{}` requested over HTTP (this server, pid {}, since {})",
+                    self.what,
+                    std::process::id(),
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+                Ok(permit)
+            }
+            _ => Err(Error::Locked {
+                holders: lock(&self.holder).clone(),
+                waited_secs: wait.as_secs(),
+            }),
+        }
+    }
+}
+
+/// Logs the phases of long work (the library never prints).
+struct LogProgress(&'static str);
+
+impl Progress for LogProgress {
+    fn phase(&self, name: &str, total: Option<u64>) {
+        tracing::info!(work = self.0, phase = name, total_bytes = total, "phase");
+    }
+}
+
+// ---- router ---------------------------------------------------------------
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/admin/backup", post(create_backup).get(list_backups))
+        .route("/admin/backup/{stamp}/validate", get(validate_backup))
+        .route("/admin/backup/{stamp}/drill", post(drill_backup))
+        .route("/admin/verify", post(verify_store))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state, log_request))
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found_route(method.as_str(), uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not accept {method}", uri.path()),
+    )
+}
+
+/// Logs every request and its outcome (never a header value), and counts it.
+async fn log_request(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let id = st.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    let code = resp
+        .extensions()
+        .get::<api_error::ErrorCode>()
+        .map(|c| c.0.clone())
+        .unwrap_or_default();
+    st.metrics.count_request(method.as_str(), &route, status);
+    if status >= 500 {
+        tracing::error!(id, %method, path = ?path, status, ms, code = %code, "request");
+    } else if status >= 400 {
+        tracing::warn!(id, %method, path = ?path, status, ms, code = %code, "request");
+    } else {
+        tracing::info!(id, %method, path = ?path, status, ms, "request");
+    }
+    resp
+}
+
+/// With a token configured, every route needs `Authorization: Bearer`.
+async fn authorize(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        match req.headers().get(header::AUTHORIZATION) {
+            None => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_missing",
+                    "this server needs `Authorization: Bearer <token>`",
+                )
+                .into_response()
+            }
+            Some(v) if !token.check_header(v.as_bytes()) => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_invalid",
+                    "the bearer token is wrong",
+                )
+                .into_response()
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(req).await
+}
+
+// ---- request bodies -------------------------------------------------------
+
+/// `POST /admin/backup`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    #[serde(default)]
+    pub include_chroma: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `POST /admin/verify`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    #[serde(default)]
+    pub snapshots: Vec<String>,
+}
+
+/// `POST /admin/backup/{stamp}/drill` (no options yet).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillRequest {}
+
+/// Reads a body of at most [`BODY_LIMIT`] bytes.
+async fn read_body(req: Request) -> std::result::Result<Vec<u8>, ApiError> {
+    let too_large = |n: String| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is {n} bytes; the limit is {BODY_LIMIT}"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > DRAIN_LIMIT as u64) {
+        return Err(too_large(n.to_string()));
+    }
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request(
+                "body_unreadable",
+                format!("the request body broke off: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total > DRAIN_LIMIT {
+                return Err(too_large(format!("over {DRAIN_LIMIT}")));
+            }
+            if total <= BODY_LIMIT {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if total > BODY_LIMIT {
+        return Err(too_large(total.to_string()));
+    }
+    Ok(buf)
+}
+
+/// Parses an optional JSON body: empty means the defaults.
+fn parse_body<T: serde::de::DeserializeOwned + Default>(
+    bytes: &[u8],
+) -> std::result::Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    match serde_json::from_slice::<Option<T>>(bytes) {
+        Ok(v) => Ok(v.unwrap_or_default()),
+        Err(e) => {
+            let msg = e.to_string();
+            let code = if msg.starts_with("unknown field") {
+                "unknown_field"
+            } else {
+                "bad_json"
+            };
+            Err(ApiError::bad_request(code, format!("request body: {msg}")))
+        }
+    }
+}
+
+async fn json_body<T: serde::de::DeserializeOwned + Default>(
+    req: Request,
+) -> std::result::Result<T, ApiError> {
+    parse_body(&read_body(req).await?)
+}
+
+/// The stamp of a URL, parsed strictly before anything touches the store.
+fn url_stamp(
+    stamp: std::result::Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
+) -> std::result::Result<Stamp, ApiError> {
+    let UrlPath(raw) = stamp.map_err(|e| {
+        ApiError::bad_request("invalid_stamp", format!("the stamp in the URL: {e}"))
+    })?;
+    Ok(Stamp::parse(&raw)?)
+}
+
+fn to_doc<T: Serialize>(value: &T) -> std::result::Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value)
+        .map_err(|e| ApiError::internal("error", format!("result encoding: {e}")))
+}
+
+fn ok_json<T: Serialize>(value: &T) -> std::result::Result<Response, ApiError> {
+    Ok(api_error::json_response(StatusCode::OK, &to_doc(value)?))
+}
+
+fn require_snapshot(store: &Store, stamp: &Stamp) -> std::result::Result<(), ApiError> {
+    if store.snapshot_exists(stamp)? {
+        Ok(())
+    } else {
+        Err(Error::SnapshotMissing {
+            stamp: stamp.to_string(),
+        }
+        .into())
+    }
+}
+
+// ---- handlers -------------------------------------------------------------
+
+async fn create_backup(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+) -> std::result::Result<Response, ApiError> {
+    let body: CreateRequest = json_body(req).await?;
+    let waited = Instant::now();
+    let gate = st.create_gate.enter(st.lock_wait).await?;
+    let opts = CreateOptions {
+        db: st.paths.db.clone(),
+        registry: st.paths.registry.clone(),
+        chroma: body.include_chroma.then(|| st.paths.chroma_dir.clone()),
+        tags: body.tags,
+        at: None,
+        // The gate's wait counts against --lock-wait.
+        lock_wait: st.lock_wait.saturating_sub(waited.elapsed()),
+        ingestion_lock: st.ingestion_lock.clone(),
+    };
+    let started = Instant::now();
+    let state = st.clone();
+    let result = st
+        .blocking(Some(gate), move || {
+            // As the CLI: refuse a missing db before a store is created.
+            crate::sources::sqlite::check_database(&opts.db)?;
+            let existed = state.paths.store.join(CONFIG_NAME).exists();
+            let store = state.store(true)?;
+            let mut result = create::create(&store, &opts, &LogProgress("create"))?;
+            if !existed && state.secrets.is_given() {
+                let warning = format!(
+                    "no store existed at {}: created an UNENCRYPTED one although a password was given (an encrypted store is made by `atosnap init --encryption repokey`)",
+                    state.paths.store.display()
+                );
+                tracing::warn!("{warning}");
+                result.warnings.push(warning);
+            }
+            Ok(result)
+        })
+        .await?;
+    st.metrics.observe_create(started.elapsed().as_secs_f64());
+    tracing::info!(
+        stamp = %result.stamp,
+        validated = result.validated,
+        chunks_new = result.chunks_new,
+        bytes_new_stored = result.bytes_new_stored,
+        "snapshot created"
+    );
+    ok_json(&result)
+}
+
+async fn list_backups(State(st): State<Arc<AppState>>) -> std::result::Result<Response, ApiError> {
+    let state = st.clone();
+    let result = st
+        .blocking(None, move || Ok(list::list(&state.store(false)?)?))
+        .await?;
+    ok_json(&result)
+}
+
+async fn validate_backup(
+    State(st): State<Arc<AppState>>,
+    stamp: std::result::Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
+) -> std::result::Result<Response, ApiError> {
+    let stamp = url_stamp(stamp)?;
+    let state = st.clone();
+    let report = st
+        .blocking(None, move || {
+            let store = state.store(false)?;
+            require_snapshot(&store, &stamp)?;
+            Ok(verify::validate(
+                &store,
+                &stamp.to_string(),
+                state.lock_wait,
+            )?)
+        })
+        .await?;
+    if !report.exists {
+        // Deleted between the check and the validation.
+        return Err(Error::SnapshotMissing {
+            stamp: report.stamp,
+        }
+        .into());
+    }
+    ok_json(&report)
+}
+
+async fn drill_backup(
+    State(st): State<Arc<AppState>>,
+    stamp: std::result::Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
+    req: Request,
+) -> std::result::Result<Response, ApiError> {
+    let stamp = url_stamp(stamp)?;
+    let _options: DrillRequest = json_body(req).await?;
+    let gate = st.drill_gate.enter(st.lock_wait).await?;
+    let state = st.clone();
+    let started = Instant::now();
+    let result = st
+        .blocking(Some(gate), move || {
+            let store = state.store(false)?;
+            require_snapshot(&store, &stamp)?;
+            // The outcome goes to the store's drill log, which is where
+            // `atosnap_last_drill_success` reads it.
+            Ok(drill::drill(
+                &store,
+                Some(&stamp.to_string()),
+                state.lock_wait,
+                &LogProgress("drill"),
+            )?)
+        })
+        .await?;
+    st.metrics.observe_drill(started.elapsed().as_secs_f64());
+    tracing::info!(stamp = %result.stamp, ok = result.ok, "drill finished");
+    ok_json(&result)
+}
+
+async fn verify_store(
+    State(st): State<Arc<AppState>>,
+    req: Request,
+) -> std::result::Result<Response, ApiError> {
+    let body: VerifyRequest = json_body(req).await?;
+    let stamps = body
+        .snapshots
+        .iter()
+        .map(|s| Stamp::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    let gate = st.verify_gate.enter(st.lock_wait).await?;
+    let state = st.clone();
+    let started = Instant::now();
+    let report = st
+        .blocking(Some(gate), move || {
+            let store = state.store(false)?;
+            for stamp in &stamps {
+                require_snapshot(&store, stamp)?;
+            }
+            let names: Vec<String> = stamps.iter().map(Stamp::to_string).collect();
+            Ok(verify::verify(&store, &names, state.lock_wait)?)
+        })
+        .await?;
+    st.metrics
+        .observe_verify(started.elapsed().as_secs_f64(), report.ok);
+    tracing::info!(ok = report.ok, "verify finished");
+    ok_json(&report)
+}
+
+/// `GET /healthz`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub store: String,
+    pub snapshots: u64,
+    pub unparseable: u64,
+    pub newest_stamp: Option<String>,
+    pub newest_created_at: Option<String>,
+    pub newest_age_seconds: Option<u64>,
+    pub create_running: bool,
+    pub uptime_seconds: u64,
+}
+
+/// Store, newest stamp and its age; 503 when the store cannot be opened.
+async fn healthz(State(st): State<Arc<AppState>>) -> Response {
+    let create_running = st.create_gate.busy();
+    let uptime_seconds = st.started.elapsed().as_secs();
+    let state = st.clone();
+    let health = st
+        .blocking(None, move || {
+            let store = state.store(false)?;
+            let listing = store.list_snapshots()?;
+            let newest = listing.stamps.last().cloned();
+            let created_at = newest.as_ref().map(|s| {
+                store
+                    .read_metadata(s)
+                    .ok()
+                    .and_then(|m| m.get("created_at")?.as_str().map(str::to_string))
+                    .unwrap_or_else(|| s.time().to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            });
+            let age = created_at
+                .as_deref()
+                .and_then(metrics::unix_seconds)
+                .map(|t| (chrono::Utc::now().timestamp() as f64 - t).max(0.0) as u64);
+            Ok(Health {
+                status: "ok".into(),
+                store: state.paths.store.display().to_string(),
+                snapshots: listing.stamps.len() as u64,
+                unparseable: listing.unparseable.len() as u64,
+                newest_stamp: newest.map(|s| s.to_string()),
+                newest_created_at: created_at,
+                newest_age_seconds: age,
+                create_running,
+                uptime_seconds,
+            })
+        })
+        .await;
+    match health {
+        Ok(h) => ok_json(&h).unwrap_or_else(IntoResponse::into_response),
+        Err(mut e) => {
+            // Unhealthy, whatever the cause.
+            e.status = StatusCode::SERVICE_UNAVAILABLE;
+            e.into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(st): State<Arc<AppState>>) -> std::result::Result<Response, ApiError> {
+    let state = st.clone();
+    let facts = st
+        .blocking(None, move || {
+            let gathered = state.store(false).and_then(|store| {
+                let listing = list::list(&store)?;
+                StoreFacts::gather(&store, &listing)
+            });
+            Ok(match gathered {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(code = e.code(), error = %e, "metrics: store unreadable");
+                    None
+                }
+            })
+        })
+        .await?;
+    let text = st.metrics.render(facts)?;
+    Ok((
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        Body::from(text),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_optional_and_strict() {
+        let b: CreateRequest = parse_body(b"").unwrap();
+        assert!(!b.include_chroma && b.tags.is_empty());
+        let b: CreateRequest = parse_body(b" null ").unwrap();
+        assert!(!b.include_chroma);
+        let b: CreateRequest = parse_body(br#"{"include_chroma": true, "tags": ["a"]}"#).unwrap();
+        assert!(b.include_chroma && b.tags == ["a"]);
+        let e = parse_body::<CreateRequest>(br#"{"include_chroma": true, "x": 1}"#).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "unknown_field"));
+        let e = parse_body::<CreateRequest>(b"{not json").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "bad_json"));
+        let e = parse_body::<CreateRequest>(br#"{"include_chroma": "yes"}"#).unwrap_err();
+        assert_eq!(e.code, "bad_json");
+        let e = parse_body::<DrillRequest>(br#"{"x": 1}"#).unwrap_err();
+        assert_eq!(e.code, "unknown_field");
+    }
+
+    #[test]
+    fn refuses_non_loopback_without_token() {
+        let mut cfg = ServeConfig {
+            listen: "0.0.0.0:8101".parse().unwrap(),
+            token: None,
+            paths: Paths::resolve_with_data_dir(None, None, None, None, std::path::Path::new(".")),
+            secrets: Secrets::none(),
+            lock_wait: Duration::from_secs(1),
+            ingestion_lock: None,
+        };
+        assert_eq!(check_config(&cfg).unwrap_err().code(), "serve_refused");
+        cfg.token = Some(Token::from_secret("0123456789abcdef").unwrap());
+        assert!(check_config(&cfg).is_ok());
+        cfg.listen = "[::1]:8101".parse().unwrap();
+        cfg.token = None;
+        assert!(check_config(&cfg).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_busy_gate_answers_locked_naming_the_holder() {
+        let gate = Gate::new("create");
+        let _held = gate.enter(Duration::from_secs(1)).await.unwrap();
+        assert!(gate.busy());
+        let e = gate.enter(Duration::from_millis(0)).await.unwrap_err();
+        assert_eq!(e.code(), "store_locked");
+        assert!(
+            e.to_string().contains("a `create` requested over HTTP"),
+            "{e}"
+        );
+        assert_eq!(status_for(&e), StatusCode::CONFLICT);
+    }
+}
