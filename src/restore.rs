@@ -946,16 +946,11 @@ pub fn apply(
         let e = &manifest.entries[i];
         if let EntryKind::File(f) = &e.kind {
             progress.phase("database", Some(f.size));
-            install_file(
-                store,
-                index,
-                e,
-                f,
-                &t.db,
-                Some(&plan.db_reusable),
-                t.live,
-                &|n| progress.advance(n),
-            )?;
+            let how = Install {
+                reusable: Some(&plan.db_reusable),
+                durable: t.live,
+            };
+            install_file(store, index, e, f, &t.db, how, &|n| progress.advance(n))?;
             if t.live {
                 sync_dir(parent_of(&t.db))?;
             }
@@ -967,7 +962,11 @@ pub fn apply(
         let e = &manifest.entries[i];
         if let EntryKind::File(f) = &e.kind {
             progress.phase("registry", Some(f.size));
-            install_file(store, index, e, f, &t.registry, None, t.live, &|n| {
+            let how = Install {
+                reusable: None,
+                durable: t.live,
+            };
+            install_file(store, index, e, f, &t.registry, how, &|n| {
                 progress.advance(n)
             })?;
             if t.live {
@@ -1065,6 +1064,15 @@ fn extract_error(e: ExtractError, tmp: &Path) -> Error {
     }
 }
 
+/// How a file is installed: which chunks can be read from the file being
+/// replaced, and whether it must be durable before its rename (a live
+/// restore) or may stay in the page cache (`--to`, like `borg extract`).
+#[derive(Clone, Copy)]
+pub struct Install<'a> {
+    pub reusable: Option<&'a Reusable>,
+    pub durable: bool,
+}
+
 /// Rebuilds a file from its chunks into a temp file beside `target`, sets
 /// owner, mode and mtime, fsyncs it (when `durable`) and renames it over
 /// `target`. Chunks in
@@ -1076,10 +1084,10 @@ pub fn install_file(
     entry: &Entry,
     file: &FileEntry,
     target: &Path,
-    reusable: Option<&Reusable>,
-    durable: bool,
+    how: Install<'_>,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
+    let Install { reusable, durable } = how;
     let parent = parent_of(target);
     fs::create_dir_all(parent).ctx("create", parent)?;
     let owner = wanted_owner(target);
@@ -1231,16 +1239,13 @@ pub fn apply_chroma(
         let e = &manifest.entries[i];
         let path = path_of(root, rel_of(manifest, i));
         match &e.kind {
-            EntryKind::File(f) => install_file(
-                store,
-                index,
-                e,
-                f,
-                &path,
-                plan.reusable.get(&i),
-                durable,
-                &on_bytes,
-            ),
+            EntryKind::File(f) => {
+                let how = Install {
+                    reusable: plan.reusable.get(&i),
+                    durable,
+                };
+                install_file(store, index, e, f, &path, how, &on_bytes)
+            }
             EntryKind::Symlink { target } => install_symlink(e, target, &path),
             EntryKind::Dir => Ok(()),
         }
