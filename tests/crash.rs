@@ -33,7 +33,8 @@
 //! ATOSNAP_CRASH_KINDS (e.g. `restore` or `gc,cleanup`) picks the commands.
 //!
 //! Half the kills land anywhere in the run, half in its second half (where
-//! gc deletes and rewrites packs). The stores use 1 MiB packs so that each command publishes and deletes
+//! gc deletes and rewrites packs); a restore's are split between its short
+//! write phase and what comes before it (see `start_and_kill`). The stores use 1 MiB packs so that each command publishes and deletes
 //! many packs over its run: a kill lands between those steps.
 
 mod store_support;
