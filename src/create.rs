@@ -101,7 +101,7 @@ pub fn create_locked(
     store.clean_tmp(None)?;
     let mut index = store.load_index()?;
     let previous = newest_manifest(store);
-    let mut cap = Capture::new(store, &mut index, previous.as_ref(), progress);
+    let mut cap = Capture::new(store, &mut index, previous, progress);
 
     progress.phase(
         "database",
@@ -280,16 +280,21 @@ impl<'a> Capture<'a> {
     fn new(
         store: &'a Store,
         index: &'a mut ChunkIndex,
-        previous: Option<&Manifest>,
+        previous: Option<Manifest>,
         progress: &'a dyn Progress,
     ) -> Capture<'a> {
-        // A snapshot that met capture errors is not trusted as a cache.
+        // A snapshot that met capture errors is not trusted as a cache. The
+        // manifest is consumed: its chunk lists move into the cache, and
+        // from there into the new manifest, never copied.
         let cache = previous
             .filter(|m| m.capture_errors.is_empty())
             .map(|m| {
                 m.entries
-                    .iter()
-                    .filter_map(|e| Some((e.path.clone(), e.file()?.clone())))
+                    .into_iter()
+                    .filter_map(|e| match e.kind {
+                        EntryKind::File(f) => Some((e.path, f)),
+                        _ => None,
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -648,7 +653,7 @@ impl<'a> Capture<'a> {
     /// The previous snapshot's entry for this path when the source is
     /// provably unchanged and all its chunks are still stored.
     fn cached_entry(
-        &self,
+        &mut self,
         snap_path: &[u8],
         source: Option<&SourceStat>,
         wal_source: Option<&SourceStat>,
@@ -657,12 +662,13 @@ impl<'a> Capture<'a> {
         let same = source.is_some()
             && entry.source.as_ref() == source
             && entry.wal_source.as_ref() == wal_source;
-        (same
+        let usable = same
             && entry
                 .chunks
                 .iter()
-                .all(|id| self.packer.has(self.index, id)))
-        .then(|| entry.clone())
+                .all(|id| self.packer.has(self.index, id));
+        // Each path is captured once, so the entry can move out.
+        usable.then(|| self.cache.remove(snap_path)).flatten()
     }
 
     fn reuse(&mut self, path: Vec<u8>, meta: &std::fs::Metadata, entry: FileEntry) {

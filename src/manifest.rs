@@ -126,8 +126,10 @@ impl Manifest {
 
     /// Encodes the manifest for storage.
     pub fn encode(&self, sealer: &Sealer) -> Result<Vec<u8>, String> {
-        let raw = bincode::serialize(self).map_err(|e| e.to_string())?;
-        let compressed = zstd::bulk::compress(&raw, 3).map_err(|e| e.to_string())?;
+        // Streamed into the compressor: no uncompressed copy in memory.
+        let mut encoder = zstd::Encoder::new(Vec::new(), 3).map_err(|e| e.to_string())?;
+        bincode::serialize_into(&mut encoder, self).map_err(|e| e.to_string())?;
+        let compressed = encoder.finish().map_err(|e| e.to_string())?;
         let sealed = sealer.seal(compressed, MANIFEST_MAGIC);
         let mut out = Vec::with_capacity(sealed.len() + 40);
         out.extend_from_slice(MANIFEST_MAGIC);
