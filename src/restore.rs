@@ -222,6 +222,12 @@ pub fn restore(
     let index = store.load_index()?;
     validate_snapshot(store, &index, &manifest)?;
 
+    // A restore killed earlier left temp files in the Chroma tree: swept
+    // now so the safety snapshot does not capture them as Chroma files.
+    if with_chroma {
+        sweep_stale_temps(&targets.chroma);
+    }
+
     // 2. pre-restore safety snapshot
     progress.phase("pre-restore snapshot", None);
     let pre_restore_snapshot =
@@ -1005,6 +1011,18 @@ fn temp_beside(target: &Path) -> PathBuf {
 }
 
 /// Removes temp files a killed restore left in `dir` (best effort).
+/// `clean_stale_temps` in every folder of a tree (links not followed).
+fn sweep_stale_temps(root: &Path) {
+    for dir in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_dir())
+    {
+        clean_stale_temps(dir.path());
+    }
+}
+
 fn clean_stale_temps(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {

@@ -542,3 +542,19 @@ fn a_chroma_dir_that_is_a_symlink_is_restored_through_it_and_stays_a_symlink() {
         root_mode
     );
 }
+
+/// Temp files a killed restore left in the Chroma tree are swept before the
+/// safety snapshot, so it never captures them as Chroma files.
+#[test]
+fn a_killed_restores_temp_files_are_not_captured_by_the_safety_snapshot() {
+    let rt = Rt::fixture();
+    let s1 = rt.create(&["--chroma"]);
+    // pid 4194304 is above Linux's pid_max: never a live process.
+    let stale = rt.chroma.join(".atosnap-restore-4194304-1.tmp");
+    std::fs::write(&stale, b"half-written").unwrap();
+    let r = rt.ok(&["restore", &s1, "--confirm-service-stopped"]);
+    let pre = r["pre_restore_snapshot"].as_str().unwrap().to_string();
+    assert!(!stale.exists());
+    let d = rt.ok(&["diff", &s1, &pre]);
+    assert_eq!(d["added"], serde_json::json!([]), "{d}");
+}
