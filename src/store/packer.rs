@@ -45,11 +45,13 @@ impl<'s> Packer<'s> {
         if self.has(index, &id) {
             return Ok(false);
         }
-        if self.open.is_none() {
-            let path = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "pack");
-            self.open = Some(PackWriter::create(&path).ctx("create", &path)?);
-        }
-        let writer = self.open.as_mut().expect("pack writer was just opened");
+        let writer = match &mut self.open {
+            Some(w) => w,
+            slot @ None => {
+                let path = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "pack");
+                slot.insert(PackWriter::create(&path).ctx("create", &path)?)
+            }
+        };
         writer
             .add(id, stored, raw_len, compressed)
             .ctx("write", writer.path())?;
