@@ -24,5 +24,11 @@ fn limit_malloc_arenas() {
     // exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        // A fixed threshold stops glibc from raising it after each large
+        // free: manifest-sized buffers stay mmapped and go back to the
+        // system when dropped instead of lingering in the heap (no-change
+        // create 69 -> 59 MiB); smaller batch buffers are reused from the
+        // heap (a 1 MiB threshold cost verify 0.5 s of mmap churn).
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }

@@ -410,28 +410,33 @@ impl Store {
     /// Builds the chunk index from every pack's trailer, in parallel. Packs
     /// whose index cannot be read are listed in `damaged`.
     pub fn load_index(&self) -> Result<ChunkIndex> {
+        /// Packs whose indexes are read in parallel at a time: the decoded
+        /// entries of only this many packs are in memory besides the map.
+        const PACKS_PER_ROUND: usize = 8;
         let packs = self.list_packs()?;
-        let loaded: Vec<_> = packs
-            .par_iter()
-            .map(|p| (p, self.read_pack_index(&p.name, p.size)))
-            .collect();
         let mut index = ChunkIndex::new();
-        for (p, result) in loaded {
-            let Some(id) = pack::pack_id_from_name(&p.name) else {
-                index.damaged.push(DamagedPack {
-                    name: p.name.clone(),
-                    detail: "not a pack name".into(),
-                });
-                continue;
-            };
-            match result {
-                Ok(entries) => {
-                    index.add_pack(id, p.size, &entries);
+        for round in packs.chunks(PACKS_PER_ROUND) {
+            let loaded: Vec<_> = round
+                .par_iter()
+                .map(|p| (p, self.read_pack_index(&p.name, p.size)))
+                .collect();
+            for (p, result) in loaded {
+                let Some(id) = pack::pack_id_from_name(&p.name) else {
+                    index.damaged.push(DamagedPack {
+                        name: p.name.clone(),
+                        detail: "not a pack name".into(),
+                    });
+                    continue;
+                };
+                match result {
+                    Ok(entries) => {
+                        index.add_pack(id, p.size, &entries);
+                    }
+                    Err(detail) => index.damaged.push(DamagedPack {
+                        name: p.name.clone(),
+                        detail,
+                    }),
                 }
-                Err(detail) => index.damaged.push(DamagedPack {
-                    name: p.name.clone(),
-                    detail,
-                }),
             }
         }
         Ok(index)
