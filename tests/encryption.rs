@@ -7,6 +7,10 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+#[path = "shared/mod.rs"]
+mod shared;
+use shared::copy_tree;
+
 /// Cheap Argon2id so each command costs milliseconds, not 0.5 s.
 const CHEAP_KDF: &str = "m=64,t=1,p=1";
 const MARKER: &[u8] = b"ATOSNAP-PLAINTEXT-MARKER-5b1e9c";
@@ -16,18 +20,6 @@ struct Env {
     root: PathBuf,
     store: PathBuf,
     runtime: PathBuf,
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in walkdir::WalkDir::new(from) {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.path().strip_prefix(from).unwrap());
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
 }
 
 impl Env {

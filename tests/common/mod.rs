@@ -9,6 +9,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+#[path = "../shared/mod.rs"]
+mod shared;
+pub use shared::copy_tree;
+
 pub const FIXTURE_MEMORIES: i64 = 1500;
 
 pub struct Rt {
@@ -17,19 +21,6 @@ pub struct Rt {
     pub db: PathBuf,
     pub registry: PathBuf,
     pub chroma: PathBuf,
-}
-
-pub fn copy_tree(from: &Path, to: &Path) {
-    for entry in walkdir::WalkDir::new(from) {
-        let entry = entry.unwrap();
-        let rel = entry.path().strip_prefix(from).unwrap();
-        let dest = to.join(rel);
-        if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
 }
 
 impl Rt {

@@ -15,7 +15,9 @@ use atosnap::manifest::Manifest;
 use atosnap::stamp::Stamp;
 use atosnap::store::Store;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_atosnap");
+#[path = "../shared/mod.rs"]
+mod shared;
+pub use shared::{copy_tree, BIN};
 
 /// Environment variables atosnap reads: cleared so the caller's shell
 /// cannot leak into a test.
@@ -257,19 +259,6 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
-}
-
-pub fn copy_tree(from: &Path, to: &Path) {
-    for entry in walkdir::WalkDir::new(from) {
-        let entry = entry.unwrap();
-        let rel = entry.path().strip_prefix(from).unwrap();
-        let dest = to.join(rel);
-        if entry.file_type().is_dir() {
-            fs::create_dir_all(&dest).unwrap();
-        } else {
-            fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
 }
 
 /// Flips one bit of the byte at `offset`.
