@@ -18,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::gc::{self, GcResult};
 use crate::retention::{self, Candidate, Policy};
 use crate::stamp::Stamp;
-use crate::store::lock;
 use crate::store::Store;
 
 #[derive(Clone, Debug)]
@@ -72,7 +71,7 @@ pub fn cleanup(store: &Store, opts: &CleanupOptions) -> Result<CleanupResult> {
         ));
     }
     let mut result = if opts.confirm {
-        let lock = lock::lock_exclusive(store.root(), "cleanup --confirm", opts.lock_wait)?;
+        let lock = store.lock_exclusive("cleanup --confirm", opts.lock_wait)?;
         let (plan, mut r) = make_plan(store, &opts.policy)?;
         let mut deleted = Vec::new();
         for stamp in &plan.delete {
@@ -101,7 +100,7 @@ pub fn cleanup(store: &Store, opts: &CleanupOptions) -> Result<CleanupResult> {
         }
         r
     } else {
-        let _lock = lock::lock_shared(store.root(), "cleanup", opts.lock_wait)?;
+        let _lock = store.lock_shared("cleanup", opts.lock_wait)?;
         let (plan, mut r) = make_plan(store, &opts.policy)?;
         r.dry_run = true;
         r.would_delete = Some(plan.delete.len() as u64);

@@ -14,6 +14,7 @@ use atosnap::error::Error;
 use atosnap::restore::{self, ChromaChoice, RestoreOptions};
 use atosnap::retention::Policy;
 use atosnap::store::key::Secrets;
+use atosnap::store::location::{RemoteSettings, StoreAddress};
 use atosnap::store::Store;
 use atosnap::{diff, drill, gc, list, verify};
 
@@ -34,9 +35,23 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// The snapshot store (a local folder).
-    #[arg(long, global = true, env = "ATOCORE_BACKUP_DIR", value_name = "DIR")]
+    /// The snapshot store: a local folder or s3://BUCKET/PREFIX.
+    #[arg(
+        long,
+        global = true,
+        env = "ATOCORE_BACKUP_DIR",
+        value_name = "DIR|s3://BUCKET/PREFIX"
+    )]
     pub store: Option<PathBuf>,
+    /// S3 endpoint of an s3:// store (e.g. http://127.0.0.1:3900);
+    /// credentials only from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or
+    /// the AWS credentials file, region from AWS_REGION.
+    #[arg(long, global = true, env = "ATOSNAP_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Local cache of a remote store's indexes and manifests
+    /// [default: $XDG_CACHE_HOME/atosnap].
+    #[arg(long, global = true, env = "ATOSNAP_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// The live SQLite database [default: $ATOCORE_DATA_DIR/atocore.db].
     #[arg(long, global = true, env = "ATOCORE_DB_PATH", value_name = "PATH")]
     pub db: Option<PathBuf>,
@@ -162,12 +177,19 @@ pub enum Command {
         /// Keep every snapshot with this tag (repeatable).
         #[arg(long = "keep-tag", value_name = "T")]
         keep_tags: Vec<String>,
+        /// gc's grace period (see `gc --grace-period`).
+        #[arg(long, value_name = "SECONDS")]
+        grace_period: Option<u64>,
     },
     /// Delete objects no snapshot references (dry run unless --confirm).
     Gc {
         /// Delete for real (takes the exclusive store lock).
         #[arg(long)]
         confirm: bool,
+        /// Never touch a pack modified less than this long ago [default:
+        /// 3600 on an s3:// store, 0 on a local one].
+        #[arg(long, value_name = "SECONDS")]
+        grace_period: Option<u64>,
     },
     /// Build a runtime from the fixtures and run the drill end to end.
     Demo,
@@ -276,10 +298,27 @@ pub fn secrets(g: &Global) -> Secrets {
     Secrets::from_env(g.password_file.clone())
 }
 
+/// The store the global flags name, local or remote.
+pub fn store_address(g: &Global, paths: &Paths) -> Result<StoreAddress, Error> {
+    StoreAddress::parse(
+        &paths.store,
+        RemoteSettings::new(g.s3_endpoint.clone(), g.cache_dir.clone()),
+    )
+}
+
 /// Opens the existing store with the command's password source. Every
 /// command that reads a store opens it through here.
 pub fn open_store(g: &Global, paths: &Paths) -> Result<Store, Error> {
-    Store::open_with(&paths.store, &secrets(g))
+    Store::open_address(&store_address(g, paths)?, &secrets(g))
+}
+
+/// [`open_store`] with gc's grace period as `--grace-period` says.
+fn open_store_with_grace(g: &Global, paths: &Paths, grace: Option<u64>) -> Result<Store, Error> {
+    let mut store = open_store(g, paths)?;
+    if let Some(secs) = grace {
+        store.set_gc_grace(Duration::from_secs(secs));
+    }
+    Ok(store)
 }
 
 fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
@@ -289,9 +328,11 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
     let progress = progress_bar::for_terminal(g.quiet);
     match &cli.command {
         Command::Init { encryption } => {
-            let store = Store::init_with(&paths.store, encryption, &secrets(g))?;
+            let address = store_address(g, &paths)?;
+            let store =
+                Store::init_at(&address.location, &address.remote, encryption, &secrets(g))?;
             let mut doc = serde_json::json!({
-                "store": paths.store.display().to_string(),
+                "store": address.display(),
                 "format_version": store.config().format_version,
                 "encryption": store.config().encryption.scheme,
                 "store_id": store.config().store_id,
@@ -313,7 +354,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             let store = open_store(g, &paths)?;
             let file = store.change_password(&new)?;
             let mut doc = file.summary();
-            doc["store"] = serde_json::json!(paths.store.display().to_string());
+            doc["store"] = serde_json::json!(store.location().display());
             doc["changed"] = serde_json::json!(true);
             Ok((doc, 0))
         }
@@ -331,8 +372,9 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             // Refuse a missing db before a store is created for it.
             atosnap::sources::sqlite::check_database(&paths.db)?;
             let secrets = secrets(g);
-            let existed = paths.store.join(atosnap::store::CONFIG_NAME).exists();
-            let store = Store::open_or_init_with(&paths.store, &secrets)?;
+            let address = store_address(g, &paths)?;
+            let existed = Store::exists_at(&address)?;
+            let store = Store::open_or_init_at(&address.location, &address.remote, &secrets)?;
             // A password given for a store that did not exist yet: the new
             // store is unencrypted (SPEC §3), which the operator must hear.
             let unencrypted_despite_password = !existed && secrets.is_given();
@@ -349,7 +391,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             if unencrypted_despite_password {
                 let warning = format!(
                     "no store existed at {}: created an UNENCRYPTED one although a password was given (an encrypted store is made by `atosnap init --encryption repokey`)",
-                    paths.store.display()
+                    address.display()
                 );
                 eprintln!("atosnap: warning: {warning}");
                 result.warnings.push(warning);
@@ -428,8 +470,9 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             keep_weekly,
             keep_monthly,
             keep_tags,
+            grace_period,
         } => {
-            let store = open_store(g, &paths)?;
+            let store = open_store_with_grace(g, &paths, *grace_period)?;
             let opts = CleanupOptions {
                 policy: Policy {
                     keep_daily: *keep_daily,
@@ -444,8 +487,11 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             report_errors(&result.errors);
             Ok((to_doc(&result)?, result.exit_code))
         }
-        Command::Gc { confirm } => {
-            let store = open_store(g, &paths)?;
+        Command::Gc {
+            confirm,
+            grace_period,
+        } => {
+            let store = open_store_with_grace(g, &paths, *grace_period)?;
             let result = gc::gc(&store, *confirm, lock_wait)?;
             report_errors(&result.errors);
             Ok((to_doc(&result)?, result.exit_code))
@@ -463,9 +509,11 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 }
                 None => None,
             };
+            let store = store_address(g, &paths)?;
             let summary = atosnap::serve::run(atosnap::serve::ServeConfig {
                 listen: *listen,
                 token,
+                store,
                 paths,
                 secrets: secrets(g),
                 lock_wait,

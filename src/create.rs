@@ -32,7 +32,7 @@ use crate::progress::Progress;
 use crate::sources::{self, chroma, sqlite};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
-use crate::store::lock::{self, SharedLock};
+use crate::store::lock::SharedLock;
 use crate::store::packer::Packer;
 use crate::store::Store;
 
@@ -83,7 +83,7 @@ pub fn create(
     progress: &dyn Progress,
 ) -> Result<CreateResult> {
     sqlite::check_database(&opts.db)?;
-    let lock = lock::lock_shared(store.root(), "create", opts.lock_wait)?;
+    let lock = store.lock_shared("create", opts.lock_wait)?;
     create_locked(store, &lock, opts, progress)
 }
 

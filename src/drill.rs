@@ -67,7 +67,7 @@ pub fn drill(
     }
     // Held for the whole drill: gc (exclusive) empties tmp/, where the
     // scratch restore lives.
-    let _lock = crate::store::lock::lock_shared(store.root(), "drill", lock_wait)?;
+    let _lock = store.lock_shared("drill", lock_wait)?;
     let tmp = store.tmp_dir()?;
     let scratch = tempfile::Builder::new()
         .prefix(&format!("{}-drill-", std::process::id()))

@@ -63,8 +63,13 @@ pub enum Error {
     #[error("read-only filesystem while trying to {op} {path}")]
     ReadOnly { op: &'static str, path: PathBuf },
 
-    #[error("permission denied while trying to {op} {path}")]
-    PermissionDenied { op: &'static str, path: PathBuf },
+    #[error("permission denied while trying to {op} {path}{detail}")]
+    PermissionDenied {
+        op: &'static str,
+        path: PathBuf,
+        /// What the storage said, for a remote store (empty for a local one).
+        detail: String,
+    },
 
     #[error("could not {op} {path}: {source}")]
     Io {
@@ -78,6 +83,9 @@ pub enum Error {
         "store is locked by {holders} (waited {waited_secs}s; raise --lock-wait or retry later)"
     )]
     Locked { holders: String, waited_secs: u64 },
+
+    #[error("the store lock object {name} was not refreshed for {stale_secs}s (storage unreachable?): stopping before anything is deleted; rerun the command")]
+    LockLost { name: String, stale_secs: u64 },
 
     #[error("manifest of snapshot {stamp} is corrupt: {detail}")]
     ManifestCorrupt { stamp: String, detail: String },
@@ -174,6 +182,7 @@ impl Error {
             Error::PermissionDenied { .. } => "permission_denied",
             Error::Io { .. } => "io_error",
             Error::Locked { .. } => "store_locked",
+            Error::LockLost { .. } => "store_lock_lost",
             Error::ManifestCorrupt { .. } => "manifest_corrupt",
             Error::GcUnsafe { .. } => "gc_refused_unreadable_manifest",
             Error::SnapshotsDirMissing { .. } => "snapshots_dir_missing",
@@ -223,7 +232,13 @@ impl Error {
             Some(code) if code == libc_enospc() => Error::DiskFull { op, path },
             Some(code) if code == libc_erofs() => Error::ReadOnly { op, path },
             _ if source.kind() == io::ErrorKind::PermissionDenied => {
-                Error::PermissionDenied { op, path }
+                // A local EACCES says nothing the path does not; a remote
+                // refusal says which credentials or bucket.
+                let detail = match source.raw_os_error() {
+                    Some(_) => String::new(),
+                    None => format!(": {source}"),
+                };
+                Error::PermissionDenied { op, path, detail }
             }
             _ => Error::Io { op, path, source },
         }

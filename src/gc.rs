@@ -19,6 +19,14 @@
 //!   ([`Error::SnapshotsDirMissing`]): everything would look like garbage.
 //! - Packs whose index cannot be read are never touched (`verify` reports
 //!   them; repairing them is its business).
+//! - **Grace period** ([`Store::gc_grace`]; 1 h on a remote store, none on
+//!   a local one, `--grace-period` to change): a pack modified more
+//!   recently than that is never deleted or rewritten. On a bucket, lock
+//!   objects can lapse (a writer cut off longer than their lifetime); a
+//!   create that started before the gc and has not yet written its
+//!   manifest then still never loses a pack (the kopia rule). Snapshot
+//!   folders a remote writer abandoned without a manifest are removed once
+//!   older than the grace period.
 //!
 //! The dry run holds the shared store lock; `gc --confirm` holds the
 //! exclusive lock from before marking until the last deletion, so no
@@ -41,7 +49,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
-use crate::store::lock::{self, ExclusiveLock};
+use crate::store::lock::ExclusiveLock;
 use crate::store::pack::{self, PackEntry};
 use crate::store::packer::Packer;
 use crate::store::{ChunkFault, Store};
@@ -98,6 +106,11 @@ pub struct Plan {
     /// Referenced chunks found in no readable pack (verify names them).
     pub chunks_missing: u64,
     pub warnings: Vec<String>,
+    /// Packs that would go but are younger than the grace period.
+    pub packs_within_grace: u64,
+    /// Remote snapshot folders without a manifest, older than the grace
+    /// period (a writer died before finishing them).
+    pub abandoned_folders: Vec<String>,
 }
 
 impl Plan {
@@ -139,13 +152,28 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             }
         }
     };
-    let snapshots_dir = store.root().join("snapshots");
-    if !snapshots_dir.is_dir() {
-        return Err(Error::SnapshotsDirMissing {
-            path: snapshots_dir,
-        });
+    if let Some(root) = store.local_root() {
+        let snapshots_dir = root.join("snapshots");
+        if !snapshots_dir.is_dir() {
+            return Err(Error::SnapshotsDirMissing {
+                path: snapshots_dir,
+            });
+        }
     }
+    let grace = store.gc_grace();
+    let within_grace = |modified: Option<std::time::SystemTime>| {
+        !grace.is_zero()
+            && modified
+                .and_then(|m| m.elapsed().ok())
+                .is_none_or(|age| age < grace)
+    };
     let listing = store.list_snapshots()?;
+    plan.abandoned_folders = listing
+        .incomplete
+        .iter()
+        .filter(|f| !within_grace(f.modified))
+        .map(|f| f.folder.clone())
+        .collect();
     for stamp in listing.stamps.iter().filter(|s| !exclude.contains(s)) {
         let manifest = store.read_manifest(stamp).map_err(|e| Error::GcUnsafe {
             snapshot: stamp.to_string(),
@@ -180,7 +208,11 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
         })
         .collect();
     let mut packs: Vec<(Id, String, u64, Vec<PackEntry>)> = Vec::new();
+    let mut young: BTreeSet<String> = BTreeSet::new();
     for (p, entries) in read {
+        if within_grace(p.modified) {
+            young.insert(p.name.clone());
+        }
         match (pack::pack_id_from_name(&p.name), entries) {
             (Some(id), Ok(entries)) => packs.push((id, p.name, p.size, entries)),
             (None, _) => plan.damaged.push(SkippedPack {
@@ -235,13 +267,17 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
         let live_bytes: u64 = live_here.iter().map(|e| e.stored_len as u64).sum();
         plan.chunks_live += live_here.len() as u64;
         plan.chunks_dead += (entries.len() - live_here.len()) as u64;
-        let action = if live_here.is_empty() {
+        let mut action = if live_here.is_empty() {
             Action::Delete
         } else if live_bytes * 100 < chunk_bytes * REWRITE_BELOW_LIVE_PERCENT {
             Action::Rewrite
         } else {
             Action::Keep
         };
+        if action != Action::Keep && young.contains(&name) {
+            plan.packs_within_grace += 1;
+            action = Action::Keep;
+        }
         plan.packs.push(PackPlan {
             id,
             name,
@@ -269,6 +305,7 @@ pub struct Executed {
     pub rewritten: Vec<String>,
     pub written: Vec<String>,
     pub bytes_reclaimed: u64,
+    pub abandoned_removed: Vec<String>,
     pub errors: Vec<String>,
     /// A chunk to copy was found corrupt (exit 3).
     pub integrity_problem: bool,
@@ -296,6 +333,14 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
         };
     for p in plan.with_action(Action::Delete) {
         delete(p, &mut out, &mut freed);
+    }
+    for folder in &plan.abandoned_folders {
+        match store.delete_abandoned_folder(lock, folder) {
+            Ok(()) => out.abandoned_removed.push(folder.clone()),
+            Err(e) => out
+                .errors
+                .push(format!("abandoned snapshots/{folder} not removed: {e}")),
+        }
     }
 
     let mut scratch = ChunkIndex::new();
@@ -410,6 +455,14 @@ pub struct GcResult {
     pub bytes_reclaimed: Option<u64>,
     /// Dead bytes left in packs above the rewrite threshold.
     pub dead_bytes_kept: u64,
+    /// The grace period: packs modified more recently are never touched.
+    pub grace_period_secs: u64,
+    /// Packs that would be deleted or rewritten but are within the grace
+    /// period (a later gc takes them).
+    pub packs_within_grace: u64,
+    /// Remote snapshot folders without a manifest, past the grace period:
+    /// to remove (dry run) or removed.
+    pub abandoned_snapshot_folders: Vec<String>,
     /// Packs left alone because their index does not read.
     pub damaged_packs: Vec<SkippedPack>,
     pub protected_unparseable: Vec<String>,
@@ -434,6 +487,8 @@ impl GcResult {
             chunks_missing: plan.chunks_missing,
             rewrite_threshold_percent: REWRITE_BELOW_LIVE_PERCENT,
             dead_bytes_kept: plan.dead_bytes_kept(),
+            packs_within_grace: plan.packs_within_grace,
+            abandoned_snapshot_folders: plan.abandoned_folders.clone(),
             damaged_packs: plan.damaged.clone(),
             protected_unparseable: plan.protected_unparseable.clone(),
             warnings: plan.warnings.clone(),
@@ -447,12 +502,13 @@ impl GcResult {
 pub fn gc(store: &Store, confirm: bool, lock_wait: Duration) -> Result<GcResult> {
     let started = Instant::now();
     let mut result = if confirm {
-        let lock = lock::lock_exclusive(store.root(), "gc --confirm", lock_wait)?;
+        let lock = store.lock_exclusive("gc --confirm", lock_wait)?;
         gc_confirmed(store, &lock)?
     } else {
-        let _lock = lock::lock_shared(store.root(), "gc", lock_wait)?;
+        let _lock = store.lock_shared("gc", lock_wait)?;
         let plan = plan(store, &BTreeSet::new())?;
         let mut r = GcResult::from_plan(&plan, true);
+        r.grace_period_secs = store.gc_grace().as_secs();
         r.would_delete_packs = Some(names(&plan, Action::Delete));
         r.would_rewrite_packs = Some(names(&plan, Action::Rewrite));
         r.bytes_reclaimable = Some(plan.bytes_reclaimable());
@@ -473,6 +529,7 @@ pub fn gc_confirmed(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
     let tmp = store.clean_tmp(Some(lock))?;
     let plan = plan(store, &BTreeSet::new())?;
     let mut r = GcResult::from_plan(&plan, false);
+    r.grace_period_secs = store.gc_grace().as_secs();
     r.tmp_files_removed = tmp.files;
     r.tmp_bytes_removed = tmp.bytes;
     let done = execute(store, lock, &plan)?;
@@ -480,6 +537,7 @@ pub fn gc_confirmed(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
     r.rewritten_packs = Some(done.rewritten);
     r.written_packs = Some(done.written);
     r.bytes_reclaimed = Some(done.bytes_reclaimed);
+    r.abandoned_snapshot_folders = done.abandoned_removed;
     r.exit_code = match (done.errors.is_empty(), done.integrity_problem) {
         (true, _) => 0,
         (false, true) => 3,

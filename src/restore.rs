@@ -50,7 +50,7 @@ use crate::progress::Progress;
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
-use crate::store::lock::{self, SharedLock};
+use crate::store::lock::SharedLock;
 use crate::store::{ChunkFault, Store};
 use crate::verify::{self, ValidateReport};
 
@@ -206,7 +206,7 @@ pub fn restore(
     check_confirmation(opts)?;
     let stamp = Stamp::parse(&opts.stamp)?;
     let targets = Targets::of(opts);
-    let lock = lock::lock_shared(store.root(), "restore", opts.lock_wait)?;
+    let lock = store.lock_shared("restore", opts.lock_wait)?;
     let manifest = store.read_manifest(&stamp)?;
     check_paths(&manifest)?;
     let with_chroma = chroma_wanted(&manifest, opts.chroma)?;

@@ -14,7 +14,6 @@ use crate::manifest::{FileEntry, Manifest};
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
-use crate::store::lock;
 use crate::store::pack::{self, PackEntry, PACK_MAGIC};
 use crate::store::{ChunkFault, Store};
 
@@ -36,7 +35,7 @@ pub struct ValidateReport {
 /// is a report with `valid: false`.
 pub fn validate(store: &Store, stamp: &str, lock_wait: Duration) -> Result<ValidateReport> {
     let stamp = Stamp::parse(stamp)?;
-    let _lock = lock::lock_shared_reader(store.root(), "validate", lock_wait)?;
+    let _lock = store.lock_shared_reader("validate", lock_wait)?;
     let started = Instant::now();
     let mut report = ValidateReport {
         stamp: stamp.to_string(),
@@ -294,14 +293,14 @@ pub fn verify_with(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> 
         }
     }
     let mut report = if opts.repair {
-        let lock = lock::lock_exclusive(store.root(), "verify --repair", opts.lock_wait)?;
+        let lock = store.lock_exclusive("verify --repair", opts.lock_wait)?;
         let audit = audit(store, selected.as_deref(), opts.sample_percent)?;
         let repaired = crate::repair::repair(store, &lock, &audit)?;
         let mut report = audit.report;
         report.repair = Some(repaired);
         report
     } else {
-        let _lock = lock::lock_shared_reader(store.root(), "verify", opts.lock_wait)?;
+        let _lock = store.lock_shared_reader("verify", opts.lock_wait)?;
         audit(store, selected.as_deref(), opts.sample_percent)?.report
     };
     report.quarantined_objects = store.quarantined_objects()?.len() as u64;
@@ -386,7 +385,8 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
     let mut unreadable = Vec::new();
     let mut referenced = IdSet::default();
     for stamp in &stamps {
-        match store.read_manifest(stamp) {
+        // The audit reads the store itself, never a remote store's cache.
+        match store.read_manifest_fresh(stamp) {
             Ok(m) => {
                 referenced.extend(
                     m.entries

@@ -100,7 +100,7 @@ pub fn store_bytes(store: &Store) -> Result<u64> {
         let files = store
             .backend()
             .list_files(dir)
-            .map_err(|e| Error::io("list", store.root().join(dir), e))?;
+            .map_err(|e| Error::io("list", store.object_path(dir), e))?;
         total += files.iter().map(|f| f.size).sum::<u64>();
     }
     Ok(total)

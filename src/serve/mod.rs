@@ -48,6 +48,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::stamp::Stamp;
 use crate::store::key::Secrets;
+use crate::store::location::StoreAddress;
 use crate::store::{Store, CONFIG_NAME};
 use crate::{drill, list, verify};
 pub use api_error::{status_for, ApiError};
@@ -71,6 +72,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub token: Option<Token>,
     pub paths: Paths,
+    /// The store (`paths.store` parsed, with the remote settings).
+    pub store: StoreAddress,
     /// The store's password source (an encrypted store is opened once and
     /// kept open: the key derivation is deliberately slow).
     pub secrets: Secrets,
@@ -152,7 +155,7 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
     let signal = shutdown_signal(stop.clone())?;
     tracing::info!(
         target: LIFECYCLE,
-        store = %state.paths.store.display(),
+        store = %state.address.display(),
         token = state.token.is_some(),
         "listening on http://{bound}"
     );
@@ -206,6 +209,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct AppState {
     paths: Paths,
+    address: StoreAddress,
     secrets: Secrets,
     /// The opened store, with the config bytes it was opened from.
     store: Mutex<Option<(Vec<u8>, Store)>>,
@@ -226,6 +230,7 @@ impl AppState {
     fn new(cfg: ServeConfig) -> AppState {
         AppState {
             paths: cfg.paths,
+            address: cfg.store,
             secrets: cfg.secrets,
             store: Mutex::new(None),
             lock_wait: cfg.lock_wait,
@@ -247,20 +252,19 @@ impl AppState {
     /// path). With `create`, a missing store is made (as `atosnap create`
     /// does). Blocking.
     fn store(&self, create: bool) -> Result<Store> {
-        let config_path = self.paths.store.join(CONFIG_NAME);
-        let current = std::fs::read(&config_path).ok();
-        if let (Some(bytes), Some((seen, store))) = (&current, lock(&self.store).as_ref()) {
-            if bytes == seen {
+        if let Some((seen, store)) = lock(&self.store).as_ref() {
+            if store.backend().read(CONFIG_NAME).ok().as_ref() == Some(seen) {
                 return Ok(store.reopened());
             }
         }
+        let (location, remote) = (&self.address.location, &self.address.remote);
         let opened = if create {
-            Store::open_or_init_with(&self.paths.store, &self.secrets)?
+            Store::open_or_init_at(location, remote, &self.secrets)?
         } else {
-            Store::open_with(&self.paths.store, &self.secrets)?
+            Store::open_at(location, remote, &self.secrets)?
         };
         let fresh = opened.reopened();
-        if let Ok(bytes) = std::fs::read(&config_path) {
+        if let Ok(bytes) = opened.backend().read(CONFIG_NAME) {
             *lock(&self.store) = Some((bytes, opened));
         }
         Ok(fresh)
@@ -580,13 +584,13 @@ async fn create_backup(
         .blocking(Some(gate), move || {
             // As the CLI: refuse a missing db before a store is created.
             crate::sources::sqlite::check_database(&opts.db)?;
-            let existed = state.paths.store.join(CONFIG_NAME).exists();
+            let existed = Store::exists_at(&state.address)?;
             let store = state.store(true)?;
             let mut result = create::create(&store, &opts, &LogProgress("create"))?;
             if !existed && state.secrets.is_given() {
                 let warning = format!(
                     "no store existed at {}: created an UNENCRYPTED one although a password was given (an encrypted store is made by `atosnap init --encryption repokey`)",
-                    state.paths.store.display()
+                    state.address.display()
                 );
                 tracing::warn!("{warning}");
                 result.warnings.push(warning);
@@ -735,7 +739,7 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
                 .map(|t| (chrono::Utc::now().timestamp() as f64 - t).max(0.0) as u64);
             Ok(Health {
                 status: "ok".into(),
-                store: state.paths.store.display().to_string(),
+                store: state.address.display(),
                 snapshots: listing.stamps.len() as u64,
                 unparseable: listing.unparseable.len() as u64,
                 newest_stamp: newest.map(|s| s.to_string()),
@@ -809,6 +813,7 @@ mod tests {
             listen: "0.0.0.0:8101".parse().unwrap(),
             token: None,
             paths: Paths::resolve_with_data_dir(None, None, None, None, std::path::Path::new(".")),
+            store: StoreAddress::local("./backups"),
             secrets: Secrets::none(),
             lock_wait: Duration::from_secs(1),
             ingestion_lock: None,

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 pub struct ListEntry {
     pub name: String,
     pub size: u64,
+    /// Last modification (a bucket's Last-Modified): gc's grace period.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 pub trait Backend: Send + Sync {
@@ -26,7 +28,18 @@ pub trait Backend: Send + Sync {
     fn exists(&self, name: &str) -> io::Result<bool>;
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
     fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// A small range read straight from the storage, bypassing whatever
+    /// read-ahead `read_range` does (pack trailers and indexes).
+    fn read_range_direct(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.read_range(name, offset, len)
+    }
     fn size(&self, name: &str) -> io::Result<u64>;
+    /// Waits until every write handed over so far is durable, and returns
+    /// the first error any of them hit (a backend that uploads in the
+    /// background; the local one writes synchronously).
+    fn barrier(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Every file below `dir`, recursively (missing `dir`: empty list).
     fn list_files(&self, dir: &str) -> io::Result<Vec<ListEntry>>;
     /// Immediate children of `dir` (files and folders), by name.
@@ -186,9 +199,11 @@ impl Backend for LocalBackend {
                 .strip_prefix(&self.root)
                 .map_err(io::Error::other)?;
             let Some(rel) = rel.to_str() else { continue };
+            let meta = entry.metadata().map_err(io::Error::other)?;
             out.push(ListEntry {
                 name: rel.to_string(),
-                size: entry.metadata().map_err(io::Error::other)?.len(),
+                size: meta.len(),
+                modified: meta.modified().ok(),
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,7 +1,13 @@
-//! The store lock: an OS file lock on `locks/store.lock` (flock semantics,
-//! so a crashed process leaves no stale lock). Commands that only add to the
-//! store hold it shared; anything that deletes holds it exclusive. The guard
-//! types are the proof: deleting functions take an `&ExclusiveLock`.
+//! The store lock. Commands that only add to the store hold it shared;
+//! anything that deletes holds it exclusive. The guard types are the proof:
+//! deleting functions take an `&ExclusiveLock`.
+//!
+//! A local store uses an OS file lock on `locks/store.lock` (flock
+//! semantics, so a crashed process leaves no stale lock). A bucket has no
+//! such thing: there each holder writes a lock object
+//! `locks/<mode>-<host>-<pid>-<rand>.json` naming itself, refreshed by a
+//! heartbeat thread and carrying an expiry, so a crashed holder's lock
+//! lapses (see [`object`] below and docs/FORMAT.md).
 //!
 //! Beside the lock, each holder writes `locks/holder-<pid>-<rand>.json`
 //! (pid, command, since) so a blocked command can say who is in the way:
@@ -26,14 +32,25 @@ pub struct HolderInfo {
     pub since: String,
 }
 
-struct Held {
-    _file: File,
-    info_path: PathBuf,
+pub enum Held {
+    Flock { _file: File, info_path: PathBuf },
+    Object(object::ObjectLock),
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.info_path);
+        if let Held::Flock { info_path, .. } = self {
+            let _ = fs::remove_file(info_path);
+        }
+    }
+}
+
+impl Held {
+    fn still_held(&self) -> Result<()> {
+        match self {
+            Held::Flock { .. } => Ok(()),
+            Held::Object(lock) => lock.still_held(),
+        }
     }
 }
 
@@ -45,6 +62,44 @@ pub struct SharedLock {
 /// Held while deleting from the store (gc, cleanup --confirm, repair).
 pub struct ExclusiveLock {
     _held: Held,
+}
+
+impl ExclusiveLock {
+    /// Fails when the lock may have lapsed (a lock object whose heartbeat
+    /// could not be written for most of its lifetime): checked before each
+    /// deletion, so gc never deletes under a lock others may see expired.
+    pub fn still_held(&self) -> Result<()> {
+        self._held.still_held()
+    }
+}
+
+/// The lock of a remote store, through lock objects.
+pub fn object_lock(
+    backend: std::sync::Arc<dyn crate::store::backend::Backend>,
+    command: &str,
+    wait: Duration,
+    exclusive: bool,
+) -> Result<Held> {
+    object::acquire(
+        backend,
+        command,
+        wait,
+        exclusive,
+        WAIT_NOTIFIER.get().copied(),
+    )
+    .map(Held::Object)
+}
+
+impl SharedLock {
+    pub(crate) fn from_held(held: Held) -> SharedLock {
+        SharedLock { _held: held }
+    }
+}
+
+impl ExclusiveLock {
+    pub(crate) fn from_held(held: Held) -> ExclusiveLock {
+        ExclusiveLock { _held: held }
+    }
 }
 
 static WAIT_NOTIFIER: OnceLock<fn(&str)> = OnceLock::new();
@@ -154,7 +209,7 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
     ));
     // Best effort: the lock itself is what protects the store.
     let _ = fs::write(&info_path, serde_json::to_vec(&info).unwrap_or_default());
-    Ok(Held {
+    Ok(Held::Flock {
         _file: file,
         info_path,
     })
@@ -204,4 +259,298 @@ fn describe_holders(dir: &Path) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+pub mod object {
+    //! Lock objects for stores without OS locks (buckets). A holder writes
+    //! `locks/<mode>-<owner>.json`, then lists `locks/`: a shared holder
+    //! yields to any live exclusive lock, an exclusive holder to any live
+    //! lock. On a conflict it removes its own object and retries after a
+    //! random pause, so two contenders never both proceed (each sees the
+    //! other's object, written before its own listing). A heartbeat thread
+    //! rewrites the object every quarter of its time to live; a lock whose
+    //! `expires_at` has passed belongs to a dead or cut-off process and is
+    //! ignored (and removed). Expiry compares the holder's clock with the
+    //! reader's: hosts sharing a store keep their clocks in sync (NTP).
+
+    use serde::{Deserialize, Serialize};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant, SystemTime};
+
+    use crate::error::{Error, Result};
+    use crate::store::backend::Backend;
+
+    /// A lock object's content.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    pub struct LockRecord {
+        pub owner: String,
+        pub host: String,
+        pub pid: u32,
+        pub command: String,
+        pub mode: String,
+        pub since: String,
+        /// Unix seconds: after this the lock counts as abandoned.
+        pub expires_at: u64,
+    }
+
+    /// How long a lock object lives without a heartbeat:
+    /// `ATOSNAP_LOCK_TTL_SECS`, default 300 s.
+    pub fn ttl() -> Duration {
+        let secs = std::env::var("ATOSNAP_LOCK_TTL_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&s| s >= 2)
+            .unwrap_or(300);
+        Duration::from_secs(secs)
+    }
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn hostname() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown-host".into())
+    }
+
+    struct Beat {
+        stop: Mutex<bool>,
+        wake: Condvar,
+        /// When the object was last written successfully.
+        last_ok: Mutex<Instant>,
+    }
+
+    pub struct ObjectLock {
+        backend: Arc<dyn Backend>,
+        name: String,
+        ttl: Duration,
+        beat: Arc<Beat>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl ObjectLock {
+        pub fn still_held(&self) -> Result<()> {
+            let last = *self.beat.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+            // Others judge expiry by the written deadline; stop well before.
+            if last.elapsed() >= self.ttl * 3 / 4 {
+                return Err(Error::LockLost {
+                    name: self.name.clone(),
+                    stale_secs: last.elapsed().as_secs(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for ObjectLock {
+        fn drop(&mut self) {
+            *self.beat.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.beat.wake.notify_all();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            let _ = self.backend.delete(&self.name);
+        }
+    }
+
+    fn record(owner: &str, command: &str, mode: &str, since: &str, ttl: Duration) -> LockRecord {
+        LockRecord {
+            owner: owner.to_string(),
+            host: hostname(),
+            pid: std::process::id(),
+            command: command.to_string(),
+            mode: mode.to_string(),
+            since: since.to_string(),
+            expires_at: unix_now() + ttl.as_secs(),
+        }
+    }
+
+    fn write(backend: &dyn Backend, name: &str, rec: &LockRecord) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        backend.replace(name, &bytes)
+    }
+
+    /// Live lock objects other than `own`; expired ones are removed.
+    pub fn live_locks(backend: &dyn Backend, own: &str) -> Result<Vec<LockRecord>> {
+        let list = backend
+            .list_files("locks")
+            .map_err(|e| Error::io("list", backend.display_name("locks"), e))?;
+        let now = unix_now();
+        let mut out = Vec::new();
+        for entry in list {
+            if entry.name == own || !entry.name.ends_with(".json") {
+                continue;
+            }
+            let rec = match backend.read(&entry.name) {
+                Ok(bytes) => serde_json::from_slice::<LockRecord>(&bytes).ok(),
+                // Removed between the listing and the read: released.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("read", backend.display_name(&entry.name), e)),
+            };
+            match rec {
+                Some(rec) if rec.expires_at >= now => out.push(rec),
+                Some(_) => {
+                    let _ = backend.delete(&entry.name);
+                }
+                // Unreadable: a lock object being written, or junk. Junk
+                // older than a lifetime is ignored, anything newer counts
+                // as an exclusive lock of an unknown holder.
+                None => {
+                    let young = entry
+                        .modified
+                        .and_then(|m| m.elapsed().ok())
+                        .is_none_or(|age| age < ttl());
+                    if young {
+                        out.push(LockRecord {
+                            owner: entry.name.clone(),
+                            host: "?".into(),
+                            pid: 0,
+                            command: "?".into(),
+                            mode: "exclusive".into(),
+                            since: "?".into(),
+                            expires_at: now,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn describe(holders: &[LockRecord]) -> String {
+        if holders.is_empty() {
+            return "another process (holder unknown)".into();
+        }
+        holders
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} lock of `{}` by pid {} on {} (since {}, lock object {})",
+                    h.mode, h.command, h.pid, h.host, h.since, h.owner
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn acquire(
+        backend: Arc<dyn Backend>,
+        command: &str,
+        wait: Duration,
+        exclusive: bool,
+        notify: Option<fn(&str)>,
+    ) -> Result<ObjectLock> {
+        let ttl = ttl();
+        let mode = if exclusive { "exclusive" } else { "shared" };
+        let owner = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let name = format!("locks/{mode}-{owner}.json");
+        let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let start = Instant::now();
+        let mut told = false;
+        loop {
+            let rec = record(&name, command, mode, &since, ttl);
+            write(backend.as_ref(), &name, &rec)
+                .map_err(|e| Error::io("write lock object", backend.display_name(&name), e))?;
+            let others = match live_locks(backend.as_ref(), &name) {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = backend.delete(&name);
+                    return Err(e);
+                }
+            };
+            let blocking: Vec<LockRecord> = others
+                .into_iter()
+                .filter(|o| exclusive || o.mode == "exclusive")
+                .collect();
+            if blocking.is_empty() {
+                return Ok(start_heartbeat(backend, name, rec, ttl));
+            }
+            let _ = backend.delete(&name);
+            if start.elapsed() >= wait {
+                return Err(Error::Locked {
+                    holders: describe(&blocking),
+                    waited_secs: wait.as_secs(),
+                });
+            }
+            if !told {
+                told = true;
+                if let Some(notify) = notify {
+                    notify(&format!(
+                        "store is locked by {}; `{command}` waits up to {}s (--lock-wait)",
+                        describe(&blocking),
+                        wait.as_secs()
+                    ));
+                }
+            }
+            // A random pause, so two contenders that saw each other do not
+            // retry in step forever.
+            let pause = 300 + rand::random::<u64>() % 700;
+            std::thread::sleep(Duration::from_millis(pause));
+        }
+    }
+
+    fn start_heartbeat(
+        backend: Arc<dyn Backend>,
+        name: String,
+        rec: LockRecord,
+        ttl: Duration,
+    ) -> ObjectLock {
+        let beat = Arc::new(Beat {
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            last_ok: Mutex::new(Instant::now()),
+        });
+        let thread = {
+            let (backend, name, beat) = (backend.clone(), name.clone(), beat.clone());
+            std::thread::Builder::new()
+                .name("atosnap-lock-heartbeat".into())
+                .spawn(move || heartbeat(backend.as_ref(), &name, rec, ttl, &beat))
+                .ok()
+        };
+        ObjectLock {
+            backend,
+            name,
+            ttl,
+            beat,
+            thread,
+        }
+    }
+
+    fn heartbeat(
+        backend: &dyn Backend,
+        name: &str,
+        mut rec: LockRecord,
+        ttl: Duration,
+        beat: &Beat,
+    ) {
+        let every = (ttl / 4).max(Duration::from_millis(500));
+        let mut stop = beat.stop.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let (guard, _) = beat
+                .wake
+                .wait_timeout(stop, every)
+                .unwrap_or_else(|e| e.into_inner());
+            stop = guard;
+            if *stop {
+                return;
+            }
+            rec.expires_at = unix_now() + ttl.as_secs();
+            match write(backend, name, &rec) {
+                Ok(()) => *beat.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now(),
+                Err(e) => tracing::warn!("could not refresh lock object {name}: {e}"),
+            }
+        }
+    }
 }

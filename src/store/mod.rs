@@ -13,9 +13,11 @@
 //! ```
 
 pub mod backend;
+pub mod cache;
 pub mod format;
 pub mod index;
 pub mod key;
+pub mod location;
 pub mod lock;
 pub mod pack;
 pub mod packer;
@@ -30,9 +32,11 @@ use crate::id::Id;
 use crate::manifest::Manifest;
 use crate::stamp::Stamp;
 use backend::{Backend, LocalBackend};
+use cache::ObjectCache;
 use format::StoreConfig;
 use index::{ChunkIndex, DamagedPack, Location};
 use key::{KdfCost, KeyFile, Secrets, UnwrapError, KEY_FILE};
+use location::{RemoteSettings, StoreAddress, StoreLocation};
 use lock::ExclusiveLock;
 use pack::{PackEntry, PackIndexError, TRAILER_LEN};
 use seal::{MasterKey, Sealer};
@@ -41,10 +45,17 @@ pub const CONFIG_NAME: &str = "config.json";
 pub const MANIFEST_NAME: &str = "manifest.bin";
 pub const METADATA_NAME: &str = "backup-metadata.json";
 pub const QUARANTINE_DIR: &str = "quarantine";
+/// gc's grace period on a remote store.
+pub const DEFAULT_REMOTE_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub struct Store {
-    root: PathBuf,
+    location: StoreLocation,
+    remote: RemoteSettings,
     backend: Arc<dyn Backend>,
+    /// Remote stores: pack indexes, manifests and summaries fetched once.
+    cache: Option<Arc<ObjectCache>>,
+    /// `--grace-period`, when given.
+    gc_grace: Option<std::time::Duration>,
     config: StoreConfig,
     sealer: Sealer,
     /// The key file an encrypted store was opened with.
@@ -56,6 +67,16 @@ pub struct Store {
 pub struct SnapshotListing {
     pub stamps: Vec<Stamp>,
     pub unparseable: Vec<String>,
+    /// Remote stores: folders whose manifest is not (yet) written.
+    pub incomplete: Vec<IncompleteSnapshot>,
+}
+
+/// A snapshot folder on a bucket without its manifest: being written, or
+/// left by a writer that died.
+#[derive(Clone, Debug)]
+pub struct IncompleteSnapshot {
+    pub folder: String,
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Where a pack's chunks and index are.
@@ -85,15 +106,14 @@ impl ChunkFault {
 
 /// Reads, checks and unwraps the key file of a `repokey` store.
 fn open_repokey(
-    root: &Path,
-    backend: &LocalBackend,
+    backend: &dyn Backend,
     config: &StoreConfig,
     secrets: &Secrets,
 ) -> Result<(Sealer, KeyFile)> {
     let password = secrets.password()?.ok_or_else(|| Error::PasswordRequired {
-        path: root.display().to_string(),
+        path: backend.location(),
     })?;
-    let key_path = root.join(KEY_FILE);
+    let key_path = backend.display_name(KEY_FILE);
     let corrupt = |detail: String| Error::KeyFileCorrupt {
         path: key_path.display().to_string(),
         detail,
@@ -117,7 +137,7 @@ fn open_repokey(
     }
     let master = file.unwrap(&password).map_err(|e| match e {
         UnwrapError::WrongPassword => Error::WrongPassword {
-            path: root.display().to_string(),
+            path: backend.location(),
             key_file: key_path.display().to_string(),
         },
         UnwrapError::Corrupt(detail) => corrupt(detail),
@@ -130,29 +150,82 @@ pub fn process_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// A connection to a store's storage: the backend, and the cache of a
+/// remote store.
+type Connection = (Arc<dyn Backend>, Option<Arc<ObjectCache>>);
+
+/// Connects to the storage at `location`: a local folder, or an S3 bucket
+/// with its local cache. Nothing is read or written yet.
+fn connect(
+    location: &StoreLocation,
+    remote: &RemoteSettings,
+) -> Result<Connection> {
+    match location {
+        StoreLocation::Local(root) => Ok((Arc::new(LocalBackend::new(root)), None)),
+        StoreLocation::S3(url) => {
+            let dir = url.cache_dir(remote);
+            let backend = location::remote_backend(url, remote, dir.join("tmp"))
+                .map_err(|e| Error::io("connect to", url.url(), e))?;
+            Ok((
+                backend,
+                Some(Arc::new(ObjectCache::new(dir.join("objects")))),
+            ))
+        }
+    }
+}
+
 impl Store {
-    /// Opens an existing unencrypted store (an encrypted one is refused
-    /// with `password_required`: use [`Store::open_with`]).
+    /// Opens an existing unencrypted local store (an encrypted one is
+    /// refused with `password_required`: use [`Store::open_with`]).
     pub fn open(root: &Path) -> Result<Store> {
         Store::open_with(root, &Secrets::none())
+    }
+
+    /// [`Store::open_at`] for a local folder.
+    pub fn open_with(root: &Path, secrets: &Secrets) -> Result<Store> {
+        Store::open_at(
+            &StoreLocation::Local(root.to_path_buf()),
+            &RemoteSettings::default(),
+            secrets,
+        )
+    }
+
+    /// Opens the store at `address` (see [`Store::open_at`]).
+    pub fn open_address(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
+        Store::open_at(&address.location, &address.remote, secrets)
+    }
+
+    /// Whether a store (its `config.json`) exists at `address`.
+    pub fn exists_at(address: &StoreAddress) -> Result<bool> {
+        let (backend, _) = connect(&address.location, &address.remote)?;
+        backend
+            .exists(CONFIG_NAME)
+            .ctx("stat", backend.display_name(CONFIG_NAME))
     }
 
     /// Opens an existing store; an encrypted one takes its password from
     /// `secrets` and is refused, before any other work, when the password
     /// is missing (`password_required`) or wrong (`wrong_password`).
-    pub fn open_with(root: &Path, secrets: &Secrets) -> Result<Store> {
-        let backend = LocalBackend::new(root);
-        let config_path = root.join(CONFIG_NAME);
-        if !config_path.exists() {
-            return Err(Error::StoreMissing {
-                path: root.display().to_string(),
-            });
-        }
-        let bytes = backend.read(CONFIG_NAME).ctx("read", &config_path)?;
+    pub fn open_at(
+        location: &StoreLocation,
+        remote: &RemoteSettings,
+        secrets: &Secrets,
+    ) -> Result<Store> {
+        let (backend, cache) = connect(location, remote)?;
+        let config_path = backend.display_name(CONFIG_NAME);
+        let bytes = match backend.read(CONFIG_NAME) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::StoreMissing {
+                    path: location.display(),
+                })
+            }
+            Err(e) => return Err(Error::io("read", &config_path, e)),
+        };
         let config = StoreConfig::parse(&bytes, &config_path.display().to_string())?;
         let (sealer, key_file) = match config.encryption.scheme.as_str() {
             "repokey" => {
-                let (sealer, file) = open_repokey(root, &backend, &config, secrets)?;
+                let (sealer, file) = open_repokey(backend.as_ref(), &config, secrets)?;
                 (sealer, Some(file))
             }
             scheme => {
@@ -165,30 +238,49 @@ impl Store {
             }
         };
         Ok(Store {
-            root: root.to_path_buf(),
-            backend: Arc::new(backend),
+            location: location.clone(),
+            remote: remote.clone(),
+            backend,
+            cache,
+            gc_grace: None,
             config,
             sealer,
             key_file,
         })
     }
 
-    /// Creates a new unencrypted store at `root` (which may exist but must
-    /// not hold a store already).
+    /// Creates a new unencrypted local store at `root` (which may exist but
+    /// must not hold a store already).
     pub fn init(root: &Path) -> Result<Store> {
         Store::init_with(root, "none", &Secrets::none())
+    }
+
+    /// [`Store::init_at`] for a local folder.
+    pub fn init_with(root: &Path, scheme: &str, secrets: &Secrets) -> Result<Store> {
+        Store::init_at(
+            &StoreLocation::Local(root.to_path_buf()),
+            &RemoteSettings::default(),
+            scheme,
+            secrets,
+        )
     }
 
     /// Creates a new store with encryption `scheme` (`none` or `repokey`;
     /// `repokey` takes its password from `secrets`). In a `repokey` store
     /// the key file is durable before `config.json` appears, so a store
     /// never exists without its key.
-    pub fn init_with(root: &Path, scheme: &str, secrets: &Secrets) -> Result<Store> {
-        let config_path = root.join(CONFIG_NAME);
-        if config_path.exists() {
+    pub fn init_at(
+        location: &StoreLocation,
+        remote: &RemoteSettings,
+        scheme: &str,
+        secrets: &Secrets,
+    ) -> Result<Store> {
+        let (backend, cache) = connect(location, remote)?;
+        let config_path = backend.display_name(CONFIG_NAME);
+        if backend.exists(CONFIG_NAME).ctx("stat", &config_path)? {
             return Err(Error::Other(format!(
                 "a store already exists at {}",
-                root.display()
+                location.display()
             )));
         }
         let mut config = StoreConfig::new_default();
@@ -197,7 +289,7 @@ impl Store {
             "none" => None,
             "repokey" => {
                 let password = secrets.password()?.ok_or_else(|| Error::PasswordRequired {
-                    path: root.display().to_string(),
+                    path: location.display(),
                 })?;
                 if password.is_empty() {
                     return Err(Error::Usage(
@@ -217,47 +309,66 @@ impl Store {
                 )))
             }
         };
-        for dir in ["objects", "snapshots", "locks", "tmp"] {
-            let p = root.join(dir);
-            std::fs::create_dir_all(&p).ctx("create", &p)?;
+        if let StoreLocation::Local(root) = location {
+            for dir in ["objects", "snapshots", "locks", "tmp"] {
+                let p = root.join(dir);
+                std::fs::create_dir_all(&p).ctx("create", &p)?;
+            }
         }
         let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
-        let backend = LocalBackend::new(root);
         if let Some((_, file)) = &repokey {
             backend
                 .replace(KEY_FILE, &file.to_json())
-                .ctx("write", root.join(KEY_FILE))?;
+                .ctx("write", backend.display_name(KEY_FILE))?;
         }
         backend
             .write_once(CONFIG_NAME, &json)
             .ctx("write", &config_path)?;
-        match repokey {
-            None => Store::open(root),
-            Some((master, file)) => Ok(Store {
-                root: root.to_path_buf(),
-                backend: Arc::new(backend),
-                config,
-                sealer: Sealer::repokey(master),
-                key_file: Some(file),
-            }),
-        }
+        let (sealer, key_file) = match repokey {
+            None => (Sealer::Plain, None),
+            Some((master, file)) => (Sealer::repokey(master), Some(file)),
+        };
+        Ok(Store {
+            location: location.clone(),
+            remote: remote.clone(),
+            backend,
+            cache,
+            gc_grace: None,
+            config,
+            sealer,
+            key_file,
+        })
     }
 
-    /// Opens the store, creating an unencrypted one when none exists.
+    /// Opens the local store, creating an unencrypted one when none exists.
     pub fn open_or_init(root: &Path) -> Result<Store> {
         Store::open_or_init_with(root, &Secrets::none())
     }
 
-    /// [`Store::open_with`], creating an unencrypted store when none exists.
+    /// [`Store::open_or_init_at`] for a local folder.
     pub fn open_or_init_with(root: &Path, secrets: &Secrets) -> Result<Store> {
-        if root.join(CONFIG_NAME).exists() {
-            Store::open_with(root, secrets)
-        } else {
-            match Store::init(root) {
-                // Another process created it between our check and init.
-                Err(_) if root.join(CONFIG_NAME).exists() => Store::open_with(root, secrets),
-                other => other,
+        Store::open_or_init_at(
+            &StoreLocation::Local(root.to_path_buf()),
+            &RemoteSettings::default(),
+            secrets,
+        )
+    }
+
+    /// [`Store::open_at`], creating an unencrypted store when none exists.
+    pub fn open_or_init_at(
+        location: &StoreLocation,
+        remote: &RemoteSettings,
+        secrets: &Secrets,
+    ) -> Result<Store> {
+        match Store::open_at(location, remote, secrets) {
+            Err(Error::StoreMissing { .. }) => {
+                match Store::init_at(location, remote, "none", &Secrets::none()) {
+                    // Another process created it between our check and init.
+                    Err(_) => Store::open_at(location, remote, secrets),
+                    other => other,
+                }
             }
+            other => other,
         }
     }
 
@@ -266,9 +377,19 @@ impl Store {
     /// (`serve`) keeps an encrypted store open without re-deriving its key
     /// per request, yet never holds deleted packs open after a gc.
     pub fn reopened(&self) -> Store {
+        let (backend, cache) = match &self.location {
+            StoreLocation::Local(root) => {
+                (Arc::new(LocalBackend::new(root)) as Arc<dyn Backend>, None)
+            }
+            // A remote backend keeps no file of a deleted pack open.
+            StoreLocation::S3(_) => (self.backend.clone(), self.cache.clone()),
+        };
         Store {
-            root: self.root.clone(),
-            backend: Arc::new(LocalBackend::new(&self.root)),
+            location: self.location.clone(),
+            remote: self.remote.clone(),
+            backend,
+            cache,
+            gc_grace: self.gc_grace,
             config: self.config.clone(),
             sealer: self.sealer.clone(),
             key_file: self.key_file.clone(),
@@ -286,7 +407,7 @@ impl Store {
     /// crash leaves the old password or the new one working, never neither.
     pub fn change_password(&self, new_password: &key::Password) -> Result<KeyFile> {
         let keys = self.sealer.keys().ok_or_else(|| Error::NotEncrypted {
-            path: self.root.display().to_string(),
+            path: self.location.display(),
         })?;
         if new_password.is_empty() {
             return Err(Error::Usage(
@@ -301,8 +422,104 @@ impl Store {
         Ok(file)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the store is.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// The folder of a local store; `None` for a remote one.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &self.location {
+            StoreLocation::Local(root) => Some(root),
+            StoreLocation::S3(_) => None,
+        }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.location.is_remote()
+    }
+
+    /// The remote settings the store was opened with (for a second store
+    /// opened alongside, as `copy` does).
+    pub fn remote_settings(&self) -> &RemoteSettings {
+        &self.remote
+    }
+
+    /// The store lock, shared: for commands that add to the store.
+    pub fn lock_shared(
+        &self,
+        command: &str,
+        wait: std::time::Duration,
+    ) -> Result<lock::SharedLock> {
+        match &self.location {
+            StoreLocation::Local(root) => lock::lock_shared(root, command, wait),
+            StoreLocation::S3(_) => lock::object_lock(self.backend_handle(), command, wait, false)
+                .map(lock::SharedLock::from_held),
+        }
+    }
+
+    /// The store lock, shared, for commands that only read (works on a
+    /// local store the caller may read but not write).
+    pub fn lock_shared_reader(
+        &self,
+        command: &str,
+        wait: std::time::Duration,
+    ) -> Result<lock::SharedLock> {
+        match &self.location {
+            StoreLocation::Local(root) => lock::lock_shared_reader(root, command, wait),
+            StoreLocation::S3(_) => self.lock_shared(command, wait),
+        }
+    }
+
+    /// The store lock, exclusive: for anything that deletes.
+    pub fn lock_exclusive(
+        &self,
+        command: &str,
+        wait: std::time::Duration,
+    ) -> Result<ExclusiveLock> {
+        match &self.location {
+            StoreLocation::Local(root) => lock::lock_exclusive(root, command, wait),
+            StoreLocation::S3(_) => lock::object_lock(self.backend_handle(), command, wait, true)
+                .map(ExclusiveLock::from_held),
+        }
+    }
+
+    /// gc's grace period: objects modified more recently are never deleted.
+    /// Default 1 h on a remote store (lock objects can lapse there), none
+    /// on a local one (its OS lock cannot).
+    pub fn gc_grace(&self) -> std::time::Duration {
+        self.gc_grace.unwrap_or(if self.is_remote() {
+            DEFAULT_REMOTE_GC_GRACE
+        } else {
+            std::time::Duration::ZERO
+        })
+    }
+
+    /// Overrides the grace period (`--grace-period`).
+    pub fn set_gc_grace(&mut self, grace: std::time::Duration) {
+        self.gc_grace = Some(grace);
+    }
+
+    /// Removes a remote snapshot folder that never got its manifest. Only
+    /// under the exclusive lock.
+    pub fn delete_abandoned_folder(&self, lock: &ExclusiveLock, folder: &str) -> Result<()> {
+        lock.still_held()?;
+        let dir = format!("snapshots/{folder}");
+        for f in self
+            .backend
+            .list_files(&dir)
+            .ctx("list", self.object_path(&dir))?
+        {
+            self.backend
+                .delete(&f.name)
+                .ctx("delete", self.object_path(&f.name))?;
+        }
+        Ok(())
+    }
+
+    /// The remote cache, when there is one.
+    pub fn cache(&self) -> Option<&ObjectCache> {
+        self.cache.as_deref()
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -315,6 +532,11 @@ impl Store {
 
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// A shared handle on the backend (lock heartbeats outlive a borrow).
+    pub fn backend_handle(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     /// Path of an object, for messages.
@@ -335,7 +557,7 @@ impl Store {
         let list = self
             .backend
             .list_files("objects")
-            .ctx("list", self.root.join("objects"))?;
+            .ctx("list", self.object_path("objects"))?;
         Ok(list
             .into_iter()
             .filter(|e| e.name.ends_with(".pack"))
@@ -394,16 +616,34 @@ impl Store {
         if size < TRAILER_LEN as u64 {
             return Err(PackIndexError::TooShort(size).to_string());
         }
+        // A pack is named by its hash, so its cached tail never goes stale.
+        let key = format!("packidx/{name}");
+        if let Some(tail) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+            if tail.len() >= TRAILER_LEN {
+                let (stored, trailer) = tail.split_at(tail.len() - TRAILER_LEN);
+                if let Ok((blob_end, len, hash)) = pack::parse_trailer(size, trailer) {
+                    if len == stored.len() {
+                        return Ok((blob_end, stored.to_vec(), hash));
+                    }
+                }
+            }
+        }
         let trailer = self
             .backend
-            .read_range(name, size - TRAILER_LEN as u64, TRAILER_LEN)
+            .read_range_direct(name, size - TRAILER_LEN as u64, TRAILER_LEN)
             .map_err(|e| format!("unreadable: {e}"))?;
         let (blob_end, len, hash) =
             pack::parse_trailer(size, &trailer).map_err(|e| e.to_string())?;
         let stored = self
             .backend
-            .read_range(name, blob_end, len)
+            .read_range_direct(name, blob_end, len)
             .map_err(|e| format!("unreadable: {e}"))?;
+        if let Some(cache) = &self.cache {
+            let mut tail = Vec::with_capacity(stored.len() + TRAILER_LEN);
+            tail.extend_from_slice(&stored);
+            tail.extend_from_slice(&trailer);
+            cache.put(&key, &tail);
+        }
         Ok((blob_end, stored, hash))
     }
 
@@ -525,11 +765,16 @@ impl Store {
     }
 
     /// Deletes a pack. Only under the exclusive lock.
-    pub fn delete_pack(&self, _lock: &ExclusiveLock, id: &Id) -> Result<()> {
+    pub fn delete_pack(&self, lock: &ExclusiveLock, id: &Id) -> Result<()> {
+        lock.still_held()?;
         let name = pack::pack_name(id);
         self.backend
             .delete(&name)
-            .ctx("delete", self.object_path(&name))
+            .ctx("delete", self.object_path(&name))?;
+        if let Some(cache) = &self.cache {
+            cache.forget(&format!("packidx/{name}"));
+        }
+        Ok(())
     }
 
     // ---- quarantine -------------------------------------------------------
@@ -590,7 +835,7 @@ impl Store {
         let list = self
             .backend
             .list_files(QUARANTINE_DIR)
-            .ctx("list", self.root.join(QUARANTINE_DIR))?;
+            .ctx("list", self.object_path(QUARANTINE_DIR))?;
         Ok(list
             .into_iter()
             .filter(|e| e.name.ends_with(".pack"))
@@ -602,7 +847,7 @@ impl Store {
         let list = self
             .backend
             .list_files(QUARANTINE_DIR)
-            .ctx("list", self.root.join(QUARANTINE_DIR))?;
+            .ctx("list", self.object_path(QUARANTINE_DIR))?;
         let names: std::collections::HashSet<&str> = list.iter().map(|e| e.name.as_str()).collect();
         // A note is `<object>.json`, beside its object.
         let is_note = |n: &str| {
@@ -635,27 +880,119 @@ impl Store {
     // ---- snapshots --------------------------------------------------------
 
     pub fn list_snapshots(&self) -> Result<SnapshotListing> {
-        let names = self
+        let mut listing = if self.is_remote() {
+            self.list_remote_snapshot_folders()?
+        } else {
+            let names = self
+                .backend
+                .list_children("snapshots")
+                .ctx("list", self.object_path("snapshots"))?;
+            let mut listing = SnapshotListing::default();
+            for name in names {
+                match Stamp::parse(&name) {
+                    Ok(stamp) if stamp.to_string() == name => listing.stamps.push(stamp),
+                    _ => listing.unparseable.push(name),
+                }
+            }
+            listing
+        };
+        listing.stamps.sort();
+        Ok(listing)
+    }
+
+    /// A bucket has no atomic folder rename: a snapshot there is published
+    /// summary first, manifest last, and a folder without its manifest is
+    /// one still being written (or abandoned by a crash). Such folders are
+    /// not snapshots; gc removes them once older than its grace period.
+    fn list_remote_snapshot_folders(&self) -> Result<SnapshotListing> {
+        let files = self
             .backend
-            .list_children("snapshots")
-            .ctx("list", self.root.join("snapshots"))?;
+            .list_files("snapshots")
+            .ctx("list", self.object_path("snapshots"))?;
         let mut listing = SnapshotListing::default();
-        for name in names {
-            match Stamp::parse(&name) {
-                Ok(stamp) if stamp.to_string() == name => listing.stamps.push(stamp),
-                _ => listing.unparseable.push(name),
+        let mut folders: std::collections::BTreeMap<String, (bool, Option<std::time::SystemTime>)> =
+            Default::default();
+        for f in &files {
+            let rel = f.name.trim_start_matches("snapshots/");
+            let Some((folder, file)) = rel.split_once('/') else {
+                listing.unparseable.push(rel.to_string());
+                continue;
+            };
+            let slot = folders.entry(folder.to_string()).or_insert((false, None));
+            slot.0 |= file == MANIFEST_NAME;
+            slot.1 = slot.1.max(f.modified);
+        }
+        for (folder, (has_manifest, modified)) in folders {
+            if !has_manifest {
+                listing
+                    .incomplete
+                    .push(IncompleteSnapshot { folder, modified });
+                continue;
+            }
+            match Stamp::parse(&folder) {
+                Ok(stamp) if stamp.to_string() == folder => listing.stamps.push(stamp),
+                _ => listing.unparseable.push(folder),
             }
         }
-        listing.stamps.sort();
         Ok(listing)
     }
 
     pub fn snapshot_exists(&self, stamp: &Stamp) -> Result<bool> {
         let dir = format!("snapshots/{stamp}");
-        self.backend.exists(&dir).ctx("stat", self.root.join(&dir))
+        let probe = if self.is_remote() {
+            format!("{dir}/{MANIFEST_NAME}")
+        } else {
+            dir
+        };
+        self.backend
+            .exists(&probe)
+            .ctx("stat", self.object_path(&probe))
     }
 
+    /// Reads `name` through the cache (under `key`) when there is one.
+    fn read_through_cache(&self, key: &str, name: &str) -> std::io::Result<Vec<u8>> {
+        let Some(cache) = &self.cache else {
+            return self.backend.read(name);
+        };
+        if let Some(bytes) = cache.get(key) {
+            return Ok(bytes);
+        }
+        let bytes = self.backend.read(name)?;
+        cache.put(key, &bytes);
+        Ok(bytes)
+    }
+
+    /// The cache key of a snapshot file: by stamp and size, so a snapshot
+    /// deleted and taken again under the same stamp is never confused.
+    fn snapshot_file_cache_key(&self, name: &str) -> std::io::Result<Option<String>> {
+        if self.cache.is_none() {
+            return Ok(None);
+        }
+        let size = self.backend.size(name)?;
+        Ok(Some(format!("{name}.{size}")))
+    }
+
+    /// Reads a snapshot file (manifest or summary), from the cache of a
+    /// remote store unless `fresh`.
+    fn read_snapshot_file(&self, name: &str, fresh: bool) -> std::io::Result<Vec<u8>> {
+        match self.snapshot_file_cache_key(name)? {
+            Some(key) if !fresh => self.read_through_cache(&key, name),
+            _ => self.backend.read(name),
+        }
+    }
+
+    /// A snapshot's manifest (from the cache of a remote store).
     pub fn read_manifest(&self, stamp: &Stamp) -> Result<Manifest> {
+        self.load_manifest(stamp, false)
+    }
+
+    /// A snapshot's manifest read from the store itself, never the cache:
+    /// what verify audits.
+    pub fn read_manifest_fresh(&self, stamp: &Stamp) -> Result<Manifest> {
+        self.load_manifest(stamp, true)
+    }
+
+    fn load_manifest(&self, stamp: &Stamp, fresh: bool) -> Result<Manifest> {
         if !self.snapshot_exists(stamp)? {
             return Err(Error::SnapshotMissing {
                 stamp: stamp.to_string(),
@@ -663,8 +1000,7 @@ impl Store {
         }
         let name = format!("snapshots/{stamp}/{MANIFEST_NAME}");
         let bytes = self
-            .backend
-            .read(&name)
+            .read_snapshot_file(&name, fresh)
             .map_err(|e| Error::ManifestCorrupt {
                 stamp: stamp.to_string(),
                 detail: format!("{}: {e}", self.object_path(&name).display()),
@@ -719,8 +1055,7 @@ impl Store {
     pub fn read_metadata(&self, stamp: &Stamp) -> Result<serde_json::Value> {
         let name = format!("snapshots/{stamp}/{METADATA_NAME}");
         let bytes = self
-            .backend
-            .read(&name)
+            .read_snapshot_file(&name, false)
             .ctx("read", self.object_path(&name))?;
         let opened = self
             .sealer
@@ -756,8 +1091,6 @@ impl Store {
         manifest: &mut Manifest,
         metadata: &mut serde_json::Value,
     ) -> Result<Stamp> {
-        let snapshots = self.root.join("snapshots");
-        std::fs::create_dir_all(&snapshots).ctx("create", &snapshots)?;
         let mut seq = wanted.seq();
         loop {
             let stamp = wanted.with_seq(seq);
@@ -772,8 +1105,10 @@ impl Store {
             let dir = format!("snapshots/{stamp}");
             let published = self
                 .backend
-                .write_dir_once(&dir, &[(MANIFEST_NAME, encoded), (METADATA_NAME, meta)])
-                .ctx("publish snapshot", self.root.join(&dir))?;
+                // Summary first, manifest last: on a bucket the manifest is
+                // what makes the folder a snapshot (see list_snapshots).
+                .write_dir_once(&dir, &[(METADATA_NAME, meta), (MANIFEST_NAME, encoded)])
+                .ctx("publish snapshot", self.object_path(&dir))?;
             if published {
                 return Ok(stamp);
             }
@@ -782,11 +1117,12 @@ impl Store {
     }
 
     /// Deletes a snapshot folder. Only under the exclusive lock.
-    pub fn delete_snapshot(&self, _lock: &ExclusiveLock, stamp: &Stamp) -> Result<()> {
+    pub fn delete_snapshot(&self, lock: &ExclusiveLock, stamp: &Stamp) -> Result<()> {
+        lock.still_held()?;
         let dir = format!("snapshots/{stamp}");
         self.backend
             .delete_dir(&dir)
-            .ctx("delete", self.root.join(&dir))
+            .ctx("delete", self.object_path(&dir))
     }
 
     // ---- temp files -------------------------------------------------------

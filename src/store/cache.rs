@@ -1,0 +1,125 @@
+//! The local cache of a remote store: pack indexes, manifests and snapshot
+//! summaries, fetched once. It only saves downloads. Each entry starts
+//! with the blake3 hash of its content, so a damaged entry (a bad disk, a
+//! crash while writing) is noticed on use, dropped and fetched again;
+//! deleting the cache changes no result. Keys are store names whose
+//! content never changes under that name (packs are named by their hash;
+//! manifests are keyed by stamp and size).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Hits, misses and damaged entries of one process (for tests and logs).
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub damaged: AtomicU64,
+}
+
+pub struct ObjectCache {
+    dir: PathBuf,
+    pub stats: CacheStats,
+}
+
+const HASH_LEN: usize = 32;
+
+impl ObjectCache {
+    pub fn new(dir: PathBuf) -> ObjectCache {
+        ObjectCache {
+            dir,
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    /// The cached bytes of `key`, when present and intact.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let path = self.path(key);
+        let Ok(mut bytes) = fs::read(&path) else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let intact = bytes.len() >= HASH_LEN
+            && blake3::hash(&bytes[HASH_LEN..]).as_bytes()[..] == bytes[..HASH_LEN];
+        if !intact {
+            self.stats.damaged.fetch_add(1, Ordering::Relaxed);
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "cache entry {} is damaged; fetching it again",
+                path.display()
+            );
+            let _ = fs::remove_file(&path);
+            return None;
+        }
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        bytes.drain(..HASH_LEN);
+        Some(bytes)
+    }
+
+    /// Stores `bytes` under `key`. Best effort: a cache that cannot be
+    /// written (full disk, read-only home) only costs downloads.
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        if let Err(e) = self.try_put(key, bytes) {
+            tracing::debug!("cache entry {key} not written: {e}");
+        }
+    }
+
+    fn try_put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let path = self.path(key);
+        let parent = path.parent().unwrap_or(&self.dir);
+        fs::create_dir_all(parent)?;
+        // A temp name then rename, so a reader never sees half an entry
+        // (and if it did, the hash would catch it).
+        let tmp = crate::store::backend::temp_path_in(parent, "cache");
+        let mut f = fs::File::create(&tmp)?;
+        let written = f
+            .write_all(blake3::hash(bytes).as_bytes())
+            .and_then(|_| f.write_all(bytes))
+            .and_then(|_| fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// Drops an entry (its object was deleted from the store).
+    pub fn forget(&self, key: &str) {
+        let _ = fs::remove_file(self.path(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_damage_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ObjectCache::new(dir.path().to_path_buf());
+        assert_eq!(cache.get("packidx/ab/x"), None);
+        cache.put("packidx/ab/x", b"hello");
+        assert_eq!(cache.get("packidx/ab/x").as_deref(), Some(&b"hello"[..]));
+        // Flip a byte of the content: the entry is dropped, not returned.
+        let path = dir.path().join("packidx/ab/x");
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(cache.get("packidx/ab/x"), None);
+        assert!(!path.exists());
+        assert_eq!(cache.stats.damaged.load(Ordering::Relaxed), 1);
+        // Truncated below the hash.
+        fs::write(&path, b"short").unwrap();
+        assert_eq!(cache.get("packidx/ab/x"), None);
+    }
+}
