@@ -59,7 +59,7 @@ fn man_pages_come_from_the_cli_definition() {
     assert!(serve.contains("127.0.0.1:8101"));
 }
 
-const UNITS: [&str; 7] = [
+const UNITS: [&str; 9] = [
     "atosnap-serve.service",
     "atosnap-create.service",
     "atosnap-create.timer",
@@ -67,6 +67,8 @@ const UNITS: [&str; 7] = [
     "atosnap-cleanup.timer",
     "atosnap-drill.service",
     "atosnap-drill.timer",
+    "atosnap-copy.service",
+    "atosnap-copy.timer",
 ];
 
 fn contrib() -> &'static Path {

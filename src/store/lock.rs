@@ -538,6 +538,11 @@ pub mod object {
         let every = (ttl / 4).max(Duration::from_millis(500));
         let mut stop = beat.stop.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            // Checked before waiting too: a stop signalled before this
+            // thread first waits must not be missed.
+            if *stop {
+                return;
+            }
             let (guard, _) = beat
                 .wake
                 .wait_timeout(stop, every)
@@ -552,5 +557,91 @@ pub mod object {
                 Err(e) => tracing::warn!("could not refresh lock object {name}: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::object::{acquire, live_locks, LockRecord};
+    use crate::error::Error;
+    use crate::store::backend::{Backend, LocalBackend};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn backend() -> (tempfile::TempDir, Arc<dyn Backend>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.path()));
+        (dir, b)
+    }
+
+    #[test]
+    fn lock_objects_share_and_exclude() {
+        let (_dir, b) = backend();
+        let s1 = acquire(b.clone(), "create", Duration::ZERO, false, None).unwrap();
+        let s2 = acquire(b.clone(), "create", Duration::ZERO, false, None).unwrap();
+        // An exclusive lock waits for both shared holders, then names them.
+        let started = Instant::now();
+        let err = acquire(b.clone(), "gc", Duration::from_secs(1), true, None)
+            .err()
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        match err {
+            Error::Locked { holders, .. } => assert!(holders.contains("shared lock of `create`")),
+            other => panic!("{other}"),
+        }
+        // A refused contender leaves no object behind.
+        assert_eq!(live_locks(b.as_ref(), "").unwrap().len(), 2);
+        drop((s1, s2));
+        assert!(live_locks(b.as_ref(), "").unwrap().is_empty());
+        let x = acquire(b.clone(), "gc", Duration::ZERO, true, None).unwrap();
+        assert!(x.still_held().is_ok());
+        assert!(acquire(b.clone(), "create", Duration::ZERO, false, None).is_err());
+        drop(x);
+        assert!(acquire(b.clone(), "create", Duration::ZERO, false, None).is_ok());
+    }
+
+    #[test]
+    fn an_expired_lock_of_a_dead_holder_is_ignored_and_removed() {
+        let (_dir, b) = backend();
+        let dead = LockRecord {
+            owner: "locks/exclusive-deadhost-1-0.json".into(),
+            host: "deadhost".into(),
+            pid: 1,
+            command: "gc --confirm".into(),
+            mode: "exclusive".into(),
+            since: "2026-01-01T00:00:00Z".into(),
+            expires_at: 1,
+        };
+        let name = "locks/exclusive-deadhost-1-0.json";
+        b.replace(name, &serde_json::to_vec(&dead).unwrap())
+            .unwrap();
+        let held = acquire(b.clone(), "create", Duration::ZERO, false, None).unwrap();
+        assert!(!b.exists(name).unwrap(), "the expired lock is cleared");
+        drop(held);
+        // A live one (far future) blocks.
+        let live = LockRecord {
+            expires_at: u64::MAX / 2,
+            ..dead
+        };
+        b.replace(name, &serde_json::to_vec(&live).unwrap())
+            .unwrap();
+        let err = acquire(b.clone(), "create", Duration::ZERO, false, None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("deadhost"), "{err}");
+    }
+
+    #[test]
+    fn the_heartbeat_keeps_the_lock_alive() {
+        std::env::set_var("ATOSNAP_LOCK_TTL_SECS", "2");
+        let (_dir, b) = backend();
+        let held = acquire(b.clone(), "create", Duration::ZERO, true, None).unwrap();
+        std::thread::sleep(Duration::from_millis(3500));
+        // Past the first deadline, the refreshed object still blocks.
+        assert!(acquire(b.clone(), "gc", Duration::ZERO, true, None).is_err());
+        assert!(held.still_held().is_ok());
+        drop(held);
+        std::env::remove_var("ATOSNAP_LOCK_TTL_SECS");
     }
 }

@@ -56,6 +56,9 @@ pub struct Store {
     cache: Option<Arc<ObjectCache>>,
     /// `--grace-period`, when given.
     gc_grace: Option<std::time::Duration>,
+    /// Remote stores: sizes of the snapshot files seen by the last
+    /// listing, so reading them needs no stat request per file.
+    listed_sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     config: StoreConfig,
     sealer: Sealer,
     /// The key file an encrypted store was opened with.
@@ -156,10 +159,7 @@ type Connection = (Arc<dyn Backend>, Option<Arc<ObjectCache>>);
 
 /// Connects to the storage at `location`: a local folder, or an S3 bucket
 /// with its local cache. Nothing is read or written yet.
-fn connect(
-    location: &StoreLocation,
-    remote: &RemoteSettings,
-) -> Result<Connection> {
+fn connect(location: &StoreLocation, remote: &RemoteSettings) -> Result<Connection> {
     match location {
         StoreLocation::Local(root) => Ok((Arc::new(LocalBackend::new(root)), None)),
         StoreLocation::S3(url) => {
@@ -243,6 +243,7 @@ impl Store {
             backend,
             cache,
             gc_grace: None,
+            listed_sizes: Default::default(),
             config,
             sealer,
             key_file,
@@ -334,6 +335,7 @@ impl Store {
             backend,
             cache,
             gc_grace: None,
+            listed_sizes: Default::default(),
             config,
             sealer,
             key_file,
@@ -390,6 +392,7 @@ impl Store {
             backend,
             cache,
             gc_grace: self.gc_grace,
+            listed_sizes: Default::default(),
             config: self.config.clone(),
             sealer: self.sealer.clone(),
             key_file: self.key_file.clone(),
@@ -912,6 +915,10 @@ impl Store {
         let mut listing = SnapshotListing::default();
         let mut folders: std::collections::BTreeMap<String, (bool, Option<std::time::SystemTime>)> =
             Default::default();
+        if let Ok(mut sizes) = self.listed_sizes.lock() {
+            sizes.clear();
+            sizes.extend(files.iter().map(|f| (f.name.clone(), f.size)));
+        }
         for f in &files {
             let rel = f.name.trim_start_matches("snapshots/");
             let Some((folder, file)) = rel.split_once('/') else {
@@ -968,7 +975,15 @@ impl Store {
         if self.cache.is_none() {
             return Ok(None);
         }
-        let size = self.backend.size(name)?;
+        let listed = self
+            .listed_sizes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).copied());
+        let size = match listed {
+            Some(size) => size,
+            None => self.backend.size(name)?,
+        };
         Ok(Some(format!("{name}.{size}")))
     }
 
@@ -993,12 +1008,16 @@ impl Store {
     }
 
     fn load_manifest(&self, stamp: &Stamp, fresh: bool) -> Result<Manifest> {
-        if !self.snapshot_exists(stamp)? {
+        let name = format!("snapshots/{stamp}/{MANIFEST_NAME}");
+        let listed = self
+            .listed_sizes
+            .lock()
+            .is_ok_and(|m| m.contains_key(&name));
+        if !listed && !self.snapshot_exists(stamp)? {
             return Err(Error::SnapshotMissing {
                 stamp: stamp.to_string(),
             });
         }
-        let name = format!("snapshots/{stamp}/{MANIFEST_NAME}");
         let bytes = self
             .read_snapshot_file(&name, fresh)
             .map_err(|e| Error::ManifestCorrupt {
@@ -1120,6 +1139,9 @@ impl Store {
     pub fn delete_snapshot(&self, lock: &ExclusiveLock, stamp: &Stamp) -> Result<()> {
         lock.still_held()?;
         let dir = format!("snapshots/{stamp}");
+        if let Ok(mut sizes) = self.listed_sizes.lock() {
+            sizes.retain(|name, _| !name.starts_with(&format!("{dir}/")));
+        }
         self.backend
             .delete_dir(&dir)
             .ctx("delete", self.object_path(&dir))

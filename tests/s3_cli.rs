@@ -1,0 +1,428 @@
+//! Every command on an `s3://` store, against a real Garage server (see
+//! tests/s3_common). Skipped without `ATOSNAP_TEST_S3_BUCKET`.
+
+mod s3_common;
+
+use s3_common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+#[test]
+fn every_command_works_on_a_bucket() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "every-command");
+    let init = s.ok(&["init"]);
+    assert_eq!(init["store"], s.url.as_str());
+
+    let first = s.ok(&["create", "--chroma", "--tag", "t1"]);
+    assert_eq!(first["validated"], true, "{first}");
+    assert!(first["chunks_new"].as_u64().unwrap() > 0);
+    assert!(first["bytes_new_stored"].as_u64().unwrap() > 0);
+    let a = first["stamp"].as_str().unwrap().to_string();
+
+    // Unchanged: nothing new, and the files cache and the remote cache
+    // (pack indexes, the previous manifest) spare the downloads.
+    let second = s.ok(&["create", "--chroma"]);
+    assert_eq!(second["chunks_new"], 0, "{second}");
+    assert_eq!(second["bytes_new_stored"], 0);
+    assert!(s.cache.exists(), "the cache dir was made");
+    let b = second["stamp"].as_str().unwrap().to_string();
+
+    s.rt.insert_marker("after-b");
+    let third = s.ok(&["create", "--chroma"]);
+    let c = third["stamp"].as_str().unwrap().to_string();
+    assert!(third["chunks_new"].as_u64().unwrap() > 0);
+
+    let list = s.ok(&["list"]);
+    assert_eq!(stamps_of(&list), vec![a.clone(), b.clone(), c.clone()]);
+    assert_eq!(list["snapshots"][0]["tags"][0], "t1");
+    assert!(list["unparseable"].as_array().unwrap().is_empty());
+
+    let v = s.ok(&["validate", &a]);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["db_ok"], true);
+    assert_eq!(v["chroma_ok"], true);
+
+    let verify = s.ok(&["verify"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert!(verify["objects_checked"].as_u64().unwrap() > 0);
+    assert!(verify["orphans"].as_array().unwrap().is_empty());
+
+    let diff = s.ok(&["diff", &b, &c]);
+    assert_eq!(diff["changed"][0]["path"], "atocore.db", "{diff}");
+
+    let drill = s.ok(&["drill", &c]);
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert_eq!(s.ok(&["list"])["snapshots"][2]["last_drill"]["ok"], true);
+
+    // Restore from the bucket is byte-identical to the runtime captured.
+    let want = s.rt.restorable();
+    let to = s.rt.path("restored");
+    let r = s.ok(&["restore", &c, "--to", to.to_str().unwrap()]);
+    assert_eq!(r["restored_integrity_ok"], true, "{r}");
+    let got = restored_tree(&to);
+    let diffs = tree_diff(&want, &got);
+    assert!(diffs.is_empty(), "restore differs: {diffs:?}");
+    assert!(has_marker(&to.join("atocore.db"), "after-b"));
+
+    // Retention then gc: the default grace period keeps young packs.
+    let dry = s.ok(&[
+        "cleanup",
+        "--keep-daily",
+        "1",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+    ]);
+    assert_eq!(dry["dry_run"], true);
+    let gone = s.ok(&[
+        "cleanup",
+        "--confirm",
+        "--keep-daily",
+        "1",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+    ]);
+    assert_eq!(
+        gone["deleted_stamps"].as_array().unwrap().len(),
+        2,
+        "{gone}"
+    );
+    assert_eq!(s.stamps(), vec![c.clone()]);
+    let gc = s.ok(&["gc"]);
+    assert_eq!(gc["grace_period_secs"], 3600, "{gc}");
+    let gc = s.ok(&["gc", "--confirm", "--grace-period", "0"]);
+    assert_eq!(gc["grace_period_secs"], 0);
+    let after = s.ok(&["verify"]);
+    assert_eq!(after["ok"], true, "{after}");
+    assert!(after["orphans"].as_array().unwrap().is_empty(), "{after}");
+    assert_eq!(s.ok(&["validate", &c])["valid"], true);
+}
+
+/// What `restore --to DIR` wrote, in the shape of `Rt::restorable`.
+fn restored_tree(to: &std::path::Path) -> std::collections::BTreeMap<Vec<u8>, Node> {
+    let mut t: std::collections::BTreeMap<Vec<u8>, Node> = tree(&to.join("chroma"))
+        .into_iter()
+        .map(|(k, v)| {
+            let mut p = b"chroma/".to_vec();
+            p.extend_from_slice(&k);
+            (p, v)
+        })
+        .collect();
+    t.extend(
+        tree(&to.join("project-registry.json"))
+            .into_values()
+            .map(|v| (b"registry".to_vec(), v)),
+    );
+    t
+}
+
+#[test]
+fn an_encrypted_store_on_a_bucket_round_trips() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "encrypted");
+    let pw = s.rt.path("pw");
+    std::fs::write(&pw, "correct horse battery staple").unwrap();
+    let pw = pw.to_str().unwrap().to_string();
+    let cache = s.cache.display().to_string();
+    let env = [
+        ("ATOSNAP_CACHE_DIR", cache.as_str()),
+        ("ATOSNAP_KDF_PARAMS", "8,1,1"),
+    ];
+    let (j, code, err) = s.rt.run_env(
+        &["--password-file", &pw, "init", "--encryption", "repokey"],
+        &env,
+    );
+    assert_eq!(code, 0, "{j}\n{err}");
+    let (j, code, err) =
+        s.rt.run_env(&["--password-file", &pw, "create", "--chroma"], &env);
+    assert_eq!(code, 0, "{j}\n{err}");
+    let stamp = j["stamp"].as_str().unwrap().to_string();
+    let (j, code, _) =
+        s.rt.run_env(&["--password-file", &pw, "validate", &stamp], &env);
+    assert_eq!((code, &j["valid"]), (0, &serde_json::json!(true)), "{j}");
+    // Without the password: refused before any work.
+    let (j, code, _) = s.rt.run_env(&["list"], &env);
+    assert_eq!(code, 1);
+    assert_eq!(j["error"]["code"], "password_required");
+}
+
+#[test]
+fn the_cache_is_only_a_cache() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "cache");
+    s.ok(&["create", "--chroma"]);
+    s.rt.insert_marker("m");
+    s.ok(&["create", "--chroma"]);
+    let list = s.ok(&["list"]);
+    let entries: Vec<_> = walkdir::WalkDir::new(&s.cache)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && !e.path().to_string_lossy().contains("/tmp/"))
+        .map(|e| e.into_path())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|p| p.to_string_lossy().contains("packidx")),
+        "pack indexes are cached: {entries:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|p| p.to_string_lossy().contains("manifest.bin")),
+        "manifests are cached: {entries:?}"
+    );
+    // Damage every cache entry: results are the same (entries refetched).
+    for p in &entries {
+        let mut bytes = std::fs::read(p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x41;
+        std::fs::write(p, bytes).unwrap();
+    }
+    assert_eq!(s.ok(&["list"]), list);
+    let stamps = stamps_of(&list);
+    assert_eq!(s.ok(&["validate", &stamps[1]])["valid"], true);
+    // And without any cache.
+    std::fs::remove_dir_all(&s.cache).unwrap();
+    assert_eq!(s.ok(&["list"]), list);
+    let again = s.ok(&["create", "--chroma"]);
+    assert_eq!(again["chunks_new"], 0, "{again}");
+}
+
+#[test]
+fn a_flipped_byte_in_the_bucket_is_found_by_verify_and_named() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "flip");
+    let stamp = s.ok(&["create", "--chroma"])["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let backend = s.backend();
+    let packs: Vec<_> = backend
+        .list_files("objects")
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.name.ends_with(".pack"))
+        .collect();
+    let victim = &packs[0];
+    let mut bytes = backend.read(&victim.name).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    backend.replace(&victim.name, &bytes).unwrap();
+
+    let (v, code, _) = s.run(&["verify"]);
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["ok"], false);
+    let damaged = v["damaged_objects"].to_string();
+    let file = victim.name.rsplit('/').next().unwrap();
+    assert!(damaged.contains(file), "{file} not named in {damaged}");
+    assert_eq!(v["snapshots"][&stamp]["ok"], false, "{v}");
+    // validate, the gate of a restore, catches it too (if the flipped
+    // byte lies in a referenced chunk, which the middle of a pack does).
+    let (val, code, _) = s.run(&["validate", &stamp]);
+    assert_eq!(code, 3, "{val}");
+}
+
+#[test]
+fn create_and_gc_racing_never_lose_a_snapshot() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "race");
+    s.ok(&["create", "--chroma"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc_runs = {
+        let stop = stop.clone();
+        let cache = s.cache.clone();
+        let store = s.url.clone();
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_atosnap"))
+                    .args(["--quiet", "--store", &store, "--lock-wait", "120"])
+                    .args(["gc", "--confirm", "--grace-period", "0"])
+                    .env("ATOSNAP_CACHE_DIR", &cache)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "gc failed: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut made = Vec::new();
+    for i in 0..4 {
+        s.rt.insert_marker(&format!("race-{i}"));
+        let (j, code, err) = s.run(&["--lock-wait", "120", "create", "--chroma"]);
+        assert_eq!(code, 0, "{j}\n{err}");
+        made.push(j["stamp"].as_str().unwrap().to_string());
+        // Retention deletes old snapshots now and then, so gc has work.
+        if i == 1 {
+            s.ok(&[
+                "--lock-wait",
+                "120",
+                "cleanup",
+                "--confirm",
+                "--keep-daily",
+                "1",
+                "--keep-weekly",
+                "0",
+                "--keep-monthly",
+                "0",
+                "--grace-period",
+                "0",
+            ]);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = gc_runs.join().unwrap();
+    assert!(runs >= 1);
+    let listed = s.stamps();
+    assert!(listed.contains(made.last().unwrap()));
+    for stamp in &listed {
+        let v = s.ok(&["validate", stamp]);
+        assert_eq!(v["valid"], true, "{stamp}: {v}");
+    }
+    let verify = s.ok(&["verify"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// Runs atosnap with `env` against `store`; (json, exit code, elapsed).
+fn run_timed(
+    store: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (serde_json::Value, i32, Duration) {
+    let started = Instant::now();
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_atosnap"));
+    c.args(["--quiet", "--store", store]).args(args);
+    c.env("ATOSNAP_S3_RETRIES", "2");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (json, out.status.code().unwrap_or(-1), started.elapsed())
+}
+
+#[test]
+fn bad_credentials_missing_bucket_and_unreachable_endpoint_fail_clearly() {
+    let Some(bucket) = bucket() else { return };
+    let url = fresh_url(&bucket, "bad");
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().to_str().unwrap().to_string();
+    let base = [("ATOSNAP_CACHE_DIR", cache.as_str())];
+
+    let wrong = [
+        base[0],
+        ("AWS_ACCESS_KEY_ID", "GKnotakey0000000000000000"),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+    ];
+    let (j, code, took) = run_timed(&url, &wrong, &["list"]);
+    assert_eq!(code, 1, "{j}");
+    let msg = j["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        !msg.contains("0000000000000000000000000000000000000000"),
+        "secret leaked: {msg}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+
+    let missing = format!("s3://atosnap-no-such-bucket-{:08x}/x", rand_u64() as u32);
+    let (j, code, took) = run_timed(&missing, &base, &["list"]);
+    assert_eq!(code, 1, "{j}");
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("atosnap-no-such-bucket"),
+        "{j}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+
+    let unreachable = [base[0], ("ATOSNAP_S3_ENDPOINT", "http://127.0.0.1:9")];
+    let (j, code, took) = run_timed(&url, &unreachable, &["list"]);
+    assert_eq!(code, 1, "{j}");
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:9"),
+        "{j}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+
+    // A create against the unreachable endpoint writes nothing and fails.
+    let rt = Rt::fixture();
+    let (j, code, _) = run_timed(
+        &url,
+        &unreachable,
+        &[
+            "--db",
+            rt.db.to_str().unwrap(),
+            "--registry",
+            rt.registry.to_str().unwrap(),
+            "create",
+        ],
+    );
+    assert_eq!(code, 1, "{j}");
+    assert!(j.get("stamp").is_none(), "{j}");
+}
+
+#[test]
+fn serve_works_on_a_bucket() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "serve");
+    s.ok(&["create"]);
+    let port = 20000 + (rand_u64() % 20000) as u16;
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atosnap"));
+    child
+        .args(["--quiet", "--store", &s.url, "--db"])
+        .arg(&s.rt.db)
+        .args(["--registry"])
+        .arg(&s.rt.registry)
+        .args(["serve", "--listen", &listen])
+        .env("ATOSNAP_CACHE_DIR", &s.cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = child.spawn().unwrap();
+    let get = |path: &str, method: &str| -> Option<String> {
+        let mut c = std::net::TcpStream::connect(&listen).ok()?;
+        write!(
+            c,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let started = Instant::now();
+    let mut listing = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Some(r) = get("/admin/backup", "GET") {
+            listing = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listing = listing.expect("serve answered");
+    assert!(listing.starts_with("HTTP/1.1 200"), "{listing}");
+    let created = get("/admin/backup", "POST").unwrap();
+    assert!(created.starts_with("HTTP/1.1 200"), "{created}");
+    assert!(created.contains("\"validated\":true"), "{created}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(s.stamps().len(), 2);
+}
