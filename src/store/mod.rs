@@ -822,6 +822,32 @@ impl Store {
         }
         Ok(cleaned)
     }
+
+    // ---- copy -------------------------------------------------------------
+
+    /// Publishes a snapshot atomically under exactly `stamp` (`copy`: a
+    /// snapshot keeps its name from store to store). The manifest's and the
+    /// summary's `stamp` are set to it. Unlike [`Store::publish_snapshot`]
+    /// it never moves to a `-N` stamp: it returns false, writing nothing,
+    /// when `snapshots/<stamp>` exists already.
+    pub fn publish_snapshot_as(
+        &self,
+        stamp: &Stamp,
+        manifest: &mut Manifest,
+        metadata: &mut serde_json::Value,
+    ) -> Result<bool> {
+        manifest.stamp = stamp.to_string();
+        metadata["stamp"] = serde_json::Value::String(stamp.to_string());
+        let encoded = manifest
+            .encode(&self.sealer)
+            .map_err(|e| Error::Other(format!("manifest encoding failed: {e}")))?;
+        let meta = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let meta = self.sealer.seal(meta, METADATA_NAME.as_bytes());
+        let dir = format!("snapshots/{stamp}");
+        self.backend
+            .write_dir_once(&dir, &[(MANIFEST_NAME, encoded), (METADATA_NAME, meta)])
+            .ctx("publish snapshot", self.object_path(&dir))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
