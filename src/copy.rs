@@ -183,7 +183,9 @@ pub fn copy(
         result.chunks_sent = copier.chunks_sent;
         result.bytes_sent = copier.packer.bytes_written();
     }
-    result.snapshots_skipped.sort();
+    result
+        .snapshots_skipped
+        .sort_by_key(|s| Stamp::parse(s).ok());
     result.duration_ms = started.elapsed().as_millis() as u64;
     progress.finish();
     Ok(result)
