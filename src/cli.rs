@@ -16,7 +16,7 @@ use atosnap::retention::Policy;
 use atosnap::store::key::Secrets;
 use atosnap::store::location::{RemoteSettings, StoreAddress};
 use atosnap::store::Store;
-use atosnap::{diff, drill, gc, list, verify};
+use atosnap::{copy, diff, drill, gc, list, verify};
 
 use crate::progress_bar;
 
@@ -181,6 +181,24 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         grace_period: Option<u64>,
     },
+    /// Copy snapshots (default: all) to another store, sending only the
+    /// chunks it lacks, each manifest last; rerun after a kill, it converges.
+    Copy {
+        /// The destination store (created when missing, with the source's
+        /// encryption scheme; a repokey one gets a fresh key).
+        #[arg(long, env = "ATOSNAP_COPY_TO", value_name = "STORE")]
+        to: PathBuf,
+        /// The source store [default: --store].
+        #[arg(long, value_name = "STORE")]
+        from: Option<PathBuf>,
+        /// File holding the destination's password (else
+        /// ATOSNAP_TO_PASSWORD; else the source's password).
+        #[arg(long, env = "ATOSNAP_TO_PASSWORD_FILE", value_name = "FILE")]
+        to_password_file: Option<PathBuf>,
+        /// The snapshots to copy [default: every snapshot of the source].
+        #[arg(value_name = "STAMP")]
+        stamps: Vec<String>,
+    },
     /// Delete objects no snapshot references (dry run unless --confirm).
     Gc {
         /// Delete for real (takes the exclusive store lock).
@@ -319,6 +337,40 @@ fn open_store_with_grace(g: &Global, paths: &Paths, grace: Option<u64>) -> Resul
         store.set_gc_grace(Duration::from_secs(secs));
     }
     Ok(store)
+}
+
+/// The destination password of `copy`: `--to-password-file` (or
+/// ATOSNAP_TO_PASSWORD_FILE), else ATOSNAP_TO_PASSWORD, else the source's.
+fn to_secrets(g: &Global, to_password_file: Option<PathBuf>) -> Secrets {
+    use std::os::unix::ffi::OsStringExt;
+    if let Some(file) = to_password_file.filter(|p| !p.as_os_str().is_empty()) {
+        return Secrets::from_file(file);
+    }
+    match std::env::var_os("ATOSNAP_TO_PASSWORD").filter(|v| !v.is_empty()) {
+        Some(v) => Secrets::from_password(v.into_vec()),
+        None => secrets(g),
+    }
+}
+
+/// Opens `copy`'s destination, creating it when missing with the source's
+/// encryption scheme (a repokey store gets its own fresh master key,
+/// wrapped under the destination password).
+fn open_or_init_like(
+    address: &StoreAddress,
+    source: &Store,
+    secrets: &Secrets,
+) -> Result<Store, Error> {
+    match Store::open_address(address, secrets) {
+        Err(Error::StoreMissing { .. }) => {
+            let scheme = &source.config().encryption.scheme;
+            match Store::init_at(&address.location, &address.remote, scheme, secrets) {
+                // Another process created it between our check and init.
+                Err(_) if Store::exists_at(address)? => Store::open_address(address, secrets),
+                other => other,
+            }
+        }
+        other => other,
+    }
 }
 
 fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
@@ -485,6 +537,29 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             };
             let result = cleanup::cleanup(&store, &opts)?;
             report_errors(&result.errors);
+            Ok((to_doc(&result)?, result.exit_code))
+        }
+        Command::Copy {
+            to,
+            from,
+            to_password_file,
+            stamps,
+        } => {
+            let stamps = stamps
+                .iter()
+                .map(|s| atosnap::stamp::Stamp::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let remote = RemoteSettings::new(g.s3_endpoint.clone(), g.cache_dir.clone());
+            let from = StoreAddress::parse(from.as_ref().unwrap_or(&paths.store), remote.clone())?;
+            let source = Store::open_address(&from, &secrets(g))?;
+            let to = StoreAddress::parse(to, remote)?;
+            let to_secrets = to_secrets(g, to_password_file.clone());
+            let dest = open_or_init_like(&to, &source, &to_secrets)?;
+            let opts = copy::CopyOptions { lock_wait };
+            let result = copy::copy(&source, &dest, &stamps, &opts, progress.as_ref())?;
+            for f in &result.snapshots_failed {
+                eprintln!("atosnap: {}: {}", f.stamp, f.message);
+            }
             Ok((to_doc(&result)?, result.exit_code))
         }
         Command::Gc {

@@ -8,6 +8,7 @@
 pub mod chunk;
 pub mod cleanup;
 pub mod config;
+pub mod copy;
 pub mod create;
 pub mod diff;
 pub mod drill;

@@ -1113,22 +1113,7 @@ impl Store {
         let mut seq = wanted.seq();
         loop {
             let stamp = wanted.with_seq(seq);
-            manifest.stamp = stamp.to_string();
-            metadata["stamp"] = serde_json::Value::String(stamp.to_string());
-            let encoded = manifest
-                .encode(&self.sealer)
-                .map_err(|e| Error::Other(format!("manifest encoding failed: {e}")))?;
-            let meta =
-                serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
-            let meta = self.sealer.seal(meta, METADATA_NAME.as_bytes());
-            let dir = format!("snapshots/{stamp}");
-            let published = self
-                .backend
-                // Summary first, manifest last: on a bucket the manifest is
-                // what makes the folder a snapshot (see list_snapshots).
-                .write_dir_once(&dir, &[(METADATA_NAME, meta), (MANIFEST_NAME, encoded)])
-                .ctx("publish snapshot", self.object_path(&dir))?;
-            if published {
+            if self.publish_snapshot_as(&stamp, manifest, metadata)? {
                 return Ok(stamp);
             }
             seq += 1;
@@ -1179,6 +1164,34 @@ impl Store {
             }
         }
         Ok(cleaned)
+    }
+
+    // ---- copy -------------------------------------------------------------
+
+    /// Publishes a snapshot atomically under exactly `stamp` (`copy`: a
+    /// snapshot keeps its name from store to store). The manifest's and the
+    /// summary's `stamp` are set to it. Unlike [`Store::publish_snapshot`]
+    /// it never moves to a `-N` stamp: it returns false, writing nothing,
+    /// when `snapshots/<stamp>` exists already.
+    pub fn publish_snapshot_as(
+        &self,
+        stamp: &Stamp,
+        manifest: &mut Manifest,
+        metadata: &mut serde_json::Value,
+    ) -> Result<bool> {
+        manifest.stamp = stamp.to_string();
+        metadata["stamp"] = serde_json::Value::String(stamp.to_string());
+        let encoded = manifest
+            .encode(&self.sealer)
+            .map_err(|e| Error::Other(format!("manifest encoding failed: {e}")))?;
+        let meta = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let meta = self.sealer.seal(meta, METADATA_NAME.as_bytes());
+        let dir = format!("snapshots/{stamp}");
+        self.backend
+            // Summary first, manifest last: on a bucket the manifest is
+            // what makes the folder a snapshot (see list_snapshots).
+            .write_dir_once(&dir, &[(METADATA_NAME, meta), (MANIFEST_NAME, encoded)])
+            .ctx("publish snapshot", self.object_path(&dir))
     }
 }
 

@@ -148,6 +148,24 @@ impl Sealer {
         }
     }
 
+    /// Whether `other` names chunks exactly as this sealer does: both
+    /// unencrypted, or both under the same master key (so the same id key,
+    /// and the same sealing key too). Stored chunks then pass between the
+    /// two stores unchanged; otherwise every chunk must be decoded,
+    /// re-hashed and re-sealed (`copy`).
+    pub fn same_ids_as(&self, other: &Sealer) -> bool {
+        match (self, other) {
+            (Sealer::Plain, Sealer::Plain) => true,
+            (Sealer::Repokey(a), Sealer::Repokey(b)) => {
+                // blake3::Hash compares in constant time.
+                Arc::ptr_eq(a, b)
+                    || blake3::Hash::from(*a.master.as_bytes())
+                        == blake3::Hash::from(*b.master.as_bytes())
+            }
+            _ => false,
+        }
+    }
+
     /// The id of a raw chunk.
     pub fn chunk_id(&self, raw: &[u8]) -> Id {
         match self {
@@ -273,6 +291,18 @@ mod tests {
         assert_ne!(a, plain);
         assert_eq!(a, sealer(1).chunk_id(data), "deterministic: dedup works");
         assert_ne!(a, sealer(2).chunk_id(data));
+    }
+
+    #[test]
+    fn same_ids_only_for_plain_pairs_and_one_master_key() {
+        assert!(Sealer::Plain.same_ids_as(&Sealer::Plain));
+        assert!(!Sealer::Plain.same_ids_as(&sealer(1)));
+        assert!(!sealer(1).same_ids_as(&Sealer::Plain));
+        assert!(
+            sealer(1).same_ids_as(&sealer(1)),
+            "the same key, two handles"
+        );
+        assert!(!sealer(1).same_ids_as(&sealer(2)));
     }
 
     #[test]

@@ -1,0 +1,479 @@
+//! `copy`: copies snapshots from one store to another, sending only the
+//! chunks the destination lacks. Written against the [`Store`] API only, so
+//! it works between any two stores (local or remote).
+//!
+//! Per snapshot, oldest first, each step durable before the next:
+//! 1. skip it when the destination has that stamp already;
+//! 2. read its manifest and summary from the source;
+//! 3. every chunk the destination lacks is read from the source, checked
+//!    against its id (copy never propagates damage) and added to the
+//!    destination's packs; the packs are flushed (fsync, rename);
+//! 4. the manifest and summary are published under the same stamp.
+//!
+//! A copy killed at any point leaves at most complete, unreferenced packs
+//! and temp files at the destination, never a snapshot without its chunks;
+//! a rerun sends only what is still missing.
+//!
+//! Chunk ids: when both stores name chunks alike ([`Sealer::same_ids_as`]:
+//! both unencrypted, or both under one master key) a stored chunk is sent
+//! as it is. Otherwise (plain to repokey, repokey to plain, two repokey
+//! stores with different keys) every chunk the snapshot references is
+//! decoded, re-hashed with the destination's id scheme, re-encoded and
+//! sealed for the destination, and the manifest is rewritten with the new
+//! ids.
+//!
+//! [`Sealer::same_ids_as`]: crate::store::seal::Sealer::same_ids_as
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+use crate::chunk;
+use crate::error::{Error, Result};
+use crate::id::{Id, IdMap, IdSet};
+use crate::manifest::{EntryKind, Manifest};
+use crate::progress::Progress;
+use crate::stamp::Stamp;
+use crate::store::index::{ChunkIndex, Location};
+use crate::store::pack;
+use crate::store::packer::Packer;
+use crate::store::{ChunkFault, Store};
+
+/// Raw bytes of source chunks handled per parallel batch: bounds memory
+/// (the batch read, and its re-encoded copy).
+const BATCH_BYTES: u64 = 8 << 20;
+/// Failpoint (see [`crate::restore::failpoint`]): the process dies after a
+/// snapshot's packs are durable at the destination and before its manifest
+/// is published. `copy_after_packs:<stamp>` picks the snapshot.
+pub const FAILPOINT_AFTER_PACKS: &str = "copy_after_packs";
+
+#[derive(Clone, Debug)]
+pub struct CopyOptions {
+    pub lock_wait: Duration,
+}
+
+/// A snapshot whose copy failed (nothing was published for it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CopyFailure {
+    pub stamp: String,
+    /// The stable code of the error (`chunk_corrupt`, `chunk_missing`,
+    /// `manifest_corrupt`, `object_corrupt`, ...).
+    pub code: String,
+    /// What is wrong, naming the chunk hash or the object.
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CopyResult {
+    /// The source store's location.
+    pub from: String,
+    /// The destination store's location.
+    pub to: String,
+    /// Snapshots published at the destination by this run, oldest first.
+    pub snapshots_copied: Vec<String>,
+    /// Snapshots the destination already had (same stamp): left alone.
+    pub snapshots_skipped: Vec<String>,
+    /// Snapshots that could not be copied (damage at the source).
+    pub snapshots_failed: Vec<CopyFailure>,
+    /// Whether chunk ids were re-computed for the destination (the two
+    /// stores name chunks differently: another encryption scheme or key).
+    pub chunk_ids_rewritten: bool,
+    /// Chunks written into new packs at the destination.
+    pub chunks_sent: u64,
+    /// Stored bytes of the new packs written at the destination.
+    pub bytes_sent: u64,
+    pub duration_ms: u64,
+    /// Process exit code for this result: 0, or the worst of the failures
+    /// (3 for damage at the source, 1 otherwise).
+    #[serde(skip)]
+    pub exit_code: i32,
+}
+
+/// Copies `stamps` (every snapshot of the source when empty) from `from` to
+/// `to`, oldest first. A named stamp the source does not have is refused
+/// before any work (`snapshot_missing`). Damage found at the
+/// source fails the copy of that snapshot only (listed in
+/// `snapshots_failed`); a failure at the destination stops the copy.
+pub fn copy(
+    from: &Store,
+    to: &Store,
+    stamps: &[Stamp],
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<CopyResult> {
+    let started = Instant::now();
+    let mut wanted: Vec<Stamp> = stamps.to_vec();
+    // The source is only read; copy only adds to the destination.
+    let _from_lock = from.lock_shared_reader("copy (source)", opts.lock_wait)?;
+    let _to_lock = to.lock_shared("copy", opts.lock_wait)?;
+    if wanted.is_empty() {
+        wanted = from.list_snapshots()?.stamps;
+    } else {
+        for stamp in &wanted {
+            if !from.snapshot_exists(stamp)? {
+                return Err(Error::SnapshotMissing {
+                    stamp: stamp.to_string(),
+                });
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+    }
+
+    let same_ids = from.sealer().same_ids_as(to.sealer());
+    let mut result = CopyResult {
+        from: from.backend().location(),
+        to: to.backend().location(),
+        snapshots_copied: Vec::new(),
+        snapshots_skipped: Vec::new(),
+        snapshots_failed: Vec::new(),
+        chunk_ids_rewritten: !same_ids,
+        chunks_sent: 0,
+        bytes_sent: 0,
+        duration_ms: 0,
+        exit_code: 0,
+    };
+    let pending: Vec<Stamp> = wanted
+        .into_iter()
+        .map(|s| to.snapshot_exists(&s).map(|there| (s, there)))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter_map(|(s, there)| {
+            if there {
+                result.snapshots_skipped.push(s.to_string());
+                None
+            } else {
+                Some(s)
+            }
+        })
+        .collect();
+
+    if !pending.is_empty() {
+        to.clean_tmp(None)?;
+        let from_index = from.load_index()?;
+        let mut to_index = to.load_index()?;
+        let mut copier = Copier {
+            from,
+            to,
+            from_index: &from_index,
+            to_index: &mut to_index,
+            packer: Packer::new(to),
+            ids: (!same_ids).then(IdMap::default),
+            chunks_sent: 0,
+            progress,
+        };
+        for stamp in &pending {
+            match copier.copy_snapshot(stamp)? {
+                Outcome::Copied => result.snapshots_copied.push(stamp.to_string()),
+                Outcome::AlreadyThere => result.snapshots_skipped.push(stamp.to_string()),
+                Outcome::Failed(e) => {
+                    result.exit_code = result.exit_code.max(e.exit_code().max(1));
+                    result.snapshots_failed.push(CopyFailure {
+                        stamp: stamp.to_string(),
+                        code: e.code().to_string(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        // Chunks of a failed snapshot already in the open pack are sound:
+        // kept, so a rerun after the source is repaired need not send them.
+        copier.packer.flush(copier.to_index)?;
+        result.chunks_sent = copier.chunks_sent;
+        result.bytes_sent = copier.packer.bytes_written();
+    }
+    result
+        .snapshots_skipped
+        .sort_by_key(|s| Stamp::parse(s).ok());
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    progress.finish();
+    Ok(result)
+}
+
+enum Outcome {
+    Copied,
+    /// Published meanwhile by another process (a concurrent copy).
+    AlreadyThere,
+    /// Damage at the source: nothing was published for this snapshot.
+    Failed(Error),
+}
+
+struct Copier<'a> {
+    from: &'a Store,
+    to: &'a Store,
+    from_index: &'a ChunkIndex,
+    to_index: &'a mut ChunkIndex,
+    packer: Packer<'a>,
+    /// Source id to destination id, when the stores name chunks
+    /// differently (None when the ids are the same).
+    ids: Option<IdMap<Id>>,
+    chunks_sent: u64,
+    progress: &'a dyn Progress,
+}
+
+/// A source chunk ready for the destination.
+struct Ready {
+    id: Id,
+    stored: Vec<u8>,
+    raw_len: u32,
+    compressed: bool,
+}
+
+impl Copier<'_> {
+    /// Copies one snapshot. The outer error stops the whole copy (the
+    /// destination failed); damage at the source is an `Outcome::Failed`.
+    fn copy_snapshot(&mut self, stamp: &Stamp) -> Result<Outcome> {
+        let (mut manifest, mut metadata) = match self.read_source(stamp) {
+            Ok(v) => v,
+            Err(e) => return Ok(Outcome::Failed(e)),
+        };
+        if let Err(e) = self.send_chunks(stamp, &manifest)? {
+            return Ok(Outcome::Failed(e));
+        }
+        self.packer.flush(self.to_index)?;
+        crate::restore::failpoint(|| FAILPOINT_AFTER_PACKS.to_string());
+        crate::restore::failpoint(|| format!("{FAILPOINT_AFTER_PACKS}:{stamp}"));
+        if let Some(ids) = &self.ids {
+            rewrite_ids(&mut manifest, ids)?;
+        }
+        if self
+            .to
+            .publish_snapshot_as(stamp, &mut manifest, &mut metadata)?
+        {
+            Ok(Outcome::Copied)
+        } else {
+            Ok(Outcome::AlreadyThere)
+        }
+    }
+
+    fn read_source(&self, stamp: &Stamp) -> Result<(Manifest, serde_json::Value)> {
+        let manifest = self.from.read_manifest(stamp)?;
+        let metadata = self.from.read_metadata(stamp)?;
+        Ok((manifest, metadata))
+    }
+
+    /// Sends every chunk of `manifest` the destination lacks. The inner
+    /// error is damage at the source (the first chunk found missing or
+    /// corrupt); the outer one a failure to write at the destination.
+    fn send_chunks(&mut self, stamp: &Stamp, manifest: &Manifest) -> Result<Result<()>> {
+        // The source chunks to handle, each once, in manifest order.
+        let mut seen = IdSet::default();
+        let mut needed: Vec<(Id, Location)> = Vec::new();
+        for id in manifest
+            .entries
+            .iter()
+            .filter_map(|e| e.file())
+            .flat_map(|f| f.chunks.iter())
+        {
+            let todo = match &self.ids {
+                None => !self.packer.has(self.to_index, id),
+                Some(ids) => !ids.contains_key(id),
+            };
+            if !todo || !seen.insert(*id) {
+                continue;
+            }
+            match self.from_index.get(id) {
+                Some(loc) => needed.push((*id, *loc)),
+                None => return Ok(Err(fault_error(id, ChunkFault::Missing))),
+            }
+        }
+        drop(seen);
+        let total: u64 = needed.iter().map(|(_, l)| l.raw_len as u64).sum();
+        self.progress.phase(&format!("copy {stamp}"), Some(total));
+
+        let mut start = 0;
+        while start < needed.len() {
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < needed.len() && (end == start || bytes < BATCH_BYTES) {
+                bytes += needed[end].1.raw_len as u64;
+                end += 1;
+            }
+            let batch = &needed[start..end];
+            let ready = match self.prepare(batch) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            };
+            for r in ready.into_iter().flatten() {
+                if self
+                    .packer
+                    .add(self.to_index, r.id, &r.stored, r.raw_len, r.compressed)?
+                {
+                    self.chunks_sent += 1;
+                }
+            }
+            self.progress.advance(bytes);
+            start = end;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Reads and checks a batch of source chunks in parallel and turns each
+    /// into what the destination stores. None for a chunk the destination
+    /// turns out to have (after re-hashing). Records new id mappings.
+    fn prepare(&mut self, batch: &[(Id, Location)]) -> Result<Vec<Option<Ready>>> {
+        let from = self.from;
+        let to = self.to;
+        let index = self.from_index;
+        let rewrite = self.ids.is_some();
+        let packer = &self.packer;
+        let to_index = &*self.to_index;
+        let params = &to.config().compression;
+        let prepared: Vec<std::result::Result<(Id, Option<Ready>), Error>> = batch
+            .par_iter()
+            .map(|(id, loc)| {
+                let stored = read_stored(from, index, loc).map_err(|f| fault_error(id, f))?;
+                if !rewrite {
+                    from.check_chunk(&stored, id, loc.compressed(), loc.raw_len)
+                        .map_err(|f| fault_error(id, f))?;
+                    return Ok((
+                        *id,
+                        Some(Ready {
+                            id: *id,
+                            stored,
+                            raw_len: loc.raw_len,
+                            compressed: loc.compressed(),
+                        }),
+                    ));
+                }
+                let raw = from
+                    .decode_chunk(stored, id, loc.compressed(), loc.raw_len)
+                    .map_err(|f| fault_error(id, f))?;
+                let new_id = to.sealer().chunk_id(&raw);
+                if packer.has(to_index, &new_id) {
+                    return Ok((new_id, None));
+                }
+                // A chunk the source stored raw did not compress (or was
+                // in a file where compression did not pay): not retried.
+                let (encoded, compressed) = if loc.compressed() {
+                    chunk::encode(&raw, params)
+                } else {
+                    (raw, false)
+                };
+                Ok((
+                    new_id,
+                    Some(Ready {
+                        id: new_id,
+                        stored: to.sealer().seal(encoded, &new_id.0),
+                        raw_len: loc.raw_len,
+                        compressed,
+                    }),
+                ))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(prepared.len());
+        for ((src, _), p) in batch.iter().zip(prepared) {
+            let (new_id, ready) = p?;
+            if let Some(ids) = &mut self.ids {
+                ids.insert(*src, new_id);
+            }
+            out.push(ready);
+        }
+        Ok(out)
+    }
+}
+
+/// The stored bytes of a source chunk, as they are in its pack.
+fn read_stored(
+    store: &Store,
+    index: &ChunkIndex,
+    loc: &Location,
+) -> std::result::Result<Vec<u8>, ChunkFault> {
+    let name = pack::pack_name(&index.pack(loc.pack).id);
+    store
+        .backend()
+        .read_range(&name, loc.offset as u64, loc.stored_len() as usize)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ChunkFault::Missing,
+            std::io::ErrorKind::UnexpectedEof => {
+                ChunkFault::Corrupt(format!("pack {name} is truncated"))
+            }
+            _ => ChunkFault::Corrupt(format!("pack {name} unreadable: {e}")),
+        })
+}
+
+fn fault_error(id: &Id, fault: ChunkFault) -> Error {
+    match fault {
+        ChunkFault::Missing => Error::ChunkMissing {
+            hash: id.to_string(),
+        },
+        ChunkFault::Corrupt(detail) => Error::ChunkCorrupt {
+            hash: id.to_string(),
+            detail,
+        },
+    }
+}
+
+/// Renames every chunk of the manifest with its destination id (each was
+/// mapped by `send_chunks`; a gap would be a bug, refused, never published).
+fn rewrite_ids(manifest: &mut Manifest, ids: &IdMap<Id>) -> Result<()> {
+    for entry in &mut manifest.entries {
+        if let EntryKind::File(f) = &mut entry.kind {
+            for id in &mut f.chunks {
+                *id = *ids.get(id).ok_or_else(|| {
+                    Error::Other(format!("copy: chunk {id} has no destination id"))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Entry, FileEntry, MANIFEST_VERSION};
+    use crate::progress::NoProgress;
+
+    fn opts() -> CopyOptions {
+        CopyOptions {
+            lock_wait: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn copy_of_an_empty_store_sends_nothing_and_named_missing_stamps_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = Store::init(&dir.path().join("a")).unwrap();
+        let to = Store::init(&dir.path().join("b")).unwrap();
+        let r = copy(&from, &to, &[], &opts(), &NoProgress).unwrap();
+        assert!(r.snapshots_copied.is_empty() && r.snapshots_skipped.is_empty());
+        assert_eq!((r.chunks_sent, r.bytes_sent, r.exit_code), (0, 0, 0));
+        assert!(!r.chunk_ids_rewritten);
+        let stamp = Stamp::parse("20260411T120000Z").unwrap();
+        let err = copy(&from, &to, &[stamp], &opts(), &NoProgress).unwrap_err();
+        assert_eq!(err.code(), "snapshot_missing");
+    }
+
+    #[test]
+    fn rewrite_ids_maps_every_chunk_and_refuses_a_gap() {
+        let (a, b, c) = (Id::hash(b"a"), Id::hash(b"b"), Id::hash(b"c"));
+        let mut m = Manifest {
+            version: MANIFEST_VERSION,
+            stamp: "20260411T120000Z".into(),
+            created_at: "2026-04-11T12:00:00Z".into(),
+            tags: vec![],
+            hostname: "h".into(),
+            chroma_included: false,
+            capture_errors: vec![],
+            entries: vec![Entry {
+                path: b"atocore.db".to_vec(),
+                kind: EntryKind::File(FileEntry {
+                    size: 2,
+                    chunks: vec![a, b, a],
+                    sqlite: true,
+                    source: None,
+                    wal_source: None,
+                }),
+                mode: 0o644,
+                mtime_ns: 0,
+            }],
+        };
+        let mut ids = IdMap::default();
+        ids.insert(a, c);
+        assert!(rewrite_ids(&mut m.clone(), &ids).is_err());
+        ids.insert(b, a);
+        rewrite_ids(&mut m, &ids).unwrap();
+        assert_eq!(m.entries[0].file().unwrap().chunks, vec![c, a, c]);
+    }
+}
