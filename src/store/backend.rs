@@ -16,6 +16,9 @@ use std::sync::{Arc, Mutex};
 pub struct ListEntry {
     pub name: String,
     pub size: u64,
+    /// Last modification time, when the storage reports one (gc's grace
+    /// period spares objects younger than it).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 pub trait Backend: Send + Sync {
@@ -39,8 +42,16 @@ pub trait Backend: Send + Sync {
     fn replace(&self, name: &str, data: &[u8]) -> io::Result<()> {
         self.write_once(name, data)
     }
-    /// Moves a finished, fsynced local file in as object `name`.
+    /// Moves a finished, fsynced local file in as object `name`. A remote
+    /// backend may finish the upload in the background: `barrier` waits
+    /// for it.
     fn put_file(&self, name: &str, local: &Path) -> io::Result<()>;
+    /// Waits until every `put_file` handed over so far is durable, and
+    /// returns the first error any of them hit. `write_dir_once`, `delete`,
+    /// `delete_dir` and `rename` imply it.
+    fn barrier(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Publishes a folder of small files atomically. Returns false, writing
     /// nothing, when `dir` already exists.
     fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> io::Result<bool>;
@@ -186,9 +197,11 @@ impl Backend for LocalBackend {
                 .strip_prefix(&self.root)
                 .map_err(io::Error::other)?;
             let Some(rel) = rel.to_str() else { continue };
+            let meta = entry.metadata().map_err(io::Error::other)?;
             out.push(ListEntry {
                 name: rel.to_string(),
-                size: entry.metadata().map_err(io::Error::other)?.len(),
+                size: meta.len(),
+                modified: meta.modified().ok(),
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

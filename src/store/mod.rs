@@ -19,6 +19,7 @@ pub mod key;
 pub mod lock;
 pub mod pack;
 pub mod packer;
+pub mod s3;
 pub mod seal;
 
 use rayon::prelude::*;
