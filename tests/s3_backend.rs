@@ -305,6 +305,7 @@ fn s3_missing_bucket_is_a_clear_error() {
     let e = S3Backend::new(&loc, scratch.path().to_path_buf())
         .err()
         .expect("a missing bucket must fail");
+    eprintln!("{e}");
     assert!(t.elapsed() < Duration::from_secs(30));
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(
@@ -325,6 +326,7 @@ fn s3_unreachable_endpoint_fails_in_bounded_time() {
     let e = S3Backend::new(&loc, scratch.path().to_path_buf())
         .err()
         .expect("an unreachable endpoint must fail");
+    eprintln!("{e}");
     let took = t.elapsed();
     assert!(took < Duration::from_secs(30), "{took:?}");
     assert!(e.to_string().contains("127.0.0.1:1"), "{e}");

@@ -27,6 +27,7 @@ fn s3_wrong_credentials_are_refused_quickly() {
     let e = S3Backend::new(&loc, scratch.path().to_path_buf())
         .err()
         .expect("wrong credentials must fail");
+    eprintln!("{e}");
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     let msg = e.to_string();
@@ -40,5 +41,6 @@ fn s3_wrong_credentials_are_refused_quickly() {
     let e = S3Backend::new(&loc, scratch.path().to_path_buf())
         .err()
         .expect("no credentials must fail");
+    eprintln!("{e}");
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
 }

@@ -13,19 +13,23 @@
 //!   printed: error messages are scrubbed of the secret key as well.
 //! - Integrity of uploads: every PUT (and every part of a multipart upload)
 //!   carries `x-amz-checksum-crc32c`, OpenDAL's S3 `checksum_algorithm =
-//!   crc32c`. Garage 2.x, like AWS, recomputes the CRC32C of the body it
-//!   received and rejects the upload when it differs (tested against the
-//!   real Garage in `tests/s3_backend.rs`, which corrupts a body in flight).
+//!   crc32c`. Garage 2.5, like AWS, recomputes the CRC32C of the body it
+//!   received and refuses a mismatch (checked by hand against Garage 2.5:
+//!   a PUT with a wrong `x-amz-checksum-crc32c` gets 400 `InvalidDigest`);
+//!   multipart uploads with per-part CRC32C work there too (the 20 MiB
+//!   `put_file` in `tests/s3_backend.rs`).
 //!   CRC32C rather than Content-MD5 because it also works for multipart
 //!   uploads, which OpenDAL refuses to combine with MD5.
-//! - Failures: every request is retried with exponential backoff and jitter
-//!   (`ATOSNAP_S3_RETRIES` attempts in all, default 4), a connection attempt
-//!   gives up after 4 s and a request after 60 s, so an unreachable endpoint
-//!   fails in well under 30 s instead of hanging. Errors become
-//!   `io::Error`s: `NotFound` for a missing object or bucket,
-//!   `PermissionDenied` for refused credentials, `ConnectionRefused` /
-//!   `TimedOut` for an endpoint that does not answer, each naming the
-//!   endpoint.
+//! - Failures: requests that fail in a way OpenDAL classes as temporary
+//!   (5xx, 429, broken connections, timeouts) are retried with exponential
+//!   backoff and jitter (`ATOSNAP_S3_RETRIES` attempts in all, default 4);
+//!   a refused connection or an HTTP 4xx fails at once. A connection
+//!   attempt gives up after 4 s and a request after 60 s, so an
+//!   unreachable endpoint fails in well under 30 s instead of hanging.
+//!   Errors become `io::Error`s: `NotFound` for a missing object or bucket
+//!   ("bucket X does not exist at ENDPOINT"), `PermissionDenied` for
+//!   refused or missing credentials, `ConnectionRefused` / `TimedOut` for
+//!   an endpoint that does not answer, each naming the endpoint.
 //! - Uploads of finished packs (`put_file`) run in the background on at
 //!   most `ATOSNAP_S3_UPLOADS` (default 2) threads, streamed from the local
 //!   file in 8 MiB parts; a caller blocks while the pool is full.
@@ -182,7 +186,11 @@ struct Names {
 
 impl Names {
     fn display(&self, name: &str) -> String {
-        format!("{}/{}", self.url, name)
+        if name.is_empty() {
+            self.url.clone()
+        } else {
+            format!("{}/{}", self.url, name)
+        }
     }
 
     /// Maps an OpenDAL error on object `name` to an `io::Error`.
@@ -200,14 +208,18 @@ impl Names {
                 io::ErrorKind::PermissionDenied,
                 format!("credentials refused by {}: {detail}", self.endpoint),
             ),
-            _ if lower.contains("credential") && lower.contains("no valid") => (
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "no S3 credentials for {}: set AWS_ACCESS_KEY_ID and \
+            _ if lower.contains("load signing credential")
+                || (lower.contains("credential") && lower.contains("no valid")) =>
+            {
+                (
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "no S3 credentials for {}: set AWS_ACCESS_KEY_ID and \
                      AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials ({detail})",
-                    self.endpoint
-                ),
-            ),
+                        self.endpoint
+                    ),
+                )
+            }
             OdKind::ConditionNotMatch => (
                 io::ErrorKind::AlreadyExists,
                 format!("{what}: already exists"),
@@ -391,7 +403,16 @@ impl S3Backend {
             .lister_options("/", opts)
             .map_err(|e| self.err("", e))?;
         match lister.next() {
-            Some(Err(e)) if e.kind() != OdKind::NotFound => Err(self.err("", e)),
+            // Listing a prefix never answers 404: the bucket is missing
+            // (or the endpoint is no S3 server).
+            Some(Err(e)) if e.kind() == OdKind::NotFound => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "bucket {} does not exist at {}",
+                    self.names.bucket, self.names.endpoint
+                ),
+            )),
+            Some(Err(e)) => Err(self.err("", e)),
             _ => Ok(()),
         }
     }
