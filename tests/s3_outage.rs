@@ -41,11 +41,16 @@ fn spawn(s: &S3Rt, args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Stops Garage `after` into the child's run, waits for the child (it must
-/// end by itself, in bounded time), starts Garage again. Returns the
-/// child's exit code.
-fn outage_during(child: Child, after: Duration) -> i32 {
-    std::thread::sleep(after);
+/// Waits until the bucket under `url` holds more packs than `before`
+/// (the command is mid-way: uploading), then stops Garage, waits for the
+/// child (it must end by itself, in bounded time) and starts Garage again.
+/// Returns the child's exit code.
+fn outage_during(child: Child, url: &str, cache: &Path, before: usize) -> i32 {
+    let backend = backend_for(url, cache);
+    let started = Instant::now();
+    while packs(backend.as_ref()) <= before && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     garage("stop");
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -65,6 +70,13 @@ fn outage_during(child: Child, after: Duration) -> i32 {
     code
 }
 
+fn packs(backend: &dyn atosnap::store::backend::Backend) -> usize {
+    backend
+        .list_files("objects")
+        .map(|l| l.iter().filter(|e| e.name.ends_with(".pack")).count())
+        .unwrap_or(0)
+}
+
 fn assert_whole(s: &S3Rt) {
     for stamp in s.stamps() {
         let v = s.ok(&["validate", &stamp]);
@@ -81,12 +93,18 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
     // create
     let s = S3Rt::new(&bucket, "outage-create");
     s.ok(&["create", "--chroma"]);
-    grow_chroma(&s.rt.chroma, 96, 7);
-    let code = outage_during(
-        spawn(&s, &["create", "--chroma"]),
-        Duration::from_millis(1500),
+    let before = packs(s.backend().as_ref());
+    let snapshots = s.stamps().len();
+    grow_chroma(&s.rt.chroma, 160, 7);
+    let child = spawn(&s, &["create", "--chroma"]);
+    let code = outage_during(child, &s.url, &s.cache, before);
+    // 160 MiB were still to upload when the server went away.
+    assert_eq!(code, 1, "the create was cut off mid-way");
+    assert_eq!(
+        s.stamps().len(),
+        snapshots,
+        "a failed create lists nothing new"
     );
-    eprintln!("create during the outage exited {code}");
     assert_whole(&s);
     let rerun = s.ok(&["create", "--chroma"]);
     assert_eq!(rerun["validated"], true, "{rerun}");
@@ -94,7 +112,7 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
 
     // copy (local store -> bucket)
     let local = Rt::fixture();
-    grow_chroma(&local.chroma, 96, 11);
+    grow_chroma(&local.chroma, 160, 11);
     local.ok(&["create", "--chroma"]);
     let dest = S3Rt::new(&bucket, "outage-copy");
     let child = Command::new(env!("CARGO_BIN_EXE_atosnap"))
@@ -107,11 +125,11 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let code = outage_during(child, Duration::from_millis(1500));
-    eprintln!("copy during the outage exited {code}");
-    if dest.run(&["list"]).1 == 0 {
-        assert_whole(&dest);
-    }
+    let code = outage_during(child, &dest.url, &dest.cache, 0);
+    assert_eq!(code, 1, "the copy was cut off mid-way");
+    // The bucket lists nothing (the manifest goes last) or only whole
+    // snapshots.
+    assert!(dest.stamps().is_empty(), "{:?}", dest.stamps());
     let out = Command::new(env!("CARGO_BIN_EXE_atosnap"))
         .args(["--quiet", "--store"])
         .arg(&local.store)
