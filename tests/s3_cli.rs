@@ -7,6 +7,16 @@ use s3_common::*;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+/// Retention that keeps only the newest snapshot.
+const KEEP_ONE_DAY: &[&str] = &[
+    "--keep-daily",
+    "1",
+    "--keep-weekly",
+    "0",
+    "--keep-monthly",
+    "0",
+];
+
 #[test]
 fn every_command_works_on_a_bucket() {
     let Some(bucket) = bucket() else { return };
@@ -60,32 +70,15 @@ fn every_command_works_on_a_bucket() {
     let to = s.rt.path("restored");
     let r = s.ok(&["restore", &c, "--to", to.to_str().unwrap()]);
     assert_eq!(r["restored_integrity_ok"], true, "{r}");
-    let got = restored_tree(&to);
+    let got = restorable_tree(&to.join("chroma"), &to.join("project-registry.json"));
     let diffs = tree_diff(&want, &got);
     assert!(diffs.is_empty(), "restore differs: {diffs:?}");
     assert!(has_marker(&to.join("atocore.db"), "after-b"));
 
     // Retention then gc: the default grace period keeps young packs.
-    let dry = s.ok(&[
-        "cleanup",
-        "--keep-daily",
-        "1",
-        "--keep-weekly",
-        "0",
-        "--keep-monthly",
-        "0",
-    ]);
+    let dry = s.ok(&[&["cleanup"][..], KEEP_ONE_DAY].concat());
     assert_eq!(dry["dry_run"], true);
-    let gone = s.ok(&[
-        "cleanup",
-        "--confirm",
-        "--keep-daily",
-        "1",
-        "--keep-weekly",
-        "0",
-        "--keep-monthly",
-        "0",
-    ]);
+    let gone = s.ok(&[&["cleanup", "--confirm"][..], KEEP_ONE_DAY].concat());
     assert_eq!(
         gone["deleted_stamps"].as_array().unwrap().len(),
         2,
@@ -100,24 +93,6 @@ fn every_command_works_on_a_bucket() {
     assert_eq!(after["ok"], true, "{after}");
     assert!(after["orphans"].as_array().unwrap().is_empty(), "{after}");
     assert_eq!(s.ok(&["validate", &c])["valid"], true);
-}
-
-/// What `restore --to DIR` wrote, in the shape of `Rt::restorable`.
-fn restored_tree(to: &std::path::Path) -> std::collections::BTreeMap<Vec<u8>, Node> {
-    let mut t: std::collections::BTreeMap<Vec<u8>, Node> = tree(&to.join("chroma"))
-        .into_iter()
-        .map(|(k, v)| {
-            let mut p = b"chroma/".to_vec();
-            p.extend_from_slice(&k);
-            (p, v)
-        })
-        .collect();
-    t.extend(
-        tree(&to.join("project-registry.json"))
-            .into_values()
-            .map(|v| (b"registry".to_vec(), v)),
-    );
-    t
 }
 
 #[test]
@@ -270,20 +245,15 @@ fn create_and_gc_racing_never_lose_a_snapshot() {
         made.push(j["stamp"].as_str().unwrap().to_string());
         // Retention deletes old snapshots now and then, so gc has work.
         if i == 1 {
-            s.ok(&[
+            let args = [
                 "--lock-wait",
                 "120",
                 "cleanup",
                 "--confirm",
-                "--keep-daily",
-                "1",
-                "--keep-weekly",
-                "0",
-                "--keep-monthly",
-                "0",
                 "--grace-period",
                 "0",
-            ]);
+            ];
+            s.ok(&[&args[..], KEEP_ONE_DAY].concat());
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -176,6 +176,27 @@ fn connect(location: &StoreLocation, remote: &RemoteSettings) -> Result<Connecti
 }
 
 impl Store {
+    fn assemble(
+        location: &StoreLocation,
+        remote: &RemoteSettings,
+        (backend, cache): Connection,
+        config: StoreConfig,
+        sealer: Sealer,
+        key_file: Option<KeyFile>,
+    ) -> Store {
+        Store {
+            location: location.clone(),
+            remote: remote.clone(),
+            backend,
+            cache,
+            gc_grace: None,
+            listed_sizes: Default::default(),
+            config,
+            sealer,
+            key_file,
+        }
+    }
+
     /// Opens an existing unencrypted local store (an encrypted one is
     /// refused with `password_required`: use [`Store::open_with`]).
     pub fn open(root: &Path) -> Result<Store> {
@@ -238,17 +259,14 @@ impl Store {
                 (sealer, None)
             }
         };
-        Ok(Store {
-            location: location.clone(),
-            remote: remote.clone(),
-            backend,
-            cache,
-            gc_grace: None,
-            listed_sizes: Default::default(),
+        Ok(Store::assemble(
+            location,
+            remote,
+            (backend, cache),
             config,
             sealer,
             key_file,
-        })
+        ))
     }
 
     /// Creates a new unencrypted local store at `root` (which may exist but
@@ -330,17 +348,14 @@ impl Store {
             None => (Sealer::Plain, None),
             Some((master, file)) => (Sealer::repokey(master), Some(file)),
         };
-        Ok(Store {
-            location: location.clone(),
-            remote: remote.clone(),
-            backend,
-            cache,
-            gc_grace: None,
-            listed_sizes: Default::default(),
+        Ok(Store::assemble(
+            location,
+            remote,
+            (backend, cache),
             config,
             sealer,
             key_file,
-        })
+        ))
     }
 
     /// Opens the local store, creating an unencrypted one when none exists.

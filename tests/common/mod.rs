@@ -117,20 +117,7 @@ impl Rt {
     /// folders holding the db and the registry are not restored, so their
     /// mtimes are not part of it.
     pub fn restorable(&self) -> BTreeMap<Vec<u8>, Node> {
-        let mut t: BTreeMap<Vec<u8>, Node> = tree(&self.chroma)
-            .into_iter()
-            .map(|(k, v)| {
-                let mut p = b"chroma/".to_vec();
-                p.extend_from_slice(&k);
-                (p, v)
-            })
-            .collect();
-        t.extend(
-            tree(&self.registry)
-                .into_values()
-                .map(|v| (b"registry".to_vec(), v)),
-        );
-        t
+        restorable_tree(&self.chroma, &self.registry)
     }
 
     pub fn insert_marker(&self, id: &str) {
@@ -176,6 +163,26 @@ pub fn has_marker(db: &Path, id: &str) -> bool {
     })
     .unwrap()
         > 0
+}
+
+/// A Chroma tree and a registry file in the shape `Rt::restorable` gives
+/// (`chroma/<path>` and `registry`): for comparing a runtime with what a
+/// `restore --to DIR` wrote (`DIR/chroma`, `DIR/project-registry.json`).
+pub fn restorable_tree(chroma: &Path, registry: &Path) -> BTreeMap<Vec<u8>, Node> {
+    let mut t: BTreeMap<Vec<u8>, Node> = tree(chroma)
+        .into_iter()
+        .map(|(k, v)| {
+            let mut p = b"chroma/".to_vec();
+            p.extend_from_slice(&k);
+            (p, v)
+        })
+        .collect();
+    t.extend(
+        tree(registry)
+            .into_values()
+            .map(|v| (b"registry".to_vec(), v)),
+    );
+    t
 }
 
 pub fn count(db: &Path, table: &str) -> i64 {
