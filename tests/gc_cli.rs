@@ -344,3 +344,23 @@ fn gc_on_a_missing_store_is_a_clear_error() {
     assert_eq!(r.code, 1);
     assert_eq!(r.error_code(), "store_missing");
 }
+
+#[test]
+fn the_grace_period_keeps_young_packs_until_it_passes() {
+    let (env, s) = after_deletion();
+    let before = env.packs();
+    // Every pack was written moments ago: within an hour's grace, gc
+    // deletes and rewrites nothing, and says why.
+    let r = env.ok(&["gc", "--confirm", "--grace-period", "3600"]);
+    assert_eq!(r["grace_period_secs"], 3600);
+    assert_eq!(r["packs_within_grace"], 2, "{r}");
+    assert_eq!(r["deleted_packs"], serde_json::json!([]));
+    assert_eq!(r["rewritten_packs"], serde_json::json!([]));
+    assert_eq!(env.packs(), before);
+    // A local store's default is no grace: the same gc then reclaims.
+    let r = env.ok(&["gc", "--confirm"]);
+    assert_eq!(r["grace_period_secs"], 0);
+    assert_eq!(r["packs_within_grace"], 0);
+    assert!(strs(&r["deleted_packs"]).contains(&s.pack_b), "{r}");
+    env.assert_healthy();
+}

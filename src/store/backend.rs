@@ -34,12 +34,6 @@ pub trait Backend: Send + Sync {
         self.read_range(name, offset, len)
     }
     fn size(&self, name: &str) -> io::Result<u64>;
-    /// Waits until every write handed over so far is durable, and returns
-    /// the first error any of them hit (a backend that uploads in the
-    /// background; the local one writes synchronously).
-    fn barrier(&self) -> io::Result<()> {
-        Ok(())
-    }
     /// Every file below `dir`, recursively (missing `dir`: empty list).
     fn list_files(&self, dir: &str) -> io::Result<Vec<ListEntry>>;
     /// Immediate children of `dir` (files and folders), by name.
@@ -52,8 +46,16 @@ pub trait Backend: Send + Sync {
     fn replace(&self, name: &str, data: &[u8]) -> io::Result<()> {
         self.write_once(name, data)
     }
-    /// Moves a finished, fsynced local file in as object `name`.
+    /// Moves a finished, fsynced local file in as object `name`. A remote
+    /// backend may finish the upload in the background: `barrier` waits
+    /// for it.
     fn put_file(&self, name: &str, local: &Path) -> io::Result<()>;
+    /// Waits until every `put_file` handed over so far is durable, and
+    /// returns the first error any of them hit. `write_dir_once`, `delete`,
+    /// `delete_dir` and `rename` imply it.
+    fn barrier(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Publishes a folder of small files atomically. Returns false, writing
     /// nothing, when `dir` already exists.
     fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> io::Result<bool>;

@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::store::s3::{S3Backend, S3Location};
 
 /// A parsed `--store` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreLocation {
     Local(PathBuf),
-    S3(S3Url),
+    S3(S3Location),
 }
 
 /// A store and how to reach it: what `--store`, `--s3-endpoint` and
@@ -41,13 +42,6 @@ impl StoreAddress {
     pub fn display(&self) -> String {
         self.location.display()
     }
-}
-
-/// `s3://BUCKET/PREFIX` (the prefix may be empty or nested).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct S3Url {
-    pub bucket: String,
-    pub prefix: String,
 }
 
 /// Settings of remote stores: from `--s3-endpoint` / `ATOSNAP_S3_ENDPOINT`,
@@ -88,16 +82,30 @@ impl RemoteSettings {
     }
 }
 
-/// The backend of a bucket; `scratch` is a local folder for its temp files.
+/// The backend of a bucket; `scratch` is a local folder for its temp
+/// files and pack spool.
 pub fn remote_backend(
-    url: &S3Url,
-    _settings: &RemoteSettings,
-    _scratch: PathBuf,
+    loc: &S3Location,
+    settings: &RemoteSettings,
+    scratch: PathBuf,
 ) -> std::io::Result<std::sync::Arc<dyn crate::store::backend::Backend>> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        format!("{}: the S3 backend is not built in yet", url.url()),
-    ))
+    let loc = S3Location {
+        endpoint: settings.endpoint.clone(),
+        region: settings.region.clone(),
+        ..loc.clone()
+    };
+    Ok(std::sync::Arc::new(S3Backend::new(&loc, scratch)?))
+}
+
+/// This store's own folder in the cache: one per bucket, prefix and
+/// endpoint, so two stores never share cached objects.
+pub fn cache_dir(loc: &S3Location, settings: &RemoteSettings) -> PathBuf {
+    let mut h = blake3::Hasher::new();
+    h.update(loc.url().as_bytes());
+    h.update(b"\0");
+    h.update(settings.endpoint.as_deref().unwrap_or("").as_bytes());
+    let key = h.finalize().to_hex();
+    settings.cache_root().join(&key.as_str()[..24])
 }
 
 impl StoreLocation {
@@ -106,25 +114,11 @@ impl StoreLocation {
         let Some(text) = value.to_str() else {
             return Ok(StoreLocation::Local(value.to_path_buf()));
         };
-        let Some(rest) = text.strip_prefix("s3://") else {
+        if !S3Location::is_s3_url(text) {
             return Ok(StoreLocation::Local(value.to_path_buf()));
-        };
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(Error::Usage(format!(
-                "--store {text}: no bucket (expected s3://BUCKET/PREFIX)"
-            )));
         }
-        let prefix = prefix.trim_matches('/');
-        if prefix.split('/').any(|p| p == ".." || p == ".") {
-            return Err(Error::Usage(format!(
-                "--store {text}: the prefix may not contain . or .. segments"
-            )));
-        }
-        Ok(StoreLocation::S3(S3Url {
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
-        }))
+        let loc = S3Location::parse(text).map_err(|e| Error::Usage(format!("--store {e}")))?;
+        Ok(StoreLocation::S3(loc))
     }
 
     pub fn is_remote(&self) -> bool {
@@ -135,29 +129,8 @@ impl StoreLocation {
     pub fn display(&self) -> String {
         match self {
             StoreLocation::Local(p) => p.display().to_string(),
-            StoreLocation::S3(u) => u.url(),
+            StoreLocation::S3(loc) => loc.url(),
         }
-    }
-}
-
-impl S3Url {
-    pub fn url(&self) -> String {
-        if self.prefix.is_empty() {
-            format!("s3://{}", self.bucket)
-        } else {
-            format!("s3://{}/{}", self.bucket, self.prefix)
-        }
-    }
-
-    /// This store's own folder in the cache: one per bucket, prefix and
-    /// endpoint, so two stores never share cached objects.
-    pub fn cache_dir(&self, settings: &RemoteSettings) -> PathBuf {
-        let mut h = blake3::Hasher::new();
-        h.update(self.url().as_bytes());
-        h.update(b"\0");
-        h.update(settings.endpoint.as_deref().unwrap_or("").as_bytes());
-        let key = h.finalize().to_hex();
-        settings.cache_root().join(&key.as_str()[..24])
     }
 }
 
@@ -171,13 +144,10 @@ mod tests {
             StoreLocation::parse(Path::new("/srv/backups")).unwrap(),
             StoreLocation::Local("/srv/backups".into())
         );
-        assert_eq!(
-            StoreLocation::parse(Path::new("s3://b/a/c/")).unwrap(),
-            StoreLocation::S3(S3Url {
-                bucket: "b".into(),
-                prefix: "a/c".into()
-            })
-        );
+        let StoreLocation::S3(loc) = StoreLocation::parse(Path::new("s3://b/a/c/")).unwrap() else {
+            panic!("not remote")
+        };
+        assert_eq!((loc.bucket.as_str(), loc.prefix.as_str()), ("b", "a/c"));
         let bare = StoreLocation::parse(Path::new("s3://bucket")).unwrap();
         assert_eq!(bare.display(), "s3://bucket");
         assert!(StoreLocation::parse(Path::new("s3:///x")).is_err());
@@ -191,16 +161,10 @@ mod tests {
             region: None,
             cache_dir: Some("/c".into()),
         };
-        let a = S3Url {
-            bucket: "b".into(),
-            prefix: "p".into(),
-        };
-        let b = S3Url {
-            bucket: "b".into(),
-            prefix: "q".into(),
-        };
-        assert_ne!(a.cache_dir(&s("x")), b.cache_dir(&s("x")));
-        assert_ne!(a.cache_dir(&s("x")), a.cache_dir(&s("y")));
-        assert!(a.cache_dir(&s("x")).starts_with("/c"));
+        let a = S3Location::parse("s3://b/p").unwrap();
+        let b = S3Location::parse("s3://b/q").unwrap();
+        assert_ne!(cache_dir(&a, &s("x")), cache_dir(&b, &s("x")));
+        assert_ne!(cache_dir(&a, &s("x")), cache_dir(&a, &s("y")));
+        assert!(cache_dir(&a, &s("x")).starts_with("/c"));
     }
 }

@@ -21,6 +21,7 @@ pub mod location;
 pub mod lock;
 pub mod pack;
 pub mod packer;
+pub mod s3;
 pub mod seal;
 
 use rayon::prelude::*;
@@ -162,10 +163,10 @@ type Connection = (Arc<dyn Backend>, Option<Arc<ObjectCache>>);
 fn connect(location: &StoreLocation, remote: &RemoteSettings) -> Result<Connection> {
     match location {
         StoreLocation::Local(root) => Ok((Arc::new(LocalBackend::new(root)), None)),
-        StoreLocation::S3(url) => {
-            let dir = url.cache_dir(remote);
-            let backend = location::remote_backend(url, remote, dir.join("tmp"))
-                .map_err(|e| Error::io("connect to", url.url(), e))?;
+        StoreLocation::S3(loc) => {
+            let dir = location::cache_dir(loc, remote);
+            let backend = location::remote_backend(loc, remote, dir.join("tmp"))
+                .map_err(|e| Error::io("connect to", loc.url(), e))?;
             Ok((
                 backend,
                 Some(Arc::new(ObjectCache::new(dir.join("objects")))),

@@ -13,7 +13,8 @@ pub mod common;
 pub use common::*;
 
 use atosnap::store::backend::Backend;
-use atosnap::store::location::{RemoteSettings, S3Url};
+use atosnap::store::location::RemoteSettings;
+use atosnap::store::s3::S3Location;
 
 /// The test bucket, or `None` (the caller returns: skipped).
 pub fn bucket() -> Option<String> {
@@ -109,8 +110,8 @@ pub fn backend_for(url: &str, cache: &Path) -> Arc<dyn Backend> {
     atosnap::store::location::remote_backend(&s3, &settings, scratch(&s3, &settings)).unwrap()
 }
 
-fn scratch(url: &S3Url, settings: &RemoteSettings) -> PathBuf {
-    let dir = url.cache_dir(settings).join("tmp");
+fn scratch(loc: &S3Location, settings: &RemoteSettings) -> PathBuf {
+    let dir = atosnap::store::location::cache_dir(loc, settings).join("tmp");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -1,0 +1,1003 @@
+//! A store in S3-compatible object storage (AWS S3, Garage, MinIO, …)
+//! behind the [`Backend`] trait, through OpenDAL's blocking API
+//! (`opendal::blocking::Operator` over an async operator driven by a small
+//! tokio runtime that this backend owns).
+//!
+//! - Location: `s3://BUCKET/PREFIX`; the endpoint comes from the caller
+//!   (`--s3-endpoint`) or `ATOSNAP_S3_ENDPOINT`, the region from
+//!   `AWS_REGION` / `AWS_DEFAULT_REGION` (default `us-east-1`; Garage uses
+//!   `garage`). Requests are path-style (Garage needs it). Credentials come
+//!   only from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` or the standard
+//!   credentials file (`~/.aws/credentials`, `AWS_PROFILE`), loaded by
+//!   OpenDAL's signer; the EC2 metadata service is not asked. They are never
+//!   printed: error messages are scrubbed of the secret key as well.
+//! - Integrity of uploads: every PUT (and every part of a multipart upload)
+//!   carries `x-amz-checksum-crc32c`, OpenDAL's S3 `checksum_algorithm =
+//!   crc32c`. Garage 2.5, like AWS, recomputes the CRC32C of the body it
+//!   received and refuses a mismatch (checked by hand against Garage 2.5:
+//!   a PUT with a wrong `x-amz-checksum-crc32c` gets 400 `InvalidDigest`);
+//!   multipart uploads with per-part CRC32C work there too (the 20 MiB
+//!   `put_file` in `tests/s3_backend.rs`).
+//!   CRC32C rather than Content-MD5 because it also works for multipart
+//!   uploads, which OpenDAL refuses to combine with MD5.
+//! - Failures: requests that fail in a way OpenDAL classes as temporary
+//!   (5xx, 429, broken connections, timeouts) are retried with exponential
+//!   backoff and jitter (`ATOSNAP_S3_RETRIES` attempts in all, default 4);
+//!   a refused connection or an HTTP 4xx fails at once. A connection
+//!   attempt gives up after 4 s and a request after 60 s, so an
+//!   unreachable endpoint fails in well under 30 s instead of hanging.
+//!   Errors become `io::Error`s: `NotFound` for a missing object or bucket
+//!   ("bucket X does not exist at ENDPOINT"), `PermissionDenied` for
+//!   refused or missing credentials, `ConnectionRefused` / `TimedOut` for
+//!   an endpoint that does not answer, each naming the endpoint.
+//! - Uploads of finished packs (`put_file`) run in the background on at
+//!   most `ATOSNAP_S3_UPLOADS` (default 2) threads, streamed from the local
+//!   file in 8 MiB parts; a caller blocks while the pool is full.
+//!   `barrier()` waits for them and reports the first failure;
+//!   `write_dir_once`, `delete`, `delete_dir` and `rename` call it first, so
+//!   a snapshot is never published, and nothing deleted, before the packs
+//!   handed over earlier are durable in the bucket.
+//! - `write_dir_once`: S3 has no atomic folder rename, and Garage 2.5
+//!   ignores `If-None-Match: *` on PutObject (its put.rs never reads it; a
+//!   second conditional PUT of an existing key succeeds), so a conditional
+//!   create cannot be the claim. Instead: list `dir/` (anything there: the
+//!   folder exists, `Ok(false)`); PUT a marker `dir/.claim-<pid>-<random>`;
+//!   list `dir/` again. A writer whose listing shows its own marker and
+//!   nothing else owns the folder. Two racing writers cannot both win: each
+//!   lists only after its own marker is stored, so the later listing of the
+//!   two shows both markers (S3 and Garage list with read-after-write
+//!   consistency). A writer that sees another marker deletes its own, waits
+//!   a random 50–250 ms and tries again (a few times) so that a tie does not
+//!   leave both out. The owner then writes the files in order (the first
+//!   file first, the last file, the commit, last) and deletes its marker. A
+//!   folder without its last file (`manifest.bin`) is incomplete; a crash
+//!   can leave one, possibly with a stale marker, and it counts as existing.
+//! - `delete` of a missing object is `NotFound` (checked with a HEAD first,
+//!   like the local backend); `delete_dir` deletes `manifest.bin` first so a
+//!   snapshot disappears at once, then the rest.
+//! - Reads of chunks: `read_range` on packs (`objects/`, `quarantine/`)
+//!   downloads the whole pack once into a local spool file under the
+//!   scratch folder and serves ranges from it; the spool is an LRU bounded
+//!   by `ATOSNAP_S3_SPOOL_BYTES` (default 4 GiB, 0 = no spool: one ranged
+//!   GET per call) and is deleted when the backend is dropped. Other names
+//!   are ranged GETs.
+//! - The blocking calls must not be made from inside a tokio runtime's
+//!   worker thread (OpenDAL's blocking layer uses `Handle::block_on`).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use opendal::blocking;
+use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::options::{ListOptions, ReadOptions, WriteOptions};
+use opendal::services::S3;
+use opendal::{ErrorKind as OdKind, HttpTransporter, OperationContext, Operator};
+
+use super::backend::{temp_path_in, Backend, ListEntry};
+
+/// Default number of attempts per request (first try plus retries).
+pub const DEFAULT_ATTEMPTS: usize = 4;
+/// Default number of concurrent background uploads.
+pub const DEFAULT_UPLOADS: usize = 2;
+/// Default disk budget of the pack spool.
+pub const DEFAULT_SPOOL_BYTES: u64 = 4 << 30;
+/// Part size of streamed uploads (and the whole-body limit of a single PUT).
+const UPLOAD_CHUNK: usize = 8 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// The file whose presence makes a snapshot folder complete.
+const COMMIT_FILE: &str = "manifest.bin";
+/// Name prefix of the marker a `write_dir_once` writer claims a folder with.
+pub const CLAIM_PREFIX: &str = ".claim-";
+/// Claim attempts of `write_dir_once` when writers tie.
+const CLAIM_ATTEMPTS: usize = 5;
+
+/// Where a store lives in object storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// `http(s)://host:port`; `None`: `ATOSNAP_S3_ENDPOINT`, else AWS.
+    pub endpoint: Option<String>,
+    /// `None`: `AWS_REGION`, `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+}
+
+impl S3Location {
+    /// Whether a `--store` value names object storage.
+    pub fn is_s3_url(s: &str) -> bool {
+        s.starts_with("s3://")
+    }
+
+    /// Parses `s3://BUCKET/PREFIX` (the prefix may be empty or nested).
+    pub fn parse(url: &str) -> io::Result<S3Location> {
+        let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| invalid(format!("{url}: not an s3://BUCKET/PREFIX location")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid(format!(
+                "{url}: no bucket name (expected s3://BUCKET/PREFIX)"
+            )));
+        }
+        if bucket.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(format!("{url}: invalid bucket name {bucket:?}")));
+        }
+        let parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.iter().any(|p| *p == "." || *p == "..") {
+            return Err(invalid(format!("{url}: `.` or `..` in the prefix")));
+        }
+        Ok(S3Location {
+            bucket: bucket.to_string(),
+            prefix: parts.join("/"),
+            endpoint: None,
+            region: None,
+        })
+    }
+
+    /// `s3://BUCKET/PREFIX` (or `s3://BUCKET` without a prefix).
+    pub fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    fn resolved_endpoint(&self) -> Option<String> {
+        self.endpoint
+            .clone()
+            .or_else(|| std::env::var("ATOSNAP_S3_ENDPOINT").ok())
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .filter(|e| !e.is_empty())
+    }
+
+    fn resolved_region(&self) -> String {
+        self.region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "us-east-1".to_string())
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// What error messages need to name things (shared with upload threads).
+struct Names {
+    url: String,
+    bucket: String,
+    endpoint: String,
+}
+
+impl Names {
+    fn display(&self, name: &str) -> String {
+        if name.is_empty() {
+            self.url.clone()
+        } else {
+            format!("{}/{}", self.url, name)
+        }
+    }
+
+    /// Maps an OpenDAL error on object `name` to an `io::Error`.
+    fn err(&self, name: &str, e: opendal::Error) -> io::Error {
+        let detail = scrub(&error_chain(&e));
+        let lower = detail.to_ascii_lowercase();
+        let what = self.display(name);
+        let (kind, msg) = match e.kind() {
+            OdKind::NotFound => (io::ErrorKind::NotFound, format!("{what}: not found")),
+            OdKind::ConfigInvalid if detail.contains("NoSuchBucket") => (
+                io::ErrorKind::NotFound,
+                format!("bucket {} does not exist at {}", self.bucket, self.endpoint),
+            ),
+            OdKind::PermissionDenied => (
+                io::ErrorKind::PermissionDenied,
+                format!("credentials refused by {}: {detail}", self.endpoint),
+            ),
+            _ if lower.contains("load signing credential")
+                || (lower.contains("credential") && lower.contains("no valid")) =>
+            {
+                (
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "no S3 credentials for {}: set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials ({detail})",
+                        self.endpoint
+                    ),
+                )
+            }
+            OdKind::ConditionNotMatch => (
+                io::ErrorKind::AlreadyExists,
+                format!("{what}: already exists"),
+            ),
+            OdKind::Unsupported => (io::ErrorKind::Unsupported, format!("{what}: {detail}")),
+            _ if lower.contains("timeout") || lower.contains("timed out") => (
+                io::ErrorKind::TimedOut,
+                format!("S3 endpoint {} timed out ({what}): {detail}", self.endpoint),
+            ),
+            _ if lower.contains("send http request") || lower.contains("connect") => (
+                io::ErrorKind::ConnectionRefused,
+                format!(
+                    "cannot reach S3 endpoint {} ({what}): {detail}",
+                    self.endpoint
+                ),
+            ),
+            _ => (io::ErrorKind::Other, format!("{what}: {detail}")),
+        };
+        io::Error::new(kind, msg)
+    }
+}
+
+/// The error and its sources, one line.
+fn error_chain(e: &opendal::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// Removes the secret key from a message, should it ever appear there.
+fn scrub(msg: &str) -> String {
+    match std::env::var("AWS_SECRET_ACCESS_KEY") {
+        Ok(sk) if sk.len() >= 4 => msg.replace(&sk, "<redacted>"),
+        _ => msg.to_string(),
+    }
+}
+
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only when a provider is installed already: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `dir/` for listing (`/` for the root).
+fn dir_path(dir: &str) -> String {
+    let d = dir.trim_matches('/');
+    if d.is_empty() {
+        "/".to_string()
+    } else {
+        format!("{d}/")
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    let d = dir.trim_matches('/');
+    if d.is_empty() {
+        name.to_string()
+    } else {
+        format!("{d}/{name}")
+    }
+}
+
+/// A store in an S3 bucket. See the module documentation.
+pub struct S3Backend {
+    names: Arc<Names>,
+    op: blocking::Operator,
+    scratch: PathBuf,
+    uploads: Arc<UploadPool>,
+    spool: Spool,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl S3Backend {
+    /// Connects to the bucket of `loc` (one listing request checks that
+    /// the bucket exists and the credentials are accepted). `scratch` is a
+    /// local folder for temp files and the pack spool.
+    pub fn new(loc: &S3Location, scratch: PathBuf) -> io::Result<S3Backend> {
+        let endpoint = loc.resolved_endpoint();
+        let region = loc.resolved_region();
+        let names = Arc::new(Names {
+            url: loc.url(),
+            bucket: loc.bucket.clone(),
+            endpoint: endpoint
+                .clone()
+                .unwrap_or_else(|| format!("AWS S3 ({region})")),
+        });
+        fs::create_dir_all(&scratch)?;
+        install_crypto_provider();
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("atosnap-s3")
+            .enable_all()
+            .build()?;
+
+        let mut builder = S3::default()
+            .bucket(&loc.bucket)
+            .root(&format!("/{}", loc.prefix))
+            .region(&region)
+            .checksum_algorithm("crc32c")
+            .disable_ec2_metadata();
+        if let Some(ep) = &endpoint {
+            builder = builder.endpoint(ep);
+        }
+        let config_err = |e: opendal::Error| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: {}", names.url, scrub(&error_chain(&e))),
+            )
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| io::Error::other(format!("cannot set up the HTTP client: {e}")))?;
+        let transport = HttpTransporter::new(
+            opendal_http_transport_reqwest::ReqwestTransport::new(client),
+        );
+        let attempts = env_usize("ATOSNAP_S3_RETRIES", DEFAULT_ATTEMPTS).max(1);
+        let op = Operator::new(builder)
+            .map_err(config_err)?
+            .with_context(OperationContext::new().with_http_transport(transport))
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(OP_TIMEOUT)
+                    .with_io_timeout(IO_TIMEOUT),
+            )
+            .layer(
+                RetryLayer::new()
+                    .with_jitter()
+                    .with_factor(2.0)
+                    .with_min_delay(Duration::from_millis(500))
+                    .with_max_delay(Duration::from_secs(4))
+                    .with_max_times(attempts - 1),
+            );
+        let op = {
+            let _guard = rt.enter();
+            blocking::Operator::new(op).map_err(config_err)?
+        };
+
+        let spool_budget = std::env::var("ATOSNAP_S3_SPOOL_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_SPOOL_BYTES);
+        let backend = S3Backend {
+            names,
+            op,
+            spool: Spool::new(temp_path_in(&scratch, "spool"), spool_budget),
+            scratch,
+            uploads: Arc::new(UploadPool::new(env_usize(
+                "ATOSNAP_S3_UPLOADS",
+                DEFAULT_UPLOADS,
+            ))),
+            rt: Some(rt),
+        };
+        backend.check_bucket()?;
+        Ok(backend)
+    }
+
+    /// One listing request: the bucket exists, the credentials work.
+    fn check_bucket(&self) -> io::Result<()> {
+        let opts = ListOptions {
+            limit: Some(1),
+            ..Default::default()
+        };
+        let mut lister = self
+            .op
+            .lister_options("/", opts)
+            .map_err(|e| self.err("", e))?;
+        match lister.next() {
+            // Listing a prefix never answers 404: the bucket is missing
+            // (or the endpoint is no S3 server).
+            Some(Err(e)) if e.kind() == OdKind::NotFound => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "bucket {} does not exist at {}",
+                    self.names.bucket, self.names.endpoint
+                ),
+            )),
+            Some(Err(e)) => Err(self.err("", e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn err(&self, name: &str, e: opendal::Error) -> io::Error {
+        self.names.err(name, e)
+    }
+
+    /// Whether `read_range` on `name` goes through the spool.
+    fn spooled(&self, name: &str) -> bool {
+        self.spool.budget > 0 && (name.starts_with("objects/") || name.starts_with("quarantine/"))
+    }
+
+    fn list(&self, dir: &str, recursive: bool) -> io::Result<Vec<opendal::Entry>> {
+        let path = dir_path(dir);
+        let opts = ListOptions {
+            recursive,
+            ..Default::default()
+        };
+        let lister = match self.op.lister_options(&path, opts) {
+            Ok(l) => l,
+            Err(e) if e.kind() == OdKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in lister {
+            match entry {
+                Ok(entry) => {
+                    if entry.path() != path && entry.path() != path.trim_start_matches('/') {
+                        out.push(entry);
+                    }
+                }
+                Err(e) if e.kind() == OdKind::NotFound => break,
+                Err(e) => return Err(self.err(dir, e)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for S3Backend {
+    fn drop(&mut self) {
+        // Upload threads use the runtime: let them finish first.
+        self.uploads.wait_idle();
+        self.spool.clear();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Streams local file `local` to object `name`.
+fn upload_file(op: &blocking::Operator, names: &Names, name: &str, local: &Path) -> io::Result<()> {
+    let mut f = File::open(local)?;
+    let len = f.metadata()?.len();
+    if len <= UPLOAD_CHUNK as u64 {
+        let mut buf = Vec::with_capacity(len as usize);
+        f.read_to_end(&mut buf)?;
+        op.write(name, buf).map_err(|e| names.err(name, e))?;
+        return Ok(());
+    }
+    let opts = WriteOptions {
+        chunk: Some(UPLOAD_CHUNK),
+        concurrent: 1,
+        ..Default::default()
+    };
+    let mut w = op
+        .writer_options(name, opts)
+        .map_err(|e| names.err(name, e))?;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(UPLOAD_CHUNK as u64) as usize;
+        let mut buf = vec![0u8; n];
+        f.read_exact(&mut buf)?;
+        w.write(buf).map_err(|e| names.err(name, e))?;
+        left -= n as u64;
+    }
+    let meta = w.close().map_err(|e| names.err(name, e))?;
+    if meta.content_length() != 0 && meta.content_length() != len {
+        return Err(io::Error::other(format!(
+            "{}: uploaded {} bytes of {len}",
+            names.display(name),
+            meta.content_length()
+        )));
+    }
+    Ok(())
+}
+
+/// Background uploads: at most `max` at once, first error kept.
+struct UploadPool {
+    max: usize,
+    state: Mutex<PoolState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    in_flight: usize,
+    error: Option<io::Error>,
+}
+
+impl UploadPool {
+    fn new(max: usize) -> UploadPool {
+        UploadPool {
+            max,
+            state: Mutex::new(PoolState::default()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; a recorded failure is returned instead.
+    fn acquire(&self) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(e) = st.error.take() {
+                return Err(e);
+            }
+            if st.in_flight < self.max {
+                st.in_flight += 1;
+                return Ok(());
+            }
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn release(&self, result: io::Result<()>) {
+        let mut st = lock(&self.state);
+        st.in_flight -= 1;
+        if let Err(e) = result {
+            if st.error.is_none() {
+                st.error = Some(e);
+            }
+        }
+        self.cv.notify_all();
+    }
+
+    fn wait_idle(&self) -> Option<io::Error> {
+        let mut st = lock(&self.state);
+        while st.in_flight > 0 {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.error.take()
+    }
+}
+
+/// Local copies of whole packs, for `read_range`.
+struct Spool {
+    dir: PathBuf,
+    budget: u64,
+    state: Mutex<SpoolState>,
+}
+
+#[derive(Default)]
+struct SpoolState {
+    slots: HashMap<String, SlotInfo>,
+    tick: u64,
+    total: u64,
+    next_file: u64,
+}
+
+struct SlotInfo {
+    slot: Arc<Slot>,
+    last_use: u64,
+    /// 0 until downloaded.
+    size: u64,
+}
+
+struct Slot {
+    path: PathBuf,
+    /// Filled once by the first reader; others wait on the lock.
+    file: Mutex<Option<Arc<File>>>,
+}
+
+impl Spool {
+    fn new(dir: PathBuf, budget: u64) -> Spool {
+        Spool {
+            dir,
+            budget,
+            state: Mutex::new(SpoolState::default()),
+        }
+    }
+
+    fn slot(&self, name: &str) -> Arc<Slot> {
+        let mut st = lock(&self.state);
+        st.tick += 1;
+        let tick = st.tick;
+        if let Some(info) = st.slots.get_mut(name) {
+            info.last_use = tick;
+            return info.slot.clone();
+        }
+        st.next_file += 1;
+        let slot = Arc::new(Slot {
+            path: self.dir.join(format!("{:08}.pack", st.next_file)),
+            file: Mutex::new(None),
+        });
+        st.slots.insert(
+            name.to_string(),
+            SlotInfo {
+                slot: slot.clone(),
+                last_use: tick,
+                size: 0,
+            },
+        );
+        slot
+    }
+
+    /// The spooled copy of `name`, downloading it on first use.
+    fn file(&self, backend: &S3Backend, name: &str) -> io::Result<Arc<File>> {
+        let slot = self.slot(name);
+        let mut guard = lock(&slot.file);
+        if let Some(f) = guard.as_ref() {
+            return Ok(f.clone());
+        }
+        fs::create_dir_all(&self.dir)?;
+        let part = slot.path.with_extension("part");
+        let downloaded = (|| {
+            let reader = backend.op.reader(name).map_err(|e| backend.err(name, e))?;
+            let mut src = reader.into_std_read(..).map_err(|e| backend.err(name, e))?;
+            let mut out = File::create(&part)?;
+            let n = io::copy(&mut src, &mut out)?;
+            out.flush()?;
+            fs::rename(&part, &slot.path)?;
+            Ok::<u64, io::Error>(n)
+        })();
+        let size = match downloaded {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = fs::remove_file(&part);
+                return Err(e);
+            }
+        };
+        let f = Arc::new(File::open(&slot.path)?);
+        *guard = Some(f.clone());
+        drop(guard);
+        self.account(name, &slot, size.max(1));
+        Ok(f)
+    }
+
+    /// Records a finished download and evicts the least recently used
+    /// other packs beyond the budget.
+    fn account(&self, name: &str, slot: &Arc<Slot>, size: u64) {
+        let mut st = lock(&self.state);
+        match st.slots.get_mut(name) {
+            Some(info) if Arc::ptr_eq(&info.slot, slot) => info.size = size,
+            _ => {
+                // Forgotten (deleted or renamed) meanwhile.
+                let _ = fs::remove_file(&slot.path);
+                return;
+            }
+        }
+        st.total += size;
+        while st.total > self.budget {
+            let victim = st
+                .slots
+                .iter()
+                .filter(|(n, info)| n.as_str() != name && info.size > 0)
+                .min_by_key(|(_, info)| info.last_use)
+                .map(|(n, _)| n.clone());
+            let Some(victim) = victim else { break };
+            if let Some(info) = st.slots.remove(&victim) {
+                st.total -= info.size;
+                // Readers holding the open file keep reading it.
+                let _ = fs::remove_file(&info.slot.path);
+            }
+        }
+    }
+
+    fn forget(&self, name: &str) {
+        let mut st = lock(&self.state);
+        if let Some(info) = st.slots.remove(name) {
+            st.total -= info.size;
+            let _ = fs::remove_file(&info.slot.path);
+        }
+    }
+
+    fn clear(&self) {
+        let mut st = lock(&self.state);
+        st.slots.clear();
+        st.total = 0;
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        self.names.url.clone()
+    }
+
+    fn display_name(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.names.display(name))
+    }
+
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        match self.op.stat(name) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == OdKind::NotFound => Ok(false),
+            Err(e) => Err(self.err(name, e)),
+        }
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        Ok(self.op.read(name).map_err(|e| self.err(name, e))?.to_vec())
+    }
+
+    fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if self.spooled(name) {
+            let f = self.spool.file(self, name)?;
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, offset).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: cannot read {len} bytes at {offset}: {e}",
+                        self.names.display(name)
+                    ),
+                )
+            })?;
+            return Ok(buf);
+        }
+        self.read_range_direct(name, offset, len)
+    }
+
+    /// One ranged GET, never through the spool: pack trailers and indexes
+    /// are read so (downloading a whole pack for its index would defeat
+    /// the cache).
+    fn read_range_direct(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let opts = ReadOptions {
+            range: (offset..offset + len as u64).into(),
+            ..Default::default()
+        };
+        let buf = self
+            .op
+            .read_options(name, opts)
+            .map_err(|e| self.err(name, e))?
+            .to_vec();
+        if buf.len() != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: {} bytes at {offset}, wanted {len}",
+                    self.names.display(name),
+                    buf.len()
+                ),
+            ));
+        }
+        Ok(buf)
+    }
+
+    fn size(&self, name: &str) -> io::Result<u64> {
+        Ok(self
+            .op
+            .stat(name)
+            .map_err(|e| self.err(name, e))?
+            .content_length())
+    }
+
+    fn list_files(&self, dir: &str) -> io::Result<Vec<ListEntry>> {
+        let mut out: Vec<ListEntry> = self
+            .list(dir, true)?
+            .into_iter()
+            .filter(|e| !e.path().ends_with('/'))
+            .map(|e| ListEntry {
+                name: e.path().trim_start_matches('/').to_string(),
+                size: e.metadata().content_length(),
+                modified: e.metadata().last_modified().map(SystemTime::from),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
+        Ok(out)
+    }
+
+    fn list_children(&self, dir: &str) -> io::Result<Vec<String>> {
+        let path = dir_path(dir);
+        let base = path.trim_start_matches('/');
+        let mut out: Vec<String> = self
+            .list(dir, false)?
+            .into_iter()
+            .filter_map(|e| {
+                let p = e.path().trim_start_matches('/');
+                let rel = p.strip_prefix(base).unwrap_or(p).trim_end_matches('/');
+                (!rel.is_empty()).then(|| rel.to_string())
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn write_once(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.op
+            .write(name, data.to_vec())
+            .map_err(|e| self.err(name, e))?;
+        Ok(())
+    }
+
+    fn replace(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        // A PUT replaces an object atomically.
+        self.write_once(name, data)
+    }
+
+    fn put_file(&self, name: &str, local: &Path) -> io::Result<()> {
+        if let Err(e) = self.uploads.acquire() {
+            let _ = fs::remove_file(local);
+            return Err(e);
+        }
+        let op = self.op.clone();
+        let names = self.names.clone();
+        let pool = self.uploads.clone();
+        let (name, local) = (name.to_string(), local.to_path_buf());
+        let spawned = std::thread::Builder::new()
+            .name("atosnap-s3-upload".into())
+            .spawn({
+                let local = local.clone();
+                move || {
+                    let r = upload_file(&op, &names, &name, &local);
+                    let _ = fs::remove_file(&local);
+                    pool.release(r);
+                }
+            });
+        if let Err(e) = spawned {
+            let _ = fs::remove_file(&local);
+            self.uploads.release(Ok(()));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn barrier(&self) -> io::Result<()> {
+        match self.uploads.wait_idle() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> io::Result<bool> {
+        self.barrier()?;
+        if files.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: no files to publish", self.names.display(dir)),
+            ));
+        }
+        let mut attempt = 0;
+        let claim = loop {
+            attempt += 1;
+            if !self.list_children(dir)?.is_empty() {
+                return Ok(false);
+            }
+            let r: u64 = rand::random();
+            let marker = format!("{CLAIM_PREFIX}{}-{r:016x}", std::process::id());
+            let claim = join(dir, &marker);
+            self.write_once(&claim, marker.as_bytes())?;
+            if self.list_children(dir)? == [marker] {
+                break claim;
+            }
+            // Someone else is here too: step back.
+            self.op.delete(&claim).map_err(|e| self.err(&claim, e))?;
+            if attempt >= CLAIM_ATTEMPTS {
+                return Ok(false);
+            }
+            let pause = 50 + rand::random::<u64>() % 200;
+            std::thread::sleep(Duration::from_millis(pause));
+        };
+        // Files in order: the last one commits.
+        for (name, data) in files {
+            self.write_once(&join(dir, name), data)?;
+        }
+        // Best effort: a stale marker in a complete folder is harmless.
+        let _ = self.op.delete(&claim);
+        Ok(true)
+    }
+
+    fn delete(&self, name: &str) -> io::Result<()> {
+        self.barrier()?;
+        self.spool.forget(name);
+        // Like a local file system: deleting nothing is an error.
+        self.op.stat(name).map_err(|e| self.err(name, e))?;
+        self.op.delete(name).map_err(|e| self.err(name, e))
+    }
+
+    fn delete_dir(&self, dir: &str) -> io::Result<()> {
+        self.barrier()?;
+        let commit = join(dir, COMMIT_FILE);
+        let had_commit = self.exists(&commit)?;
+        if had_commit {
+            self.op.delete(&commit).map_err(|e| self.err(&commit, e))?;
+        }
+        let rest: Vec<String> = self.list_files(dir)?.into_iter().map(|e| e.name).collect();
+        if rest.is_empty() && !had_commit {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: not found", self.names.display(dir)),
+            ));
+        }
+        for name in &rest {
+            self.spool.forget(name);
+        }
+        self.op
+            .delete_iter(rest.iter().map(|s| s.as_str()))
+            .map_err(|e| self.err(dir, e))
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.scratch.clone()
+    }
+
+    fn open_read(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
+        let reader = self.op.reader(name).map_err(|e| self.err(name, e))?;
+        let r = reader.into_std_read(..).map_err(|e| self.err(name, e))?;
+        Ok(Box::new(r))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.barrier()?;
+        if self.exists(to)? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already exists", self.names.display(to)),
+            ));
+        }
+        self.spool.forget(from);
+        match self.op.copy(from, to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == OdKind::Unsupported => {
+                let data = self.read(from)?;
+                self.write_once(to, &data)?;
+            }
+            Err(e) => return Err(self.err(from, e)),
+        }
+        self.op.delete(from).map_err(|e| self.err(from, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_location_parse() {
+        let l = S3Location::parse("s3://bkt/a/b/").unwrap();
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("bkt", "a/b"));
+        assert_eq!(l.url(), "s3://bkt/a/b");
+        let l = S3Location::parse("s3://bkt").unwrap();
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("bkt", ""));
+        assert_eq!(l.url(), "s3://bkt");
+        let l = S3Location::parse("s3://bkt/").unwrap();
+        assert_eq!(l.prefix, "");
+        let l = S3Location::parse("s3://bkt//x//y").unwrap();
+        assert_eq!(l.prefix, "x/y");
+        let e = S3Location::parse("s3:///prefix").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("no bucket name"), "{e}");
+        assert!(S3Location::parse("/tmp/store").is_err());
+        assert!(S3Location::parse("s3://b/../x").is_err());
+        assert!(S3Location::is_s3_url("s3://b"));
+    }
+
+    #[test]
+    fn s3_paths() {
+        assert_eq!(dir_path(""), "/");
+        assert_eq!(dir_path("snapshots"), "snapshots/");
+        assert_eq!(dir_path("snapshots/"), "snapshots/");
+        assert_eq!(
+            join("snapshots/x", "manifest.bin"),
+            "snapshots/x/manifest.bin"
+        );
+        assert_eq!(join("", "config.json"), "config.json");
+    }
+
+    #[test]
+    fn s3_upload_pool_keeps_first_error() {
+        let pool = UploadPool::new(1);
+        pool.acquire().unwrap();
+        pool.release(Err(io::Error::other("first")));
+        let e = pool.acquire().unwrap_err();
+        assert_eq!(e.to_string(), "first");
+        pool.acquire().unwrap();
+        pool.release(Ok(()));
+        assert!(pool.wait_idle().is_none());
+    }
+}
