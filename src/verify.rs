@@ -74,6 +74,22 @@ pub fn validate_manifest(
     manifest: &Manifest,
     report: &mut ValidateReport,
 ) -> Result<()> {
+    let every_chunk = manifest
+        .entries
+        .iter()
+        .filter_map(|e| e.file())
+        .flat_map(|f| f.chunks.iter());
+    store.with_packs_prefetched(index, every_chunk, || {
+        check_manifest(store, index, manifest, report)
+    })
+}
+
+fn check_manifest(
+    store: &Store,
+    index: &ChunkIndex,
+    manifest: &Manifest,
+    report: &mut ValidateReport,
+) -> Result<()> {
     let mut errors: BTreeSet<String> = BTreeSet::new();
 
     // The db: rebuilt into a temp file (which verifies its chunks), then

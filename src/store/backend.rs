@@ -34,6 +34,11 @@ pub trait Backend: Send + Sync {
         self.read_range(name, offset, len)
     }
     fn size(&self, name: &str) -> io::Result<u64>;
+    /// Hints that `name` will be read soon: a remote backend fetches it
+    /// now (a caller runs this on a helper thread, ahead of its readers).
+    fn prefetch(&self, _name: &str) -> io::Result<()> {
+        Ok(())
+    }
     /// Every file below `dir`, recursively (missing `dir`: empty list).
     fn list_files(&self, dir: &str) -> io::Result<Vec<ListEntry>>;
     /// Immediate children of `dir` (files and folders), by name.

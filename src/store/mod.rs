@@ -701,6 +701,41 @@ impl Store {
         Ok(index)
     }
 
+    /// Runs `work` while, on a remote store, two helper threads fetch the
+    /// packs holding `ids` in the order they are first needed, so that the
+    /// readers in `work` find each pack downloaded instead of each waiting
+    /// for its own. A local store just runs `work`.
+    pub fn with_packs_prefetched<'a, T>(
+        &self,
+        index: &ChunkIndex,
+        ids: impl Iterator<Item = &'a Id>,
+        work: impl FnOnce() -> T,
+    ) -> T {
+        if !self.is_remote() {
+            return work();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let names: Vec<String> = ids
+            .filter_map(|id| index.get(id))
+            .filter(|loc| seen.insert(loc.pack))
+            .map(|loc| pack::pack_name(&index.pack(loc.pack).id))
+            .collect();
+        const PREFETCHERS: usize = 2;
+        std::thread::scope(|scope| {
+            for first in 0..PREFETCHERS {
+                let names = &names;
+                scope.spawn(move || {
+                    for name in names.iter().skip(first).step_by(PREFETCHERS) {
+                        // A failure here is met again, and reported, by
+                        // the reader that needs the pack.
+                        let _ = self.backend.prefetch(name);
+                    }
+                });
+            }
+            work()
+        })
+    }
+
     /// Reads, unseals, decompresses and re-hashes one chunk.
     pub fn read_chunk(
         &self,
