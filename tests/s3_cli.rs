@@ -123,6 +123,31 @@ fn an_encrypted_store_on_a_bucket_round_trips() {
     let (j, code, _) = s.rt.run_env(&["list"], &env);
     assert_eq!(code, 1);
     assert_eq!(j["error"]["code"], "password_required");
+
+    // key passwd replaces the key object in the bucket.
+    let new_pw = s.rt.path("new-pw");
+    std::fs::write(&new_pw, "a new and better password").unwrap();
+    let new_pw = new_pw.to_str().unwrap().to_string();
+    let (j, code, err) = s.rt.run_env(
+        &[
+            "--password-file",
+            &pw,
+            "key",
+            "passwd",
+            "--new-password-file",
+            &new_pw,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{j}\n{err}");
+    let (j, code, _) = s.rt.run_env(&["--password-file", &pw, "list"], &env);
+    assert_eq!(
+        (code, &j["error"]["code"]),
+        (1, &serde_json::json!("wrong_password"))
+    );
+    let (j, code, _) =
+        s.rt.run_env(&["--password-file", &new_pw, "validate", &stamp], &env);
+    assert_eq!((code, &j["valid"]), (0, &serde_json::json!(true)), "{j}");
 }
 
 #[test]
@@ -206,6 +231,17 @@ fn a_flipped_byte_in_the_bucket_is_found_by_verify_and_named() {
     // byte lies in a referenced chunk, which the middle of a pack does).
     let (val, code, _) = s.run(&["validate", &stamp]);
     assert_eq!(code, 3, "{val}");
+
+    // Repair moves the pack into quarantine/ in the bucket (never deletes
+    // it) and keeps its intact chunks; the next create heals the rest.
+    let (r, code, _) = s.run(&["verify", "--repair"]);
+    assert_eq!(code, 3, "{r}");
+    let moved_to = r["repair"]["quarantined"][0]["moved_to"].as_str().unwrap();
+    assert!(backend.exists(moved_to).unwrap(), "{moved_to} kept");
+    assert!(!backend.exists(&victim.name).unwrap());
+    let healed = s.ok(&["create", "--chroma"]);
+    let fresh = healed["stamp"].as_str().unwrap();
+    assert_eq!(s.ok(&["validate", fresh])["valid"], true);
 }
 
 #[test]
