@@ -34,14 +34,29 @@ pub fn append(
         .ctx("write", store.object_path(&name))
 }
 
-/// The newest drill of each snapshot.
+/// The newest drill of each snapshot. Only the newest record of each
+/// snapshot is read (its name says which: `<stamp>--<time>-<rand>.json`,
+/// the time sortable), through the cache of a remote store, so `list`
+/// costs one listing however many drills there were.
 pub fn last_drills(store: &Store) -> HashMap<String, DrillMark> {
     let mut out: HashMap<String, DrillMark> = HashMap::new();
     let Ok(files) = store.backend().list_files(DRILLS_DIR) else {
         return out;
     };
-    for f in files {
-        let Ok(bytes) = store.backend().read(&f.name) else {
+    let mut newest: HashMap<&str, &crate::store::backend::ListEntry> = HashMap::new();
+    for f in &files {
+        let file = f.name.rsplit('/').next().unwrap_or(&f.name);
+        let Some((stamp, rest)) = file.split_once("--") else {
+            continue;
+        };
+        let slot = newest.entry(stamp).or_insert(f);
+        let best = slot.name.rsplit('/').next().unwrap_or(&slot.name);
+        if best.split_once("--").is_none_or(|(_, r)| r < rest) {
+            *slot = f;
+        }
+    }
+    for f in newest.into_values() {
+        let Ok(bytes) = store.read_immutable(&f.name, f.size) else {
             continue;
         };
         let Ok(opened) = store.sealer().open(bytes, DRILLS_DIR.as_bytes()) else {

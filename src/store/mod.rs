@@ -1020,6 +1020,12 @@ impl Store {
         Ok(bytes)
     }
 
+    /// Reads an object that is never rewritten under its name (a drill
+    /// record), from the cache of a remote store (keyed by name and size).
+    pub fn read_immutable(&self, name: &str, size: u64) -> std::io::Result<Vec<u8>> {
+        self.read_through_cache(&format!("{name}.{size}"), name)
+    }
+
     /// The cache key of a snapshot file: by stamp and size, so a snapshot
     /// deleted and taken again under the same stamp is never confused.
     fn snapshot_file_cache_key(&self, name: &str) -> std::io::Result<Option<String>> {
