@@ -23,7 +23,10 @@
 //! - Failures: requests that fail in a way OpenDAL classes as temporary
 //!   (5xx, 429, broken connections, timeouts) are retried with exponential
 //!   backoff and jitter (`ATOSNAP_S3_RETRIES` attempts in all, default 4);
-//!   a refused connection or an HTTP 4xx fails at once. A connection
+//!   a refused connection or an HTTP 4xx fails at once, except when the
+//!   store is opened: an endpoint that cannot be reached then is tried
+//!   `ATOSNAP_S3_RETRIES` times with growing pauses before the command
+//!   gives up. A connection
 //!   attempt gives up after 4 s and a request after 60 s, so an
 //!   unreachable endpoint fails in well under 30 s instead of hanging.
 //!   Errors become `io::Error`s: `NotFound` for a missing object or bucket
@@ -168,6 +171,14 @@ impl S3Location {
             .filter(|r| !r.trim().is_empty())
             .unwrap_or_else(|| "us-east-1".to_string())
     }
+}
+
+/// The endpoint could not be reached at all (as opposed to an answer).
+fn is_unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut
+    )
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -388,8 +399,36 @@ impl S3Backend {
             ))),
             rt: Some(rt),
         };
-        backend.check_bucket()?;
+        backend.check_bucket_retrying(attempts)?;
         Ok(backend)
+    }
+
+    /// [`Self::check_bucket`], with an endpoint that cannot be reached
+    /// (refused, timed out) tried `attempts` times in all with growing
+    /// pauses (0.5, 1, 2 s…): OpenDAL counts a refused connection as
+    /// permanent, but a server restarting should not fail a nightly job
+    /// at once. A refusal by the server itself (credentials, bucket) is
+    /// final at once.
+    fn check_bucket_retrying(&self, attempts: usize) -> io::Result<()> {
+        let mut pause = Duration::from_millis(500);
+        let mut left = attempts.max(1);
+        loop {
+            match self.check_bucket() {
+                Err(e) if left > 1 && is_unreachable(&e) => {
+                    left -= 1;
+                    tracing::warn!("{e}; retrying in {pause:?}");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(4));
+                }
+                Err(e) if attempts > 1 && is_unreachable(&e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{e} (tried {attempts} times)"),
+                    ))
+                }
+                other => return other,
+            }
+        }
     }
 
     /// One listing request: the bucket exists, the credentials work.
