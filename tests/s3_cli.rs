@@ -404,7 +404,7 @@ fn serve_works_on_a_bucket() {
         .args(["serve", "--listen", &listen])
         .env("ATOSNAP_CACHE_DIR", &s.cache)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(std::process::Stdio::piped());
     let mut child = child.spawn().unwrap();
     let get = |path: &str, method: &str| -> Option<String> {
         let mut c = std::net::TcpStream::connect(&listen).ok()?;
@@ -419,10 +419,20 @@ fn serve_works_on_a_bucket() {
     };
     let started = Instant::now();
     let mut listing = None;
-    while started.elapsed() < Duration::from_secs(30) {
+    while started.elapsed() < Duration::from_secs(60) {
         if let Some(r) = get("/admin/backup", "GET") {
             listing = Some(r);
             break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("serve exited ({status}) before answering: {err}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -438,4 +448,37 @@ fn serve_works_on_a_bucket() {
     let status = child.wait().unwrap();
     assert!(status.success());
     assert_eq!(s.stamps().len(), 2);
+}
+
+#[test]
+fn a_folder_abandoned_between_claim_and_commit_is_taken_over() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "abandoned");
+    s.ok(&["init"]);
+    let b = s.backend();
+    let host = atosnap::store::lock::object::hostname();
+    let dir = "snapshots/20260101T000000Z";
+    let files = [
+        ("backup-metadata.json", b"{}".to_vec()),
+        ("manifest.bin", b"m".to_vec()),
+    ];
+    // A claim by a process of this host that still runs: respected.
+    let live = format!("{dir}/.claim-{host}-{}-1", std::process::id());
+    b.write_once(&live, b"x").unwrap();
+    assert!(!b.write_dir_once(dir, &files).unwrap());
+    b.delete(&live).unwrap();
+    // A writer that died after its claim and its summary: the folder is
+    // not a snapshot, and the next writer of the name takes it over.
+    let dead = format!("{dir}/.claim-{host}-999999999-2");
+    b.write_once(&dead, b"x").unwrap();
+    b.write_once(&format!("{dir}/backup-metadata.json"), b"half")
+        .unwrap();
+    assert!(s.stamps().is_empty());
+    assert!(b.write_dir_once(dir, &files).unwrap());
+    assert!(!b.exists(&dead).unwrap());
+    assert_eq!(
+        b.read(&format!("{dir}/backup-metadata.json")).unwrap(),
+        b"{}"
+    );
+    assert_eq!(b.read(&format!("{dir}/manifest.bin")).unwrap(), b"m");
 }

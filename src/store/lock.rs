@@ -312,7 +312,8 @@ pub mod object {
             .unwrap_or(0)
     }
 
-    fn hostname() -> String {
+    /// This host's name (lock objects and claim markers name it).
+    pub fn hostname() -> String {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .ok()

@@ -54,7 +54,11 @@
 //!   leave both out. The owner then writes the files in order (the first
 //!   file first, the last file, the commit, last) and deletes its marker. A
 //!   folder without its last file (`manifest.bin`) is incomplete; a crash
-//!   can leave one, possibly with a stale marker, and it counts as existing.
+//!   can leave one, with a stale marker `.claim-<host>-<pid>-<random>`. It
+//!   counts as existing while its writer may still run; once the marker
+//!   names a dead process of this host, or nothing in the folder changed
+//!   for 15 minutes, the next writer of that name removes the leftovers
+//!   and claims it afresh (so a rerun `copy` converges).
 //! - `delete` of a missing object is `NotFound` (checked with a HEAD first,
 //!   like the local backend); `delete_dir` deletes `manifest.bin` first so a
 //!   snapshot disappears at once, then the rest.
@@ -171,6 +175,37 @@ impl S3Location {
             .filter(|r| !r.trim().is_empty())
             .unwrap_or_else(|| "us-east-1".to_string())
     }
+}
+
+/// An incomplete folder left uncommitted this long is abandoned whoever
+/// claimed it: a writer commits seconds after its claim.
+const ABANDONED_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// Whether an incomplete folder (no commit file) was left by a writer that
+/// is gone: its claim marker names a process of this host that no longer
+/// runs, or nothing in it changed for [`ABANDONED_AFTER`].
+fn abandoned(present: &[ListEntry]) -> bool {
+    let stale = present.iter().all(|e| {
+        e.modified
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= ABANDONED_AFTER)
+    });
+    let host = crate::store::lock::object::hostname();
+    let claims: Vec<(&str, u32)> = present
+        .iter()
+        .filter_map(|e| e.name.rsplit('/').next()?.strip_prefix(CLAIM_PREFIX))
+        .filter_map(|rest| {
+            // `<host>-<pid>-<random>`; the host may hold dashes.
+            let mut parts = rest.rsplitn(3, '-');
+            let (_random, pid, claimed_on) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((claimed_on, pid.parse().ok()?))
+        })
+        .collect();
+    let dead_local_claim = !claims.is_empty()
+        && claims
+            .iter()
+            .all(|(h, pid)| *h == host && !crate::store::process_alive(*pid));
+    stale || dead_local_claim
 }
 
 /// The endpoint could not be reached at all (as opposed to an answer).
@@ -920,14 +955,28 @@ impl Backend for S3Backend {
                 format!("{}: no files to publish", self.names.display(dir)),
             ));
         }
+        let commit = join(dir, files[files.len() - 1].0);
         let mut attempt = 0;
         let claim = loop {
             attempt += 1;
-            if !self.list_children(dir)?.is_empty() {
-                return Ok(false);
+            let present = self.list_files(dir)?;
+            if !present.is_empty() {
+                if present.iter().any(|e| e.name == commit) || !abandoned(&present) {
+                    return Ok(false);
+                }
+                // A writer died between its claim and its commit: its
+                // leftovers go, and the folder is claimed afresh (a racing
+                // taker is resolved by the claim below).
+                for e in &present {
+                    let _ = self.op.delete(&e.name);
+                }
             }
             let r: u64 = rand::random();
-            let marker = format!("{CLAIM_PREFIX}{}-{r:016x}", std::process::id());
+            let marker = format!(
+                "{CLAIM_PREFIX}{}-{}-{r:016x}",
+                crate::store::lock::object::hostname(),
+                std::process::id()
+            );
             let claim = join(dir, &marker);
             self.write_once(&claim, marker.as_bytes())?;
             if self.list_children(dir)? == [marker] {
