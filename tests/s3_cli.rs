@@ -388,6 +388,16 @@ fn bad_credentials_missing_bucket_and_unreachable_endpoint_fail_clearly() {
     assert!(j.get("stamp").is_none(), "{j}");
 }
 
+/// A child process killed when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn serve_works_on_a_bucket() {
     let Some(bucket) = bucket() else { return };
@@ -405,7 +415,7 @@ fn serve_works_on_a_bucket() {
         .env("ATOSNAP_CACHE_DIR", &s.cache)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let mut child = child.spawn().unwrap();
+    let mut child = KillOnDrop(child.spawn().unwrap());
     let get = |path: &str, method: &str| -> Option<String> {
         let mut c = std::net::TcpStream::connect(&listen).ok()?;
         write!(
@@ -424,9 +434,10 @@ fn serve_works_on_a_bucket() {
             listing = Some(r);
             break;
         }
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             let mut err = String::new();
             child
+                .0
                 .stderr
                 .take()
                 .unwrap()
@@ -444,8 +455,8 @@ fn serve_works_on_a_bucket() {
     let created_json: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(created_json["validated"], true, "{created}");
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
     assert!(status.success());
     assert_eq!(s.stamps().len(), 2);
 }
