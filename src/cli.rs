@@ -327,7 +327,7 @@ pub fn store_address(g: &Global, paths: &Paths) -> Result<StoreAddress, Error> {
 /// Opens the existing store with the command's password source. Every
 /// command that reads a store opens it through here.
 pub fn open_store(g: &Global, paths: &Paths) -> Result<Store, Error> {
-    Store::open_address(&store_address(g, paths)?, &secrets(g))
+    Store::open_at(&store_address(g, paths)?, &secrets(g))
 }
 
 /// [`open_store`] with gc's grace period as `--grace-period` says.
@@ -360,12 +360,12 @@ fn open_or_init_like(
     source: &Store,
     secrets: &Secrets,
 ) -> Result<Store, Error> {
-    match Store::open_address(address, secrets) {
+    match Store::open_at(address, secrets) {
         Err(Error::StoreMissing { .. }) => {
             let scheme = &source.config().encryption.scheme;
-            match Store::init_at(&address.location, &address.remote, scheme, secrets) {
+            match Store::init_at(address, scheme, secrets) {
                 // Another process created it between our check and init.
-                Err(_) if Store::exists_at(address)? => Store::open_address(address, secrets),
+                Err(_) if Store::exists_at(address)? => Store::open_at(address, secrets),
                 other => other,
             }
         }
@@ -381,8 +381,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
     match &cli.command {
         Command::Init { encryption } => {
             let address = store_address(g, &paths)?;
-            let store =
-                Store::init_at(&address.location, &address.remote, encryption, &secrets(g))?;
+            let store = Store::init_at(&address, encryption, &secrets(g))?;
             let mut doc = serde_json::json!({
                 "store": address.display(),
                 "format_version": store.config().format_version,
@@ -426,7 +425,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             let secrets = secrets(g);
             let address = store_address(g, &paths)?;
             let existed = Store::exists_at(&address)?;
-            let store = Store::open_or_init_at(&address.location, &address.remote, &secrets)?;
+            let store = Store::open_or_init_at(&address, &secrets)?;
             // A password given for a store that did not exist yet: the new
             // store is unencrypted (SPEC §3), which the operator must hear.
             let unencrypted_despite_password = !existed && secrets.is_given();
@@ -551,7 +550,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 .collect::<Result<Vec<_>, _>>()?;
             let remote = RemoteSettings::new(g.s3_endpoint.clone(), g.cache_dir.clone());
             let from = StoreAddress::parse(from.as_ref().unwrap_or(&paths.store), remote.clone())?;
-            let source = Store::open_address(&from, &secrets(g))?;
+            let source = Store::open_at(&from, &secrets(g))?;
             let to = StoreAddress::parse(to, remote)?;
             let to_secrets = to_secrets(g, to_password_file.clone());
             let dest = open_or_init_like(&to, &source, &to_secrets)?;

@@ -257,11 +257,10 @@ impl AppState {
                 return Ok(store.reopened());
             }
         }
-        let (location, remote) = (&self.address.location, &self.address.remote);
         let opened = if create {
-            Store::open_or_init_at(location, remote, &self.secrets)?
+            Store::open_or_init_at(&self.address, &self.secrets)?
         } else {
-            Store::open_at(location, remote, &self.secrets)?
+            Store::open_at(&self.address, &self.secrets)?
         };
         let fresh = opened.reopened();
         if let Ok(bytes) = opened.backend().read(CONFIG_NAME) {

@@ -205,16 +205,7 @@ impl Store {
 
     /// [`Store::open_at`] for a local folder.
     pub fn open_with(root: &Path, secrets: &Secrets) -> Result<Store> {
-        Store::open_at(
-            &StoreLocation::Local(root.to_path_buf()),
-            &RemoteSettings::default(),
-            secrets,
-        )
-    }
-
-    /// Opens the store at `address` (see [`Store::open_at`]).
-    pub fn open_address(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
-        Store::open_at(&address.location, &address.remote, secrets)
+        Store::open_at(&StoreAddress::local(root), secrets)
     }
 
     /// Whether a store (its `config.json`) exists at `address`.
@@ -228,11 +219,8 @@ impl Store {
     /// Opens an existing store; an encrypted one takes its password from
     /// `secrets` and is refused, before any other work, when the password
     /// is missing (`password_required`) or wrong (`wrong_password`).
-    pub fn open_at(
-        location: &StoreLocation,
-        remote: &RemoteSettings,
-        secrets: &Secrets,
-    ) -> Result<Store> {
+    pub fn open_at(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
+        let (location, remote) = (&address.location, &address.remote);
         let (backend, cache) = connect(location, remote)?;
         let config_path = backend.display_name(CONFIG_NAME);
         let bytes = match backend.read(CONFIG_NAME) {
@@ -277,24 +265,15 @@ impl Store {
 
     /// [`Store::init_at`] for a local folder.
     pub fn init_with(root: &Path, scheme: &str, secrets: &Secrets) -> Result<Store> {
-        Store::init_at(
-            &StoreLocation::Local(root.to_path_buf()),
-            &RemoteSettings::default(),
-            scheme,
-            secrets,
-        )
+        Store::init_at(&StoreAddress::local(root), scheme, secrets)
     }
 
     /// Creates a new store with encryption `scheme` (`none` or `repokey`;
     /// `repokey` takes its password from `secrets`). In a `repokey` store
     /// the key file is durable before `config.json` appears, so a store
     /// never exists without its key.
-    pub fn init_at(
-        location: &StoreLocation,
-        remote: &RemoteSettings,
-        scheme: &str,
-        secrets: &Secrets,
-    ) -> Result<Store> {
+    pub fn init_at(address: &StoreAddress, scheme: &str, secrets: &Secrets) -> Result<Store> {
+        let (location, remote) = (&address.location, &address.remote);
         let (backend, cache) = connect(location, remote)?;
         let config_path = backend.display_name(CONFIG_NAME);
         if backend.exists(CONFIG_NAME).ctx("stat", &config_path)? {
@@ -365,24 +344,16 @@ impl Store {
 
     /// [`Store::open_or_init_at`] for a local folder.
     pub fn open_or_init_with(root: &Path, secrets: &Secrets) -> Result<Store> {
-        Store::open_or_init_at(
-            &StoreLocation::Local(root.to_path_buf()),
-            &RemoteSettings::default(),
-            secrets,
-        )
+        Store::open_or_init_at(&StoreAddress::local(root), secrets)
     }
 
     /// [`Store::open_at`], creating an unencrypted store when none exists.
-    pub fn open_or_init_at(
-        location: &StoreLocation,
-        remote: &RemoteSettings,
-        secrets: &Secrets,
-    ) -> Result<Store> {
-        match Store::open_at(location, remote, secrets) {
+    pub fn open_or_init_at(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
+        match Store::open_at(address, secrets) {
             Err(Error::StoreMissing { .. }) => {
-                match Store::init_at(location, remote, "none", &Secrets::none()) {
+                match Store::init_at(address, "none", &Secrets::none()) {
                     // Another process created it between our check and init.
-                    Err(_) => Store::open_at(location, remote, secrets),
+                    Err(_) => Store::open_at(address, secrets),
                     other => other,
                 }
             }
