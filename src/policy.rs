@@ -98,7 +98,7 @@ impl RuleFlags {
 
 /// Parses a `--keep-within` value; the error names the flag.
 pub fn parse_within(text: &str) -> Result<Within> {
-    Within::parse(text).map_err(|e| Error::Usage(format!("--keep-within {text:?}: {e}")))
+    Within::parse(text).map_err(|e| Error::Usage(format!("--keep-within: {e}")))
 }
 
 /// The result of `policy set` and `policy show`.
