@@ -177,14 +177,14 @@ fn forget_dry_run_then_confirm_then_gc() {
     let b = snap(&env, "2026-04-11T12:00:00Z");
     let dry = ok(&env, &["forget", &b]);
     assert_eq!(dry["dry_run"], true);
-    assert_eq!(strs(&dry["would_delete_stamps"]), [b.clone()]);
-    assert_eq!(strs(&dry["remaining_stamps"]), [a.clone()]);
+    assert_eq!(strs(&dry["would_delete_stamps"]), vec![b.clone()]);
+    assert_eq!(strs(&dry["remaining_stamps"]), vec![a.clone()]);
     assert!(dry["bytes_reclaimable"].as_u64().unwrap() > 0, "{dry}");
     assert!(env.snapshot_dir(&b).exists());
 
     let wet = ok(&env, &["forget", "--confirm", &b]);
     assert_eq!(wet["dry_run"], false);
-    assert_eq!(strs(&wet["deleted_stamps"]), [b.clone()]);
+    assert_eq!(strs(&wet["deleted_stamps"]), vec![b.clone()]);
     assert!(wet["gc"].is_object(), "{wet}");
     assert!(!env.snapshot_dir(&b).exists());
     assert_eq!(ok(&env, &["validate", &a])["valid"], true);
