@@ -9,6 +9,9 @@
 //! create may have finished since), the snapshots are deleted (each folder
 //! disappears at once), then gc runs under the same lock. Folders under
 //! `snapshots/` that are not stamps are reported and never touched.
+//!
+//! [`delete_then_gc`] and [`price_deletion`] are shared with `forget`,
+//! which deletes snapshots named by the operator instead of by a policy.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::gc::{self, GcResult};
 use crate::retention::{self, Candidate, Policy};
 use crate::stamp::Stamp;
+use crate::store::lock::ExclusiveLock;
 use crate::store::Store;
 
 #[derive(Clone, Debug)]
@@ -43,8 +47,11 @@ pub struct CleanupResult {
     pub would_delete_stamps: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_stamps: Option<Vec<String>>,
-    /// Why each kept snapshot is kept: `daily`, `weekly`, `monthly`,
-    /// `tag:T`, `tags_unreadable`.
+    /// Why each kept snapshot is kept: `last`, `within`, `hourly`,
+    /// `daily`, `weekly`, `monthly`, `yearly`, `tag:T`, `tags_unreadable`,
+    /// `newest` (every rule that keeps it).
+    pub reasons: BTreeMap<String, Vec<String>>,
+    /// The same map under its first name (kept for existing scripts).
     pub kept_reasons: BTreeMap<String, Vec<String>>,
     pub unparseable: Vec<String>,
     pub errors: Vec<String>,
@@ -54,6 +61,11 @@ pub struct CleanupResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_reclaimed: Option<u64>,
     pub policy: Policy,
+    /// Where the policy came from: `store` (the stored policy, see
+    /// `atosnap policy`), `defaults`, each with `+flags` when cleanup's own
+    /// flags overrode some rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_source: Option<String>,
     /// The gc that followed the deletions (confirmed runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc: Option<GcResult>,
@@ -67,37 +79,19 @@ pub fn cleanup(store: &Store, opts: &CleanupOptions) -> Result<CleanupResult> {
     let started = Instant::now();
     if opts.policy.keeps_nothing() {
         return Err(Error::Usage(
-            "--keep-daily, --keep-weekly and --keep-monthly are all 0 and no --keep-tag is given: cleanup would delete every snapshot; keep at least one".into(),
+            "every --keep-* rule is 0 or unset and no --keep-tag is given: cleanup would delete every snapshot but the newest; keep at least one".into(),
         ));
     }
     let mut result = if opts.confirm {
         let lock = store.lock_exclusive("cleanup --confirm", opts.lock_wait)?;
         let (plan, mut r) = make_plan(store, &opts.policy)?;
-        let mut deleted = Vec::new();
-        for stamp in &plan.delete {
-            match store.delete_snapshot(&lock, stamp) {
-                Ok(()) => deleted.push(stamp.to_string()),
-                Err(e) => {
-                    r.errors.push(format!("snapshot {stamp} not deleted: {e}"));
-                    r.exit_code = r.exit_code.max(1);
-                }
-            }
-        }
-        r.deleted = Some(deleted.len() as u64);
-        r.deleted_stamps = Some(deleted);
-        match gc::gc_confirmed(store, &lock) {
-            Ok(g) => {
-                r.bytes_reclaimed = g.bytes_reclaimed;
-                r.errors.extend(g.errors.iter().map(|e| format!("gc: {e}")));
-                r.exit_code = r.exit_code.max(g.exit_code);
-                r.gc = Some(g);
-            }
-            Err(e) => {
-                r.bytes_reclaimed = Some(0);
-                r.errors.push(format!("gc: {e}"));
-                r.exit_code = r.exit_code.max(e.exit_code());
-            }
-        }
+        let done = delete_then_gc(store, &lock, &plan.delete);
+        r.deleted = Some(done.deleted.len() as u64);
+        r.deleted_stamps = Some(done.deleted);
+        r.bytes_reclaimed = Some(done.bytes_reclaimed);
+        r.errors.extend(done.errors);
+        r.exit_code = r.exit_code.max(done.exit_code);
+        r.gc = done.gc;
         r
     } else {
         let _lock = store.lock_shared("cleanup", opts.lock_wait)?;
@@ -105,19 +99,77 @@ pub fn cleanup(store: &Store, opts: &CleanupOptions) -> Result<CleanupResult> {
         r.dry_run = true;
         r.would_delete = Some(plan.delete.len() as u64);
         r.would_delete_stamps = Some(plan.delete.iter().map(|s| s.to_string()).collect());
-        let doomed: BTreeSet<Stamp> = plan.delete.iter().cloned().collect();
-        match gc::plan(store, &doomed) {
-            Ok(g) => r.bytes_reclaimable = Some(g.bytes_reclaimable()),
-            Err(e) => {
-                r.bytes_reclaimable = Some(0);
-                r.errors.push(format!("gc would refuse: {e}"));
-                r.exit_code = r.exit_code.max(e.exit_code());
-            }
-        }
+        let priced = price_deletion(store, &plan.delete);
+        r.bytes_reclaimable = Some(priced.bytes_reclaimable);
+        r.errors.extend(priced.errors);
+        r.exit_code = r.exit_code.max(priced.exit_code);
         r
     };
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// What deleting snapshots and the gc after it did.
+#[derive(Clone, Debug, Default)]
+pub struct Deletion {
+    pub deleted: Vec<String>,
+    pub bytes_reclaimed: u64,
+    pub errors: Vec<String>,
+    pub exit_code: i32,
+    pub gc: Option<GcResult>,
+}
+
+/// Deletes `stamps` (each folder disappears at once), then runs gc under
+/// the same exclusive lock. A snapshot that cannot be deleted is an error
+/// in the result; the others still go.
+pub fn delete_then_gc(store: &Store, lock: &ExclusiveLock, stamps: &[Stamp]) -> Deletion {
+    let mut d = Deletion::default();
+    for stamp in stamps {
+        match store.delete_snapshot(lock, stamp) {
+            Ok(()) => d.deleted.push(stamp.to_string()),
+            Err(e) => {
+                d.errors.push(format!("snapshot {stamp} not deleted: {e}"));
+                d.exit_code = d.exit_code.max(1);
+            }
+        }
+    }
+    match gc::gc_confirmed(store, lock) {
+        Ok(g) => {
+            d.bytes_reclaimed = g.bytes_reclaimed.unwrap_or(0);
+            d.errors.extend(g.errors.iter().map(|e| format!("gc: {e}")));
+            d.exit_code = d.exit_code.max(g.exit_code);
+            d.gc = Some(g);
+        }
+        Err(e) => {
+            d.errors.push(format!("gc: {e}"));
+            d.exit_code = d.exit_code.max(e.exit_code());
+        }
+    }
+    d
+}
+
+/// What a dry run says deleting `doomed` would give back.
+#[derive(Clone, Debug, Default)]
+pub struct Priced {
+    pub bytes_reclaimable: u64,
+    pub errors: Vec<String>,
+    pub exit_code: i32,
+}
+
+/// Prices the deletion of `doomed` with a gc plan that leaves them out.
+pub fn price_deletion(store: &Store, doomed: &[Stamp]) -> Priced {
+    let doomed: BTreeSet<Stamp> = doomed.iter().cloned().collect();
+    match gc::plan(store, &doomed) {
+        Ok(g) => Priced {
+            bytes_reclaimable: g.bytes_reclaimable(),
+            ..Priced::default()
+        },
+        Err(e) => Priced {
+            bytes_reclaimable: 0,
+            errors: vec![format!("gc would refuse: {e}")],
+            exit_code: e.exit_code(),
+        },
+    }
 }
 
 /// Lists the snapshots, reads their tags and applies the policy.
@@ -138,19 +190,21 @@ fn make_plan(store: &Store, policy: &Policy) -> Result<(retention::Plan, Cleanup
         })
         .collect();
     let plan = retention::plan(&candidates, &listing.unparseable, policy);
+    let reasons: BTreeMap<String, Vec<String>> = plan
+        .keep
+        .iter()
+        .map(|k| {
+            (
+                k.stamp.to_string(),
+                k.reasons.iter().map(|r| r.to_string()).collect(),
+            )
+        })
+        .collect();
     let result = CleanupResult {
         kept: plan.keep.len() as u64,
         kept_stamps: plan.kept_stamps().map(|s| s.to_string()).collect(),
-        kept_reasons: plan
-            .keep
-            .iter()
-            .map(|k| {
-                (
-                    k.stamp.to_string(),
-                    k.reasons.iter().map(|r| r.to_string()).collect(),
-                )
-            })
-            .collect(),
+        kept_reasons: reasons.clone(),
+        reasons,
         unparseable: plan.unparseable.clone(),
         warnings,
         policy: policy.clone(),
@@ -159,8 +213,9 @@ fn make_plan(store: &Store, policy: &Policy) -> Result<(retention::Plan, Cleanup
     Ok((plan, result))
 }
 
-/// Tags from the readable summary, else from the manifest.
-fn read_tags(store: &Store, stamp: &Stamp) -> std::result::Result<Vec<String>, String> {
+/// Tags from the readable summary (where `atosnap tag` edits them), else
+/// from the manifest (the tags the snapshot was taken with).
+pub fn read_tags(store: &Store, stamp: &Stamp) -> std::result::Result<Vec<String>, String> {
     let from_metadata = store
         .read_metadata(stamp)
         .map_err(|e| e.to_string())

@@ -12,11 +12,10 @@ use atosnap::config::Paths;
 use atosnap::create::{self, CreateOptions};
 use atosnap::error::Error;
 use atosnap::restore::{self, ChromaChoice, RestoreOptions};
-use atosnap::retention::Policy;
 use atosnap::store::key::Secrets;
 use atosnap::store::location::{RemoteSettings, StoreAddress};
 use atosnap::store::Store;
-use atosnap::{copy, diff, drill, gc, list, verify};
+use atosnap::{copy, diff, drill, dump, forget, gc, list, ls, policy, restore_paths, tag, verify};
 
 use crate::progress_bar;
 
@@ -155,31 +154,87 @@ pub enum Command {
         /// Restore into DIR/atocore.db, DIR/project-registry.json, DIR/chroma.
         #[arg(long, value_name = "DIR")]
         to: Option<PathBuf>,
+        /// Restore only this path of the snapshot and what is below it
+        /// (`chroma/<segment>`, `project-registry.json`, `atocore.db`;
+        /// repeatable; needs --to). Only these files' chunks are checked;
+        /// nothing else in DIR is touched.
+        #[arg(long, value_name = "PATH", requires = "to", conflicts_with_all = ["chroma", "no_chroma"])]
+        include: Vec<String>,
     },
     /// Prove a snapshot restorable (default: the newest) without touching live data.
     Drill { stamp: Option<String> },
     /// Files added, removed and changed between two snapshots.
     Diff { from: String, to: String },
     /// Apply the retention policy (dry run unless --confirm; then gc).
+    ///
+    /// The policy is the one stored in the store (`atosnap policy set`),
+    /// else the defaults (daily 7, weekly 4, monthly 6); each rule flag
+    /// given here overrides that rule, --keep-tag adds to the stored tags.
     Cleanup {
         /// Delete for real, then run gc.
         #[arg(long)]
         confirm: bool,
-        /// Keep the newest snapshot of each of the N most recent days that have one.
-        #[arg(long, default_value_t = 7, value_name = "N")]
-        keep_daily: u32,
-        /// Keep the newest Sunday snapshot of each of the N most recent weeks that have one.
-        #[arg(long, default_value_t = 4, value_name = "N")]
-        keep_weekly: u32,
-        /// Keep the newest 1st-of-month snapshot of each of the N most recent months that have one.
-        #[arg(long, default_value_t = 6, value_name = "N")]
-        keep_monthly: u32,
-        /// Keep every snapshot with this tag (repeatable).
-        #[arg(long = "keep-tag", value_name = "T")]
-        keep_tags: Vec<String>,
+        #[command(flatten)]
+        rules: RuleArgs,
         /// gc's grace period (see `gc --grace-period`).
         #[arg(long, value_name = "SECONDS")]
         grace_period: Option<u64>,
+    },
+    /// Show or set the retention policy stored in the store.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Delete the named snapshots (dry run unless --confirm; then gc).
+    Forget {
+        /// The snapshots to delete (every one must exist).
+        #[arg(value_name = "STAMP", required = true)]
+        stamps: Vec<String>,
+        /// Delete for real (takes the exclusive store lock), then run gc.
+        #[arg(long)]
+        confirm: bool,
+        /// Allow deleting every snapshot of the store.
+        #[arg(long)]
+        force: bool,
+        /// gc's grace period (see `gc --grace-period`).
+        #[arg(long, value_name = "SECONDS")]
+        grace_period: Option<u64>,
+    },
+    /// Add or remove tags of a snapshot (e.g. pin it for `cleanup --keep-tag`).
+    Tag {
+        stamp: String,
+        /// Tag to add (repeatable).
+        #[arg(long = "add", value_name = "T")]
+        add: Vec<String>,
+        /// Tag to remove (repeatable; removals apply before additions).
+        #[arg(long = "remove", value_name = "T")]
+        remove: Vec<String>,
+    },
+    /// List a snapshot's entries (path, kind, size, mode, mtime).
+    Ls {
+        stamp: String,
+        /// Only this path and what is below it (e.g. chroma/<segment>).
+        path: Option<String>,
+        /// Add each file's chunk count.
+        #[arg(long)]
+        long: bool,
+    },
+    /// Write one file of a snapshot to stdout, re-hashing every chunk.
+    ///
+    /// stdout carries the file's bytes only (like `restic dump`); the one
+    /// JSON document (the result, or the error) goes to stderr as its last
+    /// line. With --output FILE the bytes go to FILE (written whole, then
+    /// renamed into place) and the JSON document to stdout as usual. A
+    /// damaged chunk stops the stream: exit 3, the message names the chunk
+    /// and the file.
+    Dump {
+        stamp: String,
+        /// The file inside the snapshot: atocore.db,
+        /// project-registry.json or chroma/<path>.
+        path: String,
+        /// Write the bytes to FILE instead of stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Copy snapshots (default: all) to another store, sending only the
     /// chunks it lacks, each manifest last; rerun after a kill, it converges.
@@ -229,6 +284,70 @@ pub enum Command {
     },
 }
 
+/// The retention rules, shared by `cleanup` and `policy set`. A rule not
+/// given keeps its value from underneath (cleanup: the stored policy, else
+/// the defaults; policy set: the defaults).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RuleArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the N most recent hours that have one.
+    #[arg(long, value_name = "N")]
+    keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the N most recent days that have one [default: 7].
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<u32>,
+    /// Keep the newest Sunday snapshot of each of the N most recent weeks that have one [default: 4].
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<u32>,
+    /// Keep the newest 1st-of-month snapshot of each of the N most recent months that have one [default: 6].
+    #[arg(long, value_name = "N")]
+    keep_monthly: Option<u32>,
+    /// Keep the newest January-1st snapshot of each of the N most recent years that have one.
+    #[arg(long, value_name = "N")]
+    keep_yearly: Option<u32>,
+    /// Keep every snapshot taken within DURATION before the newest one
+    /// (units h, d, w: 36h, 14d, 2w, 1w2d).
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<String>,
+    /// A week (month, year) whose Sunday (1st, January 1st) has no
+    /// snapshot keeps its newest snapshot instead of none.
+    #[arg(long)]
+    weekly_any_day: bool,
+    /// Keep every snapshot with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "T")]
+    keep_tags: Vec<String>,
+}
+
+impl RuleArgs {
+    fn flags(&self) -> policy::RuleFlags {
+        policy::RuleFlags {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within.clone(),
+            weekly_any_day: self.weekly_any_day,
+            keep_tags: self.keep_tags.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Store a retention policy: the defaults with the given rules laid
+    /// over them (replaces any stored policy, atomically).
+    Set {
+        #[command(flatten)]
+        rules: RuleArgs,
+    },
+    /// Show the stored policy (or the defaults, when none is stored).
+    Show,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
     /// Re-wrap the master key under a new password, atomically (the old
@@ -252,7 +371,7 @@ pub fn run() -> i32 {
                 return 0;
             }
             let _ = e.print();
-            let message = e.kind().to_string();
+            let message = usage_message(&e);
             print_json(&error_doc("usage", &format!("{message} (see --help)")));
             return 2;
         }
@@ -264,6 +383,12 @@ pub fn run() -> i32 {
     match &cli.command {
         Command::Completions { shell } => return crate::docgen::completions(*shell),
         Command::Man { dir: None } => return crate::docgen::man_to_stdout(),
+        // stdout carries the file's bytes, so the JSON goes to stderr.
+        Command::Dump {
+            stamp,
+            path,
+            output: None,
+        } => return dump_to_stdout(&cli.global, stamp, path),
         _ => {}
     }
     match dispatch(&cli) {
@@ -277,6 +402,55 @@ pub fn run() -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// The first line of clap's message (it names the flag and the value),
+/// for the JSON error document.
+fn usage_message(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first).trim();
+    if first.is_empty() {
+        e.kind().to_string()
+    } else {
+        first.to_string()
+    }
+}
+
+/// `dump` without --output: the file's bytes on stdout, the one JSON
+/// document (result or error) on stderr.
+fn dump_to_stdout(g: &Global, stamp: &str, path: &str) -> i32 {
+    use std::io::Write;
+    let run = || -> Result<dump::DumpResult, Error> {
+        let store = open_store(g, &paths(g))?;
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        let r = dump::dump(
+            &store,
+            stamp,
+            path,
+            &mut out,
+            "-",
+            Duration::from_secs(g.lock_wait),
+        )?;
+        out.flush().map_err(|e| Error::io("write", "<stdout>", e))?;
+        Ok(r)
+    };
+    let (doc, code) = match run() {
+        Ok(r) => match to_doc(&r) {
+            Ok(doc) => (doc, 0),
+            Err(e) => (error_doc(e.code(), &e.to_string()), e.exit_code()),
+        },
+        Err(e) => {
+            eprintln!("atosnap: {e}");
+            (error_doc(e.code(), &e.to_string()), e.exit_code())
+        }
+    };
+    eprintln!(
+        "{}",
+        serde_json::to_string(&doc).unwrap_or_else(|_| "{}".to_string())
+    );
+    code
 }
 
 /// Names the causes on stderr when a result carries errors.
@@ -482,7 +656,25 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             chroma,
             no_chroma,
             to,
+            include,
         } => {
+            if let (false, Some(to)) = (include.is_empty(), to) {
+                let store = open_store(g, &paths)?;
+                let opts = restore_paths::IncludeOptions {
+                    stamp: stamp.clone(),
+                    to: to.clone(),
+                    include: include.clone(),
+                    live: vec![
+                        paths.db.clone(),
+                        paths.registry.clone(),
+                        paths.chroma_dir.clone(),
+                    ],
+                    lock_wait,
+                };
+                let result = restore_paths::restore_paths(&store, &opts)?;
+                let code = if result.restored_integrity_ok { 0 } else { 3 };
+                return Ok((to_doc(&result)?, code));
+            }
             let opts = RestoreOptions {
                 stamp: stamp.clone(),
                 db: paths.db.clone(),
@@ -517,26 +709,68 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
         }
         Command::Cleanup {
             confirm,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
-            keep_tags,
+            rules,
             grace_period,
         } => {
             let store = open_store_with_grace(g, &paths, *grace_period)?;
+            let (policy, source) = policy::resolve(&store, &rules.flags())?;
             let opts = CleanupOptions {
-                policy: Policy {
-                    keep_daily: *keep_daily,
-                    keep_weekly: *keep_weekly,
-                    keep_monthly: *keep_monthly,
-                    keep_tags: keep_tags.clone(),
-                },
+                policy,
                 confirm: *confirm,
                 lock_wait,
             };
-            let result = cleanup::cleanup(&store, &opts)?;
+            let mut result = cleanup::cleanup(&store, &opts)?;
+            result.policy_source = Some(source);
             report_errors(&result.errors);
             Ok((to_doc(&result)?, result.exit_code))
+        }
+        Command::Policy { command } => {
+            let store = open_store(g, &paths)?;
+            let result = match command {
+                PolicyCommand::Set { rules } => policy::set(&store, &rules.flags())?,
+                PolicyCommand::Show => policy::show(&store)?,
+            };
+            Ok((to_doc(&result)?, 0))
+        }
+        Command::Forget {
+            stamps,
+            confirm,
+            force,
+            grace_period,
+        } => {
+            let store = open_store_with_grace(g, &paths, *grace_period)?;
+            let opts = forget::ForgetOptions {
+                stamps: stamps.clone(),
+                confirm: *confirm,
+                force: *force,
+                lock_wait,
+            };
+            let result = forget::forget(&store, &opts)?;
+            report_errors(&result.errors);
+            Ok((to_doc(&result)?, result.exit_code))
+        }
+        Command::Tag { stamp, add, remove } => {
+            let store = open_store(g, &paths)?;
+            Ok((
+                to_doc(&tag::tag(&store, stamp, add, remove, lock_wait)?)?,
+                0,
+            ))
+        }
+        Command::Ls { stamp, path, long } => {
+            let store = open_store(g, &paths)?;
+            Ok((to_doc(&ls::ls(&store, stamp, path.as_deref(), *long)?)?, 0))
+        }
+        Command::Dump {
+            stamp,
+            path,
+            output,
+        } => {
+            let store = open_store(g, &paths)?;
+            let file = output
+                .as_deref()
+                .ok_or_else(|| Error::Usage("dump to stdout prints no JSON here".into()))?;
+            let result = dump::dump_to_file(&store, stamp, path, file, lock_wait)?;
+            Ok((to_doc(&result)?, 0))
         }
         Command::Copy {
             to,

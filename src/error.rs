@@ -160,6 +160,19 @@ pub enum Error {
     #[error("the store at {path} is not encrypted: it has no key or password")]
     NotEncrypted { path: String },
 
+    #[error("forget would delete every snapshot of the store ({count}): pass --force if that is really meant")]
+    ForgetAll { count: u64 },
+
+    #[error("{path:?} is not in snapshot {stamp} (see `atosnap ls {stamp}`)")]
+    PathNotInSnapshot { stamp: String, path: String },
+
+    #[error("{path:?} in snapshot {stamp} is {kind}, not a file")]
+    NotAFile {
+        stamp: String,
+        path: String,
+        kind: &'static str,
+    },
+
     #[error("{0}")]
     Other(String),
 }
@@ -205,6 +218,9 @@ impl Error {
             Error::KeyFileMissing { .. } => "key_file_missing",
             Error::KeyFileCorrupt { .. } => "key_file_corrupt",
             Error::NotEncrypted { .. } => "store_not_encrypted",
+            Error::ForgetAll { .. } => "forget_would_delete_all",
+            Error::PathNotInSnapshot { .. } => "path_not_in_snapshot",
+            Error::NotAFile { .. } => "not_a_file",
             Error::Other(_) => "error",
         }
     }

@@ -493,3 +493,80 @@ fn a_folder_abandoned_between_claim_and_commit_is_taken_over() {
     );
     assert_eq!(b.read(&format!("{dir}/manifest.bin")).unwrap(), b"m");
 }
+
+#[test]
+fn tag_forget_policy_ls_dump_and_partial_restore_on_a_bucket() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "ops");
+    s.ok(&["init"]);
+    let a = s.ok(&["create", "--chroma", "--at", "2026-04-10T12:00:00Z"])["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = s.ok(&["create", "--chroma", "--at", "2026-04-11T12:00:00Z"])["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Tag edits of the same length: the cache (keyed by size) must not
+    // hand back the old summary.
+    s.ok(&["list"]);
+    assert_eq!(s.ok(&["tag", &a, "--add", "aa"])["tags"][0], "aa");
+    assert_eq!(s.ok(&["list"])["snapshots"][0]["tags"][0], "aa");
+    s.ok(&["tag", &a, "--remove", "aa", "--add", "bb"]);
+    assert_eq!(s.ok(&["list"])["snapshots"][0]["tags"][0], "bb");
+
+    // The stored policy lives in the bucket and cleanup applies it.
+    s.ok(&[
+        "policy",
+        "set",
+        "--keep-last",
+        "1",
+        "--keep-daily",
+        "0",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+        "--keep-tag",
+        "bb",
+    ]);
+    assert_eq!(s.ok(&["policy", "show"])["stored"], true);
+    let dry = s.ok(&["cleanup"]);
+    assert_eq!(dry["policy_source"], "store");
+    assert_eq!(dry["reasons"][&a][0], "tag:bb", "{dry}");
+
+    let ls = s.ok(&["ls", &b, "chroma", "--long"]);
+    assert!(ls["files"].as_u64().unwrap() > 0, "{ls}");
+    let out = s.rt.path("registry.out");
+    let d = s.ok(&[
+        "dump",
+        &b,
+        "project-registry.json",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&s.rt.registry).unwrap(),
+        "{d}"
+    );
+    let to = s.rt.path("partial");
+    let r = s.ok(&[
+        "restore",
+        &b,
+        "--to",
+        to.to_str().unwrap(),
+        "--include",
+        "project-registry.json",
+    ]);
+    assert_eq!(r["registry_restored"], true, "{r}");
+
+    let f = s.ok(&["forget", "--confirm", "--grace-period", "0", &a]);
+    assert_eq!(f["deleted_stamps"][0], a.as_str(), "{f}");
+    assert_eq!(s.stamps(), vec![b.clone()]);
+    let (json, code, _) = s.run(&["forget", &b]);
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json["error"]["code"], "forget_would_delete_all");
+    assert_eq!(s.ok(&["verify"])["ok"], true);
+}

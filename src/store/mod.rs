@@ -902,6 +902,42 @@ impl Store {
             .ctx("write", self.object_path(&name))
     }
 
+    /// Replaces a snapshot's summary (`atosnap tag`). Only under the
+    /// exclusive lock. Atomic (temp + rename locally, one PUT on a bucket).
+    /// The new object is always larger than the old one (JSON whitespace
+    /// pads it when needed): a remote store's cache keys summaries by name
+    /// and size, so no host can mistake the new summary for a cached old one.
+    pub fn replace_metadata(
+        &self,
+        lock: &ExclusiveLock,
+        stamp: &Stamp,
+        metadata: &serde_json::Value,
+    ) -> Result<()> {
+        lock.still_held()?;
+        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        let old_size = self
+            .backend
+            .size(&name)
+            .ctx("stat", self.object_path(&name))?;
+        let mut plain =
+            serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let sealed_len = self
+            .sealer
+            .seal(plain.clone(), METADATA_NAME.as_bytes())
+            .len() as u64;
+        if sealed_len <= old_size {
+            plain.resize(plain.len() + (old_size + 1 - sealed_len) as usize, b'\n');
+        }
+        let bytes = self.sealer.seal(plain, METADATA_NAME.as_bytes());
+        self.backend
+            .replace(&name, &bytes)
+            .ctx("write", self.object_path(&name))?;
+        if let Ok(mut sizes) = self.listed_sizes.lock() {
+            sizes.insert(name, bytes.len() as u64);
+        }
+        Ok(())
+    }
+
     // ---- snapshots --------------------------------------------------------
 
     pub fn list_snapshots(&self) -> Result<SnapshotListing> {
