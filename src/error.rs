@@ -162,6 +162,9 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    #[error("restore --to {to} would write the live runtime ({live}): restore live data with `atosnap restore STAMP --confirm-service-stopped` (without --to), which checks the service is stopped and takes a pre-restore snapshot first")]
+    RestoreTargetIsLive { to: PathBuf, live: PathBuf },
 }
 
 impl Error {
@@ -206,6 +209,7 @@ impl Error {
             Error::KeyFileCorrupt { .. } => "key_file_corrupt",
             Error::NotEncrypted { .. } => "store_not_encrypted",
             Error::Other(_) => "error",
+            Error::RestoreTargetIsLive { .. } => "restore_target_is_live",
         }
     }
 
