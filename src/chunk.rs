@@ -15,6 +15,10 @@ use std::ops::Range;
 use crate::store::format::{ChunkingParams, CompressionParams};
 
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+/// The largest raw chunk any chunking makes (FastCDC's `max` is bounded
+/// to 16 MiB by the config check; pages and fixed blocks are smaller). A
+/// stored length above it is damage, and never sized an allocation.
+pub const MAX_RAW_CHUNK: u32 = 1 << 24;
 
 /// How a file is cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +177,11 @@ pub fn encode(raw: &[u8], params: &CompressionParams) -> (Vec<u8>, bool) {
 
 /// Decodes a stored chunk back to `raw_len` raw bytes.
 pub fn decode(stored: Vec<u8>, compressed: bool, raw_len: u32) -> Result<Vec<u8>, String> {
+    if raw_len > MAX_RAW_CHUNK {
+        return Err(format!(
+            "recorded raw length {raw_len} is more than any chunk ({MAX_RAW_CHUNK})"
+        ));
+    }
     if !compressed {
         if stored.len() != raw_len as usize {
             return Err(format!(

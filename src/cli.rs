@@ -646,7 +646,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 lock_wait,
             };
             let report = verify::verify_with(&store, &opts)?;
-            let code = if report.ok { 0 } else { 3 };
+            let code = report.exit_code();
             Ok((to_doc(&report)?, code))
         }
         Command::Restore {

@@ -100,7 +100,7 @@ pub fn create_locked(
     sqlite::check_database(&opts.db)?;
     store.clean_tmp(None)?;
     let mut index = store.load_index()?;
-    let previous = newest_manifest(store);
+    let previous = newest_manifest(store, &wanted);
     let mut cap = Capture::new(store, &mut index, previous, progress);
 
     progress.phase(
@@ -196,13 +196,17 @@ pub fn create_locked(
     Ok(result)
 }
 
-/// The newest snapshot whose manifest reads, for the files cache.
-fn newest_manifest(store: &Store) -> Option<Manifest> {
+/// The newest snapshot whose manifest reads, for the files cache. Only
+/// snapshots not after this one's second count: one under a far-future
+/// stamp (a wrong clock, a forged folder) would otherwise be the newest
+/// forever and stand in for every later create's previous snapshot.
+fn newest_manifest(store: &Store, wanted: &Stamp) -> Option<Manifest> {
     let listing = store.list_snapshots().ok()?;
     listing
         .stamps
         .iter()
         .rev()
+        .filter(|s| s.time() <= wanted.time())
         .take(3)
         .find_map(|s| store.read_manifest(s).ok())
 }

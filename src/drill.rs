@@ -19,12 +19,12 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::drill_log;
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{EntryKind, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH};
+use crate::manifest::{EntryKind, Manifest, DB_PATH};
 use crate::progress::Progress;
 use crate::restore::{self, ChromaChoice, RestoreOptions};
 use crate::sources::sqlite;
@@ -76,9 +76,10 @@ pub fn drill(
     let root = scratch.path();
     let opts = RestoreOptions {
         stamp: stamp.to_string(),
-        db: root.join(DB_PATH),
-        registry: root.join(REGISTRY_PATH),
-        chroma_dir: root.join(CHROMA_PREFIX),
+        // No live runtime: a drill writes only its scratch folder.
+        db: PathBuf::new(),
+        registry: PathBuf::new(),
+        chroma_dir: PathBuf::new(),
         to: Some(root.to_path_buf()),
         confirm_service_stopped: false,
         pre_snapshot: false,

@@ -175,6 +175,9 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    #[error("restore --to {to} would write the live runtime ({live}): restore live data with `atosnap restore STAMP --confirm-service-stopped` (without --to), which checks the service is stopped and takes a pre-restore snapshot first")]
+    RestoreTargetIsLive { to: PathBuf, live: PathBuf },
 }
 
 impl Error {
@@ -222,6 +225,7 @@ impl Error {
             Error::PathNotInSnapshot { .. } => "path_not_in_snapshot",
             Error::NotAFile { .. } => "not_a_file",
             Error::Other(_) => "error",
+            Error::RestoreTargetIsLive { .. } => "restore_target_is_live",
         }
     }
 

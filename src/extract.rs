@@ -21,7 +21,16 @@ pub enum ExtractError {
     Chunk(Id, ChunkFault),
     /// Writing the output failed.
     Write(std::io::Error),
+    /// A file read into memory holds more than its recorded size, or more
+    /// than [`SMALL_FILE_MAX`].
+    TooLarge { limit: u64 },
 }
+
+/// The most [`read_small_file`] holds in memory (the registry is a small
+/// JSON file; a manifest may claim any size).
+pub const SMALL_FILE_MAX: u64 = 64 << 20;
+/// Bytes reserved up front at most: the recorded size is untrusted.
+const SMALL_FILE_RESERVE: u64 = 1 << 20;
 
 /// Writes the file's content to `out`, verifying every chunk. Returns the
 /// bytes written.
@@ -65,15 +74,45 @@ pub fn write_file_with<W: Write>(
     Ok(written)
 }
 
-/// Reads a whole (small) file into memory.
+/// Reads a whole (small) file into memory: at most its recorded size and
+/// at most [`SMALL_FILE_MAX`] bytes, allocated as the bytes arrive (a
+/// forged manifest may record any size, or list a chunk a million times).
 pub fn read_small_file(
     store: &Store,
     index: &ChunkIndex,
     file: &FileEntry,
 ) -> Result<Vec<u8>, ExtractError> {
-    let mut out = Vec::with_capacity(file.size as usize);
-    write_file(store, index, file, &mut out, |_| {})?;
-    Ok(out)
+    let limit = file.size.min(SMALL_FILE_MAX);
+    let mut out = Bounded {
+        buf: Vec::with_capacity(limit.min(SMALL_FILE_RESERVE) as usize),
+        limit,
+    };
+    match write_file(store, index, file, &mut out, |_| {}) {
+        Err(ExtractError::Write(e)) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+            Err(ExtractError::TooLarge { limit })
+        }
+        r => r.map(|_| out.buf),
+    }
+}
+
+/// A memory buffer refusing to grow past `limit` bytes.
+struct Bounded {
+    buf: Vec<u8>,
+    limit: u64,
+}
+
+impl Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() as u64 + data.len() as u64 > self.limit {
+            return Err(std::io::ErrorKind::FileTooLarge.into());
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Size recorded for the file's chunks in the index (None if one is missing).

@@ -43,24 +43,49 @@ impl From<blake3::Hash> for Id {
     }
 }
 
-/// A hasher for ids: they are already uniform (BLAKE3 output), so the
-/// first 8 bytes are a perfect hash; SipHash would only cost time on the
-/// hot path of the chunk index.
-#[derive(Default, Clone, Copy)]
+/// A hasher for ids, keyed per process. Ids are uniform when they come
+/// from BLAKE3, but a forged pack index may list ids of its own making: a
+/// hash of only some bytes would let ids sharing them collide and make
+/// loading the index quadratic. So every byte of the id goes into the
+/// hash, mixed nonlinearly with a random key the forger cannot know; still
+/// much cheaper than SipHash on the hot path of the chunk index.
+#[derive(Clone, Copy)]
 pub struct IdHasher(u64);
+
+/// The process's hashing key (random, odd bits spread).
+fn hash_key() -> u64 {
+    static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KEY.get_or_init(rand::random::<u64>)
+}
+
+/// One round of the mix: xor a word in, then a bijective scramble
+/// (multiplication by an odd constant, xor-shift), so distinct words give
+/// distinct states.
+fn mix(state: u64, word: u64) -> u64 {
+    let x = (state ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 29)
+}
+
+impl Default for IdHasher {
+    fn default() -> IdHasher {
+        IdHasher(hash_key())
+    }
+}
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        mix(self.0, hash_key().rotate_left(32))
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        if let Some(head) = bytes.first_chunk::<8>() {
-            self.0 ^= u64::from_le_bytes(*head);
-        } else {
-            for b in bytes {
-                self.0 = self.0.rotate_left(8) ^ *b as u64;
-            }
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            self.0 = mix(self.0, u64::from_le_bytes(word));
+        }
+        for b in words.remainder() {
+            self.0 = mix(self.0, *b as u64);
         }
     }
 
@@ -82,5 +107,31 @@ mod tests {
         assert_eq!(set.len(), 500);
         assert!(ids[..500].iter().all(|id| set.contains(id)));
         assert!(ids[500..].iter().all(|id| !set.contains(id)));
+    }
+
+    #[test]
+    fn ids_sharing_a_prefix_hash_apart() {
+        use std::hash::BuildHasher;
+        // A forged index: ids equal in their first 24 bytes.
+        let build = BuildIdHasher::default();
+        let hashes: HashSet<u64> = (0..10_000u64)
+            .map(|i| {
+                let mut id = [7u8; 32];
+                id[24..].copy_from_slice(&i.to_le_bytes());
+                build.hash_one(Id(id))
+            })
+            .collect();
+        assert_eq!(hashes.len(), 10_000);
+        // The top bits (hashbrown's control bytes) spread too.
+        let tops: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(tops.len() > 100, "{}", tops.len());
+        let set: IdSet = (0..10_000u64)
+            .map(|i| {
+                let mut id = [7u8; 32];
+                id[24..].copy_from_slice(&i.to_le_bytes());
+                Id(id)
+            })
+            .collect();
+        assert_eq!(set.len(), 10_000);
     }
 }

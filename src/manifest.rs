@@ -5,8 +5,17 @@
 //! ```text
 //! "ATOMAN01" | sealed(zstd(bincode(Manifest))) | blake3(all preceding bytes)
 //! ```
+//!
+//! A manifest is untrusted input when the store is not encrypted (its
+//! checksum is unkeyed): decoding bounds what it may make us allocate
+//! ([`decompressed_bound`], docs/FORMAT.md) and refuses a tree no capture
+//! makes, where an entry lies below a file or a symlink ([`Manifest::check_tree`]),
+//! so a restore can never be led through a link.
 
+use bincode::Options;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Read;
 
 use crate::id::Id;
 use crate::store::seal::Sealer;
@@ -18,6 +27,21 @@ pub const MANIFEST_VERSION: u32 = 1;
 pub const DB_PATH: &str = "atocore.db";
 pub const REGISTRY_PATH: &str = "project-registry.json";
 pub const CHROMA_PREFIX: &str = "chroma";
+
+/// A manifest decompresses to at most this many times its compressed size
+/// ([`MANIFEST_RATIO_BOUND`]), or [`MANIFEST_FLOOR_BOUND`] bytes when that
+/// is more. Real manifests are mostly chunk ids (random bytes) and
+/// compress a few times at most; a bomb is refused after reading the
+/// bound, never allocated in full.
+pub const MANIFEST_RATIO_BOUND: u64 = 64;
+pub const MANIFEST_FLOOR_BOUND: u64 = 64 << 20;
+
+/// How many bytes a manifest of `compressed` bytes may decompress to.
+pub fn decompressed_bound(compressed: usize) -> u64 {
+    (compressed as u64)
+        .saturating_mul(MANIFEST_RATIO_BOUND)
+        .max(MANIFEST_FLOOR_BOUND)
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -152,18 +176,76 @@ impl Manifest {
             return Err("checksum mismatch (truncated or modified)".to_string());
         }
         let compressed = sealer.open(body[8..].to_vec(), MANIFEST_MAGIC)?;
-        let raw = zstd::stream::decode_all(&compressed[..])
-            .map_err(|e| format!("does not decompress: {e}"))?;
-        let manifest: Manifest =
-            bincode::deserialize(&raw).map_err(|e| format!("does not decode: {e}"))?;
+        let raw = decompress_bounded(&compressed, decompressed_bound(compressed.len()))?;
+        let manifest: Manifest = bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .with_limit(raw.len() as u64)
+            .deserialize(&raw)
+            .map_err(|e| format!("does not decode: {e}"))?;
         if manifest.version > MANIFEST_VERSION {
             return Err(format!(
                 "manifest version {} is newer than this atosnap reads ({MANIFEST_VERSION})",
                 manifest.version
             ));
         }
+        manifest.check_tree()?;
         Ok(manifest)
     }
+
+    /// Refuses a tree no capture makes: the same path twice, or an entry
+    /// below a file or a symlink (`chroma/x` a link and `chroma/x/y` an
+    /// entry: restoring it would write wherever the link points). The
+    /// Chroma dir itself is exempt: it may be a link to the real folder.
+    pub fn check_tree(&self) -> Result<(), String> {
+        let mut kinds: HashMap<&[u8], &EntryKind> = HashMap::with_capacity(self.entries.len());
+        for e in &self.entries {
+            if kinds.insert(&e.path, &e.kind).is_some() {
+                return Err(format!("entry {:?} is listed twice", e.path_lossy()));
+            }
+        }
+        for e in &self.entries {
+            let above = e
+                .path
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b'/')
+                .map(|(i, _)| &e.path[..i])
+                .filter(|p| *p != CHROMA_PREFIX.as_bytes());
+            for parent in above {
+                let what = match kinds.get(parent) {
+                    Some(EntryKind::Symlink { .. }) => "a symlink",
+                    Some(EntryKind::File(_)) => "a file",
+                    _ => continue,
+                };
+                return Err(format!(
+                    "entry {:?} lies below {:?}, which is {what}",
+                    e.path_lossy(),
+                    String::from_utf8_lossy(parent)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decompresses a zstd stream, refusing one that would exceed `bound`
+/// bytes (read up to the bound, never beyond).
+fn decompress_bounded(compressed: &[u8], bound: u64) -> Result<Vec<u8>, String> {
+    let decoder = zstd::stream::read::Decoder::new(compressed)
+        .map_err(|e| format!("does not decompress: {e}"))?;
+    let mut raw = Vec::new();
+    decoder
+        .take(bound.saturating_add(1))
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("does not decompress: {e}"))?;
+    if raw.len() as u64 > bound {
+        return Err(format!(
+            "decompresses past {bound} bytes, the bound for {} compressed bytes (a decompression bomb?)",
+            compressed.len()
+        ));
+    }
+    Ok(raw)
 }
 
 #[cfg(test)]
@@ -206,5 +288,74 @@ mod tests {
             .contains("checksum"));
         assert!(Manifest::decode(&bytes[..bytes.len() - 5], &Sealer::Plain).is_err());
         assert!(Manifest::decode(b"garbage", &Sealer::Plain).is_err());
+    }
+
+    /// A plain manifest holding `payload` as its zstd stream, with a valid
+    /// (unkeyed) checksum: what anyone who can write the store can forge.
+    fn forged(payload: &[u8]) -> Vec<u8> {
+        let mut out = MANIFEST_MAGIC.to_vec();
+        out.extend_from_slice(&Sealer::Plain.seal(payload.to_vec(), MANIFEST_MAGIC));
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(sum.as_bytes());
+        out
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_at_the_bound() {
+        // Zeros past the bound: they would decode as an empty manifest.
+        let size = MANIFEST_FLOOR_BOUND as usize + (8 << 20);
+        let mut enc = zstd::Encoder::new(Vec::new(), 1).unwrap();
+        let block = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(block.len());
+            std::io::Write::write_all(&mut enc, &block[..n]).unwrap();
+            left -= n;
+        }
+        let bomb = enc.finish().unwrap();
+        assert!((bomb.len() as u64) * MANIFEST_RATIO_BOUND < size as u64);
+        let err = Manifest::decode(&forged(&bomb), &Sealer::Plain).unwrap_err();
+        assert!(err.contains("decompresses past"), "{err}");
+        // Under the bound the same stream is read (and decodes).
+        let small = zstd::encode_all(&vec![0u8; 1 << 20][..], 1).unwrap();
+        assert!(Manifest::decode(&forged(&small), &Sealer::Plain).is_ok());
+    }
+
+    #[test]
+    fn an_entry_below_a_symlink_or_a_file_is_refused() {
+        let entry = |path: &[u8], kind: EntryKind| Entry {
+            path: path.to_vec(),
+            kind,
+            mode: 0o755,
+            mtime_ns: 0,
+        };
+        let link = EntryKind::Symlink {
+            target: b"/etc/cron.d".to_vec(),
+        };
+        let file = sample().entries[0].kind.clone();
+        for (parent, kind) in [(&b"chroma/x"[..], link.clone()), (b"chroma/x", file)] {
+            let mut m = sample();
+            m.entries.push(entry(b"chroma", EntryKind::Dir));
+            m.entries.push(entry(parent, kind));
+            m.entries.push(entry(b"chroma/x/evil", EntryKind::Dir));
+            let err =
+                Manifest::decode(&m.encode(&Sealer::Plain).unwrap(), &Sealer::Plain).unwrap_err();
+            assert!(
+                err.contains("chroma/x/evil") && err.contains("chroma/x"),
+                "{err}"
+            );
+        }
+        let mut twice = sample();
+        twice.entries.push(entry(b"chroma/x", EntryKind::Dir));
+        twice.entries.push(entry(b"chroma/x", link.clone()));
+        let err = twice.check_tree().unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+        // A link as the Chroma dir, folders with content, links as leaves: fine.
+        let mut ok = sample();
+        ok.entries.push(entry(b"chroma", link.clone()));
+        ok.entries.push(entry(b"chroma/d", EntryKind::Dir));
+        ok.entries.push(entry(b"chroma/d/l", link));
+        let bytes = ok.encode(&Sealer::Plain).unwrap();
+        assert_eq!(Manifest::decode(&bytes, &Sealer::Plain).unwrap(), ok);
     }
 }

@@ -20,7 +20,9 @@
 //!    quarantined first).
 //!
 //! The report says what was moved, kept and lost, and which snapshots stay
-//! damaged, with the files in them.
+//! damaged, with the files in them. A pack that merely could not be read
+//! (permission denied, a timeout) is not damage: it is reported as
+//! `unreadable` and left where it is.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -44,8 +46,13 @@ pub struct RepairReport {
     pub chunks_salvaged: u64,
     pub bytes_salvaged: u64,
     /// Referenced chunks no longer in the store: the next `create` stores
-    /// them again if the live data still has them.
+    /// them again if the live data still has them. Empty while a pack's
+    /// index could not be read (the chunks may be in it).
     pub chunks_lost: Vec<String>,
+    /// Packs that could not be read (an I/O error, not damage): left in
+    /// place, never quarantined; the repair is not complete while any is.
+    #[serde(default)]
+    pub unreadable: Vec<String>,
     /// Snapshots whose summary was rebuilt from the manifest.
     pub metadata_rewritten: Vec<String>,
     pub tmp_files_removed: u64,
@@ -80,6 +87,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
 
     // Chunks that any snapshot references (not only those audited: a
     // quarantined pack may hold others' chunks) and the healthy packs lack.
+    out.unreadable = audit.report.unreadable.keys().cloned().collect();
     let mut index = store.load_index()?;
     let stamps = store.list_snapshots()?.stamps;
     let mut readable = Vec::new();
@@ -140,9 +148,11 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             .map(|(id, _)| pack::pack_name(id))
             .collect();
     }
-    let mut lost: Vec<String> = needed.iter().map(Id::to_hex).collect();
-    lost.sort();
-    out.chunks_lost = lost;
+    if !index.damaged.iter().any(|d| pack::is_unreadable(&d.detail)) {
+        let mut lost: Vec<String> = needed.iter().map(Id::to_hex).collect();
+        lost.sort();
+        out.chunks_lost = lost;
+    }
 
     // Summaries rebuilt from the manifests.
     for stamp in &audit.readable {
@@ -196,7 +206,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             },
         );
     }
-    out.healed = out.still_damaged.is_empty();
+    out.healed = out.still_damaged.is_empty() && out.unreadable.is_empty();
     Ok(out)
 }
 

@@ -204,6 +204,7 @@ pub fn restore(
 ) -> Result<RestoreResult> {
     let started = Instant::now();
     check_confirmation(opts)?;
+    refuse_live_target(opts)?;
     let stamp = Stamp::parse(&opts.stamp)?;
     let targets = Targets::of(opts);
     let lock = store.lock_shared("restore", opts.lock_wait)?;
@@ -275,7 +276,67 @@ pub fn check_confirmation(opts: &RestoreOptions) -> Result<()> {
     Ok(())
 }
 
+/// `--to` skips every safeguard of a live restore, so it must not name the
+/// live runtime under another name: refused when, symlinks resolved, a
+/// file it would write is a live one, or the folder holds a live path, or
+/// lies inside the live Chroma dir. Empty live paths (a drill) are none.
+pub fn refuse_live_target(opts: &RestoreOptions) -> Result<()> {
+    let Some(to) = &opts.to else {
+        return Ok(());
+    };
+    let dir = resolve(to);
+    let t = Targets::of(opts);
+    let written = [resolve(&t.db), resolve(&t.registry), resolve(&t.chroma)];
+    for live in [&opts.db, &opts.registry, &opts.chroma_dir] {
+        if live.as_os_str().is_empty() {
+            continue;
+        }
+        let resolved = resolve(live);
+        if written.contains(&resolved) || resolved.starts_with(&dir) || dir.starts_with(&resolved) {
+            return Err(Error::RestoreTargetIsLive {
+                to: to.clone(),
+                live: live.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `p` made absolute with its symlinks resolved, as far as it exists (the
+/// missing rest appended as given).
+fn resolve(p: &Path) -> PathBuf {
+    let abs = match std::env::current_dir() {
+        Ok(cwd) if p.is_relative() => cwd.join(p),
+        _ => p.to_path_buf(),
+    };
+    let mut missing = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(mut found) = fs::canonicalize(cur) {
+            found.extend(missing.iter().rev());
+            return found;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
 fn prepare_to_dir(dir: &Path) -> Result<()> {
+    // DIR/chroma is written as a real folder below DIR, never through a
+    // link to somewhere else.
+    let chroma = dir.join(CHROMA_PREFIX);
+    if fs::symlink_metadata(&chroma).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(Error::TargetInvalid {
+            path: chroma,
+            detail: "is a symlink: restore --to writes only into real folders below its folder"
+                .into(),
+        });
+    }
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(Error::TargetInvalid {
@@ -1079,6 +1140,10 @@ fn extract_error(e: ExtractError, tmp: &Path) -> Error {
             detail,
         },
         ExtractError::Write(e) => Error::io("write", tmp, e),
+        ExtractError::TooLarge { limit } => Error::TargetInvalid {
+            path: tmp.to_path_buf(),
+            detail: format!("more than {limit} bytes for an in-memory file"),
+        },
     }
 }
 
@@ -1216,6 +1281,7 @@ pub fn apply_chroma(
     }
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
     for r in &plan.remove {
+        real_dirs(root, &r.rel, false)?;
         let path = path_of(root, &r.rel);
         let removed = if r.is_dir {
             fs::remove_dir_all(&path)
@@ -1232,7 +1298,7 @@ pub fn apply_chroma(
     failpoint(|| "restore:chroma-after-remove".into());
     for &i in &plan.create_dirs {
         let path = path_of(root, rel_of(manifest, i));
-        fs::create_dir_all(&path).ctx("create", &path)?;
+        real_dirs(root, rel_of(manifest, i), true)?;
         // Best effort: a new folder gets its parent's owner.
         if let (Ok(m), Ok(p)) = (fs::metadata(&path), fs::metadata(parent_of(&path))) {
             if (m.uid(), m.gid()) != (p.uid(), p.gid()) {
@@ -1256,6 +1322,7 @@ pub fn apply_chroma(
     plan.write.par_iter().try_for_each(|&i| -> Result<()> {
         let e = &manifest.entries[i];
         let path = path_of(root, rel_of(manifest, i));
+        real_dirs(root, rel_of(manifest, i), false)?;
         match &e.kind {
             EntryKind::File(f) => {
                 let how = Install {
@@ -1272,6 +1339,7 @@ pub fn apply_chroma(
         touched.insert(parent_of(&path_of(root, rel_of(manifest, i))).to_path_buf());
     }
     for &i in &plan.unchanged {
+        real_dirs(root, rel_of(manifest, i), false)?;
         fix_meta(
             &path_of(root, rel_of(manifest, i)),
             &manifest.entries[i],
@@ -1288,6 +1356,7 @@ pub fn apply_chroma(
     let mut dirs = plan.dirs.clone();
     dirs.sort_by(|a, b| rel_of(manifest, *b).cmp(rel_of(manifest, *a)));
     for i in dirs {
+        real_dirs(root, rel_of(manifest, i), false)?;
         fix_meta(
             &path_of(root, rel_of(manifest, i)),
             &manifest.entries[i],
@@ -1304,6 +1373,50 @@ pub fn apply_chroma(
         }
     }
     Ok(())
+}
+
+/// Makes sure each folder on the way from `root` to `root/rel` (`rel`
+/// itself too when `whole`) is a real folder, creating missing ones. A
+/// symlink or anything else on the way refuses the write: a restore never
+/// writes, removes or sets metadata through a link, whether one planted
+/// in the tree on disk or one a forged manifest declares (the plan already
+/// replaces links where the snapshot has folders; this guards the rest).
+fn real_dirs(root: &Path, rel: &[u8], whole: bool) -> Result<()> {
+    let mut steps: Vec<&[u8]> = rel
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    if !whole {
+        steps.pop();
+    }
+    let mut dir = root.to_path_buf();
+    for step in steps {
+        dir.push(OsStr::from_bytes(step));
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => return Err(not_a_real_dir(&dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", &dir, e)),
+        }
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            // Made by a parallel writer of the same restore: a folder, or refused.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                    return Err(not_a_real_dir(&dir));
+                }
+            }
+            Err(e) => return Err(Error::io("create", &dir, e)),
+        }
+    }
+    Ok(())
+}
+
+fn not_a_real_dir(path: &Path) -> Error {
+    Error::TargetInvalid {
+        path: path.to_path_buf(),
+        detail: "is a symlink or not a folder where the restore needs a folder; restore never writes through a link (remove it and run the restore again)".into(),
+    }
 }
 
 fn rel_of(manifest: &Manifest, i: usize) -> &[u8] {

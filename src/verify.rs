@@ -143,6 +143,14 @@ fn check_manifest(
                     false
                 }
             },
+            Err(ExtractError::TooLarge { limit }) => {
+                errors.insert(format!(
+                    "registry_too_large: more than {limit} bytes (recorded size {})",
+                    reg.size
+                ));
+                false
+            }
+            // Chunk faults are reported above, each once.
             Err(_) => false,
         }
     });
@@ -194,6 +202,9 @@ fn check_db(
             return Ok(false);
         }
         Err(ExtractError::Write(e)) => return Err(Error::io("write", tmp.path(), e)),
+        Err(ExtractError::TooLarge { limit }) => {
+            return Err(Error::Other(format!("the db outgrew {limit} bytes")))
+        }
     }
     drop(out);
     match sqlite::integrity_problems(tmp.path(), false)? {
@@ -219,6 +230,10 @@ pub struct SnapshotHealth {
     /// the data is intact, `list` shows less; `--repair` rewrites it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_error: Option<String>,
+    /// Paths whose data sits in a pack that could not be read (an I/O
+    /// error, not damage): not verified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_files: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -233,6 +248,11 @@ pub struct VerifyReport {
     /// Why each damaged object is damaged.
     #[serde(default)]
     pub damage: BTreeMap<String, String>,
+    /// Packs that could not be read (permission denied, a timeout), with
+    /// the error: not damage, left in place by `--repair`; exit 1 unless
+    /// damage was found too.
+    #[serde(default)]
+    pub unreadable: BTreeMap<String, String>,
     pub orphans: Vec<String>,
     pub reclaimable_bytes: u64,
     pub snapshots: BTreeMap<String, SnapshotHealth>,
@@ -250,6 +270,30 @@ pub struct VerifyReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<crate::repair::RepairReport>,
     pub duration_ms: u64,
+}
+
+impl VerifyReport {
+    /// Whether damage was found: a wrong hash or structure, a missing
+    /// chunk, a manifest or summary that does not read.
+    pub fn damage_found(&self) -> bool {
+        !self.corrupt.is_empty()
+            || !self.missing.is_empty()
+            || !self.damaged_objects.is_empty()
+            || self.snapshots.values().any(|s| {
+                !s.damaged_files.is_empty() || s.error.is_some() || s.metadata_error.is_some()
+            })
+    }
+
+    /// 0 all well, 3 damage found, 1 only objects that could not be read.
+    pub fn exit_code(&self) -> i32 {
+        if self.damage_found() {
+            3
+        } else if self.ok {
+            0
+        } else {
+            1
+        }
+    }
 }
 
 /// What `verify` is asked to do.
@@ -348,6 +392,10 @@ struct PackCheck {
     structural: Option<String>,
     /// The file's hash is not its name (checked when nothing else is wrong).
     name_mismatch: bool,
+    /// The first I/O error reading the pack (not damage), and the chunks
+    /// it left unchecked.
+    unreadable: Option<String>,
+    unverified: Vec<Id>,
     /// Stored bytes of all entries, and of those that are live here.
     total_stored: u64,
     live_stored: u64,
@@ -358,6 +406,13 @@ impl PackCheck {
         if self.structural.is_none() {
             self.structural = Some(detail);
         }
+    }
+
+    fn unreadable(&mut self, e: &std::io::Error, unchecked: impl IntoIterator<Item = Id>) {
+        if self.unreadable.is_none() {
+            self.unreadable = Some(pack::unreadable(e));
+        }
+        self.unverified.extend(unchecked);
     }
 
     /// What is wrong with the pack, if anything.
@@ -443,9 +498,20 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
     if selected.is_none() || !missing.is_empty() {
         for d in &index.damaged {
             report.objects_checked += 1;
-            report.damaged_objects.push(d.name.clone());
-            report.damage.insert(d.name.clone(), d.detail.clone());
+            if pack::is_unreadable(&d.detail) {
+                report.unreadable.insert(d.name.clone(), d.detail.clone());
+            } else {
+                report.damaged_objects.push(d.name.clone());
+                report.damage.insert(d.name.clone(), d.detail.clone());
+            }
         }
+    }
+    // A chunk the index lacks may sit in a pack whose index could not be
+    // read: unverified, not missing.
+    let mut unverified: HashSet<Id> = HashSet::new();
+    let mut missing = missing;
+    if index.damaged.iter().any(|d| pack::is_unreadable(&d.detail)) {
+        unverified.extend(std::mem::take(&mut missing));
     }
 
     // Packs to check: all of them, or those holding a referenced chunk.
@@ -498,6 +564,16 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
         report.bytes_checked += check.bytes;
         report.chunks_checked += check.chunks;
         let name = pack::pack_name(&index.pack(*p).id);
+        if let Some(detail) = &check.unreadable {
+            if selected.is_none() || check.unverified.iter().any(|id| referenced.contains(id)) {
+                report.unreadable.insert(name.clone(), detail.clone());
+            }
+        }
+        for id in &check.unverified {
+            if index.get(id).is_some_and(|loc| loc.pack == *p) {
+                unverified.insert(*id);
+            }
+        }
         if let Some(detail) = check.detail() {
             if selected.is_none() || check.concerns(&referenced) {
                 report.damaged_objects.push(name.clone());
@@ -535,14 +611,26 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
             })
             .map(|e| e.path_lossy())
             .collect();
+        let unreadable_files: BTreeSet<String> = m
+            .entries
+            .iter()
+            .filter(|e| {
+                e.file().is_some_and(|f| {
+                    f.chunks.iter().any(|id| unverified.contains(id))
+                        && !damaged.contains(&e.path_lossy())
+                })
+            })
+            .map(|e| e.path_lossy())
+            .collect();
         let metadata_error = metadata_problem(store, stamp);
         report.snapshots.insert(
             stamp.to_string(),
             SnapshotHealth {
-                ok: damaged.is_empty() && metadata_error.is_none(),
+                ok: damaged.is_empty() && metadata_error.is_none() && unreadable_files.is_empty(),
                 damaged_files: damaged.into_iter().collect(),
                 error: None,
                 metadata_error,
+                unreadable_files: unreadable_files.into_iter().collect(),
             },
         );
     }
@@ -553,6 +641,7 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
     report.ok = report.corrupt.is_empty()
         && report.missing.is_empty()
         && report.damaged_objects.is_empty()
+        && report.unreadable.is_empty()
         && report.snapshots.values().all(|s| s.ok);
     Ok(Audit {
         report,
@@ -602,12 +691,18 @@ fn check_pack(
     let layout = match store.read_pack_layout(&name, info.size) {
         Ok(l) => l,
         Err(detail) => {
-            check.structural = Some(detail);
-            check.corrupt = index
+            let ids = index
                 .iter()
                 .filter(|(_, l)| l.pack == p)
                 .map(|(id, _)| *id)
                 .collect();
+            if pack::is_unreadable(&detail) {
+                check.unreadable = Some(detail);
+                check.unverified = ids;
+            } else {
+                check.structural = Some(detail);
+                check.corrupt = ids;
+            }
             return check;
         }
     };
@@ -661,7 +756,10 @@ fn check_pack(
         match store.backend().read_range(&name, 0, PACK_MAGIC.len()) {
             Ok(h) if h == PACK_MAGIC => {}
             Ok(_) => check.damaged("bad pack header".into()),
-            Err(e) => check.damaged(format!("unreadable: {e}")),
+            Err(e) => {
+                let ids = layout.entries.iter().map(|e| e.id);
+                check.unreadable(&e, ids);
+            }
         }
         check.bytes += PACK_MAGIC.len() as u64;
         return check;
@@ -673,8 +771,7 @@ fn check_pack(
     let reader = match store.backend().open_read(&name) {
         Ok(r) => r,
         Err(e) => {
-            check.damaged(format!("unreadable: {e}"));
-            check.corrupt.extend(layout.entries.iter().map(|e| e.id));
+            check.unreadable(&e, layout.entries.iter().map(|e| e.id));
             return check;
         }
     };
@@ -746,26 +843,26 @@ fn check_pack(
             }
         }
         Err(e) => {
-            check.damaged(format!("unreadable: {e}"));
-            check
-                .corrupt
-                .extend(tiled[decoded.min(tiled.len())..].iter().map(|e| e.id));
+            let unchecked = tiled[decoded.min(tiled.len())..].iter().map(|e| e.id);
+            check.unreadable(&e, unchecked);
         }
     }
     // Entries overlapping others: each checked on its own.
     for e in overlapping {
-        let decoded = store
+        match store
             .backend()
             .read_range(&name, e.offset as u64, e.stored_len as usize)
-            .map_err(|e| e.to_string())
-            .and_then(|stored| {
-                store
+        {
+            Ok(stored) => {
+                check.chunks += 1;
+                if store
                     .decode_chunk(stored, &e.id, e.compressed, e.raw_len)
-                    .map_err(|f| format!("{f:?}"))
-            });
-        check.chunks += 1;
-        if decoded.is_err() {
-            check.corrupt.push(e.id);
+                    .is_err()
+                {
+                    check.corrupt.push(e.id);
+                }
+            }
+            Err(err) => check.unreadable(&err, [e.id]),
         }
     }
     check.corrupt.sort();

@@ -101,3 +101,83 @@ fn reused_bytes_that_changed_after_the_plan_come_from_the_store() {
     restore::apply(&store, &index, &manifest, &plan, &NoProgress).unwrap();
     assert!(std::fs::read(&data).unwrap() == original);
 }
+
+/// Past the manifest's own check (a manifest built in memory), and with a
+/// folder swapped for a link after the plan: apply still refuses to write,
+/// remove or set metadata through a symlink (issue 14, item 1).
+#[test]
+fn apply_never_writes_through_a_symlink() {
+    use atosnap::manifest::{Entry, EntryKind};
+    let rt = Rt::fixture();
+    let (store, stamp) = snapshot(&rt);
+    let mut manifest = store.read_manifest(&Stamp::parse(&stamp).unwrap()).unwrap();
+    let outside = rt.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let registry = manifest.registry().unwrap().clone();
+    manifest.entries.push(Entry {
+        path: b"chroma/x".to_vec(),
+        kind: EntryKind::Symlink {
+            target: outside.as_os_str().as_encoded_bytes().to_vec(),
+        },
+        mode: 0o777,
+        mtime_ns: 0,
+    });
+    manifest.entries.push(Entry {
+        path: b"chroma/x/evil".to_vec(),
+        kind: EntryKind::File(registry),
+        mode: 0o644,
+        mtime_ns: 0,
+    });
+    let to = rt.path("to");
+    std::fs::create_dir_all(to.join("chroma")).unwrap();
+    std::os::unix::fs::symlink(&outside, to.join("chroma/x")).unwrap();
+    let targets = Targets {
+        db: to.join("atocore.db"),
+        registry: to.join("project-registry.json"),
+        chroma: to.join("chroma"),
+        live: false,
+    };
+    let index = store.load_index().unwrap();
+    let plan = restore::plan(&store, &manifest, &targets, true).unwrap();
+    let err = restore::apply(&store, &index, &manifest, &plan, &NoProgress).unwrap_err();
+    assert_eq!(err.code(), "target_invalid", "{err}");
+    assert!(err.to_string().contains("chroma/x"), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+
+    // A real folder of the snapshot swapped for a link after the plan.
+    manifest.entries.truncate(manifest.entries.len() - 2);
+    let to = rt.path("to2");
+    restore::apply(
+        &store,
+        &index,
+        &manifest,
+        &restore::plan(
+            &store,
+            &manifest,
+            &Targets {
+                db: to.join("atocore.db"),
+                registry: to.join("project-registry.json"),
+                chroma: to.join("chroma"),
+                live: false,
+            },
+            true,
+        )
+        .unwrap(),
+        &NoProgress,
+    )
+    .unwrap();
+    let seg = to.join("chroma").join(SEGMENT);
+    std::fs::remove_file(seg.join("header.bin")).unwrap();
+    let targets = Targets {
+        db: to.join("atocore.db"),
+        registry: to.join("project-registry.json"),
+        chroma: to.join("chroma"),
+        live: false,
+    };
+    let plan = restore::plan(&store, &manifest, &targets, true).unwrap();
+    std::fs::rename(&seg, rt.path("moved-seg")).unwrap();
+    std::os::unix::fs::symlink(&outside, &seg).unwrap();
+    let err = restore::apply(&store, &index, &manifest, &plan, &NoProgress).unwrap_err();
+    assert_eq!(err.code(), "target_invalid", "{err}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}

@@ -25,6 +25,11 @@ pub const TRAILER_MAGIC: &[u8; 8] = b"ATOPKEND";
 /// Associated data binding a sealed pack index to its role.
 pub const INDEX_AD: &[u8] = b"pack-index";
 pub const TRAILER_LEN: usize = 4 + 32 + 8;
+/// Bytes of one encoded index entry (bincode, fixed-width integers: id,
+/// offset, stored length, raw length, compressed flag). A count prefix
+/// claiming more entries than the index bytes can hold is refused before
+/// anything is allocated for them.
+const ENCODED_ENTRY_LEN: u64 = 32 + 4 + 4 + 4 + 1;
 
 /// One chunk inside a pack.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -142,6 +147,24 @@ impl PackWriter {
     }
 }
 
+/// How a read failure of a pack is described: an I/O error (permission
+/// denied, a timeout) says nothing about the pack's bytes, so it is
+/// `unreadable`, never damage (verify reports it and repair leaves the
+/// pack in place).
+pub const UNREADABLE: &str = "unreadable";
+
+/// The description of an I/O error met reading a pack.
+pub fn unreadable(e: &std::io::Error) -> String {
+    format!("{UNREADABLE}: {e}")
+}
+
+/// Whether a pack problem is an I/O failure rather than damage.
+pub fn is_unreadable(detail: &str) -> bool {
+    detail
+        .strip_prefix(UNREADABLE)
+        .is_some_and(|rest| rest.starts_with(':'))
+}
+
 /// Why a pack's index could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PackIndexError {
@@ -151,6 +174,7 @@ pub enum PackIndexError {
     IndexChecksum,
     IndexDecode(String),
     EntryOutOfBounds(Id),
+    ChunkTooLarge(Id, u32),
 }
 
 impl std::fmt::Display for PackIndexError {
@@ -164,6 +188,11 @@ impl std::fmt::Display for PackIndexError {
             PackIndexError::EntryOutOfBounds(id) => {
                 write!(f, "index entry for chunk {id} points outside the blob area")
             }
+            PackIndexError::ChunkTooLarge(id, len) => write!(
+                f,
+                "index entry for chunk {id} records {len} raw bytes, more than any chunk ({})",
+                crate::chunk::MAX_RAW_CHUNK
+            ),
         }
     }
 }
@@ -206,17 +235,72 @@ pub fn decode_index(
         if (e.offset as u64) < PACK_MAGIC.len() as u64 || end > blob_end {
             return Err(PackIndexError::EntryOutOfBounds(e.id));
         }
+        if e.raw_len > crate::chunk::MAX_RAW_CHUNK {
+            return Err(PackIndexError::ChunkTooLarge(e.id, e.raw_len));
+        }
     }
     Ok(entries)
 }
 
 /// Decodes the entries of an (opened) pack index, without any check of
-/// where they point.
+/// where they point. The entry count is checked against the bytes first.
 pub fn decode_entries(encoded: &[u8]) -> Result<Vec<PackEntry>, String> {
+    if let Some(prefix) = encoded.first_chunk::<8>() {
+        let claimed = u64::from_le_bytes(*prefix);
+        let room = (encoded.len() as u64 - 8) / ENCODED_ENTRY_LEN;
+        if claimed > room {
+            return Err(format!(
+                "the index claims {claimed} entries, its {} bytes hold at most {room}",
+                encoded.len()
+            ));
+        }
+    }
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()
-        .with_limit(1 << 30)
+        .with_limit(encoded.len() as u64)
         .deserialize(encoded)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(n: u32) -> Vec<PackEntry> {
+        (0..n)
+            .map(|i| PackEntry {
+                id: Id::hash(&i.to_le_bytes()),
+                offset: 8 + i * 10,
+                stored_len: 10,
+                raw_len: 10,
+                compressed: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_index_claiming_more_entries_than_it_holds_is_refused() {
+        let list = entries(3);
+        let mut encoded = bincode::serialize(&list).unwrap();
+        assert_eq!(encoded.len() as u64, 8 + 3 * ENCODED_ENTRY_LEN);
+        assert_eq!(decode_entries(&encoded).unwrap(), list);
+        for claimed in [4u64, 1 << 40, u64::MAX] {
+            encoded[..8].copy_from_slice(&claimed.to_le_bytes());
+            let err = decode_entries(&encoded).unwrap_err();
+            assert!(err.contains(&format!("claims {claimed} entries")), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_entry_larger_than_any_chunk_is_refused() {
+        let mut list = entries(2);
+        list[1].compressed = true;
+        list[1].raw_len = u32::MAX;
+        let encoded = bincode::serialize(&list).unwrap();
+        let hash = *blake3::hash(&encoded).as_bytes();
+        let err = decode_index(encoded, &hash, 28, Ok).unwrap_err();
+        assert_eq!(err, PackIndexError::ChunkTooLarge(list[1].id, u32::MAX));
+        assert!(err.to_string().contains("more than any chunk"));
+    }
 }
