@@ -664,7 +664,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                     stamp: stamp.clone(),
                     to: to.clone(),
                     include: include.clone(),
-                    live: vec![
+                    live: [
                         paths.db.clone(),
                         paths.registry.clone(),
                         paths.chroma_dir.clone(),

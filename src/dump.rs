@@ -164,5 +164,11 @@ pub fn chunk_error(e: ExtractError, path: &str, output: &str) -> Error {
             detail: format!("{detail} (a chunk of {path})"),
         },
         ExtractError::Write(e) => Error::io("write", output, e),
+        // Only in-memory reads are bounded; dump streams, but a file larger
+        // than its recorded size is still refused, naming it.
+        ExtractError::TooLarge { limit } => Error::TargetInvalid {
+            path: output.into(),
+            detail: format!("{path} holds more than its recorded {limit} bytes"),
+        },
     }
 }

@@ -281,21 +281,31 @@ pub fn check_confirmation(opts: &RestoreOptions) -> Result<()> {
 /// file it would write is a live one, or the folder holds a live path, or
 /// lies inside the live Chroma dir. Empty live paths (a drill) are none.
 pub fn refuse_live_target(opts: &RestoreOptions) -> Result<()> {
-    let Some(to) = &opts.to else {
-        return Ok(());
-    };
+    match &opts.to {
+        Some(to) => refuse_live_dir(to, [&opts.db, &opts.registry, &opts.chroma_dir]),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a `--to` folder whose restored files would be live files, that
+/// holds a live path, or that lies inside one (paths resolved through
+/// symlinks; an empty live path is not configured and is skipped).
+pub fn refuse_live_dir(to: &Path, live: [&Path; 3]) -> Result<()> {
     let dir = resolve(to);
-    let t = Targets::of(opts);
-    let written = [resolve(&t.db), resolve(&t.registry), resolve(&t.chroma)];
-    for live in [&opts.db, &opts.registry, &opts.chroma_dir] {
+    let written = [
+        resolve(&to.join(DB_PATH)),
+        resolve(&to.join(REGISTRY_PATH)),
+        resolve(&to.join(CHROMA_PREFIX)),
+    ];
+    for live in live {
         if live.as_os_str().is_empty() {
             continue;
         }
         let resolved = resolve(live);
         if written.contains(&resolved) || resolved.starts_with(&dir) || dir.starts_with(&resolved) {
             return Err(Error::RestoreTargetIsLive {
-                to: to.clone(),
-                live: live.clone(),
+                to: to.to_path_buf(),
+                live: live.to_path_buf(),
             });
         }
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 use crate::ls;
-use crate::manifest::{Entry, EntryKind, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH};
+use crate::manifest::{Entry, EntryKind, Manifest, DB_PATH, REGISTRY_PATH};
 use crate::restore::{self, Install};
 use crate::stamp::Stamp;
 use crate::store::Store;
@@ -34,7 +34,7 @@ pub struct IncludeOptions {
     pub to: PathBuf,
     pub include: Vec<String>,
     /// The live runtime files, which DIR must not hold.
-    pub live: Vec<PathBuf>,
+    pub live: [PathBuf; 3],
     pub lock_wait: Duration,
 }
 
@@ -194,7 +194,7 @@ fn refuse_below_symlinks(manifest: &Manifest, chosen: &[&Entry]) -> Result<()> {
 }
 
 /// DIR exists (created when missing) and does not hold the live files.
-fn prepare_target(dir: &Path, live: &[PathBuf]) -> Result<()> {
+fn prepare_target(dir: &Path, live: &[PathBuf; 3]) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -208,24 +208,7 @@ fn prepare_target(dir: &Path, live: &[PathBuf]) -> Result<()> {
         }
         Err(e) => return Err(Error::io("stat", dir, e)),
     }
-    let canon = |p: &Path| -> Option<PathBuf> {
-        let parent = fs::canonicalize(p.parent()?).ok()?;
-        Some(parent.join(p.file_name()?))
-    };
-    for (name, live) in [DB_PATH, REGISTRY_PATH, CHROMA_PREFIX].iter().zip(live) {
-        let target = dir.join(name);
-        if canon(&target).is_some() && canon(&target) == canon(live) {
-            return Err(Error::TargetInvalid {
-                path: dir.to_path_buf(),
-                detail: format!(
-                    "{} is the live {} path: restore --to a separate folder",
-                    target.display(),
-                    name
-                ),
-            });
-        }
-    }
-    Ok(())
+    restore::refuse_live_dir(dir, [&live[0], &live[1], &live[2]])
 }
 
 /// Reads every chunk of the chosen files (re-hashed); the first fault
