@@ -264,18 +264,37 @@ pub fn run() -> i32 {
     match &cli.command {
         Command::Completions { shell } => return crate::docgen::completions(*shell),
         Command::Man { dir: None } => return crate::docgen::man_to_stdout(),
-        _ => {}
+        Command::Serve { .. } => {}
+        _ => crate::install_interrupt_handlers(),
     }
     match dispatch(&cli) {
+        // A signal that came after the last check: the work is done and
+        // its result is the truth.
         Ok((doc, code)) => {
             print_json(&doc);
             code
         }
         Err(e) => {
+            let e = interrupted_instead(e);
             eprintln!("atosnap: {e}");
             print_json(&error_doc(e.code(), &e.to_string()));
             e.exit_code()
         }
+    }
+}
+
+/// A command that failed after a signal asked it to stop reports the
+/// signal (what the operator did), the failure it met on the way out on
+/// stderr.
+fn interrupted_instead(e: Error) -> Error {
+    match atosnap::os::interrupted() {
+        Some(sig) if !matches!(e, Error::Interrupted { .. }) => {
+            eprintln!("atosnap: while stopping: {e}");
+            Error::Interrupted {
+                signal: atosnap::os::signal_name(sig),
+            }
+        }
+        _ => e,
     }
 }
 

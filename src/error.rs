@@ -84,7 +84,7 @@ pub enum Error {
     )]
     Locked { holders: String, waited_secs: u64 },
 
-    #[error("the store lock object {name} was not refreshed for {stale_secs}s (storage unreachable?): stopping before anything is deleted; rerun the command")]
+    #[error("the store lock object {name} was not refreshed for {stale_secs}s (storage unreachable, or the host suspended?), so others may have seen it expire: stopping before anything is deleted or published; rerun the command")]
     LockLost { name: String, stale_secs: u64 },
 
     #[error("manifest of snapshot {stamp} is corrupt: {detail}")]
@@ -162,6 +162,11 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    /// SIGINT or SIGTERM asked the command to stop: it published nothing
+    /// more, released its lock; its temp files are swept by the next run.
+    #[error("interrupted by {signal}: stopped before publishing anything more (the store lock is released; leftover temp files are swept by the next run)")]
+    Interrupted { signal: String },
 }
 
 impl Error {
@@ -206,6 +211,7 @@ impl Error {
             Error::KeyFileCorrupt { .. } => "key_file_corrupt",
             Error::NotEncrypted { .. } => "store_not_encrypted",
             Error::Other(_) => "error",
+            Error::Interrupted { .. } => "interrupted",
         }
     }
 

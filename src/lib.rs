@@ -19,6 +19,7 @@ pub mod gc;
 pub mod id;
 pub mod list;
 pub mod manifest;
+pub mod os;
 pub mod progress;
 pub mod repair;
 pub mod restore;
