@@ -388,15 +388,22 @@ pub fn run() -> i32 {
             stamp,
             path,
             output: None,
-        } => return dump_to_stdout(&cli.global, stamp, path),
-        _ => {}
+        } => {
+            crate::install_interrupt_handlers();
+            return dump_to_stdout(&cli.global, stamp, path);
+        }
+        Command::Serve { .. } => {}
+        _ => crate::install_interrupt_handlers(),
     }
     match dispatch(&cli) {
+        // A signal that came after the last check: the work is done and
+        // its result is the truth.
         Ok((doc, code)) => {
             print_json(&doc);
             code
         }
         Err(e) => {
+            let e = interrupted_instead(e);
             eprintln!("atosnap: {e}");
             print_json(&error_doc(e.code(), &e.to_string()));
             e.exit_code()
@@ -451,6 +458,21 @@ fn dump_to_stdout(g: &Global, stamp: &str, path: &str) -> i32 {
         serde_json::to_string(&doc).unwrap_or_else(|_| "{}".to_string())
     );
     code
+}
+
+/// A command that failed after a signal asked it to stop reports the
+/// signal (what the operator did), the failure it met on the way out on
+/// stderr.
+fn interrupted_instead(e: Error) -> Error {
+    match atosnap::os::interrupted() {
+        Some(sig) if !matches!(e, Error::Interrupted { .. }) => {
+            eprintln!("atosnap: while stopping: {e}");
+            Error::Interrupted {
+                signal: atosnap::os::signal_name(sig),
+            }
+        }
+        _ => e,
+    }
 }
 
 /// Names the causes on stderr when a result carries errors.

@@ -35,6 +35,7 @@ use crate::manifest::{EntryKind, Manifest};
 use crate::progress::Progress;
 use crate::stamp::Stamp;
 use crate::store::index::{ChunkIndex, Location};
+use crate::store::lock::SharedLock;
 use crate::store::pack;
 use crate::store::packer::Packer;
 use crate::store::{ChunkFault, Store};
@@ -105,7 +106,7 @@ pub fn copy(
     let mut wanted: Vec<Stamp> = stamps.to_vec();
     // The source is only read; copy only adds to the destination.
     let _from_lock = from.lock_shared_reader("copy (source)", opts.lock_wait)?;
-    let _to_lock = to.lock_shared("copy", opts.lock_wait)?;
+    let to_lock = to.lock_shared("copy", opts.lock_wait)?;
     if wanted.is_empty() {
         wanted = from.list_snapshots()?.stamps;
     } else {
@@ -155,6 +156,7 @@ pub fn copy(
         let mut copier = Copier {
             from,
             to,
+            to_lock: &to_lock,
             from_index: &from_index,
             to_index: &mut to_index,
             packer: Packer::new(to),
@@ -201,6 +203,8 @@ enum Outcome {
 struct Copier<'a> {
     from: &'a Store,
     to: &'a Store,
+    /// The destination's lock: publishing checks it is still held.
+    to_lock: &'a SharedLock,
     from_index: &'a ChunkIndex,
     to_index: &'a mut ChunkIndex,
     packer: Packer<'a>,
@@ -223,6 +227,7 @@ impl Copier<'_> {
     /// Copies one snapshot. The outer error stops the whole copy (the
     /// destination failed); damage at the source is an `Outcome::Failed`.
     fn copy_snapshot(&mut self, stamp: &Stamp) -> Result<Outcome> {
+        crate::os::check_interrupted()?;
         let (mut manifest, mut metadata) = match self.read_source(stamp) {
             Ok(v) => v,
             Err(e) => return Ok(Outcome::Failed(e)),
@@ -238,7 +243,7 @@ impl Copier<'_> {
         }
         if self
             .to
-            .publish_snapshot_as(stamp, &mut manifest, &mut metadata)?
+            .publish_snapshot_as(self.to_lock, stamp, &mut manifest, &mut metadata)?
         {
             Ok(Outcome::Copied)
         } else {
@@ -290,6 +295,7 @@ impl Copier<'_> {
                 end += 1;
             }
             let batch = &needed[start..end];
+            crate::os::check_interrupted()?;
             let ready = match self.prepare(batch) {
                 Ok(r) => r,
                 Err(e) => return Ok(Err(e)),

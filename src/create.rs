@@ -87,10 +87,13 @@ pub fn create(
     create_locked(store, &lock, opts, progress)
 }
 
-/// Takes a snapshot under a shared lock the caller already holds.
+/// Takes a snapshot under a shared lock the caller already holds. Stops
+/// with `interrupted` between batches once a signal asked the process to
+/// stop, and publishes nothing then, nor when the lock was lost
+/// (`store_lock_lost`).
 pub fn create_locked(
     store: &Store,
-    _lock: &SharedLock,
+    lock: &SharedLock,
     opts: &CreateOptions,
     progress: &dyn Progress,
 ) -> Result<CreateResult> {
@@ -161,7 +164,7 @@ pub fn create_locked(
         stamp: wanted.to_string(),
         created_at: at.to_rfc3339_opts(SecondsFormat::Secs, true),
         tags: opts.tags.clone(),
-        hostname: hostname(),
+        hostname: crate::os::hostname(),
         chroma_included,
         capture_errors: errors.clone(),
         entries,
@@ -189,7 +192,7 @@ pub fn create_locked(
     };
     result.duration_ms = started.elapsed().as_millis() as u64;
     let mut metadata = serde_json::to_value(&result).map_err(|e| Error::Other(e.to_string()))?;
-    let stamp = store.publish_snapshot(&wanted, &mut manifest, &mut metadata)?;
+    let stamp = store.publish_snapshot(lock, &wanted, &mut manifest, &mut metadata)?;
     result.stamp = stamp.to_string();
     result.duration_ms = started.elapsed().as_millis() as u64;
     progress.finish();
@@ -225,12 +228,6 @@ fn unresolved_references(manifest: &Manifest, index: &ChunkIndex) -> Vec<String>
     missing
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// Holds the exclusive OS lock on the ingestion lock file.
 fn hold_ingestion_lock(path: &Path, wait: Duration) -> Result<File> {
     let file = std::fs::OpenOptions::new()
@@ -245,6 +242,7 @@ fn hold_ingestion_lock(path: &Path, wait: Duration) -> Result<File> {
         match file.try_lock() {
             Ok(()) => return Ok(file),
             Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < wait => {
+                crate::os::check_interrupted()?;
                 std::thread::sleep(Duration::from_millis(20))
             }
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -337,6 +335,7 @@ impl<'a> Capture<'a> {
         let mut new = 0u64;
         let mut verdict = CompressionVerdict::default();
         let read = chunk::for_each_batch(reader, strategy, BATCH_BYTES, |buf, ranges| {
+            crate::os::check_interrupted()?;
             let ids: Vec<Id> = ranges
                 .par_iter()
                 .map(|r| sealer.chunk_id(&buf[r.clone()]))
@@ -559,6 +558,7 @@ impl<'a> Capture<'a> {
             .sum();
         self.progress.phase("chroma", Some(total));
         for item in scan.items {
+            crate::os::check_interrupted()?;
             match item {
                 chroma::Item::Dir { rel, meta } => self.entries.push(Entry {
                     path: chroma_path(&rel),
@@ -717,4 +717,66 @@ fn chroma_path(rel: &[u8]) -> Vec<u8> {
         p.extend_from_slice(rel);
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::lock::object::{acquire_with, How};
+    use crate::store::lock::Held;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// Moves the lock's wall clock a lifetime ahead when capture is under
+    /// way: what a host suspended (or cut off) mid-create sees.
+    struct SleepMidway {
+        offset: Arc<AtomicU64>,
+        jump_ms: u64,
+    }
+
+    impl Progress for SleepMidway {
+        fn advance(&self, _bytes: u64) {
+            self.offset.store(self.jump_ms, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_create_whose_lock_lapsed_midway_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/runtime/data");
+        let db = dir.path().join("atocore.db");
+        for f in ["atocore.db", "atocore.db-wal", "atocore.db-shm"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let store = Store::init(&dir.path().join("store")).unwrap();
+        let offset = Arc::new(AtomicU64::new(0));
+        let o = offset.clone();
+        let base = chrono::Utc::now().timestamp_millis() as u64;
+        let ttl = Duration::from_secs(300);
+        let how = How {
+            wait: Duration::ZERO,
+            exclusive: false,
+            notify: None,
+            ttl,
+            clock: Arc::new(move || base + o.load(Ordering::SeqCst)),
+        };
+        let held = acquire_with(store.backend_handle(), "create", how).unwrap();
+        let lock = SharedLock::from_held(Held::Object(held));
+        let opts = CreateOptions {
+            db,
+            registry: dir.path().join("none.json"),
+            chroma: None,
+            tags: vec![],
+            at: None,
+            lock_wait: Duration::ZERO,
+            ingestion_lock: None,
+        };
+        let progress = SleepMidway {
+            offset,
+            jump_ms: ttl.as_millis() as u64,
+        };
+        let err = create_locked(&store, &lock, &opts, &progress).unwrap_err();
+        assert_eq!(err.code(), "store_lock_lost", "{err}");
+        assert!(store.list_snapshots().unwrap().stamps.is_empty());
+    }
 }

@@ -84,7 +84,7 @@ pub enum Error {
     )]
     Locked { holders: String, waited_secs: u64 },
 
-    #[error("the store lock object {name} was not refreshed for {stale_secs}s (storage unreachable?): stopping before anything is deleted; rerun the command")]
+    #[error("the store lock object {name} was not refreshed for {stale_secs}s (storage unreachable, or the host suspended?), so others may have seen it expire: stopping before anything is deleted or published; rerun the command")]
     LockLost { name: String, stale_secs: u64 },
 
     #[error("manifest of snapshot {stamp} is corrupt: {detail}")]
@@ -178,6 +178,10 @@ pub enum Error {
 
     #[error("restore --to {to} would write the live runtime ({live}): restore live data with `atosnap restore STAMP --confirm-service-stopped` (without --to), which checks the service is stopped and takes a pre-restore snapshot first")]
     RestoreTargetIsLive { to: PathBuf, live: PathBuf },
+    /// SIGINT or SIGTERM asked the command to stop: it published nothing
+    /// more, released its lock; its temp files are swept by the next run.
+    #[error("interrupted by {signal}: stopped before publishing anything more (the store lock is released; leftover temp files are swept by the next run)")]
+    Interrupted { signal: String },
 }
 
 impl Error {
@@ -226,6 +230,7 @@ impl Error {
             Error::NotAFile { .. } => "not_a_file",
             Error::Other(_) => "error",
             Error::RestoreTargetIsLive { .. } => "restore_target_is_live",
+            Error::Interrupted { .. } => "interrupted",
         }
     }
 

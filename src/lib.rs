@@ -22,6 +22,7 @@ pub mod id;
 pub mod list;
 pub mod ls;
 pub mod manifest;
+pub mod os;
 pub mod policy;
 pub mod progress;
 pub mod repair;

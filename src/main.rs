@@ -12,6 +12,34 @@ fn main() {
     std::process::exit(cli::run());
 }
 
+/// SIGINT and SIGTERM ask a CLI command to stop: the handler only records
+/// the signal ([`atosnap::os::note_interrupt`]); the command stops at its
+/// next check with `interrupted`, its lock guards release the store lock
+/// (a bucket's lock object is deleted) and `cli::run` prints the one JSON
+/// error. A second signal ends the process at once (exit 128 + signal),
+/// leaving what the first would have cleaned to expire or be swept.
+/// `serve` keeps its own handling (graceful shutdown through tokio).
+pub(crate) fn install_interrupt_handlers() {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        if atosnap::os::note_interrupt(sig) {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(128 + sig) }
+        }
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler does one atomic operation (or _exit), both
+        // async-signal-safe; SA_RESTART keeps blocking calls from failing
+        // with EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
 /// glibc gives every thread that allocates its own arena and returns freed
 /// arena memory lazily: with the rayon workers each holding batch-sized
 /// buffers, peak RSS grows by a quarter for no gain. One arena bounds it;

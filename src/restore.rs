@@ -24,7 +24,9 @@
 //!
 //! Every write is temp + rename, so a restore killed at any point and run
 //! again converges on the snapshot; leftover temp files are named
-//! [`TEMP_PREFIX`]`<pid>-…` and swept by the next restore.
+//! [`TEMP_PREFIX`]`<owner>-…` (pid, host, boot, PID namespace, process
+//! token: see [`crate::os`]) and swept by the next restore once their
+//! owner is provably gone (never a live restore's of another container).
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -238,6 +240,8 @@ pub fn restore(
         // The snapshot took a while: look again before writing.
         refuse_if_in_use(&targets, with_chroma)?;
     }
+    // The last point where a signal stops a restore that changed nothing.
+    crate::os::check_interrupted()?;
 
     // 3. and 4.: the old db's WAL folded in, then stale sidecars removed.
     checkpoint_wal(&targets.db);
@@ -1075,8 +1079,8 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 fn temp_beside(target: &Path) -> PathBuf {
     parent_of(target).join(format!(
-        "{TEMP_PREFIX}{}-{:016x}.tmp",
-        std::process::id(),
+        "{TEMP_PREFIX}{}{:016x}.tmp",
+        crate::os::TempOwner::current().prefix(),
         rand::random::<u64>()
     ))
 }
@@ -1101,14 +1105,9 @@ fn clean_stale_temps(dir: &Path) {
         let Some(rest) = name.as_bytes().strip_prefix(TEMP_PREFIX.as_bytes()) else {
             continue;
         };
-        let pid = std::str::from_utf8(rest)
-            .ok()
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        let stale = match pid {
-            Some(pid) => pid != std::process::id() && !crate::store::process_alive(pid),
-            None => true,
-        };
+        // Only a provably gone owner's: a temp of another host or PID
+        // namespace may belong to a restore running there right now.
+        let stale = std::str::from_utf8(rest).is_ok_and(crate::os::temp_owner_gone);
         if stale {
             let _ = fs::remove_file(e.path());
         }
@@ -1579,18 +1578,37 @@ mod tests {
 
     #[test]
     fn stale_temps_of_dead_processes_are_cleaned() {
+        use crate::os::TempOwner;
         let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join(format!("{TEMP_PREFIX}4294967290-00.tmp"));
-        let mine = dir
-            .path()
-            .join(format!("{TEMP_PREFIX}{}-00.tmp", std::process::id()));
+        let temp_of = |owner: &TempOwner| {
+            dir.path()
+                .join(format!("{TEMP_PREFIX}{}00.tmp", owner.prefix()))
+        };
+        let me = TempOwner::current();
+        // pid 4194304 is above Linux's pid_max: never a live process.
+        let dead = TempOwner {
+            pid: 4_194_304,
+            ..me.clone()
+        };
+        // The same pid on another host (or seen from another container)
+        // says nothing about that writer: it may be running.
+        let foreign = TempOwner {
+            host: "elsewhere".into(),
+            ..dead.clone()
+        };
+        let (dead, mine, foreign) = (temp_of(&dead), temp_of(me), temp_of(&foreign));
+        let unknown = dir.path().join(format!("{TEMP_PREFIX}4294967290-00.tmp"));
         let other = dir.path().join("keep.me");
-        for p in [&dead, &mine, &other] {
+        for p in [&dead, &mine, &foreign, &unknown, &other] {
             fs::write(p, b"x").unwrap();
         }
         clean_stale_temps(dir.path());
         assert!(!dead.exists());
         assert!(mine.exists() && other.exists());
+        assert!(foreign.exists() && unknown.exists());
+        assert!(temp_beside(&dir.path().join("a.db"))
+            .to_string_lossy()
+            .contains(&me.prefix()));
     }
 
     #[test]

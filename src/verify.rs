@@ -552,6 +552,7 @@ fn audit(store: &Store, selected: Option<&[Stamp]>, sample: Option<f64>) -> Resu
         .map(|&p| (p, check_pack(store, &index, p, &referenced, false)))
         .collect();
     for p in hashed {
+        crate::os::check_interrupted()?;
         checks.push((p, check_pack(store, &index, p, &referenced, true)));
     }
 

@@ -549,8 +549,15 @@ fn a_chroma_dir_that_is_a_symlink_is_restored_through_it_and_stays_a_symlink() {
 fn a_killed_restores_temp_files_are_not_captured_by_the_safety_snapshot() {
     let rt = Rt::fixture();
     let s1 = rt.create(&["--chroma"]);
-    // pid 4194304 is above Linux's pid_max: never a live process.
-    let stale = rt.chroma.join(".atosnap-restore-4194304-1.tmp");
+    // A temp of a dead restore of this host: pid 4194304 is above Linux's
+    // pid_max, never a live process.
+    let owner = atosnap::os::TempOwner {
+        pid: 4_194_304,
+        ..atosnap::os::TempOwner::current().clone()
+    };
+    let stale = rt
+        .chroma
+        .join(format!(".atosnap-restore-{}1.tmp", owner.prefix()));
     std::fs::write(&stale, b"half-written").unwrap();
     let r = rt.ok(&["restore", &s1, "--confirm-service-stopped"]);
     let pre = r["pre_restore_snapshot"].as_str().unwrap().to_string();

@@ -138,10 +138,12 @@ impl LocalBackend {
     }
 }
 
-/// `DIR/<pid>-<random>.<suffix>`.
+/// `DIR/<owner>-<random>.<suffix>`, the owner as [`crate::os::TempOwner`]
+/// names it (pid, host, boot, PID namespace, process token).
 pub fn temp_path_in(dir: &Path, suffix: &str) -> PathBuf {
     let r: u64 = rand::random();
-    dir.join(format!("{}-{:016x}.{}", std::process::id(), r, suffix))
+    let owner = crate::os::TempOwner::current().prefix();
+    dir.join(format!("{owner}{r:016x}.{suffix}"))
 }
 
 /// fsyncs a folder so a rename inside it is durable.

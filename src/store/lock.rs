@@ -48,6 +48,7 @@ impl Drop for Held {
 impl Held {
     fn still_held(&self) -> Result<()> {
         match self {
+            // An OS lock cannot lapse while its file is open.
             Held::Flock { .. } => Ok(()),
             Held::Object(lock) => lock.still_held(),
         }
@@ -57,6 +58,16 @@ impl Held {
 /// Held while adding to the store (create): gc cannot run meanwhile.
 pub struct SharedLock {
     _held: Held,
+}
+
+impl SharedLock {
+    /// Fails (`store_lock_lost`) when the lock may have lapsed at any time
+    /// since it was taken: checked right before a snapshot is published,
+    /// since a gc that ran meanwhile may have deleted packs the snapshot
+    /// deduplicated against.
+    pub fn still_held(&self) -> Result<()> {
+        self._held.still_held()
+    }
 }
 
 /// Held while deleting from the store (gc, cleanup --confirm, repair).
@@ -178,6 +189,7 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
                         ));
                     }
                 }
+                crate::os::check_interrupted()?;
                 if start.elapsed() >= wait {
                     return Err(Error::Locked {
                         holders: describe_holders(&dir),
@@ -234,7 +246,7 @@ pub fn current_holders(store_root: &Path) -> Vec<HolderInfo> {
         let Ok(info) = serde_json::from_slice::<HolderInfo>(&bytes) else {
             continue;
         };
-        if crate::store::process_alive(info.pid) {
+        if crate::os::process_alive(info.pid) {
             out.push(info);
         } else {
             let _ = fs::remove_file(entry.path());
@@ -272,11 +284,31 @@ pub mod object {
     //! `expires_at` has passed belongs to a dead or cut-off process and is
     //! ignored (and removed). Expiry compares the holder's clock with the
     //! reader's: hosts sharing a store keep their clocks in sync (NTP).
+    //!
+    //! The holder judges its own lock by the same wall clock, never by
+    //! `Instant` (which stops while the host is suspended): it counts as
+    //! held while the deadline of its last written object is more than a
+    //! quarter of the lifetime away. Once that failed (the storage was
+    //! unreachable, the host slept) the lock stays lost for good, even if
+    //! a later refresh succeeds: others may have seen it expire and deleted
+    //! what it protected in the gap.
 
     use serde::{Deserialize, Serialize};
     use std::sync::{Arc, Condvar, Mutex};
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant, SystemTime};
+
+    /// Wall-clock time in Unix milliseconds (injectable for tests).
+    pub(crate) type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+    pub(crate) fn system_clock() -> Clock {
+        Arc::new(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        })
+    }
 
     use crate::error::{Error, Result};
     use crate::store::backend::Backend;
@@ -312,41 +344,78 @@ pub mod object {
             .unwrap_or(0)
     }
 
-    /// This host's name (lock objects and claim markers name it).
-    pub fn hostname() -> String {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "unknown-host".into())
-    }
+    pub use crate::os::hostname;
 
     struct Beat {
         stop: Mutex<bool>,
         wake: Condvar,
-        /// When the object was last written successfully.
-        last_ok: Mutex<Instant>,
+        clock: Clock,
+        ttl_ms: u64,
+        held: Mutex<Tenure>,
+    }
+
+    /// What the holder knows of its own lock, in wall-clock milliseconds.
+    struct Tenure {
+        /// When the last successful write began.
+        refreshed_at: u64,
+        /// Until when others see that write live.
+        live_until: u64,
+        /// Set, for good, once the lock may have lapsed: how long it had
+        /// gone without a refresh then.
+        lost_after: Option<u64>,
+    }
+
+    impl Beat {
+        /// `Err(ms without a refresh)` once the lock may have lapsed.
+        /// Others judge expiry by the written deadline: stop a quarter of
+        /// the lifetime before it.
+        fn check(&self) -> std::result::Result<(), u64> {
+            let now = (self.clock)();
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(stale) = held.lost_after {
+                return Err(stale);
+            }
+            if now + self.ttl_ms / 4 >= held.live_until {
+                let stale = now.saturating_sub(held.refreshed_at);
+                held.lost_after = Some(stale);
+                return Err(stale);
+            }
+            Ok(())
+        }
+
+        /// A write begun at `began` succeeded: others see it live for a
+        /// lifetime, unless it landed after the previous one had expired
+        /// (a gap: the lock is lost).
+        fn refreshed(&self, began: u64) {
+            let landed = (self.clock)();
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if held.lost_after.is_some() {
+                return;
+            }
+            if landed >= held.live_until {
+                held.lost_after = Some(landed.saturating_sub(held.refreshed_at));
+                return;
+            }
+            held.refreshed_at = began;
+            held.live_until = began + self.ttl_ms;
+        }
     }
 
     pub struct ObjectLock {
         backend: Arc<dyn Backend>,
         name: String,
-        ttl: Duration,
         beat: Arc<Beat>,
         thread: Option<JoinHandle<()>>,
     }
 
     impl ObjectLock {
+        /// Fails (`store_lock_lost`) when the lock may have lapsed at any
+        /// time since it was taken.
         pub fn still_held(&self) -> Result<()> {
-            let last = *self.beat.last_ok.lock().unwrap_or_else(|e| e.into_inner());
-            // Others judge expiry by the written deadline; stop well before.
-            if last.elapsed() >= self.ttl * 3 / 4 {
-                return Err(Error::LockLost {
-                    name: self.name.clone(),
-                    stale_secs: last.elapsed().as_secs(),
-                });
-            }
-            Ok(())
+            self.beat.check().map_err(|stale_ms| Error::LockLost {
+                name: self.name.clone(),
+                stale_secs: stale_ms / 1000,
+            })
         }
     }
 
@@ -361,7 +430,14 @@ pub mod object {
         }
     }
 
-    fn record(owner: &str, command: &str, mode: &str, since: &str, ttl: Duration) -> LockRecord {
+    fn record(
+        owner: &str,
+        command: &str,
+        mode: &str,
+        since: &str,
+        now_ms: u64,
+        ttl: Duration,
+    ) -> LockRecord {
         LockRecord {
             owner: owner.to_string(),
             host: hostname(),
@@ -369,7 +445,9 @@ pub mod object {
             command: command.to_string(),
             mode: mode.to_string(),
             since: since.to_string(),
-            expires_at: unix_now() + ttl.as_secs(),
+            // Others see it live while their `now` in whole seconds is at
+            // most this: at least a lifetime after `now_ms`.
+            expires_at: now_ms / 1000 + ttl.as_secs(),
         }
     }
 
@@ -448,7 +526,37 @@ pub mod object {
         exclusive: bool,
         notify: Option<fn(&str)>,
     ) -> Result<ObjectLock> {
-        let ttl = ttl();
+        let how = How {
+            wait,
+            exclusive,
+            notify,
+            ttl: ttl(),
+            clock: system_clock(),
+        };
+        acquire_with(backend, command, how)
+    }
+
+    /// How to take a lock object.
+    pub(crate) struct How {
+        pub wait: Duration,
+        pub exclusive: bool,
+        pub notify: Option<fn(&str)>,
+        pub ttl: Duration,
+        pub clock: Clock,
+    }
+
+    pub(crate) fn acquire_with(
+        backend: Arc<dyn Backend>,
+        command: &str,
+        how: How,
+    ) -> Result<ObjectLock> {
+        let How {
+            wait,
+            exclusive,
+            notify,
+            ttl,
+            clock,
+        } = how;
         let mode = if exclusive { "exclusive" } else { "shared" };
         let owner = format!(
             "{}-{}-{:08x}",
@@ -461,7 +569,8 @@ pub mod object {
         let start = Instant::now();
         let mut told = false;
         loop {
-            let rec = record(&name, command, mode, &since, ttl);
+            let began = clock();
+            let rec = record(&name, command, mode, &since, began, ttl);
             write(backend.as_ref(), &name, &rec)
                 .map_err(|e| Error::io("write lock object", backend.display_name(&name), e))?;
             let others = match live_locks(backend.as_ref(), &name) {
@@ -476,9 +585,10 @@ pub mod object {
                 .filter(|o| exclusive || o.mode == "exclusive")
                 .collect();
             if blocking.is_empty() {
-                return Ok(start_heartbeat(backend, name, rec, ttl));
+                return Ok(start_heartbeat(backend, name, rec, ttl, clock, began));
             }
             let _ = backend.delete(&name);
+            crate::os::check_interrupted()?;
             if start.elapsed() >= wait {
                 return Err(Error::Locked {
                     holders: describe(&blocking),
@@ -507,11 +617,20 @@ pub mod object {
         name: String,
         rec: LockRecord,
         ttl: Duration,
+        clock: Clock,
+        written_at: u64,
     ) -> ObjectLock {
+        let ttl_ms = ttl.as_millis() as u64;
         let beat = Arc::new(Beat {
             stop: Mutex::new(false),
             wake: Condvar::new(),
-            last_ok: Mutex::new(Instant::now()),
+            clock,
+            ttl_ms,
+            held: Mutex::new(Tenure {
+                refreshed_at: written_at,
+                live_until: written_at + ttl_ms,
+                lost_after: None,
+            }),
         });
         let thread = {
             let (backend, name, beat) = (backend.clone(), name.clone(), beat.clone());
@@ -523,7 +642,6 @@ pub mod object {
         ObjectLock {
             backend,
             name,
-            ttl,
             beat,
             thread,
         }
@@ -552,9 +670,17 @@ pub mod object {
             if *stop {
                 return;
             }
-            rec.expires_at = unix_now() + ttl.as_secs();
+            // A lock that may have lapsed is not revived: others may have
+            // taken the store meanwhile. It stays lost; the object is left
+            // to expire (and is deleted when the guard drops).
+            if beat.check().is_err() {
+                tracing::warn!("lock object {name} lapsed: no longer refreshed");
+                return;
+            }
+            let began = (beat.clock)();
+            rec.expires_at = began / 1000 + ttl.as_secs();
             match write(backend, name, &rec) {
-                Ok(()) => *beat.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now(),
+                Ok(()) => beat.refreshed(began),
                 Err(e) => tracing::warn!("could not refresh lock object {name}: {e}"),
             }
         }
@@ -563,9 +689,13 @@ pub mod object {
 
 #[cfg(test)]
 mod tests {
-    use super::object::{acquire, live_locks, LockRecord};
+    use super::object::{acquire, acquire_with, live_locks, How, LockRecord};
+    use super::{Held, SharedLock};
     use crate::error::Error;
+    use crate::manifest::{Manifest, MANIFEST_VERSION};
+    use crate::stamp::Stamp;
     use crate::store::backend::{Backend, LocalBackend};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -631,6 +761,162 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("deadhost"), "{err}");
+    }
+
+    /// A wall clock that the test moves: `base` plus the offset.
+    fn test_clock() -> (Arc<AtomicU64>, super::object::Clock) {
+        let offset = Arc::new(AtomicU64::new(0));
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let o = offset.clone();
+        (offset, Arc::new(move || base + o.load(Ordering::SeqCst)))
+    }
+
+    fn how(ttl: Duration, clock: super::object::Clock) -> How {
+        How {
+            wait: Duration::ZERO,
+            exclusive: false,
+            notify: None,
+            ttl,
+            clock,
+        }
+    }
+
+    /// A suspended host: `Instant` stands still, the wall clock moves on
+    /// past the lock's deadline. The lock is lost, publish refuses with
+    /// `store_lock_lost` and writes nothing.
+    #[test]
+    fn a_lock_past_its_wall_clock_deadline_is_lost_and_publish_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::init(dir.path()).unwrap();
+        let (offset, clock) = test_clock();
+        let ttl = Duration::from_secs(300);
+        let held = acquire_with(store.backend_handle(), "create", how(ttl, clock)).unwrap();
+        let lock = SharedLock::from_held(Held::Object(held));
+        assert!(lock.still_held().is_ok());
+        offset.store(ttl.as_millis() as u64, Ordering::SeqCst); // slept a lifetime
+        let err = lock.still_held().unwrap_err();
+        assert_eq!(err.code(), "store_lock_lost", "{err}");
+        assert!(err.to_string().contains("300s"), "{err}");
+
+        let stamp = Stamp::parse("20260411T120000Z").unwrap();
+        let mut manifest = Manifest {
+            version: MANIFEST_VERSION,
+            stamp: stamp.to_string(),
+            created_at: "2026-04-11T12:00:00Z".into(),
+            tags: vec![],
+            hostname: "h".into(),
+            chroma_included: false,
+            capture_errors: vec![],
+            entries: vec![],
+        };
+        let mut meta = serde_json::json!({});
+        let err = store
+            .publish_snapshot(&lock, &stamp, &mut manifest, &mut meta)
+            .unwrap_err();
+        assert_eq!(err.code(), "store_lock_lost");
+        assert!(store.list_snapshots().unwrap().stamps.is_empty());
+        // The loss sticks, even with the clock back in range.
+        offset.store(0, Ordering::SeqCst);
+        assert!(lock.still_held().is_err());
+    }
+
+    /// A backend whose writes fail while `down` is set (an outage).
+    struct Flaky {
+        inner: LocalBackend,
+        down: AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> std::io::Result<()> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("storage unreachable"));
+            }
+            Ok(())
+        }
+    }
+
+    impl Backend for Flaky {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn display_name(&self, name: &str) -> std::path::PathBuf {
+            self.inner.display_name(name)
+        }
+        fn exists(&self, name: &str) -> std::io::Result<bool> {
+            self.inner.exists(name)
+        }
+        fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+            self.inner.read(name)
+        }
+        fn read_range(&self, name: &str, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.inner.read_range(name, offset, len)
+        }
+        fn size(&self, name: &str) -> std::io::Result<u64> {
+            self.inner.size(name)
+        }
+        fn list_files(&self, dir: &str) -> std::io::Result<Vec<crate::store::backend::ListEntry>> {
+            self.inner.list_files(dir)
+        }
+        fn list_children(&self, dir: &str) -> std::io::Result<Vec<String>> {
+            self.inner.list_children(dir)
+        }
+        fn write_once(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write_once(name, data)
+        }
+        fn replace(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.replace(name, data)
+        }
+        fn put_file(&self, name: &str, local: &std::path::Path) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.put_file(name, local)
+        }
+        fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> std::io::Result<bool> {
+            self.check()?;
+            self.inner.write_dir_once(dir, files)
+        }
+        fn delete(&self, name: &str) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.delete(name)
+        }
+        fn delete_dir(&self, dir: &str) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.delete_dir(dir)
+        }
+        fn tmp_dir(&self) -> std::path::PathBuf {
+            self.inner.tmp_dir()
+        }
+    }
+
+    /// The heartbeat cannot write for longer than the lifetime (others may
+    /// see the lock expire and take the store), then the storage is back
+    /// and the next refresh succeeds: the lock stays lost all the same.
+    #[test]
+    fn a_refresh_after_a_gap_does_not_revive_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let flaky = Arc::new(Flaky {
+            inner: LocalBackend::new(dir.path()),
+            down: AtomicBool::new(false),
+        });
+        let b: Arc<dyn Backend> = flaky.clone();
+        let clock = super::object::system_clock();
+        let held = acquire_with(b, "create", how(Duration::from_secs(2), clock)).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(
+            held.still_held().is_ok(),
+            "refreshed while the storage is up"
+        );
+        flaky.down.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(2300));
+        flaky.down.store(false, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(1200)); // heartbeats could write again
+        let err = held.still_held().unwrap_err();
+        assert_eq!(err.code(), "store_lock_lost", "{err}");
     }
 
     #[test]

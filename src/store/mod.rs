@@ -38,7 +38,7 @@ use format::StoreConfig;
 use index::{ChunkIndex, DamagedPack, Location};
 use key::{KdfCost, KeyFile, Secrets, UnwrapError, KEY_FILE};
 use location::{RemoteSettings, StoreAddress, StoreLocation};
-use lock::ExclusiveLock;
+use lock::{ExclusiveLock, SharedLock};
 use pack::{PackEntry, PackIndexError, TRAILER_LEN};
 use seal::{MasterKey, Sealer};
 
@@ -149,10 +149,7 @@ fn open_repokey(
     Ok((Sealer::repokey(master), file))
 }
 
-/// Is there a live process with this pid (Linux: /proc)?
-pub fn process_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
-}
+pub use crate::os::process_alive;
 
 /// A connection to a store's storage: the backend, and the cache of a
 /// remote store.
@@ -1167,9 +1164,11 @@ impl Store {
 
     /// Publishes a snapshot atomically under `wanted`, or the next free
     /// `-N` stamp of the same second. The manifest's `stamp` field is set to
-    /// the stamp actually used. Returns that stamp.
+    /// the stamp actually used. Returns that stamp. Refused, publishing
+    /// nothing, like [`Store::publish_snapshot_as`].
     pub fn publish_snapshot(
         &self,
+        lock: &SharedLock,
         wanted: &Stamp,
         manifest: &mut Manifest,
         metadata: &mut serde_json::Value,
@@ -1177,7 +1176,7 @@ impl Store {
         let mut seq = wanted.seq();
         loop {
             let stamp = wanted.with_seq(seq);
-            if self.publish_snapshot_as(&stamp, manifest, metadata)? {
+            if self.publish_snapshot_as(lock, &stamp, manifest, metadata)? {
                 return Ok(stamp);
             }
             seq += 1;
@@ -1198,20 +1197,18 @@ impl Store {
 
     // ---- temp files -------------------------------------------------------
 
-    /// Removes temp files left by processes that no longer run. With the
-    /// exclusive lock every temp file is a leftover.
+    /// Removes temp files left by processes that are provably gone (see
+    /// [`crate::os`]: of this host, and dead). A temp file of another host
+    /// or PID namespace, or of an unknown owner, may be live work: only
+    /// with the exclusive lock, when no writer can run, is every temp file
+    /// a leftover.
     pub fn clean_tmp(&self, exclusive: Option<&ExclusiveLock>) -> Result<CleanedTmp> {
         let dir = self.tmp_dir()?;
         let mut cleaned = CleanedTmp::default();
         let rd = std::fs::read_dir(&dir).ctx("list", &dir)?;
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let owner = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            let stale = exclusive.is_some()
-                || match owner {
-                    Some(pid) => pid != std::process::id() && !process_alive(pid),
-                    None => true,
-                };
+            let stale = exclusive.is_some() || crate::os::temp_owner_gone(&name);
             if !stale {
                 continue;
             }
@@ -1237,8 +1234,15 @@ impl Store {
     /// summary's `stamp` are set to it. Unlike [`Store::publish_snapshot`]
     /// it never moves to a `-N` stamp: it returns false, writing nothing,
     /// when `snapshots/<stamp>` exists already.
+    ///
+    /// Refused, publishing nothing, when `lock` may have lapsed at any time
+    /// since it was taken (`store_lock_lost`: a gc may have deleted packs
+    /// the snapshot counts on) or a signal asked the process to stop
+    /// (`interrupted`). Checked here, right before the write, so that no
+    /// caller can forget it.
     pub fn publish_snapshot_as(
         &self,
+        lock: &SharedLock,
         stamp: &Stamp,
         manifest: &mut Manifest,
         metadata: &mut serde_json::Value,
@@ -1251,6 +1255,8 @@ impl Store {
         let meta = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
         let meta = self.sealer.seal(meta, METADATA_NAME.as_bytes());
         let dir = format!("snapshots/{stamp}");
+        crate::os::check_interrupted()?;
+        lock.still_held()?;
         self.backend
             // Summary first, manifest last: on a bucket the manifest is
             // what makes the folder a snapshot (see list_snapshots).

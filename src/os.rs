@@ -1,0 +1,261 @@
+//! What this process knows about its host and its own life: the host
+//! name, whether a process still runs, who owns a temp file, and whether
+//! the process was asked to stop (SIGINT / SIGTERM).
+//!
+//! Temp files (the store's `tmp/`, restore's temps beside their targets)
+//! are named for their owner, `<pid>-<host>-<boot>-<pidns>-<token>-…`:
+//! a pid alone means nothing to a process in another PID namespace (a
+//! container sees a host writer's pid as dead) or after a reboot. A temp
+//! file is provably abandoned only when its owner ran on this host and is
+//! gone: another boot of this host, or the same boot and PID namespace
+//! with its pid dead (or now ours, under another process token). Anything
+//! else, a foreign host or a name that does not parse, may be live work
+//! and is left to a sweep under the exclusive store lock.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+/// This host's name (lock objects, claim markers and temp names carry it).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// Is there a live process with this pid in our PID namespace (Linux: /proc)?
+pub fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Who wrote a temp file: the fields of its name before the file's own
+/// random part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TempOwner {
+    pub pid: u32,
+    /// The host name, with every character but `[A-Za-z0-9.]` as `_` (the
+    /// fields are `-`-separated).
+    pub host: String,
+    /// The first 8 hex digits of the kernel's boot id (`0` when unknown).
+    pub boot: String,
+    /// The inode of the owner's PID namespace (`0` when unknown).
+    pub pidns: String,
+    /// Random per process: tells this process from an earlier one that had
+    /// the same pid.
+    pub token: String,
+}
+
+impl TempOwner {
+    /// This process.
+    pub fn current() -> &'static TempOwner {
+        static ME: OnceLock<TempOwner> = OnceLock::new();
+        ME.get_or_init(|| TempOwner {
+            pid: std::process::id(),
+            host: name_safe(&hostname()),
+            boot: boot_id(),
+            pidns: pid_namespace(),
+            token: format!("{:08x}", rand::random::<u32>()),
+        })
+    }
+
+    /// The name prefix of this owner's temp files (ends with `-`).
+    pub fn prefix(&self) -> String {
+        format!(
+            "{}-{}-{}-{}-{}-",
+            self.pid, self.host, self.boot, self.pidns, self.token
+        )
+    }
+
+    /// The owner named at the start of `name` (a temp file's name after any
+    /// fixed prefix); `None` for a name of another form.
+    pub fn parse(name: &str) -> Option<TempOwner> {
+        let mut f = name.splitn(6, '-');
+        let pid = f.next()?.parse().ok()?;
+        let (host, boot, pidns, token) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        let _rest = f.next()?;
+        let fields = [host, boot, pidns, token];
+        if fields.iter().any(|s| s.is_empty()) {
+            return None;
+        }
+        Some(TempOwner {
+            pid,
+            host: host.into(),
+            boot: boot.into(),
+            pidns: pidns.into(),
+            token: token.into(),
+        })
+    }
+
+    /// Whether this owner is provably gone, judged from this process.
+    pub fn is_gone(&self) -> bool {
+        let me = TempOwner::current();
+        if self.host != me.host || self.boot == "0" || me.boot == "0" {
+            return false;
+        }
+        if self.boot != me.boot {
+            return true; // an earlier boot of this host
+        }
+        if self.pidns != me.pidns || me.pidns == "0" {
+            return false;
+        }
+        if self.pid == me.pid {
+            return self.token != me.token;
+        }
+        !process_alive(self.pid)
+    }
+}
+
+/// Whether the temp file `name` (after any fixed prefix) belongs to a
+/// process that is provably gone; an unparseable name never is.
+pub fn temp_owner_gone(name: &str) -> bool {
+    TempOwner::parse(name).is_some_and(|o| o.is_gone())
+}
+
+fn name_safe(s: &str) -> String {
+    let safe: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if safe.is_empty() {
+        "_".into()
+    } else {
+        safe
+    }
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|b| {
+            b.trim()
+                .replace('-', "")
+                .chars()
+                .take(8)
+                .collect::<String>()
+        })
+        .filter(|b| b.len() == 8 && b.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| "0".into())
+}
+
+fn pid_namespace() -> String {
+    // `pid:[4026531836]`
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|l| {
+            let l = l.to_string_lossy().into_owned();
+            let inner = l.strip_prefix("pid:[")?.strip_suffix(']')?.to_string();
+            inner.parse::<u64>().ok().map(|n| n.to_string())
+        })
+        .unwrap_or_else(|| "0".into())
+}
+
+/// The signal that asked this process to stop, 0 while none did.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+/// Records that signal `sig` asked the process to stop. Returns whether
+/// one had already (the caller may then exit at once). Async-signal-safe:
+/// one atomic operation, so a signal handler may call it.
+pub fn note_interrupt(sig: i32) -> bool {
+    INTERRUPTED
+        .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+}
+
+/// The signal that asked this process to stop, if one did.
+pub fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
+
+/// `Err(Interrupted)` once a signal asked the process to stop: long loops
+/// call it between steps, so the command unwinds (lock guards released,
+/// temp files left for the next run to sweep) and publishes nothing.
+pub fn check_interrupted() -> Result<()> {
+    match interrupted() {
+        None => Ok(()),
+        Some(sig) => Err(Error::Interrupted {
+            signal: signal_name(sig),
+        }),
+    }
+}
+
+/// `SIGINT`, `SIGTERM`, or `signal N`.
+pub fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_round_trips_through_a_name_and_is_alive() {
+        let me = TempOwner::current();
+        let name = format!("{}0123456789abcdef.pack", me.prefix());
+        assert_eq!(TempOwner::parse(&name).as_ref(), Some(me));
+        assert!(!temp_owner_gone(&name), "our own temp is not stale");
+        assert!(me.prefix().starts_with(&format!("{}-", std::process::id())));
+    }
+
+    #[test]
+    fn only_an_owner_of_this_host_and_namespace_can_be_proven_gone() {
+        let me = TempOwner::current().clone();
+        // pid 4194304 is above Linux's pid_max: never a live process.
+        let dead = TempOwner {
+            pid: 4_194_304,
+            ..me.clone()
+        };
+        assert!(dead.is_gone());
+        let earlier_me = TempOwner {
+            token: "ffffffff".into(),
+            ..me.clone()
+        };
+        assert_eq!(earlier_me.is_gone(), me.token != "ffffffff");
+        let other_host = TempOwner {
+            host: "elsewhere".into(),
+            ..dead.clone()
+        };
+        assert!(!other_host.is_gone());
+        let other_ns = TempOwner {
+            pidns: "1".into(),
+            ..dead.clone()
+        };
+        assert!(
+            !other_ns.is_gone(),
+            "another PID namespace: pid says nothing"
+        );
+        let live = TempOwner {
+            pid: 1,
+            token: "ffffffff".into(),
+            ..me.clone()
+        };
+        assert!(!live.is_gone() || !process_alive(1));
+        for bad in ["1234-00aa.pack", "garbage.pack", "x-h-b-n-t-r.pack", ""] {
+            assert!(!temp_owner_gone(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_names_are_made_safe_for_the_fields() {
+        assert_eq!(name_safe("my-host.lan"), "my_host.lan");
+        assert_eq!(name_safe(""), "_");
+        assert_eq!(name_safe(&"a".repeat(100)).len(), 64);
+    }
+}

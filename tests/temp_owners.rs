@@ -1,0 +1,77 @@
+//! Temp files are judged by their owner (pid, host, boot, PID namespace,
+//! process token), never by a pid alone: a writer in another container or
+//! on another host sharing the store keeps its temps while it runs.
+
+use atosnap::os::TempOwner;
+use atosnap::store::Store;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn temp(dir: &Path, owner: &TempOwner, suffix: &str) -> PathBuf {
+    let p = dir.join(format!("{}00000000000000aa.{suffix}", owner.prefix()));
+    std::fs::write(&p, b"half a pack").unwrap();
+    p
+}
+
+#[test]
+fn only_temps_of_provably_gone_owners_are_swept_without_the_exclusive_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(&dir.path().join("store")).unwrap();
+    let tmp = store.tmp_dir().unwrap();
+    let me = TempOwner::current();
+    // pid 4194304 is above Linux's pid_max: never a live process here.
+    let dead = TempOwner {
+        pid: 4_194_304,
+        ..me.clone()
+    };
+    // The same (dead-looking) pid written by a writer on another host, or
+    // in another PID namespace (a container): it may be running there.
+    let other_host = TempOwner {
+        host: "another-host".replace('-', "_"),
+        ..dead.clone()
+    };
+    let other_ns = TempOwner {
+        pidns: "1".into(),
+        ..dead.clone()
+    };
+    let dead_tmp = temp(&tmp, &dead, "pack");
+    let mine = temp(&tmp, me, "pack");
+    let foreign = [
+        temp(&tmp, &other_host, "pack"),
+        temp(&tmp, &other_ns, "sqlite"),
+    ];
+    // A name of the old `<pid>-<random>` form (or any other): owner unknown.
+    let legacy = tmp.join("4194304-00000000000000bb.pack");
+    std::fs::write(&legacy, b"x").unwrap();
+
+    let cleaned = store.clean_tmp(None).unwrap();
+    assert_eq!(cleaned.files, 1);
+    assert!(
+        !dead_tmp.exists(),
+        "this host's dead writer's temp is swept"
+    );
+    assert!(mine.exists(), "our own temp is live work");
+    for f in foreign.iter().chain([&legacy]) {
+        assert!(f.exists(), "{} must survive a shared sweep", f.display());
+    }
+
+    // Under the exclusive lock no writer can run: every temp file goes.
+    let lock = store.lock_exclusive("gc", Duration::ZERO).unwrap();
+    let cleaned = store.clean_tmp(Some(&lock)).unwrap();
+    assert_eq!(cleaned.files, 4);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn new_temp_files_name_their_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = atosnap::store::backend::temp_path_in(dir.path(), "pack");
+    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        TempOwner::parse(&name).as_ref(),
+        Some(TempOwner::current()),
+        "{name}"
+    );
+    assert!(name.starts_with(&format!("{}-", std::process::id())));
+    assert!(name.ends_with(".pack"));
+}
