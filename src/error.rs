@@ -162,6 +162,9 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+
+    #[error("no store at {path}, and a password was given: nothing was created. An encrypted store is made only by `atosnap init --encryption repokey`; if the store should be there, check the mount and --store / ATOCORE_BACKUP_DIR")]
+    StoreMissingWithPassword { path: String },
 }
 
 impl Error {
@@ -206,6 +209,7 @@ impl Error {
             Error::KeyFileCorrupt { .. } => "key_file_corrupt",
             Error::NotEncrypted { .. } => "store_not_encrypted",
             Error::Other(_) => "error",
+            Error::StoreMissingWithPassword { .. } => "store_missing",
         }
     }
 
