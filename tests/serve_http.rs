@@ -752,6 +752,7 @@ fn read_until_closed(stream: &mut std::net::TcpStream) -> std::io::Result<Vec<u8
 fn a_client_that_stalls_in_its_request_head_is_disconnected() {
     use std::io::Write;
     let rt = Runtime::new();
+    rt.cli(&["init"]); // /healthz answers 200 only with a store
     let server = start_with_env(&rt, &[("ATOSNAP_SERVE_HEADER_TIMEOUT_MS", "300")], &[]);
     // Half a request head, then nothing (slowloris).
     let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
@@ -769,6 +770,7 @@ fn a_client_that_stalls_in_its_request_head_is_disconnected() {
 #[test]
 fn connections_past_the_cap_are_refused_with_retry_after() {
     let rt = Runtime::new();
+    rt.cli(&["init"]); // /healthz answers 200 only with a store
     let server = start_with_env(&rt, &[("ATOSNAP_SERVE_MAX_CONNECTIONS", "4")], &[]);
     // Four connections that say nothing hold every slot (the header
     // timeout is the default 60 s).
@@ -835,6 +837,7 @@ fn a_validate_flood_is_turned_away_while_health_and_metrics_answer() {
 #[test]
 fn cross_site_browser_requests_are_refused_without_a_token() {
     let rt = Runtime::new();
+    rt.cli(&["init"]); // /healthz answers 200 only with a store
     let server = rt.start(&[]);
     let own = server.addr.to_string();
     let port = server.addr.port();
@@ -849,10 +852,7 @@ fn cross_site_browser_requests_are_refused_without_a_token() {
         &[("Origin", "http://evil.example")],
     );
     r.assert_error(403, "cross_site_request");
-    assert!(
-        !rt.store().join("snapshots").exists(),
-        "a snapshot was taken"
-    );
+    assert_eq!(rt.cli(&["list"]).1["snapshots"], serde_json::json!([]));
     // DNS rebinding: the page's own name resolved to 127.0.0.1.
     let rebound = format!("evil.example:{port}");
     send(Some(&rebound), "GET", "/admin/backup", &[]).assert_error(403, "cross_site_request");
