@@ -17,6 +17,7 @@ use atosnap::store::location::{RemoteSettings, StoreAddress};
 use atosnap::store::Store;
 use atosnap::{copy, diff, drill, dump, forget, gc, list, ls, policy, restore_paths, tag, verify};
 
+use crate::logging::{self, LogFormat};
 use crate::progress_bar;
 
 #[derive(Parser, Debug)]
@@ -68,9 +69,18 @@ pub struct Global {
     /// Seconds to wait for the store lock before giving up.
     #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
     pub lock_wait: u64,
-    /// No progress output.
+    /// No progress output (warnings and errors still go to stderr).
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// How stderr logs: `text` lines, or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
     /// Cooperative ingestion lock held exclusively while Chroma is read.
     #[arg(
         long,
@@ -376,8 +386,13 @@ pub fn run() -> i32 {
             return 2;
         }
     };
+    logging::init(
+        cli.global.log_format,
+        matches!(cli.command, Command::Serve { .. }),
+        cli.global.quiet,
+    );
     if !cli.global.quiet {
-        atosnap::store::lock::set_wait_notifier(|msg| eprintln!("atosnap: {msg}"));
+        atosnap::store::lock::set_wait_notifier(|msg| tracing::warn!("{msg}"));
     }
     // Completions and the man page are not JSON.
     match &cli.command {
@@ -404,7 +419,7 @@ pub fn run() -> i32 {
         }
         Err(e) => {
             let e = interrupted_instead(e);
-            eprintln!("atosnap: {e}");
+            tracing::error!("{e}");
             print_json(&error_doc(e.code(), &e.to_string()));
             e.exit_code()
         }
@@ -449,7 +464,7 @@ fn dump_to_stdout(g: &Global, stamp: &str, path: &str) -> i32 {
             Err(e) => (error_doc(e.code(), &e.to_string()), e.exit_code()),
         },
         Err(e) => {
-            eprintln!("atosnap: {e}");
+            tracing::error!("{e}");
             (error_doc(e.code(), &e.to_string()), e.exit_code())
         }
     };
@@ -466,7 +481,7 @@ fn dump_to_stdout(g: &Global, stamp: &str, path: &str) -> i32 {
 fn interrupted_instead(e: Error) -> Error {
     match atosnap::os::interrupted() {
         Some(sig) if !matches!(e, Error::Interrupted { .. }) => {
-            eprintln!("atosnap: while stopping: {e}");
+            tracing::warn!("while stopping: {e}");
             Error::Interrupted {
                 signal: atosnap::os::signal_name(sig),
             }
@@ -478,7 +493,7 @@ fn interrupted_instead(e: Error) -> Error {
 /// Names the causes on stderr when a result carries errors.
 fn report_errors(errors: &[String]) {
     for e in errors {
-        eprintln!("atosnap: {e}");
+        tracing::error!("{e}");
     }
 }
 
@@ -618,13 +633,9 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             };
             // Refuse a missing db before a store is created for it.
             atosnap::sources::sqlite::check_database(&paths.db)?;
-            let secrets = secrets(g);
-            let address = store_address(g, &paths)?;
-            let existed = Store::exists_at(&address)?;
-            let store = Store::open_or_init_at(&address, &secrets)?;
-            // A password given for a store that did not exist yet: the new
-            // store is unencrypted (SPEC §3), which the operator must hear.
-            let unencrypted_despite_password = !existed && secrets.is_given();
+            // A password with no store is refused there, not turned into
+            // an unencrypted store.
+            let store = Store::open_or_init_at(&store_address(g, &paths)?, &secrets(g))?;
             let opts = CreateOptions {
                 db: paths.db.clone(),
                 registry: paths.registry.clone(),
@@ -634,15 +645,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 lock_wait,
                 ingestion_lock: g.ingestion_lock.clone(),
             };
-            let mut result = create::create(&store, &opts, progress.as_ref())?;
-            if unencrypted_despite_password {
-                let warning = format!(
-                    "no store existed at {}: created an UNENCRYPTED one although a password was given (an encrypted store is made by `atosnap init --encryption repokey`)",
-                    address.display()
-                );
-                eprintln!("atosnap: warning: {warning}");
-                result.warnings.push(warning);
-            }
+            let result = create::create(&store, &opts, progress.as_ref())?;
             Ok((to_doc(&result)?, 0))
         }
         Command::List => {
@@ -813,7 +816,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             let opts = copy::CopyOptions { lock_wait };
             let result = copy::copy(&source, &dest, &stamps, &opts, progress.as_ref())?;
             for f in &result.snapshots_failed {
-                eprintln!("atosnap: {}: {}", f.stamp, f.message);
+                tracing::error!("{}: {}", f.stamp, f.message);
             }
             Ok((to_doc(&result)?, result.exit_code))
         }
@@ -828,7 +831,6 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
         }
         Command::Demo => crate::demo::run(),
         Command::Serve { listen, token_file } => {
-            crate::logging::init(g.quiet);
             let token = match token_file {
                 Some(f) => {
                     let (token, warning) = atosnap::serve::Token::from_file(f)?;
@@ -848,6 +850,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 secrets: secrets(g),
                 lock_wait,
                 ingestion_lock: g.ingestion_lock.clone(),
+                limits: atosnap::serve::ServeLimits::from_env()?,
             })?;
             Ok((to_doc(&summary)?, 0))
         }

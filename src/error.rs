@@ -182,6 +182,8 @@ pub enum Error {
     /// more, released its lock; its temp files are swept by the next run.
     #[error("interrupted by {signal}: stopped before publishing anything more (the store lock is released; leftover temp files are swept by the next run)")]
     Interrupted { signal: String },
+    #[error("no store at {path}, and a password was given: nothing was created. An encrypted store is made only by `atosnap init --encryption repokey`; if the store should be there, check the mount and --store / ATOCORE_BACKUP_DIR")]
+    StoreMissingWithPassword { path: String },
 }
 
 impl Error {
@@ -231,6 +233,7 @@ impl Error {
             Error::Other(_) => "error",
             Error::RestoreTargetIsLive { .. } => "restore_target_is_live",
             Error::Interrupted { .. } => "interrupted",
+            Error::StoreMissingWithPassword { .. } => "store_missing",
         }
     }
 

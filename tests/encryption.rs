@@ -618,15 +618,19 @@ fn unencrypted_stores_keep_their_format_and_need_no_password() {
         (code, doc["error"]["code"].as_str()),
         (1, Some("store_not_encrypted"))
     );
-    // `create` on a missing store makes an unencrypted one, and says so
-    // when a password was given.
+    // `create` on a missing store with a password given makes nothing: the
+    // operator meant an encrypted store (or the disk is not mounted).
+    let implicit = env.root.join("implicit");
     let (code, doc) = run(env
         .cmd()
         .arg("create")
-        .env("ATOCORE_BACKUP_DIR", env.root.join("implicit"))
+        .env("ATOCORE_BACKUP_DIR", &implicit)
         .env("ATOSNAP_PASSWORD", "meant to encrypt"));
-    assert_eq!(code, 0, "{doc}");
-    assert!(doc["warnings"].to_string().contains("UNENCRYPTED"), "{doc}");
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["error"]["code"], "store_missing", "{doc}");
+    let message = doc["error"]["message"].as_str().unwrap();
+    assert!(message.contains("init --encryption repokey"), "{doc}");
+    assert!(!implicit.join("config.json").exists());
     // An unknown scheme is a usage error.
     let (code, _) = run(env.cmd().args(["init", "--encryption", "rot13"]));
     assert_eq!(code, 2);

@@ -3,7 +3,9 @@
 //!
 //! The status says what kind of failure it is (400 the request is wrong,
 //! 401 not authorised, 404 nothing there, 409 the store is busy past
-//! `--lock-wait`, 413 body too large, 500 the server failed); the `code` is
+//! `--lock-wait` or the route's slots are taken, 413 body too large, 403 a
+//! cross-site browser request, 408 a body too slow, 503 too many
+//! connections, 500 the server failed; 409 and 503 carry `Retry-After`); the `code` is
 //! the library's stable code, so a 500 still says `db_missing` or
 //! `disk_full`. Every 5xx is logged with its cause chain.
 
@@ -20,7 +22,13 @@ pub struct ApiError {
     pub message: String,
     /// The full cause chain, logged for 5xx (never sent).
     cause: Option<String>,
+    /// Seconds for `Retry-After` (busy: try again later).
+    pub retry_after: Option<u64>,
 }
+
+/// `Retry-After` of a busy answer: a short, fixed pause (the work in the
+/// way may take minutes, but a caller that retries learns that cheaply).
+pub const RETRY_AFTER_SECS: u64 = 5;
 
 /// Marks a response as an error so the request log can name its code.
 #[derive(Clone, Debug)]
@@ -34,9 +42,10 @@ pub fn status_for(e: &Error) -> StatusCode {
         Error::Usage(_) | Error::InvalidStamp { .. } | Error::NotConfirmed => {
             StatusCode::BAD_REQUEST
         }
-        Error::SnapshotMissing { .. } | Error::StoreMissing { .. } | Error::NoSnapshots => {
-            StatusCode::NOT_FOUND
-        }
+        Error::SnapshotMissing { .. }
+        | Error::StoreMissing { .. }
+        | Error::StoreMissingWithPassword { .. }
+        | Error::NoSnapshots => StatusCode::NOT_FOUND,
         Error::Locked { .. } | Error::DbInUse { .. } => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -49,7 +58,14 @@ impl ApiError {
             code: code.to_string(),
             message: message.into(),
             cause: None,
+            retry_after: None,
         }
+    }
+
+    /// The same error, answered with `Retry-After`.
+    pub fn retry_later(mut self) -> ApiError {
+        self.retry_after = Some(RETRY_AFTER_SECS);
+        self
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
@@ -85,6 +101,7 @@ impl From<Error> for ApiError {
             code: e.code().to_string(),
             message: e.to_string(),
             cause: Some(cause),
+            retry_after: matches!(e, Error::Locked { .. }).then_some(RETRY_AFTER_SECS),
         }
     }
 }
@@ -122,6 +139,10 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"atosnap\""),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp.extensions_mut().insert(ErrorCode(self.code));
         resp

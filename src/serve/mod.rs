@@ -18,9 +18,19 @@
 //! Store work runs on tokio's blocking pool, never on the async workers, so
 //! GETs keep answering while a create runs. Creates (and verifies, and
 //! drills) run one at a time per server: a second one waits up to
-//! `--lock-wait` and then gets 409 naming the running one. On SIGTERM or
-//! Ctrl-C the server stops accepting, lets running work finish, and
-//! returns.
+//! `--lock-wait` and then gets 409 naming the running one. Validations run
+//! [`VALIDATE_SLOTS`] at a time; one more gets 409 at once. Busy answers
+//! carry `Retry-After`. `/healthz` and `/metrics` have blocking threads of
+//! their own, so they answer while store work queues. On SIGTERM or Ctrl-C
+//! the server stops accepting, lets running work finish, and returns.
+//!
+//! Connections are served by hyper directly (our accept loop, not
+//! `axum::serve`) for the limits axum does not expose: a connection that
+//! has not sent a whole request head within [`ServeLimits::header_timeout`]
+//! is closed, a body must arrive within the same time (408), and past
+//! [`ServeLimits::max_connections`] a connection is answered 503 and closed.
+//! Without a token, requests a browser makes for another site (a foreign
+//! `Origin` or `Host`) are refused with 403 ([`auth::cross_site_reason`]).
 
 pub mod api_error;
 pub mod auth;
@@ -62,6 +72,16 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 const DRAIN_LIMIT: usize = 1 << 20;
 /// Ceiling on concurrent store jobs; shutdown waits for all of them.
 const MAX_JOBS: u32 = 64;
+/// Blocking threads kept for `/healthz` and `/metrics`, apart from the jobs.
+const PROBE_JOBS: u32 = 4;
+/// Validations run at once; one more is refused (409) without waiting.
+pub const VALIDATE_SLOTS: usize = 2;
+/// Connections past the cap being answered 503 at once; past this many,
+/// a connection is closed without an answer.
+const MAX_REFUSING: usize = 64;
+/// How long a refused connection is kept to read what its client sent, so
+/// that closing does not reset it before it reads the 503.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 /// The tracing target of the start and stop lines (kept with `--quiet`).
 pub const LIFECYCLE: &str = "atosnap::serve::lifecycle";
@@ -79,6 +99,60 @@ pub struct ServeConfig {
     pub secrets: Secrets,
     pub lock_wait: Duration,
     pub ingestion_lock: Option<PathBuf>,
+    pub limits: ServeLimits,
+}
+
+/// How much a client may take of the server.
+#[derive(Clone, Debug)]
+pub struct ServeLimits {
+    /// A connection must send a whole request head within this (and a
+    /// request body within it too). SPEC §3: 60 s.
+    pub header_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> ServeLimits {
+        ServeLimits {
+            header_timeout: Duration::from_secs(60),
+            max_connections: 128,
+        }
+    }
+}
+
+impl ServeLimits {
+    /// The defaults, with `ATOSNAP_SERVE_HEADER_TIMEOUT_MS` and
+    /// `ATOSNAP_SERVE_MAX_CONNECTIONS` when set.
+    pub fn from_env() -> Result<ServeLimits> {
+        let mut limits = ServeLimits::default();
+        if let Some(ms) = env_number("ATOSNAP_SERVE_HEADER_TIMEOUT_MS", 1..=3_600_000)? {
+            limits.header_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = env_number("ATOSNAP_SERVE_MAX_CONNECTIONS", 1..=65_536)? {
+            limits.max_connections = n as usize;
+        }
+        Ok(limits)
+    }
+}
+
+fn env_number(var: &str, range: std::ops::RangeInclusive<u64>) -> Result<Option<u64>> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "{var}={v:?}: expected a whole number in {}..={}",
+                    range.start(),
+                    range.end()
+                ))
+            }),
+        _ => Ok(None),
+    }
 }
 
 /// Printed by the CLI when the server has stopped.
@@ -107,7 +181,7 @@ pub fn run(cfg: ServeConfig) -> Result<ServeSummary> {
     check_config(&cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(MAX_JOBS as usize + 8)
+        .max_blocking_threads((MAX_JOBS + PROBE_JOBS) as usize + 4)
         .thread_name("atosnap-serve")
         .enable_all()
         .build()
@@ -127,7 +201,8 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
     let bound = listener
         .local_addr()
         .map_err(|e| Error::io("listen on", &listen, e))?;
-    let state = Arc::new(AppState::new(cfg));
+    let limits = cfg.limits.clone();
+    let state = Arc::new(AppState::new(cfg, bound));
     // Open the store now: a wrong or missing password refuses to start
     // (rather than failing every request); a missing store is made by the
     // first create.
@@ -137,6 +212,9 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
         .map_err(|e| Error::Other(format!("opening the store failed unexpectedly: {e}")))?;
     match opened {
         Ok(()) => {}
+        Err(e @ Error::StoreMissing { .. }) if state.secrets.is_given() => tracing::warn!(
+            "{e}; a password was given, so POST /admin/backup is refused until `atosnap init --encryption repokey` makes it"
+        ),
         Err(e @ Error::StoreMissing { .. }) => {
             tracing::warn!("{e}; the first POST /admin/backup creates it")
         }
@@ -159,15 +237,13 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
         token = state.token.is_some(),
         "listening on http://{bound}"
     );
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(signal)
-        .await
-        .map_err(|e| Error::io("serve on", bound.to_string(), e))?;
+    accept_loop(listener, router(state.clone()), &limits, signal).await;
     // Connections are closed; work whose client went away may still run.
     if state.jobs.available_permits() < MAX_JOBS as usize {
         tracing::info!(target: LIFECYCLE, "waiting for running store work to finish");
     }
     let _all = state.jobs.acquire_many(MAX_JOBS).await;
+    let _probes = state.probes.acquire_many(PROBE_JOBS).await;
     let stopped_by = lock(&stop).clone();
     tracing::info!(target: LIFECYCLE, stopped_by = %stopped_by, "stopped");
     Ok(ServeSummary {
@@ -176,6 +252,118 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
         requests: state.requests.load(Ordering::Relaxed),
         uptime_seconds: state.started.elapsed().as_secs(),
     })
+}
+
+/// Accepts connections until `stop` resolves, then lets every open one
+/// finish its request and returns when all are closed. Past
+/// `max_connections` a connection is answered 503 and closed.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: &ServeLimits,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                use std::io::ErrorKind::{ConnectionAborted, ConnectionReset};
+                if !matches!(e.kind(), ConnectionAborted | ConnectionReset) {
+                    // Out of file descriptors and the like: pause, not spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            let conn = serve_connection(stream, app.clone(), limits.header_timeout);
+            tokio::spawn(until_closing(conn, slot, closing_rx.clone()));
+        } else if let Ok(permit) = refusing.clone().try_acquire_owned() {
+            tokio::spawn(refuse_connection(stream, limits.max_connections, permit));
+        }
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    let _all = slots.acquire_many(limits.max_connections as u32).await;
+}
+
+type Connection = hyper::server::conn::http1::Connection<
+    hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    hyper_util::service::TowerToHyperService<Router>,
+>;
+
+/// One HTTP/1.1 connection, closed when its request head (or the next
+/// one) is not complete within `header_timeout`.
+fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    header_timeout: Duration,
+) -> Connection {
+    let _ = stream.set_nodelay(true);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.serve_connection(
+        hyper_util::rt::TokioIo::new(stream),
+        hyper_util::service::TowerToHyperService::new(app),
+    )
+}
+
+/// Runs a connection to its end; once the server is stopping, lets it
+/// finish the request under way and closes it. Holds its slot until then.
+async fn until_closing(
+    conn: Connection,
+    _slot: OwnedSemaphorePermit,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = closing.wait_for(|c| *c) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Answers a connection past the cap with 503 and `Retry-After`, then
+/// closes it.
+async fn refuse_connection(
+    mut stream: tokio::net::TcpStream,
+    cap: usize,
+    _permit: OwnedSemaphorePermit,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let doc = api_error::error_doc(
+        "too_many_connections",
+        &format!("this server serves {cap} connections at once; retry later"),
+    );
+    let body = format!("{doc:#}\n");
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        api_error::RETRY_AFTER_SECS,
+        body.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sent: closing a socket with unread data
+        // resets it, and the client could lose the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C (SIGINT), recording which.
@@ -208,6 +396,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // ---- state ----------------------------------------------------------------
 
 struct AppState {
+    /// The bound address: what a browser's `Host` and `Origin` must name.
+    listen: SocketAddr,
+    /// How long a request body may take to arrive.
+    body_timeout: Duration,
     paths: Paths,
     address: StoreAddress,
     secrets: Secrets,
@@ -220,15 +412,20 @@ struct AppState {
     create_gate: Gate,
     verify_gate: Gate,
     drill_gate: Gate,
+    validate_gate: Gate,
     /// One permit per running store job; shutdown takes them all.
     jobs: Arc<Semaphore>,
+    /// The same for `/healthz` and `/metrics`, which never wait for jobs.
+    probes: Arc<Semaphore>,
     requests: AtomicU64,
     started: Instant,
 }
 
 impl AppState {
-    fn new(cfg: ServeConfig) -> AppState {
+    fn new(cfg: ServeConfig, listen: SocketAddr) -> AppState {
         AppState {
+            listen,
+            body_timeout: cfg.limits.header_timeout,
             paths: cfg.paths,
             address: cfg.store,
             secrets: cfg.secrets,
@@ -237,10 +434,12 @@ impl AppState {
             ingestion_lock: cfg.ingestion_lock,
             token: cfg.token,
             metrics: Metrics::new(),
-            create_gate: Gate::new("create"),
-            verify_gate: Gate::new("verify"),
-            drill_gate: Gate::new("drill"),
+            create_gate: Gate::new("create", 1),
+            verify_gate: Gate::new("verify", 1),
+            drill_gate: Gate::new("drill", 1),
+            validate_gate: Gate::new("validate", VALIDATE_SLOTS),
             jobs: Arc::new(Semaphore::new(MAX_JOBS as usize)),
+            probes: Arc::new(Semaphore::new(PROBE_JOBS as usize)),
             requests: AtomicU64::new(0),
             started: Instant::now(),
         }
@@ -277,39 +476,59 @@ impl AppState {
         gate: Option<OwnedSemaphorePermit>,
         work: impl FnOnce() -> std::result::Result<T, ApiError> + Send + 'static,
     ) -> std::result::Result<T, ApiError> {
-        let job = self
-            .jobs
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::internal("shutting_down", "the server is stopping"))?;
-        let handle = tokio::task::spawn_blocking(move || {
-            let _job = job;
-            let _gate = gate;
-            work()
-        });
-        match handle.await {
-            Ok(result) => result,
-            Err(e) => Err(ApiError::internal(
-                "internal",
-                format!("store work failed unexpectedly: {e}"),
-            )),
-        }
+        run_blocking(&self.jobs, gate, work).await
+    }
+
+    /// [`AppState::blocking`] for `/healthz` and `/metrics`: their own
+    /// permits, so they answer while jobs queue.
+    async fn probe<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> std::result::Result<T, ApiError> + Send + 'static,
+    ) -> std::result::Result<T, ApiError> {
+        run_blocking(&self.probes, None, work).await
     }
 }
 
-/// One-at-a-time execution of a kind of work within this server.
+/// Runs `work` on the blocking pool under a permit of `pool`.
+async fn run_blocking<T: Send + 'static>(
+    pool: &Arc<Semaphore>,
+    gate: Option<OwnedSemaphorePermit>,
+    work: impl FnOnce() -> std::result::Result<T, ApiError> + Send + 'static,
+) -> std::result::Result<T, ApiError> {
+    let job = pool
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::internal("shutting_down", "the server is stopping"))?;
+    let handle = tokio::task::spawn_blocking(move || {
+        let _job = job;
+        let _gate = gate;
+        work()
+    });
+    match handle.await {
+        Ok(result) => result,
+        Err(e) => Err(ApiError::internal(
+            "internal",
+            format!("store work failed unexpectedly: {e}"),
+        )),
+    }
+}
+
+/// A few-at-a-time (usually one) execution of a kind of work within this
+/// server.
 struct Gate {
     what: &'static str,
+    slots: usize,
     slot: Arc<Semaphore>,
     holder: Mutex<String>,
 }
 
 impl Gate {
-    fn new(what: &'static str) -> Gate {
+    fn new(what: &'static str, slots: usize) -> Gate {
         Gate {
             what,
-            slot: Arc::new(Semaphore::new(1)),
+            slots,
+            slot: Arc::new(Semaphore::new(slots)),
             holder: Mutex::new(String::new()),
         }
     }
@@ -318,20 +537,31 @@ impl Gate {
         self.slot.available_permits() == 0
     }
 
-    /// Waits up to `wait` for the slot; then 409 naming the running work.
+    /// Waits up to `wait` for a slot; then 409 naming the running work.
     async fn enter(&self, wait: Duration) -> Result<OwnedSemaphorePermit> {
-        let acquired = tokio::time::timeout(wait, self.slot.clone().acquire_owned()).await;
+        let acquired = match self.slot.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if wait.is_zero() => None,
+            Err(_) => tokio::time::timeout(wait, self.slot.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(|p| p.ok()),
+        };
         match acquired {
-            Ok(Ok(permit)) => {
+            Some(permit) => {
+                let who = if self.slots == 1 {
+                    format!("a `{}` requested over HTTP", self.what)
+                } else {
+                    format!("{} `{}` requests over HTTP", self.slots, self.what)
+                };
                 *lock(&self.holder) = format!(
-                    "a `{}` requested over HTTP (this server, pid {}, since {})",
-                    self.what,
+                    "{who} (this server, pid {}, the newest since {})",
                     std::process::id(),
                     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 );
                 Ok(permit)
             }
-            _ => Err(Error::Locked {
+            None => Err(Error::Locked {
                 holders: lock(&self.holder).clone(),
                 waited_secs: wait.as_secs(),
             }),
@@ -407,8 +637,19 @@ async fn log_request(State(st): State<Arc<AppState>>, req: Request, next: Next) 
     resp
 }
 
-/// With a token configured, every route needs `Authorization: Bearer`.
+/// With a token configured, every route needs `Authorization: Bearer`;
+/// without one, a browser's request for another site is refused (403).
 async fn authorize(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if st.token.is_none() {
+        if let Some(reason) = auth::cross_site_reason(req.headers(), st.listen) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_site_request",
+                format!("refused: {reason} (a web page may not drive this server; call it directly, or set a token)"),
+            )
+            .into_response();
+        }
+    }
     if let Some(token) = &st.token {
         match req.headers().get(header::AUTHORIZATION) {
             None => {
@@ -458,8 +699,23 @@ pub struct VerifyRequest {
 #[serde(deny_unknown_fields)]
 pub struct DrillRequest {}
 
-/// Reads a body of at most [`BODY_LIMIT`] bytes.
-async fn read_body(req: Request) -> std::result::Result<Vec<u8>, ApiError> {
+/// Reads a body of at most [`BODY_LIMIT`] bytes within `timeout`.
+async fn read_body(req: Request, timeout: Duration) -> std::result::Result<Vec<u8>, ApiError> {
+    tokio::time::timeout(timeout, read_body_untimed(req))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            ))
+        })
+}
+
+async fn read_body_untimed(req: Request) -> std::result::Result<Vec<u8>, ApiError> {
     let too_large = |n: String| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -501,15 +757,36 @@ async fn read_body(req: Request) -> std::result::Result<Vec<u8>, ApiError> {
     Ok(buf)
 }
 
-/// Parses an optional JSON body: empty means the defaults.
+/// Parses an optional JSON body: empty means the defaults; anything else
+/// must be a JSON object (serde would take `[true]` for the first field).
 fn parse_body<T: serde::de::DeserializeOwned + Default>(
     bytes: &[u8],
 ) -> std::result::Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    match serde_json::from_slice::<Option<T>>(bytes) {
-        Ok(v) => Ok(v.unwrap_or_default()),
+    let kind = match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(_)) => None,
+        Ok(serde_json::Value::Array(_)) => Some("an array"),
+        Ok(serde_json::Value::Null) => Some("null"),
+        Ok(_) => Some("a scalar"),
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "bad_json",
+                format!("request body: {e}"),
+            ))
+        }
+    };
+    if let Some(kind) = kind {
+        return Err(ApiError::bad_request(
+            "body_not_object",
+            format!("request body: expected a JSON object {{...}}, got {kind}"),
+        ));
+    }
+    // From the bytes again, not the parsed value: a duplicate field stays
+    // an error.
+    match serde_json::from_slice::<T>(bytes) {
+        Ok(v) => Ok(v),
         Err(e) => {
             let msg = e.to_string();
             let code = if msg.starts_with("unknown field") {
@@ -523,9 +800,10 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(
 }
 
 async fn json_body<T: serde::de::DeserializeOwned + Default>(
+    st: &AppState,
     req: Request,
 ) -> std::result::Result<T, ApiError> {
-    parse_body(&read_body(req).await?)
+    parse_body(&read_body(req, st.body_timeout).await?)
 }
 
 /// The stamp of a URL, parsed strictly before anything touches the store.
@@ -564,7 +842,7 @@ async fn create_backup(
     State(st): State<Arc<AppState>>,
     req: Request,
 ) -> std::result::Result<Response, ApiError> {
-    let body: CreateRequest = json_body(req).await?;
+    let body: CreateRequest = json_body(&st, req).await?;
     let waited = Instant::now();
     let gate = st.create_gate.enter(st.lock_wait).await?;
     let opts = CreateOptions {
@@ -583,18 +861,9 @@ async fn create_backup(
         .blocking(Some(gate), move || {
             // As the CLI: refuse a missing db before a store is created.
             crate::sources::sqlite::check_database(&opts.db)?;
-            let existed = Store::exists_at(&state.address)?;
+            // With a password and no store this is `store_missing`.
             let store = state.store(true)?;
-            let mut result = create::create(&store, &opts, &LogProgress("create"))?;
-            if !existed && state.secrets.is_given() {
-                let warning = format!(
-                    "no store existed at {}: created an UNENCRYPTED one although a password was given (an encrypted store is made by `atosnap init --encryption repokey`)",
-                    state.address.display()
-                );
-                tracing::warn!("{warning}");
-                result.warnings.push(warning);
-            }
-            Ok(result)
+            Ok(create::create(&store, &opts, &LogProgress("create"))?)
         })
         .await?;
     st.metrics.observe_create(started.elapsed().as_secs_f64());
@@ -621,9 +890,11 @@ async fn validate_backup(
     stamp: std::result::Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
 ) -> std::result::Result<Response, ApiError> {
     let stamp = url_stamp(stamp)?;
+    // A monitor polling validate hears "busy" at once rather than piling up.
+    let gate = st.validate_gate.enter(Duration::ZERO).await?;
     let state = st.clone();
     let report = st
-        .blocking(None, move || {
+        .blocking(Some(gate), move || {
             let store = state.store(false)?;
             require_snapshot(&store, &stamp)?;
             Ok(verify::validate(
@@ -649,7 +920,7 @@ async fn drill_backup(
     req: Request,
 ) -> std::result::Result<Response, ApiError> {
     let stamp = url_stamp(stamp)?;
-    let _options: DrillRequest = json_body(req).await?;
+    let _options: DrillRequest = json_body(&st, req).await?;
     let gate = st.drill_gate.enter(st.lock_wait).await?;
     let state = st.clone();
     let started = Instant::now();
@@ -676,7 +947,7 @@ async fn verify_store(
     State(st): State<Arc<AppState>>,
     req: Request,
 ) -> std::result::Result<Response, ApiError> {
-    let body: VerifyRequest = json_body(req).await?;
+    let body: VerifyRequest = json_body(&st, req).await?;
     let stamps = body
         .snapshots
         .iter()
@@ -721,7 +992,7 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
     let uptime_seconds = st.started.elapsed().as_secs();
     let state = st.clone();
     let health = st
-        .blocking(None, move || {
+        .probe(move || {
             let store = state.store(false)?;
             let listing = store.list_snapshots()?;
             let newest = listing.stamps.last().cloned();
@@ -762,7 +1033,7 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 async fn metrics_text(State(st): State<Arc<AppState>>) -> std::result::Result<Response, ApiError> {
     let state = st.clone();
     let facts = st
-        .blocking(None, move || {
+        .probe(move || {
             let gathered = state.store(false).and_then(|store| {
                 let listing = list::list(&store)?;
                 StoreFacts::gather(&store, &listing)
@@ -792,8 +1063,16 @@ mod tests {
     fn bodies_are_optional_and_strict() {
         let b: CreateRequest = parse_body(b"").unwrap();
         assert!(!b.include_chroma && b.tags.is_empty());
-        let b: CreateRequest = parse_body(b" null ").unwrap();
-        assert!(!b.include_chroma);
+        // Not an object: `[true]` must not become include_chroma: true.
+        for body in [&b"[true]"[..], b" null ", b"true", b"\"x\"", b"[]"] {
+            let e = parse_body::<CreateRequest>(body).unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.code.as_str()),
+                (400, "body_not_object")
+            );
+        }
+        let e = parse_body::<CreateRequest>(br#"{"tags": [], "tags": ["a"]}"#).unwrap_err();
+        assert_eq!(e.code, "bad_json");
         let b: CreateRequest = parse_body(br#"{"include_chroma": true, "tags": ["a"]}"#).unwrap();
         assert!(b.include_chroma && b.tags == ["a"]);
         let e = parse_body::<CreateRequest>(br#"{"include_chroma": true, "x": 1}"#).unwrap_err();
@@ -816,6 +1095,7 @@ mod tests {
             secrets: Secrets::none(),
             lock_wait: Duration::from_secs(1),
             ingestion_lock: None,
+            limits: ServeLimits::default(),
         };
         assert_eq!(check_config(&cfg).unwrap_err().code(), "serve_refused");
         cfg.token = Some(Token::from_secret("0123456789abcdef").unwrap());
@@ -827,7 +1107,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_busy_gate_answers_locked_naming_the_holder() {
-        let gate = Gate::new("create");
+        let gate = Gate::new("create", 1);
         let _held = gate.enter(Duration::from_secs(1)).await.unwrap();
         assert!(gate.busy());
         let e = gate.enter(Duration::from_millis(0)).await.unwrap_err();
@@ -837,5 +1117,38 @@ mod tests {
             "{e}"
         );
         assert_eq!(status_for(&e), StatusCode::CONFLICT);
+        assert_eq!(
+            ApiError::from(e).retry_after,
+            Some(api_error::RETRY_AFTER_SECS)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_validate_gate_admits_its_slots_and_refuses_one_more_at_once() {
+        let gate = Gate::new("validate", VALIDATE_SLOTS);
+        let held: Vec<_> = take_all_slots(&gate).await;
+        assert_eq!(held.len(), VALIDATE_SLOTS);
+        let e = gate.enter(Duration::ZERO).await.unwrap_err();
+        assert!(
+            e.to_string().contains("`validate` requests over HTTP"),
+            "{e}"
+        );
+        drop(held);
+        assert!(gate.enter(Duration::ZERO).await.is_ok());
+    }
+
+    async fn take_all_slots(gate: &Gate) -> Vec<OwnedSemaphorePermit> {
+        let mut held = Vec::new();
+        for _ in 0..VALIDATE_SLOTS {
+            held.push(gate.enter(Duration::ZERO).await.unwrap());
+        }
+        held
+    }
+
+    #[test]
+    fn the_default_header_timeout_is_the_spec_s() {
+        let limits = ServeLimits::default();
+        // SPEC §3: a whole request head within 60 s.
+        assert_eq!(limits.header_timeout, Duration::from_secs(60));
     }
 }

@@ -3,11 +3,16 @@
 //! `snapshots/<stamp>/manifest.bin`). Objects are written once and never
 //! modified; the operations are the ones an object store also offers, so a
 //! remote backend slots in behind the same trait.
+//!
+//! It also owns how atosnap creates local files and folders (store, cache,
+//! spool): new files are 0600 and new folders 0700 whatever the umask, since
+//! an unencrypted store holds the database in the clear. Existing folders
+//! keep their mode (an operator's stricter choice stays).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -146,6 +151,57 @@ pub fn temp_path_in(dir: &Path, suffix: &str) -> PathBuf {
     dir.join(format!("{owner}{r:016x}.{suffix}"))
 }
 
+/// Mode of every file atosnap creates in a store, a cache or a spool.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Mode of every folder atosnap creates there.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// `create_dir_all` whose new folders are 0700 (existing ones are left as
+/// they are).
+pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// Creates one new folder, 0700 (it must not exist).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(dir)
+}
+
+/// Creates a new file for writing, 0600 (it must not exist).
+pub fn create_private_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+}
+
+/// Makes `dir` and its missing parents (0700), fsyncing the folder each new
+/// one is made in: a new fan-out folder `objects/xx/` is an entry of
+/// `objects/`, and a pack renamed into it survives a power cut only when
+/// that entry is durable too.
+pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => return create_private_dir_all(dir),
+    };
+    create_dir_durable(parent)?;
+    match create_private_dir(dir) {
+        Ok(()) => {}
+        // Another writer made it (and may not have synced it yet).
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(e),
+    }
+    sync_dir(parent)
+}
+
 /// fsyncs a folder so a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -153,7 +209,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes `data` to `path` (which must not exist) and fsyncs it.
 pub fn write_new_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let mut f = create_private_file(path)?;
     f.write_all(data)?;
     f.sync_all()
 }
@@ -249,7 +305,7 @@ impl Backend for LocalBackend {
     fn put_file(&self, name: &str, local: &Path) -> io::Result<()> {
         let dest = self.path(name);
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&parent)?;
+        create_dir_durable(&parent)?;
         if let Err(e) = fs::rename(local, &dest) {
             let _ = fs::remove_file(local);
             return Err(e);
@@ -260,12 +316,12 @@ impl Backend for LocalBackend {
     fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> io::Result<bool> {
         let dest = self.path(dir);
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&parent)?;
+        create_dir_durable(&parent)?;
         if dest.exists() {
             return Ok(false);
         }
         let tmp = self.temp_path("dir");
-        fs::create_dir(&tmp)?;
+        create_private_dir(&tmp)?;
         let staged = (|| {
             for (name, data) in files {
                 write_new_synced(&tmp.join(name), data)?;
@@ -327,7 +383,7 @@ impl Backend for LocalBackend {
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (src, dest) = (self.path(from), self.path(to));
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&parent)?;
+        create_dir_durable(&parent)?;
         if fs::symlink_metadata(&dest).is_ok() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -341,5 +397,57 @@ impl Backend for LocalBackend {
             sync_dir(p)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn objects_and_their_folders_are_private_and_existing_folders_keep_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o751)).unwrap();
+        create_private_dir(&root.join("tmp")).unwrap();
+        let b = LocalBackend::new(&root);
+        b.write_once("objects/ab/x.pack", b"pack").unwrap();
+        b.write_dir_once("snapshots/s1", &[("manifest.bin", b"m".to_vec())])
+            .unwrap();
+        b.rename("objects/ab/x.pack", "quarantine/objects/ab/x.pack")
+            .unwrap();
+        for d in [
+            "tmp",
+            "objects",
+            "objects/ab",
+            "snapshots/s1",
+            "quarantine/objects/ab",
+        ] {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+        }
+        for f in ["snapshots/s1/manifest.bin", "quarantine/objects/ab/x.pack"] {
+            assert_eq!(mode(&root.join(f)), 0o600, "{f}");
+        }
+        assert_eq!(mode(&root), 0o751);
+    }
+
+    #[test]
+    fn durable_folders_are_made_with_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        create_dir_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        // Existing: nothing to do.
+        create_dir_durable(&deep).unwrap();
+        // A file in the way is an error, not a loop.
+        fs::write(dir.path().join("f"), b"").unwrap();
+        assert!(create_dir_durable(&dir.path().join("f/g")).is_err());
     }
 }

@@ -11,6 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::store::backend;
+
 /// Hits, misses and damaged entries of one process (for tests and logs).
 #[derive(Debug, Default)]
 pub struct CacheStats {
@@ -77,11 +79,13 @@ impl ObjectCache {
     fn try_put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
         let path = self.path(key);
         let parent = path.parent().unwrap_or(&self.dir);
-        fs::create_dir_all(parent)?;
+        // 0700 folders, 0600 entries: manifests of an unencrypted store
+        // name every file of the runtime.
+        backend::create_private_dir_all(parent)?;
         // A temp name then rename, so a reader never sees half an entry
         // (and if it did, the hash would catch it).
-        let tmp = crate::store::backend::temp_path_in(parent, "cache");
-        let mut f = fs::File::create(&tmp)?;
+        let tmp = backend::temp_path_in(parent, "cache");
+        let mut f = backend::create_private_file(&tmp)?;
         let written = f
             .write_all(blake3::hash(bytes).as_bytes())
             .and_then(|_| f.write_all(bytes))
@@ -121,5 +125,27 @@ mod tests {
         // Truncated below the hash.
         fs::write(&path, b"short").unwrap();
         assert_eq!(cache.get("packidx/ab/x"), None);
+    }
+
+    #[test]
+    fn entries_are_0600_in_0700_folders() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let cache = ObjectCache::new(root.clone());
+        cache.put("manifests/snapshots/s/manifest.bin.12", b"names of files");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in [
+            "",
+            "manifests",
+            "manifests/snapshots",
+            "manifests/snapshots/s",
+        ] {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+        }
+        assert_eq!(
+            mode(&root.join("manifests/snapshots/s/manifest.bin.12")),
+            0o600
+        );
     }
 }

@@ -9,6 +9,11 @@ use crate::error::{Error, Result};
 /// The format this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Bounds of `pack.target_size`. Entry offsets are `u32`: a pack closes
+/// past its target plus one chunk (at most 16 MiB), far below 4 GiB.
+pub const PACK_TARGET_MIN: u64 = 4 * 1024;
+pub const PACK_TARGET_MAX: u64 = 1 << 30;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -135,6 +140,12 @@ impl StoreConfig {
         if !ok {
             return Err("chunking.cdc sizes outside FastCDC's bounds (min 64..1Mi, avg 256..4Mi, max 1Ki..16Mi, min <= avg <= max)".into());
         }
+        let target = self.pack.target_size;
+        if !(PACK_TARGET_MIN..=PACK_TARGET_MAX).contains(&target) {
+            return Err(format!(
+                "pack.target_size {target} is outside {PACK_TARGET_MIN}..={PACK_TARGET_MAX} bytes (4 KiB..1 GiB)"
+            ));
+        }
         if self.compression.algorithm != "zstd" {
             return Err(format!(
                 "unknown compression {:?}",
@@ -158,5 +169,28 @@ impl StoreConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_with_target(target: u64) -> Result<StoreConfig> {
+        let mut config = StoreConfig::new_default();
+        config.pack.target_size = target;
+        StoreConfig::parse(&serde_json::to_vec(&config).unwrap(), "config.json")
+    }
+
+    #[test]
+    fn pack_target_size_is_bounded() {
+        assert!(parse_with_target(32 << 20).is_ok());
+        assert!(parse_with_target(PACK_TARGET_MIN).is_ok());
+        assert!(parse_with_target(PACK_TARGET_MAX).is_ok());
+        for absurd in [0, PACK_TARGET_MIN - 1, PACK_TARGET_MAX + 1, u64::MAX] {
+            let e = parse_with_target(absurd).unwrap_err();
+            assert_eq!(e.code(), "store_config_invalid");
+            assert!(e.to_string().contains("pack.target_size"), "{e}");
+        }
     }
 }

@@ -18,6 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -152,13 +154,14 @@ pub fn lock_exclusive(store_root: &Path, command: &str, wait: Duration) -> Resul
 
 fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Result<Held> {
     let dir = store_root.join("locks");
-    fs::create_dir_all(&dir).ctx("create", &dir)?;
+    super::backend::create_private_dir_all(&dir).ctx("create", &dir)?;
     let path = dir.join("store.lock");
     let file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(super::backend::PRIVATE_FILE_MODE)
         .open(&path)
     {
         Ok(f) => f,
@@ -220,7 +223,8 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
         rand::random::<u32>()
     ));
     // Best effort: the lock itself is what protects the store.
-    let _ = fs::write(&info_path, serde_json::to_vec(&info).unwrap_or_default());
+    let _ = super::backend::create_private_file(&info_path)
+        .and_then(|mut f| f.write_all(&serde_json::to_vec(&info).unwrap_or_default()));
     Ok(Held::Flock {
         _file: file,
         info_path,

@@ -308,7 +308,7 @@ impl Store {
         if let StoreLocation::Local(root) = location {
             for dir in ["objects", "snapshots", "locks", "tmp"] {
                 let p = root.join(dir);
-                std::fs::create_dir_all(&p).ctx("create", &p)?;
+                backend::create_dir_durable(&p).ctx("create", &p)?;
             }
         }
         let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
@@ -345,8 +345,16 @@ impl Store {
     }
 
     /// [`Store::open_at`], creating an unencrypted store when none exists.
+    /// A password given for a store that is not there is refused
+    /// (`store_missing`): the operator meant an encrypted store, and a
+    /// backup disk that is not mounted must not turn into plaintext backups
+    /// on the root file system. Only `init --encryption repokey` makes an
+    /// encrypted store.
     pub fn open_or_init_at(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
         match Store::open_at(address, secrets) {
+            Err(Error::StoreMissing { path }) if secrets.is_given() => {
+                Err(Error::StoreMissingWithPassword { path })
+            }
             Err(Error::StoreMissing { .. }) => {
                 match Store::init_at(address, "none", &Secrets::none()) {
                     // Another process created it between our check and init.
@@ -533,7 +541,7 @@ impl Store {
 
     pub fn tmp_dir(&self) -> Result<PathBuf> {
         let dir = self.backend.tmp_dir();
-        std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+        backend::create_private_dir_all(&dir).ctx("create", &dir)?;
         Ok(dir)
     }
 

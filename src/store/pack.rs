@@ -14,7 +14,7 @@
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -72,7 +72,7 @@ pub struct FinishedPack {
 
 impl PackWriter {
     pub fn create(path: &Path) -> std::io::Result<PackWriter> {
-        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let file = crate::store::backend::create_private_file(path)?;
         let mut w = PackWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),
@@ -111,10 +111,19 @@ impl PackWriter {
         raw_len: u32,
         compressed: bool,
     ) -> std::io::Result<PackEntry> {
+        // Offsets and lengths are u32 on disk: a chunk that would end past
+        // 4 GiB is refused rather than recorded at a wrapped offset.
+        let (Ok(offset), Ok(stored_len)) = (u32::try_from(self.len), u32::try_from(stored.len()))
+        else {
+            return Err(offset_overflow(self.len, stored.len()));
+        };
+        if offset.checked_add(stored_len).is_none() {
+            return Err(offset_overflow(self.len, stored.len()));
+        }
         let entry = PackEntry {
             id,
-            offset: self.len as u32,
-            stored_len: stored.len() as u32,
+            offset,
+            stored_len,
             raw_len,
             compressed,
         };
@@ -163,6 +172,15 @@ pub fn is_unreadable(detail: &str) -> bool {
     detail
         .strip_prefix(UNREADABLE)
         .is_some_and(|rest| rest.starts_with(':'))
+}
+
+fn offset_overflow(len: u64, stored: usize) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "a chunk of {stored} bytes at offset {len} would end past the 4 GiB a pack entry can address"
+        ),
+    )
 }
 
 /// Why a pack's index could not be read.
@@ -302,5 +320,39 @@ mod tests {
         let err = decode_index(encoded, &hash, 28, Ok).unwrap_err();
         assert_eq!(err, PackIndexError::ChunkTooLarge(list[1].id, u32::MAX));
         assert!(err.to_string().contains("more than any chunk"));
+    }
+
+    #[test]
+    fn an_entry_past_u32_offsets_is_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(&dir.path().join("p.pack")).unwrap();
+        let e = w
+            .add(Id::from(blake3::hash(b"a")), b"abc", 3, false)
+            .unwrap();
+        assert_eq!((e.offset, e.stored_len), (8, 3));
+        // As if 4 GiB had been written (without writing them).
+        w.len = u32::MAX as u64 - 2;
+        let last = w
+            .add(Id::from(blake3::hash(b"b")), b"ab", 2, false)
+            .unwrap();
+        assert_eq!(last.offset, u32::MAX - 2);
+        let e = w
+            .add(Id::from(blake3::hash(b"c")), b"abc", 3, false)
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("4 GiB"), "{e}");
+        assert_eq!(w.entries.len(), 2);
+        w.len = u32::MAX as u64 + 1;
+        assert!(w.add(Id::from(blake3::hash(b"d")), b"", 0, false).is_err());
+    }
+
+    #[test]
+    fn pack_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.pack");
+        PackWriter::create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -85,7 +85,9 @@ use opendal::options::{ListOptions, ReadOptions, WriteOptions};
 use opendal::services::S3;
 use opendal::{ErrorKind as OdKind, HttpTransporter, OperationContext, Operator};
 
-use super::backend::{temp_path_in, Backend, ListEntry};
+use super::backend::{
+    create_private_dir_all, create_private_file, temp_path_in, Backend, ListEntry,
+};
 
 /// Default number of attempts per request (first try plus retries).
 pub const DEFAULT_ATTEMPTS: usize = 4;
@@ -366,7 +368,7 @@ impl S3Backend {
                 .clone()
                 .unwrap_or_else(|| format!("AWS S3 ({region})")),
         });
-        fs::create_dir_all(&scratch)?;
+        create_private_dir_all(&scratch)?;
         install_crypto_provider();
 
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -700,12 +702,13 @@ impl Spool {
         if let Some(f) = guard.as_ref() {
             return Ok(f.clone());
         }
-        fs::create_dir_all(&self.dir)?;
+        create_private_dir_all(&self.dir)?;
         let part = slot.path.with_extension("part");
         let downloaded = (|| {
             let reader = backend.op.reader(name).map_err(|e| backend.err(name, e))?;
             let mut src = reader.into_std_read(..).map_err(|e| backend.err(name, e))?;
-            let mut out = File::create(&part)?;
+            let _ = fs::remove_file(&part);
+            let mut out = create_private_file(&part)?;
             // Large reads: each one crosses into the async runtime.
             let mut buf = vec![0u8; 1 << 20];
             let mut n = 0u64;
