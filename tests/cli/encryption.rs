@@ -7,9 +7,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-#[path = "shared/mod.rs"]
-mod shared;
-use shared::copy_tree;
+use crate::support::copy_tree;
 
 /// Cheap Argon2id so each command costs milliseconds, not 0.5 s.
 const CHEAP_KDF: &str = "m=64,t=1,p=1";

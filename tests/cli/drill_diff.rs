@@ -1,8 +1,7 @@
 //! `drill` and `diff`, black-box through the binary on the fixture runtime.
 
-mod common;
-
-use common::*;
+use crate::support::Runtime as Rt;
+use crate::support::*;
 use serde_json::Value;
 
 const SEGMENT: &str = "e8763d70-0924-4389-9e69-cddb1f90792c";
@@ -21,24 +20,24 @@ fn last_drill(rt: &Rt, stamp: &str) -> Value {
 #[test]
 fn drill_proves_the_newest_snapshot_and_logs_it() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&[]);
+    let s1 = rt.create_stamp(&[]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let s2 = rt.create(&["--chroma"]);
-    let live_before = tree(&rt.path("rt"));
+    let s2 = rt.create_stamp(&["--chroma"]);
+    let live_before = tree(&rt.runtime);
 
     let d = rt.ok(&["drill"]);
-    assert_same_tree!(tree(&rt.path("rt")), live_before, "live data untouched");
+    assert_same_tree!(tree(&rt.runtime), live_before, "live data untouched");
     assert_eq!(d["stamp"], s2.as_str(), "defaults to the newest");
     assert_eq!(d["ok"], true, "{d}");
     // db + registry + 6 Chroma files
     assert_eq!(d["files_checked"], 8);
-    let bytes: u64 = walkdir::WalkDir::new(&rt.chroma)
+    let bytes: u64 = walkdir::WalkDir::new(rt.chroma())
         .into_iter()
         .flatten()
         .filter(|e| e.file_type().is_file())
         .map(|e| e.metadata().unwrap().len())
         .sum::<u64>()
-        + std::fs::metadata(&rt.registry).unwrap().len();
+        + std::fs::metadata(rt.registry()).unwrap().len();
     let db_size = rt.ok(&["list"])["snapshots"][1]["db_size_bytes"]
         .as_u64()
         .unwrap();
@@ -73,10 +72,10 @@ fn drill_proves_the_newest_snapshot_and_logs_it() {
 #[test]
 fn drill_of_a_damaged_snapshot_fails_with_exit_3_and_is_logged() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     rt.ok(&["drill", &s1]);
     rt.corrupt_packs();
-    let (d, code, _) = rt.run(&["drill", &s1]);
+    let Out { json: d, code, .. } = rt.run(&["drill", &s1]);
     assert_eq!(code, 3, "{d}");
     assert_eq!(d["ok"], false);
     let errors = d["errors"].as_array().unwrap();
@@ -95,17 +94,17 @@ fn drill_of_a_damaged_snapshot_fails_with_exit_3_and_is_logged() {
 fn drill_refuses_clearly_without_snapshots_or_with_an_unknown_stamp() {
     let rt = Rt::fixture();
     rt.ok(&["init"]);
-    let (json, code, _) = rt.run(&["drill"]);
+    let Out { json, code, .. } = rt.run(&["drill"]);
     assert_eq!(
         (code, json["error"]["code"].as_str()),
         (1, Some("no_snapshots"))
     );
-    let (json, code, _) = rt.run(&["drill", "20200101T000000Z"]);
+    let Out { json, code, .. } = rt.run(&["drill", "20200101T000000Z"]);
     assert_eq!(
         (code, json["error"]["code"].as_str()),
         (1, Some("snapshot_missing"))
     );
-    let (json, code, _) = rt.run(&["drill", "../x"]);
+    let Out { json, code, .. } = rt.run(&["drill", "../x"]);
     assert_eq!(
         (code, json["error"]["code"].as_str()),
         (1, Some("invalid_stamp"))
@@ -116,17 +115,17 @@ fn drill_refuses_clearly_without_snapshots_or_with_an_unknown_stamp() {
 #[test]
 fn diff_lists_added_removed_and_changed_files_with_byte_counts() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     // One 4 KiB block of the HNSW data, a new file, a removed file, a row.
-    let data = rt.chroma.join(SEGMENT).join("data_level0.bin");
+    let data = rt.chroma().join(SEGMENT).join("data_level0.bin");
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[8192..8292].fill(0xab);
     std::fs::write(&data, bytes).unwrap();
-    std::fs::write(rt.chroma.join("added.txt"), b"hello").unwrap();
-    std::fs::remove_file(rt.chroma.join(SEGMENT).join("length.bin")).unwrap();
+    std::fs::write(rt.chroma().join("added.txt"), b"hello").unwrap();
+    std::fs::remove_file(rt.chroma().join(SEGMENT).join("length.bin")).unwrap();
     rt.insert_marker("diff");
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let s2 = rt.create(&["--chroma"]);
+    let s2 = rt.create_stamp(&["--chroma"]);
 
     let d = rt.ok(&["diff", &s1, &s2]);
     assert_eq!(d["from"], s1.as_str());
@@ -159,11 +158,11 @@ fn diff_lists_added_removed_and_changed_files_with_byte_counts() {
     assert_eq!(same["changed"], serde_json::json!([]));
     assert_eq!(same["unchanged_files"], 8);
 
-    let (json, code, _) = rt.run(&["diff", &s1, "20200101T000000Z"]);
+    let Out { json, code, .. } = rt.run(&["diff", &s1, "20200101T000000Z"]);
     assert_eq!(
         (code, json["error"]["code"].as_str()),
         (1, Some("snapshot_missing"))
     );
-    let (_, code, _) = rt.run(&["diff", &s1]);
+    let Out { code, .. } = rt.run(&["diff", &s1]);
     assert_eq!(code, 2, "usage");
 }

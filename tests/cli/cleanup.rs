@@ -1,10 +1,8 @@
 //! `atosnap cleanup` through the binary: the SPEC §3 reference cases with
 //! their exact numbers, tags, unparseable folders, dry run vs --confirm.
 
-mod store_support;
-
+use crate::support::{strs, Runtime as Env};
 use std::fs;
-use store_support::{strs, Env};
 
 fn days(env: &Env, from: u32, to: u32) -> Vec<String> {
     (from..=to)
@@ -18,7 +16,7 @@ fn noon(day: &str) -> String {
 
 #[test]
 fn spec_ten_days_keep_7_delete_3() {
-    let env = Env::new();
+    let env = Env::fixture();
     days(&env, 2, 11);
     let r = env.ok(&["cleanup"]);
     assert_eq!(r["dry_run"], true);
@@ -37,7 +35,7 @@ fn spec_ten_days_keep_7_delete_3() {
 
 #[test]
 fn spec_seven_days_keep_7_delete_0() {
-    let env = Env::new();
+    let env = Env::fixture();
     days(&env, 5, 11);
     let r = env.ok(&["cleanup", "--confirm"]);
     assert_eq!(r["dry_run"], false);
@@ -50,7 +48,7 @@ fn spec_seven_days_keep_7_delete_0() {
 
 #[test]
 fn spec_sundays_keep_9_delete_1() {
-    let env = Env::new();
+    let env = Env::fixture();
     days(&env, 5, 11);
     for d in ["2026-03-29", "2026-03-22", "2026-03-25"] {
         env.create_on(d, &[]);
@@ -70,7 +68,7 @@ fn spec_sundays_keep_9_delete_1() {
 
 #[test]
 fn spec_first_of_month_keep_9_delete_the_15th() {
-    let env = Env::new();
+    let env = Env::fixture();
     days(&env, 5, 11);
     for d in ["2026-01-01", "2025-12-01", "2026-01-15"] {
         env.create_on(d, &[]);
@@ -90,7 +88,7 @@ fn spec_first_of_month_keep_9_delete_the_15th() {
 
 #[test]
 fn spec_unparseable_folder_is_reported_and_survives_confirm() {
-    let env = Env::new();
+    let env = Env::fixture();
     days(&env, 2, 11);
     let junk = env.store.join("snapshots/not-a-stamp");
     fs::create_dir(&junk).unwrap();
@@ -107,7 +105,7 @@ fn spec_unparseable_folder_is_reported_and_survives_confirm() {
 
 #[test]
 fn confirm_deletes_then_gc_reclaims_space() {
-    let env = Env::new();
+    let env = Env::fixture();
     // Each day has a registry of its own, so deleted days free space.
     for d in 2..=11u32 {
         env.mutate_db(10, d as u64);
@@ -117,7 +115,7 @@ fn confirm_deletes_then_gc_reclaims_space() {
     let dry = env.ok(&["cleanup"]);
     let reclaimable = dry["bytes_reclaimable"].as_u64().unwrap();
     assert!(reclaimable > 0, "{dry}");
-    let before: u64 = env.packs().iter().map(|p| p.1).sum();
+    let before: u64 = env.pack_sizes().iter().map(|p| p.1).sum();
     let r = env.ok(&["cleanup", "--confirm"]);
     assert_eq!(r["deleted"], 3);
     assert_eq!(
@@ -126,7 +124,7 @@ fn confirm_deletes_then_gc_reclaims_space() {
     );
     let reclaimed = r["bytes_reclaimed"].as_u64().unwrap();
     assert!(reclaimed > 0, "{r}");
-    let after: u64 = env.packs().iter().map(|p| p.1).sum();
+    let after: u64 = env.pack_sizes().iter().map(|p| p.1).sum();
     assert_eq!(before - after, reclaimed, "{r}");
     assert_eq!(r["gc"]["dry_run"], false);
     assert_eq!(r["errors"], serde_json::json!([]));
@@ -139,7 +137,7 @@ fn confirm_deletes_then_gc_reclaims_space() {
 
 #[test]
 fn keep_tag_keeps_old_tagged_snapshots() {
-    let env = Env::new();
+    let env = Env::fixture();
     env.create_on("2026-02-10", &["--tag", "pre-restore"]);
     env.create_on("2026-02-11", &["--tag", "other"]);
     days(&env, 2, 11);
@@ -166,7 +164,7 @@ fn keep_tag_keeps_old_tagged_snapshots() {
 
 #[test]
 fn tags_come_from_the_manifest_when_the_summary_is_gone() {
-    let env = Env::new();
+    let env = Env::fixture();
     let old = env.create_on("2026-02-10", &["--tag", "keep-me"]);
     days(&env, 2, 4);
     fs::remove_file(
@@ -182,7 +180,7 @@ fn tags_come_from_the_manifest_when_the_summary_is_gone() {
 
 #[test]
 fn unreadable_tags_keep_the_snapshot() {
-    let env = Env::new();
+    let env = Env::fixture();
     let old = env.create_on("2026-02-10", &[]);
     days(&env, 2, 4);
     let dir = env.store.join("snapshots").join(&old);
@@ -200,7 +198,7 @@ fn unreadable_tags_keep_the_snapshot() {
 
 #[test]
 fn a_policy_that_keeps_nothing_is_refused() {
-    let env = Env::new();
+    let env = Env::fixture();
     days(&env, 2, 3);
     let r = env.run(&[
         "cleanup",
@@ -219,7 +217,7 @@ fn a_policy_that_keeps_nothing_is_refused() {
 
 #[test]
 fn confirm_with_a_corrupt_manifest_deletes_but_gc_refuses() {
-    let env = Env::new();
+    let env = Env::fixture();
     days(&env, 2, 11);
     // A kept snapshot's manifest goes bad; its summary still has its tags.
     let bad = "20260411T120000Z";
@@ -228,7 +226,7 @@ fn confirm_with_a_corrupt_manifest_deletes_but_gc_refuses() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     fs::write(&path, bytes).unwrap();
-    let packs_before = env.packs();
+    let packs_before = env.pack_sizes();
     let r = env.run(&["cleanup", "--confirm"]);
     assert_eq!(r.code, 3, "{r:?}");
     assert_eq!(r.json["deleted"], 3);
@@ -236,12 +234,12 @@ fn confirm_with_a_corrupt_manifest_deletes_but_gc_refuses() {
     let errors = strs(&r.json["errors"]);
     assert!(errors[0].contains(bad), "{errors:?}");
     assert!(r.stderr.contains(bad));
-    assert_eq!(env.packs(), packs_before);
+    assert_eq!(env.pack_sizes(), packs_before);
 }
 
 #[test]
 fn cleanup_on_a_missing_store_is_a_clear_error() {
-    let env = Env::new();
+    let env = Env::fixture();
     let r = env.run(&["cleanup"]);
     assert_eq!(r.code, 1);
     assert_eq!(r.error_code(), "store_missing");
@@ -249,7 +247,7 @@ fn cleanup_on_a_missing_store_is_a_clear_error() {
 
 #[test]
 fn every_result_field_of_the_spec_is_present() {
-    let env = Env::new();
+    let env = Env::fixture();
     days(&env, 2, 3);
     let dry = env.ok(&["cleanup", "--keep-daily", "1"]);
     let wet = env.ok(&["cleanup", "--confirm", "--keep-daily", "1"]);

@@ -2,14 +2,12 @@
 //! creates racing gc / cleanup --confirm (a thrash test). Whatever the
 //! interleaving, every command succeeds and every snapshot stays valid.
 
-mod store_support;
-
+use crate::support::{self, Runtime as Env};
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::thread;
-use store_support::Env;
 
-fn spawn(mut c: Command) -> Child {
+fn spawn(c: &mut Command) -> Child {
     c.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -21,7 +19,7 @@ fn finish(children: Vec<Child>) -> Vec<serde_json::Value> {
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().unwrap();
-            let r = store_support::parse(&out);
+            let r = support::parse(&out);
             assert_eq!(r.code, 0, "{r:?}");
             r.json
         })
@@ -30,7 +28,7 @@ fn finish(children: Vec<Child>) -> Vec<serde_json::Value> {
 
 #[test]
 fn two_creates_in_the_same_second_get_distinct_stamps() {
-    let env = Env::new();
+    let env = Env::fixture();
     env.ok(&["init"]);
     let args = [
         "create",
@@ -39,7 +37,10 @@ fn two_creates_in_the_same_second_get_distinct_stamps() {
         "--lock-wait",
         "600",
     ];
-    let children = vec![spawn(env.cmd(&args)), spawn(env.cmd(&args))];
+    let children = vec![
+        spawn(env.command().args(args)),
+        spawn(env.command().args(args)),
+    ];
     let stamps: BTreeSet<String> = finish(children)
         .iter()
         .map(|d| d["stamp"].as_str().unwrap().to_string())
@@ -54,9 +55,12 @@ fn two_creates_in_the_same_second_get_distinct_stamps() {
 #[test]
 fn two_creates_started_together_on_a_new_store_both_succeed() {
     // No store yet: both race to create it too.
-    let env = Env::new();
+    let env = Env::fixture();
     let args = ["create", "--chroma", "--lock-wait", "600"];
-    let children = vec![spawn(env.cmd(&args)), spawn(env.cmd(&args))];
+    let children = vec![
+        spawn(env.command().args(args)),
+        spawn(env.command().args(args)),
+    ];
     let docs = finish(children);
     assert_ne!(docs[0]["stamp"], docs[1]["stamp"]);
     assert!(docs.iter().all(|d| d["validated"] == true));
@@ -66,7 +70,7 @@ fn two_creates_started_together_on_a_new_store_both_succeed() {
 
 #[test]
 fn gc_and_cleanup_racing_creates_never_leave_a_snapshot_invalid() {
-    let env = Env::new();
+    let env = Env::fixture();
     env.init_with_pack_size(1 << 20);
     env.create_on("2026-03-01", &["--chroma"]);
     let env = &env;

@@ -2,10 +2,9 @@
 //! generated from the clap definitions, and the systemd units of
 //! `contrib/systemd/` (checked with `systemd-analyze verify` when present).
 
+use crate::support::BIN;
 use std::path::Path;
 use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_atosnap");
 
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().unwrap();

@@ -7,24 +7,22 @@
 //! `atosnap create` parked on the cooperative ingestion lock that the test
 //! holds: no sleeps, every step waits for an observable state.
 
-mod store_support;
-
+use crate::support::{self, Runtime as Env};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use store_support::Env;
 
 use atosnap::store::lock::{lock_exclusive, lock_shared};
 
 fn store_with_a_snapshot() -> Env {
-    let env = Env::new();
+    let env = Env::fixture();
     env.ok(&["create"]);
     env
 }
 
-fn assert_locked_by(r: &store_support::Run, pid: u32, command: &str) {
+fn assert_locked_by(r: &support::Out, pid: u32, command: &str) {
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(r.error_code(), "store_locked", "{r:?}");
     let msg = r.json["error"]["message"].as_str().unwrap();
@@ -77,7 +75,8 @@ fn a_waiting_command_says_who_is_in_the_way_and_goes_on_when_freed() {
     let env = store_with_a_snapshot();
     let held = lock_exclusive(&env.store, "gc --confirm", Duration::ZERO).unwrap();
     let mut child = env
-        .cmd_with(&["create", "--lock-wait", "120"], false)
+        .loud_command()
+        .args(["create", "--lock-wait", "120"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -132,7 +131,8 @@ fn a_killed_holder_leaves_no_stale_lock() {
     let service = File::create(&ingestion).unwrap();
     service.lock_shared().unwrap(); // a service writer mid-write
     let mut child = env
-        .cmd(&[
+        .command()
+        .args([
             "create",
             "--chroma",
             "--lock-wait",

@@ -10,12 +10,10 @@
 //! Deleting D1 and D2 leaves B dead (deleted) and A mostly dead (the db is
 //! its only live part: rewritten).
 
-mod store_support;
-
+use crate::support::{dead_pid, strs, Runtime as Env};
 use serde_json::Value;
 use std::fs;
 use std::sync::OnceLock;
-use store_support::{dead_pid, strs, Env};
 
 struct Scenario {
     env: Env,
@@ -29,22 +27,22 @@ struct Scenario {
 fn scenario() -> &'static Scenario {
     static S: OnceLock<Scenario> = OnceLock::new();
     S.get_or_init(|| {
-        let env = Env::new();
+        let env = Env::fixture();
         let d1 = env.create_on("2026-04-01", &["--chroma"]);
-        let packs = env.packs();
+        let packs = env.pack_sizes();
         assert_eq!(packs.len(), 1);
         let pack_a = packs[0].0.clone();
         env.add_junk("junk.bin", 1 << 20, 7);
         let d2 = env.create_on("2026-04-02", &["--chroma"]);
         fs::remove_file(env.chroma().join("junk.bin")).unwrap();
         let pack_b = env
-            .packs()
+            .pack_sizes()
             .into_iter()
             .map(|p| p.0)
             .find(|p| *p != pack_a)
             .unwrap();
         let d3 = env.create_on("2026-04-03", &[]);
-        assert_eq!(env.packs().len(), 2);
+        assert_eq!(env.pack_sizes().len(), 2);
         Scenario {
             env,
             pack_a,
@@ -67,7 +65,7 @@ fn after_deletion() -> (Env, &'static Scenario) {
 }
 
 fn total(env: &Env) -> u64 {
-    env.packs().iter().map(|p| p.1).sum()
+    env.pack_sizes().iter().map(|p| p.1).sum()
 }
 
 #[test]
@@ -80,13 +78,13 @@ fn with_every_snapshot_present_nothing_is_garbage() {
     assert_eq!(r["bytes_reclaimed"], 0);
     assert_eq!(r["snapshots_marked"], 3);
     assert_eq!(r["chunks_dead"], 0);
-    assert_eq!(env.packs(), s.env.packs());
+    assert_eq!(env.pack_sizes(), s.env.pack_sizes());
 }
 
 #[test]
 fn dry_run_plans_agree_with_verify_and_delete_nothing() {
     let (env, s) = after_deletion();
-    let before = env.packs();
+    let before = env.pack_sizes();
     let r = env.ok(&["gc"]);
     assert_eq!(r["dry_run"], true);
     assert_eq!(strs(&r["would_delete_packs"]), [s.pack_b.as_str()]);
@@ -95,7 +93,7 @@ fn dry_run_plans_agree_with_verify_and_delete_nothing() {
     let size_b = before.iter().find(|p| p.0 == s.pack_b).unwrap().1;
     let reclaimable = r["bytes_reclaimable"].as_u64().unwrap();
     assert!(reclaimable > size_b, "{r}");
-    assert_eq!(env.packs(), before);
+    assert_eq!(env.pack_sizes(), before);
 
     // Same notion of garbage as verify.
     let v = env.ok(&["verify"]);
@@ -120,7 +118,7 @@ fn confirm_deletes_dead_packs_and_rewrites_sparse_ones() {
     assert_eq!(strs(&r["rewritten_packs"]), [s.pack_a.as_str()]);
     let written = strs(&r["written_packs"]);
     assert_eq!(written.len(), 1);
-    let after = env.packs();
+    let after = env.pack_sizes();
     assert_eq!(
         after.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
         written
@@ -139,7 +137,7 @@ fn confirm_deletes_dead_packs_and_rewrites_sparse_ones() {
 }
 
 fn assert_refused(env: &Env, args: &[&str], stamp: &str) {
-    let before = env.packs();
+    let before = env.pack_sizes();
     let r = env.run(args);
     assert_eq!(r.code, 3, "{r:?}");
     assert_eq!(r.error_code(), "gc_refused_unreadable_manifest");
@@ -149,7 +147,7 @@ fn assert_refused(env: &Env, args: &[&str], stamp: &str) {
         "{msg}"
     );
     assert!(r.stderr.contains(stamp));
-    assert_eq!(env.packs(), before);
+    assert_eq!(env.pack_sizes(), before);
 }
 
 #[test]
@@ -175,11 +173,11 @@ fn a_missing_manifest_makes_gc_refuse() {
 fn a_missing_snapshots_folder_makes_gc_refuse() {
     let (env, _) = after_deletion();
     fs::rename(env.store.join("snapshots"), env.dir.path().join("moved")).unwrap();
-    let before = env.packs();
+    let before = env.pack_sizes();
     let r = env.run(&["gc", "--confirm"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert_eq!(r.error_code(), "snapshots_dir_missing");
-    assert_eq!(env.packs(), before);
+    assert_eq!(env.pack_sizes(), before);
 }
 
 #[test]
@@ -339,7 +337,7 @@ fn every_result_field_is_present() {
 
 #[test]
 fn gc_on_a_missing_store_is_a_clear_error() {
-    let env = Env::new();
+    let env = Env::fixture();
     let r = env.run(&["gc", "--confirm"]);
     assert_eq!(r.code, 1);
     assert_eq!(r.error_code(), "store_missing");
@@ -348,7 +346,7 @@ fn gc_on_a_missing_store_is_a_clear_error() {
 #[test]
 fn the_grace_period_keeps_young_packs_until_it_passes() {
     let (env, s) = after_deletion();
-    let before = env.packs();
+    let before = env.pack_sizes();
     // Every pack was written moments ago: within an hour's grace, gc
     // deletes and rewrites nothing, and says why.
     let r = env.ok(&["gc", "--confirm", "--grace-period", "3600"]);
@@ -356,7 +354,7 @@ fn the_grace_period_keeps_young_packs_until_it_passes() {
     assert_eq!(r["packs_within_grace"], 2, "{r}");
     assert_eq!(r["deleted_packs"], serde_json::json!([]));
     assert_eq!(r["rewritten_packs"], serde_json::json!([]));
-    assert_eq!(env.packs(), before);
+    assert_eq!(env.pack_sizes(), before);
     // A local store's default is no grace: the same gc then reclaims.
     let r = env.ok(&["gc", "--confirm"]);
     assert_eq!(r["grace_period_secs"], 0);

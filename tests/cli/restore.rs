@@ -2,44 +2,45 @@
 //! runtime: the behaviours of the Python module atosnap replaces, plus the
 //! in-place Chroma contract, the /proc refusal and crash convergence.
 
-mod common;
-
-use common::*;
+use crate::support::Runtime as Rt;
+use crate::support::*;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
 const SEGMENT: &str = "e8763d70-0924-4389-9e69-cddb1f90792c";
 
 fn seg(rt: &Rt, name: &str) -> std::path::PathBuf {
-    rt.chroma.join(SEGMENT).join(name)
+    rt.chroma().join(SEGMENT).join(name)
 }
 
 #[test]
 fn refuses_without_confirmation_and_changes_nothing() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     rt.insert_marker("after");
-    let before = tree(&rt.path("rt"));
-    let (json, code, stderr) = rt.run(&["restore", &s1]);
-    assert_same_tree!(tree(&rt.path("rt")), before);
+    let before = tree(&rt.runtime);
+    let Out {
+        json, code, stderr, ..
+    } = rt.run(&["restore", &s1]);
+    assert_same_tree!(tree(&rt.runtime), before);
     assert_eq!(code, 1, "{json}");
     assert_eq!(json["error"]["code"], "confirmation_required");
     let msg = json["error"]["message"].as_str().unwrap();
     assert!(msg.contains("--confirm-service-stopped"), "{msg}");
     assert!(stderr.contains("--confirm-service-stopped"), "{stderr}");
-    assert!(has_marker(&rt.db, "after"));
+    assert!(has_marker(&rt.db(), "after"));
     assert_eq!(rt.stamps(), vec![s1], "no pre-restore snapshot was taken");
 }
 
 #[test]
 fn refuses_an_invalid_snapshot_before_touching_anything() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     rt.insert_marker("after");
     rt.corrupt_packs();
-    let before = tree(&rt.path("rt"));
-    let (json, code, _) = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
-    assert_same_tree!(tree(&rt.path("rt")), before, "live data untouched");
+    let before = tree(&rt.runtime);
+    let Out { json, code, .. } = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
+    assert_same_tree!(tree(&rt.runtime), before, "live data untouched");
     assert_eq!(code, 3, "{json}");
     assert_eq!(json["error"]["code"], "validation_failed");
     assert!(json["error"]["message"]
@@ -52,9 +53,9 @@ fn refuses_an_invalid_snapshot_before_touching_anything() {
 #[test]
 fn round_trip_reverses_changes_keeps_the_baseline_and_the_pre_restore_snapshot_holds_them() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&[]);
+    let s1 = rt.create_stamp(&[]);
     rt.insert_marker("post-snapshot");
-    assert!(has_marker(&rt.db, "post-snapshot"));
+    assert!(has_marker(&rt.db(), "post-snapshot"));
 
     let r = rt.ok(&["restore", &s1, "--confirm-service-stopped"]);
     assert_eq!(r["stamp"], s1.as_str());
@@ -73,10 +74,10 @@ fn round_trip_reverses_changes_keeps_the_baseline_and_the_pre_restore_snapshot_h
         assert!(r.get(field).is_some(), "missing {field}: {r}");
     }
     assert!(
-        !has_marker(&rt.db, "post-snapshot"),
+        !has_marker(&rt.db(), "post-snapshot"),
         "the change is reversed"
     );
-    assert_eq!(count(&rt.db, "memories"), FIXTURE_MEMORIES);
+    assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
 
     // The baseline survives and the safety snapshot holds the change.
     let pre = r["pre_restore_snapshot"].as_str().unwrap().to_string();
@@ -94,9 +95,9 @@ fn round_trip_reverses_changes_keeps_the_baseline_and_the_pre_restore_snapshot_h
 #[test]
 fn round_trip_with_chroma_restores_the_tree_in_place() {
     let rt = Rt::fixture();
-    let original = tree_without(&rt.chroma, &["chroma.sqlite3"]);
-    let s1 = rt.create(&["--chroma"]);
-    let inode = ino(&rt.chroma);
+    let original = tree_without(&rt.chroma(), &["chroma.sqlite3"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let inode = ino(&rt.chroma());
 
     // A day of damage: a block rewritten, a file gone, a mode changed,
     // junk folders, files, symlinks (one out of the tree), a FIFO.
@@ -110,18 +111,18 @@ fn round_trip_with_chroma_restores_the_tree_in_place() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    std::fs::create_dir_all(rt.chroma.join("junk/deeper")).unwrap();
-    std::fs::write(rt.chroma.join("junk/deeper/f"), b"junk").unwrap();
-    std::fs::write(rt.chroma.join("stray.bin"), b"stray").unwrap();
+    std::fs::create_dir_all(rt.chroma().join("junk/deeper")).unwrap();
+    std::fs::write(rt.chroma().join("junk/deeper/f"), b"junk").unwrap();
+    std::fs::write(rt.chroma().join("stray.bin"), b"stray").unwrap();
     let outside = rt.path("outside");
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("keep"), b"keep").unwrap();
-    std::os::unix::fs::symlink(&outside, rt.chroma.join("escape")).unwrap();
+    std::os::unix::fs::symlink(&outside, rt.chroma().join("escape")).unwrap();
     let fifo = Command::new("mkfifo")
-        .arg(rt.chroma.join("pipe"))
+        .arg(rt.chroma().join("pipe"))
         .status()
         .is_ok_and(|s| s.success());
-    let conn = rusqlite::Connection::open(rt.chroma.join("chroma.sqlite3")).unwrap();
+    let conn = rusqlite::Connection::open(rt.chroma().join("chroma.sqlite3")).unwrap();
     conn.execute_batch("CREATE TABLE junk(x); INSERT INTO junk VALUES (1), (2);")
         .unwrap();
     drop(conn);
@@ -137,10 +138,13 @@ fn round_trip_with_chroma_restores_the_tree_in_place() {
     let removed = if fifo { 6 } else { 5 };
     assert_eq!(r["chroma_files_removed"], removed, "{r}");
 
-    assert_eq!(ino(&rt.chroma), inode, "the Chroma dir itself is kept");
-    assert_same_tree!(tree_without(&rt.chroma, &["chroma.sqlite3"]), original);
-    assert_eq!(count(&rt.chroma.join("chroma.sqlite3"), "embeddings"), 2000);
-    assert!(!has_table(&rt.chroma.join("chroma.sqlite3"), "junk"));
+    assert_eq!(ino(&rt.chroma()), inode, "the Chroma dir itself is kept");
+    assert_same_tree!(tree_without(&rt.chroma(), &["chroma.sqlite3"]), original);
+    assert_eq!(
+        count(&rt.chroma().join("chroma.sqlite3"), "embeddings"),
+        2000
+    );
+    assert!(!has_table(&rt.chroma().join("chroma.sqlite3"), "junk"));
     assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
 
     // The pre-restore snapshot holds the damaged tree.
@@ -154,7 +158,7 @@ fn round_trip_with_chroma_restores_the_tree_in_place() {
 #[test]
 fn restoring_twice_gives_the_same_state_and_writes_nothing_the_second_time() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     std::fs::write(seg(&rt, "length.bin"), b"changed").unwrap();
     let first = rt.ok(&[
         "restore",
@@ -164,7 +168,7 @@ fn restoring_twice_gives_the_same_state_and_writes_nothing_the_second_time() {
     ]);
     assert!(first["chroma_files_written"].as_u64().unwrap() >= 1);
     let after_first = rt.restorable();
-    let inode = ino(&rt.chroma);
+    let inode = ino(&rt.chroma());
     let second = rt.ok(&[
         "restore",
         &s1,
@@ -175,14 +179,14 @@ fn restoring_twice_gives_the_same_state_and_writes_nothing_the_second_time() {
     assert_eq!(second["chroma_files_removed"], 0);
     assert_eq!(second["chroma_files_unchanged"], 6);
     assert_same_tree!(rt.restorable(), after_first);
-    assert_eq!(ino(&rt.chroma), inode);
-    assert_eq!(count(&rt.db, "memories"), FIXTURE_MEMORIES);
+    assert_eq!(ino(&rt.chroma()), inode);
+    assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
 }
 
 #[test]
 fn no_pre_snapshot_adds_no_snapshot() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     rt.insert_marker("x");
     let r = rt.ok(&[
         "restore",
@@ -192,20 +196,20 @@ fn no_pre_snapshot_adds_no_snapshot() {
     ]);
     assert!(r["pre_restore_snapshot"].is_null());
     assert_eq!(rt.stamps(), vec![s1]);
-    assert!(!has_marker(&rt.db, "x"));
+    assert!(!has_marker(&rt.db(), "x"));
 }
 
 #[test]
 fn stale_wal_and_shm_bytes_do_not_survive() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&[]);
+    let s1 = rt.create_stamp(&[]);
     let marker = b"STALE-SIDECAR-BYTES-0123456789";
     let mut stale = Vec::new();
     for _ in 0..200 {
         stale.extend_from_slice(marker);
     }
-    let wal = rt.path("rt/data/atocore.db-wal");
-    let shm = rt.path("rt/data/atocore.db-shm");
+    let wal = rt.path("runtime/data/atocore.db-wal");
+    let shm = rt.path("runtime/data/atocore.db-shm");
     std::fs::write(&wal, &stale).unwrap();
     std::fs::write(&shm, &stale).unwrap();
     let r = rt.ok(&[
@@ -218,21 +222,21 @@ fn stale_wal_and_shm_bytes_do_not_survive() {
     assert!(!wal.exists() || std::fs::read(&wal).unwrap().is_empty());
     assert!(!shm.exists());
     assert_eq!(
-        files_containing(&rt.path("rt"), marker),
+        files_containing(&rt.runtime, marker),
         Vec::<std::path::PathBuf>::new()
     );
-    assert_eq!(count(&rt.db, "memories"), FIXTURE_MEMORIES);
+    assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
 }
 
 #[test]
 fn a_real_wal_written_after_the_snapshot_is_not_replayed_onto_the_restored_db() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&[]);
+    let s1 = rt.create_stamp(&[]);
     // Commit the marker into the WAL, keep a copy of that WAL, let the
     // connection close (which checkpoints), then put the WAL back as a
     // stale sidecar.
-    let wal = rt.path("rt/data/atocore.db-wal");
-    let conn = rusqlite::Connection::open(&rt.db).unwrap();
+    let wal = rt.path("runtime/data/atocore.db-wal");
+    let conn = rusqlite::Connection::open(rt.db()).unwrap();
     conn.execute_batch("PRAGMA wal_autocheckpoint=0;").unwrap();
     conn.execute(
         "INSERT INTO memories(id, memory_type, content) VALUES ('in-wal', 'note', 'x')",
@@ -251,8 +255,8 @@ fn a_real_wal_written_after_the_snapshot_is_not_replayed_onto_the_restored_db() 
     ]);
     assert_eq!(r["restored_integrity_ok"], true);
     assert!(!wal.exists());
-    assert!(!has_marker(&rt.db, "in-wal"));
-    assert_eq!(count(&rt.db, "memories"), FIXTURE_MEMORIES);
+    assert!(!has_marker(&rt.db(), "in-wal"));
+    assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
 }
 
 fn wait_until_open(pid: u32, path: &std::path::Path) {
@@ -279,18 +283,20 @@ fn ino_of(m: &std::fs::Metadata) -> u64 {
 #[test]
 fn refuses_while_another_process_holds_the_db_open_naming_the_pid() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     rt.insert_marker("live");
     // A child with the db open (as its stdin), like a running service.
     let mut child = Command::new("sleep")
         .arg("600")
-        .stdin(std::fs::File::open(&rt.db).unwrap())
+        .stdin(std::fs::File::open(rt.db()).unwrap())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let pid = child.id();
-    wait_until_open(pid, &rt.db);
-    let (json, code, stderr) = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
+    wait_until_open(pid, &rt.db());
+    let Out {
+        json, code, stderr, ..
+    } = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(code, 1, "{json}");
@@ -299,7 +305,7 @@ fn refuses_while_another_process_holds_the_db_open_naming_the_pid() {
     assert!(msg.contains(&format!("pid {pid}")), "{msg}");
     assert!(msg.contains("sleep"), "{msg}");
     assert!(stderr.contains(&format!("pid {pid}")));
-    assert!(has_marker(&rt.db, "live"), "nothing was restored");
+    assert!(has_marker(&rt.db(), "live"), "nothing was restored");
     assert_eq!(
         rt.stamps().len(),
         1,
@@ -307,15 +313,19 @@ fn refuses_while_another_process_holds_the_db_open_naming_the_pid() {
     );
 
     // A Chroma file held open counts too when Chroma is restored.
-    let held = rt.chroma.join("chroma.sqlite3");
+    let held = rt.chroma().join("chroma.sqlite3");
     let mut child = Command::new("sleep")
         .arg("600")
         .stdin(std::fs::File::open(&held).unwrap())
         .spawn()
         .unwrap();
     wait_until_open(child.id(), &held);
-    let (json, code, _) = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
-    let (json2, code2, _) = rt.run(&[
+    let Out { json, code, .. } = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
+    let Out {
+        json: json2,
+        code: code2,
+        ..
+    } = rt.run(&[
         "restore",
         &s1,
         "--confirm-service-stopped",
@@ -327,7 +337,7 @@ fn refuses_while_another_process_holds_the_db_open_naming_the_pid() {
     assert_eq!(code, 1, "{json}");
     assert_eq!(json["error"]["code"], "db_in_use");
     assert_eq!(code2, 0, "Chroma not restored, so not in the way: {json2}");
-    assert!(!has_marker(&rt.db, "live"));
+    assert!(!has_marker(&rt.db(), "live"));
 }
 
 #[test]
@@ -338,11 +348,11 @@ fn python_sqlite_connection_blocks_the_restore() {
         return;
     };
     let rt = Rt::fixture();
-    let s1 = rt.create(&[]);
+    let s1 = rt.create_stamp(&[]);
     let mut child = Command::new("python3")
         .arg("-c")
         .arg("import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1]); c.execute('select count(*) from memories').fetchall(); print('ready', flush=True); time.sleep(600)")
-        .arg(&rt.db)
+        .arg(rt.db())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -353,7 +363,7 @@ fn python_sqlite_connection_blocks_the_restore() {
     )
     .unwrap();
     assert_eq!(line.trim(), "ready");
-    let (json, code, _) = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
+    let Out { json, code, .. } = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
     let pid = child.id();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -369,7 +379,7 @@ fn python_sqlite_connection_blocks_the_restore() {
 #[test]
 fn restore_to_a_folder_needs_no_confirmation_and_leaves_live_data_alone() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     rt.insert_marker("live-only");
     let out = rt.path("drill-target");
     let r = rt.ok(&["restore", &s1, "--to", out.to_str().unwrap()]);
@@ -383,19 +393,19 @@ fn restore_to_a_folder_needs_no_confirmation_and_leaves_live_data_alone() {
     assert!(out.join("project-registry.json").is_file());
     assert_eq!(
         std::fs::read(out.join("project-registry.json")).unwrap(),
-        std::fs::read(&rt.registry).unwrap()
+        std::fs::read(rt.registry()).unwrap()
     );
     assert_same_tree!(
         tree_without(&out.join("chroma"), &["chroma.sqlite3"]),
-        tree_without(&rt.chroma, &["chroma.sqlite3"])
+        tree_without(&rt.chroma(), &["chroma.sqlite3"])
     );
     assert!(!has_marker(&out.join("atocore.db"), "live-only"));
-    assert!(has_marker(&rt.db, "live-only"), "live db untouched");
+    assert!(has_marker(&rt.db(), "live-only"), "live db untouched");
     assert_eq!(rt.stamps(), vec![s1.clone()]);
     // --to a file is refused.
     let file = rt.path("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let (json, code, _) = rt.run(&["restore", &s1, "--to", file.to_str().unwrap()]);
+    let Out { json, code, .. } = rt.run(&["restore", &s1, "--to", file.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert_eq!(json["error"]["code"], "target_invalid");
 }
@@ -403,12 +413,13 @@ fn restore_to_a_folder_needs_no_confirmation_and_leaves_live_data_alone() {
 #[test]
 fn chroma_flags() {
     let rt = Rt::fixture();
-    let without = rt.create(&[]);
+    let without = rt.create_stamp(&[]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let with = rt.create(&["--chroma"]);
-    std::fs::write(rt.chroma.join("junk"), b"junk").unwrap();
+    let with = rt.create_stamp(&["--chroma"]);
+    std::fs::write(rt.chroma().join("junk"), b"junk").unwrap();
 
-    let (json, code, _) = rt.run(&["restore", &without, "--confirm-service-stopped", "--chroma"]);
+    let Out { json, code, .. } =
+        rt.run(&["restore", &without, "--confirm-service-stopped", "--chroma"]);
     assert_eq!(code, 1);
     assert_eq!(json["error"]["code"], "chroma_not_in_snapshot");
 
@@ -421,7 +432,7 @@ fn chroma_flags() {
     ]);
     assert_eq!(r["chroma_restored"], false);
     assert!(
-        rt.chroma.join("junk").exists(),
+        rt.chroma().join("junk").exists(),
         "--no-chroma leaves it alone"
     );
 
@@ -433,37 +444,37 @@ fn chroma_flags() {
         "--no-pre-snapshot",
     ]);
     assert_eq!(r["chroma_restored"], true);
-    assert!(!rt.chroma.join("junk").exists());
+    assert!(!rt.chroma().join("junk").exists());
 
-    let (json, code, _) = rt.run(&["restore", &with, "--chroma", "--no-chroma"]);
+    let Out { json, code, .. } = rt.run(&["restore", &with, "--chroma", "--no-chroma"]);
     assert_eq!(code, 2, "{json}");
 }
 
 #[test]
 fn bad_stamps_and_missing_stores_get_clear_errors() {
     let rt = Rt::fixture();
-    let (json, code, _) = rt.run(&["restore", "../x", "--confirm-service-stopped"]);
+    let Out { json, code, .. } = rt.run(&["restore", "../x", "--confirm-service-stopped"]);
     assert_eq!(
         (code, json["error"]["code"].as_str()),
         (1, Some("store_missing"))
     );
-    rt.create(&[]);
+    rt.create_stamp(&[]);
     for (stamp, want) in [
         ("../x", "invalid_stamp"),
         ("", "invalid_stamp"),
         ("20200101T000000Z", "snapshot_missing"),
     ] {
-        let (json, code, _) = rt.run(&["restore", stamp, "--confirm-service-stopped"]);
+        let Out { json, code, .. } = rt.run(&["restore", stamp, "--confirm-service-stopped"]);
         assert_eq!(code, 1, "{stamp:?}: {json}");
         assert_eq!(json["error"]["code"], want, "{stamp:?}");
     }
-    assert_eq!(count(&rt.db, "memories"), FIXTURE_MEMORIES);
+    assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
 }
 
 #[test]
 fn a_restore_killed_at_any_step_converges_when_run_again() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     // The reference: what a clean restore of s1 leaves.
     rt.ok(&[
         "restore",
@@ -487,10 +498,10 @@ fn a_restore_killed_at_any_step_converges_when_run_again() {
         let mut bytes = std::fs::read(&data).unwrap();
         bytes[0] ^= 0xff;
         std::fs::write(&data, bytes).unwrap();
-        std::fs::create_dir_all(rt.chroma.join("junk")).unwrap();
-        std::fs::write(rt.chroma.join("junk/f"), b"x").unwrap();
+        std::fs::create_dir_all(rt.chroma().join("junk")).unwrap();
+        std::fs::write(rt.chroma().join("junk/f"), b"x").unwrap();
 
-        let (_, code, stderr) = rt.run_env(
+        let Out { code, stderr, .. } = rt.run_env(
             &["restore", &s1, "--confirm-service-stopped"],
             &[("ATOSNAP_FAILPOINT", point)],
         );
@@ -502,10 +513,10 @@ fn a_restore_killed_at_any_step_converges_when_run_again() {
             "--no-pre-snapshot",
         ]);
         assert_same_tree!(rt.restorable(), want, "after a kill at {point}");
-        let leftovers = files_named(&rt.path("rt"), ".atosnap-restore-");
+        let leftovers = files_named(&rt.runtime, ".atosnap-restore-");
         assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
-        assert!(!has_marker(&rt.db, "killed"), "{point}");
-        assert_eq!(count(&rt.db, "memories"), FIXTURE_MEMORIES);
+        assert!(!has_marker(&rt.db(), "killed"), "{point}");
+        assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
     }
     rt.ok(&["verify"]);
 }
@@ -515,9 +526,9 @@ fn a_chroma_dir_that_is_a_symlink_is_restored_through_it_and_stays_a_symlink() {
     let rt = Rt::fixture();
     // Move the real tree elsewhere and point the configured path at it.
     let real = rt.path("real-chroma");
-    std::fs::rename(&rt.chroma, &real).unwrap();
-    std::os::unix::fs::symlink(&real, &rt.chroma).unwrap();
-    let s1 = rt.create(&["--chroma"]);
+    std::fs::rename(rt.chroma(), &real).unwrap();
+    std::os::unix::fs::symlink(&real, rt.chroma()).unwrap();
+    let s1 = rt.create_stamp(&["--chroma"]);
     let want = tree_without(&real, &["chroma.sqlite3"]);
     // The snapshot records the real folder's mode and mtime, never the
     // link's 0777, and restore applies them to the real folder.
@@ -531,7 +542,7 @@ fn a_chroma_dir_that_is_a_symlink_is_restored_through_it_and_stays_a_symlink() {
         "--no-pre-snapshot",
     ]);
     assert_eq!(r["chroma_files_removed"], 1);
-    assert!(std::fs::symlink_metadata(&rt.chroma)
+    assert!(std::fs::symlink_metadata(rt.chroma())
         .unwrap()
         .file_type()
         .is_symlink());
@@ -548,9 +559,9 @@ fn a_chroma_dir_that_is_a_symlink_is_restored_through_it_and_stays_a_symlink() {
 #[test]
 fn a_killed_restores_temp_files_are_not_captured_by_the_safety_snapshot() {
     let rt = Rt::fixture();
-    let s1 = rt.create(&["--chroma"]);
+    let s1 = rt.create_stamp(&["--chroma"]);
     // pid 4194304 is above Linux's pid_max: never a live process.
-    let stale = rt.chroma.join(".atosnap-restore-4194304-1.tmp");
+    let stale = rt.chroma().join(".atosnap-restore-4194304-1.tmp");
     std::fs::write(&stale, b"half-written").unwrap();
     let r = rt.ok(&["restore", &s1, "--confirm-service-stopped"]);
     let pre = r["pre_restore_snapshot"].as_str().unwrap().to_string();

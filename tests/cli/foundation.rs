@@ -1,9 +1,9 @@
 //! Black-box tests of the foundation (issue 2): create, list, validate and
 //! the CLI contract of SPEC §1-§4, run through the `atosnap` binary.
 
-mod harness;
-
-use harness::{flip_bit, is_root, open_up, run_cmd, strings, truncate, unprivileged, Env};
+use crate::support::{
+    self, flip_bit, is_root, open_up, run_cmd, strings, truncate, unprivileged, Runtime as Env,
+};
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -146,7 +146,7 @@ fn one_percent_change_of_the_db_stores_a_small_fraction() {
 
 // ---- validate on a damaged store ------------------------------------------------
 
-fn validate(env: &Env, stamp: &str) -> harness::Out {
+fn validate(env: &Env, stamp: &str) -> support::Out {
     env.run(&["validate", stamp])
 }
 
@@ -582,7 +582,7 @@ fn special_files_are_skipped_with_a_warning() {
 fn sqlite_in_chroma_is_captured_through_the_backup_api_without_sidecars() {
     let env = Env::tiny();
     let path = env.chroma().join("extra.sqlite3");
-    harness::make_db(&path, 50, true);
+    support::make_db(&path, 50, true);
     // Rows that live only in the WAL while this connection stays open.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch("PRAGMA wal_autocheckpoint=0;").unwrap();
@@ -694,7 +694,7 @@ fn changed_file_is_captured_fresh_on_the_next_create() {
     let env = Env::tiny();
     let first = env.create(&["--chroma"]);
     let path = env.chroma().join("seg/index_metadata.pickle");
-    fs::write(&path, harness::pseudo_random(99, 12_345)).unwrap();
+    fs::write(&path, support::pseudo_random(99, 12_345)).unwrap();
     let second = env.create(&["--chroma"]);
     assert_eq!(second["validated"], true);
     let m = env.manifest(second["stamp"].as_str().unwrap());
@@ -708,7 +708,7 @@ fn changed_file_is_captured_fresh_on_the_next_create() {
     let index = store.load_index().unwrap();
     let mut bytes = Vec::new();
     atosnap::extract::write_file(&store, &index, entry, &mut bytes, |_| {}).unwrap();
-    assert_eq!(bytes, harness::pseudo_random(99, 12_345));
+    assert_eq!(bytes, support::pseudo_random(99, 12_345));
     assert_ne!(first["stamp"], second["stamp"]);
 }
 
@@ -795,7 +795,7 @@ fn non_utf8_names_are_captured_as_bytes() {
     use std::os::unix::ffi::OsStrExt;
     let env = Env::tiny();
     let name = std::ffi::OsStr::from_bytes(b"seg/\xff\xfe-odd.pickle");
-    fs::write(env.chroma().join(name), harness::pseudo_random(7, 5000)).unwrap();
+    fs::write(env.chroma().join(name), support::pseudo_random(7, 5000)).unwrap();
     let r = env.create(&["--chroma"]);
     assert_eq!(r["validated"], true, "{r}");
     assert_eq!(r["chroma_snapshot_files"], 4);

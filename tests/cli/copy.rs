@@ -4,9 +4,7 @@
 //! schemes and keys, damage at the source never propagated, and
 //! convergence after a copy killed at any point.
 
-mod harness;
-
-use harness::{flip_bit, run_cmd, strings, Env, Out};
+use crate::support::{flip_bit, run_cmd, strings, Out, Runtime as Env};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
