@@ -5,9 +5,8 @@
 //! of the file; without it, a snapshot may flag the file as changed during
 //! the read, but a torn copy is never reported good.
 
-mod http_common;
-
-use http_common::*;
+use crate::support::http::*;
+use crate::support::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -54,8 +53,8 @@ impl Writer {
         }
         let target = rt.chroma().join(FILE);
         std::fs::write(&target, vec![0u8; FILE_SIZE]).unwrap();
-        let stop = rt.root().join("writer.stop");
-        let count = rt.root().join("writer.count");
+        let stop = rt.path("writer.stop");
+        let count = rt.path("writer.count");
         let child = Command::new("python3")
             .args(["-c", WRITER])
             .arg(lock)
@@ -110,7 +109,9 @@ fn snapshots(rt: &Runtime, lock: Option<&Path>, n: usize) -> Vec<serde_json::Val
                 args.push(l.display().to_string());
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (code, doc) = rt.cli(&args);
+            let Out {
+                code, json: doc, ..
+            } = rt.run(&args);
             assert_eq!(code, 0, "{doc}");
             doc
         })
@@ -119,8 +120,8 @@ fn snapshots(rt: &Runtime, lock: Option<&Path>, n: usize) -> Vec<serde_json::Val
 
 #[test]
 fn with_the_lock_every_snapshot_is_whole_and_valid() {
-    let rt = Runtime::new();
-    let lock = rt.root().join("ingestion.lock");
+    let rt = Runtime::synthetic();
+    let lock = rt.path("ingestion.lock");
     let Some(writer) = Writer::start(&rt, &lock) else {
         return;
     };
@@ -139,15 +140,17 @@ fn with_the_lock_every_snapshot_is_whole_and_valid() {
             1,
             "{stamp}: torn copy with versions {values:?}"
         );
-        let (code, report) = rt.cli(&["validate", stamp]);
+        let Out {
+            code, json: report, ..
+        } = rt.run(&["validate", stamp]);
         assert_eq!(code, 0, "{report}");
     }
 }
 
 #[test]
 fn without_the_lock_a_torn_copy_is_never_reported_good() {
-    let rt = Runtime::new();
-    let lock = rt.root().join("ingestion.lock");
+    let rt = Runtime::synthetic();
+    let lock = rt.path("ingestion.lock");
     let Some(writer) = Writer::start(&rt, &lock) else {
         return;
     };

@@ -8,9 +8,8 @@
 //! lock shared (as a service writer would): the create waits for its
 //! exclusive lock before reading Chroma.
 
-mod http_common;
-
-use http_common::*;
+use crate::support::http::*;
+use crate::support::*;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -26,7 +25,7 @@ fn without(mut v: Value, keys: &[&str]) -> Value {
 
 #[test]
 fn routes_answer_with_the_cli_json() {
-    let rt = Runtime::new();
+    let rt = Runtime::synthetic();
     let server = rt.start(&[]);
 
     let r = server.post(
@@ -64,7 +63,11 @@ fn routes_answer_with_the_cli_json() {
     // list: the CLI's document.
     let r = server.get("/admin/backup");
     assert_eq!(r.status, 200);
-    let (code, cli_list) = rt.cli(&["list"]);
+    let Out {
+        code,
+        json: cli_list,
+        ..
+    } = rt.run(&["list"]);
     assert_eq!(code, 0);
     assert_eq!(r.json(), cli_list);
     assert_eq!(cli_list["snapshots"].as_array().unwrap().len(), 2);
@@ -72,7 +75,11 @@ fn routes_answer_with_the_cli_json() {
     // validate: the CLI's document (timing aside).
     let r = server.get(&format!("/admin/backup/{stamp}/validate"));
     assert_eq!(r.status, 200, "{}", r.text());
-    let (code, cli_validate) = rt.cli(&["validate", &stamp]);
+    let Out {
+        code,
+        json: cli_validate,
+        ..
+    } = rt.run(&["validate", &stamp]);
     assert_eq!(code, 0);
     assert_eq!(
         without(r.json(), &["duration_ms"]),
@@ -83,7 +90,11 @@ fn routes_answer_with_the_cli_json() {
     // verify, whole store and one snapshot.
     let r = server.post("/admin/verify", "");
     assert_eq!(r.status, 200, "{}", r.text());
-    let (code, cli_verify) = rt.cli(&["verify"]);
+    let Out {
+        code,
+        json: cli_verify,
+        ..
+    } = rt.run(&["verify"]);
     assert_eq!(code, 0);
     assert_eq!(
         without(r.json(), &["duration_ms"]),
@@ -128,8 +139,8 @@ fn routes_answer_with_the_cli_json() {
 
 #[test]
 fn errors_have_their_status_and_code() {
-    let rt = Runtime::new();
-    rt.cli(&["create"]);
+    let rt = Runtime::synthetic();
+    rt.run(&["create"]);
     let server = rt.start(&[]);
 
     // 400: malformed stamps, bodies, fields.
@@ -187,7 +198,10 @@ fn errors_have_their_status_and_code() {
     let huge = vec![b' '; 300 * 1024];
     request(server.addr, "POST", "/admin/backup", &[], &huge).assert_error(413, "body_too_large");
     assert_eq!(
-        rt.cli(&["list"]).1["snapshots"].as_array().unwrap().len(),
+        rt.run(&["list"]).json["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
         1
     );
 
@@ -223,8 +237,8 @@ fn errors_have_their_status_and_code() {
 
 #[test]
 fn internal_errors_are_500_with_the_library_code_and_logged() {
-    let rt = Runtime::new();
-    let mut c = rt.cmd_with_db(std::path::Path::new("/nonexistent/atocore.db"));
+    let rt = Runtime::synthetic();
+    let mut c = rt.command_with_db(std::path::Path::new("/nonexistent/atocore.db"));
     c.args(["serve", "--listen", "127.0.0.1:0"]);
     let server = Server::spawn(c);
     server
@@ -245,9 +259,9 @@ fn internal_errors_are_500_with_the_library_code_and_logged() {
 
 #[test]
 fn a_locked_store_answers_409_naming_the_holder() {
-    let rt = Runtime::new();
-    rt.cli(&["create"]);
-    let stamp = rt.cli(&["list"]).1["snapshots"][0]["stamp"]
+    let rt = Runtime::synthetic();
+    rt.run(&["create"]);
+    let stamp = rt.run(&["list"]).json["snapshots"][0]["stamp"]
         .as_str()
         .unwrap()
         .to_string();
@@ -281,13 +295,13 @@ fn a_locked_store_answers_409_naming_the_holder() {
 
 #[test]
 fn the_token_is_required_off_loopback_and_checked() {
-    let rt = Runtime::new();
-    rt.cli(&["create"]);
+    let rt = Runtime::synthetic();
+    rt.run(&["create"]);
     let secret = "s3cret-token-0123456789abcdef";
 
     // No token on a non-loopback address: refused, exit 1.
     let out = rt
-        .cmd()
+        .loud_command()
         .args(["serve", "--listen", "0.0.0.0:0"])
         .output()
         .unwrap();
@@ -296,26 +310,26 @@ fn the_token_is_required_off_loopback_and_checked() {
     assert_eq!(doc["error"]["code"], "serve_refused");
     // The token is never a flag value.
     let out = rt
-        .cmd()
+        .loud_command()
         .args(["serve", "--token", secret])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     // A short token is refused.
-    let short = rt.root().join("short-token");
+    let short = rt.path("short-token");
     std::fs::write(&short, "abc\n").unwrap();
     let out = rt
-        .cmd()
+        .loud_command()
         .args(["serve", "--listen", "127.0.0.1:0", "--token-file"])
         .arg(&short)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 
-    let token_file = rt.root().join("token");
+    let token_file = rt.path("token");
     std::fs::write(&token_file, format!("{secret}\n")).unwrap();
     // Off loopback with the token (file from the environment).
-    let mut c = rt.cmd();
+    let mut c = rt.loud_command();
     c.args(["serve", "--listen", "0.0.0.0:0"])
         .env("ATOSNAP_TOKEN_FILE", &token_file);
     let mut server = Server::spawn(c);
@@ -357,7 +371,7 @@ fn the_token_is_required_off_loopback_and_checked() {
         b"",
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json(), rt.cli(&["list"]).1);
+    assert_eq!(r.json(), rt.run(&["list"]).json);
     let r = request(
         server.addr,
         "POST",
@@ -380,8 +394,8 @@ fn the_token_is_required_off_loopback_and_checked() {
 
 #[test]
 fn two_concurrent_creates_both_land_or_one_is_refused_and_the_store_stays_sound() {
-    let rt = Runtime::new();
-    rt.cli(&["create"]);
+    let rt = Runtime::synthetic();
+    rt.run(&["create"]);
     let server = rt.start(&["--lock-wait", "120"]);
     let addr = server.addr;
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
@@ -415,19 +429,23 @@ fn two_concurrent_creates_both_land_or_one_is_refused_and_the_store_stays_sound(
     let ok = responses.iter().filter(|r| r.status == 200).count();
     assert!(ok >= 1);
     assert_eq!(stamps.len(), ok, "two creates got the same stamp");
-    let (code, list) = rt.cli(&["list"]);
+    let Out {
+        code, json: list, ..
+    } = rt.run(&["list"]);
     assert_eq!(code, 0);
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 1 + ok);
     assert!(list["unparseable"].as_array().unwrap().is_empty());
-    let (code, report) = rt.cli(&["verify"]);
+    let Out {
+        code, json: report, ..
+    } = rt.run(&["verify"]);
     assert_eq!(code, 0, "{report}");
 }
 
 #[test]
 fn gets_answer_while_a_create_runs_and_list_never_shows_it_half_done() {
-    let rt = Runtime::new();
-    rt.cli(&["create"]);
-    let lock_path = rt.root().join("ingestion.lock");
+    let rt = Runtime::synthetic();
+    rt.run(&["create"]);
+    let lock_path = rt.path("ingestion.lock");
     let writer = hold_shared(&lock_path);
     let lock_arg = lock_path.display().to_string();
     let server = rt.start(&["--lock-wait", "300", "--ingestion-lock", &lock_arg]);
@@ -474,8 +492,8 @@ fn gets_answer_while_a_create_runs_and_list_never_shows_it_half_done() {
 
 #[test]
 fn sigterm_during_a_create_lets_it_finish_then_exits_0() {
-    let rt = Runtime::new();
-    let lock_path = rt.root().join("ingestion.lock");
+    let rt = Runtime::synthetic();
+    let lock_path = rt.path("ingestion.lock");
     let writer = hold_shared(&lock_path);
     let lock_arg = lock_path.display().to_string();
     let mut server = rt.start(&["--lock-wait", "300", "--ingestion-lock", &lock_arg]);
@@ -509,24 +527,26 @@ fn sigterm_during_a_create_lets_it_finish_then_exits_0() {
     assert_eq!(code, Some(0), "{out}");
     let summary: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["stopped_by"], "SIGTERM");
-    let (code, report) = rt.cli(&["verify"]);
+    let Out {
+        code, json: report, ..
+    } = rt.run(&["verify"]);
     assert_eq!(code, 0, "{report}");
-    let list = rt.cli(&["list"]).1;
+    let list = rt.run(&["list"]).json;
     assert_eq!(list["snapshots"][0]["stamp"], stamp.as_str());
     assert_eq!(list["snapshots"][0]["tags"], serde_json::json!(["last"]));
 }
 
 #[test]
 fn sigkill_during_a_create_leaves_no_partial_snapshot() {
-    let rt = Runtime::new();
-    rt.cli(&["create"]);
-    let lock_path = rt.root().join("ingestion.lock");
+    let rt = Runtime::synthetic();
+    rt.run(&["create"]);
+    let lock_path = rt.path("ingestion.lock");
     let writer = hold_shared(&lock_path);
     let lock_arg = lock_path.display().to_string();
     let server = rt.start(&["--lock-wait", "300", "--ingestion-lock", &lock_arg]);
     let addr = server.addr;
     let create = std::thread::spawn(move || {
-        http_common::try_request(
+        try_request(
             addr,
             "POST",
             "/admin/backup",
@@ -543,14 +563,22 @@ fn sigkill_during_a_create_leaves_no_partial_snapshot() {
     let answered = create.join().unwrap();
     assert!(answered.is_err() || answered.is_ok_and(|r| r.status != 200));
     drop(writer);
-    let (code, list) = rt.cli(&["list"]);
+    let Out {
+        code, json: list, ..
+    } = rt.run(&["list"]);
     assert_eq!(code, 0);
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 1);
     assert!(list["unparseable"].as_array().unwrap().is_empty());
-    let (code, report) = rt.cli(&["verify"]);
+    let Out {
+        code, json: report, ..
+    } = rt.run(&["verify"]);
     assert_eq!(code, 0, "{report}");
     // The next create works and cleans up.
-    let (code, created) = rt.cli(&["create", "--chroma"]);
+    let Out {
+        code,
+        json: created,
+        ..
+    } = rt.run(&["create", "--chroma"]);
     assert_eq!(code, 0, "{created}");
 }
 
@@ -608,8 +636,8 @@ fn store_bytes(store: &std::path::Path) -> u64 {
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_match_list() {
-    let rt = Runtime::new();
-    let (code, _) = rt.cli(&["create", "--at", "2026-04-01T12:00:00Z"]);
+    let rt = Runtime::synthetic();
+    let Out { code, .. } = rt.run(&["create", "--at", "2026-04-01T12:00:00Z"]);
     assert_eq!(code, 0);
     let server = rt.start(&[]);
     let before = parse_exposition(&server.get("/metrics").text());
@@ -623,7 +651,7 @@ fn metrics_parse_as_prometheus_text_and_match_list() {
         assert_eq!(server.post("/admin/backup", body).status, 200);
     }
     assert_eq!(server.post("/admin/verify", "").status, 200);
-    let first = rt.cli(&["list"]).1["snapshots"][0]["stamp"]
+    let first = rt.run(&["list"]).json["snapshots"][0]["stamp"]
         .as_str()
         .unwrap()
         .to_string();
@@ -634,7 +662,7 @@ fn metrics_parse_as_prometheus_text_and_match_list() {
         200
     );
     let m = parse_exposition(&server.get("/metrics").text());
-    let list = rt.cli(&["list"]).1;
+    let list = rt.run(&["list"]).json;
     let snaps = list["snapshots"].as_array().unwrap();
     assert_eq!(m["atosnap_store_up"], 1.0);
     assert_eq!(m["atosnap_snapshots"], snaps.len() as f64);
@@ -670,15 +698,15 @@ fn metrics_parse_as_prometheus_text_and_match_list() {
 
 #[test]
 fn an_encrypted_store_is_served_with_its_password_and_refused_without() {
-    let rt = Runtime::new();
-    let pw = rt.root().join("password");
+    let rt = Runtime::synthetic();
+    let pw = rt.path("password");
     std::fs::write(&pw, "correct horse battery\n").unwrap();
     let cheap = |c: &mut std::process::Command| {
         c.env("ATOSNAP_KDF_PARAMS", "m=64,t=1,p=1")
             .env_remove("ATOSNAP_PASSWORD")
             .env_remove("ATOSNAP_PASSWORD_FILE");
     };
-    let mut init = rt.cmd();
+    let mut init = rt.loud_command();
     cheap(&mut init);
     let out = init
         .arg("--password-file")
@@ -694,7 +722,7 @@ fn an_encrypted_store_is_served_with_its_password_and_refused_without() {
     );
 
     // Without the password: refused at start, not on every request.
-    let mut c = rt.cmd();
+    let mut c = rt.loud_command();
     cheap(&mut c);
     let out = c
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -704,7 +732,7 @@ fn an_encrypted_store_is_served_with_its_password_and_refused_without() {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["error"]["code"], "password_required", "{doc}");
 
-    let mut c = rt.cmd();
+    let mut c = rt.loud_command();
     cheap(&mut c);
     c.arg("--password-file")
         .arg(&pw)
