@@ -8,9 +8,8 @@
 //!    in another kind) yields exactly the snapshot, keeps the directory's
 //!    inode, never writes through a symlink, and a second run writes nothing.
 
-mod common;
+use crate::support::*;
 
-use common::*;
 use proptest::prelude::*;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -3,7 +3,7 @@
 //! its size and whichever chunking its name selects (fixed blocks for
 //! `*.bin`, FastCDC otherwise).
 
-mod harness;
+use crate::support;
 
 use proptest::prelude::*;
 use std::fs;
@@ -16,7 +16,7 @@ use atosnap::stamp::Stamp;
 use atosnap::store::Store;
 
 fn round_trip(files: &[(String, Vec<u8>)]) -> Result<(), TestCaseError> {
-    let env = harness::Env::tiny();
+    let env = support::Runtime::tiny();
     for (name, bytes) in files {
         fs::write(env.chroma().join(name), bytes).unwrap();
     }

@@ -3,9 +3,7 @@
 //! replaced are re-checked (bytes changed since the plan come from the
 //! store instead).
 
-mod common;
-
-use common::*;
+use crate::support::Runtime as Rt;
 use std::time::Duration;
 
 use atosnap::create::{self, CreateOptions};
@@ -21,9 +19,9 @@ fn snapshot(rt: &Rt) -> (Store, String) {
     let r = create::create(
         &store,
         &CreateOptions {
-            db: rt.db.clone(),
-            registry: rt.registry.clone(),
-            chroma: Some(rt.chroma.clone()),
+            db: rt.db(),
+            registry: rt.registry(),
+            chroma: Some(rt.chroma()),
             tags: vec![],
             at: None,
             lock_wait: Duration::from_secs(10),
@@ -37,9 +35,9 @@ fn snapshot(rt: &Rt) -> (Store, String) {
 
 fn live_targets(rt: &Rt) -> Targets {
     Targets {
-        db: rt.db.clone(),
-        registry: rt.registry.clone(),
-        chroma: rt.chroma.clone(),
+        db: rt.db(),
+        registry: rt.registry(),
+        chroma: rt.chroma(),
         live: true,
     }
 }
@@ -49,11 +47,11 @@ fn the_plan_names_what_differs_and_what_can_be_reused() {
     let rt = Rt::fixture();
     let (store, stamp) = snapshot(&rt);
     let manifest = store.read_manifest(&Stamp::parse(&stamp).unwrap()).unwrap();
-    let data = rt.chroma.join(SEGMENT).join("data_level0.bin");
+    let data = rt.chroma().join(SEGMENT).join("data_level0.bin");
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[4096 * 10 + 7] ^= 1;
     std::fs::write(&data, &bytes).unwrap();
-    std::fs::write(rt.chroma.join("extra"), b"x").unwrap();
+    std::fs::write(rt.chroma().join("extra"), b"x").unwrap();
 
     let plan = restore::plan(&store, &manifest, &live_targets(&rt), true).unwrap();
     let chroma = plan.chroma.as_ref().unwrap();
@@ -86,7 +84,7 @@ fn reused_bytes_that_changed_after_the_plan_come_from_the_store() {
     let rt = Rt::fixture();
     let (store, stamp) = snapshot(&rt);
     let manifest = store.read_manifest(&Stamp::parse(&stamp).unwrap()).unwrap();
-    let data = rt.chroma.join(SEGMENT).join("data_level0.bin");
+    let data = rt.chroma().join(SEGMENT).join("data_level0.bin");
     let original = std::fs::read(&data).unwrap();
     let mut bytes = original.clone();
     bytes[0] ^= 1;
