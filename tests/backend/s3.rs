@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use atosnap::store::backend::Backend;
 use atosnap::store::s3::{S3Backend, S3Location};
 
+use crate::support::s3::bucket;
+
 fn test_location(test: &str) -> Option<S3Location> {
-    let Ok(bucket) = std::env::var("ATOSNAP_TEST_S3_BUCKET") else {
-        eprintln!("skipped: no S3 test server (scripts/garage.sh run cargo test)");
-        return None;
-    };
+    let bucket = bucket()?;
     let r: u64 = rand::random();
     Some(S3Location {
         bucket,
