@@ -1,9 +1,9 @@
 //! Every command on an `s3://` store, against a real Garage server (see
-//! tests/s3_common). Skipped without `ATOSNAP_TEST_S3_BUCKET`.
+//! tests/support/s3.rs). Skipped without `ATOSNAP_TEST_S3_BUCKET`.
 
-mod s3_common;
-
-use s3_common::*;
+use crate::support::s3::*;
+use crate::support::Runtime as Rt;
+use crate::support::*;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -107,20 +107,30 @@ fn an_encrypted_store_on_a_bucket_round_trips() {
         ("ATOSNAP_CACHE_DIR", cache.as_str()),
         ("ATOSNAP_KDF_PARAMS", "m=64,t=1,p=1"),
     ];
-    let (j, code, err) = s.rt.run_env(
+    let Out {
+        json: j,
+        code,
+        stderr: err,
+        ..
+    } = s.rt.run_env(
         &["--password-file", &pw, "init", "--encryption", "repokey"],
         &env,
     );
     assert_eq!(code, 0, "{j}\n{err}");
-    let (j, code, err) =
+    let Out {
+        json: j,
+        code,
+        stderr: err,
+        ..
+    } =
         s.rt.run_env(&["--password-file", &pw, "create", "--chroma"], &env);
     assert_eq!(code, 0, "{j}\n{err}");
     let stamp = j["stamp"].as_str().unwrap().to_string();
-    let (j, code, _) =
+    let Out { json: j, code, .. } =
         s.rt.run_env(&["--password-file", &pw, "validate", &stamp], &env);
     assert_eq!((code, &j["valid"]), (0, &serde_json::json!(true)), "{j}");
     // Without the password: refused before any work.
-    let (j, code, _) = s.rt.run_env(&["list"], &env);
+    let Out { json: j, code, .. } = s.rt.run_env(&["list"], &env);
     assert_eq!(code, 1);
     assert_eq!(j["error"]["code"], "password_required");
 
@@ -128,7 +138,12 @@ fn an_encrypted_store_on_a_bucket_round_trips() {
     let new_pw = s.rt.path("new-pw");
     std::fs::write(&new_pw, "a new and better password").unwrap();
     let new_pw = new_pw.to_str().unwrap().to_string();
-    let (j, code, err) = s.rt.run_env(
+    let Out {
+        json: j,
+        code,
+        stderr: err,
+        ..
+    } = s.rt.run_env(
         &[
             "--password-file",
             &pw,
@@ -140,12 +155,12 @@ fn an_encrypted_store_on_a_bucket_round_trips() {
         &env,
     );
     assert_eq!(code, 0, "{j}\n{err}");
-    let (j, code, _) = s.rt.run_env(&["--password-file", &pw, "list"], &env);
+    let Out { json: j, code, .. } = s.rt.run_env(&["--password-file", &pw, "list"], &env);
     assert_eq!(
         (code, &j["error"]["code"]),
         (1, &serde_json::json!("wrong_password"))
     );
-    let (j, code, _) =
+    let Out { json: j, code, .. } =
         s.rt.run_env(&["--password-file", &new_pw, "validate", &stamp], &env);
     assert_eq!((code, &j["valid"]), (0, &serde_json::json!(true)), "{j}");
 }
@@ -220,7 +235,7 @@ fn a_flipped_byte_in_the_bucket_is_found_by_verify_and_named() {
     bytes[mid] ^= 0x01;
     backend.replace(&victim.name, &bytes).unwrap();
 
-    let (v, code, _) = s.run(&["verify"]);
+    let Out { json: v, code, .. } = s.run(&["verify"]);
     assert_eq!(code, 3, "{v}");
     assert_eq!(v["ok"], false);
     let damaged = v["damaged_objects"].to_string();
@@ -229,12 +244,14 @@ fn a_flipped_byte_in_the_bucket_is_found_by_verify_and_named() {
     assert_eq!(v["snapshots"][&stamp]["ok"], false, "{v}");
     // validate, the gate of a restore, catches it too (if the flipped
     // byte lies in a referenced chunk, which the middle of a pack does).
-    let (val, code, _) = s.run(&["validate", &stamp]);
+    let Out {
+        json: val, code, ..
+    } = s.run(&["validate", &stamp]);
     assert_eq!(code, 3, "{val}");
 
     // Repair moves the pack into quarantine/ in the bucket (never deletes
     // it) and keeps its intact chunks; the next create heals the rest.
-    let (r, code, _) = s.run(&["verify", "--repair"]);
+    let Out { json: r, code, .. } = s.run(&["verify", "--repair"]);
     assert_eq!(code, 3, "{r}");
     let moved_to = r["repair"]["quarantined"][0]["moved_to"].as_str().unwrap();
     assert!(backend.exists(moved_to).unwrap(), "{moved_to} kept");
@@ -276,7 +293,12 @@ fn create_and_gc_racing_never_lose_a_snapshot() {
     let mut made = Vec::new();
     for i in 0..4 {
         s.rt.insert_marker(&format!("race-{i}"));
-        let (j, code, err) = s.run(&["--lock-wait", "120", "create", "--chroma"]);
+        let Out {
+            json: j,
+            code,
+            stderr: err,
+            ..
+        } = s.run(&["--lock-wait", "120", "create", "--chroma"]);
         assert_eq!(code, 0, "{j}\n{err}");
         made.push(j["stamp"].as_str().unwrap().to_string());
         // Retention deletes old snapshots now and then, so gc has work.
@@ -348,7 +370,10 @@ fn bad_credentials_missing_bucket_and_unreachable_endpoint_fail_clearly() {
     );
     assert!(took < Duration::from_secs(60), "{took:?}");
 
-    let missing = format!("s3://atosnap-no-such-bucket-{:08x}/x", rand_u64() as u32);
+    let missing = format!(
+        "s3://atosnap-no-such-bucket-{:08x}/x",
+        rand::random::<u64>() as u32
+    );
     let (j, code, took) = run_timed(&missing, &base, &["list"]);
     assert_eq!(code, 1, "{j}");
     assert!(
@@ -378,9 +403,9 @@ fn bad_credentials_missing_bucket_and_unreachable_endpoint_fail_clearly() {
         &unreachable,
         &[
             "--db",
-            rt.db.to_str().unwrap(),
+            rt.db().to_str().unwrap(),
             "--registry",
-            rt.registry.to_str().unwrap(),
+            rt.registry().to_str().unwrap(),
             "create",
         ],
     );
@@ -403,14 +428,14 @@ fn serve_works_on_a_bucket() {
     let Some(bucket) = bucket() else { return };
     let s = S3Rt::new(&bucket, "serve");
     s.ok(&["create"]);
-    let port = 20000 + (rand_u64() % 20000) as u16;
+    let port = 20000 + (rand::random::<u64>() % 20000) as u16;
     let listen = format!("127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atosnap"));
     child
         .args(["--quiet", "--store", &s.url, "--db"])
-        .arg(&s.rt.db)
+        .arg(s.rt.db())
         .args(["--registry"])
-        .arg(&s.rt.registry)
+        .arg(s.rt.registry())
         .args(["serve", "--listen", &listen])
         .env("ATOSNAP_CACHE_DIR", &s.cache)
         .stdout(std::process::Stdio::null())
