@@ -37,7 +37,8 @@
 //! write phase and what comes before it (see `start_and_kill`). The stores use 1 MiB packs so that each command publishes and deletes
 //! many packs over its run: a kill lands between those steps.
 
-mod store_support;
+#[path = "support/mod.rs"]
+mod support;
 
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use store_support::{strs, Env};
+use support::{strs, Runtime as Env};
 
 const D1: &str = "20260401T120000Z";
 const D2: &str = "20260402T120000Z";
@@ -98,7 +99,7 @@ struct Templates {
 fn templates() -> &'static Templates {
     static T: OnceLock<Templates> = OnceLock::new();
     T.get_or_init(|| {
-        let base = Env::new();
+        let base = Env::fixture();
         base.init_with_pack_size(1 << 20);
         base.add_junk("junk.bin", 1 << 20, 1);
         assert_eq!(base.create_on("2026-04-01", &["--chroma"]), D1);
@@ -240,7 +241,7 @@ fn prepare(base: &Env, collectable: &Env, kind: Kind, trial: u64) -> Env {
 }
 
 fn pack_names(env: &Env) -> BTreeSet<String> {
-    env.packs().into_iter().map(|p| p.0).collect()
+    env.pack_sizes().into_iter().map(|p| p.0).collect()
 }
 
 #[derive(Default, Debug)]
@@ -323,7 +324,8 @@ fn start_and_kill(
     let after = Duration::from_micros(rng.random_range(range));
 
     let mut child = env
-        .cmd(&args(kind, variant))
+        .command()
+        .args(args(kind, variant))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -418,7 +420,8 @@ fn fingerprint(runtime: &Path) -> BTreeSet<(PathBuf, u64)> {
 /// from there to the last change of the runtime's entries, then checks).
 fn watched_restore(env: &Env, variant: u64) -> (serde_json::Value, Duration, Duration) {
     let mut child = env
-        .cmd(&args(Kind::Restore, variant))
+        .command()
+        .args(args(Kind::Restore, variant))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -441,7 +444,7 @@ fn watched_restore(env: &Env, variant: u64) -> (serde_json::Value, Duration, Dur
     }
     let total = started.elapsed();
     let out = child.wait_with_output().unwrap();
-    let run = store_support::parse(&out);
+    let run = support::parse(&out);
     assert_eq!(run.code, 0, "unkilled restore: {run:?}");
     let first = first_write.expect("the restore's db temp file was never seen");
     let writes = total.saturating_sub(first);

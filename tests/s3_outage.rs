@@ -4,12 +4,14 @@
 //! (cargo runs test binaries one at a time). Skipped without
 //! `ATOSNAP_TEST_S3_BUCKET`.
 
-mod s3_common;
+#[path = "support/mod.rs"]
+mod support;
 
-use s3_common::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::s3::*;
+use support::Runtime as Rt;
 
 /// Adds incompressible data to the Chroma dir so uploads take a while.
 fn grow_chroma(chroma: &Path, mib: usize, seed: u64) {
@@ -27,11 +29,11 @@ fn grow_chroma(chroma: &Path, mib: usize, seed: u64) {
 fn spawn(s: &S3Rt, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_atosnap"))
         .args(["--quiet", "--store", &s.url, "--db"])
-        .arg(&s.rt.db)
+        .arg(s.rt.db())
         .arg("--registry")
-        .arg(&s.rt.registry)
+        .arg(s.rt.registry())
         .arg("--chroma-dir")
-        .arg(&s.rt.chroma)
+        .arg(s.rt.chroma())
         .args(args)
         .env("ATOSNAP_CACHE_DIR", &s.cache)
         .env("ATOSNAP_S3_RETRIES", "2")
@@ -95,7 +97,7 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
     s.ok(&["create", "--chroma"]);
     let before = packs(s.backend().as_ref());
     let snapshots = s.stamps().len();
-    grow_chroma(&s.rt.chroma, 160, 7);
+    grow_chroma(&s.rt.chroma(), 160, 7);
     let child = spawn(&s, &["create", "--chroma"]);
     let code = outage_during(child, &s.url, &s.cache, before);
     // 160 MiB were still to upload when the server went away.
@@ -112,7 +114,7 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
 
     // copy (local store -> bucket)
     let local = Rt::fixture();
-    grow_chroma(&local.chroma, 160, 11);
+    grow_chroma(&local.chroma(), 160, 11);
     local.ok(&["create", "--chroma"]);
     let dest = S3Rt::new(&bucket, "outage-copy");
     let child = Command::new(env!("CARGO_BIN_EXE_atosnap"))

@@ -1,0 +1,333 @@
+//! The S3 backend against a real S3 server (Garage from `scripts/garage.sh`).
+//! Skipped when `ATOSNAP_TEST_S3_BUCKET` is unset. Each test works under its
+//! own random prefix.
+
+use std::io::{ErrorKind, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atosnap::store::backend::Backend;
+use atosnap::store::s3::{S3Backend, S3Location};
+
+use crate::support::s3::bucket;
+
+fn test_location(test: &str) -> Option<S3Location> {
+    let bucket = bucket()?;
+    let r: u64 = rand::random();
+    Some(S3Location {
+        bucket,
+        prefix: format!("test/{test}-{r:016x}"),
+        endpoint: None,
+        region: None,
+    })
+}
+
+fn open(test: &str) -> Option<(S3Backend, tempfile::TempDir)> {
+    let loc = test_location(test)?;
+    let scratch = tempfile::tempdir().unwrap();
+    let b = S3Backend::new(&loc, scratch.path().join("tmp")).unwrap();
+    Some((b, scratch))
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+#[test]
+fn s3_basic_operations() {
+    let Some((b, _scratch)) = open("basic") else {
+        return;
+    };
+    assert!(b.location().starts_with("s3://"));
+    assert!(b
+        .display_name("config.json")
+        .to_string_lossy()
+        .ends_with("/config.json"));
+    assert!(!b.exists("config.json").unwrap());
+    assert_eq!(
+        b.size("config.json").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        b.read("config.json").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert!(b.list_files("").unwrap().is_empty());
+    assert!(b.list_children("snapshots").unwrap().is_empty());
+
+    b.write_once("config.json", b"{\"v\":1}").unwrap();
+    assert!(b.exists("config.json").unwrap());
+    assert_eq!(b.size("config.json").unwrap(), 7);
+    assert_eq!(b.read("config.json").unwrap(), b"{\"v\":1}");
+    assert_eq!(b.read_range("config.json", 2, 3).unwrap(), b"v\":");
+    b.replace("config.json", b"{\"v\":2}").unwrap();
+    assert_eq!(b.read("config.json").unwrap(), b"{\"v\":2}");
+
+    b.write_once("keys/repokey.json", b"k").unwrap();
+    b.write_once("snapshots/20260101T000000Z/backup-metadata.json", b"m")
+        .unwrap();
+    b.write_once("snapshots/20260101T000000Z/manifest.bin", b"mani")
+        .unwrap();
+    b.write_once("snapshots/20260102T000000Z/manifest.bin", b"x")
+        .unwrap();
+    let files = b.list_files("").unwrap();
+    let names: Vec<&str> = files.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "config.json",
+            "keys/repokey.json",
+            "snapshots/20260101T000000Z/backup-metadata.json",
+            "snapshots/20260101T000000Z/manifest.bin",
+            "snapshots/20260102T000000Z/manifest.bin",
+        ]
+    );
+    let mani = &files[3];
+    assert_eq!(mani.size, 4);
+    let age = mani.modified.unwrap().elapsed().unwrap_or_default();
+    assert!(age < Duration::from_secs(600), "{age:?}");
+    let snaps = b.list_files("snapshots/20260101T000000Z").unwrap();
+    assert_eq!(snaps.len(), 2);
+    assert_eq!(
+        b.list_children("snapshots").unwrap(),
+        ["20260101T000000Z", "20260102T000000Z"]
+    );
+    assert_eq!(
+        b.list_children("").unwrap(),
+        ["config.json", "keys", "snapshots"]
+    );
+    assert_eq!(
+        b.list_children("snapshots/20260101T000000Z").unwrap(),
+        ["backup-metadata.json", "manifest.bin"]
+    );
+    // "snapshots/2026" is no folder: no prefix matches.
+    assert!(b.list_files("snapshots/2026").unwrap().is_empty());
+
+    let mut s = String::new();
+    b.open_read("keys/repokey.json")
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "k");
+
+    b.delete("keys/repokey.json").unwrap();
+    assert!(!b.exists("keys/repokey.json").unwrap());
+    assert_eq!(
+        b.delete("keys/repokey.json").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    b.delete_dir("snapshots/20260101T000000Z").unwrap();
+    assert_eq!(b.list_children("snapshots").unwrap(), ["20260102T000000Z"]);
+    assert_eq!(
+        b.delete_dir("snapshots/20260101T000000Z")
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+
+    b.write_once("objects/ab/p.pack", b"pack").unwrap();
+    b.rename("objects/ab/p.pack", "quarantine/p.pack").unwrap();
+    assert!(!b.exists("objects/ab/p.pack").unwrap());
+    assert_eq!(b.read("quarantine/p.pack").unwrap(), b"pack");
+    b.write_once("objects/ab/q.pack", b"q").unwrap();
+    assert_eq!(
+        b.rename("objects/ab/q.pack", "quarantine/p.pack")
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+
+    for e in b.list_files("").unwrap() {
+        b.delete(&e.name).unwrap();
+    }
+    assert!(b.list_files("").unwrap().is_empty());
+}
+
+#[test]
+fn s3_write_dir_once_claim_race() {
+    let Some((b, _scratch)) = open("claim") else {
+        return;
+    };
+    let b = Arc::new(b);
+    let dir = "snapshots/20260101T000000Z";
+    for round in 0..3 {
+        let dir = format!("{dir}-{round}");
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = (0..2u8)
+            .map(|i| {
+                let (b, barrier, dir) = (b.clone(), barrier.clone(), dir.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let won = b
+                        .write_dir_once(
+                            &dir,
+                            &[
+                                ("backup-metadata.json", vec![b'm', i]),
+                                ("manifest.bin", vec![b'x', i]),
+                            ],
+                        )
+                        .unwrap();
+                    (i, won)
+                })
+            })
+            .collect();
+        let results: Vec<(u8, bool)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<u8> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let w = winners[0];
+        // The winner's files, both of them.
+        assert_eq!(
+            b.read(&format!("{dir}/backup-metadata.json")).unwrap(),
+            [b'm', w]
+        );
+        assert_eq!(b.read(&format!("{dir}/manifest.bin")).unwrap(), [b'x', w]);
+        // And a later writer is refused.
+        assert!(!b
+            .write_dir_once(&dir, &[("manifest.bin", b"late".to_vec())])
+            .unwrap());
+        b.delete_dir(&dir).unwrap();
+    }
+}
+
+#[test]
+fn s3_put_file_and_barrier() {
+    let Some((b, _scratch)) = open("putfile") else {
+        return;
+    };
+    let tmp = b.tmp_dir();
+    let sizes = [10usize, 3 << 20, 20 << 20, 9 << 20, 1];
+    let mut locals = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let local = tmp.join(format!("pack-{i}"));
+        std::fs::write(&local, pattern(*size, i as u8)).unwrap();
+        b.put_file(&format!("objects/{i:02}/p{i}.pack"), &local)
+            .unwrap();
+        locals.push(local);
+    }
+    b.barrier().unwrap();
+    for (i, size) in sizes.iter().enumerate() {
+        assert!(!locals[i].exists(), "local file {i} not removed");
+        let name = format!("objects/{i:02}/p{i}.pack");
+        assert_eq!(b.size(&name).unwrap(), *size as u64);
+        let mut got = Vec::new();
+        b.open_read(&name).unwrap().read_to_end(&mut got).unwrap();
+        assert!(got == pattern(*size, i as u8), "content of {name}");
+    }
+    // A failed upload is reported by the next barrier, once.
+    b.put_file("objects/zz/missing.pack", &tmp.join("no-such-file"))
+        .unwrap();
+    assert!(b.barrier().is_err());
+    b.barrier().unwrap();
+    for e in b.list_files("").unwrap() {
+        b.delete(&e.name).unwrap();
+    }
+}
+
+#[test]
+fn s3_spooled_read_range() {
+    let Some((b, scratch)) = open("spool") else {
+        return;
+    };
+    let data = pattern(12 << 20, 7);
+    b.write_once("objects/aa/big.pack", &data).unwrap();
+    b.write_once("snapshots/x/manifest.bin", &data[..100_000])
+        .unwrap();
+    let b = Arc::new(b);
+    let threads: Vec<_> = (0..4usize)
+        .map(|t| {
+            let (b, data) = (b.clone(), data.clone());
+            std::thread::spawn(move || {
+                for k in 0..50usize {
+                    let off = (t * 7919 + k * 250_007) % (data.len() - 70_000);
+                    let len = 1 + (k * 1237) % 65_536;
+                    let got = b
+                        .read_range("objects/aa/big.pack", off as u64, len)
+                        .unwrap();
+                    assert!(got == data[off..off + len], "t{t} k{k}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // The end, and past the end.
+    let n = data.len();
+    assert_eq!(
+        b.read_range("objects/aa/big.pack", (n - 10) as u64, 10)
+            .unwrap(),
+        data[n - 10..]
+    );
+    assert!(b
+        .read_range("objects/aa/big.pack", (n - 10) as u64, 11)
+        .is_err());
+    // Not a pack: a ranged GET.
+    assert_eq!(
+        b.read_range("snapshots/x/manifest.bin", 99_990, 10)
+            .unwrap(),
+        data[99_990..100_000]
+    );
+    // One spooled copy, under the scratch folder, gone on drop.
+    let spooled: Vec<_> = walk(scratch.path());
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+    b.delete("objects/aa/big.pack").unwrap();
+    b.delete("snapshots/x/manifest.bin").unwrap();
+    drop(b);
+    assert!(walk(scratch.path()).is_empty());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn s3_missing_bucket_is_a_clear_error() {
+    let Some(mut loc) = test_location("nobucket") else {
+        return;
+    };
+    loc.bucket = "atosnap-no-such-bucket".into();
+    let scratch = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let e = S3Backend::new(&loc, scratch.path().to_path_buf())
+        .err()
+        .expect("a missing bucket must fail");
+    eprintln!("{e}");
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(
+        e.to_string()
+            .contains("bucket atosnap-no-such-bucket does not exist at http"),
+        "{e}"
+    );
+}
+
+#[test]
+fn s3_unreachable_endpoint_fails_in_bounded_time() {
+    let Some(mut loc) = test_location("unreachable") else {
+        return;
+    };
+    loc.endpoint = Some("http://127.0.0.1:1".into());
+    let scratch = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let e = S3Backend::new(&loc, scratch.path().to_path_buf())
+        .err()
+        .expect("an unreachable endpoint must fail");
+    eprintln!("{e}");
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+}

@@ -1,0 +1,21 @@
+//! The binary, black box: every command run as a child process against a
+//! runtime and a store in a temp dir, its one JSON document and exit code
+//! checked, and the store's files damaged on purpose.
+
+#[macro_use]
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cleanup;
+mod concurrency;
+mod copy;
+mod demo;
+mod drill_diff;
+mod encryption;
+mod foundation;
+mod gc;
+mod lock;
+mod ops_surface;
+mod restore;
+mod verify;
+mod verify_repair;

@@ -1,0 +1,704 @@
+//! Fault injection against `verify` (issue 5): small stores built here and
+//! broken on purpose, each fault detected with the right exit code and
+//! attributed to the right snapshot and file, never a panic; `--sample`
+//! and `--repair` (quarantine, salvage, self-healing by the next create).
+
+use crate::support::{
+    self, flip_bit, open_up, run_cmd, strings, truncate, unprivileged, Out, Runtime as Env,
+};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use atosnap::id::Id;
+use atosnap::store::pack::{self, PackEntry};
+
+/// Runs verify; it must never panic and exits 0 (ok) or 3 (not ok).
+pub(super) fn verify(env: &Env, args: &[&str]) -> Out {
+    let mut all = vec!["verify"];
+    all.extend_from_slice(args);
+    let out = env.run(&all);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    let ok = out.json["ok"].as_bool().expect("a verify report");
+    assert_eq!(out.code, if ok { 0 } else { 3 }, "{out:?}");
+    out
+}
+
+pub(super) fn stamp_of(v: &Value) -> String {
+    v["stamp"].as_str().unwrap().to_string()
+}
+
+/// Two snapshots of the tiny runtime, the db and a Chroma file changed in
+/// between; each create writes its own pack.
+pub(super) fn two_snapshots() -> (Env, String, String) {
+    let env = Env::tiny();
+    let s1 = stamp_of(&env.create(&["--chroma"]));
+    change_runtime(&env, 1);
+    let s2 = stamp_of(&env.create(&["--chroma"]));
+    (env, s1, s2)
+}
+
+fn change_runtime(env: &Env, round: u64) {
+    let conn = rusqlite::Connection::open(env.db()).unwrap();
+    conn.execute(
+        "UPDATE memories SET content = content || ?1 WHERE id % 50 = 0",
+        [format!(" (edit {round})")],
+    )
+    .unwrap();
+    fs::write(
+        env.chroma().join("seg/index_metadata.pickle"),
+        support::pseudo_random(100 + round, 10_000),
+    )
+    .unwrap();
+}
+
+pub(super) fn pack_name_of(env: &Env, path: &Path) -> String {
+    path.strip_prefix(&env.store)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A db chunk both snapshots share.
+pub(super) fn shared_db_chunk(env: &Env, s1: &str, s2: &str) -> Id {
+    let b: BTreeSet<Id> = env.file_chunks(s2, "atocore.db").into_iter().collect();
+    *env.file_chunks(s1, "atocore.db")
+        .iter()
+        .skip(1)
+        .find(|id| b.contains(id))
+        .expect("a shared db page")
+}
+
+fn health<'a>(out: &'a Out, stamp: &str) -> &'a Value {
+    &out.json["snapshots"][stamp]
+}
+
+pub(super) fn damaged_files(out: &Out, stamp: &str) -> Vec<String> {
+    strings(&health(out, stamp)["damaged_files"])
+}
+
+// ---- a healthy store --------------------------------------------------------------
+
+#[test]
+fn clean_store_reports_every_field() {
+    let (env, s1, s2) = two_snapshots();
+    let out = verify(&env, &[]);
+    for field in [
+        "ok",
+        "objects_checked",
+        "chunks_checked",
+        "bytes_checked",
+        "corrupt",
+        "missing",
+        "damaged_objects",
+        "orphans",
+        "reclaimable_bytes",
+        "snapshots",
+        "duration_ms",
+        "packs_total",
+        "packs_sampled",
+    ] {
+        assert!(out.json.get(field).is_some(), "verify lacks {field}");
+    }
+    assert_eq!(out.json["ok"], true);
+    let packs = env.packs();
+    assert_eq!(packs.len(), 2);
+    assert_eq!(out.json["objects_checked"], 2);
+    assert_eq!(out.json["packs_total"], 2);
+    assert_eq!(out.json["packs_sampled"], 2);
+    let total: u64 = packs.iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(out.json["bytes_checked"], total);
+    let store = env.open_store();
+    let chunks: usize = packs
+        .iter()
+        .map(|p| {
+            let name = pack_name_of(&env, p);
+            store
+                .read_pack_index(&name, fs::metadata(p).unwrap().len())
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(out.json["chunks_checked"], chunks as u64);
+    assert_eq!(out.json["orphans"], serde_json::json!([]));
+    // The first snapshot's old pages and pickle are referenced: nothing dead.
+    assert_eq!(out.json["reclaimable_bytes"], 0);
+    for s in [&s1, &s2] {
+        assert_eq!(health(&out, s)["ok"], true);
+        assert_eq!(damaged_files(&out, s), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn orphans_and_dead_chunks_are_reclaimable_not_errors() {
+    let (env, s1, s2) = two_snapshots();
+    fs::remove_dir_all(env.snapshot_dir(&s1)).unwrap();
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], true, "{out:?}");
+    // The first pack still holds the pages both share; the old pickle and
+    // the old pages are dead in it.
+    assert_eq!(out.json["orphans"], serde_json::json!([]));
+    let dead = out.json["reclaimable_bytes"].as_u64().unwrap();
+    assert!(dead >= 10_000, "dead bytes {dead}");
+
+    fs::remove_dir_all(env.snapshot_dir(&s2)).unwrap();
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], true);
+    let mut orphans = strings(&out.json["orphans"]);
+    orphans.sort();
+    let mut packs: Vec<String> = env.packs().iter().map(|p| pack_name_of(&env, p)).collect();
+    packs.sort();
+    assert_eq!(orphans, packs);
+    let total: u64 = env
+        .packs()
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(out.json["reclaimable_bytes"], total);
+}
+
+#[test]
+fn verify_snapshot_checks_only_what_it_references() {
+    let env = Env::tiny();
+    let s1 = stamp_of(&env.create(&["--chroma"]));
+    let first_packs = env.packs();
+    // A second runtime with nothing in common: a new pack of its own.
+    fs::remove_file(env.db()).unwrap();
+    support::make_db(&env.db(), 120, false);
+    {
+        let conn = rusqlite::Connection::open(env.db()).unwrap();
+        conn.execute("UPDATE memories SET content = 'other ' || content", [])
+            .unwrap();
+    }
+    fs::remove_dir_all(env.chroma()).unwrap();
+    fs::write(env.registry(), br#"{"projects": []}"#).unwrap();
+    let s2 = stamp_of(&env.create(&[]));
+    let s2_pack: Vec<PathBuf> = env
+        .packs()
+        .into_iter()
+        .filter(|p| !first_packs.contains(p))
+        .collect();
+    assert_eq!(s2_pack.len(), 1);
+    // Damage a chunk that only the first snapshot uses.
+    let id = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[2];
+    let (pack, offset, len) = env.chunk_location(&id);
+    assert_eq!(pack, first_packs[0]);
+    flip_bit(&pack, offset + len / 3);
+    // And delete the first snapshot's summary: not the second's business.
+    fs::remove_file(env.snapshot_dir(&s1).join("backup-metadata.json")).unwrap();
+
+    let out = verify(&env, &["--snapshot", &s2]);
+    assert_eq!(out.json["ok"], true, "{out:?}");
+    assert_eq!(out.json["orphans"], serde_json::json!([]));
+    assert_eq!(out.json["reclaimable_bytes"], 0);
+    let snaps = out.json["snapshots"].as_object().unwrap();
+    assert_eq!(snaps.keys().collect::<Vec<_>>(), vec![&s2]);
+    assert_eq!(out.json["objects_checked"], 1);
+    assert_eq!(
+        out.json["bytes_checked"],
+        fs::metadata(&s2_pack[0]).unwrap().len()
+    );
+
+    let out = verify(&env, &["--snapshot", &s1]);
+    assert_eq!(out.json["ok"], false);
+    assert_eq!(out.json["corrupt"], serde_json::json!([id.to_hex()]));
+    assert_eq!(
+        damaged_files(&out, &s1),
+        vec!["chroma/seg/data_level0.bin".to_string()]
+    );
+    assert!(health(&out, &s1)["metadata_error"]
+        .as_str()
+        .unwrap()
+        .starts_with("metadata_missing"));
+    assert_eq!(out.json["orphans"], serde_json::json!([]));
+
+    // Both named: both reported.
+    let out = verify(&env, &["--snapshot", &s1, "--snapshot", &s2]);
+    assert_eq!(out.json["ok"], false);
+    assert_eq!(health(&out, &s2)["ok"], true);
+    assert_eq!(health(&out, &s1)["ok"], false);
+
+    let out = verify(&env, &["--snapshot", "20200101T000000Z"]);
+    assert_eq!(out.json["ok"], false);
+    assert!(health(&out, "20200101T000000Z")["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("snapshot_missing"));
+}
+
+// ---- faults, each detected, attributed, repaired -------------------------------------
+
+#[test]
+fn flipped_bit_in_a_chunk_then_repair_and_self_healing() {
+    let (env, s1, s2) = two_snapshots();
+    let id = shared_db_chunk(&env, &s1, &s2);
+    let (pack, offset, len) = env.chunk_location(&id);
+    let pack_name = pack_name_of(&env, &pack);
+    flip_bit(&pack, offset + len / 2);
+
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], false);
+    assert_eq!(out.json["corrupt"], serde_json::json!([id.to_hex()]));
+    assert_eq!(out.json["missing"], serde_json::json!([]));
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([pack_name]));
+    assert!(out.json["damage"][&pack_name]
+        .as_str()
+        .unwrap()
+        .contains(&id.to_hex()));
+    for s in [&s1, &s2] {
+        assert_eq!(health(&out, s)["ok"], false);
+        assert_eq!(damaged_files(&out, s), vec!["atocore.db".to_string()]);
+    }
+    let v = env.run(&["validate", &s2]);
+    assert_eq!(v.code, 3);
+    assert!(v.strings("errors").contains(&format!("chunk_corrupt:{id}")));
+
+    // Repair: the pack is quarantined, its other chunks kept.
+    let out = verify(&env, &["--repair"]);
+    assert_eq!(out.json["ok"], false, "repair reports what it found");
+    let repair = &out.json["repair"];
+    assert_eq!(repair["quarantined"][0]["object"], pack_name.as_str());
+    let moved_to = repair["quarantined"][0]["moved_to"].as_str().unwrap();
+    assert!(moved_to.starts_with("quarantine/"));
+    assert!(env.store.join(moved_to).is_file(), "kept, never deleted");
+    assert!(env.store.join(format!("{moved_to}.json")).is_file());
+    assert!(!pack.exists());
+    assert!(repair["chunks_salvaged"].as_u64().unwrap() > 10);
+    assert_eq!(repair["chunks_lost"], serde_json::json!([id.to_hex()]));
+    assert_eq!(repair["packs_written"].as_array().unwrap().len(), 1);
+    assert_eq!(repair["healed"], false);
+    for s in [&s1, &s2] {
+        assert_eq!(
+            strings(&repair["still_damaged"][s]["damaged_files"]),
+            vec!["atocore.db".to_string()]
+        );
+    }
+
+    // Now the chunk is missing, not corrupt, and nothing else is wrong.
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["missing"], serde_json::json!([id.to_hex()]));
+    assert_eq!(out.json["corrupt"], serde_json::json!([]));
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([]));
+    assert_eq!(out.json["quarantined_objects"], 1);
+
+    // The next create stores the page again from the live db: every
+    // snapshot that shares it heals.
+    let s3 = stamp_of(&env.create(&["--chroma"]));
+    let v = env.run(&["validate", &s3]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], true, "{out:?}");
+    assert_eq!(env.run(&["validate", &s1]).code, 0);
+}
+
+#[test]
+fn truncated_pack_is_damaged_and_its_chunks_missing() {
+    let (env, s1, s2) = two_snapshots();
+    let id = shared_db_chunk(&env, &s1, &s2);
+    let (pack, _, _) = env.chunk_location(&id);
+    let pack_name = pack_name_of(&env, &pack);
+    let len = fs::metadata(&pack).unwrap().len();
+    truncate(&pack, len * 2 / 3);
+
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], false);
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([pack_name]));
+    assert!(strings(&out.json["missing"]).contains(&id.to_hex()));
+    for s in [&s1, &s2] {
+        let files = damaged_files(&out, s);
+        assert!(files.contains(&"atocore.db".to_string()), "{s}: {files:?}");
+        assert!(files.contains(&"project-registry.json".to_string()));
+    }
+    // Structure alone finds it too.
+    let quick = verify(&env, &["--sample", "0"]);
+    assert_eq!(
+        quick.json["damaged_objects"],
+        serde_json::json!([pack_name])
+    );
+
+    let out = verify(&env, &["--repair"]);
+    let repair = &out.json["repair"];
+    assert_eq!(repair["quarantined"][0]["object"], pack_name.as_str());
+    assert_eq!(repair["chunks_salvaged"], 0);
+    assert!(strings(&repair["chunks_lost"]).contains(&id.to_hex()));
+    let s3 = stamp_of(&env.create(&["--chroma"]));
+    assert_eq!(env.run(&["validate", &s3]).code, 0);
+    // The runtime has not changed since the second snapshot: it heals;
+    // the first keeps the pages that only it had.
+    assert_eq!(env.run(&["validate", &s2]).code, 0);
+    let out = verify(&env, &[]);
+    assert_eq!(health(&out, &s2)["ok"], true);
+    assert_eq!(health(&out, &s3)["ok"], true);
+    assert_eq!(health(&out, &s1)["ok"], false);
+    assert!(damaged_files(&out, &s1).contains(&"atocore.db".to_string()));
+}
+
+#[test]
+fn deleted_pack_is_missing_chunks() {
+    let (env, s1, s2) = two_snapshots();
+    // The second pack holds only what changed: the new pickle and pages.
+    let second_pack = env
+        .packs()
+        .into_iter()
+        .find(|p| {
+            let id = env.file_chunks(&s2, "chroma/seg/index_metadata.pickle")[0];
+            env.chunk_location(&id).0 == *p
+        })
+        .unwrap();
+    fs::remove_file(&second_pack).unwrap();
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], false);
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([]));
+    assert!(!strings(&out.json["missing"]).is_empty());
+    assert_eq!(health(&out, &s1)["ok"], true);
+    let files = damaged_files(&out, &s2);
+    assert!(files.contains(&"chroma/seg/index_metadata.pickle".to_string()));
+    assert!(files.contains(&"atocore.db".to_string()));
+    assert!(!files.contains(&"project-registry.json".to_string()));
+
+    let out = verify(&env, &["--repair"]);
+    assert_eq!(out.json["repair"]["quarantined"], serde_json::json!([]));
+    assert_eq!(
+        out.json["repair"]["still_damaged"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        vec![&s2]
+    );
+    let s3 = stamp_of(&env.create(&["--chroma"]));
+    assert_eq!(env.run(&["validate", &s3]).code, 0);
+    assert_eq!(verify(&env, &[]).json["ok"], true);
+}
+
+/// Rewrites a pack with its index changed by `edit`, with a valid index
+/// checksum and named by its new hash, so that only the contents can tell.
+pub(super) fn rewrite_index(
+    env: &Env,
+    pack: &Path,
+    edit: impl FnOnce(&mut Vec<PackEntry>),
+) -> String {
+    let bytes = fs::read(pack).unwrap();
+    let size = bytes.len() as u64;
+    let (blob_end, len, _) =
+        pack::parse_trailer(size, &bytes[bytes.len() - pack::TRAILER_LEN..]).unwrap();
+    let mut entries =
+        pack::decode_entries(&bytes[blob_end as usize..blob_end as usize + len]).unwrap();
+    edit(&mut entries);
+    let index = bincode::serialize(&entries).unwrap();
+    let mut out = bytes[..blob_end as usize].to_vec();
+    out.extend_from_slice(&index);
+    out.extend_from_slice(&(index.len() as u32).to_le_bytes());
+    out.extend_from_slice(blake3::hash(&index).as_bytes());
+    out.extend_from_slice(pack::TRAILER_MAGIC);
+    let name = pack::pack_name(&Id::hash(&out));
+    fs::remove_file(pack).unwrap();
+    let dest = env.store.join(&name);
+    fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    fs::write(dest, out).unwrap();
+    name
+}
+
+#[test]
+fn pack_whose_index_disagrees_with_its_contents() {
+    let (env, s1, s2) = two_snapshots();
+    let a = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[1];
+    let b = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[5];
+    let (pack, _, _) = env.chunk_location(&a);
+    // Swap where two entries point: the layout stays tidy, the ids lie.
+    let name = rewrite_index(&env, &pack, |entries| {
+        let i = entries.iter().position(|e| e.id == a).unwrap();
+        let j = entries.iter().position(|e| e.id == b).unwrap();
+        let (ea, eb) = (entries[i], entries[j]);
+        entries[i] = PackEntry { id: a, ..eb };
+        entries[j] = PackEntry { id: b, ..ea };
+    });
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], false);
+    let mut expected = vec![a.to_hex(), b.to_hex()];
+    expected.sort();
+    assert_eq!(out.json["corrupt"], serde_json::json!(expected));
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([name]));
+    for s in [&s1, &s2] {
+        assert_eq!(
+            damaged_files(&out, s),
+            vec!["chroma/seg/data_level0.bin".to_string()]
+        );
+    }
+    // The sample says what it re-hashed.
+    let quick = verify(&env, &["--sample", "0"]);
+    assert_eq!(quick.json["packs_sampled"], 0);
+    assert_eq!(quick.json["sampled_percent"], 0.0);
+    assert_eq!(quick.json["chunks_checked"], 0);
+
+    let out = verify(&env, &["--repair"]);
+    let mut lost = strings(&out.json["repair"]["chunks_lost"]);
+    lost.sort();
+    assert_eq!(lost, expected);
+    let s3 = stamp_of(&env.create(&["--chroma"]));
+    assert_eq!(env.run(&["validate", &s3]).code, 0);
+    assert_eq!(verify(&env, &[]).json["ok"], true);
+}
+
+#[test]
+fn overlapping_or_gapped_index_entries_are_structural_damage() {
+    let (env, s1, _) = two_snapshots();
+    let a = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[3];
+    let (pack, _, _) = env.chunk_location(&a);
+    let name = rewrite_index(&env, &pack, |entries| {
+        let i = entries.iter().position(|e| e.id == a).unwrap();
+        entries[i].offset -= 10;
+    });
+    // Found without re-hashing anything.
+    let out = verify(&env, &["--sample", "0"]);
+    assert_eq!(out.json["ok"], false);
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([name]));
+    let detail = out.json["damage"][&name].as_str().unwrap();
+    assert!(detail.contains("overlap"), "{detail}");
+    let out = verify(&env, &[]);
+    assert!(strings(&out.json["corrupt"]).contains(&a.to_hex()));
+    assert_eq!(
+        damaged_files(&out, &s1),
+        vec!["chroma/seg/data_level0.bin".to_string()]
+    );
+
+    // A raw chunk whose recorded length is not its stored length.
+    let (env, s1, _) = two_snapshots();
+    let a = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[0];
+    let (pack, _, _) = env.chunk_location(&a);
+    let name = rewrite_index(&env, &pack, |entries| {
+        let i = entries.iter().position(|e| e.id == a).unwrap();
+        assert!(!entries[i].compressed, "random data is stored raw");
+        entries[i].raw_len += 1;
+    });
+    let out = verify(&env, &["--sample", "0"]);
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([name]));
+    assert!(strings(&out.json["corrupt"]).contains(&a.to_hex()));
+}
+
+#[test]
+fn garbage_manifest_is_attributed_to_its_snapshot() {
+    let (env, s1, s2) = two_snapshots();
+    fs::write(
+        env.snapshot_dir(&s1).join("manifest.bin"),
+        support::pseudo_random(5, 3000),
+    )
+    .unwrap();
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], false);
+    assert!(health(&out, &s1)["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("manifest_corrupt"));
+    assert_eq!(health(&out, &s2)["ok"], true);
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([]));
+    // Repair cannot rebuild a manifest; it says so and leaves it in place.
+    let out = verify(&env, &["--repair"]);
+    let still = &out.json["repair"]["still_damaged"];
+    assert!(still[&s1]["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("manifest_corrupt"));
+    assert_eq!(out.json["repair"]["healed"], false);
+    assert!(env.snapshot_dir(&s1).join("manifest.bin").is_file());
+    assert_eq!(
+        env.run(&["list"]).json["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn missing_or_corrupt_summary_is_reported_and_rebuilt() {
+    let (env, s1, s2) = two_snapshots();
+    let before = env.run(&["list"]).json["snapshots"][0].clone();
+    let meta1 = env.snapshot_dir(&s1).join("backup-metadata.json");
+    fs::remove_file(&meta1).unwrap();
+    fs::write(
+        env.snapshot_dir(&s2).join("backup-metadata.json"),
+        b"{ not json",
+    )
+    .unwrap();
+
+    // list still works and names the problem.
+    let list = env.run(&["list"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    let entries = list.json["snapshots"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("backup-metadata.json"));
+    assert!(entries[1]["error"].as_str().is_some());
+
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], false);
+    let m1 = health(&out, &s1)["metadata_error"].as_str().unwrap();
+    assert!(
+        m1.starts_with("metadata_missing") && m1.contains(&s1),
+        "{m1}"
+    );
+    assert!(health(&out, &s2)["metadata_error"]
+        .as_str()
+        .unwrap()
+        .starts_with("metadata_corrupt"));
+    assert_eq!(damaged_files(&out, &s1), Vec::<String>::new());
+
+    let out = verify(&env, &["--repair"]);
+    let mut rewritten = strings(&out.json["repair"]["metadata_rewritten"]);
+    rewritten.sort();
+    assert_eq!(rewritten, vec![s1.clone(), s2.clone()]);
+    assert_eq!(out.json["repair"]["healed"], true);
+    // The corrupt summary was moved aside, not deleted.
+    assert!(out.json["repair"]["quarantined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|q| q["object"] == format!("snapshots/{s2}/backup-metadata.json")));
+    let list = env.run(&["list"]);
+    let after = &list.json["snapshots"][0];
+    assert!(after.get("error").is_none(), "{after}");
+    for field in [
+        "stamp",
+        "created_at",
+        "tags",
+        "db_size_bytes",
+        "chroma_snapshot_included",
+        "chroma_snapshot_files",
+        "chroma_snapshot_bytes",
+        "validated",
+    ] {
+        assert_eq!(after[field], before[field], "{field}");
+    }
+    assert_eq!(verify(&env, &[]).json["ok"], true);
+}
+
+#[test]
+fn unreadable_pack_and_manifest() {
+    let Some(cmd) = unprivileged() else {
+        eprintln!("skipped: running as root without setpriv");
+        return;
+    };
+    let (env, s1, s2) = two_snapshots();
+    let id = shared_db_chunk(&env, &s1, &s2);
+    let (pack, _, _) = env.chunk_location(&id);
+    let pack_name = pack_name_of(&env, &pack);
+    open_up(env.dir.path());
+    fs::set_permissions(&pack, fs::Permissions::from_mode(0o000)).unwrap();
+    let manifest2 = env.snapshot_dir(&s2).join("manifest.bin");
+    fs::set_permissions(&manifest2, fs::Permissions::from_mode(0o000)).unwrap();
+    let as_user = |args: &[&str]| {
+        let mut c = std::process::Command::new(cmd.get_program());
+        c.args(cmd.get_args());
+        c.arg("--quiet").arg("--store").arg(&env.store).args(args);
+        let out = run_cmd(&mut c);
+        assert!(!out.stderr.contains("panicked"));
+        out
+    };
+    let out = as_user(&["verify"]);
+    // The manifest that does not read is damage; the pack is only unreadable.
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(out.json["damaged_objects"], serde_json::json!([]));
+    assert!(out.json["unreadable"][&pack_name]
+        .as_str()
+        .unwrap()
+        .contains("unreadable"));
+    assert!(strings(&health(&out, &s1)["unreadable_files"]).contains(&"atocore.db".to_string()));
+    let err = health(&out, &s2)["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("manifest_corrupt") && err.contains("ermission denied"),
+        "{err}"
+    );
+
+    let v = as_user(&["validate", &s1]);
+    assert_eq!(v.code, 3);
+    assert!(v.strings("errors").contains(&format!("chunk_missing:{id}")));
+
+    let out = as_user(&["verify", "--repair"]);
+    assert_eq!(out.code, 3);
+    assert_eq!(out.json["repair"]["quarantined"], serde_json::json!([]));
+    assert_eq!(
+        out.json["repair"]["unreadable"],
+        serde_json::json!([pack_name])
+    );
+    assert!(pack.is_file(), "left in place");
+    fs::set_permissions(&manifest2, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&pack, fs::Permissions::from_mode(0o644)).unwrap();
+    let s3 = stamp_of(&env.create(&["--chroma"]));
+    assert_eq!(env.run(&["validate", &s3]).code, 0);
+    assert_eq!(verify(&env, &[]).json["ok"], true);
+}
+
+/// Issue 14, item 9: a pack that cannot be read (EACCES here; an S3
+/// timeout alike) is not damage: reported as `unreadable`, exit 1, never
+/// quarantined by `--repair`, and fine again once readable.
+#[test]
+fn unreadable_pack_is_reported_and_left_in_place() {
+    let Some(cmd) = unprivileged() else {
+        eprintln!("skipped: running as root without setpriv");
+        return;
+    };
+    let (env, s1, s2) = two_snapshots();
+    let id = shared_db_chunk(&env, &s1, &s2);
+    let (pack, _, _) = env.chunk_location(&id);
+    let pack_name = pack_name_of(&env, &pack);
+    let size = fs::metadata(&pack).unwrap().len();
+    open_up(env.dir.path());
+    fs::set_permissions(&pack, fs::Permissions::from_mode(0o000)).unwrap();
+    let as_user = |args: &[&str]| {
+        let mut c = std::process::Command::new(cmd.get_program());
+        c.args(cmd.get_args());
+        c.arg("--quiet").arg("--store").arg(&env.store).args(args);
+        let out = run_cmd(&mut c);
+        assert!(!out.stderr.contains("panicked"));
+        out
+    };
+    for args in [&["verify"][..], &["verify", "--sample", "0"]] {
+        let out = as_user(args);
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert_eq!(out.json["ok"], false);
+        assert_eq!(out.json["damaged_objects"], serde_json::json!([]));
+        assert_eq!(out.json["corrupt"], serde_json::json!([]));
+        assert_eq!(out.json["missing"], serde_json::json!([]));
+        let detail = out.json["unreadable"][&pack_name].as_str().unwrap();
+        assert!(detail.contains("ermission denied"), "{detail}");
+        assert_eq!(damaged_files(&out, &s1), Vec::<String>::new());
+        assert!(strings(&health(&out, &s1)["unreadable_files"]).contains(&"atocore.db".to_string()));
+    }
+    let out = as_user(&["verify", "--repair"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.json["repair"]["quarantined"], serde_json::json!([]));
+    assert_eq!(out.json["repair"]["chunks_lost"], serde_json::json!([]));
+    assert_eq!(out.json["repair"]["healed"], false);
+    assert_eq!(
+        out.json["repair"]["unreadable"],
+        serde_json::json!([pack_name])
+    );
+    assert_eq!(fs::metadata(&pack).unwrap().len(), size, "left in place");
+    assert_eq!(out.json["quarantined_objects"], 0);
+
+    fs::set_permissions(&pack, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], true, "{out:?}");
+    assert_eq!(out.json["unreadable"], serde_json::json!({}));
+}
+
+#[test]
+fn stale_temp_file_is_not_an_error() {
+    let (env, _, _) = two_snapshots();
+    let tmp = env.store.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::write(tmp.join("garbage-left-by-a-crash.pack"), b"half a pack").unwrap();
+    let out = verify(&env, &[]);
+    assert_eq!(out.json["ok"], true, "{out:?}");
+    assert!(tmp.join("garbage-left-by-a-crash.pack").exists());
+    let out = verify(&env, &["--repair"]);
+    assert_eq!(out.json["ok"], true);
+    assert_eq!(out.json["repair"]["tmp_files_removed"], 1);
+    assert_eq!(out.json["repair"]["healed"], true);
+    assert!(!tmp.join("garbage-left-by-a-crash.pack").exists());
+}

@@ -1,0 +1,11 @@
+//! Library-level tests and properties: create, restore, gc and extract
+//! called as functions, on runtimes built in temp dirs.
+
+#[macro_use]
+#[path = "../support/mod.rs"]
+mod support;
+
+mod gc_prop;
+mod restore_lib;
+mod restore_props;
+mod roundtrip_prop;

@@ -1,0 +1,597 @@
+//! Every command on an `s3://` store, against a real Garage server (see
+//! tests/support/s3.rs). Skipped without `ATOSNAP_TEST_S3_BUCKET`.
+
+use crate::support::s3::*;
+use crate::support::Runtime as Rt;
+use crate::support::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// Retention that keeps only the newest snapshot.
+const KEEP_ONE_DAY: &[&str] = &[
+    "--keep-daily",
+    "1",
+    "--keep-weekly",
+    "0",
+    "--keep-monthly",
+    "0",
+];
+
+#[test]
+fn every_command_works_on_a_bucket() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "every-command");
+    let init = s.ok(&["init"]);
+    assert_eq!(init["store"], s.url.as_str());
+
+    let first = s.ok(&["create", "--chroma", "--tag", "t1"]);
+    assert_eq!(first["validated"], true, "{first}");
+    assert!(first["chunks_new"].as_u64().unwrap() > 0);
+    assert!(first["bytes_new_stored"].as_u64().unwrap() > 0);
+    let a = first["stamp"].as_str().unwrap().to_string();
+
+    // Unchanged: nothing new, and the files cache and the remote cache
+    // (pack indexes, the previous manifest) spare the downloads.
+    let second = s.ok(&["create", "--chroma"]);
+    assert_eq!(second["chunks_new"], 0, "{second}");
+    assert_eq!(second["bytes_new_stored"], 0);
+    assert!(s.cache.exists(), "the cache dir was made");
+    let b = second["stamp"].as_str().unwrap().to_string();
+
+    s.rt.insert_marker("after-b");
+    let third = s.ok(&["create", "--chroma"]);
+    let c = third["stamp"].as_str().unwrap().to_string();
+    assert!(third["chunks_new"].as_u64().unwrap() > 0);
+
+    let list = s.ok(&["list"]);
+    assert_eq!(stamps_of(&list), vec![a.clone(), b.clone(), c.clone()]);
+    assert_eq!(list["snapshots"][0]["tags"][0], "t1");
+    assert!(list["unparseable"].as_array().unwrap().is_empty());
+
+    let v = s.ok(&["validate", &a]);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["db_ok"], true);
+    assert_eq!(v["chroma_ok"], true);
+
+    let verify = s.ok(&["verify"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert!(verify["objects_checked"].as_u64().unwrap() > 0);
+    assert!(verify["orphans"].as_array().unwrap().is_empty());
+
+    let diff = s.ok(&["diff", &b, &c]);
+    assert_eq!(diff["changed"][0]["path"], "atocore.db", "{diff}");
+
+    let drill = s.ok(&["drill", &c]);
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert_eq!(s.ok(&["list"])["snapshots"][2]["last_drill"]["ok"], true);
+
+    // Restore from the bucket is byte-identical to the runtime captured.
+    let want = s.rt.restorable();
+    let to = s.rt.path("restored");
+    let r = s.ok(&["restore", &c, "--to", to.to_str().unwrap()]);
+    assert_eq!(r["restored_integrity_ok"], true, "{r}");
+    let got = restorable_tree(&to.join("chroma"), &to.join("project-registry.json"));
+    let diffs = tree_diff(&want, &got);
+    assert!(diffs.is_empty(), "restore differs: {diffs:?}");
+    assert!(has_marker(&to.join("atocore.db"), "after-b"));
+
+    // Retention then gc: the default grace period keeps young packs.
+    let dry = s.ok(&[&["cleanup"][..], KEEP_ONE_DAY].concat());
+    assert_eq!(dry["dry_run"], true);
+    let gone = s.ok(&[&["cleanup", "--confirm"][..], KEEP_ONE_DAY].concat());
+    assert_eq!(
+        gone["deleted_stamps"].as_array().unwrap().len(),
+        2,
+        "{gone}"
+    );
+    assert_eq!(s.stamps(), vec![c.clone()]);
+    let gc = s.ok(&["gc"]);
+    assert_eq!(gc["grace_period_secs"], 3600, "{gc}");
+    let gc = s.ok(&["gc", "--confirm", "--grace-period", "0"]);
+    assert_eq!(gc["grace_period_secs"], 0);
+    let after = s.ok(&["verify"]);
+    assert_eq!(after["ok"], true, "{after}");
+    assert!(after["orphans"].as_array().unwrap().is_empty(), "{after}");
+    assert_eq!(s.ok(&["validate", &c])["valid"], true);
+}
+
+#[test]
+fn an_encrypted_store_on_a_bucket_round_trips() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "encrypted");
+    let pw = s.rt.path("pw");
+    std::fs::write(&pw, "correct horse battery staple").unwrap();
+    let pw = pw.to_str().unwrap().to_string();
+    let cache = s.cache.display().to_string();
+    let env = [
+        ("ATOSNAP_CACHE_DIR", cache.as_str()),
+        ("ATOSNAP_KDF_PARAMS", "m=64,t=1,p=1"),
+    ];
+    let Out {
+        json: j,
+        code,
+        stderr: err,
+        ..
+    } = s.rt.run_env(
+        &["--password-file", &pw, "init", "--encryption", "repokey"],
+        &env,
+    );
+    assert_eq!(code, 0, "{j}\n{err}");
+    let Out {
+        json: j,
+        code,
+        stderr: err,
+        ..
+    } =
+        s.rt.run_env(&["--password-file", &pw, "create", "--chroma"], &env);
+    assert_eq!(code, 0, "{j}\n{err}");
+    let stamp = j["stamp"].as_str().unwrap().to_string();
+    let Out { json: j, code, .. } =
+        s.rt.run_env(&["--password-file", &pw, "validate", &stamp], &env);
+    assert_eq!((code, &j["valid"]), (0, &serde_json::json!(true)), "{j}");
+    // Without the password: refused before any work.
+    let Out { json: j, code, .. } = s.rt.run_env(&["list"], &env);
+    assert_eq!(code, 1);
+    assert_eq!(j["error"]["code"], "password_required");
+
+    // key passwd replaces the key object in the bucket.
+    let new_pw = s.rt.path("new-pw");
+    std::fs::write(&new_pw, "a new and better password").unwrap();
+    let new_pw = new_pw.to_str().unwrap().to_string();
+    let Out {
+        json: j,
+        code,
+        stderr: err,
+        ..
+    } = s.rt.run_env(
+        &[
+            "--password-file",
+            &pw,
+            "key",
+            "passwd",
+            "--new-password-file",
+            &new_pw,
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{j}\n{err}");
+    let Out { json: j, code, .. } = s.rt.run_env(&["--password-file", &pw, "list"], &env);
+    assert_eq!(
+        (code, &j["error"]["code"]),
+        (1, &serde_json::json!("wrong_password"))
+    );
+    let Out { json: j, code, .. } =
+        s.rt.run_env(&["--password-file", &new_pw, "validate", &stamp], &env);
+    assert_eq!((code, &j["valid"]), (0, &serde_json::json!(true)), "{j}");
+}
+
+#[test]
+fn the_cache_is_only_a_cache() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "cache");
+    s.ok(&["create", "--chroma"]);
+    s.rt.insert_marker("m");
+    s.ok(&["create", "--chroma"]);
+    let list = s.ok(&["list"]);
+    let entries: Vec<_> = walkdir::WalkDir::new(&s.cache)
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            // The scratch folder beside the cached objects is not cache.
+            e.file_type().is_file()
+                && e.path()
+                    .strip_prefix(&s.cache)
+                    .is_ok_and(|rel| !rel.components().any(|c| c.as_os_str() == "tmp"))
+        })
+        .map(|e| e.into_path())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|p| p.to_string_lossy().contains("packidx")),
+        "pack indexes are cached: {entries:?}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|p| p.to_string_lossy().contains("manifest.bin")),
+        "manifests are cached: {entries:?}"
+    );
+    // Damage every cache entry: results are the same (entries refetched).
+    for p in &entries {
+        let mut bytes = std::fs::read(p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x41;
+        std::fs::write(p, bytes).unwrap();
+    }
+    assert_eq!(s.ok(&["list"]), list);
+    let stamps = stamps_of(&list);
+    assert_eq!(s.ok(&["validate", &stamps[1]])["valid"], true);
+    // And without any cache.
+    std::fs::remove_dir_all(&s.cache).unwrap();
+    assert_eq!(s.ok(&["list"]), list);
+    let again = s.ok(&["create", "--chroma"]);
+    assert_eq!(again["chunks_new"], 0, "{again}");
+}
+
+#[test]
+fn a_flipped_byte_in_the_bucket_is_found_by_verify_and_named() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "flip");
+    let stamp = s.ok(&["create", "--chroma"])["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let backend = s.backend();
+    let packs: Vec<_> = backend
+        .list_files("objects")
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.name.ends_with(".pack"))
+        .collect();
+    let victim = &packs[0];
+    let mut bytes = backend.read(&victim.name).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    backend.replace(&victim.name, &bytes).unwrap();
+
+    let Out { json: v, code, .. } = s.run(&["verify"]);
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(v["ok"], false);
+    let damaged = v["damaged_objects"].to_string();
+    let file = victim.name.rsplit('/').next().unwrap();
+    assert!(damaged.contains(file), "{file} not named in {damaged}");
+    assert_eq!(v["snapshots"][&stamp]["ok"], false, "{v}");
+    // validate, the gate of a restore, catches it too (if the flipped
+    // byte lies in a referenced chunk, which the middle of a pack does).
+    let Out {
+        json: val, code, ..
+    } = s.run(&["validate", &stamp]);
+    assert_eq!(code, 3, "{val}");
+
+    // Repair moves the pack into quarantine/ in the bucket (never deletes
+    // it) and keeps its intact chunks; the next create heals the rest.
+    let Out { json: r, code, .. } = s.run(&["verify", "--repair"]);
+    assert_eq!(code, 3, "{r}");
+    let moved_to = r["repair"]["quarantined"][0]["moved_to"].as_str().unwrap();
+    assert!(backend.exists(moved_to).unwrap(), "{moved_to} kept");
+    assert!(!backend.exists(&victim.name).unwrap());
+    let healed = s.ok(&["create", "--chroma"]);
+    let fresh = healed["stamp"].as_str().unwrap();
+    assert_eq!(s.ok(&["validate", fresh])["valid"], true);
+}
+
+#[test]
+fn create_and_gc_racing_never_lose_a_snapshot() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "race");
+    s.ok(&["create", "--chroma"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc_runs = {
+        let stop = stop.clone();
+        let cache = s.cache.clone();
+        let store = s.url.clone();
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_atosnap"))
+                    .args(["--quiet", "--store", &store, "--lock-wait", "120"])
+                    .args(["gc", "--confirm", "--grace-period", "0"])
+                    .env("ATOSNAP_CACHE_DIR", &cache)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "gc failed: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut made = Vec::new();
+    for i in 0..4 {
+        s.rt.insert_marker(&format!("race-{i}"));
+        let Out {
+            json: j,
+            code,
+            stderr: err,
+            ..
+        } = s.run(&["--lock-wait", "120", "create", "--chroma"]);
+        assert_eq!(code, 0, "{j}\n{err}");
+        made.push(j["stamp"].as_str().unwrap().to_string());
+        // Retention deletes old snapshots now and then, so gc has work.
+        if i == 1 {
+            let args = [
+                "--lock-wait",
+                "120",
+                "cleanup",
+                "--confirm",
+                "--grace-period",
+                "0",
+            ];
+            s.ok(&[&args[..], KEEP_ONE_DAY].concat());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = gc_runs.join().unwrap();
+    assert!(runs >= 1);
+    let listed = s.stamps();
+    assert!(listed.contains(made.last().unwrap()));
+    for stamp in &listed {
+        let v = s.ok(&["validate", stamp]);
+        assert_eq!(v["valid"], true, "{stamp}: {v}");
+    }
+    let verify = s.ok(&["verify"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// Runs atosnap with `env` against `store`; (json, exit code, elapsed).
+fn run_timed(
+    store: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (serde_json::Value, i32, Duration) {
+    let started = Instant::now();
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_atosnap"));
+    c.args(["--quiet", "--store", store]).args(args);
+    c.env("ATOSNAP_S3_RETRIES", "2");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (json, out.status.code().unwrap_or(-1), started.elapsed())
+}
+
+#[test]
+fn bad_credentials_missing_bucket_and_unreachable_endpoint_fail_clearly() {
+    let Some(bucket) = bucket() else { return };
+    let url = fresh_url(&bucket, "bad");
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().to_str().unwrap().to_string();
+    let base = [("ATOSNAP_CACHE_DIR", cache.as_str())];
+
+    let wrong = [
+        base[0],
+        ("AWS_ACCESS_KEY_ID", "GKnotakey0000000000000000"),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+    ];
+    let (j, code, took) = run_timed(&url, &wrong, &["list"]);
+    assert_eq!(code, 1, "{j}");
+    let msg = j["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        !msg.contains("0000000000000000000000000000000000000000"),
+        "secret leaked: {msg}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+
+    let missing = format!(
+        "s3://atosnap-no-such-bucket-{:08x}/x",
+        rand::random::<u64>() as u32
+    );
+    let (j, code, took) = run_timed(&missing, &base, &["list"]);
+    assert_eq!(code, 1, "{j}");
+    assert!(
+        j["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("atosnap-no-such-bucket"),
+        "{j}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+
+    let unreachable = [base[0], ("ATOSNAP_S3_ENDPOINT", "http://127.0.0.1:9")];
+    let (j, code, took) = run_timed(&url, &unreachable, &["list"]);
+    assert_eq!(code, 1, "{j}");
+    let msg = j["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("127.0.0.1:9"), "{j}");
+    // Bounded retries (ATOSNAP_S3_RETRIES=2: one pause of 0.5 s), then
+    // the failure, never a hang.
+    assert!(msg.contains("tried 2 times"), "{j}");
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+
+    // A create against the unreachable endpoint writes nothing and fails.
+    let rt = Rt::fixture();
+    let (j, code, _) = run_timed(
+        &url,
+        &unreachable,
+        &[
+            "--db",
+            rt.db().to_str().unwrap(),
+            "--registry",
+            rt.registry().to_str().unwrap(),
+            "create",
+        ],
+    );
+    assert_eq!(code, 1, "{j}");
+    assert!(j.get("stamp").is_none(), "{j}");
+}
+
+/// A child process killed when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_works_on_a_bucket() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "serve");
+    s.ok(&["create"]);
+    let port = 20000 + (rand::random::<u64>() % 20000) as u16;
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atosnap"));
+    child
+        .args(["--quiet", "--store", &s.url, "--db"])
+        .arg(s.rt.db())
+        .args(["--registry"])
+        .arg(s.rt.registry())
+        .args(["serve", "--listen", &listen])
+        .env("ATOSNAP_CACHE_DIR", &s.cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = KillOnDrop(child.spawn().unwrap());
+    let get = |path: &str, method: &str| -> Option<String> {
+        let mut c = std::net::TcpStream::connect(&listen).ok()?;
+        write!(
+            c,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let started = Instant::now();
+    let mut listing = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Some(r) = get("/admin/backup", "GET") {
+            listing = Some(r);
+            break;
+        }
+        if let Some(status) = child.0.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("serve exited ({status}) before answering: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listing = listing.expect("serve answered");
+    assert!(listing.starts_with("HTTP/1.1 200"), "{listing}");
+    let created = get("/admin/backup", "POST").unwrap();
+    assert!(created.starts_with("HTTP/1.1 200"), "{created}");
+    let body = created.split("\r\n\r\n").nth(1).unwrap_or("");
+    let created_json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(created_json["validated"], true, "{created}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(s.stamps().len(), 2);
+}
+
+#[test]
+fn a_folder_abandoned_between_claim_and_commit_is_taken_over() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "abandoned");
+    s.ok(&["init"]);
+    let b = s.backend();
+    let host = atosnap::store::lock::object::hostname();
+    let dir = "snapshots/20260101T000000Z";
+    let files = [
+        ("backup-metadata.json", b"{}".to_vec()),
+        ("manifest.bin", b"m".to_vec()),
+    ];
+    // A claim by a process of this host that still runs: respected.
+    let live = format!("{dir}/.claim-{host}-{}-1", std::process::id());
+    b.write_once(&live, b"x").unwrap();
+    assert!(!b.write_dir_once(dir, &files).unwrap());
+    b.delete(&live).unwrap();
+    // A writer that died after its claim and its summary: the folder is
+    // not a snapshot, and the next writer of the name takes it over.
+    let dead = format!("{dir}/.claim-{host}-999999999-2");
+    b.write_once(&dead, b"x").unwrap();
+    b.write_once(&format!("{dir}/backup-metadata.json"), b"half")
+        .unwrap();
+    assert!(s.stamps().is_empty());
+    assert!(b.write_dir_once(dir, &files).unwrap());
+    assert!(!b.exists(&dead).unwrap());
+    assert_eq!(
+        b.read(&format!("{dir}/backup-metadata.json")).unwrap(),
+        b"{}"
+    );
+    assert_eq!(b.read(&format!("{dir}/manifest.bin")).unwrap(), b"m");
+}
+
+#[test]
+fn tag_forget_policy_ls_dump_and_partial_restore_on_a_bucket() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "ops");
+    s.ok(&["init"]);
+    let a = s.ok(&["create", "--chroma", "--at", "2026-04-10T12:00:00Z"])["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = s.ok(&["create", "--chroma", "--at", "2026-04-11T12:00:00Z"])["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Tag edits of the same length: the cache (keyed by size) must not
+    // hand back the old summary.
+    s.ok(&["list"]);
+    assert_eq!(s.ok(&["tag", &a, "--add", "aa"])["tags"][0], "aa");
+    assert_eq!(s.ok(&["list"])["snapshots"][0]["tags"][0], "aa");
+    s.ok(&["tag", &a, "--remove", "aa", "--add", "bb"]);
+    assert_eq!(s.ok(&["list"])["snapshots"][0]["tags"][0], "bb");
+
+    // The stored policy lives in the bucket and cleanup applies it.
+    s.ok(&[
+        "policy",
+        "set",
+        "--keep-last",
+        "1",
+        "--keep-daily",
+        "0",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+        "--keep-tag",
+        "bb",
+    ]);
+    assert_eq!(s.ok(&["policy", "show"])["stored"], true);
+    let dry = s.ok(&["cleanup"]);
+    assert_eq!(dry["policy_source"], "store");
+    assert_eq!(dry["reasons"][&a][0], "tag:bb", "{dry}");
+
+    let ls = s.ok(&["ls", &b, "chroma", "--long"]);
+    assert!(ls["files"].as_u64().unwrap() > 0, "{ls}");
+    let out = s.rt.path("registry.out");
+    let d = s.ok(&[
+        "dump",
+        &b,
+        "project-registry.json",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&s.rt.registry).unwrap(),
+        "{d}"
+    );
+    let to = s.rt.path("partial");
+    let r = s.ok(&[
+        "restore",
+        &b,
+        "--to",
+        to.to_str().unwrap(),
+        "--include",
+        "project-registry.json",
+    ]);
+    assert_eq!(r["registry_restored"], true, "{r}");
+
+    let f = s.ok(&["forget", "--confirm", "--grace-period", "0", &a]);
+    assert_eq!(f["deleted_stamps"][0], a.as_str(), "{f}");
+    assert_eq!(s.stamps(), vec![b.clone()]);
+    let (json, code, _) = s.run(&["forget", &b]);
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json["error"]["code"], "forget_would_delete_all");
+    assert_eq!(s.ok(&["verify"])["ok"], true);
+}

@@ -1,0 +1,168 @@
+//! The one way the tests run the binary: a command with a clean
+//! environment and every path given as a flag, and its output read as at
+//! most one JSON document ([`Out`]).
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::files::{strings, BIN};
+use super::runtime::Runtime;
+
+/// Environment variables atosnap reads: cleared so the caller's shell
+/// cannot leak into a test.
+pub const ENV_VARS: &[&str] = &[
+    "ATOCORE_DATA_DIR",
+    "ATOCORE_BACKUP_DIR",
+    "ATOCORE_DB_PATH",
+    "ATOCORE_PROJECT_REGISTRY_PATH",
+    "ATOCORE_CHROMA_PATH",
+    "ATOCORE_INGESTION_LOCK",
+    "ATOSNAP_FAILPOINT",
+    "ATOSNAP_TOKEN_FILE",
+    "ATOSNAP_LOG",
+];
+
+/// One run of the binary.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    /// The one JSON document of stdout; `Null` when stdout is empty (a
+    /// usage error prints nothing there).
+    pub json: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// The stable error code of an error document.
+    pub fn error_code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// The strings of a JSON array field.
+    pub fn strings(&self, field: &str) -> Vec<String> {
+        strings(&self.json[field])
+    }
+}
+
+/// Reads a finished run; panics when stdout is neither empty nor exactly
+/// one JSON document.
+pub fn parse(output: &Output) -> Out {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("stdout is not exactly one JSON document ({e}):\n{stdout}\nstderr:\n{stderr}")
+        })
+    };
+    Out {
+        code: output.status.code().unwrap_or(-1),
+        json,
+        stdout,
+        stderr,
+    }
+}
+
+/// Runs a prepared command and reads its output (see [`parse`]).
+pub fn run_cmd(cmd: &mut Command) -> Out {
+    parse(&cmd.output().expect("the atosnap binary runs"))
+}
+
+impl Runtime {
+    /// The binary with no path flags and a clean environment, in the temp
+    /// dir.
+    pub fn bare_command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        for v in ENV_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+
+    /// The binary with every path given as a flag, `--quiet`.
+    pub fn command(&self) -> Command {
+        let mut cmd = self.loud_command();
+        cmd.arg("--quiet");
+        cmd
+    }
+
+    /// As [`Runtime::command`] without `--quiet` (progress and log lines
+    /// on stderr).
+    pub fn loud_command(&self) -> Command {
+        self.command_with_db(&self.db())
+    }
+
+    /// As [`Runtime::loud_command`] with another `--db`.
+    pub fn command_with_db(&self, db: &Path) -> Command {
+        let mut cmd = self.bare_command();
+        cmd.arg("--store")
+            .arg(&self.store)
+            .arg("--db")
+            .arg(db)
+            .arg("--registry")
+            .arg(self.registry())
+            .arg("--chroma-dir")
+            .arg(self.chroma());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_env(args, &[])
+    }
+
+    /// Runs with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut cmd = self.command();
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_cmd(&mut cmd)
+    }
+
+    /// Runs and insists on exit 0.
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert_eq!(out.code, 0, "atosnap {args:?} failed: {out:?}");
+        out.json
+    }
+
+    /// `create` with `args`, which must succeed.
+    pub fn create(&self, args: &[&str]) -> Value {
+        let mut all = vec!["create"];
+        all.extend_from_slice(args);
+        self.ok(&all)
+    }
+
+    /// `create` with `args`, which must succeed; its stamp.
+    pub fn create_stamp(&self, args: &[&str]) -> String {
+        self.create(args)["stamp"].as_str().unwrap().to_string()
+    }
+
+    /// `create` at noon UTC of `day` (YYYY-MM-DD); returns the stamp.
+    pub fn create_on(&self, day: &str, extra: &[&str]) -> String {
+        let at = format!("{day}T12:00:00Z");
+        let mut args = vec!["--at", &at];
+        args.extend_from_slice(extra);
+        self.create_stamp(&args)
+    }
+
+    /// The stamps `list` gives.
+    pub fn stamps(&self) -> Vec<String> {
+        stamps_of(&self.ok(&["list"]))
+    }
+}
+
+/// The stamps of a `list` document.
+pub fn stamps_of(list: &Value) -> Vec<String> {
+    list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stamp"].as_str().unwrap().to_string())
+        .collect()
+}
