@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
@@ -369,6 +369,11 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
             write_error = Some(e);
         }
     }
+    if write_error.is_none() {
+        // A remote backend uploads in the background: the new packs must
+        // be in the bucket, not merely handed over, before an old one goes.
+        write_error = packs_durable(store).err();
+    }
     let written_bytes = packer.bytes_written();
     out.written = packer
         .packs_written
@@ -391,6 +396,15 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
     }
     out.bytes_reclaimed = freed.saturating_sub(written_bytes);
     Ok(out)
+}
+
+/// Waits until the packs handed to the backend are stored (an upload that
+/// failed fails this, and every later delete of the backend too).
+pub(crate) fn packs_durable(store: &Store) -> Result<()> {
+    store
+        .backend()
+        .barrier()
+        .ctx("upload new packs to", store.object_path("objects"))
 }
 
 enum CopyError {

@@ -142,6 +142,9 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             }
         }
         packer.flush(&mut index)?;
+        // Salvaged chunks count only once their packs are in the store: a
+        // failed upload fails the repair instead of reporting it healed.
+        crate::gc::packs_durable(store)?;
         out.packs_written = packer
             .packs_written
             .iter()

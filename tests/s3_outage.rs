@@ -1,8 +1,9 @@
-//! The S3 server goes away in the middle of a create and of a copy; after
-//! it comes back and the command is rerun, nothing listed is broken and
-//! verify is clean. Its own test binary, because it stops the shared Garage
-//! (cargo runs test binaries one at a time). Skipped without
-//! `ATOSNAP_TEST_S3_BUCKET`.
+//! The S3 server goes away in the middle of a create, a copy, a gc and a
+//! repair; after it comes back and the command is rerun, nothing listed is
+//! broken and verify is clean. Its own test binary, because it stops the
+//! Garage of `scripts/garage.sh` (the one `GARAGE_DIR` and the
+//! `GARAGE_*_PORT` variables name, passed through to the script; cargo runs
+//! test binaries one at a time). Skipped without `ATOSNAP_TEST_S3_BUCKET`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -15,15 +16,11 @@ use support::Runtime as Rt;
 
 /// Adds incompressible data to the Chroma dir so uploads take a while.
 fn grow_chroma(chroma: &Path, mib: usize, seed: u64) {
-    let mut data = vec![0u8; mib << 20];
-    let mut x = seed | 1;
-    for b in data.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    std::fs::write(chroma.join(format!("bulk-{seed}.dat")), data).unwrap();
+    std::fs::write(
+        chroma.join(format!("bulk-{seed}.dat")),
+        noise(mib << 20, seed),
+    )
+    .unwrap();
 }
 
 fn spawn(s: &S3Rt, args: &[&str]) -> Child {
@@ -48,9 +45,20 @@ fn spawn(s: &S3Rt, args: &[&str]) -> Child {
 /// child (it must end by itself, in bounded time) and starts Garage again.
 /// Returns the child's exit code.
 fn outage_during(child: Child, url: &str, cache: &Path, before: usize) -> i32 {
+    outage_when(child, url, cache, |b| packs(b) > before).0
+}
+
+/// [`outage_during`] once `ready` holds for the bucket; also returns the
+/// child's JSON document.
+fn outage_when(
+    child: Child,
+    url: &str,
+    cache: &Path,
+    ready: impl Fn(&dyn atosnap::store::backend::Backend) -> bool,
+) -> (i32, serde_json::Value) {
     let backend = backend_for(url, cache);
     let started = Instant::now();
-    while packs(backend.as_ref()) <= before && started.elapsed() < Duration::from_secs(120) {
+    while !ready(backend.as_ref()) && started.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(20));
     }
     garage("stop");
@@ -63,20 +71,40 @@ fn outage_during(child: Child, url: &str, cache: &Path, before: usize) -> i32 {
         "the command hung {waited:?} after the server went away"
     );
     let code = out.status.code().unwrap_or(-1);
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     if code != 0 {
-        let json: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        assert!(json["error"]["code"].is_string(), "a JSON error: {json}");
+        assert!(
+            json["error"]["code"].is_string() || json["errors"].is_array(),
+            "a JSON error: {json}"
+        );
         assert_eq!(code, 1, "{json}");
     }
-    code
+    (code, json)
 }
 
 fn packs(backend: &dyn atosnap::store::backend::Backend) -> usize {
+    packs_in(backend, "objects")
+}
+
+fn packs_in(backend: &dyn atosnap::store::backend::Backend, dir: &str) -> usize {
     backend
-        .list_files("objects")
+        .list_files(dir)
         .map(|l| l.iter().filter(|e| e.name.ends_with(".pack")).count())
         .unwrap_or(0)
+}
+
+/// Incompressible bytes from `seed`.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    let mut x = seed | 1;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    data
 }
 
 fn assert_whole(s: &S3Rt) {
@@ -146,4 +174,121 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
     );
     assert_eq!(dest.stamps(), local.stamps());
     assert_whole(&dest);
+}
+
+/// gc rewrites sparse packs: their live chunks go into new packs, uploaded
+/// in the background, and only then may the old packs go. The server stops
+/// while the new packs upload: gc must fail (exit 1) without deleting any
+/// pack whose live chunks did not arrive, and after the server is back
+/// every snapshot is whole and verify is clean.
+#[test]
+fn the_server_going_away_mid_gc_deletes_no_live_pack() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "outage-gc");
+    // Interleaved files, 1.0 MiB to keep and 1.3 MiB to drop: every pack
+    // of the first snapshot ends up less than half live.
+    let mixed = s.rt.chroma.join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    for i in 0..96u64 {
+        std::fs::write(
+            mixed.join(format!("{i:03}-keep.dat")),
+            noise(1 << 20, 100 + i),
+        )
+        .unwrap();
+        std::fs::write(
+            mixed.join(format!("{i:03}-drop.dat")),
+            noise(13 << 17, 1000 + i),
+        )
+        .unwrap();
+    }
+    s.ok(&["create", "--chroma"]);
+    for i in 0..96u64 {
+        std::fs::remove_file(mixed.join(format!("{i:03}-drop.dat"))).unwrap();
+    }
+    let kept = s.ok(&["create", "--chroma"]);
+    // Retention drops the first snapshot; the default grace period keeps
+    // every pack for now.
+    let cleanup = s.ok(&[
+        "cleanup",
+        "--confirm",
+        "--keep-daily",
+        "1",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+    ]);
+    assert_eq!(
+        s.stamps(),
+        vec![kept["stamp"].as_str().unwrap()],
+        "{cleanup}"
+    );
+    let dry = s.ok(&["gc", "--grace-period", "0"]);
+    let sparse = dry["would_rewrite_packs"].as_array().unwrap().len();
+    assert!(sparse >= 3, "packs to rewrite: {dry}");
+    let dead = dry["would_delete_packs"].as_array().unwrap().len();
+    let before = packs(s.backend().as_ref()) - dead;
+
+    let child = spawn(&s, &["gc", "--confirm", "--grace-period", "0"]);
+    // The first new pack is in: the others are still on their way.
+    let (code, json) = outage_when(child, &s.url, &s.cache, |b| packs(b) > before);
+    assert_eq!(code, 1, "gc was cut off while uploading: {json}");
+    let rewritten = json["rewritten_packs"].as_array().map_or(0, Vec::len);
+    assert_eq!(rewritten, 0, "no sparse pack may go: {json}");
+    assert_whole(&s);
+    // The rerun finishes the job.
+    let gc = s.ok(&["gc", "--confirm", "--grace-period", "0"]);
+    assert_eq!(
+        gc["rewritten_packs"].as_array().unwrap().len(),
+        sparse,
+        "{gc}"
+    );
+    assert_whole(&s);
+}
+
+/// `verify --repair` quarantines damaged packs and writes their intact
+/// chunks into fresh packs. The server stops while those upload: the
+/// repair must fail rather than report the store healed, and a rerun once
+/// the server is back heals it.
+#[test]
+fn the_server_going_away_mid_repair_reports_nothing_healed() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "outage-repair");
+    grow_chroma(&s.rt.chroma, 160, 13);
+    s.ok(&["create", "--chroma"]);
+    let backend = s.backend();
+    // A wrong header byte: the packs no longer match their names, while
+    // every chunk in them stays intact (all salvageable).
+    let mut damaged: Vec<(String, u64)> = backend
+        .list_files("objects")
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.name.ends_with(".pack"))
+        .map(|e| (e.name, e.size))
+        .collect();
+    damaged.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
+    damaged.truncate(4);
+    for (name, _) in &damaged {
+        let mut bytes = backend.read(name).unwrap();
+        bytes[0] ^= 0x20;
+        backend.write_once(name, &bytes).unwrap();
+    }
+    drop(backend);
+    let audit = s.run(&["verify"]).0;
+    assert_eq!(audit["ok"], false, "{audit}");
+    let before = packs(s.backend().as_ref());
+
+    let child = spawn(&s, &["verify", "--repair"]);
+    // Quarantined, and the first salvage pack is in.
+    let (code, json) = outage_when(child, &s.url, &s.cache, |b| {
+        packs_in(b, "quarantine") >= damaged.len() && packs(b) > before - damaged.len()
+    });
+    assert_eq!(code, 1, "repair was cut off while uploading: {json}");
+    assert_ne!(json["repair"]["healed"], true, "{json}");
+    // Once the server is back, a rerun salvages again from quarantine/
+    // (exit 3: it reports the damage it found, then heals it).
+    let (repaired, code, stderr) = s.run(&["verify", "--repair"]);
+    assert!(code == 0 || code == 3, "{repaired}\n{stderr}");
+    assert_eq!(repaired["repair"]["healed"], true, "{repaired}");
+    assert_whole(&s);
 }

@@ -39,7 +39,18 @@
 //!   `barrier()` waits for them and reports the first failure;
 //!   `write_dir_once`, `delete`, `delete_dir` and `rename` call it first, so
 //!   a snapshot is never published, and nothing deleted, before the packs
-//!   handed over earlier are durable in the bucket.
+//!   handed over earlier are durable in the bucket. A failure is sticky:
+//!   once an upload failed, every later `put_file`, `barrier`, publish,
+//!   delete and rename of this backend fails with its message until the
+//!   backend is dropped (the command ends), so that no caller deletes the
+//!   old copies of chunks whose new pack never arrived.
+//! - Packs are named by the hash of their bytes, so two writers of the same
+//!   new data (two `create`s, a `create` and a `copy`) upload the same
+//!   object. A pack already in the bucket with the same size and trailer is
+//!   not uploaded again (one HEAD per pack); an upload that fails while an
+//!   equal object has appeared under its name (two multipart uploads to one
+//!   key: the server cancels one, `NoSuchUpload`) counts as done. A name
+//!   still missing, or holding other bytes, after a failure is an error.
 //! - `write_dir_once`: S3 has no atomic folder rename, and Garage 2.5
 //!   ignores `If-None-Match: *` on PutObject (its put.rs never reads it; a
 //!   second conditional PUT of an existing key succeeds), so a conditional
@@ -88,6 +99,7 @@ use opendal::{ErrorKind as OdKind, HttpTransporter, OperationContext, Operator};
 use super::backend::{
     create_private_dir_all, create_private_file, temp_path_in, Backend, ListEntry,
 };
+use super::pack;
 
 /// Default number of attempts per request (first try plus retries).
 pub const DEFAULT_ATTEMPTS: usize = 4;
@@ -216,6 +228,11 @@ fn is_unreachable(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut
     )
+}
+
+/// Attempts per request (`ATOSNAP_S3_RETRIES`, at least 1).
+fn attempts() -> usize {
+    env_usize("ATOSNAP_S3_RETRIES", DEFAULT_ATTEMPTS).max(1)
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -359,6 +376,13 @@ impl S3Backend {
     /// the bucket exists and the credentials are accepted). `scratch` is a
     /// local folder for temp files and the pack spool.
     pub fn new(loc: &S3Location, scratch: PathBuf) -> io::Result<S3Backend> {
+        let backend = S3Backend::unchecked(loc, scratch)?;
+        backend.check_bucket_retrying(attempts())?;
+        Ok(backend)
+    }
+
+    /// The backend of [`Self::new`] without asking the server anything.
+    fn unchecked(loc: &S3Location, scratch: PathBuf) -> io::Result<S3Backend> {
         let endpoint = loc.resolved_endpoint();
         let region = loc.resolved_region();
         let names = Arc::new(Names {
@@ -399,7 +423,7 @@ impl S3Backend {
         let transport = HttpTransporter::new(
             opendal_http_transport_reqwest::ReqwestTransport::new(client),
         );
-        let attempts = env_usize("ATOSNAP_S3_RETRIES", DEFAULT_ATTEMPTS).max(1);
+        let attempts = attempts();
         let op = Operator::new(builder)
             .map_err(config_err)?
             .with_context(OperationContext::new().with_http_transport(transport))
@@ -436,7 +460,6 @@ impl S3Backend {
             ))),
             rt: Some(rt),
         };
-        backend.check_bucket_retrying(attempts)?;
         Ok(backend)
     }
 
@@ -532,7 +555,7 @@ impl S3Backend {
 impl Drop for S3Backend {
     fn drop(&mut self) {
         // Upload threads use the runtime: let them finish first.
-        self.uploads.wait_idle();
+        let _ = self.uploads.wait_idle();
         self.spool.clear();
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
@@ -540,8 +563,92 @@ impl Drop for S3Backend {
     }
 }
 
-/// Streams local file `local` to object `name`.
+/// Uploads local file `local` as object `name`. A pack is named by the
+/// hash of its bytes, so another writer (a concurrent `create` or `copy`
+/// of the same new data) may store the very same object: one already
+/// there with the same size and trailer is not uploaded again, and an
+/// upload that fails while such a copy has appeared (S3 cancels one of
+/// two multipart uploads racing for a key: `NoSuchUpload`) is not an
+/// error. Only a key missing or different after the failure is.
 fn upload_file(op: &blocking::Operator, names: &Names, name: &str, local: &Path) -> io::Result<()> {
+    if pack::pack_id_from_name(name).is_none() {
+        return put_local(op, names, name, local);
+    }
+    if let Ok(Stored::Same) = stored_copy(op, names, name, local) {
+        tracing::debug!(
+            "{}: already stored, not uploaded again",
+            names.display(name)
+        );
+        return Ok(());
+    }
+    let failed = match put_local(op, names, name, local) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    match stored_copy(op, names, name, local) {
+        Ok(Stored::Same) => {
+            tracing::info!(
+                "{}: upload failed ({failed}) but another writer stored the same object meanwhile",
+                names.display(name)
+            );
+            Ok(())
+        }
+        Ok(Stored::Different(what)) => Err(io::Error::new(
+            failed.kind(),
+            format!("{failed}; the object now in the bucket differs ({what})"),
+        )),
+        Ok(Stored::Missing) | Err(_) => Err(failed),
+    }
+}
+
+/// What the bucket holds under a content-addressed name, compared with
+/// the local file about to be uploaded there.
+enum Stored {
+    Missing,
+    /// Same size and the same pack trailer (index length and index hash):
+    /// with the name the hash of the whole content, the same object.
+    Same,
+    Different(String),
+}
+
+/// One HEAD, and when the sizes agree one ranged GET of the trailer.
+fn stored_copy(
+    op: &blocking::Operator,
+    names: &Names,
+    name: &str,
+    local: &Path,
+) -> io::Result<Stored> {
+    let f = File::open(local)?;
+    let len = f.metadata()?.len();
+    let size = match op.stat(name) {
+        Ok(meta) => meta.content_length(),
+        Err(e) if e.kind() == OdKind::NotFound => return Ok(Stored::Missing),
+        Err(e) => return Err(names.err(name, e)),
+    };
+    if size != len {
+        return Ok(Stored::Different(format!("{size} bytes, not {len}")));
+    }
+    let tail = pack::TRAILER_LEN.min(len as usize);
+    let offset = len - tail as u64;
+    let mut want = vec![0u8; tail];
+    f.read_exact_at(&mut want, offset)?;
+    let opts = ReadOptions {
+        range: (offset..len).into(),
+        ..Default::default()
+    };
+    let got = op
+        .read_options(name, opts)
+        .map_err(|e| names.err(name, e))?
+        .to_vec();
+    Ok(if got == want {
+        Stored::Same
+    } else {
+        Stored::Different("another trailer".into())
+    })
+}
+
+/// Streams local file `local` to object `name`.
+fn put_local(op: &blocking::Operator, names: &Names, name: &str, local: &Path) -> io::Result<()> {
     let mut f = File::open(local)?;
     let len = f.metadata()?.len();
     if len <= UPLOAD_CHUNK as u64 {
@@ -577,7 +684,11 @@ fn upload_file(op: &blocking::Operator, names: &Names, name: &str, local: &Path)
     Ok(())
 }
 
-/// Background uploads: at most `max` at once, first error kept.
+/// Background uploads: at most `max` at once. The first failure is
+/// sticky: every later `acquire` and `wait_idle` reports it again, so a
+/// caller that saw one barrier fail cannot slip a delete or a publish
+/// through the next (gc would delete the only copies of chunks whose new
+/// pack never arrived).
 struct UploadPool {
     max: usize,
     state: Mutex<PoolState>,
@@ -587,24 +698,68 @@ struct UploadPool {
 #[derive(Default)]
 struct PoolState {
     in_flight: usize,
-    error: Option<io::Error>,
+    failed: Option<UploadFailure>,
+}
+
+/// The first upload failure of a backend, kept for its lifetime
+/// (`io::Error` is not `Clone`: its kind and message are).
+struct UploadFailure {
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl UploadFailure {
+    fn error(&self) -> io::Error {
+        io::Error::new(self.kind, self.message.clone())
+    }
 }
 
 impl UploadPool {
     fn new(max: usize) -> UploadPool {
         UploadPool {
-            max,
+            max: max.max(1),
             state: Mutex::new(PoolState::default()),
             cv: Condvar::new(),
         }
+    }
+
+    /// Runs `job` (which uploads `local`) on a thread of its own once a
+    /// slot is free; `local` is removed when it ends, or at once when the
+    /// job cannot start (an earlier upload failed).
+    fn spawn(
+        self: &Arc<Self>,
+        local: PathBuf,
+        job: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
+        if let Err(e) = self.acquire() {
+            let _ = fs::remove_file(&local);
+            return Err(e);
+        }
+        let pool = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("atosnap-s3-upload".into())
+            .spawn({
+                let local = local.clone();
+                move || {
+                    let r = job();
+                    let _ = fs::remove_file(&local);
+                    pool.release(r);
+                }
+            });
+        if let Err(e) = spawned {
+            let _ = fs::remove_file(&local);
+            self.release(Ok(()));
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Waits for a free slot; a recorded failure is returned instead.
     fn acquire(&self) -> io::Result<()> {
         let mut st = lock(&self.state);
         loop {
-            if let Some(e) = st.error.take() {
-                return Err(e);
+            if let Some(f) = &st.failed {
+                return Err(f.error());
             }
             if st.in_flight < self.max {
                 st.in_flight += 1;
@@ -618,19 +773,26 @@ impl UploadPool {
         let mut st = lock(&self.state);
         st.in_flight -= 1;
         if let Err(e) = result {
-            if st.error.is_none() {
-                st.error = Some(e);
+            if st.failed.is_none() {
+                st.failed = Some(UploadFailure {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                });
             }
         }
         self.cv.notify_all();
     }
 
-    fn wait_idle(&self) -> Option<io::Error> {
+    /// Waits until no upload runs; the first failure ever recorded, if any.
+    fn wait_idle(&self) -> io::Result<()> {
         let mut st = lock(&self.state);
         while st.in_flight > 0 {
             st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        st.error.take()
+        match &st.failed {
+            Some(f) => Err(f.error()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -917,37 +1079,16 @@ impl Backend for S3Backend {
     }
 
     fn put_file(&self, name: &str, local: &Path) -> io::Result<()> {
-        if let Err(e) = self.uploads.acquire() {
-            let _ = fs::remove_file(local);
-            return Err(e);
-        }
         let op = self.op.clone();
         let names = self.names.clone();
-        let pool = self.uploads.clone();
         let (name, local) = (name.to_string(), local.to_path_buf());
-        let spawned = std::thread::Builder::new()
-            .name("atosnap-s3-upload".into())
-            .spawn({
-                let local = local.clone();
-                move || {
-                    let r = upload_file(&op, &names, &name, &local);
-                    let _ = fs::remove_file(&local);
-                    pool.release(r);
-                }
-            });
-        if let Err(e) = spawned {
-            let _ = fs::remove_file(&local);
-            self.uploads.release(Ok(()));
-            return Err(e);
-        }
-        Ok(())
+        self.uploads.spawn(local.clone(), move || {
+            upload_file(&op, &names, &name, &local)
+        })
     }
 
     fn barrier(&self) -> io::Result<()> {
-        match self.uploads.wait_idle() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.uploads.wait_idle()
     }
 
     fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> io::Result<bool> {
@@ -1106,8 +1247,66 @@ mod tests {
         pool.release(Err(io::Error::other("first")));
         let e = pool.acquire().unwrap_err();
         assert_eq!(e.to_string(), "first");
-        pool.acquire().unwrap();
-        pool.release(Ok(()));
-        assert!(pool.wait_idle().is_none());
+        // Sticky: neither a later acquire nor waiting clears it.
+        assert_eq!(pool.acquire().unwrap_err().to_string(), "first");
+        assert_eq!(pool.wait_idle().unwrap_err().to_string(), "first");
+        assert_eq!(pool.wait_idle().unwrap_err().to_string(), "first");
+    }
+
+    /// A backend on an endpoint where nothing listens: every request
+    /// would fail, so whatever passes the barrier shows up as a
+    /// connection error rather than the upload's.
+    fn offline_backend(scratch: &Path) -> S3Backend {
+        let mut loc = S3Location::parse("s3://bkt/store").unwrap();
+        loc.endpoint = Some("http://127.0.0.1:9".into());
+        S3Backend::unchecked(&loc, scratch.to_path_buf()).unwrap()
+    }
+
+    #[test]
+    fn s3_a_failed_upload_fails_every_later_barrier_delete_and_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = offline_backend(dir.path());
+        let local = dir.path().join("pack.tmp");
+        fs::write(&local, b"pack bytes").unwrap();
+        let injected = "objects/ab/ab01.pack: injected upload failure";
+        b.uploads
+            .spawn(local.clone(), move || Err(io::Error::other(injected)))
+            .unwrap();
+        let first = b.barrier().unwrap_err();
+        assert_eq!(first.to_string(), injected);
+        assert!(!local.exists(), "the local file goes with its upload");
+        // A second barrier, a delete, a publish, a rename and a new upload
+        // fail alike, with the upload's own message.
+        let second = b.barrier().unwrap_err();
+        assert_eq!(second.to_string(), injected);
+        let delete = b.delete("objects/cd/cd02.pack").unwrap_err();
+        assert_eq!(delete.to_string(), injected);
+        let delete_dir = b.delete_dir("snapshots/20260101T000000Z").unwrap_err();
+        assert_eq!(delete_dir.to_string(), injected);
+        let publish = b
+            .write_dir_once("snapshots/x", &[("manifest.bin", b"m".to_vec())])
+            .unwrap_err();
+        assert_eq!(publish.to_string(), injected);
+        let rename = b.rename("objects/cd/cd02.pack", "quarantine/cd02.pack");
+        assert_eq!(rename.unwrap_err().to_string(), injected);
+        let next = dir.path().join("next.tmp");
+        fs::write(&next, b"more").unwrap();
+        let put = b.put_file("objects/ef/ef03.pack", &next).unwrap_err();
+        assert_eq!(put.to_string(), injected);
+        assert!(!next.exists(), "a refused upload removes its local file");
+    }
+
+    #[test]
+    fn s3_without_a_failed_upload_the_barrier_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = offline_backend(dir.path());
+        let local = dir.path().join("pack.tmp");
+        fs::write(&local, b"pack bytes").unwrap();
+        b.uploads.spawn(local, || Ok(())).unwrap();
+        b.barrier().unwrap();
+        b.barrier().unwrap();
+        // The delete gets past the barrier to the (absent) server.
+        let e = b.delete("objects/cd/cd02.pack").unwrap_err();
+        assert!(e.to_string().contains("127.0.0.1:9"), "{e}");
     }
 }

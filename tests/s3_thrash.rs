@@ -1,0 +1,153 @@
+//! Two or three writers on one bucket at once, round after round: two
+//! `create`s, a `create` and a `copy` into the bucket, a `create` and a
+//! `gc --confirm` without grace period. Each round adds a new file of
+//! several MiB to the Chroma tree, so the racing writers cut the same new
+//! chunks into the same packs (same content, same name) and upload them in
+//! multipart uploads (over 8 MiB) to one key at once. Every command must
+//! succeed (or fail on the store lock, naming it), and afterwards every
+//! listed snapshot validates and verify is clean.
+//!
+//! `ATOSNAP_THRASH_ROUNDS` sets the number of rounds (default 4; 20 for a
+//! long run). Skipped without `ATOSNAP_TEST_S3_BUCKET`.
+
+mod s3_common;
+
+use s3_common::*;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const DEFAULT_ROUNDS: usize = 4;
+
+fn rounds() -> usize {
+    std::env::var("ATOSNAP_THRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_ROUNDS)
+}
+
+/// `mib` MiB of incompressible bytes from `seed` as a new Chroma file.
+fn add_chroma_file(chroma: &Path, mib: usize, seed: u64) {
+    let mut data = vec![0u8; mib << 20];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(chroma.join(format!("thrash-{seed:03}.bin")), data).unwrap();
+}
+
+/// atosnap on `store` with the runtime of `rt`, started now.
+fn start(rt: &Rt, store: &str, cache: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_atosnap"))
+        .args(["--quiet", "--store", store, "--db"])
+        .arg(&rt.db)
+        .arg("--registry")
+        .arg(&rt.registry)
+        .arg("--chroma-dir")
+        .arg(&rt.chroma)
+        .args(["--lock-wait", "120"])
+        .args(args)
+        .env("ATOSNAP_CACHE_DIR", cache)
+        .env_remove("ATOSNAP_FAILPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Exit 0, or 1 on the store lock (a writer that gave up waiting).
+fn check(round: usize, what: &str, out: Output) {
+    let code = out.status.code().unwrap_or(-1);
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let locked = code == 1 && json["error"]["code"] == "store_locked";
+    assert!(
+        code == 0 || locked,
+        "round {round}: {what} exited {code}: {json}\n{stderr}"
+    );
+    if code == 0 && what.starts_with("create") {
+        assert_eq!(json["validated"], true, "round {round}: {what}: {json}");
+    }
+}
+
+#[test]
+fn racing_writers_on_one_bucket_all_succeed_and_lose_nothing() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "thrash");
+    // A second cache: the other writer runs as if on another host.
+    let other_cache = s.rt.path("cache-2");
+    let other_cache = other_cache.as_path();
+    // The source of the copies: a local store of the same runtime.
+    let local = s.rt.path("local-store");
+    let local = local.to_str().unwrap();
+    s.ok(&["create", "--chroma"]);
+
+    let rounds = rounds();
+    for round in 0..rounds {
+        add_chroma_file(&s.rt.chroma, 9 + round % 4, round as u64);
+        let kind = round % 3;
+        let mut writers: Vec<(&str, Child)> = Vec::new();
+        match kind {
+            0 => {
+                writers.push((
+                    "create (1)",
+                    start(&s.rt, &s.url, &s.cache, &["create", "--chroma"]),
+                ));
+                writers.push((
+                    "create (2)",
+                    start(&s.rt, &s.url, other_cache, &["create", "--chroma"]),
+                ));
+                if round % 2 == 0 {
+                    writers.push((
+                        "create (3)",
+                        start(&s.rt, &s.url, &s.cache, &["create", "--chroma"]),
+                    ));
+                }
+            }
+            1 => {
+                // The same new data, already in the local store, copied in
+                // while a create of the bucket sends it too.
+                let snap = start(&s.rt, local, other_cache, &["create", "--chroma"]);
+                check(round, "local create", snap.wait_with_output().unwrap());
+                writers.push((
+                    "create",
+                    start(&s.rt, &s.url, &s.cache, &["create", "--chroma"]),
+                ));
+                writers.push((
+                    "copy",
+                    start(&s.rt, local, other_cache, &["copy", "--to", &s.url]),
+                ));
+            }
+            _ => {
+                writers.push((
+                    "create",
+                    start(&s.rt, &s.url, &s.cache, &["create", "--chroma"]),
+                ));
+                writers.push((
+                    "gc --confirm",
+                    start(
+                        &s.rt,
+                        &s.url,
+                        other_cache,
+                        &["gc", "--confirm", "--grace-period", "0"],
+                    ),
+                ));
+            }
+        }
+        for (what, child) in writers {
+            check(round, what, child.wait_with_output().unwrap());
+        }
+    }
+
+    let stamps = s.stamps();
+    assert!(stamps.len() > rounds, "{stamps:?}");
+    for stamp in &stamps {
+        let v = s.ok(&["validate", stamp]);
+        assert_eq!(v["valid"], true, "{stamp}: {v}");
+    }
+    let verify = s.ok(&["verify"]);
+    assert_eq!(verify["ok"], true, "{verify}");
+}
