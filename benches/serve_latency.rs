@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use atosnap::create::{self, CreateOptions};
+use atosnap::ops::create::{self, CreateOptions};
 use atosnap::progress::NoProgress;
 use atosnap::store::Store;
 
@@ -129,7 +129,7 @@ fn main() {
     let mut in_process = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
-        let l = atosnap::list::list(&store).unwrap();
+        let l = atosnap::ops::list::list(&store).unwrap();
         assert_eq!(l.snapshots.len(), snapshots);
         in_process.push(t.elapsed());
     }

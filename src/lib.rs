@@ -1,39 +1,28 @@
 //! atosnap: a content-addressed, incremental snapshot store for an AtoCore
 //! runtime (SQLite database, project registry, Chroma vector store).
 //!
+//! Where things live (layers, low to high; imports only point down):
+//! - ground floor (`src/*.rs`): `error`, `id`, `stamp`, `chunk`, `os`, `progress`, `failpoint`
+//! - `store/`: the on-disk format: backend (local, `s3/`), packs, index,
+//!   manifest, drill log, keys, seal, locks, cache, config; `Store`
+//! - `sources/`: reading and writing the runtime (`sqlite`, `chroma`, `paths`)
+//! - `ops/`: one module (or folder) per command, each returning a result struct
+//! - `serve/`: the HTTP front end (a library module so tests can drive it)
+//! - the binary (`src/main.rs`, `src/cli/`): arguments, JSON, docgen, demo, logging
+//!
 //! The library is the product: every command is a function here returning
 //! a serde-serializable result; the binary only parses arguments, prints
 //! JSON and maps errors to exit codes.
 
 pub mod chunk;
-pub mod cleanup;
-pub mod config;
-pub mod copy;
-pub mod create;
-pub mod diff;
-pub mod drill;
-pub mod drill_log;
-pub mod dump;
 pub mod error;
-pub mod extract;
-pub mod forget;
-pub mod gc;
 pub mod id;
-pub mod list;
-pub mod ls;
-pub mod manifest;
+pub mod ops;
 pub mod os;
-pub mod policy;
 pub mod progress;
-pub mod repair;
-pub mod restore;
-pub mod restore_paths;
-pub mod retention;
 pub mod serve;
 pub mod sources;
 pub mod stamp;
 pub mod store;
-pub mod tag;
-pub mod verify;
 
 pub use error::{Error, Result};

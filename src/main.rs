@@ -2,10 +2,6 @@
 //! maps errors to exit codes.
 
 mod cli;
-mod demo;
-mod docgen;
-mod logging;
-mod progress_bar;
 
 fn main() {
     limit_malloc_arenas();

@@ -9,7 +9,7 @@ use harness::{Env, Out};
 use std::fs;
 use std::path::Path;
 
-use atosnap::manifest::{Entry, EntryKind, Manifest};
+use atosnap::store::manifest::{Entry, EntryKind, Manifest};
 use atosnap::store::seal::Sealer;
 
 fn stamp_of(env: &Env) -> String {

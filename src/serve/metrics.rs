@@ -32,7 +32,7 @@ use prometheus_client::registry::Registry;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::list::ListResult;
+use crate::ops::list::ListResult;
 use crate::store::Store;
 
 /// The content type of the exposition.
@@ -96,7 +96,7 @@ impl StoreFacts {
 /// and locks excluded).
 pub fn store_bytes(store: &Store) -> Result<u64> {
     let mut total = 0;
-    for dir in ["objects", "snapshots", crate::drill_log::DRILLS_DIR] {
+    for dir in ["objects", "snapshots", crate::store::drill_log::DRILLS_DIR] {
         let files = store
             .backend()
             .list_files(dir)

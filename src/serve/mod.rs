@@ -52,15 +52,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Paths;
-use crate::create::{self, CreateOptions};
 use crate::error::{Error, Result};
+use crate::ops::create::{self, CreateOptions};
+use crate::ops::{drill, list, verify};
 use crate::progress::Progress;
+use crate::sources::paths::Paths;
 use crate::stamp::Stamp;
 use crate::store::key::Secrets;
 use crate::store::location::StoreAddress;
 use crate::store::{Store, CONFIG_NAME};
-use crate::{drill, list, verify};
 pub use api_error::{status_for, ApiError};
 pub use auth::Token;
 use metrics::{Metrics, StoreFacts};

@@ -1,13 +1,15 @@
 //! The three sources of an AtoCore runtime: the SQLite database (online
 //! backup API), the project registry, and the Chroma directory tree.
 
+pub mod paths;
+
 pub mod chroma;
 pub mod sqlite;
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 
-use crate::manifest::SourceStat;
+use crate::store::manifest::SourceStat;
 
 /// The identity of a file for change detection and the files cache.
 pub fn source_stat(m: &Metadata) -> SourceStat {

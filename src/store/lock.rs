@@ -696,9 +696,9 @@ mod tests {
     use super::object::{acquire, acquire_with, live_locks, How, LockRecord};
     use super::{Held, SharedLock};
     use crate::error::Error;
-    use crate::manifest::{Manifest, MANIFEST_VERSION};
     use crate::stamp::Stamp;
     use crate::store::backend::{Backend, LocalBackend};
+    use crate::store::manifest::{Manifest, MANIFEST_VERSION};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};

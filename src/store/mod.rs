@@ -14,11 +14,13 @@
 
 pub mod backend;
 pub mod cache;
+pub mod drill_log;
 pub mod format;
 pub mod index;
 pub mod key;
 pub mod location;
 pub mod lock;
+pub mod manifest;
 pub mod pack;
 pub mod packer;
 pub mod s3;
@@ -30,8 +32,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
-use crate::manifest::Manifest;
 use crate::stamp::Stamp;
+use crate::store::manifest::Manifest;
 use backend::{Backend, LocalBackend};
 use cache::ObjectCache;
 use format::StoreConfig;

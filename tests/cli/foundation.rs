@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use atosnap::manifest::EntryKind;
+use atosnap::store::manifest::EntryKind;
 
 fn u(v: &Value, field: &str) -> u64 {
     v[field]
@@ -614,7 +614,7 @@ fn sqlite_in_chroma_is_captured_through_the_backup_api_without_sidecars() {
     let index = store.load_index().unwrap();
     let out = env.dir.path().join("extracted.sqlite3");
     let mut f = fs::File::create(&out).unwrap();
-    atosnap::extract::write_file(&store, &index, entry, &mut f, |_| {}).unwrap();
+    atosnap::ops::extract::write_file(&store, &index, entry, &mut f, |_| {}).unwrap();
     drop(f);
     let copy = rusqlite::Connection::open(&out).unwrap();
     let n: i64 = copy
@@ -667,7 +667,7 @@ fn a_file_changing_during_read_is_never_a_good_torn_copy() {
         let m = env.manifest(stamp);
         let entry = m.find("chroma/seg/big.pickle").unwrap().file().unwrap();
         let mut bytes = Vec::new();
-        atosnap::extract::write_file(&store, &index, entry, &mut bytes, |_| {}).unwrap();
+        atosnap::ops::extract::write_file(&store, &index, entry, &mut bytes, |_| {}).unwrap();
         let whole = bytes.len() == SIZE && bytes.iter().all(|b| *b == bytes[0]);
         let errors = strings(&r["validation_errors"]);
         if r["validated"] == true {
@@ -707,7 +707,7 @@ fn changed_file_is_captured_fresh_on_the_next_create() {
     let store = env.open_store();
     let index = store.load_index().unwrap();
     let mut bytes = Vec::new();
-    atosnap::extract::write_file(&store, &index, entry, &mut bytes, |_| {}).unwrap();
+    atosnap::ops::extract::write_file(&store, &index, entry, &mut bytes, |_| {}).unwrap();
     assert_eq!(bytes, support::pseudo_random(99, 12_345));
     assert_ne!(first["stamp"], second["stamp"]);
 }

@@ -11,13 +11,13 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use atosnap::create::{self, CreateOptions};
-use atosnap::gc;
+use atosnap::ops::create::{self, CreateOptions};
+use atosnap::ops::gc;
+use atosnap::ops::verify;
 use atosnap::progress::NoProgress;
 use atosnap::stamp::Stamp;
 use atosnap::store::lock::lock_exclusive;
 use atosnap::store::Store;
-use atosnap::verify;
 
 const BLOCK: usize = 4096;
 const WAIT: Duration = Duration::from_secs(60);

@@ -6,9 +6,9 @@
 use crate::support::Runtime as Rt;
 use std::time::Duration;
 
-use atosnap::create::{self, CreateOptions};
+use atosnap::ops::create::{self, CreateOptions};
+use atosnap::ops::restore::{self, Targets};
 use atosnap::progress::NoProgress;
-use atosnap::restore::{self, Targets};
 use atosnap::stamp::Stamp;
 use atosnap::store::Store;
 
@@ -105,7 +105,7 @@ fn reused_bytes_that_changed_after_the_plan_come_from_the_store() {
 /// remove or set metadata through a symlink (issue 14, item 1).
 #[test]
 fn apply_never_writes_through_a_symlink() {
-    use atosnap::manifest::{Entry, EntryKind};
+    use atosnap::store::manifest::{Entry, EntryKind};
     let rt = Rt::fixture();
     let (store, stamp) = snapshot(&rt);
     let mut manifest = store.read_manifest(&Stamp::parse(&stamp).unwrap()).unwrap();

@@ -17,9 +17,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use atosnap::create::{self, CreateOptions};
+use atosnap::ops::create::{self, CreateOptions};
+use atosnap::ops::restore::{self, ChromaChoice, RestoreOptions, RestoreResult};
 use atosnap::progress::NoProgress;
-use atosnap::restore::{self, ChromaChoice, RestoreOptions, RestoreResult};
 use atosnap::store::Store;
 
 #[derive(Clone, Debug)]

@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use std::fs;
 use std::time::Duration;
 
-use atosnap::create::{create, CreateOptions};
-use atosnap::extract;
+use atosnap::ops::create::{create, CreateOptions};
+use atosnap::ops::extract;
 use atosnap::progress::NoProgress;
 use atosnap::stamp::Stamp;
 use atosnap::store::Store;

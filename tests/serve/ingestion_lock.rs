@@ -10,8 +10,8 @@ use crate::support::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use atosnap::manifest::Entry;
 use atosnap::stamp::Stamp;
+use atosnap::store::manifest::Entry;
 use atosnap::store::Store;
 
 const FILE: &str = "seg-1/data_level0.bin";
@@ -90,7 +90,7 @@ fn captured_values(store: &Store, stamp: &str) -> Vec<u8> {
         .iter()
         .find(|e| e.path == want.as_bytes())
         .expect("file captured");
-    let bytes = atosnap::extract::read_small_file(store, &index, entry.file().unwrap())
+    let bytes = atosnap::ops::extract::read_small_file(store, &index, entry.file().unwrap())
         .unwrap_or_else(|e| panic!("{stamp}: {e:?}"));
     assert_eq!(bytes.len(), FILE_SIZE);
     let mut seen = [false; 256];

@@ -10,8 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use atosnap::id::Id;
-use atosnap::manifest::Manifest;
 use atosnap::stamp::Stamp;
+use atosnap::store::manifest::Manifest;
 use atosnap::store::Store;
 
 use super::files::{

@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::error::Result;
 use crate::id::Id;
-use crate::manifest::{Entry, EntryKind, FileEntry};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
+use crate::store::manifest::{Entry, EntryKind, FileEntry};
 use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

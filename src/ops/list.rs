@@ -41,7 +41,7 @@ pub struct ListResult {
 /// manifests are not read; the summaries are read in parallel, in order).
 pub fn list(store: &Store) -> Result<ListResult> {
     let listing = store.list_snapshots()?;
-    let drills = crate::drill_log::last_drills(store);
+    let drills = crate::store::drill_log::last_drills(store);
     let snapshots = listing
         .stamps
         .par_iter()

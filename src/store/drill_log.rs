@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, IoContext, Result};
-use crate::list::DrillMark;
+use crate::ops::list::DrillMark;
 use crate::store::Store;
 
 pub const DRILLS_DIR: &str = "drills";

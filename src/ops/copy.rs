@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 use crate::chunk;
 use crate::error::{Error, Result};
 use crate::id::{Id, IdMap, IdSet};
-use crate::manifest::{EntryKind, Manifest};
 use crate::progress::Progress;
 use crate::stamp::Stamp;
 use crate::store::index::{ChunkIndex, Location};
 use crate::store::lock::SharedLock;
+use crate::store::manifest::{EntryKind, Manifest};
 use crate::store::pack;
 use crate::store::packer::Packer;
 use crate::store::{ChunkFault, Store};
@@ -43,7 +43,7 @@ use crate::store::{ChunkFault, Store};
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
 /// (the batch read, and its re-encoded copy).
 const BATCH_BYTES: u64 = 8 << 20;
-/// Failpoint (see [`crate::restore::failpoint`]): the process dies after a
+/// Failpoint (see [`crate::ops::restore::failpoint`]): the process dies after a
 /// snapshot's packs are durable at the destination and before its manifest
 /// is published. `copy_after_packs:<stamp>` picks the snapshot.
 pub const FAILPOINT_AFTER_PACKS: &str = "copy_after_packs";
@@ -236,8 +236,8 @@ impl Copier<'_> {
             return Ok(Outcome::Failed(e));
         }
         self.packer.flush(self.to_index)?;
-        crate::restore::failpoint(|| FAILPOINT_AFTER_PACKS.to_string());
-        crate::restore::failpoint(|| format!("{FAILPOINT_AFTER_PACKS}:{stamp}"));
+        crate::ops::restore::failpoint(|| FAILPOINT_AFTER_PACKS.to_string());
+        crate::ops::restore::failpoint(|| format!("{FAILPOINT_AFTER_PACKS}:{stamp}"));
         if let Some(ids) = &self.ids {
             rewrite_ids(&mut manifest, ids)?;
         }
@@ -428,8 +428,8 @@ fn rewrite_ids(manifest: &mut Manifest, ids: &IdMap<Id>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Entry, FileEntry, MANIFEST_VERSION};
     use crate::progress::NoProgress;
+    use crate::store::manifest::{Entry, FileEntry, MANIFEST_VERSION};
 
     fn opts() -> CopyOptions {
         CopyOptions {

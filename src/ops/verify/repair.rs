@@ -29,12 +29,12 @@ use std::collections::BTreeMap;
 
 use crate::error::Result;
 use crate::id::{Id, IdSet};
-use crate::manifest::Manifest;
+use crate::ops::verify::{metadata_problem, Audit, SnapshotHealth};
 use crate::stamp::Stamp;
 use crate::store::lock::ExclusiveLock;
+use crate::store::manifest::Manifest;
 use crate::store::packer::Packer;
 use crate::store::{pack, Store, METADATA_NAME};
-use crate::verify::{metadata_problem, Audit, SnapshotHealth};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RepairReport {
@@ -144,7 +144,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
         packer.flush(&mut index)?;
         // Salvaged chunks count only once their packs are in the store: a
         // failed upload fails the repair instead of reporting it healed.
-        crate::gc::packs_durable(store)?;
+        crate::ops::gc::packs_durable(store)?;
         out.packs_written = packer
             .packs_written
             .iter()

@@ -1,7 +1,7 @@
 //! The retention policy of `cleanup` as a pure function: snapshots (stamp
 //! and tags) and rules in, which to keep (with every reason) and which to
 //! delete out. No I/O here; `cleanup` gathers the input and carries the
-//! plan out, [`crate::policy`] stores a policy in the store.
+//! plan out, [`crate::ops::policy`] stores a policy in the store.
 //!
 //! Rules (SPEC §3), each applied to the snapshots newest first, all times
 //! in UTC (stamps are UTC):

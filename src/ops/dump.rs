@@ -12,10 +12,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{self, ExtractError};
-use crate::ls;
-use crate::manifest::EntryKind;
+use crate::ops::extract::{self, ExtractError};
+use crate::ops::ls;
 use crate::stamp::Stamp;
+use crate::store::manifest::EntryKind;
 use crate::store::{ChunkFault, Store};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -12,9 +12,9 @@
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
-use crate::cleanup::{self};
 use crate::error::{Error, Result};
-use crate::gc::GcResult;
+use crate::ops::cleanup::{self};
+use crate::ops::gc::GcResult;
 use crate::stamp::Stamp;
 use crate::store::Store;
 

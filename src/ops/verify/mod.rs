@@ -1,6 +1,8 @@
 //! `validate` (one snapshot: the gate before a restore) and `verify` (the
 //! whole store, or named snapshots: an integrity audit of every object).
 
+pub mod repair;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -8,12 +10,12 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{self, ExtractError};
 use crate::id::{Id, IdSet};
-use crate::manifest::{FileEntry, Manifest};
+use crate::ops::extract::{self, ExtractError};
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
+use crate::store::manifest::{FileEntry, Manifest};
 use crate::store::pack::{self, PackEntry, PACK_MAGIC};
 use crate::store::{ChunkFault, Store};
 
@@ -268,7 +270,7 @@ pub struct VerifyReport {
     #[serde(default)]
     pub quarantined_objects: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repair: Option<crate::repair::RepairReport>,
+    pub repair: Option<crate::ops::verify::repair::RepairReport>,
     pub duration_ms: u64,
 }
 
@@ -355,7 +357,7 @@ pub fn verify_with(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> 
     let mut report = if opts.repair {
         let lock = store.lock_exclusive("verify --repair", opts.lock_wait)?;
         let audit = audit(store, selected.as_deref(), opts.sample_percent)?;
-        let repaired = crate::repair::repair(store, &lock, &audit)?;
+        let repaired = crate::ops::verify::repair::repair(store, &lock, &audit)?;
         let mut report = audit.report;
         report.repair = Some(repaired);
         report

@@ -9,12 +9,12 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use atosnap::create::{self, CreateOptions};
 use atosnap::error::{Error, IoContext};
+use atosnap::ops::create::{self, CreateOptions};
+use atosnap::ops::restore::{self, ChromaChoice, RestoreOptions};
+use atosnap::ops::{diff, drill, list, verify};
 use atosnap::progress::NoProgress;
-use atosnap::restore::{self, ChromaChoice, RestoreOptions};
 use atosnap::store::Store;
-use atosnap::{diff, drill, list, verify};
 
 fn fixtures_dir() -> PathBuf {
     let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/runtime");

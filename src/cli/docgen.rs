@@ -6,7 +6,7 @@ use std::path::Path;
 
 use atosnap::error::{Error, IoContext};
 
-use crate::cli::Cli;
+use super::Cli;
 
 /// Prints the completion script for `shell` on stdout.
 pub fn completions(shell: clap_complete::Shell) -> i32 {

@@ -19,7 +19,7 @@ use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::retention::{Policy, Within};
+use crate::ops::cleanup::retention::{Policy, Within};
 use crate::store::Store;
 
 pub const POLICY_NAME: &str = "policy.json";
@@ -222,7 +222,7 @@ mod tests {
         let p = flags.apply(base).unwrap();
         assert_eq!(
             (p.keep_hourly, p.keep_daily, p.keep_weekly),
-            (24, 2, crate::retention::DEFAULT_WEEKLY)
+            (24, 2, crate::ops::cleanup::retention::DEFAULT_WEEKLY)
         );
         assert_eq!(p.keep_within.unwrap().hours(), 14 * 24);
         assert_eq!(p.keep_tags, ["pin", "x"]);

@@ -145,7 +145,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     let mut plan = Plan::default();
     // Chunk id -> home pack (u32::MAX until assigned).
     let mut live: HashMap<Id, u32> = HashMap::new();
-    let mut mark = |m: &crate::manifest::Manifest| {
+    let mut mark = |m: &crate::store::manifest::Manifest| {
         for f in m.entries.iter().filter_map(|e| e.file()) {
             for id in &f.chunks {
                 live.entry(*id).or_insert(u32::MAX);

@@ -1,4 +1,4 @@
-//! `cleanup`: applies the retention policy ([`crate::retention`]) to the
+//! `cleanup`: applies the retention policy ([`crate::ops::cleanup::retention`]) to the
 //! store. It owns gathering the policy's input (each snapshot's tags from
 //! its `backup-metadata.json`, else from its manifest; unreadable tags keep
 //! the snapshot) and carrying the plan out.
@@ -13,16 +13,18 @@
 //! [`delete_then_gc`] and [`price_deletion`] are shared with `forget`,
 //! which deletes snapshots named by the operator instead of by a policy.
 
+pub mod retention;
+
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::gc::{self, GcResult};
-use crate::retention::{self, Candidate, Policy};
+use crate::ops::gc::{self, GcResult};
 use crate::stamp::Stamp;
 use crate::store::lock::ExclusiveLock;
 use crate::store::Store;
+use retention::{Candidate, Policy};
 
 #[derive(Clone, Debug)]
 pub struct CleanupOptions {

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::stamp::Stamp;
+use crate::store::manifest::{Entry, EntryKind, Manifest};
 use crate::store::Store;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

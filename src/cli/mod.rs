@@ -2,23 +2,27 @@
 //! JSON document on stdout, on failure too; messages and progress go to
 //! stderr.
 
+mod demo;
+pub(crate) mod docgen;
+pub(crate) mod logging;
+mod progress_bar;
+
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use atosnap::cleanup::{self, CleanupOptions};
-use atosnap::config::Paths;
-use atosnap::create::{self, CreateOptions};
 use atosnap::error::Error;
-use atosnap::restore::{self, ChromaChoice, RestoreOptions};
+use atosnap::ops::cleanup::{self, CleanupOptions};
+use atosnap::ops::create::{self, CreateOptions};
+use atosnap::ops::restore::{self, ChromaChoice, RestoreOptions};
+use atosnap::ops::{copy, diff, drill, dump, forget, gc, list, ls, policy, tag, verify};
+use atosnap::sources::paths::Paths;
 use atosnap::store::key::Secrets;
 use atosnap::store::location::{RemoteSettings, StoreAddress};
 use atosnap::store::Store;
-use atosnap::{copy, diff, drill, dump, forget, gc, list, ls, policy, restore_paths, tag, verify};
 
-use crate::logging::{self, LogFormat};
-use crate::progress_bar;
+use logging::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -396,8 +400,8 @@ pub fn run() -> i32 {
     }
     // Completions and the man page are not JSON.
     match &cli.command {
-        Command::Completions { shell } => return crate::docgen::completions(*shell),
-        Command::Man { dir: None } => return crate::docgen::man_to_stdout(),
+        Command::Completions { shell } => return docgen::completions(*shell),
+        Command::Man { dir: None } => return docgen::man_to_stdout(),
         // stdout carries the file's bytes, so the JSON goes to stderr.
         Command::Dump {
             stamp,
@@ -685,7 +689,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
         } => {
             if let (false, Some(to)) = (include.is_empty(), to) {
                 let store = open_store(g, &paths)?;
-                let opts = restore_paths::IncludeOptions {
+                let opts = restore::include::IncludeOptions {
                     stamp: stamp.clone(),
                     to: to.clone(),
                     include: include.clone(),
@@ -696,7 +700,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                     ],
                     lock_wait,
                 };
-                let result = restore_paths::restore_paths(&store, &opts)?;
+                let result = restore::include::restore_paths(&store, &opts)?;
                 let code = if result.restored_integrity_ok { 0 } else { 3 };
                 return Ok((to_doc(&result)?, code));
             }
@@ -829,7 +833,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             report_errors(&result.errors);
             Ok((to_doc(&result)?, result.exit_code))
         }
-        Command::Demo => crate::demo::run(),
+        Command::Demo => demo::run(),
         Command::Serve { listen, token_file } => {
             let token = match token_file {
                 Some(f) => {
@@ -855,6 +859,6 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             Ok((to_doc(&summary)?, 0))
         }
         Command::Completions { .. } => Err(Error::Usage("completions print no JSON".into())),
-        Command::Man { dir } => crate::docgen::man_to_dir(dir.as_deref()),
+        Command::Man { dir } => docgen::man_to_dir(dir.as_deref()),
     }
 }

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
-use crate::ls;
-use crate::manifest::{Entry, EntryKind, Manifest, DB_PATH, REGISTRY_PATH};
-use crate::restore::{self, Install};
+use crate::ops::ls;
+use crate::ops::restore::{self, Install};
 use crate::stamp::Stamp;
+use crate::store::manifest::{Entry, EntryKind, Manifest, DB_PATH, REGISTRY_PATH};
 use crate::store::Store;
 
 #[derive(Clone, Debug)]

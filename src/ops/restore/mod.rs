@@ -28,6 +28,8 @@
 //! token: see [`crate::os`]) and swept by the next restore once their
 //! owner is provably gone (never a live restore's of another container).
 
+pub mod include;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -41,20 +43,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::chunk;
-use crate::create::{self, CreateOptions};
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{self, ExtractError};
 use crate::id::Id;
-use crate::manifest::{
-    Entry, EntryKind, FileEntry, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH,
-};
+use crate::ops::create::{self, CreateOptions};
+use crate::ops::extract::{self, ExtractError};
+use crate::ops::verify::{self, ValidateReport};
 use crate::progress::Progress;
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
 use crate::store::lock::SharedLock;
+use crate::store::manifest::{
+    Entry, EntryKind, FileEntry, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH,
+};
 use crate::store::{ChunkFault, Store};
-use crate::verify::{self, ValidateReport};
 
 /// Name prefix of restore's temp files beside their targets.
 pub const TEMP_PREFIX: &str = ".atosnap-restore-";
@@ -1446,7 +1448,7 @@ pub fn final_integrity(db: &Path) -> Option<String> {
 mod tests {
     use super::*;
     use crate::id::Id;
-    use crate::manifest::MANIFEST_VERSION;
+    use crate::store::manifest::MANIFEST_VERSION;
 
     fn manifest_with(paths: &[&[u8]]) -> Manifest {
         Manifest {

@@ -22,13 +22,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::drill_log;
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{EntryKind, Manifest, DB_PATH};
+use crate::ops::restore::{self, ChromaChoice, RestoreOptions};
 use crate::progress::Progress;
-use crate::restore::{self, ChromaChoice, RestoreOptions};
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
+use crate::store::drill_log;
+use crate::store::manifest::{EntryKind, Manifest, DB_PATH};
 use crate::store::Store;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -24,15 +24,15 @@ use std::time::{Duration, Instant};
 use crate::chunk::{self, Strategy};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{Id, IdSet};
-use crate::manifest::{
-    Entry, EntryKind, FileEntry, Manifest, SourceStat, CHROMA_PREFIX, DB_PATH, MANIFEST_VERSION,
-    REGISTRY_PATH,
-};
 use crate::progress::Progress;
 use crate::sources::{self, chroma, sqlite};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
 use crate::store::lock::SharedLock;
+use crate::store::manifest::{
+    Entry, EntryKind, FileEntry, Manifest, SourceStat, CHROMA_PREFIX, DB_PATH, MANIFEST_VERSION,
+    REGISTRY_PATH,
+};
 use crate::store::packer::Packer;
 use crate::store::Store;
 

@@ -6,8 +6,8 @@ use rayon::prelude::*;
 use std::io::Write;
 
 use crate::id::Id;
-use crate::manifest::FileEntry;
 use crate::store::index::ChunkIndex;
+use crate::store::manifest::FileEntry;
 use crate::store::{ChunkFault, Store};
 
 /// Chunks read per parallel batch (with 4 KiB pages: 1 MiB; with 256 KiB
