@@ -12,7 +12,34 @@ use std::cell::RefCell;
 use std::io::{self, Read};
 use std::ops::Range;
 
-use crate::store::format::{ChunkingParams, CompressionParams};
+use serde::{Deserialize, Serialize};
+
+/// How files are cut into chunks (the `chunking` part of `config.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingParams {
+    /// SQLite databases are cut at their page size (from the header).
+    pub sqlite_page_chunks: bool,
+    /// Files whose name ends with one of these suffixes are cut in fixed
+    /// blocks: binaries rewritten in place (the HNSW `*.bin`).
+    pub fixed_block_suffixes: Vec<String>,
+    pub fixed_block_size: u32,
+    /// FastCDC (2020) parameters for every other file.
+    pub cdc_min_size: u32,
+    pub cdc_avg_size: u32,
+    pub cdc_max_size: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+/// How chunks are encoded (the `compression` part of `config.json`).
+pub struct CompressionParams {
+    pub algorithm: String,
+    pub level: i32,
+    /// A chunk is stored compressed only when the compressed form is at most
+    /// this percentage of the raw size; otherwise it is stored raw.
+    pub max_ratio_percent: u32,
+}
 
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// The largest raw chunk any chunking makes (FastCDC's `max` is bounded

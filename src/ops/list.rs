@@ -1,6 +1,7 @@
 //! `list`: the snapshots in the store, oldest first, with the folders under
 //! `snapshots/` that are not stamps.
 
+pub use crate::store::drill_log::DrillMark;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -23,12 +24,6 @@ pub struct ListEntry {
     /// Set when the snapshot's summary could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct DrillMark {
-    pub at: String,
-    pub ok: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

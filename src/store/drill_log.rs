@@ -5,10 +5,17 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, IoContext, Result};
-use crate::ops::list::DrillMark;
 use crate::store::Store;
+use serde::{Deserialize, Serialize};
 
 pub const DRILLS_DIR: &str = "drills";
+
+/// The last drill of a snapshot, as `list` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DrillMark {
+    pub at: String,
+    pub ok: bool,
+}
 
 /// Records a drill outcome (`record` is the full drill result).
 pub fn append(

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::chunk::{ChunkingParams, CompressionParams};
 use crate::error::{Error, Result};
 
 /// The format this build writes and the newest it reads.
@@ -25,31 +26,6 @@ pub struct StoreConfig {
     pub compression: CompressionParams,
     pub pack: PackParams,
     pub encryption: EncryptionParams,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ChunkingParams {
-    /// SQLite databases are cut at their page size (from the header).
-    pub sqlite_page_chunks: bool,
-    /// Files whose name ends with one of these suffixes are cut in fixed
-    /// blocks: binaries rewritten in place (the HNSW `*.bin`).
-    pub fixed_block_suffixes: Vec<String>,
-    pub fixed_block_size: u32,
-    /// FastCDC (2020) parameters for every other file.
-    pub cdc_min_size: u32,
-    pub cdc_avg_size: u32,
-    pub cdc_max_size: u32,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CompressionParams {
-    pub algorithm: String,
-    pub level: i32,
-    /// A chunk is stored compressed only when the compressed form is at most
-    /// this percentage of the raw size; otherwise it is stored raw.
-    pub max_ratio_percent: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

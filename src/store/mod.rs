@@ -151,8 +151,6 @@ fn open_repokey(
     Ok((Sealer::repokey(master), file))
 }
 
-pub use crate::os::process_alive;
-
 /// A connection to a store's storage: the backend, and the cache of a
 /// remote store.
 type Connection = (Arc<dyn Backend>, Option<Arc<ObjectCache>>);

@@ -6,6 +6,7 @@
 mod support;
 
 mod gc_prop;
+mod layering;
 mod restore_lib;
 mod restore_props;
 mod roundtrip_prop;

@@ -218,7 +218,7 @@ fn abandoned(present: &[ListEntry]) -> bool {
     let dead_local_claim = !claims.is_empty()
         && claims
             .iter()
-            .all(|(h, pid)| *h == host && !crate::store::process_alive(*pid));
+            .all(|(h, pid)| *h == host && !crate::os::process_alive(*pid));
     stale || dead_local_claim
 }
 
