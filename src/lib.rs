@@ -16,6 +16,7 @@
 
 pub mod chunk;
 pub mod error;
+pub mod failpoint;
 pub mod id;
 pub mod ops;
 pub mod os;

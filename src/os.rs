@@ -12,7 +12,10 @@
 //! else, a foreign host or a name that does not parse, may be live work
 //! and is left to a sweep under the exclusive store lock.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::OnceLock;
 
@@ -201,6 +204,87 @@ pub fn signal_name(sig: i32) -> String {
     }
 }
 
+/// A process holding a runtime file open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub command: String,
+    pub path: PathBuf,
+}
+
+/// Processes (other than `skip_pid`) with one of `files` open, found by
+/// (device, inode) through the `/proc/<pid>/fd` links. Processes whose fds
+/// we may not read are skipped. Sorted by pid.
+pub fn open_holders(files: &[PathBuf], skip_pid: Option<u32>) -> Vec<Holder> {
+    let mut wanted: HashMap<(u64, u64), &PathBuf> = HashMap::new();
+    for f in files {
+        if let Ok(m) = fs::metadata(f) {
+            wanted.insert((m.dev(), m.ino()), f);
+        }
+    }
+    let mut out = Vec::new();
+    if wanted.is_empty() {
+        return out;
+    }
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Some(pid) == skip_pid {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            // metadata() follows the magic link to the open file itself,
+            // even when it was renamed or deleted since.
+            let Ok(m) = fs::metadata(fd.path()) else {
+                continue;
+            };
+            if let Some(path) = wanted.get(&(m.dev(), m.ino())) {
+                out.push(Holder {
+                    pid,
+                    command: process_command(pid),
+                    path: (*path).clone(),
+                });
+                break;
+            }
+        }
+    }
+    out.sort_by_key(|h| h.pid);
+    out
+}
+
+fn process_command(pid: u32) -> String {
+    let base = Path::new("/proc").join(pid.to_string());
+    let cmdline = fs::read(base.join("cmdline")).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut command = if args.is_empty() {
+        fs::read_to_string(base.join("comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown command".into())
+    } else {
+        args.join(" ")
+    };
+    if command.len() > 200 {
+        let mut cut = 200;
+        while !command.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        command.truncate(cut);
+        command.push('…');
+    }
+    command
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +341,27 @@ mod tests {
         assert_eq!(name_safe("my-host.lan"), "my_host.lan");
         assert_eq!(name_safe(""), "_");
         assert_eq!(name_safe(&"a".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn holders_are_found_by_inode_through_proc() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held.db");
+        fs::write(&path, b"x").unwrap();
+        let other = dir.path().join("not-held");
+        fs::write(&other, b"y").unwrap();
+        let held = fs::File::open(&path).unwrap();
+        // Found under another name too (same inode).
+        let alias = dir.path().join("alias.db");
+        fs::hard_link(&path, &alias).unwrap();
+        let found = open_holders(std::slice::from_ref(&alias), None);
+        assert!(
+            found.iter().any(|h| h.pid == std::process::id()),
+            "{found:?}"
+        );
+        assert!(open_holders(std::slice::from_ref(&alias), Some(std::process::id())).is_empty());
+        assert!(open_holders(&[other], None).is_empty());
+        drop(held);
+        assert!(open_holders(&[alias], None).is_empty());
     }
 }

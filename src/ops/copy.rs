@@ -43,7 +43,7 @@ use crate::store::{ChunkFault, Store};
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
 /// (the batch read, and its re-encoded copy).
 const BATCH_BYTES: u64 = 8 << 20;
-/// Failpoint (see [`crate::ops::restore::failpoint`]): the process dies after a
+/// Failpoint (see [`crate::failpoint::hit`]): the process dies after a
 /// snapshot's packs are durable at the destination and before its manifest
 /// is published. `copy_after_packs:<stamp>` picks the snapshot.
 pub const FAILPOINT_AFTER_PACKS: &str = "copy_after_packs";
@@ -236,8 +236,8 @@ impl Copier<'_> {
             return Ok(Outcome::Failed(e));
         }
         self.packer.flush(self.to_index)?;
-        crate::ops::restore::failpoint(|| FAILPOINT_AFTER_PACKS.to_string());
-        crate::ops::restore::failpoint(|| format!("{FAILPOINT_AFTER_PACKS}:{stamp}"));
+        crate::failpoint::hit(|| FAILPOINT_AFTER_PACKS.to_string());
+        crate::failpoint::hit(|| format!("{FAILPOINT_AFTER_PACKS}:{stamp}"));
         if let Some(ids) = &self.ids {
             rewrite_ids(&mut manifest, ids)?;
         }

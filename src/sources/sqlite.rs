@@ -11,6 +11,7 @@
 
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags};
+use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -329,6 +330,66 @@ fn classify(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
+pub fn sidecars(db: &Path) -> Vec<PathBuf> {
+    ["-wal", "-shm", "-journal"]
+        .iter()
+        .map(|s| {
+            let mut p = db.as_os_str().to_os_string();
+            p.push(s);
+            PathBuf::from(p)
+        })
+        .collect()
+}
+
+/// Step 3: folds the live db's WAL into it, best effort (a missing or
+/// damaged db is about to be replaced anyway). Returns what went wrong.
+pub fn checkpoint_wal(db: &Path) -> Option<String> {
+    if !matches!(sqlite_page_size_of(db), Ok(Some(_))) {
+        return Some("not a SQLite database".into());
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| e.to_string())
+    .ok()?;
+    let _ = conn.busy_timeout(Duration::from_secs(2));
+    let r = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    let closed = conn.close();
+    match (r, closed) {
+        (Err(e), _) => Some(e.to_string()),
+        (_, Err((_, e))) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+/// Step 4: removes the db's `-wal`, `-shm` and `-journal`: replayed onto
+/// the restored file they would corrupt it. Returns those removed.
+pub fn remove_sidecars(db: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for p in sidecars(db) {
+        match fs::remove_file(&p) {
+            Ok(()) => removed.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove stale sidecar", &p, e)),
+        }
+    }
+    if !removed.is_empty() {
+        if let Some(parent) = db.parent() {
+            crate::store::backend::sync_dir(parent).ctx("fsync folder", parent)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// Step 8: `PRAGMA integrity_check` on the restored db; None when ok.
+pub fn final_integrity(db: &Path) -> Option<String> {
+    match integrity_problems(db, false) {
+        Ok(problems) => problems,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,5 +445,21 @@ mod tests {
                 .code(),
             "db_missing"
         );
+    }
+
+    #[test]
+    fn stale_sidecars_are_removed_and_missing_ones_are_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        fs::write(&db, b"db").unwrap();
+        fs::write(dir.path().join("a.db-wal"), b"w").unwrap();
+        fs::write(dir.path().join("a.db-shm"), b"s").unwrap();
+        let removed = remove_sidecars(&db).unwrap();
+        assert_eq!(removed.len(), 2);
+        assert!(db.exists());
+        assert!(!dir.path().join("a.db-wal").exists());
+        assert!(remove_sidecars(&db).unwrap().is_empty());
+        // Not a database: the checkpoint reports it, best effort.
+        assert!(checkpoint_wal(&db).is_some());
     }
 }

@@ -136,7 +136,7 @@ pub fn restore_paths(store: &Store, opts: &IncludeOptions) -> Result<IncludeResu
         filetime::set_file_mtime(target, t).ctx("set the mtime of", target)?;
     }
     if r.db_restored {
-        r.integrity_error = restore::final_integrity(&opts.to.join(DB_PATH));
+        r.integrity_error = crate::sources::sqlite::final_integrity(&opts.to.join(DB_PATH));
         r.restored_integrity_ok = r.integrity_error.is_none();
     }
     r.duration_ms = started.elapsed().as_millis() as u64;
