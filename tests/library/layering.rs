@@ -391,7 +391,6 @@ const LONG_ALLOWED: &[&str] = &[
     "src/serve/mod.rs",
     "src/store/lock.rs",
     "src/store/mod.rs",
-    "src/store/s3/mod.rs",
     "tests/serve/http.rs",
 ];
 

@@ -82,24 +82,28 @@
 //! - The blocking calls must not be made from inside a tokio runtime's
 //!   worker thread (OpenDAL's blocking layer uses `Handle::block_on`).
 
-use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+mod claim;
+mod errors;
+mod spool;
+mod upload;
+
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use opendal::blocking;
 use opendal::layers::{RetryLayer, TimeoutLayer};
-use opendal::options::{ListOptions, ReadOptions, WriteOptions};
+use opendal::options::{ListOptions, ReadOptions};
 use opendal::services::S3;
 use opendal::{ErrorKind as OdKind, HttpTransporter, OperationContext, Operator};
 
-use super::backend::{
-    create_private_dir_all, create_private_file, temp_path_in, Backend, ListEntry,
-};
-use super::pack;
+use super::backend::{create_private_dir_all, temp_path_in, Backend, ListEntry};
+use claim::abandoned;
+use errors::{error_chain, is_unreachable, scrub, Names};
+use spool::Spool;
+use upload::{upload_file, UploadPool};
 
 /// Default number of attempts per request (first try plus retries).
 pub const DEFAULT_ATTEMPTS: usize = 4;
@@ -108,7 +112,7 @@ pub const DEFAULT_UPLOADS: usize = 2;
 /// Default disk budget of the pack spool.
 pub const DEFAULT_SPOOL_BYTES: u64 = 4 << 30;
 /// Part size of streamed uploads (and the whole-body limit of a single PUT).
-const UPLOAD_CHUNK: usize = 8 << 20;
+pub(super) const UPLOAD_CHUNK: usize = 8 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
 const OP_TIMEOUT: Duration = Duration::from_secs(60);
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -191,45 +195,6 @@ impl S3Location {
     }
 }
 
-/// An incomplete folder left uncommitted this long is abandoned whoever
-/// claimed it: a writer commits seconds after its claim.
-const ABANDONED_AFTER: Duration = Duration::from_secs(15 * 60);
-
-/// Whether an incomplete folder (no commit file) was left by a writer that
-/// is gone: its claim marker names a process of this host that no longer
-/// runs, or nothing in it changed for [`ABANDONED_AFTER`].
-fn abandoned(present: &[ListEntry]) -> bool {
-    let stale = present.iter().all(|e| {
-        e.modified
-            .and_then(|m| m.elapsed().ok())
-            .is_some_and(|age| age >= ABANDONED_AFTER)
-    });
-    let host = crate::store::lock::object::hostname();
-    let claims: Vec<(&str, u32)> = present
-        .iter()
-        .filter_map(|e| e.name.rsplit('/').next()?.strip_prefix(CLAIM_PREFIX))
-        .filter_map(|rest| {
-            // `<host>-<pid>-<random>`; the host may hold dashes.
-            let mut parts = rest.rsplitn(3, '-');
-            let (_random, pid, claimed_on) = (parts.next()?, parts.next()?, parts.next()?);
-            Some((claimed_on, pid.parse().ok()?))
-        })
-        .collect();
-    let dead_local_claim = !claims.is_empty()
-        && claims
-            .iter()
-            .all(|(h, pid)| *h == host && !crate::os::process_alive(*pid));
-    stale || dead_local_claim
-}
-
-/// The endpoint could not be reached at all (as opposed to an answer).
-fn is_unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut
-    )
-}
-
 /// Attempts per request (`ATOSNAP_S3_RETRIES`, at least 1).
 fn attempts() -> usize {
     env_usize("ATOSNAP_S3_RETRIES", DEFAULT_ATTEMPTS).max(1)
@@ -242,94 +207,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// What error messages need to name things (shared with upload threads).
-struct Names {
-    url: String,
-    bucket: String,
-    endpoint: String,
-}
-
-impl Names {
-    fn display(&self, name: &str) -> String {
-        if name.is_empty() {
-            self.url.clone()
-        } else {
-            format!("{}/{}", self.url, name)
-        }
-    }
-
-    /// Maps an OpenDAL error on object `name` to an `io::Error`.
-    fn err(&self, name: &str, e: opendal::Error) -> io::Error {
-        let detail = scrub(&error_chain(&e));
-        let lower = detail.to_ascii_lowercase();
-        let what = self.display(name);
-        let (kind, msg) = match e.kind() {
-            OdKind::NotFound => (io::ErrorKind::NotFound, format!("{what}: not found")),
-            OdKind::ConfigInvalid if detail.contains("NoSuchBucket") => (
-                io::ErrorKind::NotFound,
-                format!("bucket {} does not exist at {}", self.bucket, self.endpoint),
-            ),
-            OdKind::PermissionDenied => (
-                io::ErrorKind::PermissionDenied,
-                format!("credentials refused by {}: {detail}", self.endpoint),
-            ),
-            _ if lower.contains("load signing credential")
-                || (lower.contains("credential") && lower.contains("no valid")) =>
-            {
-                (
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "no S3 credentials for {}: set AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials ({detail})",
-                        self.endpoint
-                    ),
-                )
-            }
-            OdKind::ConditionNotMatch => (
-                io::ErrorKind::AlreadyExists,
-                format!("{what}: already exists"),
-            ),
-            OdKind::Unsupported => (io::ErrorKind::Unsupported, format!("{what}: {detail}")),
-            _ if lower.contains("timeout") || lower.contains("timed out") => (
-                io::ErrorKind::TimedOut,
-                format!("S3 endpoint {} timed out ({what}): {detail}", self.endpoint),
-            ),
-            _ if lower.contains("send http request") || lower.contains("connect") => (
-                io::ErrorKind::ConnectionRefused,
-                format!(
-                    "cannot reach S3 endpoint {} ({what}): {detail}",
-                    self.endpoint
-                ),
-            ),
-            _ => (io::ErrorKind::Other, format!("{what}: {detail}")),
-        };
-        io::Error::new(kind, msg)
-    }
-}
-
-/// The error and its sources, one line.
-fn error_chain(e: &opendal::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        src = inner.source();
-    }
-    s
-}
-
-/// Removes the secret key from a message, should it ever appear there.
-fn scrub(msg: &str) -> String {
-    match std::env::var("AWS_SECRET_ACCESS_KEY") {
-        Ok(sk) if sk.len() >= 4 => msg.replace(&sk, "<redacted>"),
-        _ => msg.to_string(),
-    }
-}
-
 fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -338,12 +215,12 @@ fn install_crypto_provider() {
     });
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `dir/` for listing (`/` for the root).
-fn dir_path(dir: &str) -> String {
+pub(super) fn dir_path(dir: &str) -> String {
     let d = dir.trim_matches('/');
     if d.is_empty() {
         "/".to_string()
@@ -352,7 +229,7 @@ fn dir_path(dir: &str) -> String {
     }
 }
 
-fn join(dir: &str, name: &str) -> String {
+pub(super) fn join(dir: &str, name: &str) -> String {
     let d = dir.trim_matches('/');
     if d.is_empty() {
         name.to_string()
@@ -560,390 +437,6 @@ impl Drop for S3Backend {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
-    }
-}
-
-/// Uploads local file `local` as object `name`. A pack is named by the
-/// hash of its bytes, so another writer (a concurrent `create` or `copy`
-/// of the same new data) may store the very same object: one already
-/// there with the same size and trailer is not uploaded again, and an
-/// upload that fails while such a copy has appeared (S3 cancels one of
-/// two multipart uploads racing for a key: `NoSuchUpload`) is not an
-/// error. Only a key missing or different after the failure is.
-fn upload_file(op: &blocking::Operator, names: &Names, name: &str, local: &Path) -> io::Result<()> {
-    if pack::pack_id_from_name(name).is_none() {
-        return put_local(op, names, name, local);
-    }
-    if let Ok(Stored::Same) = stored_copy(op, names, name, local) {
-        tracing::debug!(
-            "{}: already stored, not uploaded again",
-            names.display(name)
-        );
-        return Ok(());
-    }
-    let failed = match put_local(op, names, name, local) {
-        Ok(()) => return Ok(()),
-        Err(e) => e,
-    };
-    match stored_copy(op, names, name, local) {
-        Ok(Stored::Same) => {
-            tracing::info!(
-                "{}: upload failed ({failed}) but another writer stored the same object meanwhile",
-                names.display(name)
-            );
-            Ok(())
-        }
-        Ok(Stored::Different(what)) => Err(io::Error::new(
-            failed.kind(),
-            format!("{failed}; the object now in the bucket differs ({what})"),
-        )),
-        Ok(Stored::Missing) | Err(_) => Err(failed),
-    }
-}
-
-/// What the bucket holds under a content-addressed name, compared with
-/// the local file about to be uploaded there.
-enum Stored {
-    Missing,
-    /// Same size and the same pack trailer (index length and index hash):
-    /// with the name the hash of the whole content, the same object.
-    Same,
-    Different(String),
-}
-
-/// One HEAD, and when the sizes agree one ranged GET of the trailer.
-fn stored_copy(
-    op: &blocking::Operator,
-    names: &Names,
-    name: &str,
-    local: &Path,
-) -> io::Result<Stored> {
-    let f = File::open(local)?;
-    let len = f.metadata()?.len();
-    let size = match op.stat(name) {
-        Ok(meta) => meta.content_length(),
-        Err(e) if e.kind() == OdKind::NotFound => return Ok(Stored::Missing),
-        Err(e) => return Err(names.err(name, e)),
-    };
-    if size != len {
-        return Ok(Stored::Different(format!("{size} bytes, not {len}")));
-    }
-    let tail = pack::TRAILER_LEN.min(len as usize);
-    let offset = len - tail as u64;
-    let mut want = vec![0u8; tail];
-    f.read_exact_at(&mut want, offset)?;
-    let opts = ReadOptions {
-        range: (offset..len).into(),
-        ..Default::default()
-    };
-    let got = op
-        .read_options(name, opts)
-        .map_err(|e| names.err(name, e))?
-        .to_vec();
-    Ok(if got == want {
-        Stored::Same
-    } else {
-        Stored::Different("another trailer".into())
-    })
-}
-
-/// Streams local file `local` to object `name`.
-fn put_local(op: &blocking::Operator, names: &Names, name: &str, local: &Path) -> io::Result<()> {
-    let mut f = File::open(local)?;
-    let len = f.metadata()?.len();
-    if len <= UPLOAD_CHUNK as u64 {
-        let mut buf = Vec::with_capacity(len as usize);
-        f.read_to_end(&mut buf)?;
-        op.write(name, buf).map_err(|e| names.err(name, e))?;
-        return Ok(());
-    }
-    let opts = WriteOptions {
-        chunk: Some(UPLOAD_CHUNK),
-        concurrent: 1,
-        ..Default::default()
-    };
-    let mut w = op
-        .writer_options(name, opts)
-        .map_err(|e| names.err(name, e))?;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(UPLOAD_CHUNK as u64) as usize;
-        let mut buf = vec![0u8; n];
-        f.read_exact(&mut buf)?;
-        w.write(buf).map_err(|e| names.err(name, e))?;
-        left -= n as u64;
-    }
-    let meta = w.close().map_err(|e| names.err(name, e))?;
-    if meta.content_length() != 0 && meta.content_length() != len {
-        return Err(io::Error::other(format!(
-            "{}: uploaded {} bytes of {len}",
-            names.display(name),
-            meta.content_length()
-        )));
-    }
-    Ok(())
-}
-
-/// Background uploads: at most `max` at once. The first failure is
-/// sticky: every later `acquire` and `wait_idle` reports it again, so a
-/// caller that saw one barrier fail cannot slip a delete or a publish
-/// through the next (gc would delete the only copies of chunks whose new
-/// pack never arrived).
-struct UploadPool {
-    max: usize,
-    state: Mutex<PoolState>,
-    cv: Condvar,
-}
-
-#[derive(Default)]
-struct PoolState {
-    in_flight: usize,
-    failed: Option<UploadFailure>,
-}
-
-/// The first upload failure of a backend, kept for its lifetime
-/// (`io::Error` is not `Clone`: its kind and message are).
-struct UploadFailure {
-    kind: io::ErrorKind,
-    message: String,
-}
-
-impl UploadFailure {
-    fn error(&self) -> io::Error {
-        io::Error::new(self.kind, self.message.clone())
-    }
-}
-
-impl UploadPool {
-    fn new(max: usize) -> UploadPool {
-        UploadPool {
-            max: max.max(1),
-            state: Mutex::new(PoolState::default()),
-            cv: Condvar::new(),
-        }
-    }
-
-    /// Runs `job` (which uploads `local`) on a thread of its own once a
-    /// slot is free; `local` is removed when it ends, or at once when the
-    /// job cannot start (an earlier upload failed).
-    fn spawn(
-        self: &Arc<Self>,
-        local: PathBuf,
-        job: impl FnOnce() -> io::Result<()> + Send + 'static,
-    ) -> io::Result<()> {
-        if let Err(e) = self.acquire() {
-            let _ = fs::remove_file(&local);
-            return Err(e);
-        }
-        let pool = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("atosnap-s3-upload".into())
-            .spawn({
-                let local = local.clone();
-                move || {
-                    let r = job();
-                    let _ = fs::remove_file(&local);
-                    pool.release(r);
-                }
-            });
-        if let Err(e) = spawned {
-            let _ = fs::remove_file(&local);
-            self.release(Ok(()));
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Waits for a free slot; a recorded failure is returned instead.
-    fn acquire(&self) -> io::Result<()> {
-        let mut st = lock(&self.state);
-        loop {
-            if let Some(f) = &st.failed {
-                return Err(f.error());
-            }
-            if st.in_flight < self.max {
-                st.in_flight += 1;
-                return Ok(());
-            }
-            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn release(&self, result: io::Result<()>) {
-        let mut st = lock(&self.state);
-        st.in_flight -= 1;
-        if let Err(e) = result {
-            if st.failed.is_none() {
-                st.failed = Some(UploadFailure {
-                    kind: e.kind(),
-                    message: e.to_string(),
-                });
-            }
-        }
-        self.cv.notify_all();
-    }
-
-    /// Waits until no upload runs; the first failure ever recorded, if any.
-    fn wait_idle(&self) -> io::Result<()> {
-        let mut st = lock(&self.state);
-        while st.in_flight > 0 {
-            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
-        match &st.failed {
-            Some(f) => Err(f.error()),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Local copies of whole packs, for `read_range`.
-struct Spool {
-    dir: PathBuf,
-    budget: u64,
-    state: Mutex<SpoolState>,
-}
-
-#[derive(Default)]
-struct SpoolState {
-    slots: HashMap<String, SlotInfo>,
-    tick: u64,
-    total: u64,
-    next_file: u64,
-}
-
-struct SlotInfo {
-    slot: Arc<Slot>,
-    last_use: u64,
-    /// 0 until downloaded.
-    size: u64,
-}
-
-struct Slot {
-    path: PathBuf,
-    /// Filled once by the first reader; others wait on the lock.
-    file: Mutex<Option<Arc<File>>>,
-}
-
-impl Spool {
-    fn new(dir: PathBuf, budget: u64) -> Spool {
-        Spool {
-            dir,
-            budget,
-            state: Mutex::new(SpoolState::default()),
-        }
-    }
-
-    fn slot(&self, name: &str) -> Arc<Slot> {
-        let mut st = lock(&self.state);
-        st.tick += 1;
-        let tick = st.tick;
-        if let Some(info) = st.slots.get_mut(name) {
-            info.last_use = tick;
-            return info.slot.clone();
-        }
-        st.next_file += 1;
-        let slot = Arc::new(Slot {
-            path: self.dir.join(format!("{:08}.pack", st.next_file)),
-            file: Mutex::new(None),
-        });
-        st.slots.insert(
-            name.to_string(),
-            SlotInfo {
-                slot: slot.clone(),
-                last_use: tick,
-                size: 0,
-            },
-        );
-        slot
-    }
-
-    /// The spooled copy of `name`, downloading it on first use.
-    fn file(&self, backend: &S3Backend, name: &str) -> io::Result<Arc<File>> {
-        let slot = self.slot(name);
-        let mut guard = lock(&slot.file);
-        if let Some(f) = guard.as_ref() {
-            return Ok(f.clone());
-        }
-        create_private_dir_all(&self.dir)?;
-        let part = slot.path.with_extension("part");
-        let downloaded = (|| {
-            let reader = backend.op.reader(name).map_err(|e| backend.err(name, e))?;
-            let mut src = reader.into_std_read(..).map_err(|e| backend.err(name, e))?;
-            let _ = fs::remove_file(&part);
-            let mut out = create_private_file(&part)?;
-            // Large reads: each one crosses into the async runtime.
-            let mut buf = vec![0u8; 1 << 20];
-            let mut n = 0u64;
-            loop {
-                let got = match src.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(got) => got,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                out.write_all(&buf[..got])?;
-                n += got as u64;
-            }
-            out.flush()?;
-            fs::rename(&part, &slot.path)?;
-            Ok::<u64, io::Error>(n)
-        })();
-        let size = match downloaded {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = fs::remove_file(&part);
-                return Err(e);
-            }
-        };
-        let f = Arc::new(File::open(&slot.path)?);
-        *guard = Some(f.clone());
-        drop(guard);
-        self.account(name, &slot, size.max(1));
-        Ok(f)
-    }
-
-    /// Records a finished download and evicts the least recently used
-    /// other packs beyond the budget.
-    fn account(&self, name: &str, slot: &Arc<Slot>, size: u64) {
-        let mut st = lock(&self.state);
-        match st.slots.get_mut(name) {
-            Some(info) if Arc::ptr_eq(&info.slot, slot) => info.size = size,
-            _ => {
-                // Forgotten (deleted or renamed) meanwhile.
-                let _ = fs::remove_file(&slot.path);
-                return;
-            }
-        }
-        st.total += size;
-        while st.total > self.budget {
-            let victim = st
-                .slots
-                .iter()
-                .filter(|(n, info)| n.as_str() != name && info.size > 0)
-                .min_by_key(|(_, info)| info.last_use)
-                .map(|(n, _)| n.clone());
-            let Some(victim) = victim else { break };
-            if let Some(info) = st.slots.remove(&victim) {
-                st.total -= info.size;
-                // Readers holding the open file keep reading it.
-                let _ = fs::remove_file(&info.slot.path);
-            }
-        }
-    }
-
-    fn forget(&self, name: &str) {
-        let mut st = lock(&self.state);
-        if let Some(info) = st.slots.remove(name) {
-            st.total -= info.size;
-            let _ = fs::remove_file(&info.slot.path);
-        }
-    }
-
-    fn clear(&self) {
-        let mut st = lock(&self.state);
-        st.slots.clear();
-        st.total = 0;
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -1207,6 +700,7 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn s3_location_parse() {
@@ -1238,19 +732,6 @@ mod tests {
             "snapshots/x/manifest.bin"
         );
         assert_eq!(join("", "config.json"), "config.json");
-    }
-
-    #[test]
-    fn s3_upload_pool_keeps_first_error() {
-        let pool = UploadPool::new(1);
-        pool.acquire().unwrap();
-        pool.release(Err(io::Error::other("first")));
-        let e = pool.acquire().unwrap_err();
-        assert_eq!(e.to_string(), "first");
-        // Sticky: neither a later acquire nor waiting clears it.
-        assert_eq!(pool.acquire().unwrap_err().to_string(), "first");
-        assert_eq!(pool.wait_idle().unwrap_err().to_string(), "first");
-        assert_eq!(pool.wait_idle().unwrap_err().to_string(), "first");
     }
 
     /// A backend on an endpoint where nothing listens: every request
