@@ -390,7 +390,6 @@ const LONG_ALLOWED: &[&str] = &[
     "src/ops/verify/mod.rs",
     "src/serve/mod.rs",
     "src/store/lock.rs",
-    "src/store/mod.rs",
     "tests/serve/http.rs",
 ];
 

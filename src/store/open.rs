@@ -1,0 +1,323 @@
+//! Opening and creating a store: connecting to its storage, reading its
+//! config and key file, and changing the password.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::backend::{Backend, LocalBackend};
+use super::cache::ObjectCache;
+use super::format::StoreConfig;
+use super::key::{KdfCost, KeyFile, Secrets, UnwrapError, KEY_FILE};
+use super::location::{RemoteSettings, StoreAddress, StoreLocation};
+use super::seal::{MasterKey, Sealer};
+use super::{backend, key, location};
+use super::{Store, CONFIG_NAME};
+use crate::error::{Error, IoContext, Result};
+
+/// Reads, checks and unwraps the key file of a `repokey` store.
+fn open_repokey(
+    backend: &dyn Backend,
+    config: &StoreConfig,
+    secrets: &Secrets,
+) -> Result<(Sealer, KeyFile)> {
+    let password = secrets.password()?.ok_or_else(|| Error::PasswordRequired {
+        path: backend.location(),
+    })?;
+    let key_path = backend.display_name(KEY_FILE);
+    let corrupt = |detail: String| Error::KeyFileCorrupt {
+        path: key_path.display().to_string(),
+        detail,
+    };
+    let bytes = match backend.read(KEY_FILE) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::KeyFileMissing {
+                path: key_path.display().to_string(),
+            })
+        }
+        Err(e) => return Err(Error::io("read", &key_path, e)),
+    };
+    let file = KeyFile::parse(&bytes).map_err(corrupt)?;
+    if Some(&file.key_id) != config.encryption.key_id.as_ref() {
+        return Err(corrupt(format!(
+            "it holds key {} but config.json names key {} (a key file of another store?)",
+            file.key_id,
+            config.encryption.key_id.as_deref().unwrap_or("?")
+        )));
+    }
+    let master = file.unwrap(&password).map_err(|e| match e {
+        UnwrapError::WrongPassword => Error::WrongPassword {
+            path: backend.location(),
+            key_file: key_path.display().to_string(),
+        },
+        UnwrapError::Corrupt(detail) => corrupt(detail),
+    })?;
+    Ok((Sealer::repokey(master), file))
+}
+
+/// A connection to a store's storage: the backend, and the cache of a
+/// remote store.
+type Connection = (Arc<dyn Backend>, Option<Arc<ObjectCache>>);
+
+/// Connects to the storage at `location`: a local folder, or an S3 bucket
+/// with its local cache. Nothing is read or written yet.
+fn connect(location: &StoreLocation, remote: &RemoteSettings) -> Result<Connection> {
+    match location {
+        StoreLocation::Local(root) => Ok((Arc::new(LocalBackend::new(root)), None)),
+        StoreLocation::S3(loc) => {
+            let dir = location::cache_dir(loc, remote);
+            let backend = location::remote_backend(loc, remote, dir.join("tmp"))
+                .map_err(|e| Error::io("connect to", loc.url(), e))?;
+            Ok((
+                backend,
+                Some(Arc::new(ObjectCache::new(dir.join("objects")))),
+            ))
+        }
+    }
+}
+
+impl Store {
+    fn assemble(
+        location: &StoreLocation,
+        remote: &RemoteSettings,
+        (backend, cache): Connection,
+        config: StoreConfig,
+        sealer: Sealer,
+        key_file: Option<KeyFile>,
+    ) -> Store {
+        Store {
+            location: location.clone(),
+            remote: remote.clone(),
+            backend,
+            cache,
+            gc_grace: None,
+            listed_sizes: Default::default(),
+            config,
+            sealer,
+            key_file,
+        }
+    }
+
+    /// Opens an existing unencrypted local store (an encrypted one is
+    /// refused with `password_required`: use [`Store::open_with`]).
+    pub fn open(root: &Path) -> Result<Store> {
+        Store::open_with(root, &Secrets::none())
+    }
+
+    /// [`Store::open_at`] for a local folder.
+    pub fn open_with(root: &Path, secrets: &Secrets) -> Result<Store> {
+        Store::open_at(&StoreAddress::local(root), secrets)
+    }
+
+    /// Whether a store (its `config.json`) exists at `address`.
+    pub fn exists_at(address: &StoreAddress) -> Result<bool> {
+        let (backend, _) = connect(&address.location, &address.remote)?;
+        backend
+            .exists(CONFIG_NAME)
+            .ctx("stat", backend.display_name(CONFIG_NAME))
+    }
+
+    /// Opens an existing store; an encrypted one takes its password from
+    /// `secrets` and is refused, before any other work, when the password
+    /// is missing (`password_required`) or wrong (`wrong_password`).
+    pub fn open_at(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
+        let (location, remote) = (&address.location, &address.remote);
+        let (backend, cache) = connect(location, remote)?;
+        let config_path = backend.display_name(CONFIG_NAME);
+        let bytes = match backend.read(CONFIG_NAME) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::StoreMissing {
+                    path: location.display(),
+                })
+            }
+            Err(e) => return Err(Error::io("read", &config_path, e)),
+        };
+        let config = StoreConfig::parse(&bytes, &config_path.display().to_string())?;
+        let (sealer, key_file) = match config.encryption.scheme.as_str() {
+            "repokey" => {
+                let (sealer, file) = open_repokey(backend.as_ref(), &config, secrets)?;
+                (sealer, Some(file))
+            }
+            scheme => {
+                let sealer =
+                    Sealer::from_scheme(scheme).ok_or_else(|| Error::StoreConfigInvalid {
+                        path: config_path.display().to_string(),
+                        detail: format!("unknown encryption scheme {scheme}"),
+                    })?;
+                (sealer, None)
+            }
+        };
+        Ok(Store::assemble(
+            location,
+            remote,
+            (backend, cache),
+            config,
+            sealer,
+            key_file,
+        ))
+    }
+
+    /// Creates a new unencrypted local store at `root` (which may exist but
+    /// must not hold a store already).
+    pub fn init(root: &Path) -> Result<Store> {
+        Store::init_with(root, "none", &Secrets::none())
+    }
+
+    /// [`Store::init_at`] for a local folder.
+    pub fn init_with(root: &Path, scheme: &str, secrets: &Secrets) -> Result<Store> {
+        Store::init_at(&StoreAddress::local(root), scheme, secrets)
+    }
+
+    /// Creates a new store with encryption `scheme` (`none` or `repokey`;
+    /// `repokey` takes its password from `secrets`). In a `repokey` store
+    /// the key file is durable before `config.json` appears, so a store
+    /// never exists without its key.
+    pub fn init_at(address: &StoreAddress, scheme: &str, secrets: &Secrets) -> Result<Store> {
+        let (location, remote) = (&address.location, &address.remote);
+        let (backend, cache) = connect(location, remote)?;
+        let config_path = backend.display_name(CONFIG_NAME);
+        if backend.exists(CONFIG_NAME).ctx("stat", &config_path)? {
+            return Err(Error::Other(format!(
+                "a store already exists at {}",
+                location.display()
+            )));
+        }
+        let mut config = StoreConfig::new_default();
+        // Everything that can be refused is checked before anything is written.
+        let repokey = match scheme {
+            "none" => None,
+            "repokey" => {
+                let password = secrets.password()?.ok_or_else(|| Error::PasswordRequired {
+                    path: location.display(),
+                })?;
+                if password.is_empty() {
+                    return Err(Error::Usage(
+                        "the password is empty: an encrypted store needs a real password".into(),
+                    ));
+                }
+                let cost = KdfCost::from_env()?;
+                let master = MasterKey::generate().map_err(Error::Other)?;
+                let file = KeyFile::wrap(&master, &password, cost).map_err(Error::Other)?;
+                config.encryption.scheme = "repokey".into();
+                config.encryption.key_id = Some(master.key_id());
+                Some((master, file))
+            }
+            other => {
+                return Err(Error::Usage(format!(
+                    "--encryption {other}: expected none or repokey"
+                )))
+            }
+        };
+        if let StoreLocation::Local(root) = location {
+            for dir in ["objects", "snapshots", "locks", "tmp"] {
+                let p = root.join(dir);
+                backend::create_dir_durable(&p).ctx("create", &p)?;
+            }
+        }
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+        if let Some((_, file)) = &repokey {
+            backend
+                .replace(KEY_FILE, &file.to_json())
+                .ctx("write", backend.display_name(KEY_FILE))?;
+        }
+        backend
+            .write_once(CONFIG_NAME, &json)
+            .ctx("write", &config_path)?;
+        let (sealer, key_file) = match repokey {
+            None => (Sealer::Plain, None),
+            Some((master, file)) => (Sealer::repokey(master), Some(file)),
+        };
+        Ok(Store::assemble(
+            location,
+            remote,
+            (backend, cache),
+            config,
+            sealer,
+            key_file,
+        ))
+    }
+
+    /// Opens the local store, creating an unencrypted one when none exists.
+    pub fn open_or_init(root: &Path) -> Result<Store> {
+        Store::open_or_init_with(root, &Secrets::none())
+    }
+
+    /// [`Store::open_or_init_at`] for a local folder.
+    pub fn open_or_init_with(root: &Path, secrets: &Secrets) -> Result<Store> {
+        Store::open_or_init_at(&StoreAddress::local(root), secrets)
+    }
+
+    /// [`Store::open_at`], creating an unencrypted store when none exists.
+    /// A password given for a store that is not there is refused
+    /// (`store_missing`): the operator meant an encrypted store, and a
+    /// backup disk that is not mounted must not turn into plaintext backups
+    /// on the root file system. Only `init --encryption repokey` makes an
+    /// encrypted store.
+    pub fn open_or_init_at(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
+        match Store::open_at(address, secrets) {
+            Err(Error::StoreMissing { path }) if secrets.is_given() => {
+                Err(Error::StoreMissingWithPassword { path })
+            }
+            Err(Error::StoreMissing { .. }) => {
+                match Store::init_at(address, "none", &Secrets::none()) {
+                    // Another process created it between our check and init.
+                    Err(_) => Store::open_at(address, secrets),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The same store with fresh storage handles (no open files kept from
+    /// earlier work) and the same unlocked key: how a long-running process
+    /// (`serve`) keeps an encrypted store open without re-deriving its key
+    /// per request, yet never holds deleted packs open after a gc.
+    pub fn reopened(&self) -> Store {
+        let (backend, cache) = match &self.location {
+            StoreLocation::Local(root) => {
+                (Arc::new(LocalBackend::new(root)) as Arc<dyn Backend>, None)
+            }
+            // A remote backend keeps no file of a deleted pack open.
+            StoreLocation::S3(_) => (self.backend.clone(), self.cache.clone()),
+        };
+        Store {
+            location: self.location.clone(),
+            remote: self.remote.clone(),
+            backend,
+            cache,
+            gc_grace: self.gc_grace,
+            listed_sizes: Default::default(),
+            config: self.config.clone(),
+            sealer: self.sealer.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
+
+    /// The key file of an encrypted store (public parts only matter: the
+    /// master key in it is wrapped).
+    pub fn key_file(&self) -> Option<&KeyFile> {
+        self.key_file.as_ref()
+    }
+
+    /// Re-wraps the master key under `new_password` and replaces the key
+    /// file atomically (temp file, fsync, rename, fsync of the folder): a
+    /// crash leaves the old password or the new one working, never neither.
+    pub fn change_password(&self, new_password: &key::Password) -> Result<KeyFile> {
+        let keys = self.sealer.keys().ok_or_else(|| Error::NotEncrypted {
+            path: self.location.display(),
+        })?;
+        if new_password.is_empty() {
+            return Err(Error::Usage(
+                "the new password is empty: an encrypted store needs a real password".into(),
+            ));
+        }
+        let cost = KdfCost::from_env()?;
+        let file = KeyFile::wrap(keys.master(), new_password, cost).map_err(Error::Other)?;
+        self.backend
+            .replace(KEY_FILE, &file.to_json())
+            .ctx("replace", self.object_path(KEY_FILE))?;
+        Ok(file)
+    }
+}

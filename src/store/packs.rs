@@ -1,0 +1,302 @@
+//! Packs of a store: listing them, reading their trailers into the chunk
+//! index, reading and checking chunks, deleting packs.
+
+use rayon::prelude::*;
+
+use super::index::{ChunkIndex, DamagedPack, Location};
+use super::lock::ExclusiveLock;
+use super::pack::{PackEntry, PackIndexError, TRAILER_LEN};
+use super::seal::Sealer;
+use super::Store;
+use super::{backend, pack};
+use crate::error::{IoContext, Result};
+use crate::id::Id;
+
+/// Where a pack's chunks and index are.
+#[derive(Clone, Debug)]
+pub struct PackLayout {
+    pub entries: Vec<PackEntry>,
+    /// End of the blob area (where the index starts).
+    pub blob_end: u64,
+}
+
+/// Why a chunk could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkFault {
+    Missing,
+    Corrupt(String),
+}
+
+impl ChunkFault {
+    /// The stable error code of SPEC §3 for this chunk.
+    pub fn code(&self, id: &Id) -> String {
+        match self {
+            ChunkFault::Missing => format!("chunk_missing:{id}"),
+            ChunkFault::Corrupt(_) => format!("chunk_corrupt:{id}"),
+        }
+    }
+}
+
+impl Store {
+    /// Names and sizes of every pack file under `objects/`.
+    pub fn list_packs(&self) -> Result<Vec<backend::ListEntry>> {
+        let list = self
+            .backend
+            .list_files("objects")
+            .ctx("list", self.object_path("objects"))?;
+        Ok(list
+            .into_iter()
+            .filter(|e| e.name.ends_with(".pack"))
+            .collect())
+    }
+
+    /// Reads a pack's own index from its trailer.
+    pub fn read_pack_index(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> std::result::Result<Vec<PackEntry>, String> {
+        self.read_pack_layout(name, size).map(|l| l.entries)
+    }
+
+    /// Reads a pack's trailer and index, checking the index checksum and
+    /// that every entry lies in the blob area.
+    pub fn read_pack_layout(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> std::result::Result<PackLayout, String> {
+        let (blob_end, stored, hash) = self.read_pack_trailer(name, size)?;
+        let entries = pack::decode_index(stored, &hash, blob_end, |b| {
+            self.sealer.open(b, pack::INDEX_AD)
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(PackLayout { entries, blob_end })
+    }
+
+    /// Reads what can be read of a damaged pack's index: the checksum is
+    /// not required to match and entries pointing outside the blob area
+    /// are left out. Only for salvage, where every chunk is checked against
+    /// its id before it is kept.
+    pub fn read_pack_layout_lenient(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> std::result::Result<PackLayout, String> {
+        let (blob_end, stored, _) = self.read_pack_trailer(name, size)?;
+        let encoded = self.sealer.open(stored, pack::INDEX_AD)?;
+        let mut entries = pack::decode_entries(&encoded)?;
+        entries.retain(|e| {
+            e.offset as u64 >= pack::PACK_MAGIC.len() as u64
+                && e.offset as u64 + e.stored_len as u64 <= blob_end
+        });
+        Ok(PackLayout { entries, blob_end })
+    }
+
+    /// (blob area end, stored index bytes, index checksum from the trailer).
+    fn read_pack_trailer(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> std::result::Result<(u64, Vec<u8>, [u8; 32]), String> {
+        if size < TRAILER_LEN as u64 {
+            return Err(PackIndexError::TooShort(size).to_string());
+        }
+        // A pack is named by its hash, so its cached tail never goes stale.
+        let key = format!("packidx/{name}");
+        if let Some(tail) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+            if tail.len() >= TRAILER_LEN {
+                let (stored, trailer) = tail.split_at(tail.len() - TRAILER_LEN);
+                if let Ok((blob_end, len, hash)) = pack::parse_trailer(size, trailer) {
+                    if len == stored.len() {
+                        return Ok((blob_end, stored.to_vec(), hash));
+                    }
+                }
+            }
+        }
+        let trailer = self
+            .backend
+            .read_range_direct(name, size - TRAILER_LEN as u64, TRAILER_LEN)
+            .map_err(|e| format!("unreadable: {e}"))?;
+        let (blob_end, len, hash) =
+            pack::parse_trailer(size, &trailer).map_err(|e| e.to_string())?;
+        let stored = self
+            .backend
+            .read_range_direct(name, blob_end, len)
+            .map_err(|e| format!("unreadable: {e}"))?;
+        if let Some(cache) = &self.cache {
+            let mut tail = Vec::with_capacity(stored.len() + TRAILER_LEN);
+            tail.extend_from_slice(&stored);
+            tail.extend_from_slice(&trailer);
+            cache.put(&key, &tail);
+        }
+        Ok((blob_end, stored, hash))
+    }
+
+    /// Builds the chunk index from every pack's trailer, in parallel. Packs
+    /// whose index cannot be read are listed in `damaged`.
+    pub fn load_index(&self) -> Result<ChunkIndex> {
+        /// Packs whose indexes are read in parallel at a time: the decoded
+        /// entries of only this many packs are in memory besides the map.
+        const PACKS_PER_ROUND: usize = 8;
+        let packs = self.list_packs()?;
+        let mut index = ChunkIndex::new();
+        for round in packs.chunks(PACKS_PER_ROUND) {
+            let loaded: Vec<_> = round
+                .par_iter()
+                .map(|p| (p, self.read_pack_index(&p.name, p.size)))
+                .collect();
+            for (p, result) in loaded {
+                let Some(id) = pack::pack_id_from_name(&p.name) else {
+                    index.damaged.push(DamagedPack {
+                        name: p.name.clone(),
+                        detail: "not a pack name".into(),
+                    });
+                    continue;
+                };
+                match result {
+                    Ok(entries) => {
+                        index.add_pack(id, p.size, &entries);
+                    }
+                    Err(detail) => index.damaged.push(DamagedPack {
+                        name: p.name.clone(),
+                        detail,
+                    }),
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    /// Runs `work` while, on a remote store, two helper threads fetch the
+    /// packs holding `ids` in the order they are first needed, so that the
+    /// readers in `work` find each pack downloaded instead of each waiting
+    /// for its own. A local store just runs `work`.
+    pub fn with_packs_prefetched<'a, T>(
+        &self,
+        index: &ChunkIndex,
+        ids: impl Iterator<Item = &'a Id>,
+        work: impl FnOnce() -> T,
+    ) -> T {
+        if !self.is_remote() {
+            return work();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let names: Vec<String> = ids
+            .filter_map(|id| index.get(id))
+            .filter(|loc| seen.insert(loc.pack))
+            .map(|loc| pack::pack_name(&index.pack(loc.pack).id))
+            .collect();
+        const PREFETCHERS: usize = 2;
+        std::thread::scope(|scope| {
+            for first in 0..PREFETCHERS {
+                let names = &names;
+                scope.spawn(move || {
+                    for name in names.iter().skip(first).step_by(PREFETCHERS) {
+                        // A failure here is met again, and reported, by
+                        // the reader that needs the pack.
+                        let _ = self.backend.prefetch(name);
+                    }
+                });
+            }
+            work()
+        })
+    }
+
+    /// Reads, unseals, decompresses and re-hashes one chunk.
+    pub fn read_chunk(
+        &self,
+        index: &ChunkIndex,
+        id: &Id,
+    ) -> std::result::Result<Vec<u8>, ChunkFault> {
+        let loc = index.get(id).ok_or(ChunkFault::Missing)?;
+        let name = pack::pack_name(&index.pack(loc.pack).id);
+        self.read_chunk_at(&name, id, loc)
+    }
+
+    pub fn read_chunk_at(
+        &self,
+        pack_name: &str,
+        id: &Id,
+        loc: &Location,
+    ) -> std::result::Result<Vec<u8>, ChunkFault> {
+        let stored = self
+            .backend
+            .read_range(pack_name, loc.offset as u64, loc.stored_len() as usize)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ChunkFault::Missing,
+                std::io::ErrorKind::UnexpectedEof => {
+                    ChunkFault::Corrupt(format!("pack {pack_name} is truncated"))
+                }
+                _ => ChunkFault::Corrupt(format!("pack {pack_name} unreadable: {e}")),
+            })?;
+        self.decode_chunk(stored, id, loc.compressed(), loc.raw_len)
+    }
+
+    /// Turns a stored chunk back into its raw bytes and checks its id.
+    pub fn decode_chunk(
+        &self,
+        stored: Vec<u8>,
+        id: &Id,
+        compressed: bool,
+        raw_len: u32,
+    ) -> std::result::Result<Vec<u8>, ChunkFault> {
+        let encoded = self
+            .sealer
+            .open(stored, &id.0)
+            .map_err(ChunkFault::Corrupt)?;
+        let raw =
+            crate::chunk::decode(encoded, compressed, raw_len).map_err(ChunkFault::Corrupt)?;
+        if self.sealer.chunk_id(&raw) != *id {
+            return Err(ChunkFault::Corrupt(
+                "content does not match its hash".into(),
+            ));
+        }
+        Ok(raw)
+    }
+
+    /// Checks a stored chunk against its id without keeping the raw bytes
+    /// (verify): no copy of the stored bytes, none of raw chunks.
+    pub fn check_chunk(
+        &self,
+        stored: &[u8],
+        id: &Id,
+        compressed: bool,
+        raw_len: u32,
+    ) -> std::result::Result<(), ChunkFault> {
+        match &self.sealer {
+            Sealer::Plain if !compressed => {
+                if stored.len() != raw_len as usize {
+                    return Err(ChunkFault::Corrupt(format!(
+                        "stored length {} differs from the recorded {raw_len}",
+                        stored.len()
+                    )));
+                }
+                if self.sealer.chunk_id(stored) != *id {
+                    return Err(ChunkFault::Corrupt(
+                        "content does not match its hash".into(),
+                    ));
+                }
+                Ok(())
+            }
+            _ => self
+                .decode_chunk(stored.to_vec(), id, compressed, raw_len)
+                .map(|_| ()),
+        }
+    }
+
+    /// Deletes a pack. Only under the exclusive lock.
+    pub fn delete_pack(&self, lock: &ExclusiveLock, id: &Id) -> Result<()> {
+        lock.still_held()?;
+        let name = pack::pack_name(id);
+        self.backend
+            .delete(&name)
+            .ctx("delete", self.object_path(&name))?;
+        if let Some(cache) = &self.cache {
+            cache.forget(&format!("packidx/{name}"));
+        }
+        Ok(())
+    }
+
+    // ---- quarantine -------------------------------------------------------
+}

@@ -1,0 +1,393 @@
+//! Snapshots of a store: listing them, reading and writing their manifest
+//! and summary, publishing and deleting them.
+
+use super::lock::{ExclusiveLock, SharedLock};
+use super::{Store, MANIFEST_NAME, METADATA_NAME};
+use crate::error::{Error, IoContext, Result};
+use crate::stamp::Stamp;
+use crate::store::manifest::Manifest;
+
+/// What is under `snapshots/`.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotListing {
+    pub stamps: Vec<Stamp>,
+    pub unparseable: Vec<String>,
+    /// Remote stores: folders whose manifest is not (yet) written.
+    pub incomplete: Vec<IncompleteSnapshot>,
+}
+
+/// A snapshot folder on a bucket without its manifest: being written, or
+/// left by a writer that died.
+#[derive(Clone, Debug)]
+pub struct IncompleteSnapshot {
+    pub folder: String,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl Store {
+    /// Removes a remote snapshot folder that never got its manifest. Only
+    /// under the exclusive lock.
+    pub fn delete_abandoned_folder(&self, lock: &ExclusiveLock, folder: &str) -> Result<()> {
+        lock.still_held()?;
+        let dir = format!("snapshots/{folder}");
+        for f in self
+            .backend
+            .list_files(&dir)
+            .ctx("list", self.object_path(&dir))?
+        {
+            self.backend
+                .delete(&f.name)
+                .ctx("delete", self.object_path(&f.name))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot's summary where none is (repair). Only under the
+    /// exclusive lock.
+    pub fn write_metadata(
+        &self,
+        _lock: &ExclusiveLock,
+        stamp: &Stamp,
+        metadata: &serde_json::Value,
+    ) -> Result<()> {
+        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        let bytes = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let bytes = self.sealer.seal(bytes, METADATA_NAME.as_bytes());
+        self.backend
+            .write_once(&name, &bytes)
+            .ctx("write", self.object_path(&name))
+    }
+
+    /// Replaces a snapshot's summary (`atosnap tag`). Only under the
+    /// exclusive lock. Atomic (temp + rename locally, one PUT on a bucket).
+    /// The new object is always larger than the old one (JSON whitespace
+    /// pads it when needed): a remote store's cache keys summaries by name
+    /// and size, so no host can mistake the new summary for a cached old one.
+    pub fn replace_metadata(
+        &self,
+        lock: &ExclusiveLock,
+        stamp: &Stamp,
+        metadata: &serde_json::Value,
+    ) -> Result<()> {
+        lock.still_held()?;
+        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        let old_size = self
+            .backend
+            .size(&name)
+            .ctx("stat", self.object_path(&name))?;
+        let mut plain =
+            serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let sealed_len = self
+            .sealer
+            .seal(plain.clone(), METADATA_NAME.as_bytes())
+            .len() as u64;
+        if sealed_len <= old_size {
+            plain.resize(plain.len() + (old_size + 1 - sealed_len) as usize, b'\n');
+        }
+        let bytes = self.sealer.seal(plain, METADATA_NAME.as_bytes());
+        self.backend
+            .replace(&name, &bytes)
+            .ctx("write", self.object_path(&name))?;
+        if let Ok(mut sizes) = self.listed_sizes.lock() {
+            sizes.insert(name, bytes.len() as u64);
+        }
+        Ok(())
+    }
+
+    // ---- snapshots --------------------------------------------------------
+
+    pub fn list_snapshots(&self) -> Result<SnapshotListing> {
+        let mut listing = if self.is_remote() {
+            self.list_remote_snapshot_folders()?
+        } else {
+            let names = self
+                .backend
+                .list_children("snapshots")
+                .ctx("list", self.object_path("snapshots"))?;
+            let mut listing = SnapshotListing::default();
+            for name in names {
+                match Stamp::parse(&name) {
+                    Ok(stamp) if stamp.to_string() == name => listing.stamps.push(stamp),
+                    _ => listing.unparseable.push(name),
+                }
+            }
+            listing
+        };
+        listing.stamps.sort();
+        Ok(listing)
+    }
+
+    /// A bucket has no atomic folder rename: a snapshot there is published
+    /// summary first, manifest last, and a folder without its manifest is
+    /// one still being written (or abandoned by a crash). Such folders are
+    /// not snapshots; gc removes them once older than its grace period.
+    fn list_remote_snapshot_folders(&self) -> Result<SnapshotListing> {
+        let files = self
+            .backend
+            .list_files("snapshots")
+            .ctx("list", self.object_path("snapshots"))?;
+        let mut listing = SnapshotListing::default();
+        let mut folders: std::collections::BTreeMap<String, (bool, Option<std::time::SystemTime>)> =
+            Default::default();
+        if let Ok(mut sizes) = self.listed_sizes.lock() {
+            sizes.clear();
+            sizes.extend(files.iter().map(|f| (f.name.clone(), f.size)));
+        }
+        for f in &files {
+            let rel = f.name.trim_start_matches("snapshots/");
+            let Some((folder, file)) = rel.split_once('/') else {
+                listing.unparseable.push(rel.to_string());
+                continue;
+            };
+            let slot = folders.entry(folder.to_string()).or_insert((false, None));
+            slot.0 |= file == MANIFEST_NAME;
+            slot.1 = slot.1.max(f.modified);
+        }
+        for (folder, (has_manifest, modified)) in folders {
+            if !has_manifest {
+                listing
+                    .incomplete
+                    .push(IncompleteSnapshot { folder, modified });
+                continue;
+            }
+            match Stamp::parse(&folder) {
+                Ok(stamp) if stamp.to_string() == folder => listing.stamps.push(stamp),
+                _ => listing.unparseable.push(folder),
+            }
+        }
+        Ok(listing)
+    }
+
+    pub fn snapshot_exists(&self, stamp: &Stamp) -> Result<bool> {
+        let dir = format!("snapshots/{stamp}");
+        let probe = if self.is_remote() {
+            format!("{dir}/{MANIFEST_NAME}")
+        } else {
+            dir
+        };
+        self.backend
+            .exists(&probe)
+            .ctx("stat", self.object_path(&probe))
+    }
+
+    /// Reads `name` through the cache (under `key`) when there is one.
+    fn read_through_cache(&self, key: &str, name: &str) -> std::io::Result<Vec<u8>> {
+        let Some(cache) = &self.cache else {
+            return self.backend.read(name);
+        };
+        if let Some(bytes) = cache.get(key) {
+            return Ok(bytes);
+        }
+        let bytes = self.backend.read(name)?;
+        cache.put(key, &bytes);
+        Ok(bytes)
+    }
+
+    /// Reads an object that is never rewritten under its name (a drill
+    /// record), from the cache of a remote store (keyed by name and size).
+    pub fn read_immutable(&self, name: &str, size: u64) -> std::io::Result<Vec<u8>> {
+        self.read_through_cache(&format!("{name}.{size}"), name)
+    }
+
+    /// The cache key of a snapshot file: by stamp and size, so a snapshot
+    /// deleted and taken again under the same stamp is never confused.
+    fn snapshot_file_cache_key(&self, name: &str) -> std::io::Result<Option<String>> {
+        if self.cache.is_none() {
+            return Ok(None);
+        }
+        let listed = self
+            .listed_sizes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).copied());
+        let size = match listed {
+            Some(size) => size,
+            None => self.backend.size(name)?,
+        };
+        Ok(Some(format!("{name}.{size}")))
+    }
+
+    /// Reads a snapshot file (manifest or summary), from the cache of a
+    /// remote store unless `fresh`.
+    fn read_snapshot_file(&self, name: &str, fresh: bool) -> std::io::Result<Vec<u8>> {
+        match self.snapshot_file_cache_key(name)? {
+            Some(key) if !fresh => self.read_through_cache(&key, name),
+            _ => self.backend.read(name),
+        }
+    }
+
+    /// A snapshot's manifest (from the cache of a remote store).
+    pub fn read_manifest(&self, stamp: &Stamp) -> Result<Manifest> {
+        self.load_manifest(stamp, false)
+    }
+
+    /// A snapshot's manifest read from the store itself, never the cache:
+    /// what verify audits.
+    pub fn read_manifest_fresh(&self, stamp: &Stamp) -> Result<Manifest> {
+        self.load_manifest(stamp, true)
+    }
+
+    fn load_manifest(&self, stamp: &Stamp, fresh: bool) -> Result<Manifest> {
+        let name = format!("snapshots/{stamp}/{MANIFEST_NAME}");
+        let listed = self
+            .listed_sizes
+            .lock()
+            .is_ok_and(|m| m.contains_key(&name));
+        if !listed && !self.snapshot_exists(stamp)? {
+            return Err(Error::SnapshotMissing {
+                stamp: stamp.to_string(),
+            });
+        }
+        let bytes = self
+            .read_snapshot_file(&name, fresh)
+            .map_err(|e| Error::ManifestCorrupt {
+                stamp: stamp.to_string(),
+                detail: format!("{}: {e}", self.object_path(&name).display()),
+            })?;
+        let manifest =
+            Manifest::decode(&bytes, &self.sealer).map_err(|detail| Error::ManifestCorrupt {
+                stamp: stamp.to_string(),
+                detail: format!("{}: {detail}", self.object_path(&name).display()),
+            })?;
+        // A sealed manifest is authentic but not bound to its folder's name:
+        // one moved or copied over another snapshot's is caught here.
+        if self.sealer.is_encrypted() && manifest.stamp != stamp.to_string() {
+            return Err(Error::ManifestCorrupt {
+                stamp: stamp.to_string(),
+                detail: format!(
+                    "{}: the sealed manifest is snapshot {}'s (moved or swapped)",
+                    self.object_path(&name).display(),
+                    manifest.stamp
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest inside `snapshots/<folder>/` for a folder whose name is
+    /// not a stamp (`folder` comes from a listing of `snapshots/`). `None`
+    /// when there is no manifest there; `Some(Err)` when one is there but
+    /// does not read or decode. gc uses it to keep such data live.
+    pub fn read_folder_manifest(
+        &self,
+        folder: &str,
+    ) -> Option<std::result::Result<Manifest, String>> {
+        if folder.contains('/') || folder == ".." || folder == "." {
+            return None;
+        }
+        let name = format!("snapshots/{folder}/{MANIFEST_NAME}");
+        match self.backend.exists(&name) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            // ENOTDIR: the folder is a plain file.
+            Err(e) if e.raw_os_error() == Some(20) => return None,
+            Err(e) => return Some(Err(e.to_string())),
+        }
+        Some(
+            self.backend
+                .read(&name)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| Manifest::decode(&bytes, &self.sealer)),
+        )
+    }
+
+    pub fn read_metadata(&self, stamp: &Stamp) -> Result<serde_json::Value> {
+        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        let bytes = self
+            .read_snapshot_file(&name, false)
+            .ctx("read", self.object_path(&name))?;
+        let opened = self
+            .sealer
+            .open(bytes, METADATA_NAME.as_bytes())
+            .map_err(|e| Error::ObjectCorrupt {
+                name: name.clone(),
+                detail: e,
+            })?;
+        let meta: serde_json::Value =
+            serde_json::from_slice(&opened).map_err(|e| Error::ObjectCorrupt {
+                name: name.clone(),
+                detail: format!("not JSON: {e}"),
+            })?;
+        let named = meta.get("stamp").and_then(|v| v.as_str());
+        if self.sealer.is_encrypted() && named != Some(stamp.to_string().as_str()) {
+            return Err(Error::ObjectCorrupt {
+                name,
+                detail: format!(
+                    "the sealed summary is snapshot {}'s (moved or swapped)",
+                    named.unwrap_or("?")
+                ),
+            });
+        }
+        Ok(meta)
+    }
+
+    /// Publishes a snapshot atomically under `wanted`, or the next free
+    /// `-N` stamp of the same second. The manifest's `stamp` field is set to
+    /// the stamp actually used. Returns that stamp. Refused, publishing
+    /// nothing, like [`Store::publish_snapshot_as`].
+    pub fn publish_snapshot(
+        &self,
+        lock: &SharedLock,
+        wanted: &Stamp,
+        manifest: &mut Manifest,
+        metadata: &mut serde_json::Value,
+    ) -> Result<Stamp> {
+        let mut seq = wanted.seq();
+        loop {
+            let stamp = wanted.with_seq(seq);
+            if self.publish_snapshot_as(lock, &stamp, manifest, metadata)? {
+                return Ok(stamp);
+            }
+            seq += 1;
+        }
+    }
+
+    /// Deletes a snapshot folder. Only under the exclusive lock.
+    pub fn delete_snapshot(&self, lock: &ExclusiveLock, stamp: &Stamp) -> Result<()> {
+        lock.still_held()?;
+        let dir = format!("snapshots/{stamp}");
+        if let Ok(mut sizes) = self.listed_sizes.lock() {
+            sizes.retain(|name, _| !name.starts_with(&format!("{dir}/")));
+        }
+        self.backend
+            .delete_dir(&dir)
+            .ctx("delete", self.object_path(&dir))
+    }
+
+    // ---- temp files -------------------------------------------------------
+
+    /// Publishes a snapshot atomically under exactly `stamp` (`copy`: a
+    /// snapshot keeps its name from store to store). The manifest's and the
+    /// summary's `stamp` are set to it. Unlike [`Store::publish_snapshot`]
+    /// it never moves to a `-N` stamp: it returns false, writing nothing,
+    /// when `snapshots/<stamp>` exists already.
+    ///
+    /// Refused, publishing nothing, when `lock` may have lapsed at any time
+    /// since it was taken (`store_lock_lost`: a gc may have deleted packs
+    /// the snapshot counts on) or a signal asked the process to stop
+    /// (`interrupted`). Checked here, right before the write, so that no
+    /// caller can forget it.
+    pub fn publish_snapshot_as(
+        &self,
+        lock: &SharedLock,
+        stamp: &Stamp,
+        manifest: &mut Manifest,
+        metadata: &mut serde_json::Value,
+    ) -> Result<bool> {
+        manifest.stamp = stamp.to_string();
+        metadata["stamp"] = serde_json::Value::String(stamp.to_string());
+        let encoded = manifest
+            .encode(&self.sealer)
+            .map_err(|e| Error::Other(format!("manifest encoding failed: {e}")))?;
+        let meta = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let meta = self.sealer.seal(meta, METADATA_NAME.as_bytes());
+        let dir = format!("snapshots/{stamp}");
+        crate::os::check_interrupted()?;
+        lock.still_held()?;
+        self.backend
+            // Summary first, manifest last: on a bucket the manifest is
+            // what makes the folder a snapshot (see list_snapshots).
+            .write_dir_once(&dir, &[(METADATA_NAME, meta), (MANIFEST_NAME, encoded)])
+            .ctx("publish snapshot", self.object_path(&dir))
+    }
+}

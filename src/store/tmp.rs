@@ -1,0 +1,67 @@
+//! The store's `tmp/` folder: where writers stage files, and sweeping what
+//! dead writers left there.
+
+use std::path::{Path, PathBuf};
+
+use super::backend;
+use super::lock::ExclusiveLock;
+use super::Store;
+use crate::error::{IoContext, Result};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CleanedTmp {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+fn dir_size(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+impl Store {
+    pub fn tmp_dir(&self) -> Result<PathBuf> {
+        let dir = self.backend.tmp_dir();
+        backend::create_private_dir_all(&dir).ctx("create", &dir)?;
+        Ok(dir)
+    }
+
+    // ---- packs and chunks -------------------------------------------------
+
+    /// Removes temp files left by processes that are provably gone (see
+    /// [`crate::os`]: of this host, and dead). A temp file of another host
+    /// or PID namespace, or of an unknown owner, may be live work: only
+    /// with the exclusive lock, when no writer can run, is every temp file
+    /// a leftover.
+    pub fn clean_tmp(&self, exclusive: Option<&ExclusiveLock>) -> Result<CleanedTmp> {
+        let dir = self.tmp_dir()?;
+        let mut cleaned = CleanedTmp::default();
+        let rd = std::fs::read_dir(&dir).ctx("list", &dir)?;
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = exclusive.is_some() || crate::os::temp_owner_gone(&name);
+            if !stale {
+                continue;
+            }
+            let path = entry.path();
+            let size = dir_size(&path);
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            if removed.is_ok() {
+                cleaned.files += 1;
+                cleaned.bytes += size;
+            }
+        }
+        Ok(cleaned)
+    }
+
+    // ---- copy -------------------------------------------------------------
+}
