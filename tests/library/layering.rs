@@ -16,13 +16,16 @@ const WINGS: &[(&str, u8)] = &[
     ("serve", 4),
     ("cli", 4),
 ];
-/// Files of a wing that implement the wing's own type (parts of `Store`).
+/// Files that are parts of their wing's root module, not units of their
+/// own: the `impl Store` blocks, and the server's route handlers (which
+/// share its private state).
 const WING_PARTS: &[&str] = &[
     "store::open",
     "store::snapshots",
     "store::packs",
     "store::quarantine",
     "store::tmp",
+    "serve::handlers",
 ];
 /// Binary-side top-level modules (declared in main.rs).
 const BIN_ROOTS: &[&str] = &["main", "cli"];
@@ -385,13 +388,7 @@ fn src_root_holds_at_most_ten_rs_files() {
 }
 
 /// Files still over the limit, being split (emptied by the end of issue 16).
-const LONG_ALLOWED: &[&str] = &[
-    "src/ops/cleanup/retention.rs",
-    "src/ops/verify/mod.rs",
-    "src/serve/mod.rs",
-    "src/store/lock.rs",
-    "tests/serve/http.rs",
-];
+const LONG_ALLOWED: &[&str] = &["tests/serve/http.rs"];
 
 #[test]
 fn no_source_file_over_900_lines() {

@@ -24,50 +24,17 @@
 //! (permission denied, a timeout) is not damage: it is reported as
 //! `unreadable` and left where it is.
 
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use super::audit::{metadata_problem, Audit};
+use super::report::{Quarantined, RepairReport, SnapshotHealth};
 use crate::error::Result;
 use crate::id::{Id, IdSet};
-use crate::ops::verify::{metadata_problem, Audit, SnapshotHealth};
 use crate::stamp::Stamp;
 use crate::store::lock::ExclusiveLock;
 use crate::store::manifest::Manifest;
 use crate::store::packer::Packer;
 use crate::store::{pack, Store, METADATA_NAME};
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct RepairReport {
-    /// Damaged objects moved aside.
-    pub quarantined: Vec<Quarantined>,
-    /// Fresh packs holding the chunks kept.
-    pub packs_written: Vec<String>,
-    /// Intact referenced chunks recovered from quarantined packs.
-    pub chunks_salvaged: u64,
-    pub bytes_salvaged: u64,
-    /// Referenced chunks no longer in the store: the next `create` stores
-    /// them again if the live data still has them. Empty while a pack's
-    /// index could not be read (the chunks may be in it).
-    pub chunks_lost: Vec<String>,
-    /// Packs that could not be read (an I/O error, not damage): left in
-    /// place, never quarantined; the repair is not complete while any is.
-    #[serde(default)]
-    pub unreadable: Vec<String>,
-    /// Snapshots whose summary was rebuilt from the manifest.
-    pub metadata_rewritten: Vec<String>,
-    pub tmp_files_removed: u64,
-    /// Snapshots still damaged after the repair, with the damaged files.
-    pub still_damaged: BTreeMap<String, SnapshotHealth>,
-    /// True when no snapshot stays damaged.
-    pub healed: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Quarantined {
-    pub object: String,
-    pub moved_to: String,
-    pub reason: String,
-}
 
 /// Repairs what `audit` found. The caller holds the exclusive lock.
 pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<RepairReport> {

@@ -1,0 +1,568 @@
+//! The audit: every pack read and every chunk checked against its id,
+//! every manifest and summary read; what is damaged, missing or unreadable.
+
+use crate::error::{Error, Result};
+use crate::id::{Id, IdSet};
+use crate::stamp::Stamp;
+use crate::store::index::ChunkIndex;
+use crate::store::pack::{self, PackEntry, PACK_MAGIC};
+use crate::store::Store;
+use rayon::prelude::*;
+use std::collections::{BTreeSet, HashSet};
+use std::io::Read;
+
+use super::report::{SnapshotHealth, VerifyReport};
+
+/// What the audit found, with what repair needs beyond the report.
+pub struct Audit {
+    pub report: VerifyReport,
+    /// Snapshots whose manifest reads (manifests are read one at a time,
+    /// never all held at once).
+    pub readable: Vec<Stamp>,
+    /// Snapshots whose manifest does not read.
+    pub unreadable: Vec<Stamp>,
+}
+
+/// What checking one pack found.
+#[derive(Default)]
+struct PackCheck {
+    /// Bytes of the pack file read.
+    bytes: u64,
+    /// Chunks re-hashed.
+    chunks: u64,
+    /// Chunks that do not decode to their id (or cannot be read).
+    corrupt: Vec<Id>,
+    /// The first fault of the pack's structure: trailer, index, layout,
+    /// header, length, readability.
+    structural: Option<String>,
+    /// The file's hash is not its name (checked when nothing else is wrong).
+    name_mismatch: bool,
+    /// The first I/O error reading the pack (not damage), and the chunks
+    /// it left unchecked.
+    unreadable: Option<String>,
+    unverified: Vec<Id>,
+    /// Stored bytes of all entries, and of those that are live here.
+    total_stored: u64,
+    live_stored: u64,
+}
+
+impl PackCheck {
+    fn damaged(&mut self, detail: String) {
+        if self.structural.is_none() {
+            self.structural = Some(detail);
+        }
+    }
+
+    fn unreadable(&mut self, e: &std::io::Error, unchecked: impl IntoIterator<Item = Id>) {
+        if self.unreadable.is_none() {
+            self.unreadable = Some(pack::unreadable(e));
+        }
+        self.unverified.extend(unchecked);
+    }
+
+    /// What is wrong with the pack, if anything.
+    fn detail(&self) -> Option<String> {
+        if let Some(s) = &self.structural {
+            return Some(s.clone());
+        }
+        if !self.corrupt.is_empty() {
+            let mut ids: Vec<String> = self.corrupt.iter().take(3).map(Id::to_hex).collect();
+            if self.corrupt.len() > 3 {
+                ids.push("...".into());
+            }
+            return Some(format!(
+                "{} corrupt chunk(s): {}",
+                self.corrupt.len(),
+                ids.join(", ")
+            ));
+        }
+        self.name_mismatch
+            .then(|| "pack content does not match its name".to_string())
+    }
+
+    /// Whether the damage concerns an audit of `referenced` only: damage to
+    /// the pack as a whole does, a corrupt chunk only if referenced.
+    fn concerns(&self, referenced: &IdSet) -> bool {
+        // A corrupt chunk explains a name mismatch on its own.
+        self.structural.is_some()
+            || (self.name_mismatch && self.corrupt.is_empty())
+            || self.corrupt.iter().any(|id| referenced.contains(id))
+    }
+}
+
+pub(super) fn audit(
+    store: &Store,
+    selected: Option<&[Stamp]>,
+    sample: Option<f64>,
+) -> Result<Audit> {
+    let mut report = VerifyReport::default();
+    let listing = store.list_snapshots()?;
+    let stamps = match selected {
+        Some(s) => s.to_vec(),
+        None => listing.stamps.clone(),
+    };
+    let mut readable = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut referenced = IdSet::default();
+    for stamp in &stamps {
+        // The audit reads the store itself, never a remote store's cache.
+        match store.read_manifest_fresh(stamp) {
+            Ok(m) => {
+                referenced.extend(
+                    m.entries
+                        .iter()
+                        .filter_map(|e| e.file())
+                        .flat_map(|f| f.chunks.iter().copied()),
+                );
+                readable.push(stamp.clone());
+            }
+            Err(e @ (Error::SnapshotMissing { .. } | Error::ManifestCorrupt { .. })) => {
+                let code = e.code();
+                report.snapshots.insert(
+                    stamp.to_string(),
+                    SnapshotHealth {
+                        ok: false,
+                        error: Some(format!("{code}: {e}")),
+                        ..SnapshotHealth::default()
+                    },
+                );
+                if code == "manifest_corrupt" {
+                    unreadable.push(stamp.clone());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let index = store.load_index()?;
+    let missing: BTreeSet<Id> = referenced
+        .iter()
+        .filter(|id| !index.contains(id))
+        .copied()
+        .collect();
+
+    // Packs whose index does not read: their chunks are unknown. With
+    // --snapshot they matter only when a referenced chunk is missing (it
+    // may be in one of them).
+    if selected.is_none() || !missing.is_empty() {
+        for d in &index.damaged {
+            report.objects_checked += 1;
+            if pack::is_unreadable(&d.detail) {
+                report.unreadable.insert(d.name.clone(), d.detail.clone());
+            } else {
+                report.damaged_objects.push(d.name.clone());
+                report.damage.insert(d.name.clone(), d.detail.clone());
+            }
+        }
+    }
+    // A chunk the index lacks may sit in a pack whose index could not be
+    // read: unverified, not missing.
+    let mut unverified: HashSet<Id> = HashSet::new();
+    let mut missing = missing;
+    if index.damaged.iter().any(|d| pack::is_unreadable(&d.detail)) {
+        unverified.extend(std::mem::take(&mut missing));
+    }
+
+    // Packs to check: all of them, or those holding a referenced chunk.
+    let npacks = index.packs().len();
+    let mut pack_live: Vec<u64> = vec![0; npacks];
+    for id in &referenced {
+        if let Some(loc) = index.get(id) {
+            pack_live[loc.pack as usize] += loc.stored_len() as u64;
+        }
+    }
+    let to_check: Vec<u32> = (0..npacks as u32)
+        .filter(|&p| selected.is_none() || pack_live[p as usize] > 0)
+        .collect();
+    let rehash: HashSet<u32> = match sample {
+        None => to_check.iter().copied().collect(),
+        Some(pct) => {
+            let n = to_check.len();
+            let k = ((n as f64 * pct / 100.0).ceil() as usize).min(n);
+            let mut rng = rand::rng();
+            rand::seq::index::sample(&mut rng, n, k)
+                .into_iter()
+                .map(|i| to_check[i])
+                .collect()
+        }
+    };
+    report.packs_total = (npacks + index.damaged.len()) as u64;
+    report.packs_sampled = rehash.len() as u64;
+    report.sampled_percent = sample;
+
+    // Packs checked structurally: in parallel (small reads). Packs re-hashed:
+    // one after the other, each streamed by its own reader thread with its
+    // chunks decoded in parallel, so memory stays a few blocks whatever the
+    // number of cores.
+    let (hashed, structural): (Vec<u32>, Vec<u32>) =
+        to_check.iter().partition(|p| rehash.contains(p));
+    let mut checks: Vec<(u32, PackCheck)> = structural
+        .par_iter()
+        .map(|&p| (p, check_pack(store, &index, p, &referenced, false)))
+        .collect();
+    for p in hashed {
+        crate::os::check_interrupted()?;
+        checks.push((p, check_pack(store, &index, p, &referenced, true)));
+    }
+
+    // A chunk is bad when the copy every reader uses (its index location)
+    // is corrupt, or when it is missing.
+    let mut bad: HashSet<Id> = missing.iter().copied().collect();
+    let mut corrupt: BTreeSet<Id> = BTreeSet::new();
+    for (p, check) in &checks {
+        report.objects_checked += 1;
+        report.bytes_checked += check.bytes;
+        report.chunks_checked += check.chunks;
+        let name = pack::pack_name(&index.pack(*p).id);
+        if let Some(detail) = &check.unreadable {
+            if selected.is_none() || check.unverified.iter().any(|id| referenced.contains(id)) {
+                report.unreadable.insert(name.clone(), detail.clone());
+            }
+        }
+        for id in &check.unverified {
+            if index.get(id).is_some_and(|loc| loc.pack == *p) {
+                unverified.insert(*id);
+            }
+        }
+        if let Some(detail) = check.detail() {
+            if selected.is_none() || check.concerns(&referenced) {
+                report.damaged_objects.push(name.clone());
+                report.damage.insert(name, detail);
+            }
+        }
+        for id in &check.corrupt {
+            if selected.is_none() || referenced.contains(id) {
+                corrupt.insert(*id);
+            }
+            if index.get(id).is_some_and(|loc| loc.pack == *p) {
+                bad.insert(*id);
+            }
+        }
+        if selected.is_none() {
+            if pack_live[*p as usize] == 0 {
+                report.orphans.push(pack::pack_name(&index.pack(*p).id));
+                report.reclaimable_bytes += index.pack(*p).size;
+            } else {
+                report.reclaimable_bytes += check.total_stored.saturating_sub(check.live_stored);
+            }
+        }
+    }
+    report.corrupt = corrupt.iter().map(Id::to_hex).collect();
+    report.missing = missing.iter().map(Id::to_hex).collect();
+
+    for stamp in &readable {
+        let m = store.read_manifest(stamp)?;
+        let damaged: BTreeSet<String> = m
+            .entries
+            .iter()
+            .filter(|e| {
+                e.file()
+                    .is_some_and(|f| f.chunks.iter().any(|id| bad.contains(id)))
+            })
+            .map(|e| e.path_lossy())
+            .collect();
+        let unreadable_files: BTreeSet<String> = m
+            .entries
+            .iter()
+            .filter(|e| {
+                e.file().is_some_and(|f| {
+                    f.chunks.iter().any(|id| unverified.contains(id))
+                        && !damaged.contains(&e.path_lossy())
+                })
+            })
+            .map(|e| e.path_lossy())
+            .collect();
+        let metadata_error = metadata_problem(store, stamp);
+        report.snapshots.insert(
+            stamp.to_string(),
+            SnapshotHealth {
+                ok: damaged.is_empty() && metadata_error.is_none() && unreadable_files.is_empty(),
+                damaged_files: damaged.into_iter().collect(),
+                error: None,
+                metadata_error,
+                unreadable_files: unreadable_files.into_iter().collect(),
+            },
+        );
+    }
+
+    report.orphans.sort();
+    report.damaged_objects.sort();
+    report.damaged_objects.dedup();
+    report.ok = report.corrupt.is_empty()
+        && report.missing.is_empty()
+        && report.damaged_objects.is_empty()
+        && report.unreadable.is_empty()
+        && report.snapshots.values().all(|s| s.ok);
+    Ok(Audit {
+        report,
+        readable,
+        unreadable,
+    })
+}
+
+/// Why a snapshot's `backup-metadata.json` is not usable, if it is not.
+pub fn metadata_problem(store: &Store, stamp: &Stamp) -> Option<String> {
+    let name = format!("snapshots/{stamp}/{}", crate::store::METADATA_NAME);
+    match store.backend().exists(&name) {
+        Ok(false) => Some(format!(
+            "metadata_missing: {}",
+            store.object_path(&name).display()
+        )),
+        Ok(true) => store
+            .read_metadata(stamp)
+            .err()
+            .map(|e| format!("metadata_corrupt: {e}")),
+        Err(e) => Some(format!(
+            "metadata_unreadable: {}: {e}",
+            store.object_path(&name).display()
+        )),
+    }
+}
+
+/// Bytes of a pack read at once when re-hashing: the chunks inside a block
+/// are decoded and checked in parallel while the next blocks are read.
+const BLOCK: usize = 2 << 20;
+
+/// Checks one pack. Always its structure: the trailer and index read, the
+/// entries tile the blob area exactly, raw chunks have their recorded
+/// length, the header is there. With `rehash`, it streams the whole file:
+/// its hash must be its name and every chunk must decode to its id. Memory
+/// is bounded by one window.
+fn check_pack(
+    store: &Store,
+    index: &ChunkIndex,
+    p: u32,
+    referenced: &IdSet,
+    rehash: bool,
+) -> PackCheck {
+    let info = index.pack(p);
+    let name = pack::pack_name(&info.id);
+    let mut check = PackCheck::default();
+    let layout = match store.read_pack_layout(&name, info.size) {
+        Ok(l) => l,
+        Err(detail) => {
+            let ids = index
+                .iter()
+                .filter(|(_, l)| l.pack == p)
+                .map(|(id, _)| *id)
+                .collect();
+            if pack::is_unreadable(&detail) {
+                check.unreadable = Some(detail);
+                check.unverified = ids;
+            } else {
+                check.structural = Some(detail);
+                check.corrupt = ids;
+            }
+            return check;
+        }
+    };
+    check.bytes = (info.size - layout.blob_end).min(info.size);
+    let mut sorted: Vec<&PackEntry> = layout.entries.iter().collect();
+    sorted.sort_by_key(|e| (e.offset, e.stored_len));
+
+    // Structure: entries back to back from the header to the index.
+    let mut overlapping: Vec<&PackEntry> = Vec::new();
+    let mut tiled: Vec<&PackEntry> = Vec::with_capacity(sorted.len());
+    let mut pos = PACK_MAGIC.len() as u64;
+    for e in &sorted {
+        let start = e.offset as u64;
+        let end = start + e.stored_len as u64;
+        check.total_stored += e.stored_len as u64;
+        if referenced.contains(&e.id) && index.get(&e.id).is_some_and(|l| l.pack == p) {
+            check.live_stored += e.stored_len as u64;
+        }
+        if !e.compressed && e.stored_len as usize != e.raw_len as usize + store.sealer().overhead()
+        {
+            check.damaged(format!(
+                "index entry for chunk {} records {} raw bytes stored in {}",
+                e.id, e.raw_len, e.stored_len
+            ));
+            check.corrupt.push(e.id);
+        }
+        if start < pos {
+            check.damaged(format!(
+                "index entries overlap at chunk {} (offset {start})",
+                e.id
+            ));
+            overlapping.push(e);
+            continue;
+        }
+        if start > pos {
+            check.damaged(format!(
+                "bytes {pos}..{start} of the blob area belong to no index entry"
+            ));
+        }
+        tiled.push(e);
+        pos = end;
+    }
+    if pos < layout.blob_end {
+        check.damaged(format!(
+            "bytes {pos}..{} of the blob area belong to no index entry",
+            layout.blob_end
+        ));
+    }
+
+    if !rehash {
+        match store.backend().read_range(&name, 0, PACK_MAGIC.len()) {
+            Ok(h) if h == PACK_MAGIC => {}
+            Ok(_) => check.damaged("bad pack header".into()),
+            Err(e) => {
+                let ids = layout.entries.iter().map(|e| e.id);
+                check.unreadable(&e, ids);
+            }
+        }
+        check.bytes += PACK_MAGIC.len() as u64;
+        return check;
+    }
+
+    // Re-hash: a reader thread streams the file once in blocks, hashing it
+    // whole, while the chunks of each block are decoded and checked in
+    // parallel.
+    let reader = match store.backend().open_read(&name) {
+        Ok(r) => r,
+        Err(e) => {
+            check.unreadable(&e, layout.entries.iter().map(|e| e.id));
+            return check;
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let streamed = std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || stream_blocks(reader, tx));
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_start = 0u64;
+        let mut next = 0usize;
+        let mut header_seen = false;
+        for block in rx {
+            if buf.is_empty() {
+                buf = block;
+            } else {
+                buf.extend_from_slice(&block);
+            }
+            if !header_seen && buf_start == 0 && buf.len() >= PACK_MAGIC.len() {
+                header_seen = true;
+                if &buf[..PACK_MAGIC.len()] != PACK_MAGIC {
+                    check.damaged("bad pack header".into());
+                }
+            }
+            let buf_end = buf_start + buf.len() as u64;
+            let ready = tiled[next..]
+                .iter()
+                .take_while(|e| e.offset as u64 + e.stored_len as u64 <= buf_end)
+                .count();
+            decode_batch(
+                store,
+                &buf,
+                buf_start,
+                &tiled[next..next + ready],
+                &mut check,
+            );
+            next += ready;
+            // Keep only what the next entry still needs.
+            let keep_from = tiled
+                .get(next)
+                .map(|e| (e.offset as u64).max(buf_start))
+                .unwrap_or(buf_end);
+            let drop = ((keep_from - buf_start) as usize).min(buf.len());
+            buf.drain(..drop);
+            buf_start += drop as u64;
+        }
+        if !header_seen {
+            check.damaged("bad pack header".into());
+        }
+        hashing
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread failed")))
+    });
+    let decoded: usize = check.chunks as usize;
+    match streamed {
+        Ok((hash, len)) => {
+            check.bytes = len;
+            if decoded < tiled.len() {
+                check.damaged(format!(
+                    "truncated: chunk {} ends past the end of the file ({len} bytes)",
+                    tiled[decoded].id
+                ));
+                check.corrupt.extend(tiled[decoded..].iter().map(|e| e.id));
+            } else if len != info.size {
+                check.damaged(format!(
+                    "size changed while read: {len} bytes, listed {}",
+                    info.size
+                ));
+            } else {
+                check.name_mismatch = hash != info.id;
+            }
+        }
+        Err(e) => {
+            let unchecked = tiled[decoded.min(tiled.len())..].iter().map(|e| e.id);
+            check.unreadable(&e, unchecked);
+        }
+    }
+    // Entries overlapping others: each checked on its own.
+    for e in overlapping {
+        match store
+            .backend()
+            .read_range(&name, e.offset as u64, e.stored_len as usize)
+        {
+            Ok(stored) => {
+                check.chunks += 1;
+                if store
+                    .decode_chunk(stored, &e.id, e.compressed, e.raw_len)
+                    .is_err()
+                {
+                    check.corrupt.push(e.id);
+                }
+            }
+            Err(err) => check.unreadable(&err, [e.id]),
+        }
+    }
+    check.corrupt.sort();
+    check.corrupt.dedup();
+    check
+}
+
+/// Decodes and checks, in parallel, entries lying wholly in `buf` (which
+/// starts at file offset `start`).
+fn decode_batch(
+    store: &Store,
+    buf: &[u8],
+    start: u64,
+    batch: &[&PackEntry],
+    check: &mut PackCheck,
+) {
+    let bad: Vec<Id> = batch
+        .par_iter()
+        .filter_map(|e| {
+            let from = (e.offset as u64 - start) as usize;
+            let stored = &buf[from..from + e.stored_len as usize];
+            store
+                .check_chunk(stored, &e.id, e.compressed, e.raw_len)
+                .err()
+                .map(|_| e.id)
+        })
+        .collect();
+    check.chunks += batch.len() as u64;
+    check.corrupt.extend(bad);
+}
+
+/// Reads a stream to its end in blocks, sending each on and hashing it.
+/// Returns the hash of everything read and its length.
+fn stream_blocks(
+    mut reader: Box<dyn Read + Send>,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> std::io::Result<(Id, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut len = 0u64;
+    loop {
+        let mut block = Vec::with_capacity(BLOCK);
+        let n = (&mut reader).take(BLOCK as u64).read_to_end(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&block);
+        len += n as u64;
+        if tx.send(block).is_err() {
+            break;
+        }
+    }
+    Ok((Id::from(hasher.finalize()), len))
+}

@@ -1,0 +1,117 @@
+//! What `verify` reports: the health of each snapshot, the whole report,
+//! and what a repair did. Imports no sibling, so `audit` and `repair`
+//! both build on it without a circle.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotHealth {
+    pub ok: bool,
+    /// Paths inside the snapshot whose data is damaged.
+    pub damaged_files: Vec<String>,
+    /// The manifest could not be read (the snapshot cannot be restored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The readable summary (`backup-metadata.json`) is missing or corrupt:
+    /// the data is intact, `list` shows less; `--repair` rewrites it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_error: Option<String>,
+    /// Paths whose data sits in a pack that could not be read (an I/O
+    /// error, not damage): not verified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_files: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub objects_checked: u64,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub corrupt: Vec<String>,
+    pub missing: Vec<String>,
+    pub damaged_objects: Vec<String>,
+    /// Why each damaged object is damaged.
+    #[serde(default)]
+    pub damage: BTreeMap<String, String>,
+    /// Packs that could not be read (permission denied, a timeout), with
+    /// the error: not damage, left in place by `--repair`; exit 1 unless
+    /// damage was found too.
+    #[serde(default)]
+    pub unreadable: BTreeMap<String, String>,
+    pub orphans: Vec<String>,
+    pub reclaimable_bytes: u64,
+    pub snapshots: BTreeMap<String, SnapshotHealth>,
+    /// Packs in the store, and how many of them were re-hashed (all of
+    /// them unless `--sample`; the others were checked structurally).
+    #[serde(default)]
+    pub packs_total: u64,
+    #[serde(default)]
+    pub packs_sampled: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_percent: Option<f64>,
+    /// Objects waiting in `quarantine/` for an operator.
+    #[serde(default)]
+    pub quarantined_objects: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairReport>,
+    pub duration_ms: u64,
+}
+
+impl VerifyReport {
+    /// Whether damage was found: a wrong hash or structure, a missing
+    /// chunk, a manifest or summary that does not read.
+    pub fn damage_found(&self) -> bool {
+        !self.corrupt.is_empty()
+            || !self.missing.is_empty()
+            || !self.damaged_objects.is_empty()
+            || self.snapshots.values().any(|s| {
+                !s.damaged_files.is_empty() || s.error.is_some() || s.metadata_error.is_some()
+            })
+    }
+
+    /// 0 all well, 3 damage found, 1 only objects that could not be read.
+    pub fn exit_code(&self) -> i32 {
+        if self.damage_found() {
+            3
+        } else if self.ok {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RepairReport {
+    /// Damaged objects moved aside.
+    pub quarantined: Vec<Quarantined>,
+    /// Fresh packs holding the chunks kept.
+    pub packs_written: Vec<String>,
+    /// Intact referenced chunks recovered from quarantined packs.
+    pub chunks_salvaged: u64,
+    pub bytes_salvaged: u64,
+    /// Referenced chunks no longer in the store: the next `create` stores
+    /// them again if the live data still has them. Empty while a pack's
+    /// index could not be read (the chunks may be in it).
+    pub chunks_lost: Vec<String>,
+    /// Packs that could not be read (an I/O error, not damage): left in
+    /// place, never quarantined; the repair is not complete while any is.
+    #[serde(default)]
+    pub unreadable: Vec<String>,
+    /// Snapshots whose summary was rebuilt from the manifest.
+    pub metadata_rewritten: Vec<String>,
+    pub tmp_files_removed: u64,
+    /// Snapshots still damaged after the repair, with the damaged files.
+    pub still_damaged: BTreeMap<String, SnapshotHealth>,
+    /// True when no snapshot stays damaged.
+    pub healed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub object: String,
+    pub moved_to: String,
+    pub reason: String,
+}
