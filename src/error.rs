@@ -173,8 +173,40 @@ pub enum Error {
         kind: &'static str,
     },
 
+    // Failures without a code of their own (code `error`, exit 1), by layer.
+    /// Any layer: a value could not be encoded (JSON, Prometheus text).
+    #[error("{detail}")]
+    Encode { detail: String },
+    /// store: `init` found a store already there.
+    #[error("a store already exists at {path}")]
+    StoreExists { path: String },
+    /// store: a master key could not be generated or wrapped.
     #[error("{0}")]
-    Other(String),
+    KeyMaterial(String),
+    /// sources: the thread reading a database's pages panicked.
+    #[error("page reader of {} panicked", path.display())]
+    ReaderPanicked { path: PathBuf },
+    /// ops (restore): internal sentinel that stops comparing a file's chunks
+    /// at the first difference; `file_matches` turns it into "no match", it
+    /// is never returned.
+    #[error("differs")]
+    ChunksDiffer,
+    /// ops (copy): a chunk of a manifest was never mapped to its id in the
+    /// destination (a bug, refused before anything is published).
+    #[error("copy: chunk {id} has no destination id")]
+    CopyIdUnmapped { id: String },
+    /// ops (validate): the snapshot's db is larger than the scratch copy may grow.
+    #[error("the db outgrew {limit} bytes")]
+    DbTooLarge { limit: u64 },
+    /// ops (tag): the snapshot's summary cannot be read, so it cannot be retagged.
+    #[error("the summary of snapshot {stamp} cannot be read ({detail}): run `atosnap verify --repair` to rebuild it, then tag again")]
+    SummaryUnreadable { stamp: String, detail: String },
+    /// serve: the server could not start or watch its signals.
+    #[error("{0}")]
+    ServeRuntime(String),
+    /// binary (demo): the demo's fixtures are missing or unreadable.
+    #[error("{0}")]
+    DemoFixtures(String),
 
     #[error("restore --to {to} would write the live runtime ({live}): restore live data with `atosnap restore STAMP --confirm-service-stopped` (without --to), which checks the service is stopped and takes a pre-restore snapshot first")]
     RestoreTargetIsLive { to: PathBuf, live: PathBuf },
@@ -230,7 +262,16 @@ impl Error {
             Error::ForgetAll { .. } => "forget_would_delete_all",
             Error::PathNotInSnapshot { .. } => "path_not_in_snapshot",
             Error::NotAFile { .. } => "not_a_file",
-            Error::Other(_) => "error",
+            Error::Encode { .. }
+            | Error::StoreExists { .. }
+            | Error::KeyMaterial(_)
+            | Error::ReaderPanicked { .. }
+            | Error::ChunksDiffer
+            | Error::CopyIdUnmapped { .. }
+            | Error::DbTooLarge { .. }
+            | Error::SummaryUnreadable { .. }
+            | Error::ServeRuntime(_)
+            | Error::DemoFixtures(_) => "error",
             Error::RestoreTargetIsLive { .. } => "restore_target_is_live",
             Error::Interrupted { .. } => "interrupted",
             Error::StoreMissingWithPassword { .. } => "store_missing",
@@ -296,5 +337,39 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, op: &'static str, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| Error::io(op, path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The variants that replaced `Other(String)` keep its code, exit code
+    /// and message text.
+    #[test]
+    fn named_variants_keep_the_generic_code() {
+        let cases = [
+            (Error::Encode { detail: "result encoding: x".into() }, "result encoding: x"),
+            (Error::StoreExists { path: "/s".into() }, "a store already exists at /s"),
+            (Error::KeyMaterial("no entropy".into()), "no entropy"),
+            (Error::ReaderPanicked { path: "/db".into() }, "page reader of /db panicked"),
+            (Error::ChunksDiffer, "differs"),
+            (
+                Error::CopyIdUnmapped { id: "ab".into() },
+                "copy: chunk ab has no destination id",
+            ),
+            (Error::DbTooLarge { limit: 7 }, "the db outgrew 7 bytes"),
+            (
+                Error::SummaryUnreadable { stamp: "S".into(), detail: "gone".into() },
+                "the summary of snapshot S cannot be read (gone): run `atosnap verify --repair` to rebuild it, then tag again",
+            ),
+            (Error::ServeRuntime("cannot watch SIGINT: x".into()), "cannot watch SIGINT: x"),
+            (Error::DemoFixtures("reading fixtures: x".into()), "reading fixtures: x"),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.code(), "error", "{e:?}");
+            assert_eq!(e.exit_code(), 1, "{e:?}");
+            assert_eq!(e.to_string(), text);
+        }
     }
 }

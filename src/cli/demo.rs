@@ -35,7 +35,7 @@ fn step(n: usize, what: &str, detail: &Value) {
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
     for entry in walkdir::WalkDir::new(from) {
-        let entry = entry.map_err(|e| Error::Other(format!("reading fixtures: {e}")))?;
+        let entry = entry.map_err(|e| Error::DemoFixtures(format!("reading fixtures: {e}")))?;
         let rel = entry.path().strip_prefix(from).unwrap_or(entry.path());
         let dest = to.join(rel);
         if entry.file_type().is_dir() {
@@ -50,7 +50,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
 pub fn run() -> Result<(Value, i32), Error> {
     let fixtures = fixtures_dir();
     if !fixtures.exists() {
-        return Err(Error::Other(format!(
+        return Err(Error::DemoFixtures(format!(
             "fixtures not found at {} (run the demo from the repository)",
             fixtures.display()
         )));
@@ -124,7 +124,7 @@ pub fn run() -> Result<(Value, i32), Error> {
     step(5, "diff baseline -> second", &changes_doc);
     steps.push(json!({"step": "diff", "result": changes_doc}));
 
-    let audit = verify::verify(&store, &[], wait)?;
+    let audit = verify::verify(&store, &verify::VerifyOptions::new(wait))?;
     let audit_doc = to_value(&audit);
     step(6, "verify (every object re-hashed)", &audit_doc);
     steps.push(json!({"step": "verify", "result": audit_doc}));
@@ -241,5 +241,7 @@ fn first_hnsw_file(chroma: &Path) -> Result<PathBuf, Error> {
         .flatten()
         .find(|e| e.file_type().is_file() && e.file_name() == "data_level0.bin")
         .map(|e| e.into_path())
-        .ok_or_else(|| Error::Other(format!("no data_level0.bin under {}", chroma.display())))
+        .ok_or_else(|| {
+            Error::DemoFixtures(format!("no data_level0.bin under {}", chroma.display()))
+        })
 }

@@ -513,7 +513,9 @@ fn print_json(doc: &serde_json::Value) {
 }
 
 fn to_doc<T: Serialize>(value: &T) -> Result<serde_json::Value, Error> {
-    serde_json::to_value(value).map_err(|e| Error::Other(format!("result encoding: {e}")))
+    serde_json::to_value(value).map_err(|e| Error::Encode {
+        detail: format!("result encoding: {e}"),
+    })
 }
 
 pub fn paths(g: &Global) -> Paths {
@@ -674,7 +676,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 repair: *repair,
                 lock_wait,
             };
-            let report = verify::verify_with(&store, &opts)?;
+            let report = verify::verify(&store, &opts)?;
             let code = report.exit_code();
             Ok((to_doc(&report)?, code))
         }

@@ -38,6 +38,7 @@ use crate::store::lock::SharedLock;
 use crate::store::manifest::{EntryKind, Manifest};
 use crate::store::pack;
 use crate::store::packer::Packer;
+use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Store};
 
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
@@ -252,7 +253,7 @@ impl Copier<'_> {
     }
 
     fn read_source(&self, stamp: &Stamp) -> Result<(Manifest, serde_json::Value)> {
-        let manifest = self.from.read_manifest(stamp)?;
+        let manifest = self.from.read_manifest(stamp, ReadFrom::Cache)?;
         let metadata = self.from.read_metadata(stamp)?;
         Ok((manifest, metadata))
     }
@@ -416,9 +417,9 @@ fn rewrite_ids(manifest: &mut Manifest, ids: &IdMap<Id>) -> Result<()> {
     for entry in &mut manifest.entries {
         if let EntryKind::File(f) = &mut entry.kind {
             for id in &mut f.chunks {
-                *id = *ids.get(id).ok_or_else(|| {
-                    Error::Other(format!("copy: chunk {id} has no destination id"))
-                })?;
+                *id = *ids
+                    .get(id)
+                    .ok_or_else(|| Error::CopyIdUnmapped { id: id.to_string() })?;
             }
         }
     }

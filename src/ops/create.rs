@@ -34,6 +34,7 @@ use crate::store::manifest::{
     REGISTRY_PATH,
 };
 use crate::store::packer::Packer;
+use crate::store::ReadFrom;
 use crate::store::Store;
 
 /// Bytes of a file processed per parallel batch: bounds memory (the batch,
@@ -84,14 +85,14 @@ pub fn create(
 ) -> Result<CreateResult> {
     sqlite::check_database(&opts.db)?;
     let lock = store.lock_shared("create", opts.lock_wait)?;
-    create_locked(store, &lock, opts, progress)
+    capture(store, &lock, opts, progress)
 }
 
 /// Takes a snapshot under a shared lock the caller already holds. Stops
 /// with `interrupted` between batches once a signal asked the process to
 /// stop, and publishes nothing then, nor when the lock was lost
 /// (`store_lock_lost`).
-pub fn create_locked(
+pub(crate) fn capture(
     store: &Store,
     lock: &SharedLock,
     opts: &CreateOptions,
@@ -191,7 +192,9 @@ pub fn create_locked(
         warnings,
     };
     result.duration_ms = started.elapsed().as_millis() as u64;
-    let mut metadata = serde_json::to_value(&result).map_err(|e| Error::Other(e.to_string()))?;
+    let mut metadata = serde_json::to_value(&result).map_err(|e| Error::Encode {
+        detail: e.to_string(),
+    })?;
     let stamp = store.publish_snapshot(lock, &wanted, &mut manifest, &mut metadata)?;
     result.stamp = stamp.to_string();
     result.duration_ms = started.elapsed().as_millis() as u64;
@@ -211,7 +214,7 @@ fn newest_manifest(store: &Store, wanted: &Stamp) -> Option<Manifest> {
         .rev()
         .filter(|s| s.time() <= wanted.time())
         .take(3)
-        .find_map(|s| store.read_manifest(s).ok())
+        .find_map(|s| store.read_manifest(s, ReadFrom::Cache).ok())
 }
 
 fn unresolved_references(manifest: &Manifest, index: &ChunkIndex) -> Vec<String> {
@@ -775,7 +778,7 @@ mod tests {
             offset,
             jump_ms: ttl.as_millis() as u64,
         };
-        let err = create_locked(&store, &lock, &opts, &progress).unwrap_err();
+        let err = capture(&store, &lock, &opts, &progress).unwrap_err();
         assert_eq!(err.code(), "store_lock_lost", "{err}");
         assert!(store.list_snapshots().unwrap().stamps.is_empty());
     }

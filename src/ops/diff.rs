@@ -19,6 +19,7 @@ use crate::id::Id;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
 use crate::store::manifest::{Entry, EntryKind, FileEntry};
+use crate::store::ReadFrom;
 use crate::store::Store;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,8 +50,8 @@ pub struct DiffResult {
 pub fn diff(store: &Store, from: &str, to: &str) -> Result<DiffResult> {
     let a_stamp = Stamp::parse(from)?;
     let b_stamp = Stamp::parse(to)?;
-    let a = store.read_manifest(&a_stamp)?;
-    let b = store.read_manifest(&b_stamp)?;
+    let a = store.read_manifest(&a_stamp, ReadFrom::Cache)?;
+    let b = store.read_manifest(&b_stamp, ReadFrom::Cache)?;
     let index = store.load_index()?;
     let mut out = DiffResult {
         from: a_stamp.to_string(),

@@ -29,6 +29,7 @@ use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::drill_log;
 use crate::store::manifest::{EntryKind, Manifest, DB_PATH};
+use crate::store::ReadFrom;
 use crate::store::Store;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -98,7 +99,7 @@ pub fn drill(
                     .errors
                     .push(format!("db_integrity_check_failed: {e}"));
             }
-            let manifest = store.read_manifest(&stamp)?;
+            let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
             check_restored(store, &manifest, root, &mut result);
             match sqlite::table_row_counts(&root.join(DB_PATH)) {
                 Ok(rows) => result.table_rows = rows,
@@ -113,7 +114,9 @@ pub fn drill(
     result.ok = result.errors.is_empty();
     result.duration_ms = started.elapsed().as_millis() as u64;
     let at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-    let record = serde_json::to_value(&result).map_err(|e| Error::Other(e.to_string()))?;
+    let record = serde_json::to_value(&result).map_err(|e| Error::Encode {
+        detail: e.to_string(),
+    })?;
     drill_log::append(store, &result.stamp, &at, result.ok, &record)?;
     Ok(result)
 }

@@ -16,6 +16,7 @@ use crate::ops::extract::{self, ExtractError};
 use crate::ops::ls;
 use crate::stamp::Stamp;
 use crate::store::manifest::EntryKind;
+use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Store};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,7 +67,7 @@ pub fn dump<W: Write>(
     })?;
     // Packs must not be rewritten by a gc while they are read.
     let _lock = store.lock_shared_reader("dump", lock_wait)?;
-    let manifest = store.read_manifest(&stamp)?;
+    let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
     let entry = manifest
         .entries
         .iter()

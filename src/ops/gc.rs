@@ -52,6 +52,7 @@ use crate::store::index::ChunkIndex;
 use crate::store::lock::ExclusiveLock;
 use crate::store::pack::{self, PackEntry};
 use crate::store::packer::Packer;
+use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Store};
 
 /// A pack is rewritten when its live chunks make up less than this share
@@ -175,13 +176,16 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
         .map(|f| f.folder.clone())
         .collect();
     for stamp in listing.stamps.iter().filter(|s| !exclude.contains(s)) {
-        let manifest = store.read_manifest(stamp).map_err(|e| Error::GcUnsafe {
-            snapshot: stamp.to_string(),
-            detail: match e {
-                Error::ManifestCorrupt { detail, .. } => detail,
-                other => other.to_string(),
-            },
-        })?;
+        let manifest =
+            store
+                .read_manifest(stamp, ReadFrom::Cache)
+                .map_err(|e| Error::GcUnsafe {
+                    snapshot: stamp.to_string(),
+                    detail: match e {
+                        Error::ManifestCorrupt { detail, .. } => detail,
+                        other => other.to_string(),
+                    },
+                })?;
         mark(&manifest);
         plan.snapshots_marked.push(stamp.to_string());
     }
@@ -517,7 +521,7 @@ pub fn gc(store: &Store, confirm: bool, lock_wait: Duration) -> Result<GcResult>
     let started = Instant::now();
     let mut result = if confirm {
         let lock = store.lock_exclusive("gc --confirm", lock_wait)?;
-        gc_confirmed(store, &lock)?
+        collect(store, &lock)?
     } else {
         let _lock = store.lock_shared("gc", lock_wait)?;
         let plan = plan(store, &BTreeSet::new())?;
@@ -538,7 +542,7 @@ fn names(plan: &Plan, action: Action) -> Vec<String> {
 
 /// Collects garbage under an exclusive lock the caller holds (cleanup
 /// holds it from its first deletion to the end of gc).
-pub fn gc_confirmed(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
+pub fn collect(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
     let started = Instant::now();
     let tmp = store.clean_tmp(Some(lock))?;
     let plan = plan(store, &BTreeSet::new())?;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::stamp::Stamp;
 use crate::store::manifest::{Entry, EntryKind, Manifest};
+use crate::store::ReadFrom;
 use crate::store::Store;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -84,7 +85,7 @@ pub fn kind_name(kind: &EntryKind) -> &'static str {
 
 pub fn ls(store: &Store, stamp: &str, path: Option<&str>, long: bool) -> Result<LsResult> {
     let stamp = Stamp::parse(stamp)?;
-    let manifest = store.read_manifest(&stamp)?;
+    let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
     let path = path.and_then(normalize);
     let mut entries: Vec<LsEntry> = select(&manifest, path.as_deref())?
         .into_iter()

@@ -161,7 +161,9 @@ pub fn set(store: &Store, flags: &RuleFlags) -> Result<PolicyResult> {
         set_at: chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
         policy,
     };
-    let json = serde_json::to_vec_pretty(&stored).map_err(|e| Error::Other(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(&stored).map_err(|e| Error::Encode {
+        detail: e.to_string(),
+    })?;
     let sealed = store.sealer().seal(json, POLICY_NAME.as_bytes());
     store
         .backend()

@@ -72,11 +72,12 @@ pub fn tag(
             stamp: stamp.to_string(),
         });
     }
-    let mut meta = store.read_metadata(&stamp).map_err(|e| {
-        Error::Other(format!(
-            "the summary of snapshot {stamp} cannot be read ({e}): run `atosnap verify --repair` to rebuild it, then tag again"
-        ))
-    })?;
+    let mut meta = store
+        .read_metadata(&stamp)
+        .map_err(|e| Error::SummaryUnreadable {
+            stamp: stamp.to_string(),
+            detail: e.to_string(),
+        })?;
     let before: Vec<String> = meta
         .get("tags")
         .and_then(|t| serde_json::from_value(t.clone()).ok())

@@ -172,7 +172,12 @@ mod tests {
                 409,
             ),
             (Error::DbMissing { path: "/x".into() }, 500),
-            (Error::Other("boom".into()), 500),
+            (
+                Error::Encode {
+                    detail: "boom".into(),
+                },
+                500,
+            ),
         ];
         for (e, status) in cases {
             let code = e.code().to_string();

@@ -2,14 +2,6 @@
 //! takes its gate and runs one op on a blocking thread. Their events keep
 //! the target `atosnap::serve` ([`LOG`]), as before the split.
 
-use super::api_error::{self, ApiError};
-use super::metrics::{self, StoreFacts};
-use super::{AppState, LogProgress, BODY_LIMIT, DRAIN_LIMIT, LOG};
-use crate::error::{Error, Result};
-use crate::ops::create::{self, CreateOptions};
-use crate::ops::{drill, list, verify};
-use crate::stamp::Stamp;
-use crate::store::Store;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, StatusCode};
@@ -18,6 +10,16 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::ops::create::{self, CreateOptions};
+use crate::ops::{drill, list, verify};
+use crate::stamp::Stamp;
+use crate::store::Store;
+
+use super::api_error::{self, ApiError};
+use super::metrics::{self, StoreFacts};
+use super::{AppState, LogProgress, BODY_LIMIT, DRAIN_LIMIT, LOG};
 
 /// `POST /admin/backup`.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -311,8 +313,11 @@ pub(super) async fn verify_store(
             for stamp in &stamps {
                 require_snapshot(&store, stamp)?;
             }
-            let names: Vec<String> = stamps.iter().map(Stamp::to_string).collect();
-            Ok(verify::verify(&store, &names, state.lock_wait)?)
+            let opts = verify::VerifyOptions {
+                snapshots: stamps.iter().map(Stamp::to_string).collect(),
+                ..verify::VerifyOptions::new(state.lock_wait)
+            };
+            Ok(verify::verify(&store, &opts)?)
         })
         .await?;
     st.metrics

@@ -191,7 +191,9 @@ impl Metrics {
         let mut out = String::new();
         let encoded = prometheus_client::encoding::text::encode(&mut out, &registry);
         *lock(&self.inner.facts) = None;
-        encoded.map_err(|e| Error::Other(format!("metrics encoding failed: {e}")))?;
+        encoded.map_err(|e| Error::Encode {
+            detail: format!("metrics encoding failed: {e}"),
+        })?;
         Ok(out)
     }
 }

@@ -188,7 +188,7 @@ pub fn run(cfg: ServeConfig) -> Result<ServeSummary> {
         .thread_name("atosnap-serve")
         .enable_all()
         .build()
-        .map_err(|e| Error::Other(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| Error::ServeRuntime(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(serve_until_signal(cfg))
 }
 
@@ -212,7 +212,7 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
     let opening = state.clone();
     let opened = tokio::task::spawn_blocking(move || opening.store(false).map(|_| ()))
         .await
-        .map_err(|e| Error::Other(format!("opening the store failed unexpectedly: {e}")))?;
+        .map_err(|e| Error::ServeRuntime(format!("opening the store failed unexpectedly: {e}")))?;
     match opened {
         Ok(()) => {}
         Err(e @ Error::StoreMissing { .. }) if state.secrets.is_given() => tracing::warn!(
@@ -375,9 +375,9 @@ fn shutdown_signal(
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Error::Other(format!("cannot watch SIGTERM: {e}")))?;
+        .map_err(|e| Error::ServeRuntime(format!("cannot watch SIGTERM: {e}")))?;
     let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| Error::Other(format!("cannot watch SIGINT: {e}")))?;
+        .map_err(|e| Error::ServeRuntime(format!("cannot watch SIGINT: {e}")))?;
     Ok(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",

@@ -275,10 +275,9 @@ impl PageStream {
         while self.rx.recv().is_ok() {}
         match self.worker.take().map(|w| w.join()) {
             Some(Ok(r)) => r,
-            Some(Err(_)) => Err(Error::Other(format!(
-                "page reader of {} panicked",
-                self.path.display()
-            ))),
+            Some(Err(_)) => Err(Error::ReaderPanicked {
+                path: self.path.clone(),
+            }),
             None => Ok(None),
         }
     }

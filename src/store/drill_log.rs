@@ -2,11 +2,11 @@
 //! named `<stamp>--<drill time>.json`, so it works on any backend and never
 //! needs an append.
 
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
-use serde::{Deserialize, Serialize};
 
 pub const DRILLS_DIR: &str = "drills";
 
@@ -33,7 +33,9 @@ pub fn append(
     let mut doc = record.clone();
     doc["drill_at"] = serde_json::Value::String(at.to_string());
     doc["ok"] = serde_json::Value::Bool(ok);
-    let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| Error::Other(e.to_string()))?;
+    let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| Error::Encode {
+        detail: e.to_string(),
+    })?;
     let sealed = store.sealer().seal(bytes, DRILLS_DIR.as_bytes());
     store
         .backend()

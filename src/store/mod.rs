@@ -34,8 +34,8 @@ pub mod seal;
 mod snapshots;
 mod tmp;
 
-pub use packs::{ChunkFault, PackLayout};
-pub use snapshots::{IncompleteSnapshot, SnapshotListing};
+pub use packs::{Check, ChunkFault, PackLayout};
+pub use snapshots::{IncompleteSnapshot, ReadFrom, SnapshotListing};
 pub use tmp::CleanedTmp;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::error::{Error, IoContext, Result};
+
 use super::backend::{Backend, LocalBackend};
 use super::cache::ObjectCache;
 use super::format::StoreConfig;
@@ -12,7 +14,6 @@ use super::location::{RemoteSettings, StoreAddress, StoreLocation};
 use super::seal::{MasterKey, Sealer};
 use super::{backend, key, location};
 use super::{Store, CONFIG_NAME};
-use crate::error::{Error, IoContext, Result};
 
 /// Reads, checks and unwraps the key file of a `repokey` store.
 fn open_repokey(
@@ -178,10 +179,9 @@ impl Store {
         let (backend, cache) = connect(location, remote)?;
         let config_path = backend.display_name(CONFIG_NAME);
         if backend.exists(CONFIG_NAME).ctx("stat", &config_path)? {
-            return Err(Error::Other(format!(
-                "a store already exists at {}",
-                location.display()
-            )));
+            return Err(Error::StoreExists {
+                path: location.display(),
+            });
         }
         let mut config = StoreConfig::new_default();
         // Everything that can be refused is checked before anything is written.
@@ -197,8 +197,8 @@ impl Store {
                     ));
                 }
                 let cost = KdfCost::from_env()?;
-                let master = MasterKey::generate().map_err(Error::Other)?;
-                let file = KeyFile::wrap(&master, &password, cost).map_err(Error::Other)?;
+                let master = MasterKey::generate().map_err(Error::KeyMaterial)?;
+                let file = KeyFile::wrap(&master, &password, cost).map_err(Error::KeyMaterial)?;
                 config.encryption.scheme = "repokey".into();
                 config.encryption.key_id = Some(master.key_id());
                 Some((master, file))
@@ -215,7 +215,9 @@ impl Store {
                 backend::create_dir_durable(&p).ctx("create", &p)?;
             }
         }
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Encode {
+            detail: e.to_string(),
+        })?;
         if let Some((_, file)) = &repokey {
             backend
                 .replace(KEY_FILE, &file.to_json())
@@ -314,7 +316,7 @@ impl Store {
             ));
         }
         let cost = KdfCost::from_env()?;
-        let file = KeyFile::wrap(keys.master(), new_password, cost).map_err(Error::Other)?;
+        let file = KeyFile::wrap(keys.master(), new_password, cost).map_err(Error::KeyMaterial)?;
         self.backend
             .replace(KEY_FILE, &file.to_json())
             .ctx("replace", self.object_path(KEY_FILE))?;

@@ -3,14 +3,15 @@
 
 use rayon::prelude::*;
 
+use crate::error::{IoContext, Result};
+use crate::id::Id;
+
 use super::index::{ChunkIndex, DamagedPack, Location};
 use super::lock::ExclusiveLock;
 use super::pack::{PackEntry, PackIndexError, TRAILER_LEN};
 use super::seal::Sealer;
 use super::Store;
 use super::{backend, pack};
-use crate::error::{IoContext, Result};
-use crate::id::Id;
 
 /// Where a pack's chunks and index are.
 #[derive(Clone, Debug)]
@@ -37,6 +38,19 @@ impl ChunkFault {
     }
 }
 
+/// How strictly [`Store::read_pack_layout`] reads a pack's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The index checksum must match and every entry must lie in the blob
+    /// area.
+    Strict,
+    /// What can be read of a damaged pack's index: the checksum is not
+    /// required to match and entries pointing outside the blob area are
+    /// left out. Only for salvage, where every chunk is checked against its
+    /// id before it is kept.
+    Salvage,
+}
+
 impl Store {
     /// Names and sizes of every pack file under `objects/`.
     pub fn list_packs(&self) -> Result<Vec<backend::ListEntry>> {
@@ -56,34 +70,25 @@ impl Store {
         name: &str,
         size: u64,
     ) -> std::result::Result<Vec<PackEntry>, String> {
-        self.read_pack_layout(name, size).map(|l| l.entries)
+        self.read_pack_layout(name, size, Check::Strict)
+            .map(|l| l.entries)
     }
 
-    /// Reads a pack's trailer and index, checking the index checksum and
-    /// that every entry lies in the blob area.
+    /// Reads a pack's trailer and index, checked as `check` says.
     pub fn read_pack_layout(
         &self,
         name: &str,
         size: u64,
+        check: Check,
     ) -> std::result::Result<PackLayout, String> {
         let (blob_end, stored, hash) = self.read_pack_trailer(name, size)?;
-        let entries = pack::decode_index(stored, &hash, blob_end, |b| {
-            self.sealer.open(b, pack::INDEX_AD)
-        })
-        .map_err(|e| e.to_string())?;
-        Ok(PackLayout { entries, blob_end })
-    }
-
-    /// Reads what can be read of a damaged pack's index: the checksum is
-    /// not required to match and entries pointing outside the blob area
-    /// are left out. Only for salvage, where every chunk is checked against
-    /// its id before it is kept.
-    pub fn read_pack_layout_lenient(
-        &self,
-        name: &str,
-        size: u64,
-    ) -> std::result::Result<PackLayout, String> {
-        let (blob_end, stored, _) = self.read_pack_trailer(name, size)?;
+        if check == Check::Strict {
+            let entries = pack::decode_index(stored, &hash, blob_end, |b| {
+                self.sealer.open(b, pack::INDEX_AD)
+            })
+            .map_err(|e| e.to_string())?;
+            return Ok(PackLayout { entries, blob_end });
+        }
         let encoded = self.sealer.open(stored, pack::INDEX_AD)?;
         let mut entries = pack::decode_entries(&encoded)?;
         entries.retain(|e| {

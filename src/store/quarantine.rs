@@ -1,10 +1,11 @@
 //! Quarantine: damaged objects are moved under `quarantine/` (never
 //! deleted), with a note saying why.
 
+use crate::error::{Error, IoContext, Result};
+
 use super::backend;
 use super::lock::ExclusiveLock;
 use super::{Store, QUARANTINE_DIR};
-use crate::error::{Error, IoContext, Result};
 
 impl Store {
     /// Moves a damaged object (a pack, a snapshot's summary) out of the way
@@ -52,7 +53,9 @@ impl Store {
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         });
         let note_name = format!("{dest}.json");
-        let bytes = serde_json::to_vec_pretty(&note).map_err(|e| Error::Other(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&note).map_err(|e| Error::Encode {
+            detail: e.to_string(),
+        })?;
         // The object is safe already; a missing note loses only the reason.
         let _ = self.backend.write_once(&note_name, &bytes);
         Ok(dest)

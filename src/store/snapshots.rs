@@ -1,11 +1,12 @@
 //! Snapshots of a store: listing them, reading and writing their manifest
 //! and summary, publishing and deleting them.
 
-use super::lock::{ExclusiveLock, SharedLock};
-use super::{Store, MANIFEST_NAME, METADATA_NAME};
 use crate::error::{Error, IoContext, Result};
 use crate::stamp::Stamp;
 use crate::store::manifest::Manifest;
+
+use super::lock::{ExclusiveLock, SharedLock};
+use super::{Store, MANIFEST_NAME, METADATA_NAME};
 
 /// What is under `snapshots/`.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +23,16 @@ pub struct SnapshotListing {
 pub struct IncompleteSnapshot {
     pub folder: String,
     pub modified: Option<std::time::SystemTime>,
+}
+
+/// Where [`Store::read_manifest`] reads a manifest from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The cache of a remote store when it holds the manifest (a local
+    /// store has no cache: the store itself).
+    Cache,
+    /// The store itself, never the cache: what verify audits.
+    Store,
 }
 
 impl Store {
@@ -51,7 +62,9 @@ impl Store {
         metadata: &serde_json::Value,
     ) -> Result<()> {
         let name = format!("snapshots/{stamp}/{METADATA_NAME}");
-        let bytes = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Encode {
+            detail: e.to_string(),
+        })?;
         let bytes = self.sealer.seal(bytes, METADATA_NAME.as_bytes());
         self.backend
             .write_once(&name, &bytes)
@@ -75,8 +88,9 @@ impl Store {
             .backend
             .size(&name)
             .ctx("stat", self.object_path(&name))?;
-        let mut plain =
-            serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let mut plain = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Encode {
+            detail: e.to_string(),
+        })?;
         let sealed_len = self
             .sealer
             .seal(plain.clone(), METADATA_NAME.as_bytes())
@@ -216,18 +230,9 @@ impl Store {
         }
     }
 
-    /// A snapshot's manifest (from the cache of a remote store).
-    pub fn read_manifest(&self, stamp: &Stamp) -> Result<Manifest> {
-        self.load_manifest(stamp, false)
-    }
-
-    /// A snapshot's manifest read from the store itself, never the cache:
-    /// what verify audits.
-    pub fn read_manifest_fresh(&self, stamp: &Stamp) -> Result<Manifest> {
-        self.load_manifest(stamp, true)
-    }
-
-    fn load_manifest(&self, stamp: &Stamp, fresh: bool) -> Result<Manifest> {
+    /// A snapshot's manifest, read from where `from` says.
+    pub fn read_manifest(&self, stamp: &Stamp, from: ReadFrom) -> Result<Manifest> {
+        let fresh = from == ReadFrom::Store;
         let name = format!("snapshots/{stamp}/{MANIFEST_NAME}");
         let listed = self
             .listed_sizes
@@ -376,10 +381,12 @@ impl Store {
     ) -> Result<bool> {
         manifest.stamp = stamp.to_string();
         metadata["stamp"] = serde_json::Value::String(stamp.to_string());
-        let encoded = manifest
-            .encode(&self.sealer)
-            .map_err(|e| Error::Other(format!("manifest encoding failed: {e}")))?;
-        let meta = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Other(e.to_string()))?;
+        let encoded = manifest.encode(&self.sealer).map_err(|e| Error::Encode {
+            detail: format!("manifest encoding failed: {e}"),
+        })?;
+        let meta = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Encode {
+            detail: e.to_string(),
+        })?;
         let meta = self.sealer.seal(meta, METADATA_NAME.as_bytes());
         let dir = format!("snapshots/{stamp}");
         crate::os::check_interrupted()?;

@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::{IoContext, Result};
+
 use super::backend;
 use super::lock::ExclusiveLock;
 use super::Store;
-use crate::error::{IoContext, Result};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CleanedTmp {

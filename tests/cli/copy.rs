@@ -390,7 +390,9 @@ fn plain_to_repokey_to_plain_and_between_keys_re_encrypts() {
     for s in [&a, &b] {
         let stamp = atosnap::stamp::Stamp::parse(s).unwrap();
         assert_eq!(
-            back.read_manifest(&stamp).unwrap().entries,
+            back.read_manifest(&stamp, atosnap::store::ReadFrom::Cache)
+                .unwrap()
+                .entries,
             env.manifest(s).entries
         );
         assert_eq!(

@@ -215,7 +215,9 @@ fn a_corrupt_live_chunk_keeps_its_sparse_pack() {
     // Flip a byte inside a chunk of A that D3 still references.
     let store = atosnap::store::Store::open(&env.store).unwrap();
     let d3 = atosnap::stamp::Stamp::parse(&s.d3).unwrap();
-    let manifest = store.read_manifest(&d3).unwrap();
+    let manifest = store
+        .read_manifest(&d3, atosnap::store::ReadFrom::Cache)
+        .unwrap();
     let live_chunk = manifest.db().unwrap().chunks[0];
     let size = fs::metadata(env.store.join(&s.pack_a)).unwrap().len();
     let entry = store

@@ -127,7 +127,9 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
         if *gone {
             continue;
         }
-        let m = store.read_manifest(stamp).unwrap();
+        let m = store
+            .read_manifest(stamp, atosnap::store::ReadFrom::Cache)
+            .unwrap();
         for f in m.entries.iter().filter_map(|e| e.file()) {
             for id in &f.chunks {
                 prop_assert!(store.read_chunk(&index, id).is_ok(), "chunk {} lost", id);

@@ -46,7 +46,12 @@ fn live_targets(rt: &Rt) -> Targets {
 fn the_plan_names_what_differs_and_what_can_be_reused() {
     let rt = Rt::fixture();
     let (store, stamp) = snapshot(&rt);
-    let manifest = store.read_manifest(&Stamp::parse(&stamp).unwrap()).unwrap();
+    let manifest = store
+        .read_manifest(
+            &Stamp::parse(&stamp).unwrap(),
+            atosnap::store::ReadFrom::Cache,
+        )
+        .unwrap();
     let data = rt.chroma().join(SEGMENT).join("data_level0.bin");
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[4096 * 10 + 7] ^= 1;
@@ -83,7 +88,12 @@ fn the_plan_names_what_differs_and_what_can_be_reused() {
 fn reused_bytes_that_changed_after_the_plan_come_from_the_store() {
     let rt = Rt::fixture();
     let (store, stamp) = snapshot(&rt);
-    let manifest = store.read_manifest(&Stamp::parse(&stamp).unwrap()).unwrap();
+    let manifest = store
+        .read_manifest(
+            &Stamp::parse(&stamp).unwrap(),
+            atosnap::store::ReadFrom::Cache,
+        )
+        .unwrap();
     let data = rt.chroma().join(SEGMENT).join("data_level0.bin");
     let original = std::fs::read(&data).unwrap();
     let mut bytes = original.clone();
@@ -108,7 +118,12 @@ fn apply_never_writes_through_a_symlink() {
     use atosnap::store::manifest::{Entry, EntryKind};
     let rt = Rt::fixture();
     let (store, stamp) = snapshot(&rt);
-    let mut manifest = store.read_manifest(&Stamp::parse(&stamp).unwrap()).unwrap();
+    let mut manifest = store
+        .read_manifest(
+            &Stamp::parse(&stamp).unwrap(),
+            atosnap::store::ReadFrom::Cache,
+        )
+        .unwrap();
     let outside = rt.path("outside");
     std::fs::create_dir(&outside).unwrap();
     let registry = manifest.registry().unwrap().clone();

@@ -33,7 +33,10 @@ fn round_trip(files: &[(String, Vec<u8>)]) -> Result<(), TestCaseError> {
     let result = create(&store, &opts, &NoProgress).unwrap();
     prop_assert!(result.validated, "{:?}", result.validation_errors);
     let manifest = store
-        .read_manifest(&Stamp::parse(&result.stamp).unwrap())
+        .read_manifest(
+            &Stamp::parse(&result.stamp).unwrap(),
+            atosnap::store::ReadFrom::Cache,
+        )
         .unwrap();
     let index = store.load_index().unwrap();
     for (name, bytes) in files {

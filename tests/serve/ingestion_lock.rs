@@ -82,7 +82,12 @@ impl Drop for Writer {
 
 /// The distinct byte values of the captured file (one: a whole version).
 fn captured_values(store: &Store, stamp: &str) -> Vec<u8> {
-    let manifest = store.read_manifest(&Stamp::parse(stamp).unwrap()).unwrap();
+    let manifest = store
+        .read_manifest(
+            &Stamp::parse(stamp).unwrap(),
+            atosnap::store::ReadFrom::Cache,
+        )
+        .unwrap();
     let index = store.load_index().unwrap();
     let want = format!("chroma/{FILE}");
     let entry: &Entry = manifest

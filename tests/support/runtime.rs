@@ -151,7 +151,10 @@ impl Runtime {
 
     pub fn manifest(&self, stamp: &str) -> Manifest {
         self.open_store()
-            .read_manifest(&Stamp::parse(stamp).unwrap())
+            .read_manifest(
+                &Stamp::parse(stamp).unwrap(),
+                atosnap::store::ReadFrom::Cache,
+            )
             .unwrap()
     }
 

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::ops::gc::{self, GcResult};
 use crate::stamp::Stamp;
 use crate::store::lock::ExclusiveLock;
+use crate::store::ReadFrom;
 use crate::store::Store;
 use retention::{Candidate, Policy};
 
@@ -135,7 +136,7 @@ pub fn delete_then_gc(store: &Store, lock: &ExclusiveLock, stamps: &[Stamp]) -> 
             }
         }
     }
-    match gc::gc_confirmed(store, lock) {
+    match gc::collect(store, lock) {
         Ok(g) => {
             d.bytes_reclaimed = g.bytes_reclaimed.unwrap_or(0);
             d.errors.extend(g.errors.iter().map(|e| format!("gc: {e}")));
@@ -229,7 +230,7 @@ pub fn read_tags(store: &Store, stamp: &Stamp) -> std::result::Result<Vec<String
     match from_metadata {
         Ok(tags) => Ok(tags),
         Err(meta_err) => store
-            .read_manifest(stamp)
+            .read_manifest(stamp, ReadFrom::Cache)
             .map(|m| m.tags)
             .map_err(|e| format!("metadata: {meta_err}; manifest: {e}")),
     }

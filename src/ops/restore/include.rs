@@ -26,6 +26,7 @@ use crate::ops::ls;
 use crate::ops::restore::{self, Install};
 use crate::stamp::Stamp;
 use crate::store::manifest::{Entry, EntryKind, Manifest, DB_PATH, REGISTRY_PATH};
+use crate::store::ReadFrom;
 use crate::store::Store;
 
 #[derive(Clone, Debug)]
@@ -71,7 +72,7 @@ pub fn restore_paths(store: &Store, opts: &IncludeOptions) -> Result<IncludeResu
         })
         .collect::<Result<_>>()?;
     let _lock = store.lock_shared("restore", opts.lock_wait)?;
-    let manifest = store.read_manifest(&stamp)?;
+    let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
     restore::check_paths(&manifest)?;
     let chosen = choose(&manifest, &included)?;
     refuse_below_symlinks(&manifest, &chosen)?;

@@ -54,6 +54,7 @@ use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH};
+use crate::store::ReadFrom;
 use crate::store::Store;
 
 /// Name prefix of restore's temp files beside their targets.
@@ -153,7 +154,7 @@ pub fn restore(
     let stamp = Stamp::parse(&opts.stamp)?;
     let targets = Targets::of(opts);
     let lock = store.lock_shared("restore", opts.lock_wait)?;
-    let manifest = store.read_manifest(&stamp)?;
+    let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
     check_paths(&manifest)?;
     let with_chroma = chroma_wanted(&manifest, opts.chroma)?;
     if let Some(dir) = &opts.to {
@@ -432,7 +433,7 @@ pub fn pre_restore_snapshot(
         lock_wait: opts.lock_wait,
         ingestion_lock: None,
     };
-    match create::create_locked(store, lock, &copts, progress) {
+    match create::capture(store, lock, &copts, progress) {
         Ok(r) => Ok(Some(r.stamp)),
         Err(e) => Err(Error::PreSnapshotFailed {
             detail: e.to_string(),

@@ -345,7 +345,7 @@ pub fn file_matches(
         let end = pos + ids.len();
         if end > file.chunks.len() || file.chunks[pos..end] != ids[..] {
             mismatch = true;
-            return Err(Error::Other("differs".into()));
+            return Err(Error::ChunksDiffer);
         }
         pos = end;
         Ok(())

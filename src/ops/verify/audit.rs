@@ -1,15 +1,16 @@
 //! The audit: every pack read and every chunk checked against its id,
 //! every manifest and summary read; what is damaged, missing or unreadable.
 
+use rayon::prelude::*;
+use std::collections::{BTreeSet, HashSet};
+use std::io::Read;
+
 use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
 use crate::store::pack::{self, PackEntry, PACK_MAGIC};
-use crate::store::Store;
-use rayon::prelude::*;
-use std::collections::{BTreeSet, HashSet};
-use std::io::Read;
+use crate::store::{Check, ReadFrom, Store};
 
 use super::report::{SnapshotHealth, VerifyReport};
 
@@ -106,7 +107,7 @@ pub(super) fn audit(
     let mut referenced = IdSet::default();
     for stamp in &stamps {
         // The audit reads the store itself, never a remote store's cache.
-        match store.read_manifest_fresh(stamp) {
+        match store.read_manifest(stamp, ReadFrom::Store) {
             Ok(m) => {
                 referenced.extend(
                     m.entries
@@ -251,7 +252,7 @@ pub(super) fn audit(
     report.missing = missing.iter().map(Id::to_hex).collect();
 
     for stamp in &readable {
-        let m = store.read_manifest(stamp)?;
+        let m = store.read_manifest(stamp, ReadFrom::Cache)?;
         let damaged: BTreeSet<String> = m
             .entries
             .iter()
@@ -338,7 +339,7 @@ fn check_pack(
     let info = index.pack(p);
     let name = pack::pack_name(&info.id);
     let mut check = PackCheck::default();
-    let layout = match store.read_pack_layout(&name, info.size) {
+    let layout = match store.read_pack_layout(&name, info.size, Check::Strict) {
         Ok(l) => l,
         Err(detail) => {
             let ids = index

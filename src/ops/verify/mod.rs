@@ -20,6 +20,7 @@ use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
 use crate::store::manifest::{FileEntry, Manifest};
+use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Store};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,7 +53,7 @@ pub fn validate(store: &Store, stamp: &str, lock_wait: Duration) -> Result<Valid
         errors: Vec::new(),
         duration_ms: 0,
     };
-    let manifest = match store.read_manifest(&stamp) {
+    let manifest = match store.read_manifest(&stamp, ReadFrom::Cache) {
         Ok(m) => m,
         Err(Error::SnapshotMissing { .. }) => {
             report.errors.push("snapshot_missing".into());
@@ -207,9 +208,7 @@ fn check_db(
             return Ok(false);
         }
         Err(ExtractError::Write(e)) => return Err(Error::io("write", tmp.path(), e)),
-        Err(ExtractError::TooLarge { limit }) => {
-            return Err(Error::Other(format!("the db outgrew {limit} bytes")))
-        }
+        Err(ExtractError::TooLarge { limit }) => return Err(Error::DbTooLarge { limit }),
     }
     drop(out);
     match sqlite::integrity_problems(tmp.path(), false)? {
@@ -247,20 +246,9 @@ impl VerifyOptions {
     }
 }
 
-/// Audits the store (or only what `only` snapshots reference), re-hashing
-/// everything.
-pub fn verify(store: &Store, only: &[String], lock_wait: Duration) -> Result<VerifyReport> {
-    verify_with(
-        store,
-        &VerifyOptions {
-            snapshots: only.to_vec(),
-            ..VerifyOptions::new(lock_wait)
-        },
-    )
-}
-
-/// Audits the store as `opts` say; with `repair`, repairs what it found.
-pub fn verify_with(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
+/// Audits the store (or only what `opts.snapshots` reference), re-hashing
+/// everything; with `opts.repair`, repairs what it found.
+pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
     let started = Instant::now();
     let selected: Option<Vec<Stamp>> = if opts.snapshots.is_empty() {
         None

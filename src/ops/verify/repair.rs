@@ -26,8 +26,6 @@
 
 use std::collections::BTreeMap;
 
-use super::audit::{metadata_problem, Audit};
-use super::report::{Quarantined, RepairReport, SnapshotHealth};
 use crate::error::Result;
 use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
@@ -35,6 +33,10 @@ use crate::store::lock::ExclusiveLock;
 use crate::store::manifest::Manifest;
 use crate::store::packer::Packer;
 use crate::store::{pack, Store, METADATA_NAME};
+use crate::store::{Check, ReadFrom};
+
+use super::audit::{metadata_problem, Audit};
+use super::report::{Quarantined, RepairReport, SnapshotHealth};
 
 /// Repairs what `audit` found. The caller holds the exclusive lock.
 pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<RepairReport> {
@@ -61,7 +63,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     let mut unreadable: BTreeMap<String, String> = BTreeMap::new();
     let mut needed = IdSet::default();
     for stamp in &stamps {
-        match store.read_manifest(stamp) {
+        match store.read_manifest(stamp, ReadFrom::Cache) {
             Ok(m) => {
                 needed.extend(
                     m.entries
@@ -81,7 +83,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     if !needed.is_empty() {
         let mut packer = Packer::new(store);
         for q in store.list_quarantined_packs()? {
-            let Ok(layout) = store.read_pack_layout_lenient(&q.name, q.size) else {
+            let Ok(layout) = store.read_pack_layout(&q.name, q.size, Check::Salvage) else {
                 continue;
             };
             for e in &layout.entries {
@@ -129,7 +131,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
         if metadata_problem(store, stamp).is_none() {
             continue;
         }
-        let m = store.read_manifest(stamp)?;
+        let m = store.read_manifest(stamp, ReadFrom::Cache)?;
         let name = format!("snapshots/{stamp}/{METADATA_NAME}");
         if store.backend().exists(&name).unwrap_or(false) {
             let moved_to = store.quarantine_object(lock, &name, "summary does not read")?;
@@ -145,7 +147,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
 
     // What stays damaged, in every snapshot.
     for stamp in &readable {
-        let m = store.read_manifest(stamp)?;
+        let m = store.read_manifest(stamp, ReadFrom::Cache)?;
         let damaged: Vec<String> = m
             .entries
             .iter()

@@ -1,8 +1,9 @@
 //! Claims on a snapshot folder: when a claim left by a crashed writer counts
 //! as abandoned.
 
-use crate::store::backend::ListEntry;
 use std::time::Duration;
+
+use crate::store::backend::ListEntry;
 
 use super::CLAIM_PREFIX;
 

@@ -3,7 +3,7 @@
 //! from the messages.
 
 use opendal::ErrorKind as OdKind;
-use std::io::{self};
+use std::io;
 
 /// The endpoint could not be reached at all (as opposed to an answer).
 pub(super) fn is_unreachable(e: &io::Error) -> bool {

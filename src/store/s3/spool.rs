@@ -1,12 +1,13 @@
 //! The local spool: packs waiting for upload, bounded in bytes, so a slow
 //! bucket slows the writer instead of filling the disk.
 
-use crate::store::backend::{create_private_dir_all, create_private_file};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use crate::store::backend::{create_private_dir_all, create_private_file};
 
 use super::{lock, S3Backend};
 

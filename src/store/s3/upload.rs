@@ -1,7 +1,6 @@
 //! Uploads: one object from a local file (multipart when large), and the
 //! pool of background uploads whose first failure sticks.
 
-use crate::store::pack;
 use opendal::blocking;
 use opendal::options::{ReadOptions, WriteOptions};
 use opendal::ErrorKind as OdKind;
@@ -10,6 +9,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+
+use crate::store::pack;
 
 use super::errors::Names;
 use super::{lock, UPLOAD_CHUNK};
