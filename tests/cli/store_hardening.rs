@@ -29,11 +29,11 @@ fn cmd(rt: &Rt) -> Command {
     }
     c.current_dir(rt.dir.path())
         .arg("--db")
-        .arg(&rt.db())
+        .arg(rt.db())
         .arg("--registry")
-        .arg(&rt.registry())
+        .arg(rt.registry())
         .arg("--chroma-dir")
-        .arg(&rt.chroma());
+        .arg(rt.chroma());
     c
 }
 

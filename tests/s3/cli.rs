@@ -573,7 +573,7 @@ fn tag_forget_policy_ls_dump_and_partial_restore_on_a_bucket() {
     ]);
     assert_eq!(
         std::fs::read(&out).unwrap(),
-        std::fs::read(&s.rt.registry()).unwrap(),
+        std::fs::read(s.rt.registry()).unwrap(),
         "{d}"
     );
     let to = s.rt.path("partial");
