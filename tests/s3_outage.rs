@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::s3::*;
-use support::Runtime as Rt;
+use support::{Out, Runtime as Rt};
 
 /// Adds incompressible data to the Chroma dir so uploads take a while.
 fn grow_chroma(chroma: &Path, mib: usize, seed: u64) {
@@ -187,7 +187,7 @@ fn the_server_going_away_mid_gc_deletes_no_live_pack() {
     let s = S3Rt::new(&bucket, "outage-gc");
     // Interleaved files, 1.0 MiB to keep and 1.3 MiB to drop: every pack
     // of the first snapshot ends up less than half live.
-    let mixed = s.rt.chroma.join("mixed");
+    let mixed = s.rt.chroma().join("mixed");
     std::fs::create_dir_all(&mixed).unwrap();
     for i in 0..96u64 {
         std::fs::write(
@@ -254,7 +254,7 @@ fn the_server_going_away_mid_gc_deletes_no_live_pack() {
 fn the_server_going_away_mid_repair_reports_nothing_healed() {
     let Some(bucket) = bucket() else { return };
     let s = S3Rt::new(&bucket, "outage-repair");
-    grow_chroma(&s.rt.chroma, 160, 13);
+    grow_chroma(&s.rt.chroma(), 160, 13);
     s.ok(&["create", "--chroma"]);
     let backend = s.backend();
     // A wrong header byte: the packs no longer match their names, while
@@ -274,7 +274,7 @@ fn the_server_going_away_mid_repair_reports_nothing_healed() {
         backend.write_once(name, &bytes).unwrap();
     }
     drop(backend);
-    let audit = s.run(&["verify"]).0;
+    let audit = s.run(&["verify"]).json;
     assert_eq!(audit["ok"], false, "{audit}");
     let before = packs(s.backend().as_ref());
 
@@ -287,7 +287,12 @@ fn the_server_going_away_mid_repair_reports_nothing_healed() {
     assert_ne!(json["repair"]["healed"], true, "{json}");
     // Once the server is back, a rerun salvages again from quarantine/
     // (exit 3: it reports the damage it found, then heals it).
-    let (repaired, code, stderr) = s.run(&["verify", "--repair"]);
+    let Out {
+        json: repaired,
+        code,
+        stderr,
+        ..
+    } = s.run(&["verify", "--repair"]);
     assert!(code == 0 || code == 3, "{repaired}\n{stderr}");
     assert_eq!(repaired["repair"]["healed"], true, "{repaired}");
     assert_whole(&s);

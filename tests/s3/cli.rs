@@ -445,7 +445,7 @@ fn serve_works_on_a_bucket() {
         let mut c = std::net::TcpStream::connect(&listen).ok()?;
         write!(
             c,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {listen}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .ok()?;
         let mut out = String::new();
@@ -573,7 +573,7 @@ fn tag_forget_policy_ls_dump_and_partial_restore_on_a_bucket() {
     ]);
     assert_eq!(
         std::fs::read(&out).unwrap(),
-        std::fs::read(&s.rt.registry).unwrap(),
+        std::fs::read(s.rt.registry()).unwrap(),
         "{d}"
     );
     let to = s.rt.path("partial");
@@ -590,7 +590,7 @@ fn tag_forget_policy_ls_dump_and_partial_restore_on_a_bucket() {
     let f = s.ok(&["forget", "--confirm", "--grace-period", "0", &a]);
     assert_eq!(f["deleted_stamps"][0], a.as_str(), "{f}");
     assert_eq!(s.stamps(), vec![b.clone()]);
-    let (json, code, _) = s.run(&["forget", &b]);
+    let Out { json, code, .. } = s.run(&["forget", &b]);
     assert_eq!(code, 1, "{json}");
     assert_eq!(json["error"]["code"], "forget_would_delete_all");
     assert_eq!(s.ok(&["verify"])["ok"], true);

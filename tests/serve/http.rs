@@ -756,7 +756,7 @@ fn an_encrypted_store_is_served_with_its_password_and_refused_without() {
 
 /// `serve` with extra environment (the limits are set by variables).
 fn start_with_env(rt: &Runtime, env: &[(&str, &str)], extra: &[&str]) -> Server {
-    let mut c = rt.cmd();
+    let mut c = rt.loud_command();
     c.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
     for (k, v) in env {
         c.env(k, v);
@@ -779,8 +779,8 @@ fn read_until_closed(stream: &mut std::net::TcpStream) -> std::io::Result<Vec<u8
 #[test]
 fn a_client_that_stalls_in_its_request_head_is_disconnected() {
     use std::io::Write;
-    let rt = Runtime::new();
-    rt.cli(&["init"]); // /healthz answers 200 only with a store
+    let rt = Runtime::synthetic();
+    rt.run(&["init"]); // /healthz answers 200 only with a store
     let server = start_with_env(&rt, &[("ATOSNAP_SERVE_HEADER_TIMEOUT_MS", "300")], &[]);
     // Half a request head, then nothing (slowloris).
     let mut slow = std::net::TcpStream::connect(server.addr).unwrap();
@@ -797,8 +797,8 @@ fn a_client_that_stalls_in_its_request_head_is_disconnected() {
 
 #[test]
 fn connections_past_the_cap_are_refused_with_retry_after() {
-    let rt = Runtime::new();
-    rt.cli(&["init"]); // /healthz answers 200 only with a store
+    let rt = Runtime::synthetic();
+    rt.run(&["init"]); // /healthz answers 200 only with a store
     let server = start_with_env(&rt, &[("ATOSNAP_SERVE_MAX_CONNECTIONS", "4")], &[]);
     // Four connections that say nothing hold every slot (the header
     // timeout is the default 60 s).
@@ -818,7 +818,7 @@ fn connections_past_the_cap_are_refused_with_retry_after() {
 
 #[test]
 fn a_validate_flood_is_turned_away_while_health_and_metrics_answer() {
-    let rt = Runtime::new();
+    let rt = Runtime::synthetic();
     let server = rt.start(&["--lock-wait", "600"]);
     let r = server.post("/admin/backup", "");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -864,8 +864,8 @@ fn a_validate_flood_is_turned_away_while_health_and_metrics_answer() {
 
 #[test]
 fn cross_site_browser_requests_are_refused_without_a_token() {
-    let rt = Runtime::new();
-    rt.cli(&["init"]); // /healthz answers 200 only with a store
+    let rt = Runtime::synthetic();
+    rt.run(&["init"]); // /healthz answers 200 only with a store
     let server = rt.start(&[]);
     let own = server.addr.to_string();
     let port = server.addr.port();
@@ -880,7 +880,7 @@ fn cross_site_browser_requests_are_refused_without_a_token() {
         &[("Origin", "http://evil.example")],
     );
     r.assert_error(403, "cross_site_request");
-    assert_eq!(rt.cli(&["list"]).1["snapshots"], serde_json::json!([]));
+    assert_eq!(rt.run(&["list"]).json["snapshots"], serde_json::json!([]));
     // DNS rebinding: the page's own name resolved to 127.0.0.1.
     let rebound = format!("evil.example:{port}");
     send(Some(&rebound), "GET", "/admin/backup", &[]).assert_error(403, "cross_site_request");
@@ -896,7 +896,7 @@ fn cross_site_browser_requests_are_refused_without_a_token() {
     let local = format!("localhost:{port}");
     assert_eq!(send(Some(&local), "GET", "/healthz", &[]).status, 200);
     // With a token the token decides (a browser cannot send it by itself).
-    let token = rt.root().join("token");
+    let token = rt.path("token");
     std::fs::write(&token, "0123456789abcdef0123456789abcdef").unwrap();
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let guarded = rt.start(&["--token-file", token.to_str().unwrap()]);
@@ -914,7 +914,7 @@ fn cross_site_browser_requests_are_refused_without_a_token() {
 
 #[test]
 fn a_body_that_is_not_an_object_or_has_unknown_fields_is_400() {
-    let rt = Runtime::new();
+    let rt = Runtime::synthetic();
     let server = rt.start(&[]);
     // `[true]` was taken as include_chroma: true.
     server

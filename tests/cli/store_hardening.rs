@@ -3,9 +3,7 @@
 //! store that is not there makes nothing; every command logs its warnings
 //! to stderr (text or JSON lines), never into the JSON document on stdout.
 
-mod common;
-
-use common::Rt;
+use crate::support::Runtime as Rt;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -31,11 +29,11 @@ fn cmd(rt: &Rt) -> Command {
     }
     c.current_dir(rt.dir.path())
         .arg("--db")
-        .arg(&rt.db)
+        .arg(rt.db())
         .arg("--registry")
-        .arg(&rt.registry)
+        .arg(rt.registry())
         .arg("--chroma-dir")
-        .arg(&rt.chroma);
+        .arg(rt.chroma());
     c
 }
 
@@ -74,9 +72,9 @@ fn store_files_are_0600_and_folders_0700_under_umask_022() {
     }
     let rt = Rt::fixture();
     rt.ok(&["init"]);
-    let first = rt.create(&["--chroma"]);
+    let first = rt.create_stamp(&["--chroma"]);
     rt.insert_marker("modes");
-    rt.create(&["--chroma"]);
+    rt.create_stamp(&["--chroma"]);
     rt.ok(&["drill", &first]);
     assert!(rt.store.join("drills").is_dir());
     assert!(rt.store.join("locks/store.lock").is_file());

@@ -8,9 +8,8 @@
 //! or frozen with SIGSTOP in the middle of packing a large Chroma file and
 //! signalled while frozen (the signal is delivered when it resumes).
 
-mod s3_common;
-
-use s3_common::*;
+use crate::support::s3::*;
+use crate::support::Runtime as Rt;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -73,11 +72,11 @@ fn spawn_create(rt: &Rt, extra: &[&str], env: &[(&str, &str)]) -> Child {
     c.args(["--quiet", "--store"])
         .arg(&rt.store)
         .arg("--db")
-        .arg(&rt.db)
+        .arg(rt.db())
         .arg("--registry")
-        .arg(&rt.registry)
+        .arg(rt.registry())
         .arg("--chroma-dir")
-        .arg(&rt.chroma)
+        .arg(rt.chroma())
         .args(["create", "--chroma", "--lock-wait", "600"])
         .args(extra)
         .env_remove("ATOCORE_INGESTION_LOCK")
@@ -131,7 +130,7 @@ fn sigterm_while_waiting_for_the_ingestion_lock_releases_the_store_lock() {
 #[test]
 fn sigint_in_the_middle_of_packing_a_file_stops_the_create() {
     let rt = Rt::fixture();
-    grow_chroma(&rt.chroma, 192);
+    grow_chroma(&rt.chroma(), 192);
     let child = spawn_create(&rt, &[], &[]);
     let pid = child.id();
     let tmp = rt.store.join("tmp");

@@ -3,9 +3,7 @@
 //! the store can re-encode one) and a careless `--to` reach nothing
 //! outside the restore target and never the live runtime.
 
-mod harness;
-
-use harness::{Env, Out};
+use crate::support::{Out, Runtime as Env};
 use std::fs;
 use std::path::Path;
 
@@ -129,7 +127,7 @@ fn a_symlink_where_the_snapshot_has_a_folder_is_replaced_not_written_through() {
     assert!(seg.is_dir(), "the link was replaced by a real folder");
     assert_eq!(
         fs::read(env.chroma().join("seg/index_metadata.pickle")).unwrap(),
-        harness::pseudo_random(2, 10_000)
+        crate::support::pseudo_random(2, 10_000)
     );
     assert_eq!(
         fs::read(outside.join("index_metadata.pickle")).unwrap(),
@@ -212,7 +210,7 @@ fn a_far_future_snapshot_does_not_stand_in_for_the_previous_one() {
     let s2 = stamp_of(&env);
     let future = "99991231T235959Z";
     let dir = env.snapshot_dir(future);
-    harness::copy_tree(&env.snapshot_dir(&s2), &dir);
+    crate::support::copy_tree(&env.snapshot_dir(&s2), &dir);
     forge(&env, future, |m| {
         m.stamp = future.to_string();
         m.entries.clear();

@@ -10,9 +10,8 @@
 //! `ATOSNAP_THRASH_ROUNDS` sets the number of rounds (default 4; 20 for a
 //! long run). Skipped without `ATOSNAP_TEST_S3_BUCKET`.
 
-mod s3_common;
-
-use s3_common::*;
+use crate::support::s3::*;
+use crate::support::Runtime as Rt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -42,11 +41,11 @@ fn add_chroma_file(chroma: &Path, mib: usize, seed: u64) {
 fn start(rt: &Rt, store: &str, cache: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_atosnap"))
         .args(["--quiet", "--store", store, "--db"])
-        .arg(&rt.db)
+        .arg(rt.db())
         .arg("--registry")
-        .arg(&rt.registry)
+        .arg(rt.registry())
         .arg("--chroma-dir")
-        .arg(&rt.chroma)
+        .arg(rt.chroma())
         .args(["--lock-wait", "120"])
         .args(args)
         .env("ATOSNAP_CACHE_DIR", cache)
@@ -87,7 +86,7 @@ fn racing_writers_on_one_bucket_all_succeed_and_lose_nothing() {
 
     let rounds = rounds();
     for round in 0..rounds {
-        add_chroma_file(&s.rt.chroma, 9 + round % 4, round as u64);
+        add_chroma_file(&s.rt.chroma(), 9 + round % 4, round as u64);
         let kind = round % 3;
         let mut writers: Vec<(&str, Child)> = Vec::new();
         match kind {

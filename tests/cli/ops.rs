@@ -2,14 +2,12 @@
 //! frequent snapshots and the stored policy, `forget`, `tag`, `ls`, `dump`
 //! and `restore --include`, good path and bad input.
 
-mod harness;
-
-use harness::{flip_bit, run_cmd, Env};
+use crate::support::{flip_bit, run_cmd, Runtime as Env};
 use serde_json::Value;
 use std::fs;
 
 fn strs(v: &Value) -> Vec<String> {
-    harness::strings(v)
+    crate::support::strings(v)
 }
 
 /// A snapshot of the tiny runtime at `at` (RFC 3339).
@@ -600,7 +598,7 @@ fn restore_include_bad_input() {
         (1, "snapshot_missing"),
         "{out:?}"
     );
-    // DIR holding the live files is refused.
+    // DIR holding the live files is refused (the same check as restore --to).
     let live = env.runtime.join("data");
     let out = env.run(&[
         "restore",
@@ -612,7 +610,7 @@ fn restore_include_bad_input() {
     ]);
     assert_eq!(
         (out.code, out.error_code()),
-        (1, "target_invalid"),
+        (1, "restore_target_is_live"),
         "{out:?}"
     );
 }
