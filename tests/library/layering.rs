@@ -387,9 +387,6 @@ fn src_root_holds_at_most_ten_rs_files() {
     assert!(n <= 10, "{n} .rs files at the root of src/");
 }
 
-/// Files still over the limit, being split (emptied by the end of issue 16).
-const LONG_ALLOWED: &[&str] = &["tests/serve/http.rs"];
-
 #[test]
 fn no_source_file_over_900_lines() {
     let mut files = Vec::new();
@@ -401,7 +398,7 @@ fn no_source_file_over_900_lines() {
     let long: Vec<_> = files
         .iter()
         .map(|f| (f, std::fs::read_to_string(f).unwrap().lines().count()))
-        .filter(|(f, n)| *n > 900 && !LONG_ALLOWED.iter().any(|a| f.ends_with(a)))
+        .filter(|(_, n)| *n > 900)
         .collect();
     assert!(long.is_empty(), "{long:?}");
 }

@@ -6,3 +6,4 @@ mod support;
 
 mod http;
 mod ingestion_lock;
+mod limits;
