@@ -36,10 +36,9 @@ use crate::stamp::Stamp;
 use crate::store::index::{ChunkIndex, Location};
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{EntryKind, Manifest};
-use crate::store::pack;
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
-use crate::store::{ChunkFault, Store};
+use crate::store::{ChunkFault, Object, Store};
 
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
 /// (the batch read, and its re-encoded copy).
@@ -386,7 +385,7 @@ fn read_stored(
     index: &ChunkIndex,
     loc: &Location,
 ) -> std::result::Result<Vec<u8>, ChunkFault> {
-    let name = pack::pack_name(&index.pack(loc.pack).id);
+    let name = Object::Pack(index.pack(loc.pack).id).name();
     store
         .backend()
         .read_range(&name, loc.offset as u64, loc.stored_len() as usize)

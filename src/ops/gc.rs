@@ -53,7 +53,7 @@ use crate::store::lock::ExclusiveLock;
 use crate::store::pack::{self, PackEntry};
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
-use crate::store::{ChunkFault, Store};
+use crate::store::{ChunkFault, Object, Store};
 
 /// A pack is rewritten when its live chunks make up less than this share
 /// (in stored bytes) of its chunk bytes. At 50 % a rewrite at least halves
@@ -382,7 +382,7 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
     out.written = packer
         .packs_written
         .iter()
-        .map(|(id, _)| pack::pack_name(id))
+        .map(|(id, _)| Object::Pack(*id).name())
         .collect();
     drop(packer);
     match write_error {

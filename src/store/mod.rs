@@ -24,6 +24,7 @@ pub mod key;
 pub mod location;
 pub mod lock;
 pub mod manifest;
+pub mod names;
 mod open;
 pub mod pack;
 pub mod packer;
@@ -50,10 +51,7 @@ use location::{RemoteSettings, StoreLocation};
 use lock::ExclusiveLock;
 use seal::Sealer;
 
-pub const CONFIG_NAME: &str = "config.json";
-pub const MANIFEST_NAME: &str = "manifest.bin";
-pub const METADATA_NAME: &str = "backup-metadata.json";
-pub const QUARANTINE_DIR: &str = "quarantine";
+pub use names::{Object, CONFIG_NAME, MANIFEST_NAME, METADATA_NAME, QUARANTINE_DIR};
 /// gc's grace period on a remote store.
 pub const DEFAULT_REMOTE_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 

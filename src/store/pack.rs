@@ -41,10 +41,9 @@ pub struct PackEntry {
     pub compressed: bool,
 }
 
-/// Object name of a pack.
+/// Object name of a pack: [`Object::Pack`](super::names::Object::Pack)'s name.
 pub fn pack_name(id: &Id) -> String {
-    let hex = id.to_hex();
-    format!("objects/{}/{}.pack", &hex[..2], hex)
+    super::names::Object::Pack(*id).name()
 }
 
 /// The pack id from an object name, if it is one.

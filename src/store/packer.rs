@@ -7,7 +7,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::{Id, IdSet};
 use crate::store::index::ChunkIndex;
 use crate::store::pack::{self, PackWriter};
-use crate::store::Store;
+use crate::store::{Object, Store};
 
 pub struct Packer<'s> {
     store: &'s Store,
@@ -76,7 +76,7 @@ impl<'s> Packer<'s> {
                 return Err(Error::io("write", &tmp_path, e));
             }
         };
-        let name = pack::pack_name(&finished.id);
+        let name = Object::Pack(finished.id).name();
         self.store
             .backend()
             .put_file(&name, &finished.path)

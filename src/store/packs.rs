@@ -11,7 +11,7 @@ use super::lock::ExclusiveLock;
 use super::pack::{PackEntry, PackIndexError, TRAILER_LEN};
 use super::seal::Sealer;
 use super::Store;
-use super::{backend, pack};
+use super::{backend, pack, Object};
 
 /// Where a pack's chunks and index are.
 #[derive(Clone, Debug)]
@@ -190,7 +190,7 @@ impl Store {
         let names: Vec<String> = ids
             .filter_map(|id| index.get(id))
             .filter(|loc| seen.insert(loc.pack))
-            .map(|loc| pack::pack_name(&index.pack(loc.pack).id))
+            .map(|loc| Object::Pack(index.pack(loc.pack).id).name())
             .collect();
         const PREFETCHERS: usize = 2;
         std::thread::scope(|scope| {
@@ -215,7 +215,7 @@ impl Store {
         id: &Id,
     ) -> std::result::Result<Vec<u8>, ChunkFault> {
         let loc = index.get(id).ok_or(ChunkFault::Missing)?;
-        let name = pack::pack_name(&index.pack(loc.pack).id);
+        let name = Object::Pack(index.pack(loc.pack).id).name();
         self.read_chunk_at(&name, id, loc)
     }
 
@@ -293,7 +293,7 @@ impl Store {
     /// Deletes a pack. Only under the exclusive lock.
     pub fn delete_pack(&self, lock: &ExclusiveLock, id: &Id) -> Result<()> {
         lock.still_held()?;
-        let name = pack::pack_name(id);
+        let name = Object::Pack(*id).name();
         self.backend
             .delete(&name)
             .ctx("delete", self.object_path(&name))?;

@@ -6,7 +6,7 @@ use crate::stamp::Stamp;
 use crate::store::manifest::Manifest;
 
 use super::lock::{ExclusiveLock, SharedLock};
-use super::{Store, MANIFEST_NAME, METADATA_NAME};
+use super::{Object, Store, MANIFEST_NAME, METADATA_NAME};
 
 /// What is under `snapshots/`.
 #[derive(Clone, Debug, Default)]
@@ -40,7 +40,7 @@ impl Store {
     /// under the exclusive lock.
     pub fn delete_abandoned_folder(&self, lock: &ExclusiveLock, folder: &str) -> Result<()> {
         lock.still_held()?;
-        let dir = format!("snapshots/{folder}");
+        let dir = Object::SnapshotDir(folder.to_string()).name();
         for f in self
             .backend
             .list_files(&dir)
@@ -61,7 +61,7 @@ impl Store {
         stamp: &Stamp,
         metadata: &serde_json::Value,
     ) -> Result<()> {
-        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        let name = Object::summary(stamp).name();
         let bytes = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Encode {
             detail: e.to_string(),
         })?;
@@ -83,7 +83,7 @@ impl Store {
         metadata: &serde_json::Value,
     ) -> Result<()> {
         lock.still_held()?;
-        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        let name = Object::summary(stamp).name();
         let old_size = self
             .backend
             .size(&name)
@@ -173,7 +173,7 @@ impl Store {
     }
 
     pub fn snapshot_exists(&self, stamp: &Stamp) -> Result<bool> {
-        let dir = format!("snapshots/{stamp}");
+        let dir = Object::snapshot_dir(stamp).name();
         let probe = if self.is_remote() {
             format!("{dir}/{MANIFEST_NAME}")
         } else {
@@ -233,7 +233,7 @@ impl Store {
     /// A snapshot's manifest, read from where `from` says.
     pub fn read_manifest(&self, stamp: &Stamp, from: ReadFrom) -> Result<Manifest> {
         let fresh = from == ReadFrom::Store;
-        let name = format!("snapshots/{stamp}/{MANIFEST_NAME}");
+        let name = Object::manifest(stamp).name();
         let listed = self
             .listed_sizes
             .lock()
@@ -280,7 +280,7 @@ impl Store {
         if folder.contains('/') || folder == ".." || folder == "." {
             return None;
         }
-        let name = format!("snapshots/{folder}/{MANIFEST_NAME}");
+        let name = Object::Manifest(folder.to_string()).name();
         match self.backend.exists(&name) {
             Ok(true) => {}
             Ok(false) => return None,
@@ -297,7 +297,7 @@ impl Store {
     }
 
     pub fn read_metadata(&self, stamp: &Stamp) -> Result<serde_json::Value> {
-        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        let name = Object::summary(stamp).name();
         let bytes = self
             .read_snapshot_file(&name, false)
             .ctx("read", self.object_path(&name))?;
@@ -350,7 +350,7 @@ impl Store {
     /// Deletes a snapshot folder. Only under the exclusive lock.
     pub fn delete_snapshot(&self, lock: &ExclusiveLock, stamp: &Stamp) -> Result<()> {
         lock.still_held()?;
-        let dir = format!("snapshots/{stamp}");
+        let dir = Object::snapshot_dir(stamp).name();
         if let Ok(mut sizes) = self.listed_sizes.lock() {
             sizes.retain(|name, _| !name.starts_with(&format!("{dir}/")));
         }
@@ -388,7 +388,7 @@ impl Store {
             detail: e.to_string(),
         })?;
         let meta = self.sealer.seal(meta, METADATA_NAME.as_bytes());
-        let dir = format!("snapshots/{stamp}");
+        let dir = Object::snapshot_dir(stamp).name();
         crate::os::check_interrupted()?;
         lock.still_held()?;
         self.backend

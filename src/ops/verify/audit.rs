@@ -10,7 +10,7 @@ use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
 use crate::store::pack::{self, PackEntry, PACK_MAGIC};
-use crate::store::{Check, ReadFrom, Store};
+use crate::store::{Check, Object, ReadFrom, Store};
 
 use super::report::{SnapshotHealth, VerifyReport};
 
@@ -214,7 +214,7 @@ pub(super) fn audit(
         report.objects_checked += 1;
         report.bytes_checked += check.bytes;
         report.chunks_checked += check.chunks;
-        let name = pack::pack_name(&index.pack(*p).id);
+        let name = Object::Pack(index.pack(*p).id).name();
         if let Some(detail) = &check.unreadable {
             if selected.is_none() || check.unverified.iter().any(|id| referenced.contains(id)) {
                 report.unreadable.insert(name.clone(), detail.clone());
@@ -241,7 +241,7 @@ pub(super) fn audit(
         }
         if selected.is_none() {
             if pack_live[*p as usize] == 0 {
-                report.orphans.push(pack::pack_name(&index.pack(*p).id));
+                report.orphans.push(Object::Pack(index.pack(*p).id).name());
                 report.reclaimable_bytes += index.pack(*p).size;
             } else {
                 report.reclaimable_bytes += check.total_stored.saturating_sub(check.live_stored);
@@ -303,7 +303,7 @@ pub(super) fn audit(
 
 /// Why a snapshot's `backup-metadata.json` is not usable, if it is not.
 pub fn metadata_problem(store: &Store, stamp: &Stamp) -> Option<String> {
-    let name = format!("snapshots/{stamp}/{}", crate::store::METADATA_NAME);
+    let name = Object::summary(stamp).name();
     match store.backend().exists(&name) {
         Ok(false) => Some(format!(
             "metadata_missing: {}",
@@ -337,7 +337,7 @@ fn check_pack(
     rehash: bool,
 ) -> PackCheck {
     let info = index.pack(p);
-    let name = pack::pack_name(&info.id);
+    let name = Object::Pack(info.id).name();
     let mut check = PackCheck::default();
     let layout = match store.read_pack_layout(&name, info.size, Check::Strict) {
         Ok(l) => l,

@@ -32,7 +32,7 @@ use crate::stamp::Stamp;
 use crate::store::lock::ExclusiveLock;
 use crate::store::manifest::Manifest;
 use crate::store::packer::Packer;
-use crate::store::{pack, Store, METADATA_NAME};
+use crate::store::{pack, Object, Store};
 use crate::store::{Check, ReadFrom};
 
 use super::audit::{metadata_problem, Audit};
@@ -117,7 +117,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
         out.packs_written = packer
             .packs_written
             .iter()
-            .map(|(id, _)| pack::pack_name(id))
+            .map(|(id, _)| Object::Pack(*id).name())
             .collect();
     }
     if !index.damaged.iter().any(|d| pack::is_unreadable(&d.detail)) {
@@ -132,7 +132,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             continue;
         }
         let m = store.read_manifest(stamp, ReadFrom::Cache)?;
-        let name = format!("snapshots/{stamp}/{METADATA_NAME}");
+        let name = Object::summary(stamp).name();
         if store.backend().exists(&name).unwrap_or(false) {
             let moved_to = store.quarantine_object(lock, &name, "summary does not read")?;
             out.quarantined.push(Quarantined {
