@@ -90,7 +90,7 @@ fn spawn_create(rt: &Rt, extra: &[&str], env: &[(&str, &str)]) -> Child {
 
 /// The later run sweeps what the interrupted one left, then all is well.
 fn assert_next_run_succeeds(rt: &Rt, pid: u32) {
-    let stamp = rt.create(&["--chroma"]);
+    let stamp = rt.create_stamp(&["--chroma"]);
     assert_eq!(rt.stamps(), [stamp]);
     assert!(
         names_in(&rt.store.join("tmp"), &format!("{pid}-")).is_empty(),
