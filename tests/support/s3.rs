@@ -91,14 +91,24 @@ fn scratch(loc: &S3Location, settings: &RemoteSettings) -> PathBuf {
     dir
 }
 
-/// The repository's Garage control script.
+/// The repository's Garage control script. A start right after a stop is
+/// tried a few times: the old server's ports and lock may linger a moment.
 pub fn garage(cmd: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/garage.sh");
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(cmd)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "scripts/garage.sh {cmd} failed");
+    let attempts = if cmd == "start" { 5 } else { 1 };
+    for attempt in 1..=attempts {
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(cmd)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        if status.success() {
+            return;
+        }
+        if attempt < attempts {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    }
+    panic!("scripts/garage.sh {cmd} failed ({attempts} attempts)");
 }
