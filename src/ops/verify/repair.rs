@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
 use crate::store::lock::ExclusiveLock;
@@ -90,12 +90,18 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
                 if !needed.contains(&e.id) {
                     continue;
                 }
-                let Ok(stored) =
-                    store
-                        .backend()
-                        .read_range(&q.name, e.offset as u64, e.stored_len as usize)
-                else {
-                    continue;
+                let stored = match store.backend().read_range(
+                    &q.name,
+                    e.offset as u64,
+                    e.stored_len as usize,
+                ) {
+                    Ok(stored) => stored,
+                    // The pack ends early or is gone: this chunk is lost.
+                    Err(err) if pack_damage(&err) => continue,
+                    // The storage itself fails (a server gone away): each
+                    // further read would wait through its retries again,
+                    // chunk after chunk, for nothing.
+                    Err(err) => return Err(Error::io("read", store.object_path(&q.name), err)),
                 };
                 if store
                     .check_chunk(&stored, &e.id, e.compressed, e.raw_len)
@@ -180,6 +186,15 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     }
     out.healed = out.still_damaged.is_empty() && out.unreadable.is_empty();
     Ok(out)
+}
+
+/// Whether a failed read of a quarantined pack says something about the
+/// pack (cut short, or gone) rather than about the storage.
+fn pack_damage(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
+    )
 }
 
 /// A snapshot's summary as `create` writes it, from its manifest (the
