@@ -27,8 +27,11 @@
 //!   store is opened: an endpoint that cannot be reached then is tried
 //!   `ATOSNAP_S3_RETRIES` times with growing pauses before the command
 //!   gives up. A connection
-//!   attempt gives up after 4 s and a request after 60 s, so an
-//!   unreachable endpoint fails in well under 30 s instead of hanging.
+//!   attempt gives up after 4 s and a request (or one read or write of a
+//!   transfer) after `ATOSNAP_S3_TIMEOUT_SECS` (default 60), so an
+//!   unreachable endpoint fails in well under 30 s, and one that accepts
+//!   connections but never answers within the attempts times that,
+//!   instead of hanging.
 //!   Errors become `io::Error`s: `NotFound` for a missing object or bucket
 //!   ("bucket X does not exist at ENDPOINT"), `PermissionDenied` for
 //!   refused or missing credentials, `ConnectionRefused` / `TimedOut` for
@@ -114,8 +117,8 @@ pub const DEFAULT_SPOOL_BYTES: u64 = 4 << 30;
 /// Part size of streamed uploads (and the whole-body limit of a single PUT).
 pub(super) const UPLOAD_CHUNK: usize = 8 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
-const OP_TIMEOUT: Duration = Duration::from_secs(60);
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default limit of one request, and of one read or write of a transfer.
+const DEFAULT_TIMEOUT_SECS: usize = 60;
 /// The file whose presence makes a snapshot folder complete.
 const COMMIT_FILE: &str = "manifest.bin";
 /// Name prefix of the marker a `write_dir_once` writer claims a folder with.
@@ -198,6 +201,11 @@ impl S3Location {
 /// Attempts per request (`ATOSNAP_S3_RETRIES`, at least 1).
 fn attempts() -> usize {
     env_usize("ATOSNAP_S3_RETRIES", DEFAULT_ATTEMPTS).max(1)
+}
+
+/// Limit of one request attempt (`ATOSNAP_S3_TIMEOUT_SECS`, at least 1 s).
+fn request_timeout() -> Duration {
+    Duration::from_secs(env_usize("ATOSNAP_S3_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS).max(1) as u64)
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -306,8 +314,8 @@ impl S3Backend {
             .with_context(OperationContext::new().with_http_transport(transport))
             .layer(
                 TimeoutLayer::new()
-                    .with_timeout(OP_TIMEOUT)
-                    .with_io_timeout(IO_TIMEOUT),
+                    .with_timeout(request_timeout())
+                    .with_io_timeout(request_timeout()),
             )
             .layer(
                 RetryLayer::new()

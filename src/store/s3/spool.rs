@@ -4,12 +4,36 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::store::backend::{create_private_dir_all, create_private_file};
+use crate::store::pack;
 
 use super::{lock, S3Backend};
+
+/// Copies `src` into a new private file `part`: (bytes, blake3 of them).
+fn copy_hashing(src: &mut dyn Read, part: &Path) -> io::Result<(u64, blake3::Hash)> {
+    let _ = fs::remove_file(part);
+    let mut out = create_private_file(part)?;
+    let mut hasher = blake3::Hasher::new();
+    // Large reads: each one of an S3 stream crosses into the async runtime.
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let got = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..got])?;
+        hasher.update(&buf[..got]);
+        n += got as u64;
+    }
+    out.flush()?;
+    Ok((n, hasher.finalize()))
+}
 
 /// Local copies of whole packs, for `read_range`.
 pub(super) struct Spool {
@@ -81,40 +105,59 @@ impl Spool {
         }
         create_private_dir_all(&self.dir)?;
         let part = slot.path.with_extension("part");
-        let downloaded = (|| {
+        let fetch = || -> io::Result<Box<dyn Read>> {
             let reader = backend.op.reader(name).map_err(|e| backend.err(name, e))?;
-            let mut src = reader.into_std_read(..).map_err(|e| backend.err(name, e))?;
-            let _ = fs::remove_file(&part);
-            let mut out = create_private_file(&part)?;
-            // Large reads: each one crosses into the async runtime.
-            let mut buf = vec![0u8; 1 << 20];
-            let mut n = 0u64;
-            loop {
-                let got = match src.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(got) => got,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                out.write_all(&buf[..got])?;
-                n += got as u64;
-            }
-            out.flush()?;
-            fs::rename(&part, &slot.path)?;
-            Ok::<u64, io::Error>(n)
-        })();
-        let size = match downloaded {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = fs::remove_file(&part);
-                return Err(e);
-            }
+            let src = reader.into_std_read(..).map_err(|e| backend.err(name, e))?;
+            Ok(Box::new(src))
         };
+        let size = Self::download_checked(name, fetch, &part, &slot.path)?;
         let f = Arc::new(File::open(&slot.path)?);
         *guard = Some(f.clone());
         drop(guard);
         self.account(name, &slot, size.max(1));
         Ok(f)
+    }
+
+    /// Downloads `name` (each attempt a fresh stream from `fetch`) to
+    /// `part`, then renames it to `to`; returns its size. A pack is named
+    /// by the hash of its bytes, so a copy that does not hash to its name
+    /// (a stream cut short or garbled on the way) is fetched once more. A
+    /// second mismatch is the object in the bucket itself: that copy is
+    /// kept, and the chunk checks of the readers name what is damaged.
+    fn download_checked(
+        name: &str,
+        mut fetch: impl FnMut() -> io::Result<Box<dyn Read>>,
+        part: &Path,
+        to: &Path,
+    ) -> io::Result<u64> {
+        let expected = pack::pack_id_from_name(name);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let copied = fetch().and_then(|mut src| copy_hashing(&mut src, part));
+            let (n, hash) = match copied {
+                Ok(got) => got,
+                Err(e) => {
+                    let _ = fs::remove_file(part);
+                    return Err(e);
+                }
+            };
+            let intact = expected.is_none_or(|id| id == crate::id::Id::from(hash));
+            if !intact && attempt < 2 {
+                tracing::warn!(
+                    "{name}: the download ({n} bytes) does not hash to its name; fetching it again"
+                );
+                continue;
+            }
+            if !intact {
+                tracing::warn!("{name}: downloaded twice, {n} bytes that do not hash to its name");
+            }
+            if let Err(e) = fs::rename(part, to) {
+                let _ = fs::remove_file(part);
+                return Err(e);
+            }
+            return Ok(n);
+        }
     }
 
     /// Records a finished download and evicts the least recently used
@@ -159,5 +202,50 @@ impl Spool {
         st.slots.clear();
         st.total = 0;
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streams_of(mut v: Vec<Vec<u8>>) -> impl FnMut() -> io::Result<Box<dyn Read>> {
+        move || Ok(Box::new(io::Cursor::new(v.pop().unwrap_or_default())))
+    }
+
+    #[test]
+    fn s3_a_spool_download_not_matching_the_pack_name_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = b"ATOPACK1 some pack bytes".to_vec();
+        let name = pack::pack_name(&crate::id::Id::from(blake3::hash(&good)));
+        let (part, to) = (dir.path().join("1.part"), dir.path().join("1.pack"));
+        // A stream cut short, then the whole object: the whole one is kept.
+        let fetch = streams_of(vec![good.clone(), good[..10].to_vec()]);
+        let n = Spool::download_checked(&name, fetch, &part, &to).unwrap();
+        assert_eq!(n, good.len() as u64);
+        assert_eq!(fs::read(&to).unwrap(), good);
+        assert!(!part.exists());
+        // Garbled twice: the object itself is damaged; its copy is served
+        // (the chunk checks report the damage), after exactly two fetches.
+        let mut bad = good.clone();
+        bad[3] ^= 1;
+        let mut fetched = 0;
+        let mut inner = streams_of(vec![bad.clone(), bad.clone()]);
+        let fetch = || {
+            fetched += 1;
+            inner()
+        };
+        Spool::download_checked(&name, fetch, &part, &to).unwrap();
+        assert_eq!(fs::read(&to).unwrap(), bad);
+        assert_eq!(fetched, 2);
+        // Not a pack name (quarantine/): taken as it comes, once.
+        let mut fetched = 0;
+        let mut inner = streams_of(vec![bad.clone(), bad.clone()]);
+        let fetch = || {
+            fetched += 1;
+            inner()
+        };
+        Spool::download_checked("quarantine/x.pack", fetch, &part, &to).unwrap();
+        assert_eq!(fetched, 1);
     }
 }
