@@ -11,7 +11,7 @@
 //! long run). Skipped without `ATOSNAP_TEST_S3_BUCKET`.
 
 use crate::support::s3::*;
-use crate::support::Runtime as Rt;
+use crate::support::{Out, Runtime as Rt};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -144,18 +144,25 @@ fn racing_writers_on_one_bucket_all_succeed_and_lose_nothing() {
     let stamps = s.stamps();
     assert!(stamps.len() > rounds, "{stamps:?}");
     for stamp in &stamps {
-        let (v, code, stderr) = s.run(&["validate", stamp]);
+        let Out {
+            json: v,
+            code,
+            stderr,
+            ..
+        } = s.run(&["validate", stamp]);
         if code == 0 && v["valid"] == true {
             continue;
         }
         // Tells a damaged bucket from a bad local copy (cache, spool): the
         // same validate again through the same cache, then a fresh one.
-        let (again, _, _) = s.run(&["validate", stamp]);
+        let again = s.run(&["validate", stamp]).json;
         let fresh = s.rt.path("cache-fresh").display().to_string();
-        let (fresh, _, _) = s.rt.run_env(
-            &["validate", stamp],
-            &[("ATOSNAP_CACHE_DIR", fresh.as_str())],
-        );
+        let fresh =
+            s.rt.run_env(
+                &["validate", stamp],
+                &[("ATOSNAP_CACHE_DIR", fresh.as_str())],
+            )
+            .json;
         panic!("{stamp}: {v}\n{stderr}\nagain: {again}\nfresh cache: {fresh}");
     }
     let verify = s.ok(&["verify"]);
