@@ -1,4 +1,5 @@
-//! Retention rules: each period rule, `within`, and the plan as a whole.
+//! Retention rules: each period rule, `within`, and the plan as a whole
+//! (compiled only for tests: `#[cfg(test)] mod tests;` in mod.rs).
 
 use super::*;
 use chrono::{Duration, TimeZone};
