@@ -4,7 +4,8 @@
 //! Where things live (layers, low to high; imports only point down):
 //! - ground floor (`src/*.rs`): `error`, `id`, `stamp`, `chunk`, `os`, `progress`, `failpoint`
 //! - `store/`: the on-disk format: backend (local, `s3/`), packs, index,
-//!   manifest, drill log, keys, seal, locks, cache, config; `Store`
+//!   manifest, audit logs (drills, verifies, copies), keys, seal, locks,
+//!   cache, config; `Store`
 //! - `sources/`: reading and writing the runtime (`sqlite`, `chroma`, `paths`)
 //! - `ops/`: one module (or folder) per command, each returning a result struct
 //! - `serve/`: the HTTP front end (a library module so tests can drive it)

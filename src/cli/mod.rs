@@ -143,8 +143,17 @@ pub enum Command {
         snapshots: Vec<String>,
         /// Re-hash only this share of the packs (0-100), picked at random;
         /// check the others structurally.
-        #[arg(long, value_name = "PERCENT")]
+        #[arg(long, value_name = "PERCENT", conflicts_with_all = ["subset", "oldest"])]
         sample: Option<f64>,
+        /// Re-hash subset N of T (by pack id, stable): over the runs
+        /// 1/T..T/T every pack is read exactly once.
+        #[arg(long, value_name = "N/T", value_parser = verify::Sample::parse_subset)]
+        subset: Option<verify::Sample>,
+        /// Re-hash the packs verified longest ago (never-verified first, as
+        /// the verify log says) until PERCENT of the pack bytes is read.
+        #[arg(long, value_name = "PERCENT", value_parser = verify::Sample::parse_oldest,
+              conflicts_with_all = ["subset", "snapshots"])]
+        oldest: Option<verify::Sample>,
         /// Move damaged packs into quarantine/, keep their intact chunks in a
         /// fresh pack, rebuild missing summaries (takes the exclusive lock).
         #[arg(long)]
@@ -667,12 +676,16 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
         Command::Verify {
             snapshots,
             sample,
+            subset,
+            oldest,
             repair,
         } => {
             let store = open_store(g, &paths)?;
             let opts = verify::VerifyOptions {
                 snapshots: snapshots.clone(),
-                sample_percent: *sample,
+                sample: sample
+                    .map(verify::Sample::Percent)
+                    .or_else(|| subset.clone().or_else(|| oldest.clone())),
                 repair: *repair,
                 lock_wait,
             };

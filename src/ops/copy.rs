@@ -37,6 +37,7 @@ use crate::store::index::{ChunkIndex, Location};
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{EntryKind, Manifest};
 use crate::store::packer::Packer;
+use crate::store::audit_log::{self, CopyRecord};
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Object, Store};
 
@@ -84,6 +85,13 @@ pub struct CopyResult {
     /// Stored bytes of the new packs written at the destination.
     pub bytes_sent: u64,
     pub duration_ms: u64,
+    /// The copy log record written in the source store (its object name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<String>,
+    /// Problems that did not change the outcome (the copy record could not
+    /// be written into a read-only source).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Process exit code for this result: 0, or the worst of the failures
     /// (3 for damage at the source, 1 otherwise).
     #[serde(skip)]
@@ -132,6 +140,8 @@ pub fn copy(
         chunks_sent: 0,
         bytes_sent: 0,
         duration_ms: 0,
+        recorded: None,
+        warnings: Vec::new(),
         exit_code: 0,
     };
     let pending: Vec<Stamp> = wanted
@@ -187,9 +197,36 @@ pub fn copy(
     result
         .snapshots_skipped
         .sort_by_key(|s| Stamp::parse(s).ok());
+    record(from, &mut result);
     result.duration_ms = started.elapsed().as_millis() as u64;
     progress.finish();
     Ok(result)
+}
+
+/// Writes the run into the source's copy log (under the source's lock):
+/// the newest stamp the destination now holds from it. A record that
+/// cannot be written is a warning: the copy itself stands.
+fn record(from: &Store, result: &mut CopyResult) {
+    let newest_stamp = result
+        .snapshots_copied
+        .iter()
+        .chain(&result.snapshots_skipped)
+        .filter_map(|s| Stamp::parse(s).ok())
+        .max()
+        .map(|s| s.to_string());
+    let rec = CopyRecord {
+        to: result.to.clone(),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        stamps_copied: result.snapshots_copied.clone(),
+        newest_stamp,
+        ok: result.snapshots_failed.is_empty(),
+    };
+    match audit_log::append_copy(from, &rec) {
+        Ok(name) => result.recorded = Some(name),
+        Err(e) => result
+            .warnings
+            .push(format!("copy record not written: {}: {e}", e.code())),
+    }
 }
 
 enum Outcome {

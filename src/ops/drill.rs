@@ -27,7 +27,8 @@ use crate::ops::restore::{self, ChromaChoice, RestoreOptions};
 use crate::progress::Progress;
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
-use crate::store::drill_log;
+use crate::store::audit_log;
+use crate::store::names::Log;
 use crate::store::manifest::{EntryKind, Manifest, DB_PATH};
 use crate::store::ReadFrom;
 use crate::store::Store;
@@ -114,10 +115,11 @@ pub fn drill(
     result.ok = result.errors.is_empty();
     result.duration_ms = started.elapsed().as_millis() as u64;
     let at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-    let record = serde_json::to_value(&result).map_err(|e| Error::Encode {
+    let mut record = serde_json::to_value(&result).map_err(|e| Error::Encode {
         detail: e.to_string(),
     })?;
-    drill_log::append(store, &result.stamp, &at, result.ok, &record)?;
+    record["drill_at"] = serde_json::Value::String(at.clone());
+    audit_log::append(store, Log::Drill, Some(&result.stamp), &at, &record)?;
     Ok(result)
 }
 

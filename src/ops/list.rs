@@ -1,12 +1,14 @@
 //! `list`: the snapshots in the store, oldest first, with the folders under
 //! `snapshots/` that are not stamps.
 
-pub use crate::store::drill_log::DrillMark;
+pub use crate::store::audit_log::Mark;
+/// The last drill of a snapshot (the name `list` has always used).
+pub type DrillMark = Mark;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::store::Store;
+use crate::store::{audit_log, Store};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ListEntry {
@@ -21,6 +23,9 @@ pub struct ListEntry {
     pub validated: Option<bool>,
     /// The outcome of the last drill of this snapshot.
     pub last_drill: Option<DrillMark>,
+    /// The newest verify that re-hashed all of this snapshot's data
+    /// (`ok`: the snapshot's health then).
+    pub last_verify: Option<Mark>,
     /// Set when the snapshot's summary could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -36,7 +41,9 @@ pub struct ListResult {
 /// manifests are not read; the summaries are read in parallel, in order).
 pub fn list(store: &Store) -> Result<ListResult> {
     let listing = store.list_snapshots()?;
-    let drills = crate::store::drill_log::last_drills(store);
+    let drills = audit_log::last_drills(store);
+    let stamps: Vec<String> = listing.stamps.iter().map(|s| s.to_string()).collect();
+    let verifies = audit_log::last_verifies(store, &stamps);
     let snapshots = listing
         .stamps
         .par_iter()
@@ -52,6 +59,7 @@ pub fn list(store: &Store) -> Result<ListResult> {
                 chroma_snapshot_bytes: 0,
                 validated: None,
                 last_drill: drills.get(&stamp.to_string()).cloned(),
+                last_verify: verifies.get(&stamp.to_string()).cloned(),
                 error: None,
             };
             match store.read_metadata(stamp) {

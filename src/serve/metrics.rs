@@ -1,10 +1,11 @@
 //! `GET /metrics`: the Prometheus / OpenMetrics text exposition, encoded by
 //! prometheus-client (never hand-formatted).
 //!
-//! Store facts (snapshot count, newest snapshot, store bytes, last drill)
-//! are read from the store at scrape time, so they agree with `list` and
-//! include work done by the CLI (timers). Durations and the last verify
-//! outcome are those of the work this server ran.
+//! Store facts (snapshot count, newest snapshot, store bytes, the last
+//! drill, verify and copies) are read from the store and its audit logs at
+//! scrape time, so they agree with `list`, include work done by the CLI
+//! (timers) and survive a restart. Durations are those of the work this
+//! server ran.
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
@@ -13,11 +14,12 @@
 //! | `atosnap_unparseable_snapshots` | gauge | folders under `snapshots/` that are not stamps |
 //! | `atosnap_last_snapshot_timestamp_seconds` | gauge | `created_at` of the newest snapshot (0: none) |
 //! | `atosnap_last_snapshot_age_seconds` | gauge | now minus the above (absent: none) |
-//! | `atosnap_store_bytes` | gauge | bytes under `objects/`, `snapshots/`, `drills/` |
+//! | `atosnap_store_bytes` | gauge | bytes under `objects/`, `snapshots/` and the audit logs |
 //! | `atosnap_last_drill_success` | gauge | 1/0, the newest drill in the drill log (absent: never drilled) |
 //! | `atosnap_last_drill_timestamp_seconds` | gauge | when it ran (0: never) |
-//! | `atosnap_last_verify_success` | gauge | 1/0, the last `POST /admin/verify` (absent: none yet) |
-//! | `atosnap_last_verify_timestamp_seconds` | gauge | when it finished (0: none yet) |
+//! | `atosnap_last_verify_success` | gauge | 1/0, the newest verify in the verify log (absent: never verified) |
+//! | `atosnap_last_verify_timestamp_seconds` | gauge | when it ran (0: never) |
+//! | `atosnap_copy_last_success_timestamp_seconds{to}` | gauge | the newest successful copy to each destination (copy log) |
 //! | `atosnap_{create,verify,drill}_duration_seconds` | histogram | wall time of successful runs |
 //! | `atosnap_http_requests_total` | counter | by method, route, status |
 
@@ -33,6 +35,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::ops::list::ListResult;
+use crate::store::audit_log;
+use crate::store::names::Log;
 use crate::store::Store;
 
 /// The content type of the exposition.
@@ -55,6 +59,10 @@ pub struct StoreFacts {
     pub store_bytes: u64,
     /// The newest drill: ok, and when (unix seconds, if parseable).
     pub last_drill: Option<(bool, Option<f64>)>,
+    /// The newest verify (any scope), likewise.
+    pub last_verify: Option<(bool, Option<f64>)>,
+    /// Per destination address, when the newest successful copy ran.
+    pub copies: Vec<(String, f64)>,
 }
 
 /// Unix seconds of an RFC 3339 time.
@@ -82,21 +90,29 @@ impl StoreFacts {
             .filter_map(|e| e.last_drill.as_ref())
             .max_by(|a, b| a.at.cmp(&b.at))
             .map(|d| (d.ok, unix_seconds(&d.at)));
+        let last_verify = audit_log::newest_verify(store).map(|v| (v.ok, unix_seconds(&v.at)));
+        let copies = audit_log::last_copies(store)
+            .into_values()
+            .filter_map(|c| unix_seconds(&c.at).map(|t| (c.to, t)))
+            .collect();
         Ok(StoreFacts {
             snapshots: listing.snapshots.len() as u64,
             unparseable: listing.unparseable.len() as u64,
             last_snapshot: newest,
             store_bytes: store_bytes(store)?,
             last_drill,
+            last_verify,
+            copies,
         })
     }
 }
 
-/// Bytes the store holds: packs, snapshots and the drill log (temp files
+/// Bytes the store holds: packs, snapshots and the audit logs (temp files
 /// and locks excluded).
 pub fn store_bytes(store: &Store) -> Result<u64> {
     let mut total = 0;
-    for dir in ["objects", "snapshots", crate::store::drill_log::DRILLS_DIR] {
+    let logs = Log::ALL.map(Log::dir);
+    for dir in ["objects", "snapshots"].iter().chain(&logs) {
         let files = store
             .backend()
             .list_files(dir)
@@ -107,18 +123,11 @@ pub fn store_bytes(store: &Store) -> Result<u64> {
 }
 
 #[derive(Debug)]
-struct Outcome {
-    ok: bool,
-    at: DateTime<Utc>,
-}
-
-#[derive(Debug)]
 struct Inner {
     create_seconds: Histogram,
     verify_seconds: Histogram,
     drill_seconds: Histogram,
     requests: Family<RequestLabels, Counter>,
-    last_verify: Mutex<Option<Outcome>>,
     /// Set for the duration of one encoding (under `render`'s lock).
     facts: Mutex<Option<(StoreFacts, DateTime<Utc>)>>,
 }
@@ -148,7 +157,6 @@ impl Metrics {
             verify_seconds: durations(),
             drill_seconds: durations(),
             requests: Family::default(),
-            last_verify: Mutex::new(None),
             facts: Mutex::new(None),
         });
         let mut registry = Registry::default();
@@ -167,9 +175,8 @@ impl Metrics {
         self.inner.drill_seconds.observe(seconds);
     }
 
-    pub fn observe_verify(&self, seconds: f64, ok: bool) {
+    pub fn observe_verify(&self, seconds: f64) {
         self.inner.verify_seconds.observe(seconds);
-        *lock(&self.inner.last_verify) = Some(Outcome { ok, at: Utc::now() });
     }
 
     pub fn count_request(&self, method: &str, route: &str, status: u16) {
@@ -206,6 +213,25 @@ fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std
     let g = ConstGauge::new(v);
     let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
     g.encode(m)
+}
+
+/// `atosnap_copy_last_success_timestamp_seconds{to="..."}`, one sample per
+/// destination (the label value escaped by the encoder).
+fn copy_gauges(enc: &mut DescriptorEncoder, copies: &[(String, f64)]) -> std::fmt::Result {
+    if copies.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(
+        "atosnap_copy_last_success_timestamp_seconds",
+        "When the newest successful copy to each destination ran, unix seconds",
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (to, t) in copies {
+        let labels = [("to", to.as_str())];
+        ConstGauge::new(*t).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 impl Collector for Inner {
@@ -265,24 +291,22 @@ impl Collector for Inner {
                 "When the newest drill ran, unix seconds (0: never)",
                 f.last_drill.and_then(|(_, t)| t).unwrap_or(0.0),
             )?;
-        }
-        let verify = lock(&self.last_verify)
-            .as_ref()
-            .map(|o| (o.ok, o.at.timestamp_millis() as f64 / 1000.0));
-        if let Some((ok, _)) = verify {
+            if let Some((ok, _)) = f.last_verify {
+                gauge(
+                    &mut enc,
+                    "atosnap_last_verify_success",
+                    "1 when the newest verify in the verify log found the store ok, 0 when not",
+                    if ok { 1.0 } else { 0.0 },
+                )?;
+            }
             gauge(
                 &mut enc,
-                "atosnap_last_verify_success",
-                "1 when the last verify run by this server found the store ok",
-                if ok { 1.0 } else { 0.0 },
+                "atosnap_last_verify_timestamp_seconds",
+                "When the newest verify ran, unix seconds (0: never)",
+                f.last_verify.and_then(|(_, t)| t).unwrap_or(0.0),
             )?;
+            copy_gauges(&mut enc, &f.copies)?;
         }
-        gauge(
-            &mut enc,
-            "atosnap_last_verify_timestamp_seconds",
-            "When the last verify run by this server finished, unix seconds (0: none yet)",
-            verify.map(|(_, t)| t).unwrap_or(0.0),
-        )?;
         for (name, help, h) in [
             (
                 "atosnap_create_duration_seconds",
@@ -321,7 +345,7 @@ mod tests {
     fn renders_store_facts_and_durations() {
         let m = Metrics::new();
         m.observe_create(1.5);
-        m.observe_verify(0.2, true);
+        m.observe_verify(0.2);
         m.count_request("GET", "/healthz", 200);
         let text = m
             .render(Some(StoreFacts {
@@ -330,6 +354,8 @@ mod tests {
                 last_snapshot: Some(1_700_000_000.0),
                 store_bytes: 1234,
                 last_drill: Some((false, Some(1_700_000_100.0))),
+                last_verify: Some((true, Some(1_700_000_200.0))),
+                copies: vec![("/mnt/off \"site\"\\x".into(), 1_700_000_300.0)],
             }))
             .unwrap();
         for line in [
@@ -340,6 +366,8 @@ mod tests {
             "atosnap_store_bytes 1234",
             "atosnap_last_drill_success 0",
             "atosnap_last_verify_success 1",
+            "atosnap_last_verify_timestamp_seconds 1700000200",
+            "atosnap_copy_last_success_timestamp_seconds{to=\"/mnt/off \\\"site\\\"\\\\x\"} 1700000300",
             "atosnap_create_duration_seconds_count 1",
             "atosnap_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1",
             "# EOF",

@@ -17,7 +17,7 @@
 
 pub mod backend;
 pub mod cache;
-pub mod drill_log;
+pub mod audit_log;
 pub mod format;
 pub mod index;
 pub mod key;

@@ -12,6 +12,31 @@ pub const METADATA_NAME: &str = "backup-metadata.json";
 pub const QUARANTINE_DIR: &str = "quarantine";
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 
+/// One of the store's audit logs: write-once records of what a command
+/// found or did (see `store::audit_log`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Log {
+    /// `drills/`: one record per drill.
+    Drill,
+    /// `verifies/`: one record per verify.
+    Verify,
+    /// `copies/`: one record per copy run (kept in the source store).
+    Copy,
+}
+
+impl Log {
+    pub const ALL: [Log; 3] = [Log::Drill, Log::Verify, Log::Copy];
+
+    /// The log's folder (also the associated data its records are sealed under).
+    pub const fn dir(self) -> &'static str {
+        match self {
+            Log::Drill => "drills",
+            Log::Verify => "verifies",
+            Log::Copy => "copies",
+        }
+    }
+}
+
 /// One object (or folder) of the store. A snapshot folder is named by its
 /// stamp, or, for a folder a crashed writer left, by whatever name it has.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +49,8 @@ pub enum Object {
     Manifest(String),
     /// `snapshots/<folder>/backup-metadata.json`
     Summary(String),
+    /// `<log dir>/<file>`: one record of an audit log.
+    LogRecord(Log, String),
 }
 
 impl Object {
@@ -49,6 +76,7 @@ impl Object {
             Object::SnapshotDir(folder) => format!("{SNAPSHOTS_DIR}/{folder}"),
             Object::Manifest(folder) => format!("{SNAPSHOTS_DIR}/{folder}/{MANIFEST_NAME}"),
             Object::Summary(folder) => format!("{SNAPSHOTS_DIR}/{folder}/{METADATA_NAME}"),
+            Object::LogRecord(log, file) => format!("{}/{file}", log.dir()),
         }
     }
 }
@@ -82,5 +110,11 @@ mod tests {
             Object::Manifest(".incomplete-x".into()).name(),
             "snapshots/.incomplete-x/manifest.bin"
         );
+        assert_eq!(
+            Object::LogRecord(Log::Drill, "x.json".into()).name(),
+            "drills/x.json"
+        );
+        assert_eq!(Log::Verify.dir(), "verifies");
+        assert_eq!(Log::Copy.dir(), "copies");
     }
 }

@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit_log;
 mod cleanup;
 mod concurrency;
 mod copy;

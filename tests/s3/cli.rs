@@ -595,3 +595,38 @@ fn tag_forget_policy_ls_dump_and_partial_restore_on_a_bucket() {
     assert_eq!(json["error"]["code"], "forget_would_delete_all");
     assert_eq!(s.ok(&["verify"])["ok"], true);
 }
+
+#[test]
+fn verify_and_copy_record_their_outcomes_in_a_bucket() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "audit-log");
+    s.ok(&["init"]);
+    let a = s.ok(&["create"])["stamp"].as_str().unwrap().to_string();
+    s.rt.insert_marker("second");
+    s.ok(&["create"]);
+
+    let v = s.ok(&["verify", "--snapshot", &a]);
+    assert!(v["recorded"].as_str().unwrap().starts_with("verifies/"), "{v}");
+    let list = s.ok(&["list"]);
+    assert_eq!(list["snapshots"][0]["last_verify"]["ok"], true, "{list}");
+    assert_eq!(list["snapshots"][1]["last_verify"], serde_json::Value::Null);
+
+    // Two subsets read every pack once; --oldest 100 reads them all.
+    let total = v["packs_total"].as_u64().unwrap();
+    let halves: u64 = ["1/2", "2/2"]
+        .iter()
+        .map(|n| s.ok(&["verify", "--subset", n])["packs_sampled"].as_u64().unwrap())
+        .sum();
+    assert_eq!(halves, total);
+    let all = s.ok(&["verify", "--oldest", "100"]);
+    assert_eq!(all["packs_sampled"].as_u64().unwrap(), total, "{all}");
+    let list = s.ok(&["list"]);
+    assert_eq!(list["snapshots"][1]["last_verify"]["ok"], true, "{list}");
+    let Out { code, .. } = s.run(&["verify", "--subset", "4/3"]);
+    assert_eq!(code, 2);
+
+    // The copy log stays in the source bucket.
+    let dest = s.rt.path("local-copy");
+    let c = s.ok(&["copy", "--to", dest.to_str().unwrap()]);
+    assert!(c["recorded"].as_str().unwrap().starts_with("copies/"), "{c}");
+}

@@ -626,7 +626,7 @@ fn parse_exposition(text: &str) -> HashMap<String, f64> {
 }
 
 fn store_bytes(store: &std::path::Path) -> u64 {
-    ["objects", "snapshots", "drills"]
+    ["objects", "snapshots", "drills", "verifies", "copies"]
         .iter()
         .flat_map(|d| walkdir::WalkDir::new(store.join(d)).into_iter().flatten())
         .filter(|e| e.file_type().is_file())
@@ -694,6 +694,61 @@ fn metrics_parse_as_prometheus_text_and_match_list() {
         m["atosnap_http_requests_total{method=\"POST\",route=\"/admin/backup\",status=\"200\"}"],
         2.0
     );
+}
+
+/// Unix seconds of an RFC 3339 time, as the metrics give it.
+fn unix(at: &Value) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(at.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis() as f64
+        / 1000.0
+}
+
+#[test]
+fn metrics_show_cli_verify_drill_and_copy_and_survive_a_restart() {
+    let rt = Runtime::synthetic();
+    rt.create(&[]);
+    let verify = rt.ok(&["verify"]);
+    assert_eq!(verify["ok"], true);
+    let drill = rt.ok(&["drill"]);
+    assert_eq!(drill["ok"], true);
+    // A destination whose address needs escaping in a label value.
+    let dest = rt.path("off \"site\"\\x");
+    let copy = rt.ok(&["copy", "--to", dest.to_str().unwrap()]);
+    let to = copy["to"].as_str().unwrap().to_string();
+    let list = rt.ok(&["list"]);
+    let snap = &list["snapshots"][0];
+    let copy_rec: Value = std::fs::read_dir(rt.store().join("copies"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .next()
+        .unwrap();
+    let escaped = to.replace('\\', "\\\\").replace('"', "\\\"");
+    let copy_key = format!("atosnap_copy_last_success_timestamp_seconds{{to=\"{escaped}\"}}");
+    for _ in 0..2 {
+        // Started after the CLI runs, and once more: the same gauges.
+        let server = rt.start(&[]);
+        let m = parse_exposition(&server.get("/metrics").text());
+        assert_eq!(m["atosnap_last_verify_success"], 1.0);
+        assert_eq!(
+            m["atosnap_last_verify_timestamp_seconds"],
+            unix(&snap["last_verify"]["at"])
+        );
+        assert_eq!(m["atosnap_last_drill_success"], 1.0);
+        assert_eq!(
+            m["atosnap_last_drill_timestamp_seconds"],
+            unix(&snap["last_drill"]["at"])
+        );
+        assert_eq!(m.get(&copy_key), Some(&unix(&copy_rec["at"])), "{m:?}");
+        assert_eq!(m["atosnap_verify_duration_seconds_count"], 0.0);
+        drop(server);
+    }
+    // A failed verify is the newest: the gauge says so.
+    rt.corrupt_packs();
+    assert_eq!(rt.run(&["verify"]).code, 3);
+    let server = rt.start(&[]);
+    let m = parse_exposition(&server.get("/metrics").text());
+    assert_eq!(m["atosnap_last_verify_success"], 0.0);
 }
 
 #[test]

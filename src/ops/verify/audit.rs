@@ -12,7 +12,8 @@ use crate::store::index::ChunkIndex;
 use crate::store::pack::{self, PackEntry, PACK_MAGIC};
 use crate::store::{Check, Object, ReadFrom, Store};
 
-use super::report::{SnapshotHealth, VerifyReport};
+use super::report::{SampleReport, SnapshotHealth, VerifyReport};
+use super::sample::{Candidate, Sample};
 
 /// What the audit found, with what repair needs beyond the report.
 pub struct Audit {
@@ -22,6 +23,11 @@ pub struct Audit {
     pub readable: Vec<Stamp>,
     /// Snapshots whose manifest does not read.
     pub unreadable: Vec<Stamp>,
+    /// Snapshots whose every chunk was re-hashed (or whose manifest does
+    /// not read), with their health: what the verify log records.
+    pub covered: std::collections::BTreeMap<String, bool>,
+    /// The packs re-hashed end to end (ids).
+    pub packs_read: Vec<Id>,
 }
 
 /// What checking one pack found.
@@ -94,7 +100,7 @@ impl PackCheck {
 pub(super) fn audit(
     store: &Store,
     selected: Option<&[Stamp]>,
-    sample: Option<f64>,
+    sample: Option<&Sample>,
 ) -> Result<Audit> {
     let mut report = VerifyReport::default();
     let listing = store.list_snapshots()?;
@@ -177,19 +183,34 @@ pub(super) fn audit(
         .collect();
     let rehash: HashSet<u32> = match sample {
         None => to_check.iter().copied().collect(),
-        Some(pct) => {
-            let n = to_check.len();
-            let k = ((n as f64 * pct / 100.0).ceil() as usize).min(n);
-            let mut rng = rand::rng();
-            rand::seq::index::sample(&mut rng, n, k)
-                .into_iter()
-                .map(|i| to_check[i])
-                .collect()
+        Some(sample) => {
+            let candidates: Vec<Candidate> = to_check
+                .iter()
+                .map(|&p| Candidate {
+                    pack: p,
+                    id: index.pack(p).id,
+                    size: index.pack(p).size,
+                })
+                .collect();
+            sample.select(store, &candidates)
         }
     };
     report.packs_total = (npacks + index.damaged.len()) as u64;
     report.packs_sampled = rehash.len() as u64;
-    report.sampled_percent = sample;
+    if let Some(sample) = sample {
+        let mut packs_selected: Vec<String> = rehash
+            .iter()
+            .map(|&p| Object::Pack(index.pack(p).id).name())
+            .collect();
+        packs_selected.sort();
+        report.sample = Some(SampleReport {
+            spec: sample.spec(),
+            packs_selected,
+        });
+        if let Sample::Percent(p) = sample {
+            report.sampled_percent = Some(*p);
+        }
+    }
 
     // Packs checked structurally: in parallel (small reads). Packs re-hashed:
     // one after the other, each streamed by its own reader thread with its
@@ -209,12 +230,16 @@ pub(super) fn audit(
     // A chunk is bad when the copy every reader uses (its index location)
     // is corrupt, or when it is missing.
     let mut bad: HashSet<Id> = missing.iter().copied().collect();
+    let mut packs_read: Vec<Id> = Vec::new();
     let mut corrupt: BTreeSet<Id> = BTreeSet::new();
     for (p, check) in &checks {
         report.objects_checked += 1;
         report.bytes_checked += check.bytes;
         report.chunks_checked += check.chunks;
         let name = Object::Pack(index.pack(*p).id).name();
+        if check.unreadable.is_none() && rehash.contains(p) {
+            packs_read.push(index.pack(*p).id);
+        }
         if let Some(detail) = &check.unreadable {
             if selected.is_none() || check.unverified.iter().any(|id| referenced.contains(id)) {
                 report.unreadable.insert(name.clone(), detail.clone());
@@ -251,8 +276,18 @@ pub(super) fn audit(
     report.corrupt = corrupt.iter().map(Id::to_hex).collect();
     report.missing = missing.iter().map(Id::to_hex).collect();
 
+    let mut covered: std::collections::BTreeMap<String, bool> = unreadable
+        .iter()
+        .map(|s| (s.to_string(), false))
+        .collect();
     for stamp in &readable {
         let m = store.read_manifest(stamp, ReadFrom::Cache)?;
+        let rehashed_all = sample.is_none()
+            || m.entries.iter().filter_map(|e| e.file()).all(|f| {
+                f.chunks
+                    .iter()
+                    .all(|id| index.get(id).is_none_or(|l| rehash.contains(&l.pack)))
+            });
         let damaged: BTreeSet<String> = m
             .entries
             .iter()
@@ -274,10 +309,14 @@ pub(super) fn audit(
             .map(|e| e.path_lossy())
             .collect();
         let metadata_error = metadata_problem(store, stamp);
+        let ok = damaged.is_empty() && metadata_error.is_none() && unreadable_files.is_empty();
+        if rehashed_all {
+            covered.insert(stamp.to_string(), ok);
+        }
         report.snapshots.insert(
             stamp.to_string(),
             SnapshotHealth {
-                ok: damaged.is_empty() && metadata_error.is_none() && unreadable_files.is_empty(),
+                ok,
                 damaged_files: damaged.into_iter().collect(),
                 error: None,
                 metadata_error,
@@ -298,6 +337,8 @@ pub(super) fn audit(
         report,
         readable,
         unreadable,
+        covered,
+        packs_read,
     })
 }
 

@@ -4,9 +4,11 @@
 mod audit;
 pub mod repair;
 mod report;
+pub mod sample;
 
 pub use audit::{metadata_problem, Audit};
-pub use report::{Quarantined, RepairReport, SnapshotHealth, VerifyReport};
+pub use report::{Quarantined, RepairReport, SampleReport, SnapshotHealth, VerifyReport};
+pub use sample::Sample;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,8 @@ use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
 use crate::store::manifest::{FileEntry, Manifest};
 use crate::store::ReadFrom;
+use crate::store::audit_log::{self, VerifyRecord, VerifyScope};
+use crate::store::names::Log;
 use crate::store::{ChunkFault, Store};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -227,9 +231,9 @@ fn check_db(
 pub struct VerifyOptions {
     /// Only these snapshots (and only the objects they reference).
     pub snapshots: Vec<String>,
-    /// Re-hash only this share of the packs, in percent (0 to 100); check
-    /// the rest structurally. None: re-hash everything.
-    pub sample_percent: Option<f64>,
+    /// Re-hash only a sample of the packs (see [`Sample`]); check the rest
+    /// structurally. None: re-hash everything.
+    pub sample: Option<Sample>,
     /// Quarantine damaged packs and keep their intact chunks (exclusive lock).
     pub repair: bool,
     pub lock_wait: Duration,
@@ -239,7 +243,7 @@ impl VerifyOptions {
     pub fn new(lock_wait: Duration) -> VerifyOptions {
         VerifyOptions {
             snapshots: Vec::new(),
-            sample_percent: None,
+            sample: None,
             repair: false,
             lock_wait,
         }
@@ -260,25 +264,58 @@ pub fn verify(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
                 .collect::<Result<_>>()?,
         )
     };
-    if let Some(p) = opts.sample_percent {
-        if !(0.0..=100.0).contains(&p) {
-            return Err(Error::Usage(format!(
-                "--sample {p}: a percentage from 0 to 100"
-            )));
+    if let Some(sample) = &opts.sample {
+        sample.check()?;
+        if matches!(sample, Sample::Oldest(_)) && selected.is_some() {
+            return Err(Error::Usage(
+                "--oldest with --snapshot: the packs verified longest ago are the store's".into(),
+            ));
         }
     }
+    let sample = opts.sample.as_ref();
     let mut report = if opts.repair {
         let lock = store.lock_exclusive("verify --repair", opts.lock_wait)?;
-        let audit = audit::audit(store, selected.as_deref(), opts.sample_percent)?;
+        let audit = audit::audit(store, selected.as_deref(), sample)?;
         let repaired = repair::repair(store, &lock, &audit)?;
-        let mut report = audit.report;
+        let mut report = record(store, opts, audit, started);
         report.repair = Some(repaired);
         report
     } else {
         let _lock = store.lock_shared_reader("verify", opts.lock_wait)?;
-        audit::audit(store, selected.as_deref(), opts.sample_percent)?.report
+        let audit = audit::audit(store, selected.as_deref(), sample)?;
+        record(store, opts, audit, started)
     };
     report.quarantined_objects = store.quarantined_objects()?.len() as u64;
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Writes the audit's outcome to the verify log (the caller holds the
+/// store lock) and returns its report. A record that cannot be written (a
+/// read-only store) is a warning: the audit's verdict stands.
+fn record(store: &Store, opts: &VerifyOptions, audit: Audit, started: Instant) -> VerifyReport {
+    let mut report = audit.report;
+    let scope = match (&opts.sample, opts.snapshots.is_empty()) {
+        (_, false) => VerifyScope::Snapshots,
+        (Some(_), true) => VerifyScope::Sample,
+        (None, true) => VerifyScope::Store,
+    };
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let rec = VerifyRecord {
+        at: at.clone(),
+        scope,
+        sample: opts.sample.as_ref().map(Sample::spec),
+        ok: report.ok,
+        damaged_objects: report.damaged_objects.clone(),
+        packs_read: audit.packs_read.iter().map(Id::to_hex).collect(),
+        snapshots: audit.covered,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    match audit_log::append(store, Log::Verify, None, &at, &rec) {
+        Ok(name) => report.recorded = Some(name),
+        Err(e) => report
+            .warnings
+            .push(format!("verify record not written: {}: {e}", e.code())),
+    }
+    report
 }

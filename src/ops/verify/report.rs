@@ -51,11 +51,22 @@ pub struct VerifyReport {
     pub packs_sampled: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled_percent: Option<f64>,
+    /// The sample asked for (`--sample`, `--subset`, `--oldest`) and the
+    /// packs it re-hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<SampleReport>,
     /// Objects waiting in `quarantine/` for an operator.
     #[serde(default)]
     pub quarantined_objects: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<RepairReport>,
+    /// The verify log record written for this run (its object name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<String>,
+    /// Problems that did not change the verdict (the record could not be
+    /// written: a read-only store).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -114,4 +125,13 @@ pub struct Quarantined {
     pub object: String,
     pub moved_to: String,
     pub reason: String,
+}
+
+/// What a sampled verify reports (and records) about its sample.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SampleReport {
+    /// `percent:P`, `subset:N/T` or `oldest:P`.
+    pub spec: String,
+    /// The packs re-hashed, by name.
+    pub packs_selected: Vec<String>,
 }

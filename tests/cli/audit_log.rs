@@ -1,0 +1,261 @@
+//! Audit evidence that lasts (issue 17 item 4): `verify` and `copy` write
+//! records into the store (`verifies/`, `copies/`) like the drill log;
+//! `list` shows each snapshot's last verify; `verify --subset N/T` and
+//! `--oldest PERCENT` sample with a coverage guarantee.
+
+use crate::support::{flip_bit, strings, Out, Runtime as Env};
+use crate::verify::{stamp_of, two_snapshots, verify};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fs;
+
+const CHEAP_KDF: &str = "m=64,t=1,p=1";
+
+/// The verify records in the store, oldest first, as JSON (unencrypted).
+fn records(env: &Env, dir: &str) -> Vec<Value> {
+    let mut names: Vec<_> = fs::read_dir(env.store.join(dir))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .map(|p| serde_json::from_slice(&fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+fn last_verify(env: &Env, i: usize) -> Value {
+    env.ok(&["list"])["snapshots"][i]["last_verify"].clone()
+}
+
+/// A store of five snapshots, each create writing its own pack.
+fn five_packs() -> Env {
+    let env = Env::tiny();
+    for round in 0..5 {
+        env.insert_marker(&format!("m{round}"));
+        env.create(&[]);
+    }
+    assert_eq!(env.packs().len(), 5);
+    env
+}
+
+fn selected(out: &Out) -> BTreeSet<String> {
+    strings(&out.json["sample"]["packs_selected"])
+        .into_iter()
+        .collect()
+}
+
+fn all_packs(env: &Env) -> BTreeSet<String> {
+    env.pack_sizes().into_iter().map(|(n, _)| n).collect()
+}
+
+#[test]
+fn verify_records_its_outcome_and_list_shows_the_last_covering_one() {
+    let (env, s1, s2) = two_snapshots();
+    let list = env.ok(&["list"]);
+    assert_eq!(list["snapshots"][0]["last_verify"], Value::Null, "{list}");
+    assert!(list["snapshots"][0].get("last_drill").is_some());
+
+    // Named snapshots: only that one is covered.
+    let one = verify(&env, &["--snapshot", &s1]);
+    let name = one.json["recorded"].as_str().unwrap().to_string();
+    assert!(name.starts_with("verifies/"), "{name}");
+    assert!(env.store.join(&name).is_file());
+    let rec = &records(&env, "verifies")[0];
+    assert_eq!(rec["scope"], "snapshots");
+    assert_eq!(rec["ok"], true);
+    assert_eq!(rec["snapshots"][&s1], true);
+    assert!(rec["snapshots"].get(&s2).is_none(), "{rec}");
+    assert!(rec["at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(last_verify(&env, 0)["at"], rec["at"]);
+    assert_eq!(last_verify(&env, 0)["ok"], true);
+    assert_eq!(last_verify(&env, 1), Value::Null);
+
+    // Whole store, damaged: the record names the pack, s2's mark is false.
+    let chunk = env.file_chunks(&s2, "chroma/seg/index_metadata.pickle")[0];
+    let (pack, offset, _) = env.chunk_location(&chunk);
+    flip_bit(&pack, offset + 3);
+    let bad = verify(&env, &[]);
+    assert_eq!(bad.code, 3);
+    let recs = records(&env, "verifies");
+    assert_eq!(recs.len(), 2, "one record per run");
+    let rec = recs.iter().find(|r| r["scope"] == "store").unwrap();
+    assert_eq!(rec["ok"], false);
+    assert_eq!(rec["damaged_objects"], bad.json["damaged_objects"]);
+    assert!(!strings(&rec["damaged_objects"]).is_empty());
+    assert_eq!(rec["packs_read"].as_array().unwrap().len(), 2);
+    assert_eq!(last_verify(&env, 1)["ok"], false);
+    assert_eq!(last_verify(&env, 1)["at"], rec["at"]);
+    assert_eq!(last_verify(&env, 0)["ok"], true);
+    assert_eq!(last_verify(&env, 0)["at"], rec["at"], "the newest covering one");
+}
+
+#[test]
+fn an_unknown_snapshot_is_recorded_as_covering_nothing() {
+    let (env, _, _) = two_snapshots();
+    let out = env.run(&["verify", "--snapshot", "20200101T000000Z"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let recs = records(&env, "verifies");
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["snapshots"], serde_json::json!({}));
+    assert_eq!(last_verify(&env, 0), Value::Null);
+    let out = env.run(&["verify", "--snapshot", "../x"]);
+    assert_eq!(out.code, 1, "{out:?}");
+}
+
+#[test]
+fn a_record_that_cannot_be_written_is_a_warning_not_a_lost_verdict() {
+    let (env, _, _) = two_snapshots();
+    // A file where the log's folder should be: the write fails.
+    fs::write(env.store.join("verifies"), b"in the way").unwrap();
+    let out = verify(&env, &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["ok"], true);
+    assert!(out.json.get("recorded").is_none());
+    let warnings = strings(&out.json["warnings"]);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("verify record not written")),
+        "{warnings:?}"
+    );
+    assert_eq!(last_verify(&env, 0), Value::Null);
+}
+
+#[test]
+fn records_are_sealed_in_an_encrypted_store() {
+    let env = Env::tiny();
+    let pw = [("ATOSNAP_PASSWORD", "pw"), ("ATOSNAP_KDF_PARAMS", CHEAP_KDF)];
+    let run = |args: &[&str]| {
+        let out = env.run_env(args, &pw);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        out.json
+    };
+    run(&["init", "--encryption", "repokey"]);
+    let stamp = stamp_of(&run(&["create"]));
+    let v = run(&["verify"]);
+    let raw = fs::read(env.store.join(v["recorded"].as_str().unwrap())).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("scope"),
+        "a sealed record"
+    );
+    let list = run(&["list"]);
+    assert_eq!(list["snapshots"][0]["stamp"], stamp.as_str());
+    assert_eq!(list["snapshots"][0]["last_verify"]["ok"], true, "{list}");
+    // copy from an encrypted source records there too.
+    let dest = env.path("plain-copy");
+    let c = run(&["copy", "--to", dest.to_str().unwrap()]);
+    assert!(c["recorded"].as_str().unwrap().starts_with("copies/"), "{c}");
+}
+
+#[test]
+fn subsets_read_every_pack_exactly_once() {
+    let env = five_packs();
+    let mut seen: Vec<String> = Vec::new();
+    for n in 1..=3 {
+        let spec = format!("{n}/3");
+        let out = verify(&env, &["--subset", &spec]);
+        assert_eq!(out.json["sample"]["spec"], format!("subset:{spec}"));
+        assert_eq!(out.json["packs_sampled"], selected(&out).len());
+        // Stable: the same subset again picks the same packs.
+        assert_eq!(selected(&verify(&env, &["--subset", &spec])), selected(&out));
+        seen.extend(selected(&out));
+    }
+    seen.sort();
+    assert_eq!(seen, all_packs(&env).into_iter().collect::<Vec<_>>());
+    let rec = records(&env, "verifies").pop().unwrap();
+    assert_eq!(rec["scope"], "sample");
+    assert!(rec["sample"].as_str().unwrap().starts_with("subset:"));
+}
+
+#[test]
+fn oldest_reads_never_verified_packs_first_and_covers_the_store() {
+    let env = five_packs();
+    let s1 = env.stamps()[0].clone();
+    // s1's pack is verified; the next --oldest must pick others first.
+    let first = verify(&env, &["--snapshot", &s1]);
+    assert_eq!(first.json["packs_sampled"], 1);
+    let verified: BTreeSet<String> = env
+        .pack_sizes()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| {
+            records(&env, "verifies")[0]["packs_read"][0]
+                .as_str()
+                .is_some_and(|id| n.contains(id))
+        })
+        .collect();
+    assert_eq!(verified.len(), 1);
+    let a = verify(&env, &["--oldest", "40"]);
+    assert_eq!(a.json["sample"]["spec"], "oldest:40");
+    let a = selected(&a);
+    assert!(a.is_disjoint(&verified), "{a:?} {verified:?}");
+    let b = selected(&verify(&env, &["--oldest", "40"]));
+    let c = selected(&verify(&env, &["--oldest", "40"]));
+    // ceil(100 / 40) = 3 runs read every pack.
+    let union: BTreeSet<String> = a.iter().chain(&b).chain(&c).cloned().collect();
+    assert_eq!(union, all_packs(&env));
+    // The second run read what the first left unread, not the first's packs.
+    let never: BTreeSet<String> = all_packs(&env)
+        .difference(&a)
+        .filter(|n| !verified.contains(*n))
+        .cloned()
+        .collect();
+    assert!(
+        never.iter().all(|n| b.contains(n)) || b.iter().all(|n| never.contains(n)),
+        "{b:?} {never:?}"
+    );
+}
+
+#[test]
+fn bad_sample_flags_are_usage_errors_naming_the_flag() {
+    let (env, s1, _) = two_snapshots();
+    for (args, flag) in [
+        (vec!["--subset", "0/3"], "--subset"),
+        (vec!["--subset", "4/3"], "--subset"),
+        (vec!["--subset", "x"], "--subset"),
+        (vec!["--oldest", "0"], "--oldest"),
+        (vec!["--oldest", "101"], "--oldest"),
+        (vec!["--oldest", "x"], "--oldest"),
+        (vec!["--oldest", "10", "--snapshot", &s1], "--oldest"),
+        (vec!["--subset", "1/2", "--sample", "5"], "--subset"),
+        (vec!["--subset", "1/2", "--oldest", "5"], "--oldest"),
+    ] {
+        let out = env.run(&[&["verify"][..], &args].concat());
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(flag), "{args:?}: {}", out.stderr);
+    }
+    assert!(records(&env, "verifies").is_empty(), "nothing ran");
+    // --subset with --snapshot is a subset of that snapshot's packs.
+    let out = verify(&env, &["--subset", "1/1", "--snapshot", &s1]);
+    assert_eq!(out.json["packs_sampled"], 1);
+}
+
+#[test]
+fn copy_records_the_newest_stamp_per_destination() {
+    let (env, s1, s2) = two_snapshots();
+    let dest = env.path("offsite");
+    let to = dest.to_str().unwrap();
+    let c = env.ok(&["copy", "--to", to, &s1]);
+    assert!(c["recorded"].as_str().unwrap().starts_with("copies/"), "{c}");
+    let again = env.ok(&["copy", "--to", to]);
+    assert_eq!(again["snapshots_copied"][0], s2.as_str());
+    let recs = records(&env, "copies");
+    assert_eq!(recs.len(), 2);
+    let newest = recs
+        .iter()
+        .find(|r| r["stamps_copied"][0] == s2.as_str())
+        .unwrap();
+    assert_eq!(newest["to"], again["to"]);
+    assert_eq!(newest["newest_stamp"], s2.as_str());
+    assert_eq!(newest["ok"], true);
+    assert!(!dest.join("copies").exists(), "kept in the source only");
+    // Nothing left to copy is still a successful, recorded copy.
+    let noop = env.ok(&["copy", "--to", to]);
+    assert!(noop["snapshots_copied"].as_array().unwrap().is_empty());
+    assert_eq!(records(&env, "copies").len(), 3);
+    // An unknown stamp is refused before any work: no record.
+    let out = env.run(&["copy", "--to", to, "20200101T000000Z"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_code(), "snapshot_missing");
+    assert_eq!(records(&env, "copies").len(), 3);
+}
