@@ -33,11 +33,11 @@ use crate::error::{Error, Result};
 use crate::id::{Id, IdMap, IdSet};
 use crate::progress::Progress;
 use crate::stamp::Stamp;
+use crate::store::audit_log::{self, CopyRecord};
 use crate::store::index::{ChunkIndex, Location};
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{EntryKind, Manifest};
 use crate::store::packer::Packer;
-use crate::store::audit_log::{self, CopyRecord};
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Object, Store};
 

@@ -28,8 +28,8 @@ use crate::progress::Progress;
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::audit_log;
-use crate::store::names::Log;
 use crate::store::manifest::{EntryKind, Manifest, DB_PATH};
+use crate::store::names::Log;
 use crate::store::ReadFrom;
 use crate::store::Store;
 

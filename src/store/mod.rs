@@ -15,9 +15,9 @@
 //! `Store` is split by concern: `open.rs` (constructors), `packs.rs`,
 //! `snapshots.rs`, `quarantine.rs`, `tmp.rs`; each adds an `impl Store`.
 
+pub mod audit_log;
 pub mod backend;
 pub mod cache;
-pub mod audit_log;
 pub mod format;
 pub mod index;
 pub mod key;

@@ -31,7 +31,7 @@ fn last_verify(env: &Env, i: usize) -> Value {
 fn five_packs() -> Env {
     let env = Env::tiny();
     for round in 0..5 {
-        env.insert_marker(&format!("m{round}"));
+        env.set_registry(3000, round);
         env.create(&[]);
     }
     assert_eq!(env.packs().len(), 5);
@@ -86,7 +86,11 @@ fn verify_records_its_outcome_and_list_shows_the_last_covering_one() {
     assert_eq!(last_verify(&env, 1)["ok"], false);
     assert_eq!(last_verify(&env, 1)["at"], rec["at"]);
     assert_eq!(last_verify(&env, 0)["ok"], true);
-    assert_eq!(last_verify(&env, 0)["at"], rec["at"], "the newest covering one");
+    assert_eq!(
+        last_verify(&env, 0)["at"],
+        rec["at"],
+        "the newest covering one"
+    );
 }
 
 #[test]
@@ -124,7 +128,10 @@ fn a_record_that_cannot_be_written_is_a_warning_not_a_lost_verdict() {
 #[test]
 fn records_are_sealed_in_an_encrypted_store() {
     let env = Env::tiny();
-    let pw = [("ATOSNAP_PASSWORD", "pw"), ("ATOSNAP_KDF_PARAMS", CHEAP_KDF)];
+    let pw = [
+        ("ATOSNAP_PASSWORD", "pw"),
+        ("ATOSNAP_KDF_PARAMS", CHEAP_KDF),
+    ];
     let run = |args: &[&str]| {
         let out = env.run_env(args, &pw);
         assert_eq!(out.code, 0, "{args:?}: {out:?}");
@@ -144,7 +151,10 @@ fn records_are_sealed_in_an_encrypted_store() {
     // copy from an encrypted source records there too.
     let dest = env.path("plain-copy");
     let c = run(&["copy", "--to", dest.to_str().unwrap()]);
-    assert!(c["recorded"].as_str().unwrap().starts_with("copies/"), "{c}");
+    assert!(
+        c["recorded"].as_str().unwrap().starts_with("copies/"),
+        "{c}"
+    );
 }
 
 #[test]
@@ -157,7 +167,10 @@ fn subsets_read_every_pack_exactly_once() {
         assert_eq!(out.json["sample"]["spec"], format!("subset:{spec}"));
         assert_eq!(out.json["packs_sampled"], selected(&out).len());
         // Stable: the same subset again picks the same packs.
-        assert_eq!(selected(&verify(&env, &["--subset", &spec])), selected(&out));
+        assert_eq!(
+            selected(&verify(&env, &["--subset", &spec])),
+            selected(&out)
+        );
         seen.extend(selected(&out));
     }
     seen.sort();
@@ -236,7 +249,10 @@ fn copy_records_the_newest_stamp_per_destination() {
     let dest = env.path("offsite");
     let to = dest.to_str().unwrap();
     let c = env.ok(&["copy", "--to", to, &s1]);
-    assert!(c["recorded"].as_str().unwrap().starts_with("copies/"), "{c}");
+    assert!(
+        c["recorded"].as_str().unwrap().starts_with("copies/"),
+        "{c}"
+    );
     let again = env.ok(&["copy", "--to", to]);
     assert_eq!(again["snapshots_copied"][0], s2.as_str());
     let recs = records(&env, "copies");

@@ -606,7 +606,10 @@ fn verify_and_copy_record_their_outcomes_in_a_bucket() {
     s.ok(&["create"]);
 
     let v = s.ok(&["verify", "--snapshot", &a]);
-    assert!(v["recorded"].as_str().unwrap().starts_with("verifies/"), "{v}");
+    assert!(
+        v["recorded"].as_str().unwrap().starts_with("verifies/"),
+        "{v}"
+    );
     let list = s.ok(&["list"]);
     assert_eq!(list["snapshots"][0]["last_verify"]["ok"], true, "{list}");
     assert_eq!(list["snapshots"][1]["last_verify"], serde_json::Value::Null);
@@ -615,7 +618,11 @@ fn verify_and_copy_record_their_outcomes_in_a_bucket() {
     let total = v["packs_total"].as_u64().unwrap();
     let halves: u64 = ["1/2", "2/2"]
         .iter()
-        .map(|n| s.ok(&["verify", "--subset", n])["packs_sampled"].as_u64().unwrap())
+        .map(|n| {
+            s.ok(&["verify", "--subset", n])["packs_sampled"]
+                .as_u64()
+                .unwrap()
+        })
         .sum();
     assert_eq!(halves, total);
     let all = s.ok(&["verify", "--oldest", "100"]);
@@ -628,5 +635,8 @@ fn verify_and_copy_record_their_outcomes_in_a_bucket() {
     // The copy log stays in the source bucket.
     let dest = s.rt.path("local-copy");
     let c = s.ok(&["copy", "--to", dest.to_str().unwrap()]);
-    assert!(c["recorded"].as_str().unwrap().starts_with("copies/"), "{c}");
+    assert!(
+        c["recorded"].as_str().unwrap().starts_with("copies/"),
+        "{c}"
+    );
 }

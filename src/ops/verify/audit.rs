@@ -276,10 +276,8 @@ pub(super) fn audit(
     report.corrupt = corrupt.iter().map(Id::to_hex).collect();
     report.missing = missing.iter().map(Id::to_hex).collect();
 
-    let mut covered: std::collections::BTreeMap<String, bool> = unreadable
-        .iter()
-        .map(|s| (s.to_string(), false))
-        .collect();
+    let mut covered: std::collections::BTreeMap<String, bool> =
+        unreadable.iter().map(|s| (s.to_string(), false)).collect();
     for stamp in &readable {
         let m = store.read_manifest(stamp, ReadFrom::Cache)?;
         let rehashed_all = sample.is_none()

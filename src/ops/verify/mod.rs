@@ -20,11 +20,11 @@ use crate::id::Id;
 use crate::ops::extract::{self, ExtractError};
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
+use crate::store::audit_log::{self, VerifyRecord, VerifyScope};
 use crate::store::index::ChunkIndex;
 use crate::store::manifest::{FileEntry, Manifest};
-use crate::store::ReadFrom;
-use crate::store::audit_log::{self, VerifyRecord, VerifyScope};
 use crate::store::names::Log;
+use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Store};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

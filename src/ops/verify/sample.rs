@@ -115,7 +115,11 @@ pub fn subset_of(id: &Id, t: u32) -> u32 {
 /// The packs re-hashed longest ago (`last`: when, by hex id; never first,
 /// then oldest, ties by id) until `pct` percent of their bytes is reached:
 /// so `ceil(100 / pct)` runs read every pack present throughout.
-fn oldest_first(candidates: &[Candidate], last: &HashMap<String, String>, pct: f64) -> HashSet<u32> {
+fn oldest_first(
+    candidates: &[Candidate],
+    last: &HashMap<String, String>,
+    pct: f64,
+) -> HashSet<u32> {
     let mut order: Vec<(Option<&String>, String, &Candidate)> = candidates
         .iter()
         .map(|c| {
@@ -189,7 +193,12 @@ mod tests {
 
     #[test]
     fn oldest_reads_never_verified_then_oldest_until_the_share() {
-        let c = [cand(0, 1, 10), cand(1, 2, 10), cand(2, 3, 10), cand(3, 4, 10)];
+        let c = [
+            cand(0, 1, 10),
+            cand(1, 2, 10),
+            cand(2, 3, 10),
+            cand(3, 4, 10),
+        ];
         let mut last = HashMap::new();
         last.insert(Id([1; 32]).to_hex(), "2026-01-02T00:00:00.000Z".to_string());
         last.insert(Id([2; 32]).to_hex(), "2026-01-01T00:00:00.000Z".to_string());
