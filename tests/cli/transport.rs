@@ -228,3 +228,18 @@ fn a_closed_stdout_ends_the_command_quietly_with_141() {
         );
     }
 }
+
+#[test]
+fn a_store_made_by_copy_keeps_the_source_compression() {
+    let (rt, _, _) = snapshot_with("none");
+    let to = rt.path("copy-dest");
+    let out = rt.ok(&["copy", "--to", to.to_str().unwrap()]);
+    assert_eq!(
+        out["snapshots_copied"].as_array().map(|a| a.len()),
+        Some(1),
+        "{out}"
+    );
+    let config: Value = serde_json::from_slice(&fs::read(to.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["compression"]["algorithm"], "none", "{config}");
+    assert_eq!(config["compression"]["auto"], false);
+}
