@@ -355,6 +355,21 @@ fn chains_deeper_than_max_chain_are_refused() {
         "chunk_corrupt",
         &liar,
     );
+    // Three deltas that all claim depth 1 (their chain bytes consistent):
+    // a chain longer than max_chain = 2 cannot hide behind a lying depth.
+    let own = delta_len(1) as u32;
+    let d1 = put(&mut mem, forged_delta(full, 1, 4, own));
+    assert_eq!(
+        read_all(&mem, &params, &leaf_ref(d1, 4, 0)).unwrap().len(),
+        4
+    );
+    let d2 = put(&mut mem, forged_delta(d1, 1, 4, 2 * own));
+    let d3 = put(&mut mem, forged_delta(d2, 1, 4, 3 * own));
+    names(
+        &read_err(&mem, &shorter, &leaf_ref(d3, 4, 0)),
+        "chunk_corrupt",
+        &d3,
+    );
     // chain_bytes that do not add up.
     let liar = put(&mut mem, forged_delta(full, 1, 4, delta_len(1) as u32 + 1));
     names(
