@@ -64,15 +64,15 @@ impl Outcome {
     }
 }
 
-/// Builds `ids` (against `old` if given) and adds the new blobs to `mem`.
-pub(super) fn build(
-    mem: &mut Mem,
+/// Runs one build over `base` (against `old` if given), `feed` pushing
+/// the ids; returns the result and the blobs it added.
+fn run_build(
+    base: &Mem,
     params: &ListParams,
     cut: LeafCut,
-    ids: &[Id],
     old: Option<&ListRef>,
-) -> Outcome {
-    let base: &Mem = mem;
+    feed: impl FnOnce(&mut ListBuilder),
+) -> (Built, HashMap<Id, Vec<u8>>) {
     let mut sink = Added {
         base,
         new: HashMap::new(),
@@ -82,18 +82,29 @@ pub(super) fn build(
     if let Some(old) = old {
         builder = builder.with_old(base, old);
     }
-    for id in ids {
-        builder.push(*id).unwrap();
-    }
+    feed(&mut builder);
     let built = builder.finish().unwrap();
+    (built, sink.new)
+}
+
+/// Builds `ids` (against `old` if given) and adds the new blobs to `mem`.
+pub(super) fn build(
+    mem: &mut Mem,
+    params: &ListParams,
+    cut: LeafCut,
+    ids: &[Id],
+    old: Option<&ListRef>,
+) -> Outcome {
+    let (built, added) = run_build(mem, params, cut, old, |b| {
+        ids.iter().for_each(|id| b.push(*id).unwrap())
+    });
     assert!(built.old_fault.is_none(), "{:?}", built.old_fault);
-    let new_bytes = sink.new.values().map(|b| b.len() as u64).sum();
-    let new = sink
-        .new
+    let new_bytes = added.values().map(|b| b.len() as u64).sum();
+    let new = added
         .iter()
         .map(|(id, b)| Node::decode(id, b, params).unwrap())
         .collect();
-    mem.blobs.extend(sink.new);
+    mem.blobs.extend(added);
     Outcome {
         list: built.list,
         new,
@@ -344,59 +355,44 @@ impl BlobSink for Keyed<'_> {
     }
 }
 
-#[test]
-fn the_old_id_at_a_slot_is_known_without_the_index() {
+/// A fixed-block file of `n` ids already in `mem` (leaves and nodes of 16).
+fn stored_file(n: u64, salt: u64) -> (ListParams, Vec<Id>, Mem, ListRef) {
     let params = ListParams {
         leaf_slots: 16,
         node_slots: 16,
         ..ListParams::default()
     };
-    let ids = distinct(1000, 2);
+    let ids = distinct(n, salt);
     let mut mem = Mem::default();
-    let old = build(&mut mem, &params, LeafCut::fixed(&params), &ids, None);
-    let mut sink = Added {
-        base: &mem,
-        new: HashMap::new(),
-    };
-    let id_of: &dyn Fn(&[u8]) -> Id = &Id::hash;
-    let mut b = ListBuilder::new(&params, LeafCut::fixed(&params), id_of, &mut sink)
-        .unwrap()
-        .with_old(&mem, &old.list);
-    for (slot, i) in ids.iter().enumerate() {
-        assert_eq!(b.old_id_at(slot as u64), Some(*i));
-        b.push(*i).unwrap();
-    }
-    assert_eq!(b.old_id_at(1000), None, "past the old end");
-    assert_eq!(b.finish().unwrap().list, old.list);
+    let old = build(&mut mem, &params, LeafCut::fixed(&params), &ids, None).list;
+    (params, ids, mem, old)
+}
+
+#[test]
+fn the_old_id_at_a_slot_is_known_without_the_index() {
+    let (params, ids, mem, old) = stored_file(1000, 2);
+    let (built, _) = run_build(&mem, &params, LeafCut::fixed(&params), Some(&old), |b| {
+        for (slot, i) in ids.iter().enumerate() {
+            assert_eq!(b.old_id_at(slot as u64), Some(*i));
+            b.push(*i).unwrap();
+        }
+        assert_eq!(b.old_id_at(1000), None, "past the old end");
+    });
+    assert_eq!(built.list, old);
 }
 
 #[test]
 fn an_unreadable_old_tree_falls_back_to_full_leaves() {
-    let params = ListParams {
-        leaf_slots: 16,
-        node_slots: 16,
-        ..ListParams::default()
-    };
-    let ids = distinct(100, 3);
-    let mut mem = Mem::default();
-    let old = build(&mut mem, &params, LeafCut::fixed(&params), &ids, None);
+    let (params, ids, mut mem, old) = stored_file(100, 3);
     // Lose the old tree's third leaf.
-    let mut walk = LeafWalk::new(&mem, &params, &old.list).unwrap();
-    let third = (0..3)
-        .map(|_| walk.next_leaf().unwrap().unwrap())
-        .last()
-        .unwrap();
+    let mut walk = LeafWalk::new(&mem, &params, &old).unwrap();
+    walk.next_leaf().unwrap();
+    walk.next_leaf().unwrap();
+    let third = walk.next_leaf().unwrap().unwrap();
     mem.blobs.remove(&third.id);
-    let mut sink = Added {
-        base: &mem,
-        new: HashMap::new(),
-    };
-    let id_of: &dyn Fn(&[u8]) -> Id = &Id::hash;
-    let mut b = ListBuilder::new(&params, LeafCut::fixed(&params), id_of, &mut sink)
-        .unwrap()
-        .with_old(&mem, &old.list);
-    ids.iter().for_each(|i| b.push(*i).unwrap());
-    let built = b.finish().unwrap();
+    let (built, added) = run_build(&mem, &params, LeafCut::fixed(&params), Some(&old), |b| {
+        ids.iter().for_each(|i| b.push(*i).unwrap())
+    });
     let fault = built.old_fault.expect("the lost leaf is reported");
     assert_eq!(fault.code(), "chunk_missing");
     assert!(fault.to_string().contains(&third.id.to_hex()));
@@ -405,7 +401,6 @@ fn an_unreadable_old_tree_falls_back_to_full_leaves() {
         "the leaves before it were reused"
     );
     assert_eq!(built.stats.leaves_full, 5, "the rest written whole");
-    let added = sink.new;
     mem.blobs.extend(added);
     assert_eq!(read_all(&mem, &params, &built.list).unwrap(), ids);
 }

@@ -48,6 +48,11 @@ fn read_err(mem: &Mem, params: &ListParams, list: &ListRef) -> Error {
     read_all(mem, params, list).unwrap_err()
 }
 
+/// Reading `list` is refused as corrupt, naming `blob`.
+fn refused(mem: &Mem, params: &ListParams, list: &ListRef, blob: &Id) {
+    names(&read_err(mem, params, list), "chunk_corrupt", blob);
+}
+
 fn leaf_ref(root: Id, chunks: u64, levels: u8) -> ListRef {
     ListRef {
         root: Some(root),
@@ -193,11 +198,7 @@ fn covered_counts_that_disagree_are_refused() {
             &[&leaf.0[..], &4u64.to_le_bytes()].concat(),
         ),
     );
-    names(
-        &read_err(&mem, &params, &leaf_ref(lying, 4, 1)),
-        "chunk_corrupt",
-        &leaf,
-    );
+    refused(&mem, &params, &leaf_ref(lying, 4, 1), &leaf);
     // The manifest says 5 chunks, the root covers 3.
     let honest = put(
         &mut mem,
@@ -217,16 +218,8 @@ fn covered_counts_that_disagree_are_refused() {
             .len(),
         3
     );
-    names(
-        &read_err(&mem, &params, &leaf_ref(honest, 5, 1)),
-        "chunk_corrupt",
-        &honest,
-    );
-    names(
-        &read_err(&mem, &params, &leaf_ref(leaf, 2, 0)),
-        "chunk_corrupt",
-        &leaf,
-    );
+    refused(&mem, &params, &leaf_ref(honest, 5, 1), &honest);
+    refused(&mem, &params, &leaf_ref(leaf, 2, 0), &leaf);
 }
 
 #[test]
@@ -239,21 +232,9 @@ fn levels_that_disagree_are_refused() {
         children: vec![(leaf, 3)],
     };
     let node = put(&mut mem, node.encode());
-    names(
-        &read_err(&mem, &params, &leaf_ref(node, 3, 0)),
-        "chunk_corrupt",
-        &node,
-    );
-    names(
-        &read_err(&mem, &params, &leaf_ref(leaf, 3, 1)),
-        "chunk_corrupt",
-        &leaf,
-    );
-    names(
-        &read_err(&mem, &params, &leaf_ref(node, 3, 2)),
-        "chunk_corrupt",
-        &node,
-    );
+    refused(&mem, &params, &leaf_ref(node, 3, 0), &node);
+    refused(&mem, &params, &leaf_ref(leaf, 3, 1), &leaf);
+    refused(&mem, &params, &leaf_ref(node, 3, 2), &node);
     let top = put(
         &mut mem,
         Node::Interior {
@@ -275,17 +256,9 @@ fn levels_that_disagree_are_refused() {
         }
         .encode(),
     );
-    names(
-        &read_err(&mem, &params, &leaf_ref(skip, 3, 2)),
-        "chunk_corrupt",
-        &top,
-    );
+    refused(&mem, &params, &leaf_ref(skip, 3, 2), &top);
     // A manifest that claims more levels than a reader walks.
-    names(
-        &read_err(&mem, &params, &leaf_ref(top, 3, MAX_LEVELS + 1)),
-        "chunk_corrupt",
-        &top,
-    );
+    refused(&mem, &params, &leaf_ref(top, 3, MAX_LEVELS + 1), &top);
     let e = ListIter::new(
         &mem,
         &params,
@@ -350,11 +323,7 @@ fn chains_deeper_than_max_chain_are_refused() {
     // A delta that claims depth 2 but patches a full leaf directly.
     let full = put(&mut mem, Node::Full(distinct(4, 1)).encode());
     let liar = put(&mut mem, forged_delta(full, 2, 4, 2 * delta_len(1) as u32));
-    names(
-        &read_err(&mem, &params, &leaf_ref(liar, 4, 0)),
-        "chunk_corrupt",
-        &liar,
-    );
+    refused(&mem, &params, &leaf_ref(liar, 4, 0), &liar);
     // Three deltas that all claim depth 1 (their chain bytes consistent):
     // a chain longer than max_chain = 2 cannot hide behind a lying depth.
     let own = delta_len(1) as u32;
@@ -365,25 +334,13 @@ fn chains_deeper_than_max_chain_are_refused() {
     );
     let d2 = put(&mut mem, forged_delta(d1, 1, 4, 2 * own));
     let d3 = put(&mut mem, forged_delta(d2, 1, 4, 3 * own));
-    names(
-        &read_err(&mem, &shorter, &leaf_ref(d3, 4, 0)),
-        "chunk_corrupt",
-        &d3,
-    );
+    refused(&mem, &shorter, &leaf_ref(d3, 4, 0), &d3);
     // chain_bytes that do not add up.
     let liar = put(&mut mem, forged_delta(full, 1, 4, delta_len(1) as u32 + 1));
-    names(
-        &read_err(&mem, &params, &leaf_ref(liar, 4, 0)),
-        "chunk_corrupt",
-        &liar,
-    );
+    refused(&mem, &params, &leaf_ref(liar, 4, 0), &liar);
     // A delta of another length than the leaf it patches.
     let liar = put(&mut mem, forged_delta(full, 1, 3, delta_len(1) as u32));
-    names(
-        &read_err(&mem, &params, &leaf_ref(liar, 3, 0)),
-        "chunk_corrupt",
-        &liar,
-    );
+    refused(&mem, &params, &leaf_ref(liar, 3, 0), &liar);
 }
 
 #[test]
@@ -394,21 +351,13 @@ fn cycles_through_forged_ids_are_refused() {
     // A delta patching itself (stored under an id its bytes do not hash to).
     let x = id(1000);
     mem.blobs.insert(x, forged_delta(x, 1, 4, own));
-    names(
-        &read_err(&mem, &params, &leaf_ref(x, 4, 0)),
-        "chunk_corrupt",
-        &x,
-    );
+    refused(&mem, &params, &leaf_ref(x, 4, 0), &x);
     // Two deltas patching each other, their depths and bytes consistent
     // for one hop.
     let (a, b) = (id(1001), id(1002));
     mem.blobs.insert(a, forged_delta(b, 2, 4, 2 * own));
     mem.blobs.insert(b, forged_delta(a, 1, 4, own));
-    names(
-        &read_err(&mem, &params, &leaf_ref(a, 4, 0)),
-        "chunk_corrupt",
-        &b,
-    );
+    refused(&mem, &params, &leaf_ref(a, 4, 0), &b);
     // The deepest chain a store allows, looping back to its top: refused
     // once the depths run out, after at most max_chain reads.
     let ring: Vec<Id> = (0..64u64).map(|i| id(2000 + i)).collect();
@@ -418,48 +367,21 @@ fn cycles_through_forged_ids_are_refused() {
         mem.blobs
             .insert(*at, forged_delta(prev, depth, 4, own * depth as u32));
     }
-    names(
-        &read_err(&mem, &params, &leaf_ref(ring[0], 4, 0)),
-        "chunk_corrupt",
-        &ring[63],
-    );
-    // An interior node listing itself: as a leaf, and as its own child level.
+    refused(&mem, &params, &leaf_ref(ring[0], 4, 0), &ring[63]);
+    // An interior node listing itself: as a leaf (level 1), and as its own
+    // child level (level 2).
+    for (n, level) in [(3000, 1), (3001, 2)] {
+        let at = id(n);
+        let children = vec![(at, 4)];
+        mem.blobs
+            .insert(at, Node::Interior { level, children }.encode());
+        refused(&mem, &params, &leaf_ref(at, 4, level), &at);
+    }
     let y = id(3000);
-    mem.blobs.insert(
-        y,
-        Node::Interior {
-            level: 1,
-            children: vec![(y, 4)],
-        }
-        .encode(),
-    );
-    names(
-        &read_err(&mem, &params, &leaf_ref(y, 4, 1)),
-        "chunk_corrupt",
-        &y,
-    );
-    let z = id(3001);
-    mem.blobs.insert(
-        z,
-        Node::Interior {
-            level: 2,
-            children: vec![(z, 4)],
-        }
-        .encode(),
-    );
-    names(
-        &read_err(&mem, &params, &leaf_ref(z, 4, 2)),
-        "chunk_corrupt",
-        &z,
-    );
     // A delta patching an interior node.
     let w = id(3002);
     mem.blobs.insert(w, forged_delta(y, 1, 4, own));
-    names(
-        &read_err(&mem, &params, &leaf_ref(w, 4, 0)),
-        "chunk_corrupt",
-        &w,
-    );
+    refused(&mem, &params, &leaf_ref(w, 4, 0), &w);
 }
 
 #[test]
