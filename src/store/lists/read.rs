@@ -337,18 +337,17 @@ impl<'a> OldList<'a> {
     }
 
     /// The old leaf holding `slot` (read when first asked for); None past
-    /// the end or behind the cursor.
+    /// the end or behind the cursor. The cursor moves only when the leaf
+    /// it holds ends at or before `slot`, so asking behind it loses no leaf.
     pub fn leaf_holding(&mut self, slot: u64) -> Result<Option<&OldLeaf>> {
-        let held = |l: &OldLeaf| l.start <= slot && slot - l.start < l.ids.len() as u64;
-        if !self.current.as_ref().is_some_and(held) {
+        let ends_after = |l: &OldLeaf| slot < l.start + l.ids.len() as u64;
+        if !self.current.as_ref().is_some_and(ends_after) {
             self.current = match self.walk.next_leaf_covering(slot)? {
-                Some(leaf) if leaf.start <= slot => {
-                    Some(resolve_leaf(self.walk.source, &self.walk.params, &leaf)?)
-                }
-                _ => None,
+                Some(leaf) => Some(resolve_leaf(self.walk.source, &self.walk.params, &leaf)?),
+                None => None,
             };
         }
-        Ok(self.current.as_ref())
+        Ok(self.current.as_ref().filter(|l| l.start <= slot))
     }
 
     /// The old leaf that starts exactly at `start`, if there is one.

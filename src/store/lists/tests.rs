@@ -472,3 +472,19 @@ fn list_refs_round_trip_in_42_bytes() {
 
 mod hostile;
 mod measure;
+
+#[test]
+fn the_old_cursor_loses_no_leaf_when_asked_behind_it() {
+    let (params, ids, mem, old) = stored_file(100, 4);
+    let mut cursor = OldList::new(&mem, &params, &old).unwrap();
+    assert_eq!(cursor.id_at(20).unwrap(), Some(ids[20]));
+    assert_eq!(cursor.id_at(3).unwrap(), None, "behind the cursor");
+    assert_eq!(cursor.id_at(40).unwrap(), Some(ids[40]));
+    assert_eq!(
+        cursor.leaf_at(48).unwrap().map(|l| l.ids.clone()),
+        Some(ids[48..64].to_vec())
+    );
+    assert!(cursor.leaf_at(50).unwrap().is_none(), "not a leaf start");
+    assert_eq!(cursor.id_at(99).unwrap(), Some(ids[99]));
+    assert_eq!(cursor.id_at(100).unwrap(), None, "past the end");
+}
