@@ -47,6 +47,7 @@ impl<'a> LeafWalk<'a> {
     pub fn new(source: &'a dyn BlobSource, params: &ListParams, list: &ListRef) -> Result<Self> {
         list.check().map_err(|e| match list.root {
             Some(root) => corrupt(&root, e),
+            // No root to name: the all-zero id stands for the reference.
             None => corrupt(&Id([0; 32]), e),
         })?;
         let stack = match list.root {
