@@ -21,6 +21,7 @@ pub mod cache;
 pub mod format;
 pub mod index;
 pub mod key;
+pub mod lists;
 pub mod location;
 pub mod lock;
 pub mod manifest;
