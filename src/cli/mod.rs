@@ -20,7 +20,7 @@ use atosnap::ops::{copy, diff, drill, dump, forget, gc, list, ls, policy, tag, v
 use atosnap::sources::paths::Paths;
 use atosnap::store::key::Secrets;
 use atosnap::store::location::{RemoteSettings, StoreAddress};
-use atosnap::store::Store;
+use atosnap::store::{InitOptions, Store};
 
 use logging::LogFormat;
 
@@ -544,7 +544,7 @@ pub fn store_address(g: &Global, paths: &Paths) -> Result<StoreAddress, Error> {
 /// Opens the existing store with the command's password source. Every
 /// command that reads a store opens it through here.
 pub fn open_store(g: &Global, paths: &Paths) -> Result<Store, Error> {
-    Store::open_at(&store_address(g, paths)?, &secrets(g))
+    Store::open(&store_address(g, paths)?, &secrets(g))
 }
 
 /// [`open_store`] with gc's grace period as `--grace-period` says.
@@ -577,12 +577,12 @@ fn open_or_init_like(
     source: &Store,
     secrets: &Secrets,
 ) -> Result<Store, Error> {
-    match Store::open_at(address, secrets) {
+    match Store::open(address, secrets) {
         Err(Error::StoreMissing { .. }) => {
             let scheme = &source.config().encryption.scheme;
-            match Store::init_at(address, scheme, secrets) {
+            match Store::init(address, &InitOptions::with_scheme(scheme, secrets)) {
                 // Another process created it between our check and init.
-                Err(_) if Store::exists_at(address)? => Store::open_at(address, secrets),
+                Err(_) if Store::exists(address)? => Store::open(address, secrets),
                 other => other,
             }
         }
@@ -598,7 +598,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
     match &cli.command {
         Command::Init { encryption } => {
             let address = store_address(g, &paths)?;
-            let store = Store::init_at(&address, encryption, &secrets(g))?;
+            let store = Store::init(&address, &InitOptions::with_scheme(encryption, &secrets(g)))?;
             let mut doc = serde_json::json!({
                 "store": address.display(),
                 "format_version": store.config().format_version,
@@ -641,7 +641,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             atosnap::sources::sqlite::check_database(&paths.db)?;
             // A password with no store is refused there, not turned into
             // an unencrypted store.
-            let store = Store::open_or_init_at(&store_address(g, &paths)?, &secrets(g))?;
+            let store = Store::open_or_init(&store_address(g, &paths)?, &secrets(g))?;
             let opts = CreateOptions {
                 db: paths.db.clone(),
                 registry: paths.registry.clone(),
@@ -815,7 +815,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 .collect::<Result<Vec<_>, _>>()?;
             let remote = RemoteSettings::new(g.s3_endpoint.clone(), g.cache_dir.clone());
             let from = StoreAddress::parse(from.as_ref().unwrap_or(&paths.store), remote.clone())?;
-            let source = Store::open_at(&from, &secrets(g))?;
+            let source = Store::open(&from, &secrets(g))?;
             let to = StoreAddress::parse(to, remote)?;
             let to_secrets = to_secrets(g, to_password_file.clone());
             let dest = open_or_init_like(&to, &source, &to_secrets)?;

@@ -440,8 +440,16 @@ mod tests {
     #[test]
     fn copy_of_an_empty_store_sends_nothing_and_named_missing_stamps_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let from = Store::init(&dir.path().join("a")).unwrap();
-        let to = Store::init(&dir.path().join("b")).unwrap();
+        let from = Store::init(
+            &crate::store::location::StoreAddress::local(dir.path().join("a")),
+            &crate::store::InitOptions::default(),
+        )
+        .unwrap();
+        let to = Store::init(
+            &crate::store::location::StoreAddress::local(dir.path().join("b")),
+            &crate::store::InitOptions::default(),
+        )
+        .unwrap();
         let r = copy(&from, &to, &[], &opts(), &NoProgress).unwrap();
         assert!(r.snapshots_copied.is_empty() && r.snapshots_skipped.is_empty());
         assert_eq!((r.chunks_sent, r.bytes_sent, r.exit_code), (0, 0, 0));

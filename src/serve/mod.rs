@@ -460,9 +460,9 @@ impl AppState {
             }
         }
         let opened = if create {
-            Store::open_or_init_at(&self.address, &self.secrets)?
+            Store::open_or_init(&self.address, &self.secrets)?
         } else {
-            Store::open_at(&self.address, &self.secrets)?
+            Store::open(&self.address, &self.secrets)?
         };
         let fresh = opened.reopened();
         if let Ok(bytes) = opened.backend().read(CONFIG_NAME) {

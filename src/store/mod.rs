@@ -35,6 +35,7 @@ pub mod seal;
 mod snapshots;
 mod tmp;
 
+pub use open::InitOptions;
 pub use packs::{Check, ChunkFault, PackLayout};
 pub use snapshots::{IncompleteSnapshot, ReadFrom, SnapshotListing};
 pub use tmp::CleanedTmp;

@@ -1,7 +1,6 @@
 //! Opening and creating a store: connecting to its storage, reading its
 //! config and key file, and changing the password.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, IoContext, Result};
@@ -56,6 +55,37 @@ fn open_repokey(
     Ok((Sealer::repokey(master), file))
 }
 
+/// How [`Store::init`] makes a new store. New choices become fields here
+/// (with their default in `Default`), not new constructors.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Encryption scheme: `none` or `repokey` (anything else is a usage
+    /// error).
+    pub scheme: String,
+    /// Where a `repokey` store's password comes from.
+    pub secrets: Secrets,
+}
+
+impl Default for InitOptions {
+    /// Unencrypted.
+    fn default() -> InitOptions {
+        InitOptions {
+            scheme: "none".into(),
+            secrets: Secrets::none(),
+        }
+    }
+}
+
+impl InitOptions {
+    /// A store with encryption `scheme`, its password from `secrets`.
+    pub fn with_scheme(scheme: &str, secrets: &Secrets) -> InitOptions {
+        InitOptions {
+            scheme: scheme.into(),
+            secrets: secrets.clone(),
+        }
+    }
+}
+
 /// A connection to a store's storage: the backend, and the cache of a
 /// remote store.
 type Connection = (Arc<dyn Backend>, Option<Arc<ObjectCache>>);
@@ -99,19 +129,8 @@ impl Store {
         }
     }
 
-    /// Opens an existing unencrypted local store (an encrypted one is
-    /// refused with `password_required`: use [`Store::open_with`]).
-    pub fn open(root: &Path) -> Result<Store> {
-        Store::open_with(root, &Secrets::none())
-    }
-
-    /// [`Store::open_at`] for a local folder.
-    pub fn open_with(root: &Path, secrets: &Secrets) -> Result<Store> {
-        Store::open_at(&StoreAddress::local(root), secrets)
-    }
-
     /// Whether a store (its `config.json`) exists at `address`.
-    pub fn exists_at(address: &StoreAddress) -> Result<bool> {
+    pub fn exists(address: &StoreAddress) -> Result<bool> {
         let (backend, _) = connect(&address.location, &address.remote)?;
         backend
             .exists(CONFIG_NAME)
@@ -121,7 +140,7 @@ impl Store {
     /// Opens an existing store; an encrypted one takes its password from
     /// `secrets` and is refused, before any other work, when the password
     /// is missing (`password_required`) or wrong (`wrong_password`).
-    pub fn open_at(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
+    pub fn open(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
         let (location, remote) = (&address.location, &address.remote);
         let (backend, cache) = connect(location, remote)?;
         let config_path = backend.display_name(CONFIG_NAME);
@@ -159,23 +178,13 @@ impl Store {
         ))
     }
 
-    /// Creates a new unencrypted local store at `root` (which may exist but
-    /// must not hold a store already).
-    pub fn init(root: &Path) -> Result<Store> {
-        Store::init_with(root, "none", &Secrets::none())
-    }
-
-    /// [`Store::init_at`] for a local folder.
-    pub fn init_with(root: &Path, scheme: &str, secrets: &Secrets) -> Result<Store> {
-        Store::init_at(&StoreAddress::local(root), scheme, secrets)
-    }
-
-    /// Creates a new store with encryption `scheme` (`none` or `repokey`;
-    /// `repokey` takes its password from `secrets`). In a `repokey` store
+    /// Creates a new store at `address` (a local folder may exist but must
+    /// not hold a store already), as `options` say. In a `repokey` store
     /// the key file is durable before `config.json` appears, so a store
     /// never exists without its key.
-    pub fn init_at(address: &StoreAddress, scheme: &str, secrets: &Secrets) -> Result<Store> {
+    pub fn init(address: &StoreAddress, options: &InitOptions) -> Result<Store> {
         let (location, remote) = (&address.location, &address.remote);
+        let (scheme, secrets) = (options.scheme.as_str(), &options.secrets);
         let (backend, cache) = connect(location, remote)?;
         let config_path = backend.display_name(CONFIG_NAME);
         if backend.exists(CONFIG_NAME).ctx("stat", &config_path)? {
@@ -240,31 +249,21 @@ impl Store {
         ))
     }
 
-    /// Opens the local store, creating an unencrypted one when none exists.
-    pub fn open_or_init(root: &Path) -> Result<Store> {
-        Store::open_or_init_with(root, &Secrets::none())
-    }
-
-    /// [`Store::open_or_init_at`] for a local folder.
-    pub fn open_or_init_with(root: &Path, secrets: &Secrets) -> Result<Store> {
-        Store::open_or_init_at(&StoreAddress::local(root), secrets)
-    }
-
-    /// [`Store::open_at`], creating an unencrypted store when none exists.
+    /// [`Store::open`], creating an unencrypted store when none exists.
     /// A password given for a store that is not there is refused
     /// (`store_missing`): the operator meant an encrypted store, and a
     /// backup disk that is not mounted must not turn into plaintext backups
     /// on the root file system. Only `init --encryption repokey` makes an
     /// encrypted store.
-    pub fn open_or_init_at(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
-        match Store::open_at(address, secrets) {
+    pub fn open_or_init(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
+        match Store::open(address, secrets) {
             Err(Error::StoreMissing { path }) if secrets.is_given() => {
                 Err(Error::StoreMissingWithPassword { path })
             }
             Err(Error::StoreMissing { .. }) => {
-                match Store::init_at(address, "none", &Secrets::none()) {
+                match Store::init(address, &InitOptions::default()) {
                     // Another process created it between our check and init.
-                    Err(_) => Store::open_at(address, secrets),
+                    Err(_) => Store::open(address, secrets),
                     other => other,
                 }
             }

@@ -213,7 +213,11 @@ fn a_damaged_pack_is_never_deleted() {
 fn a_corrupt_live_chunk_keeps_its_sparse_pack() {
     let (env, s) = after_deletion();
     // Flip a byte inside a chunk of A that D3 still references.
-    let store = atosnap::store::Store::open(&env.store).unwrap();
+    let store = atosnap::store::Store::open(
+        &atosnap::store::location::StoreAddress::local(&env.store),
+        &atosnap::store::key::Secrets::none(),
+    )
+    .unwrap();
     let d3 = atosnap::stamp::Stamp::parse(&s.d3).unwrap();
     let manifest = store
         .read_manifest(&d3, atosnap::store::ReadFrom::Cache)

@@ -17,7 +17,7 @@ use atosnap::ops::verify;
 use atosnap::progress::NoProgress;
 use atosnap::stamp::Stamp;
 use atosnap::store::lock::lock_exclusive;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, InitOptions, Store};
 
 const BLOCK: usize = 4096;
 const WAIT: Duration = Duration::from_secs(60);
@@ -65,9 +65,9 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("CREATE TABLE t(x TEXT)").unwrap();
     let root = dir.path().join("store");
-    Store::init(&root).unwrap();
+    Store::init(&StoreAddress::local(&root), &InitOptions::default()).unwrap();
     set_pack_size(&root, pack_size);
-    let store = Store::open(&root).unwrap();
+    let store = Store::open(&StoreAddress::local(&root), &Secrets::none()).unwrap();
     let pool = pool();
 
     let mut stamps = Vec::new();

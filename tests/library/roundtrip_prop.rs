@@ -13,14 +13,14 @@ use atosnap::ops::create::{create, CreateOptions};
 use atosnap::ops::extract;
 use atosnap::progress::NoProgress;
 use atosnap::stamp::Stamp;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, Store};
 
 fn round_trip(files: &[(String, Vec<u8>)]) -> Result<(), TestCaseError> {
     let env = support::Runtime::tiny();
     for (name, bytes) in files {
         fs::write(env.chroma().join(name), bytes).unwrap();
     }
-    let store = Store::open_or_init(&env.store).unwrap();
+    let store = Store::open_or_init(&StoreAddress::local(&env.store), &Secrets::none()).unwrap();
     let opts = CreateOptions {
         db: env.db(),
         registry: env.registry(),

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use atosnap::id::Id;
 use atosnap::stamp::Stamp;
 use atosnap::store::manifest::Manifest;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, Store};
 
 use super::files::{
     copy_tree, fixtures, insert_marker, make_db, pseudo_random, restorable_tree, Node,
@@ -146,7 +146,7 @@ impl Runtime {
     }
 
     pub fn open_store(&self) -> Store {
-        Store::open(&self.store).unwrap()
+        Store::open(&StoreAddress::local(&self.store), &Secrets::none()).unwrap()
     }
 
     pub fn manifest(&self, stamp: &str) -> Manifest {

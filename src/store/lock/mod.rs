@@ -382,7 +382,11 @@ mod tests {
     #[test]
     fn a_lock_past_its_wall_clock_deadline_is_lost_and_publish_refuses() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::init(dir.path()).unwrap();
+        let store = crate::store::Store::init(
+            &crate::store::location::StoreAddress::local(dir.path()),
+            &crate::store::InitOptions::default(),
+        )
+        .unwrap();
         let (offset, clock) = test_clock();
         let ttl = Duration::from_secs(300);
         let held = acquire_with(store.backend_handle(), "create", how(ttl, clock)).unwrap();
