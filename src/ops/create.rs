@@ -482,7 +482,7 @@ impl<'a> Capture<'a> {
         src: &Path,
         check: bool,
     ) -> Result<(Stored, Option<String>)> {
-        let tmp = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "sqlite");
+        let tmp = self.store.temp_path("sqlite")?;
         let result = (|| {
             sqlite::backup_to(src, &tmp)?;
             let problems = if check {

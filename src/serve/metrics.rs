@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::ops::list::ListResult;
-use crate::store::Store;
+use crate::store::{Dir, Store};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -96,11 +96,10 @@ impl StoreFacts {
 /// and locks excluded).
 pub fn store_bytes(store: &Store) -> Result<u64> {
     let mut total = 0;
-    for dir in ["objects", "snapshots", crate::store::drill_log::DRILLS_DIR] {
+    for dir in [Dir::Packs, Dir::Snapshots, Dir::Drills] {
         let files = store
-            .backend()
-            .list_files(dir)
-            .map_err(|e| Error::io("list", store.object_path(dir), e))?;
+            .list_dir(dir)
+            .map_err(|e| Error::io("list", store.display_dir(dir), e))?;
         total += files.iter().map(|f| f.size).sum::<u64>();
     }
     Ok(total)

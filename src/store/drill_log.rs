@@ -5,10 +5,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-use crate::error::{Error, IoContext, Result};
-use crate::store::Store;
+use crate::error::{Error, Result};
+use crate::store::{Dir, Object, Store};
 
-pub const DRILLS_DIR: &str = "drills";
+/// The drill log's folder name: also the associated data its records
+/// are sealed with.
+pub const DRILLS_DIR: &str = Dir::Drills.name();
 
 /// The last drill of a snapshot, as `list` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -25,11 +27,7 @@ pub fn append(
     ok: bool,
     record: &serde_json::Value,
 ) -> Result<()> {
-    let compact_at: String = at.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    let name = format!(
-        "{DRILLS_DIR}/{stamp}--{compact_at}-{:04x}.json",
-        rand::random::<u16>()
-    );
+    let record_object = Object::new_drill(stamp, at);
     let mut doc = record.clone();
     doc["drill_at"] = serde_json::Value::String(at.to_string());
     doc["ok"] = serde_json::Value::Bool(ok);
@@ -37,10 +35,7 @@ pub fn append(
         detail: e.to_string(),
     })?;
     let sealed = store.sealer().seal(bytes, DRILLS_DIR.as_bytes());
-    store
-        .backend()
-        .write_once(&name, &sealed)
-        .ctx("write", store.object_path(&name))
+    store.write_object(&record_object, &sealed)
 }
 
 /// The newest drill of each snapshot. Only the newest record of each
@@ -49,7 +44,7 @@ pub fn append(
 /// costs one listing however many drills there were.
 pub fn last_drills(store: &Store) -> HashMap<String, DrillMark> {
     let mut out: HashMap<String, DrillMark> = HashMap::new();
-    let Ok(files) = store.backend().list_files(DRILLS_DIR) else {
+    let Ok(files) = store.list_dir(Dir::Drills) else {
         return out;
     };
     let mut newest: HashMap<&str, &crate::store::backend::ListEntry> = HashMap::new();

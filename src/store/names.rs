@@ -1,7 +1,8 @@
 //! Names of the store's objects, in one place (as restic's `Handle{Type,
 //! Name}` and rustic's `FileType` + id): commands and the `Store` parts
-//! name an object with an [`Object`] and never build its path themselves.
-//! The strings are exactly the on-disk layout of `docs/FORMAT.md`.
+//! name an object with an [`Object`] (a folder with a [`Dir`]) and never
+//! build its path themselves. The strings are exactly the on-disk layout of
+//! `docs/FORMAT.md`.
 
 use crate::id::Id;
 use crate::stamp::Stamp;
@@ -9,13 +10,48 @@ use crate::stamp::Stamp;
 pub const CONFIG_NAME: &str = "config.json";
 pub const MANIFEST_NAME: &str = "manifest.bin";
 pub const METADATA_NAME: &str = "backup-metadata.json";
-pub const QUARANTINE_DIR: &str = "quarantine";
-pub const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// A folder of the store (rustic's `FileType::dirname`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// `objects/`: the packs, fanned out by the first byte of their id.
+    Packs,
+    /// `snapshots/`: one folder per snapshot.
+    Snapshots,
+    /// `drills/`: the drill log.
+    Drills,
+    /// `locks/`: the store lock and its holders (lock objects on a bucket).
+    Locks,
+    /// `tmp/`: temp files of running writers.
+    Tmp,
+    /// `quarantine/`: damaged objects moved aside, beside their notes.
+    Quarantine,
+}
+
+impl Dir {
+    /// The folder's name relative to the store root.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dir::Packs => "objects",
+            Dir::Snapshots => "snapshots",
+            Dir::Drills => "drills",
+            Dir::Locks => "locks",
+            Dir::Tmp => "tmp",
+            Dir::Quarantine => "quarantine",
+        }
+    }
+}
 
 /// One object (or folder) of the store. A snapshot folder is named by its
 /// stamp, or, for a folder a crashed writer left, by whatever name it has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
+    /// `config.json`
+    Config,
+    /// `keys/repokey.json`: an encrypted store's wrapped master key.
+    KeyFile,
+    /// `policy.json`: the retention policy `cleanup` applies.
+    Policy,
     /// `objects/<xx>/<hex>.pack`
     Pack(Id),
     /// `snapshots/<folder>`
@@ -24,6 +60,16 @@ pub enum Object {
     Manifest(String),
     /// `snapshots/<folder>/backup-metadata.json`
     Summary(String),
+    /// `drills/<stamp>--<time, digits only>-<tag:04x>.json`: one drill's
+    /// record (the tag tells apart two drills in the same second).
+    Drill { stamp: String, at: String, tag: u16 },
+    /// `locks/<mode>-<owner>.json`: a lock object on a bucket.
+    Lock { mode: String, owner: String },
+    /// `quarantine/<file>`: a damaged object moved aside, or its note.
+    Quarantined(String),
+    /// An object by the name the store itself gave it: a listing's entry
+    /// or an audit's finding, handed back to the store as it came.
+    Listed(String),
 }
 
 impl Object {
@@ -39,16 +85,39 @@ impl Object {
         Object::SnapshotDir(stamp.to_string())
     }
 
+    /// The record of a drill of `stamp` run at `at` (RFC 3339), with a
+    /// fresh random tag.
+    pub fn new_drill(stamp: &str, at: &str) -> Object {
+        Object::Drill {
+            stamp: stamp.to_string(),
+            at: at.chars().filter(|c| c.is_ascii_alphanumeric()).collect(),
+            tag: rand::random(),
+        }
+    }
+
     /// The object's name relative to the store root.
     pub fn name(&self) -> String {
         match self {
+            Object::Config => CONFIG_NAME.to_string(),
+            Object::KeyFile => super::key::KEY_FILE.to_string(),
+            Object::Policy => "policy.json".to_string(),
             Object::Pack(id) => {
                 let hex = id.to_hex();
-                format!("objects/{}/{}.pack", &hex[..2], hex)
+                format!("{}/{}/{}.pack", Dir::Packs.name(), &hex[..2], hex)
             }
-            Object::SnapshotDir(folder) => format!("{SNAPSHOTS_DIR}/{folder}"),
-            Object::Manifest(folder) => format!("{SNAPSHOTS_DIR}/{folder}/{MANIFEST_NAME}"),
-            Object::Summary(folder) => format!("{SNAPSHOTS_DIR}/{folder}/{METADATA_NAME}"),
+            Object::SnapshotDir(folder) => format!("{}/{folder}", Dir::Snapshots.name()),
+            Object::Manifest(folder) => {
+                format!("{}/{folder}/{MANIFEST_NAME}", Dir::Snapshots.name())
+            }
+            Object::Summary(folder) => {
+                format!("{}/{folder}/{METADATA_NAME}", Dir::Snapshots.name())
+            }
+            Object::Drill { stamp, at, tag } => {
+                format!("{}/{stamp}--{at}-{tag:04x}.json", Dir::Drills.name())
+            }
+            Object::Lock { mode, owner } => format!("{}/{mode}-{owner}.json", Dir::Locks.name()),
+            Object::Quarantined(file) => format!("{}/{file}", Dir::Quarantine.name()),
+            Object::Listed(name) => name.clone(),
         }
     }
 }
@@ -81,6 +150,52 @@ mod tests {
         assert_eq!(
             Object::Manifest(".incomplete-x".into()).name(),
             "snapshots/.incomplete-x/manifest.bin"
+        );
+        assert_eq!(Object::Config.name(), "config.json");
+        assert_eq!(Object::KeyFile.name(), "keys/repokey.json");
+        assert_eq!(Object::Policy.name(), "policy.json");
+        let drill = Object::Drill {
+            stamp: "20260411T120000Z".into(),
+            at: "20260412T010203Z".into(),
+            tag: 0xab,
+        };
+        assert_eq!(
+            drill.name(),
+            "drills/20260411T120000Z--20260412T010203Z-00ab.json"
+        );
+        let Object::Drill { at, .. } = Object::new_drill("s", "2026-04-12T01:02:03Z") else {
+            unreachable!()
+        };
+        assert_eq!(at, "20260412T010203Z");
+        let lock = Object::Lock {
+            mode: "shared".into(),
+            owner: "h-1-0000000a".into(),
+        };
+        assert_eq!(lock.name(), "locks/shared-h-1-0000000a.json");
+        assert_eq!(
+            Object::Quarantined("x.pack".into()).name(),
+            "quarantine/x.pack"
+        );
+        assert_eq!(Object::Listed("tmp/x".into()).name(), "tmp/x");
+        let dirs = [
+            Dir::Packs,
+            Dir::Snapshots,
+            Dir::Drills,
+            Dir::Locks,
+            Dir::Tmp,
+            Dir::Quarantine,
+        ];
+        let names: Vec<_> = dirs.iter().map(|d| d.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "objects",
+                "snapshots",
+                "drills",
+                "locks",
+                "tmp",
+                "quarantine"
+            ]
         );
     }
 }

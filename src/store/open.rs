@@ -8,11 +8,11 @@ use crate::error::{Error, IoContext, Result};
 use super::backend::{Backend, LocalBackend};
 use super::cache::ObjectCache;
 use super::format::StoreConfig;
-use super::key::{KdfCost, KeyFile, Secrets, UnwrapError, KEY_FILE};
+use super::key::{KdfCost, KeyFile, Secrets, UnwrapError};
 use super::location::{RemoteSettings, StoreAddress, StoreLocation};
 use super::seal::{MasterKey, Sealer};
 use super::{backend, key, location};
-use super::{Store, CONFIG_NAME};
+use super::{Dir, Object, Store};
 
 /// Reads, checks and unwraps the key file of a `repokey` store.
 fn open_repokey(
@@ -23,12 +23,13 @@ fn open_repokey(
     let password = secrets.password()?.ok_or_else(|| Error::PasswordRequired {
         path: backend.location(),
     })?;
-    let key_path = backend.display_name(KEY_FILE);
+    let key_file = Object::KeyFile.name();
+    let key_path = backend.display_name(&key_file);
     let corrupt = |detail: String| Error::KeyFileCorrupt {
         path: key_path.display().to_string(),
         detail,
     };
-    let bytes = match backend.read(KEY_FILE) {
+    let bytes = match backend.read(&key_file) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::KeyFileMissing {
@@ -132,9 +133,10 @@ impl Store {
     /// Whether a store (its `config.json`) exists at `address`.
     pub fn exists(address: &StoreAddress) -> Result<bool> {
         let (backend, _) = connect(&address.location, &address.remote)?;
+        let config = Object::Config.name();
         backend
-            .exists(CONFIG_NAME)
-            .ctx("stat", backend.display_name(CONFIG_NAME))
+            .exists(&config)
+            .ctx("stat", backend.display_name(&config))
     }
 
     /// Opens an existing store; an encrypted one takes its password from
@@ -143,8 +145,9 @@ impl Store {
     pub fn open(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
         let (location, remote) = (&address.location, &address.remote);
         let (backend, cache) = connect(location, remote)?;
-        let config_path = backend.display_name(CONFIG_NAME);
-        let bytes = match backend.read(CONFIG_NAME) {
+        let config_name = Object::Config.name();
+        let config_path = backend.display_name(&config_name);
+        let bytes = match backend.read(&config_name) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::StoreMissing {
@@ -186,8 +189,9 @@ impl Store {
         let (location, remote) = (&address.location, &address.remote);
         let (scheme, secrets) = (options.scheme.as_str(), &options.secrets);
         let (backend, cache) = connect(location, remote)?;
-        let config_path = backend.display_name(CONFIG_NAME);
-        if backend.exists(CONFIG_NAME).ctx("stat", &config_path)? {
+        let config_name = Object::Config.name();
+        let config_path = backend.display_name(&config_name);
+        if backend.exists(&config_name).ctx("stat", &config_path)? {
             return Err(Error::StoreExists {
                 path: location.display(),
             });
@@ -219,8 +223,8 @@ impl Store {
             }
         };
         if let StoreLocation::Local(root) = location {
-            for dir in ["objects", "snapshots", "locks", "tmp"] {
-                let p = root.join(dir);
+            for dir in [Dir::Packs, Dir::Snapshots, Dir::Locks, Dir::Tmp] {
+                let p = root.join(dir.name());
                 backend::create_dir_durable(&p).ctx("create", &p)?;
             }
         }
@@ -228,12 +232,13 @@ impl Store {
             detail: e.to_string(),
         })?;
         if let Some((_, file)) = &repokey {
+            let key_file = Object::KeyFile.name();
             backend
-                .replace(KEY_FILE, &file.to_json())
-                .ctx("write", backend.display_name(KEY_FILE))?;
+                .replace(&key_file, &file.to_json())
+                .ctx("write", backend.display_name(&key_file))?;
         }
         backend
-            .write_once(CONFIG_NAME, &json)
+            .write_once(&config_name, &json)
             .ctx("write", &config_path)?;
         let (sealer, key_file) = match repokey {
             None => (Sealer::Plain, None),
@@ -316,9 +321,10 @@ impl Store {
         }
         let cost = KdfCost::from_env()?;
         let file = KeyFile::wrap(keys.master(), new_password, cost).map_err(Error::KeyMaterial)?;
+        let key_file = Object::KeyFile.name();
         self.backend
-            .replace(KEY_FILE, &file.to_json())
-            .ctx("replace", self.object_path(KEY_FILE))?;
+            .replace(&key_file, &file.to_json())
+            .ctx("replace", self.object_path(&key_file))?;
         Ok(file)
     }
 }

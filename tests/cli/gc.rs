@@ -225,7 +225,7 @@ fn a_corrupt_live_chunk_keeps_its_sparse_pack() {
     let live_chunk = manifest.db().unwrap().chunks[0];
     let size = fs::metadata(env.store.join(&s.pack_a)).unwrap().len();
     let entry = store
-        .read_pack_index(&s.pack_a, size)
+        .read_pack_index(&atosnap::store::Object::Listed(s.pack_a.clone()), size)
         .unwrap()
         .into_iter()
         .find(|e| e.id == live_chunk)

@@ -167,9 +167,9 @@ impl Runtime {
         let store = self.open_store();
         let index = store.load_index().unwrap();
         let loc = index.get(id).expect("chunk is in the index");
-        let name = atosnap::store::pack::pack_name(&index.pack(loc.pack).id);
+        let pack = atosnap::store::Object::Pack(index.pack(loc.pack).id);
         (
-            store.object_path(&name),
+            store.display(&pack),
             loc.offset as u64,
             loc.stored_len() as u64,
         )
