@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::ops::cleanup::retention::{Policy, Within};
-use crate::store::{Object, Store};
+use crate::store::{BackendErrorKind, Object, Store};
 
 /// The version of `policy.json` this build writes and reads.
 pub const POLICY_VERSION: u32 = 1;
@@ -117,7 +117,7 @@ pub fn read(store: &Store) -> Result<Option<StoredPolicy>> {
     let path = store.display(&Object::Policy);
     let bytes = match store.read_object(&Object::Policy) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if BackendErrorKind::of(&e) == BackendErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", &path, e)),
     };
     let invalid = |detail: String| Error::StoreConfigInvalid {

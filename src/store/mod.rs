@@ -52,6 +52,7 @@ use location::{RemoteSettings, StoreLocation};
 use lock::ExclusiveLock;
 use seal::Sealer;
 
+pub use backend::BackendErrorKind;
 pub use names::{Dir, Object, CONFIG_NAME, MANIFEST_NAME, METADATA_NAME};
 /// gc's grace period on a remote store.
 pub const DEFAULT_REMOTE_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, IoContext, Result};
 
-use super::backend::{Backend, LocalBackend};
+use super::backend::{Backend, BackendErrorKind, LocalBackend};
 use super::cache::ObjectCache;
 use super::format::StoreConfig;
 use super::key::{KdfCost, KeyFile, Secrets, UnwrapError};
@@ -31,7 +31,7 @@ fn open_repokey(
     };
     let bytes = match backend.read(&key_file) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if BackendErrorKind::of(&e) == BackendErrorKind::NotFound => {
             return Err(Error::KeyFileMissing {
                 path: key_path.display().to_string(),
             })
@@ -149,7 +149,7 @@ impl Store {
         let config_path = backend.display_name(&config_name);
         let bytes = match backend.read(&config_name) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if BackendErrorKind::of(&e) == BackendErrorKind::NotFound => {
                 return Err(Error::StoreMissing {
                     path: location.display(),
                 })

@@ -6,12 +6,13 @@ use rayon::prelude::*;
 use crate::error::{IoContext, Result};
 use crate::id::Id;
 
+use super::backend::{self, BackendErrorKind};
 use super::index::{ChunkIndex, DamagedPack, Location};
 use super::lock::ExclusiveLock;
 use super::pack::{PackEntry, PackIndexError, TRAILER_LEN};
 use super::seal::Sealer;
 use super::Store;
-use super::{backend, pack, Dir, Object};
+use super::{pack, Dir, Object};
 
 /// Where a pack's chunks and index are.
 #[derive(Clone, Debug)]
@@ -235,9 +236,9 @@ impl Store {
         let name = Object::Pack(*pack).name();
         self.backend
             .read_range(&name, loc.offset as u64, loc.stored_len() as usize)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => ChunkFault::Missing,
-                std::io::ErrorKind::UnexpectedEof => {
+            .map_err(|e| match BackendErrorKind::of(&e) {
+                BackendErrorKind::NotFound => ChunkFault::Missing,
+                _ if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     ChunkFault::Corrupt(format!("pack {name} is truncated"))
                 }
                 _ => ChunkFault::Corrupt(format!("pack {name} unreadable: {e}")),

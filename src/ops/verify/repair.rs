@@ -33,7 +33,7 @@ use crate::store::lock::ExclusiveLock;
 use crate::store::manifest::Manifest;
 use crate::store::packer::Packer;
 use crate::store::{pack, Object, Store};
-use crate::store::{Check, ReadFrom};
+use crate::store::{BackendErrorKind, Check, ReadFrom};
 
 use super::audit::{metadata_problem, Audit};
 use super::report::{Quarantined, RepairReport, SnapshotHealth};
@@ -192,10 +192,8 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
 /// Whether a failed read of a quarantined pack says something about the
 /// pack (cut short, or gone) rather than about the storage.
 fn pack_damage(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
-    )
+    BackendErrorKind::of(e) == BackendErrorKind::NotFound
+        || e.kind() == std::io::ErrorKind::UnexpectedEof
 }
 
 /// A snapshot's summary as `create` writes it, from its manifest (the

@@ -35,7 +35,7 @@ pub(crate) fn system_clock() -> Clock {
 }
 
 use crate::error::{Error, Result};
-use crate::store::backend::Backend;
+use crate::store::backend::{Backend, BackendErrorKind};
 use crate::store::names::{Dir, Object};
 
 /// A lock object's content.
@@ -196,7 +196,7 @@ pub fn live_locks(backend: &dyn Backend, own: &str) -> Result<Vec<LockRecord>> {
         let rec = match backend.read(&entry.name) {
             Ok(bytes) => serde_json::from_slice::<LockRecord>(&bytes).ok(),
             // Removed between the listing and the read: released.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if BackendErrorKind::of(&e) == BackendErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io("read", backend.display_name(&entry.name), e)),
         };
         match rec {
