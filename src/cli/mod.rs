@@ -831,7 +831,11 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             grace_period,
         } => {
             let store = open_store_with_grace(g, &paths, *grace_period)?;
-            let result = gc::gc(&store, *confirm, lock_wait)?;
+            let opts = gc::GcOptions {
+                confirm: *confirm,
+                lock_wait,
+            };
+            let result = gc::gc(&store, &opts)?;
             report_errors(&result.errors);
             Ok((to_doc(&result)?, result.exit_code))
         }

@@ -509,9 +509,20 @@ impl GcResult {
     }
 }
 
+/// What `gc` is asked to do (rustic's `PruneOptions`): new choices become
+/// fields here, not new functions.
+#[derive(Clone, Debug, Default)]
+pub struct GcOptions {
+    /// Delete and rewrite (`--confirm`); without it, a dry run.
+    pub confirm: bool,
+    /// How long to wait for the store lock (`--lock-wait`).
+    pub lock_wait: Duration,
+}
+
 /// `gc [--confirm]`: a dry run under the shared lock, or the real thing
 /// under the exclusive lock.
-pub fn gc(store: &Store, confirm: bool, lock_wait: Duration) -> Result<GcResult> {
+pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcResult> {
+    let GcOptions { confirm, lock_wait } = *opts;
     let started = Instant::now();
     let mut result = if confirm {
         let lock = store.lock_exclusive("gc --confirm", lock_wait)?;

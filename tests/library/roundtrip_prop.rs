@@ -46,7 +46,15 @@ fn round_trip(files: &[(String, Vec<u8>)]) -> Result<(), TestCaseError> {
             .expect("the file is in the manifest");
         prop_assert_eq!(entry.size, bytes.len() as u64);
         let mut rebuilt = Vec::new();
-        extract::write_file(&store, &index, entry, &mut rebuilt, |_| {}).unwrap();
+        extract::write_file(
+            &store,
+            &index,
+            entry,
+            &mut rebuilt,
+            |_| {},
+            extract::ChunkSource::Store,
+        )
+        .unwrap();
         prop_assert!(&rebuilt == bytes, "{} differs after the round trip", name);
     }
     Ok(())
