@@ -240,6 +240,13 @@ impl Store {
             .ctx("write", self.object_path(&name))
     }
 
+    /// Every file of the store, recursively.
+    pub fn list_all(&self) -> Result<Vec<ListEntry>> {
+        self.backend
+            .list_files("")
+            .ctx("list", self.object_path(""))
+    }
+
     /// Every file below folder `d`, recursively (none when it is missing).
     pub fn list_dir(&self, d: Dir) -> std::io::Result<Vec<ListEntry>> {
         self.backend.list_files(d.name())

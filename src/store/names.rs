@@ -40,6 +40,13 @@ impl Dir {
             Dir::Quarantine => "quarantine",
         }
     }
+
+    /// Whether `name` (as a listing of the store gives it) is below this
+    /// folder.
+    pub fn holds(self, name: &str) -> bool {
+        name.strip_prefix(self.name())
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 /// One object (or folder) of the store. A snapshot folder is named by its
@@ -197,5 +204,9 @@ mod tests {
                 "quarantine"
             ]
         );
+        assert!(Dir::Tmp.holds("tmp/x.pack"));
+        assert!(!Dir::Tmp.holds("tmpfile"));
+        assert!(!Dir::Tmp.holds("objects/tmp/x"));
+        assert!(!Dir::Locks.holds("locks"));
     }
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, IoContext, Result};
 
 use super::backend::{Backend, BackendErrorKind, LocalBackend};
 use super::cache::ObjectCache;
-use super::format::StoreConfig;
+use super::format::{CompressionParams, StoreConfig};
 use super::key::{KdfCost, KeyFile, Secrets, UnwrapError};
 use super::location::{RemoteSettings, StoreAddress, StoreLocation};
 use super::seal::{MasterKey, Sealer};
@@ -65,14 +65,18 @@ pub struct InitOptions {
     pub scheme: String,
     /// Where a `repokey` store's password comes from.
     pub secrets: Secrets,
+    /// How new chunks are compressed (`init --compression`), recorded in
+    /// `config.json`.
+    pub compression: CompressionParams,
 }
 
 impl Default for InitOptions {
-    /// Unencrypted.
+    /// Unencrypted, compressed as `CompressionParams::auto` says.
     fn default() -> InitOptions {
         InitOptions {
             scheme: "none".into(),
             secrets: Secrets::none(),
+            compression: CompressionParams::auto(),
         }
     }
 }
@@ -83,6 +87,7 @@ impl InitOptions {
         InitOptions {
             scheme: scheme.into(),
             secrets: secrets.clone(),
+            ..InitOptions::default()
         }
     }
 }
@@ -197,6 +202,7 @@ impl Store {
             });
         }
         let mut config = StoreConfig::new_default();
+        config.compression = options.compression.clone();
         // Everything that can be refused is checked before anything is written.
         let repokey = match scheme {
             "none" => None,
