@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use atosnap::ops::create::{self, CreateOptions};
 use atosnap::progress::NoProgress;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, Store};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -104,7 +104,7 @@ fn main() {
     let dir = tmp.path();
     tiny_runtime(dir);
     let store_dir = dir.join("store");
-    let store = Store::open_or_init(&store_dir).unwrap();
+    let store = Store::open_or_init(&StoreAddress::local(&store_dir), &Secrets::none()).unwrap();
 
     let made = Instant::now();
     let base = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")

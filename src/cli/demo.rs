@@ -14,7 +14,7 @@ use atosnap::ops::create::{self, CreateOptions};
 use atosnap::ops::restore::{self, ChromaChoice, RestoreOptions};
 use atosnap::ops::{diff, drill, list, verify};
 use atosnap::progress::NoProgress;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, Store};
 
 fn fixtures_dir() -> PathBuf {
     let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/runtime");
@@ -65,7 +65,7 @@ pub fn run() -> Result<(Value, i32), Error> {
         runtime.display()
     );
 
-    let store = Store::open_or_init(&store_dir)?;
+    let store = Store::open_or_init(&StoreAddress::local(&store_dir), &Secrets::none())?;
     let opts = CreateOptions {
         db: runtime.join("data/atocore.db"),
         registry: runtime.join("config/project-registry.json"),

@@ -157,5 +157,5 @@ pub fn store_address(g: &Global, paths: &Paths) -> Result<StoreAddress, Error> {
 /// Opens the existing store with the command's password source. Every
 /// command that reads a store opens it through here.
 pub fn open_store(g: &Global, paths: &Paths) -> Result<Store, Error> {
-    Store::open_at(&store_address(g, paths)?, &secrets(g))
+    Store::open(&store_address(g, paths)?, &secrets(g))
 }

@@ -22,7 +22,7 @@ use atosnap::sources::paths::Paths;
 use atosnap::store::format::CompressionParams;
 use atosnap::store::key::Secrets;
 use atosnap::store::location::StoreAddress;
-use atosnap::store::Store;
+use atosnap::store::{InitOptions, Store};
 
 pub use global::{open_store, paths, secrets, store_address, Global};
 
@@ -560,13 +560,17 @@ fn open_or_init_like(
     source: &Store,
     secrets: &Secrets,
 ) -> Result<Store, Error> {
-    match Store::open_at(address, secrets) {
+    match Store::open(address, secrets) {
         Err(Error::StoreMissing { .. }) => {
             let config = source.config();
-            let (scheme, compression) = (&config.encryption.scheme, config.compression.clone());
-            match Store::init_compressed(address, scheme, secrets, compression) {
+            let options = InitOptions {
+                scheme: config.encryption.scheme.clone(),
+                secrets: secrets.clone(),
+                compression: config.compression.clone(),
+            };
+            match Store::init(address, &options) {
                 // Another process created it between our check and init.
-                Err(_) if Store::exists_at(address)? => Store::open_at(address, secrets),
+                Err(_) if Store::exists(address)? => Store::open(address, secrets),
                 other => other,
             }
         }
@@ -585,8 +589,11 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             compression,
         } => {
             let address = store_address(g, &paths)?;
-            let store =
-                Store::init_compressed(&address, encryption, &secrets(g), compression.clone())?;
+            let options = InitOptions {
+                compression: compression.clone(),
+                ..InitOptions::with_scheme(encryption, &secrets(g))
+            };
+            let store = Store::init(&address, &options)?;
             let mut doc = serde_json::json!({
                 "store": address.display(),
                 "format_version": store.config().format_version,
@@ -630,7 +637,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             atosnap::sources::sqlite::check_database(&paths.db)?;
             // A password with no store is refused there, not turned into
             // an unencrypted store.
-            let store = Store::open_or_init_at(&store_address(g, &paths)?, &secrets(g))?;
+            let store = Store::open_or_init(&store_address(g, &paths)?, &secrets(g))?;
             let opts = CreateOptions {
                 db: paths.db.clone(),
                 registry: paths.registry.clone(),
@@ -808,7 +815,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 .collect::<Result<Vec<_>, _>>()?;
             let remote = global::remote_settings(g);
             let from = StoreAddress::parse(from.as_ref().unwrap_or(&paths.store), remote.clone())?;
-            let source = Store::open_at(&from, &secrets(g))?;
+            let source = Store::open(&from, &secrets(g))?;
             let to = StoreAddress::parse(to, remote)?;
             let to_secrets = to_secrets(g, to_password_file.clone());
             let dest = open_or_init_like(&to, &source, &to_secrets)?;
@@ -829,7 +836,11 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             grace_period,
         } => {
             let store = open_store_with_grace(g, &paths, *grace_period)?;
-            let result = gc::gc(&store, *confirm, lock_wait)?;
+            let opts = gc::GcOptions {
+                confirm: *confirm,
+                lock_wait,
+            };
+            let result = gc::gc(&store, &opts)?;
             report_errors(&result.errors);
             Ok((to_doc(&result)?, result.exit_code))
         }

@@ -39,7 +39,7 @@ use crate::store::lock::SharedLock;
 use crate::store::manifest::{EntryKind, Manifest};
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
-use crate::store::{ChunkFault, Object, Store};
+use crate::store::{ChunkFault, Store};
 
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
 /// (the batch read, and its re-encoded copy).
@@ -131,8 +131,8 @@ pub fn copy(
 
     let same_ids = from.sealer().same_ids_as(to.sealer());
     let mut result = CopyResult {
-        from: from.backend().location(),
-        to: to.backend().location(),
+        from: from.location_name(),
+        to: to.location_name(),
         snapshots_copied: Vec::new(),
         snapshots_skipped: Vec::new(),
         snapshots_failed: Vec::new(),
@@ -422,17 +422,7 @@ fn read_stored(
     index: &ChunkIndex,
     loc: &Location,
 ) -> std::result::Result<Vec<u8>, ChunkFault> {
-    let name = Object::Pack(index.pack(loc.pack).id).name();
-    store
-        .backend()
-        .read_range(&name, loc.offset as u64, loc.stored_len() as usize)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ChunkFault::Missing,
-            std::io::ErrorKind::UnexpectedEof => {
-                ChunkFault::Corrupt(format!("pack {name} is truncated"))
-            }
-            _ => ChunkFault::Corrupt(format!("pack {name} unreadable: {e}")),
-        })
+    store.read_stored(&index.pack(loc.pack).id, loc)
 }
 
 fn fault_error(id: &Id, fault: ChunkFault) -> Error {
@@ -477,8 +467,16 @@ mod tests {
     #[test]
     fn copy_of_an_empty_store_sends_nothing_and_named_missing_stamps_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let from = Store::init(&dir.path().join("a")).unwrap();
-        let to = Store::init(&dir.path().join("b")).unwrap();
+        let from = Store::init(
+            &crate::store::location::StoreAddress::local(dir.path().join("a")),
+            &crate::store::InitOptions::default(),
+        )
+        .unwrap();
+        let to = Store::init(
+            &crate::store::location::StoreAddress::local(dir.path().join("b")),
+            &crate::store::InitOptions::default(),
+        )
+        .unwrap();
         let r = copy(&from, &to, &[], &opts(), &NoProgress).unwrap();
         assert!(r.snapshots_copied.is_empty() && r.snapshots_skipped.is_empty());
         assert_eq!((r.chunks_sent, r.bytes_sent, r.exit_code), (0, 0, 0));

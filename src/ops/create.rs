@@ -482,7 +482,7 @@ impl<'a> Capture<'a> {
         src: &Path,
         check: bool,
     ) -> Result<(Stored, Option<String>)> {
-        let tmp = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "sqlite");
+        let tmp = self.store.temp_path("sqlite")?;
         let result = (|| {
             sqlite::backup_to(src, &tmp)?;
             let problems = if check {
@@ -751,7 +751,11 @@ mod tests {
         for f in ["atocore.db", "atocore.db-wal", "atocore.db-shm"] {
             std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
         }
-        let store = Store::init(&dir.path().join("store")).unwrap();
+        let store = Store::init(
+            &crate::store::location::StoreAddress::local(dir.path().join("store")),
+            &crate::store::InitOptions::default(),
+        )
+        .unwrap();
         let offset = Arc::new(AtomicU64::new(0));
         let o = offset.clone();
         let base = chrono::Utc::now().timestamp_millis() as u64;

@@ -88,8 +88,15 @@ pub fn dump<W: Write>(
         inner: out,
         hasher: blake3::Hasher::new(),
     };
-    let written = extract::write_file(store, &index, file, &mut hashing, |_| {})
-        .map_err(|e| chunk_error(e, &wanted, output))?;
+    let written = extract::write_file(
+        store,
+        &index,
+        file,
+        &mut hashing,
+        |_| {},
+        extract::ChunkSource::Store,
+    )
+    .map_err(|e| chunk_error(e, &wanted, output))?;
     hashing.flush().ctx("write", output)?;
     if written != file.size {
         return Err(Error::ManifestCorrupt {

@@ -32,37 +32,44 @@ pub const SMALL_FILE_MAX: u64 = 64 << 20;
 /// Bytes reserved up front at most: the recorded size is untrusted.
 const SMALL_FILE_RESERVE: u64 = 1 << 20;
 
-/// Writes the file's content to `out`, verifying every chunk. Returns the
-/// bytes written.
+/// Where [`write_file`] takes a file's chunks from.
+#[derive(Clone, Copy)]
+pub enum ChunkSource<'a> {
+    /// The store.
+    Store,
+    /// `local` when it has the chunk (a restore reusing the bytes of the
+    /// file it replaces; it must return only bytes whose id it has
+    /// checked), the store otherwise.
+    LocalFirst(&'a (dyn Fn(&Id) -> Option<Vec<u8>> + Sync)),
+}
+
+impl ChunkSource<'_> {
+    fn read(self, store: &Store, index: &ChunkIndex, id: &Id) -> Result<Vec<u8>, ChunkFault> {
+        match self {
+            ChunkSource::LocalFirst(local) => match local(id) {
+                Some(bytes) => Ok(bytes),
+                None => store.read_chunk(index, id),
+            },
+            ChunkSource::Store => store.read_chunk(index, id),
+        }
+    }
+}
+
+/// Writes the file's content to `out`, each chunk taken from `source` and
+/// verified. Returns the bytes written.
 pub fn write_file<W: Write>(
     store: &Store,
     index: &ChunkIndex,
     file: &FileEntry,
     out: &mut W,
-    on_bytes: impl FnMut(u64),
-) -> Result<u64, ExtractError> {
-    write_file_with(store, index, file, out, on_bytes, |_| None)
-}
-
-/// Like [`write_file`], but takes a chunk from `local` when it has it (a
-/// restore reusing the bytes of the file it replaces; `local` must return
-/// only bytes whose id it has checked), from the store otherwise.
-pub fn write_file_with<W: Write>(
-    store: &Store,
-    index: &ChunkIndex,
-    file: &FileEntry,
-    out: &mut W,
     mut on_bytes: impl FnMut(u64),
-    local: impl Fn(&Id) -> Option<Vec<u8>> + Sync,
+    source: ChunkSource<'_>,
 ) -> Result<u64, ExtractError> {
     let mut written = 0u64;
     for batch in file.chunks.chunks(BATCH_CHUNKS) {
         let data: Vec<Result<Vec<u8>, (Id, ChunkFault)>> = batch
             .par_iter()
-            .map(|id| match local(id) {
-                Some(bytes) => Ok(bytes),
-                None => store.read_chunk(index, id).map_err(|f| (*id, f)),
-            })
+            .map(|id| source.read(store, index, id).map_err(|f| (*id, f)))
             .collect();
         for chunk in data {
             let chunk = chunk.map_err(|(id, f)| ExtractError::Chunk(id, f))?;
@@ -87,7 +94,7 @@ pub fn read_small_file(
         buf: Vec::with_capacity(limit.min(SMALL_FILE_RESERVE) as usize),
         limit,
     };
-    match write_file(store, index, file, &mut out, |_| {}) {
+    match write_file(store, index, file, &mut out, |_| {}, ChunkSource::Store) {
         Err(ExtractError::Write(e)) if e.kind() == std::io::ErrorKind::FileTooLarge => {
             Err(ExtractError::TooLarge { limit })
         }

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
@@ -53,7 +53,7 @@ use crate::store::lock::ExclusiveLock;
 use crate::store::pack::{self, PackEntry};
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
-use crate::store::{ChunkFault, Object, Store};
+use crate::store::{ChunkFault, Dir, Object, Store};
 
 /// A pack is rewritten when its live chunks make up less than this share
 /// (in stored bytes) of its chunk bytes. At 50 % a rewrite at least halves
@@ -153,8 +153,8 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             }
         }
     };
-    if let Some(root) = store.local_root() {
-        let snapshots_dir = root.join("snapshots");
+    if store.local_root().is_some() {
+        let snapshots_dir = store.display_dir(Dir::Snapshots);
         if !snapshots_dir.is_dir() {
             return Err(Error::SnapshotsDirMissing {
                 path: snapshots_dir,
@@ -207,7 +207,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     let read: Vec<_> = listed
         .into_par_iter()
         .map(|p| {
-            let entries = store.read_pack_index(&p.name, p.size);
+            let entries = store.read_pack_index(&Object::Listed(p.name.clone()), p.size);
             (p, entries)
         })
         .collect();
@@ -376,7 +376,7 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
     if write_error.is_none() {
         // A remote backend uploads in the background: the new packs must
         // be in the bucket, not merely handed over, before an old one goes.
-        write_error = packs_durable(store).err();
+        write_error = store.packs_durable().err();
     }
     let written_bytes = packer.bytes_written();
     out.written = packer
@@ -402,15 +402,6 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
     Ok(out)
 }
 
-/// Waits until the packs handed to the backend are stored (an upload that
-/// failed fails this, and every later delete of the backend too).
-pub(crate) fn packs_durable(store: &Store) -> Result<()> {
-    store
-        .backend()
-        .barrier()
-        .ctx("upload new packs to", store.object_path("objects"))
-}
-
 enum CopyError {
     Chunk(Id, ChunkFault),
     Store(Error),
@@ -429,8 +420,11 @@ fn copy_live(
     live.sort_by_key(|e| e.offset);
     for e in &live {
         let stored = store
-            .backend()
-            .read_range(&p.name, e.offset as u64, e.stored_len as usize)
+            .read_object_range(
+                &Object::Listed(p.name.clone()),
+                e.offset as u64,
+                e.stored_len as usize,
+            )
             .map_err(|err| {
                 CopyError::Chunk(
                     e.id,
@@ -515,9 +509,20 @@ impl GcResult {
     }
 }
 
+/// What `gc` is asked to do (rustic's `PruneOptions`): new choices become
+/// fields here, not new functions.
+#[derive(Clone, Debug, Default)]
+pub struct GcOptions {
+    /// Delete and rewrite (`--confirm`); without it, a dry run.
+    pub confirm: bool,
+    /// How long to wait for the store lock (`--lock-wait`).
+    pub lock_wait: Duration,
+}
+
 /// `gc [--confirm]`: a dry run under the shared lock, or the real thing
 /// under the exclusive lock.
-pub fn gc(store: &Store, confirm: bool, lock_wait: Duration) -> Result<GcResult> {
+pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcResult> {
+    let GcOptions { confirm, lock_wait } = *opts;
     let started = Instant::now();
     let mut result = if confirm {
         let lock = store.lock_exclusive("gc --confirm", lock_wait)?;

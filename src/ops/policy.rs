@@ -18,11 +18,10 @@
 use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::ops::cleanup::retention::{Policy, Within};
-use crate::store::Store;
+use crate::store::{BackendErrorKind, Object, Store};
 
-pub const POLICY_NAME: &str = "policy.json";
 /// The version of `policy.json` this build writes and reads.
 pub const POLICY_VERSION: u32 = 1;
 
@@ -115,10 +114,10 @@ pub struct PolicyResult {
 
 /// The stored policy, if the store has one.
 pub fn read(store: &Store) -> Result<Option<StoredPolicy>> {
-    let path = store.object_path(POLICY_NAME);
-    let bytes = match store.backend().read(POLICY_NAME) {
+    let path = store.display(&Object::Policy);
+    let bytes = match store.read_object(&Object::Policy) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if BackendErrorKind::of(&e) == BackendErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read", &path, e)),
     };
     let invalid = |detail: String| Error::StoreConfigInvalid {
@@ -127,7 +126,7 @@ pub fn read(store: &Store) -> Result<Option<StoredPolicy>> {
     };
     let opened = store
         .sealer()
-        .open(bytes, POLICY_NAME.as_bytes())
+        .open(bytes, Object::Policy.name().as_bytes())
         .map_err(invalid)?;
     let stored: StoredPolicy = serde_json::from_slice(&opened)
         .map_err(|e| invalid(format!("not a retention policy: {e}")))?;
@@ -164,11 +163,8 @@ pub fn set(store: &Store, flags: &RuleFlags) -> Result<PolicyResult> {
     let json = serde_json::to_vec_pretty(&stored).map_err(|e| Error::Encode {
         detail: e.to_string(),
     })?;
-    let sealed = store.sealer().seal(json, POLICY_NAME.as_bytes());
-    store
-        .backend()
-        .replace(POLICY_NAME, &sealed)
-        .ctx("write", store.object_path(POLICY_NAME))?;
+    let sealed = store.sealer().seal(json, Object::Policy.name().as_bytes());
+    store.replace_object(&Object::Policy, &sealed)?;
     Ok(result(store, Some(stored)))
 }
 
@@ -187,7 +183,7 @@ pub fn resolve(store: &Store, flags: &RuleFlags) -> Result<(Policy, String)> {
 }
 
 fn result(store: &Store, stored: Option<StoredPolicy>) -> PolicyResult {
-    let file = store.object_path(POLICY_NAME).display().to_string();
+    let file = store.display(&Object::Policy).display().to_string();
     match stored {
         Some(s) => PolicyResult {
             stored: true,

@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::id::{Id, IdMap, IdSet};
 use crate::store::index::ChunkIndex;
 use crate::store::manifest::Manifest;
-use crate::store::{ReadFrom, Store};
+use crate::store::{Dir, ReadFrom, Store};
 
 use super::gc;
 
@@ -205,13 +205,10 @@ fn ratio(a: u64, b: u64) -> Option<f64> {
 
 /// Bytes of every object but temp files and locks (scratch, not data).
 fn store_bytes(store: &Store) -> Result<u64> {
-    let files = store
-        .backend()
-        .list_files("")
-        .ctx("list", store.object_path(""))?;
+    let files = store.list_all()?;
     Ok(files
         .iter()
-        .filter(|f| !f.name.starts_with("tmp/") && !f.name.starts_with("locks/"))
+        .filter(|f| !Dir::Tmp.holds(&f.name) && !Dir::Locks.holds(&f.name))
         .map(|f| f.size)
         .sum())
 }

@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::ops::list::ListResult;
 use crate::store::audit_log;
 use crate::store::names::Log;
-use crate::store::Store;
+use crate::store::{Dir, Store};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -111,12 +111,11 @@ impl StoreFacts {
 /// and locks excluded).
 pub fn store_bytes(store: &Store) -> Result<u64> {
     let mut total = 0;
-    let logs = Log::ALL.map(Log::dir);
-    for dir in ["objects", "snapshots"].iter().chain(&logs) {
+    let logs = Log::ALL.map(Dir::Log);
+    for dir in [Dir::Packs, Dir::Snapshots].into_iter().chain(logs) {
         let files = store
-            .backend()
-            .list_files(dir)
-            .map_err(|e| Error::io("list", store.object_path(dir), e))?;
+            .list_dir(dir)
+            .map_err(|e| Error::io("list", store.display_dir(dir), e))?;
         total += files.iter().map(|f| f.size).sum::<u64>();
     }
     Ok(total)

@@ -56,7 +56,7 @@ use crate::progress::Progress;
 use crate::sources::paths::Paths;
 use crate::store::key::Secrets;
 use crate::store::location::StoreAddress;
-use crate::store::{Store, CONFIG_NAME};
+use crate::store::{Object, Store};
 pub use api_error::{status_for, ApiError};
 pub use auth::Token;
 use handlers::{
@@ -455,17 +455,17 @@ impl AppState {
     /// does). Blocking.
     fn store(&self, create: bool) -> Result<Store> {
         if let Some((seen, store)) = lock(&self.store).as_ref() {
-            if store.backend().read(CONFIG_NAME).ok().as_ref() == Some(seen) {
+            if store.read_object(&Object::Config).ok().as_ref() == Some(seen) {
                 return Ok(store.reopened());
             }
         }
         let opened = if create {
-            Store::open_or_init_at(&self.address, &self.secrets)?
+            Store::open_or_init(&self.address, &self.secrets)?
         } else {
-            Store::open_at(&self.address, &self.secrets)?
+            Store::open(&self.address, &self.secrets)?
         };
         let fresh = opened.reopened();
-        if let Ok(bytes) = opened.backend().read(CONFIG_NAME) {
+        if let Ok(bytes) = opened.read_object(&Object::Config) {
             *lock(&self.store) = Some((bytes, opened));
         }
         Ok(fresh)

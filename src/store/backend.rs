@@ -16,6 +16,70 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// What a failed backend call means to its caller (restic's `IsNotExist`
+/// and `IsPermanentError`): every backend's errors say one of these, and
+/// callers ask [`BackendErrorKind::of`] instead of guessing from an
+/// `io::ErrorKind`. The error itself stays an `io::Error`, whose kind
+/// [`crate::error::Error::io`] reads for disk full, read-only and
+/// permission denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendErrorKind {
+    /// The object (or the bucket) is not there.
+    NotFound,
+    /// The storage did not answer as it should (a refused connection, a
+    /// timeout, a throttled or failing server): a later try may succeed.
+    Transient,
+    /// Anything else: trying again will not help (refused credentials, a
+    /// short object, a folder where a file should be, a bad request).
+    Permanent,
+}
+
+impl BackendErrorKind {
+    /// The kind of an error a backend returned: the one the backend gave
+    /// it ([`tagged`]), else what its `io::ErrorKind` says (a local
+    /// backend's errors come from the OS).
+    pub fn of(e: &io::Error) -> BackendErrorKind {
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<Tagged>()) {
+            Some(t) => t.kind,
+            None => BackendErrorKind::from_io(e.kind()),
+        }
+    }
+
+    /// How an OS error reads as a backend failure.
+    pub fn from_io(kind: io::ErrorKind) -> BackendErrorKind {
+        match kind {
+            io::ErrorKind::NotFound => BackendErrorKind::NotFound,
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::Interrupted => BackendErrorKind::Transient,
+            _ => BackendErrorKind::Permanent,
+        }
+    }
+}
+
+/// An `io::Error` whose backend says its kind: `kind()` is still
+/// `io_kind` and the message is `msg`, unchanged.
+pub fn tagged(io_kind: io::ErrorKind, kind: BackendErrorKind, msg: String) -> io::Error {
+    io::Error::new(io_kind, Tagged { kind, msg })
+}
+
+/// The message of a [`tagged`] error, with its kind beside it.
+#[derive(Debug)]
+struct Tagged {
+    kind: BackendErrorKind,
+    msg: String,
+}
+
+impl std::fmt::Display for Tagged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Tagged {}
+
 /// A file in a listing.
 #[derive(Clone, Debug)]
 pub struct ListEntry {
@@ -25,6 +89,9 @@ pub struct ListEntry {
     pub modified: Option<std::time::SystemTime>,
 }
 
+/// The storage of a store. Failures are `io::Error`s whose
+/// [`BackendErrorKind`] says what they mean: a missing object is `NotFound`
+/// on every backend (the conformance suite checks it).
 pub trait Backend: Send + Sync {
     /// Human-readable location, for messages.
     fn location(&self) -> String;
@@ -435,6 +502,63 @@ mod tests {
             assert_eq!(mode(&root.join(f)), 0o600, "{f}");
         }
         assert_eq!(mode(&root), 0o751);
+    }
+
+    #[test]
+    fn local_failures_say_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new(dir.path());
+        let kind = |r: io::Result<Vec<u8>>| BackendErrorKind::of(&r.unwrap_err());
+        // A missing object, whole or in part.
+        assert_eq!(
+            kind(b.read("objects/ab/none.pack")),
+            BackendErrorKind::NotFound
+        );
+        assert_eq!(
+            kind(b.read_range("objects/ab/none.pack", 0, 4)),
+            BackendErrorKind::NotFound
+        );
+        assert_eq!(
+            BackendErrorKind::of(&b.size("config.json").unwrap_err()),
+            BackendErrorKind::NotFound
+        );
+        // A folder where an object should be: trying again will not help.
+        fs::create_dir(dir.path().join("snapshots")).unwrap();
+        assert_eq!(kind(b.read("snapshots")), BackendErrorKind::Permanent);
+        // Permission denied, as the OS reports it (and for real where this
+        // user cannot read past a mode of 0: root can).
+        let denied = io::Error::from_raw_os_error(13);
+        assert_eq!(denied.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(BackendErrorKind::of(&denied), BackendErrorKind::Permanent);
+        fs::write(dir.path().join("config.json"), b"{}").unwrap();
+        fs::set_permissions(
+            dir.path().join("config.json"),
+            fs::Permissions::from_mode(0o000),
+        )
+        .unwrap();
+        if let Err(e) = b.read("config.json") {
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+            assert_eq!(BackendErrorKind::of(&e), BackendErrorKind::Permanent);
+        }
+        assert_eq!(
+            BackendErrorKind::of(&io::Error::from(io::ErrorKind::TimedOut)),
+            BackendErrorKind::Transient
+        );
+    }
+
+    #[test]
+    fn a_tagged_error_keeps_its_io_kind_and_message() {
+        let e = tagged(
+            io::ErrorKind::Other,
+            BackendErrorKind::Transient,
+            "s3://b/x: slow down".into(),
+        );
+        assert_eq!(BackendErrorKind::of(&e), BackendErrorKind::Transient);
+        assert_eq!(e.kind(), io::ErrorKind::Other);
+        assert_eq!(e.to_string(), "s3://b/x: slow down");
+        // Rewrapped by message only, the kind falls back to the io kind.
+        let plain = io::Error::new(e.kind(), e.to_string());
+        assert_eq!(BackendErrorKind::of(&plain), BackendErrorKind::Permanent);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod seal;
 mod snapshots;
 mod tmp;
 
+pub use open::InitOptions;
 pub use packs::{Check, ChunkFault, PackLayout};
 pub use snapshots::{IncompleteSnapshot, ReadFrom, SnapshotListing};
 pub use tmp::CleanedTmp;
@@ -43,8 +44,8 @@ pub use tmp::CleanedTmp;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::Result;
-use backend::Backend;
+use crate::error::{IoContext, Result};
+use backend::{Backend, ListEntry};
 use cache::ObjectCache;
 use format::StoreConfig;
 use key::KeyFile;
@@ -52,7 +53,8 @@ use location::{RemoteSettings, StoreLocation};
 use lock::ExclusiveLock;
 use seal::Sealer;
 
-pub use names::{Object, CONFIG_NAME, MANIFEST_NAME, METADATA_NAME, QUARANTINE_DIR};
+pub use backend::BackendErrorKind;
+pub use names::{Dir, Object, CONFIG_NAME, MANIFEST_NAME, METADATA_NAME};
 /// gc's grace period on a remote store.
 pub const DEFAULT_REMOTE_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -165,17 +167,97 @@ impl Store {
         &self.sealer
     }
 
-    pub fn backend(&self) -> &dyn Backend {
+    /// The backend itself: only the store's own parts touch it.
+    pub(in crate::store) fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
 
     /// A shared handle on the backend (lock heartbeats outlive a borrow).
-    pub fn backend_handle(&self) -> Arc<dyn Backend> {
+    pub(crate) fn backend_handle(&self) -> Arc<dyn Backend> {
         self.backend.clone()
     }
 
-    /// Path of an object, for messages.
-    pub fn object_path(&self, name: &str) -> PathBuf {
+    /// Path of an object by its raw name, for the store's own messages.
+    pub(in crate::store) fn object_path(&self, name: &str) -> PathBuf {
         self.backend.display_name(name)
+    }
+
+    // ---- objects by their typed names --------------------------------------
+
+    /// Path (or URL) of an object, for messages.
+    pub fn display(&self, o: &Object) -> PathBuf {
+        self.backend.display_name(&o.name())
+    }
+
+    /// Path (or URL) of a folder of the store, for messages.
+    pub fn display_dir(&self, d: Dir) -> PathBuf {
+        self.backend.display_name(d.name())
+    }
+
+    /// Where the store is, as its storage names it (a folder, a bucket URL).
+    pub fn location_name(&self) -> String {
+        self.backend.location()
+    }
+
+    /// Whether `o` is there.
+    pub fn object_exists(&self, o: &Object) -> std::io::Result<bool> {
+        self.backend.exists(&o.name())
+    }
+
+    /// The whole of `o`, from the storage (never the cache).
+    pub fn read_object(&self, o: &Object) -> std::io::Result<Vec<u8>> {
+        self.backend.read(&o.name())
+    }
+
+    /// `len` bytes of `o` at `offset`, from the storage.
+    pub fn read_object_range(
+        &self,
+        o: &Object,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<Vec<u8>> {
+        self.backend.read_range(&o.name(), offset, len)
+    }
+
+    /// Streams `o` from its start (verify reads whole packs so).
+    pub fn open_object(&self, o: &Object) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        self.backend.open_read(&o.name())
+    }
+
+    /// Writes a new object durably; `o` must not exist yet.
+    pub fn write_object(&self, o: &Object, bytes: &[u8]) -> Result<()> {
+        let name = o.name();
+        self.backend
+            .write_once(&name, bytes)
+            .ctx("write", self.object_path(&name))
+    }
+
+    /// Replaces `o` (or creates it) atomically: a reader, or a crash, sees
+    /// the old content or the new, never neither.
+    pub fn replace_object(&self, o: &Object, bytes: &[u8]) -> Result<()> {
+        let name = o.name();
+        self.backend
+            .replace(&name, bytes)
+            .ctx("write", self.object_path(&name))
+    }
+
+    /// Every file of the store, recursively.
+    pub fn list_all(&self) -> Result<Vec<ListEntry>> {
+        self.backend
+            .list_files("")
+            .ctx("list", self.object_path(""))
+    }
+
+    /// Every file below folder `d`, recursively (none when it is missing).
+    pub fn list_dir(&self, d: Dir) -> std::io::Result<Vec<ListEntry>> {
+        self.backend.list_files(d.name())
+    }
+
+    /// Waits until the packs handed to the storage are stored: an upload
+    /// that failed fails this (and every later delete of the backend too).
+    pub fn packs_durable(&self) -> Result<()> {
+        self.backend
+            .barrier()
+            .ctx("upload new packs to", self.display_dir(Dir::Packs))
     }
 }

@@ -1,19 +1,18 @@
 //! Opening and creating a store: connecting to its storage, reading its
 //! config and key file, and changing the password.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, IoContext, Result};
 
-use super::backend::{Backend, LocalBackend};
+use super::backend::{Backend, BackendErrorKind, LocalBackend};
 use super::cache::ObjectCache;
 use super::format::{CompressionParams, StoreConfig};
-use super::key::{KdfCost, KeyFile, Secrets, UnwrapError, KEY_FILE};
+use super::key::{KdfCost, KeyFile, Secrets, UnwrapError};
 use super::location::{RemoteSettings, StoreAddress, StoreLocation};
 use super::seal::{MasterKey, Sealer};
 use super::{backend, key, location};
-use super::{Store, CONFIG_NAME};
+use super::{Dir, Object, Store};
 
 /// Reads, checks and unwraps the key file of a `repokey` store.
 fn open_repokey(
@@ -24,14 +23,15 @@ fn open_repokey(
     let password = secrets.password()?.ok_or_else(|| Error::PasswordRequired {
         path: backend.location(),
     })?;
-    let key_path = backend.display_name(KEY_FILE);
+    let key_file = Object::KeyFile.name();
+    let key_path = backend.display_name(&key_file);
     let corrupt = |detail: String| Error::KeyFileCorrupt {
         path: key_path.display().to_string(),
         detail,
     };
-    let bytes = match backend.read(KEY_FILE) {
+    let bytes = match backend.read(&key_file) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if BackendErrorKind::of(&e) == BackendErrorKind::NotFound => {
             return Err(Error::KeyFileMissing {
                 path: key_path.display().to_string(),
             })
@@ -54,6 +54,42 @@ fn open_repokey(
         UnwrapError::Corrupt(detail) => corrupt(detail),
     })?;
     Ok((Sealer::repokey(master), file))
+}
+
+/// How [`Store::init`] makes a new store. New choices become fields here
+/// (with their default in `Default`), not new constructors.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Encryption scheme: `none` or `repokey` (anything else is a usage
+    /// error).
+    pub scheme: String,
+    /// Where a `repokey` store's password comes from.
+    pub secrets: Secrets,
+    /// How new chunks are compressed (`init --compression`), recorded in
+    /// `config.json`.
+    pub compression: CompressionParams,
+}
+
+impl Default for InitOptions {
+    /// Unencrypted, compressed as `CompressionParams::auto` says.
+    fn default() -> InitOptions {
+        InitOptions {
+            scheme: "none".into(),
+            secrets: Secrets::none(),
+            compression: CompressionParams::auto(),
+        }
+    }
+}
+
+impl InitOptions {
+    /// A store with encryption `scheme`, its password from `secrets`.
+    pub fn with_scheme(scheme: &str, secrets: &Secrets) -> InitOptions {
+        InitOptions {
+            scheme: scheme.into(),
+            secrets: secrets.clone(),
+            ..InitOptions::default()
+        }
+    }
 }
 
 /// A connection to a store's storage: the backend, and the cache of a
@@ -99,35 +135,26 @@ impl Store {
         }
     }
 
-    /// Opens an existing unencrypted local store (an encrypted one is
-    /// refused with `password_required`: use [`Store::open_with`]).
-    pub fn open(root: &Path) -> Result<Store> {
-        Store::open_with(root, &Secrets::none())
-    }
-
-    /// [`Store::open_at`] for a local folder.
-    pub fn open_with(root: &Path, secrets: &Secrets) -> Result<Store> {
-        Store::open_at(&StoreAddress::local(root), secrets)
-    }
-
     /// Whether a store (its `config.json`) exists at `address`.
-    pub fn exists_at(address: &StoreAddress) -> Result<bool> {
+    pub fn exists(address: &StoreAddress) -> Result<bool> {
         let (backend, _) = connect(&address.location, &address.remote)?;
+        let config = Object::Config.name();
         backend
-            .exists(CONFIG_NAME)
-            .ctx("stat", backend.display_name(CONFIG_NAME))
+            .exists(&config)
+            .ctx("stat", backend.display_name(&config))
     }
 
     /// Opens an existing store; an encrypted one takes its password from
     /// `secrets` and is refused, before any other work, when the password
     /// is missing (`password_required`) or wrong (`wrong_password`).
-    pub fn open_at(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
+    pub fn open(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
         let (location, remote) = (&address.location, &address.remote);
         let (backend, cache) = connect(location, remote)?;
-        let config_path = backend.display_name(CONFIG_NAME);
-        let bytes = match backend.read(CONFIG_NAME) {
+        let config_name = Object::Config.name();
+        let config_path = backend.display_name(&config_name);
+        let bytes = match backend.read(&config_name) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if BackendErrorKind::of(&e) == BackendErrorKind::NotFound => {
                 return Err(Error::StoreMissing {
                     path: location.display(),
                 })
@@ -159,43 +186,23 @@ impl Store {
         ))
     }
 
-    /// Creates a new unencrypted local store at `root` (which may exist but
-    /// must not hold a store already).
-    pub fn init(root: &Path) -> Result<Store> {
-        Store::init_with(root, "none", &Secrets::none())
-    }
-
-    /// [`Store::init_at`] for a local folder.
-    pub fn init_with(root: &Path, scheme: &str, secrets: &Secrets) -> Result<Store> {
-        Store::init_at(&StoreAddress::local(root), scheme, secrets)
-    }
-
-    /// Creates a new store with encryption `scheme` (`none` or `repokey`;
-    /// `repokey` takes its password from `secrets`). In a `repokey` store
+    /// Creates a new store at `address` (a local folder may exist but must
+    /// not hold a store already), as `options` say. In a `repokey` store
     /// the key file is durable before `config.json` appears, so a store
     /// never exists without its key.
-    pub fn init_at(address: &StoreAddress, scheme: &str, secrets: &Secrets) -> Result<Store> {
-        Store::init_compressed(address, scheme, secrets, CompressionParams::auto())
-    }
-
-    /// [`Store::init_at`] with how new chunks are compressed (`init
-    /// --compression`), recorded in `config.json`.
-    pub fn init_compressed(
-        address: &StoreAddress,
-        scheme: &str,
-        secrets: &Secrets,
-        compression: CompressionParams,
-    ) -> Result<Store> {
+    pub fn init(address: &StoreAddress, options: &InitOptions) -> Result<Store> {
         let (location, remote) = (&address.location, &address.remote);
+        let (scheme, secrets) = (options.scheme.as_str(), &options.secrets);
         let (backend, cache) = connect(location, remote)?;
-        let config_path = backend.display_name(CONFIG_NAME);
-        if backend.exists(CONFIG_NAME).ctx("stat", &config_path)? {
+        let config_name = Object::Config.name();
+        let config_path = backend.display_name(&config_name);
+        if backend.exists(&config_name).ctx("stat", &config_path)? {
             return Err(Error::StoreExists {
                 path: location.display(),
             });
         }
         let mut config = StoreConfig::new_default();
-        config.compression = compression;
+        config.compression = options.compression.clone();
         // Everything that can be refused is checked before anything is written.
         let repokey = match scheme {
             "none" => None,
@@ -222,8 +229,8 @@ impl Store {
             }
         };
         if let StoreLocation::Local(root) = location {
-            for dir in ["objects", "snapshots", "locks", "tmp"] {
-                let p = root.join(dir);
+            for dir in [Dir::Packs, Dir::Snapshots, Dir::Locks, Dir::Tmp] {
+                let p = root.join(dir.name());
                 backend::create_dir_durable(&p).ctx("create", &p)?;
             }
         }
@@ -231,12 +238,13 @@ impl Store {
             detail: e.to_string(),
         })?;
         if let Some((_, file)) = &repokey {
+            let key_file = Object::KeyFile.name();
             backend
-                .replace(KEY_FILE, &file.to_json())
-                .ctx("write", backend.display_name(KEY_FILE))?;
+                .replace(&key_file, &file.to_json())
+                .ctx("write", backend.display_name(&key_file))?;
         }
         backend
-            .write_once(CONFIG_NAME, &json)
+            .write_once(&config_name, &json)
             .ctx("write", &config_path)?;
         let (sealer, key_file) = match repokey {
             None => (Sealer::Plain, None),
@@ -252,31 +260,21 @@ impl Store {
         ))
     }
 
-    /// Opens the local store, creating an unencrypted one when none exists.
-    pub fn open_or_init(root: &Path) -> Result<Store> {
-        Store::open_or_init_with(root, &Secrets::none())
-    }
-
-    /// [`Store::open_or_init_at`] for a local folder.
-    pub fn open_or_init_with(root: &Path, secrets: &Secrets) -> Result<Store> {
-        Store::open_or_init_at(&StoreAddress::local(root), secrets)
-    }
-
-    /// [`Store::open_at`], creating an unencrypted store when none exists.
+    /// [`Store::open`], creating an unencrypted store when none exists.
     /// A password given for a store that is not there is refused
     /// (`store_missing`): the operator meant an encrypted store, and a
     /// backup disk that is not mounted must not turn into plaintext backups
     /// on the root file system. Only `init --encryption repokey` makes an
     /// encrypted store.
-    pub fn open_or_init_at(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
-        match Store::open_at(address, secrets) {
+    pub fn open_or_init(address: &StoreAddress, secrets: &Secrets) -> Result<Store> {
+        match Store::open(address, secrets) {
             Err(Error::StoreMissing { path }) if secrets.is_given() => {
                 Err(Error::StoreMissingWithPassword { path })
             }
             Err(Error::StoreMissing { .. }) => {
-                match Store::init_at(address, "none", &Secrets::none()) {
+                match Store::init(address, &InitOptions::default()) {
                     // Another process created it between our check and init.
-                    Err(_) => Store::open_at(address, secrets),
+                    Err(_) => Store::open(address, secrets),
                     other => other,
                 }
             }
@@ -329,9 +327,10 @@ impl Store {
         }
         let cost = KdfCost::from_env()?;
         let file = KeyFile::wrap(keys.master(), new_password, cost).map_err(Error::KeyMaterial)?;
+        let key_file = Object::KeyFile.name();
         self.backend
-            .replace(KEY_FILE, &file.to_json())
-            .ctx("replace", self.object_path(KEY_FILE))?;
+            .replace(&key_file, &file.to_json())
+            .ctx("replace", self.object_path(&key_file))?;
         Ok(file)
     }
 }

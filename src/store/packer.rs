@@ -48,7 +48,7 @@ impl<'s> Packer<'s> {
         let writer = match &mut self.open {
             Some(w) => w,
             slot @ None => {
-                let path = crate::store::backend::temp_path_in(&self.store.tmp_dir()?, "pack");
+                let path = self.store.temp_path("pack")?;
                 slot.insert(PackWriter::create(&path).ctx("create", &path)?)
             }
         };

@@ -6,12 +6,13 @@ use rayon::prelude::*;
 use crate::error::{IoContext, Result};
 use crate::id::Id;
 
+use super::backend::{self, BackendErrorKind};
 use super::index::{ChunkIndex, DamagedPack, Location};
 use super::lock::ExclusiveLock;
 use super::pack::{PackEntry, PackIndexError, TRAILER_LEN};
 use super::seal::Sealer;
 use super::Store;
-use super::{backend, pack, Object};
+use super::{pack, Dir, Object};
 
 /// Where a pack's chunks and index are.
 #[derive(Clone, Debug)]
@@ -56,8 +57,8 @@ impl Store {
     pub fn list_packs(&self) -> Result<Vec<backend::ListEntry>> {
         let list = self
             .backend
-            .list_files("objects")
-            .ctx("list", self.object_path("objects"))?;
+            .list_files(Dir::Packs.name())
+            .ctx("list", self.display_dir(Dir::Packs))?;
         Ok(list
             .into_iter()
             .filter(|e| e.name.ends_with(".pack"))
@@ -67,21 +68,21 @@ impl Store {
     /// Reads a pack's own index from its trailer.
     pub fn read_pack_index(
         &self,
-        name: &str,
+        pack: &Object,
         size: u64,
     ) -> std::result::Result<Vec<PackEntry>, String> {
-        self.read_pack_layout(name, size, Check::Strict)
+        self.read_pack_layout(pack, size, Check::Strict)
             .map(|l| l.entries)
     }
 
     /// Reads a pack's trailer and index, checked as `check` says.
     pub fn read_pack_layout(
         &self,
-        name: &str,
+        pack: &Object,
         size: u64,
         check: Check,
     ) -> std::result::Result<PackLayout, String> {
-        let (blob_end, stored, hash) = self.read_pack_trailer(name, size)?;
+        let (blob_end, stored, hash) = self.read_pack_trailer(&pack.name(), size)?;
         if check == Check::Strict {
             let entries = pack::decode_index(stored, &hash, blob_end, |b| {
                 self.sealer.open(b, pack::INDEX_AD)
@@ -149,7 +150,12 @@ impl Store {
         for round in packs.chunks(PACKS_PER_ROUND) {
             let loaded: Vec<_> = round
                 .par_iter()
-                .map(|p| (p, self.read_pack_index(&p.name, p.size)))
+                .map(|p| {
+                    (
+                        p,
+                        self.read_pack_index(&Object::Listed(p.name.clone()), p.size),
+                    )
+                })
                 .collect();
             for (p, result) in loaded {
                 let Some(id) = pack::pack_id_from_name(&p.name) else {
@@ -215,27 +221,28 @@ impl Store {
         id: &Id,
     ) -> std::result::Result<Vec<u8>, ChunkFault> {
         let loc = index.get(id).ok_or(ChunkFault::Missing)?;
-        let name = Object::Pack(index.pack(loc.pack).id).name();
-        self.read_chunk_at(&name, id, loc)
+        let stored = self.read_stored(&index.pack(loc.pack).id, loc)?;
+        self.decode_chunk(stored, id, loc.compressed(), loc.raw_len)
     }
 
-    pub fn read_chunk_at(
+    /// The stored bytes of the chunk at `loc` in pack `pack`, as they are
+    /// in the pack (sealed, maybe compressed): a missing pack is a missing
+    /// chunk, a short or unreadable one a corrupt chunk.
+    pub fn read_stored(
         &self,
-        pack_name: &str,
-        id: &Id,
+        pack: &Id,
         loc: &Location,
     ) -> std::result::Result<Vec<u8>, ChunkFault> {
-        let stored = self
-            .backend
-            .read_range(pack_name, loc.offset as u64, loc.stored_len() as usize)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => ChunkFault::Missing,
-                std::io::ErrorKind::UnexpectedEof => {
-                    ChunkFault::Corrupt(format!("pack {pack_name} is truncated"))
+        let name = Object::Pack(*pack).name();
+        self.backend
+            .read_range(&name, loc.offset as u64, loc.stored_len() as usize)
+            .map_err(|e| match BackendErrorKind::of(&e) {
+                BackendErrorKind::NotFound => ChunkFault::Missing,
+                _ if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    ChunkFault::Corrupt(format!("pack {name} is truncated"))
                 }
-                _ => ChunkFault::Corrupt(format!("pack {pack_name} unreadable: {e}")),
-            })?;
-        self.decode_chunk(stored, id, loc.compressed(), loc.raw_len)
+                _ => ChunkFault::Corrupt(format!("pack {name} unreadable: {e}")),
+            })
     }
 
     /// Turns a stored chunk back into its raw bytes and checks its id.

@@ -5,7 +5,7 @@ use crate::error::{Error, IoContext, Result};
 
 use super::backend;
 use super::lock::ExclusiveLock;
-use super::{Store, QUARANTINE_DIR};
+use super::{Dir, Object, Store};
 
 impl Store {
     /// Moves a damaged object (a pack, a snapshot's summary) out of the way
@@ -14,12 +14,15 @@ impl Store {
     pub fn quarantine_object(
         &self,
         _lock: &ExclusiveLock,
-        name: &str,
+        object: &Object,
         reason: &str,
     ) -> Result<String> {
+        let name = object.name();
+        let name = name.as_str();
+        let snapshots = format!("{}/", Dir::Snapshots.name());
         let flat = name.rsplit('/').next().unwrap_or(name);
-        let flat = if name.starts_with("snapshots/") {
-            name.trim_start_matches("snapshots/").replace('/', "--")
+        let flat = if name.starts_with(&snapshots) {
+            name.trim_start_matches(&snapshots).replace('/', "--")
         } else {
             flat.to_string()
         };
@@ -30,9 +33,9 @@ impl Store {
         let mut n = 1;
         let dest = loop {
             let candidate = if n == 1 {
-                format!("{QUARANTINE_DIR}/{stem}{ext}")
+                Object::Quarantined(format!("{stem}{ext}")).name()
             } else {
-                format!("{QUARANTINE_DIR}/{stem}-{n}{ext}")
+                Object::Quarantined(format!("{stem}-{n}{ext}")).name()
             };
             let taken = self
                 .backend
@@ -65,8 +68,8 @@ impl Store {
     pub fn list_quarantined_packs(&self) -> Result<Vec<backend::ListEntry>> {
         let list = self
             .backend
-            .list_files(QUARANTINE_DIR)
-            .ctx("list", self.object_path(QUARANTINE_DIR))?;
+            .list_files(Dir::Quarantine.name())
+            .ctx("list", self.display_dir(Dir::Quarantine))?;
         Ok(list
             .into_iter()
             .filter(|e| e.name.ends_with(".pack"))
@@ -77,8 +80,8 @@ impl Store {
     pub fn quarantined_objects(&self) -> Result<Vec<String>> {
         let list = self
             .backend
-            .list_files(QUARANTINE_DIR)
-            .ctx("list", self.object_path(QUARANTINE_DIR))?;
+            .list_files(Dir::Quarantine.name())
+            .ctx("list", self.display_dir(Dir::Quarantine))?;
         let names: std::collections::HashSet<&str> = list.iter().map(|e| e.name.as_str()).collect();
         // A note is `<object>.json`, beside its object.
         let is_note = |n: &str| {

@@ -6,7 +6,7 @@ use crate::stamp::Stamp;
 use crate::store::manifest::Manifest;
 
 use super::lock::{ExclusiveLock, SharedLock};
-use super::{Object, Store, MANIFEST_NAME, METADATA_NAME};
+use super::{Dir, Object, Store, MANIFEST_NAME, METADATA_NAME};
 
 /// What is under `snapshots/`.
 #[derive(Clone, Debug, Default)]
@@ -116,8 +116,8 @@ impl Store {
         } else {
             let names = self
                 .backend
-                .list_children("snapshots")
-                .ctx("list", self.object_path("snapshots"))?;
+                .list_children(Dir::Snapshots.name())
+                .ctx("list", self.display_dir(Dir::Snapshots))?;
             let mut listing = SnapshotListing::default();
             for name in names {
                 match Stamp::parse(&name) {
@@ -138,8 +138,8 @@ impl Store {
     fn list_remote_snapshot_folders(&self) -> Result<SnapshotListing> {
         let files = self
             .backend
-            .list_files("snapshots")
-            .ctx("list", self.object_path("snapshots"))?;
+            .list_files(Dir::Snapshots.name())
+            .ctx("list", self.display_dir(Dir::Snapshots))?;
         let mut listing = SnapshotListing::default();
         let mut folders: std::collections::BTreeMap<String, (bool, Option<std::time::SystemTime>)> =
             Default::default();
@@ -147,8 +147,9 @@ impl Store {
             sizes.clear();
             sizes.extend(files.iter().map(|f| (f.name.clone(), f.size)));
         }
+        let prefix = format!("{}/", Dir::Snapshots.name());
         for f in &files {
-            let rel = f.name.trim_start_matches("snapshots/");
+            let rel = f.name.trim_start_matches(prefix.as_str());
             let Some((folder, file)) = rel.split_once('/') else {
                 listing.unparseable.push(rel.to_string());
                 continue;
@@ -173,12 +174,12 @@ impl Store {
     }
 
     pub fn snapshot_exists(&self, stamp: &Stamp) -> Result<bool> {
-        let dir = Object::snapshot_dir(stamp).name();
         let probe = if self.is_remote() {
-            format!("{dir}/{MANIFEST_NAME}")
+            Object::manifest(stamp)
         } else {
-            dir
-        };
+            Object::snapshot_dir(stamp)
+        }
+        .name();
         self.backend
             .exists(&probe)
             .ctx("stat", self.object_path(&probe))

@@ -32,6 +32,13 @@ impl Store {
         Ok(dir)
     }
 
+    /// A fresh path in `tmp/` for a temp file of this process (`suffix`
+    /// says what it holds), named so a later writer can tell a dead
+    /// process's leftovers from live work.
+    pub fn temp_path(&self, suffix: &str) -> Result<PathBuf> {
+        Ok(backend::temp_path_in(&self.tmp_dir()?, suffix))
+    }
+
     // ---- packs and chunks -------------------------------------------------
 
     /// Removes temp files left by processes that are provably gone (see

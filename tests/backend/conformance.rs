@@ -1,13 +1,13 @@
 //! The `Backend` contract (`src/store/backend.rs`), checked the same way on
 //! every backend: on a local folder always, and on a fresh prefix of the
 //! S3 test bucket when `ATOSNAP_TEST_S3_BUCKET` is set. After restic's
-//! per-backend test suite (`internal/backend/test`). A missing object is
-//! judged by `io::ErrorKind::NotFound`, which the store maps to its own
-//! "not found" errors.
+//! per-backend test suite (`internal/backend/test`). A missing object must
+//! say so twice: its `io::ErrorKind` is `NotFound` and its
+//! `BackendErrorKind` (what the store's callers ask) is `NotFound`.
 
 use std::io::{ErrorKind, Read};
 
-use atosnap::store::backend::{Backend, LocalBackend};
+use atosnap::store::backend::{Backend, BackendErrorKind, LocalBackend};
 
 use crate::support::s3::{backend_for, bucket, fresh_url};
 
@@ -44,6 +44,11 @@ fn suite(b: &dyn Backend) {
 fn assert_not_found<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str) {
     let e = r.expect_err(what);
     assert_eq!(e.kind(), ErrorKind::NotFound, "{what}: {e}");
+    assert_eq!(
+        BackendErrorKind::of(&e),
+        BackendErrorKind::NotFound,
+        "{what}: {e}"
+    );
 }
 
 /// Deterministic bytes, different per seed.
@@ -57,6 +62,14 @@ fn missing_objects_are_not_found(b: &dyn Backend) {
     assert!(!b.exists("missing/object").unwrap());
     assert_not_found(b.read("missing/object"), "read of a missing object");
     assert_not_found(b.size("missing/object"), "size of a missing object");
+    assert_not_found(
+        b.read_range("missing/object", 0, 4),
+        "range read of a missing object",
+    );
+    assert_not_found(
+        b.read_range_direct("missing/object", 0, 4),
+        "direct range read of a missing object",
+    );
 }
 
 fn written_bytes_read_back_whole_and_in_ranges(b: &dyn Backend) {

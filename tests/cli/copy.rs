@@ -386,7 +386,11 @@ fn plain_to_repokey_to_plain_and_between_keys_re_encrypts() {
     );
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.json["chunk_ids_rewritten"], true);
-    let back = atosnap::store::Store::open(&plain).unwrap();
+    let back = atosnap::store::Store::open(
+        &atosnap::store::location::StoreAddress::local(&plain),
+        &atosnap::store::key::Secrets::none(),
+    )
+    .unwrap();
     for s in [&a, &b] {
         let stamp = atosnap::stamp::Stamp::parse(s).unwrap();
         assert_eq!(

@@ -9,6 +9,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use atosnap::ops::extract::{write_file, ChunkSource};
 use atosnap::store::manifest::EntryKind;
 
 fn u(v: &Value, field: &str) -> u64 {
@@ -614,7 +615,7 @@ fn sqlite_in_chroma_is_captured_through_the_backup_api_without_sidecars() {
     let index = store.load_index().unwrap();
     let out = env.dir.path().join("extracted.sqlite3");
     let mut f = fs::File::create(&out).unwrap();
-    atosnap::ops::extract::write_file(&store, &index, entry, &mut f, |_| {}).unwrap();
+    write_file(&store, &index, entry, &mut f, |_| {}, ChunkSource::Store).unwrap();
     drop(f);
     let copy = rusqlite::Connection::open(&out).unwrap();
     let n: i64 = copy
@@ -666,8 +667,7 @@ fn a_file_changing_during_read_is_never_a_good_torn_copy() {
         let stamp = r["stamp"].as_str().unwrap();
         let m = env.manifest(stamp);
         let entry = m.find("chroma/seg/big.pickle").unwrap().file().unwrap();
-        let mut bytes = Vec::new();
-        atosnap::ops::extract::write_file(&store, &index, entry, &mut bytes, |_| {}).unwrap();
+        let bytes = stored_bytes(&store, &index, entry);
         let whole = bytes.len() == SIZE && bytes.iter().all(|b| *b == bytes[0]);
         let errors = strings(&r["validation_errors"]);
         if r["validated"] == true {
@@ -685,6 +685,17 @@ fn a_file_changing_during_read_is_never_a_good_torn_copy() {
         }
     }
     eprintln!("torn copies seen and flagged: {saw_torn_flagged}");
+}
+
+/// A file's bytes as the store holds them (every chunk verified).
+fn stored_bytes(
+    store: &atosnap::store::Store,
+    index: &atosnap::store::index::ChunkIndex,
+    entry: &atosnap::store::manifest::FileEntry,
+) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    write_file(store, index, entry, &mut bytes, |_| {}, ChunkSource::Store).unwrap();
+    bytes
 }
 
 /// A Chroma file rewritten between two creates is captured afresh in the
@@ -706,8 +717,7 @@ fn changed_file_is_captured_fresh_on_the_next_create() {
     assert_eq!(entry.size, 12_345);
     let store = env.open_store();
     let index = store.load_index().unwrap();
-    let mut bytes = Vec::new();
-    atosnap::ops::extract::write_file(&store, &index, entry, &mut bytes, |_| {}).unwrap();
+    let bytes = stored_bytes(&store, &index, entry);
     assert_eq!(bytes, support::pseudo_random(99, 12_345));
     assert_ne!(first["stamp"], second["stamp"]);
 }

@@ -213,7 +213,11 @@ fn a_damaged_pack_is_never_deleted() {
 fn a_corrupt_live_chunk_keeps_its_sparse_pack() {
     let (env, s) = after_deletion();
     // Flip a byte inside a chunk of A that D3 still references.
-    let store = atosnap::store::Store::open(&env.store).unwrap();
+    let store = atosnap::store::Store::open(
+        &atosnap::store::location::StoreAddress::local(&env.store),
+        &atosnap::store::key::Secrets::none(),
+    )
+    .unwrap();
     let d3 = atosnap::stamp::Stamp::parse(&s.d3).unwrap();
     let manifest = store
         .read_manifest(&d3, atosnap::store::ReadFrom::Cache)
@@ -221,7 +225,7 @@ fn a_corrupt_live_chunk_keeps_its_sparse_pack() {
     let live_chunk = manifest.db().unwrap().chunks[0];
     let size = fs::metadata(env.store.join(&s.pack_a)).unwrap().len();
     let entry = store
-        .read_pack_index(&s.pack_a, size)
+        .read_pack_index(&atosnap::store::Object::Listed(s.pack_a.clone()), size)
         .unwrap()
         .into_iter()
         .find(|e| e.id == live_chunk)

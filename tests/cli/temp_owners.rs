@@ -3,7 +3,7 @@
 //! on another host sharing the store keeps its temps while it runs.
 
 use atosnap::os::TempOwner;
-use atosnap::store::Store;
+use atosnap::store::{location::StoreAddress, InitOptions, Store};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +16,11 @@ fn temp(dir: &Path, owner: &TempOwner, suffix: &str) -> PathBuf {
 #[test]
 fn only_temps_of_provably_gone_owners_are_swept_without_the_exclusive_lock() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::init(&dir.path().join("store")).unwrap();
+    let store = Store::init(
+        &StoreAddress::local(dir.path().join("store")),
+        &InitOptions::default(),
+    )
+    .unwrap();
     let tmp = store.tmp_dir().unwrap();
     let me = TempOwner::current();
     // pid 4194304 is above Linux's pid_max: never a live process here.

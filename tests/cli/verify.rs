@@ -116,7 +116,10 @@ fn clean_store_reports_every_field() {
         .map(|p| {
             let name = pack_name_of(&env, p);
             store
-                .read_pack_index(&name, fs::metadata(p).unwrap().len())
+                .read_pack_index(
+                    &atosnap::store::Object::Listed(name),
+                    fs::metadata(p).unwrap().len(),
+                )
                 .unwrap()
                 .len()
         })

@@ -127,7 +127,10 @@ fn large_pack_is_checked_across_blocks() {
     assert!(size > 8 << 20, "pack of {size} bytes");
     let entries = env
         .open_store()
-        .read_pack_index(&pack_name_of(&env, &packs[0]), size)
+        .read_pack_index(
+            &atosnap::store::Object::Listed(pack_name_of(&env, &packs[0])),
+            size,
+        )
         .unwrap();
     let out = verify(&env, &[]);
     assert_eq!(out.json["ok"], true);

@@ -17,7 +17,7 @@ use atosnap::ops::verify;
 use atosnap::progress::NoProgress;
 use atosnap::stamp::Stamp;
 use atosnap::store::lock::lock_exclusive;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, InitOptions, Store};
 
 const BLOCK: usize = 4096;
 const WAIT: Duration = Duration::from_secs(60);
@@ -65,9 +65,9 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("CREATE TABLE t(x TEXT)").unwrap();
     let root = dir.path().join("store");
-    Store::init(&root).unwrap();
+    Store::init(&StoreAddress::local(&root), &InitOptions::default()).unwrap();
     set_pack_size(&root, pack_size);
-    let store = Store::open(&root).unwrap();
+    let store = Store::open(&StoreAddress::local(&root), &Secrets::none()).unwrap();
     let pool = pool();
 
     let mut stamps = Vec::new();
@@ -117,7 +117,11 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
         }
     }
     let before = store.load_index().unwrap();
-    let r = gc::gc(&store, true, WAIT).unwrap();
+    let confirm = gc::GcOptions {
+        confirm: true,
+        lock_wait: WAIT,
+    };
+    let r = gc::gc(&store, &confirm).unwrap();
     prop_assert_eq!(r.exit_code, 0, "{:?}", r.errors);
 
     // Every chunk a remaining snapshot references is still there and good.
@@ -149,7 +153,11 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
     prop_assert_eq!(r.chunks_live, referenced.len() as u64);
 
     // A second gc has nothing to do.
-    let again = gc::gc(&store, false, WAIT).unwrap();
+    let dry_run = gc::GcOptions {
+        confirm: false,
+        lock_wait: WAIT,
+    };
+    let again = gc::gc(&store, &dry_run).unwrap();
     prop_assert_eq!(again.would_delete_packs, Some(vec![]));
     prop_assert_eq!(again.would_rewrite_packs, Some(vec![]));
     if deleted.iter().take(snaps.len()).all(|d| *d) {

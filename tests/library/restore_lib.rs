@@ -10,12 +10,12 @@ use atosnap::ops::create::{self, CreateOptions};
 use atosnap::ops::restore::{self, Targets};
 use atosnap::progress::NoProgress;
 use atosnap::stamp::Stamp;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, Store};
 
 const SEGMENT: &str = "e8763d70-0924-4389-9e69-cddb1f90792c";
 
 fn snapshot(rt: &Rt) -> (Store, String) {
-    let store = Store::open_or_init(&rt.store).unwrap();
+    let store = Store::open_or_init(&StoreAddress::local(&rt.store), &Secrets::none()).unwrap();
     let r = create::create(
         &store,
         &CreateOptions {

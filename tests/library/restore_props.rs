@@ -20,7 +20,7 @@ use std::time::Duration;
 use atosnap::ops::create::{self, CreateOptions};
 use atosnap::ops::restore::{self, ChromaChoice, RestoreOptions, RestoreResult};
 use atosnap::progress::NoProgress;
-use atosnap::store::Store;
+use atosnap::store::{location::StoreAddress, InitOptions, Store};
 
 #[derive(Clone, Debug)]
 enum Spec {
@@ -177,7 +177,11 @@ fn runtime(chroma_items: &[Item], rows: &[Vec<u8>], root_mtime: (i64, u32)) -> R
     drop(conn);
     std::fs::write(&registry, br#"{"projects": [{"id": "p"}]}"#).unwrap();
     materialize(&chroma, chroma_items, root_mtime);
-    let store = Store::init(&base.join("store")).unwrap();
+    let store = Store::init(
+        &StoreAddress::local(base.join("store")),
+        &InitOptions::default(),
+    )
+    .unwrap();
     let created = create::create(
         &store,
         &CreateOptions {

@@ -13,14 +13,14 @@ use atosnap::ops::create::{create, CreateOptions};
 use atosnap::ops::extract;
 use atosnap::progress::NoProgress;
 use atosnap::stamp::Stamp;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, Store};
 
 fn round_trip(files: &[(String, Vec<u8>)]) -> Result<(), TestCaseError> {
     let env = support::Runtime::tiny();
     for (name, bytes) in files {
         fs::write(env.chroma().join(name), bytes).unwrap();
     }
-    let store = Store::open_or_init(&env.store).unwrap();
+    let store = Store::open_or_init(&StoreAddress::local(&env.store), &Secrets::none()).unwrap();
     let opts = CreateOptions {
         db: env.db(),
         registry: env.registry(),
@@ -46,7 +46,15 @@ fn round_trip(files: &[(String, Vec<u8>)]) -> Result<(), TestCaseError> {
             .expect("the file is in the manifest");
         prop_assert_eq!(entry.size, bytes.len() as u64);
         let mut rebuilt = Vec::new();
-        extract::write_file(&store, &index, entry, &mut rebuilt, |_| {}).unwrap();
+        extract::write_file(
+            &store,
+            &index,
+            entry,
+            &mut rebuilt,
+            |_| {},
+            extract::ChunkSource::Store,
+        )
+        .unwrap();
         prop_assert!(&rebuilt == bytes, "{} differs after the round trip", name);
     }
     Ok(())

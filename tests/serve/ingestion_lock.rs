@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 
 use atosnap::stamp::Stamp;
 use atosnap::store::manifest::Entry;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, Store};
 
 const FILE: &str = "seg-1/data_level0.bin";
 const FILE_SIZE: usize = 4 << 20;
@@ -135,7 +135,7 @@ fn with_the_lock_every_snapshot_is_whole_and_valid() {
     let after = writer.versions_written();
     assert_ne!(before, after, "the writer did not run during the snapshots");
     drop(writer);
-    let store = Store::open(&rt.store()).unwrap();
+    let store = Store::open(&StoreAddress::local(rt.store()), &Secrets::none()).unwrap();
     for doc in &docs {
         let stamp = doc["stamp"].as_str().unwrap();
         assert_eq!(doc["validated"], true, "{doc}");
@@ -161,7 +161,7 @@ fn without_the_lock_a_torn_copy_is_never_reported_good() {
     };
     let docs = snapshots(&rt, None, 6);
     drop(writer);
-    let store = Store::open(&rt.store()).unwrap();
+    let store = Store::open(&StoreAddress::local(rt.store()), &Secrets::none()).unwrap();
     let mut flagged = 0;
     for doc in &docs {
         let stamp = doc["stamp"].as_str().unwrap();

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use atosnap::id::Id;
 use atosnap::stamp::Stamp;
 use atosnap::store::manifest::Manifest;
-use atosnap::store::Store;
+use atosnap::store::{key::Secrets, location::StoreAddress, Store};
 
 use super::files::{
     copy_tree, fixtures, insert_marker, make_db, pseudo_random, restorable_tree, Node,
@@ -146,7 +146,7 @@ impl Runtime {
     }
 
     pub fn open_store(&self) -> Store {
-        Store::open(&self.store).unwrap()
+        Store::open(&StoreAddress::local(&self.store), &Secrets::none()).unwrap()
     }
 
     pub fn manifest(&self, stamp: &str) -> Manifest {
@@ -167,9 +167,9 @@ impl Runtime {
         let store = self.open_store();
         let index = store.load_index().unwrap();
         let loc = index.get(id).expect("chunk is in the index");
-        let name = atosnap::store::pack::pack_name(&index.pack(loc.pack).id);
+        let pack = atosnap::store::Object::Pack(index.pack(loc.pack).id);
         (
-            store.object_path(&name),
+            store.display(&pack),
             loc.offset as u64,
             loc.stored_len() as u64,
         )

@@ -227,8 +227,15 @@ pub fn install_file(
         .open(&tmp)
         .ctx("create", &tmp)?;
     let mut w = BufWriter::with_capacity(1 << 20, &f);
-    extract::write_file_with(store, index, file, &mut w, on_bytes, local)
-        .map_err(|e| extract_error(e, &tmp))?;
+    extract::write_file(
+        store,
+        index,
+        file,
+        &mut w,
+        on_bytes,
+        extract::ChunkSource::LocalFirst(&local),
+    )
+    .map_err(|e| extract_error(e, &tmp))?;
     w.flush().ctx("write", &tmp)?;
     drop(w);
     if let (Some((uid, gid)), Ok(m)) = (owner, f.metadata()) {

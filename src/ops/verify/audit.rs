@@ -342,11 +342,11 @@ pub(super) fn audit(
 
 /// Why a snapshot's `backup-metadata.json` is not usable, if it is not.
 pub fn metadata_problem(store: &Store, stamp: &Stamp) -> Option<String> {
-    let name = Object::summary(stamp).name();
-    match store.backend().exists(&name) {
+    let summary = Object::summary(stamp);
+    match store.object_exists(&summary) {
         Ok(false) => Some(format!(
             "metadata_missing: {}",
-            store.object_path(&name).display()
+            store.display(&summary).display()
         )),
         Ok(true) => store
             .read_metadata(stamp)
@@ -354,7 +354,7 @@ pub fn metadata_problem(store: &Store, stamp: &Stamp) -> Option<String> {
             .map(|e| format!("metadata_corrupt: {e}")),
         Err(e) => Some(format!(
             "metadata_unreadable: {}: {e}",
-            store.object_path(&name).display()
+            store.display(&summary).display()
         )),
     }
 }
@@ -376,9 +376,9 @@ fn check_pack(
     rehash: bool,
 ) -> PackCheck {
     let info = index.pack(p);
-    let name = Object::Pack(info.id).name();
+    let pack = Object::Pack(info.id);
     let mut check = PackCheck::default();
-    let layout = match store.read_pack_layout(&name, info.size, Check::Strict) {
+    let layout = match store.read_pack_layout(&pack, info.size, Check::Strict) {
         Ok(l) => l,
         Err(detail) => {
             let ids = index
@@ -443,7 +443,7 @@ fn check_pack(
     }
 
     if !rehash {
-        match store.backend().read_range(&name, 0, PACK_MAGIC.len()) {
+        match store.read_object_range(&pack, 0, PACK_MAGIC.len()) {
             Ok(h) if h == PACK_MAGIC => {}
             Ok(_) => check.damaged("bad pack header".into()),
             Err(e) => {
@@ -458,7 +458,7 @@ fn check_pack(
     // Re-hash: a reader thread streams the file once in blocks, hashing it
     // whole, while the chunks of each block are decoded and checked in
     // parallel.
-    let reader = match store.backend().open_read(&name) {
+    let reader = match store.open_object(&pack) {
         Ok(r) => r,
         Err(e) => {
             check.unreadable(&e, layout.entries.iter().map(|e| e.id));
@@ -539,10 +539,7 @@ fn check_pack(
     }
     // Entries overlapping others: each checked on its own.
     for e in overlapping {
-        match store
-            .backend()
-            .read_range(&name, e.offset as u64, e.stored_len as usize)
-        {
+        match store.read_object_range(&pack, e.offset as u64, e.stored_len as usize) {
             Ok(stored) => {
                 check.chunks += 1;
                 if store

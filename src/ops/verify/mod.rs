@@ -199,7 +199,14 @@ fn check_db(
         Err(e) => return Err(e),
     };
     let mut out = std::io::BufWriter::new(tmp.as_file());
-    match extract::write_file(store, index, db, &mut out, |_| {}) {
+    match extract::write_file(
+        store,
+        index,
+        db,
+        &mut out,
+        |_| {},
+        extract::ChunkSource::Store,
+    ) {
         Ok(_) => {}
         Err(ExtractError::Chunk(id, fault)) => {
             errors.insert(fault.code(&id));

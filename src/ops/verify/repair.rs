@@ -33,7 +33,7 @@ use crate::store::lock::ExclusiveLock;
 use crate::store::manifest::Manifest;
 use crate::store::packer::Packer;
 use crate::store::{pack, Object, Store};
-use crate::store::{Check, ReadFrom};
+use crate::store::{BackendErrorKind, Check, ReadFrom};
 
 use super::audit::{metadata_problem, Audit};
 use super::report::{Quarantined, RepairReport, SnapshotHealth};
@@ -46,7 +46,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     };
 
     for (name, reason) in &audit.report.damage {
-        let moved_to = store.quarantine_object(lock, name, reason)?;
+        let moved_to = store.quarantine_object(lock, &Object::Listed(name.clone()), reason)?;
         out.quarantined.push(Quarantined {
             object: name.clone(),
             moved_to,
@@ -83,15 +83,16 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     if !needed.is_empty() {
         let mut packer = Packer::new(store);
         for q in store.list_quarantined_packs()? {
-            let Ok(layout) = store.read_pack_layout(&q.name, q.size, Check::Salvage) else {
+            let quarantined = Object::Listed(q.name.clone());
+            let Ok(layout) = store.read_pack_layout(&quarantined, q.size, Check::Salvage) else {
                 continue;
             };
             for e in &layout.entries {
                 if !needed.contains(&e.id) {
                     continue;
                 }
-                let stored = match store.backend().read_range(
-                    &q.name,
+                let stored = match store.read_object_range(
+                    &quarantined,
                     e.offset as u64,
                     e.stored_len as usize,
                 ) {
@@ -101,7 +102,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
                     // The storage itself fails (a server gone away): each
                     // further read would wait through its retries again,
                     // chunk after chunk, for nothing.
-                    Err(err) => return Err(Error::io("read", store.object_path(&q.name), err)),
+                    Err(err) => return Err(Error::io("read", store.display(&quarantined), err)),
                 };
                 if store
                     .check_chunk(&stored, &e.id, e.compressed, e.raw_len)
@@ -119,7 +120,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
         packer.flush(&mut index)?;
         // Salvaged chunks count only once their packs are in the store: a
         // failed upload fails the repair instead of reporting it healed.
-        crate::ops::gc::packs_durable(store)?;
+        store.packs_durable()?;
         out.packs_written = packer
             .packs_written
             .iter()
@@ -138,11 +139,11 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             continue;
         }
         let m = store.read_manifest(stamp, ReadFrom::Cache)?;
-        let name = Object::summary(stamp).name();
-        if store.backend().exists(&name).unwrap_or(false) {
-            let moved_to = store.quarantine_object(lock, &name, "summary does not read")?;
+        let summary = Object::summary(stamp);
+        if store.object_exists(&summary).unwrap_or(false) {
+            let moved_to = store.quarantine_object(lock, &summary, "summary does not read")?;
             out.quarantined.push(Quarantined {
-                object: name.clone(),
+                object: summary.name(),
                 moved_to,
                 reason: "summary does not read".into(),
             });
@@ -191,10 +192,8 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
 /// Whether a failed read of a quarantined pack says something about the
 /// pack (cut short, or gone) rather than about the storage.
 fn pack_damage(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
-    )
+    BackendErrorKind::of(e) == BackendErrorKind::NotFound
+        || e.kind() == std::io::ErrorKind::UnexpectedEof
 }
 
 /// A snapshot's summary as `create` writes it, from its manifest (the

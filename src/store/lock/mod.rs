@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
+use crate::store::names::Dir;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HolderInfo {
@@ -153,7 +154,7 @@ pub fn lock_exclusive(store_root: &Path, command: &str, wait: Duration) -> Resul
 }
 
 fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Result<Held> {
-    let dir = store_root.join("locks");
+    let dir = store_root.join(Dir::Locks.name());
     super::backend::create_private_dir_all(&dir).ctx("create", &dir)?;
     let path = dir.join("store.lock");
     let file = match OpenOptions::new()
@@ -234,7 +235,7 @@ fn acquire(store_root: &Path, command: &str, wait: Duration, mode: Mode) -> Resu
 /// Live holders from the info files beside the lock; stale files of dead
 /// processes are removed on the way.
 pub fn current_holders(store_root: &Path) -> Vec<HolderInfo> {
-    let dir = store_root.join("locks");
+    let dir = store_root.join(Dir::Locks.name());
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir(&dir) else {
         return out;
@@ -382,7 +383,11 @@ mod tests {
     #[test]
     fn a_lock_past_its_wall_clock_deadline_is_lost_and_publish_refuses() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::init(dir.path()).unwrap();
+        let store = crate::store::Store::init(
+            &crate::store::location::StoreAddress::local(dir.path()),
+            &crate::store::InitOptions::default(),
+        )
+        .unwrap();
         let (offset, clock) = test_clock();
         let ttl = Duration::from_secs(300);
         let held = acquire_with(store.backend_handle(), "create", how(ttl, clock)).unwrap();

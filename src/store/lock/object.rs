@@ -35,7 +35,8 @@ pub(crate) fn system_clock() -> Clock {
 }
 
 use crate::error::{Error, Result};
-use crate::store::backend::Backend;
+use crate::store::backend::{Backend, BackendErrorKind};
+use crate::store::names::{Dir, Object};
 
 /// A lock object's content.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -182,9 +183,10 @@ fn write(backend: &dyn Backend, name: &str, rec: &LockRecord) -> std::io::Result
 
 /// Live lock objects other than `own`; expired ones are removed.
 pub fn live_locks(backend: &dyn Backend, own: &str) -> Result<Vec<LockRecord>> {
+    let locks = Dir::Locks.name();
     let list = backend
-        .list_files("locks")
-        .map_err(|e| Error::io("list", backend.display_name("locks"), e))?;
+        .list_files(locks)
+        .map_err(|e| Error::io("list", backend.display_name(locks), e))?;
     let now = unix_now();
     let mut out = Vec::new();
     for entry in list {
@@ -194,7 +196,7 @@ pub fn live_locks(backend: &dyn Backend, own: &str) -> Result<Vec<LockRecord>> {
         let rec = match backend.read(&entry.name) {
             Ok(bytes) => serde_json::from_slice::<LockRecord>(&bytes).ok(),
             // Removed between the listing and the read: released.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if BackendErrorKind::of(&e) == BackendErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io("read", backend.display_name(&entry.name), e)),
         };
         match rec {
@@ -288,7 +290,11 @@ pub(crate) fn acquire_with(
         std::process::id(),
         rand::random::<u32>()
     );
-    let name = format!("locks/{mode}-{owner}.json");
+    let name = Object::Lock {
+        mode: mode.to_string(),
+        owner,
+    }
+    .name();
     let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let start = Instant::now();
     let mut told = false;

@@ -1,9 +1,11 @@
 //! S3 failures as `io::Error`s: OpenDAL's kinds mapped onto `io::ErrorKind`
-//! (the one place that classifies S3 errors), with credentials scrubbed
-//! from the messages.
+//! and onto the [`BackendErrorKind`] callers ask (the one place that
+//! classifies S3 errors), with credentials scrubbed from the messages.
 
 use opendal::ErrorKind as OdKind;
 use std::io;
+
+use crate::store::backend::{tagged, BackendErrorKind};
 
 /// The endpoint could not be reached at all (as opposed to an answer).
 pub(super) fn is_unreachable(e: &io::Error) -> bool {
@@ -74,7 +76,19 @@ impl Names {
             ),
             _ => (io::ErrorKind::Other, format!("{what}: {detail}")),
         };
-        io::Error::new(kind, msg)
+        tagged(kind, backend_kind(&e, kind), msg)
+    }
+}
+
+/// What an OpenDAL error means to the store's callers: not there, worth
+/// another try (OpenDAL's own `is_temporary`, throttling, an endpoint that
+/// did not answer), or final.
+fn backend_kind(e: &opendal::Error, io_kind: io::ErrorKind) -> BackendErrorKind {
+    match e.kind() {
+        _ if io_kind == io::ErrorKind::NotFound => BackendErrorKind::NotFound,
+        OdKind::RateLimited => BackendErrorKind::Transient,
+        _ if e.is_temporary() => BackendErrorKind::Transient,
+        _ => BackendErrorKind::from_io(io_kind),
     }
 }
 
@@ -98,5 +112,60 @@ pub(super) fn scrub(msg: &str) -> String {
     match std::env::var("AWS_SECRET_ACCESS_KEY") {
         Ok(sk) if sk.len() >= 4 => msg.replace(&sk, "<redacted>"),
         _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opendal::Error as OdError;
+
+    fn names() -> Names {
+        Names {
+            url: "s3://b/p".into(),
+            bucket: "b".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+        }
+    }
+
+    #[test]
+    fn opendal_errors_say_not_found_transient_or_permanent() {
+        use io::ErrorKind as Io;
+        use BackendErrorKind::*;
+        let e = OdError::new;
+        #[rustfmt::skip]
+        let cases = [
+            (e(OdKind::NotFound, "no such key"), Io::NotFound, NotFound),
+            (e(OdKind::ConfigInvalid, "NoSuchBucket"), Io::NotFound, NotFound),
+            (e(OdKind::PermissionDenied, "403"), Io::PermissionDenied, Permanent),
+            (e(OdKind::RateLimited, "slow down"), Io::Other, Transient),
+            // OpenDAL's own judgement: a temporary failure (a 503) is worth
+            // another try; the same failure marked persistent is not.
+            (e(OdKind::Unexpected, "503").set_temporary(), Io::Other, Transient),
+            (e(OdKind::Unexpected, "400").set_persistent(), Io::Other, Permanent),
+            (e(OdKind::Unexpected, "operation timed out"), Io::TimedOut, Transient),
+            (e(OdKind::Unexpected, "connect: refused"), Io::ConnectionRefused, Transient),
+            (e(OdKind::ConditionNotMatch, "412"), Io::AlreadyExists, Permanent),
+        ];
+        for (od, io_kind, kind) in cases {
+            let what = od.to_string();
+            let err = names().err("objects/ab/x.pack", od);
+            assert_eq!(
+                (err.kind(), BackendErrorKind::of(&err)),
+                (io_kind, kind),
+                "{what}"
+            );
+        }
+    }
+
+    /// The message and the io kind are what they were before the kind was
+    /// added: `Error::io` and the JSON output read them.
+    #[test]
+    fn the_message_is_unchanged() {
+        let io = names().err(
+            "objects/ab/x.pack",
+            OdError::new(OdKind::NotFound, "no such key"),
+        );
+        assert_eq!(io.to_string(), "s3://b/p/objects/ab/x.pack: not found");
     }
 }
