@@ -20,7 +20,7 @@ Modes, each at zstd levels 1 and 3 (--levels):
   chunk90   per chunk, stored raw above 90 % (format 1 today)
   chunk97   per chunk, stored raw above 97 %
   frameK    consecutive novel chunks of one file in one zstd frame closed at
-            K KiB (K = 16, 64, 256), raw above 97 %
+            K KiB (K = 16, 64, 256, or --frames-kib), raw above 97 %
   dict      per chunk with one store-wide dictionary trained on the old
             runtime (one compressible chunk in 32, evenly thinned to 8 MiB,
             --dict-kib), raw above 97 %
@@ -230,21 +230,24 @@ def train_dictionary(root, dict_bytes, sample_cap=8 << 20):
     return d, info
 
 
-def make_modes(levels, dictionary):
+def make_modes(levels, kinds, frames_kib, dictionary):
     modes = []
     for lv in levels:
-        modes.append(Mode("chunk97", lv, 0.97, alt_cutoff=0.90))
-        for k in FRAMES_KIB:
-            modes.append(Mode(f"frame{k}", lv, 0.97, frame_bytes=k * 1024))
-        modes.append(Mode("dict", lv, 0.97, dict_data=dictionary))
-        modes.append(Stream(lv))
+        if "chunk" in kinds:
+            modes.append(Mode("chunk97", lv, 0.97, alt_cutoff=0.90))
+        if "frame" in kinds:
+            for k in frames_kib:
+                modes.append(Mode(f"frame{k}", lv, 0.97, frame_bytes=k * 1024))
+        if "dict" in kinds:
+            modes.append(Mode("dict", lv, 0.97, dict_data=dictionary))
+        if "stream" in kinds:
+            modes.append(Stream(lv))
     return modes
 
 
-def store_pass(root, seen, levels, dictionary, ids_out):
+def store_pass(root, seen, modes, ids_out):
     """Feeds every novel chunk of `root` to every mode; fills `ids_out` with
     each file's chunk ids (relative path -> list)."""
-    modes = make_modes(levels, dictionary)
     for path in files(root):
         hnsw = is_hnsw(path)
         ids = ids_out.setdefault(os.path.relpath(path, root), [])
@@ -338,18 +341,24 @@ def main():
     ap.add_argument("--floor", help="physics.py's JSON for these runtimes (the floors)")
     ap.add_argument("--levels", default="1,3")
     ap.add_argument("--dict-kib", type=int, default=110)
+    ap.add_argument("--modes", default="chunk,frame,dict,stream", help="which kinds of mode to run")
+    ap.add_argument("--frames-kib", default=",".join(map(str, FRAMES_KIB)), help="frame caps to try")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    kinds = args.modes.split(",")
+    frames_kib = [int(x) for x in args.frames_kib.split(",")]
     floor = json.load(open(args.floor)) if args.floor else {}
     result = {"old": args.old, "new": args.new, "floor": floor}
 
     t = time.perf_counter()
-    dictionary, result["dictionary"] = train_dictionary(args.old, args.dict_kib * 1024)
+    dictionary = None
+    if "dict" in kinds:
+        dictionary, result["dictionary"] = train_dictionary(args.old, args.dict_kib * 1024)
     seen, old_ids, new_ids = set(), {}, {}
-    first = store_pass(args.old, seen, levels, dictionary, old_ids)
+    first = store_pass(args.old, seen, make_modes(levels, kinds, frames_kib, dictionary), old_ids)
     result["first"] = [r for m in first for r in m.reports(floor.get("first_zstd3_bytes"))]
     del first
-    day = store_pass(args.new, seen, levels, dictionary, new_ids)
+    day = store_pass(args.new, seen, make_modes(levels, kinds, frames_kib, dictionary), new_ids)
     result["day"] = [r for m in day for r in m.reports(floor.get("day_zstd3_bytes"))]
     del day
 
