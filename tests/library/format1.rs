@@ -55,7 +55,10 @@ fn check_store(kind: &str) {
     copy_tree(&fixture_dir().join(kind), &rt.store);
     let config: Value =
         serde_json::from_slice(&fs::read(rt.store.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["format_version"], 1, "the fixture must stay format 1");
+    assert_eq!(
+        config["format_version"], 1,
+        "the fixture must stay format 1"
+    );
     let expect: Value =
         serde_json::from_slice(&fs::read(fixture_dir().join("expect.json")).unwrap()).unwrap();
     let expect = &expect[kind];
@@ -97,7 +100,11 @@ fn check_store(kind: &str) {
             let path = d["path"].as_str().unwrap();
             // `restore --to DIR` writes `chroma/...` below DIR/chroma and the
             // db and the registry at the top: the snapshot's own paths.
-            assert_eq!(blake3_hex(&to.join(path)), d["blake3"], "restore {stamp} {path}");
+            assert_eq!(
+                blake3_hex(&to.join(path)),
+                d["blake3"],
+                "restore {stamp} {path}"
+            );
         }
         assert_subset(&want["drill"], &run(&["drill", stamp]), "drill");
     }
