@@ -9,7 +9,8 @@
 #
 #   scripts/make_format1_fixture.sh [ATOSNAP]   # default: target/debug/atosnap
 #
-# Run once, with a binary that writes format 1 (made with main at c5e03d0);
+# Run once, with a binary that writes format 1 (the committed fixture was
+# made on 2026-12-05 with main's release build, main at c5e03d0);
 # rerunning replaces the stores (new store ids and pack names), so do not
 # rerun it after `init` writes format 2. Needs sqlite3 and jq.
 set -euo pipefail
