@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod format1;
 mod gc_prop;
 mod layering;
 mod restore_lib;
