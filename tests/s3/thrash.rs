@@ -163,8 +163,73 @@ fn racing_writers_on_one_bucket_all_succeed_and_lose_nothing() {
                 &[("ATOSNAP_CACHE_DIR", fresh.as_str())],
             )
             .json;
-        panic!("{stamp}: {v}\n{stderr}\nagain: {again}\nfresh cache: {fresh}");
+        let stale = cache_disagreements(&s);
+        panic!(
+            "{stamp}: {v}\n{stderr}\nagain: {again}\nfresh cache: {fresh}\n\
+             cache entries that differ from the bucket: {stale:#?}"
+        );
     }
     let verify = s.ok(&["verify"]);
     assert_eq!(verify["ok"], true, "{verify}");
+}
+
+/// Every entry of the test's own cache (pack index tails, snapshot files)
+/// whose bytes differ from what the bucket holds under its name now.
+fn cache_disagreements(s: &S3Rt) -> Vec<String> {
+    let backend = backend_for(&s.url, &s.cache);
+    let mut out = Vec::new();
+    let Ok(stores) = std::fs::read_dir(&s.cache) else {
+        return vec![format!("{}: no cache", s.cache.display())];
+    };
+    for store in stores.flatten() {
+        let root = store.path().join("objects");
+        for path in files_under(&root) {
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let Some(entry) = bytes.get(32..) else {
+                out.push(format!("{rel}: shorter than its hash"));
+                continue;
+            };
+            let (name, from_bucket) = match rel.strip_prefix("packidx/") {
+                Some(pack) => {
+                    let tail = backend.size(pack).and_then(|size| {
+                        let len = entry.len() as u64;
+                        backend.read_range_direct(pack, size.saturating_sub(len), entry.len())
+                    });
+                    (pack.to_string(), tail)
+                }
+                None => {
+                    let name = rel.rsplit_once('.').map_or(rel.as_str(), |(n, _)| n);
+                    (name.to_string(), backend.read(name))
+                }
+            };
+            match from_bucket {
+                Ok(b) if b == entry => {}
+                Ok(b) => out.push(format!(
+                    "{rel}: {} bytes cached, the bucket's {name} ends in other bytes ({} read)",
+                    entry.len(),
+                    b.len()
+                )),
+                Err(e) => out.push(format!("{rel}: {name} not readable now: {e}")),
+            }
+        }
+    }
+    out
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
