@@ -54,9 +54,8 @@ fn float_noise() -> Vec<u8> {
 
 fn params() -> CompressionParams {
     CompressionParams {
-        algorithm: "zstd".into(),
         level: 3,
-        max_ratio_percent: 90,
+        ..CompressionParams::auto()
     }
 }
 

@@ -6,7 +6,8 @@
 //! batches of bounded size; boundaries do not depend on the batch size.
 //!
 //! Encoding: zstd at the store's level, kept only when it pays (at most
-//! `max_ratio_percent` of the raw size), else the raw bytes.
+//! `max_ratio_percent` of the raw size), else the raw bytes; or always the
+//! raw bytes in a store made with `init --compression none`.
 
 use std::cell::RefCell;
 use std::io::{self, Read};
@@ -33,12 +34,89 @@ pub struct ChunkingParams {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 /// How chunks are encoded (the `compression` part of `config.json`).
+/// Only writers look at it: every chunk records whether it is compressed.
 pub struct CompressionParams {
+    /// `zstd`, or `none`: every chunk stored raw.
     pub algorithm: String,
+    /// The zstd level (1..=22); 0 with `none`.
     pub level: i32,
     /// A chunk is stored compressed only when the compressed form is at most
     /// this percentage of the raw size; otherwise it is stored raw.
     pub max_ratio_percent: u32,
+    /// Whether the operator left the choice to atosnap (`init --compression
+    /// auto`, the default; absent in stores made before the flag): a later
+    /// build may pick another level for new chunks. `false`: pinned by
+    /// `zstd:LEVEL` or `none`. Written only when false, so a default
+    /// store's config.json is the same as before the flag.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub auto: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// The zstd levels `--compression zstd:LEVEL` accepts.
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=22;
+
+impl CompressionParams {
+    /// What `auto` means in this build: zstd level 1, raw when it does not
+    /// shrink a chunk to 90 % (HNSW floats compress 1.1x).
+    pub fn auto() -> CompressionParams {
+        CompressionParams {
+            algorithm: "zstd".to_string(),
+            level: 1,
+            max_ratio_percent: 90,
+            auto: true,
+        }
+    }
+
+    /// Parses an `init --compression` value: `auto`, `none` or
+    /// `zstd:LEVEL` (1..=22). The error says what is accepted.
+    pub fn parse_choice(value: &str) -> Result<CompressionParams, String> {
+        let pinned = |algorithm: &str, level: i32| CompressionParams {
+            algorithm: algorithm.to_string(),
+            level,
+            auto: false,
+            ..CompressionParams::auto()
+        };
+        let expected = "expected auto, none or zstd:LEVEL with LEVEL 1..=22";
+        match value {
+            "auto" => Ok(CompressionParams::auto()),
+            "none" => Ok(pinned("none", 0)),
+            _ => {
+                let level = value
+                    .strip_prefix("zstd:")
+                    .ok_or_else(|| format!("{value:?}: {expected}"))?;
+                match level.parse::<i32>() {
+                    Ok(l) if ZSTD_LEVELS.contains(&l) => Ok(pinned("zstd", l)),
+                    _ => Err(format!("{value:?}: {expected}")),
+                }
+            }
+        }
+    }
+
+    /// The `--compression` spelling of these parameters.
+    pub fn choice(&self) -> String {
+        match (self.auto, self.algorithm.as_str()) {
+            (true, _) => "auto".to_string(),
+            (false, "none") => "none".to_string(),
+            (false, algorithm) => format!("{algorithm}:{}", self.level),
+        }
+    }
+
+    /// Why a writer cannot use these parameters, if it cannot (the
+    /// config.json check). The level is not checked: zstd clamps it.
+    pub fn problem(&self) -> Option<String> {
+        match self.algorithm.as_str() {
+            "zstd" | "none" => None,
+            other => Some(format!("unknown compression {other:?}")),
+        }
+    }
 }
 
 pub const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -183,6 +261,9 @@ thread_local! {
 
 /// Encodes a raw chunk: (stored bytes, compressed?).
 pub fn encode(raw: &[u8], params: &CompressionParams) -> (Vec<u8>, bool) {
+    if params.algorithm == "none" {
+        return (raw.to_vec(), false);
+    }
     let compressed = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().map(|(l, _)| *l) != Some(params.level) {
@@ -301,7 +382,7 @@ mod tests {
 
         #[test]
         fn encode_decode_round_trip(data in proptest::collection::vec(any::<u8>(), 0..9000), zeros in 0usize..9000) {
-            let params = CompressionParams { algorithm: "zstd".into(), level: 3, max_ratio_percent: 90 };
+            let params = CompressionParams { level: 3, ..CompressionParams::auto() };
             let mut raw = data;
             raw.extend(std::iter::repeat_n(0u8, zeros));
             let (stored, compressed) = encode(&raw, &params);
@@ -339,9 +420,8 @@ mod tests {
     #[test]
     fn incompressible_is_stored_raw_and_compressible_is_not() {
         let params = CompressionParams {
-            algorithm: "zstd".into(),
             level: 3,
-            max_ratio_percent: 90,
+            ..CompressionParams::auto()
         };
         let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
         let (stored, compressed) = encode(&noise, &params);
@@ -349,5 +429,33 @@ mod tests {
         assert_eq!(stored, noise);
         let (stored, compressed) = encode(&[7u8; 4096], &params);
         assert!(compressed && stored.len() < 100);
+        let none = CompressionParams::parse_choice("none").unwrap();
+        assert_eq!(encode(&[7u8; 4096], &none), (vec![7u8; 4096], false));
+    }
+
+    #[test]
+    fn compression_choices_parse_and_print_back() {
+        for good in ["auto", "none", "zstd:1", "zstd:19", "zstd:22"] {
+            let p = CompressionParams::parse_choice(good).unwrap();
+            assert_eq!(p.choice(), good);
+            assert_eq!(p.problem(), None);
+        }
+        assert_eq!(
+            CompressionParams::parse_choice("zstd:19").unwrap().level,
+            19
+        );
+        assert_eq!(
+            CompressionParams::parse_choice("auto").unwrap(),
+            CompressionParams::auto()
+        );
+        for bad in [
+            "zstd:0", "zstd:23", "gzip", "zstd:x", "zstd:", "", "zstd:-1", "ZSTD:3",
+        ] {
+            let e = CompressionParams::parse_choice(bad).unwrap_err();
+            assert!(
+                e.contains("expected auto, none or zstd:LEVEL"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

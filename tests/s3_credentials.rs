@@ -18,6 +18,7 @@ fn s3_wrong_credentials_are_refused_quickly() {
         prefix: "test/creds".into(),
         endpoint: None,
         region: None,
+        limits: Default::default(),
     };
     let secret = "wrongSecretKey0123456789abcdef0123456789abcdef";
     std::env::set_var("AWS_ACCESS_KEY_ID", "GK0123456789abcdef01234567");

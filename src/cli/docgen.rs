@@ -1,5 +1,5 @@
 //! Shell completions (clap_complete) and man pages (clap_mangen), both
-//! generated from the clap definitions in `cli.rs`, never written by hand.
+//! generated from the clap definitions in `cli/mod.rs` and `cli/global.rs`, never written by hand.
 
 use clap::CommandFactory;
 use std::path::Path;
@@ -8,11 +8,25 @@ use atosnap::error::{Error, IoContext};
 
 use super::Cli;
 
-/// Prints the completion script for `shell` on stdout.
+/// Prints the completion script for `shell` on stdout (a closed pipe
+/// ends it quietly, like the JSON of the other commands).
 pub fn completions(shell: clap_complete::Shell) -> i32 {
+    use std::io::Write;
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "atosnap", &mut std::io::stdout());
-    0
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "atosnap", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => super::BROKEN_PIPE_EXIT,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "atosnap: writing completions failed: {e}"
+            );
+            1
+        }
+    }
 }
 
 /// Prints the top-level man page (roff) on stdout.

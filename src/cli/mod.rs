@@ -4,6 +4,7 @@
 
 mod demo;
 pub(crate) mod docgen;
+mod global;
 pub(crate) mod logging;
 mod progress_bar;
 
@@ -16,13 +17,14 @@ use atosnap::error::Error;
 use atosnap::ops::cleanup::{self, CleanupOptions};
 use atosnap::ops::create::{self, CreateOptions};
 use atosnap::ops::restore::{self, ChromaChoice, RestoreOptions};
-use atosnap::ops::{copy, diff, drill, dump, forget, gc, list, ls, policy, tag, verify};
+use atosnap::ops::{copy, diff, drill, dump, forget, gc, list, ls, policy, stats, tag, verify};
 use atosnap::sources::paths::Paths;
+use atosnap::store::format::CompressionParams;
 use atosnap::store::key::Secrets;
-use atosnap::store::location::{RemoteSettings, StoreAddress};
+use atosnap::store::location::StoreAddress;
 use atosnap::store::Store;
 
-use logging::LogFormat;
+pub use global::{open_store, paths, secrets, store_address, Global};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,73 +39,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct Global {
-    /// The snapshot store: a local folder or s3://BUCKET/PREFIX.
-    #[arg(
-        long,
-        global = true,
-        env = "ATOCORE_BACKUP_DIR",
-        value_name = "DIR|s3://BUCKET/PREFIX"
-    )]
-    pub store: Option<PathBuf>,
-    /// S3 endpoint of an s3:// store (e.g. http://127.0.0.1:3900);
-    /// credentials only from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or
-    /// the AWS credentials file, region from AWS_REGION.
-    #[arg(long, global = true, env = "ATOSNAP_S3_ENDPOINT", value_name = "URL")]
-    pub s3_endpoint: Option<String>,
-    /// Local cache of a remote store's indexes and manifests
-    /// [default: $XDG_CACHE_HOME/atosnap].
-    #[arg(long, global = true, env = "ATOSNAP_CACHE_DIR", value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// The live SQLite database [default: $ATOCORE_DATA_DIR/atocore.db].
-    #[arg(long, global = true, env = "ATOCORE_DB_PATH", value_name = "PATH")]
-    pub db: Option<PathBuf>,
-    /// The project registry [default: ./config/project-registry.json].
-    #[arg(
-        long,
-        global = true,
-        env = "ATOCORE_PROJECT_REGISTRY_PATH",
-        value_name = "PATH"
-    )]
-    pub registry: Option<PathBuf>,
-    /// The Chroma directory [default: $ATOCORE_DATA_DIR/chroma].
-    #[arg(long, global = true, env = "ATOCORE_CHROMA_PATH", value_name = "DIR")]
-    pub chroma_dir: Option<PathBuf>,
-    /// Seconds to wait for the store lock before giving up.
-    #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
-    pub lock_wait: u64,
-    /// No progress output (warnings and errors still go to stderr).
-    #[arg(long, global = true)]
-    pub quiet: bool,
-    /// How stderr logs: `text` lines, or `json` (one object per line).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value_t = LogFormat::Text,
-        value_name = "FORMAT"
-    )]
-    pub log_format: LogFormat,
-    /// Cooperative ingestion lock held exclusively while Chroma is read.
-    #[arg(
-        long,
-        global = true,
-        env = "ATOCORE_INGESTION_LOCK",
-        value_name = "PATH"
-    )]
-    pub ingestion_lock: Option<PathBuf>,
-    /// File holding the password of an encrypted store (else the
-    /// ATOSNAP_PASSWORD variable). Never give the password as a flag value.
-    #[arg(
-        long,
-        global = true,
-        env = "ATOSNAP_PASSWORD_FILE",
-        value_name = "FILE"
-    )]
-    pub password_file: Option<PathBuf>,
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a store explicitly.
@@ -114,6 +49,17 @@ pub enum Command {
         /// lost backups.
         #[arg(long, default_value = "none", value_parser = ["none", "repokey"])]
         encryption: String,
+        /// How new chunks are compressed: `auto` (zstd level 1, a chunk
+        /// stored raw when that does not shrink it to 90 %), `zstd:LEVEL`
+        /// (1-22, same rule) or `none` (every chunk raw). Recorded in
+        /// config.json; every writer of the store follows it.
+        #[arg(
+            long,
+            default_value = "auto",
+            value_name = "auto|none|zstd:LEVEL",
+            value_parser = CompressionParams::parse_choice
+        )]
+        compression: CompressionParams,
     },
     /// Manage the key of an encrypted store.
     Key {
@@ -268,6 +214,14 @@ pub enum Command {
         #[arg(value_name = "STAMP")]
         stamps: Vec<String>,
     },
+    /// Store size, unique and deduplicated bytes, compression ratio and
+    /// what gc would reclaim (reads every manifest and pack index).
+    Stats {
+        /// Add each snapshot's files, bytes, chunks and the bytes only it
+        /// references (what forgetting it alone would free).
+        #[arg(long)]
+        per_snapshot: bool,
+    },
     /// Delete objects no snapshot references (dry run unless --confirm).
     Gc {
         /// Delete for real (takes the exclusive store lock).
@@ -386,8 +340,7 @@ pub fn run() -> i32 {
             }
             let _ = e.print();
             let message = usage_message(&e);
-            print_json(&error_doc("usage", &format!("{message} (see --help)")));
-            return 2;
+            return print_json(&error_doc("usage", &format!("{message} (see --help)")), 2);
         }
     };
     logging::init(
@@ -417,15 +370,17 @@ pub fn run() -> i32 {
     match dispatch(&cli) {
         // A signal that came after the last check: the work is done and
         // its result is the truth.
-        Ok((doc, code)) => {
-            print_json(&doc);
-            code
+        Ok((mut doc, code)) => {
+            if let Some(w) = unused_limits(&cli) {
+                tracing::warn!("{w}");
+                add_warning(&mut doc, w);
+            }
+            print_json(&doc, code)
         }
         Err(e) => {
             let e = interrupted_instead(e);
             tracing::error!("{e}");
-            print_json(&error_doc(e.code(), &e.to_string()));
-            e.exit_code()
+            print_json(&error_doc(e.code(), &e.to_string()), e.exit_code())
         }
     }
 }
@@ -505,46 +460,65 @@ fn error_doc(code: &str, message: &str) -> serde_json::Value {
     serde_json::json!({"error": {"code": code, "message": message}})
 }
 
-fn print_json(doc: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".to_string())
-    );
+/// The exit code of a command that succeeded but whose stdout is a closed
+/// pipe (`atosnap list | head -c1`): what a shell reports for a process
+/// ended by SIGPIPE (128 + 13), so a pipeline under `set -o pipefail` sees
+/// the same as with any other tool. The work is done; only its report is
+/// lost. A command that failed keeps its own code (1, 2 or 3).
+pub const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// Prints the one JSON document and returns `code`; when stdout is a
+/// closed pipe, quietly (no panic, no message) [`BROKEN_PIPE_EXIT`] in
+/// place of 0; when stdout cannot be written otherwise (a full disk), a
+/// line on stderr and at least 1.
+fn print_json(doc: &serde_json::Value, code: i32) -> i32 {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".to_string());
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => code,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => match code {
+            0 => BROKEN_PIPE_EXIT,
+            failed => failed,
+        },
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "atosnap: cannot write the result: {e}");
+            code.max(1)
+        }
+    }
+}
+
+/// The warning for `--limit-upload` / `--limit-download` given to a
+/// command that names no s3:// store (see [`global::unused_limits_warning`]).
+fn unused_limits(cli: &Cli) -> Option<String> {
+    let g = &cli.global;
+    let paths = paths(g);
+    let mut stores: Vec<StoreAddress> = store_address(g, &paths).into_iter().collect();
+    if let Command::Copy { to, from, .. } = &cli.command {
+        for s in std::iter::once(to).chain(from) {
+            stores.extend(StoreAddress::parse(s, global::remote_settings(g)));
+        }
+    }
+    global::unused_limits_warning(g, &stores.iter().collect::<Vec<_>>())
+}
+
+/// Adds `warning` to the `warnings` of a result document.
+fn add_warning(doc: &mut serde_json::Value, warning: String) {
+    let Some(obj) = doc.as_object_mut() else {
+        return;
+    };
+    match obj.get_mut("warnings").and_then(|w| w.as_array_mut()) {
+        Some(list) => list.push(warning.into()),
+        None => {
+            obj.insert("warnings".into(), serde_json::json!([warning]));
+        }
+    }
 }
 
 fn to_doc<T: Serialize>(value: &T) -> Result<serde_json::Value, Error> {
     serde_json::to_value(value).map_err(|e| Error::Encode {
         detail: format!("result encoding: {e}"),
     })
-}
-
-pub fn paths(g: &Global) -> Paths {
-    Paths::resolve(
-        g.store.clone(),
-        g.db.clone(),
-        g.registry.clone(),
-        g.chroma_dir.clone(),
-    )
-}
-
-/// The password source of every command: the password file (flag or
-/// ATOSNAP_PASSWORD_FILE), else ATOSNAP_PASSWORD.
-pub fn secrets(g: &Global) -> Secrets {
-    Secrets::from_env(g.password_file.clone())
-}
-
-/// The store the global flags name, local or remote.
-pub fn store_address(g: &Global, paths: &Paths) -> Result<StoreAddress, Error> {
-    StoreAddress::parse(
-        &paths.store,
-        RemoteSettings::new(g.s3_endpoint.clone(), g.cache_dir.clone()),
-    )
-}
-
-/// Opens the existing store with the command's password source. Every
-/// command that reads a store opens it through here.
-pub fn open_store(g: &Global, paths: &Paths) -> Result<Store, Error> {
-    Store::open_at(&store_address(g, paths)?, &secrets(g))
 }
 
 /// [`open_store`] with gc's grace period as `--grace-period` says.
@@ -571,7 +545,7 @@ fn to_secrets(g: &Global, to_password_file: Option<PathBuf>) -> Secrets {
 
 /// Opens `copy`'s destination, creating it when missing with the source's
 /// encryption scheme (a repokey store gets its own fresh master key,
-/// wrapped under the destination password).
+/// wrapped under the destination password) and compression.
 fn open_or_init_like(
     address: &StoreAddress,
     source: &Store,
@@ -579,8 +553,9 @@ fn open_or_init_like(
 ) -> Result<Store, Error> {
     match Store::open_at(address, secrets) {
         Err(Error::StoreMissing { .. }) => {
-            let scheme = &source.config().encryption.scheme;
-            match Store::init_at(address, scheme, secrets) {
+            let config = source.config();
+            let (scheme, compression) = (&config.encryption.scheme, config.compression.clone());
+            match Store::init_compressed(address, scheme, secrets, compression) {
                 // Another process created it between our check and init.
                 Err(_) if Store::exists_at(address)? => Store::open_at(address, secrets),
                 other => other,
@@ -596,13 +571,18 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
     let lock_wait = Duration::from_secs(g.lock_wait);
     let progress = progress_bar::for_terminal(g.quiet);
     match &cli.command {
-        Command::Init { encryption } => {
+        Command::Init {
+            encryption,
+            compression,
+        } => {
             let address = store_address(g, &paths)?;
-            let store = Store::init_at(&address, encryption, &secrets(g))?;
+            let store =
+                Store::init_compressed(&address, encryption, &secrets(g), compression.clone())?;
             let mut doc = serde_json::json!({
                 "store": address.display(),
                 "format_version": store.config().format_version,
                 "encryption": store.config().encryption.scheme,
+                "compression": store.config().compression.choice(),
                 "store_id": store.config().store_id,
             });
             if let Some(file) = store.key_file() {
@@ -813,7 +793,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 .iter()
                 .map(|s| atosnap::stamp::Stamp::parse(s))
                 .collect::<Result<Vec<_>, _>>()?;
-            let remote = RemoteSettings::new(g.s3_endpoint.clone(), g.cache_dir.clone());
+            let remote = global::remote_settings(g);
             let from = StoreAddress::parse(from.as_ref().unwrap_or(&paths.store), remote.clone())?;
             let source = Store::open_at(&from, &secrets(g))?;
             let to = StoreAddress::parse(to, remote)?;
@@ -825,6 +805,11 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 tracing::error!("{}: {}", f.stamp, f.message);
             }
             Ok((to_doc(&result)?, result.exit_code))
+        }
+        Command::Stats { per_snapshot } => {
+            let store = open_store(g, &paths)?;
+            let result = stats::stats(&store, *per_snapshot, lock_wait)?;
+            Ok((to_doc(&result)?, 0))
         }
         Command::Gc {
             confirm,

@@ -15,5 +15,6 @@ pub mod list;
 pub mod ls;
 pub mod policy;
 pub mod restore;
+pub mod stats;
 pub mod tag;
 pub mod verify;

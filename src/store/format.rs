@@ -61,11 +61,7 @@ impl StoreConfig {
                 cdc_avg_size: 64 * 1024,
                 cdc_max_size: 256 * 1024,
             },
-            compression: CompressionParams {
-                algorithm: "zstd".to_string(),
-                level: 1,
-                max_ratio_percent: 90,
-            },
+            compression: CompressionParams::auto(),
             pack: PackParams {
                 target_size: 32 * 1024 * 1024,
             },
@@ -122,11 +118,8 @@ impl StoreConfig {
                 "pack.target_size {target} is outside {PACK_TARGET_MIN}..={PACK_TARGET_MAX} bytes (4 KiB..1 GiB)"
             ));
         }
-        if self.compression.algorithm != "zstd" {
-            return Err(format!(
-                "unknown compression {:?}",
-                self.compression.algorithm
-            ));
+        if let Some(problem) = self.compression.problem() {
+            return Err(problem);
         }
         let e = &self.encryption;
         match (e.scheme.as_str(), &e.key_id) {
@@ -156,6 +149,35 @@ mod tests {
         let mut config = StoreConfig::new_default();
         config.pack.target_size = target;
         StoreConfig::parse(&serde_json::to_vec(&config).unwrap(), "config.json")
+    }
+
+    #[test]
+    fn a_default_config_has_no_auto_field_and_pinned_ones_read_back() {
+        let default = StoreConfig::new_default();
+        let json = serde_json::to_string(&default).unwrap();
+        // Byte for byte what stores made before `--compression` hold.
+        assert!(
+            json.contains(r#""compression":{"algorithm":"zstd","level":1,"max_ratio_percent":90}"#),
+            "{json}"
+        );
+        let back = StoreConfig::parse(json.as_bytes(), "config.json").unwrap();
+        assert_eq!(back.compression.choice(), "auto");
+        for choice in ["none", "zstd:19"] {
+            let mut config = StoreConfig::new_default();
+            config.compression = CompressionParams::parse_choice(choice).unwrap();
+            let json = serde_json::to_vec(&config).unwrap();
+            let back = StoreConfig::parse(&json, "config.json").unwrap();
+            assert_eq!(back.compression.choice(), choice);
+            assert_eq!(back.format_version, FORMAT_VERSION);
+        }
+        let mut config = StoreConfig::new_default();
+        config.compression.algorithm = "gzip".into();
+        let e =
+            StoreConfig::parse(&serde_json::to_vec(&config).unwrap(), "config.json").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown compression \"gzip\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+pub use crate::store::s3::TransferLimits;
 use crate::store::s3::{S3Backend, S3Location};
 
 /// A parsed `--store` value.
@@ -53,6 +54,8 @@ pub struct RemoteSettings {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub cache_dir: Option<PathBuf>,
+    /// `--limit-upload` / `--limit-download`.
+    pub limits: TransferLimits,
 }
 
 impl RemoteSettings {
@@ -62,7 +65,13 @@ impl RemoteSettings {
             endpoint: endpoint.filter(|e| !e.is_empty()),
             region: std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()),
             cache_dir,
+            limits: TransferLimits::default(),
         }
+    }
+
+    /// The same settings with bandwidth limits for the bucket's transfers.
+    pub fn with_limits(self, limits: TransferLimits) -> RemoteSettings {
+        RemoteSettings { limits, ..self }
     }
 
     /// The cache root: `--cache-dir`, else `$XDG_CACHE_HOME/atosnap`, else
@@ -92,6 +101,7 @@ pub fn remote_backend(
     let loc = S3Location {
         endpoint: settings.endpoint.clone(),
         region: settings.region.clone(),
+        limits: settings.limits,
         ..loc.clone()
     };
     Ok(std::sync::Arc::new(S3Backend::new(&loc, scratch)?))
@@ -160,6 +170,7 @@ mod tests {
             endpoint: Some(e.into()),
             region: None,
             cache_dir: Some("/c".into()),
+            limits: TransferLimits::default(),
         };
         let a = S3Location::parse("s3://b/p").unwrap();
         let b = S3Location::parse("s3://b/q").unwrap();

@@ -8,7 +8,7 @@ use crate::error::{Error, IoContext, Result};
 
 use super::backend::{Backend, LocalBackend};
 use super::cache::ObjectCache;
-use super::format::StoreConfig;
+use super::format::{CompressionParams, StoreConfig};
 use super::key::{KdfCost, KeyFile, Secrets, UnwrapError, KEY_FILE};
 use super::location::{RemoteSettings, StoreAddress, StoreLocation};
 use super::seal::{MasterKey, Sealer};
@@ -175,6 +175,17 @@ impl Store {
     /// the key file is durable before `config.json` appears, so a store
     /// never exists without its key.
     pub fn init_at(address: &StoreAddress, scheme: &str, secrets: &Secrets) -> Result<Store> {
+        Store::init_compressed(address, scheme, secrets, CompressionParams::auto())
+    }
+
+    /// [`Store::init_at`] with how new chunks are compressed (`init
+    /// --compression`), recorded in `config.json`.
+    pub fn init_compressed(
+        address: &StoreAddress,
+        scheme: &str,
+        secrets: &Secrets,
+        compression: CompressionParams,
+    ) -> Result<Store> {
         let (location, remote) = (&address.location, &address.remote);
         let (backend, cache) = connect(location, remote)?;
         let config_path = backend.display_name(CONFIG_NAME);
@@ -184,6 +195,7 @@ impl Store {
             });
         }
         let mut config = StoreConfig::new_default();
+        config.compression = compression;
         // Everything that can be refused is checked before anything is written.
         let repokey = match scheme {
             "none" => None,

@@ -19,6 +19,7 @@ fn test_location(test: &str) -> Option<S3Location> {
         prefix: format!("test/{test}-{r:016x}"),
         endpoint: None,
         region: None,
+        limits: Default::default(),
     })
 }
 

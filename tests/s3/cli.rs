@@ -595,3 +595,94 @@ fn tag_forget_policy_ls_dump_and_partial_restore_on_a_bucket() {
     assert_eq!(json["error"]["code"], "forget_would_delete_all");
     assert_eq!(s.ok(&["verify"])["ok"], true);
 }
+
+/// A tiny runtime holding `noise` bytes of random data in its Chroma dir,
+/// backed up to a fresh prefix of the bucket.
+fn tiny_on_bucket(bucket: &str, test: &str, noise: usize) -> S3Rt {
+    let mut rt = Rt::tiny();
+    rt.add_junk("noise.bin", noise, 17);
+    let url = fresh_url(bucket, test);
+    rt.store = std::path::PathBuf::from(&url);
+    let cache = rt.path("cache");
+    S3Rt { rt, url, cache }
+}
+
+#[test]
+fn stats_on_a_bucket_add_up() {
+    let Some(bucket) = bucket() else { return };
+    let s = tiny_on_bucket(&bucket, "stats", 256 * 1024);
+    s.ok(&["init", "--compression", "zstd:9"]);
+    let created = s.ok(&["create", "--chroma"]);
+    let stats = s.ok(&["stats", "--per-snapshot"]);
+    assert_eq!(stats["store"], s.url.as_str(), "{stats}");
+    assert_eq!(stats["compression"], "zstd:9");
+    assert_eq!(stats["snapshots"], 1);
+    assert_eq!(stats["chunks"], created["chunks_new"], "{stats}");
+    let share = &stats["per_snapshot"][0];
+    assert_eq!(share["stamp"], created["stamp"]);
+    assert_eq!(share["unique_chunks"], stats["chunks"]);
+    assert!(share["unique_raw_bytes"].as_u64().unwrap() >= 256 * 1024);
+    assert!(
+        stats["store_bytes"].as_u64().unwrap() > stats["unique_stored_bytes"].as_u64().unwrap()
+    );
+    // gc's dry run on the bucket, not another reckoning: both say 0 here
+    // (nothing dead, and young packs are within the grace period).
+    assert_eq!(
+        stats["bytes_reclaimable"],
+        s.ok(&["gc"])["bytes_reclaimable"]
+    );
+}
+
+#[test]
+fn transfer_limits_slow_uploads_and_downloads_of_a_bucket() {
+    let Some(bucket) = bucket() else { return };
+    // 4 MiB of noise: stored raw, so about 4 MiB goes up and comes down.
+    let s = tiny_on_bucket(&bucket, "limits", 4 << 20);
+    s.ok(&["init"]);
+    let started = Instant::now();
+    let created = s.ok(&["create", "--chroma", "--limit-upload", "1024"]);
+    let took = started.elapsed();
+    assert!(created["bytes_new_stored"].as_u64().unwrap() >= 4 << 20);
+    assert!(
+        took >= Duration::from_secs(3),
+        "4 MiB at 1024 KiB/s took {took:?}"
+    );
+    assert!(created
+        .get("warnings")
+        .is_none_or(|w| !w.to_string().contains("ignored")));
+    let stamp = created["stamp"].as_str().unwrap().to_string();
+
+    // A fresh cache: the pack is downloaded again, at the limit.
+    let out = s.rt.path("noise.out");
+    let fresh = s.rt.path("fresh-cache");
+    let started = Instant::now();
+    let dumped = s.rt.run_env(
+        &[
+            "dump",
+            &stamp,
+            "chroma/noise.bin",
+            "--output",
+            out.to_str().unwrap(),
+            "--limit-download",
+            "1024",
+        ],
+        &[("ATOSNAP_CACHE_DIR", fresh.to_str().unwrap())],
+    );
+    let took = started.elapsed();
+    assert_eq!(dumped.code, 0, "{dumped:?}");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 4 << 20);
+    assert!(
+        took >= Duration::from_secs(3),
+        "4 MiB at 1024 KiB/s took {took:?}"
+    );
+
+    // Bad values are usage errors on a bucket too, before any request.
+    for bad in ["0", "-1", "x"] {
+        let Out { json, code, .. } = s.run(&["list", "--limit-upload", bad]);
+        assert_eq!(code, 2, "{bad}: {json}");
+        assert!(json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--limit-upload"));
+    }
+}

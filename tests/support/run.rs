@@ -21,6 +21,8 @@ pub const ENV_VARS: &[&str] = &[
     "ATOSNAP_FAILPOINT",
     "ATOSNAP_TOKEN_FILE",
     "ATOSNAP_LOG",
+    "ATOSNAP_LIMIT_UPLOAD",
+    "ATOSNAP_LIMIT_DOWNLOAD",
 ];
 
 /// One run of the binary.

@@ -82,12 +82,16 @@
 //!   by `ATOSNAP_S3_SPOOL_BYTES` (default 4 GiB, 0 = no spool: one ranged
 //!   GET per call) and is deleted when the backend is dropped. Other names
 //!   are ranged GETs.
+//! - Bandwidth: `--limit-upload` / `--limit-download` (KiB/s, through
+//!   [`S3Location::limits`]) pace every upload and download of the
+//!   backend on average (see `throttle`).
 //! - The blocking calls must not be made from inside a tokio runtime's
 //!   worker thread (OpenDAL's blocking layer uses `Handle::block_on`).
 
 mod claim;
 mod errors;
 mod spool;
+mod throttle;
 mod upload;
 
 use std::io::{self, Read};
@@ -106,6 +110,8 @@ use super::backend::{create_private_dir_all, temp_path_in, Backend, ListEntry};
 use claim::abandoned;
 use errors::{error_chain, is_unreachable, scrub, Names};
 use spool::Spool;
+use throttle::Pacers;
+pub use throttle::TransferLimits;
 use upload::{upload_file, UploadPool};
 
 /// Default number of attempts per request (first try plus retries).
@@ -136,6 +142,8 @@ pub struct S3Location {
     pub endpoint: Option<String>,
     /// `None`: `AWS_REGION`, `AWS_DEFAULT_REGION`, else `us-east-1`.
     pub region: Option<String>,
+    /// Bandwidth limits of this backend's transfers.
+    pub limits: TransferLimits,
 }
 
 impl S3Location {
@@ -168,6 +176,7 @@ impl S3Location {
             prefix: parts.join("/"),
             endpoint: None,
             region: None,
+            limits: TransferLimits::default(),
         })
     }
 
@@ -253,6 +262,7 @@ pub struct S3Backend {
     scratch: PathBuf,
     uploads: Arc<UploadPool>,
     spool: Spool,
+    pacers: Pacers,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -338,6 +348,7 @@ impl S3Backend {
             names,
             op,
             spool: Spool::new(temp_path_in(&scratch, "spool"), spool_budget),
+            pacers: Pacers::new(loc.limits),
             scratch,
             uploads: Arc::new(UploadPool::new(env_usize(
                 "ATOSNAP_S3_UPLOADS",
@@ -466,7 +477,9 @@ impl Backend for S3Backend {
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        Ok(self.op.read(name).map_err(|e| self.err(name, e))?.to_vec())
+        let data = self.op.read(name).map_err(|e| self.err(name, e))?.to_vec();
+        self.pacers.download(data.len() as u64);
+        Ok(data)
     }
 
     fn prefetch(&self, name: &str) -> io::Result<()> {
@@ -513,6 +526,7 @@ impl Backend for S3Backend {
             .read_options(name, opts)
             .map_err(|e| self.err(name, e))?
             .to_vec();
+        self.pacers.download(buf.len() as u64);
         if buf.len() != len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -568,6 +582,7 @@ impl Backend for S3Backend {
     }
 
     fn write_once(&self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.pacers.upload(data.len() as u64);
         self.op
             .write(name, data.to_vec())
             .map_err(|e| self.err(name, e))?;
@@ -582,9 +597,10 @@ impl Backend for S3Backend {
     fn put_file(&self, name: &str, local: &Path) -> io::Result<()> {
         let op = self.op.clone();
         let names = self.names.clone();
+        let pacers = self.pacers.clone();
         let (name, local) = (name.to_string(), local.to_path_buf());
         self.uploads.spawn(local.clone(), move || {
-            upload_file(&op, &names, &name, &local)
+            upload_file(&op, &names, &pacers, &name, &local)
         })
     }
 
@@ -681,7 +697,7 @@ impl Backend for S3Backend {
     fn open_read(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
         let reader = self.op.reader(name).map_err(|e| self.err(name, e))?;
         let r = reader.into_std_read(..).map_err(|e| self.err(name, e))?;
-        Ok(Box::new(r))
+        Ok(Box::new(self.pacers.reading(r)))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {

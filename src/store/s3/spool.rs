@@ -108,7 +108,7 @@ impl Spool {
         let fetch = || -> io::Result<Box<dyn Read>> {
             let reader = backend.op.reader(name).map_err(|e| backend.err(name, e))?;
             let src = reader.into_std_read(..).map_err(|e| backend.err(name, e))?;
-            Ok(Box::new(src))
+            Ok(Box::new(backend.pacers.reading(src)))
         };
         let size = Self::download_checked(name, fetch, &part, &slot.path)?;
         let f = Arc::new(File::open(&slot.path)?);

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use crate::store::pack;
 
 use super::errors::Names;
+use super::throttle::{Pacers, PIECE};
 use super::{lock, UPLOAD_CHUNK};
 
 /// Uploads local file `local` as object `name`. A pack is named by the
@@ -25,11 +26,12 @@ use super::{lock, UPLOAD_CHUNK};
 pub(super) fn upload_file(
     op: &blocking::Operator,
     names: &Names,
+    pacers: &Pacers,
     name: &str,
     local: &Path,
 ) -> io::Result<()> {
     if pack::pack_id_from_name(name).is_none() {
-        return put_local(op, names, name, local);
+        return put_local(op, names, pacers, name, local);
     }
     if let Ok(Stored::Same) = stored_copy(op, names, name, local) {
         tracing::debug!(
@@ -38,7 +40,7 @@ pub(super) fn upload_file(
         );
         return Ok(());
     }
-    let failed = match put_local(op, names, name, local) {
+    let failed = match put_local(op, names, pacers, name, local) {
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
@@ -104,10 +106,13 @@ pub(super) fn stored_copy(
     })
 }
 
-/// Streams local file `local` to object `name`.
+/// Streams local file `local` to object `name` (paced by the upload
+/// limit: fed to the writer in small pieces, so the parts leave at the
+/// limit on average).
 pub(super) fn put_local(
     op: &blocking::Operator,
     names: &Names,
+    pacers: &Pacers,
     name: &str,
     local: &Path,
 ) -> io::Result<()> {
@@ -116,6 +121,7 @@ pub(super) fn put_local(
     if len <= UPLOAD_CHUNK as u64 {
         let mut buf = Vec::with_capacity(len as usize);
         f.read_to_end(&mut buf)?;
+        pacers.upload(len);
         op.write(name, buf).map_err(|e| names.err(name, e))?;
         return Ok(());
     }
@@ -127,11 +133,17 @@ pub(super) fn put_local(
     let mut w = op
         .writer_options(name, opts)
         .map_err(|e| names.err(name, e))?;
+    let piece = if pacers.upload.is_some() {
+        PIECE
+    } else {
+        UPLOAD_CHUNK
+    };
     let mut left = len;
     while left > 0 {
-        let n = left.min(UPLOAD_CHUNK as u64) as usize;
+        let n = left.min(piece as u64) as usize;
         let mut buf = vec![0u8; n];
         f.read_exact(&mut buf)?;
+        pacers.upload_piece(n as u64);
         w.write(buf).map_err(|e| names.err(name, e))?;
         left -= n as u64;
     }
