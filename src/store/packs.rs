@@ -325,7 +325,8 @@ mod tests {
 
     /// A store with one pack, and a cache as a remote store has.
     fn store_with_a_pack(dir: &std::path::Path) -> (Store, backend::ListEntry) {
-        let mut store = Store::init(&dir.join("store")).unwrap();
+        let address = crate::store::location::StoreAddress::local(dir.join("store"));
+        let mut store = Store::init(&address, &Default::default()).unwrap();
         store.cache = Some(Arc::new(ObjectCache::new(dir.join("cache"))));
         let mut index = ChunkIndex::new();
         let mut packer = super::super::packer::Packer::new(&store);
@@ -345,7 +346,8 @@ mod tests {
     fn a_cached_pack_index_that_does_not_match_its_trailer_is_fetched_again() {
         let dir = tempfile::tempdir().unwrap();
         let (store, pack) = store_with_a_pack(dir.path());
-        let good = store.read_pack_index(&pack.name, pack.size).unwrap();
+        let object = Object::Listed(pack.name.clone());
+        let good = store.read_pack_index(&object, pack.size).unwrap();
         let key = format!("packidx/{}", pack.name);
         let cache = store.cache.as_ref().unwrap();
         let tail = cache.get(&key).expect("the index is cached");
@@ -355,7 +357,7 @@ mod tests {
         let mut poisoned = tail.clone();
         poisoned[0] ^= 0xff;
         cache.put(&key, &poisoned);
-        let again = store.read_pack_index(&pack.name, pack.size);
+        let again = store.read_pack_index(&object, pack.size);
         assert_eq!(again.as_ref().map(Vec::len), Ok(good.len()), "{again:?}");
         assert_eq!(cache.get(&key), Some(tail), "the entry is replaced");
     }
