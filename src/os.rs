@@ -110,6 +110,31 @@ impl TempOwner {
         }
         !process_alive(self.pid)
     }
+
+    /// Whether this owner is a running process of this host, boot and PID
+    /// namespace (this process included). A pid reused by another process
+    /// also counts: the answer errs towards "alive".
+    pub fn is_alive_here(&self) -> bool {
+        let me = TempOwner::current();
+        let here = self.host == me.host
+            && self.boot == me.boot
+            && me.boot != "0"
+            && self.pidns == me.pidns
+            && me.pidns != "0";
+        if !here {
+            return false;
+        }
+        if self.pid == me.pid {
+            return self.token == me.token;
+        }
+        process_alive(self.pid)
+    }
+}
+
+/// Whether the temp file `name` (after any fixed prefix) belongs to a
+/// running process of this host (see [`TempOwner::is_alive_here`]).
+pub fn temp_owner_alive_here(name: &str) -> bool {
+    TempOwner::parse(name).is_some_and(|o| o.is_alive_here())
 }
 
 /// Whether the temp file `name` (after any fixed prefix) belongs to a

@@ -44,15 +44,20 @@ impl Store {
     /// Removes temp files left by processes that are provably gone (see
     /// [`crate::os`]: of this host, and dead). A temp file of another host
     /// or PID namespace, or of an unknown owner, may be live work: only
-    /// with the exclusive lock, when no writer can run, is every temp file
-    /// a leftover.
+    /// with the exclusive lock, when no writer can run, is every such file
+    /// a leftover. Even then a file of a running process of this host is
+    /// kept: commands that take no store lock (`list`, `ls`, `dump` on a
+    /// bucket spool their downloads here) and this process itself.
     pub fn clean_tmp(&self, exclusive: Option<&ExclusiveLock>) -> Result<CleanedTmp> {
         let dir = self.tmp_dir()?;
         let mut cleaned = CleanedTmp::default();
         let rd = std::fs::read_dir(&dir).ctx("list", &dir)?;
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = exclusive.is_some() || crate::os::temp_owner_gone(&name);
+            let stale = match exclusive {
+                Some(_) => !crate::os::temp_owner_alive_here(&name),
+                None => crate::os::temp_owner_gone(&name),
+            };
             if !stale {
                 continue;
             }

@@ -59,11 +59,34 @@ fn only_temps_of_provably_gone_owners_are_swept_without_the_exclusive_lock() {
         assert!(f.exists(), "{} must survive a shared sweep", f.display());
     }
 
-    // Under the exclusive lock no writer can run: every temp file goes.
+    // A command that takes no store lock (a `list` of a bucket spooling
+    // its downloads) runs on this host while gc holds the exclusive lock.
+    let mut reader = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let lockless = TempOwner {
+        pid: reader.id(),
+        token: "0000000b".into(),
+        ..me.clone()
+    };
+    let lockless_tmp = temp(&tmp, &lockless, "spool");
+
+    // Under the exclusive lock no writer can run: every temp file goes but
+    // those of running processes of this host (ours, the lock-free reader).
     let lock = store.lock_exclusive("gc", Duration::ZERO).unwrap();
     let cleaned = store.clean_tmp(Some(&lock)).unwrap();
-    assert_eq!(cleaned.files, 4);
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    let _ = reader.kill();
+    let _ = reader.wait();
+    assert_eq!(cleaned.files, 3);
+    assert!(mine.exists(), "our own temp is kept");
+    assert!(lockless_tmp.exists(), "a running reader's spool is kept");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 2);
+
+    // Once the reader has exited, its spool is a leftover.
+    let cleaned = store.clean_tmp(Some(&lock)).unwrap();
+    assert_eq!(cleaned.files, 1);
+    assert!(!lockless_tmp.exists());
 }
 
 #[test]
