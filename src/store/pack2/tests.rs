@@ -106,6 +106,10 @@ proptest! {
             }
             if f.codec == Codec::Raw {
                 prop_assert_eq!(f.stored.len(), raw + s.overhead());
+            } else if !encrypted {
+                // The design's codec 1: the content size is in the header.
+                let size = zstd::zstd_safe::get_frame_content_size(&f.stored).ok();
+                prop_assert_eq!(size, Some(Some(raw as u64)));
             }
             let id_of = |b: &[u8]| s.chunk_id(b);
             let d = decode_frame(f.stored, f.codec, &f.chunks, &s, &id_of).unwrap();
@@ -469,4 +473,53 @@ fn a_frame_declaring_more_than_it_decodes_to_is_corrupt() {
     let id_of = |b: &[u8]| s.chunk_id(b);
     let e = decode_frame(f.stored, f.codec, &f.chunks, &s, &id_of).unwrap_err();
     assert_eq!(corrupt_ids(&e.errors()), hexes(&f.chunks));
+}
+
+/// HNSW-like chunk bytes: float32 vector components in (-0.1, 0.1), whose
+/// exponent bytes repeat and whose mantissas are random.
+fn hnsw_like(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len / 4)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2;
+            v.to_le_bytes()
+        })
+        .collect()
+}
+
+/// The figure of docs/FORMAT.md "Packs (format 2)": bytes of a pack of 256
+/// HNSW-like 4 KiB chunks in format 2 against format 1 (`cargo test --lib
+/// store::pack2::tests::measure -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn measure_hnsw_like_pack_against_format1() {
+    let chunks: Vec<Vec<u8>> = (0..256).map(|i| hnsw_like(i, 4096)).collect();
+    let raw: usize = chunks.iter().map(Vec::len).sum();
+    let s = Sealer::Plain;
+    let (v2, _) = write_pack(frames_of(&chunks, &s, &params()), &s);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, cp) in [
+        (
+            "format 1, auto (zstd 1, 90 %)",
+            crate::chunk::CompressionParams::auto(),
+        ),
+        ("format 1, zstd 3, 97 %", params().compression),
+    ] {
+        let mut w = crate::store::pack::PackWriter::create(&dir.path().join(&name[..12])).unwrap();
+        for c in &chunks {
+            let (stored, compressed) = crate::chunk::encode(c, &cp);
+            w.add(s.chunk_id(c), &stored, c.len() as u32, compressed)
+                .unwrap();
+        }
+        let v1 = w.finish(|b| b).unwrap().size;
+        println!("{name}: {v1} bytes ({:.3} of raw)", v1 as f64 / raw as f64);
+    }
+    println!(
+        "format 2, one 1 MiB frame (zstd 3, 97 %): {} bytes ({:.3} of raw)",
+        v2.len(),
+        v2.len() as f64 / raw as f64
+    );
 }
