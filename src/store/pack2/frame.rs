@@ -158,8 +158,8 @@ fn chunk_corrupt(id: &Id, detail: String) -> Error {
 pub struct DecodedFrame {
     raw: Vec<u8>,
     spans: Vec<(Id, Range<usize>)>,
-    /// Indexes of chunks whose bytes do not hash to their id.
-    mismatched: Vec<usize>,
+    /// Per chunk: whether its bytes hash to its id.
+    matches: Vec<bool>,
 }
 
 impl DecodedFrame {
@@ -178,7 +178,7 @@ impl DecodedFrame {
     /// Chunk `i`'s bytes, checked against its id (None past the end).
     pub fn chunk(&self, i: usize) -> Option<Result<&[u8], Error>> {
         let (id, span) = self.spans.get(i)?;
-        if self.mismatched.contains(&i) {
+        if !*self.matches.get(i)? {
             return Some(Err(mismatch(id)));
         }
         self.raw.get(span.clone()).map(Ok)
@@ -194,9 +194,11 @@ impl DecodedFrame {
 
     /// The `chunk_corrupt` errors of chunks that do not hash to their id.
     pub fn errors(&self) -> Vec<Error> {
-        self.mismatched
+        self.spans
             .iter()
-            .map(|&i| mismatch(&self.spans[i].0))
+            .zip(&self.matches)
+            .filter(|(_, ok)| !**ok)
+            .map(|((id, _), _)| mismatch(id))
             .collect()
     }
 }
@@ -248,20 +250,18 @@ pub fn decode_frame(
     let raw = crate::chunk::decode(encoded, compressed, total as u32)
         .map_err(|e| fail(format!("does not decode: {e}")))?;
     let mut spans = Vec::with_capacity(chunks.len());
-    let mut mismatched = Vec::new();
+    let mut matches = Vec::with_capacity(chunks.len());
     let mut at = 0usize;
-    for (i, c) in chunks.iter().enumerate() {
+    for c in chunks {
         let span = at..at + c.raw_len as usize;
         at = span.end;
         // `decode` returned exactly `total` bytes, the sum of the spans.
-        if raw.get(span.clone()).map(id_of) != Some(c.id) {
-            mismatched.push(i);
-        }
+        matches.push(raw.get(span.clone()).map(id_of) == Some(c.id));
         spans.push((c.id, span));
     }
     Ok(DecodedFrame {
         raw,
         spans,
-        mismatched,
+        matches,
     })
 }

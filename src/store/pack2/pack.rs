@@ -238,7 +238,7 @@ impl PackReaderV2 {
         let missing = || Error::ChunkMissing { hash: id.to_hex() };
         let ci = self.position(id).ok_or_else(missing)?;
         let fi = self.trailer.frame_of(ci).ok_or_else(missing)?;
-        let first = self.trailer.frames[fi].first_chunk as usize;
+        let first = self.trailer.frames.get(fi).ok_or_else(missing)?.first_chunk as usize;
         let stored = self
             .frame_range(fi)
             .and_then(|r| pack.get(r.start as usize..r.end as usize))
@@ -261,5 +261,55 @@ fn frame_error_for(e: &FrameError, id: &Id) -> Error {
     Error::ChunkCorrupt {
         hash: id.to_hex(),
         detail: format!("its frame {}", e.detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::pack2::{FrameBuf, FrameKind, FrameParams};
+
+    fn frame(bytes: &[u8]) -> EncodedFrame {
+        let p = FrameParams::default_v2();
+        let mut b = FrameBuf::new(FrameKind::Data);
+        b.push(Id::hash(bytes), bytes, &p).unwrap();
+        b.encode(&p, &Sealer::Plain)
+    }
+
+    #[test]
+    fn a_frame_past_u32_offsets_is_refused_not_wrapped() {
+        let mut w = PackWriterV2::new(Vec::new()).unwrap();
+        assert_eq!(w.add(frame(b"abc")).unwrap(), 0);
+        // As if 4 GiB had been written (without writing them).
+        w.len = u32::MAX as u64 - 3;
+        assert_eq!(w.add(frame(b"abc")).unwrap(), 1);
+        assert_eq!(w.trailer.frames[1].offset, u32::MAX - 3);
+        let e = w.add(frame(b"abc")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("4 GiB"), "{e}");
+        assert_eq!(w.trailer.frames.len(), 2);
+        let mut empty = frame(b"x");
+        empty.chunks.clear();
+        assert!(w.add(empty).is_err());
+    }
+
+    #[test]
+    fn a_pack_file_is_private_and_reads_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.pack");
+        let mut w = PackWriterV2::create(&path).unwrap();
+        w.add(frame(b"chunk")).unwrap();
+        let done = w.finish_file(3, &Sealer::Plain).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!((done.size, done.id), (bytes.len() as u64, Id::hash(&bytes)));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let r = PackReaderV2::from_bytes(&bytes, &Sealer::Plain).unwrap();
+        let id_of = |b: &[u8]| Id::hash(b);
+        let got = r.read_chunk(&bytes, &Id::hash(b"chunk"), &Sealer::Plain, &id_of);
+        assert_eq!(got.unwrap(), b"chunk");
+        let missing = r.read_chunk(&bytes, &Id::hash(b"other"), &Sealer::Plain, &id_of);
+        assert!(matches!(missing, Err(Error::ChunkMissing { .. })));
     }
 }
