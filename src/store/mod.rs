@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod names;
 mod open;
 pub mod pack;
+pub mod pack2;
 pub mod packer;
 mod packs;
 mod quarantine;

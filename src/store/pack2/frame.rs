@@ -1,0 +1,267 @@
+//! Frames (design §1.3.2): consecutive chunks of one file, concatenated,
+//! encoded as one zstd frame (or kept raw when zstd does not pay) and
+//! sealed as one unit with `frame_ad`, the hash of the chunk ids in order.
+//!
+//! Decoding opens the seal, decodes at most the declared raw length (no
+//! decode bomb) and re-hashes every chunk against its id. A frame that does
+//! not open or decode damages every chunk in it; a chunk whose bytes do not
+//! hash to its id damages only itself.
+
+use std::ops::Range;
+
+use super::trailer::ChunkEntry;
+use super::{Codec, FrameKind, FrameParams, MAX_FRAME_CHUNKS, MAX_FRAME_RAW};
+use crate::error::Error;
+use crate::id::Id;
+use crate::store::seal::Sealer;
+
+/// The associated data a frame is sealed with: it binds the frame to
+/// exactly the chunk list the (sealed) trailer gives for it, so a frame
+/// moved to another place, or its ids reordered, fails to open.
+pub fn frame_ad(ids: impl IntoIterator<Item = Id>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("atosnap v2 frame ad");
+    for id in ids {
+        h.update(&id.0);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// A frame being filled by a writer: the chunks, in capture order.
+#[derive(Debug)]
+pub struct FrameBuf {
+    kind: FrameKind,
+    ids: Vec<Id>,
+    raw_lens: Vec<u32>,
+    raw: Vec<u8>,
+}
+
+impl FrameBuf {
+    pub fn new(kind: FrameKind) -> FrameBuf {
+        FrameBuf {
+            kind,
+            ids: Vec::new(),
+            raw_lens: Vec::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    pub fn kind(&self) -> FrameKind {
+        self.kind
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn chunks(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether a chunk of `len` raw bytes can join this frame without
+    /// passing the limits every reader enforces (an empty frame takes any
+    /// chunk up to [`MAX_FRAME_RAW`]).
+    pub fn fits(&self, len: usize) -> bool {
+        self.ids.len() < MAX_FRAME_CHUNKS as usize
+            && self.raw.len().saturating_add(len) <= MAX_FRAME_RAW as usize
+    }
+
+    /// Adds a chunk; the caller closes the frame first when it does not
+    /// [`fits`](FrameBuf::fits). Returns whether the frame is now full by
+    /// `params` (and should be closed).
+    pub fn push(&mut self, id: Id, raw: &[u8], params: &FrameParams) -> Result<bool, String> {
+        if !self.fits(raw.len()) {
+            return Err(format!(
+                "chunk {id} of {} bytes does not fit a frame holding {} chunks, {} bytes",
+                raw.len(),
+                self.ids.len(),
+                self.raw.len()
+            ));
+        }
+        self.ids.push(id);
+        self.raw_lens.push(raw.len() as u32);
+        self.raw.extend_from_slice(raw);
+        Ok(self.ids.len() >= params.frame_max_chunks as usize
+            || self.raw.len() >= params.frame_max_bytes as usize)
+    }
+
+    /// Encodes and seals the frame: zstd at the configured level, raw when
+    /// the zstd output is above `max_ratio_percent` of the raw bytes (the
+    /// chunk codec's rule, [`crate::chunk::encode`]).
+    pub fn encode(self, params: &FrameParams, sealer: &Sealer) -> EncodedFrame {
+        let (encoded, compressed) = crate::chunk::encode(&self.raw, &params.compression);
+        let codec = if compressed { Codec::Zstd } else { Codec::Raw };
+        let stored = seal_frame(sealer, encoded, &self.ids);
+        EncodedFrame {
+            kind: self.kind,
+            codec,
+            chunks: self
+                .ids
+                .into_iter()
+                .zip(self.raw_lens)
+                .map(|(id, raw_len)| ChunkEntry { id, raw_len })
+                .collect(),
+            stored,
+        }
+    }
+}
+
+fn seal_frame(sealer: &Sealer, encoded: Vec<u8>, ids: &[Id]) -> Vec<u8> {
+    if sealer.is_encrypted() {
+        sealer.seal(encoded, &frame_ad(ids.iter().copied()))
+    } else {
+        encoded
+    }
+}
+
+/// A frame ready to be appended to a pack.
+#[derive(Clone, Debug)]
+pub struct EncodedFrame {
+    pub kind: FrameKind,
+    pub codec: Codec,
+    pub chunks: Vec<ChunkEntry>,
+    /// The bytes as they go into the pack (sealed in a `repokey` store).
+    pub stored: Vec<u8>,
+}
+
+/// A frame that did not open or decode: every chunk in it is corrupt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameError {
+    pub ids: Vec<Id>,
+    pub detail: String,
+}
+
+impl FrameError {
+    /// One `chunk_corrupt` per chunk of the frame.
+    pub fn errors(&self) -> Vec<Error> {
+        self.ids
+            .iter()
+            .map(|id| chunk_corrupt(id, format!("its frame {}", self.detail)))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "frame of {} chunks: {}", self.ids.len(), self.detail)
+    }
+}
+
+fn chunk_corrupt(id: &Id, detail: String) -> Error {
+    Error::ChunkCorrupt {
+        hash: id.to_hex(),
+        detail,
+    }
+}
+
+/// A decoded frame: its raw bytes and where each chunk lies in them.
+#[derive(Debug)]
+pub struct DecodedFrame {
+    raw: Vec<u8>,
+    spans: Vec<(Id, Range<usize>)>,
+    /// Per chunk: whether its bytes hash to its id.
+    matches: Vec<bool>,
+}
+
+impl DecodedFrame {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    pub fn id(&self, i: usize) -> Option<Id> {
+        self.spans.get(i).map(|(id, _)| *id)
+    }
+
+    /// Chunk `i`'s bytes, checked against its id (None past the end).
+    pub fn chunk(&self, i: usize) -> Option<Result<&[u8], Error>> {
+        let (id, span) = self.spans.get(i)?;
+        if !*self.matches.get(i)? {
+            return Some(Err(mismatch(id)));
+        }
+        self.raw.get(span.clone()).map(Ok)
+    }
+
+    /// Every chunk in frame order, each checked against its id.
+    pub fn chunks(&self) -> impl Iterator<Item = (Id, Result<&[u8], Error>)> + '_ {
+        self.spans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (id, _))| Some((*id, self.chunk(i)?)))
+    }
+
+    /// The `chunk_corrupt` errors of chunks that do not hash to their id.
+    pub fn errors(&self) -> Vec<Error> {
+        self.spans
+            .iter()
+            .zip(&self.matches)
+            .filter(|(_, ok)| !**ok)
+            .map(|((id, _), _)| mismatch(id))
+            .collect()
+    }
+}
+
+fn mismatch(id: &Id) -> Error {
+    chunk_corrupt(
+        id,
+        "its bytes in the frame do not hash to its id".to_string(),
+    )
+}
+
+/// Opens and decodes a frame's stored bytes; `chunks` are its trailer
+/// records in order and `id_of` the store's chunk id function.
+pub fn decode_frame(
+    stored: Vec<u8>,
+    codec: Codec,
+    chunks: &[ChunkEntry],
+    sealer: &Sealer,
+    id_of: &dyn Fn(&[u8]) -> Id,
+) -> Result<DecodedFrame, FrameError> {
+    let fail = |detail: String| FrameError {
+        ids: chunks.iter().map(|c| c.id).collect(),
+        detail,
+    };
+    let total: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
+    if total > MAX_FRAME_RAW as u64 {
+        return Err(fail(format!(
+            "declares {total} raw bytes, more than any frame ({MAX_FRAME_RAW})"
+        )));
+    }
+    let encoded = if sealer.is_encrypted() {
+        sealer
+            .open(stored, &frame_ad(chunks.iter().map(|c| c.id)))
+            .map_err(|e| fail(format!("does not open: {e}")))?
+    } else {
+        stored
+    };
+    let compressed = match codec {
+        Codec::Raw => false,
+        Codec::Zstd => true,
+        Codec::ZstdDict => {
+            return Err(fail(
+                "uses a dictionary, which this build does not decode".to_string(),
+            ))
+        }
+    };
+    // `total` is at most MAX_FRAME_RAW, so it fits a u32, and `decode`
+    // decompresses into exactly that much room.
+    let raw = crate::chunk::decode(encoded, compressed, total as u32)
+        .map_err(|e| fail(format!("does not decode: {e}")))?;
+    let mut spans = Vec::with_capacity(chunks.len());
+    let mut matches = Vec::with_capacity(chunks.len());
+    let mut at = 0usize;
+    for c in chunks {
+        let span = at..at + c.raw_len as usize;
+        at = span.end;
+        // `decode` returned exactly `total` bytes, the sum of the spans.
+        matches.push(raw.get(span.clone()).map(id_of) == Some(c.id));
+        spans.push((c.id, span));
+    }
+    Ok(DecodedFrame {
+        raw,
+        spans,
+        matches,
+    })
+}
