@@ -208,6 +208,8 @@ pub enum Error {
     #[error("{0}")]
     DemoFixtures(String),
 
+    #[error("{to} already holds another snapshot {stamp} (another writer took that stamp in the same second): nothing was copied for it. Copy it to another store, or forget the destination's {stamp} if it is not wanted, then copy again")]
+    CopyStampTaken { stamp: String, to: String },
     #[error("restore --to {to} would write the live runtime ({live}): restore live data with `atosnap restore STAMP --confirm-service-stopped` (without --to), which checks the service is stopped and takes a pre-restore snapshot first")]
     RestoreTargetIsLive { to: PathBuf, live: PathBuf },
     /// SIGINT or SIGTERM asked the command to stop: it published nothing
@@ -273,6 +275,7 @@ impl Error {
             | Error::ServeRuntime(_)
             | Error::DemoFixtures(_) => "error",
             Error::RestoreTargetIsLive { .. } => "restore_target_is_live",
+            Error::CopyStampTaken { .. } => "copy_stamp_taken",
             Error::Interrupted { .. } => "interrupted",
             Error::StoreMissingWithPassword { .. } => "store_missing",
         }

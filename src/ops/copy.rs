@@ -3,7 +3,9 @@
 //! it works between any two stores (local or remote).
 //!
 //! Per snapshot, oldest first, each step durable before the next:
-//! 1. skip it when the destination has that stamp already;
+//! 1. skip it when the destination has that stamp already, for the same
+//!    snapshot (its summary's facts agree); another snapshot under that
+//!    stamp (two writers in one second) is a `copy_stamp_taken` failure;
 //! 2. read its manifest and summary from the source;
 //! 3. every chunk the destination lacks is read from the source, checked
 //!    against its id (copy never propagates damage) and added to the
@@ -150,12 +152,24 @@ pub fn copy(
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .filter_map(|(s, there)| {
-            if there {
-                result.snapshots_skipped.push(s.to_string());
-                None
-            } else {
-                Some(s)
+            if !there {
+                return Some(s);
             }
+            if same_snapshot(from, to, &s) {
+                result.snapshots_skipped.push(s.to_string());
+            } else {
+                let e = Error::CopyStampTaken {
+                    stamp: s.to_string(),
+                    to: to.location_name(),
+                };
+                result.exit_code = result.exit_code.max(e.exit_code());
+                result.snapshots_failed.push(CopyFailure {
+                    stamp: s.to_string(),
+                    code: e.code().to_string(),
+                    message: e.to_string(),
+                });
+            }
+            None
         })
         .collect();
 
@@ -206,6 +220,27 @@ pub fn copy(
 /// Writes the run into the source's copy log (under the source's lock):
 /// the newest stamp the destination now holds from it. A record that
 /// cannot be written is a warning: the copy itself stands.
+/// The summary facts that never change after a snapshot is taken (tags
+/// do): equal in a copy, whatever the stores' keys.
+const SNAPSHOT_FACTS: [&str; 5] = [
+    "created_at",
+    "db_size_bytes",
+    "chroma_snapshot_files",
+    "chroma_snapshot_bytes",
+    "chunks_total",
+];
+
+/// Whether the destination's `stamp` is the source's snapshot (copied
+/// earlier) rather than another one taken in the same second. Reading two
+/// small summaries keeps a rerun cheap; a summary that cannot be read
+/// leaves the destination alone, as before (verify reports the damage).
+fn same_snapshot(from: &Store, to: &Store, stamp: &Stamp) -> bool {
+    match (from.read_metadata(stamp), to.read_metadata(stamp)) {
+        (Ok(a), Ok(b)) => SNAPSHOT_FACTS.iter().all(|k| a[k] == b[k]),
+        _ => true,
+    }
+}
+
 fn record(from: &Store, result: &mut CopyResult) {
     let newest_stamp = result
         .snapshots_copied

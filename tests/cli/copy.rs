@@ -287,6 +287,41 @@ fn copies_named_stamps_only_and_refuses_unknown_or_malformed_ones() {
 }
 
 #[test]
+fn another_snapshot_under_the_same_stamp_is_a_conflict_not_a_skip() {
+    let env = Env::fixture();
+    let at = "2026-04-10T12:00:00Z";
+    let ours = env.create(&["--at", at]);
+    let stamp = ours["stamp"].as_str().unwrap().to_string();
+    // Another writer took the same stamp at the destination in that
+    // second, with other contents (Chroma included).
+    let dest = env.dir.path().join("copy");
+    let theirs = run_cmd(on(&env, &dest).args(["create", "--chroma", "--at", at]));
+    assert_eq!(theirs.code, 0, "{theirs:?}");
+    assert_eq!(theirs.json["stamp"], stamp);
+
+    let r = copy(&env, &dest, &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(strings(&r.json["snapshots_skipped"]), Vec::<String>::new());
+    assert_eq!(r.json["snapshots_failed"][0]["stamp"], stamp);
+    assert_eq!(r.json["snapshots_failed"][0]["code"], "copy_stamp_taken");
+    let message = r.json["snapshots_failed"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&stamp) && message.contains("copy"),
+        "{message}"
+    );
+    // The destination's own snapshot is left as it was.
+    let list = run_cmd(on(&env, &dest).arg("list")).json;
+    assert_eq!(list["snapshots"][0]["chroma_snapshot_included"], true);
+
+    // A real copy stays a skip after its tags are edited at the source.
+    let dest2 = env.dir.path().join("copy2");
+    copy_ok(&env, &dest2, &[]);
+    env.ok(&["tag", &stamp, "--add", "pinned"]);
+    let again = copy_ok(&env, &dest2, &[]);
+    assert_eq!(strings(&again["snapshots_skipped"]), vec![stamp]);
+}
+
+#[test]
 fn incremental_copy_sends_only_the_new_chunks() {
     let env = Env::fixture();
     env.create(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
