@@ -339,14 +339,21 @@ impl Segment {
         if self.lookups.fetch_add(1, Ordering::Relaxed) < LAZY_PREFIX_AFTER {
             return Ok(None);
         }
-        let mut raw = vec![0u8; 4 * self.n as usize];
-        self.file
-            .read_exact_at(&mut raw, HEADER_LEN)
-            .map_err(IndexError::io("read", &self.path))?;
-        let table = raw
-            .chunks_exact(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        // Read in 64 KiB pieces straight into the table: 4 bytes per
+        // record and no second copy of it.
+        let mut table = Vec::with_capacity(self.n as usize);
+        let mut raw = vec![0u8; IO_BUF];
+        let mut at = HEADER_LEN;
+        let end = self.records_at();
+        while at < end {
+            let piece = &mut raw[..(end - at).min(IO_BUF as u64) as usize];
+            self.file
+                .read_exact_at(piece, at)
+                .map_err(IndexError::io("read", &self.path))?;
+            let words = piece.chunks_exact(4);
+            table.extend(words.map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])));
+            at += piece.len() as u64;
+        }
         Ok(Some(self.prefixes.get_or_init(|| table)))
     }
 

@@ -78,14 +78,17 @@ pub struct SpillSorter<T: Spillable> {
 }
 
 impl<T: Spillable> SpillSorter<T> {
-    /// Spills runs into `dir` (which must exist) whenever the buffered
-    /// items would take more than `budget` bytes (at least one item).
+    /// Spills runs into `dir` (which must exist) so that the buffer and
+    /// the stable sort's scratch (half the buffer) stay within `budget`
+    /// bytes (at least one item per run). The buffer is reserved once and
+    /// reused: it never grows by doubling past the budget.
     pub fn new(dir: &Path, budget: usize) -> SpillSorter<T> {
-        let cap = (budget / std::mem::size_of::<T>().max(1)).max(1);
+        let item = std::mem::size_of::<T>().max(1);
+        let cap = (budget / item * 2 / 3).max(1);
         SpillSorter {
             dir: dir.to_path_buf(),
             cap,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(cap),
             runs: Vec::new(),
         }
     }
@@ -123,9 +126,7 @@ impl<T: Spillable> SpillSorter<T> {
 
     fn spill(&mut self) -> Result<(), IndexError> {
         sort_dedup(&mut self.buf);
-        let items = std::mem::take(&mut self.buf);
-        let run = write_run(&self.dir, items.into_iter().map(Ok))?;
-        self.buf = Vec::with_capacity(self.cap.min(1 << 20));
+        let run = write_run(&self.dir, self.buf.drain(..).map(Ok))?;
         self.runs.push(run);
         if self.runs.len() >= MAX_FAN_IN {
             let runs = std::mem::take(&mut self.runs);
