@@ -231,6 +231,12 @@ impl Segment {
         if &h[..8] != MAGIC {
             return Err(IndexError::damaged(path, "not a segment (bad magic)"));
         }
+        if h[20..24] != [0; 4] {
+            return Err(IndexError::damaged(
+                path,
+                "reserved header bytes are not zero",
+            ));
+        }
         let n = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
         let first_row = u32::from_le_bytes(h[16..20].try_into().unwrap_or_default());
         if segment_len(n) != Some(len) {
