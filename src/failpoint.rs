@@ -1,5 +1,9 @@
-//! The test failpoint: a named point where a test can make the process die
-//! as after a kill -9 (used by restore and copy).
+//! Test failpoints: named points where a test can make the process die as
+//! after a kill -9 (used by restore and copy), or hold it until the test
+//! has done something (stopped the server) at exactly that point (gc).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Test hook: with `ATOSNAP_FAILPOINT=<name>` the process dies at that
 /// point without cleaning up (as after a kill -9), so tests can prove that
@@ -13,5 +17,42 @@ pub fn hit(name: impl FnOnce() -> String) {
             eprintln!("atosnap: failpoint {p} reached, dying");
             std::process::exit(137);
         }
+    }
+}
+
+/// The longest a paused process waits for its release (a test that died
+/// must not leave it hanging for ever).
+const MAX_PAUSE: Duration = Duration::from_secs(600);
+
+/// Test hook: with `ATOSNAP_FAILPOINT_PAUSE=<name>` and
+/// `ATOSNAP_FAILPOINT_RELEASE=<file>` the process, at point `name`,
+/// creates `<file>.reached` and waits until `<file>` exists (at most
+/// 10 minutes), so a test can act at exactly that point. Points:
+/// `gc:before-upload-barrier` (the rewritten packs are handed to the
+/// backend, which may still be uploading them; nothing is deleted yet).
+pub fn pause(name: &str) {
+    static POINT: std::sync::OnceLock<Option<(String, PathBuf)>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| {
+        let name = std::env::var("ATOSNAP_FAILPOINT_PAUSE").ok()?;
+        let release = std::env::var_os("ATOSNAP_FAILPOINT_RELEASE")?;
+        Some((name, PathBuf::from(release)))
+    });
+    let Some((p, release)) = point else { return };
+    if p != name {
+        return;
+    }
+    let mut reached = release.clone().into_os_string();
+    reached.push(".reached");
+    if let Err(e) = std::fs::write(&reached, name) {
+        eprintln!("atosnap: failpoint {p}: cannot write {reached:?}: {e}");
+        return;
+    }
+    eprintln!(
+        "atosnap: failpoint {p} reached, waiting for {}",
+        release.display()
+    );
+    let started = Instant::now();
+    while !release.exists() && started.elapsed() < MAX_PAUSE {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -66,11 +66,24 @@ fn outage_when(
     ready: impl Fn(&dyn atosnap::store::backend::Backend) -> bool,
 ) -> (i32, serde_json::Value) {
     let backend = backend_for(url, cache);
+    wait_for(|| ready(backend.as_ref()));
+    outage_now(child, || {})
+}
+
+/// Polls `cond` every 20 ms, for at most 2 minutes.
+fn wait_for(cond: impl Fn() -> bool) {
     let started = Instant::now();
-    while !ready(backend.as_ref()) && started.elapsed() < Duration::from_secs(120) {
+    while !cond() && started.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Stops Garage, runs `stopped` (releases a paused child), waits for the
+/// child (it must end by itself, in bounded time) and starts Garage again.
+/// Returns the child's exit code and JSON document.
+fn outage_now(child: Child, stopped: impl FnOnce()) -> (i32, serde_json::Value) {
     garage("stop");
+    stopped();
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
     let waited = started.elapsed();
@@ -85,7 +98,8 @@ fn outage_when(
     if code != 0 {
         assert!(
             json["error"]["code"].is_string() || json["errors"].is_array(),
-            "a JSON error: {json}"
+            "a JSON error: {json}\n{}",
+            String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(code, 1, "{json}");
     }
@@ -191,7 +205,6 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
 /// pack whose live chunks did not arrive, and after the server is back
 /// every snapshot is whole and verify is clean.
 #[test]
-#[ignore = "timing: on a fast machine gc finishes (~0.5 s) before the server is stopped, so the cut-off it asserts may never happen; the sticky upload error itself is covered by store::s3's unit tests; run with --ignored"]
 fn the_server_going_away_mid_gc_deletes_no_live_pack() {
     let Some(bucket) = bucket() else { return };
     let s = S3Rt::new(&bucket, "outage-gc");
@@ -239,24 +252,52 @@ fn the_server_going_away_mid_gc_deletes_no_live_pack() {
     let dead = dry["would_delete_packs"].as_array().unwrap().len();
     let before = packs(s.backend().as_ref()) - dead;
 
+    // gc holds (a failpoint) once every rewritten pack is handed to the
+    // backend, before it waits for the uploads or deletes anything: the
+    // server goes away exactly there.
+    let release = s.rt.path("gc-release");
+    let reached = s.rt.path("gc-release.reached");
     let child = spawn_env(
         &s,
         &["gc", "--confirm", "--grace-period", "0"],
-        &[SHORT_LOCK_TTL],
+        &[
+            SHORT_LOCK_TTL,
+            ("ATOSNAP_FAILPOINT_PAUSE", "gc:before-upload-barrier"),
+            ("ATOSNAP_FAILPOINT_RELEASE", release.to_str().unwrap()),
+        ],
     );
-    // The first new pack is in: the others are still on their way.
-    let (code, json) = outage_when(child, &s.url, &s.cache, |b| packs(b) > before);
-    assert_eq!(code, 1, "gc was cut off while uploading: {json}");
+    wait_for(|| reached.exists());
+    assert!(reached.exists(), "gc never reached its failpoint");
+    let (code, json) = outage_now(child, || std::fs::write(&release, b"go").unwrap());
+    assert_eq!(code, 1, "gc was cut off before its deletions: {json}");
+    let errors = json["errors"].to_string();
+    assert!(
+        errors.contains("127.0.0.1") || errors.contains("connect"),
+        "the errors name the storage failure: {json}"
+    );
     let rewritten = json["rewritten_packs"].as_array().map_or(0, Vec::len);
     assert_eq!(rewritten, 0, "no sparse pack may go: {json}");
+    // Every sparse pack (holding live chunks) is still there.
+    let backend = s.backend();
+    for name in dry["would_rewrite_packs"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        assert!(backend.exists(name).unwrap(), "{name} deleted: {json}");
+    }
+    assert!(packs(backend.as_ref()) >= before, "{json}");
     assert_whole(&s);
-    // The rerun finishes the job.
+    // The rerun finishes the job: each sparse pack is rewritten, or, when
+    // the cut-off gc's new packs had all arrived before the server went
+    // away, deleted as dead (its live chunks are in those new packs).
     let gc = s.ok(&["gc", "--confirm", "--grace-period", "0"]);
-    assert_eq!(
-        gc["rewritten_packs"].as_array().unwrap().len(),
-        sparse,
-        "{gc}"
-    );
+    let gone: Vec<&serde_json::Value> = ["rewritten_packs", "deleted_packs"]
+        .iter()
+        .flat_map(|k| gc[k].as_array().unwrap())
+        .collect();
+    for name in dry["would_rewrite_packs"].as_array().unwrap() {
+        assert!(gone.contains(&name), "{name} left: {gc}");
+        assert!(!backend.exists(name.as_str().unwrap()).unwrap(), "{gc}");
+    }
+    assert!(gone.len() >= sparse, "{gc}");
     assert_whole(&s);
 }
 

@@ -373,6 +373,7 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
             write_error = Some(e);
         }
     }
+    crate::failpoint::pause("gc:before-upload-barrier");
     if write_error.is_none() {
         // A remote backend uploads in the background: the new packs must
         // be in the bucket, not merely handed over, before an old one goes.

@@ -109,12 +109,15 @@ impl Store {
             return Err(PackIndexError::TooShort(size).to_string());
         }
         // A pack is named by its hash, so its cached tail never goes stale.
+        // Only a tail whose index hashes to its trailer's checksum is used
+        // or kept: an index read that came back wrong must not make the
+        // pack look damaged from this cache ever after.
         let key = format!("packidx/{name}");
         if let Some(tail) = self.cache.as_ref().and_then(|c| c.get(&key)) {
             if tail.len() >= TRAILER_LEN {
                 let (stored, trailer) = tail.split_at(tail.len() - TRAILER_LEN);
                 if let Ok((blob_end, len, hash)) = pack::parse_trailer(size, trailer) {
-                    if len == stored.len() {
+                    if len == stored.len() && blake3::hash(stored).as_bytes() == &hash {
                         return Ok((blob_end, stored.to_vec(), hash));
                     }
                 }
@@ -130,7 +133,8 @@ impl Store {
             .backend
             .read_range_direct(name, blob_end, len)
             .map_err(|e| format!("unreadable: {e}"))?;
-        if let Some(cache) = &self.cache {
+        let intact = blake3::hash(&stored).as_bytes() == &hash;
+        if let Some(cache) = self.cache.as_ref().filter(|_| intact) {
             let mut tail = Vec::with_capacity(stored.len() + TRAILER_LEN);
             tail.extend_from_slice(&stored);
             tail.extend_from_slice(&trailer);
@@ -311,4 +315,50 @@ impl Store {
     }
 
     // ---- quarantine -------------------------------------------------------
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::cache::ObjectCache;
+    use std::sync::Arc;
+
+    /// A store with one pack, and a cache as a remote store has.
+    fn store_with_a_pack(dir: &std::path::Path) -> (Store, backend::ListEntry) {
+        let address = crate::store::location::StoreAddress::local(dir.join("store"));
+        let mut store = Store::init(&address, &Default::default()).unwrap();
+        store.cache = Some(Arc::new(ObjectCache::new(dir.join("cache"))));
+        let mut index = ChunkIndex::new();
+        let mut packer = super::super::packer::Packer::new(&store);
+        for data in [&b"first chunk"[..], b"second chunk"] {
+            let id = store.sealer.chunk_id(data);
+            packer
+                .add(&mut index, id, data, data.len() as u32, false)
+                .unwrap();
+        }
+        packer.flush(&mut index).unwrap();
+        drop(packer);
+        let pack = store.list_packs().unwrap().remove(0);
+        (store, pack)
+    }
+
+    #[test]
+    fn a_cached_pack_index_that_does_not_match_its_trailer_is_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, pack) = store_with_a_pack(dir.path());
+        let object = Object::Listed(pack.name.clone());
+        let good = store.read_pack_index(&object, pack.size).unwrap();
+        let key = format!("packidx/{}", pack.name);
+        let cache = store.cache.as_ref().unwrap();
+        let tail = cache.get(&key).expect("the index is cached");
+        // The same trailer over other index bytes of the same length (an
+        // index read that came back wrong): intact as a cache entry, but
+        // not the pack's index.
+        let mut poisoned = tail.clone();
+        poisoned[0] ^= 0xff;
+        cache.put(&key, &poisoned);
+        let again = store.read_pack_index(&object, pack.size);
+        assert_eq!(again.as_ref().map(Vec::len), Ok(good.len()), "{again:?}");
+        assert_eq!(cache.get(&key), Some(tail), "the entry is replaced");
+    }
 }

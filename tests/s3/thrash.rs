@@ -49,6 +49,7 @@ fn start(rt: &Rt, store: &str, cache: &Path, args: &[&str]) -> Child {
         .args(["--lock-wait", "120"])
         .args(args)
         .env("ATOSNAP_CACHE_DIR", cache)
+        .env("ATOSNAP_LOG", "info")
         .env_remove("ATOSNAP_FAILPOINT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -56,8 +57,9 @@ fn start(rt: &Rt, store: &str, cache: &Path, args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Exit 0, or 1 on the store lock (a writer that gave up waiting).
-fn check(round: usize, what: &str, out: Output) {
+/// Exit 0, or 1 on the store lock (a writer that gave up waiting). Returns
+/// a line for the history printed if the end checks fail.
+fn check(round: usize, what: &str, out: Output) -> String {
     let code = out.status.code().unwrap_or(-1);
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
@@ -70,6 +72,12 @@ fn check(round: usize, what: &str, out: Output) {
     if code == 0 && what.starts_with("create") {
         assert_eq!(json["validated"], true, "round {round}: {what}: {json}");
     }
+    let stamp = json["stamp"].as_str().map(str::to_string);
+    let published = json["snapshots_copied"].to_string();
+    format!(
+        "round {round}: {what}: exit {code}, stamp {stamp:?}, copied {published}\n{}",
+        stderr.trim_end()
+    )
 }
 
 #[test]
@@ -85,6 +93,7 @@ fn racing_writers_on_one_bucket_all_succeed_and_lose_nothing() {
     s.ok(&["create", "--chroma"]);
 
     let rounds = rounds();
+    let mut history = Vec::new();
     for round in 0..rounds {
         add_chroma_file(&s.rt.chroma(), 9 + round % 4, round as u64);
         let kind = round % 3;
@@ -110,7 +119,11 @@ fn racing_writers_on_one_bucket_all_succeed_and_lose_nothing() {
                 // The same new data, already in the local store, copied in
                 // while a create of the bucket sends it too.
                 let snap = start(&s.rt, local, other_cache, &["create", "--chroma"]);
-                check(round, "local create", snap.wait_with_output().unwrap());
+                history.push(check(
+                    round,
+                    "local create",
+                    snap.wait_with_output().unwrap(),
+                ));
                 writers.push((
                     "create",
                     start(&s.rt, &s.url, &s.cache, &["create", "--chroma"]),
@@ -137,7 +150,7 @@ fn racing_writers_on_one_bucket_all_succeed_and_lose_nothing() {
             }
         }
         for (what, child) in writers {
-            check(round, what, child.wait_with_output().unwrap());
+            history.push(check(round, what, child.wait_with_output().unwrap()));
         }
     }
 
@@ -157,14 +170,96 @@ fn racing_writers_on_one_bucket_all_succeed_and_lose_nothing() {
         // same validate again through the same cache, then a fresh one.
         let again = s.run(&["validate", stamp]).json;
         let fresh = s.rt.path("cache-fresh").display().to_string();
-        let fresh =
+        let fresh_v =
             s.rt.run_env(
                 &["validate", stamp],
                 &[("ATOSNAP_CACHE_DIR", fresh.as_str())],
             )
             .json;
-        panic!("{stamp}: {v}\n{stderr}\nagain: {again}\nfresh cache: {fresh}");
+        let stale = cache_disagreements(&s);
+        let verify = s.run(&["verify"]).json;
+        let verify_fresh =
+            s.rt.run_env(&["verify"], &[("ATOSNAP_CACHE_DIR", fresh.as_str())])
+                .json;
+        panic!(
+            "{stamp}: {v}\n{stderr}\nagain: {again}\nfresh cache: {fresh_v}\n\
+             cache entries that differ from the bucket: {stale:#?}\n\
+             verify: {verify}\nverify, fresh cache: {verify_fresh}\n\
+             writers:\n{}",
+            history.join("\n")
+        );
     }
     let verify = s.ok(&["verify"]);
     assert_eq!(verify["ok"], true, "{verify}");
+    // Every cache entry the writers and readers shared holds what the
+    // bucket holds under its name (entries of packs gc deleted aside).
+    let stale = cache_disagreements(&s);
+    assert!(
+        stale.is_empty(),
+        "{stale:#?}\nwriters:\n{}",
+        history.join("\n")
+    );
+}
+
+/// Every entry of the test's own cache (pack index tails, snapshot files)
+/// whose bytes differ from what the bucket holds under its name now.
+fn cache_disagreements(s: &S3Rt) -> Vec<String> {
+    let backend = backend_for(&s.url, &s.cache);
+    let mut out = Vec::new();
+    let Ok(stores) = std::fs::read_dir(&s.cache) else {
+        return vec![format!("{}: no cache", s.cache.display())];
+    };
+    for store in stores.flatten() {
+        let root = store.path().join("objects");
+        for path in files_under(&root) {
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let Some(entry) = bytes.get(32..) else {
+                out.push(format!("{rel}: shorter than its hash"));
+                continue;
+            };
+            let (name, from_bucket) = match rel.strip_prefix("packidx/") {
+                Some(pack) => {
+                    let tail = backend.size(pack).and_then(|size| {
+                        let len = entry.len() as u64;
+                        backend.read_range_direct(pack, size.saturating_sub(len), entry.len())
+                    });
+                    (pack.to_string(), tail)
+                }
+                None => {
+                    let name = rel.rsplit_once('.').map_or(rel.as_str(), |(n, _)| n);
+                    (name.to_string(), backend.read(name))
+                }
+            };
+            match from_bucket {
+                Ok(b) if b == entry => {}
+                Ok(b) => out.push(format!(
+                    "{rel}: {} bytes cached, the bucket's {name} ends in other bytes ({} read)",
+                    entry.len(),
+                    b.len()
+                )),
+                // A pack gc deleted: its entry is never used again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => out.push(format!("{rel}: {name} not readable now: {e}")),
+            }
+        }
+    }
+    out
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
