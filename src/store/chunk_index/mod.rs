@@ -106,6 +106,19 @@ impl IndexRecord {
     }
 }
 
+/// A temp file of this module, removed when dropped (a run of the sorter,
+/// the records of a segment being written): an error or a panic midway
+/// leaves nothing behind.
+pub(crate) struct TempFile {
+    pub path: PathBuf,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// `id[0..4]` big-endian (see [`IndexRecord::prefix`]).
 pub fn id_prefix(id: &Id) -> u32 {
     u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]])

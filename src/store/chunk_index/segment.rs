@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use super::{id_prefix, IndexError, IndexRecord, RECORD_LEN};
+use super::{id_prefix, IndexError, IndexRecord, TempFile, RECORD_LEN};
 use crate::id::Id;
 use crate::store::backend;
 
@@ -73,7 +73,7 @@ fn header(n: u64, first_row: u32) -> [u8; HEADER_LEN as usize] {
 pub struct SegmentWriter {
     dir: PathBuf,
     path: PathBuf,
-    records_tmp: PathBuf,
+    records_tmp: TempFile,
     out: BufWriter<File>,
     first_row: u32,
     n: u64,
@@ -84,9 +84,11 @@ impl SegmentWriter {
     /// A writer of `dir/name` whose records all name pack rows
     /// `>= first_row`.
     pub fn create(dir: &Path, name: &str, first_row: u32) -> Result<SegmentWriter, IndexError> {
-        let records_tmp = backend::temp_path_in(dir, "segrec");
-        let file = backend::create_private_file(&records_tmp)
-            .map_err(IndexError::io("create", &records_tmp))?;
+        let records_tmp = TempFile {
+            path: backend::temp_path_in(dir, "segrec"),
+        };
+        let file = backend::create_private_file(&records_tmp.path)
+            .map_err(IndexError::io("create", &records_tmp.path))?;
         Ok(SegmentWriter {
             dir: dir.to_path_buf(),
             path: dir.join(name),
@@ -112,22 +114,16 @@ impl SegmentWriter {
         r.encode(&mut b);
         self.out
             .write_all(&b)
-            .map_err(IndexError::io("write", &self.records_tmp))?;
+            .map_err(IndexError::io("write", &self.records_tmp.path))?;
         self.last = Some(r.key());
         self.n += 1;
         Ok(())
     }
 
-    /// Publishes the segment; returns its path.
+    /// Publishes the segment; returns its path. The records temp is
+    /// removed whatever happens (dropped with `self`).
     pub fn finish(self) -> Result<PathBuf, IndexError> {
-        let rec_path = self.records_tmp.clone();
-        let result = self.publish();
-        let _ = fs::remove_file(&rec_path);
-        result
-    }
-
-    fn publish(self) -> Result<PathBuf, IndexError> {
-        let rec_path = &self.records_tmp;
+        let rec_path = &self.records_tmp.path;
         // Flushed and closed, then read back through a read handle (the
         // private file is created write-only).
         self.out

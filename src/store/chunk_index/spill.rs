@@ -14,12 +14,12 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::segment::IO_BUF;
-use super::{IndexError, IndexRecord, RECORD_LEN};
+use super::{IndexError, IndexRecord, TempFile, RECORD_LEN};
 use crate::id::Id;
 use crate::store::backend;
 
@@ -60,15 +60,7 @@ impl Spillable for IndexRecord {
 }
 
 /// A run file, removed when dropped (the merge opens it first).
-struct Run {
-    path: PathBuf,
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
+type Run = TempFile;
 
 pub struct SpillSorter<T: Spillable> {
     dir: PathBuf,

@@ -130,6 +130,7 @@ fn writer_refuses_out_of_order_and_leaves_nothing() {
         "row below first_row"
     );
     drop((w, w2));
+    assert!(spill_dir_is_empty(dir.path()), "records temps removed");
 }
 
 /// A valid-looking segment (right hash) over `records` as given, unsorted.
