@@ -301,6 +301,42 @@ fn an_orphan_segment_is_removed_on_open() {
     assert!(v.get(&Id::hash(b"d")).unwrap().is_none());
 }
 
+#[test]
+fn compaction_is_called_for_by_segment_count_and_gone_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = IndexView::open(dir.path()).unwrap();
+    let row = |i: u32| PackRow {
+        id: Id::hash(&i.to_le_bytes()),
+        size: 1,
+        format: 2,
+        gone: false,
+    };
+    for i in 0..9u32 {
+        v.add_packs(&[row(i)], vec![rec(Id::hash(&[i as u8]), 0, i)], 1 << 16)
+            .unwrap();
+        assert_eq!(v.needs_compaction(), i >= 8, "{} segments", i + 1);
+    }
+    v.compact(1 << 16).unwrap();
+    assert_eq!((v.segment_count(), v.needs_compaction()), (1, false));
+    for i in 0..3u32 {
+        assert!(v.mark_gone(&row(i).id).unwrap());
+    }
+    assert!(!v.mark_gone(&row(0).id).unwrap(), "already gone");
+    assert!(v.needs_compaction(), "3 of 9 packs gone");
+    v.compact(1 << 16).unwrap();
+    let left: Vec<u64> = v.segment_lens();
+    assert_eq!(left, vec![6], "gone records dropped");
+    assert!(v.get(&Id::hash(&[1])).unwrap().is_none());
+    assert!(v.get(&Id::hash(&[5])).unwrap().is_some());
+}
+
+#[test]
+fn a_damaged_cache_file_maps_to_object_corrupt_naming_it() {
+    let e: crate::error::Error = IndexError::damaged(Path::new("/c/seg-1.idx"), "x").into();
+    assert_eq!(e.code(), "object_corrupt");
+    assert!(e.to_string().contains("/c/seg-1.idx"));
+}
+
 fn spill_dir_is_empty(dir: &Path) -> bool {
     fs::read_dir(dir).unwrap().count() == 0
 }

@@ -165,6 +165,11 @@ impl IndexView {
         self.segments.len()
     }
 
+    /// Records per segment, newest first.
+    pub fn segment_lens(&self) -> Vec<u64> {
+        self.segments.iter().map(|(_, s)| s.len()).collect()
+    }
+
     /// Where `id` is: the first record in a pack not gone, segments newest
     /// first, within a segment by pack row.
     pub fn get(&self, id: &Id) -> Result<Option<IndexRecord>, IndexError> {
