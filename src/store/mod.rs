@@ -18,6 +18,7 @@
 pub mod audit_log;
 pub mod backend;
 pub mod cache;
+pub mod chunk_index;
 pub mod format;
 pub mod index;
 pub mod key;

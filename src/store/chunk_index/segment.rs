@@ -1,0 +1,458 @@
+//! One segment file `seg-<u64 hex>.idx` (§1.5): write-once, records sorted
+//! by (id, pack row), a dense table of their 4-byte id prefixes, and a
+//! blake3 trailer over everything before it.
+//!
+//! ```text
+//! 0       8    "ATOIDXS1"
+//! 8       8    n u64 LE (records)
+//! 16      4    first pack row this segment may name, u32 LE
+//! 20      4    reserved (zero)
+//! 24      4n   prefix table: id[0..4] of each record, u32 BE
+//! 24+4n   60n  records (IndexRecord), sorted by id, ties by pack row
+//! 24+64n  32   blake3 of bytes [0, 24+64n)
+//! ```
+//!
+//! Reading holds no record in RAM: lookups are positioned reads
+//! (`FileExt::read_exact_at`, no mmap and so no `unsafe`). A segment holds
+//! its path, its handle and a few counters; after [`LAZY_PREFIX_AFTER`]
+//! lookups it loads its prefix table, 4 bytes per record, so that a miss
+//! then costs no read at all.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use super::{id_prefix, IndexError, IndexRecord, TempFile, RECORD_LEN};
+use crate::id::Id;
+use crate::store::backend;
+
+pub const MAGIC: &[u8; 8] = b"ATOIDXS1";
+pub const HEADER_LEN: u64 = 24;
+pub const TRAILER_LEN: u64 = 32;
+/// Lookups served by binary search on disk before the prefix table is
+/// loaded (a no-change `create` makes about 30 and never loads it).
+pub const LAZY_PREFIX_AFTER: u64 = 1000;
+/// Buffer of every sequential pass over a segment or a temp file.
+pub const IO_BUF: usize = 64 * 1024;
+
+/// `seg-<seq as 16 hex digits>.idx`.
+pub fn segment_name(seq: u64) -> String {
+    format!("seg-{seq:016x}.idx")
+}
+
+/// The sequence number of a segment file name, `None` for other names.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("seg-")?.strip_suffix(".idx")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Total length of a segment of `n` records, `None` if it overflows.
+fn segment_len(n: u64) -> Option<u64> {
+    n.checked_mul(4 + RECORD_LEN as u64)?
+        .checked_add(HEADER_LEN + TRAILER_LEN)
+}
+
+fn header(n: u64, first_row: u32) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&n.to_le_bytes());
+    h[16..20].copy_from_slice(&first_row.to_le_bytes());
+    h
+}
+
+/// Writes one segment from records given in order. Records go to a temp
+/// file as they come (memory stays O(1) whatever their number); `finish`
+/// then writes the real file (header, prefixes, records, hash) to a second
+/// temp, fsyncs it and renames it into place.
+pub struct SegmentWriter {
+    dir: PathBuf,
+    path: PathBuf,
+    records_tmp: TempFile,
+    out: BufWriter<File>,
+    first_row: u32,
+    n: u64,
+    last: Option<(Id, u32)>,
+}
+
+impl SegmentWriter {
+    /// A writer of `dir/name` whose records all name pack rows
+    /// `>= first_row`.
+    pub fn create(dir: &Path, name: &str, first_row: u32) -> Result<SegmentWriter, IndexError> {
+        let records_tmp = TempFile {
+            path: backend::temp_path_in(dir, "segrec"),
+        };
+        let file = backend::create_private_file(&records_tmp.path)
+            .map_err(IndexError::io("create", &records_tmp.path))?;
+        Ok(SegmentWriter {
+            dir: dir.to_path_buf(),
+            path: dir.join(name),
+            records_tmp,
+            out: BufWriter::with_capacity(IO_BUF, file),
+            first_row,
+            n: 0,
+            last: None,
+        })
+    }
+
+    /// Appends a record; it must sort strictly after the previous one and
+    /// name a row `>= first_row` (a caller's bug otherwise, refused so that
+    /// no unsorted file is ever published).
+    pub fn push(&mut self, r: &IndexRecord) -> Result<(), IndexError> {
+        if self.last.is_some_and(|k| k >= r.key()) || r.pack < self.first_row {
+            return Err(IndexError::damaged(
+                &self.path,
+                format!("record {} written out of order", self.n),
+            ));
+        }
+        let mut b = [0u8; RECORD_LEN];
+        r.encode(&mut b);
+        self.out
+            .write_all(&b)
+            .map_err(IndexError::io("write", &self.records_tmp.path))?;
+        self.last = Some(r.key());
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Publishes the segment; returns its path. The records temp is
+    /// removed whatever happens (dropped with `self`).
+    pub fn finish(self) -> Result<PathBuf, IndexError> {
+        let rec_path = &self.records_tmp.path;
+        // Flushed and closed, then read back through a read handle (the
+        // private file is created write-only).
+        self.out
+            .into_inner()
+            .map_err(|e| IndexError::io("write", rec_path)(e.into_error()))?;
+        let rec_file = File::open(rec_path).map_err(IndexError::io("open", rec_path))?;
+        let tmp = backend::temp_path_in(&self.dir, "seg");
+        let written = write_final(&tmp, rec_file, rec_path, self.n, self.first_row)
+            .and_then(|()| fs::rename(&tmp, &self.path).map_err(IndexError::io("rename", &tmp)))
+            .and_then(|()| backend::sync_dir(&self.dir).map_err(IndexError::io("sync", &self.dir)));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map(|()| self.path)
+    }
+}
+
+/// Header, then the prefixes (one pass over the records temp), then the
+/// records (a second pass), then the hash; fsynced.
+fn write_final(
+    tmp: &Path,
+    mut records: File,
+    rec_path: &Path,
+    n: u64,
+    first_row: u32,
+) -> Result<(), IndexError> {
+    let file = backend::create_private_file(tmp).map_err(IndexError::io("create", tmp))?;
+    let mut out = HashingWriter {
+        inner: BufWriter::with_capacity(IO_BUF, file),
+        hasher: blake3::Hasher::new(),
+    };
+    let werr = IndexError::io;
+    out.write_all(&header(n, first_row))
+        .map_err(werr("write", tmp))?;
+    for pass in 0..2 {
+        records
+            .seek(SeekFrom::Start(0))
+            .map_err(werr("read", rec_path))?;
+        let mut input = BufReader::with_capacity(IO_BUF, &mut records);
+        let mut b = [0u8; RECORD_LEN];
+        for _ in 0..n {
+            input.read_exact(&mut b).map_err(werr("read", rec_path))?;
+            let bytes: &[u8] = if pass == 0 { &b[..4] } else { &b };
+            out.write_all(bytes).map_err(werr("write", tmp))?;
+        }
+    }
+    let hash = out.hasher.finalize();
+    let mut inner = out.inner;
+    inner
+        .write_all(hash.as_bytes())
+        .map_err(werr("write", tmp))?;
+    let file = inner
+        .into_inner()
+        .map_err(|e| werr("write", tmp)(e.into_error()))?;
+    file.sync_all().map_err(werr("sync", tmp))
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.hasher.update(&buf[..k]);
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// An open, verified segment.
+#[derive(Debug)]
+pub struct Segment {
+    path: PathBuf,
+    file: File,
+    n: u64,
+    first_row: u32,
+    max_row: Option<u32>,
+    lookups: AtomicU64,
+    prefixes: OnceLock<Vec<u32>>,
+}
+
+impl Segment {
+    /// Opens `path` and checks it whole in one sequential pass with O(1)
+    /// memory: magic, length, blake3, records in strict order, rows at or
+    /// above the header's first row, and the prefix table equal to the
+    /// records' prefixes. It reads the file once (about 20 ms per 80 MB);
+    /// a view opens each segment once per process.
+    pub fn open(path: &Path) -> Result<Segment, IndexError> {
+        let file = File::open(path).map_err(IndexError::io("open", path))?;
+        let len = file.metadata().map_err(IndexError::io("stat", path))?.len();
+        let mut h = [0u8; HEADER_LEN as usize];
+        if len < HEADER_LEN + TRAILER_LEN {
+            return Err(IndexError::damaged(path, format!("{len} bytes, too short")));
+        }
+        file.read_exact_at(&mut h, 0)
+            .map_err(IndexError::io("read", path))?;
+        if &h[..8] != MAGIC {
+            return Err(IndexError::damaged(path, "not a segment (bad magic)"));
+        }
+        if h[20..24] != [0; 4] {
+            return Err(IndexError::damaged(
+                path,
+                "reserved header bytes are not zero",
+            ));
+        }
+        let n = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+        let first_row = u32::from_le_bytes(h[16..20].try_into().unwrap_or_default());
+        if segment_len(n) != Some(len) {
+            return Err(IndexError::damaged(
+                path,
+                format!("{len} bytes but the header says {n} records"),
+            ));
+        }
+        let max_row = verify(&file, path, n, first_row)?;
+        Ok(Segment {
+            path: path.to_path_buf(),
+            file,
+            n,
+            first_row,
+            max_row,
+            lookups: AtomicU64::new(0),
+            prefixes: OnceLock::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> u64 {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn first_row(&self) -> u32 {
+        self.first_row
+    }
+
+    /// The highest pack row any record names (`None` if empty).
+    pub fn max_row(&self) -> Option<u32> {
+        self.max_row
+    }
+
+    /// Whether the prefix table is in RAM (4 bytes per record).
+    pub fn prefixes_loaded(&self) -> bool {
+        self.prefixes.get().is_some()
+    }
+
+    fn records_at(&self) -> u64 {
+        HEADER_LEN + 4 * self.n
+    }
+
+    /// Record `i` (< n), by one positioned read.
+    fn record(&self, i: u64) -> Result<IndexRecord, IndexError> {
+        let mut b = [0u8; RECORD_LEN];
+        self.file
+            .read_exact_at(&mut b, self.records_at() + i * RECORD_LEN as u64)
+            .map_err(IndexError::io("read", &self.path))?;
+        Ok(IndexRecord::decode(&b))
+    }
+
+    /// Appends to `out` every record of `id` (one per pack that holds it,
+    /// by pack row), reading only those records once the prefix table is
+    /// loaded and about log2(n) records before.
+    pub fn find(&self, id: &Id, out: &mut Vec<IndexRecord>) -> Result<(), IndexError> {
+        let (mut i, end) = match self.prefix_table()? {
+            Some(p) => {
+                // Records sharing the prefix are contiguous; only they can
+                // match, and a miss among them reads nothing else.
+                let want = id_prefix(id);
+                let first = p.partition_point(|&x| x < want);
+                let len = p[first..].partition_point(|&x| x == want);
+                (first as u64, (first + len) as u64)
+            }
+            None => (self.lower_bound(id)?, self.n),
+        };
+        while i < end {
+            let r = self.record(i)?;
+            i += 1;
+            match r.id.cmp(id) {
+                std::cmp::Ordering::Less => continue,
+                std::cmp::Ordering::Equal => out.push(r),
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The first record index whose id is `>= id`, by binary search on disk.
+    fn lower_bound(&self, id: &Id) -> Result<u64, IndexError> {
+        let (mut lo, mut hi) = (0u64, self.n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.record(mid)?.id < *id {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The prefix table once this segment has served enough lookups.
+    fn prefix_table(&self) -> Result<Option<&Vec<u32>>, IndexError> {
+        if let Some(p) = self.prefixes.get() {
+            return Ok(Some(p));
+        }
+        if self.lookups.fetch_add(1, Ordering::Relaxed) < LAZY_PREFIX_AFTER {
+            return Ok(None);
+        }
+        // Read in 64 KiB pieces straight into the table: 4 bytes per
+        // record and no second copy of it.
+        let mut table = Vec::with_capacity(self.n as usize);
+        let mut raw = vec![0u8; IO_BUF];
+        let mut at = HEADER_LEN;
+        let end = self.records_at();
+        while at < end {
+            let piece = &mut raw[..(end - at).min(IO_BUF as u64) as usize];
+            self.file
+                .read_exact_at(piece, at)
+                .map_err(IndexError::io("read", &self.path))?;
+            let words = piece.chunks_exact(4);
+            table.extend(words.map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])));
+            at += piece.len() as u64;
+        }
+        Ok(Some(self.prefixes.get_or_init(|| table)))
+    }
+
+    /// Every record in order, through one 64 KiB buffer (for merges).
+    pub fn iter(&self) -> Result<SegmentIter, IndexError> {
+        let mut file = self
+            .file
+            .try_clone()
+            .map_err(IndexError::io("open", &self.path))?;
+        file.seek(SeekFrom::Start(self.records_at()))
+            .map_err(IndexError::io("read", &self.path))?;
+        Ok(SegmentIter {
+            input: BufReader::with_capacity(IO_BUF, file),
+            path: self.path.clone(),
+            left: self.n,
+        })
+    }
+}
+
+/// The records of a segment in order (see [`Segment::iter`]).
+pub struct SegmentIter {
+    input: BufReader<File>,
+    path: PathBuf,
+    left: u64,
+}
+
+impl Iterator for SegmentIter {
+    type Item = Result<IndexRecord, IndexError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let mut b = [0u8; RECORD_LEN];
+        Some(match self.input.read_exact(&mut b) {
+            Ok(()) => Ok(IndexRecord::decode(&b)),
+            Err(e) => Err(IndexError::io("read", &self.path)(e)),
+        })
+    }
+}
+
+/// The one pass of [`Segment::open`]; returns the highest row named. The
+/// prefix table is compared with the records through a second hash of each
+/// (so the pass needs no second cursor and no table in RAM).
+fn verify(file: &File, path: &Path, n: u64, first_row: u32) -> Result<Option<u32>, IndexError> {
+    let mut input = BufReader::with_capacity(IO_BUF, file);
+    let mut all = blake3::Hasher::new();
+    let mut table = blake3::Hasher::new();
+    let mut derived = blake3::Hasher::new();
+    let read = |input: &mut BufReader<&File>, b: &mut [u8]| {
+        input.read_exact(b).map_err(IndexError::io("read", path))
+    };
+    let mut h = [0u8; HEADER_LEN as usize];
+    read(&mut input, &mut h)?;
+    all.update(&h);
+    let mut p = [0u8; 4];
+    for _ in 0..n {
+        read(&mut input, &mut p)?;
+        all.update(&p);
+        table.update(&p);
+    }
+    let (mut last, mut max_row) = (None, None);
+    let mut b = [0u8; RECORD_LEN];
+    for i in 0..n {
+        read(&mut input, &mut b)?;
+        all.update(&b);
+        derived.update(&b[..4]);
+        let r = IndexRecord::decode(&b);
+        if last.is_some_and(|k| k >= r.key()) {
+            return Err(IndexError::damaged(
+                path,
+                format!("record {i} is out of order"),
+            ));
+        }
+        if r.pack < first_row {
+            return Err(IndexError::damaged(
+                path,
+                format!(
+                    "record {i} names pack row {} below the segment's first {first_row}",
+                    r.pack
+                ),
+            ));
+        }
+        last = Some(r.key());
+        max_row = max_row.max(Some(r.pack));
+    }
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    read(&mut input, &mut trailer)?;
+    if all.finalize().as_bytes() != &trailer {
+        return Err(IndexError::damaged(path, "blake3 trailer does not match"));
+    }
+    if table.finalize() != derived.finalize() {
+        return Err(IndexError::damaged(
+            path,
+            "prefix table does not match the records",
+        ));
+    }
+    Ok(max_row)
+}
