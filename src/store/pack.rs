@@ -52,12 +52,68 @@ pub fn pack_id_from_name(name: &str) -> Option<Id> {
     Id::from_hex(file.strip_suffix(".pack")?)
 }
 
-/// Streams a pack to a local temp file, hashing as it goes.
-pub struct PackWriter {
-    out: BufWriter<File>,
-    path: PathBuf,
+/// The bytes of a pack as they are written: passed on to `out` while the
+/// pack id (the blake3 of the whole file) and the length are kept. Both
+/// pack formats write through it and end with the same tail.
+pub(crate) struct PackBody<W: Write> {
+    out: W,
     hasher: blake3::Hasher,
     len: u64,
+}
+
+impl<W: Write> PackBody<W> {
+    /// A body that starts with `magic`.
+    pub(crate) fn start(out: W, magic: &[u8]) -> std::io::Result<Self> {
+        let mut body = PackBody {
+            out,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        };
+        body.write(magic)?;
+        Ok(body)
+    }
+
+    pub(crate) fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(data)?;
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Tests move a pack to the 4 GiB edge without writing 4 GiB.
+    #[cfg(test)]
+    pub(crate) fn pretend_len(&mut self, len: u64) {
+        self.len = len;
+    }
+
+    /// Ends the pack with its stored `index` and the tail (index length,
+    /// index blake3, magic: see [`parse_trailer`]); returns the flushed
+    /// output, the pack id and the pack's size.
+    pub(crate) fn finish(mut self, index: &[u8]) -> std::io::Result<(W, Id, u64)> {
+        let index_len = u32::try_from(index.len()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("a pack index of {} bytes", index.len()),
+            )
+        })?;
+        self.write(index)?;
+        self.write(&index_len.to_le_bytes())?;
+        self.write(blake3::hash(index).as_bytes())?;
+        self.write(TRAILER_MAGIC)?;
+        self.out.flush()?;
+        Ok((self.out, Id::from(self.hasher.finalize()), self.len))
+    }
+}
+
+/// Streams a pack to a local temp file, hashing as it goes.
+pub struct PackWriter {
+    body: PackBody<BufWriter<File>>,
+    path: PathBuf,
     entries: Vec<PackEntry>,
 }
 
@@ -72,26 +128,15 @@ pub struct FinishedPack {
 impl PackWriter {
     pub fn create(path: &Path) -> std::io::Result<PackWriter> {
         let file = crate::store::backend::create_private_file(path)?;
-        let mut w = PackWriter {
-            out: BufWriter::with_capacity(1 << 20, file),
+        Ok(PackWriter {
+            body: PackBody::start(BufWriter::with_capacity(1 << 20, file), PACK_MAGIC)?,
             path: path.to_path_buf(),
-            hasher: blake3::Hasher::new(),
-            len: 0,
             entries: Vec::new(),
-        };
-        w.write(PACK_MAGIC)?;
-        Ok(w)
-    }
-
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(data)?;
-        self.hasher.update(data);
-        self.len += data.len() as u64;
-        Ok(())
+        })
     }
 
     pub fn len(&self) -> u64 {
-        self.len
+        self.body.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -112,12 +157,12 @@ impl PackWriter {
     ) -> std::io::Result<PackEntry> {
         // Offsets and lengths are u32 on disk: a chunk that would end past
         // 4 GiB is refused rather than recorded at a wrapped offset.
-        let (Ok(offset), Ok(stored_len)) = (u32::try_from(self.len), u32::try_from(stored.len()))
-        else {
-            return Err(offset_overflow(self.len, stored.len()));
+        let len = self.body.len();
+        let (Ok(offset), Ok(stored_len)) = (u32::try_from(len), u32::try_from(stored.len())) else {
+            return Err(offset_overflow(len, stored.len()));
         };
         if offset.checked_add(stored_len).is_none() {
-            return Err(offset_overflow(self.len, stored.len()));
+            return Err(offset_overflow(len, stored.len()));
         }
         let entry = PackEntry {
             id,
@@ -126,31 +171,24 @@ impl PackWriter {
             raw_len,
             compressed,
         };
-        self.write(stored)?;
+        self.body.write(stored)?;
         self.entries.push(entry);
         Ok(entry)
     }
 
     /// Writes the index and trailer and fsyncs. `seal` turns the encoded
     /// index into its stored form (identity in an unencrypted store).
-    pub fn finish(
-        mut self,
-        seal: impl FnOnce(Vec<u8>) -> Vec<u8>,
-    ) -> std::io::Result<FinishedPack> {
+    pub fn finish(self, seal: impl FnOnce(Vec<u8>) -> Vec<u8>) -> std::io::Result<FinishedPack> {
         let index = bincode::serialize(&self.entries).map_err(std::io::Error::other)?;
         let index = seal(index);
-        let index_hash = blake3::hash(&index);
-        self.write(&index)?;
-        self.write(&(index.len() as u32).to_le_bytes())?;
-        self.write(index_hash.as_bytes())?;
-        self.write(TRAILER_MAGIC)?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        let (out, id, size) = self.body.finish(&index)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         Ok(FinishedPack {
-            id: Id::from(self.hasher.finalize()),
+            id,
             path: self.path,
             entries: self.entries,
-            size: self.len,
+            size,
         })
     }
 }
@@ -330,7 +368,7 @@ mod tests {
             .unwrap();
         assert_eq!((e.offset, e.stored_len), (8, 3));
         // As if 4 GiB had been written (without writing them).
-        w.len = u32::MAX as u64 - 2;
+        w.body.pretend_len(u32::MAX as u64 - 2);
         let last = w
             .add(Id::from(blake3::hash(b"b")), b"ab", 2, false)
             .unwrap();
@@ -341,7 +379,7 @@ mod tests {
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
         assert!(e.to_string().contains("4 GiB"), "{e}");
         assert_eq!(w.entries.len(), 2);
-        w.len = u32::MAX as u64 + 1;
+        w.body.pretend_len(u32::MAX as u64 + 1);
         assert!(w.add(Id::from(blake3::hash(b"d")), b"", 0, false).is_err());
     }
 

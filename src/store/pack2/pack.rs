@@ -12,14 +12,12 @@ use super::trailer::{FrameEntry, TrailerV2};
 use super::PACK2_MAGIC;
 use crate::error::Error;
 use crate::id::Id;
-use crate::store::pack::{parse_trailer, PackIndexError, TRAILER_LEN, TRAILER_MAGIC};
+use crate::store::pack::{parse_trailer, PackBody, PackIndexError, TRAILER_LEN};
 use crate::store::seal::Sealer;
 
 /// Streams a format-2 pack to `W`, hashing as it goes.
 pub struct PackWriterV2<W: Write> {
-    out: W,
-    hasher: blake3::Hasher,
-    len: u64,
+    body: PackBody<W>,
     trailer: TrailerV2,
 }
 
@@ -49,26 +47,15 @@ impl PackWriterV2<BufWriter<File>> {
 
 impl<W: Write> PackWriterV2<W> {
     pub fn new(out: W) -> std::io::Result<Self> {
-        let mut w = PackWriterV2 {
-            out,
-            hasher: blake3::Hasher::new(),
-            len: 0,
+        Ok(PackWriterV2 {
+            body: PackBody::start(out, PACK2_MAGIC)?,
             trailer: TrailerV2::default(),
-        };
-        w.write(PACK2_MAGIC)?;
-        Ok(w)
-    }
-
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(data)?;
-        self.hasher.update(data);
-        self.len += data.len() as u64;
-        Ok(())
+        })
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        self.len
+        self.body.len()
     }
 
     /// Whether no frame was added.
@@ -80,16 +67,17 @@ impl<W: Write> PackWriterV2<W> {
     pub fn add(&mut self, frame: EncodedFrame) -> std::io::Result<usize> {
         // Offsets and lengths are u32 on disk: a frame that would end past
         // 4 GiB is refused rather than recorded at a wrapped offset.
-        let end = self.len + frame.stored.len() as u64;
+        let len = self.body.len();
+        let end = len + frame.stored.len() as u64;
         let (Ok(offset), Ok(stored_len), true) = (
-            u32::try_from(self.len),
+            u32::try_from(len),
             u32::try_from(frame.stored.len()),
             end <= u32::MAX as u64,
         ) else {
             return Err(invalid(format!(
                 "a frame of {} bytes at offset {} would end past the 4 GiB a pack addresses",
                 frame.stored.len(),
-                self.len
+                len
             )));
         };
         let n_chunks = match u16::try_from(frame.chunks.len()) {
@@ -98,7 +86,7 @@ impl<W: Write> PackWriterV2<W> {
         };
         let first_chunk = u32::try_from(self.trailer.chunks.len())
             .map_err(|_| invalid("too many chunks in one pack".to_string()))?;
-        self.write(&frame.stored)?;
+        self.body.write(&frame.stored)?;
         self.trailer.frames.push(FrameEntry {
             offset,
             stored_len,
@@ -114,22 +102,15 @@ impl<W: Write> PackWriterV2<W> {
 
     /// Writes the trailer (zstd at `level`, sealed) and the tail; returns
     /// the writer's output and the finished pack.
-    pub fn finish(mut self, level: i32, sealer: &Sealer) -> std::io::Result<(W, FinishedPackV2)> {
-        let body = self.trailer.seal(level, sealer)?;
-        let body_len = u32::try_from(body.len())
-            .map_err(|_| invalid(format!("a trailer of {} bytes", body.len())))?;
-        self.write(&body)?;
-        self.write(&body_len.to_le_bytes())?;
-        self.write(blake3::hash(&body).as_bytes())?;
-        self.write(TRAILER_MAGIC)?;
-        self.out.flush()?;
-        let id = Id::from(self.hasher.finalize());
+    pub fn finish(self, level: i32, sealer: &Sealer) -> std::io::Result<(W, FinishedPackV2)> {
+        let sealed = self.trailer.seal(level, sealer)?;
+        let (out, id, size) = self.body.finish(&sealed)?;
         Ok((
-            self.out,
+            out,
             FinishedPackV2 {
                 id,
                 name: crate::store::pack::pack_name(&id),
-                size: self.len,
+                size,
                 trailer: self.trailer,
             },
         ))
@@ -281,7 +262,7 @@ mod tests {
         let mut w = PackWriterV2::new(Vec::new()).unwrap();
         assert_eq!(w.add(frame(b"abc")).unwrap(), 0);
         // As if 4 GiB had been written (without writing them).
-        w.len = u32::MAX as u64 - 3;
+        w.body.pretend_len(u32::MAX as u64 - 3);
         assert_eq!(w.add(frame(b"abc")).unwrap(), 1);
         assert_eq!(w.trailer.frames[1].offset, u32::MAX - 3);
         let e = w.add(frame(b"abc")).unwrap_err();
