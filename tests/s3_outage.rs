@@ -10,6 +10,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::s3::*;
 use support::{Out, Runtime as Rt};
@@ -68,6 +69,18 @@ fn outage_when(
     let backend = backend_for(url, cache);
     wait_for(|| ready(backend.as_ref()));
     outage_now(child, || {})
+}
+
+/// The tests of this binary stop and start one shared Garage: run in
+/// parallel (cargo's default), one test's outage cut another's commands
+/// at random moments (a gc found its server back mid-outage, a copy found
+/// it gone). Each test holds this for its whole run.
+static ONE_OUTAGE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_outage_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_OUTAGE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Polls `cond` every 20 ms, for at most 2 minutes.
@@ -142,6 +155,7 @@ fn assert_whole(s: &S3Rt) {
 #[test]
 fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
     let Some(bucket) = bucket() else { return };
+    let _serial = one_outage_at_a_time();
 
     // create
     let s = S3Rt::new(&bucket, "outage-create");
@@ -207,6 +221,7 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
 #[test]
 fn the_server_going_away_mid_gc_deletes_no_live_pack() {
     let Some(bucket) = bucket() else { return };
+    let _serial = one_outage_at_a_time();
     let s = S3Rt::new(&bucket, "outage-gc");
     // Interleaved files, 1.0 MiB to keep and 1.3 MiB to drop: every pack
     // of the first snapshot ends up less than half live.
@@ -308,6 +323,7 @@ fn the_server_going_away_mid_gc_deletes_no_live_pack() {
 #[test]
 fn the_server_going_away_mid_repair_reports_nothing_healed() {
     let Some(bucket) = bucket() else { return };
+    let _serial = one_outage_at_a_time();
     let s = S3Rt::new(&bucket, "outage-repair");
     grow_chroma(&s.rt.chroma(), 160, 13);
     s.ok(&["create", "--chroma"]);
