@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 /// Test hook: with `ATOSNAP_FAILPOINT=<name>` the process dies at that
 /// point without cleaning up (as after a kill -9), so tests can prove that
-/// a re-run converges. Points: `restore:after-pre-snapshot`,
+/// a re-run converges. Points: `restore:after-stage` (every file staged
+/// and checked, nothing live changed), `restore:after-pre-snapshot`,
 /// `restore:after-sidecars`, `restore:before-rename:<snapshot path>`,
+/// `restore:mid-renames` (the db renamed into place, the rest not yet),
 /// `restore:chroma-after-remove`.
 pub fn hit(name: impl FnOnce() -> String) {
     static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();

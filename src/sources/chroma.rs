@@ -37,6 +37,16 @@ pub struct Scan {
 
 const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
+/// Name prefix restore reserves for its staging files, which it writes
+/// beside their targets inside the Chroma tree: never part of a runtime,
+/// so never captured (a pre-restore snapshot runs while they exist).
+pub const RESTORE_TEMP_PREFIX: &str = ".atosnap-restore-";
+
+/// Whether a name found in the tree is one restore reserves.
+pub fn is_restore_temp(name: &[u8]) -> bool {
+    name.starts_with(RESTORE_TEMP_PREFIX.as_bytes())
+}
+
 /// The SQLite database a sidecar belongs to, if `path` is named like one.
 fn sidecar_base(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.as_bytes();
@@ -58,6 +68,8 @@ pub fn scan(root: &Path) -> Scan {
     for entry in walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !is_restore_temp(e.file_name().as_bytes()))
     {
         let entry = match entry {
             Ok(e) => e,
@@ -140,4 +152,36 @@ pub fn scan(root: &Path) -> Scan {
         }
     }
     scan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_staging_files_are_never_scanned() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("seg")).unwrap();
+        std::fs::write(root.join("seg/data.bin"), b"data").unwrap();
+        std::fs::write(root.join("seg/.atosnap-restore-1-h-b-n-t-00.tmp"), b"x").unwrap();
+        std::fs::write(root.join(".atosnap-restore-2-h-b-n-t-00.tmp"), b"x").unwrap();
+        std::fs::write(root.join(".atosnap-other"), b"kept").unwrap();
+        let rels: Vec<Vec<u8>> = scan(root)
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Dir { rel, .. } | Item::Symlink { rel, .. } | Item::File { rel, .. } => {
+                    rel.clone()
+                }
+            })
+            .collect();
+        let want: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b".atosnap-other".to_vec(),
+            b"seg".to_vec(),
+            b"seg/data.bin".to_vec(),
+        ];
+        assert_eq!(rels, want);
+    }
 }

@@ -38,6 +38,17 @@ fn refuses_an_invalid_snapshot_before_touching_anything() {
     let s1 = rt.create_stamp(&["--chroma"]);
     rt.insert_marker("after");
     rt.corrupt_packs();
+    // The Chroma tree lost: the restore needs every chunk of it. (Chunks
+    // of files already on disk are not read from the store, so damage
+    // there could not stop the restore: it rebuilds exactly the snapshot.)
+    for e in std::fs::read_dir(rt.chroma()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).unwrap();
+        } else {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
     let before = tree(&rt.runtime);
     let Out { json, code, .. } = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
     assert_same_tree!(tree(&rt.runtime), before, "live data untouched");
@@ -575,4 +586,171 @@ fn a_killed_restores_temp_files_are_not_captured_by_the_safety_snapshot() {
     assert!(!stale.exists());
     let d = rt.ok(&["diff", &s1, &pre]);
     assert_eq!(d["added"], serde_json::json!([]), "{d}");
+}
+
+/// Issue 15, item 5: validation writes the staging files, so damage is
+/// found before anything live changes. A chunk of a Chroma file the
+/// restore must fetch is corrupt: exit 3 naming the chunk and the file,
+/// the live tree byte for byte as it was (folder mtimes and the Chroma
+/// dir's inode included), no staging file left, no pre-restore snapshot.
+#[test]
+fn restore_refuses_damage_before_touching_live() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    rt.insert_marker("after");
+    // The block the restore has to bring back (block 1 of 4 KiB) differs
+    // on disk, and its chunk is damaged in the store.
+    let data = seg(&rt, "data_level0.bin");
+    flip_bit(&data, 5_000);
+    let path = format!("chroma/{SEGMENT}/data_level0.bin");
+    let id = rt.file_chunks(&s1, &path)[1];
+    let (pack, offset, len) = rt.chunk_location(&id);
+    flip_bit(&pack, offset + len / 2);
+    let before = tree(&rt.runtime);
+    let inode = ino(&rt.chroma());
+
+    let Out { json, code, .. } = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
+    assert_eq!(code, 3, "{json}");
+    assert_eq!(json["error"]["code"], "validation_failed");
+    let msg = json["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("chunk_corrupt:{id}")), "{msg}");
+    assert!(msg.contains(&path), "the damaged file is named: {msg}");
+    assert_same_tree!(tree(&rt.runtime), before, "live data untouched");
+    assert_eq!(ino(&rt.chroma()), inode);
+    let left = files_named(&rt.runtime, ".atosnap-restore-");
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(rt.stamps(), vec![s1], "no pre-restore snapshot");
+    assert!(has_marker(&rt.db(), "after"));
+}
+
+/// Issue 15, item 5: an in-place restore reads from the store only the
+/// chunks that differ from what is on disk, and says how many.
+#[test]
+fn in_place_restore_fetches_only_the_differing_chunks() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let reference = rt.ok(&["restore", &s1, "--to", rt.path("ref").to_str().unwrap()]);
+    let total = reference["chunks_fetched"].as_u64().unwrap();
+    assert_eq!(reference["chunks_reused"], 0, "{reference}");
+    // A small change: two 4 KiB blocks of the HNSW file.
+    let data = seg(&rt, "data_level0.bin");
+    flip_bit(&data, 4096 * 10 + 7);
+    flip_bit(&data, 4096 * 30 + 7);
+    let args = [
+        "restore",
+        &s1,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ];
+    let r = rt.ok(&args);
+    let fetched = r["chunks_fetched"].as_u64().unwrap();
+    let reused = r["chunks_reused"].as_u64().unwrap();
+    // The two blocks, plus at most the live db's header page (it records
+    // WAL mode, the snapshot's copy does not).
+    assert!((2..=3).contains(&fetched), "{r}");
+    assert_eq!(fetched + reused, total, "{r}");
+    assert_eq!(r["chroma_files_written"], 1, "{r}");
+
+    // Nothing differs any more: nothing is fetched.
+    let again = rt.ok(&args);
+    assert_eq!(again["chunks_fetched"], 0, "{again}");
+    assert_eq!(again["chunks_reused"].as_u64(), Some(total), "{again}");
+    assert_eq!(again["chroma_files_written"], 0, "{again}");
+    assert_same_tree!(
+        rt.restorable(),
+        restorable_tree(
+            &rt.path("ref").join("chroma"),
+            &rt.path("ref").join("project-registry.json")
+        )
+    );
+}
+
+/// Issue 15, item 5: killed once the staging files are written (before
+/// anything live changed) or between the renames, a restore run again
+/// sweeps the dead run's staging (never restoring it as a Chroma file)
+/// and converges on the snapshot.
+#[test]
+fn a_restore_killed_after_staging_or_mid_renames_converges() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    rt.ok(&[
+        "restore",
+        &s1,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ]);
+    let want = rt.restorable();
+    for point in ["restore:after-stage", "restore:mid-renames"] {
+        rt.insert_marker("killed");
+        flip_bit(&seg(&rt, "data_level0.bin"), 0);
+        std::fs::write(seg(&rt, "length.bin"), b"changed").unwrap();
+        let damaged = tree(&rt.chroma());
+        let Out { code, stderr, .. } = rt.run_env(
+            &["restore", &s1, "--confirm-service-stopped"],
+            &[("ATOSNAP_FAILPOINT", point)],
+        );
+        assert_eq!(code, 137, "{point} was not reached: {stderr}");
+        let staging = files_named(&rt.runtime, ".atosnap-restore-");
+        assert!(
+            !staging.is_empty(),
+            "{point}: the dead run's staging is there"
+        );
+        if point == "restore:after-stage" {
+            // Nothing live changed yet: every file as the kill found it.
+            let now = tree(&rt.chroma());
+            for (k, v) in damaged
+                .iter()
+                .filter(|(_, v)| matches!(v, Node::File { .. }))
+            {
+                assert_eq!(now.get(k), Some(v), "{}", String::from_utf8_lossy(k));
+            }
+            assert!(has_marker(&rt.db(), "killed"));
+        }
+        rt.ok(&[
+            "restore",
+            &s1,
+            "--confirm-service-stopped",
+            "--no-pre-snapshot",
+        ]);
+        assert_same_tree!(rt.restorable(), want, "after a kill at {point}");
+        let leftovers = files_named(&rt.runtime, ".atosnap-restore-");
+        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+        assert!(!has_marker(&rt.db(), "killed"), "{point}");
+        assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
+    }
+}
+
+/// Issue 15, item 5: the pre-restore snapshot runs while the staging files
+/// sit in the Chroma tree, and never captures them, nor a file of
+/// restore's reserved name that a running restore elsewhere owns (which
+/// the restore also leaves alone).
+#[test]
+fn pre_restore_snapshot_never_captures_staging() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    // Owned by this (live) test process: not provably gone, never swept.
+    let owner = atosnap::os::TempOwner::current();
+    let running = seg(&rt, &format!(".atosnap-restore-{}7.tmp", owner.prefix()));
+    std::fs::write(&running, b"another restore's staging").unwrap();
+    flip_bit(&seg(&rt, "data_level0.bin"), 100);
+    std::fs::write(seg(&rt, "length.bin"), b"changed").unwrap();
+    let r = rt.ok(&["restore", &s1, "--confirm-service-stopped"]);
+    assert_eq!(r["chroma_files_written"], 2, "{r}");
+    let pre = r["pre_restore_snapshot"].as_str().unwrap();
+    let names: Vec<String> = rt
+        .manifest(pre)
+        .entries
+        .iter()
+        .map(|e| e.path_lossy())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("length.bin")), "{names:?}");
+    let staged: Vec<&String> = names
+        .iter()
+        .filter(|n| n.contains(".atosnap-restore-"))
+        .collect();
+    assert!(staged.is_empty(), "captured: {staged:?}");
+    assert_eq!(
+        std::fs::read(&running).unwrap(),
+        b"another restore's staging"
+    );
 }

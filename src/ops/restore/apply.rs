@@ -1,27 +1,24 @@
-//! Restore, step 3: applying the plan. Each file is written to a temp file
-//! beside its target and renamed over it; the Chroma folder is brought to
-//! the snapshot's tree; temps left by dead runs are swept.
+//! Restore, the write steps: the staged files (`stage.rs`) renamed over
+//! their targets, the Chroma folder brought to the snapshot's tree (in
+//! place: removals, folders, renames, metadata), temps and staging files
+//! left by dead runs swept.
 
-use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{BufWriter, Write};
+use std::fs::{self, Permissions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
-use crate::ops::extract::{self, ExtractError};
 use crate::progress::Progress;
 use crate::store::index::ChunkIndex;
 use crate::store::manifest::{Entry, EntryKind, FileEntry, Manifest};
 use crate::store::{ChunkFault, Store};
 
 use super::plan::{path_of, ChromaPlan, RestorePlan, Reusable, S_IFLNK, S_IFMT};
-use super::{chroma_rel, TEMP_PREFIX};
+use super::stage::{chunk_ids, stage, stage_file, ChunkCounts, Fault, Staged, StagedFile};
+use super::{chroma_rel, Targets, TEMP_PREFIX};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Applied {
@@ -30,9 +27,15 @@ pub struct Applied {
     pub chroma_written: u64,
     pub chroma_unchanged: u64,
     pub chroma_removed: u64,
+    /// Chunks read from the store (see [`RestoreResult`](super::RestoreResult)).
+    pub chunks_fetched: u64,
+    /// Chunks taken from the files on disk instead.
+    pub chunks_reused: u64,
 }
 
-/// Steps 5 to 7: carries a plan out.
+/// Steps 1 and 5 to 7 without the live-runtime steps between them: stages
+/// the plan's files (refusing a damaged snapshot before anything is
+/// touched), then installs them.
 pub fn apply(
     store: &Store,
     index: &ChunkIndex,
@@ -40,56 +43,70 @@ pub fn apply(
     plan: &RestorePlan,
     progress: &dyn Progress,
 ) -> Result<Applied> {
-    let mut out = Applied::default();
+    sweep_stale_temps(&plan.targets, plan.chroma.is_some());
+    let mut staged = stage(store, index, manifest, plan, progress)?;
+    install(&mut staged, manifest, plan, progress)
+}
+
+/// Steps 5 to 7: renames the staged files into place (the db, the
+/// registry, then the Chroma tree brought to the snapshot's), each folder
+/// fsynced on a live restore.
+pub fn install(
+    staged: &mut Staged,
+    manifest: &Manifest,
+    plan: &RestorePlan,
+    progress: &dyn Progress,
+) -> Result<Applied> {
     let t = &plan.targets;
-    for dir in [t.db.parent(), t.registry.parent()].into_iter().flatten() {
-        clean_stale_temps(dir);
-    }
+    progress.phase("install", None);
+    // From here on the live tree changes for good.
+    staged.dir_mtimes.clear();
+    let mut out = Applied {
+        chunks_fetched: staged.counts.fetched(),
+        chunks_reused: staged.counts.reused(),
+        ..Applied::default()
+    };
     // 5. the db
-    if let Some(i) = plan.db {
-        let e = &manifest.entries[i];
-        if let EntryKind::File(f) = &e.kind {
-            progress.phase("database", Some(f.size));
-            let how = Install {
-                reusable: Some(&plan.db_reusable),
-                durable: t.live,
-            };
-            install_file(store, index, e, f, &t.db, how, &|n| progress.advance(n))?;
-            if t.live {
-                sync_dir(parent_of(&t.db))?;
-            }
-            out.db_restored = true;
-        }
+    if let Some(db) = &staged.db {
+        rename_into_place(db, manifest, t.live)?;
+        staged.db = None;
+        out.db_restored = true;
+        crate::failpoint::hit(|| "restore:mid-renames".into());
     }
     // 6. the registry
-    if let Some(i) = plan.registry {
-        let e = &manifest.entries[i];
-        if let EntryKind::File(f) = &e.kind {
-            progress.phase("registry", Some(f.size));
-            let how = Install {
-                reusable: None,
-                durable: t.live,
-            };
-            install_file(store, index, e, f, &t.registry, how, &|n| {
-                progress.advance(n)
-            })?;
-            if t.live {
-                sync_dir(parent_of(&t.registry))?;
-            }
-            out.registry_restored = true;
-        }
+    if let Some(reg) = &staged.registry {
+        rename_into_place(reg, manifest, t.live)?;
+        staged.registry = None;
+        out.registry_restored = true;
     }
     // 7. Chroma
     if let Some(cp) = &plan.chroma {
-        apply_chroma(store, index, manifest, cp, t.live, progress)?;
+        install_chroma(staged, manifest, cp, t.live)?;
         out.chroma_written = cp.write.len() as u64;
         out.chroma_unchanged = cp.unchanged.len() as u64;
         out.chroma_removed = cp.files_removed();
+        let untouched = cp
+            .unchanged
+            .iter()
+            .filter_map(|&i| manifest.entries[i].file());
+        out.chunks_reused += untouched.map(|f| chunk_ids(f).count() as u64).sum::<u64>();
     }
     Ok(out)
 }
 
-fn parent_of(p: &Path) -> &Path {
+/// Renames a staged db or registry over its target, then fsyncs the
+/// folder when `durable`.
+fn rename_into_place(f: &StagedFile, manifest: &Manifest, durable: bool) -> Result<()> {
+    let snap_path = manifest.entries[f.entry].path_lossy();
+    crate::failpoint::hit(|| format!("restore:before-rename:{snap_path}"));
+    fs::rename(&f.tmp, &f.target).ctx("rename into place", &f.target)?;
+    if durable {
+        sync_dir(parent_of(&f.target))?;
+    }
+    Ok(())
+}
+
+pub(super) fn parent_of(p: &Path) -> &Path {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -101,16 +118,34 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 fn temp_beside(target: &Path) -> PathBuf {
-    parent_of(target).join(format!(
+    temp_in(parent_of(target))
+}
+
+/// A new temp (or staging) file name in `dir`, naming its owner.
+pub(super) fn temp_in(dir: &Path) -> PathBuf {
+    dir.join(format!(
         "{TEMP_PREFIX}{}{:016x}.tmp",
         crate::os::TempOwner::current().prefix(),
         rand::random::<u64>()
     ))
 }
 
-/// Removes temp files a killed restore left in `dir` (best effort).
+/// Removes the temp and staging files a killed restore left beside the
+/// targets: in the db's and the registry's folders and, with Chroma, in
+/// every folder of the Chroma tree and in the tree's parent (where files
+/// are staged while the tree does not exist). Best effort.
+pub fn sweep_stale_temps(targets: &Targets, with_chroma: bool) {
+    for dir in [&targets.db, &targets.registry] {
+        clean_stale_temps(parent_of(dir));
+    }
+    if with_chroma {
+        clean_stale_temps(parent_of(&targets.chroma));
+        sweep_tree(&targets.chroma);
+    }
+}
+
 /// `clean_stale_temps` in every folder of a tree (links not followed).
-pub(super) fn sweep_stale_temps(root: &Path) {
+fn sweep_tree(root: &Path) {
     for dir in walkdir::WalkDir::new(root)
         .follow_links(false)
         .into_iter()
@@ -138,7 +173,7 @@ fn clean_stale_temps(dir: &Path) {
 }
 
 /// Removes a temp file unless disarmed.
-struct TempGuard<'a>(&'a Path, bool);
+pub(super) struct TempGuard<'a>(pub(super) &'a Path, pub(super) bool);
 
 impl Drop for TempGuard<'_> {
     fn drop(&mut self) {
@@ -148,7 +183,7 @@ impl Drop for TempGuard<'_> {
     }
 }
 
-fn file_time(ns: i64) -> filetime::FileTime {
+pub(super) fn file_time(ns: i64) -> filetime::FileTime {
     filetime::FileTime::from_unix_time(
         ns.div_euclid(1_000_000_000),
         ns.rem_euclid(1_000_000_000) as u32,
@@ -157,26 +192,11 @@ fn file_time(ns: i64) -> filetime::FileTime {
 
 /// The owner a new file at `target` should get: the one it replaces, else
 /// its folder's (so a restore run as root keeps the service's ownership).
-fn wanted_owner(target: &Path) -> Option<(u32, u32)> {
+pub(super) fn wanted_owner(target: &Path) -> Option<(u32, u32)> {
     fs::symlink_metadata(target)
         .or_else(|_| fs::metadata(parent_of(target)))
         .ok()
         .map(|m| (m.uid(), m.gid()))
-}
-
-fn extract_error(e: ExtractError, tmp: &Path) -> Error {
-    match e {
-        ExtractError::Chunk(id, ChunkFault::Missing) => Error::ChunkMissing { hash: id.to_hex() },
-        ExtractError::Chunk(id, ChunkFault::Corrupt(detail)) => Error::ChunkCorrupt {
-            hash: id.to_hex(),
-            detail,
-        },
-        ExtractError::Write(e) => Error::io("write", tmp, e),
-        ExtractError::TooLarge { limit } => Error::TargetInvalid {
-            path: tmp.to_path_buf(),
-            detail: format!("more than {limit} bytes for an in-memory file"),
-        },
-    }
 }
 
 /// How a file is installed: which chunks can be read from the file being
@@ -190,9 +210,9 @@ pub struct Install<'a> {
 
 /// Rebuilds a file from its chunks into a temp file beside `target`, sets
 /// owner, mode and mtime, fsyncs it (when `durable`) and renames it over
-/// `target`. Chunks in
-/// `reusable` are read from the file being replaced (and re-hashed), the
-/// rest from the store. The caller fsyncs the folder.
+/// `target` (`restore --include`, which checks its chunks beforehand).
+/// Chunks in `reusable` are read from the file being replaced (and
+/// re-hashed), the rest from the store. The caller fsyncs the folder.
 pub fn install_file(
     store: &Store,
     index: &ChunkIndex,
@@ -202,56 +222,40 @@ pub fn install_file(
     how: Install<'_>,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
-    let Install { reusable, durable } = how;
     let parent = parent_of(target);
     fs::create_dir_all(parent).ctx("create", parent)?;
-    let owner = wanted_owner(target);
-    // Opened before the rename, so it reads the old file throughout.
-    let old = reusable
-        .filter(|r| !r.is_empty())
-        .and_then(|r| File::open(target).ok().map(|f| (f, r)));
-    let sealer = store.sealer();
-    let local = |id: &Id| -> Option<Vec<u8>> {
-        let (f, map) = old.as_ref()?;
-        let &(offset, len) = map.get(id)?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset).ok()?;
-        (sealer.chunk_id(&buf) == *id).then_some(buf)
-    };
-    let tmp = temp_beside(target);
-    let mut guard = TempGuard(&tmp, false);
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .ctx("create", &tmp)?;
-    let mut w = BufWriter::with_capacity(1 << 20, &f);
-    extract::write_file(
+    let counts = ChunkCounts::default();
+    let staged = stage_file(
         store,
         index,
-        file,
-        &mut w,
+        (entry, file),
+        (target, parent),
+        how,
+        &counts,
         on_bytes,
-        extract::ChunkSource::LocalFirst(&local),
-    )
-    .map_err(|e| extract_error(e, &tmp))?;
-    w.flush().ctx("write", &tmp)?;
-    drop(w);
-    if let (Some((uid, gid)), Ok(m)) = (owner, f.metadata()) {
-        if (m.uid(), m.gid()) != (uid, gid) {
-            // Best effort: only root may give a file away.
-            let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+    )?;
+    let tmp = match staged {
+        Ok(tmp) => tmp,
+        Err(Fault::Chunk(id, ChunkFault::Missing)) => {
+            return Err(Error::ChunkMissing { hash: id.to_hex() })
         }
-    }
-    f.set_permissions(Permissions::from_mode(entry.mode & 0o7777))
-        .ctx("set the mode of", &tmp)?;
-    filetime::set_file_handle_times(&f, None, Some(file_time(entry.mtime_ns)))
-        .ctx("set the mtime of", &tmp)?;
-    if durable {
-        f.sync_all().ctx("fsync", &tmp)?;
-    }
-    drop(f);
+        Err(Fault::Chunk(id, ChunkFault::Corrupt(detail))) => {
+            return Err(Error::ChunkCorrupt {
+                hash: id.to_hex(),
+                detail,
+            })
+        }
+        Err(Fault::Size { written }) => {
+            return Err(Error::TargetInvalid {
+                path: target.to_path_buf(),
+                detail: format!(
+                    "its chunks hold {written} bytes, the snapshot records {}",
+                    file.size
+                ),
+            })
+        }
+    };
+    let mut guard = TempGuard(&tmp, false);
     crate::failpoint::hit(|| format!("restore:before-rename:{}", entry.path_lossy()));
     fs::rename(&tmp, target).ctx("rename into place", target)?;
     guard.1 = true;
@@ -303,16 +307,14 @@ fn fix_meta(path: &Path, entry: &Entry, follow: bool) -> Result<()> {
 }
 
 /// Step 7: carries out a Chroma plan INTO `plan.root` (created only when
-/// missing; never removed or replaced): removals, new folders, files and
-/// symlinks written atomically in parallel, then metadata, folders deepest
-/// first so their mtimes stay as restored.
-pub fn apply_chroma(
-    store: &Store,
-    index: &ChunkIndex,
+/// missing; never removed or replaced): removals, new folders, the staged
+/// files renamed into place and symlinks made, then metadata, folders
+/// deepest first so their mtimes stay as restored.
+fn install_chroma(
+    staged: &mut Staged,
     manifest: &Manifest,
     plan: &ChromaPlan,
     durable: bool,
-    progress: &dyn Progress,
 ) -> Result<()> {
     let root = &plan.root;
     if !plan.root_exists {
@@ -347,33 +349,27 @@ pub fn apply_chroma(
         touched.insert(parent_of(&path).to_path_buf());
     }
 
-    let total: u64 = plan
-        .write
-        .iter()
-        .filter_map(|&i| manifest.entries[i].file().map(|f| f.size))
-        .sum();
-    progress.phase("chroma", Some(total));
-    let done = AtomicU64::new(0);
-    let on_bytes = |n: u64| {
-        done.fetch_add(n, Ordering::Relaxed);
-        progress.advance(n);
-    };
-    plan.write.par_iter().try_for_each(|&i| -> Result<()> {
+    for &i in &plan.write {
         let e = &manifest.entries[i];
         let path = path_of(root, rel_of(manifest, i));
         real_dirs(root, rel_of(manifest, i), false)?;
         match &e.kind {
-            EntryKind::File(f) => {
-                let how = Install {
-                    reusable: plan.reusable.get(&i),
-                    durable,
+            EntryKind::File(_) => {
+                let Some(f) = staged.chroma.get(&i) else {
+                    return Err(Error::TargetInvalid {
+                        path,
+                        detail: "no staged copy to install".into(),
+                    });
                 };
-                install_file(store, index, e, f, &path, how, &on_bytes)
+                crate::failpoint::hit(|| format!("restore:before-rename:{}", e.path_lossy()));
+                fs::rename(&f.tmp, &path).ctx("rename into place", &path)?;
+                // Renamed: no longer the staging's to remove.
+                staged.chroma.remove(&i);
             }
-            EntryKind::Symlink { target } => install_symlink(e, target, &path),
-            EntryKind::Dir => Ok(()),
+            EntryKind::Symlink { target } => install_symlink(e, target, &path)?,
+            EntryKind::Dir => {}
         }
-    })?;
+    }
     for &i in &plan.write {
         touched.insert(parent_of(&path_of(root, rel_of(manifest, i))).to_path_buf());
     }

@@ -2,43 +2,53 @@
 //! or into a folder (`--to DIR`, for drills). This module owns the gate and
 //! the order of the steps; `plan.rs` compares disk and snapshot (and holds
 //! the check "does this file on disk match that manifest entry" that drill
-//! reuses), `apply.rs` writes, `include.rs` is `restore --include`. The
-//! SQLite steps live in [`crate::sources::sqlite`], the `/proc` scan for
-//! open files in [`crate::os`].
+//! reuses), `stage.rs` validates by writing staging files, `apply.rs`
+//! installs them, `include.rs` is `restore --include`. The SQLite steps
+//! live in [`crate::sources::sqlite`], the `/proc` scan for open files in
+//! [`crate::os`].
 //!
 //! The steps, in the order of SPEC §3, each a function below:
 //!
 //! 0. gate: a live restore needs `--confirm-service-stopped`; it is refused
 //!    while another process holds a runtime file open ([`crate::os::open_holders`]);
-//! 1. [`validate_snapshot`]: the snapshot must validate cleanly;
+//! 1. validate, once: [`plan`] compares the files on disk with the snapshot
+//!    (content hashes, never mtimes), then [`stage`] rebuilds every file to
+//!    write into a staging file beside its target (each chunk decoded and
+//!    re-hashed once, or copied from the file on disk when its bytes there
+//!    hash to the chunk's id), runs `PRAGMA integrity_check` on the staged
+//!    db and parses the staged registry; any fault refuses the restore and
+//!    removes the staging, with nothing live touched;
 //! 2. [`pre_restore_snapshot`]: a safety snapshot (tag `pre-restore`) of
-//!    everything about to be overwritten;
+//!    everything about to be overwritten (it never captures staging files:
+//!    see [`crate::sources::chroma::is_restore_temp`]);
 //! 3. [`sqlite::checkpoint_wal`]: `PRAGMA wal_checkpoint(TRUNCATE)`, best effort;
 //! 4. [`sqlite::remove_sidecars`]: stale `-wal` / `-shm` / `-journal` go, so they
 //!    cannot be replayed onto the restored file;
-//! 5. [`install_file`] the db: temp file beside the target, fsync, rename,
-//!    fsync the folder;
+//! 5. [`install`] renames the staged db over the target and fsyncs the folder;
 //! 6. the registry likewise;
-//! 7. Chroma: [`plan_chroma`] compares the tree on disk with the snapshot
-//!    (content hashes, never mtimes), [`apply_chroma`] carries the plan out
-//!    INTO the existing directory, which is never removed or recreated;
-//! 8. [`sqlite::final_integrity`]: `PRAGMA integrity_check` on the restored db.
+//! 7. Chroma, INTO the existing directory, which is never removed or
+//!    recreated: removals, folders, staged files renamed, metadata;
+//! 8. `PRAGMA integrity_check` on the restored db ([`sqlite::final_integrity`]),
+//!    unless it is the very file checked in step 1.
 //!
 //! Every write is temp + rename, so a restore killed at any point and run
-//! again converges on the snapshot; leftover temp files are named
-//! [`TEMP_PREFIX`]`<owner>-…` (pid, host, boot, PID namespace, process
-//! token: see [`crate::os`]) and swept by the next restore once their
-//! owner is provably gone (never a live restore's of another container).
+//! again converges on the snapshot; leftover temp and staging files are
+//! named [`TEMP_PREFIX`]`<owner>-…` (pid, host, boot, PID namespace,
+//! process token: see [`crate::os`]) and swept by the next restore once
+//! their owner is provably gone (never a live restore's of another
+//! container).
 
 mod apply;
 pub mod include;
 mod plan;
+mod stage;
 
-pub use apply::{apply, apply_chroma, install_file, Applied, Install};
+pub use apply::{apply, install, install_file, sweep_stale_temps, Applied, Install};
 pub use plan::{
     compare_on_disk, file_matches, plan, plan_chroma, ChromaPlan, OnDisk, Removal, RestorePlan,
     Reusable,
 };
+pub use stage::{stage, ChunkCounts, FileIdentity, Staged, StagedFile};
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self};
@@ -47,18 +57,16 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::ops::create::{self, CreateOptions};
-use crate::ops::verify::{self, ValidateReport};
 use crate::progress::Progress;
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
-use crate::store::index::ChunkIndex;
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH};
 use crate::store::ReadFrom;
 use crate::store::Store;
 
-/// Name prefix of restore's temp files beside their targets.
-pub const TEMP_PREFIX: &str = ".atosnap-restore-";
+/// Name prefix of restore's temp and staging files beside their targets.
+pub const TEMP_PREFIX: &str = crate::sources::chroma::RESTORE_TEMP_PREFIX;
 /// The tag of the safety snapshot taken before a live restore.
 pub const PRE_RESTORE_TAG: &str = "pre-restore";
 /// Whether to restore the Chroma tree.
@@ -109,6 +117,15 @@ pub struct RestoreResult {
     /// Entries removed because the snapshot does not have them (files,
     /// symlinks and folders, each counted).
     pub chroma_files_removed: u64,
+    /// Chunks read from the store (decoded and re-hashed) to rebuild the
+    /// files written.
+    #[serde(default)]
+    pub chunks_fetched: u64,
+    /// Chunks not read from the store because the files on disk already
+    /// held them: copied (re-hashed) from the file being replaced, or part
+    /// of a file that already matched and was left alone.
+    #[serde(default)]
+    pub chunks_reused: u64,
     pub duration_ms: u64,
 }
 
@@ -164,16 +181,14 @@ pub fn restore(
         refuse_if_in_use(&targets, with_chroma)?;
     }
 
-    // 1. validate
-    progress.phase("validate", None);
+    // 1. validate, by staging what is to be written. A killed restore's
+    // leftovers go first: never restored, never captured.
+    progress.phase("plan", None);
+    sweep_stale_temps(&targets, with_chroma);
     let index = store.load_index()?;
-    validate_snapshot(store, &index, &manifest)?;
-
-    // A restore killed earlier left temp files in the Chroma tree: swept
-    // now so the safety snapshot does not capture them as Chroma files.
-    if with_chroma {
-        apply::sweep_stale_temps(&targets.chroma);
-    }
+    let plan = plan(store, &manifest, &targets, with_chroma)?;
+    let mut staged = stage(store, &index, &manifest, &plan, progress)?;
+    crate::failpoint::hit(|| "restore:after-stage".into());
 
     // 2. pre-restore safety snapshot
     progress.phase("pre-restore snapshot", None);
@@ -192,11 +207,14 @@ pub fn restore(
     sqlite::remove_sidecars(&targets.db)?;
     crate::failpoint::hit(|| "restore:after-sidecars".into());
 
-    let plan = plan(store, &manifest, &targets, with_chroma)?;
-    let outcome = apply(store, &index, &manifest, &plan, progress)?;
+    // 5. to 7.
+    let outcome = install(&mut staged, &manifest, &plan, progress)?;
 
     // 8. integrity of what was restored
-    let integrity_error = sqlite::final_integrity(&targets.db);
+    let integrity_error = match staged.db_checked {
+        Some(checked) if same_file(&targets.db, checked) => None,
+        _ => sqlite::final_integrity(&targets.db),
+    };
     progress.finish();
     drop(lock);
     Ok(RestoreResult {
@@ -211,8 +229,17 @@ pub fn restore(
         chroma_files_written: outcome.chroma_written,
         chroma_files_unchanged: outcome.chroma_unchanged,
         chroma_files_removed: outcome.chroma_removed,
+        chunks_fetched: outcome.chunks_fetched,
+        chunks_reused: outcome.chunks_reused,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Whether `path` is the file `checked`, unchanged: the staged db that
+/// passed `integrity_check` in step 1, renamed into place, needs no second
+/// check.
+fn same_file(path: &Path, checked: FileIdentity) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| FileIdentity::of(&m) == checked)
 }
 
 /// The hard gate: a live restore overwrites the service's files, so the
@@ -380,31 +407,6 @@ fn refuse_if_in_use(targets: &Targets, with_chroma: bool) -> Result<()> {
             command: h.command,
         }),
         None => Ok(()),
-    }
-}
-
-// ---- 1. validate -----------------------------------------------------------
-
-/// Step 1: the checks of `validate` on this manifest; any error refuses.
-pub fn validate_snapshot(store: &Store, index: &ChunkIndex, manifest: &Manifest) -> Result<()> {
-    let mut report = ValidateReport {
-        stamp: manifest.stamp.clone(),
-        exists: true,
-        valid: false,
-        db_ok: false,
-        registry_ok: None,
-        chroma_ok: None,
-        errors: Vec::new(),
-        duration_ms: 0,
-    };
-    verify::validate_manifest(store, index, manifest, &mut report)?;
-    if report.valid {
-        Ok(())
-    } else {
-        Err(Error::ValidationFailed {
-            stamp: manifest.stamp.clone(),
-            errors: report.errors.join("; "),
-        })
     }
 }
 

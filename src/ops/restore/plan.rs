@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::chunk;
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
+use crate::sources::chroma::is_restore_temp;
 use crate::sources::sqlite;
 use crate::store::manifest::{
     EntryKind, FileEntry, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH,
@@ -38,6 +39,8 @@ pub struct RestorePlan {
     pub registry: Option<usize>,
     /// Chunks of the db that the db on disk already holds.
     pub db_reusable: Reusable,
+    /// Chunks of the registry that the registry on disk already holds.
+    pub registry_reusable: Reusable,
     pub chroma: Option<ChromaPlan>,
 }
 
@@ -95,28 +98,25 @@ pub fn plan(
         None
     };
     let db = file_idx(DB_PATH);
-    // The db is always rebuilt, but from the pages the old one shares with
-    // the snapshot where it can (the old WAL was folded in and removed).
-    let db_reusable = db
-        .and_then(|i| {
+    let registry = file_idx(REGISTRY_PATH);
+    // The db and the registry are always rebuilt, but from the chunks the
+    // files on disk share with the snapshot where they can.
+    let reusable = |i: Option<usize>, target: &Path| {
+        i.and_then(|i| {
             let e = &manifest.entries[i];
             let f = e.file()?;
-            compare_on_disk(
-                &targets.db,
-                &e.path,
-                f,
-                &store.config().chunking,
-                store.sealer(),
-            )
-            .ok()
+            let params = &store.config().chunking;
+            compare_on_disk(target, &e.path, f, params, store.sealer()).ok()
         })
         .map(|d| d.reusable)
-        .unwrap_or_default();
+        .unwrap_or_default()
+    };
     Ok(RestorePlan {
         targets: targets.clone(),
         db,
-        registry: file_idx(REGISTRY_PATH),
-        db_reusable,
+        registry,
+        db_reusable: reusable(db, &targets.db),
+        registry_reusable: reusable(registry, &targets.registry),
         chroma,
     })
 }
@@ -246,6 +246,11 @@ fn walk_existing(
     let mut children: Vec<(Vec<u8>, PathBuf, fs::FileType)> = Vec::new();
     for child in fs::read_dir(dir).ctx("list", dir)? {
         let child = child.ctx("list", dir)?;
+        // Staging and temp files of restores (a running one's, or one of
+        // another host's): not part of the tree, neither kept nor removed.
+        if is_restore_temp(child.file_name().as_bytes()) {
+            continue;
+        }
         let ft = child.file_type().ctx("stat", child.path())?;
         children.push((child.file_name().as_bytes().to_vec(), child.path(), ft));
     }

@@ -1,0 +1,504 @@
+//! Restore, step 1 as built: "validate and stage". Every file the plan
+//! writes is rebuilt into a staging file beside its target, each chunk
+//! decoded and re-hashed once (or copied from the file it replaces, when
+//! its bytes there hash to the chunk's id); then the staged db gets
+//! `PRAGMA integrity_check` and the staged registry is parsed. A [`Staged`]
+//! owns its files until they are renamed into place (`apply.rs`): dropped
+//! early, it removes them, so a refused restore leaves the live tree as it
+//! was. Staging files carry restore's reserved temp name (see
+//! [`super::TEMP_PREFIX`]): never captured, swept once their owner is gone.
+
+use rayon::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, IoContext, Result};
+use crate::id::Id;
+use crate::ops::extract::{self, ExtractError, SMALL_FILE_MAX};
+use crate::progress::Progress;
+use crate::sources::sqlite;
+use crate::store::index::ChunkIndex;
+use crate::store::manifest::{Entry, FileEntry, Manifest};
+use crate::store::{ChunkFault, Store};
+
+use super::apply::{file_time, parent_of, temp_in, wanted_owner, Install, TempGuard};
+use super::chroma_rel;
+use super::plan::{RestorePlan, Reusable};
+
+/// A file's chunk ids, in file order: the one place restore reads them.
+pub(super) fn chunk_ids(file: &FileEntry) -> impl Iterator<Item = &Id> + '_ {
+    file.chunks.iter()
+}
+
+/// How many chunks were read from the store and how many were taken from
+/// the files on disk instead.
+#[derive(Debug, Default)]
+pub struct ChunkCounts {
+    pub fetched: AtomicU64,
+    pub reused: AtomicU64,
+}
+
+impl ChunkCounts {
+    pub fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+}
+
+/// Device, inode, size and mtime of a file: the same file, unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity(u64, u64, u64, i64);
+
+impl FileIdentity {
+    pub fn of(m: &fs::Metadata) -> FileIdentity {
+        FileIdentity(m.dev(), m.ino(), m.len(), crate::sources::mtime_ns(m))
+    }
+}
+
+/// A complete copy of a snapshot file, waiting beside its target.
+#[derive(Debug)]
+pub struct StagedFile {
+    /// Its manifest entry.
+    pub entry: usize,
+    pub tmp: PathBuf,
+    pub target: PathBuf,
+}
+
+/// Everything staged for one restore. Dropping it removes the staging
+/// files not yet renamed into place.
+#[derive(Debug, Default)]
+pub struct Staged {
+    pub db: Option<StagedFile>,
+    pub registry: Option<StagedFile>,
+    /// Chroma files, by manifest entry index.
+    pub chroma: BTreeMap<usize, StagedFile>,
+    pub counts: ChunkCounts,
+    /// The staged db's identity when it passed `integrity_check`: step 8
+    /// need not check the same, unchanged file again.
+    pub db_checked: Option<FileIdentity>,
+    /// The folders that received staging files, with their mtimes before:
+    /// set back when a refused restore removes its staging, so the live
+    /// tree is left exactly as it was. Emptied once installing begins.
+    pub(super) dir_mtimes: Vec<(PathBuf, i64)>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let files = self
+            .db
+            .iter()
+            .chain(&self.registry)
+            .chain(self.chroma.values());
+        for f in files {
+            let _ = fs::remove_file(&f.tmp);
+        }
+        for (dir, ns) in &self.dir_mtimes {
+            let _ = filetime::set_file_mtime(dir, file_time(*ns));
+        }
+    }
+}
+
+/// Why a file could not be staged, other than a failing disk: the
+/// snapshot is damaged (the restore is refused, exit 3).
+pub(super) enum Fault {
+    Chunk(Id, ChunkFault),
+    /// The chunks hold another number of bytes than the entry records.
+    Size {
+        written: u64,
+    },
+}
+
+/// Which file a staging job writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Db,
+    Registry,
+    Chroma(usize),
+}
+
+struct Job<'a> {
+    slot: Slot,
+    index: usize,
+    entry: &'a Entry,
+    file: &'a FileEntry,
+    target: PathBuf,
+    dir: PathBuf,
+    reusable: Option<&'a Reusable>,
+}
+
+/// Step 1: validates the snapshot by staging every file the plan writes
+/// (`durable`: fsynced, for a live restore). Any fault refuses the restore
+/// (`validation_failed`, exit 3) with every fault named and every staging
+/// file removed; nothing at the targets is touched.
+pub fn stage(
+    store: &Store,
+    index: &ChunkIndex,
+    manifest: &Manifest,
+    plan: &RestorePlan,
+    progress: &dyn Progress,
+) -> Result<Staged> {
+    let errors = precheck(index, manifest);
+    if !errors.is_empty() {
+        return Err(refusal(manifest, errors));
+    }
+    let jobs = jobs(manifest, plan)?;
+    let total: u64 = jobs.iter().map(|j| j.file.size).sum();
+    progress.phase("validate and stage", Some(total));
+    let mut staged = Staged::default();
+    let dirs: BTreeSet<&Path> = jobs.iter().map(|j| j.dir.as_path()).collect();
+    staged.dir_mtimes = dirs
+        .into_iter()
+        .filter_map(|d| {
+            Some((
+                d.to_path_buf(),
+                crate::sources::mtime_ns(&fs::metadata(d).ok()?),
+            ))
+        })
+        .collect();
+    let durable = plan.targets.live;
+    let to_fetch = jobs.iter().flat_map(|j| {
+        chunk_ids(j.file).filter(move |id| !j.reusable.is_some_and(|r| r.contains_key(*id)))
+    });
+    // The db's `integrity_check` (one thread) runs as soon as it is
+    // staged, while the other files are still being staged.
+    type Done = (
+        usize,
+        Result<std::result::Result<PathBuf, Fault>>,
+        Option<DbCheck>,
+    );
+    let results: Vec<Done> = store.with_packs_prefetched(index, to_fetch, || {
+        jobs.par_iter()
+            .enumerate()
+            .map(|(n, j)| {
+                let how = Install {
+                    reusable: j.reusable,
+                    durable,
+                };
+                let on_bytes = |b: u64| progress.advance(b);
+                let staged_file = stage_file(
+                    store,
+                    index,
+                    (j.entry, j.file),
+                    (&j.target, &j.dir),
+                    how,
+                    &staged.counts,
+                    &on_bytes,
+                );
+                let check = match &staged_file {
+                    Ok(Ok(tmp)) if j.slot == Slot::Db => Some(check_db(tmp)),
+                    _ => None,
+                };
+                (n, staged_file, check)
+            })
+            .collect()
+    });
+    let mut errors = BTreeSet::new();
+    let mut fatal = None;
+    for (n, result, check) in results {
+        let j = &jobs[n];
+        match check {
+            Some(Ok(identity)) => staged.db_checked = Some(identity),
+            Some(Err(problem)) => {
+                errors.insert(problem);
+            }
+            None => {}
+        }
+        match result {
+            Ok(Ok(tmp)) => {
+                let f = StagedFile {
+                    entry: j.index,
+                    tmp,
+                    target: j.target.clone(),
+                };
+                match j.slot {
+                    Slot::Db => staged.db = Some(f),
+                    Slot::Registry => staged.registry = Some(f),
+                    Slot::Chroma(i) => {
+                        staged.chroma.insert(i, f);
+                    }
+                }
+            }
+            Ok(Err(fault)) => name_faults(store, index, j, fault, &mut errors),
+            Err(e) => fatal = fatal.or(Some(e)),
+        }
+    }
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    if let Some(reg) = &staged.registry {
+        errors.extend(registry_problem(&reg.tmp, manifest));
+    }
+    if errors.is_empty() {
+        Ok(staged)
+    } else {
+        Err(refusal(manifest, errors))
+    }
+}
+
+fn refusal(manifest: &Manifest, errors: BTreeSet<String>) -> Error {
+    Error::ValidationFailed {
+        stamp: manifest.stamp.clone(),
+        errors: errors.into_iter().collect::<Vec<_>>().join("; "),
+    }
+}
+
+/// The checks that need only the manifest and the index, made before a
+/// byte is staged (a forged size cannot make staging fill the disk):
+/// every chunk of every file is in the store with the recorded size, the
+/// snapshot has a db, and its capture recorded no errors.
+fn precheck(index: &ChunkIndex, manifest: &Manifest) -> BTreeSet<String> {
+    let mut errors: BTreeSet<String> = manifest.capture_errors.iter().cloned().collect();
+    if manifest.db().is_none() {
+        errors.insert("db_missing_from_snapshot".into());
+    }
+    for entry in &manifest.entries {
+        let Some(f) = entry.file() else { continue };
+        for id in chunk_ids(f).filter(|id| index.get(id).is_none()) {
+            errors.insert(named(ChunkFault::Missing.code(id), entry));
+        }
+        if extract::indexed_size(index, f).is_some_and(|s| s != f.size) {
+            errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
+        }
+    }
+    errors
+}
+
+fn named(code: String, entry: &Entry) -> String {
+    format!("{code} (a chunk of {})", entry.path_lossy())
+}
+
+/// The staging jobs of a plan: the db, the registry, the Chroma files to
+/// write.
+fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>>> {
+    let t = &plan.targets;
+    let mut jobs = Vec::new();
+    let file_at = |i: usize| {
+        let e = &manifest.entries[i];
+        e.file().map(|f| (i, e, f))
+    };
+    let singles = [
+        (Slot::Db, plan.db, &t.db, Some(&plan.db_reusable)),
+        (
+            Slot::Registry,
+            plan.registry,
+            &t.registry,
+            Some(&plan.registry_reusable),
+        ),
+    ];
+    for (slot, i, target, reusable) in singles {
+        if let Some((index, entry, file)) = i.and_then(file_at) {
+            let dir = parent_of(target).to_path_buf();
+            fs::create_dir_all(&dir).ctx("create", &dir)?;
+            jobs.push(Job {
+                slot,
+                index,
+                entry,
+                file,
+                target: target.clone(),
+                dir,
+                reusable,
+            });
+        }
+    }
+    if let Some(cp) = &plan.chroma {
+        for &i in &cp.write {
+            let Some((index, entry, file)) = file_at(i) else {
+                continue;
+            };
+            let rel = chroma_rel(&entry.path).unwrap_or_default();
+            let dir = stage_dir(&cp.root, rel)?;
+            jobs.push(Job {
+                slot: Slot::Chroma(i),
+                index,
+                entry,
+                file,
+                target: cp.root.join(OsStr::from_bytes(rel)),
+                dir,
+                reusable: cp.reusable.get(&i),
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+/// Where a Chroma file is staged: the deepest real folder (no symlink on
+/// the way) between the Chroma dir and its target, so that the rename into
+/// place stays on one file system and no folder is created in the live
+/// tree before validation passes; the Chroma dir's parent while the dir
+/// itself does not exist.
+fn stage_dir(root: &Path, rel: &[u8]) -> Result<PathBuf> {
+    if !fs::metadata(root).is_ok_and(|m| m.is_dir()) {
+        let parent = parent_of(root).to_path_buf();
+        fs::create_dir_all(&parent).ctx("create", &parent)?;
+        return Ok(parent);
+    }
+    let mut dir = root.to_path_buf();
+    let mut folders: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+    folders.pop();
+    for name in folders {
+        let next = dir.join(OsStr::from_bytes(name));
+        if !fs::symlink_metadata(&next).is_ok_and(|m| m.is_dir()) {
+            break;
+        }
+        dir = next;
+    }
+    Ok(dir)
+}
+
+/// Names every fault of a file that failed to stage (the failure path
+/// reads its chunks once more, so the refusal lists them all, as
+/// `validate` does).
+fn name_faults(
+    store: &Store,
+    index: &ChunkIndex,
+    job: &Job<'_>,
+    fault: Fault,
+    errors: &mut BTreeSet<String>,
+) {
+    match fault {
+        Fault::Chunk(id, f) => {
+            errors.insert(named(f.code(&id), job.entry));
+            let ids: BTreeSet<&Id> = chunk_ids(job.file).collect();
+            let more: Vec<String> = ids
+                .par_iter()
+                .filter_map(|id| {
+                    let fault = store.read_chunk(index, id).err()?;
+                    Some(named(fault.code(id), job.entry))
+                })
+                .collect();
+            errors.extend(more);
+        }
+        Fault::Size { written } => {
+            errors.insert(format!(
+                "size_mismatch: {} ({written} bytes rebuilt, {} recorded)",
+                job.entry.path_lossy(),
+                job.file.size
+            ));
+        }
+    }
+}
+
+/// Writes one file into a new staging file in `dir` for `target`: chunks
+/// found in the file being replaced (`how.reusable`) are read from it and
+/// re-hashed, the rest come from the store (decoded and re-hashed); then
+/// owner, mode and mtime are set and, when durable, the file is fsynced.
+/// Outer error: the disk failed; inner: the snapshot is damaged.
+pub(super) fn stage_file(
+    store: &Store,
+    index: &ChunkIndex,
+    (entry, file): (&Entry, &FileEntry),
+    (target, dir): (&Path, &Path),
+    how: Install<'_>,
+    counts: &ChunkCounts,
+    on_bytes: &(dyn Fn(u64) + Sync),
+) -> Result<std::result::Result<PathBuf, Fault>> {
+    let owner = wanted_owner(target);
+    // Opened before any rename, so it reads the old file throughout.
+    let old = how
+        .reusable
+        .filter(|r| !r.is_empty())
+        .and_then(|r| File::open(target).ok().map(|f| (f, r)));
+    let sealer = store.sealer();
+    let reused = AtomicU64::new(0);
+    let local = |id: &Id| -> Option<Vec<u8>> {
+        let (f, map) = old.as_ref()?;
+        let &(offset, len) = map.get(id)?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset).ok()?;
+        if sealer.chunk_id(&buf) != *id {
+            return None; // changed since the plan: from the store
+        }
+        reused.fetch_add(1, Ordering::Relaxed);
+        Some(buf)
+    };
+    let tmp = temp_in(dir);
+    let mut guard = TempGuard(&tmp, false);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .ctx("create", &tmp)?;
+    let mut w = BufWriter::with_capacity(1 << 20, &f);
+    let source = extract::ChunkSource::LocalFirst(&local);
+    let written = match extract::write_file(store, index, file, &mut w, on_bytes, source) {
+        Ok(n) => n,
+        Err(ExtractError::Chunk(id, fault)) => return Ok(Err(Fault::Chunk(id, fault))),
+        Err(ExtractError::Write(e)) => return Err(Error::io("write", &tmp, e)),
+        Err(ExtractError::TooLarge { limit }) => {
+            return Err(Error::TargetInvalid {
+                path: tmp.clone(),
+                detail: format!("more than {limit} bytes"),
+            })
+        }
+    };
+    w.flush().ctx("write", &tmp)?;
+    drop(w);
+    if written != file.size {
+        return Ok(Err(Fault::Size { written }));
+    }
+    let reused = reused.load(Ordering::Relaxed);
+    let chunks = chunk_ids(file).count() as u64;
+    counts.reused.fetch_add(reused, Ordering::Relaxed);
+    counts
+        .fetched
+        .fetch_add(chunks.saturating_sub(reused), Ordering::Relaxed);
+    if let (Some((uid, gid)), Ok(m)) = (owner, f.metadata()) {
+        if (m.uid(), m.gid()) != (uid, gid) {
+            // Best effort: only root may give a file away.
+            let _ = std::os::unix::fs::fchown(&f, Some(uid), Some(gid));
+        }
+    }
+    f.set_permissions(Permissions::from_mode(entry.mode & 0o7777))
+        .ctx("set the mode of", &tmp)?;
+    filetime::set_file_handle_times(&f, None, Some(file_time(entry.mtime_ns)))
+        .ctx("set the mtime of", &tmp)?;
+    if how.durable {
+        f.sync_all().ctx("fsync", &tmp)?;
+    }
+    guard.1 = true;
+    drop(guard);
+    Ok(Ok(tmp))
+}
+
+/// The staged db's identity when SQLite's `integrity_check` passes on it
+/// (a complete file without sidecars), else the problem.
+type DbCheck = std::result::Result<FileIdentity, String>;
+
+fn check_db(tmp: &Path) -> DbCheck {
+    match sqlite::integrity_problems(tmp, false) {
+        Ok(None) => fs::metadata(tmp)
+            .map(|m| FileIdentity::of(&m))
+            .map_err(|e| format!("db_integrity_check_failed: {e}")),
+        Ok(Some(p)) => Err(format!("db_integrity_check_failed: {p}")),
+        Err(e) => Err(format!("db_integrity_check_failed: {e}")),
+    }
+}
+
+/// Why the staged registry is unusable, if it is: not JSON, or larger than
+/// a registry may be (read at most [`SMALL_FILE_MAX`] bytes).
+fn registry_problem(path: &Path, manifest: &Manifest) -> Option<String> {
+    let mut bytes = Vec::new();
+    let read = File::open(path).and_then(|f| f.take(SMALL_FILE_MAX + 1).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        return Some(format!("registry_unreadable: {e}"));
+    }
+    if bytes.len() as u64 > SMALL_FILE_MAX {
+        let size = manifest.registry().map(|r| r.size).unwrap_or_default();
+        return Some(format!(
+            "registry_too_large: more than {SMALL_FILE_MAX} bytes (recorded size {size})"
+        ));
+    }
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .err()
+        .map(|e| format!("registry_invalid_json: {e}"))
+}
