@@ -754,3 +754,28 @@ fn pre_restore_snapshot_never_captures_staging() {
         b"another restore's staging"
     );
 }
+
+/// A Chroma file whose mtime says it changed but whose bytes are the
+/// snapshot's (touched) is not hashed by the plan; staging finds every
+/// chunk in place, so the file is left alone (same inode, nothing
+/// fetched) and only its mtime is set back.
+#[test]
+fn a_touched_file_with_the_snapshots_content_is_left_alone() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let want = rt.restorable();
+    let data = seg(&rt, "data_level0.bin");
+    filetime::set_file_mtime(&data, filetime::FileTime::from_unix_time(1_600_000_000, 0)).unwrap();
+    let inode = ino(&data);
+    let args = [
+        "restore",
+        &s1,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ];
+    let r = rt.ok(&args);
+    assert_eq!(r["chroma_files_written"], 0, "{r}");
+    assert_eq!(r["chroma_files_unchanged"], 6, "{r}");
+    assert_eq!(ino(&data), inode, "left alone");
+    assert_same_tree!(rt.restorable(), want);
+}

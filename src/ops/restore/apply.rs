@@ -82,8 +82,9 @@ pub fn install(
     // 7. Chroma
     if let Some(cp) = &plan.chroma {
         install_chroma(staged, manifest, cp, t.live)?;
-        out.chroma_written = cp.write.len() as u64;
-        out.chroma_unchanged = cp.unchanged.len() as u64;
+        let same = staged.same.len() as u64;
+        out.chroma_written = cp.write.len() as u64 - same;
+        out.chroma_unchanged = cp.unchanged.len() as u64 + same;
         out.chroma_removed = cp.files_removed();
         let untouched = cp
             .unchanged
@@ -235,7 +236,7 @@ pub fn install_file(
         on_bytes,
     )?;
     let tmp = match staged {
-        Ok(tmp) => tmp,
+        Ok(w) => w.tmp,
         Err(Fault::Chunk(id, ChunkFault::Missing)) => {
             return Err(Error::ChunkMissing { hash: id.to_hex() })
         }
@@ -354,6 +355,7 @@ fn install_chroma(
         let path = path_of(root, rel_of(manifest, i));
         real_dirs(root, rel_of(manifest, i), false)?;
         match &e.kind {
+            EntryKind::File(_) if staged.same.contains(&i) => fix_meta(&path, e, false)?,
             EntryKind::File(_) => {
                 let Some(f) = staged.chroma.get(&i) else {
                     return Err(Error::TargetInvalid {

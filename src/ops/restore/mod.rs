@@ -45,8 +45,8 @@ mod stage;
 
 pub use apply::{apply, install, install_file, sweep_stale_temps, Applied, Install};
 pub use plan::{
-    compare_on_disk, file_matches, plan, plan_chroma, ChromaPlan, OnDisk, Removal, RestorePlan,
-    Reusable,
+    compare_on_disk, file_matches, plan, plan_chroma, positional, ChromaPlan, OnDisk, Removal,
+    RestorePlan, Reusable,
 };
 pub use stage::{stage, ChunkCounts, FileIdentity, Staged, StagedFile};
 

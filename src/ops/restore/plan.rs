@@ -19,6 +19,7 @@ use crate::store::manifest::{
 };
 use crate::store::Store;
 
+use super::stage::chunk_ids;
 use super::{chroma_rel, Targets};
 
 /// File type bits of `st_mode`, and the symlink type.
@@ -60,8 +61,13 @@ pub struct ChromaPlan {
     pub write: Vec<usize>,
     /// Files and symlinks that already match.
     pub unchanged: Vec<usize>,
-    /// For files to write that exist on disk: their chunks found there.
+    /// For files to write that exist on disk: their chunks found there
+    /// (or, for the `presumed` ones, where they would be).
     pub reusable: BTreeMap<usize, Reusable>,
+    /// Files to write that the plan did not hash: their size or mtime
+    /// differs from the snapshot's and their chunks have fixed offsets
+    /// (see [`positional`]). Staging finds out whether they really differ.
+    pub presumed: BTreeSet<usize>,
     /// Every folder of the snapshot below the root (mode and mtime are set
     /// at the end, deepest first).
     pub dirs: Vec<usize>,
@@ -106,9 +112,12 @@ pub fn plan(
             let e = &manifest.entries[i];
             let f = e.file()?;
             let params = &store.config().chunking;
-            compare_on_disk(target, &e.path, f, params, store.sealer()).ok()
+            positional(target, &e.path, f, params).or_else(|| {
+                compare_on_disk(target, &e.path, f, params, store.sealer())
+                    .ok()
+                    .map(|d| d.reusable)
+            })
         })
-        .map(|d| d.reusable)
         .unwrap_or_default()
     };
     Ok(RestorePlan {
@@ -119,6 +128,56 @@ pub fn plan(
         registry_reusable: reusable(registry, &targets.registry),
         chroma,
     })
+}
+
+/// For a file cut in fixed-size chunks, where each of the snapshot's
+/// chunks sits in the file on disk at `path` if that part is unchanged:
+/// chunk i at offset i × size (within the file's length; the first
+/// position of a repeated chunk). Nothing is read but a SQLite header:
+/// staging re-hashes each chunk before using it. None for a file cut by
+/// content, or that cannot be read.
+pub fn positional(
+    path: &Path,
+    snap_path: &[u8],
+    file: &FileEntry,
+    params: &crate::store::format::ChunkingParams,
+) -> Option<Reusable> {
+    let len = fs::metadata(path).ok()?.len();
+    let page = match file.sqlite {
+        true => Some(sqlite::sqlite_page_size_of(path).ok()??),
+        false => None,
+    };
+    let chunk::Strategy::Fixed(n) = chunk::strategy_for(snap_path, page, params) else {
+        return None;
+    };
+    let n = n as u64;
+    let mut map = Reusable::new();
+    for (i, id) in chunk_ids(file).enumerate() {
+        let offset = i as u64 * n;
+        let want = n.min(file.size.saturating_sub(offset));
+        if want == 0 || offset + want > len {
+            break;
+        }
+        map.entry(*id).or_insert((offset, want as u32));
+    }
+    Some(map)
+}
+
+/// The positional reuse map of a file on disk whose size or mtime differs
+/// from the snapshot entry's (None: it looks unchanged, or its chunks have
+/// no fixed offsets, and the plan hashes it).
+fn presumed_changed(
+    path: &Path,
+    entry: &crate::store::manifest::Entry,
+    file: &FileEntry,
+    params: &crate::store::format::ChunkingParams,
+) -> Option<Reusable> {
+    let m = fs::symlink_metadata(path).ok()?;
+    let same = m.len() == file.size && crate::sources::mtime_ns(&m) == entry.mtime_ns;
+    if same {
+        return None;
+    }
+    positional(path, &entry.path, file, params)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -202,28 +261,40 @@ pub fn plan_chroma(store: &Store, manifest: &Manifest, root: &Path) -> Result<Ch
         }
     }
 
-    // Files present on both sides: hashed in parallel.
+    // Files present on both sides: hashed in parallel, except those whose
+    // size or mtime says they changed and whose chunks sit at fixed
+    // offsets (SQLite pages, HNSW blocks): staging reads and re-hashes
+    // their chunks at the same offsets anyway, so hashing them here too
+    // would read them twice.
     let params = &store.config().chunking;
     let sealer = store.sealer();
-    let verdicts: Vec<(usize, OnDisk)> = candidates
+    let verdicts: Vec<(usize, OnDisk, bool)> = candidates
         .par_iter()
         .map(|(i, path)| {
             let e = &manifest.entries[*i];
-            let found = match &e.kind {
-                // An unreadable file is simply replaced.
-                EntryKind::File(f) => {
-                    compare_on_disk(path, &e.path, f, params, sealer).unwrap_or_default()
-                }
-                _ => OnDisk::default(),
+            let EntryKind::File(f) = &e.kind else {
+                return (*i, OnDisk::default(), false);
             };
-            (*i, found)
+            if let Some(reusable) = presumed_changed(path, e, f, params) {
+                let found = OnDisk {
+                    matches: false,
+                    reusable,
+                };
+                return (*i, found, true);
+            }
+            // An unreadable file is simply replaced.
+            let found = compare_on_disk(path, &e.path, f, params, sealer).unwrap_or_default();
+            (*i, found, false)
         })
         .collect();
-    for (i, found) in verdicts {
+    for (i, found, presumed) in verdicts {
         if found.matches {
             plan.unchanged.push(i);
         } else {
             plan.write.push(i);
+            if presumed {
+                plan.presumed.insert(i);
+            }
             if !found.reusable.is_empty() {
                 plan.reusable.insert(i, found.reusable);
             }

@@ -29,7 +29,7 @@ use crate::store::{ChunkFault, Store};
 
 use super::apply::{file_time, parent_of, temp_in, wanted_owner, Install, TempGuard};
 use super::chroma_rel;
-use super::plan::{RestorePlan, Reusable};
+use super::plan::{file_matches, RestorePlan, Reusable};
 
 /// A file's chunk ids, in file order: the one place restore reads them.
 pub(super) fn chunk_ids(file: &FileEntry) -> impl Iterator<Item = &Id> + '_ {
@@ -82,6 +82,10 @@ pub struct Staged {
     /// Chroma files, by manifest entry index.
     pub chroma: BTreeMap<usize, StagedFile>,
     pub counts: ChunkCounts,
+    /// Chroma files the plan presumed changed (see
+    /// [`RestorePlan`]'s `presumed`) that hold the snapshot's content
+    /// already: left alone, as files that match are.
+    pub same: BTreeSet<usize>,
     /// The staged db's identity when it passed `integrity_check`: step 8
     /// need not check the same, unchanged file again.
     pub db_checked: Option<FileIdentity>,
@@ -107,6 +111,14 @@ impl Drop for Staged {
     }
 }
 
+/// A staged file.
+pub(super) struct Written {
+    pub(super) tmp: PathBuf,
+    /// Every chunk came from the file being replaced, which has the
+    /// snapshot's size: it may hold the snapshot's content already.
+    pub(super) all_reused: bool,
+}
+
 /// Why a file could not be staged, other than a failing disk: the
 /// snapshot is damaged (the restore is refused, exit 3).
 pub(super) enum Fault {
@@ -128,6 +140,8 @@ enum Slot {
 struct Job<'a> {
     slot: Slot,
     index: usize,
+    /// A Chroma file the plan did not hash (it may match after all).
+    presumed: bool,
     entry: &'a Entry,
     file: &'a FileEntry,
     target: PathBuf,
@@ -172,7 +186,7 @@ pub fn stage(
     // staged, while the other files are still being staged.
     type Done = (
         usize,
-        Result<std::result::Result<PathBuf, Fault>>,
+        Result<std::result::Result<Option<PathBuf>, Fault>>,
         Option<DbCheck>,
     );
     let results: Vec<Done> = store.with_packs_prefetched(index, to_fetch, || {
@@ -193,8 +207,9 @@ pub fn stage(
                     &staged.counts,
                     &on_bytes,
                 );
+                let staged_file = staged_file.map(|r| r.map(|w| unless_same(store, j, w)));
                 let check = match &staged_file {
-                    Ok(Ok(tmp)) if j.slot == Slot::Db => Some(check_db(tmp)),
+                    Ok(Ok(Some(tmp))) if j.slot == Slot::Db => Some(check_db(tmp)),
                     _ => None,
                 };
                 (n, staged_file, check)
@@ -213,7 +228,10 @@ pub fn stage(
             None => {}
         }
         match result {
-            Ok(Ok(tmp)) => {
+            Ok(Ok(None)) => {
+                staged.same.insert(j.index);
+            }
+            Ok(Ok(Some(tmp))) => {
                 let f = StagedFile {
                     entry: j.index,
                     tmp,
@@ -301,6 +319,7 @@ fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>
             jobs.push(Job {
                 slot,
                 index,
+                presumed: false,
                 entry,
                 file,
                 target: target.clone(),
@@ -319,6 +338,7 @@ fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>
             jobs.push(Job {
                 slot: Slot::Chroma(i),
                 index,
+                presumed: cp.presumed.contains(&i),
                 entry,
                 file,
                 target: cp.root.join(OsStr::from_bytes(rel)),
@@ -352,6 +372,30 @@ fn stage_dir(root: &Path, rel: &[u8]) -> Result<PathBuf> {
         dir = next;
     }
     Ok(dir)
+}
+
+/// The staged file, or None (and it is removed) when it is a Chroma file
+/// the plan presumed changed whose every chunk came from the file on disk,
+/// and that file, hashed position by position, holds exactly the
+/// snapshot's content: it is left alone.
+fn unless_same(store: &Store, job: &Job<'_>, w: Written) -> Option<PathBuf> {
+    if !(job.presumed && w.all_reused) {
+        return Some(w.tmp);
+    }
+    let params = &store.config().chunking;
+    let same = file_matches(
+        &job.target,
+        &job.entry.path,
+        job.file,
+        params,
+        store.sealer(),
+    );
+    if same.unwrap_or(false) {
+        let _ = fs::remove_file(&w.tmp);
+        None
+    } else {
+        Some(w.tmp)
+    }
 }
 
 /// Names every fault of a file that failed to stage (the failure path
@@ -400,7 +444,7 @@ pub(super) fn stage_file(
     how: Install<'_>,
     counts: &ChunkCounts,
     on_bytes: &(dyn Fn(u64) + Sync),
-) -> Result<std::result::Result<PathBuf, Fault>> {
+) -> Result<std::result::Result<Written, Fault>> {
     let owner = wanted_owner(target);
     // Opened before any rename, so it reads the old file throughout.
     let old = how
@@ -448,6 +492,11 @@ pub(super) fn stage_file(
     }
     let reused = reused.load(Ordering::Relaxed);
     let chunks = chunk_ids(file).count() as u64;
+    let old_len = old
+        .as_ref()
+        .and_then(|(f, _)| f.metadata().ok())
+        .map(|m| m.len());
+    let all_reused = reused == chunks && old_len == Some(file.size);
     counts.reused.fetch_add(reused, Ordering::Relaxed);
     counts
         .fetched
@@ -467,7 +516,7 @@ pub(super) fn stage_file(
     }
     guard.1 = true;
     drop(guard);
-    Ok(Ok(tmp))
+    Ok(Ok(Written { tmp, all_reused }))
 }
 
 /// The staged db's identity when SQLite's `integrity_check` passes on it
