@@ -297,8 +297,9 @@ def fit(xs, ys):
     return a, b, r2
 
 
-EXTRA = [("day_growth", "store growth, 1 % day", 1e6, "MB"), ("nochange_growth", "store growth, no-change", 1e6, "MB"),
-         ("peak_mib", "peak memory", 1, "MiB"), ("nochange_s", "no-change snapshot, wall", 1, "s")]
+EXTRA = [("nochange_growth", "store growth per no-change snapshot", 1, "MB"),
+         ("day_growth", "store growth per 1 % day", 1, "MB"), ("peak_mib", "peak memory", 1, "MiB"),
+         ("nochange_s", "no-change snapshot, wall", 1, "s")]
 
 
 def extrapolate(sizes, at_gb):
@@ -335,6 +336,14 @@ def cell(m, floors, key, unit):
     return {"MB": f"{v / 1e6:,.1f}", "KiB": f"{v / 1024:,.1f}"}.get(unit, f"{v:.2f}")
 
 
+def human(n):
+    """Bytes in the unit that keeps 3 significant digits readable."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n:,.0f} B"
+
+
 def markdown(sizes, skipped, extra, at_gb):
     out = []
     for name in sorted({n for s in sizes for n in s["medians"]}):
@@ -349,16 +358,20 @@ def markdown(sizes, skipped, extra, at_gb):
         f"{s['gib']:g} GiB first {s['floors']['first_zstd3_bytes'] / 1e6:,.1f} MB, day {s['floors']['day_zstd3_bytes'] / 1e6:,.1f} MB"
         for s in sizes) + "\n")
     if extra:
-        out.append(f"Extrapolation to {at_gb:g} GB of runtime: least squares y = a + b·x over the sizes "
-                   "(x = runtime GB), value at x = " f"{at_gb:g}\n")
-        out.append("| tool | " + " | ".join(f"{label} at {at_gb:g} GB (a + b·x, r²)" for _, label, _, _ in EXTRA) + " |")
-        out.append("|---|" + "---:|" * len(EXTRA))
+        out.append(f"Extrapolation to {at_gb:g} GB of runtime: least squares y = a + b·x through the sizes "
+                   f"(x = runtime GB; b per GB in parentheses, r² when 3 or more sizes), value at x = {at_gb:g}\n")
+        out.append("| tool | " + " | ".join(label for _, label, _, _ in EXTRA) + " | 24 hourly no-change snapshots |")
+        out.append("|---|" + "---:|" * (len(EXTRA) + 1))
         for name, fits in extra.items():
             cells = []
             for key, _, scale, unit in EXTRA:
                 f = fits[key]
-                cells.append(f"{f['at'] / scale:,.1f} {unit} ({f['a'] / scale:,.2f} + {f['b_per_gb'] / scale:,.3f}·x, "
-                             f"{f['r2']:.3f})")
+                r2 = f", r² {f['r2']:.3f}" if f["points"] >= 3 else ""
+                if unit == "MB":
+                    cells.append(f"{human(f['at'])} (a {human(f['a'])}, b {human(f['b_per_gb'])}{r2})")
+                else:
+                    cells.append(f"{f['at']:,.1f} {unit} (a {f['a']:,.2f}, b {f['b_per_gb']:,.3f}{r2})")
+            cells.append(human(24 * fits["nochange_growth"]["at"]))
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         out.append("")
     for s in skipped:
@@ -403,7 +416,7 @@ def main():
         f.write("bench\n")
     atosnap = os.path.abspath(a.atosnap)
     tools = {"atosnap": Atosnap(atosnap), "restic": Restic(pw), "borg-lz4": Borg("lz4"), "borg-zstd3": Borg("zstd,3")}
-    if "atosnap" in a.tools and not os.access(atosnap, os.X_OK):
+    if "atosnap" in a.tools and not a.prepare_only and not os.access(atosnap, os.X_OK):
         raise SystemExit(f"no atosnap binary at {atosnap} (--atosnap)")
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
             "load_before": os.getloadavg(), "tools": a.tools, "trials": a.trials}
