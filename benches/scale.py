@@ -172,13 +172,13 @@ def check_delta(day1, delta, day2):
 
 
 def apply_delta(delta, work):
-    """Turns a copy of day 1 into the day: whole files replaced (copy2, as
-    side_by_side's apply_day), patches written in place, deletions."""
-    root = os.path.join(delta, "files")
-    for rel in files_of(root):
-        dst = os.path.join(work, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copy2(os.path.join(root, rel), dst)
+    """Turns a copy of day 1 into the day: patches written in place, then
+    whole files replaced (copy2, as side_by_side's apply_day), deletions.
+    Patches go first so that the file with the newest ctime is a small one:
+    borg leaves the newest-ctime file of a backup out of its files cache
+    (cmtime granularity), so whichever file was written last is re-read by
+    borg's no-change snapshot; a 448 MB chroma.sqlite3 written last would
+    charge borg for an artifact of this script's order."""
     root = os.path.join(delta, "patches")
     for rel in files_of(root):
         with open(os.path.join(root, rel), "rb") as p, open(os.path.join(work, rel[:-len(".patch")]), "r+b") as f:
@@ -186,6 +186,11 @@ def apply_delta(delta, work):
                 off, n = REC.unpack(head)
                 f.seek(off)
                 f.write(p.read(n))
+    root = os.path.join(delta, "files")
+    for rel in files_of(root):
+        dst = os.path.join(work, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(os.path.join(root, rel), dst)
     with open(os.path.join(delta, "deleted.json")) as f:
         for rel in json.load(f):
             os.remove(os.path.join(work, rel))
