@@ -354,14 +354,17 @@ def markdown(sizes, skipped, extra, at_gb):
     for name in sorted({n for s in sizes for n in s["medians"]}):
         cols = [s for s in sizes if name in s["medians"]]
         out.append(f"**{name}**\n")
-        out.append("| measure | " + " | ".join(f"{s['gib']:g} GiB ({s['runtime_bytes'] / 1e9:.2f} GB)" for s in cols) + " |")
+        heads = (f"{s['gib']:g} GiB ({s['runtime_bytes'] / 1e9:.2f} GB)" for s in cols)
+        out.append("| measure | " + " | ".join(heads) + " |")
         out.append("|---|" + "---:|" * len(cols))
         for label, key, unit in ROWS:
-            out.append(f"| {label} | " + " | ".join(cell(s["medians"][name], s["floors"], key, unit) for s in cols) + " |")
+            cells = (cell(s["medians"][name], s["floors"], key, unit) for s in cols)
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
         out.append("")
-    out.append("Floors (physics.py): " + "; ".join(
-        f"{s['gib']:g} GiB first {s['floors']['first_zstd3_bytes'] / 1e6:,.1f} MB, day {s['floors']['day_zstd3_bytes'] / 1e6:,.1f} MB"
-        for s in sizes) + "\n")
+    if sizes:
+        floors = (f"{s['gib']:g} GiB first {s['floors']['first_zstd3_bytes'] / 1e6:,.1f} MB, "
+                  f"day {s['floors']['day_zstd3_bytes'] / 1e6:,.1f} MB" for s in sizes)
+        out.append("Floors (physics.py): " + "; ".join(floors) + "\n")
     if extra:
         out.append(f"Extrapolation to {at_gb:g} GB of runtime: least squares y = a + b·x through the sizes "
                    f"(x = runtime GB; b per GB in parentheses, r² when 3 or more sizes), value at x = {at_gb:g}\n")
