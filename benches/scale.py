@@ -416,16 +416,19 @@ def main():
             ("borg",) if "borg" in a.tools else ()):
         if not shutil.which(t):
             raise SystemExit(f"missing {t}: apt-get install zstd time restic borgbackup")
+    atosnap = os.path.abspath(a.atosnap)
+    if "atosnap" in a.tools and not a.prepare_only and not os.access(atosnap, os.X_OK):
+        raise SystemExit(f"no atosnap binary at {atosnap} (--atosnap)")
+    unknown = set(a.tools.split(",")) - {"atosnap", "restic", "borg-lz4", "borg-zstd3"}
+    if unknown:
+        raise SystemExit(f"unknown --tools {','.join(sorted(unknown))} (atosnap, restic, borg-lz4, borg-zstd3)")
     made_scratch = a.scratch is None
     a.scratch = os.path.abspath(a.scratch or tempfile.mkdtemp(dir=a.cache, prefix="scale-"))
     os.makedirs(a.scratch, exist_ok=True)
     pw = os.path.join(a.scratch, "pw")
     with open(pw, "w") as f:
         f.write("bench\n")
-    atosnap = os.path.abspath(a.atosnap)
     tools = {"atosnap": Atosnap(atosnap), "restic": Restic(pw), "borg-lz4": Borg("lz4"), "borg-zstd3": Borg("zstd,3")}
-    if "atosnap" in a.tools and not a.prepare_only and not os.access(atosnap, os.X_OK):
-        raise SystemExit(f"no atosnap binary at {atosnap} (--atosnap)")
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
             "load_before": os.getloadavg(), "tools": a.tools, "trials": a.trials}
     for key, cmd in (("atosnap", [atosnap, "--version"]), ("restic", ["restic", "version"]),
