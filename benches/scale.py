@@ -20,7 +20,8 @@ Runtimes (cached in --cache, built once, with --venv's python):
                    patches/: the changed 4 KiB blocks of large files; deleted)
                    so a size costs its runtime plus ~1 GB, not twice its runtime
   rt-<G>g.physics.json   physics.py --old rt-<G>g --new <the day>: the floors
-  rt-<G>g.done     written last; a size without it is rebuilt
+  rt-<G>g.done     written last (holds the base's path); a size without it,
+                   or grown from another --base, is rebuilt
 
 A trial, for each tool in turn, on a fresh copy of rt-<G>g (new inodes):
   init; first snapshot (wall, store bytes, peak RSS); apply the day (files
@@ -213,7 +214,11 @@ def prepare(a, gib):
     name = os.path.join(a.cache, tag(gib))
     paths = {"day1": name, "delta": name + ".day", "physics": name + ".physics.json"}
     if os.path.exists(name + ".done"):
-        return paths
+        with open(name + ".done") as f:
+            built_from = f.read().strip()
+        if built_from in ("", a.base):
+            return paths
+        log(f"{tag(gib)} was grown from {built_from}, not --base {a.base}: rebuilding it")
     ensure_base(a)
     for p in (name, name + ".day", name + ".day2-full"):
         shutil.rmtree(p, ignore_errors=True)
@@ -236,7 +241,8 @@ def prepare(a, gib):
     make_delta(name, full, paths["delta"])
     check_delta(name, paths["delta"], full)
     shutil.rmtree(full)
-    open(name + ".done", "w").close()
+    with open(name + ".done", "w") as f:
+        f.write(a.base + "\n")
     return paths
 
 
