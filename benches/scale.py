@@ -222,6 +222,8 @@ def prepare(a, gib):
     ensure_base(a)
     for p in (name, name + ".day", name + ".day2-full"):
         shutil.rmtree(p, ignore_errors=True)
+    if os.path.exists(name + ".done"):
+        os.remove(name + ".done")
     est = du(a.base) + int(gib * 1.06 * (1 << 30))
     need = 2 * est + int(a.keep_free * 1e9)
     if free_bytes(a.cache) < need:
