@@ -67,12 +67,17 @@ pub fn write_file<W: Write>(
 ) -> Result<u64, ExtractError> {
     let mut written = 0u64;
     for batch in file.chunks.chunks(BATCH_CHUNKS) {
-        let data: Vec<Result<Vec<u8>, (Id, ChunkFault)>> = batch
+        // The first fault stops the batch's other reads: against a store
+        // that cannot be reached, each would wait out its retries.
+        let data: Vec<Vec<u8>> = batch
             .par_iter()
-            .map(|id| source.read(store, index, id).map_err(|f| (*id, f)))
-            .collect();
+            .map(|id| {
+                source
+                    .read(store, index, id)
+                    .map_err(|f| ExtractError::Chunk(*id, f))
+            })
+            .collect::<Result<_, _>>()?;
         for chunk in data {
-            let chunk = chunk.map_err(|(id, f)| ExtractError::Chunk(id, f))?;
             out.write_all(&chunk).map_err(ExtractError::Write)?;
             written += chunk.len() as u64;
             on_bytes(chunk.len() as u64);

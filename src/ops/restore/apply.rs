@@ -14,7 +14,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::store::index::ChunkIndex;
 use crate::store::manifest::{Entry, EntryKind, FileEntry, Manifest};
-use crate::store::{ChunkFault, Store};
+use crate::store::Store;
 
 use super::plan::{path_of, ChromaPlan, RestorePlan, Reusable, S_IFLNK, S_IFMT};
 use super::stage::{chunk_ids, stage, stage_file, ChunkCounts, Fault, Staged, StagedFile};
@@ -237,15 +237,7 @@ pub fn install_file(
     )?;
     let tmp = match staged {
         Ok(w) => w.tmp,
-        Err(Fault::Chunk(id, ChunkFault::Missing)) => {
-            return Err(Error::ChunkMissing { hash: id.to_hex() })
-        }
-        Err(Fault::Chunk(id, ChunkFault::Corrupt(detail))) => {
-            return Err(Error::ChunkCorrupt {
-                hash: id.to_hex(),
-                detail,
-            })
-        }
+        Err(Fault::Chunk(id, fault)) => return Err(fault.into_error(&id)),
         Err(Fault::Size { written }) => {
             return Err(Error::TargetInvalid {
                 path: target.to_path_buf(),

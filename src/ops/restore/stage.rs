@@ -245,6 +245,11 @@ pub fn stage(
                     }
                 }
             }
+            // The storage failed to deliver a pack: that proves nothing
+            // about the snapshot, and a retry may succeed (exit 1).
+            Ok(Err(Fault::Chunk(id, f @ ChunkFault::Unreadable { .. }))) => {
+                fatal = fatal.or(Some(f.into_error(&id)));
+            }
             Ok(Err(fault)) => name_faults(store, index, j, fault, &mut errors),
             Err(e) => fatal = fatal.or(Some(e)),
         }
@@ -414,9 +419,11 @@ fn name_faults(
             let ids: BTreeSet<&Id> = chunk_ids(job.file).collect();
             let more: Vec<String> = ids
                 .par_iter()
-                .filter_map(|id| {
-                    let fault = store.read_chunk(index, id).err()?;
-                    Some(named(fault.code(id), job.entry))
+                .filter_map(|id| match store.read_chunk(index, id) {
+                    Err(f @ (ChunkFault::Missing | ChunkFault::Corrupt(_))) => {
+                        Some(named(f.code(id), job.entry))
+                    }
+                    _ => None,
                 })
                 .collect();
             errors.extend(more);

@@ -89,6 +89,7 @@ pub fn validate_manifest(
         .iter()
         .filter_map(|e| e.file())
         .flat_map(|f| f.chunks.iter());
+    crate::failpoint::pause("validate:before-chunks");
     store.with_packs_prefetched(index, every_chunk, || {
         check_manifest(store, index, manifest, report)
     })
@@ -128,7 +129,8 @@ fn check_manifest(
     let faults: HashMap<Id, ChunkFault> = others
         .par_iter()
         .filter_map(|id| store.read_chunk(index, id).err().map(|f| (**id, f)))
-        .collect();
+        .map(|(id, f)| damage_only(id, f).map(|f| (id, f)))
+        .collect::<Result<_>>()?;
     let file_ok = |f: &FileEntry| f.chunks.iter().all(|id| !faults.contains_key(id));
     for (id, fault) in &faults {
         errors.insert(fault.code(id));
@@ -174,6 +176,18 @@ fn check_manifest(
     Ok(())
 }
 
+/// A chunk whose pack the storage failed to deliver proves nothing either
+/// way: validation stops at the first such read with that I/O error
+/// (exit 1) instead of calling the snapshot damaged, and without trying
+/// every other chunk of a store it cannot reach (each try waits out the
+/// retries).
+fn damage_only(id: Id, fault: ChunkFault) -> Result<ChunkFault> {
+    match fault {
+        ChunkFault::Unreadable { .. } => Err(fault.into_error(&id)),
+        damage => Ok(damage),
+    }
+}
+
 fn check_db(
     store: &Store,
     index: &ChunkIndex,
@@ -209,11 +223,11 @@ fn check_db(
     ) {
         Ok(_) => {}
         Err(ExtractError::Chunk(id, fault)) => {
-            errors.insert(fault.code(&id));
+            errors.insert(damage_only(id, fault)?.code(&id));
             // Keep checking the db's other chunks so every fault is named.
             for id in &db.chunks {
                 if let Err(f) = store.read_chunk(index, id) {
-                    errors.insert(f.code(id));
+                    errors.insert(damage_only(*id, f)?.code(id));
                 }
             }
             return Ok(false);
