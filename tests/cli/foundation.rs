@@ -53,6 +53,7 @@ fn first_create_with_chroma_reports_every_field() {
         "chroma_snapshot_bytes",
         "chunks_total",
         "chunks_new",
+        "list_blobs_new",
         "bytes_new_stored",
         "duration_ms",
         "validated",

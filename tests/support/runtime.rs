@@ -179,7 +179,28 @@ impl Runtime {
     pub fn file_chunks(&self, stamp: &str, path: &str) -> Vec<Id> {
         let m = self.manifest(stamp);
         let entry = m.find(path).unwrap_or_else(|| panic!("{path} in {stamp}"));
-        entry.file().expect("a file").chunks.clone()
+        let store = self.open_store();
+        let index = store.load_index().unwrap();
+        store
+            .file_chunk_ids(&index, entry.file().expect("a file"))
+            .unwrap()
+    }
+
+    /// Every id snapshot `stamp` reaches: its chunks and list blobs.
+    pub fn reachable_ids(&self, stamp: &str) -> std::collections::BTreeSet<Id> {
+        let store = self.open_store();
+        let index = store.load_index().unwrap();
+        let mut ids = std::collections::BTreeSet::new();
+        for f in self.manifest(stamp).entries.iter().filter_map(|e| e.file()) {
+            store
+                .file_reach(&index, f, &mut Default::default(), &mut |r| {
+                    let (atosnap::store::lists::Reached::Blob(id)
+                    | atosnap::store::lists::Reached::Chunk(id)) = r;
+                    ids.insert(id);
+                })
+                .unwrap();
+        }
+        ids
     }
 
     /// Every pack file of the store, sorted.

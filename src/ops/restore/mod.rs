@@ -153,7 +153,7 @@ pub fn restore(
     refuse_live_target(opts)?;
     let stamp = Stamp::parse(&opts.stamp)?;
     let targets = Targets::of(opts);
-    let lock = store.lock_shared("restore", opts.lock_wait)?;
+    let lock = store.lock_shared_reader("restore", opts.lock_wait)?;
     let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
     check_paths(&manifest)?;
     let with_chroma = chroma_wanted(&manifest, opts.chroma)?;
@@ -192,7 +192,7 @@ pub fn restore(
     sqlite::remove_sidecars(&targets.db)?;
     crate::failpoint::hit(|| "restore:after-sidecars".into());
 
-    let plan = plan(store, &manifest, &targets, with_chroma)?;
+    let plan = plan(store, &index, &manifest, &targets, with_chroma)?;
     let outcome = apply(store, &index, &manifest, &plan, progress)?;
 
     // 8. integrity of what was restored
@@ -462,7 +462,7 @@ mod tests {
                     path: p.to_vec(),
                     kind: EntryKind::File(FileEntry {
                         size: 0,
-                        chunks: vec![],
+                        list: crate::store::manifest::ChunkList::Ids(vec![]),
                         sqlite: false,
                         source: None,
                         wal_source: None,

@@ -13,6 +13,7 @@ use crate::chunk;
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 use crate::sources::sqlite;
+use crate::store::index::ChunkIndex;
 use crate::store::manifest::{
     EntryKind, FileEntry, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH,
 };
@@ -83,6 +84,7 @@ impl ChromaPlan {
 /// disk), never writes.
 pub fn plan(
     store: &Store,
+    index: &ChunkIndex,
     manifest: &Manifest,
     targets: &Targets,
     with_chroma: bool,
@@ -90,7 +92,7 @@ pub fn plan(
     let idx = |p: &str| manifest.entries.iter().position(|e| e.path == p.as_bytes());
     let file_idx = |p: &str| idx(p).filter(|&i| manifest.entries[i].file().is_some());
     let chroma = if with_chroma {
-        Some(plan_chroma(store, manifest, &targets.chroma)?)
+        Some(plan_chroma(store, index, manifest, &targets.chroma)?)
     } else {
         None
     };
@@ -101,10 +103,12 @@ pub fn plan(
         .and_then(|i| {
             let e = &manifest.entries[i];
             let f = e.file()?;
+            let ids = store.file_chunk_ids(index, f).ok()?;
             compare_on_disk(
                 &targets.db,
                 &e.path,
                 f,
+                &ids,
                 &store.config().chunking,
                 store.sealer(),
             )
@@ -151,7 +155,12 @@ pub(super) fn path_of(root: &Path, rel: &[u8]) -> PathBuf {
 
 /// Step 7's plan: walks the tree on disk (symlinks never followed) against
 /// the snapshot's Chroma entries.
-pub fn plan_chroma(store: &Store, manifest: &Manifest, root: &Path) -> Result<ChromaPlan> {
+pub fn plan_chroma(
+    store: &Store,
+    index: &ChunkIndex,
+    manifest: &Manifest,
+    root: &Path,
+) -> Result<ChromaPlan> {
     let mut wanted: BTreeMap<&[u8], usize> = BTreeMap::new();
     let mut plan = ChromaPlan {
         root: root.to_path_buf(),
@@ -211,9 +220,12 @@ pub fn plan_chroma(store: &Store, manifest: &Manifest, root: &Path) -> Result<Ch
             let e = &manifest.entries[*i];
             let found = match &e.kind {
                 // An unreadable file is simply replaced.
-                EntryKind::File(f) => {
-                    compare_on_disk(path, &e.path, f, params, sealer).unwrap_or_default()
-                }
+                EntryKind::File(f) => match store.file_chunk_ids(index, f) {
+                    Ok(ids) => {
+                        compare_on_disk(path, &e.path, f, &ids, params, sealer).unwrap_or_default()
+                    }
+                    Err(_) => OnDisk::default(),
+                },
                 _ => OnDisk::default(),
             };
             (*i, found)
@@ -319,6 +331,7 @@ pub fn file_matches(
     path: &Path,
     snap_path: &[u8],
     file: &FileEntry,
+    chunks: &[Id],
     params: &crate::store::format::ChunkingParams,
     sealer: &crate::store::seal::Sealer,
 ) -> std::io::Result<bool> {
@@ -343,7 +356,7 @@ pub fn file_matches(
             .map(|r| sealer.chunk_id(&buf[r.clone()]))
             .collect();
         let end = pos + ids.len();
-        if end > file.chunks.len() || file.chunks[pos..end] != ids[..] {
+        if end > chunks.len() || chunks[pos..end] != ids[..] {
             mismatch = true;
             return Err(Error::ChunksDiffer);
         }
@@ -354,7 +367,7 @@ pub fn file_matches(
         Err(_) if mismatch => Ok(false),
         Err(e) => Err(std::io::Error::other(e.to_string())),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(total)) => Ok(total == file.size && pos == file.chunks.len()),
+        Ok(Ok(total)) => Ok(total == file.size && pos == chunks.len()),
     }
 }
 
@@ -379,6 +392,7 @@ pub fn compare_on_disk(
     path: &Path,
     snap_path: &[u8],
     file: &FileEntry,
+    chunks: &[Id],
     params: &crate::store::format::ChunkingParams,
     sealer: &crate::store::seal::Sealer,
 ) -> std::io::Result<OnDisk> {
@@ -393,7 +407,7 @@ pub fn compare_on_disk(
         None
     };
     let strategy = chunk::strategy_for(snap_path, page, params);
-    let needed: HashSet<&Id> = file.chunks.iter().collect();
+    let needed: HashSet<&Id> = chunks.iter().collect();
     let mut out = OnDisk::default();
     let mut same_order = size == file.size;
     let mut pos = 0usize;
@@ -404,7 +418,7 @@ pub fn compare_on_disk(
             .map(|r| sealer.chunk_id(&buf[r.clone()]))
             .collect();
         for (id, r) in ids.iter().zip(ranges) {
-            if same_order && file.chunks.get(pos) != Some(id) {
+            if same_order && chunks.get(pos) != Some(id) {
                 same_order = false;
             }
             pos += 1;
@@ -422,7 +436,7 @@ pub fn compare_on_disk(
         Ok(Err(e)) => return Err(e),
         Ok(Ok(_)) => {}
     }
-    out.matches = same_order && pos == file.chunks.len();
+    out.matches = same_order && pos == chunks.len();
     Ok(out)
 }
 
@@ -446,20 +460,20 @@ mod tests {
             .collect();
         let entry = FileEntry {
             size: data.len() as u64,
-            chunks,
+            list: crate::store::manifest::ChunkList::Ids(chunks.clone()),
             sqlite: false,
             source: None,
             wal_source: None,
         };
-        assert!(file_matches(&path, snap_path, &entry, &params, &sealer).unwrap());
+        assert!(file_matches(&path, snap_path, &entry, &chunks, &params, &sealer).unwrap());
         // Same size, one byte differs, mtime kept: detected.
         let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&path).unwrap());
         let mut changed = data.clone();
         changed[12_345] ^= 1;
         fs::write(&path, &changed).unwrap();
         filetime::set_file_mtime(&path, mtime).unwrap();
-        assert!(!file_matches(&path, snap_path, &entry, &params, &sealer).unwrap());
+        assert!(!file_matches(&path, snap_path, &entry, &chunks, &params, &sealer).unwrap());
         fs::write(&path, &data[..100]).unwrap();
-        assert!(!file_matches(&path, snap_path, &entry, &params, &sealer).unwrap());
+        assert!(!file_matches(&path, snap_path, &entry, &chunks, &params, &sealer).unwrap());
     }
 }

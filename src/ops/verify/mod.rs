@@ -22,7 +22,7 @@ use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::audit_log::{self, VerifyRecord, VerifyScope};
 use crate::store::index::ChunkIndex;
-use crate::store::manifest::{FileEntry, Manifest};
+use crate::store::manifest::{Entry, FileEntry, Manifest};
 use crate::store::names::Log;
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Store};
@@ -84,23 +84,62 @@ pub fn validate_manifest(
     manifest: &Manifest,
     report: &mut ValidateReport,
 ) -> Result<()> {
-    let every_chunk = manifest
-        .entries
-        .iter()
-        .filter_map(|e| e.file())
-        .flat_map(|f| f.chunks.iter());
+    let lists = FileLists::read(store, index, manifest);
+    let every_chunk = lists.ids.values().filter_map(|r| r.as_ref().ok()).flatten();
     store.with_packs_prefetched(index, every_chunk, || {
-        check_manifest(store, index, manifest, report)
+        check_manifest(store, index, manifest, &lists, report)
     })
+}
+
+/// Every file's chunk ids, read once from its list (each list blob read
+/// is re-hashed like a chunk); a file whose list does not read has the
+/// blob at fault instead.
+struct FileLists<'m> {
+    ids: HashMap<&'m [u8], std::result::Result<Vec<Id>, (Id, ChunkFault)>>,
+}
+
+impl<'m> FileLists<'m> {
+    fn read(store: &Store, index: &ChunkIndex, manifest: &'m Manifest) -> FileLists<'m> {
+        let ids = manifest
+            .entries
+            .iter()
+            .filter_map(|e| e.file().map(|f| (e, f)))
+            .map(|(e, f)| {
+                (
+                    &e.path[..],
+                    store.file_chunk_ids(index, f).map_err(blob_fault),
+                )
+            })
+            .collect();
+        FileLists { ids }
+    }
+
+    fn of(&self, path: &[u8]) -> Option<&std::result::Result<Vec<Id>, (Id, ChunkFault)>> {
+        self.ids.get(path)
+    }
+}
+
+/// The list blob a failed list read names (a list read fails only on a
+/// blob's fault; anything else is named as a damaged all-zero id).
+fn blob_fault(e: Error) -> (Id, ChunkFault) {
+    crate::store::error_fault(&e)
+        .unwrap_or_else(|| (Id([0; 32]), ChunkFault::Corrupt(e.to_string())))
 }
 
 fn check_manifest(
     store: &Store,
     index: &ChunkIndex,
     manifest: &Manifest,
+    lists: &FileLists<'_>,
     report: &mut ValidateReport,
 ) -> Result<()> {
     let mut errors: BTreeSet<String> = BTreeSet::new();
+    for (id, fault) in lists.ids.values().filter_map(|r| r.as_ref().err()) {
+        errors.insert(fault.code(id));
+    }
+    let db_ids = manifest
+        .find(crate::store::manifest::DB_PATH)
+        .and_then(|e| lists.of(&e.path));
 
     // The db: rebuilt into a temp file (which verifies its chunks), then
     // integrity-checked by SQLite itself.
@@ -109,19 +148,22 @@ fn check_manifest(
             errors.insert("db_missing_from_snapshot".into());
             false
         }
-        Some(db) => check_db(store, index, db, &mut errors)?,
+        Some(db) => match db_ids {
+            Some(Ok(ids)) => check_db(store, index, db, ids, &mut errors)?,
+            _ => false,
+        },
     };
 
     // Every other chunk, each once, in parallel.
-    let db_chunks: HashSet<&Id> = manifest
-        .db()
-        .map(|f| f.chunks.iter().collect())
-        .unwrap_or_default();
-    let others: HashSet<&Id> = manifest
-        .entries
-        .iter()
-        .filter_map(|e| e.file())
-        .flat_map(|f| f.chunks.iter())
+    let db_chunks: HashSet<&Id> = match db_ids {
+        Some(Ok(ids)) => ids.iter().collect(),
+        _ => HashSet::new(),
+    };
+    let others: HashSet<&Id> = lists
+        .ids
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .flatten()
         .filter(|id| !db_chunks.contains(id))
         .collect();
     let others: Vec<&Id> = others.into_iter().collect();
@@ -129,44 +171,50 @@ fn check_manifest(
         .par_iter()
         .filter_map(|id| store.read_chunk(index, id).err().map(|f| (**id, f)))
         .collect();
-    let file_ok = |f: &FileEntry| f.chunks.iter().all(|id| !faults.contains_key(id));
+    let file_ok = |e: &Entry| match lists.of(&e.path) {
+        Some(Ok(ids)) => ids.iter().all(|id| !faults.contains_key(id)),
+        _ => false,
+    };
     for (id, fault) in &faults {
         errors.insert(fault.code(id));
     }
     for entry in &manifest.entries {
-        if let Some(f) = entry.file() {
-            if extract::indexed_size(index, f).is_some_and(|s| s != f.size) {
+        if let (Some(f), Some(Ok(ids))) = (entry.file(), lists.of(&entry.path)) {
+            if extract::indexed_size(index, ids).is_some_and(|s| s != f.size) {
                 errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
             }
         }
     }
 
-    report.registry_ok = manifest.registry().map(|reg| {
-        if !file_ok(reg) {
-            return false;
-        }
-        match extract::read_small_file(store, index, reg) {
-            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(_) => true,
-                Err(e) => {
-                    errors.insert(format!("registry_invalid_json: {e}"));
+    let registry = manifest.find(crate::store::manifest::REGISTRY_PATH);
+    report.registry_ok = registry
+        .and_then(|e| e.file().map(|f| (e, f)))
+        .map(|(e, reg)| {
+            if !file_ok(e) {
+                return false;
+            }
+            match extract::read_small_file(store, index, reg) {
+                Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        errors.insert(format!("registry_invalid_json: {e}"));
+                        false
+                    }
+                },
+                Err(ExtractError::TooLarge { limit }) => {
+                    errors.insert(format!(
+                        "registry_too_large: more than {limit} bytes (recorded size {})",
+                        reg.size
+                    ));
                     false
                 }
-            },
-            Err(ExtractError::TooLarge { limit }) => {
-                errors.insert(format!(
-                    "registry_too_large: more than {limit} bytes (recorded size {})",
-                    reg.size
-                ));
-                false
+                // Chunk faults are reported above, each once.
+                Err(_) => false,
             }
-            // Chunk faults are reported above, each once.
-            Err(_) => false,
-        }
-    });
+        });
     report.chroma_ok = manifest
         .chroma_included
-        .then(|| manifest.chroma_files().all(|(_, f)| file_ok(f)));
+        .then(|| manifest.chroma_files().all(|(e, _)| file_ok(e)));
 
     errors.extend(manifest.capture_errors.iter().cloned());
     report.errors = errors.into_iter().collect();
@@ -178,6 +226,7 @@ fn check_db(
     store: &Store,
     index: &ChunkIndex,
     db: &FileEntry,
+    db_ids: &[Id],
     errors: &mut BTreeSet<String>,
 ) -> Result<bool> {
     let prefix = format!("{}-validate-", std::process::id());
@@ -211,7 +260,7 @@ fn check_db(
         Err(ExtractError::Chunk(id, fault)) => {
             errors.insert(fault.code(&id));
             // Keep checking the db's other chunks so every fault is named.
-            for id in &db.chunks {
+            for id in db_ids {
                 if let Err(f) = store.read_chunk(index, id) {
                     errors.insert(f.code(id));
                 }

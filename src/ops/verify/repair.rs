@@ -29,8 +29,10 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
+use crate::store::index::ChunkIndex;
+use crate::store::lists::Reached;
 use crate::store::lock::ExclusiveLock;
-use crate::store::manifest::Manifest;
+use crate::store::manifest::{FileEntry, Manifest};
 use crate::store::packer::Packer;
 use crate::store::{pack, Object, Store};
 use crate::store::{BackendErrorKind, Check, ReadFrom};
@@ -65,14 +67,9 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     for stamp in &stamps {
         match store.read_manifest(stamp, ReadFrom::Cache) {
             Ok(m) => {
-                needed.extend(
-                    m.entries
-                        .iter()
-                        .filter_map(|e| e.file())
-                        .flat_map(|f| f.chunks.iter())
-                        .filter(|id| !index.contains(id))
-                        .copied(),
-                );
+                for f in m.entries.iter().filter_map(|e| e.file()) {
+                    needed.extend(lacking(store, &index, f));
+                }
                 readable.push(stamp.clone());
             }
             Err(e) => {
@@ -160,11 +157,12 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             .iter()
             .filter(|e| {
                 e.file()
-                    .is_some_and(|f| f.chunks.iter().any(|id| !index.contains(id)))
+                    .is_some_and(|f| !lacking(store, &index, f).is_empty())
             })
             .map(|e| e.path_lossy())
             .collect();
         if !damaged.is_empty() {
+            mark_not_validated(store, lock, stamp, &damaged)?;
             out.still_damaged.insert(
                 stamp.to_string(),
                 SnapshotHealth {
@@ -189,6 +187,50 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     Ok(out)
 }
 
+/// The ids file `f` reaches (list blobs and chunks) that the index lacks;
+/// a list blob that does not read is among them (its subtree is unknown).
+fn lacking(store: &Store, index: &ChunkIndex, f: &FileEntry) -> Vec<Id> {
+    let mut out = Vec::new();
+    let walked = store.file_reach(index, f, &mut IdSet::default(), &mut |r| {
+        let (Reached::Blob(id) | Reached::Chunk(id)) = r;
+        if !index.contains(&id) {
+            out.push(id);
+        }
+    });
+    if let Some((id, _)) = walked.err().as_ref().and_then(crate::store::error_fault) {
+        out.push(id);
+    }
+    out
+}
+
+/// Records in a snapshot's summary that files of it stay damaged, so
+/// that `create`'s files cache no longer vouches for its files unread.
+fn mark_not_validated(
+    store: &Store,
+    lock: &ExclusiveLock,
+    stamp: &Stamp,
+    damaged: &[String],
+) -> Result<()> {
+    let Ok(mut summary) = store.read_metadata(stamp) else {
+        return Ok(());
+    };
+    if summary.get("validated") == Some(&serde_json::Value::Bool(false)) {
+        return Ok(());
+    }
+    summary["validated"] = serde_json::Value::Bool(false);
+    let mut errors = summary["validation_errors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    errors.extend(
+        damaged
+            .iter()
+            .map(|p| serde_json::Value::String(format!("file_damaged: {p} (verify --repair)"))),
+    );
+    summary["validation_errors"] = serde_json::Value::Array(errors);
+    store.replace_metadata(lock, stamp, &summary)
+}
+
 /// Whether a failed read of a quarantined pack says something about the
 /// pack (cut short, or gone) rather than about the storage.
 fn pack_damage(e: &std::io::Error) -> bool {
@@ -208,7 +250,7 @@ fn rebuilt_metadata(stamp: &Stamp, m: &Manifest) -> serde_json::Value {
         "chroma_snapshot_included": m.chroma_included,
         "chroma_snapshot_files": m.chroma_file_count(),
         "chroma_snapshot_bytes": m.chroma_bytes(),
-        "chunks_total": m.entries.iter().filter_map(|e| e.file()).map(|f| f.chunks.len() as u64).sum::<u64>(),
+        "chunks_total": m.entries.iter().filter_map(|e| e.file()).map(|f| f.list.len()).sum::<u64>(),
         "validated": m.capture_errors.is_empty(),
         "validation_errors": m.capture_errors,
         "warnings": [],
