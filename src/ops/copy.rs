@@ -400,9 +400,8 @@ impl Copier<'_> {
             // Only fixed-block or content-defined matters for the leaves.
             let page = f.sqlite.then_some(4096);
             let strategy = chunk::strategy_for(path, page, &self.to.config().chunking);
-            let built = self.to.build_list(
+            let built = self.packer.add_list(
                 self.to_index,
-                &mut self.packer,
                 &strategy,
                 &ids,
                 self.prev_trees.get(path.as_slice()),

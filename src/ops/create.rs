@@ -393,13 +393,9 @@ impl<'a> Capture<'a> {
             ChunkList::Ids(_) => None,
         });
         let index = loaded(&mut self.index, self.store)?;
-        let built = self.store.build_list(
-            index,
-            &mut self.packer,
-            &stored.strategy,
-            &stored.chunks,
-            old.as_ref(),
-        )?;
+        let built = self
+            .packer
+            .add_list(index, &stored.strategy, &stored.chunks, old.as_ref())?;
         if let Some(e) = built.old_fault {
             self.warnings.push(format!(
                 "the previous list of {} could not be read ({}: {e}); its new list was built whole",

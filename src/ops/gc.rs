@@ -248,7 +248,6 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
         }
     }
 
-    drop(mark);
     drop(index);
 
     // Home copies: packs with the highest live share (all copies counted)

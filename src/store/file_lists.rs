@@ -1,6 +1,5 @@
 //! Files' chunk lists against the store: the one reader every command
-//! uses ([`Store::file_chunks`]) and the writer `create` and `copy` use
-//! ([`Store::build_list`]).
+//! uses ([`Store::file_chunks`]). The writer is `Packer::add_list`.
 //!
 //! A format-2 file holds the root of a list tree ([`ChunkList::Tree`]); its
 //! list blobs are ordinary blobs in the packs, named by `Sealer::chunk_id`
@@ -9,15 +8,12 @@
 //! blob is `chunk_missing` / `chunk_corrupt` naming it, as a chunk would
 //! be. A format-1 file holds its ids inline ([`ChunkList::Ids`]).
 
-use crate::chunk::Strategy;
 use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 
 use super::index::ChunkIndex;
-use super::lists::{self, BlobSink, BlobSource, BuildStats, LeafCut, ListIter, ListParams};
-use super::lists::{ListBuilder, ListRef, Reached};
+use super::lists::{self, BlobSource, ListIter, ListParams, Reached};
 use super::manifest::{ChunkList, FileEntry};
-use super::packer::Packer;
 use super::packs::ChunkFault;
 use super::Store;
 
@@ -75,37 +71,6 @@ impl Iterator for FileChunks<'_> {
             FileChunks::Tree(it) => it.next(),
         }
     }
-}
-
-/// New list blobs of one build, held until the build ends: the builder
-/// reads the old tree through the index while it writes, and the packer
-/// needs the index mutably. A file's new blobs are a few KiB on a day
-/// (deltas), its whole list (32 B a chunk) on its first snapshot.
-#[derive(Default)]
-struct Pending {
-    blobs: Vec<(Id, Vec<u8>)>,
-    seen: IdSet,
-}
-
-impl BlobSink for Pending {
-    fn put(&mut self, id: Id, bytes: Vec<u8>) -> Result<()> {
-        if self.seen.insert(id) {
-            self.blobs.push((id, bytes));
-        }
-        Ok(())
-    }
-}
-
-/// What [`Store::build_list`] made.
-#[derive(Debug)]
-pub struct BuiltList {
-    pub list: ListRef,
-    pub stats: BuildStats,
-    /// List blobs the store did not hold and that were written.
-    pub blobs_new: u64,
-    /// The previous version's tree could not be read (the new one is
-    /// complete without it): for a warning.
-    pub old_fault: Option<Error>,
 }
 
 impl Store {
@@ -167,53 +132,5 @@ impl Store {
                 lists::reach(&self.list_blobs(index), &self.list_params(), r, seen, visit)
             }
         }
-    }
-
-    /// Builds the list tree of `ids` (a file chunked by `strategy`) into
-    /// new list blobs through `packer`, against `old` (the previous
-    /// version's tree of the same path): unchanged leaves are reused and
-    /// changed fixed-block leaves become deltas.
-    pub fn build_list(
-        &self,
-        index: &mut ChunkIndex,
-        packer: &mut Packer<'_>,
-        strategy: &Strategy,
-        ids: &[Id],
-        old: Option<&ListRef>,
-    ) -> Result<BuiltList> {
-        let params = self.list_params();
-        let sealer = self.sealer().clone();
-        let id_of = move |b: &[u8]| sealer.chunk_id(b);
-        let mut pending = Pending::default();
-        let built = {
-            let blobs = self.list_blobs(index);
-            let mut builder = ListBuilder::new(
-                &params,
-                LeafCut::for_strategy(strategy, &params),
-                &id_of,
-                &mut pending,
-            )?;
-            if let Some(old) = old {
-                builder = builder.with_old(&blobs, old);
-            }
-            for id in ids {
-                builder.push(*id)?;
-            }
-            builder.finish()?
-        };
-        let mut blobs_new = 0;
-        for (id, bytes) in pending.blobs {
-            let raw_len = bytes.len() as u32;
-            let stored = self.sealer().seal(bytes, &id.0);
-            if packer.add(index, id, &stored, raw_len, false)? {
-                blobs_new += 1;
-            }
-        }
-        Ok(BuiltList {
-            list: built.list,
-            stats: built.stats,
-            blobs_new,
-            old_fault: built.old_fault,
-        })
     }
 }

@@ -40,7 +40,7 @@ pub mod seal;
 mod snapshots;
 mod tmp;
 
-pub use file_lists::{error_fault, fault_error, BuiltList, FileChunks, StoreBlobs};
+pub use file_lists::{error_fault, fault_error, FileChunks, StoreBlobs};
 pub use open::InitOptions;
 pub use packs::{Check, ChunkFault, PackLayout};
 pub use snapshots::{IncompleteSnapshot, ReadFrom, SnapshotListing};

@@ -95,8 +95,11 @@ pub fn validate_manifest(
 /// is re-hashed like a chunk); a file whose list does not read has the
 /// blob at fault instead.
 struct FileLists<'m> {
-    ids: HashMap<&'m [u8], std::result::Result<Vec<Id>, (Id, ChunkFault)>>,
+    ids: HashMap<&'m [u8], FileIds>,
 }
+
+/// A file's chunk ids, or the list blob at fault.
+type FileIds = std::result::Result<Vec<Id>, (Id, ChunkFault)>;
 
 impl<'m> FileLists<'m> {
     fn read(store: &Store, index: &ChunkIndex, manifest: &'m Manifest) -> FileLists<'m> {
@@ -114,7 +117,7 @@ impl<'m> FileLists<'m> {
         FileLists { ids }
     }
 
-    fn of(&self, path: &[u8]) -> Option<&std::result::Result<Vec<Id>, (Id, ChunkFault)>> {
+    fn of(&self, path: &[u8]) -> Option<&FileIds> {
         self.ids.get(path)
     }
 }
