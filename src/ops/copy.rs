@@ -404,7 +404,10 @@ impl Copier<'_> {
                 self.to_index,
                 &strategy,
                 &ids,
-                self.prev_trees.get(path.as_slice()),
+                self.prev_trees
+                    .get(path.as_slice())
+                    .map(std::slice::from_ref)
+                    .unwrap_or_default(),
             )?;
             f.list = ChunkList::Tree(built.list);
             trees.insert(path.clone(), built.list);

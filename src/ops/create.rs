@@ -218,6 +218,9 @@ pub(crate) fn capture(
 /// The previous snapshot, for the files cache and as the old trees.
 struct Previous {
     manifest: Manifest,
+    /// The readable snapshot before it, when it is suspect: the trees its
+    /// own trees were built against (see `Packer::add_list`).
+    older: Option<Manifest>,
     /// Its summary does not say it validated (a capture error, or `verify
     /// --repair` found chunks of it lost): the cache then checks that a
     /// file's chunks are all stored before it vouches for the file.
@@ -230,20 +233,23 @@ struct Previous {
 /// forever and stand in for every later create's previous snapshot.
 fn newest_manifest(store: &Store, wanted: &Stamp) -> Option<Previous> {
     let listing = store.list_snapshots().ok()?;
-    let (stamp, manifest) = listing
+    let mut readable = listing
         .stamps
         .iter()
         .rev()
         .filter(|s| s.time() <= wanted.time())
-        .take(3)
-        .find_map(|s| Some((s, store.read_manifest(s, ReadFrom::Cache).ok()?)))?;
+        .take(4)
+        .filter_map(|s| Some((s, store.read_manifest(s, ReadFrom::Cache).ok()?)));
+    let (stamp, manifest) = readable.next()?;
     let validated = store
         .read_metadata(stamp)
         .ok()
         .and_then(|m| m.get("validated").and_then(|v| v.as_bool()));
+    let suspect = validated != Some(true);
     Some(Previous {
         manifest,
-        suspect: validated != Some(true),
+        older: suspect.then(|| readable.next().map(|(_, m)| m)).flatten(),
+        suspect,
     })
 }
 
@@ -311,6 +317,8 @@ struct Capture<'a> {
     cache: HashMap<Vec<u8>, FileEntry>,
     /// See [`Previous::suspect`].
     cache_suspect: bool,
+    /// See [`Previous::older`]: its trees by path.
+    older: HashMap<Vec<u8>, ListRef>,
     entries: Vec<Entry>,
     errors: Vec<String>,
     warnings: Vec<String>,
@@ -339,13 +347,29 @@ fn loaded<'i>(index: &'i mut Option<ChunkIndex>, store: &Store) -> Result<&'i mu
 impl<'a> Capture<'a> {
     fn new(
         store: &'a Store,
-        previous: Option<Previous>,
+        mut previous: Option<Previous>,
         progress: &'a dyn Progress,
     ) -> Capture<'a> {
         // A snapshot that met capture errors is not trusted as a cache. The
         // manifest is consumed: its list roots move into the cache, and
         // from there into the new manifest, never copied.
         let cache_suspect = previous.as_ref().is_some_and(|p| p.suspect);
+        let older = previous
+            .as_mut()
+            .and_then(|p| p.older.take())
+            .map(|m| {
+                m.entries
+                    .into_iter()
+                    .filter_map(|e| match e.kind {
+                        EntryKind::File(FileEntry {
+                            list: ChunkList::Tree(r),
+                            ..
+                        }) => Some((e.path, r)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let cache = previous
             .map(|p| p.manifest)
             .filter(|m| m.capture_errors.is_empty())
@@ -366,6 +390,7 @@ impl<'a> Capture<'a> {
             progress,
             cache,
             cache_suspect,
+            older,
             entries: Vec::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -388,14 +413,20 @@ impl<'a> Capture<'a> {
     /// The list of a file just stored: its tree, built against the
     /// previous snapshot's tree of the same path.
     fn list_of(&mut self, path: &[u8], stored: &Stored) -> Result<ChunkList> {
-        let old: Option<ListRef> = self.cache.get(path).and_then(|e| match &e.list {
-            ChunkList::Tree(r) => Some(*r),
-            ChunkList::Ids(_) => None,
-        });
+        let olds: Vec<ListRef> = [
+            self.cache.get(path).and_then(|e| match &e.list {
+                ChunkList::Tree(r) => Some(*r),
+                ChunkList::Ids(_) => None,
+            }),
+            self.older.get(path).copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let index = loaded(&mut self.index, self.store)?;
         let built = self
             .packer
-            .add_list(index, &stored.strategy, &stored.chunks, old.as_ref())?;
+            .add_list(index, &stored.strategy, &stored.chunks, &olds)?;
         if let Some(e) = built.old_fault {
             self.warnings.push(format!(
                 "the previous list of {} could not be read ({}: {e}); its new list was built whole",

@@ -124,52 +124,69 @@ impl<'s> Packer<'s> {
     }
 
     /// Builds the list tree of `ids` (a file chunked by `strategy`) into
-    /// new list blobs, against `old` (the previous version's tree of the
-    /// same path): unchanged leaves are reused and changed fixed-block
-    /// leaves become deltas. List blobs are stored as chunk entries,
-    /// sealed with their id as AD and never compressed (ids do not
-    /// compress).
+    /// new list blobs, against an old tree of the same path: unchanged
+    /// leaves are reused and changed fixed-block leaves become deltas.
+    /// `olds` are tried in order (the previous snapshot's tree, then an
+    /// older one) until one reads whole: so a rebuild whose previous tree
+    /// lost a blob can rebuild that snapshot's own blobs against the tree
+    /// it was built against, and heal it. List blobs are stored as chunk
+    /// entries, sealed with their id as AD and never compressed (ids do
+    /// not compress).
     pub fn add_list(
         &mut self,
         index: &mut ChunkIndex,
         strategy: &Strategy,
         ids: &[Id],
-        old: Option<&ListRef>,
+        olds: &[ListRef],
     ) -> Result<BuiltList> {
         let store = self.store;
         let params = store.list_params();
         let sealer = store.sealer().clone();
         let id_of = move |b: &[u8]| sealer.chunk_id(b);
-        let mut pending = Pending::default();
-        let built = {
-            let blobs = store.list_blobs(index);
-            let mut builder = ListBuilder::new(
-                &params,
-                LeafCut::for_strategy(strategy, &params),
-                &id_of,
-                &mut pending,
-            )?;
-            if let Some(old) = old {
-                builder = builder.with_old(&blobs, old);
-            }
-            for id in ids {
-                builder.push(*id)?;
-            }
-            builder.finish()?
-        };
-        let mut blobs_new = 0;
-        for (id, bytes) in pending.blobs {
-            let raw_len = bytes.len() as u32;
-            let stored = store.sealer().seal(bytes, &id.0);
-            if self.add(index, id, &stored, raw_len, false)? {
-                blobs_new += 1;
-            }
+        let mut tries = olds.iter().map(Some).collect::<Vec<_>>();
+        if tries.is_empty() {
+            tries.push(None);
         }
-        Ok(BuiltList {
-            list: built.list,
-            stats: built.stats,
-            blobs_new,
-            old_fault: built.old_fault,
+        let mut first_fault = None;
+        for (n, old) in tries.iter().enumerate() {
+            let mut pending = Pending::default();
+            let built = {
+                let blobs = store.list_blobs(index);
+                let mut builder = ListBuilder::new(
+                    &params,
+                    LeafCut::for_strategy(strategy, &params),
+                    &id_of,
+                    &mut pending,
+                )?;
+                if let Some(old) = old {
+                    builder = builder.with_old(&blobs, old);
+                }
+                for id in ids {
+                    builder.push(*id)?;
+                }
+                builder.finish()?
+            };
+            if built.old_fault.is_some() && n + 1 < tries.len() {
+                first_fault = first_fault.or(built.old_fault);
+                continue;
+            }
+            let mut blobs_new = 0;
+            for (id, bytes) in pending.blobs {
+                let raw_len = bytes.len() as u32;
+                let stored = store.sealer().seal(bytes, &id.0);
+                if self.add(index, id, &stored, raw_len, false)? {
+                    blobs_new += 1;
+                }
+            }
+            return Ok(BuiltList {
+                list: built.list,
+                stats: built.stats,
+                blobs_new,
+                old_fault: first_fault.or(built.old_fault),
+            });
+        }
+        Err(Error::Encode {
+            detail: "no list was built".into(),
         })
     }
 

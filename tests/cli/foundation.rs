@@ -182,6 +182,7 @@ fn truncated_pack_is_chunk_missing() {
         .to_string();
     let id = env.file_chunks(&stamp, "atocore.db")[0];
     let (pack, _, _) = env.chunk_location(&id);
+    let id = env.first_missing(&stamp, "atocore.db", &pack, id);
     let len = fs::metadata(&pack).unwrap().len();
     truncate(&pack, len / 2);
     let out = validate(&env, &stamp);
@@ -202,6 +203,7 @@ fn deleted_pack_is_chunk_missing() {
         .to_string();
     let id = env.file_chunks(&stamp, "project-registry.json")[0];
     let (pack, _, _) = env.chunk_location(&id);
+    let id = env.first_missing(&stamp, "project-registry.json", &pack, id);
     fs::remove_file(&pack).unwrap();
     let out = validate(&env, &stamp);
     assert_eq!(out.code, 3, "{out:?}");

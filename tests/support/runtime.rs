@@ -186,6 +186,28 @@ impl Runtime {
             .unwrap()
     }
 
+    /// The root of the list tree of a file in a snapshot (format 2).
+    pub fn list_root(&self, stamp: &str, path: &str) -> Id {
+        let m = self.manifest(stamp);
+        let entry = m.find(path).unwrap_or_else(|| panic!("{path} in {stamp}"));
+        match &entry.file().expect("a file").list {
+            atosnap::store::manifest::ChunkList::Tree(r) => r.root.expect("a non-empty file"),
+            atosnap::store::manifest::ChunkList::Ids(_) => panic!("{path}: a format-1 list"),
+        }
+    }
+
+    /// What a reader of `path` in `stamp` misses first when `pack` is
+    /// gone: the file's list root when the tree is in that pack (list
+    /// blobs share the packs of the chunks written with them), else
+    /// `chunk`.
+    pub fn first_missing(&self, stamp: &str, path: &str, pack: &std::path::Path, chunk: Id) -> Id {
+        let root = self.list_root(stamp, path);
+        match self.chunk_location(&root).0 == pack {
+            true => root,
+            false => chunk,
+        }
+    }
+
     /// Every id snapshot `stamp` reaches: its chunks and list blobs.
     pub fn reachable_ids(&self, stamp: &str) -> std::collections::BTreeSet<Id> {
         let store = self.open_store();
