@@ -216,7 +216,7 @@ impl Quarantine {
             Err(err) => return Err(Error::io("read", store.display(pack), err)),
         };
         match store.check_chunk(&stored, id, e.compressed, e.raw_len) {
-            Ok(()) => Ok(Some((stored, e.clone()))),
+            Ok(()) => Ok(Some((stored, *e))),
             Err(_) => Ok(None),
         }
     }
