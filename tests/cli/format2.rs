@@ -341,6 +341,7 @@ fn writes_to_a_format_1_store_are_refused_and_change_nothing() {
         vec!["forget", "--confirm", stamp],
         vec!["cleanup", "--confirm"],
         vec!["verify", "--repair"],
+        vec!["policy", "set", "--keep-last", "3"],
     ] {
         let out = env.run(&args);
         assert_eq!(out.code, 1, "{args:?}: {out:?}");
