@@ -101,9 +101,11 @@ fn outage_now(child: Child, stopped: impl FnOnce()) -> (i32, serde_json::Value) 
     let out = child.wait_with_output().unwrap();
     let waited = started.elapsed();
     garage("start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         waited < Duration::from_secs(120),
-        "the command hung {waited:?} after the server went away"
+        "the command hung {waited:?} after the server went away; its stderr ends: {}",
+        &stderr[stderr.len().saturating_sub(3000)..]
     );
     let code = out.status.code().unwrap_or(-1);
     let json: serde_json::Value =
@@ -412,4 +414,86 @@ fn a_silent_endpoint_fails_within_the_configured_timeout() {
     // Two attempts of 2 s (plus a pause each, as retried inside and when
     // the store is opened); the default would take minutes.
     assert!(took < Duration::from_secs(40), "{took:?}: {json}");
+}
+
+/// A pack the server fails to deliver says nothing about the pack: a
+/// validate or a gc rewrite that meets the outage stops with a storage
+/// error (exit 1), never `chunk_corrupt` (exit 3), and touches nothing.
+/// (Before, a read that failed mid-stream was reported as a corrupt chunk,
+/// and gc kept the pack "as it is" with exit 3.)
+#[test]
+fn the_server_going_away_mid_read_is_a_storage_failure_not_damage() {
+    let Some(bucket) = bucket() else { return };
+    let _serial = one_outage_at_a_time();
+    let s = S3Rt::new(&bucket, "outage-read");
+    let mixed = s.rt.chroma().join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    for i in 0..24u64 {
+        std::fs::write(
+            mixed.join(format!("{i:03}-keep.dat")),
+            noise(1 << 20, 300 + i),
+        )
+        .unwrap();
+        std::fs::write(
+            mixed.join(format!("{i:03}-drop.dat")),
+            noise(13 << 17, 3000 + i),
+        )
+        .unwrap();
+    }
+    let first = s.ok(&["create", "--chroma"]);
+    let first = first["stamp"].as_str().unwrap().to_string();
+
+    let paused = |args: &[&str], point: &str| {
+        let release = s.rt.path(&format!("{point}-release").replace(':', "-"));
+        let mut reached = release.clone().into_os_string();
+        reached.push(".reached");
+        let child = spawn_env(
+            &s,
+            args,
+            &[
+                SHORT_LOCK_TTL,
+                ("ATOSNAP_FAILPOINT_PAUSE", point),
+                ("ATOSNAP_FAILPOINT_RELEASE", release.to_str().unwrap()),
+            ],
+        );
+        let reached = std::path::PathBuf::from(reached);
+        wait_for(|| reached.exists());
+        assert!(reached.exists(), "{args:?} never reached {point}");
+        outage_now(child, || std::fs::write(&release, b"go").unwrap())
+    };
+
+    let (code, json) = paused(&["validate", &first], "validate:before-chunks");
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json["error"]["code"], "io_error", "{json}");
+    assert!(!json.to_string().contains("chunk_corrupt"), "{json}");
+
+    for i in 0..24u64 {
+        std::fs::remove_file(mixed.join(format!("{i:03}-drop.dat"))).unwrap();
+    }
+    s.ok(&["create", "--chroma"]);
+    // The default grace period keeps every pack through forget's own gc.
+    s.ok(&["forget", &first, "--confirm"]);
+    let dry = s.ok(&["gc", "--grace-period", "0"]);
+    assert!(
+        !dry["would_rewrite_packs"].as_array().unwrap().is_empty(),
+        "a sparse pack to rewrite: {dry}"
+    );
+    let before = packs(s.backend().as_ref());
+    let (code, json) = paused(
+        &["gc", "--confirm", "--grace-period", "0"],
+        "gc:before-rewrite",
+    );
+    assert_eq!(code, 1, "{json}");
+    let errors = json["errors"].to_string();
+    assert!(!errors.contains("chunk_corrupt"), "{json}");
+    assert!(errors.contains("could not read"), "{json}");
+    assert_eq!(
+        json["rewritten_packs"].as_array().map_or(0, Vec::len),
+        0,
+        "{json}"
+    );
+    assert!(
+        packs(s.backend().as_ref()) >= before - dry["would_delete_packs"].as_array().unwrap().len()
+    );
+    assert_whole(&s);
 }

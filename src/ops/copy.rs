@@ -445,7 +445,7 @@ impl Copier<'_> {
             }
             match self.from_index.get(id) {
                 Some(loc) => needed.push((*id, *loc)),
-                None => return Ok(Err(fault_error(id, ChunkFault::Missing))),
+                None => return Ok(Err(ChunkFault::Missing.into_error(id))),
             }
         }
         drop(seen);
@@ -494,10 +494,10 @@ impl Copier<'_> {
         let prepared: Vec<std::result::Result<(Id, Option<Ready>), Error>> = batch
             .par_iter()
             .map(|(id, loc)| {
-                let stored = read_stored(from, index, loc).map_err(|f| fault_error(id, f))?;
+                let stored = read_stored(from, index, loc).map_err(|f| f.into_error(id))?;
                 if !rewrite {
                     from.check_chunk(&stored, id, loc.compressed(), loc.raw_len)
-                        .map_err(|f| fault_error(id, f))?;
+                        .map_err(|f| f.into_error(id))?;
                     return Ok((
                         *id,
                         Some(Ready {
@@ -510,7 +510,7 @@ impl Copier<'_> {
                 }
                 let raw = from
                     .decode_chunk(stored, id, loc.compressed(), loc.raw_len)
-                    .map_err(|f| fault_error(id, f))?;
+                    .map_err(|f| f.into_error(id))?;
                 let new_id = to.sealer().chunk_id(&raw);
                 if packer.has(to_index, &new_id) {
                     return Ok((new_id, None));
@@ -552,18 +552,6 @@ fn read_stored(
     loc: &Location,
 ) -> std::result::Result<Vec<u8>, ChunkFault> {
     store.read_stored(&index.pack(loc.pack).id, loc)
-}
-
-fn fault_error(id: &Id, fault: ChunkFault) -> Error {
-    match fault {
-        ChunkFault::Missing => Error::ChunkMissing {
-            hash: id.to_string(),
-        },
-        ChunkFault::Corrupt(detail) => Error::ChunkCorrupt {
-            hash: id.to_string(),
-            detail,
-        },
-    }
 }
 
 /// Renames a file's chunks with their destination ids (each was mapped by

@@ -166,11 +166,11 @@ pub fn dump_to_file(
 /// A chunk that cannot be read, named with the file it belongs to.
 pub fn chunk_error(e: ExtractError, path: &str, output: &str) -> Error {
     match e {
-        ExtractError::Chunk(id, ChunkFault::Missing) => Error::ChunkMissing { hash: id.to_hex() },
         ExtractError::Chunk(id, ChunkFault::Corrupt(detail)) => Error::ChunkCorrupt {
             hash: id.to_hex(),
             detail: format!("{detail} (a chunk of {path})"),
         },
+        ExtractError::Chunk(id, fault) => fault.into_error(&id),
         ExtractError::Write(e) => Error::io("write", output, e),
         // Only in-memory reads are bounded; dump streams, but a file larger
         // than its recorded size is still refused, naming it.

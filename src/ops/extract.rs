@@ -77,12 +77,17 @@ pub fn write_file<W: Write>(
         if batch.is_empty() {
             break;
         }
-        let data: Vec<Result<Vec<u8>, (Id, ChunkFault)>> = batch
+        // The first fault stops the batch's other reads: against a store
+        // that cannot be reached, each would wait out its retries.
+        let data: Vec<Vec<u8>> = batch
             .par_iter()
-            .map(|id| source.read(store, index, id).map_err(|f| (*id, f)))
-            .collect();
+            .map(|id| {
+                source
+                    .read(store, index, id)
+                    .map_err(|f| ExtractError::Chunk(*id, f))
+            })
+            .collect::<Result<_, _>>()?;
         for chunk in data {
-            let chunk = chunk.map_err(|(id, f)| ExtractError::Chunk(id, f))?;
             out.write_all(&chunk).map_err(ExtractError::Write)?;
             written += chunk.len() as u64;
             on_bytes(chunk.len() as u64);
@@ -93,10 +98,18 @@ pub fn write_file<W: Write>(
 
 /// A file's list that cannot be read: the list blob at fault, reported as
 /// a chunk.
+/// Anything else (the storage failed) stays a failure, never damage.
 pub fn list_error(e: crate::error::Error) -> ExtractError {
     match crate::store::error_fault(&e) {
         Some((id, fault)) => ExtractError::Chunk(id, fault),
-        None => ExtractError::Chunk(Id([0; 32]), ChunkFault::Corrupt(e.to_string())),
+        None => ExtractError::Chunk(
+            Id([0; 32]),
+            ChunkFault::Unreadable {
+                pack: std::path::PathBuf::from("a list blob"),
+                kind: std::io::ErrorKind::Other,
+                detail: e.to_string(),
+            },
+        ),
     }
 }
 

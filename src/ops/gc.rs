@@ -371,9 +371,15 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
     let mut packer = Packer::new(store);
     let mut copied: Vec<&PackPlan> = Vec::new();
     let mut write_error = None;
+    crate::failpoint::pause("gc:before-rewrite");
     for p in plan.with_action(Action::Rewrite) {
         match copy_live(store, &mut packer, &mut scratch, p) {
             Ok(()) => copied.push(p),
+            // The storage failed, not the pack: stop as for a failed write.
+            Err(CopyError::Chunk(id, fault @ ChunkFault::Unreadable { .. })) => {
+                write_error = Some(fault.into_error(&id));
+                break;
+            }
             Err(CopyError::Chunk(id, fault)) => {
                 out.integrity_problem = true;
                 out.errors.push(format!(
@@ -440,17 +446,11 @@ fn copy_live(
     let mut live = p.live.clone();
     live.sort_by_key(|e| e.offset);
     for e in &live {
+        let pack = Object::Listed(p.name.clone());
         let stored = store
-            .read_object_range(
-                &Object::Listed(p.name.clone()),
-                e.offset as u64,
-                e.stored_len as usize,
-            )
+            .read_object_range(&pack, e.offset as u64, e.stored_len as usize)
             .map_err(|err| {
-                CopyError::Chunk(
-                    e.id,
-                    ChunkFault::Corrupt(format!("pack {} unreadable: {err}", p.name)),
-                )
+                CopyError::Chunk(e.id, ChunkFault::of_read_error(store.display(&pack), &err))
             })?;
         store
             .decode_chunk(stored.clone(), &e.id, e.compressed, e.raw_len)

@@ -32,20 +32,22 @@ impl BlobSource for StoreBlobs<'_> {
     }
 }
 
-/// The error for a blob that could not be read: the chunk codes.
+/// The error for a blob that could not be read: the chunk codes (a
+/// storage failure stays an I/O error, never damage).
 pub fn fault_error(id: &Id, fault: ChunkFault) -> Error {
     match fault {
-        ChunkFault::Missing => Error::ChunkMissing { hash: id.to_hex() },
         ChunkFault::Corrupt(detail) => Error::ChunkCorrupt {
             hash: id.to_hex(),
             detail: format!("list blob: {detail}"),
         },
+        other => other.into_error(id),
     }
 }
 
 /// The blob an error names and what is wrong with it, when it is a
-/// blob's fault (`chunk_missing` / `chunk_corrupt`): how validate and
-/// verify report a list blob like a chunk.
+/// blob's damage (`chunk_missing` / `chunk_corrupt`): how validate and
+/// verify report a list blob like a chunk. None for anything else (a
+/// storage failure): the command stops with that error.
 pub fn error_fault(e: &Error) -> Option<(Id, ChunkFault)> {
     let (hash, fault) = match e {
         Error::ChunkMissing { hash } => (hash, ChunkFault::Missing),

@@ -3,7 +3,9 @@
 
 use rayon::prelude::*;
 
-use crate::error::{IoContext, Result};
+use std::path::PathBuf;
+
+use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 
 use super::backend::{self, BackendErrorKind};
@@ -27,6 +29,15 @@ pub struct PackLayout {
 pub enum ChunkFault {
     Missing,
     Corrupt(String),
+    /// Its pack could not be read: the storage failed (a refused
+    /// connection, a cut stream, a timeout), which says nothing about the
+    /// chunk. Never reported as damage: the command stops with an I/O
+    /// error instead ([`ChunkFault::into_error`]), so a retry can succeed.
+    Unreadable {
+        pack: PathBuf,
+        kind: std::io::ErrorKind,
+        detail: String,
+    },
 }
 
 impl ChunkFault {
@@ -35,6 +46,40 @@ impl ChunkFault {
         match self {
             ChunkFault::Missing => format!("chunk_missing:{id}"),
             ChunkFault::Corrupt(_) => format!("chunk_corrupt:{id}"),
+            ChunkFault::Unreadable { .. } => format!("chunk_unreadable:{id}"),
+        }
+    }
+
+    /// What a failed read of `pack` means for the chunks in it: a pack
+    /// gone is a missing chunk, one the backend (not the transport) found
+    /// cut short a corrupt one, anything else a storage failure. A
+    /// transient failure is never damage, whatever its `io::ErrorKind`: a
+    /// download cut mid-stream may say `UnexpectedEof`.
+    pub fn of_read_error(pack: PathBuf, e: &std::io::Error) -> ChunkFault {
+        match BackendErrorKind::of(e) {
+            BackendErrorKind::NotFound => ChunkFault::Missing,
+            BackendErrorKind::Permanent if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                ChunkFault::Corrupt(format!("pack {} is truncated", pack.display()))
+            }
+            _ => ChunkFault::Unreadable {
+                pack,
+                kind: e.kind(),
+                detail: e.to_string(),
+            },
+        }
+    }
+
+    /// The error a command stops with when it cannot read chunk `id`.
+    pub fn into_error(self, id: &Id) -> Error {
+        match self {
+            ChunkFault::Missing => Error::ChunkMissing { hash: id.to_hex() },
+            ChunkFault::Corrupt(detail) => Error::ChunkCorrupt {
+                hash: id.to_hex(),
+                detail,
+            },
+            ChunkFault::Unreadable { pack, kind, detail } => {
+                Error::io("read", pack, std::io::Error::new(kind, detail))
+            }
         }
     }
 }
@@ -230,23 +275,17 @@ impl Store {
     }
 
     /// The stored bytes of the chunk at `loc` in pack `pack`, as they are
-    /// in the pack (sealed, maybe compressed): a missing pack is a missing
-    /// chunk, a short or unreadable one a corrupt chunk.
+    /// in the pack (sealed, maybe compressed); a failed read as
+    /// [`ChunkFault::of_read_error`] says.
     pub fn read_stored(
         &self,
         pack: &Id,
         loc: &Location,
     ) -> std::result::Result<Vec<u8>, ChunkFault> {
-        let name = Object::Pack(*pack).name();
+        let pack = Object::Pack(*pack);
         self.backend
-            .read_range(&name, loc.offset as u64, loc.stored_len() as usize)
-            .map_err(|e| match BackendErrorKind::of(&e) {
-                BackendErrorKind::NotFound => ChunkFault::Missing,
-                _ if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    ChunkFault::Corrupt(format!("pack {name} is truncated"))
-                }
-                _ => ChunkFault::Corrupt(format!("pack {name} unreadable: {e}")),
-            })
+            .read_range(&pack.name(), loc.offset as u64, loc.stored_len() as usize)
+            .map_err(|e| ChunkFault::of_read_error(self.display(&pack), &e))
     }
 
     /// Turns a stored chunk back into its raw bytes and checks its id.

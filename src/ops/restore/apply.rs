@@ -18,7 +18,7 @@ use crate::ops::extract::{self, ExtractError};
 use crate::progress::Progress;
 use crate::store::index::ChunkIndex;
 use crate::store::manifest::{Entry, EntryKind, FileEntry, Manifest};
-use crate::store::{ChunkFault, Store};
+use crate::store::Store;
 
 use super::plan::{path_of, ChromaPlan, RestorePlan, Reusable, S_IFLNK, S_IFMT};
 use super::{chroma_rel, TEMP_PREFIX};
@@ -166,11 +166,7 @@ fn wanted_owner(target: &Path) -> Option<(u32, u32)> {
 
 fn extract_error(e: ExtractError, tmp: &Path) -> Error {
     match e {
-        ExtractError::Chunk(id, ChunkFault::Missing) => Error::ChunkMissing { hash: id.to_hex() },
-        ExtractError::Chunk(id, ChunkFault::Corrupt(detail)) => Error::ChunkCorrupt {
-            hash: id.to_hex(),
-            detail,
-        },
+        ExtractError::Chunk(id, fault) => fault.into_error(&id),
         ExtractError::Write(e) => Error::io("write", tmp, e),
         ExtractError::TooLarge { limit } => Error::TargetInvalid {
             path: tmp.to_path_buf(),

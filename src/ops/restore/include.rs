@@ -212,14 +212,6 @@ fn prepare_target(dir: &Path, live: &[PathBuf; 3]) -> Result<()> {
     restore::refuse_live_dir(dir, [&live[0], &live[1], &live[2]])
 }
 
-/// `chunk_missing:<id>` / `chunk_corrupt:<id>` for a list blob at fault.
-fn list_code(e: &Error) -> String {
-    match crate::store::error_fault(e) {
-        Some((id, fault)) => fault.code(&id),
-        None => format!("{}: {e}", e.code()),
-    }
-}
-
 /// Reads every chunk of the chosen files (re-hashed); the first fault
 /// refuses the restore, naming the chunk and the file.
 fn check_chunks(
@@ -234,11 +226,16 @@ fn check_chunks(
         let Some(f) = e.file() else { continue };
         match store.file_chunk_ids(index, f) {
             Ok(ids) => wanted.extend(ids.into_iter().map(|id| (id, *e))),
-            Err(err) => faults.push(format!(
-                "{} (the list of {})",
-                list_code(&err),
-                e.path_lossy()
-            )),
+            // A list blob's damage is a fault like a chunk's; a storage
+            // failure is the error.
+            Err(err) => {
+                let (id, fault) = crate::store::error_fault(&err).ok_or(err)?;
+                faults.push(format!(
+                    "{} (the list of {})",
+                    fault.code(&id),
+                    e.path_lossy()
+                ))
+            }
         }
     }
     faults.extend(

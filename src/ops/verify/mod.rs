@@ -84,8 +84,9 @@ pub fn validate_manifest(
     manifest: &Manifest,
     report: &mut ValidateReport,
 ) -> Result<()> {
-    let lists = FileLists::read(store, index, manifest);
+    let lists = FileLists::read(store, index, manifest)?;
     let every_chunk = lists.ids.values().filter_map(|r| r.as_ref().ok()).flatten();
+    crate::failpoint::pause("validate:before-chunks");
     store.with_packs_prefetched(index, every_chunk, || {
         check_manifest(store, index, manifest, &lists, report)
     })
@@ -102,31 +103,24 @@ struct FileLists<'m> {
 type FileIds = std::result::Result<Vec<Id>, (Id, ChunkFault)>;
 
 impl<'m> FileLists<'m> {
-    fn read(store: &Store, index: &ChunkIndex, manifest: &'m Manifest) -> FileLists<'m> {
-        let ids = manifest
-            .entries
-            .iter()
-            .filter_map(|e| e.file().map(|f| (e, f)))
-            .map(|(e, f)| {
-                (
-                    &e.path[..],
-                    store.file_chunk_ids(index, f).map_err(blob_fault),
-                )
-            })
-            .collect();
-        FileLists { ids }
+    /// A list that cannot be read for a storage failure (not damage) is
+    /// the error.
+    fn read(store: &Store, index: &ChunkIndex, manifest: &'m Manifest) -> Result<FileLists<'m>> {
+        let mut ids = HashMap::new();
+        for e in &manifest.entries {
+            let Some(f) = e.file() else { continue };
+            let read = match store.file_chunk_ids(index, f) {
+                Ok(list) => Ok(list),
+                Err(err) => Err(crate::store::error_fault(&err).ok_or(err)?),
+            };
+            ids.insert(&e.path[..], read);
+        }
+        Ok(FileLists { ids })
     }
 
     fn of(&self, path: &[u8]) -> Option<&FileIds> {
         self.ids.get(path)
     }
-}
-
-/// The list blob a failed list read names (a list read fails only on a
-/// blob's fault; anything else is named as a damaged all-zero id).
-fn blob_fault(e: Error) -> (Id, ChunkFault) {
-    crate::store::error_fault(&e)
-        .unwrap_or_else(|| (Id([0; 32]), ChunkFault::Corrupt(e.to_string())))
 }
 
 fn check_manifest(
@@ -173,7 +167,8 @@ fn check_manifest(
     let faults: HashMap<Id, ChunkFault> = others
         .par_iter()
         .filter_map(|id| store.read_chunk(index, id).err().map(|f| (**id, f)))
-        .collect();
+        .map(|(id, f)| damage_only(id, f).map(|f| (id, f)))
+        .collect::<Result<_>>()?;
     let file_ok = |e: &Entry| match lists.of(&e.path) {
         Some(Ok(ids)) => ids.iter().all(|id| !faults.contains_key(id)),
         _ => false,
@@ -225,6 +220,18 @@ fn check_manifest(
     Ok(())
 }
 
+/// A chunk whose pack the storage failed to deliver proves nothing either
+/// way: validation stops at the first such read with that I/O error
+/// (exit 1) instead of calling the snapshot damaged, and without trying
+/// every other chunk of a store it cannot reach (each try waits out the
+/// retries).
+fn damage_only(id: Id, fault: ChunkFault) -> Result<ChunkFault> {
+    match fault {
+        ChunkFault::Unreadable { .. } => Err(fault.into_error(&id)),
+        damage => Ok(damage),
+    }
+}
+
 fn check_db(
     store: &Store,
     index: &ChunkIndex,
@@ -261,11 +268,11 @@ fn check_db(
     ) {
         Ok(_) => {}
         Err(ExtractError::Chunk(id, fault)) => {
-            errors.insert(fault.code(&id));
+            errors.insert(damage_only(id, fault)?.code(&id));
             // Keep checking the db's other chunks so every fault is named.
             for id in db_ids {
                 if let Err(f) = store.read_chunk(index, id) {
-                    errors.insert(f.code(id));
+                    errors.insert(damage_only(*id, f)?.code(id));
                 }
             }
             return Ok(false);

@@ -7,7 +7,9 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::store::backend::{create_private_dir_all, create_private_file};
+use crate::store::backend::{
+    create_private_dir_all, create_private_file, tagged, BackendErrorKind,
+};
 use crate::store::pack;
 
 use super::{lock, S3Backend};
@@ -110,7 +112,8 @@ impl Spool {
             let src = reader.into_std_read(..).map_err(|e| backend.err(name, e))?;
             Ok(Box::new(backend.pacers.reading(src)))
         };
-        let size = Self::download_checked(name, fetch, &part, &slot.path)?;
+        let stored_size = || crate::store::backend::Backend::size(backend, name);
+        let size = Self::download_checked(name, fetch, stored_size, &part, &slot.path)?;
         let f = Arc::new(File::open(&slot.path)?);
         *guard = Some(f.clone());
         drop(guard);
@@ -122,11 +125,15 @@ impl Spool {
     /// `part`, then renames it to `to`; returns its size. A pack is named
     /// by the hash of its bytes, so a copy that does not hash to its name
     /// (a stream cut short or garbled on the way) is fetched once more. A
-    /// second mismatch is the object in the bucket itself: that copy is
-    /// kept, and the chunk checks of the readers name what is damaged.
+    /// second mismatch of the object's full size (`stored_size`) is the
+    /// object in the bucket itself: that copy is kept, and the chunk checks
+    /// of the readers name what is damaged. A second copy of another size
+    /// is the transport failing again: a transient error, never kept, so it
+    /// is not reported as damage.
     fn download_checked(
         name: &str,
         mut fetch: impl FnMut() -> io::Result<Box<dyn Read>>,
+        stored_size: impl FnOnce() -> io::Result<u64>,
         part: &Path,
         to: &Path,
     ) -> io::Result<u64> {
@@ -150,6 +157,17 @@ impl Spool {
                 continue;
             }
             if !intact {
+                let want = stored_size().inspect_err(|_| {
+                    let _ = fs::remove_file(part);
+                })?;
+                if n != want {
+                    let _ = fs::remove_file(part);
+                    return Err(tagged(
+                        io::ErrorKind::UnexpectedEof,
+                        BackendErrorKind::Transient,
+                        format!("{name}: two downloads cut off ({n} of {want} bytes)"),
+                    ));
+                }
                 tracing::warn!("{name}: downloaded twice, {n} bytes that do not hash to its name");
             }
             if let Err(e) = fs::rename(part, to) {
@@ -221,7 +239,8 @@ mod tests {
         let (part, to) = (dir.path().join("1.part"), dir.path().join("1.pack"));
         // A stream cut short, then the whole object: the whole one is kept.
         let fetch = streams_of(vec![good.clone(), good[..10].to_vec()]);
-        let n = Spool::download_checked(&name, fetch, &part, &to).unwrap();
+        let size = || Ok(good.len() as u64);
+        let n = Spool::download_checked(&name, fetch, size, &part, &to).unwrap();
         assert_eq!(n, good.len() as u64);
         assert_eq!(fs::read(&to).unwrap(), good);
         assert!(!part.exists());
@@ -235,7 +254,7 @@ mod tests {
             fetched += 1;
             inner()
         };
-        Spool::download_checked(&name, fetch, &part, &to).unwrap();
+        Spool::download_checked(&name, fetch, size, &part, &to).unwrap();
         assert_eq!(fs::read(&to).unwrap(), bad);
         assert_eq!(fetched, 2);
         // Not a pack name (quarantine/): taken as it comes, once.
@@ -245,7 +264,30 @@ mod tests {
             fetched += 1;
             inner()
         };
-        Spool::download_checked("quarantine/x.pack", fetch, &part, &to).unwrap();
+        Spool::download_checked("quarantine/x.pack", fetch, size, &part, &to).unwrap();
         assert_eq!(fetched, 1);
+    }
+
+    #[test]
+    fn s3_a_spool_download_cut_short_twice_is_a_transient_failure_not_a_kept_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = b"ATOPACK1 some pack bytes".to_vec();
+        let name = pack::pack_name(&crate::id::Id::from(blake3::hash(&good)));
+        let (part, to) = (dir.path().join("1.part"), dir.path().join("1.pack"));
+        let fetch = streams_of(vec![good[..7].to_vec(), good[..10].to_vec()]);
+        let size = || Ok(good.len() as u64);
+        let e = Spool::download_checked(&name, fetch, size, &part, &to).unwrap_err();
+        assert_eq!(BackendErrorKind::of(&e), BackendErrorKind::Transient, "{e}");
+        assert!(e.to_string().contains("7 of 24 bytes"), "{e}");
+        assert!(!to.exists() && !part.exists());
+        // And what the readers make of it: a storage failure, not damage.
+        let fault = crate::store::ChunkFault::of_read_error(to.clone(), &e);
+        assert!(
+            matches!(fault, crate::store::ChunkFault::Unreadable { .. }),
+            "{fault:?}"
+        );
+        let err = fault.into_error(&crate::id::Id::from(blake3::hash(b"x")));
+        assert_eq!(err.code(), "io_error");
+        assert_eq!(err.exit_code(), 1);
     }
 }
