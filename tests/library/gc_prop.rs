@@ -167,7 +167,9 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
                     let (Reached::Blob(id) | Reached::Chunk(id)) = r;
                     ids.push(id);
                 })
-                .unwrap();
+                .map_err(|e| {
+                    TestCaseError::fail(format!("{stamp}: a list does not read after gc: {e}"))
+                })?;
             for id in &ids {
                 prop_assert!(store.read_chunk(&index, id).is_ok(), "blob {} lost", id);
                 referenced.insert(*id);
