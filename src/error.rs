@@ -45,6 +45,9 @@ pub enum Error {
         supported: u32,
     },
 
+    #[error("store {store} is format {found}, which this atosnap reads but no longer writes: copy it into a new store with `atosnap init --store NEW` then `atosnap copy --store {store} --to NEW` (the old store is never changed)")]
+    StoreFormatReadOnly { store: String, found: u32 },
+
     #[error("store config {path} is unreadable: {detail}")]
     StoreConfigInvalid { path: String, detail: String },
 
@@ -229,6 +232,7 @@ impl Error {
             Error::SnapshotMissing { .. } => "snapshot_missing",
             Error::StoreMissing { .. } => "store_missing",
             Error::StoreTooNew { .. } => "store_too_new",
+            Error::StoreFormatReadOnly { .. } => "store_format_read_only",
             Error::StoreConfigInvalid { .. } => "store_config_invalid",
             Error::DbMissing { .. } => "db_missing",
             Error::DbNotSqlite { .. } => "db_not_sqlite",

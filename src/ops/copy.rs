@@ -24,6 +24,14 @@
 //! sealed for the destination, and the manifest is rewritten with the new
 //! ids.
 //!
+//! Chunk lists: between two format-2 stores with the same ids and list
+//! parameters, list blobs are blobs: the missing ones are sent like chunks
+//! and the manifest's roots are kept (a tree whose root the destination
+//! holds is not walked). Otherwise (a format-1 source: the upgrade path;
+//! or other ids or parameters) each file's tree is built at the
+//! destination from its ids, against the previously copied snapshot's
+//! tree of the same path, as `create` builds it.
+//!
 //! [`Sealer::same_ids_as`]: crate::store::seal::Sealer::same_ids_as
 
 use rayon::prelude::*;
@@ -37,8 +45,9 @@ use crate::progress::Progress;
 use crate::stamp::Stamp;
 use crate::store::audit_log::{self, CopyRecord};
 use crate::store::index::{ChunkIndex, Location};
+use crate::store::lists::{ListRef, Reached};
 use crate::store::lock::SharedLock;
-use crate::store::manifest::{EntryKind, Manifest};
+use crate::store::manifest::{ChunkList, EntryKind, FileEntry, Manifest};
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Store};
@@ -132,6 +141,9 @@ pub fn copy(
     }
 
     let same_ids = from.sealer().same_ids_as(to.sealer());
+    let keep_trees = same_ids
+        && from.config().list_params().is_some()
+        && from.config().list_params() == to.config().list_params();
     let mut result = CopyResult {
         from: from.location_name(),
         to: to.location_name(),
@@ -185,6 +197,8 @@ pub fn copy(
             to_index: &mut to_index,
             packer: Packer::new(to),
             ids: (!same_ids).then(IdMap::default),
+            keep_trees,
+            prev_trees: std::collections::HashMap::new(),
             chunks_sent: 0,
             progress,
         };
@@ -283,6 +297,11 @@ struct Copier<'a> {
     /// Source id to destination id, when the stores name chunks
     /// differently (None when the ids are the same).
     ids: Option<IdMap<Id>>,
+    /// Trees are sent as they are (see the module's doc).
+    keep_trees: bool,
+    /// The destination trees of the snapshot copied last, by path: the old
+    /// trees new ones are built against.
+    prev_trees: std::collections::HashMap<Vec<u8>, ListRef>,
     chunks_sent: u64,
     progress: &'a dyn Progress,
 }
@@ -304,15 +323,16 @@ impl Copier<'_> {
             Ok(v) => v,
             Err(e) => return Ok(Outcome::Failed(e)),
         };
-        if let Err(e) = self.send_chunks(stamp, &manifest)? {
-            return Ok(Outcome::Failed(e));
+        let lists = match self.send_chunks(stamp, &manifest)? {
+            Ok(lists) => lists,
+            Err(e) => return Ok(Outcome::Failed(e)),
+        };
+        if !self.keep_trees {
+            self.build_trees(&mut manifest, lists)?;
         }
         self.packer.flush(self.to_index)?;
         crate::failpoint::hit(|| FAILPOINT_AFTER_PACKS.to_string());
         crate::failpoint::hit(|| format!("{FAILPOINT_AFTER_PACKS}:{stamp}"));
-        if let Some(ids) = &self.ids {
-            rewrite_ids(&mut manifest, ids)?;
-        }
         if self
             .to
             .publish_snapshot_as(self.to_lock, stamp, &mut manifest, &mut metadata)?
@@ -329,19 +349,93 @@ impl Copier<'_> {
         Ok((manifest, metadata))
     }
 
-    /// Sends every chunk of `manifest` the destination lacks. The inner
-    /// error is damage at the source (the first chunk found missing or
+    /// The source ids to send for file `f`: its chunks, and with
+    /// `keep_trees` its list blobs too (none when the destination holds
+    /// the root: it holds the whole tree then). The source ids of its
+    /// chunks in file order are returned when trees are rebuilt.
+    fn file_ids(
+        &self,
+        f: &FileEntry,
+        tree_seen: &mut IdSet,
+        out: &mut Vec<Id>,
+    ) -> Result<Option<Vec<Id>>> {
+        if !self.keep_trees {
+            let ids = self.from.file_chunk_ids(self.from_index, f)?;
+            out.extend_from_slice(&ids);
+            return Ok(Some(ids));
+        }
+        if let ChunkList::Tree(ListRef {
+            root: Some(root), ..
+        }) = &f.list
+        {
+            if self.packer.has(self.to_index, root) {
+                return Ok(None);
+            }
+        }
+        self.from
+            .file_reach(self.from_index, f, tree_seen, &mut |r| {
+                let (Reached::Blob(id) | Reached::Chunk(id)) = r;
+                out.push(id);
+            })
+            .map(|()| None)
+    }
+
+    /// Builds every file's tree at the destination from its source ids
+    /// (`lists`, in manifest order of the files), renamed with their
+    /// destination ids; the manifest then holds the new roots.
+    fn build_trees(&mut self, manifest: &mut Manifest, lists: Vec<Vec<Id>>) -> Result<()> {
+        let mut trees = std::collections::HashMap::new();
+        let files = manifest
+            .entries
+            .iter_mut()
+            .filter_map(|e| match &mut e.kind {
+                EntryKind::File(f) => Some((&e.path, f)),
+                _ => None,
+            });
+        for ((path, f), ids) in files.zip(lists) {
+            let ids = match &self.ids {
+                Some(map) => map_ids(&ids, map)?,
+                None => ids,
+            };
+            // Only fixed-block or content-defined matters for the leaves.
+            let page = f.sqlite.then_some(4096);
+            let strategy = chunk::strategy_for(path, page, &self.to.config().chunking);
+            let built = self.packer.add_list(
+                self.to_index,
+                &strategy,
+                &ids,
+                self.prev_trees
+                    .get(path.as_slice())
+                    .map(std::slice::from_ref)
+                    .unwrap_or_default(),
+            )?;
+            f.list = ChunkList::Tree(built.list);
+            trees.insert(path.clone(), built.list);
+        }
+        self.prev_trees = trees;
+        Ok(())
+    }
+
+    /// Sends every chunk of `manifest` the destination lacks, and the list
+    /// blobs it lacks when trees are kept. Returns each file's source
+    /// chunk ids when trees are to be rebuilt. The inner error is damage
+    /// at the source (the first chunk or list blob found missing or
     /// corrupt); the outer one a failure to write at the destination.
-    fn send_chunks(&mut self, stamp: &Stamp, manifest: &Manifest) -> Result<Result<()>> {
+    fn send_chunks(&mut self, stamp: &Stamp, manifest: &Manifest) -> Result<Result<Vec<Vec<Id>>>> {
         // The source chunks to handle, each once, in manifest order.
         let mut seen = IdSet::default();
+        let mut tree_seen = IdSet::default();
         let mut needed: Vec<(Id, Location)> = Vec::new();
-        for id in manifest
-            .entries
-            .iter()
-            .filter_map(|e| e.file())
-            .flat_map(|f| f.chunks.iter())
-        {
+        let mut lists = Vec::new();
+        let mut ids = Vec::new();
+        for f in manifest.entries.iter().filter_map(|e| e.file()) {
+            match self.file_ids(f, &mut tree_seen, &mut ids) {
+                Ok(Some(list)) => lists.push(list),
+                Ok(None) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        for id in &ids {
             let todo = match &self.ids {
                 None => !self.packer.has(self.to_index, id),
                 Some(ids) => !ids.contains_key(id),
@@ -383,7 +477,7 @@ impl Copier<'_> {
             self.progress.advance(bytes);
             start = end;
         }
-        Ok(Ok(()))
+        Ok(Ok(lists))
     }
 
     /// Reads and checks a batch of source chunks in parallel and turns each
@@ -460,26 +554,22 @@ fn read_stored(
     store.read_stored(&index.pack(loc.pack).id, loc)
 }
 
-/// Renames every chunk of the manifest with its destination id (each was
-/// mapped by `send_chunks`; a gap would be a bug, refused, never published).
-fn rewrite_ids(manifest: &mut Manifest, ids: &IdMap<Id>) -> Result<()> {
-    for entry in &mut manifest.entries {
-        if let EntryKind::File(f) = &mut entry.kind {
-            for id in &mut f.chunks {
-                *id = *ids
-                    .get(id)
-                    .ok_or_else(|| Error::CopyIdUnmapped { id: id.to_string() })?;
-            }
-        }
-    }
-    Ok(())
+/// Renames a file's chunks with their destination ids (each was mapped by
+/// `send_chunks`; a gap would be a bug, refused, never published).
+fn map_ids(ids: &[Id], map: &IdMap<Id>) -> Result<Vec<Id>> {
+    ids.iter()
+        .map(|id| {
+            map.get(id)
+                .copied()
+                .ok_or_else(|| Error::CopyIdUnmapped { id: id.to_string() })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::progress::NoProgress;
-    use crate::store::manifest::{Entry, FileEntry, MANIFEST_VERSION};
 
     fn opts() -> CopyOptions {
         CopyOptions {
@@ -510,34 +600,13 @@ mod tests {
     }
 
     #[test]
-    fn rewrite_ids_maps_every_chunk_and_refuses_a_gap() {
+    fn map_ids_maps_every_chunk_and_refuses_a_gap() {
         let (a, b, c) = (Id::hash(b"a"), Id::hash(b"b"), Id::hash(b"c"));
-        let mut m = Manifest {
-            version: MANIFEST_VERSION,
-            stamp: "20260411T120000Z".into(),
-            created_at: "2026-04-11T12:00:00Z".into(),
-            tags: vec![],
-            hostname: "h".into(),
-            chroma_included: false,
-            capture_errors: vec![],
-            entries: vec![Entry {
-                path: b"atocore.db".to_vec(),
-                kind: EntryKind::File(FileEntry {
-                    size: 2,
-                    chunks: vec![a, b, a],
-                    sqlite: true,
-                    source: None,
-                    wal_source: None,
-                }),
-                mode: 0o644,
-                mtime_ns: 0,
-            }],
-        };
         let mut ids = IdMap::default();
         ids.insert(a, c);
-        assert!(rewrite_ids(&mut m.clone(), &ids).is_err());
+        let e = map_ids(&[a, b, a], &ids).unwrap_err();
+        assert!(matches!(e, Error::CopyIdUnmapped { .. }), "{e}");
         ids.insert(b, a);
-        rewrite_ids(&mut m, &ids).unwrap();
-        assert_eq!(m.entries[0].file().unwrap().chunks, vec![c, a, c]);
+        assert_eq!(map_ids(&[a, b, a], &ids).unwrap(), vec![c, a, c]);
     }
 }

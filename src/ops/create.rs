@@ -5,11 +5,18 @@
 //! 1. refuse early (missing db, not SQLite) before anything is written;
 //! 2. take the shared store lock (gc cannot delete under us);
 //! 3. stream every source through chunking, hashing and compression in
-//!    parallel batches, skipping chunks the store already has;
+//!    parallel batches, skipping chunks the store already has, and build
+//!    each file's list tree (list blobs, `store::lists`) against the
+//!    previous snapshot's tree of the same path;
 //! 4. flush the last pack (fsync, rename);
 //! 5. publish `snapshots/<stamp>/` atomically.
 //!
 //! A crash at any point leaves at most unreferenced packs and temp files.
+//!
+//! A file the files cache vouches for (same size, mtime, ctime, inode)
+//! keeps the previous snapshot's list root: no list blob and no chunk id
+//! is read, and the chunk index is loaded only once a file must be read,
+//! so a snapshot where nothing changed costs one manifest.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rayon::prelude::*;
@@ -28,14 +35,18 @@ use crate::progress::Progress;
 use crate::sources::{self, chroma, sqlite};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
+use crate::store::lists::ListRef;
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{
-    Entry, EntryKind, FileEntry, Manifest, SourceStat, CHROMA_PREFIX, DB_PATH, MANIFEST_VERSION,
-    REGISTRY_PATH,
+    ChunkList, Entry, EntryKind, FileEntry, Manifest, SourceStat, CHROMA_PREFIX, DB_PATH,
+    MANIFEST_VERSION, REGISTRY_PATH,
 };
 use crate::store::packer::Packer;
-use crate::store::ReadFrom;
 use crate::store::Store;
+
+mod previous;
+
+use previous::{newest_manifest, unresolved_references, Previous};
 
 /// Bytes of a file processed per parallel batch: bounds memory (the batch,
 /// its encoded copy and the page reader's two batches in flight).
@@ -69,6 +80,9 @@ pub struct CreateResult {
     pub chroma_snapshot_bytes: u64,
     pub chunks_total: u64,
     pub chunks_new: u64,
+    /// List blobs written (format 2: the changed parts of files' lists).
+    #[serde(default)]
+    pub list_blobs_new: u64,
     pub bytes_new_stored: u64,
     pub files_from_cache: u64,
     pub duration_ms: u64,
@@ -102,10 +116,10 @@ pub(crate) fn capture(
     let at = opts.at.unwrap_or_else(Utc::now);
     let wanted = Stamp::at(at);
     sqlite::check_database(&opts.db)?;
+    store.check_writable()?;
     store.clean_tmp(None)?;
-    let mut index = store.load_index()?;
     let previous = newest_manifest(store, &wanted);
-    let mut cap = Capture::new(store, &mut index, previous, progress);
+    let mut cap = Capture::new(store, previous, progress);
 
     progress.phase(
         "database",
@@ -152,6 +166,7 @@ pub(crate) fn capture(
         warnings,
         chunks_total,
         chunks_new,
+        list_blobs_new,
         files_from_cache,
         packer,
         index,
@@ -171,7 +186,7 @@ pub(crate) fn capture(
         entries,
     };
     let mut validation_errors = errors;
-    validation_errors.extend(unresolved_references(&manifest, index));
+    validation_errors.extend(unresolved_references(&manifest, index.as_ref()));
 
     let mut result = CreateResult {
         stamp: wanted.to_string(),
@@ -184,6 +199,7 @@ pub(crate) fn capture(
         chroma_snapshot_bytes: manifest.chroma_bytes(),
         chunks_total,
         chunks_new,
+        list_blobs_new,
         bytes_new_stored,
         files_from_cache,
         duration_ms: 0,
@@ -200,35 +216,6 @@ pub(crate) fn capture(
     result.duration_ms = started.elapsed().as_millis() as u64;
     progress.finish();
     Ok(result)
-}
-
-/// The newest snapshot whose manifest reads, for the files cache. Only
-/// snapshots not after this one's second count: one under a far-future
-/// stamp (a wrong clock, a forged folder) would otherwise be the newest
-/// forever and stand in for every later create's previous snapshot.
-fn newest_manifest(store: &Store, wanted: &Stamp) -> Option<Manifest> {
-    let listing = store.list_snapshots().ok()?;
-    listing
-        .stamps
-        .iter()
-        .rev()
-        .filter(|s| s.time() <= wanted.time())
-        .take(3)
-        .find_map(|s| store.read_manifest(s, ReadFrom::Cache).ok())
-}
-
-fn unresolved_references(manifest: &Manifest, index: &ChunkIndex) -> Vec<String> {
-    let mut missing: Vec<String> = manifest
-        .entries
-        .iter()
-        .filter_map(Entry::file)
-        .flat_map(|f| f.chunks.iter())
-        .filter(|id| !index.contains(id))
-        .map(|id| format!("chunk_missing:{id}"))
-        .collect();
-    missing.sort();
-    missing.dedup();
-    missing
 }
 
 /// Holds the exclusive OS lock on the ingestion lock file.
@@ -262,36 +249,70 @@ fn hold_ingestion_lock(path: &Path, wait: Duration) -> Result<File> {
 /// Captures sources into packs and collects manifest entries.
 struct Capture<'a> {
     store: &'a Store,
-    index: &'a mut ChunkIndex,
+    /// Loaded when a file must be read (a no-change snapshot never needs it).
+    index: Option<ChunkIndex>,
     packer: Packer<'a>,
     progress: &'a dyn Progress,
+    /// The previous snapshot's files by path: the files cache and the old
+    /// trees new lists are built against.
     cache: HashMap<Vec<u8>, FileEntry>,
+    /// See [`Previous::suspect`].
+    cache_suspect: bool,
+    /// See [`Previous::older`]: its trees by path.
+    older: HashMap<Vec<u8>, ListRef>,
     entries: Vec<Entry>,
     errors: Vec<String>,
     warnings: Vec<String>,
     chunks_total: u64,
     chunks_new: u64,
+    list_blobs_new: u64,
     files_from_cache: u64,
     now_ns: i64,
 }
 
-/// A file's bytes stored: size and chunk ids.
+/// A file's bytes stored: size, chunk ids and how it was cut.
 struct Stored {
     size: u64,
     chunks: Vec<Id>,
+    strategy: Strategy,
+}
+
+/// The chunk index, loaded on first use.
+fn loaded<'i>(index: &'i mut Option<ChunkIndex>, store: &Store) -> Result<&'i mut ChunkIndex> {
+    if index.is_none() {
+        *index = Some(store.load_index()?);
+    }
+    Ok(index.get_or_insert_with(ChunkIndex::new))
 }
 
 impl<'a> Capture<'a> {
     fn new(
         store: &'a Store,
-        index: &'a mut ChunkIndex,
-        previous: Option<Manifest>,
+        mut previous: Option<Previous>,
         progress: &'a dyn Progress,
     ) -> Capture<'a> {
         // A snapshot that met capture errors is not trusted as a cache. The
-        // manifest is consumed: its chunk lists move into the cache, and
+        // manifest is consumed: its list roots move into the cache, and
         // from there into the new manifest, never copied.
+        let cache_suspect = previous.as_ref().is_some_and(|p| p.suspect);
+        let older = previous
+            .as_mut()
+            .and_then(|p| p.older.take())
+            .map(|m| {
+                m.entries
+                    .into_iter()
+                    .filter_map(|e| match e.kind {
+                        EntryKind::File(FileEntry {
+                            list: ChunkList::Tree(r),
+                            ..
+                        }) => Some((e.path, r)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let cache = previous
+            .map(|p| p.manifest)
             .filter(|m| m.capture_errors.is_empty())
             .map(|m| {
                 m.entries
@@ -305,22 +326,57 @@ impl<'a> Capture<'a> {
             .unwrap_or_default();
         Capture {
             store,
-            index,
+            index: None,
             packer: Packer::new(store),
             progress,
             cache,
+            cache_suspect,
+            older,
             entries: Vec::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
             chunks_total: 0,
             chunks_new: 0,
+            list_blobs_new: 0,
             files_from_cache: 0,
             now_ns: Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
         }
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.packer.flush(self.index)
+        // Nothing was added to the packer without the index.
+        match &mut self.index {
+            Some(index) => self.packer.flush(index),
+            None => Ok(()),
+        }
+    }
+
+    /// The list of a file just stored: its tree, built against the
+    /// previous snapshot's tree of the same path.
+    fn list_of(&mut self, path: &[u8], stored: &Stored) -> Result<ChunkList> {
+        let olds: Vec<ListRef> = [
+            self.cache.get(path).and_then(|e| match &e.list {
+                ChunkList::Tree(r) => Some(*r),
+                ChunkList::Ids(_) => None,
+            }),
+            self.older.get(path).copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let index = loaded(&mut self.index, self.store)?;
+        let built = self
+            .packer
+            .add_list(index, &stored.strategy, &stored.chunks, &olds)?;
+        if let Some(e) = built.old_fault {
+            self.warnings.push(format!(
+                "the previous list of {} could not be read ({}: {e}); its new list was built whole",
+                String::from_utf8_lossy(path),
+                e.code()
+            ));
+        }
+        self.list_blobs_new += built.blobs_new;
+        Ok(ChunkList::Tree(built.list))
     }
 
     /// Chunks, hashes and stores everything `reader` yields.
@@ -331,7 +387,7 @@ impl<'a> Capture<'a> {
     ) -> Result<std::io::Result<Stored>> {
         let sealer = self.store.sealer().clone();
         let params = self.store.config().compression.clone();
-        let index = &mut *self.index;
+        let index = loaded(&mut self.index, self.store)?;
         let packer = &mut self.packer;
         let progress = self.progress;
         let mut chunks = Vec::new();
@@ -372,7 +428,11 @@ impl<'a> Capture<'a> {
         self.chunks_new += new;
         Ok(read.map(|size| {
             self.chunks_total += chunks.len() as u64;
-            Stored { size, chunks }
+            Stored {
+                size,
+                chunks,
+                strategy,
+            }
         }))
     }
 
@@ -390,7 +450,7 @@ impl<'a> Capture<'a> {
     fn capture_sqlite(&mut self, path: Vec<u8>, src: &Path, is_main_db: bool) -> Result<()> {
         let meta = std::fs::metadata(src).ctx("stat", src)?;
         let (source, wal_source) = self.sqlite_identity(src, &meta);
-        if let Some(entry) = self.cached_entry(&path, source.as_ref(), wal_source.as_ref()) {
+        if let Some(entry) = self.cached_entry(&path, source.as_ref(), wal_source.as_ref())? {
             self.reuse(path, &meta, entry);
             return Ok(());
         }
@@ -405,12 +465,13 @@ impl<'a> Capture<'a> {
             }
             Err(e) => return Err(e),
         };
+        let list = self.list_of(&path, &stored)?;
         self.push_file(
             path,
             &meta,
             FileEntry {
                 size: stored.size,
-                chunks: stored.chunks,
+                list,
                 sqlite: true,
                 source,
                 wal_source,
@@ -533,12 +594,13 @@ impl<'a> Capture<'a> {
             &self.store.config().chunking,
         );
         let stored = self.store_stream(&bytes[..], strategy)?.ctx("read", src)?;
+        let list = self.list_of(REGISTRY_PATH.as_bytes(), &stored)?;
         self.push_file(
             REGISTRY_PATH.as_bytes().to_vec(),
             &meta,
             FileEntry {
                 size: stored.size,
-                chunks: stored.chunks,
+                list,
                 sqlite: false,
                 source: None,
                 wal_source: None,
@@ -598,7 +660,7 @@ impl<'a> Capture<'a> {
         meta: &std::fs::Metadata,
     ) -> Result<()> {
         let stat = sources::source_stat(meta);
-        if let Some(entry) = self.cached_entry(&snap_path, Some(&stat), None) {
+        if let Some(entry) = self.cached_entry(&snap_path, Some(&stat), None)? {
             self.reuse(snap_path, meta, entry);
             return Ok(());
         }
@@ -643,12 +705,13 @@ impl<'a> Capture<'a> {
         if source.as_ref().is_some_and(|s| self.is_racy(s)) {
             source = None;
         }
+        let list = self.list_of(&snap_path, &stored)?;
         self.push_file(
             snap_path,
             &after,
             FileEntry {
                 size: stored.size,
-                chunks: stored.chunks,
+                list,
                 sqlite: false,
                 source,
                 wal_source: None,
@@ -658,29 +721,44 @@ impl<'a> Capture<'a> {
     }
 
     /// The previous snapshot's entry for this path when the source is
-    /// provably unchanged and all its chunks are still stored.
+    /// provably unchanged. Its tree is taken as it is, unread: the previous
+    /// snapshot reaches it, and gc (kept out by the shared lock) keeps
+    /// what a snapshot reaches. Only a suspect previous snapshot (one not
+    /// validated: `verify --repair` lost chunks of it) has the file's
+    /// chunks checked against the index first.
     fn cached_entry(
         &mut self,
         snap_path: &[u8],
         source: Option<&SourceStat>,
         wal_source: Option<&SourceStat>,
-    ) -> Option<FileEntry> {
-        let entry = self.cache.get(snap_path)?;
+    ) -> Result<Option<FileEntry>> {
+        let Some(entry) = self.cache.get(snap_path) else {
+            return Ok(None);
+        };
         let same = source.is_some()
             && entry.source.as_ref() == source
-            && entry.wal_source.as_ref() == wal_source;
-        let usable = same
-            && entry
-                .chunks
-                .iter()
-                .all(|id| self.packer.has(self.index, id));
+            && entry.wal_source.as_ref() == wal_source
+            && matches!(entry.list, ChunkList::Tree(_));
+        if !same {
+            return Ok(None);
+        }
+        if self.cache_suspect {
+            let index: &ChunkIndex = loaded(&mut self.index, self.store)?;
+            let stored = match self.store.file_chunks(index, entry) {
+                Ok(mut ids) => ids.all(|id| id.is_ok_and(|id| self.packer.has(index, &id))),
+                Err(_) => false,
+            };
+            if !stored {
+                return Ok(None);
+            }
+        }
         // Each path is captured once, so the entry can move out.
-        usable.then(|| self.cache.remove(snap_path)).flatten()
+        Ok(self.cache.remove(snap_path))
     }
 
     fn reuse(&mut self, path: Vec<u8>, meta: &std::fs::Metadata, entry: FileEntry) {
         self.files_from_cache += 1;
-        self.chunks_total += entry.chunks.len() as u64;
+        self.chunks_total += entry.list.len();
         self.progress.advance(entry.size);
         self.push_file(path, meta, entry);
     }

@@ -1,5 +1,7 @@
 //! `diff A B`: what changed between two snapshots, from their manifests
-//! alone (no chunk is read). This module owns the comparison.
+//! and chunk lists (no chunk is read). This module owns the comparison.
+//! Two files with the same list root are unchanged without reading their
+//! lists; only the lists of files whose roots differ are read.
 //!
 //! Files and symlinks are compared by path; folders are not listed (their
 //! content is). A file is changed when its chunk list differs; a symlink
@@ -67,8 +69,8 @@ pub fn diff(store: &Store, from: &str, to: &str) -> Result<DiffResult> {
                 size: size_of(ea),
             }),
             Some(eb) => {
-                let differing = bytes_differing(&index, ea, eb);
-                if differing == 0 && same_content(ea, eb) {
+                let (same, differing) = compare(store, &index, ea, eb)?;
+                if differing == 0 && same {
                     out.unchanged_files += 1;
                 } else {
                     out.changed.push(Changed {
@@ -112,30 +114,33 @@ fn size_of(k: &EntryKind) -> u64 {
     }
 }
 
-fn same_content(a: &EntryKind, b: &EntryKind) -> bool {
-    match (a, b) {
-        (EntryKind::File(x), EntryKind::File(y)) => x.size == y.size && x.chunks == y.chunks,
-        (EntryKind::Symlink { target: x }, EntryKind::Symlink { target: y }) => x == y,
-        _ => false,
-    }
-}
-
-fn bytes_differing(index: &ChunkIndex, a: &EntryKind, b: &EntryKind) -> u64 {
-    match (a, b) {
-        (EntryKind::File(x), EntryKind::File(y)) => {
-            let only = |p: &FileEntry, q: &FileEntry| -> u64 {
-                let other: HashSet<&Id> = q.chunks.iter().collect();
-                p.chunks
-                    .iter()
-                    .filter(|id| !other.contains(id))
-                    .map(|id| chunk_len(index, p, id))
-                    .sum()
-            };
-            only(y, x).max(only(x, y))
+/// Whether two entries hold the same content, and the bytes that differ.
+fn compare(store: &Store, index: &ChunkIndex, a: &EntryKind, b: &EntryKind) -> Result<(bool, u64)> {
+    let (x, y) = match (a, b) {
+        (EntryKind::File(x), EntryKind::File(y)) => (x, y),
+        (EntryKind::Symlink { target: x }, EntryKind::Symlink { target: y }) if x == y => {
+            return Ok((true, 0))
         }
-        _ if same_content(a, b) => 0,
-        _ => size_of(a).max(size_of(b)).max(1),
+        _ => return Ok((false, size_of(a).max(size_of(b)).max(1))),
+    };
+    if x.size == y.size && x.list == y.list {
+        return Ok((true, 0));
     }
+    // Roots differ: the ids decide (one content may have two trees, e.g.
+    // a delta leaf and the full leaf it equals).
+    let (xs, ys) = (
+        store.file_chunk_ids(index, x)?,
+        store.file_chunk_ids(index, y)?,
+    );
+    let only = |p: &FileEntry, ps: &[Id], qs: &[Id]| -> u64 {
+        let other: HashSet<&Id> = qs.iter().collect();
+        ps.iter()
+            .filter(|id| !other.contains(id))
+            .map(|id| chunk_len(index, p, id))
+            .sum()
+    };
+    let differing = only(y, &ys, &xs).max(only(x, &xs, &ys));
+    Ok((x.size == y.size && xs == ys, differing))
 }
 
 /// A chunk's raw length from the index; for a chunk the store lost, the
@@ -143,6 +148,6 @@ fn bytes_differing(index: &ChunkIndex, a: &EntryKind, b: &EntryKind) -> u64 {
 fn chunk_len(index: &ChunkIndex, file: &FileEntry, id: &Id) -> u64 {
     match index.get(id) {
         Some(loc) => loc.raw_len as u64,
-        None => file.size / file.chunks.len().max(1) as u64,
+        None => file.size / file.list.len().max(1),
     }
 }

@@ -28,6 +28,7 @@ use crate::progress::Progress;
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::audit_log;
+use crate::store::index::ChunkIndex;
 use crate::store::manifest::{EntryKind, Manifest, DB_PATH};
 use crate::store::names::Log;
 use crate::store::ReadFrom;
@@ -69,7 +70,7 @@ pub fn drill(
     }
     // Held for the whole drill: gc (exclusive) empties tmp/, where the
     // scratch restore lives.
-    let _lock = store.lock_shared("drill", lock_wait)?;
+    let _lock = store.lock_shared_reader("drill", lock_wait)?;
     let tmp = store.tmp_dir()?;
     let scratch = tempfile::Builder::new()
         .prefix(&format!("{}-drill-", std::process::id()))
@@ -101,7 +102,8 @@ pub fn drill(
                     .push(format!("db_integrity_check_failed: {e}"));
             }
             let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
-            check_restored(store, &manifest, root, &mut result);
+            let index = store.load_index()?;
+            check_restored(store, &index, &manifest, root, &mut result);
             match sqlite::table_row_counts(&root.join(DB_PATH)) {
                 Ok(rows) => result.table_rows = rows,
                 Err(e) => result.errors.push(format!("table_count_failed: {e}")),
@@ -133,7 +135,13 @@ struct Finding {
 }
 
 /// Checks a tree restored with `--to root` against the manifest.
-pub fn check_restored(store: &Store, manifest: &Manifest, root: &Path, out: &mut DrillResult) {
+pub fn check_restored(
+    store: &Store,
+    index: &ChunkIndex,
+    manifest: &Manifest,
+    root: &Path,
+    out: &mut DrillResult,
+) {
     let params = &store.config().chunking;
     let sealer = store.sealer();
     let findings: Vec<Finding> = manifest
@@ -159,7 +167,14 @@ pub fn check_restored(store: &Store, manifest: &Manifest, root: &Path, out: &mut
                         f.errors.push(format!("restored_kind_mismatch: {name}"));
                         return f;
                     }
-                    match restore::file_matches(&path, &e.path, file, params, sealer) {
+                    let chunks = match store.file_chunk_ids(index, file) {
+                        Ok(c) => c,
+                        Err(err) => {
+                            f.errors.push(format!("{}: {name}: {err}", err.code()));
+                            return f;
+                        }
+                    };
+                    match restore::file_matches(&path, &e.path, file, &chunks, params, sealer) {
                         Ok(true) => {}
                         Ok(false) => f.errors.push(format!("restored_file_mismatch: {name}")),
                         Err(err) => f

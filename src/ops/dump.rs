@@ -112,7 +112,7 @@ pub fn dump<W: Write>(
         path: wanted,
         output: output.to_string(),
         size: written,
-        chunks: file.chunks.len() as u64,
+        chunks: file.list.len(),
         blake3: hashing.hasher.finalize().to_hex().to_string(),
         sqlite: file.sqlite,
         duration_ms: started.elapsed().as_millis() as u64,

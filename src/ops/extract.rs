@@ -1,6 +1,7 @@
-//! Reassembles a file's bytes from its chunks: read and verified in
-//! parallel batches, written in order, so memory stays bounded whatever the
-//! file's size. Used by validate, restore and drill.
+//! Reassembles a file's bytes from its chunks: ids streamed from its list,
+//! chunks read and verified in parallel batches, written in order, so
+//! memory stays bounded whatever the file's size. Used by validate,
+//! restore and drill.
 
 use rayon::prelude::*;
 use std::io::Write;
@@ -66,7 +67,16 @@ pub fn write_file<W: Write>(
     source: ChunkSource<'_>,
 ) -> Result<u64, ExtractError> {
     let mut written = 0u64;
-    for batch in file.chunks.chunks(BATCH_CHUNKS) {
+    let mut ids = store.file_chunks(index, file).map_err(list_error)?;
+    let mut batch = Vec::with_capacity(BATCH_CHUNKS);
+    loop {
+        batch.clear();
+        for id in ids.by_ref().take(BATCH_CHUNKS) {
+            batch.push(id.map_err(list_error)?);
+        }
+        if batch.is_empty() {
+            break;
+        }
         // The first fault stops the batch's other reads: against a store
         // that cannot be reached, each would wait out its retries.
         let data: Vec<Vec<u8>> = batch
@@ -84,6 +94,23 @@ pub fn write_file<W: Write>(
         }
     }
     Ok(written)
+}
+
+/// A file's list that cannot be read: the list blob at fault, reported as
+/// a chunk.
+/// Anything else (the storage failed) stays a failure, never damage.
+pub fn list_error(e: crate::error::Error) -> ExtractError {
+    match crate::store::error_fault(&e) {
+        Some((id, fault)) => ExtractError::Chunk(id, fault),
+        None => ExtractError::Chunk(
+            Id([0; 32]),
+            ChunkFault::Unreadable {
+                pack: std::path::PathBuf::from("a list blob"),
+                kind: std::io::ErrorKind::Other,
+                detail: e.to_string(),
+            },
+        ),
+    }
 }
 
 /// Reads a whole (small) file into memory: at most its recorded size and
@@ -127,10 +154,10 @@ impl Write for Bounded {
     }
 }
 
-/// Size recorded for the file's chunks in the index (None if one is missing).
-pub fn indexed_size(index: &ChunkIndex, file: &FileEntry) -> Option<u64> {
-    file.chunks
-        .iter()
+/// Size recorded for a file's chunks `ids` in the index (None if one is
+/// missing).
+pub fn indexed_size(index: &ChunkIndex, ids: &[Id]) -> Option<u64> {
+    ids.iter()
         .map(|id| index.get(id).map(|l| l.raw_len as u64))
         .sum()
 }

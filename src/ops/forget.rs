@@ -74,7 +74,7 @@ pub fn forget(store: &Store, opts: &ForgetOptions) -> Result<ForgetResult> {
         r.exit_code = done.exit_code;
         r.gc = done.gc;
     } else {
-        let _lock = store.lock_shared("forget", opts.lock_wait)?;
+        let _lock = store.lock_shared_reader("forget", opts.lock_wait)?;
         r.dry_run = true;
         r.remaining_stamps = check(store, &wanted, opts.force)?;
         r.would_delete_stamps = Some(wanted.iter().map(|s| s.to_string()).collect());

@@ -46,9 +46,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::id::Id;
+use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
+use crate::store::lists::Reached;
 use crate::store::lock::ExclusiveLock;
 use crate::store::pack::{self, PackEntry};
 use crate::store::packer::Packer;
@@ -144,15 +145,6 @@ impl Plan {
 /// has not made. The caller holds a store lock.
 pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     let mut plan = Plan::default();
-    // Chunk id -> home pack (u32::MAX until assigned).
-    let mut live: HashMap<Id, u32> = HashMap::new();
-    let mut mark = |m: &crate::store::manifest::Manifest| {
-        for f in m.entries.iter().filter_map(|e| e.file()) {
-            for id in &f.chunks {
-                live.entry(*id).or_insert(u32::MAX);
-            }
-        }
-    };
     if store.local_root().is_some() {
         let snapshots_dir = store.display_dir(Dir::Snapshots);
         if !snapshots_dir.is_dir() {
@@ -168,41 +160,8 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
                 .and_then(|m| m.elapsed().ok())
                 .is_none_or(|age| age < grace)
     };
-    let listing = store.list_snapshots()?;
-    plan.abandoned_folders = listing
-        .incomplete
-        .iter()
-        .filter(|f| !within_grace(f.modified))
-        .map(|f| f.folder.clone())
-        .collect();
-    for stamp in listing.stamps.iter().filter(|s| !exclude.contains(s)) {
-        let manifest =
-            store
-                .read_manifest(stamp, ReadFrom::Cache)
-                .map_err(|e| Error::GcUnsafe {
-                    snapshot: stamp.to_string(),
-                    detail: match e {
-                        Error::ManifestCorrupt { detail, .. } => detail,
-                        other => other.to_string(),
-                    },
-                })?;
-        mark(&manifest);
-        plan.snapshots_marked.push(stamp.to_string());
-    }
-    for folder in &listing.unparseable {
-        match store.read_folder_manifest(folder) {
-            None => {}
-            Some(Ok(manifest)) => {
-                mark(&manifest);
-                plan.protected_unparseable.push(folder.clone());
-            }
-            Some(Err(detail)) => plan.warnings.push(format!(
-                "snapshots/{folder} is not a stamp and its manifest does not read ({detail}): it protects no data"
-            )),
-        }
-    }
-
-    // Every pack's own index, in parallel.
+    // Every pack's own index, in parallel: read before marking, since
+    // marking reads the list blobs of format-2 trees from the packs.
     let listed = store.list_packs()?;
     let read: Vec<_> = listed
         .into_par_iter()
@@ -229,6 +188,67 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             }),
         }
     }
+    let mut index = ChunkIndex::new();
+    for (id, _, size, entries) in &packs {
+        index.add_pack(*id, *size, entries);
+    }
+
+    // Chunk id -> home pack (u32::MAX until assigned). Every list blob a
+    // tree reaches is live too, delta chains included; a tree that cannot
+    // be walked hides what it references, so gc refuses as for a
+    // manifest that does not read.
+    let mut live: HashMap<Id, u32> = HashMap::new();
+    let mut seen = IdSet::default();
+    let mut mark = |m: &crate::store::manifest::Manifest, snapshot: &str| -> Result<()> {
+        for e in &m.entries {
+            let Some(f) = e.file() else { continue };
+            store
+                .file_reach(&index, f, &mut seen, &mut |r| {
+                    let (Reached::Blob(id) | Reached::Chunk(id)) = r;
+                    live.entry(id).or_insert(u32::MAX);
+                })
+                .map_err(|err| Error::GcUnsafe {
+                    snapshot: snapshot.to_string(),
+                    detail: format!("the list of {} does not read: {err}", e.path_lossy()),
+                })?;
+        }
+        Ok(())
+    };
+    let listing = store.list_snapshots()?;
+    plan.abandoned_folders = listing
+        .incomplete
+        .iter()
+        .filter(|f| !within_grace(f.modified))
+        .map(|f| f.folder.clone())
+        .collect();
+    for stamp in listing.stamps.iter().filter(|s| !exclude.contains(s)) {
+        let manifest =
+            store
+                .read_manifest(stamp, ReadFrom::Cache)
+                .map_err(|e| Error::GcUnsafe {
+                    snapshot: stamp.to_string(),
+                    detail: match e {
+                        Error::ManifestCorrupt { detail, .. } => detail,
+                        other => other.to_string(),
+                    },
+                })?;
+        mark(&manifest, &stamp.to_string())?;
+        plan.snapshots_marked.push(stamp.to_string());
+    }
+    for folder in &listing.unparseable {
+        match store.read_folder_manifest(folder) {
+            None => {}
+            Some(Ok(manifest)) => {
+                mark(&manifest, folder)?;
+                plan.protected_unparseable.push(folder.clone());
+            }
+            Some(Err(detail)) => plan.warnings.push(format!(
+                "snapshots/{folder} is not a stamp and its manifest does not read ({detail}): it protects no data"
+            )),
+        }
+    }
+
+    drop(index);
 
     // Home copies: packs with the highest live share (all copies counted)
     // claim their live chunks first.
@@ -529,7 +549,7 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcResult> {
         let lock = store.lock_exclusive("gc --confirm", lock_wait)?;
         collect(store, &lock)?
     } else {
-        let _lock = store.lock_shared("gc", lock_wait)?;
+        let _lock = store.lock_shared_reader("gc", lock_wait)?;
         let plan = plan(store, &BTreeSet::new())?;
         let mut r = GcResult::from_plan(&plan, true);
         r.grace_period_secs = store.gc_grace().as_secs();

@@ -108,7 +108,7 @@ fn describe(e: &Entry, long: bool) -> LsEntry {
     let mtime = chrono::DateTime::from_timestamp_nanos(e.mtime_ns)
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     let (size, target, chunks, sqlite) = match &e.kind {
-        EntryKind::File(f) => (f.size, None, Some(f.chunks.len() as u64), Some(f.sqlite)),
+        EntryKind::File(f) => (f.size, None, Some(f.list.len()), Some(f.sqlite)),
         EntryKind::Dir => (0, None, None, None),
         EntryKind::Symlink { target } => (
             0,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::id::{Id, IdMap, IdSet};
 use crate::store::index::ChunkIndex;
+use crate::store::lists::Reached;
 use crate::store::manifest::Manifest;
 use crate::store::{Dir, ReadFrom, Store};
 
@@ -97,7 +98,7 @@ pub fn stats(store: &Store, per_snapshot: bool, lock_wait: Duration) -> Result<S
     // the whole store (a snapshot's own chunks are a passing set).
     let mut refs: IdMap<u32> = IdMap::default();
     let mut shares = Vec::new();
-    for (stamp, chunks) in manifests(store, &mut r.warnings)? {
+    for (stamp, chunks) in manifests(store, &index, &mut r.warnings)? {
         r.snapshots += 1;
         r.deduplicated_bytes += chunks.raw_bytes;
         for id in &chunks.ids {
@@ -130,7 +131,7 @@ pub fn stats(store: &Store, per_snapshot: bool, lock_wait: Duration) -> Result<S
             .enumerate()
             .map(|(i, s)| (s.stamp.clone(), i))
             .collect();
-        for (stamp, chunks) in manifests(store, &mut Vec::new())? {
+        for (stamp, chunks) in manifests(store, &index, &mut Vec::new())? {
             if let Some(&i) = at.get(&stamp) {
                 add_unique(&mut shares[i], &chunks, &refs, &index);
             }
@@ -149,16 +150,37 @@ struct References {
 }
 
 impl References {
-    fn of(manifest: &Manifest) -> References {
+    /// A file whose list cannot be read adds the chunks read before the
+    /// damage and a warning (`verify` names the list blob).
+    fn of(
+        store: &Store,
+        index: &ChunkIndex,
+        manifest: &Manifest,
+        warnings: &mut Vec<String>,
+    ) -> References {
         let mut r = References {
             ids: IdSet::default(),
             files: 0,
             raw_bytes: 0,
         };
-        for f in manifest.entries.iter().filter_map(|e| e.file()) {
+        let mut seen = IdSet::default();
+        for e in &manifest.entries {
+            let Some(f) = e.file() else { continue };
             r.files += 1;
             r.raw_bytes += f.size;
-            r.ids.extend(f.chunks.iter().copied());
+            let ids = &mut r.ids;
+            let read = store.file_reach(index, f, &mut seen, &mut |reached| {
+                if let Reached::Chunk(id) = reached {
+                    ids.insert(id);
+                }
+            });
+            if let Err(err) = read {
+                warnings.push(format!(
+                    "snapshot {}: the list of {} does not read: {err}",
+                    manifest.stamp,
+                    e.path_lossy()
+                ));
+            }
         }
         r
     }
@@ -169,12 +191,16 @@ impl References {
 /// (`verify` says more).
 fn manifests<'a>(
     store: &'a Store,
+    index: &'a ChunkIndex,
     warnings: &'a mut Vec<String>,
 ) -> Result<impl Iterator<Item = (String, References)> + 'a> {
     let stamps = store.list_snapshots()?.stamps;
     Ok(stamps.into_iter().filter_map(move |stamp| {
         match store.read_manifest(&stamp, ReadFrom::Cache) {
-            Ok(m) => Some((stamp.to_string(), References::of(&m))),
+            Ok(m) => Some((
+                stamp.to_string(),
+                References::of(store, index, &m, warnings),
+            )),
             Err(e) => {
                 warnings.push(format!("snapshot {stamp} left out: {e}"));
                 None

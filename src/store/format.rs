@@ -6,9 +6,14 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::chunk::{ChunkingParams, CompressionParams};
 use crate::error::{Error, Result};
+use crate::store::lists::ListParams;
 
 /// The format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build reads. Stores of an older format than
+/// [`FORMAT_VERSION`] are read-only (`store_format_read_only`): `copy`
+/// into a new store is the upgrade.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 
 /// Bounds of `pack.target_size`. Entry offsets are `u32`: a pack closes
 /// past its target plus one chunk (at most 16 MiB), far below 4 GiB.
@@ -24,6 +29,10 @@ pub struct StoreConfig {
     pub created_at: String,
     pub chunking: ChunkingParams,
     pub compression: CompressionParams,
+    /// Format 2: the list-tree parameters (`docs/FORMAT.md`, "List
+    /// blobs"); absent in format 1, whose manifests list every chunk id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lists: Option<ListParams>,
     pub pack: PackParams,
     pub encryption: EncryptionParams,
 }
@@ -62,6 +71,7 @@ impl StoreConfig {
                 cdc_max_size: 256 * 1024,
             },
             compression: CompressionParams::auto(),
+            lists: Some(ListParams::default()),
             pack: PackParams {
                 target_size: 32 * 1024 * 1024,
             },
@@ -85,6 +95,11 @@ impl StoreConfig {
             .get("format_version")
             .and_then(|v| v.as_u64())
             .ok_or_else(|| invalid("no numeric format_version".to_string()))?;
+        if version < FORMAT_VERSION_MIN as u64 {
+            return Err(invalid(format!(
+                "format_version {version} was never written"
+            )));
+        }
         if version > FORMAT_VERSION as u64 {
             return Err(Error::StoreTooNew {
                 path: path.to_string(),
@@ -98,7 +113,24 @@ impl StoreConfig {
         Ok(config)
     }
 
+    /// Whether this build writes to a store of this config: only to one of
+    /// its own format (an older one is read-only).
+    pub fn is_writable(&self) -> bool {
+        self.format_version == FORMAT_VERSION
+    }
+
+    /// The list-tree parameters of a format-2 store (`None` in format 1).
+    pub fn list_params(&self) -> Option<&ListParams> {
+        self.lists.as_ref()
+    }
+
     fn check(&self) -> std::result::Result<(), String> {
+        match (self.format_version, &self.lists) {
+            (1, None) => {}
+            (1, Some(_)) => return Err("lists is not a field of format 1".into()),
+            (_, None) => return Err("lists is required in format 2".into()),
+            (_, Some(l)) => l.check()?,
+        }
         let c = &self.chunking;
         if c.fixed_block_size == 0 || c.fixed_block_size > 1 << 20 {
             return Err("chunking.fixed_block_size out of range".into());

@@ -1,10 +1,16 @@
 //! Snapshot manifests: every captured file, folder and symlink with its
-//! chunk ids, size, mode and mtime, plus the source file's identity for the
+//! chunk list, size, mode and mtime, plus the source file's identity for the
 //! files cache. Stored as
 //!
 //! ```text
-//! "ATOMAN01" | sealed(zstd(bincode(Manifest))) | blake3(all preceding bytes)
+//! "ATOMAN02" | sealed(zstd(bincode(ManifestV2))) | blake3(all preceding bytes)
 //! ```
+//!
+//! Format 2 holds one list-tree root per file ([`ChunkList::Tree`], the
+//! list blobs live in the packs); format 1 (`"ATOMAN01"`, read only) held
+//! every chunk id ([`ChunkList::Ids`]). Both decode into the one in-memory
+//! [`Manifest`]; only format 2 is written. Chunk ids are read through
+//! `Store::file_chunks`, whatever the format.
 //!
 //! A manifest is untrusted input when the store is not encrypted (its
 //! checksum is unkeyed): decoding bounds what it may make us allocate
@@ -18,10 +24,15 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use crate::id::Id;
+use crate::store::lists::ListRef;
 use crate::store::seal::Sealer;
 
-pub const MANIFEST_MAGIC: &[u8; 8] = b"ATOMAN01";
-pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest this build writes (format 2).
+pub const MANIFEST_MAGIC: &[u8; 8] = b"ATOMAN02";
+pub const MANIFEST_VERSION: u32 = 2;
+/// Format 1's manifest, still read.
+pub const MANIFEST_MAGIC_V1: &[u8; 8] = b"ATOMAN01";
+pub const MANIFEST_VERSION_V1: u32 = 1;
 
 /// Paths inside a snapshot.
 pub const DB_PATH: &str = "atocore.db";
@@ -75,10 +86,34 @@ pub enum EntryKind {
     Symlink { target: Vec<u8> },
 }
 
+/// A file's chunk ids, as its manifest holds them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum ChunkList {
+    /// Format 1: every id, inline.
+    Ids(Vec<Id>),
+    /// Format 2: the root of the file's list tree (list blobs in packs).
+    Tree(ListRef),
+}
+
+impl ChunkList {
+    /// How many chunks the file has (no list blob is read).
+    pub fn len(&self) -> u64 {
+        match self {
+            ChunkList::Ids(ids) => ids.len() as u64,
+            ChunkList::Tree(r) => r.chunks,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FileEntry {
     pub size: u64,
-    pub chunks: Vec<Id>,
+    /// Its chunk ids in file order (read them with `Store::file_chunks`).
+    pub list: ChunkList,
     /// Captured through the SQLite online backup API.
     pub sqlite: bool,
     /// Identity of the source file when it was read, for the files cache
@@ -148,11 +183,13 @@ impl Manifest {
         self.db().map(|f| f.size).unwrap_or(0)
     }
 
-    /// Encodes the manifest for storage.
+    /// Encodes the manifest for storage, in format 2: every file must hold
+    /// a list tree (a format-1 id list is converted by `copy`, never written).
     pub fn encode(&self, sealer: &Sealer) -> Result<Vec<u8>, String> {
+        let wire = wire::to_v2(self)?;
         // Streamed into the compressor: no uncompressed copy in memory.
         let mut encoder = zstd::Encoder::new(Vec::new(), 3).map_err(|e| e.to_string())?;
-        bincode::serialize_into(&mut encoder, self).map_err(|e| e.to_string())?;
+        bincode::serialize_into(&mut encoder, &wire).map_err(|e| e.to_string())?;
         let compressed = encoder.finish().map_err(|e| e.to_string())?;
         let sealed = sealer.seal(compressed, MANIFEST_MAGIC);
         let mut out = Vec::with_capacity(sealed.len() + 40);
@@ -163,32 +200,28 @@ impl Manifest {
         Ok(out)
     }
 
-    /// Decodes a stored manifest; the error says what is wrong with it.
+    /// Decodes a stored manifest of either format; the error says what is
+    /// wrong with it.
     pub fn decode(bytes: &[u8], sealer: &Sealer) -> Result<Manifest, String> {
         if bytes.len() < MANIFEST_MAGIC.len() + 32 {
             return Err(format!("truncated ({} bytes)", bytes.len()));
         }
-        if &bytes[..8] != MANIFEST_MAGIC {
-            return Err("not an atosnap manifest (bad magic)".to_string());
-        }
+        let magic: &[u8; 8] = match &bytes[..8] {
+            m if m == MANIFEST_MAGIC => MANIFEST_MAGIC,
+            m if m == MANIFEST_MAGIC_V1 => MANIFEST_MAGIC_V1,
+            _ => return Err("not an atosnap manifest (bad magic)".to_string()),
+        };
         let (body, sum) = bytes.split_at(bytes.len() - 32);
         if blake3::hash(body).as_bytes() != sum {
             return Err("checksum mismatch (truncated or modified)".to_string());
         }
-        let compressed = sealer.open(body[8..].to_vec(), MANIFEST_MAGIC)?;
+        let compressed = sealer.open(body[8..].to_vec(), magic)?;
         let raw = decompress_bounded(&compressed, decompressed_bound(compressed.len()))?;
-        let manifest: Manifest = bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .allow_trailing_bytes()
-            .with_limit(raw.len() as u64)
-            .deserialize(&raw)
-            .map_err(|e| format!("does not decode: {e}"))?;
-        if manifest.version > MANIFEST_VERSION {
-            return Err(format!(
-                "manifest version {} is newer than this atosnap reads ({MANIFEST_VERSION})",
-                manifest.version
-            ));
-        }
+        let manifest = if magic == MANIFEST_MAGIC {
+            wire::from_v2(deserialize(&raw)?)?
+        } else {
+            wire::from_v1(deserialize(&raw)?)?
+        };
         manifest.check_tree()?;
         Ok(manifest)
     }
@@ -229,6 +262,190 @@ impl Manifest {
     }
 }
 
+/// Bincode as manifests are written, bounded by the bytes at hand.
+fn deserialize<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(raw.len() as u64)
+        .deserialize(raw)
+        .map_err(|e| format!("does not decode: {e}"))
+}
+
+/// The stored forms of both formats: [`Manifest`] with the file's list as
+/// format 1 (`chunks: Vec<Id>`) or format 2 (`list: ListRef`) held it.
+/// Only this module knows them.
+mod wire {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    pub struct ManifestW<F> {
+        pub version: u32,
+        pub stamp: String,
+        pub created_at: String,
+        pub tags: Vec<String>,
+        pub hostname: String,
+        pub chroma_included: bool,
+        pub capture_errors: Vec<String>,
+        pub entries: Vec<EntryW<F>>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct EntryW<F> {
+        pub path: Vec<u8>,
+        pub kind: KindW<F>,
+        pub mode: u32,
+        pub mtime_ns: i64,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub enum KindW<F> {
+        File(F),
+        Dir,
+        Symlink { target: Vec<u8> },
+    }
+
+    /// Format 1's file entry.
+    #[derive(Serialize, Deserialize)]
+    pub struct FileV1 {
+        pub size: u64,
+        pub chunks: Vec<Id>,
+        pub sqlite: bool,
+        pub source: Option<SourceStat>,
+        pub wal_source: Option<SourceStat>,
+    }
+
+    /// Format 2's file entry: the list tree's root instead of the ids.
+    #[derive(Serialize, Deserialize)]
+    pub struct FileV2 {
+        pub size: u64,
+        pub list: ListRef,
+        pub sqlite: bool,
+        pub source: Option<SourceStat>,
+        pub wal_source: Option<SourceStat>,
+    }
+
+    pub fn to_v2(m: &Manifest) -> Result<ManifestW<FileV2>, String> {
+        let entries = m
+            .entries
+            .iter()
+            .map(|e| {
+                let kind = match &e.kind {
+                    EntryKind::File(f) => KindW::File(FileV2 {
+                        size: f.size,
+                        list: match &f.list {
+                            ChunkList::Tree(r) => *r,
+                            ChunkList::Ids(_) => {
+                                return Err(format!(
+                                    "entry {:?} holds a format-1 id list, which is never written",
+                                    e.path_lossy()
+                                ))
+                            }
+                        },
+                        sqlite: f.sqlite,
+                        source: f.source,
+                        wal_source: f.wal_source,
+                    }),
+                    EntryKind::Dir => KindW::Dir,
+                    EntryKind::Symlink { target } => KindW::Symlink {
+                        target: target.clone(),
+                    },
+                };
+                Ok(EntryW {
+                    path: e.path.clone(),
+                    kind,
+                    mode: e.mode,
+                    mtime_ns: e.mtime_ns,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(ManifestW {
+            version: MANIFEST_VERSION,
+            stamp: m.stamp.clone(),
+            created_at: m.created_at.clone(),
+            tags: m.tags.clone(),
+            hostname: m.hostname.clone(),
+            chroma_included: m.chroma_included,
+            capture_errors: m.capture_errors.clone(),
+            entries,
+        })
+    }
+
+    pub fn from_v2(w: ManifestW<FileV2>) -> Result<Manifest, String> {
+        if w.version > MANIFEST_VERSION {
+            return Err(format!(
+                "an {} manifest says version {}",
+                String::from_utf8_lossy(MANIFEST_MAGIC),
+                w.version
+            ));
+        }
+        convert(w, |path, f| {
+            f.list
+                .check()
+                .map_err(|e| format!("entry {:?}: {e}", String::from_utf8_lossy(path)))?;
+            Ok(FileEntry {
+                size: f.size,
+                list: ChunkList::Tree(f.list),
+                sqlite: f.sqlite,
+                source: f.source,
+                wal_source: f.wal_source,
+            })
+        })
+    }
+
+    pub fn from_v1(w: ManifestW<FileV1>) -> Result<Manifest, String> {
+        if w.version > MANIFEST_VERSION_V1 {
+            return Err(format!(
+                "an {} manifest says version {}",
+                String::from_utf8_lossy(MANIFEST_MAGIC_V1),
+                w.version
+            ));
+        }
+        convert(w, |_, f| {
+            Ok(FileEntry {
+                size: f.size,
+                list: ChunkList::Ids(f.chunks),
+                sqlite: f.sqlite,
+                source: f.source,
+                wal_source: f.wal_source,
+            })
+        })
+    }
+
+    fn convert<F>(
+        w: ManifestW<F>,
+        file: impl Fn(&[u8], F) -> Result<FileEntry, String>,
+    ) -> Result<Manifest, String> {
+        let entries = w
+            .entries
+            .into_iter()
+            .map(|e| {
+                let kind = match e.kind {
+                    KindW::File(f) => EntryKind::File(file(&e.path, f)?),
+                    KindW::Dir => EntryKind::Dir,
+                    KindW::Symlink { target } => EntryKind::Symlink { target },
+                };
+                Ok(Entry {
+                    path: e.path,
+                    kind,
+                    mode: e.mode,
+                    mtime_ns: e.mtime_ns,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Manifest {
+            version: w.version,
+            stamp: w.stamp,
+            created_at: w.created_at,
+            tags: w.tags,
+            hostname: w.hostname,
+            chroma_included: w.chroma_included,
+            capture_errors: w.capture_errors,
+            entries,
+        })
+    }
+}
+
 /// Decompresses a zstd stream, refusing one that would exceed `bound`
 /// bytes (read up to the bound, never beyond).
 fn decompress_bounded(compressed: &[u8], bound: u64) -> Result<Vec<u8>, String> {
@@ -265,7 +482,11 @@ mod tests {
                 path: b"atocore.db".to_vec(),
                 kind: EntryKind::File(FileEntry {
                     size: 3,
-                    chunks: vec![Id::hash(b"abc")],
+                    list: ChunkList::Tree(ListRef {
+                        root: Some(Id::hash(b"abc")),
+                        chunks: 1,
+                        levels: 0,
+                    }),
                     sqlite: true,
                     source: None,
                     wal_source: None,
@@ -288,6 +509,57 @@ mod tests {
             .contains("checksum"));
         assert!(Manifest::decode(&bytes[..bytes.len() - 5], &Sealer::Plain).is_err());
         assert!(Manifest::decode(b"garbage", &Sealer::Plain).is_err());
+    }
+
+    #[test]
+    fn only_list_trees_are_written_and_ids_read_from_format_1() {
+        let mut m = sample();
+        if let EntryKind::File(f) = &mut m.entries[0].kind {
+            f.list = ChunkList::Ids(vec![Id::hash(b"abc")]);
+        }
+        let err = m.encode(&Sealer::Plain).unwrap_err();
+        assert!(err.contains("format-1 id list"), "{err}");
+        // The same manifest as format 1 wrote it decodes into `Ids`.
+        let w = wire::to_v2(&sample()).unwrap();
+        let v1 = wire::ManifestW {
+            version: 1,
+            stamp: w.stamp,
+            created_at: w.created_at,
+            tags: w.tags,
+            hostname: w.hostname,
+            chroma_included: w.chroma_included,
+            capture_errors: w.capture_errors,
+            entries: vec![wire::EntryW {
+                path: b"atocore.db".to_vec(),
+                kind: wire::KindW::File(wire::FileV1 {
+                    size: 3,
+                    chunks: vec![Id::hash(b"abc")],
+                    sqlite: true,
+                    source: None,
+                    wal_source: None,
+                }),
+                mode: 0o644,
+                mtime_ns: 1,
+            }],
+        };
+        let compressed = zstd::encode_all(&bincode::serialize(&v1).unwrap()[..], 3).unwrap();
+        let mut bytes = MANIFEST_MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&Sealer::Plain.seal(compressed, MANIFEST_MAGIC_V1));
+        let sum = blake3::hash(&bytes);
+        bytes.extend_from_slice(sum.as_bytes());
+        let back = Manifest::decode(&bytes, &Sealer::Plain).unwrap();
+        assert_eq!(back.entries[0].kind, m.entries[0].kind);
+        // A format-2 root that no builder makes is refused on decode.
+        let mut bad = wire::to_v2(&sample()).unwrap();
+        if let wire::KindW::File(f) = &mut bad.entries[0].kind {
+            f.list.chunks = 0;
+        }
+        let compressed = zstd::encode_all(&bincode::serialize(&bad).unwrap()[..], 3).unwrap();
+        let err = Manifest::decode(&forged(&compressed), &Sealer::Plain).unwrap_err();
+        assert!(
+            err.contains("atocore.db") && err.contains("no chunks"),
+            "{err}"
+        );
     }
 
     /// A plain manifest holding `payload` as its zstd stream, with a valid

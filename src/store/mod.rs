@@ -13,12 +13,14 @@
 //! ```
 //!
 //! `Store` is split by concern: `open.rs` (constructors), `packs.rs`,
+//! `file_lists.rs` (files' chunk lists: list blobs in packs),
 //! `snapshots.rs`, `quarantine.rs`, `tmp.rs`; each adds an `impl Store`.
 
 pub mod audit_log;
 pub mod backend;
 pub mod cache;
 pub mod chunk_index;
+mod file_lists;
 pub mod format;
 pub mod index;
 pub mod key;
@@ -38,6 +40,7 @@ pub mod seal;
 mod snapshots;
 mod tmp;
 
+pub use file_lists::{error_fault, fault_error, FileChunks, StoreBlobs};
 pub use open::InitOptions;
 pub use packs::{Check, ChunkFault, PackLayout};
 pub use snapshots::{IncompleteSnapshot, ReadFrom, SnapshotListing};
@@ -101,12 +104,29 @@ impl Store {
         &self.remote
     }
 
-    /// The store lock, shared: for commands that add to the store.
+    /// Refuses to write to a store of an older format
+    /// (`store_format_read_only`, naming the upgrade). Every writer passes
+    /// here before it takes the store lock or writes anything (the write
+    /// locks, the key file, the policy), so a format-1 store is never
+    /// changed, not even by a lock file.
+    pub fn check_writable(&self) -> Result<()> {
+        if self.config.is_writable() {
+            return Ok(());
+        }
+        Err(crate::error::Error::StoreFormatReadOnly {
+            store: self.location_name(),
+            found: self.config.format_version,
+        })
+    }
+
+    /// The store lock, shared: for commands that add to the store
+    /// (refused on a read-only format, [`Store::check_writable`]).
     pub fn lock_shared(
         &self,
         command: &str,
         wait: std::time::Duration,
     ) -> Result<lock::SharedLock> {
+        self.check_writable()?;
         match &self.location {
             StoreLocation::Local(root) => lock::lock_shared(root, command, wait),
             StoreLocation::S3(_) => lock::object_lock(self.backend_handle(), command, wait, false)
@@ -127,12 +147,14 @@ impl Store {
         }
     }
 
-    /// The store lock, exclusive: for anything that deletes.
+    /// The store lock, exclusive: for anything that deletes (refused on a
+    /// read-only format, [`Store::check_writable`]).
     pub fn lock_exclusive(
         &self,
         command: &str,
         wait: std::time::Duration,
     ) -> Result<ExclusiveLock> {
+        self.check_writable()?;
         match &self.location {
             StoreLocation::Local(root) => lock::lock_exclusive(root, command, wait),
             StoreLocation::S3(_) => lock::object_lock(self.backend_handle(), command, wait, true)
@@ -237,6 +259,7 @@ impl Store {
     /// Replaces `o` (or creates it) atomically: a reader, or a crash, sees
     /// the old content or the new, never neither.
     pub fn replace_object(&self, o: &Object, bytes: &[u8]) -> Result<()> {
+        self.check_writable()?;
         let name = o.name();
         self.backend
             .replace(&name, bytes)

@@ -317,6 +317,7 @@ impl Store {
     /// file atomically (temp file, fsync, rename, fsync of the folder): a
     /// crash leaves the old password or the new one working, never neither.
     pub fn change_password(&self, new_password: &key::Password) -> Result<KeyFile> {
+        self.check_writable()?;
         let keys = self.sealer.keys().ok_or_else(|| Error::NotEncrypted {
             path: self.location.display(),
         })?;

@@ -53,6 +53,7 @@ fn first_create_with_chroma_reports_every_field() {
         "chroma_snapshot_bytes",
         "chunks_total",
         "chunks_new",
+        "list_blobs_new",
         "bytes_new_stored",
         "duration_ms",
         "validated",
@@ -181,6 +182,7 @@ fn truncated_pack_is_chunk_missing() {
         .to_string();
     let id = env.file_chunks(&stamp, "atocore.db")[0];
     let (pack, _, _) = env.chunk_location(&id);
+    let id = env.first_missing(&stamp, "atocore.db", &pack, id);
     let len = fs::metadata(&pack).unwrap().len();
     truncate(&pack, len / 2);
     let out = validate(&env, &stamp);
@@ -201,6 +203,7 @@ fn deleted_pack_is_chunk_missing() {
         .to_string();
     let id = env.file_chunks(&stamp, "project-registry.json")[0];
     let (pack, _, _) = env.chunk_location(&id);
+    let id = env.first_missing(&stamp, "project-registry.json", &pack, id);
     fs::remove_file(&pack).unwrap();
     let out = validate(&env, &stamp);
     assert_eq!(out.code, 3, "{out:?}");

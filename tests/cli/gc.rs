@@ -222,7 +222,9 @@ fn a_corrupt_live_chunk_keeps_its_sparse_pack() {
     let manifest = store
         .read_manifest(&d3, atosnap::store::ReadFrom::Cache)
         .unwrap();
-    let live_chunk = manifest.db().unwrap().chunks[0];
+    let live_chunk = store
+        .file_chunk_ids(&store.load_index().unwrap(), manifest.db().unwrap())
+        .unwrap()[0];
     let size = fs::metadata(env.store.join(&s.pack_a)).unwrap().len();
     let entry = store
         .read_pack_index(&atosnap::store::Object::Listed(s.pack_a.clone()), size)

@@ -13,6 +13,7 @@ mod copy;
 mod demo;
 mod drill_diff;
 mod encryption;
+mod format2;
 mod foundation;
 mod gc;
 mod hardening;

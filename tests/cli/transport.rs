@@ -88,13 +88,32 @@ fn a_store_written_before_the_compression_flag_opens_and_takes_snapshots() {
   "encryption": {"scheme": "none"}
 }"#;
     fs::write(rt.store.join("config.json"), old).unwrap();
+    // Format 1 is read, never written: stats reads it as `auto`, create
+    // is refused and the config stays as it was.
+    let stats = rt.ok(&["stats"]);
+    assert_eq!(stats["compression"], "auto", "{stats}");
+    assert_eq!(rt.run(&["create"]).error_code(), "store_format_read_only");
+    assert_eq!(
+        fs::read_to_string(rt.store.join("config.json")).unwrap(),
+        old
+    );
+    // The same config in format 2 (no `auto` field) takes snapshots.
+    let v2 = old
+        .replace(r#""format_version": 1,"#, r#""format_version": 2,"#)
+        .replace(
+            r#""pack":"#,
+            r#""lists": {"leaf_slots": 1024, "node_slots": 1024, "cdc_leaf_bits": 10,
+    "cdc_leaf_min": 256, "cdc_leaf_max": 4096, "max_chain": 64},
+  "pack":"#,
+        );
+    fs::write(rt.store.join("config.json"), &v2).unwrap();
     rt.create(&[]);
     let stats = rt.ok(&["stats"]);
     assert_eq!(stats["compression"], "auto", "{stats}");
     assert_eq!(stats["snapshots"], 1);
     assert_eq!(
         fs::read_to_string(rt.store.join("config.json")).unwrap(),
-        old
+        v2
     );
 }
 

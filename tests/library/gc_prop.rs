@@ -1,4 +1,5 @@
-//! Property: gc never removes a chunk that a remaining snapshot references.
+//! Property: gc never removes a chunk, or a list blob (delta chains
+//! included), that a remaining snapshot references.
 //! Random small stores (tiny packs, so chunks spread over many packs and
 //! share them), random snapshots deleted, gc --confirm, then every
 //! remaining snapshot validates and a second gc finds nothing to do.
@@ -16,6 +17,7 @@ use atosnap::ops::gc;
 use atosnap::ops::verify;
 use atosnap::progress::NoProgress;
 use atosnap::stamp::Stamp;
+use atosnap::store::lists::Reached;
 use atosnap::store::lock::lock_exclusive;
 use atosnap::store::{key::Secrets, location::StoreAddress, InitOptions, Store};
 
@@ -28,14 +30,22 @@ const WAIT: Duration = Duration::from_secs(60);
 struct Snap {
     files: Vec<Vec<u8>>,
     rows: u8,
+    /// Some((slot, block)): the previous snapshot's files with one block
+    /// replaced instead (so leaves become deltas of the previous ones).
+    derive: Option<(u8, u8)>,
 }
 
 fn snap() -> impl Strategy<Value = Snap> {
     (
         proptest::collection::vec(proptest::collection::vec(0u8..24, 1..8), 1..4),
         0u8..40,
+        proptest::option::of((0u8..8, 0u8..24)),
     )
-        .prop_map(|(files, rows)| Snap { files, rows })
+        .prop_map(|(files, rows, derive)| Snap {
+            files,
+            rows,
+            derive,
+        })
 }
 
 fn pool() -> Vec<Vec<u8>> {
@@ -49,11 +59,15 @@ fn pool() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Tiny packs, and leaves of 4 ids so that files of up to 7 blocks have
+/// interior roots and one changed block makes a delta leaf.
 fn set_pack_size(root: &Path, target: u64) {
     let path = root.join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     config["pack"]["target_size"] = serde_json::Value::from(target);
+    config["lists"]["leaf_slots"] = serde_json::Value::from(4);
+    config["lists"]["max_chain"] = serde_json::Value::from(8);
     std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
 }
 
@@ -71,7 +85,19 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
     let pool = pool();
 
     let mut stamps = Vec::new();
+    let mut prev: Option<Vec<Vec<u8>>> = None;
     for (i, s) in snaps.iter().enumerate() {
+        let files = match (s.derive, prev.take()) {
+            (Some((slot, block)), Some(mut files)) => {
+                let k = slot as usize % files.len();
+                let f = &mut files[k];
+                let n = f.len();
+                f[slot as usize % n] = block;
+                files
+            }
+            _ => s.files.clone(),
+        };
+        prev = Some(files.clone());
         for r in 0..s.rows {
             conn.execute(
                 "INSERT INTO t VALUES (?1)",
@@ -82,7 +108,7 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
         for old in std::fs::read_dir(&chroma).unwrap().flatten() {
             std::fs::remove_file(old.path()).unwrap();
         }
-        for (k, blocks) in s.files.iter().enumerate() {
+        for (k, blocks) in files.iter().enumerate() {
             let data: Vec<u8> = blocks
                 .iter()
                 .flat_map(|b| pool[*b as usize].clone())
@@ -135,8 +161,17 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
             .read_manifest(stamp, atosnap::store::ReadFrom::Cache)
             .unwrap();
         for f in m.entries.iter().filter_map(|e| e.file()) {
-            for id in &f.chunks {
-                prop_assert!(store.read_chunk(&index, id).is_ok(), "chunk {} lost", id);
+            let mut ids = Vec::new();
+            store
+                .file_reach(&index, f, &mut Default::default(), &mut |r| {
+                    let (Reached::Blob(id) | Reached::Chunk(id)) = r;
+                    ids.push(id);
+                })
+                .map_err(|e| {
+                    TestCaseError::fail(format!("{stamp}: a list does not read after gc: {e}"))
+                })?;
+            for id in &ids {
+                prop_assert!(store.read_chunk(&index, id).is_ok(), "blob {} lost", id);
                 referenced.insert(*id);
             }
         }

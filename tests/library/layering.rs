@@ -23,6 +23,7 @@ const WING_PARTS: &[&str] = &[
     "store::open",
     "store::snapshots",
     "store::packs",
+    "store::file_lists",
     "store::quarantine",
     "store::tmp",
     "serve::handlers",

@@ -62,7 +62,14 @@ fn the_plan_names_what_differs_and_what_can_be_reused() {
     filetime::set_file_mtime(&data, mtime).unwrap();
     std::fs::write(rt.chroma().join("extra"), b"x").unwrap();
 
-    let plan = restore::plan(&store, &manifest, &live_targets(&rt), true).unwrap();
+    let plan = restore::plan(
+        &store,
+        &store.load_index().unwrap(),
+        &manifest,
+        &live_targets(&rt),
+        true,
+    )
+    .unwrap();
     let chroma = plan.chroma.as_ref().unwrap();
     let path_of = |i: &usize| manifest.entries[*i].path_lossy();
     let written: Vec<String> = chroma.write.iter().map(path_of).collect();
@@ -80,10 +87,13 @@ fn the_plan_names_what_differs_and_what_can_be_reused() {
         .find(|i| path_of(i).ends_with("data_level0.bin"))
         .unwrap();
     let file = manifest.entries[*i].file().unwrap();
+    let ids = store
+        .file_chunk_ids(&store.load_index().unwrap(), file)
+        .unwrap();
     let reusable = &chroma.reusable[i];
-    let distinct: std::collections::HashSet<_> = file.chunks.iter().collect();
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(reusable.len(), distinct.len() - 1);
-    assert!(!reusable.contains_key(&file.chunks[10]));
+    assert!(!reusable.contains_key(&ids[10]));
     // The db: every page but the WAL-mode header page is on disk already.
     assert!(!plan.db_reusable.is_empty());
 }
@@ -103,7 +113,14 @@ fn reused_bytes_that_changed_after_the_plan_come_from_the_store() {
     let mut bytes = original.clone();
     bytes[0] ^= 1;
     std::fs::write(&data, &bytes).unwrap();
-    let plan = restore::plan(&store, &manifest, &live_targets(&rt), true).unwrap();
+    let plan = restore::plan(
+        &store,
+        &store.load_index().unwrap(),
+        &manifest,
+        &live_targets(&rt),
+        true,
+    )
+    .unwrap();
     // After the plan, damage blocks the plan counted as reusable.
     for block in [3usize, 200, 700] {
         bytes[block * 4096 + 1] ^= 0xff;
@@ -155,7 +172,14 @@ fn apply_never_writes_through_a_symlink() {
         live: false,
     };
     let index = store.load_index().unwrap();
-    let plan = restore::plan(&store, &manifest, &targets, true).unwrap();
+    let plan = restore::plan(
+        &store,
+        &store.load_index().unwrap(),
+        &manifest,
+        &targets,
+        true,
+    )
+    .unwrap();
     let err = restore::apply(&store, &index, &manifest, &plan, &NoProgress).unwrap_err();
     assert_eq!(err.code(), "target_invalid", "{err}");
     assert!(err.to_string().contains("chroma/x"), "{err}");
@@ -170,6 +194,7 @@ fn apply_never_writes_through_a_symlink() {
         &manifest,
         &restore::plan(
             &store,
+            &index,
             &manifest,
             &Targets {
                 db: to.join("atocore.db"),
@@ -191,7 +216,14 @@ fn apply_never_writes_through_a_symlink() {
         chroma: to.join("chroma"),
         live: false,
     };
-    let plan = restore::plan(&store, &manifest, &targets, true).unwrap();
+    let plan = restore::plan(
+        &store,
+        &store.load_index().unwrap(),
+        &manifest,
+        &targets,
+        true,
+    )
+    .unwrap();
     std::fs::rename(&seg, rt.path("moved-seg")).unwrap();
     std::os::unix::fs::symlink(&outside, &seg).unwrap();
     let err = restore::apply(&store, &index, &manifest, &plan, &NoProgress).unwrap_err();

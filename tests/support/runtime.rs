@@ -179,7 +179,50 @@ impl Runtime {
     pub fn file_chunks(&self, stamp: &str, path: &str) -> Vec<Id> {
         let m = self.manifest(stamp);
         let entry = m.find(path).unwrap_or_else(|| panic!("{path} in {stamp}"));
-        entry.file().expect("a file").chunks.clone()
+        let store = self.open_store();
+        let index = store.load_index().unwrap();
+        store
+            .file_chunk_ids(&index, entry.file().expect("a file"))
+            .unwrap()
+    }
+
+    /// The root of the list tree of a file in a snapshot (format 2).
+    pub fn list_root(&self, stamp: &str, path: &str) -> Id {
+        let m = self.manifest(stamp);
+        let entry = m.find(path).unwrap_or_else(|| panic!("{path} in {stamp}"));
+        match &entry.file().expect("a file").list {
+            atosnap::store::manifest::ChunkList::Tree(r) => r.root.expect("a non-empty file"),
+            atosnap::store::manifest::ChunkList::Ids(_) => panic!("{path}: a format-1 list"),
+        }
+    }
+
+    /// What a reader of `path` in `stamp` misses first when `pack` is
+    /// gone: the file's list root when the tree is in that pack (list
+    /// blobs share the packs of the chunks written with them), else
+    /// `chunk`.
+    pub fn first_missing(&self, stamp: &str, path: &str, pack: &std::path::Path, chunk: Id) -> Id {
+        let root = self.list_root(stamp, path);
+        match self.chunk_location(&root).0 == pack {
+            true => root,
+            false => chunk,
+        }
+    }
+
+    /// Every id snapshot `stamp` reaches: its chunks and list blobs.
+    pub fn reachable_ids(&self, stamp: &str) -> std::collections::BTreeSet<Id> {
+        let store = self.open_store();
+        let index = store.load_index().unwrap();
+        let mut ids = std::collections::BTreeSet::new();
+        for f in self.manifest(stamp).entries.iter().filter_map(|e| e.file()) {
+            store
+                .file_reach(&index, f, &mut Default::default(), &mut |r| {
+                    let (atosnap::store::lists::Reached::Blob(id)
+                    | atosnap::store::lists::Reached::Chunk(id)) = r;
+                    ids.insert(id);
+                })
+                .unwrap();
+        }
+        ids
     }
 
     /// Every pack file of the store, sorted.

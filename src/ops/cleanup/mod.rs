@@ -97,7 +97,7 @@ pub fn cleanup(store: &Store, opts: &CleanupOptions) -> Result<CleanupResult> {
         r.gc = done.gc;
         r
     } else {
-        let _lock = store.lock_shared("cleanup", opts.lock_wait)?;
+        let _lock = store.lock_shared_reader("cleanup", opts.lock_wait)?;
         let (plan, mut r) = make_plan(store, &opts.policy)?;
         r.dry_run = true;
         r.would_delete = Some(plan.delete.len() as u64);

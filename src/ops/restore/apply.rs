@@ -17,7 +17,7 @@ use crate::store::manifest::{Entry, EntryKind, FileEntry, Manifest};
 use crate::store::Store;
 
 use super::plan::{path_of, ChromaPlan, RestorePlan, Reusable, S_IFLNK, S_IFMT};
-use super::stage::{chunk_ids, stage, stage_file, ChunkCounts, Fault, Staged, StagedFile};
+use super::stage::{stage, stage_file, ChunkCounts, Fault, Staged, StagedFile};
 use super::{chroma_rel, Targets, TEMP_PREFIX};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -90,7 +90,7 @@ pub fn install(
             .unchanged
             .iter()
             .filter_map(|&i| manifest.entries[i].file());
-        out.chunks_reused += untouched.map(|f| chunk_ids(f).count() as u64).sum::<u64>();
+        out.chunks_reused += untouched.map(|f| f.list.len()).sum::<u64>();
     }
     Ok(out)
 }

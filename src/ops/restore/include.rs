@@ -71,7 +71,7 @@ pub fn restore_paths(store: &Store, opts: &IncludeOptions) -> Result<IncludeResu
             })
         })
         .collect::<Result<_>>()?;
-    let _lock = store.lock_shared("restore", opts.lock_wait)?;
+    let _lock = store.lock_shared_reader("restore", opts.lock_wait)?;
     let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
     restore::check_paths(&manifest)?;
     let chosen = choose(&manifest, &included)?;
@@ -220,20 +220,35 @@ fn check_chunks(
     manifest: &Manifest,
     chosen: &[&Entry],
 ) -> Result<()> {
-    let wanted: Vec<(&Id, &Entry)> = chosen
-        .iter()
-        .filter_map(|e| e.file().map(|f| (f, *e)))
-        .flat_map(|(f, e)| f.chunks.iter().map(move |id| (id, e)))
-        .collect();
-    let mut faults: Vec<String> = wanted
-        .par_iter()
-        .filter_map(|(id, e)| {
-            store
-                .read_chunk(index, id)
-                .err()
-                .map(|f| format!("{} (a chunk of {})", f.code(id), e.path_lossy()))
-        })
-        .collect();
+    let mut wanted: Vec<(Id, &Entry)> = Vec::new();
+    let mut faults: Vec<String> = Vec::new();
+    for e in chosen {
+        let Some(f) = e.file() else { continue };
+        match store.file_chunk_ids(index, f) {
+            Ok(ids) => wanted.extend(ids.into_iter().map(|id| (id, *e))),
+            // A list blob's damage is a fault like a chunk's; a storage
+            // failure is the error.
+            Err(err) => {
+                let (id, fault) = crate::store::error_fault(&err).ok_or(err)?;
+                faults.push(format!(
+                    "{} (the list of {})",
+                    fault.code(&id),
+                    e.path_lossy()
+                ))
+            }
+        }
+    }
+    faults.extend(
+        wanted
+            .par_iter()
+            .filter_map(|(id, e)| {
+                store
+                    .read_chunk(index, id)
+                    .err()
+                    .map(|f| format!("{} (a chunk of {})", f.code(id), e.path_lossy()))
+            })
+            .collect::<Vec<_>>(),
+    );
     if faults.is_empty() {
         return Ok(());
     }

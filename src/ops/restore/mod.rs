@@ -170,7 +170,7 @@ pub fn restore(
     refuse_live_target(opts)?;
     let stamp = Stamp::parse(&opts.stamp)?;
     let targets = Targets::of(opts);
-    let lock = store.lock_shared("restore", opts.lock_wait)?;
+    let lock = store.lock_shared_reader("restore", opts.lock_wait)?;
     let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
     check_paths(&manifest)?;
     let with_chroma = chroma_wanted(&manifest, opts.chroma)?;
@@ -186,7 +186,7 @@ pub fn restore(
     progress.phase("plan", None);
     sweep_stale_temps(&targets, with_chroma);
     let index = store.load_index()?;
-    let plan = plan(store, &manifest, &targets, with_chroma)?;
+    let plan = plan(store, &index, &manifest, &targets, with_chroma)?;
     let mut staged = stage(store, &index, &manifest, &plan, progress)?;
     crate::failpoint::hit(|| "restore:after-stage".into());
 
@@ -464,7 +464,7 @@ mod tests {
                     path: p.to_vec(),
                     kind: EntryKind::File(FileEntry {
                         size: 0,
-                        chunks: vec![],
+                        list: crate::store::manifest::ChunkList::Ids(vec![]),
                         sqlite: false,
                         source: None,
                         wal_source: None,

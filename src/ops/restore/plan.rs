@@ -14,6 +14,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 use crate::sources::chroma::is_restore_temp;
 use crate::sources::sqlite;
+use crate::store::index::ChunkIndex;
 use crate::store::manifest::{
     EntryKind, FileEntry, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH,
 };
@@ -92,6 +93,7 @@ impl ChromaPlan {
 /// disk), never writes.
 pub fn plan(
     store: &Store,
+    index: &ChunkIndex,
     manifest: &Manifest,
     targets: &Targets,
     with_chroma: bool,
@@ -99,7 +101,7 @@ pub fn plan(
     let idx = |p: &str| manifest.entries.iter().position(|e| e.path == p.as_bytes());
     let file_idx = |p: &str| idx(p).filter(|&i| manifest.entries[i].file().is_some());
     let chroma = if with_chroma {
-        Some(plan_chroma(store, manifest, &targets.chroma)?)
+        Some(plan_chroma(store, index, manifest, &targets.chroma)?)
     } else {
         None
     };
@@ -111,9 +113,10 @@ pub fn plan(
         i.and_then(|i| {
             let e = &manifest.entries[i];
             let f = e.file()?;
+            let ids = chunk_ids(store, index, f).ok()?;
             let params = &store.config().chunking;
-            positional(target, &e.path, f, params).or_else(|| {
-                compare_on_disk(target, &e.path, f, params, store.sealer())
+            positional(target, &e.path, f, &ids, params).or_else(|| {
+                compare_on_disk(target, &e.path, f, &ids, params, store.sealer())
                     .ok()
                     .map(|d| d.reusable)
             })
@@ -140,6 +143,7 @@ pub fn positional(
     path: &Path,
     snap_path: &[u8],
     file: &FileEntry,
+    ids: &[Id],
     params: &crate::store::format::ChunkingParams,
 ) -> Option<Reusable> {
     let len = fs::metadata(path).ok()?.len();
@@ -152,7 +156,7 @@ pub fn positional(
     };
     let n = n as u64;
     let mut map = Reusable::new();
-    for (i, id) in chunk_ids(file).enumerate() {
+    for (i, id) in ids.iter().enumerate() {
         let offset = i as u64 * n;
         let want = n.min(file.size.saturating_sub(offset));
         if want == 0 || offset + want > len {
@@ -170,6 +174,7 @@ fn presumed_changed(
     path: &Path,
     entry: &crate::store::manifest::Entry,
     file: &FileEntry,
+    ids: &[Id],
     params: &crate::store::format::ChunkingParams,
 ) -> Option<Reusable> {
     let m = fs::symlink_metadata(path).ok()?;
@@ -177,7 +182,7 @@ fn presumed_changed(
     if same {
         return None;
     }
-    positional(path, &entry.path, file, params)
+    positional(path, &entry.path, file, ids, params)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -210,7 +215,12 @@ pub(super) fn path_of(root: &Path, rel: &[u8]) -> PathBuf {
 
 /// Step 7's plan: walks the tree on disk (symlinks never followed) against
 /// the snapshot's Chroma entries.
-pub fn plan_chroma(store: &Store, manifest: &Manifest, root: &Path) -> Result<ChromaPlan> {
+pub fn plan_chroma(
+    store: &Store,
+    index: &ChunkIndex,
+    manifest: &Manifest,
+    root: &Path,
+) -> Result<ChromaPlan> {
     let mut wanted: BTreeMap<&[u8], usize> = BTreeMap::new();
     let mut plan = ChromaPlan {
         root: root.to_path_buf(),
@@ -275,7 +285,12 @@ pub fn plan_chroma(store: &Store, manifest: &Manifest, root: &Path) -> Result<Ch
             let EntryKind::File(f) = &e.kind else {
                 return (*i, OnDisk::default(), false);
             };
-            if let Some(reusable) = presumed_changed(path, e, f, params) {
+            // A file whose list cannot be read is simply written (staging
+            // then names the fault).
+            let Ok(ids) = chunk_ids(store, index, f) else {
+                return (*i, OnDisk::default(), false);
+            };
+            if let Some(reusable) = presumed_changed(path, e, f, &ids, params) {
                 let found = OnDisk {
                     matches: false,
                     reusable,
@@ -283,7 +298,7 @@ pub fn plan_chroma(store: &Store, manifest: &Manifest, root: &Path) -> Result<Ch
                 return (*i, found, true);
             }
             // An unreadable file is simply replaced.
-            let found = compare_on_disk(path, &e.path, f, params, sealer).unwrap_or_default();
+            let found = compare_on_disk(path, &e.path, f, &ids, params, sealer).unwrap_or_default();
             (*i, found, false)
         })
         .collect();
@@ -395,6 +410,7 @@ pub fn file_matches(
     path: &Path,
     snap_path: &[u8],
     file: &FileEntry,
+    chunks: &[Id],
     params: &crate::store::format::ChunkingParams,
     sealer: &crate::store::seal::Sealer,
 ) -> std::io::Result<bool> {
@@ -419,7 +435,7 @@ pub fn file_matches(
             .map(|r| sealer.chunk_id(&buf[r.clone()]))
             .collect();
         let end = pos + ids.len();
-        if end > file.chunks.len() || file.chunks[pos..end] != ids[..] {
+        if end > chunks.len() || chunks[pos..end] != ids[..] {
             mismatch = true;
             return Err(Error::ChunksDiffer);
         }
@@ -430,7 +446,7 @@ pub fn file_matches(
         Err(_) if mismatch => Ok(false),
         Err(e) => Err(std::io::Error::other(e.to_string())),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(total)) => Ok(total == file.size && pos == file.chunks.len()),
+        Ok(Ok(total)) => Ok(total == file.size && pos == chunks.len()),
     }
 }
 
@@ -455,6 +471,7 @@ pub fn compare_on_disk(
     path: &Path,
     snap_path: &[u8],
     file: &FileEntry,
+    chunks: &[Id],
     params: &crate::store::format::ChunkingParams,
     sealer: &crate::store::seal::Sealer,
 ) -> std::io::Result<OnDisk> {
@@ -469,7 +486,7 @@ pub fn compare_on_disk(
         None
     };
     let strategy = chunk::strategy_for(snap_path, page, params);
-    let needed: HashSet<&Id> = file.chunks.iter().collect();
+    let needed: HashSet<&Id> = chunks.iter().collect();
     let mut out = OnDisk::default();
     let mut same_order = size == file.size;
     let mut pos = 0usize;
@@ -480,7 +497,7 @@ pub fn compare_on_disk(
             .map(|r| sealer.chunk_id(&buf[r.clone()]))
             .collect();
         for (id, r) in ids.iter().zip(ranges) {
-            if same_order && file.chunks.get(pos) != Some(id) {
+            if same_order && chunks.get(pos) != Some(id) {
                 same_order = false;
             }
             pos += 1;
@@ -498,7 +515,7 @@ pub fn compare_on_disk(
         Ok(Err(e)) => return Err(e),
         Ok(Ok(_)) => {}
     }
-    out.matches = same_order && pos == file.chunks.len();
+    out.matches = same_order && pos == chunks.len();
     Ok(out)
 }
 
@@ -522,20 +539,20 @@ mod tests {
             .collect();
         let entry = FileEntry {
             size: data.len() as u64,
-            chunks,
+            list: crate::store::manifest::ChunkList::Ids(chunks.clone()),
             sqlite: false,
             source: None,
             wal_source: None,
         };
-        assert!(file_matches(&path, snap_path, &entry, &params, &sealer).unwrap());
+        assert!(file_matches(&path, snap_path, &entry, &chunks, &params, &sealer).unwrap());
         // Same size, one byte differs, mtime kept: detected.
         let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&path).unwrap());
         let mut changed = data.clone();
         changed[12_345] ^= 1;
         fs::write(&path, &changed).unwrap();
         filetime::set_file_mtime(&path, mtime).unwrap();
-        assert!(!file_matches(&path, snap_path, &entry, &params, &sealer).unwrap());
+        assert!(!file_matches(&path, snap_path, &entry, &chunks, &params, &sealer).unwrap());
         fs::write(&path, &data[..100]).unwrap();
-        assert!(!file_matches(&path, snap_path, &entry, &params, &sealer).unwrap());
+        assert!(!file_matches(&path, snap_path, &entry, &chunks, &params, &sealer).unwrap());
     }
 }

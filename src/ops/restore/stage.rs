@@ -31,9 +31,10 @@ use super::apply::{file_time, parent_of, temp_in, wanted_owner, Install, TempGua
 use super::chroma_rel;
 use super::plan::{file_matches, RestorePlan, Reusable};
 
-/// A file's chunk ids, in file order: the one place restore reads them.
-pub(super) fn chunk_ids(file: &FileEntry) -> impl Iterator<Item = &Id> + '_ {
-    file.chunks.iter()
+/// A file's chunk ids, in file order: the one place restore reads them
+/// (a tree-listed file's list blobs are read and re-hashed here).
+pub(super) fn chunk_ids(store: &Store, index: &ChunkIndex, file: &FileEntry) -> Result<Vec<Id>> {
+    store.file_chunk_ids(index, file)
 }
 
 /// How many chunks were read from the store and how many were taken from
@@ -144,6 +145,8 @@ struct Job<'a> {
     presumed: bool,
     entry: &'a Entry,
     file: &'a FileEntry,
+    /// The file's chunk ids, in order.
+    ids: Vec<Id>,
     target: PathBuf,
     dir: PathBuf,
     reusable: Option<&'a Reusable>,
@@ -160,11 +163,11 @@ pub fn stage(
     plan: &RestorePlan,
     progress: &dyn Progress,
 ) -> Result<Staged> {
-    let errors = precheck(index, manifest);
+    let errors = precheck(store, index, manifest)?;
     if !errors.is_empty() {
         return Err(refusal(manifest, errors));
     }
-    let jobs = jobs(manifest, plan)?;
+    let jobs = jobs(store, index, manifest, plan)?;
     let total: u64 = jobs.iter().map(|j| j.file.size).sum();
     progress.phase("validate and stage", Some(total));
     let mut staged = Staged::default();
@@ -180,7 +183,9 @@ pub fn stage(
         .collect();
     let durable = plan.targets.live;
     let to_fetch = jobs.iter().flat_map(|j| {
-        chunk_ids(j.file).filter(move |id| !j.reusable.is_some_and(|r| r.contains_key(*id)))
+        j.ids
+            .iter()
+            .filter(move |id| !j.reusable.is_some_and(|r| r.contains_key(*id)))
     });
     // The db's `integrity_check` (one thread) runs as soon as it is
     // staged, while the other files are still being staged.
@@ -278,21 +283,35 @@ fn refusal(manifest: &Manifest, errors: BTreeSet<String>) -> Error {
 /// byte is staged (a forged size cannot make staging fill the disk):
 /// every chunk of every file is in the store with the recorded size, the
 /// snapshot has a db, and its capture recorded no errors.
-fn precheck(index: &ChunkIndex, manifest: &Manifest) -> BTreeSet<String> {
+fn precheck(store: &Store, index: &ChunkIndex, manifest: &Manifest) -> Result<BTreeSet<String>> {
     let mut errors: BTreeSet<String> = manifest.capture_errors.iter().cloned().collect();
     if manifest.db().is_none() {
         errors.insert("db_missing_from_snapshot".into());
     }
     for entry in &manifest.entries {
         let Some(f) = entry.file() else { continue };
-        for id in chunk_ids(f).filter(|id| index.get(id).is_none()) {
+        let ids = match chunk_ids(store, index, f) {
+            Ok(ids) => ids,
+            // A list blob's damage is a fault like a chunk's; a storage
+            // failure is the error.
+            Err(err) => {
+                let (id, fault) = crate::store::error_fault(&err).ok_or(err)?;
+                errors.insert(format!(
+                    "{} (the list of {})",
+                    fault.code(&id),
+                    entry.path_lossy()
+                ));
+                continue;
+            }
+        };
+        for id in ids.iter().filter(|id| index.get(id).is_none()) {
             errors.insert(named(ChunkFault::Missing.code(id), entry));
         }
-        if extract::indexed_size(index, f).is_some_and(|s| s != f.size) {
+        if extract::indexed_size(index, &ids).is_some_and(|s| s != f.size) {
             errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
         }
     }
-    errors
+    Ok(errors)
 }
 
 fn named(code: String, entry: &Entry) -> String {
@@ -301,7 +320,12 @@ fn named(code: String, entry: &Entry) -> String {
 
 /// The staging jobs of a plan: the db, the registry, the Chroma files to
 /// write.
-fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>>> {
+fn jobs<'m>(
+    store: &Store,
+    chunks: &ChunkIndex,
+    manifest: &'m Manifest,
+    plan: &'m RestorePlan,
+) -> Result<Vec<Job<'m>>> {
     let t = &plan.targets;
     let mut jobs = Vec::new();
     let file_at = |i: usize| {
@@ -327,6 +351,7 @@ fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>
                 presumed: false,
                 entry,
                 file,
+                ids: chunk_ids(store, chunks, file)?,
                 target: target.clone(),
                 dir,
                 reusable,
@@ -346,6 +371,7 @@ fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>
                 presumed: cp.presumed.contains(&i),
                 entry,
                 file,
+                ids: chunk_ids(store, chunks, file)?,
                 target: cp.root.join(OsStr::from_bytes(rel)),
                 dir,
                 reusable: cp.reusable.get(&i),
@@ -392,6 +418,7 @@ fn unless_same(store: &Store, job: &Job<'_>, w: Written) -> Option<PathBuf> {
         &job.target,
         &job.entry.path,
         job.file,
+        &job.ids,
         params,
         store.sealer(),
     );
@@ -416,7 +443,7 @@ fn name_faults(
     match fault {
         Fault::Chunk(id, f) => {
             errors.insert(named(f.code(&id), job.entry));
-            let ids: BTreeSet<&Id> = chunk_ids(job.file).collect();
+            let ids: BTreeSet<&Id> = job.ids.iter().collect();
             let more: Vec<String> = ids
                 .par_iter()
                 .filter_map(|id| match store.read_chunk(index, id) {
@@ -498,7 +525,7 @@ pub(super) fn stage_file(
         return Ok(Err(Fault::Size { written }));
     }
     let reused = reused.load(Ordering::Relaxed);
-    let chunks = chunk_ids(file).count() as u64;
+    let chunks = file.list.len();
     let old_len = old
         .as_ref()
         .and_then(|(f, _)| f.metadata().ok())

@@ -9,8 +9,9 @@ use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
+use crate::store::lists::Reached;
 use crate::store::pack::{self, PackEntry, PACK_MAGIC};
-use crate::store::{Check, Object, ReadFrom, Store};
+use crate::store::{Check, ChunkFault, Object, ReadFrom, Store};
 
 use super::report::{SampleReport, SnapshotHealth, VerifyReport};
 use super::sample::{Candidate, Sample};
@@ -110,17 +111,28 @@ pub(super) fn audit(
     };
     let mut readable = Vec::new();
     let mut unreadable = Vec::new();
+    // Referenced: every chunk and every list blob the trees reach (delta
+    // chains included), each distinct subtree walked once. A list blob
+    // that does not read is referenced (missing, or corrupt below).
+    let index = store.load_index()?;
     let mut referenced = IdSet::default();
+    let mut tree_seen = IdSet::default();
+    let mut lists_corrupt: BTreeSet<Id> = BTreeSet::new();
     for stamp in &stamps {
         // The audit reads the store itself, never a remote store's cache.
         match store.read_manifest(stamp, ReadFrom::Store) {
             Ok(m) => {
-                referenced.extend(
-                    m.entries
-                        .iter()
-                        .filter_map(|e| e.file())
-                        .flat_map(|f| f.chunks.iter().copied()),
-                );
+                for f in m.entries.iter().filter_map(|e| e.file()) {
+                    let walked = store.file_reach(&index, f, &mut tree_seen, &mut |r| {
+                        let (Reached::Blob(id) | Reached::Chunk(id)) = r;
+                        referenced.insert(id);
+                    });
+                    if let Some((id, ChunkFault::Corrupt(_))) =
+                        walked.err().as_ref().and_then(crate::store::error_fault)
+                    {
+                        lists_corrupt.insert(id);
+                    }
+                }
                 readable.push(stamp.clone());
             }
             Err(e @ (Error::SnapshotMissing { .. } | Error::ManifestCorrupt { .. })) => {
@@ -141,7 +153,6 @@ pub(super) fn audit(
         }
     }
 
-    let index = store.load_index()?;
     let missing: BTreeSet<Id> = referenced
         .iter()
         .filter(|id| !index.contains(id))
@@ -230,8 +241,9 @@ pub(super) fn audit(
     // A chunk is bad when the copy every reader uses (its index location)
     // is corrupt, or when it is missing.
     let mut bad: HashSet<Id> = missing.iter().copied().collect();
+    bad.extend(lists_corrupt.iter().copied());
     let mut packs_read: Vec<Id> = Vec::new();
-    let mut corrupt: BTreeSet<Id> = BTreeSet::new();
+    let mut corrupt: BTreeSet<Id> = lists_corrupt;
     for (p, check) in &checks {
         report.objects_checked += 1;
         report.bytes_checked += check.bytes;
@@ -278,33 +290,35 @@ pub(super) fn audit(
 
     let mut covered: std::collections::BTreeMap<String, bool> =
         unreadable.iter().map(|s| (s.to_string(), false)).collect();
+    // Files are walked again only when something must be mapped to them.
+    let per_file = sample.is_some() || !bad.is_empty() || !unverified.is_empty();
     for stamp in &readable {
         let m = store.read_manifest(stamp, ReadFrom::Cache)?;
+        let files: Vec<(String, Vec<Id>)> = match per_file {
+            true => m
+                .entries
+                .iter()
+                .filter_map(|e| {
+                    e.file()
+                        .map(|f| (e.path_lossy(), file_ids(store, &index, f)))
+                })
+                .collect(),
+            false => Vec::new(),
+        };
         let rehashed_all = sample.is_none()
-            || m.entries.iter().filter_map(|e| e.file()).all(|f| {
-                f.chunks
-                    .iter()
+            || files.iter().all(|(_, ids)| {
+                ids.iter()
                     .all(|id| index.get(id).is_none_or(|l| rehash.contains(&l.pack)))
             });
-        let damaged: BTreeSet<String> = m
-            .entries
+        let damaged: BTreeSet<String> = files
             .iter()
-            .filter(|e| {
-                e.file()
-                    .is_some_and(|f| f.chunks.iter().any(|id| bad.contains(id)))
-            })
-            .map(|e| e.path_lossy())
+            .filter(|(_, ids)| ids.iter().any(|id| bad.contains(id)))
+            .map(|(p, _)| p.clone())
             .collect();
-        let unreadable_files: BTreeSet<String> = m
-            .entries
+        let unreadable_files: BTreeSet<String> = files
             .iter()
-            .filter(|e| {
-                e.file().is_some_and(|f| {
-                    f.chunks.iter().any(|id| unverified.contains(id))
-                        && !damaged.contains(&e.path_lossy())
-                })
-            })
-            .map(|e| e.path_lossy())
+            .filter(|(p, ids)| ids.iter().any(|id| unverified.contains(id)) && !damaged.contains(p))
+            .map(|(p, _)| p.clone())
             .collect();
         let metadata_error = metadata_problem(store, stamp);
         let ok = damaged.is_empty() && metadata_error.is_none() && unreadable_files.is_empty();
@@ -338,6 +352,17 @@ pub(super) fn audit(
         covered,
         packs_read,
     })
+}
+
+/// Every id file `f` reaches: its list blobs and chunks (up to a list
+/// blob that does not read, itself included).
+fn file_ids(store: &Store, index: &ChunkIndex, f: &crate::store::manifest::FileEntry) -> Vec<Id> {
+    let mut ids = Vec::new();
+    let _ = store.file_reach(index, f, &mut IdSet::default(), &mut |r| {
+        let (Reached::Blob(id) | Reached::Chunk(id)) = r;
+        ids.push(id);
+    });
+    ids
 }
 
 /// Why a snapshot's `backup-metadata.json` is not usable, if it is not.

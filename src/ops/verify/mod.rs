@@ -22,7 +22,7 @@ use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::audit_log::{self, VerifyRecord, VerifyScope};
 use crate::store::index::ChunkIndex;
-use crate::store::manifest::{FileEntry, Manifest};
+use crate::store::manifest::{Entry, FileEntry, Manifest};
 use crate::store::names::Log;
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Store};
@@ -84,24 +84,59 @@ pub fn validate_manifest(
     manifest: &Manifest,
     report: &mut ValidateReport,
 ) -> Result<()> {
-    let every_chunk = manifest
-        .entries
-        .iter()
-        .filter_map(|e| e.file())
-        .flat_map(|f| f.chunks.iter());
+    let lists = FileLists::read(store, index, manifest)?;
+    let every_chunk = lists.ids.values().filter_map(|r| r.as_ref().ok()).flatten();
     crate::failpoint::pause("validate:before-chunks");
     store.with_packs_prefetched(index, every_chunk, || {
-        check_manifest(store, index, manifest, report)
+        check_manifest(store, index, manifest, &lists, report)
     })
+}
+
+/// Every file's chunk ids, read once from its list (each list blob read
+/// is re-hashed like a chunk); a file whose list does not read has the
+/// blob at fault instead.
+struct FileLists<'m> {
+    ids: HashMap<&'m [u8], FileIds>,
+}
+
+/// A file's chunk ids, or the list blob at fault.
+type FileIds = std::result::Result<Vec<Id>, (Id, ChunkFault)>;
+
+impl<'m> FileLists<'m> {
+    /// A list that cannot be read for a storage failure (not damage) is
+    /// the error.
+    fn read(store: &Store, index: &ChunkIndex, manifest: &'m Manifest) -> Result<FileLists<'m>> {
+        let mut ids = HashMap::new();
+        for e in &manifest.entries {
+            let Some(f) = e.file() else { continue };
+            let read = match store.file_chunk_ids(index, f) {
+                Ok(list) => Ok(list),
+                Err(err) => Err(crate::store::error_fault(&err).ok_or(err)?),
+            };
+            ids.insert(&e.path[..], read);
+        }
+        Ok(FileLists { ids })
+    }
+
+    fn of(&self, path: &[u8]) -> Option<&FileIds> {
+        self.ids.get(path)
+    }
 }
 
 fn check_manifest(
     store: &Store,
     index: &ChunkIndex,
     manifest: &Manifest,
+    lists: &FileLists<'_>,
     report: &mut ValidateReport,
 ) -> Result<()> {
     let mut errors: BTreeSet<String> = BTreeSet::new();
+    for (id, fault) in lists.ids.values().filter_map(|r| r.as_ref().err()) {
+        errors.insert(fault.code(id));
+    }
+    let db_ids = manifest
+        .find(crate::store::manifest::DB_PATH)
+        .and_then(|e| lists.of(&e.path));
 
     // The db: rebuilt into a temp file (which verifies its chunks), then
     // integrity-checked by SQLite itself.
@@ -110,19 +145,22 @@ fn check_manifest(
             errors.insert("db_missing_from_snapshot".into());
             false
         }
-        Some(db) => check_db(store, index, db, &mut errors)?,
+        Some(db) => match db_ids {
+            Some(Ok(ids)) => check_db(store, index, db, ids, &mut errors)?,
+            _ => false,
+        },
     };
 
     // Every other chunk, each once, in parallel.
-    let db_chunks: HashSet<&Id> = manifest
-        .db()
-        .map(|f| f.chunks.iter().collect())
-        .unwrap_or_default();
-    let others: HashSet<&Id> = manifest
-        .entries
-        .iter()
-        .filter_map(|e| e.file())
-        .flat_map(|f| f.chunks.iter())
+    let db_chunks: HashSet<&Id> = match db_ids {
+        Some(Ok(ids)) => ids.iter().collect(),
+        _ => HashSet::new(),
+    };
+    let others: HashSet<&Id> = lists
+        .ids
+        .values()
+        .filter_map(|r| r.as_ref().ok())
+        .flatten()
         .filter(|id| !db_chunks.contains(id))
         .collect();
     let others: Vec<&Id> = others.into_iter().collect();
@@ -131,44 +169,50 @@ fn check_manifest(
         .filter_map(|id| store.read_chunk(index, id).err().map(|f| (**id, f)))
         .map(|(id, f)| damage_only(id, f).map(|f| (id, f)))
         .collect::<Result<_>>()?;
-    let file_ok = |f: &FileEntry| f.chunks.iter().all(|id| !faults.contains_key(id));
+    let file_ok = |e: &Entry| match lists.of(&e.path) {
+        Some(Ok(ids)) => ids.iter().all(|id| !faults.contains_key(id)),
+        _ => false,
+    };
     for (id, fault) in &faults {
         errors.insert(fault.code(id));
     }
     for entry in &manifest.entries {
-        if let Some(f) = entry.file() {
-            if extract::indexed_size(index, f).is_some_and(|s| s != f.size) {
+        if let (Some(f), Some(Ok(ids))) = (entry.file(), lists.of(&entry.path)) {
+            if extract::indexed_size(index, ids).is_some_and(|s| s != f.size) {
                 errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
             }
         }
     }
 
-    report.registry_ok = manifest.registry().map(|reg| {
-        if !file_ok(reg) {
-            return false;
-        }
-        match extract::read_small_file(store, index, reg) {
-            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(_) => true,
-                Err(e) => {
-                    errors.insert(format!("registry_invalid_json: {e}"));
+    let registry = manifest.find(crate::store::manifest::REGISTRY_PATH);
+    report.registry_ok = registry
+        .and_then(|e| e.file().map(|f| (e, f)))
+        .map(|(e, reg)| {
+            if !file_ok(e) {
+                return false;
+            }
+            match extract::read_small_file(store, index, reg) {
+                Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        errors.insert(format!("registry_invalid_json: {e}"));
+                        false
+                    }
+                },
+                Err(ExtractError::TooLarge { limit }) => {
+                    errors.insert(format!(
+                        "registry_too_large: more than {limit} bytes (recorded size {})",
+                        reg.size
+                    ));
                     false
                 }
-            },
-            Err(ExtractError::TooLarge { limit }) => {
-                errors.insert(format!(
-                    "registry_too_large: more than {limit} bytes (recorded size {})",
-                    reg.size
-                ));
-                false
+                // Chunk faults are reported above, each once.
+                Err(_) => false,
             }
-            // Chunk faults are reported above, each once.
-            Err(_) => false,
-        }
-    });
+        });
     report.chroma_ok = manifest
         .chroma_included
-        .then(|| manifest.chroma_files().all(|(_, f)| file_ok(f)));
+        .then(|| manifest.chroma_files().all(|(e, _)| file_ok(e)));
 
     errors.extend(manifest.capture_errors.iter().cloned());
     report.errors = errors.into_iter().collect();
@@ -192,6 +236,7 @@ fn check_db(
     store: &Store,
     index: &ChunkIndex,
     db: &FileEntry,
+    db_ids: &[Id],
     errors: &mut BTreeSet<String>,
 ) -> Result<bool> {
     let prefix = format!("{}-validate-", std::process::id());
@@ -225,7 +270,7 @@ fn check_db(
         Err(ExtractError::Chunk(id, fault)) => {
             errors.insert(damage_only(id, fault)?.code(&id));
             // Keep checking the db's other chunks so every fault is named.
-            for id in &db.chunks {
+            for id in db_ids {
                 if let Err(f) = store.read_chunk(index, id) {
                     errors.insert(damage_only(*id, f)?.code(id));
                 }

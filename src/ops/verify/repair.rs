@@ -24,13 +24,16 @@
 //! (permission denied, a timeout) is not damage: it is reported as
 //! `unreadable` and left where it is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
+use crate::store::index::ChunkIndex;
+use crate::store::lists::{self, BlobSource, Reached};
 use crate::store::lock::ExclusiveLock;
-use crate::store::manifest::Manifest;
+use crate::store::manifest::{ChunkList, FileEntry, Manifest};
+use crate::store::pack::PackEntry;
 use crate::store::packer::Packer;
 use crate::store::{pack, Object, Store};
 use crate::store::{BackendErrorKind, Check, ReadFrom};
@@ -61,18 +64,11 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     let stamps = store.list_snapshots()?.stamps;
     let mut readable = Vec::new();
     let mut unreadable: BTreeMap<String, String> = BTreeMap::new();
-    let mut needed = IdSet::default();
+    let mut manifests = Vec::new();
     for stamp in &stamps {
         match store.read_manifest(stamp, ReadFrom::Cache) {
             Ok(m) => {
-                needed.extend(
-                    m.entries
-                        .iter()
-                        .filter_map(|e| e.file())
-                        .flat_map(|f| f.chunks.iter())
-                        .filter(|id| !index.contains(id))
-                        .copied(),
-                );
+                manifests.push(m);
                 readable.push(stamp.clone());
             }
             Err(e) => {
@@ -80,53 +76,44 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             }
         }
     }
-    if !needed.is_empty() {
-        let mut packer = Packer::new(store);
-        for q in store.list_quarantined_packs()? {
-            let quarantined = Object::Listed(q.name.clone());
-            let Ok(layout) = store.read_pack_layout(&quarantined, q.size, Check::Salvage) else {
-                continue;
-            };
-            for e in &layout.entries {
-                if !needed.contains(&e.id) {
-                    continue;
-                }
-                let stored = match store.read_object_range(
-                    &quarantined,
-                    e.offset as u64,
-                    e.stored_len as usize,
-                ) {
-                    Ok(stored) => stored,
-                    // The pack ends early or is gone: this chunk is lost.
-                    Err(err) if pack_damage(&err) => continue,
-                    // The storage itself fails (a server gone away): each
-                    // further read would wait through its retries again,
-                    // chunk after chunk, for nothing.
-                    Err(err) => return Err(Error::io("read", store.display(&quarantined), err)),
-                };
-                if store
-                    .check_chunk(&stored, &e.id, e.compressed, e.raw_len)
-                    .is_err()
-                {
-                    continue;
-                }
-                if packer.add(&mut index, e.id, &stored, e.raw_len, e.compressed)? {
-                    out.chunks_salvaged += 1;
-                    out.bytes_salvaged += stored.len() as u64;
-                }
-                needed.remove(&e.id);
-            }
-        }
-        packer.flush(&mut index)?;
-        // Salvaged chunks count only once their packs are in the store: a
-        // failed upload fails the repair instead of reporting it healed.
-        store.packs_durable()?;
-        out.packs_written = packer
-            .packs_written
+    // Trees are walked through the healthy packs and, for list blobs
+    // they lack, the quarantined ones: a tree whose blobs are salvageable
+    // reveals the chunks below it in the same pass.
+    let quarantine = Quarantine::read(store)?;
+    let mut needed = IdSet::default();
+    {
+        let source = Salvageable {
+            store,
+            index: &index,
+            quarantine: &quarantine,
+        };
+        for f in manifests
             .iter()
-            .map(|(id, _)| Object::Pack(*id).name())
-            .collect();
+            .flat_map(|m| m.entries.iter().filter_map(|e| e.file()))
+        {
+            needed.extend(lacking(store, &source, &index, f));
+        }
     }
+    let mut packer = Packer::new(store);
+    salvage(
+        store,
+        &mut index,
+        &mut packer,
+        &quarantine,
+        &mut needed,
+        &mut out,
+    )?;
+    packer.flush(&mut index)?;
+    drop(manifests);
+    // Salvaged chunks count only once their packs are in the store: a
+    // failed upload fails the repair instead of reporting it healed.
+    store.packs_durable()?;
+    out.packs_written = packer
+        .packs_written
+        .iter()
+        .map(|(id, _)| Object::Pack(*id).name())
+        .collect();
+    drop(packer);
     if !index.damaged.iter().any(|d| pack::is_unreadable(&d.detail)) {
         let mut lost: Vec<String> = needed.iter().map(Id::to_hex).collect();
         lost.sort();
@@ -159,12 +146,14 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             .entries
             .iter()
             .filter(|e| {
-                e.file()
-                    .is_some_and(|f| f.chunks.iter().any(|id| !index.contains(id)))
+                e.file().is_some_and(|f| {
+                    !lacking(store, &store.list_blobs(&index), &index, f).is_empty()
+                })
             })
             .map(|e| e.path_lossy())
             .collect();
         if !damaged.is_empty() {
+            mark_not_validated(store, lock, stamp, &damaged)?;
             out.still_damaged.insert(
                 stamp.to_string(),
                 SnapshotHealth {
@@ -189,6 +178,153 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     Ok(out)
 }
 
+/// What the quarantined packs hold (read leniently, as salvage does):
+/// each id with its pack and entry.
+struct Quarantine {
+    entries: HashMap<Id, (Object, PackEntry)>,
+}
+
+impl Quarantine {
+    fn read(store: &Store) -> Result<Quarantine> {
+        let mut entries = HashMap::new();
+        for q in store.list_quarantined_packs()? {
+            let quarantined = Object::Listed(q.name.clone());
+            let Ok(layout) = store.read_pack_layout(&quarantined, q.size, Check::Salvage) else {
+                continue;
+            };
+            for e in layout.entries {
+                entries
+                    .entry(e.id)
+                    .or_insert_with(|| (quarantined.clone(), e));
+            }
+        }
+        Ok(Quarantine { entries })
+    }
+
+    /// The stored bytes of `id` if a quarantined pack holds it intact.
+    /// Err only when the storage itself fails (a server gone away).
+    fn stored(&self, store: &Store, id: &Id) -> Result<Option<(Vec<u8>, PackEntry)>> {
+        let Some((pack, e)) = self.entries.get(id) else {
+            return Ok(None);
+        };
+        let stored = match store.read_object_range(pack, e.offset as u64, e.stored_len as usize) {
+            Ok(stored) => stored,
+            // The pack ends early or is gone: this chunk is lost.
+            Err(err) if pack_damage(&err) => return Ok(None),
+            // The storage itself fails (a server gone away): each further
+            // read would wait through its retries again, for nothing.
+            Err(err) => return Err(Error::io("read", store.display(pack), err)),
+        };
+        match store.check_chunk(&stored, id, e.compressed, e.raw_len) {
+            Ok(()) => Ok(Some((stored, *e))),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// List blobs from the healthy packs, else intact from quarantine.
+struct Salvageable<'a> {
+    store: &'a Store,
+    index: &'a ChunkIndex,
+    quarantine: &'a Quarantine,
+}
+
+impl BlobSource for Salvageable<'_> {
+    fn get(&self, id: &Id) -> Result<Vec<u8>> {
+        if self.index.contains(id) {
+            return self.store.list_blobs(self.index).get(id);
+        }
+        match self.quarantine.stored(self.store, id)? {
+            Some((stored, e)) => self
+                .store
+                .decode_chunk(stored, id, e.compressed, e.raw_len)
+                .map_err(|f| crate::store::fault_error(id, f)),
+            None => Err(Error::ChunkMissing { hash: id.to_hex() }),
+        }
+    }
+}
+
+/// Copies the chunks (and list blobs) in `needed` that the quarantined
+/// packs still hold intact into new packs; what is left in `needed` is
+/// lost.
+fn salvage(
+    store: &Store,
+    index: &mut ChunkIndex,
+    packer: &mut Packer<'_>,
+    quarantine: &Quarantine,
+    needed: &mut IdSet,
+    out: &mut RepairReport,
+) -> Result<()> {
+    let mut ids: Vec<Id> = needed.iter().copied().collect();
+    ids.sort();
+    for id in ids {
+        let Some((stored, e)) = quarantine.stored(store, &id)? else {
+            continue;
+        };
+        if packer.add(index, id, &stored, e.raw_len, e.compressed)? {
+            out.chunks_salvaged += 1;
+            out.bytes_salvaged += stored.len() as u64;
+        }
+        needed.remove(&id);
+    }
+    Ok(())
+}
+
+/// The ids file `f` reaches (list blobs and chunks) that the index lacks,
+/// its tree read through `source`; a list blob that does not read is
+/// among them (its subtree is unknown).
+fn lacking(store: &Store, source: &dyn BlobSource, index: &ChunkIndex, f: &FileEntry) -> Vec<Id> {
+    let mut out = Vec::new();
+    let mut visit = |r| {
+        let (Reached::Blob(id) | Reached::Chunk(id)) = r;
+        if !index.contains(&id) {
+            out.push(id);
+        }
+    };
+    let walked = match &f.list {
+        ChunkList::Tree(r) => lists::reach(
+            source,
+            &store.list_params(),
+            r,
+            &mut IdSet::default(),
+            &mut visit,
+        ),
+        ChunkList::Ids(_) => store.file_reach(index, f, &mut IdSet::default(), &mut visit),
+    };
+    if let Some((id, _)) = walked.err().as_ref().and_then(crate::store::error_fault) {
+        out.push(id);
+    }
+    out
+}
+
+/// Records in a snapshot's summary that files of it stay damaged, so
+/// that `create`'s files cache no longer vouches for its files unread.
+fn mark_not_validated(
+    store: &Store,
+    lock: &ExclusiveLock,
+    stamp: &Stamp,
+    damaged: &[String],
+) -> Result<()> {
+    let Ok(mut summary) = store.read_metadata(stamp) else {
+        return Ok(());
+    };
+    if summary.get("validated") == Some(&serde_json::Value::Bool(false)) {
+        return Ok(());
+    }
+    summary["validated"] = serde_json::Value::Bool(false);
+    let mut errors = summary["validation_errors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    errors.extend(
+        damaged
+            .iter()
+            .map(|p| serde_json::Value::String(format!("file_damaged: {p} (verify --repair)"))),
+    );
+    summary["validation_errors"] = serde_json::Value::Array(errors);
+    store.replace_metadata(lock, stamp, &summary)
+}
+
 /// Whether a failed read of a quarantined pack says something about the
 /// pack (cut short, or gone) rather than about the storage.
 fn pack_damage(e: &std::io::Error) -> bool {
@@ -208,7 +344,7 @@ fn rebuilt_metadata(stamp: &Stamp, m: &Manifest) -> serde_json::Value {
         "chroma_snapshot_included": m.chroma_included,
         "chroma_snapshot_files": m.chroma_file_count(),
         "chroma_snapshot_bytes": m.chroma_bytes(),
-        "chunks_total": m.entries.iter().filter_map(|e| e.file()).map(|f| f.chunks.len() as u64).sum::<u64>(),
+        "chunks_total": m.entries.iter().filter_map(|e| e.file()).map(|f| f.list.len()).sum::<u64>(),
         "validated": m.capture_errors.is_empty(),
         "validation_errors": m.capture_errors,
         "warnings": [],

@@ -10,8 +10,8 @@
 //! the caller's function (the store's `Sealer::chunk_id`, keyed in a
 //! `repokey` store), so list blobs are ids like chunks.
 //!
-//! Nothing writes list blobs yet: `create` and `restore` adopt them in
-//! later steps of issue 15.
+//! The store's side (blobs read from packs, `Store::file_chunks`) is in
+//! `store/file_lists.rs`.
 
 pub mod build;
 pub mod cut;
@@ -24,7 +24,7 @@ mod tests;
 pub use build::{BuildStats, Built, ListBuilder};
 pub use cut::LeafCut;
 pub use node::Node;
-pub use read::{ListIter, OldLeaf, OldList};
+pub use read::{reach, ListIter, OldLeaf, OldList, Reached};
 
 use serde::{Deserialize, Serialize};
 
@@ -192,6 +192,12 @@ pub trait BlobSource {
     /// The blob's bytes; [`Error::ChunkMissing`] (naming `id`) when the
     /// store does not hold it.
     fn get(&self, id: &Id) -> Result<Vec<u8>>;
+}
+
+impl<T: BlobSource + ?Sized> BlobSource for &T {
+    fn get(&self, id: &Id) -> Result<Vec<u8>> {
+        (**self).get(id)
+    }
 }
 
 /// Where new list blobs go (the list-blob packer).

@@ -35,7 +35,7 @@ struct Level {
 
 /// The leaves of a tree in order, each interior node read once.
 pub struct LeafWalk<'a> {
-    source: &'a dyn BlobSource,
+    source: Box<dyn BlobSource + 'a>,
     params: ListParams,
     stack: Vec<Level>,
     /// The first slot of the next child to be visited.
@@ -44,7 +44,7 @@ pub struct LeafWalk<'a> {
 
 impl<'a> LeafWalk<'a> {
     /// A walk over `list`, refusing an inconsistent reference up front.
-    pub fn new(source: &'a dyn BlobSource, params: &ListParams, list: &ListRef) -> Result<Self> {
+    pub fn new(source: impl BlobSource + 'a, params: &ListParams, list: &ListRef) -> Result<Self> {
         list.check().map_err(|e| match list.root {
             Some(root) => corrupt(&root, e),
             // No root to name: the all-zero id stands for the reference.
@@ -59,7 +59,7 @@ impl<'a> LeafWalk<'a> {
             None => Vec::new(),
         };
         Ok(LeafWalk {
-            source,
+            source: Box::new(source),
             params: *params,
             stack,
             pos: 0,
@@ -109,10 +109,23 @@ impl<'a> LeafWalk<'a> {
     }
 
     fn read_interior(&self, id: &Id, level: u8, covered: u64) -> Result<Vec<(Id, u64)>> {
+        read_interior(&*self.source, &self.params, id, level, covered)
+    }
+}
+
+/// Interior node `id`, checked against what its parent says of it.
+fn read_interior(
+    source: &dyn BlobSource,
+    params: &ListParams,
+    id: &Id,
+    level: u8,
+    covered: u64,
+) -> Result<Vec<(Id, u64)>> {
+    {
         if level > MAX_LEVELS {
             return Err(corrupt(id, format!("interior level {level} is too deep")));
         }
-        let node = Node::decode(id, &self.source.get(id)?, &self.params)?;
+        let node = Node::decode(id, &source.get(id)?, params)?;
         match node {
             Node::Interior {
                 level: found,
@@ -165,7 +178,21 @@ pub fn resolve_leaf(
     params: &ListParams,
     leaf: &LeafRef,
 ) -> Result<OldLeaf> {
-    let read = |id: &Id| Node::decode(id, &source.get(id)?, params);
+    resolve_leaf_with(source, params, leaf, &mut |_| {})
+}
+
+/// [`resolve_leaf`], telling `blob` every list blob it reads (the leaf and
+/// its whole delta chain: all of them are live while the leaf is).
+fn resolve_leaf_with(
+    source: &dyn BlobSource,
+    params: &ListParams,
+    leaf: &LeafRef,
+    blob: &mut dyn FnMut(&Id),
+) -> Result<OldLeaf> {
+    let mut read = |id: &Id| {
+        blob(id);
+        Node::decode(id, &source.get(id)?, params)
+    };
     let d = match read(&leaf.id)? {
         Node::Full(ids) => {
             check_len(&leaf.id, ids.len() as u64, leaf.len)?;
@@ -251,6 +278,71 @@ fn check_len(id: &Id, found: u64, want: u64) -> Result<()> {
     }
 }
 
+/// What [`reach`] meets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reached {
+    /// A list blob of the tree (interior node, leaf, or a blob of a delta
+    /// leaf's chain).
+    Blob(Id),
+    /// A chunk the tree lists (once per slot of each leaf read).
+    Chunk(Id),
+}
+
+/// Walks every blob `list` reaches and every chunk it lists, telling
+/// `visit`, each node checked as [`ListIter`] checks it. A subtree whose
+/// root is in `seen` was walked before (by an earlier file or snapshot
+/// sharing `seen`) and is skipped: gc and verify walk many snapshots'
+/// trees and read each distinct node once.
+pub fn reach(
+    source: &dyn BlobSource,
+    params: &ListParams,
+    list: &ListRef,
+    seen: &mut crate::id::IdSet,
+    visit: &mut dyn FnMut(Reached),
+) -> Result<()> {
+    // The reference's own checks (levels, chunks) are LeafWalk's.
+    LeafWalk::new(source, params, list)?;
+    match list.root {
+        Some(root) => reach_node(
+            source,
+            params,
+            (root, list.chunks),
+            list.levels,
+            seen,
+            visit,
+        ),
+        None => Ok(()),
+    }
+}
+
+fn reach_node(
+    source: &dyn BlobSource,
+    params: &ListParams,
+    (id, covered): (Id, u64),
+    level: u8,
+    seen: &mut crate::id::IdSet,
+    visit: &mut dyn FnMut(Reached),
+) -> Result<()> {
+    if !seen.insert(id) {
+        return Ok(());
+    }
+    if level == 0 {
+        let leaf = LeafRef {
+            id,
+            start: 0,
+            len: covered,
+        };
+        let resolved = resolve_leaf_with(source, params, &leaf, &mut |b| visit(Reached::Blob(*b)))?;
+        resolved.ids.iter().for_each(|c| visit(Reached::Chunk(*c)));
+        return Ok(());
+    }
+    visit(Reached::Blob(id));
+    for child in read_interior(source, params, &id, level, covered)? {
+        reach_node(source, params, child, level - 1, seen, visit)?;
+    }
+    Ok(())
+}
+
 /// A file's chunk ids in order. An error ends the iteration: it is
 /// yielded once, then `None`.
 pub struct ListIter<'a> {
@@ -261,14 +353,14 @@ pub struct ListIter<'a> {
 
 impl<'a> ListIter<'a> {
     /// Every id of `list`.
-    pub fn new(source: &'a dyn BlobSource, params: &ListParams, list: &ListRef) -> Result<Self> {
+    pub fn new(source: impl BlobSource + 'a, params: &ListParams, list: &ListRef) -> Result<Self> {
         ListIter::from_slot(source, params, list, 0)
     }
 
     /// The ids of `list` from slot `slot` on (none when `slot` is past the
     /// end): reads the nodes on the path to that slot only.
     pub fn from_slot(
-        source: &'a dyn BlobSource,
+        source: impl BlobSource + 'a,
         params: &ListParams,
         list: &ListRef,
         slot: u64,
@@ -289,7 +381,7 @@ impl<'a> ListIter<'a> {
     }
 
     fn resolve(&self, leaf: &LeafRef) -> Result<Vec<Id>> {
-        Ok(resolve_leaf(self.walk.source, &self.walk.params, leaf)?.ids)
+        Ok(resolve_leaf(&*self.walk.source, &self.walk.params, leaf)?.ids)
     }
 
     fn advance(&mut self) -> Result<Option<Id>> {
@@ -330,7 +422,7 @@ pub struct OldList<'a> {
 }
 
 impl<'a> OldList<'a> {
-    pub fn new(source: &'a dyn BlobSource, params: &ListParams, list: &ListRef) -> Result<Self> {
+    pub fn new(source: impl BlobSource + 'a, params: &ListParams, list: &ListRef) -> Result<Self> {
         Ok(OldList {
             walk: LeafWalk::new(source, params, list)?,
             current: None,
@@ -344,7 +436,7 @@ impl<'a> OldList<'a> {
         let ends_after = |l: &OldLeaf| slot < l.start + l.ids.len() as u64;
         if !self.current.as_ref().is_some_and(ends_after) {
             self.current = match self.walk.next_leaf_covering(slot)? {
-                Some(leaf) => Some(resolve_leaf(self.walk.source, &self.walk.params, &leaf)?),
+                Some(leaf) => Some(resolve_leaf(&*self.walk.source, &self.walk.params, &leaf)?),
                 None => None,
             };
         }

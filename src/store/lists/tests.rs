@@ -389,6 +389,7 @@ fn an_unreadable_old_tree_falls_back_to_full_leaves() {
     walk.next_leaf().unwrap();
     walk.next_leaf().unwrap();
     let third = walk.next_leaf().unwrap().unwrap();
+    drop(walk);
     mem.blobs.remove(&third.id);
     let (built, added) = run_build(&mem, &params, LeafCut::fixed(&params), Some(&old), |b| {
         ids.iter().for_each(|i| b.push(*i).unwrap())

@@ -400,12 +400,14 @@ fn missing_blobs_are_named_and_end_the_iteration() {
     let mut walk = LeafWalk::new(&mem, &params, &old).unwrap();
     walk.next_leaf().unwrap();
     let base = walk.next_leaf().unwrap().unwrap().id;
+    drop(walk);
     mem.blobs.remove(&base);
     let mut it = ListIter::new(&mem, &params, &new).unwrap();
     let read: Vec<Id> = it.by_ref().take(4).map(|r| r.unwrap()).collect();
     assert_eq!(read, ids[..4]);
     names(&it.next().unwrap().unwrap_err(), "chunk_missing", &base);
     assert!(it.next().is_none(), "an error ends the iteration");
+    drop(it);
     let root = new.root.unwrap();
     mem.blobs.remove(&root);
     names(&read_err(&mem, &params, &new), "chunk_missing", &root);
