@@ -33,7 +33,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(600);
 /// `gc:before-rewrite` (the plan is made; no sparse pack is read yet),
 /// `gc:before-upload-barrier` (the rewritten packs are handed to the
 /// backend, which may still be uploading them; nothing is deleted yet),
-/// `validate:before-chunks` (manifest and chunk index read, no chunk yet).
+/// `validate:before-reads` (manifest and chunk index read; no list blob
+/// or chunk yet).
 pub fn pause(name: &str) {
     static POINT: std::sync::OnceLock<Option<(String, PathBuf)>> = std::sync::OnceLock::new();
     let point = POINT.get_or_init(|| {

@@ -198,6 +198,11 @@ pub fn copy(
             packer: Packer::new(to),
             ids: (!same_ids).then(IdMap::default),
             keep_trees,
+            published_roots: if keep_trees {
+                published_roots(to)?
+            } else {
+                IdSet::default()
+            },
             prev_trees: std::collections::HashMap::new(),
             chunks_sent: 0,
             progress,
@@ -299,11 +304,33 @@ struct Copier<'a> {
     ids: Option<IdMap<Id>>,
     /// Trees are sent as they are (see the module's doc).
     keep_trees: bool,
+    /// Roots of the trees of snapshots published at the destination: whole
+    /// below (a snapshot is published only once its packs are durable).
+    published_roots: IdSet,
     /// The destination trees of the snapshot copied last, by path: the old
     /// trees new ones are built against.
     prev_trees: std::collections::HashMap<Vec<u8>, ListRef>,
     chunks_sent: u64,
     progress: &'a dyn Progress,
+}
+
+/// The tree roots of every snapshot listed at `to`. A manifest that does
+/// not read only loses its roots' shortcut (their trees are sent).
+fn published_roots(to: &Store) -> Result<IdSet> {
+    let mut roots = IdSet::default();
+    for stamp in to.list_snapshots()?.stamps {
+        if let Ok(m) = to.read_manifest(&stamp, ReadFrom::Cache) {
+            roots.extend(tree_roots(&m));
+        }
+    }
+    Ok(roots)
+}
+
+fn tree_roots(m: &Manifest) -> impl Iterator<Item = Id> + '_ {
+    m.entries.iter().filter_map(|e| match &e.file()?.list {
+        ChunkList::Tree(r) => r.root,
+        ChunkList::Ids(_) => None,
+    })
 }
 
 /// A source chunk ready for the destination.
@@ -337,6 +364,7 @@ impl Copier<'_> {
             .to
             .publish_snapshot_as(self.to_lock, stamp, &mut manifest, &mut metadata)?
         {
+            self.published_roots.extend(tree_roots(&manifest));
             Ok(Outcome::Copied)
         } else {
             Ok(Outcome::AlreadyThere)
@@ -350,8 +378,9 @@ impl Copier<'_> {
     }
 
     /// The source ids to send for file `f`: its chunks, and with
-    /// `keep_trees` its list blobs too (none when the destination holds
-    /// the root: it holds the whole tree then). The source ids of its
+    /// `keep_trees` its list blobs too (none when a snapshot published at
+    /// the destination holds the root: it holds the whole tree then; a
+    /// root merely present may be a cut copy's, its subtree partly sent). The source ids of its
     /// chunks in file order are returned when trees are rebuilt.
     fn file_ids(
         &self,
@@ -368,7 +397,7 @@ impl Copier<'_> {
             root: Some(root), ..
         }) = &f.list
         {
-            if self.packer.has(self.to_index, root) {
+            if self.published_roots.contains(root) {
                 return Ok(None);
             }
         }

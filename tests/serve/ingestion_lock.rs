@@ -131,7 +131,12 @@ fn with_the_lock_every_snapshot_is_whole_and_valid() {
         return;
     };
     let before = writer.versions_written();
-    let docs = snapshots(&rt, Some(&lock), 6);
+    // Six snapshots at least, and more until the writer has written during
+    // them (a fast create can take six before the writer's first turn).
+    let mut docs = snapshots(&rt, Some(&lock), 6);
+    while writer.versions_written() == before && docs.len() < 60 {
+        docs.extend(snapshots(&rt, Some(&lock), 1));
+    }
     let after = writer.versions_written();
     assert_ne!(before, after, "the writer did not run during the snapshots");
     drop(writer);

@@ -84,9 +84,9 @@ pub fn validate_manifest(
     manifest: &Manifest,
     report: &mut ValidateReport,
 ) -> Result<()> {
+    crate::failpoint::pause("validate:before-reads");
     let lists = FileLists::read(store, index, manifest)?;
     let every_chunk = lists.ids.values().filter_map(|r| r.as_ref().ok()).flatten();
-    crate::failpoint::pause("validate:before-chunks");
     store.with_packs_prefetched(index, every_chunk, || {
         check_manifest(store, index, manifest, &lists, report)
     })
