@@ -31,7 +31,7 @@ fn u(v: &Value, field: &str) -> u64 {
 }
 
 /// The binary on `store` (runtime paths from `env`), no password source.
-fn on(env: &Env, store: &Path) -> Command {
+pub(super) fn on(env: &Env, store: &Path) -> Command {
     let mut cmd = env.bare_command();
     for v in PASSWORD_VARS {
         cmd.env_remove(v);
@@ -50,7 +50,7 @@ fn on(env: &Env, store: &Path) -> Command {
 }
 
 /// `copy --to DEST [args]` from the env's store.
-fn copy(env: &Env, dest: &Path, args: &[&str]) -> Out {
+pub(super) fn copy(env: &Env, dest: &Path, args: &[&str]) -> Out {
     run_cmd(
         on(env, &env.store)
             .arg("copy")
@@ -60,13 +60,13 @@ fn copy(env: &Env, dest: &Path, args: &[&str]) -> Out {
     )
 }
 
-fn copy_ok(env: &Env, dest: &Path, args: &[&str]) -> Value {
+pub(super) fn copy_ok(env: &Env, dest: &Path, args: &[&str]) -> Value {
     let out = copy(env, dest, args);
     assert_eq!(out.code, 0, "copy failed: {out:?}");
     out.json
 }
 
-fn stamps_of(env: &Env, store: &Path, pw: &[(&str, &str)]) -> Vec<String> {
+pub(super) fn stamps_of(env: &Env, store: &Path, pw: &[(&str, &str)]) -> Vec<String> {
     let mut cmd = on(env, store);
     cmd.arg("list").envs(pw.iter().copied());
     let out = run_cmd(&mut cmd);
@@ -83,7 +83,7 @@ fn stamps_of(env: &Env, store: &Path, pw: &[(&str, &str)]) -> Vec<String> {
 type Tree = BTreeMap<String, (String, u32)>;
 
 /// Restores `stamp` from `store` into a fresh folder and describes it.
-fn restored(env: &Env, store: &Path, stamp: &str, pw: &[(&str, &str)]) -> Tree {
+pub(super) fn restored(env: &Env, store: &Path, stamp: &str, pw: &[(&str, &str)]) -> Tree {
     let to = tempfile::tempdir_in(env.dir.path()).unwrap();
     let mut cmd = on(env, store);
     cmd.args(["restore", stamp, "--to"])
@@ -116,7 +116,7 @@ fn restored(env: &Env, store: &Path, stamp: &str, pw: &[(&str, &str)]) -> Tree {
     tree
 }
 
-fn verify_ok(env: &Env, store: &Path, pw: &[(&str, &str)]) -> Value {
+pub(super) fn verify_ok(env: &Env, store: &Path, pw: &[(&str, &str)]) -> Value {
     let mut cmd = on(env, store);
     cmd.arg("verify").envs(pw.iter().copied());
     let out = run_cmd(&mut cmd);
@@ -125,7 +125,7 @@ fn verify_ok(env: &Env, store: &Path, pw: &[(&str, &str)]) -> Value {
     out.json
 }
 
-fn validate_ok(env: &Env, store: &Path, stamp: &str, pw: &[(&str, &str)]) {
+pub(super) fn validate_ok(env: &Env, store: &Path, stamp: &str, pw: &[(&str, &str)]) {
     let mut cmd = on(env, store);
     cmd.args(["validate", stamp]).envs(pw.iter().copied());
     let out = run_cmd(&mut cmd);

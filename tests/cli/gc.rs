@@ -224,16 +224,20 @@ fn a_corrupt_live_chunk_keeps_its_sparse_pack() {
         .unwrap();
     let live_chunk = manifest.db().unwrap().chunks[0];
     let size = fs::metadata(env.store.join(&s.pack_a)).unwrap().len();
-    let entry = store
+    let layout = store
         .read_pack_index(&atosnap::store::Object::Listed(s.pack_a.clone()), size)
-        .unwrap()
-        .into_iter()
-        .find(|e| e.id == live_chunk)
+        .unwrap();
+    let ci = layout.ids().position(|id| id == live_chunk).unwrap() as u32;
+    // The frame holding it (in format 2 a frame holds several chunks).
+    let frame = *layout
+        .frames
+        .iter()
+        .find(|f| (f.first_chunk..f.first_chunk + f.n_chunks).contains(&ci))
         .unwrap();
     drop(store);
     let path = env.store.join(&s.pack_a);
     let mut bytes = fs::read(&path).unwrap();
-    bytes[entry.offset as usize + entry.stored_len as usize / 2] ^= 0x55;
+    bytes[frame.offset as usize + frame.stored_len as usize / 2] ^= 0x55;
     fs::write(&path, bytes).unwrap();
 
     let r = env.run(&["gc", "--confirm"]);

@@ -14,6 +14,7 @@ mod demo;
 mod drill_diff;
 mod encryption;
 mod foundation;
+mod frames;
 mod gc;
 mod hardening;
 mod interrupt;

@@ -121,6 +121,7 @@ fn clean_store_reports_every_field() {
                     fs::metadata(p).unwrap().len(),
                 )
                 .unwrap()
+                .chunks
                 .len()
         })
         .sum();

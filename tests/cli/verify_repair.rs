@@ -7,6 +7,7 @@ use super::verify::{
 };
 use crate::support::{self, flip_bit, run_cmd, strings, truncate, unprivileged, Runtime as Env};
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
@@ -125,7 +126,7 @@ fn large_pack_is_checked_across_blocks() {
     assert_eq!(packs.len(), 1);
     let size = fs::metadata(&packs[0]).unwrap().len();
     assert!(size > 8 << 20, "pack of {size} bytes");
-    let entries = env
+    let layout = env
         .open_store()
         .read_pack_index(
             &atosnap::store::Object::Listed(pack_name_of(&env, &packs[0])),
@@ -134,30 +135,38 @@ fn large_pack_is_checked_across_blocks() {
         .unwrap();
     let out = verify(&env, &[]);
     assert_eq!(out.json["ok"], true);
-    assert_eq!(out.json["chunks_checked"], entries.len() as u64);
+    assert_eq!(out.json["chunks_checked"], layout.chunks.len() as u64);
     assert_eq!(out.json["bytes_checked"], size);
 
-    // A chunk beyond the first blocks, and the one straddling 4 MiB.
-    let far = entries
-        .iter()
-        .filter(|e| e.offset as u64 > 6 << 20)
-        .max_by_key(|e| e.stored_len)
+    // A frame beyond the first blocks, and the one straddling 4 MiB.
+    let frames = &layout.frames;
+    let far = (0..frames.len())
+        .filter(|&i| frames[i].offset as u64 > 6 << 20)
+        .max_by_key(|&i| frames[i].stored_len)
         .unwrap();
-    let straddling = entries
-        .iter()
-        .find(|e| (e.offset as u64) < 4 << 20 && (e.offset + e.stored_len) as u64 > 4 << 20)
-        .expect("a chunk across the 4 MiB mark");
-    flip_bit(&packs[0], far.offset as u64 + far.stored_len as u64 / 2);
+    let straddling = (0..frames.len())
+        .find(|&i| (frames[i].offset as u64) < 4 << 20 && frames[i].end() > 4 << 20)
+        .expect("a frame across the 4 MiB mark");
     flip_bit(
         &packs[0],
-        straddling.offset as u64 + straddling.stored_len as u64 - 1,
+        frames[far].offset as u64 + frames[far].stored_len as u64 / 2,
     );
+    flip_bit(&packs[0], frames[straddling].end() - 1);
     let out = verify(&env, &[]);
-    let mut expected = vec![far.id.to_hex(), straddling.id.to_hex()];
-    expected.sort();
-    expected.dedup();
-    assert_eq!(out.json["corrupt"], serde_json::json!(expected));
-    assert_eq!(out.json["chunks_checked"], entries.len() as u64);
+    let ids = |fi: usize| -> BTreeSet<String> {
+        layout
+            .frame_chunks(fi)
+            .iter()
+            .map(|c| c.id.to_hex())
+            .collect()
+    };
+    let corrupt: BTreeSet<String> = strings(&out.json["corrupt"]).into_iter().collect();
+    // Each damaged frame names its chunks (all of them when the frame no
+    // longer decodes), and nothing else is named.
+    assert!(!corrupt.is_disjoint(&ids(far)), "{corrupt:?}");
+    assert!(!corrupt.is_disjoint(&ids(straddling)), "{corrupt:?}");
+    assert!(corrupt.is_subset(&ids(far).union(&ids(straddling)).cloned().collect()));
+    assert_eq!(out.json["chunks_checked"], layout.chunks.len() as u64);
     assert!(!damaged_files(&out, &s).is_empty());
 }
 

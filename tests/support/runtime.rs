@@ -162,7 +162,8 @@ impl Runtime {
         self.store.join("snapshots").join(stamp)
     }
 
-    /// Where a chunk is stored: (pack file, offset, stored length).
+    /// Where a chunk is stored: (pack file, offset, stored length) of the
+    /// frame holding it (in format 2 a frame holds up to 256 chunks).
     pub fn chunk_location(&self, id: &Id) -> (PathBuf, u64, u64) {
         let store = self.open_store();
         let index = store.load_index().unwrap();
@@ -170,8 +171,8 @@ impl Runtime {
         let pack = atosnap::store::Object::Pack(index.pack(loc.pack).id);
         (
             store.display(&pack),
-            loc.offset as u64,
-            loc.stored_len() as u64,
+            loc.frame_offset as u64,
+            loc.frame_stored_len() as u64,
         )
     }
 

@@ -87,34 +87,41 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             let Ok(layout) = store.read_pack_layout(&quarantined, q.size, Check::Salvage) else {
                 continue;
             };
-            for e in &layout.entries {
-                if !needed.contains(&e.id) {
+            for fi in 0..layout.frames.len() {
+                let chunks = layout.frame_chunks(fi);
+                if !chunks.iter().any(|c| needed.contains(&c.id)) {
                     continue;
                 }
+                let f = &layout.frames[fi];
                 let stored = match store.read_object_range(
                     &quarantined,
-                    e.offset as u64,
-                    e.stored_len as usize,
+                    f.offset as u64,
+                    f.stored_len as usize,
                 ) {
                     Ok(stored) => stored,
-                    // The pack ends early or is gone: this chunk is lost.
+                    // The pack ends early or is gone: these chunks are lost.
                     Err(err) if pack_damage(&err) => continue,
                     // The storage itself fails (a server gone away): each
                     // further read would wait through its retries again,
                     // chunk after chunk, for nothing.
                     Err(err) => return Err(Error::io("read", store.display(&quarantined), err)),
                 };
-                if store
-                    .check_chunk(&stored, &e.id, e.compressed, e.raw_len)
-                    .is_err()
-                {
+                // A frame that does not open or decode saves nothing; a
+                // chunk that does not hash to its id is left out.
+                let Ok(frame) = store.decode_frame(&layout, fi, stored) else {
                     continue;
+                };
+                for (id, bytes) in frame.chunks() {
+                    let Ok(bytes) = bytes else { continue };
+                    if !needed.contains(&id) {
+                        continue;
+                    }
+                    if packer.add_raw(&mut index, id, bytes)? {
+                        out.chunks_salvaged += 1;
+                        out.bytes_salvaged += bytes.len() as u64;
+                    }
+                    needed.remove(&id);
                 }
-                if packer.add(&mut index, e.id, &stored, e.raw_len, e.compressed)? {
-                    out.chunks_salvaged += 1;
-                    out.bytes_salvaged += stored.len() as u64;
-                }
-                needed.remove(&e.id);
             }
         }
         packer.flush(&mut index)?;
