@@ -45,7 +45,7 @@ pub struct Packer<'s> {
 }
 
 enum Mode {
-    V1(Option<PackWriter>),
+    V1(Option<Box<PackWriter>>),
     V2(Box<Framer>),
 }
 
@@ -220,7 +220,7 @@ impl<'s> Packer<'s> {
             Some(w) => w,
             slot @ None => {
                 let path = self.store.temp_path("pack")?;
-                slot.insert(PackWriter::create(&path).ctx("create", &path)?)
+                slot.insert(Box::new(PackWriter::create(&path).ctx("create", &path)?))
             }
         };
         writer
