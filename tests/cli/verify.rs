@@ -34,6 +34,7 @@ pub(super) fn stamp_of(v: &Value) -> String {
 /// between; each create writes its own pack.
 pub(super) fn two_snapshots() -> (Env, String, String) {
     let env = Env::tiny();
+    env.init_with_single_chunk_frames();
     let s1 = stamp_of(&env.create(&["--chroma"]));
     change_runtime(&env, 1);
     let s2 = stamp_of(&env.create(&["--chroma"]));

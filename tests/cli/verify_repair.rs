@@ -42,6 +42,8 @@ fn many_packs() -> (Env, String) {
     let path = env.store.join("config.json");
     let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     config["pack"]["target_size"] = (8 * 1024).into();
+    // Frames of one chunk, so that packs close every 8 KiB.
+    config["frames"]["max_chunks"] = 1.into();
     fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     let s = stamp_of(&env.create(&["--chroma"]));
     assert!(env.packs().len() >= 8, "{} packs", env.packs().len());
@@ -203,6 +205,7 @@ fn bytes_outside_every_index_entry_are_structural_damage() {
 #[test]
 fn files_cache_does_not_hide_a_lost_chunk() {
     let env = Env::tiny();
+    env.init_with_single_chunk_frames();
     // Out of the files cache's window for just-modified files (not a
     // timing assertion: the cache is simply not trusted for 2 s).
     std::thread::sleep(std::time::Duration::from_millis(2200));

@@ -303,6 +303,18 @@ impl Runtime {
         fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     }
 
+    /// `init`, then format-2 frames of one chunk each: a byte flipped in
+    /// a chunk's frame damages that chunk alone (tests that attribute one
+    /// damaged chunk to snapshots and files; frames of many chunks are
+    /// tested in `cli::frames`).
+    pub fn init_with_single_chunk_frames(&self) {
+        self.ok(&["init"]);
+        let path = self.store.join("config.json");
+        let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        config["frames"]["max_chunks"] = Value::from(1);
+        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    }
+
     /// Every listed snapshot validates, verify finds nothing corrupt,
     /// missing or damaged, and nothing under snapshots/ is unparseable.
     /// Returns the verify report.
