@@ -167,6 +167,7 @@ fn orphans_and_dead_chunks_are_reclaimable_not_errors() {
 #[test]
 fn verify_snapshot_checks_only_what_it_references() {
     let env = Env::tiny();
+    env.init_with_single_chunk_frames();
     let s1 = stamp_of(&env.create(&["--chroma"]));
     let first_packs = env.packs();
     // A second runtime with nothing in common: a new pack of its own.
