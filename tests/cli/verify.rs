@@ -407,19 +407,49 @@ pub(super) fn rewrite_index(
     name
 }
 
+/// As [`rewrite_index`] for a format-2 pack of an unencrypted store: its
+/// trailer edited by `edit`, re-encoded with a valid checksum.
+pub(super) fn rewrite_trailer(
+    env: &Env,
+    pack: &Path,
+    edit: impl FnOnce(&mut atosnap::store::pack2::TrailerV2),
+) -> String {
+    use atosnap::store::pack2::TrailerV2;
+    use atosnap::store::seal::Sealer;
+    let bytes = fs::read(pack).unwrap();
+    let size = bytes.len() as u64;
+    let (blob_end, len, _) =
+        pack::parse_trailer(size, &bytes[bytes.len() - pack::TRAILER_LEN..]).unwrap();
+    let body = bytes[blob_end as usize..blob_end as usize + len].to_vec();
+    let mut trailer = TrailerV2::open(body, blob_end, &Sealer::Plain).unwrap();
+    edit(&mut trailer);
+    let index = trailer.seal(3, &Sealer::Plain).unwrap();
+    let mut out = bytes[..blob_end as usize].to_vec();
+    out.extend_from_slice(&index);
+    out.extend_from_slice(&(index.len() as u32).to_le_bytes());
+    out.extend_from_slice(blake3::hash(&index).as_bytes());
+    out.extend_from_slice(pack::TRAILER_MAGIC);
+    let name = pack::pack_name(&Id::hash(&out));
+    fs::remove_file(pack).unwrap();
+    let dest = env.store.join(&name);
+    fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    fs::write(dest, out).unwrap();
+    name
+}
+
 #[test]
 fn pack_whose_index_disagrees_with_its_contents() {
     let (env, s1, s2) = two_snapshots();
     let a = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[1];
     let b = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[5];
     let (pack, _, _) = env.chunk_location(&a);
-    // Swap where two entries point: the layout stays tidy, the ids lie.
-    let name = rewrite_index(&env, &pack, |entries| {
-        let i = entries.iter().position(|e| e.id == a).unwrap();
-        let j = entries.iter().position(|e| e.id == b).unwrap();
-        let (ea, eb) = (entries[i], entries[j]);
-        entries[i] = PackEntry { id: a, ..eb };
-        entries[j] = PackEntry { id: b, ..ea };
+    // Swap two chunk records (one-chunk frames of equal size): the layout
+    // stays tidy, the ids lie.
+    let name = rewrite_trailer(&env, &pack, |t| {
+        let i = t.chunks.iter().position(|c| c.id == a).unwrap();
+        let j = t.chunks.iter().position(|c| c.id == b).unwrap();
+        t.chunks[i].id = b;
+        t.chunks[j].id = a;
     });
     let out = verify(&env, &[]);
     assert_eq!(out.json["ok"], false);
