@@ -179,6 +179,14 @@ impl<'s> Packer<'s> {
         let Mode::V2(f) = &mut self.mode else {
             return Ok(true);
         };
+        // The pack's temp file exists from its first chunk on, as in
+        // format 1 (a run interrupted before its first frame is written
+        // leaves it in tmp/ for the next run to sweep).
+        if f.open.is_none() {
+            let path = self.store.temp_path("pack")?;
+            let w = PackWriterV2::create(&path).ctx("create", &path)?;
+            f.open = Some((path, w));
+        }
         if !f.frame.fits(raw.len()) {
             self.close_frame(index)?;
         }
