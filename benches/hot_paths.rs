@@ -204,7 +204,8 @@ fn bench_pack_and_index(c: &mut Criterion) {
             compressed: true,
         })
         .collect();
-    index.add_pack(Id::hash(b"pack"), 1, &entries);
+    let layout = atosnap::store::PackLayout::from_v1(entries, u64::MAX);
+    index.add_pack(Id::hash(b"pack"), 1, &layout);
     let probes: Vec<Id> = (0..4096u32)
         .map(|i| Id::hash(&(i * 211).to_le_bytes()))
         .collect();

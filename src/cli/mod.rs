@@ -49,9 +49,10 @@ pub enum Command {
         /// lost backups.
         #[arg(long, default_value = "none", value_parser = ["none", "repokey"])]
         encryption: String,
-        /// How new chunks are compressed: `auto` (zstd level 1, a chunk
-        /// stored raw when that does not shrink it to 90 %), `zstd:LEVEL`
-        /// (1-22, same rule) or `none` (every chunk raw). Recorded in
+        /// How new chunks are compressed, in frames of consecutive chunks
+        /// (up to 256 chunks / 1 MiB): `auto` (zstd level 3, a frame
+        /// stored raw when that does not shrink it to 97 %), `zstd:LEVEL`
+        /// (1-22, same rule) or `none` (every frame raw). Recorded in
         /// config.json; every writer of the store follows it.
         #[arg(
             long,

@@ -17,12 +17,14 @@
 //! a rerun sends only what is still missing.
 //!
 //! Chunk ids: when both stores name chunks alike ([`Sealer::same_ids_as`]:
-//! both unencrypted, or both under one master key) a stored chunk is sent
-//! as it is. Otherwise (plain to repokey, repokey to plain, two repokey
-//! stores with different keys) every chunk the snapshot references is
-//! decoded, re-hashed with the destination's id scheme, re-encoded and
-//! sealed for the destination, and the manifest is rewritten with the new
-//! ids.
+//! both unencrypted, or both under one master key) a chunk keeps its id.
+//! Otherwise (plain to repokey, repokey to plain, two repokey stores with
+//! different keys) every chunk the snapshot references is re-hashed with
+//! the destination's id scheme and the manifest is rewritten with the new
+//! ids. Either way each chunk is read and checked at the source (format-1
+//! chunk or format-2 frame) and goes through the destination's packer,
+//! which frames and encodes it with the destination's parameters: copying
+//! a format-1 store into a new one upgrades its packs.
 //!
 //! Chunk lists: between two format-2 stores with the same ids and list
 //! parameters, list blobs are blobs: the missing ones are sent like chunks
@@ -336,9 +338,7 @@ fn tree_roots(m: &Manifest) -> impl Iterator<Item = Id> + '_ {
 /// A source chunk ready for the destination.
 struct Ready {
     id: Id,
-    stored: Vec<u8>,
-    raw_len: u32,
-    compressed: bool,
+    raw: Vec<u8>,
 }
 
 impl Copier<'_> {
@@ -496,10 +496,7 @@ impl Copier<'_> {
                 Err(e) => return Ok(Err(e)),
             };
             for r in ready.into_iter().flatten() {
-                if self
-                    .packer
-                    .add(self.to_index, r.id, &r.stored, r.raw_len, r.compressed)?
-                {
+                if self.packer.add_raw(self.to_index, r.id, &r.raw)? {
                     self.chunks_sent += 1;
                 }
             }
@@ -510,7 +507,8 @@ impl Copier<'_> {
     }
 
     /// Reads and checks a batch of source chunks in parallel and turns each
-    /// into what the destination stores. None for a chunk the destination
+    /// into what the destination stores (raw: the destination's packer
+    /// frames and encodes it). None for a chunk the destination
     /// turns out to have (after re-hashing). Records new id mappings.
     fn prepare(&mut self, batch: &[(Id, Location)]) -> Result<Vec<Option<Ready>>> {
         let from = self.from;
@@ -519,47 +517,20 @@ impl Copier<'_> {
         let rewrite = self.ids.is_some();
         let packer = &self.packer;
         let to_index = &*self.to_index;
-        let params = &to.config().compression;
         let prepared: Vec<std::result::Result<(Id, Option<Ready>), Error>> = batch
             .par_iter()
-            .map(|(id, loc)| {
-                let stored = read_stored(from, index, loc).map_err(|f| f.into_error(id))?;
+            .map(|(id, _)| {
+                // Read through the source's frame cache: a frame of
+                // consecutive chunks is decoded (and re-hashed) once.
+                let raw = from.read_chunk(index, id).map_err(|f| f.into_error(id))?;
                 if !rewrite {
-                    from.check_chunk(&stored, id, loc.compressed(), loc.raw_len)
-                        .map_err(|f| f.into_error(id))?;
-                    return Ok((
-                        *id,
-                        Some(Ready {
-                            id: *id,
-                            stored,
-                            raw_len: loc.raw_len,
-                            compressed: loc.compressed(),
-                        }),
-                    ));
+                    return Ok((*id, Some(Ready { id: *id, raw })));
                 }
-                let raw = from
-                    .decode_chunk(stored, id, loc.compressed(), loc.raw_len)
-                    .map_err(|f| f.into_error(id))?;
                 let new_id = to.sealer().chunk_id(&raw);
                 if packer.has(to_index, &new_id) {
                     return Ok((new_id, None));
                 }
-                // A chunk the source stored raw did not compress (or was
-                // in a file where compression did not pay): not retried.
-                let (encoded, compressed) = if loc.compressed() {
-                    chunk::encode(&raw, params)
-                } else {
-                    (raw, false)
-                };
-                Ok((
-                    new_id,
-                    Some(Ready {
-                        id: new_id,
-                        stored: to.sealer().seal(encoded, &new_id.0),
-                        raw_len: loc.raw_len,
-                        compressed,
-                    }),
-                ))
+                Ok((new_id, Some(Ready { id: new_id, raw })))
             })
             .collect();
         let mut out = Vec::with_capacity(prepared.len());
@@ -572,15 +543,6 @@ impl Copier<'_> {
         }
         Ok(out)
     }
-}
-
-/// The stored bytes of a source chunk, as they are in its pack.
-fn read_stored(
-    store: &Store,
-    index: &ChunkIndex,
-    loc: &Location,
-) -> std::result::Result<Vec<u8>, ChunkFault> {
-    store.read_stored(&index.pack(loc.pack).id, loc)
 }
 
 /// Renames a file's chunks with their destination ids (each was mapped by

@@ -403,6 +403,18 @@ impl<'a> Capture<'a> {
             let fresh: Vec<usize> = (0..ids.len())
                 .filter(|&i| !packer.has(index, &ids[i]) && seen.insert(ids[i]))
                 .collect();
+            if packer.frames() {
+                // Format 2: new chunks go into frames, compressed by the
+                // packer's encoder threads while the next batch is hashed.
+                for &i in &fresh {
+                    if packer.add_raw(index, ids[i], &buf[ranges[i].clone()])? {
+                        new += 1;
+                    }
+                }
+                progress.advance(ranges.last().map(|r| r.end).unwrap_or(0) as u64);
+                chunks.extend(ids);
+                return Ok(());
+            }
             let encoded: Vec<(usize, Vec<u8>, bool)> = fresh
                 .par_iter()
                 .map(|&i| {

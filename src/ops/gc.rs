@@ -49,9 +49,10 @@ use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
+use crate::store::layout::PackLayout;
 use crate::store::lists::Reached;
 use crate::store::lock::ExclusiveLock;
-use crate::store::pack::{self, PackEntry};
+use crate::store::pack;
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Dir, Object, Store};
@@ -77,12 +78,14 @@ pub struct PackPlan {
     pub name: String,
     /// File size.
     pub size: u64,
-    /// Stored bytes of all its chunks.
+    /// Stored bytes of all its frames (format-1 chunks).
     pub chunk_bytes: u64,
-    /// Stored bytes of the live chunks whose home is this pack.
+    /// The live chunks' share of those bytes, for the live chunks whose
+    /// home is this pack (a frame's stored bytes split by raw bytes).
     pub live_bytes: u64,
-    /// The live chunks whose home is this pack (copied on a rewrite).
-    pub live: Vec<PackEntry>,
+    /// Rewrite only: the pack's layout and the live chunks whose home is
+    /// this pack (indexes into its chunks), copied into new frames.
+    pub live: Option<(PackLayout, Vec<usize>)>,
     pub chunks: u64,
     pub action: Action,
 }
@@ -166,18 +169,18 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     let read: Vec<_> = listed
         .into_par_iter()
         .map(|p| {
-            let entries = store.read_pack_index(&Object::Listed(p.name.clone()), p.size);
-            (p, entries)
+            let layout = store.read_pack_index(&Object::Listed(p.name.clone()), p.size);
+            (p, layout)
         })
         .collect();
-    let mut packs: Vec<(Id, String, u64, Vec<PackEntry>)> = Vec::new();
+    let mut packs: Vec<(Id, String, u64, PackLayout)> = Vec::new();
     let mut young: BTreeSet<String> = BTreeSet::new();
-    for (p, entries) in read {
+    for (p, layout) in read {
         if within_grace(p.modified) {
             young.insert(p.name.clone());
         }
-        match (pack::pack_id_from_name(&p.name), entries) {
-            (Some(id), Ok(entries)) => packs.push((id, p.name, p.size, entries)),
+        match (pack::pack_id_from_name(&p.name), layout) {
+            (Some(id), Ok(layout)) => packs.push((id, p.name, p.size, layout)),
             (None, _) => plan.damaged.push(SkippedPack {
                 name: p.name,
                 detail: "not a pack name".into(),
@@ -254,12 +257,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     // claim their live chunks first.
     let share: Vec<(u64, u64)> = packs
         .iter()
-        .map(|(_, _, _, entries)| {
-            entries.iter().fold((0, 0), |(all, lv), e| {
-                let s = e.stored_len as u64;
-                (all + s, lv + if live.contains_key(&e.id) { s } else { 0 })
-            })
-        })
+        .map(|(_, _, _, layout)| stored_and_live(layout, |_, id| live.contains_key(id)))
         .collect();
     let mut order: Vec<usize> = (0..packs.len()).collect();
     order.sort_by(|&a, &b| {
@@ -271,8 +269,8 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             .then(packs[a].1.cmp(&packs[b].1))
     });
     for &p in &order {
-        for e in &packs[p].3 {
-            if let Some(home) = live.get_mut(&e.id) {
+        for id in packs[p].3.ids() {
+            if let Some(home) = live.get_mut(&id) {
                 if *home == u32::MAX {
                     *home = p as u32;
                 }
@@ -281,16 +279,14 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     }
     plan.chunks_missing = live.values().filter(|h| **h == u32::MAX).count() as u64;
 
-    for (p, (id, name, size, entries)) in packs.into_iter().enumerate() {
-        let chunk_bytes: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
-        let live_here: Vec<PackEntry> = entries
-            .iter()
-            .filter(|e| live.get(&e.id) == Some(&(p as u32)))
-            .copied()
+    for (p, (id, name, size, layout)) in packs.into_iter().enumerate() {
+        let home_here = |_: usize, id: &Id| live.get(id) == Some(&(p as u32));
+        let (chunk_bytes, live_bytes) = stored_and_live(&layout, home_here);
+        let live_here: Vec<usize> = (0..layout.chunks.len())
+            .filter(|&ci| home_here(ci, &layout.chunks[ci].id))
             .collect();
-        let live_bytes: u64 = live_here.iter().map(|e| e.stored_len as u64).sum();
         plan.chunks_live += live_here.len() as u64;
-        plan.chunks_dead += (entries.len() - live_here.len()) as u64;
+        plan.chunks_dead += (layout.chunks.len() - live_here.len()) as u64;
         let mut action = if live_here.is_empty() {
             Action::Delete
         } else if live_bytes * 100 < chunk_bytes * REWRITE_BELOW_LIVE_PERCENT {
@@ -302,18 +298,15 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             plan.packs_within_grace += 1;
             action = Action::Keep;
         }
+        let chunks = layout.chunks.len() as u64;
         plan.packs.push(PackPlan {
             id,
             name,
             size,
             chunk_bytes,
             live_bytes,
-            chunks: entries.len() as u64,
-            live: if action == Action::Rewrite {
-                live_here
-            } else {
-                Vec::new()
-            },
+            chunks,
+            live: (action == Action::Rewrite).then_some((layout, live_here)),
             action,
         });
     }
@@ -434,30 +427,80 @@ enum CopyError {
     Store(Error),
 }
 
-/// Copies the live chunks of a sparse pack into the packer, each re-read
-/// and checked against its id first (a corrupt chunk is never laundered
-/// into a fresh pack).
+/// A pack's stored frame bytes, and the share of them that the chunks
+/// `is_live` accepts (chunk index, id) hold: each frame's stored bytes
+/// split by raw bytes.
+fn stored_and_live(layout: &PackLayout, is_live: impl Fn(usize, &Id) -> bool) -> (u64, u64) {
+    let mut all = 0u64;
+    let mut lv = 0u64;
+    for (fi, f) in layout.frames.iter().enumerate() {
+        all += f.stored_len as u64;
+        let first = f.first_chunk as usize;
+        let live_raw: u64 = layout
+            .frame_chunks(fi)
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| is_live(first + i, &c.id))
+            .map(|(_, c)| c.raw_len as u64)
+            .sum();
+        lv += PackLayout::share(f.stored_len, f.raw_len, live_raw);
+    }
+    (all, lv)
+}
+
+/// Copies the live chunks of a sparse pack into the packer (new frames
+/// of only the live chunks), each frame decoded and every live chunk
+/// checked against its id first (a corrupt chunk is never laundered into
+/// a fresh pack).
 fn copy_live(
     store: &Store,
     packer: &mut Packer<'_>,
     scratch: &mut ChunkIndex,
     p: &PackPlan,
 ) -> std::result::Result<(), CopyError> {
-    let mut live = p.live.clone();
-    live.sort_by_key(|e| e.offset);
-    for e in &live {
+    let Some((layout, live)) = &p.live else {
+        return Ok(());
+    };
+    // `live` is in chunk order, and frames tile the chunks in order.
+    let mut frames: Vec<usize> = (0..layout.frames.len()).collect();
+    frames.sort_by_key(|&fi| layout.frames[fi].offset);
+    for fi in frames {
+        let f = &layout.frames[fi];
+        let first = f.first_chunk as usize;
+        let end = first + f.n_chunks as usize;
+        let live_here =
+            &live[live.partition_point(|&c| c < first)..live.partition_point(|&c| c < end)];
+        let Some(&first_live) = live_here.first() else {
+            continue;
+        };
+        let first_live = layout.chunks[first_live].id;
         let pack = Object::Listed(p.name.clone());
         let stored = store
-            .read_object_range(&pack, e.offset as u64, e.stored_len as usize)
+            .read_object_range(&pack, f.offset as u64, f.stored_len as usize)
             .map_err(|err| {
-                CopyError::Chunk(e.id, ChunkFault::of_read_error(store.display(&pack), &err))
+                CopyError::Chunk(
+                    first_live,
+                    ChunkFault::of_read_error(store.display(&pack), &err),
+                )
             })?;
-        store
-            .decode_chunk(stored.clone(), &e.id, e.compressed, e.raw_len)
-            .map_err(|f| CopyError::Chunk(e.id, f))?;
-        packer
-            .add(scratch, e.id, &stored, e.raw_len, e.compressed)
-            .map_err(CopyError::Store)?;
+        let frame = store
+            .decode_frame(layout, fi, stored)
+            .map_err(|e| CopyError::Chunk(first_live, ChunkFault::Corrupt(e.to_string())))?;
+        for &ci in live_here {
+            let id = layout.chunks[ci].id;
+            let bytes = match frame.chunk(ci - first) {
+                Some(Ok(bytes)) => bytes,
+                _ => {
+                    return Err(CopyError::Chunk(
+                        id,
+                        ChunkFault::Corrupt("content does not match its hash".into()),
+                    ))
+                }
+            };
+            packer
+                .add_raw(scratch, id, bytes)
+                .map_err(CopyError::Store)?;
+        }
     }
     Ok(())
 }

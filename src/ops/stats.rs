@@ -117,7 +117,7 @@ pub fn stats(store: &Store, per_snapshot: bool, lock_wait: Duration) -> Result<S
             Some(loc) => {
                 r.chunks += 1;
                 r.unique_raw_bytes += loc.raw_len as u64;
-                r.unique_stored_bytes += loc.stored_len() as u64;
+                r.unique_stored_bytes += loc.stored_share();
             }
             None => r.chunks_missing += 1,
         }
@@ -220,7 +220,7 @@ fn add_unique(s: &mut SnapshotStats, chunks: &References, refs: &IdMap<u32>, ind
     {
         s.unique_chunks += 1;
         s.unique_raw_bytes += loc.raw_len as u64;
-        s.unique_stored_bytes += loc.stored_len() as u64;
+        s.unique_stored_bytes += loc.stored_share();
     }
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::chunk::{ChunkingParams, CompressionParams};
 use crate::error::{Error, Result};
 use crate::store::lists::ListParams;
+use crate::store::pack2::FrameParams;
 
 /// The format this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 2;
@@ -35,6 +36,21 @@ pub struct StoreConfig {
     pub lists: Option<ListParams>,
     pub pack: PackParams,
     pub encryption: EncryptionParams,
+    /// Format 2: how consecutive new chunks are cut into zstd frames
+    /// (`docs/design/format2.md` §1.3.2). Absent in format 1, whose packs
+    /// hold one stored unit per chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<FrameConfig>,
+}
+
+/// The `frames` part of a format-2 `config.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FrameConfig {
+    /// A frame closes when it holds this many chunks (1..=4096).
+    pub max_chunks: u32,
+    /// A frame closes once its raw bytes reach this (1..=8 MiB).
+    pub max_bytes: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -70,7 +86,7 @@ impl StoreConfig {
                 cdc_avg_size: 64 * 1024,
                 cdc_max_size: 256 * 1024,
             },
-            compression: CompressionParams::auto(),
+            compression: FrameParams::default_v2().compression,
             lists: Some(ListParams::default()),
             pack: PackParams {
                 target_size: 32 * 1024 * 1024,
@@ -79,7 +95,37 @@ impl StoreConfig {
                 scheme: "none".to_string(),
                 key_id: None,
             },
+            frames: Some(FrameConfig {
+                max_chunks: FrameParams::default_v2().frame_max_chunks,
+                max_bytes: FrameParams::default_v2().frame_max_bytes,
+            }),
         }
+    }
+
+    /// How `init --compression` reads in this format: `auto` is step 0's
+    /// frame defaults (zstd 3, raw above 97 %), `zstd:N` that level with
+    /// the same cutoff, `none` every frame raw.
+    pub fn set_compression(&mut self, choice: &CompressionParams) {
+        let defaults = FrameParams::default_v2().compression;
+        self.compression = if choice.auto {
+            defaults
+        } else {
+            CompressionParams {
+                algorithm: choice.algorithm.clone(),
+                level: choice.level,
+                max_ratio_percent: defaults.max_ratio_percent,
+                auto: false,
+            }
+        };
+    }
+
+    /// The frame parameters of a format-2 store (None in format 1).
+    pub fn frame_params(&self) -> Option<FrameParams> {
+        self.frames.as_ref().map(|f| FrameParams {
+            compression: self.compression.clone(),
+            frame_max_chunks: f.max_chunks,
+            frame_max_bytes: f.max_bytes,
+        })
     }
 
     /// Parses `config.json`, refusing a newer format before looking at
@@ -153,6 +199,14 @@ impl StoreConfig {
         if let Some(problem) = self.compression.problem() {
             return Err(problem);
         }
+        match (self.format_version, self.frame_params()) {
+            (1, None) => {}
+            (1, Some(_)) => {
+                return Err("frames are a format-2 field, this store is format 1".into())
+            }
+            (_, None) => return Err("frames (frame_max_chunks, frame_max_bytes) missing".into()),
+            (_, Some(p)) => p.check().map_err(|e| format!("frames: {e}"))?,
+        }
         let e = &self.encryption;
         match (e.scheme.as_str(), &e.key_id) {
             ("none", None) => {}
@@ -187,16 +241,20 @@ mod tests {
     fn a_default_config_has_no_auto_field_and_pinned_ones_read_back() {
         let default = StoreConfig::new_default();
         let json = serde_json::to_string(&default).unwrap();
-        // Byte for byte what stores made before `--compression` hold.
+        // Format 2: step 0's defaults, `auto` not written.
         assert!(
-            json.contains(r#""compression":{"algorithm":"zstd","level":1,"max_ratio_percent":90}"#),
+            json.contains(r#""compression":{"algorithm":"zstd","level":3,"max_ratio_percent":97}"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""frames":{"max_chunks":256,"max_bytes":1048576}"#),
             "{json}"
         );
         let back = StoreConfig::parse(json.as_bytes(), "config.json").unwrap();
         assert_eq!(back.compression.choice(), "auto");
         for choice in ["none", "zstd:19"] {
             let mut config = StoreConfig::new_default();
-            config.compression = CompressionParams::parse_choice(choice).unwrap();
+            config.set_compression(&CompressionParams::parse_choice(choice).unwrap());
             let json = serde_json::to_vec(&config).unwrap();
             let back = StoreConfig::parse(&json, "config.json").unwrap();
             assert_eq!(back.compression.choice(), choice);
@@ -210,6 +268,26 @@ mod tests {
             e.to_string().contains("unknown compression \"gzip\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn frames_are_required_in_format_2_and_refused_in_format_1() {
+        let parse = |c: &StoreConfig| StoreConfig::parse(&serde_json::to_vec(c).unwrap(), "c");
+        let mut config = StoreConfig::new_default();
+        assert_eq!(config.format_version, 2);
+        assert_eq!(config.frame_params(), Some(FrameParams::default_v2()));
+        assert!(parse(&config).is_ok());
+        config.frames.as_mut().unwrap().max_chunks = 0;
+        let e = parse(&config).unwrap_err();
+        assert!(e.to_string().contains("frame_max_chunks 0"), "{e}");
+        config.frames = None;
+        let e = parse(&config).unwrap_err();
+        assert!(e.to_string().contains("frames"), "{e}");
+        config.format_version = 1;
+        config.compression = CompressionParams::auto();
+        assert!(parse(&config).is_ok(), "a format-1 config has no frames");
+        config.frames = StoreConfig::new_default().frames;
+        assert!(parse(&config).is_err());
     }
 
     #[test]

@@ -1,27 +1,63 @@
 //! The in-memory lookup index of every chunk in the store: chunk id to
-//! (pack, offset, length). Built from the pack trailers; about 56 bytes per
-//! chunk (32-byte key, 16-byte location, hash table overhead).
+//! its place (pack, frame, place in the frame). Built from the pack
+//! trailers; about 64 bytes per chunk (32-byte key, 24-byte location, hash
+//! table overhead). A format-1 chunk is a frame of one chunk
+//! (`store::layout`).
 
 use crate::id::{Id, IdMap};
-use crate::store::pack::PackEntry;
+use crate::store::layout::{PackFormat, PackLayout};
+use crate::store::pack2::Codec;
 
-const COMPRESSED_BIT: u32 = 1 << 31;
+/// The frame's stored length takes the low 29 bits of `frame_word`
+/// (a frame is at most 16 MiB plus a seal), its codec the next two, and
+/// the top bit says the frame is a format-2 one.
+const LEN_MASK: u32 = (1 << 29) - 1;
+const CODEC_SHIFT: u32 = 29;
+const V2_BIT: u32 = 1 << 31;
 
-/// Where a chunk lives.
+/// Where a chunk lives: its frame in a pack, and its bytes in the frame's
+/// raw bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
     pub pack: u32,
-    pub offset: u32,
-    len_and_flag: u32,
+    /// From the start of the pack file.
+    pub frame_offset: u32,
+    frame_word: u32,
+    /// Raw bytes of the whole frame (the chunk's own for a format-1 chunk).
+    pub frame_raw_len: u32,
+    /// Where the chunk starts in the frame's raw bytes.
+    pub chunk_offset: u32,
     pub raw_len: u32,
 }
 
 impl Location {
-    pub fn stored_len(&self) -> u32 {
-        self.len_and_flag & !COMPRESSED_BIT
+    /// Stored bytes of the frame holding the chunk (seal included).
+    pub fn frame_stored_len(&self) -> u32 {
+        self.frame_word & LEN_MASK
     }
+
+    pub fn codec(&self) -> Codec {
+        Codec::from_u8(((self.frame_word >> CODEC_SHIFT) & 3) as u8).unwrap_or(Codec::ZstdDict)
+    }
+
+    /// Whether the frame is zstd-compressed.
     pub fn compressed(&self) -> bool {
-        self.len_and_flag & COMPRESSED_BIT != 0
+        self.codec() == Codec::Zstd
+    }
+
+    /// Whether the chunk is in a format-2 frame (read through its pack's
+    /// layout and the frame cache) rather than a format-1 chunk of its own.
+    pub fn in_frame(&self) -> bool {
+        self.frame_word & V2_BIT != 0
+    }
+
+    /// The chunk's share of its frame's stored bytes.
+    pub fn stored_share(&self) -> u64 {
+        PackLayout::share(
+            self.frame_stored_len(),
+            self.frame_raw_len,
+            self.raw_len as u64,
+        )
     }
 }
 
@@ -52,24 +88,35 @@ impl ChunkIndex {
         ChunkIndex::default()
     }
 
-    /// Adds a pack and its entries. A chunk present in two packs keeps its
+    /// Adds a pack and its chunks. A chunk present in two packs keeps its
     /// first location (either copy is valid).
-    pub fn add_pack(&mut self, id: Id, size: u64, entries: &[PackEntry]) -> u32 {
+    pub fn add_pack(&mut self, id: Id, size: u64, layout: &PackLayout) -> u32 {
         let pack = self.packs.len() as u32;
         self.packs.push(PackInfo {
             id,
             size,
-            chunks: entries.len() as u32,
+            chunks: layout.chunks.len() as u32,
         });
-        self.chunks.reserve(entries.len());
-        for e in entries {
-            let flag = if e.compressed { COMPRESSED_BIT } else { 0 };
-            self.chunks.entry(e.id).or_insert(Location {
-                pack,
-                offset: e.offset,
-                len_and_flag: e.stored_len | flag,
-                raw_len: e.raw_len,
-            });
+        self.chunks.reserve(layout.chunks.len());
+        let v2 = if layout.format == PackFormat::V2 {
+            V2_BIT
+        } else {
+            0
+        };
+        for (fi, f) in layout.frames.iter().enumerate() {
+            let word = (f.stored_len & LEN_MASK) | ((f.codec as u32) << CODEC_SHIFT) | v2;
+            let mut at = 0u32;
+            for c in layout.frame_chunks(fi) {
+                self.chunks.entry(c.id).or_insert(Location {
+                    pack,
+                    frame_offset: f.offset,
+                    frame_word: word,
+                    frame_raw_len: f.raw_len,
+                    chunk_offset: at,
+                    raw_len: c.raw_len,
+                });
+                at = at.saturating_add(c.raw_len);
+            }
         }
         pack
     }

@@ -3,7 +3,8 @@
 //! ```text
 //! STORE/config.json                     format version and parameters
 //! STORE/keys/repokey.json               encrypted stores: the wrapped master key
-//! STORE/objects/<xx>/<pack id>.pack     immutable packs of chunks
+//! STORE/objects/<xx>/<pack id>.pack     immutable packs of chunks (format 2:
+//!                                       zstd frames of chunks; format 1 read)
 //! STORE/snapshots/<stamp>/manifest.bin  + backup-metadata.json
 //! STORE/drills/<stamp>--<at>.json       drill outcomes
 //! STORE/locks/                          the store lock and its holders
@@ -22,8 +23,10 @@ pub mod cache;
 pub mod chunk_index;
 mod file_lists;
 pub mod format;
+mod frame_cache;
 pub mod index;
 pub mod key;
+pub mod layout;
 pub mod lists;
 pub mod location;
 pub mod lock;
@@ -41,8 +44,9 @@ mod snapshots;
 mod tmp;
 
 pub use file_lists::{error_fault, fault_error, FileChunks, StoreBlobs};
+pub use layout::PackLayout;
 pub use open::InitOptions;
-pub use packs::{Check, ChunkFault, PackLayout};
+pub use packs::{Check, ChunkFault};
 pub use snapshots::{IncompleteSnapshot, ReadFrom, SnapshotListing};
 pub use tmp::CleanedTmp;
 
@@ -74,6 +78,8 @@ pub struct Store {
     /// Remote stores: sizes of the snapshot files seen by the last
     /// listing, so reading them needs no stat request per file.
     listed_sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Readers' caches of decoded frames and pack layouts.
+    reads: packs::ReadCaches,
     config: StoreConfig,
     sealer: Sealer,
     /// The key file an encrypted store was opened with.

@@ -129,6 +129,7 @@ impl Store {
             cache,
             gc_grace: None,
             listed_sizes: Default::default(),
+            reads: Default::default(),
             config,
             sealer,
             key_file,
@@ -202,7 +203,7 @@ impl Store {
             });
         }
         let mut config = StoreConfig::new_default();
-        config.compression = options.compression.clone();
+        config.set_compression(&options.compression);
         // Everything that can be refused is checked before anything is written.
         let repokey = match scheme {
             "none" => None,
@@ -301,6 +302,7 @@ impl Store {
             cache,
             gc_grace: self.gc_grace,
             listed_sizes: Default::default(),
+            reads: Default::default(),
             config: self.config.clone(),
             sealer: self.sealer.clone(),
             key_file: self.key_file.clone(),

@@ -1,15 +1,35 @@
-//! Where objects are written: the packer groups new stored chunks (and
-//! list blobs, [`Packer::add_list`]) into packs of the configured target
-//! size, publishes each pack once it is durable, and records its chunks
-//! in the index. Chunks waiting in the open
-//! pack are tracked so the same chunk is never stored twice in one run.
+//! Where objects are written: the packer groups new chunks (and list
+//! blobs, [`Packer::add_list`]) into packs of the configured target size, publishes each pack once it is durable, and
+//! records its chunks in the index. Chunks waiting in the open frame, in
+//! frames being encoded or in the open pack are tracked so the same chunk
+//! is never stored twice in one run.
+//!
+//! A format-2 store (`frames` in its config) gets format-2 packs:
+//! consecutive new chunks are cut into frames (`pack2::FrameBuf`, closed
+//! at `frame_max_chunks` / `frame_max_bytes` and when the pack is flushed),
+//! each frame is compressed and sealed on a small pool of encoder threads
+//! (at most [`FRAMES_IN_FLIGHT`] at a time, so a first snapshot keeps
+//! both cores busy with bounded memory), and the encoded frames are
+//! appended to the pack in the order they were cut. A format-1 store
+//! (read-only for `create` since format 2) gets format-1 packs, each chunk
+//! encoded and sealed on its own.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use crate::chunk::Strategy;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{Id, IdSet};
 use crate::store::index::ChunkIndex;
+use crate::store::layout::PackLayout;
 use crate::store::lists::{BlobSink, BuildStats, LeafCut, ListBuilder, ListRef};
 use crate::store::pack::{self, PackWriter};
+use crate::store::pack2::{EncodedFrame, FrameBuf, FrameKind, FrameParams, PackWriterV2};
+use crate::store::seal::Sealer;
 use crate::store::{Object, Store};
 
 /// New list blobs of one build, held until the build ends: the builder
@@ -43,31 +63,182 @@ pub struct BuiltList {
     pub old_fault: Option<Error>,
 }
 
+/// Frames cut but not yet written at most: about this many MiB of raw
+/// frames and their encoded copies in memory.
+pub const FRAMES_IN_FLIGHT: usize = 6;
+/// zstd level of format-2 trailers (chunk ids barely compress).
+const TRAILER_LEVEL: i32 = 3;
+
 pub struct Packer<'s> {
     store: &'s Store,
-    open: Option<PackWriter>,
+    mode: Mode,
     pending: IdSet,
     /// Packs published by this packer and their sizes.
     pub packs_written: Vec<(Id, u64)>,
 }
 
+enum Mode {
+    V1(Option<Box<PackWriter>>),
+    V2(Box<Framer>),
+}
+
+/// The format-2 writer's state.
+struct Framer {
+    params: FrameParams,
+    frame: FrameBuf,
+    pool: Option<EncodePool>,
+    /// Sequence number of the next frame cut, and of the next to write.
+    next_cut: u64,
+    next_write: u64,
+    /// Encoded frames waiting for an earlier one.
+    done: BTreeMap<u64, EncodedFrame>,
+    open: Option<(PathBuf, PackWriterV2<BufWriter<File>>)>,
+}
+
+/// Encoder threads: frames in, encoded frames out (any order).
+struct EncodePool {
+    jobs: Option<mpsc::SyncSender<(u64, FrameBuf)>>,
+    /// Behind a lock only so that a packer can be shared (`has`) with
+    /// parallel readers; only the packer's owner receives.
+    results: Mutex<mpsc::Receiver<(u64, EncodedFrame)>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    in_flight: usize,
+}
+
+impl EncodePool {
+    fn start(params: &FrameParams, sealer: &Sealer) -> EncodePool {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 4);
+        let (jobs, rx) = mpsc::sync_channel::<(u64, FrameBuf)>(FRAMES_IN_FLIGHT);
+        let rx = Arc::new(Mutex::new(rx));
+        let (tx, results) = mpsc::channel();
+        let workers = (0..n)
+            .map(|_| {
+                let (rx, tx) = (rx.clone(), tx.clone());
+                let (params, sealer) = (params.clone(), sealer.clone());
+                std::thread::spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((seq, frame)) = job else { break };
+                    if tx.send((seq, frame.encode(&params, &sealer))).is_err() {
+                        break;
+                    }
+                })
+            })
+            .collect();
+        EncodePool {
+            jobs: Some(jobs),
+            results: Mutex::new(results),
+            workers,
+            in_flight: 0,
+        }
+    }
+}
+
+impl EncodePool {
+    /// The next encoded frame, waiting for it when `wait`.
+    fn next(&self, wait: bool) -> Option<(u64, EncodedFrame)> {
+        let results = self.results.lock().unwrap_or_else(|e| e.into_inner());
+        if wait {
+            results.recv().ok()
+        } else {
+            results.try_recv().ok()
+        }
+    }
+}
+
+impl Drop for EncodePool {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn pool_gone() -> Error {
+    Error::io(
+        "encode frames for",
+        "the open pack",
+        std::io::Error::other("the frame encoder threads stopped"),
+    )
+}
+
 impl<'s> Packer<'s> {
     pub fn new(store: &'s Store) -> Packer<'s> {
+        let mode = match store.config().frame_params() {
+            Some(params) => Mode::V2(Box::new(Framer {
+                params,
+                frame: FrameBuf::new(FrameKind::Data),
+                pool: None,
+                next_cut: 0,
+                next_write: 0,
+                done: BTreeMap::new(),
+                open: None,
+            })),
+            None => Mode::V1(None),
+        };
         Packer {
             store,
-            open: None,
+            mode,
             pending: IdSet::default(),
             packs_written: Vec::new(),
         }
     }
 
-    /// True when the chunk is already stored or waiting in the open pack.
+    /// Whether new chunks go into format-2 frames.
+    pub fn frames(&self) -> bool {
+        matches!(self.mode, Mode::V2(_))
+    }
+
+    /// True when the chunk is already stored or waiting to be.
     pub fn has(&self, index: &ChunkIndex, id: &Id) -> bool {
         index.contains(id) || self.pending.contains(id)
     }
 
-    /// Adds a stored (encoded and sealed) chunk. Returns false when the
+    /// Adds a raw chunk (its id already computed). Returns false when the
     /// chunk was already present and nothing was written.
+    pub fn add_raw(&mut self, index: &mut ChunkIndex, id: Id, raw: &[u8]) -> Result<bool> {
+        if self.has(index, &id) {
+            return Ok(false);
+        }
+        if !self.frames() {
+            let (encoded, compressed) = crate::chunk::encode(raw, &self.store.config().compression);
+            let stored = self.store.sealer().seal(encoded, &id.0);
+            return self.add(index, id, &stored, raw.len() as u32, compressed);
+        }
+        self.pending.insert(id);
+        let Mode::V2(f) = &mut self.mode else {
+            return Ok(true);
+        };
+        // The pack's temp file exists from its first chunk on, as in
+        // format 1 (a run interrupted before its first frame is written
+        // leaves it in tmp/ for the next run to sweep).
+        if f.open.is_none() {
+            let path = self.store.temp_path("pack")?;
+            let w = PackWriterV2::create(&path).ctx("create", &path)?;
+            f.open = Some((path, w));
+        }
+        if !f.frame.fits(raw.len()) {
+            self.close_frame(index)?;
+        }
+        let Mode::V2(f) = &mut self.mode else {
+            return Ok(true);
+        };
+        let full = f
+            .frame
+            .push(id, raw, &f.params)
+            .map_err(|e| Error::io("frame", "the open pack", std::io::Error::other(e)))?;
+        if full {
+            self.close_frame(index)?;
+        }
+        Ok(true)
+    }
+
+    /// Adds a stored (encoded and sealed) chunk to a format-1 pack.
+    /// Returns false when the chunk was already present and nothing was
+    /// written.
     pub fn add(
         &mut self,
         index: &mut ChunkIndex,
@@ -79,11 +250,18 @@ impl<'s> Packer<'s> {
         if self.has(index, &id) {
             return Ok(false);
         }
-        let writer = match &mut self.open {
+        let Mode::V1(open) = &mut self.mode else {
+            return Err(Error::io(
+                "add a format-1 chunk to",
+                self.store.display_dir(crate::store::Dir::Packs),
+                std::io::Error::other("the store writes format-2 frames"),
+            ));
+        };
+        let writer = match open {
             Some(w) => w,
             slot @ None => {
                 let path = self.store.temp_path("pack")?;
-                slot.insert(PackWriter::create(&path).ctx("create", &path)?)
+                slot.insert(Box::new(PackWriter::create(&path).ctx("create", &path)?))
             }
         };
         writer
@@ -96,9 +274,122 @@ impl<'s> Packer<'s> {
         Ok(true)
     }
 
-    /// Closes the open pack (if any), makes it durable and publishes it.
+    /// Hands the open frame to the encoders and writes the frames that are
+    /// ready, waiting for one when too many are in flight.
+    fn close_frame(&mut self, index: &mut ChunkIndex) -> Result<()> {
+        let Mode::V2(f) = &mut self.mode else {
+            return Ok(());
+        };
+        if f.frame.is_empty() {
+            return Ok(());
+        }
+        let frame = std::mem::replace(&mut f.frame, FrameBuf::new(FrameKind::Data));
+        let pool = f
+            .pool
+            .get_or_insert_with(|| EncodePool::start(&f.params, self.store.sealer()));
+        let jobs = pool.jobs.as_ref().ok_or_else(pool_gone)?;
+        jobs.send((f.next_cut, frame)).map_err(|_| pool_gone())?;
+        f.next_cut += 1;
+        pool.in_flight += 1;
+        while let Some((seq, enc)) = pool.next(false) {
+            pool.in_flight -= 1;
+            f.done.insert(seq, enc);
+        }
+        while pool.in_flight >= FRAMES_IN_FLIGHT {
+            let (seq, enc) = pool.next(true).ok_or_else(pool_gone)?;
+            pool.in_flight -= 1;
+            f.done.insert(seq, enc);
+        }
+        self.write_ready(index)
+    }
+
+    /// Waits for every frame in flight and writes them all.
+    fn drain(&mut self, index: &mut ChunkIndex) -> Result<()> {
+        self.close_frame(index)?;
+        let Mode::V2(f) = &mut self.mode else {
+            return Ok(());
+        };
+        if let Some(pool) = f.pool.as_mut() {
+            while pool.in_flight > 0 {
+                let (seq, enc) = pool.next(true).ok_or_else(pool_gone)?;
+                pool.in_flight -= 1;
+                f.done.insert(seq, enc);
+            }
+        }
+        self.write_ready(index)
+    }
+
+    /// Appends the encoded frames that are next in cut order, closing the
+    /// pack when it reaches its target size.
+    fn write_ready(&mut self, index: &mut ChunkIndex) -> Result<()> {
+        loop {
+            let Mode::V2(f) = &mut self.mode else {
+                return Ok(());
+            };
+            let Some(enc) = f.done.remove(&f.next_write) else {
+                return Ok(());
+            };
+            f.next_write += 1;
+            let (path, writer) = match &mut f.open {
+                Some(open) => open,
+                slot @ None => {
+                    let path = self.store.temp_path("pack")?;
+                    let w = PackWriterV2::create(&path).ctx("create", &path)?;
+                    slot.insert((path, w))
+                }
+            };
+            writer.add(enc).ctx("write", &*path)?;
+            if writer.len() >= self.store.config().pack.target_size {
+                self.finish_pack(index)?;
+            }
+        }
+    }
+
+    /// Finishes the open format-2 pack, makes it durable and publishes it.
+    fn finish_pack(&mut self, index: &mut ChunkIndex) -> Result<()> {
+        let Mode::V2(f) = &mut self.mode else {
+            return Ok(());
+        };
+        let Some((path, writer)) = f.open.take() else {
+            return Ok(());
+        };
+        let finished = match writer.finish_file(TRAILER_LEVEL, self.store.sealer()) {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(Error::io("write", &path, e));
+            }
+        };
+        self.store
+            .backend()
+            .put_file(&finished.name, &path)
+            .ctx("publish pack", self.store.object_path(&finished.name))?;
+        let blob_end = finished
+            .trailer
+            .frames
+            .last()
+            .map(|fr| fr.offset as u64 + fr.stored_len as u64)
+            .unwrap_or(0);
+        let layout = PackLayout::from_v2(finished.trailer, blob_end);
+        index.add_pack(finished.id, finished.size, &layout);
+        for id in layout.ids() {
+            self.pending.remove(&id);
+        }
+        self.packs_written.push((finished.id, finished.size));
+        Ok(())
+    }
+
+    /// Closes the open frame and pack (if any), makes the pack durable and
+    /// publishes it.
     pub fn flush(&mut self, index: &mut ChunkIndex) -> Result<()> {
-        let Some(writer) = self.open.take() else {
+        if self.frames() {
+            self.drain(index)?;
+            return self.finish_pack(index);
+        }
+        let Mode::V1(open) = &mut self.mode else {
+            return Ok(());
+        };
+        let Some(writer) = open.take() else {
             return Ok(());
         };
         let tmp_path = writer.path().to_path_buf();
@@ -115,9 +406,10 @@ impl<'s> Packer<'s> {
             .backend()
             .put_file(&name, &finished.path)
             .ctx("publish pack", self.store.object_path(&name))?;
-        index.add_pack(finished.id, finished.size, &finished.entries);
-        for e in &finished.entries {
-            self.pending.remove(&e.id);
+        let layout = PackLayout::from_v1(finished.entries, 0);
+        index.add_pack(finished.id, finished.size, &layout);
+        for id in layout.ids() {
+            self.pending.remove(&id);
         }
         self.packs_written.push((finished.id, finished.size));
         Ok(())
@@ -172,9 +464,7 @@ impl<'s> Packer<'s> {
             }
             let mut blobs_new = 0;
             for (id, bytes) in pending.blobs {
-                let raw_len = bytes.len() as u32;
-                let stored = store.sealer().seal(bytes, &id.0);
-                if self.add(index, id, &stored, raw_len, false)? {
+                if self.add_raw(index, id, &bytes)? {
                     blobs_new += 1;
                 }
             }
@@ -198,8 +488,19 @@ impl<'s> Packer<'s> {
 impl Drop for Packer<'_> {
     fn drop(&mut self) {
         // An unfinished pack (error path) is removed; nothing references it.
-        if let Some(w) = self.open.take() {
-            let _ = std::fs::remove_file(w.path());
+        match &mut self.mode {
+            Mode::V1(open) => {
+                if let Some(w) = open.take() {
+                    let _ = std::fs::remove_file(w.path());
+                }
+            }
+            Mode::V2(f) => {
+                f.pool = None;
+                if let Some((path, w)) = f.open.take() {
+                    drop(w);
+                    let _ = std::fs::remove_file(path);
+                }
+            }
         }
     }
 }

@@ -366,7 +366,8 @@ fn flipped_byte_in_a_pack_is_chunk_corrupt() {
     let pw = env.init_repokey("pw");
     let doc = env.create(&pw, &[]);
     let stamp = doc["stamp"].as_str().unwrap();
-    // Offset 8 is the first stored chunk: flip a byte of its ciphertext.
+    // Offset 8 is the first stored frame: flip a byte of its ciphertext
+    // (the frame no longer authenticates: every chunk of it is corrupt).
     flip_byte(&env.first_pack(), 8 + 30);
     let (code, doc) = run(env
         .cmd()
@@ -382,7 +383,9 @@ fn flipped_byte_in_a_pack_is_chunk_corrupt() {
     );
     let (code, doc) = run(env.cmd().arg("verify").arg("--password-file").arg(&pw));
     assert_eq!(code, 3, "{doc}");
-    assert_eq!(doc["corrupt"].as_array().unwrap().len(), 1, "{doc}");
+    let n = doc["corrupt"].as_array().unwrap().len();
+    assert!((1..=256).contains(&n), "{doc}");
+    assert_eq!(doc["damaged_objects"].as_array().unwrap().len(), 1, "{doc}");
 }
 
 #[test]

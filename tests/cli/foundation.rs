@@ -155,6 +155,7 @@ fn validate(env: &Env, stamp: &str) -> support::Out {
 #[test]
 fn flipped_byte_in_a_chunk_is_chunk_corrupt() {
     let env = Env::tiny();
+    env.init_with_single_chunk_frames();
     let stamp = env.create(&["--chroma"])["stamp"]
         .as_str()
         .unwrap()

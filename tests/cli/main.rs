@@ -15,6 +15,7 @@ mod drill_diff;
 mod encryption;
 mod format2;
 mod foundation;
+mod frames;
 mod gc;
 mod hardening;
 mod interrupt;

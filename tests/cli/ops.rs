@@ -469,6 +469,7 @@ fn damage(env: &Env, s: &str, path: &str) -> String {
 #[test]
 fn a_corrupt_chunk_matters_only_in_the_file_asked_for() {
     let env = Env::tiny();
+    env.init_with_single_chunk_frames();
     let s = snap(&env, "2026-04-11T12:00:00Z");
     let bad = damage(&env, &s, "chroma/seg/index_metadata.pickle");
 

@@ -55,11 +55,12 @@ fn compression_none_stores_chunks_raw_and_zstd_19_stores_less() {
     assert_eq!(z19_config["compression"]["level"], 19);
     assert_eq!(z19_config["compression"]["auto"], false);
 
-    // The default: today's zstd level 1, and no new field in config.json.
+    // The default: format 2's frames at zstd level 3, raw above 97 %, and
+    // no `auto` field in config.json.
     let (auto_rt, auto, auto_config) = snapshot_with("auto");
     assert_eq!(
         auto_config["compression"],
-        serde_json::json!({"algorithm": "zstd", "level": 1, "max_ratio_percent": 90})
+        serde_json::json!({"algorithm": "zstd", "level": 3, "max_ratio_percent": 97})
     );
     let stored_auto = auto["bytes_new_stored"].as_u64().unwrap();
     assert!(

@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use atosnap::id::Id;
-use atosnap::store::pack::{self, PackEntry};
+use atosnap::store::pack;
 
 /// Runs verify; it must never panic and exits 0 (ok) or 3 (not ok).
 pub(super) fn verify(env: &Env, args: &[&str]) -> Out {
@@ -34,6 +34,7 @@ pub(super) fn stamp_of(v: &Value) -> String {
 /// between; each create writes its own pack.
 pub(super) fn two_snapshots() -> (Env, String, String) {
     let env = Env::tiny();
+    env.init_with_single_chunk_frames();
     let s1 = stamp_of(&env.create(&["--chroma"]));
     change_runtime(&env, 1);
     let s2 = stamp_of(&env.create(&["--chroma"]));
@@ -121,6 +122,7 @@ fn clean_store_reports_every_field() {
                     fs::metadata(p).unwrap().len(),
                 )
                 .unwrap()
+                .chunks
                 .len()
         })
         .sum();
@@ -165,6 +167,7 @@ fn orphans_and_dead_chunks_are_reclaimable_not_errors() {
 #[test]
 fn verify_snapshot_checks_only_what_it_references() {
     let env = Env::tiny();
+    env.init_with_single_chunk_frames();
     let s1 = stamp_of(&env.create(&["--chroma"]));
     let first_packs = env.packs();
     // A second runtime with nothing in common: a new pack of its own.
@@ -391,21 +394,24 @@ fn deleted_pack_is_missing_chunks() {
     assert_eq!(verify(&env, &[]).json["ok"], true);
 }
 
-/// Rewrites a pack with its index changed by `edit`, with a valid index
-/// checksum and named by its new hash, so that only the contents can tell.
-pub(super) fn rewrite_index(
+/// Rewrites a format-2 pack of an unencrypted store with its trailer
+/// changed by `edit`, with a valid checksum and named by its new hash, so
+/// that only the contents can tell.
+pub(super) fn rewrite_trailer(
     env: &Env,
     pack: &Path,
-    edit: impl FnOnce(&mut Vec<PackEntry>),
+    edit: impl FnOnce(&mut atosnap::store::pack2::TrailerV2),
 ) -> String {
+    use atosnap::store::pack2::TrailerV2;
+    use atosnap::store::seal::Sealer;
     let bytes = fs::read(pack).unwrap();
     let size = bytes.len() as u64;
     let (blob_end, len, _) =
         pack::parse_trailer(size, &bytes[bytes.len() - pack::TRAILER_LEN..]).unwrap();
-    let mut entries =
-        pack::decode_entries(&bytes[blob_end as usize..blob_end as usize + len]).unwrap();
-    edit(&mut entries);
-    let index = bincode::serialize(&entries).unwrap();
+    let body = bytes[blob_end as usize..blob_end as usize + len].to_vec();
+    let mut trailer = TrailerV2::open(body, blob_end, &Sealer::Plain).unwrap();
+    edit(&mut trailer);
+    let index = trailer.seal(3, &Sealer::Plain).unwrap();
     let mut out = bytes[..blob_end as usize].to_vec();
     out.extend_from_slice(&index);
     out.extend_from_slice(&(index.len() as u32).to_le_bytes());
@@ -425,13 +431,13 @@ fn pack_whose_index_disagrees_with_its_contents() {
     let a = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[1];
     let b = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[5];
     let (pack, _, _) = env.chunk_location(&a);
-    // Swap where two entries point: the layout stays tidy, the ids lie.
-    let name = rewrite_index(&env, &pack, |entries| {
-        let i = entries.iter().position(|e| e.id == a).unwrap();
-        let j = entries.iter().position(|e| e.id == b).unwrap();
-        let (ea, eb) = (entries[i], entries[j]);
-        entries[i] = PackEntry { id: a, ..eb };
-        entries[j] = PackEntry { id: b, ..ea };
+    // Swap two chunk records (one-chunk frames of equal size): the layout
+    // stays tidy, the ids lie.
+    let name = rewrite_trailer(&env, &pack, |t| {
+        let i = t.chunks.iter().position(|c| c.id == a).unwrap();
+        let j = t.chunks.iter().position(|c| c.id == b).unwrap();
+        t.chunks[i].id = b;
+        t.chunks[j].id = a;
     });
     let out = verify(&env, &[]);
     assert_eq!(out.json["ok"], false);
@@ -460,40 +466,58 @@ fn pack_whose_index_disagrees_with_its_contents() {
     assert_eq!(verify(&env, &[]).json["ok"], true);
 }
 
+/// The frame (one chunk each in `two_snapshots`' stores) holding chunk
+/// record `id` of a trailer.
+fn frame_index(t: &atosnap::store::pack2::TrailerV2, id: &Id) -> (usize, usize) {
+    let ci = t.chunks.iter().position(|c| c.id == *id).unwrap();
+    (t.frame_of(ci).unwrap(), ci)
+}
+
 #[test]
 fn overlapping_or_gapped_index_entries_are_structural_damage() {
+    // A format-2 trailer whose frames overlap is refused whole when read:
+    // the pack is damaged and its chunks unknown (missing).
     let (env, s1, _) = two_snapshots();
     let a = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[3];
     let (pack, _, _) = env.chunk_location(&a);
-    let name = rewrite_index(&env, &pack, |entries| {
-        let i = entries.iter().position(|e| e.id == a).unwrap();
-        entries[i].offset -= 10;
+    let name = rewrite_trailer(&env, &pack, |t| {
+        let (fi, _) = frame_index(t, &a);
+        t.frames[fi].offset -= 10;
     });
     // Found without re-hashing anything.
     let out = verify(&env, &["--sample", "0"]);
     assert_eq!(out.json["ok"], false);
     assert_eq!(out.json["damaged_objects"], serde_json::json!([name]));
     let detail = out.json["damage"][&name].as_str().unwrap();
-    assert!(detail.contains("overlap"), "{detail}");
+    assert!(detail.contains("tile"), "{detail}");
     let out = verify(&env, &[]);
-    assert!(strings(&out.json["corrupt"]).contains(&a.to_hex()));
-    assert_eq!(
-        damaged_files(&out, &s1),
-        vec!["chroma/seg/data_level0.bin".to_string()]
+    assert!(
+        strings(&out.json["missing"]).contains(&a.to_hex()),
+        "{out:?}"
     );
+    assert!(damaged_files(&out, &s1).contains(&"chroma/seg/data_level0.bin".to_string()));
 
-    // A raw chunk whose recorded length is not its stored length.
+    // A raw frame whose recorded length is not its stored length.
     let (env, s1, _) = two_snapshots();
     let a = env.file_chunks(&s1, "chroma/seg/data_level0.bin")[0];
     let (pack, _, _) = env.chunk_location(&a);
-    let name = rewrite_index(&env, &pack, |entries| {
-        let i = entries.iter().position(|e| e.id == a).unwrap();
-        assert!(!entries[i].compressed, "random data is stored raw");
-        entries[i].raw_len += 1;
+    let name = rewrite_trailer(&env, &pack, |t| {
+        let (fi, ci) = frame_index(t, &a);
+        assert_eq!(
+            t.frames[fi].codec,
+            atosnap::store::pack2::Codec::Raw,
+            "random data is stored raw"
+        );
+        t.chunks[ci].raw_len += 1;
     });
     let out = verify(&env, &["--sample", "0"]);
     assert_eq!(out.json["damaged_objects"], serde_json::json!([name]));
-    assert!(strings(&out.json["corrupt"]).contains(&a.to_hex()));
+    let detail = out.json["damage"][&name].as_str().unwrap();
+    assert!(detail.contains("raw frame"), "{detail}");
+    assert!(
+        strings(&out.json["missing"]).contains(&a.to_hex()),
+        "{out:?}"
+    );
 }
 
 #[test]

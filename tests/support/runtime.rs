@@ -162,7 +162,8 @@ impl Runtime {
         self.store.join("snapshots").join(stamp)
     }
 
-    /// Where a chunk is stored: (pack file, offset, stored length).
+    /// Where a chunk is stored: (pack file, offset, stored length) of the
+    /// frame holding it (in format 2 a frame holds up to 256 chunks).
     pub fn chunk_location(&self, id: &Id) -> (PathBuf, u64, u64) {
         let store = self.open_store();
         let index = store.load_index().unwrap();
@@ -170,8 +171,8 @@ impl Runtime {
         let pack = atosnap::store::Object::Pack(index.pack(loc.pack).id);
         (
             store.display(&pack),
-            loc.offset as u64,
-            loc.stored_len() as u64,
+            loc.frame_offset as u64,
+            loc.frame_stored_len() as u64,
         )
     }
 
@@ -342,6 +343,18 @@ impl Runtime {
         let path = self.store.join("config.json");
         let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         config["pack"]["target_size"] = Value::from(target);
+        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    }
+
+    /// `init`, then format-2 frames of one chunk each: a byte flipped in
+    /// a chunk's frame damages that chunk alone (tests that attribute one
+    /// damaged chunk to snapshots and files; frames of many chunks are
+    /// tested in `cli::frames`).
+    pub fn init_with_single_chunk_frames(&self) {
+        self.ok(&["init"]);
+        let path = self.store.join("config.json");
+        let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        config["frames"]["max_chunks"] = Value::from(1);
         fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     }
 

@@ -10,8 +10,9 @@ use crate::id::{Id, IdSet};
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
 use crate::store::lists::Reached;
-use crate::store::pack::{self, PackEntry, PACK_MAGIC};
-use crate::store::{Check, ChunkFault, Object, ReadFrom, Store};
+use crate::store::pack;
+use crate::store::pack2::Codec;
+use crate::store::{Check, ChunkFault, Object, PackLayout, ReadFrom, Store};
 
 use super::report::{SampleReport, SnapshotHealth, VerifyReport};
 use super::sample::{Candidate, Sample};
@@ -186,7 +187,7 @@ pub(super) fn audit(
     let mut pack_live: Vec<u64> = vec![0; npacks];
     for id in &referenced {
         if let Some(loc) = index.get(id) {
-            pack_live[loc.pack as usize] += loc.stored_len() as u64;
+            pack_live[loc.pack as usize] += loc.stored_share();
         }
     }
     let to_check: Vec<u32> = (0..npacks as u32)
@@ -389,10 +390,11 @@ pub fn metadata_problem(store: &Store, stamp: &Stamp) -> Option<String> {
 const BLOCK: usize = 2 << 20;
 
 /// Checks one pack. Always its structure: the trailer and index read, the
-/// entries tile the blob area exactly, raw chunks have their recorded
-/// length, the header is there. With `rehash`, it streams the whole file:
-/// its hash must be its name and every chunk must decode to its id. Memory
-/// is bounded by one window.
+/// frames (format-1 chunks) tile the blob area exactly, raw frames have
+/// their recorded length, the header is there. With `rehash`, it streams
+/// the whole file: its hash must be its name, every frame must decode and
+/// every chunk in it must hash to its id (a frame that does not decode
+/// makes every chunk in it corrupt). Memory is bounded by one window.
 fn check_pack(
     store: &Store,
     index: &ChunkIndex,
@@ -421,35 +423,44 @@ fn check_pack(
             return check;
         }
     };
+    let magic = layout.magic();
     check.bytes = (info.size - layout.blob_end).min(info.size);
-    let mut sorted: Vec<&PackEntry> = layout.entries.iter().collect();
-    sorted.sort_by_key(|e| (e.offset, e.stored_len));
+    let mut sorted: Vec<usize> = (0..layout.frames.len()).collect();
+    sorted.sort_by_key(|&fi| (layout.frames[fi].offset, layout.frames[fi].stored_len));
+    let ids_of = |fi: usize| layout.frame_chunks(fi).iter().map(|c| c.id);
+    let first_id = |fi: usize| ids_of(fi).next().map(|id| id.to_hex()).unwrap_or_default();
 
-    // Structure: entries back to back from the header to the index.
-    let mut overlapping: Vec<&PackEntry> = Vec::new();
-    let mut tiled: Vec<&PackEntry> = Vec::with_capacity(sorted.len());
-    let mut pos = PACK_MAGIC.len() as u64;
-    for e in &sorted {
-        let start = e.offset as u64;
-        let end = start + e.stored_len as u64;
-        check.total_stored += e.stored_len as u64;
-        if referenced.contains(&e.id) && index.get(&e.id).is_some_and(|l| l.pack == p) {
-            check.live_stored += e.stored_len as u64;
-        }
-        if !e.compressed && e.stored_len as usize != e.raw_len as usize + store.sealer().overhead()
-        {
+    // Structure: frames back to back from the header to the index.
+    let mut overlapping: Vec<usize> = Vec::new();
+    let mut tiled: Vec<usize> = Vec::with_capacity(sorted.len());
+    let mut pos = magic.len() as u64;
+    let overhead = store.sealer().overhead() as u64;
+    for &fi in &sorted {
+        let f = &layout.frames[fi];
+        let start = f.offset as u64;
+        check.total_stored += f.stored_len as u64;
+        let live_raw: u64 = layout
+            .frame_chunks(fi)
+            .iter()
+            .filter(|c| referenced.contains(&c.id) && index.get(&c.id).is_some_and(|l| l.pack == p))
+            .map(|c| c.raw_len as u64)
+            .sum();
+        check.live_stored += PackLayout::share(f.stored_len, f.raw_len, live_raw);
+        if f.codec == Codec::Raw && f.stored_len as u64 != f.raw_len as u64 + overhead {
             check.damaged(format!(
                 "index entry for chunk {} records {} raw bytes stored in {}",
-                e.id, e.raw_len, e.stored_len
+                first_id(fi),
+                f.raw_len,
+                f.stored_len
             ));
-            check.corrupt.push(e.id);
+            check.corrupt.extend(ids_of(fi));
         }
         if start < pos {
             check.damaged(format!(
                 "index entries overlap at chunk {} (offset {start})",
-                e.id
+                first_id(fi)
             ));
-            overlapping.push(e);
+            overlapping.push(fi);
             continue;
         }
         if start > pos {
@@ -457,8 +468,8 @@ fn check_pack(
                 "bytes {pos}..{start} of the blob area belong to no index entry"
             ));
         }
-        tiled.push(e);
-        pos = end;
+        tiled.push(fi);
+        pos = f.end();
     }
     if pos < layout.blob_end {
         check.damaged(format!(
@@ -468,34 +479,31 @@ fn check_pack(
     }
 
     if !rehash {
-        match store.read_object_range(&pack, 0, PACK_MAGIC.len()) {
-            Ok(h) if h == PACK_MAGIC => {}
+        match store.read_object_range(&pack, 0, magic.len()) {
+            Ok(h) if h == magic => {}
             Ok(_) => check.damaged("bad pack header".into()),
-            Err(e) => {
-                let ids = layout.entries.iter().map(|e| e.id);
-                check.unreadable(&e, ids);
-            }
+            Err(e) => check.unreadable(&e, layout.ids()),
         }
-        check.bytes += PACK_MAGIC.len() as u64;
+        check.bytes += magic.len() as u64;
         return check;
     }
 
     // Re-hash: a reader thread streams the file once in blocks, hashing it
-    // whole, while the chunks of each block are decoded and checked in
+    // whole, while the frames of each block are decoded and checked in
     // parallel.
     let reader = match store.open_object(&pack) {
         Ok(r) => r,
         Err(e) => {
-            check.unreadable(&e, layout.entries.iter().map(|e| e.id));
+            check.unreadable(&e, layout.ids());
             return check;
         }
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let mut next = 0usize;
     let streamed = std::thread::scope(|scope| {
         let hashing = scope.spawn(move || stream_blocks(reader, tx));
         let mut buf: Vec<u8> = Vec::new();
         let mut buf_start = 0u64;
-        let mut next = 0usize;
         let mut header_seen = false;
         for block in rx {
             if buf.is_empty() {
@@ -503,29 +511,30 @@ fn check_pack(
             } else {
                 buf.extend_from_slice(&block);
             }
-            if !header_seen && buf_start == 0 && buf.len() >= PACK_MAGIC.len() {
+            if !header_seen && buf_start == 0 && buf.len() >= magic.len() {
                 header_seen = true;
-                if &buf[..PACK_MAGIC.len()] != PACK_MAGIC {
+                if &buf[..magic.len()] != magic {
                     check.damaged("bad pack header".into());
                 }
             }
             let buf_end = buf_start + buf.len() as u64;
             let ready = tiled[next..]
                 .iter()
-                .take_while(|e| e.offset as u64 + e.stored_len as u64 <= buf_end)
+                .take_while(|&&fi| layout.frames[fi].end() <= buf_end)
                 .count();
             decode_batch(
                 store,
+                &layout,
                 &buf,
                 buf_start,
                 &tiled[next..next + ready],
                 &mut check,
             );
             next += ready;
-            // Keep only what the next entry still needs.
+            // Keep only what the next frame still needs.
             let keep_from = tiled
                 .get(next)
-                .map(|e| (e.offset as u64).max(buf_start))
+                .map(|&fi| (layout.frames[fi].offset as u64).max(buf_start))
                 .unwrap_or(buf_end);
             let drop = ((keep_from - buf_start) as usize).min(buf.len());
             buf.drain(..drop);
@@ -538,16 +547,17 @@ fn check_pack(
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread failed")))
     });
-    let decoded: usize = check.chunks as usize;
     match streamed {
         Ok((hash, len)) => {
             check.bytes = len;
-            if decoded < tiled.len() {
+            if let Some(&fi) = tiled.get(next) {
                 check.damaged(format!(
                     "truncated: chunk {} ends past the end of the file ({len} bytes)",
-                    tiled[decoded].id
+                    first_id(fi)
                 ));
-                check.corrupt.extend(tiled[decoded..].iter().map(|e| e.id));
+                check
+                    .corrupt
+                    .extend(tiled[next..].iter().flat_map(|&fi| ids_of(fi)));
             } else if len != info.size {
                 check.damaged(format!(
                     "size changed while read: {len} bytes, listed {}",
@@ -558,23 +568,22 @@ fn check_pack(
             }
         }
         Err(e) => {
-            let unchecked = tiled[decoded.min(tiled.len())..].iter().map(|e| e.id);
+            let unchecked = tiled[next.min(tiled.len())..]
+                .iter()
+                .flat_map(|&fi| ids_of(fi));
             check.unreadable(&e, unchecked);
         }
     }
-    // Entries overlapping others: each checked on its own.
-    for e in overlapping {
-        match store.read_object_range(&pack, e.offset as u64, e.stored_len as usize) {
+    // Frames overlapping others: each checked on its own.
+    for fi in overlapping {
+        let f = &layout.frames[fi];
+        match store.read_object_range(&pack, f.offset as u64, f.stored_len as usize) {
             Ok(stored) => {
-                check.chunks += 1;
-                if store
-                    .decode_chunk(stored, &e.id, e.compressed, e.raw_len)
-                    .is_err()
-                {
-                    check.corrupt.push(e.id);
-                }
+                let bad = frame_faults(store, &layout, fi, stored);
+                check.chunks += layout.frame_chunks(fi).len() as u64;
+                check.corrupt.extend(bad);
             }
-            Err(err) => check.unreadable(&err, [e.id]),
+            Err(err) => check.unreadable(&err, ids_of(fi)),
         }
     }
     check.corrupt.sort();
@@ -582,28 +591,47 @@ fn check_pack(
     check
 }
 
-/// Decodes and checks, in parallel, entries lying wholly in `buf` (which
+/// Decodes and checks, in parallel, frames lying wholly in `buf` (which
 /// starts at file offset `start`).
 fn decode_batch(
     store: &Store,
+    layout: &PackLayout,
     buf: &[u8],
     start: u64,
-    batch: &[&PackEntry],
+    batch: &[usize],
     check: &mut PackCheck,
 ) {
-    let bad: Vec<Id> = batch
+    let bad: Vec<Vec<Id>> = batch
         .par_iter()
-        .filter_map(|e| {
-            let from = (e.offset as u64 - start) as usize;
-            let stored = &buf[from..from + e.stored_len as usize];
-            store
-                .check_chunk(stored, &e.id, e.compressed, e.raw_len)
-                .err()
-                .map(|_| e.id)
+        .map(|&fi| {
+            let f = &layout.frames[fi];
+            let from = (f.offset as u64 - start) as usize;
+            let stored = buf[from..from + f.stored_len as usize].to_vec();
+            frame_faults(store, layout, fi, stored)
         })
         .collect();
-    check.chunks += batch.len() as u64;
-    check.corrupt.extend(bad);
+    check.chunks += batch
+        .iter()
+        .map(|&fi| layout.frame_chunks(fi).len() as u64)
+        .sum::<u64>();
+    check.corrupt.extend(bad.into_iter().flatten());
+}
+
+/// The chunks of frame `fi` that do not decode to their id: all of them
+/// when the frame itself does not open or decode.
+fn frame_faults(store: &Store, layout: &PackLayout, fi: usize, stored: Vec<u8>) -> Vec<Id> {
+    match store.decode_frame(layout, fi, stored) {
+        Ok(frame) => (0..frame.len())
+            .filter(|&i| !matches!(frame.chunk(i), Some(Ok(_))))
+            .filter_map(|i| frame.id(i))
+            .collect(),
+        Err(e) => layout
+            .frame_chunks(fi)
+            .iter()
+            .map(|c| c.id)
+            .chain(e.ids)
+            .collect(),
+    }
 }
 
 /// Reads a stream to its end in blocks, sending each on and hashing it.

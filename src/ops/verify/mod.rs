@@ -156,14 +156,20 @@ fn check_manifest(
         Some(Ok(ids)) => ids.iter().collect(),
         _ => HashSet::new(),
     };
-    let others: HashSet<&Id> = lists
-        .ids
-        .values()
-        .filter_map(|r| r.as_ref().ok())
+    // In manifest order: a file's chunks share format-2 frames, and the
+    // store's frame cache decodes each frame once only when they are read
+    // in order (rayon splits the list into contiguous runs).
+    let mut seen: HashSet<&Id> = HashSet::new();
+    let others: Vec<&Id> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| match lists.of(&e.path) {
+            Some(Ok(ids)) => Some(ids.iter()),
+            _ => None,
+        })
         .flatten()
-        .filter(|id| !db_chunks.contains(id))
+        .filter(|id| !db_chunks.contains(id) && seen.insert(*id))
         .collect();
-    let others: Vec<&Id> = others.into_iter().collect();
     let faults: HashMap<Id, ChunkFault> = others
         .par_iter()
         .filter_map(|id| store.read_chunk(index, id).err().map(|f| (**id, f)))

@@ -25,6 +25,7 @@
 //! `unreadable` and left where it is.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
@@ -33,8 +34,8 @@ use crate::store::index::ChunkIndex;
 use crate::store::lists::{self, BlobSource, Reached};
 use crate::store::lock::ExclusiveLock;
 use crate::store::manifest::{ChunkList, FileEntry, Manifest};
-use crate::store::pack::PackEntry;
 use crate::store::packer::Packer;
+use crate::store::PackLayout;
 use crate::store::{pack, Object, Store};
 use crate::store::{BackendErrorKind, Check, ReadFrom};
 
@@ -179,9 +180,9 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
 }
 
 /// What the quarantined packs hold (read leniently, as salvage does):
-/// each id with its pack and entry.
+/// each id with its pack, that pack's layout and the frame holding it.
 struct Quarantine {
-    entries: HashMap<Id, (Object, PackEntry)>,
+    entries: HashMap<Id, (Object, Arc<PackLayout>, usize)>,
 }
 
 impl Quarantine {
@@ -192,22 +193,27 @@ impl Quarantine {
             let Ok(layout) = store.read_pack_layout(&quarantined, q.size, Check::Salvage) else {
                 continue;
             };
-            for e in layout.entries {
-                entries
-                    .entry(e.id)
-                    .or_insert_with(|| (quarantined.clone(), e));
+            let layout = Arc::new(layout);
+            for fi in 0..layout.frames.len() {
+                for c in layout.frame_chunks(fi) {
+                    entries
+                        .entry(c.id)
+                        .or_insert_with(|| (quarantined.clone(), layout.clone(), fi));
+                }
             }
         }
         Ok(Quarantine { entries })
     }
 
-    /// The stored bytes of `id` if a quarantined pack holds it intact.
-    /// Err only when the storage itself fails (a server gone away).
-    fn stored(&self, store: &Store, id: &Id) -> Result<Option<(Vec<u8>, PackEntry)>> {
-        let Some((pack, e)) = self.entries.get(id) else {
+    /// The raw bytes of `id` if a quarantined pack holds it intact (its
+    /// frame opens and the chunk hashes to its id). Err only when the
+    /// storage itself fails (a server gone away).
+    fn raw(&self, store: &Store, id: &Id) -> Result<Option<Vec<u8>>> {
+        let Some((pack, layout, fi)) = self.entries.get(id) else {
             return Ok(None);
         };
-        let stored = match store.read_object_range(pack, e.offset as u64, e.stored_len as usize) {
+        let f = &layout.frames[*fi];
+        let stored = match store.read_object_range(pack, f.offset as u64, f.stored_len as usize) {
             Ok(stored) => stored,
             // The pack ends early or is gone: this chunk is lost.
             Err(err) if pack_damage(&err) => return Ok(None),
@@ -215,10 +221,14 @@ impl Quarantine {
             // read would wait through its retries again, for nothing.
             Err(err) => return Err(Error::io("read", store.display(pack), err)),
         };
-        match store.check_chunk(&stored, id, e.compressed, e.raw_len) {
-            Ok(()) => Ok(Some((stored, *e))),
-            Err(_) => Ok(None),
-        }
+        let Ok(frame) = store.decode_frame(layout, *fi, stored) else {
+            return Ok(None);
+        };
+        let raw = frame
+            .chunks()
+            .find(|(c, _)| c == id)
+            .and_then(|(_, bytes)| bytes.ok().map(<[u8]>::to_vec));
+        Ok(raw)
     }
 }
 
@@ -234,13 +244,9 @@ impl BlobSource for Salvageable<'_> {
         if self.index.contains(id) {
             return self.store.list_blobs(self.index).get(id);
         }
-        match self.quarantine.stored(self.store, id)? {
-            Some((stored, e)) => self
-                .store
-                .decode_chunk(stored, id, e.compressed, e.raw_len)
-                .map_err(|f| crate::store::fault_error(id, f)),
-            None => Err(Error::ChunkMissing { hash: id.to_hex() }),
-        }
+        self.quarantine
+            .raw(self.store, id)?
+            .ok_or_else(|| Error::ChunkMissing { hash: id.to_hex() })
     }
 }
 
@@ -258,12 +264,12 @@ fn salvage(
     let mut ids: Vec<Id> = needed.iter().copied().collect();
     ids.sort();
     for id in ids {
-        let Some((stored, e)) = quarantine.stored(store, &id)? else {
+        let Some(raw) = quarantine.raw(store, &id)? else {
             continue;
         };
-        if packer.add(index, id, &stored, e.raw_len, e.compressed)? {
+        if packer.add_raw(index, id, &raw)? {
             out.chunks_salvaged += 1;
-            out.bytes_salvaged += stored.len() as u64;
+            out.bytes_salvaged += raw.len() as u64;
         }
         needed.remove(&id);
     }

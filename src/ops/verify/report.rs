@@ -102,6 +102,7 @@ pub struct RepairReport {
     pub packs_written: Vec<String>,
     /// Intact referenced chunks recovered from quarantined packs.
     pub chunks_salvaged: u64,
+    /// Their raw bytes (re-framed into the fresh packs).
     pub bytes_salvaged: u64,
     /// Referenced chunks no longer in the store: the next `create` stores
     /// them again if the live data still has them. Empty while a pack's

@@ -184,6 +184,31 @@ impl DecodedFrame {
         self.raw.get(span.clone()).map(Ok)
     }
 
+    /// The chunk whose bytes start at `offset` in the frame's raw bytes.
+    pub fn position_at(&self, offset: usize) -> Option<usize> {
+        let i = self.spans.partition_point(|(_, s)| s.start < offset);
+        (self.spans.get(i)?.1.start == offset).then_some(i)
+    }
+
+    /// Chunk `i`'s bytes, owned: without a copy when the frame holds only
+    /// that chunk (a format-1 chunk).
+    pub fn into_chunk(mut self, i: usize) -> Option<Result<Vec<u8>, Error>> {
+        if self.spans.len() == 1 && i == 0 {
+            let id = self.spans[0].0;
+            return Some(if self.matches[0] {
+                Ok(std::mem::take(&mut self.raw))
+            } else {
+                Err(mismatch(&id))
+            });
+        }
+        self.chunk(i).map(|r| r.map(<[u8]>::to_vec))
+    }
+
+    /// Raw bytes held (for the readers' cache budget).
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+
     /// Every chunk in frame order, each checked against its id.
     pub fn chunks(&self) -> impl Iterator<Item = (Id, Result<&[u8], Error>)> + '_ {
         self.spans
@@ -210,12 +235,33 @@ fn mismatch(id: &Id) -> Error {
     )
 }
 
+/// What a stored unit is sealed with: a format-2 frame's [`frame_ad`], or
+/// (a format-1 chunk, read as a frame of one) the chunk's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdMode {
+    Frame,
+    ChunkId,
+}
+
 /// Opens and decodes a frame's stored bytes; `chunks` are its trailer
 /// records in order and `id_of` the store's chunk id function.
 pub fn decode_frame(
     stored: Vec<u8>,
     codec: Codec,
     chunks: &[ChunkEntry],
+    sealer: &Sealer,
+    id_of: &dyn Fn(&[u8]) -> Id,
+) -> Result<DecodedFrame, FrameError> {
+    decode_unit(stored, codec, chunks, AdMode::Frame, sealer, id_of)
+}
+
+/// [`decode_frame`] for any stored unit: a format-1 chunk is a frame of
+/// one chunk sealed with its id ([`AdMode::ChunkId`]).
+pub fn decode_unit(
+    stored: Vec<u8>,
+    codec: Codec,
+    chunks: &[ChunkEntry],
+    ad: AdMode,
     sealer: &Sealer,
     id_of: &dyn Fn(&[u8]) -> Id,
 ) -> Result<DecodedFrame, FrameError> {
@@ -230,9 +276,17 @@ pub fn decode_frame(
         )));
     }
     let encoded = if sealer.is_encrypted() {
-        sealer
-            .open(stored, &frame_ad(chunks.iter().map(|c| c.id)))
-            .map_err(|e| fail(format!("does not open: {e}")))?
+        let opened = match (ad, chunks) {
+            (AdMode::ChunkId, [one]) => sealer.open(stored, &one.id.0),
+            (AdMode::ChunkId, _) => {
+                return Err(fail(format!(
+                    "a format-1 chunk record covers {} chunks",
+                    chunks.len()
+                )))
+            }
+            (AdMode::Frame, _) => sealer.open(stored, &frame_ad(chunks.iter().map(|c| c.id))),
+        };
+        opened.map_err(|e| fail(format!("does not open: {e}")))?
     } else {
         stored
     };

@@ -9,8 +9,9 @@
 //! backend nor the chunk index. Ids come from the caller's function (the
 //! store's `Sealer::chunk_id`, keyed in a `repokey` store).
 //!
-//! Nothing writes format-2 packs yet: the packer adopts them in a later
-//! step of issue 15.
+//! The store writes them through `store::packer` and reads every pack,
+//! format 1 or 2, through `store::layout` (a format-1 chunk is read as a
+//! frame of one chunk).
 
 pub mod frame;
 pub mod pack;
@@ -19,7 +20,7 @@ pub mod trailer;
 #[cfg(test)]
 mod tests;
 
-pub use frame::{frame_ad, DecodedFrame, EncodedFrame, FrameBuf, FrameError};
+pub use frame::{decode_unit, frame_ad, AdMode, DecodedFrame, EncodedFrame, FrameBuf, FrameError};
 pub use pack::{FinishedPackV2, PackReaderV2, PackWriterV2};
 pub use trailer::{ChunkEntry, FrameEntry, TrailerV2};
 

@@ -114,7 +114,18 @@ impl TrailerV2 {
         let z = sealer
             .open(stored, TRAILER2_AD)
             .map_err(PackIndexError::IndexDecode)?;
-        let declared = match zstd::zstd_safe::get_frame_content_size(&z) {
+        TrailerV2::from_opened(&z, stored_len, blob_end, sealer.overhead())
+    }
+
+    /// [`TrailerV2::open`] after the seal is opened: `z` is the zstd frame
+    /// of the records, `stored_len` the stored body's length.
+    pub fn from_opened(
+        z: &[u8],
+        stored_len: u64,
+        blob_end: u64,
+        overhead: usize,
+    ) -> Result<TrailerV2, PackIndexError> {
+        let declared = match zstd::zstd_safe::get_frame_content_size(z) {
             Ok(Some(n)) => n,
             _ => {
                 return Err(bad(
@@ -129,9 +140,9 @@ impl TrailerV2 {
                 "the trailer declares {declared} decoded bytes, more than the {cap} its {stored_len} stored bytes allow"
             )));
         }
-        let records = zstd::bulk::decompress(&z, declared as usize)
+        let records = zstd::bulk::decompress(z, declared as usize)
             .map_err(|e| bad(format!("the trailer does not decompress: {e}")))?;
-        TrailerV2::decode(&records, stored_len, blob_end, sealer.overhead())
+        TrailerV2::decode(&records, stored_len, blob_end, overhead)
     }
 
     /// Decodes and checks the fixed records. `stored_len` is the trailer

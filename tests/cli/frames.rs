@@ -1,0 +1,280 @@
+//! Store format 2's packs (issue 15, docs/design/format2.md §1.3): a new
+//! store writes `ATOPACK2` packs of zstd frames and every command reads
+//! them; a damaged frame names every chunk in it; gc rewrites partly-live
+//! frames; copy re-frames chunks, from format-1 stores too.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use atosnap::id::Id;
+use atosnap::store::key::Secrets;
+use atosnap::store::location::StoreAddress;
+use atosnap::store::{Object, Store};
+
+use super::copy::{on, restored, stamps_of, validate_ok, verify_ok};
+use crate::support::{copy_tree, run_cmd, strings, truncate, Out, Runtime as Env};
+
+const PW: &[(&str, &str)] = &[("ATOSNAP_PASSWORD", "frames")];
+
+fn run(env: &Env, store: &Path, args: &[&str], pw: &[(&str, &str)]) -> Out {
+    let out = run_cmd(on(env, store).args(args).envs(pw.iter().copied()));
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    out
+}
+
+fn ok(env: &Env, store: &Path, args: &[&str], pw: &[(&str, &str)]) -> Value {
+    let out = run(env, store, args, pw);
+    assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    out.json
+}
+
+fn init(env: &Env, store: &Path, encrypted: bool) -> &'static [(&'static str, &'static str)] {
+    if encrypted {
+        ok(env, store, &["init", "--encryption", "repokey"], PW);
+        PW
+    } else {
+        ok(env, store, &["init"], &[]);
+        &[]
+    }
+}
+
+fn packs(store: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(store.join("objects"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .map(|e| e.into_path())
+        .collect();
+    out.sort();
+    out
+}
+
+fn assert_all_v2(store: &Path) {
+    let all = packs(store);
+    assert!(!all.is_empty());
+    for p in all {
+        let head = fs::read(&p).unwrap();
+        assert_eq!(&head[..8], b"ATOPACK2", "{p:?}");
+    }
+}
+
+/// The chunk ids of the frame holding `id`, its pack's object name and
+/// the frame's (offset, stored length).
+fn frame_of(store: &Store, id: &Id) -> (Vec<Id>, String, u64, u64) {
+    let index = store.load_index().unwrap();
+    let loc = *index.get(id).expect("indexed");
+    let info = index.pack(loc.pack).clone();
+    let name = Object::Pack(info.id).name();
+    let layout = store
+        .read_pack_index(&Object::Pack(info.id), info.size)
+        .unwrap();
+    let fi = layout.frame_at(loc.frame_offset).unwrap();
+    let f = layout.frames[fi];
+    let ids = layout.frame_chunks(fi).iter().map(|c| c.id).collect();
+    (ids, name, f.offset as u64, f.stored_len as u64)
+}
+
+#[test]
+fn new_stores_write_format2_packs_and_round_trip_plain_and_repokey() {
+    for encrypted in [false, true] {
+        let env = Env::fixture();
+        let pw = init(&env, &env.store, encrypted);
+        let config: Value =
+            serde_json::from_slice(&fs::read(env.store.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["format_version"], 2);
+        assert_eq!(config["frames"]["max_chunks"], 256);
+        assert_eq!(config["frames"]["max_bytes"], 1 << 20);
+        assert_eq!(config["compression"]["level"], 3);
+        let s1 = ok(&env, &env.store, &["create", "--chroma"], pw)["stamp"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_all_v2(&env.store);
+        if !encrypted {
+            // Frames hold many chunks: far fewer frames than chunks.
+            let store = env.open_store();
+            let index = store.load_index().unwrap();
+            let p = index.packs()[0].clone();
+            let layout = store.read_pack_index(&Object::Pack(p.id), p.size).unwrap();
+            assert!(layout.frames.len() * 4 < layout.chunks.len(), "{layout:?}");
+        }
+        validate_ok(&env, &env.store, &s1, pw);
+        verify_ok(&env, &env.store, pw);
+        // Restored files are the live ones, byte for byte.
+        let to = env.dir.path().join(format!("restored-{encrypted}"));
+        ok(
+            &env,
+            &env.store,
+            &["restore", &s1, "--to", to.to_str().unwrap()],
+            pw,
+        );
+        assert_eq!(
+            crate::support::restorable_tree(&to.join("chroma"), &to.join("project-registry.json")),
+            env.restorable()
+        );
+        // The restore the copy helpers make agrees too (db included).
+        let tree = restored(&env, &env.store, &s1, pw);
+        assert!(tree.contains_key("chroma"), "{tree:?}");
+    }
+}
+
+#[test]
+fn a_flipped_frame_byte_names_the_chunks_of_the_frame_and_restore_refuses() {
+    for encrypted in [false, true] {
+        let env = Env::fixture();
+        let pw = init(&env, &env.store, encrypted);
+        let s1 = ok(&env, &env.store, &["create", "--chroma"], pw)["stamp"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let secrets = if encrypted {
+            Secrets::from_password("frames")
+        } else {
+            Secrets::none()
+        };
+        let store = Store::open(&StoreAddress::local(&env.store), &secrets).unwrap();
+        // A page of the db, in a zstd frame of several chunks.
+        let manifest = store
+            .read_manifest(
+                &atosnap::stamp::Stamp::parse(&s1).unwrap(),
+                atosnap::store::ReadFrom::Cache,
+            )
+            .unwrap();
+        let index = store.load_index().unwrap();
+        let id = store
+            .file_chunk_ids(&index, manifest.db().unwrap())
+            .unwrap()[1];
+        let (ids, name, offset, len) = frame_of(&store, &id);
+        drop(store);
+        assert!(ids.len() > 1, "a frame of several chunks");
+        crate::support::flip_bit(&env.store.join(&name), offset + len / 2);
+
+        let out = run(&env, &env.store, &["verify"], pw);
+        assert_eq!(out.code, 3, "{out:?}");
+        assert!(
+            strings(&out.json["damaged_objects"]).contains(&name),
+            "{out:?}"
+        );
+        let corrupt: BTreeSet<String> = strings(&out.json["corrupt"]).into_iter().collect();
+        let frame: BTreeSet<String> = ids.iter().map(Id::to_hex).collect();
+        if encrypted {
+            // The frame no longer authenticates: every chunk of it.
+            assert_eq!(corrupt, frame);
+        } else {
+            // zstd keeps no checksum: a flipped literal garbles the chunks
+            // it lands in, each named; a broken block names them all.
+            assert!(
+                !corrupt.is_empty() && corrupt.is_subset(&frame),
+                "{corrupt:?}"
+            );
+        }
+
+        let out = run(&env, &env.store, &["validate", &s1], pw);
+        assert_eq!(out.code, 3, "{out:?}");
+        assert!(out.stdout.contains("chunk_corrupt:"), "{out:?}");
+
+        let db_before = fs::read(env.db()).unwrap();
+        let hnsw = env.hnsw_bin();
+        fs::write(&hnsw, b"changed live").unwrap();
+        let out = run(
+            &env,
+            &env.store,
+            &["restore", &s1, "--confirm-service-stopped"],
+            pw,
+        );
+        assert_eq!(out.code, 3, "{out:?}");
+        assert_eq!(fs::read(&hnsw).unwrap(), b"changed live", "live untouched");
+        assert_eq!(fs::read(env.db()).unwrap(), db_before);
+    }
+}
+
+#[test]
+fn a_truncated_v2_pack_is_damaged_not_a_panic() {
+    let env = Env::fixture();
+    init(&env, &env.store, false);
+    let s1 = env.create_stamp(&["--chroma"]);
+    for p in packs(&env.store) {
+        let len = fs::metadata(&p).unwrap().len();
+        truncate(&p, len / 2);
+    }
+    let out = run(&env, &env.store, &["verify"], &[]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let named = strings(&out.json["damaged_objects"]).len()
+        + out.json["unreadable"].as_object().map_or(0, |m| m.len());
+    assert!(named > 0, "{out:?}");
+    let out = run(&env, &env.store, &["validate", &s1], &[]);
+    assert_eq!(out.code, 3, "{out:?}");
+}
+
+#[test]
+fn gc_after_forget_rewrites_partly_live_frames_and_keeps_every_snapshot() {
+    let env = Env::tiny();
+    init(&env, &env.store, false);
+    let big = env.chroma().join("seg/data_level0.bin");
+    fs::write(&big, crate::support::pseudo_random(7, 512 * 1024)).unwrap();
+    let s1 = env.create_stamp(&["--chroma"]);
+    // The big file's chunks shared frames with the files captured around
+    // it; after it changes and s1 goes, those frames are partly live.
+    fs::write(&big, crate::support::pseudo_random(8, 512 * 1024)).unwrap();
+    let s2 = env.create_stamp(&["--chroma"]);
+    // forget's dry run prices the rewrite; --confirm runs gc.
+    let dry = ok(&env, &env.store, &["forget", &s1], &[]);
+    assert!(dry["bytes_reclaimable"].as_u64().unwrap() > 0, "{dry}");
+    let done = ok(&env, &env.store, &["forget", &s1, "--confirm"], &[]);
+    let gc = &done["gc"];
+    assert!(!strings(&gc["rewritten_packs"]).is_empty(), "{done}");
+    assert!(!strings(&gc["written_packs"]).is_empty(), "{done}");
+    assert_all_v2(&env.store);
+    validate_ok(&env, &env.store, &s2, &[]);
+    let v = verify_ok(&env, &env.store, &[]);
+    assert_eq!(v["reclaimable_bytes"], 0, "{v}");
+    let again = ok(&env, &env.store, &["gc"], &[]);
+    assert!(strings(&again["would_rewrite_packs"]).is_empty(), "{again}");
+    assert!(strings(&again["would_delete_packs"]).is_empty(), "{again}");
+}
+
+#[test]
+fn copy_reframes_between_v2_stores_and_from_a_format1_store() {
+    // v2 -> v2 (plain -> repokey, so every chunk is re-hashed too).
+    let env = Env::fixture();
+    init(&env, &env.store, false);
+    let s1 = env.create_stamp(&["--chroma"]);
+    let dest = env.dir.path().join("dest");
+    init(&env, &dest, true);
+    let mut cmd = on(&env, &env.store);
+    cmd.args(["copy", "--to"])
+        .arg(&dest)
+        .envs([("ATOSNAP_TO_PASSWORD", "frames")].iter().copied());
+    let out = run_cmd(&mut cmd);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_all_v2(&dest);
+    validate_ok(&env, &dest, &s1, PW);
+    assert_eq!(
+        restored(&env, &dest, &s1, PW),
+        restored(&env, &env.store, &s1, &[])
+    );
+
+    // The format-1 fixture into a new (format-2) store: its chunks are
+    // re-framed at the destination.
+    let v1 = env.dir.path().join("v1");
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/format1/plain"),
+        &v1,
+    );
+    let up = env.dir.path().join("up");
+    init(&env, &up, false);
+    let mut cmd = on(&env, &v1);
+    cmd.args(["copy", "--to"]).arg(&up);
+    let out = run_cmd(&mut cmd);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_all_v2(&up);
+    let stamps = stamps_of(&env, &v1, &[]);
+    assert_eq!(stamps_of(&env, &up, &[]), stamps);
+    for s in &stamps {
+        validate_ok(&env, &up, s, &[]);
+        assert_eq!(restored(&env, &up, s, &[]), restored(&env, &v1, s, &[]));
+    }
+    verify_ok(&env, &up, &[]);
+}
