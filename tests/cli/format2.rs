@@ -87,9 +87,7 @@ fn put_blobs(env: &Env, nodes: &[Vec<u8>]) -> Vec<Id> {
     let mut packer = Packer::new(&store);
     let ids: Vec<Id> = nodes.iter().map(|b| store.sealer().chunk_id(b)).collect();
     for (id, b) in ids.iter().zip(nodes) {
-        packer
-            .add(&mut index, *id, b, b.len() as u32, false)
-            .unwrap();
+        packer.add_raw(&mut index, *id, b).unwrap();
     }
     packer.flush(&mut index).unwrap();
     ids
