@@ -285,6 +285,7 @@ mod tests {
         assert!(e.to_string().contains("frames"), "{e}");
         config.format_version = 1;
         config.compression = CompressionParams::auto();
+        config.lists = None;
         assert!(parse(&config).is_ok(), "a format-1 config has no frames");
         config.frames = StoreConfig::new_default().frames;
         assert!(parse(&config).is_err());

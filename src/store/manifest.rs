@@ -372,13 +372,7 @@ mod wire {
     }
 
     pub fn from_v2(w: ManifestW<FileV2>) -> Result<Manifest, String> {
-        if w.version > MANIFEST_VERSION {
-            return Err(format!(
-                "an {} manifest says version {}",
-                String::from_utf8_lossy(MANIFEST_MAGIC),
-                w.version
-            ));
-        }
+        refuse_newer(w.version, MANIFEST_VERSION, MANIFEST_MAGIC)?;
         convert(w, |path, f| {
             f.list
                 .check()
@@ -394,13 +388,7 @@ mod wire {
     }
 
     pub fn from_v1(w: ManifestW<FileV1>) -> Result<Manifest, String> {
-        if w.version > MANIFEST_VERSION_V1 {
-            return Err(format!(
-                "an {} manifest says version {}",
-                String::from_utf8_lossy(MANIFEST_MAGIC_V1),
-                w.version
-            ));
-        }
+        refuse_newer(w.version, MANIFEST_VERSION_V1, MANIFEST_MAGIC_V1)?;
         convert(w, |_, f| {
             Ok(FileEntry {
                 size: f.size,
@@ -463,6 +451,18 @@ fn decompress_bounded(compressed: &[u8], bound: u64) -> Result<Vec<u8>, String> 
         ));
     }
     Ok(raw)
+}
+
+/// A manifest whose magic is `magic` but whose version field says newer
+/// than `max` was written by a newer atosnap: refused, not guessed at.
+fn refuse_newer(version: u32, max: u32, magic: &[u8; 8]) -> Result<(), String> {
+    if version > max {
+        return Err(format!(
+            "an {} manifest says version {version}",
+            String::from_utf8_lossy(magic)
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -596,6 +596,8 @@ fn a_killed_restores_temp_files_are_not_captured_by_the_safety_snapshot() {
 #[test]
 fn restore_refuses_damage_before_touching_live() {
     let rt = Rt::fixture();
+    // One chunk per frame: the flipped byte damages that chunk alone.
+    rt.init_with_single_chunk_frames();
     let s1 = rt.create_stamp(&["--chroma"]);
     rt.insert_marker("after");
     // The block the restore has to bring back (block 1 of 4 KiB) differs

@@ -105,6 +105,7 @@ fn a_store_written_before_the_compression_flag_opens_and_takes_snapshots() {
             r#""pack":"#,
             r#""lists": {"leaf_slots": 1024, "node_slots": 1024, "cdc_leaf_bits": 10,
     "cdc_leaf_min": 256, "cdc_leaf_max": 4096, "max_chain": 64},
+  "frames": {"max_chunks": 256, "max_bytes": 1048576},
   "pack":"#,
         );
     fs::write(rt.store.join("config.json"), &v2).unwrap();
