@@ -191,7 +191,8 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
     let child = Command::new(env!("CARGO_BIN_EXE_atosnap"))
         .args(["--quiet", "--store"])
         .arg(&local.store)
-        .args(["copy", "--to", &dest.url])
+        // Paced like the create above, so the outage lands mid-way.
+        .args(["copy", "--to", &dest.url, "--limit-upload", "4096"])
         .env("ATOSNAP_CACHE_DIR", &dest.cache)
         .env("ATOSNAP_S3_RETRIES", "2")
         .stdout(Stdio::piped())
