@@ -482,6 +482,36 @@ fn bad_stamps_and_missing_stores_get_clear_errors() {
     assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
 }
 
+/// A live restore of `stamp` that dies at failpoint `point`.
+fn restore_killed_at(rt: &Rt, stamp: &str, point: &str) {
+    let Out { code, stderr, .. } = rt.run_env(
+        &["restore", stamp, "--confirm-service-stopped"],
+        &[("ATOSNAP_FAILPOINT", point)],
+    );
+    assert_eq!(code, 137, "{point} was not reached: {stderr}");
+}
+
+/// Runs the restore of `stamp` again after a kill at `point`: it leaves
+/// `want`, no staging file, and the snapshot's db.
+fn restore_converges(
+    rt: &Rt,
+    stamp: &str,
+    want: &std::collections::BTreeMap<Vec<u8>, Node>,
+    point: &str,
+) {
+    rt.ok(&[
+        "restore",
+        stamp,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ]);
+    assert_same_tree!(rt.restorable(), *want, "after a kill at {point}");
+    let leftovers = files_named(&rt.runtime, ".atosnap-restore-");
+    assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+    assert!(!has_marker(&rt.db(), "killed"), "{point}");
+    assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
+}
+
 #[test]
 fn a_restore_killed_at_any_step_converges_when_run_again() {
     let rt = Rt::fixture();
@@ -512,22 +542,8 @@ fn a_restore_killed_at_any_step_converges_when_run_again() {
         std::fs::create_dir_all(rt.chroma().join("junk")).unwrap();
         std::fs::write(rt.chroma().join("junk/f"), b"x").unwrap();
 
-        let Out { code, stderr, .. } = rt.run_env(
-            &["restore", &s1, "--confirm-service-stopped"],
-            &[("ATOSNAP_FAILPOINT", point)],
-        );
-        assert_eq!(code, 137, "{point} was not reached: {stderr}");
-        rt.ok(&[
-            "restore",
-            &s1,
-            "--confirm-service-stopped",
-            "--no-pre-snapshot",
-        ]);
-        assert_same_tree!(rt.restorable(), want, "after a kill at {point}");
-        let leftovers = files_named(&rt.runtime, ".atosnap-restore-");
-        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
-        assert!(!has_marker(&rt.db(), "killed"), "{point}");
-        assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
+        restore_killed_at(&rt, &s1, point);
+        restore_converges(&rt, &s1, &want, point);
     }
     rt.ok(&["verify"]);
 }
@@ -687,11 +703,7 @@ fn a_restore_killed_after_staging_or_mid_renames_converges() {
         flip_bit(&seg(&rt, "data_level0.bin"), 0);
         std::fs::write(seg(&rt, "length.bin"), b"changed").unwrap();
         let damaged = tree(&rt.chroma());
-        let Out { code, stderr, .. } = rt.run_env(
-            &["restore", &s1, "--confirm-service-stopped"],
-            &[("ATOSNAP_FAILPOINT", point)],
-        );
-        assert_eq!(code, 137, "{point} was not reached: {stderr}");
+        restore_killed_at(&rt, &s1, point);
         let staging = files_named(&rt.runtime, ".atosnap-restore-");
         assert!(
             !staging.is_empty(),
@@ -708,17 +720,7 @@ fn a_restore_killed_after_staging_or_mid_renames_converges() {
             }
             assert!(has_marker(&rt.db(), "killed"));
         }
-        rt.ok(&[
-            "restore",
-            &s1,
-            "--confirm-service-stopped",
-            "--no-pre-snapshot",
-        ]);
-        assert_same_tree!(rt.restorable(), want, "after a kill at {point}");
-        let leftovers = files_named(&rt.runtime, ".atosnap-restore-");
-        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
-        assert!(!has_marker(&rt.db(), "killed"), "{point}");
-        assert_eq!(count(&rt.db(), "memories"), FIXTURE_MEMORIES);
+        restore_converges(&rt, &s1, &want, point);
     }
 }
 
