@@ -466,14 +466,14 @@ impl Copier<'_> {
         }
         for id in &ids {
             let todo = match &self.ids {
-                None => !self.packer.has(self.to_index, id),
+                None => !self.packer.has(self.to_index, id)?,
                 Some(ids) => !ids.contains_key(id),
             };
             if !todo || !seen.insert(*id) {
                 continue;
             }
-            match self.from_index.get(id) {
-                Some(loc) => needed.push((*id, *loc)),
+            match self.from_index.get(id)? {
+                Some(loc) => needed.push((*id, loc)),
                 None => return Ok(Err(ChunkFault::Missing.into_error(id))),
             }
         }
@@ -527,7 +527,7 @@ impl Copier<'_> {
                     return Ok((*id, Some(Ready { id: *id, raw })));
                 }
                 let new_id = to.sealer().chunk_id(&raw);
-                if packer.has(to_index, &new_id) {
+                if packer.has(to_index, &new_id)? {
                     return Ok((new_id, None));
                 }
                 Ok((new_id, Some(Ready { id: new_id, raw })))

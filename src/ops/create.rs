@@ -186,7 +186,7 @@ pub(crate) fn capture(
         entries,
     };
     let mut validation_errors = errors;
-    validation_errors.extend(unresolved_references(&manifest, index.as_ref()));
+    validation_errors.extend(unresolved_references(&manifest, index.as_ref())?);
 
     let mut result = CreateResult {
         stamp: wanted.to_string(),
@@ -400,9 +400,12 @@ impl<'a> Capture<'a> {
                 .map(|r| sealer.chunk_id(&buf[r.clone()]))
                 .collect();
             let mut seen = IdSet::default();
-            let fresh: Vec<usize> = (0..ids.len())
-                .filter(|&i| !packer.has(index, &ids[i]) && seen.insert(ids[i]))
-                .collect();
+            let mut fresh: Vec<usize> = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                if !packer.has(index, id)? && seen.insert(*id) {
+                    fresh.push(i);
+                }
+            }
             if packer.frames() {
                 // Format 2: new chunks go into frames, compressed by the
                 // packer's encoder threads while the next batch is hashed.
@@ -757,7 +760,20 @@ impl<'a> Capture<'a> {
         if self.cache_suspect {
             let index: &ChunkIndex = loaded(&mut self.index, self.store)?;
             let stored = match self.store.file_chunks(index, entry) {
-                Ok(mut ids) => ids.all(|id| id.is_ok_and(|id| self.packer.has(index, &id))),
+                Ok(ids) => {
+                    let mut all = true;
+                    for id in ids {
+                        let Ok(id) = id else {
+                            all = false;
+                            break;
+                        };
+                        if !self.packer.has(index, &id)? {
+                            all = false;
+                            break;
+                        }
+                    }
+                    all
+                }
                 Err(_) => false,
             };
             if !stored {

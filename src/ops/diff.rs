@@ -132,22 +132,22 @@ fn compare(store: &Store, index: &ChunkIndex, a: &EntryKind, b: &EntryKind) -> R
         store.file_chunk_ids(index, x)?,
         store.file_chunk_ids(index, y)?,
     );
-    let only = |p: &FileEntry, ps: &[Id], qs: &[Id]| -> u64 {
+    let only = |p: &FileEntry, ps: &[Id], qs: &[Id]| -> Result<u64> {
         let other: HashSet<&Id> = qs.iter().collect();
         ps.iter()
             .filter(|id| !other.contains(id))
             .map(|id| chunk_len(index, p, id))
             .sum()
     };
-    let differing = only(y, &ys, &xs).max(only(x, &xs, &ys));
+    let differing = only(y, &ys, &xs)?.max(only(x, &xs, &ys)?);
     Ok((x.size == y.size && xs == ys, differing))
 }
 
 /// A chunk's raw length from the index; for a chunk the store lost, the
 /// file's average chunk size.
-fn chunk_len(index: &ChunkIndex, file: &FileEntry, id: &Id) -> u64 {
-    match index.get(id) {
+fn chunk_len(index: &ChunkIndex, file: &FileEntry, id: &Id) -> Result<u64> {
+    Ok(match index.get(id)? {
         Some(loc) => loc.raw_len as u64,
         None => file.size / file.list.len().max(1),
-    }
+    })
 }

@@ -156,8 +156,13 @@ impl Write for Bounded {
 
 /// Size recorded for a file's chunks `ids` in the index (None if one is
 /// missing).
-pub fn indexed_size(index: &ChunkIndex, ids: &[Id]) -> Option<u64> {
-    ids.iter()
-        .map(|id| index.get(id).map(|l| l.raw_len as u64))
-        .sum()
+pub fn indexed_size(index: &ChunkIndex, ids: &[Id]) -> crate::error::Result<Option<u64>> {
+    let mut size = 0u64;
+    for id in ids {
+        match index.get(id)? {
+            Some(l) => size += l.raw_len as u64,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(size))
 }

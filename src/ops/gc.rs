@@ -191,10 +191,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             }),
         }
     }
-    let mut index = ChunkIndex::new();
-    for (id, _, size, entries) in &packs {
-        index.add_pack(*id, *size, entries);
-    }
+    let index = store.load_index()?;
 
     // Chunk id -> home pack (u32::MAX until assigned). Every list blob a
     // tree reaches is live too, delta chains included; a tree that cannot

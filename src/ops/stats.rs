@@ -113,7 +113,7 @@ pub fn stats(store: &Store, per_snapshot: bool, lock_wait: Duration) -> Result<S
         });
     }
     for id in refs.keys() {
-        match index.get(id) {
+        match index.get(id)? {
             Some(loc) => {
                 r.chunks += 1;
                 r.unique_raw_bytes += loc.raw_len as u64;
@@ -133,7 +133,7 @@ pub fn stats(store: &Store, per_snapshot: bool, lock_wait: Duration) -> Result<S
             .collect();
         for (stamp, chunks) in manifests(store, &index, &mut Vec::new())? {
             if let Some(&i) = at.get(&stamp) {
-                add_unique(&mut shares[i], &chunks, &refs, &index);
+                add_unique(&mut shares[i], &chunks, &refs, &index)?;
             }
         }
         r.per_snapshot = Some(shares);
@@ -210,18 +210,21 @@ fn manifests<'a>(
 }
 
 /// Adds the chunks of `chunks` that no other snapshot references.
-fn add_unique(s: &mut SnapshotStats, chunks: &References, refs: &IdMap<u32>, index: &ChunkIndex) {
+fn add_unique(
+    s: &mut SnapshotStats,
+    chunks: &References,
+    refs: &IdMap<u32>,
+    index: &ChunkIndex,
+) -> Result<()> {
     let only_here = |id: &&Id| refs.get(*id) == Some(&1);
-    for loc in chunks
-        .ids
-        .iter()
-        .filter(only_here)
-        .filter_map(|id| index.get(id))
-    {
-        s.unique_chunks += 1;
-        s.unique_raw_bytes += loc.raw_len as u64;
-        s.unique_stored_bytes += loc.stored_share();
+    for id in chunks.ids.iter().filter(only_here) {
+        if let Some(loc) = index.get(id)? {
+            s.unique_chunks += 1;
+            s.unique_raw_bytes += loc.raw_len as u64;
+            s.unique_stored_bytes += loc.stored_share();
+        }
     }
+    Ok(())
 }
 
 fn ratio(a: u64, b: u64) -> Option<f64> {

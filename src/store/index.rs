@@ -1,11 +1,29 @@
-//! The in-memory lookup index of every chunk in the store: chunk id to
-//! its place (pack, frame, place in the frame). Built from the pack
-//! trailers; about 64 bytes per chunk (32-byte key, 24-byte location, hash
-//! table overhead). A format-1 chunk is a frame of one chunk
-//! (`store::layout`).
+//! `ChunkIndex`, the lookup every command uses: chunk id to its place
+//! (pack, frame, place in the frame). A format-1 chunk is a frame of one
+//! chunk (`store::layout`).
+//!
+//! The chunks of the store are not held in RAM: they are in the on-disk
+//! cache of `store::chunk_index` (sorted segments, a pack table),
+//! refreshed from the pack trailers when a command opens the index
+//! (`store::index_cache`). Packs a writer adds during the run sit in a
+//! small pending map, spilled to private segments past [`PENDING_CAP`]
+//! chunks, and are published to the cache when the index is dropped.
+//!
+//! RAM per chunk of the store: 4 bytes (a segment's prefix table, loaded
+//! once it has served 1000 lookups), nothing for a command that makes
+//! fewer; plus 48 bytes per pack (the pack table) and about 64 bytes per
+//! chunk a writer adds, for at most [`PENDING_CAP`] chunks at a time.
 
+use std::collections::{BinaryHeap, HashMap};
+use std::path::PathBuf;
+
+use crate::error::Result;
 use crate::id::{Id, IdMap};
+use crate::store::chunk_index::{
+    IndexCache, IndexError, IndexRecord, IndexView, PackRow, Segment, SegmentWriter,
+};
 use crate::store::layout::{PackFormat, PackLayout};
+use crate::store::packs::ChunkFault;
 use crate::store::pack2::Codec;
 
 /// The frame's stored length takes the low 29 bits of `frame_word`
@@ -51,6 +69,35 @@ impl Location {
         self.frame_word & V2_BIT != 0
     }
 
+    fn from_record(r: &IndexRecord, pack: u32) -> Location {
+        let v2 = if r.ad_mode == 0 { V2_BIT } else { 0 };
+        Location {
+            pack,
+            frame_offset: r.frame_offset,
+            frame_word: (r.frame_stored_len & LEN_MASK) | ((r.codec as u32 & 3) << CODEC_SHIFT) | v2,
+            frame_raw_len: r.frame_raw_len,
+            chunk_offset: r.chunk_offset,
+            raw_len: r.chunk_raw_len,
+        }
+    }
+
+    /// The cache record of this location, naming pack row `pack`.
+    fn record(&self, id: Id, pack: u32) -> IndexRecord {
+        IndexRecord {
+            id,
+            pack,
+            frame_offset: self.frame_offset,
+            frame_stored_len: self.frame_stored_len(),
+            frame_raw_len: self.frame_raw_len,
+            chunk_offset: self.chunk_offset,
+            chunk_raw_len: self.raw_len,
+            codec: self.codec() as u8,
+            kind: 0,
+            dict: 0,
+            ad_mode: u8::from(!self.in_frame()),
+        }
+    }
+
     /// The chunk's share of its frame's stored bytes.
     pub fn stored_share(&self) -> u64 {
         PackLayout::share(
@@ -61,12 +108,41 @@ impl Location {
     }
 }
 
+/// Every (id, location) of a pack's layout, `pack` being its number.
+pub fn layout_locations(layout: &PackLayout, pack: u32) -> impl Iterator<Item = (Id, Location)> + '_ {
+    let v2 = if layout.format == PackFormat::V2 {
+        V2_BIT
+    } else {
+        0
+    };
+    layout.frames.iter().enumerate().flat_map(move |(fi, f)| {
+        let word = (f.stored_len & LEN_MASK) | ((f.codec as u32) << CODEC_SHIFT) | v2;
+        let mut at = 0u32;
+        layout.frame_chunks(fi).iter().map(move |c| {
+            let loc = Location {
+                pack,
+                frame_offset: f.offset,
+                frame_word: word,
+                frame_raw_len: f.raw_len,
+                chunk_offset: at,
+                raw_len: c.raw_len,
+            };
+            at = at.saturating_add(c.raw_len);
+            (c.id, loc)
+        })
+    })
+}
+
+/// The cache records of a pack's layout, naming pack row `row`.
+pub fn layout_records(layout: &PackLayout, row: u32) -> impl Iterator<Item = IndexRecord> + '_ {
+    layout_locations(layout, row).map(move |(id, loc)| loc.record(id, row))
+}
+
 /// A pack the index knows, with its size.
 #[derive(Clone, Debug)]
 pub struct PackInfo {
     pub id: Id,
     pub size: u64,
-    pub chunks: u32,
 }
 
 /// A pack whose index could not be read: listed, its chunks unknown.
@@ -76,57 +152,176 @@ pub struct DamagedPack {
     pub detail: String,
 }
 
+/// Chunks of added packs held in RAM before they are spilled to a
+/// private segment (about 64 bytes each: 4 MiB).
+pub const PENDING_CAP: usize = 1 << 16;
+
+/// A private folder of spilled pending chunks, removed when dropped.
+struct Spill {
+    dir: tempfile::TempDir,
+    segments: Vec<Segment>,
+}
+
 #[derive(Default)]
 pub struct ChunkIndex {
+    /// The live packs, numbered densely: those of the cache, then those
+    /// added this run (from `first_added`).
     packs: Vec<PackInfo>,
-    chunks: IdMap<Location>,
+    /// Pack table row of the cache -> number in `packs`.
+    rows: Vec<u32>,
+    view: Option<IndexView>,
+    first_added: u32,
+    /// Chunks of packs added this run, not yet spilled.
+    pending: IdMap<Location>,
+    spill: Option<Spill>,
+    /// Where the spill folder goes (the cache folder, else the temp dir).
+    spill_parent: Option<PathBuf>,
+    /// The cache folder the view is of, where added packs are published.
+    cache: Option<IndexCache>,
     pub damaged: Vec<DamagedPack>,
 }
 
+/// `rows` entry of a pack that is gone.
+const NO_PACK: u32 = u32::MAX;
+
 impl ChunkIndex {
+    /// An empty index held in RAM (spilled to the temp dir when large):
+    /// writers' scratch indexes and tests.
     pub fn new() -> ChunkIndex {
         ChunkIndex::default()
     }
 
-    /// Adds a pack and its chunks. A chunk present in two packs keeps its
-    /// first location (either copy is valid).
+    /// The index of `view`, a view of `cache`; packs added later are
+    /// published there.
+    pub(crate) fn over_view(
+        view: IndexView,
+        damaged: Vec<DamagedPack>,
+        cache: IndexCache,
+    ) -> ChunkIndex {
+        let mut packs = Vec::new();
+        let mut rows = Vec::with_capacity(view.packs().rows.len());
+        for r in &view.packs().rows {
+            if r.gone {
+                rows.push(NO_PACK);
+                continue;
+            }
+            rows.push(packs.len() as u32);
+            packs.push(PackInfo {
+                id: r.id,
+                size: r.size,
+            });
+        }
+        ChunkIndex {
+            first_added: packs.len() as u32,
+            packs,
+            rows,
+            view: Some(view),
+            pending: IdMap::default(),
+            spill: None,
+            spill_parent: Some(cache.dir().to_path_buf()),
+            cache: Some(cache),
+            damaged,
+        }
+    }
+
+    /// Adds a pack and its chunks (a writer's new pack). A chunk present
+    /// in two packs keeps its first location (either copy is valid).
     pub fn add_pack(&mut self, id: Id, size: u64, layout: &PackLayout) -> u32 {
         let pack = self.packs.len() as u32;
-        self.packs.push(PackInfo {
-            id,
-            size,
-            chunks: layout.chunks.len() as u32,
-        });
-        self.chunks.reserve(layout.chunks.len());
-        let v2 = if layout.format == PackFormat::V2 {
-            V2_BIT
-        } else {
-            0
-        };
-        for (fi, f) in layout.frames.iter().enumerate() {
-            let word = (f.stored_len & LEN_MASK) | ((f.codec as u32) << CODEC_SHIFT) | v2;
-            let mut at = 0u32;
-            for c in layout.frame_chunks(fi) {
-                self.chunks.entry(c.id).or_insert(Location {
-                    pack,
-                    frame_offset: f.offset,
-                    frame_word: word,
-                    frame_raw_len: f.raw_len,
-                    chunk_offset: at,
-                    raw_len: c.raw_len,
-                });
-                at = at.saturating_add(c.raw_len);
+        self.packs.push(PackInfo { id, size });
+        for (id, loc) in layout_locations(layout, pack) {
+            self.pending.entry(id).or_insert(loc);
+        }
+        if self.pending.len() >= PENDING_CAP {
+            if let Err(e) = self.spill_pending() {
+                // Kept in RAM instead: only memory is lost.
+                tracing::debug!("pending chunk index not spilled: {e}");
             }
         }
         pack
     }
 
-    pub fn get(&self, id: &Id) -> Option<&Location> {
-        self.chunks.get(id)
+    /// Writes the pending chunks to a private segment, sorted.
+    fn spill_pending(&mut self) -> std::result::Result<(), IndexError> {
+        let spill = match &mut self.spill {
+            Some(s) => s,
+            None => {
+                let parent = self.spill_parent.clone().unwrap_or_else(std::env::temp_dir);
+                let dir = tempfile::Builder::new()
+                    .prefix("pending-")
+                    .tempdir_in(&parent)
+                    .map_err(IndexError::io("create", &parent))?;
+                self.spill.insert(Spill {
+                    dir,
+                    segments: Vec::new(),
+                })
+            }
+        };
+        let mut records: Vec<IndexRecord> = self
+            .pending
+            .iter()
+            .map(|(id, loc)| loc.record(*id, loc.pack))
+            .collect();
+        records.sort_unstable_by_key(IndexRecord::key);
+        let name = crate::store::chunk_index::segment::segment_name(spill.segments.len() as u64);
+        let mut w = SegmentWriter::create(spill.dir.path(), &name, 0)?;
+        for r in &records {
+            w.push(r)?;
+        }
+        let path = w.finish()?;
+        spill.segments.push(Segment::open(&path)?);
+        self.pending = IdMap::default();
+        Ok(())
     }
 
-    pub fn contains(&self, id: &Id) -> bool {
-        self.chunks.contains_key(id)
+    /// Where `id` is. An error is a cache file that could not be read
+    /// (named in it); it was whole when the command opened it.
+    pub fn get(&self, id: &Id) -> Result<Option<Location>> {
+        Ok(self.lookup(id)?)
+    }
+
+    /// Where `id` is, for a chunk read: a chunk the index lacks is
+    /// missing; a cache file that does not read makes the chunk
+    /// unreadable (the command stops, naming the file), never missing.
+    pub fn locate(&self, id: &Id) -> std::result::Result<Location, ChunkFault> {
+        match self.lookup(id) {
+            Ok(Some(loc)) => Ok(loc),
+            Ok(None) => Err(ChunkFault::Missing),
+            Err(e) => {
+                let pack = match &e {
+                    IndexError::Damaged { path, .. } | IndexError::Io { path, .. } => path.clone(),
+                };
+                Err(ChunkFault::Unreadable {
+                    pack,
+                    kind: std::io::ErrorKind::Other,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn lookup(&self, id: &Id) -> std::result::Result<Option<Location>, IndexError> {
+        if let Some(view) = &self.view {
+            if let Some(r) = view.get(id)? {
+                if let Some(&pack) = self.rows.get(r.pack as usize) {
+                    return Ok(Some(Location::from_record(&r, pack)));
+                }
+            }
+        }
+        if let Some(spill) = &self.spill {
+            let mut found = Vec::new();
+            for seg in &spill.segments {
+                seg.find(id, &mut found)?;
+                if let Some(r) = found.first() {
+                    return Ok(Some(Location::from_record(r, r.pack)));
+                }
+            }
+        }
+        Ok(self.pending.get(id).copied())
+    }
+
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        Ok(self.get(id)?.is_some())
     }
 
     pub fn pack(&self, n: u32) -> &PackInfo {
@@ -137,15 +332,173 @@ impl ChunkIndex {
         &self.packs
     }
 
-    pub fn chunk_count(&self) -> usize {
-        self.chunks.len()
+    /// Distinct chunks (one streaming pass over the cache).
+    pub fn chunk_count(&self) -> Result<usize> {
+        let mut n = 0;
+        for item in self.iter()? {
+            item?;
+            n += 1;
+        }
+        Ok(n)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Id, &Location)> {
-        self.chunks.iter()
+    /// Every chunk once with the location `get` gives, sorted by id: a
+    /// k-way merge of the segments and the pending chunks, holding one
+    /// record per segment.
+    pub fn iter(&self) -> Result<ChunkIter<'_>> {
+        let mut sources: Vec<Box<dyn Iterator<Item = Result<(Id, Location)>> + '_>> = Vec::new();
+        if let Some(view) = &self.view {
+            for seg in view.segments() {
+                let rows = &self.rows;
+                sources.push(Box::new(seg.iter()?.filter_map(move |r| match r {
+                    Ok(r) => match rows.get(r.pack as usize) {
+                        Some(&p) if p != NO_PACK => Some(Ok((r.id, Location::from_record(&r, p)))),
+                        _ => None,
+                    },
+                    Err(e) => Some(Err(e.into())),
+                })));
+            }
+        }
+        if let Some(spill) = &self.spill {
+            for seg in &spill.segments {
+                sources.push(Box::new(
+                    seg.iter()?
+                        .map(|r| r.map(|r| (r.id, Location::from_record(&r, r.pack))).map_err(Into::into)),
+                ));
+            }
+        }
+        let mut pending: Vec<(Id, Location)> = self.pending.iter().map(|(i, l)| (*i, *l)).collect();
+        pending.sort_unstable_by_key(|p| p.0);
+        sources.push(Box::new(pending.into_iter().map(Ok)));
+        ChunkIter::new(sources)
+    }
+
+    /// The chunks whose location is in pack `p` (one streaming pass).
+    pub fn ids_in_pack(&self, p: u32) -> Result<Vec<Id>> {
+        let mut ids = Vec::new();
+        for item in self.iter()? {
+            let (id, loc) = item?;
+            if loc.pack == p {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     pub fn total_pack_bytes(&self) -> u64 {
         self.packs.iter().map(|p| p.size).sum()
+    }
+
+    /// Records of the packs added this run, naming them by their place in
+    /// the added packs.
+    #[allow(clippy::type_complexity)]
+    fn added_records(
+        &self,
+    ) -> std::result::Result<Vec<Box<dyn Iterator<Item = std::result::Result<IndexRecord, IndexError>> + '_>>, IndexError> {
+        let first = self.first_added;
+        let rebase = move |r: IndexRecord| IndexRecord {
+            pack: r.pack - first,
+            ..r
+        };
+        let mut out: Vec<Box<dyn Iterator<Item = std::result::Result<IndexRecord, IndexError>> + '_>> =
+            Vec::new();
+        if let Some(spill) = &self.spill {
+            for seg in &spill.segments {
+                out.push(Box::new(seg.iter()?.map(move |r| r.map(rebase))));
+            }
+        }
+        out.push(Box::new(
+            self.pending
+                .iter()
+                .map(move |(id, loc)| Ok(rebase(loc.record(*id, loc.pack)))),
+        ));
+        Ok(out)
+    }
+
+    /// Hands the packs added this run to the cache (best effort: a cache
+    /// that misses them reads their trailers at the next refresh).
+    fn publish(&mut self) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        if self.packs.len() as u32 == self.first_added {
+            return;
+        }
+        let packs: Vec<PackRow> = self.packs[self.first_added as usize..]
+            .iter()
+            .map(|p| PackRow {
+                id: p.id,
+                size: p.size,
+                format: 2,
+                gone: false,
+            })
+            .collect();
+        let done = self
+            .added_records()
+            .and_then(|sources| cache.publish(&packs, sources.into_iter().flatten()));
+        if let Err(e) = done {
+            tracing::debug!("added packs not published to the index cache: {e}");
+        }
+    }
+}
+
+impl Drop for ChunkIndex {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+/// [`ChunkIndex::iter`]: sources merged by id; for an id in several, the
+/// first source's location wins (the order `get` looks in).
+pub struct ChunkIter<'a> {
+    sources: Vec<Box<dyn Iterator<Item = Result<(Id, Location)>> + 'a>>,
+    heap: BinaryHeap<std::cmp::Reverse<(Id, usize, LocKey)>>,
+    locs: HashMap<usize, Location>,
+    last: Option<Id>,
+}
+
+/// Heap entries carry the source number; the location rides beside.
+type LocKey = ();
+
+impl<'a> ChunkIter<'a> {
+    fn new(sources: Vec<Box<dyn Iterator<Item = Result<(Id, Location)>> + 'a>>) -> Result<ChunkIter<'a>> {
+        let mut it = ChunkIter {
+            sources,
+            heap: BinaryHeap::new(),
+            locs: HashMap::new(),
+            last: None,
+        };
+        for s in 0..it.sources.len() {
+            it.advance(s)?;
+        }
+        Ok(it)
+    }
+
+    fn advance(&mut self, s: usize) -> Result<()> {
+        if let Some(item) = self.sources[s].next() {
+            let (id, loc) = item?;
+            self.locs.insert(s, loc);
+            self.heap.push(std::cmp::Reverse((id, s, ())));
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for ChunkIter<'_> {
+    type Item = Result<(Id, Location)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let std::cmp::Reverse((id, s, ())) = self.heap.pop()?;
+            let loc = self.locs.remove(&s)?;
+            if let Err(e) = self.advance(s) {
+                return Some(Err(e));
+            }
+            if self.last == Some(id) {
+                continue;
+            }
+            self.last = Some(id);
+            return Some(Ok((id, loc)));
+        }
     }
 }

@@ -193,14 +193,14 @@ impl<'s> Packer<'s> {
     }
 
     /// True when the chunk is already stored or waiting to be.
-    pub fn has(&self, index: &ChunkIndex, id: &Id) -> bool {
-        index.contains(id) || self.pending.contains(id)
+    pub fn has(&self, index: &ChunkIndex, id: &Id) -> Result<bool> {
+        Ok(self.pending.contains(id) || index.contains(id)?)
     }
 
     /// Adds a raw chunk (its id already computed). Returns false when the
     /// chunk was already present and nothing was written.
     pub fn add_raw(&mut self, index: &mut ChunkIndex, id: Id, raw: &[u8]) -> Result<bool> {
-        if self.has(index, &id) {
+        if self.has(index, &id)? {
             return Ok(false);
         }
         if !self.frames() {
@@ -247,7 +247,7 @@ impl<'s> Packer<'s> {
         raw_len: u32,
         compressed: bool,
     ) -> Result<bool> {
-        if self.has(index, &id) {
+        if self.has(index, &id)? {
             return Ok(false);
         }
         let Mode::V1(open) = &mut self.mode else {

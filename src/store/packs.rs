@@ -2,6 +2,7 @@
 //! index, reading and checking chunks, deleting packs.
 
 use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use std::path::PathBuf;
@@ -11,7 +12,10 @@ use crate::id::Id;
 
 use super::backend::{self, BackendErrorKind};
 use super::frame_cache::{OnceLru, FRAMES_KEPT, LAYOUTS_KEPT};
-use super::index::{ChunkIndex, DamagedPack, Location};
+use super::chunk_index::cache::SORT_BUDGET;
+use super::chunk_index::{IndexCache, IndexRecord, PackRow};
+use super::index::{layout_records, ChunkIndex, DamagedPack, Location};
+use super::location::{self, StoreLocation};
 use super::layout::PackLayout;
 use super::lock::ExclusiveLock;
 use super::pack::{PackIndexError, TRAILER_LEN};
@@ -223,44 +227,151 @@ impl Store {
         Ok((blob_end, stored, hash))
     }
 
-    /// Builds the chunk index from every pack's trailer, in parallel. Packs
-    /// whose index cannot be read are listed in `damaged`.
+    /// The chunk index: the store's index cache refreshed against the
+    /// pack listing (`store::chunk_index`, format2.md §1.5). Only the
+    /// trailers of packs the cache lacks are read (in parallel); packs no
+    /// longer listed are marked gone. Packs whose index cannot be read are
+    /// listed in `damaged`.
     pub fn load_index(&self) -> Result<ChunkIndex> {
-        /// Packs whose indexes are read in parallel at a time: the decoded
-        /// entries of only this many packs are in memory besides the map.
+        self.refresh_index(false)
+    }
+
+    /// As [`Store::load_index`], reading every listed pack's trailer again
+    /// (verify, repair): a pack damaged since the cache indexed it is
+    /// then in `damaged` and out of the index.
+    pub fn load_index_rechecked(&self) -> Result<ChunkIndex> {
+        self.refresh_index(true)
+    }
+
+    /// The trailers of `packs`, read in parallel rounds as the iterator is
+    /// drawn: the decoded layouts of one round at a time are in memory.
+    fn read_trailers<'a>(
+        &'a self,
+        packs: &'a [(Id, backend::ListEntry)],
+    ) -> impl Iterator<Item = (usize, std::result::Result<PackLayout, String>)> + 'a {
+        /// Packs whose indexes are read in parallel at a time.
         const PACKS_PER_ROUND: usize = 8;
-        let packs = self.list_packs()?;
-        let mut index = ChunkIndex::new();
-        for round in packs.chunks(PACKS_PER_ROUND) {
-            let loaded: Vec<_> = round
-                .par_iter()
-                .map(|p| {
-                    (
-                        p,
-                        self.read_pack_index(&Object::Listed(p.name.clone()), p.size),
-                    )
-                })
-                .collect();
-            for (p, result) in loaded {
-                let Some(id) = pack::pack_id_from_name(&p.name) else {
-                    index.damaged.push(DamagedPack {
-                        name: p.name.clone(),
-                        detail: "not a pack name".into(),
-                    });
-                    continue;
-                };
-                match result {
-                    Ok(layout) => {
-                        index.add_pack(id, p.size, &layout);
-                    }
-                    Err(detail) => index.damaged.push(DamagedPack {
-                        name: p.name.clone(),
-                        detail,
-                    }),
-                }
+        packs
+            .chunks(PACKS_PER_ROUND)
+            .enumerate()
+            .flat_map(move |(k, round)| {
+                let loaded: Vec<_> = round
+                    .par_iter()
+                    .map(|(_, p)| self.read_pack_index(&Object::Listed(p.name.clone()), p.size))
+                    .collect();
+                loaded
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(j, r)| (k * PACKS_PER_ROUND + j, r))
+            })
+    }
+
+    /// This store's folder of the index cache: under the remote cache of
+    /// an S3 store; for a local store under the cache root, keyed by its
+    /// canonical path and store id (a copied folder is another store).
+    fn index_cache_dir(&self) -> std::path::PathBuf {
+        match &self.location {
+            StoreLocation::S3(loc) => location::cache_dir(loc, &self.remote).join("index"),
+            StoreLocation::Local(root) => {
+                let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+                let mut h = blake3::Hasher::new();
+                h.update(b"local\0");
+                h.update(root.as_os_str().as_encoded_bytes());
+                h.update(b"\0");
+                h.update(self.config.store_id.as_bytes());
+                let key = h.finalize().to_hex();
+                self.remote.cache_root().join(&key.as_str()[..24]).join("index")
             }
         }
-        Ok(index)
+    }
+
+    fn refresh_index(&self, recheck: bool) -> Result<ChunkIndex> {
+        let cache = IndexCache::at(self.index_cache_dir())?;
+        let lock = cache.lock()?;
+        let mut view = cache.open(&lock)?;
+        let live: HashMap<Id, u64> = view
+            .packs()
+            .rows
+            .iter()
+            .filter(|r| !r.gone)
+            .map(|r| (r.id, r.size))
+            .collect();
+        let mut damaged = Vec::new();
+        let mut listed_ids = HashSet::new();
+        let (mut to_add, mut to_check) = (Vec::new(), Vec::new());
+        for p in self.list_packs()? {
+            let Some(id) = pack::pack_id_from_name(&p.name) else {
+                damaged.push(DamagedPack {
+                    name: p.name.clone(),
+                    detail: "not a pack name".into(),
+                });
+                continue;
+            };
+            listed_ids.insert(id);
+            match live.get(&id) {
+                Some(&size) if size == p.size => {
+                    if recheck {
+                        to_check.push((id, p));
+                    }
+                }
+                _ => to_add.push((id, p)),
+            }
+        }
+        // Not listed any more, or listed with another size (a pack is
+        // named by its hash: that file is damaged and is read again).
+        let mut gone: Vec<Id> = live
+            .keys()
+            .filter(|id| !listed_ids.contains(*id))
+            .copied()
+            .collect();
+        gone.extend(to_add.iter().map(|(id, _)| *id).filter(|id| live.contains_key(id)));
+        for (i, result) in self.read_trailers(&to_check) {
+            if let Err(detail) = result {
+                gone.push(to_check[i].0);
+                damaged.push(DamagedPack {
+                    name: to_check[i].1.name.clone(),
+                    detail,
+                });
+            }
+        }
+        if !to_add.is_empty() {
+            let rows: Vec<PackRow> = to_add
+                .iter()
+                .map(|(id, p)| PackRow {
+                    id: *id,
+                    size: p.size,
+                    format: 2,
+                    gone: false,
+                })
+                .collect();
+            let mut failed = Vec::new();
+            let records = self.read_trailers(&to_add).flat_map(|(i, result)| {
+                let records: Vec<IndexRecord> = match result {
+                    Ok(layout) => layout_records(&layout, i as u32).collect(),
+                    Err(detail) => {
+                        failed.push((i, detail));
+                        Vec::new()
+                    }
+                };
+                records.into_iter().map(Ok)
+            });
+            view.add_packs_from(&rows, records, SORT_BUDGET)?;
+            for (i, detail) in failed {
+                gone.push(to_add[i].0);
+                damaged.push(DamagedPack {
+                    name: to_add[i].1.name.clone(),
+                    detail,
+                });
+            }
+        }
+        if !gone.is_empty() {
+            view.mark_all_gone(&gone)?;
+        }
+        if view.needs_compaction() {
+            view.compact(SORT_BUDGET)?;
+        }
+        drop(lock);
+        Ok(ChunkIndex::over_view(view, damaged, cache))
     }
 
     /// Runs `work` while, on a remote store, two helper threads fetch the
@@ -277,8 +388,9 @@ impl Store {
             return work();
         }
         let mut seen = std::collections::HashSet::new();
+        // A cache read that fails only loses the prefetch of that pack.
         let names: Vec<String> = ids
-            .filter_map(|id| index.get(id))
+            .filter_map(|id| index.get(id).ok().flatten())
             .filter(|loc| seen.insert(loc.pack))
             .map(|loc| Object::Pack(index.pack(loc.pack).id).name())
             .collect();
@@ -306,13 +418,13 @@ impl Store {
         index: &ChunkIndex,
         id: &Id,
     ) -> std::result::Result<Vec<u8>, ChunkFault> {
-        let loc = index.get(id).ok_or(ChunkFault::Missing)?;
+        let loc = index.locate(id)?;
         let pack = index.pack(loc.pack);
         if !loc.in_frame() {
-            let stored = self.read_stored(&pack.id, loc)?;
+            let stored = self.read_stored(&pack.id, &loc)?;
             return self.decode_chunk(stored, id, loc.compressed(), loc.raw_len);
         }
-        let frame = self.cached_frame(&pack.id, pack.size, loc)?;
+        let frame = self.cached_frame(&pack.id, pack.size, &loc)?;
         let name = Object::Pack(pack.id).name();
         let i = frame
             .position_at(loc.chunk_offset as usize)
@@ -562,7 +674,7 @@ mod tests {
             &zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap(),
         );
         let index = store.load_index().unwrap();
-        assert_eq!(index.chunk_count(), 0);
+        assert_eq!(index.chunk_count().unwrap(), 0);
         let detail = |name: &str| {
             index
                 .damaged

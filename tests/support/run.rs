@@ -81,6 +81,10 @@ impl Runtime {
         for v in ENV_VARS {
             cmd.env_remove(v);
         }
+        // The chunk index cache of every store, kept with the test's
+        // files rather than in the user's cache (a flag or a later
+        // `env` of the caller overrides it).
+        cmd.env("ATOSNAP_CACHE_DIR", self.path("cache"));
         cmd.current_dir(self.dir.path());
         cmd
     }

@@ -52,22 +52,25 @@ pub(super) fn newest_manifest(store: &Store, wanted: &Stamp) -> Option<Previous>
 pub(super) fn unresolved_references(
     manifest: &Manifest,
     index: Option<&ChunkIndex>,
-) -> Vec<String> {
+) -> crate::error::Result<Vec<String>> {
     let Some(index) = index else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    let mut missing: Vec<String> = manifest
+    let mut missing = Vec::new();
+    let ids = manifest
         .entries
         .iter()
         .filter_map(Entry::file)
         .flat_map(|f| match &f.list {
             ChunkList::Ids(ids) => ids.clone(),
             ChunkList::Tree(r) => r.root.into_iter().collect(),
-        })
-        .filter(|id| !index.contains(id))
-        .map(|id| format!("chunk_missing:{id}"))
-        .collect();
+        });
+    for id in ids {
+        if !index.contains(&id)? {
+            missing.push(format!("chunk_missing:{id}"));
+        }
+    }
     missing.sort();
     missing.dedup();
-    missing
+    Ok(missing)
 }

@@ -304,10 +304,12 @@ fn precheck(store: &Store, index: &ChunkIndex, manifest: &Manifest) -> Result<BT
                 continue;
             }
         };
-        for id in ids.iter().filter(|id| index.get(id).is_none()) {
-            errors.insert(named(ChunkFault::Missing.code(id), entry));
+        for id in &ids {
+            if index.get(id)?.is_none() {
+                errors.insert(named(ChunkFault::Missing.code(id), entry));
+            }
         }
-        if extract::indexed_size(index, &ids).is_some_and(|s| s != f.size) {
+        if extract::indexed_size(index, &ids)?.is_some_and(|s| s != f.size) {
             errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
         }
     }

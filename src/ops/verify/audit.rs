@@ -115,7 +115,7 @@ pub(super) fn audit(
     // Referenced: every chunk and every list blob the trees reach (delta
     // chains included), each distinct subtree walked once. A list blob
     // that does not read is referenced (missing, or corrupt below).
-    let index = store.load_index()?;
+    let index = store.load_index_rechecked()?;
     let mut referenced = IdSet::default();
     let mut tree_seen = IdSet::default();
     let mut lists_corrupt: BTreeSet<Id> = BTreeSet::new();
@@ -154,11 +154,12 @@ pub(super) fn audit(
         }
     }
 
-    let missing: BTreeSet<Id> = referenced
-        .iter()
-        .filter(|id| !index.contains(id))
-        .copied()
-        .collect();
+    let mut missing: BTreeSet<Id> = BTreeSet::new();
+    for id in &referenced {
+        if !index.contains(id)? {
+            missing.insert(*id);
+        }
+    }
 
     // Packs whose index does not read: their chunks are unknown. With
     // --snapshot they matter only when a referenced chunk is missing (it
@@ -186,7 +187,7 @@ pub(super) fn audit(
     let npacks = index.packs().len();
     let mut pack_live: Vec<u64> = vec![0; npacks];
     for id in &referenced {
-        if let Some(loc) = index.get(id) {
+        if let Some(loc) = index.get(id)? {
             pack_live[loc.pack as usize] += loc.stored_share();
         }
     }
@@ -232,11 +233,11 @@ pub(super) fn audit(
         to_check.iter().partition(|p| rehash.contains(p));
     let mut checks: Vec<(u32, PackCheck)> = structural
         .par_iter()
-        .map(|&p| (p, check_pack(store, &index, p, &referenced, false)))
-        .collect();
+        .map(|&p| check_pack(store, &index, p, &referenced, false).map(|c| (p, c)))
+        .collect::<Result<_>>()?;
     for p in hashed {
         crate::os::check_interrupted()?;
-        checks.push((p, check_pack(store, &index, p, &referenced, true)));
+        checks.push((p, check_pack(store, &index, p, &referenced, true)?));
     }
 
     // A chunk is bad when the copy every reader uses (its index location)
@@ -259,7 +260,7 @@ pub(super) fn audit(
             }
         }
         for id in &check.unverified {
-            if index.get(id).is_some_and(|loc| loc.pack == *p) {
+            if index.get(id)?.is_some_and(|loc| loc.pack == *p) {
                 unverified.insert(*id);
             }
         }
@@ -273,7 +274,7 @@ pub(super) fn audit(
             if selected.is_none() || referenced.contains(id) {
                 corrupt.insert(*id);
             }
-            if index.get(id).is_some_and(|loc| loc.pack == *p) {
+            if index.get(id)?.is_some_and(|loc| loc.pack == *p) {
                 bad.insert(*id);
             }
         }
@@ -306,11 +307,15 @@ pub(super) fn audit(
                 .collect(),
             false => Vec::new(),
         };
-        let rehashed_all = sample.is_none()
-            || files.iter().all(|(_, ids)| {
-                ids.iter()
-                    .all(|id| index.get(id).is_none_or(|l| rehash.contains(&l.pack)))
-            });
+        let mut rehashed_all = true;
+        if sample.is_some() {
+            for id in files.iter().flat_map(|(_, ids)| ids) {
+                if index.get(id)?.is_some_and(|l| !rehash.contains(&l.pack)) {
+                    rehashed_all = false;
+                    break;
+                }
+            }
+        }
         let damaged: BTreeSet<String> = files
             .iter()
             .filter(|(_, ids)| ids.iter().any(|id| bad.contains(id)))
@@ -401,18 +406,14 @@ fn check_pack(
     p: u32,
     referenced: &IdSet,
     rehash: bool,
-) -> PackCheck {
+) -> Result<PackCheck> {
     let info = index.pack(p);
     let pack = Object::Pack(info.id);
     let mut check = PackCheck::default();
     let layout = match store.read_pack_layout(&pack, info.size, Check::Strict) {
         Ok(l) => l,
         Err(detail) => {
-            let ids = index
-                .iter()
-                .filter(|(_, l)| l.pack == p)
-                .map(|(id, _)| *id)
-                .collect();
+            let ids = index.ids_in_pack(p)?;
             if pack::is_unreadable(&detail) {
                 check.unreadable = Some(detail);
                 check.unverified = ids;
@@ -420,7 +421,7 @@ fn check_pack(
                 check.structural = Some(detail);
                 check.corrupt = ids;
             }
-            return check;
+            return Ok(check);
         }
     };
     let magic = layout.magic();
@@ -439,12 +440,12 @@ fn check_pack(
         let f = &layout.frames[fi];
         let start = f.offset as u64;
         check.total_stored += f.stored_len as u64;
-        let live_raw: u64 = layout
-            .frame_chunks(fi)
-            .iter()
-            .filter(|c| referenced.contains(&c.id) && index.get(&c.id).is_some_and(|l| l.pack == p))
-            .map(|c| c.raw_len as u64)
-            .sum();
+        let mut live_raw = 0u64;
+        for c in layout.frame_chunks(fi) {
+            if referenced.contains(&c.id) && index.get(&c.id)?.is_some_and(|l| l.pack == p) {
+                live_raw += c.raw_len as u64;
+            }
+        }
         check.live_stored += PackLayout::share(f.stored_len, f.raw_len, live_raw);
         if f.codec == Codec::Raw && f.stored_len as u64 != f.raw_len as u64 + overhead {
             check.damaged(format!(
@@ -485,7 +486,7 @@ fn check_pack(
             Err(e) => check.unreadable(&e, layout.ids()),
         }
         check.bytes += magic.len() as u64;
-        return check;
+        return Ok(check);
     }
 
     // Re-hash: a reader thread streams the file once in blocks, hashing it
@@ -495,7 +496,7 @@ fn check_pack(
         Ok(r) => r,
         Err(e) => {
             check.unreadable(&e, layout.ids());
-            return check;
+            return Ok(check);
         }
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
@@ -588,7 +589,7 @@ fn check_pack(
     }
     check.corrupt.sort();
     check.corrupt.dedup();
-    check
+    Ok(check)
 }
 
 /// Decodes and checks, in parallel, frames lying wholly in `buf` (which

@@ -184,7 +184,7 @@ fn check_manifest(
     }
     for entry in &manifest.entries {
         if let (Some(f), Some(Ok(ids))) = (entry.file(), lists.of(&entry.path)) {
-            if extract::indexed_size(index, ids).is_some_and(|s| s != f.size) {
+            if extract::indexed_size(index, ids)?.is_some_and(|s| s != f.size) {
                 errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
             }
         }

@@ -61,7 +61,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     // Chunks that any snapshot references (not only those audited: a
     // quarantined pack may hold others' chunks) and the healthy packs lack.
     out.unreadable = audit.report.unreadable.keys().cloned().collect();
-    let mut index = store.load_index()?;
+    let mut index = store.load_index_rechecked()?;
     let stamps = store.list_snapshots()?.stamps;
     let mut readable = Vec::new();
     let mut unreadable: BTreeMap<String, String> = BTreeMap::new();
@@ -92,7 +92,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
             .iter()
             .flat_map(|m| m.entries.iter().filter_map(|e| e.file()))
         {
-            needed.extend(lacking(store, &source, &index, f));
+            needed.extend(lacking(store, &source, &index, f)?);
         }
     }
     let mut packer = Packer::new(store);
@@ -143,16 +143,13 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     // What stays damaged, in every snapshot.
     for stamp in &readable {
         let m = store.read_manifest(stamp, ReadFrom::Cache)?;
-        let damaged: Vec<String> = m
-            .entries
-            .iter()
-            .filter(|e| {
-                e.file().is_some_and(|f| {
-                    !lacking(store, &store.list_blobs(&index), &index, f).is_empty()
-                })
-            })
-            .map(|e| e.path_lossy())
-            .collect();
+        let mut damaged: Vec<String> = Vec::new();
+        for e in &m.entries {
+            let Some(f) = e.file() else { continue };
+            if !lacking(store, &store.list_blobs(&index), &index, f)?.is_empty() {
+                damaged.push(e.path_lossy());
+            }
+        }
         if !damaged.is_empty() {
             mark_not_validated(store, lock, stamp, &damaged)?;
             out.still_damaged.insert(
@@ -241,7 +238,7 @@ struct Salvageable<'a> {
 
 impl BlobSource for Salvageable<'_> {
     fn get(&self, id: &Id) -> Result<Vec<u8>> {
-        if self.index.contains(id) {
+        if self.index.contains(id)? {
             return self.store.list_blobs(self.index).get(id);
         }
         self.quarantine
@@ -279,12 +276,23 @@ fn salvage(
 /// The ids file `f` reaches (list blobs and chunks) that the index lacks,
 /// its tree read through `source`; a list blob that does not read is
 /// among them (its subtree is unknown).
-fn lacking(store: &Store, source: &dyn BlobSource, index: &ChunkIndex, f: &FileEntry) -> Vec<Id> {
+fn lacking(
+    store: &Store,
+    source: &dyn BlobSource,
+    index: &ChunkIndex,
+    f: &FileEntry,
+) -> Result<Vec<Id>> {
     let mut out = Vec::new();
+    // A cache read that fails stops the repair: the id is not lacking.
+    let mut failed = None;
     let mut visit = |r| {
         let (Reached::Blob(id) | Reached::Chunk(id)) = r;
-        if !index.contains(&id) {
-            out.push(id);
+        match index.contains(&id) {
+            Ok(true) => {}
+            Ok(false) => out.push(id),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     };
     let walked = match &f.list {
@@ -297,10 +305,13 @@ fn lacking(store: &Store, source: &dyn BlobSource, index: &ChunkIndex, f: &FileE
         ),
         ChunkList::Ids(_) => store.file_reach(index, f, &mut IdSet::default(), &mut visit),
     };
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if let Some((id, _)) = walked.err().as_ref().and_then(crate::store::error_fault) {
         out.push(id);
     }
-    out
+    Ok(out)
 }
 
 /// Records in a snapshot's summary that files of it stay damaged, so

@@ -8,10 +8,11 @@
 //! the view over several segments with the pack table ([`view`]).
 //!
 //! It is a cache: a damaged file is refused with [`IndexError::Damaged`]
-//! naming it, and the caller rebuilds from the pack trailers. Nothing uses
-//! it yet: `ChunkIndex` (`store/index.rs`) is replaced in a later part of
-//! step 2 of issue 15.
+//! naming it, and [`cache::IndexCache`] drops the folder's files and the
+//! caller rebuilds from the pack trailers (`Store::load_index`). Commands
+//! see it through `ChunkIndex` (`store/index.rs`).
 
+pub mod cache;
 pub mod segment;
 pub mod spill;
 pub mod view;
@@ -19,6 +20,7 @@ pub mod view;
 #[cfg(test)]
 mod tests;
 
+pub use cache::IndexCache;
 pub use segment::{Segment, SegmentWriter};
 pub use spill::{SpillSorter, Spillable};
 pub use view::{IndexView, PackRow, PackTable};

@@ -161,6 +161,11 @@ impl IndexView {
         &self.packs
     }
 
+    /// The segments, newest first.
+    pub fn segments(&self) -> impl Iterator<Item = &Segment> {
+        self.segments.iter().map(|(_, s)| s)
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
@@ -198,9 +203,21 @@ impl IndexView {
         records: impl IntoIterator<Item = IndexRecord>,
         budget: usize,
     ) -> Result<(), IndexError> {
+        self.add_packs_from(new_packs, records.into_iter().map(Ok), budget)
+    }
+
+    /// As [`IndexView::add_packs`], from records read fallibly: the first
+    /// error stops it before anything is published.
+    pub fn add_packs_from(
+        &mut self,
+        new_packs: &[PackRow],
+        records: impl IntoIterator<Item = Result<IndexRecord, IndexError>>,
+        budget: usize,
+    ) -> Result<(), IndexError> {
         let first_row = self.packs.rows.len() as u32;
         let mut sorter = SpillSorter::new(&self.dir, budget);
-        for mut r in records {
+        for r in records {
+            let mut r = r?;
             if r.pack as usize >= new_packs.len() {
                 return Err(IndexError::damaged(
                     &self.dir,
@@ -220,12 +237,19 @@ impl IndexView {
     /// Marks the pack `id` gone (removed from the store); its records are
     /// ignored from now on. Returns whether it was in the table.
     pub fn mark_gone(&mut self, id: &Id) -> Result<bool, IndexError> {
+        self.mark_all_gone(std::slice::from_ref(id))
+    }
+
+    /// Marks every pack of `ids` gone, writing the table once; returns
+    /// whether any was in it.
+    pub fn mark_all_gone(&mut self, ids: &[Id]) -> Result<bool, IndexError> {
+        let ids: std::collections::HashSet<&Id> = ids.iter().collect();
         let mut changed = false;
         for r in self
             .packs
             .rows
             .iter_mut()
-            .filter(|r| r.id == *id && !r.gone)
+            .filter(|r| ids.contains(&r.id) && !r.gone)
         {
             r.gone = true;
             changed = true;

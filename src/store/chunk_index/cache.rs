@@ -1,0 +1,160 @@
+//! `IndexCache`: the folder of one store's chunk index (§1.5) and the
+//! lock two processes take around every change to it. Segments are
+//! write-once; the pack table is replaced by rename; a refresh, a publish
+//! of added packs and a compaction each run under an exclusive flock of
+//! `lock` in the folder, so two processes (a `serve` and a CLI command, a
+//! gc and a create) never interleave their table rewrites. A reader keeps
+//! using the segment files it opened even when another process has since
+//! replaced them (an open file outlives its name).
+//!
+//! When the folder cannot be made or locked (a read-only home), the index
+//! lives in a private temp folder removed at the end of the command.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::segment::parse_segment_name;
+use super::view::{IndexView, PackRow, TABLE_NAME};
+use super::{IndexError, IndexRecord};
+use crate::store::backend;
+
+pub const LOCK_NAME: &str = "lock";
+/// RAM of the external sort of a refresh, a publish or a compaction.
+pub const SORT_BUDGET: usize = 16 << 20;
+
+pub struct IndexCache {
+    dir: PathBuf,
+    /// The private temp folder used instead of an unwritable `dir`.
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// The held lock (released when dropped, with the file).
+pub struct CacheLock {
+    _file: File,
+}
+
+impl IndexCache {
+    /// The cache in `dir` (made 0700 with its parents), or a private temp
+    /// folder when `dir` cannot be made or its lock not created.
+    pub fn at(dir: PathBuf) -> Result<IndexCache, IndexError> {
+        let usable = backend::create_private_dir_all(&dir)
+            .and_then(|()| open_lock_file(&dir))
+            .is_ok();
+        if usable {
+            return Ok(IndexCache { dir, _temp: None });
+        }
+        tracing::debug!(
+            "index cache {} is not writable; using a temp folder",
+            dir.display()
+        );
+        let tmp = std::env::temp_dir();
+        let temp = tempfile::Builder::new()
+            .prefix("atosnap-index-")
+            .tempdir_in(&tmp)
+            .map_err(IndexError::io("create", &tmp))?;
+        Ok(IndexCache {
+            dir: temp.path().to_path_buf(),
+            _temp: Some(temp),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Waits for and takes the folder's exclusive lock.
+    pub fn lock(&self) -> Result<CacheLock, IndexError> {
+        let path = self.dir.join(LOCK_NAME);
+        let file = open_lock_file(&self.dir).map_err(IndexError::io("open", &path))?;
+        file.lock().map_err(IndexError::io("lock", &path))?;
+        Ok(CacheLock { _file: file })
+    }
+
+    /// Opens the view (the caller holds the lock). A damaged table or
+    /// segment drops the folder's index files: the caller rebuilds them
+    /// from the pack trailers.
+    pub fn open(&self, _lock: &CacheLock) -> Result<IndexView, IndexError> {
+        match IndexView::open(&self.dir) {
+            Err(IndexError::Damaged { path, detail }) => {
+                tracing::warn!(
+                    "chunk index cache file {} is damaged ({detail}); rebuilding the index",
+                    path.display()
+                );
+                self.wipe()?;
+                IndexView::open(&self.dir)
+            }
+            other => other,
+        }
+    }
+
+    /// Removes the pack table and every segment.
+    pub fn wipe(&self) -> Result<(), IndexError> {
+        let list = fs::read_dir(&self.dir).map_err(IndexError::io("list", &self.dir))?;
+        for entry in list {
+            let entry = entry.map_err(IndexError::io("list", &self.dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name == TABLE_NAME || parse_segment_name(&name).is_some() {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(IndexError::io("remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `packs` and their `records` (naming them by their place in
+    /// `packs`) under the lock, skipping those another process has added
+    /// meanwhile; compacts when due.
+    pub fn publish(
+        &self,
+        packs: &[PackRow],
+        records: impl Iterator<Item = Result<IndexRecord, IndexError>>,
+    ) -> Result<(), IndexError> {
+        let lock = self.lock()?;
+        let mut view = self.open(&lock)?;
+        let known: std::collections::HashSet<_> = view
+            .packs()
+            .rows
+            .iter()
+            .filter(|r| !r.gone)
+            .map(|r| r.id)
+            .collect();
+        let mut place = Vec::with_capacity(packs.len());
+        let mut new = Vec::new();
+        for p in packs {
+            if known.contains(&p.id) {
+                place.push(None);
+            } else {
+                place.push(Some(new.len() as u32));
+                new.push(*p);
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let records = records.filter_map(|r| match r {
+            Ok(r) => place
+                .get(r.pack as usize)
+                .copied()
+                .flatten()
+                .map(|pack| Ok(IndexRecord { pack, ..r })),
+            Err(e) => Some(Err(e)),
+        });
+        view.add_packs_from(&new, records, SORT_BUDGET)?;
+        if view.needs_compaction() {
+            view.compact(SORT_BUDGET)?;
+        }
+        Ok(())
+    }
+}
+
+fn open_lock_file(dir: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(backend::PRIVATE_FILE_MODE)
+        .open(dir.join(LOCK_NAME))
+}
