@@ -17,6 +17,7 @@ mod format2;
 mod foundation;
 mod frames;
 mod gc;
+mod index_cache;
 mod hardening;
 mod interrupt;
 mod lock;

@@ -1,0 +1,166 @@
+//! The chunk index cache (format2.md §1.5), black box: it only saves
+//! work. Removing it, damaging it or running two commands on it at once
+//! changes no result, and a pack gc deletes leaves it.
+
+use crate::support::Runtime;
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The document without what changes from run to run (times, rates).
+fn stable(mut v: Value) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.retain(|k, _| {
+                    !["duration", "elapsed", "seconds", "_ms", "_at", "per_sec"]
+                        .iter()
+                        .any(|w| k.contains(w))
+                });
+                m.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
+
+/// The files of the index cache (the test's cache dir, see
+/// `Runtime::bare_command`).
+fn index_files(rt: &Runtime) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(stores) = fs::read_dir(rt.path("cache")) else {
+        return out;
+    };
+    for s in stores {
+        let dir = s.unwrap().path().join("index");
+        if let Ok(files) = fs::read_dir(&dir) {
+            out.extend(files.map(|f| f.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn named(rt: &Runtime, ext: &str) -> PathBuf {
+    index_files(rt)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(ext))
+        .unwrap_or_else(|| panic!("no *{ext} in {:?}", index_files(rt)))
+}
+
+/// Two snapshots, the second with data of its own.
+fn two_snapshots() -> Runtime {
+    let rt = Runtime::tiny();
+    rt.create(&["--chroma"]);
+    rt.add_junk("noise.bin", 150 * 1024, 3);
+    rt.create(&["--chroma"]);
+    rt
+}
+
+fn results(rt: &Runtime) -> Vec<Value> {
+    ["validate", "verify", "list", "stats"]
+        .iter()
+        .map(|c| stable(rt.ok(&[c])))
+        .collect()
+}
+
+fn pack_files(store: &Path) -> u64 {
+    walkdir::WalkDir::new(store.join("objects"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count() as u64
+}
+
+#[test]
+fn deleting_the_index_cache_changes_no_result() {
+    let rt = two_snapshots();
+    let first = results(&rt);
+    assert!(
+        index_files(&rt).iter().any(|p| p.ends_with("packs.tbl")),
+        "a local store's index is cached: {:?}",
+        index_files(&rt)
+    );
+    fs::remove_dir_all(rt.path("cache")).unwrap();
+    assert_eq!(results(&rt), first);
+    // And again from the cache the runs above rebuilt.
+    assert_eq!(results(&rt), first);
+}
+
+#[test]
+fn a_damaged_index_cache_is_rebuilt_and_results_are_unchanged() {
+    let rt = two_snapshots();
+    let want = results(&rt);
+    let seg = named(&rt, ".idx");
+    let mut bytes = fs::read(&seg).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+    assert_eq!(results(&rt), want, "after a flipped byte in {}", seg.display());
+    let rebuilt = named(&rt, ".idx");
+    assert_ne!(fs::read(&rebuilt).unwrap(), bytes, "the segment is rebuilt");
+
+    let table = named(&rt, "packs.tbl");
+    let len = fs::metadata(&table).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&table)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    assert_eq!(results(&rt), want, "after a truncated pack table");
+    assert_eq!(fs::metadata(&table).unwrap().len(), len);
+}
+
+#[test]
+fn two_commands_refreshing_at_once_agree() {
+    let rt = two_snapshots();
+    let want = stable(rt.ok(&["validate"]));
+    fs::remove_dir_all(rt.path("cache")).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            let mut cmd = rt.command();
+            cmd.arg("validate")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = crate::support::parse(&child.wait_with_output().unwrap());
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(stable(out.json), want);
+    }
+    assert_eq!(stable(rt.ok(&["validate"])), want);
+}
+
+#[test]
+fn packs_deleted_by_gc_leave_the_index() {
+    let rt = two_snapshots();
+    let first = rt.ok(&["list"]);
+    let stamp = first["snapshots"][0]["stamp"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    let before = rt.ok(&["stats"]);
+    assert_eq!(before["packs"].as_u64(), Some(pack_files(&rt.store)));
+    // A pack only the first snapshot needs: forget it, gc, and the
+    // store has fewer packs; stats (which reads the cached index) agrees.
+    rt.add_junk("noise.bin", 150 * 1024, 4);
+    rt.create(&["--chroma"]);
+    rt.ok(&["forget", "--confirm", &stamp]);
+    let second = rt.ok(&["list"])["snapshots"][0]["stamp"].clone();
+    rt.ok(&["forget", "--confirm", second.as_str().unwrap()]);
+    let gc = rt.ok(&["gc", "--confirm"]);
+    let after = rt.ok(&["stats"]);
+    assert_eq!(
+        after["packs"].as_u64(),
+        Some(pack_files(&rt.store)),
+        "{gc}\n{after}"
+    );
+    assert_eq!(after["chunks_missing"].as_u64(), Some(0), "{after}");
+    assert_eq!(rt.ok(&["verify"])["ok"], true);
+}
