@@ -23,8 +23,8 @@ use crate::store::chunk_index::{
     IndexCache, IndexError, IndexRecord, IndexView, PackRow, Segment, SegmentWriter,
 };
 use crate::store::layout::{PackFormat, PackLayout};
-use crate::store::packs::ChunkFault;
 use crate::store::pack2::Codec;
+use crate::store::packs::ChunkFault;
 
 /// The frame's stored length takes the low 29 bits of `frame_word`
 /// (a frame is at most 16 MiB plus a seal), its codec the next two, and
@@ -74,7 +74,9 @@ impl Location {
         Location {
             pack,
             frame_offset: r.frame_offset,
-            frame_word: (r.frame_stored_len & LEN_MASK) | ((r.codec as u32 & 3) << CODEC_SHIFT) | v2,
+            frame_word: (r.frame_stored_len & LEN_MASK)
+                | ((r.codec as u32 & 3) << CODEC_SHIFT)
+                | v2,
             frame_raw_len: r.frame_raw_len,
             chunk_offset: r.chunk_offset,
             raw_len: r.chunk_raw_len,
@@ -109,7 +111,10 @@ impl Location {
 }
 
 /// Every (id, location) of a pack's layout, `pack` being its number.
-pub fn layout_locations(layout: &PackLayout, pack: u32) -> impl Iterator<Item = (Id, Location)> + '_ {
+pub fn layout_locations(
+    layout: &PackLayout,
+    pack: u32,
+) -> impl Iterator<Item = (Id, Location)> + '_ {
     let v2 = if layout.format == PackFormat::V2 {
         V2_BIT
     } else {
@@ -361,10 +366,10 @@ impl ChunkIndex {
         }
         if let Some(spill) = &self.spill {
             for seg in &spill.segments {
-                sources.push(Box::new(
-                    seg.iter()?
-                        .map(|r| r.map(|r| (r.id, Location::from_record(&r, r.pack))).map_err(Into::into)),
-                ));
+                sources.push(Box::new(seg.iter()?.map(|r| {
+                    r.map(|r| (r.id, Location::from_record(&r, r.pack)))
+                        .map_err(Into::into)
+                })));
             }
         }
         let mut pending: Vec<(Id, Location)> = self.pending.iter().map(|(i, l)| (*i, *l)).collect();
@@ -394,14 +399,18 @@ impl ChunkIndex {
     #[allow(clippy::type_complexity)]
     fn added_records(
         &self,
-    ) -> std::result::Result<Vec<Box<dyn Iterator<Item = std::result::Result<IndexRecord, IndexError>> + '_>>, IndexError> {
+    ) -> std::result::Result<
+        Vec<Box<dyn Iterator<Item = std::result::Result<IndexRecord, IndexError>> + '_>>,
+        IndexError,
+    > {
         let first = self.first_added;
         let rebase = move |r: IndexRecord| IndexRecord {
             pack: r.pack - first,
             ..r
         };
-        let mut out: Vec<Box<dyn Iterator<Item = std::result::Result<IndexRecord, IndexError>> + '_>> =
-            Vec::new();
+        let mut out: Vec<
+            Box<dyn Iterator<Item = std::result::Result<IndexRecord, IndexError>> + '_>,
+        > = Vec::new();
         if let Some(spill) = &self.spill {
             for seg in &spill.segments {
                 out.push(Box::new(seg.iter()?.map(move |r| r.map(rebase))));
@@ -461,7 +470,9 @@ pub struct ChunkIter<'a> {
 type LocKey = ();
 
 impl<'a> ChunkIter<'a> {
-    fn new(sources: Vec<Box<dyn Iterator<Item = Result<(Id, Location)>> + 'a>>) -> Result<ChunkIter<'a>> {
+    fn new(
+        sources: Vec<Box<dyn Iterator<Item = Result<(Id, Location)>> + 'a>>,
+    ) -> Result<ChunkIter<'a>> {
         let mut it = ChunkIter {
             sources,
             heap: BinaryHeap::new(),

@@ -11,12 +11,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
 
 use super::backend::{self, BackendErrorKind};
-use super::frame_cache::{OnceLru, FRAMES_KEPT, LAYOUTS_KEPT};
 use super::chunk_index::cache::SORT_BUDGET;
 use super::chunk_index::{IndexCache, IndexRecord, PackRow};
+use super::frame_cache::{OnceLru, FRAMES_KEPT, LAYOUTS_KEPT};
 use super::index::{layout_records, ChunkIndex, DamagedPack, Location};
-use super::location::{self, StoreLocation};
 use super::layout::PackLayout;
+use super::location::{self, StoreLocation};
 use super::lock::ExclusiveLock;
 use super::pack::{PackIndexError, TRAILER_LEN};
 use super::pack2::{decode_unit, DecodedFrame, FrameError, TrailerV2, TRAILER2_AD};
@@ -280,7 +280,10 @@ impl Store {
                 h.update(b"\0");
                 h.update(self.config.store_id.as_bytes());
                 let key = h.finalize().to_hex();
-                self.remote.cache_root().join(&key.as_str()[..24]).join("index")
+                self.remote
+                    .cache_root()
+                    .join(&key.as_str()[..24])
+                    .join("index")
             }
         }
     }
@@ -324,7 +327,12 @@ impl Store {
             .filter(|id| !listed_ids.contains(*id))
             .copied()
             .collect();
-        gone.extend(to_add.iter().map(|(id, _)| *id).filter(|id| live.contains_key(id)));
+        gone.extend(
+            to_add
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| live.contains_key(id)),
+        );
         for (i, result) in self.read_trailers(&to_check) {
             if let Err(detail) = result {
                 gone.push(to_check[i].0);

@@ -64,7 +64,7 @@ fn assert_all_v2(store: &Path) {
 /// the frame's (offset, stored length).
 fn frame_of(store: &Store, id: &Id) -> (Vec<Id>, String, u64, u64) {
     let index = store.load_index().unwrap();
-    let loc = *index.get(id).expect("indexed");
+    let loc = index.get(id).unwrap().expect("indexed");
     let info = index.pack(loc.pack).clone();
     let name = Object::Pack(info.id).name();
     let layout = store

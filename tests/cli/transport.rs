@@ -24,7 +24,9 @@ fn snapshot_with(choice: &str) -> (Runtime, Value, Value) {
 /// none is (`Some(false)`), or some are.
 fn all_compressed(rt: &Runtime) -> Option<bool> {
     let index = rt.open_store().load_index().unwrap();
-    let flags: Vec<bool> = index.iter().map(|(_, loc)| loc.compressed()).collect();
+    let flags: Vec<bool> = (index.iter().unwrap())
+        .map(|r| r.unwrap().1.compressed())
+        .collect();
     assert!(!flags.is_empty());
     match (flags.iter().all(|c| *c), flags.iter().any(|c| *c)) {
         (true, _) => Some(true),

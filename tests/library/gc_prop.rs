@@ -180,9 +180,9 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
     }
     // gc's count of dead chunks is exactly what no remaining snapshot
     // references (no chunk is stored twice by sequential creates).
-    let dead_before = before
-        .iter()
-        .filter(|(id, _)| !referenced.contains(*id))
+    let dead_before = (before.iter().unwrap())
+        .map(|r| r.unwrap().0)
+        .filter(|id| !referenced.contains(id))
         .count() as u64;
     prop_assert_eq!(r.chunks_dead, dead_before);
     prop_assert_eq!(r.chunks_live, referenced.len() as u64);

@@ -167,7 +167,7 @@ impl Runtime {
     pub fn chunk_location(&self, id: &Id) -> (PathBuf, u64, u64) {
         let store = self.open_store();
         let index = store.load_index().unwrap();
-        let loc = index.get(id).expect("chunk is in the index");
+        let loc = index.get(id).unwrap().expect("chunk is in the index");
         let pack = atosnap::store::Object::Pack(index.pack(loc.pack).id);
         (
             store.display(&pack),
