@@ -31,8 +31,8 @@ pub struct Global {
     /// the AWS credentials file, region from AWS_REGION.
     #[arg(long, global = true, env = "ATOSNAP_S3_ENDPOINT", value_name = "URL")]
     pub s3_endpoint: Option<String>,
-    /// Local cache of a remote store's indexes and manifests
-    /// [default: $XDG_CACHE_HOME/atosnap].
+    /// Local cache: every store's chunk index, a remote store's pack
+    /// indexes and manifests [default: $XDG_CACHE_HOME/atosnap].
     #[arg(long, global = true, env = "ATOSNAP_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// The live SQLite database [default: $ATOCORE_DATA_DIR/atocore.db].

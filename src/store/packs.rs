@@ -342,6 +342,11 @@ impl Store {
                 });
             }
         }
+        // Before the new rows exist: a pack read again after a size change
+        // gets a new row, and marks go by id.
+        if !gone.is_empty() {
+            view.mark_all_gone(&gone)?;
+        }
         if !to_add.is_empty() {
             let rows: Vec<PackRow> = to_add
                 .iter()
@@ -364,16 +369,17 @@ impl Store {
                 records.into_iter().map(Ok)
             });
             view.add_packs_from(&rows, records, SORT_BUDGET)?;
+            let mut unread = Vec::new();
             for (i, detail) in failed {
-                gone.push(to_add[i].0);
+                unread.push(to_add[i].0);
                 damaged.push(DamagedPack {
                     name: to_add[i].1.name.clone(),
                     detail,
                 });
             }
-        }
-        if !gone.is_empty() {
-            view.mark_all_gone(&gone)?;
+            if !unread.is_empty() {
+                view.mark_all_gone(&unread)?;
+            }
         }
         if view.needs_compaction() {
             view.compact(SORT_BUDGET)?;

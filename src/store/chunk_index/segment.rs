@@ -206,7 +206,41 @@ pub struct Segment {
     first_row: u32,
     max_row: Option<u32>,
     lookups: AtomicU64,
-    prefixes: OnceLock<Vec<u32>>,
+    prefixes: OnceLock<Prefixes>,
+}
+
+/// A segment's prefix table in RAM, with where each value of its top 16
+/// bits starts (so a lookup searches a few entries, not the whole table).
+#[derive(Debug)]
+struct Prefixes {
+    table: Vec<u32>,
+    /// `starts[h]`: the first entry whose prefix's top 16 bits are `>= h`
+    /// (65,537 entries, 256 KiB).
+    starts: Vec<u32>,
+}
+
+impl Prefixes {
+    fn new(table: Vec<u32>) -> Prefixes {
+        let mut starts = Vec::with_capacity((1 << 16) + 1);
+        let mut i = 0usize;
+        for h in 0..=(1u32 << 16) {
+            while i < table.len() && (table[i] >> 16) < h {
+                i += 1;
+            }
+            starts.push(i as u32);
+        }
+        Prefixes { table, starts }
+    }
+
+    /// The entries whose prefix is `want`.
+    fn range(&self, want: u32) -> (u64, u64) {
+        let h = (want >> 16) as usize;
+        let (lo, hi) = (self.starts[h] as usize, self.starts[h + 1] as usize);
+        let part = &self.table[lo..hi];
+        let first = part.partition_point(|&x| x < want);
+        let len = part[first..].partition_point(|&x| x == want);
+        ((lo + first) as u64, (lo + first + len) as u64)
+    }
 }
 
 impl Segment {
@@ -297,14 +331,9 @@ impl Segment {
     /// loaded and about log2(n) records before.
     pub fn find(&self, id: &Id, out: &mut Vec<IndexRecord>) -> Result<(), IndexError> {
         let (mut i, end) = match self.prefix_table()? {
-            Some(p) => {
-                // Records sharing the prefix are contiguous; only they can
-                // match, and a miss among them reads nothing else.
-                let want = id_prefix(id);
-                let first = p.partition_point(|&x| x < want);
-                let len = p[first..].partition_point(|&x| x == want);
-                (first as u64, (first + len) as u64)
-            }
+            // Records sharing the prefix are contiguous; only they can
+            // match, and a miss among them reads nothing else.
+            Some(p) => p.range(id_prefix(id)),
             None => (self.lower_bound(id)?, self.n),
         };
         while i < end {
@@ -334,7 +363,7 @@ impl Segment {
     }
 
     /// The prefix table once this segment has served enough lookups.
-    fn prefix_table(&self) -> Result<Option<&Vec<u32>>, IndexError> {
+    fn prefix_table(&self) -> Result<Option<&Prefixes>, IndexError> {
         if let Some(p) = self.prefixes.get() {
             return Ok(Some(p));
         }
@@ -356,7 +385,7 @@ impl Segment {
             table.extend(words.map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])));
             at += piece.len() as u64;
         }
-        Ok(Some(self.prefixes.get_or_init(|| table)))
+        Ok(Some(self.prefixes.get_or_init(|| Prefixes::new(table))))
     }
 
     /// Every record in order, through one 64 KiB buffer (for merges).
