@@ -24,7 +24,6 @@ use crate::store::chunk_index::{
 };
 use crate::store::layout::{PackFormat, PackLayout};
 use crate::store::pack2::Codec;
-use crate::store::packs::ChunkFault;
 
 /// The frame's stored length takes the low 29 bits of `frame_word`
 /// (a frame is at most 16 MiB plus a seal), its codec the next two, and
@@ -285,27 +284,9 @@ impl ChunkIndex {
         Ok(self.lookup(id)?)
     }
 
-    /// Where `id` is, for a chunk read: a chunk the index lacks is
-    /// missing; a cache file that does not read makes the chunk
-    /// unreadable (the command stops, naming the file), never missing.
-    pub fn locate(&self, id: &Id) -> std::result::Result<Location, ChunkFault> {
-        match self.lookup(id) {
-            Ok(Some(loc)) => Ok(loc),
-            Ok(None) => Err(ChunkFault::Missing),
-            Err(e) => {
-                let pack = match &e {
-                    IndexError::Damaged { path, .. } | IndexError::Io { path, .. } => path.clone(),
-                };
-                Err(ChunkFault::Unreadable {
-                    pack,
-                    kind: std::io::ErrorKind::Other,
-                    detail: e.to_string(),
-                })
-            }
-        }
-    }
-
-    fn lookup(&self, id: &Id) -> std::result::Result<Option<Location>, IndexError> {
+    /// Where `id` is, with the cache's own error (`Store::read_chunk`
+    /// makes it a chunk fault).
+    pub(crate) fn lookup(&self, id: &Id) -> std::result::Result<Option<Location>, IndexError> {
         if let Some(view) = &self.view {
             if let Some(r) = view.get(id)? {
                 if let Some(&pack) = self.rows.get(r.pack as usize) {

@@ -25,6 +25,8 @@ mod file_lists;
 pub mod format;
 mod frame_cache;
 pub mod index;
+#[cfg(test)]
+mod index_cache_tests;
 pub mod key;
 pub mod layout;
 pub mod lists;

@@ -12,7 +12,7 @@ use crate::id::Id;
 
 use super::backend::{self, BackendErrorKind};
 use super::chunk_index::cache::SORT_BUDGET;
-use super::chunk_index::{IndexCache, IndexRecord, PackRow};
+use super::chunk_index::{IndexCache, IndexError, IndexRecord, PackRow};
 use super::frame_cache::{OnceLru, FRAMES_KEPT, LAYOUTS_KEPT};
 use super::index::{layout_records, ChunkIndex, DamagedPack, Location};
 use super::layout::PackLayout;
@@ -432,7 +432,20 @@ impl Store {
         index: &ChunkIndex,
         id: &Id,
     ) -> std::result::Result<Vec<u8>, ChunkFault> {
-        let loc = index.locate(id)?;
+        let loc = match index.lookup(id) {
+            Ok(Some(loc)) => loc,
+            Ok(None) => return Err(ChunkFault::Missing),
+            // A cache file that does not read: the command stops, naming
+            // it; the chunk is not missing.
+            Err(e) => {
+                let (IndexError::Damaged { path, .. } | IndexError::Io { path, .. }) = &e;
+                return Err(ChunkFault::Unreadable {
+                    pack: path.clone(),
+                    kind: std::io::ErrorKind::Other,
+                    detail: e.to_string(),
+                });
+            }
+        };
         let pack = index.pack(loc.pack);
         if !loc.in_frame() {
             let stored = self.read_stored(&pack.id, &loc)?;

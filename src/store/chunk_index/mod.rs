@@ -18,8 +18,6 @@ pub mod spill;
 pub mod view;
 
 #[cfg(test)]
-mod facade_tests;
-#[cfg(test)]
 mod tests;
 
 pub use cache::IndexCache;
