@@ -154,10 +154,25 @@ pub(super) fn audit(
         }
     }
 
+    // One sorted walk of the index (sequential reads) rather than a
+    // lookup per referenced id: each pack's live bytes, and whether any
+    // referenced id is missing (only then are they looked up one by one).
+    let npacks = index.packs().len();
+    let mut pack_live: Vec<u64> = vec![0; npacks];
+    let mut indexed = 0usize;
+    for item in index.iter()? {
+        let (id, loc) = item?;
+        if referenced.contains(&id) {
+            indexed += 1;
+            pack_live[loc.pack as usize] += loc.stored_share();
+        }
+    }
     let mut missing: BTreeSet<Id> = BTreeSet::new();
-    for id in &referenced {
-        if !index.contains(id)? {
-            missing.insert(*id);
+    if indexed < referenced.len() {
+        for id in &referenced {
+            if !index.contains(id)? {
+                missing.insert(*id);
+            }
         }
     }
 
@@ -184,13 +199,6 @@ pub(super) fn audit(
     }
 
     // Packs to check: all of them, or those holding a referenced chunk.
-    let npacks = index.packs().len();
-    let mut pack_live: Vec<u64> = vec![0; npacks];
-    for id in &referenced {
-        if let Some(loc) = index.get(id)? {
-            pack_live[loc.pack as usize] += loc.stored_share();
-        }
-    }
     let to_check: Vec<u32> = (0..npacks as u32)
         .filter(|&p| selected.is_none() || pack_live[p as usize] > 0)
         .collect();
