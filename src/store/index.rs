@@ -14,7 +14,7 @@
 //! fewer; plus 48 bytes per pack (the pack table) and about 64 bytes per
 //! chunk a writer adds, for at most [`PENDING_CAP`] chunks at a time.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::path::PathBuf;
 
 use crate::error::Result;
@@ -332,7 +332,7 @@ impl ChunkIndex {
     /// k-way merge of the segments and the pending chunks, holding one
     /// record per segment.
     pub fn iter(&self) -> Result<ChunkIter<'_>> {
-        let mut sources: Vec<Box<dyn Iterator<Item = Result<(Id, Location)>> + '_>> = Vec::new();
+        let mut sources: Vec<Source<'_>> = Vec::new();
         if let Some(view) = &self.view {
             for seg in view.segments() {
                 let rows = &self.rows;
@@ -377,21 +377,13 @@ impl ChunkIndex {
 
     /// Records of the packs added this run, naming them by their place in
     /// the added packs.
-    #[allow(clippy::type_complexity)]
-    fn added_records(
-        &self,
-    ) -> std::result::Result<
-        Vec<Box<dyn Iterator<Item = std::result::Result<IndexRecord, IndexError>> + '_>>,
-        IndexError,
-    > {
+    fn added_records(&self) -> std::result::Result<Vec<RecordSource<'_>>, IndexError> {
         let first = self.first_added;
         let rebase = move |r: IndexRecord| IndexRecord {
             pack: r.pack - first,
             ..r
         };
-        let mut out: Vec<
-            Box<dyn Iterator<Item = std::result::Result<IndexRecord, IndexError>> + '_>,
-        > = Vec::new();
+        let mut out: Vec<RecordSource<'_>> = Vec::new();
         if let Some(spill) = &self.spill {
             for seg in &spill.segments {
                 out.push(Box::new(seg.iter()?.map(move |r| r.map(rebase))));
@@ -438,26 +430,28 @@ impl Drop for ChunkIndex {
     }
 }
 
+/// A sorted stream of (id, location) that [`ChunkIter`] merges.
+type Source<'a> = Box<dyn Iterator<Item = Result<(Id, Location)>> + 'a>;
+/// A stream of cache records of the packs added this run.
+type RecordSource<'a> = Box<dyn Iterator<Item = std::result::Result<IndexRecord, IndexError>> + 'a>;
+
 /// [`ChunkIndex::iter`]: sources merged by id; for an id in several, the
 /// first source's location wins (the order `get` looks in).
 pub struct ChunkIter<'a> {
-    sources: Vec<Box<dyn Iterator<Item = Result<(Id, Location)>> + 'a>>,
-    heap: BinaryHeap<std::cmp::Reverse<(Id, usize, LocKey)>>,
-    locs: HashMap<usize, Location>,
+    sources: Vec<Source<'a>>,
+    /// (id, source) of each source's current item; its location is in
+    /// `locs[source]`.
+    heap: BinaryHeap<std::cmp::Reverse<(Id, usize)>>,
+    locs: Vec<Option<Location>>,
     last: Option<Id>,
 }
 
-/// Heap entries carry the source number; the location rides beside.
-type LocKey = ();
-
 impl<'a> ChunkIter<'a> {
-    fn new(
-        sources: Vec<Box<dyn Iterator<Item = Result<(Id, Location)>> + 'a>>,
-    ) -> Result<ChunkIter<'a>> {
+    fn new(sources: Vec<Source<'a>>) -> Result<ChunkIter<'a>> {
         let mut it = ChunkIter {
+            locs: vec![None; sources.len()],
             sources,
             heap: BinaryHeap::new(),
-            locs: HashMap::new(),
             last: None,
         };
         for s in 0..it.sources.len() {
@@ -469,8 +463,8 @@ impl<'a> ChunkIter<'a> {
     fn advance(&mut self, s: usize) -> Result<()> {
         if let Some(item) = self.sources[s].next() {
             let (id, loc) = item?;
-            self.locs.insert(s, loc);
-            self.heap.push(std::cmp::Reverse((id, s, ())));
+            self.locs[s] = Some(loc);
+            self.heap.push(std::cmp::Reverse((id, s)));
         }
         Ok(())
     }
@@ -481,8 +475,8 @@ impl Iterator for ChunkIter<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let std::cmp::Reverse((id, s, ())) = self.heap.pop()?;
-            let loc = self.locs.remove(&s)?;
+            let std::cmp::Reverse((id, s)) = self.heap.pop()?;
+            let loc = self.locs[s].take()?;
             if let Err(e) = self.advance(s) {
                 return Some(Err(e));
             }

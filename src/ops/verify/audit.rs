@@ -193,7 +193,6 @@ pub(super) fn audit(
     // A chunk the index lacks may sit in a pack whose index could not be
     // read: unverified, not missing.
     let mut unverified: HashSet<Id> = HashSet::new();
-    let mut missing = missing;
     if index.damaged.iter().any(|d| pack::is_unreadable(&d.detail)) {
         unverified.extend(std::mem::take(&mut missing));
     }
