@@ -10,9 +10,12 @@
 //! chunks, and are published to the cache when the index is dropped.
 //!
 //! RAM per chunk of the store: 4 bytes (a segment's prefix table, loaded
-//! once it has served 1000 lookups), nothing for a command that makes
-//! fewer; plus 48 bytes per pack (the pack table) and about 64 bytes per
-//! chunk a writer adds, for at most [`PENDING_CAP`] chunks at a time.
+//! once it has served 1000 lookups, with a 256 KiB start table per
+//! segment), nothing for a command that makes fewer; plus about 100 bytes
+//! per pack (its table row and `PackInfo`) and about 64 bytes per chunk a
+//! writer adds, for at most [`PENDING_CAP`] chunks at a time (then 4 bytes
+//! per spilled chunk). Measured at 1.32 M chunks (heaptrack, `validate`):
+//! 5.3 MB, against about 120 MB for the map of every chunk it replaces.
 
 use std::collections::BinaryHeap;
 use std::path::PathBuf;
