@@ -182,8 +182,8 @@ const PIECE_BYTES: u64 = 4 << 20;
 /// Writes the file's content into `out` (a new, empty file), each chunk
 /// taken from `source` and verified, each piece of about [`PIECE_BYTES`]
 /// written at its offset as soon as it is complete, pieces in parallel.
-/// Returns the bytes written; more than `file.size` bytes are never
-/// written (the count then says the chunks hold more).
+/// Returns the bytes and the chunks written; more than `file.size` bytes
+/// are never written (the byte count then says the chunks hold more).
 pub fn write_file_at(
     store: &Store,
     index: &ChunkIndex,
@@ -191,7 +191,8 @@ pub fn write_file_at(
     out: &File,
     on_bytes: &(dyn Fn(u64) + Sync),
     source: ChunkSource<'_>,
-) -> Result<u64, ExtractError> {
+) -> Result<(u64, u64), ExtractError> {
+    let mut chunks = 0u64;
     let mut placing = Placing {
         ids: store.file_chunks(index, file).map_err(list_error)?,
         index,
@@ -201,8 +202,9 @@ pub fn write_file_at(
     loop {
         placing.next_window(WINDOW_CHUNKS, &mut window)?;
         if window.is_empty() || placing.offset > file.size {
-            return Ok(placing.offset);
+            return Ok((placing.offset, chunks));
         }
+        chunks += window.len() as u64;
         // The first fault stops the other pieces: against a store that
         // cannot be reached, each would wait out its retries.
         pieces(&window)

@@ -484,7 +484,7 @@ impl Reusable {
                 matched,
             } => {
                 let slot = offset / size;
-                let inside = offset % size == 0 && offset + len as u64 <= *on_disk;
+                let inside = offset.is_multiple_of(*size) && offset + len as u64 <= *on_disk;
                 let hit = matched.as_ref().is_none_or(|bits| bit(bits, slot));
                 (inside && hit).then_some(offset)
             }

@@ -190,7 +190,7 @@ pub fn stage(
             let len = index.get(id).map_or(0, |l| l.raw_len);
             let at = offset;
             offset += len as u64;
-            !j.reusable.is_some_and(|r| r.at(id, at, len).is_some())
+            j.reusable.is_none_or(|r| r.at(id, at, len).is_none())
         })
     });
     // The db's `integrity_check` (one thread) runs as soon as it is
@@ -536,7 +536,7 @@ pub(super) fn stage_file(
         .open(&tmp)
         .ctx("create", &tmp)?;
     let source = extract::ChunkSource::LocalFirst(&local);
-    let written = match extract::write_file_at(store, index, file, &f, on_bytes, source) {
+    let (written, chunks) = match extract::write_file_at(store, index, file, &f, on_bytes, source) {
         Ok(n) => n,
         Err(ExtractError::Chunk(id, fault)) => return Ok(Err(Fault::Chunk(id, fault))),
         Err(ExtractError::Write(e)) => return Err(Error::io("write", &tmp, e)),
@@ -551,7 +551,6 @@ pub(super) fn stage_file(
         return Ok(Err(Fault::Size { written }));
     }
     let reused = reused.load(Ordering::Relaxed);
-    let chunks = file.list.len();
     let old_len = old
         .as_ref()
         .and_then(|(f, _)| f.metadata().ok())
