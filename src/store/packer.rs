@@ -339,6 +339,7 @@ impl<'s> Packer<'s> {
                 }
             };
             writer.add(enc).ctx("write", &*path)?;
+            crate::failpoint::hit(|| "pack:frame-written".into());
             if writer.len() >= self.store.config().pack.target_size {
                 self.finish_pack(index)?;
             }
@@ -364,6 +365,7 @@ impl<'s> Packer<'s> {
             .backend()
             .put_file(&finished.name, &path)
             .ctx("publish pack", self.store.object_path(&finished.name))?;
+        crate::failpoint::hit(|| "pack:published".into());
         let blob_end = finished
             .trailer
             .frames
