@@ -46,13 +46,16 @@ use crate::id::{Id, IdMap, IdSet};
 use crate::progress::Progress;
 use crate::stamp::Stamp;
 use crate::store::audit_log::{self, CopyRecord};
-use crate::store::index::ChunkIndex;
+use crate::store::index::{ChunkIndex, Location};
+use crate::store::layout::PackLayout;
 use crate::store::lists::{ListRef, Reached};
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{ChunkList, EntryKind, FileEntry, Manifest};
+use crate::store::pack2::{EncodedFrame, FrameKind};
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
-use crate::store::{ChunkFault, Store};
+use crate::store::{ChunkFault, Object, Store};
+use std::sync::Arc;
 
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
 /// (the batch read, and its re-encoded copy).
@@ -207,6 +210,12 @@ pub fn copy(
             },
             prev_trees: std::collections::HashMap::new(),
             chunks_sent: 0,
+            move_frames: same_ids
+                && from.config().frames.is_some()
+                && from.config().frames == to.config().frames
+                && from.config().compression == to.config().compression,
+            unmovable: Default::default(),
+            layouts: Default::default(),
             progress,
         };
         for stamp in &pending {
@@ -313,6 +322,12 @@ struct Copier<'a> {
     /// trees new ones are built against.
     prev_trees: std::collections::HashMap<Vec<u8>, ListRef>,
     chunks_sent: u64,
+    /// Frames move whole (see [`Copier::send`]): both stores are format 2,
+    /// name and seal chunks alike and frame and compress alike.
+    move_frames: bool,
+    /// Source frames (pack row, offset) found unmovable.
+    unmovable: std::collections::HashSet<(u32, u32)>,
+    layouts: std::collections::HashMap<u32, Arc<PackLayout>>,
     progress: &'a dyn Progress,
 }
 
@@ -333,6 +348,27 @@ fn tree_roots(m: &Manifest) -> impl Iterator<Item = Id> + '_ {
         ChunkList::Tree(r) => r.root,
         ChunkList::Ids(_) => None,
     })
+}
+
+/// Source pack layouts kept for moving frames (a manifest's files are
+/// mostly in consecutive packs).
+const LAYOUTS_KEPT: usize = 8;
+
+/// What one batch sends: frames to move whole and chunks to send one by
+/// one, with every chunk id either brings (so none goes twice).
+#[derive(Default)]
+struct Batch {
+    frames: Vec<(Id, Arc<PackLayout>, usize)>,
+    order: Vec<Id>,
+    chunks: IdSet,
+    /// Raw bytes of the batch.
+    bytes: u64,
+}
+
+impl Batch {
+    fn has(&self, id: &Id) -> bool {
+        self.chunks.contains(id)
+    }
 }
 
 /// A source chunk ready for the destination.
@@ -469,42 +505,105 @@ impl Copier<'_> {
     /// Sends the chunks of `ids` the destination lacks, in batches of about
     /// [`BATCH_BYTES`] read and checked in parallel. An id is skipped once
     /// the destination has it (sent earlier in this run included: the
-    /// packer knows its pending chunks), so each goes once.
+    /// packer knows its pending chunks), so each goes once. With
+    /// `move_frames`, a source frame none of whose chunks the destination
+    /// has moves whole, as it is stored (checked, not re-encoded).
     fn send(&mut self, ids: &[Id]) -> Result<Result<()>> {
-        let mut batch = Vec::new();
-        let mut in_batch = IdSet::default();
-        let mut bytes = 0u64;
-        for id in ids {
+        let mut batch = Batch::default();
+        for (at, id) in ids.iter().enumerate() {
             let todo = match &self.ids {
                 None => !self.packer.has(self.to_index, id),
                 Some(ids) => !ids.contains_key(id),
             };
-            if !todo || !in_batch.insert(*id) {
+            if !todo || batch.has(id) {
                 continue;
             }
             let Some(loc) = self.from_index.get(id) else {
                 return Ok(Err(ChunkFault::Missing.into_error(id)));
             };
-            bytes += loc.raw_len as u64;
-            batch.push(*id);
-            if bytes >= BATCH_BYTES {
-                if let Err(e) = self.send_batch(&batch)? {
+            let loc = *loc;
+            if !(self.move_frames
+                && loc.in_frame()
+                && self.try_take_frame(&loc, &ids[at..], &mut batch)?)
+            {
+                batch.chunks.insert(*id);
+                batch.order.push(*id);
+                batch.bytes += loc.raw_len as u64;
+            }
+            if batch.bytes >= BATCH_BYTES {
+                if let Err(e) = self.send_batch(&std::mem::take(&mut batch))? {
                     return Ok(Err(e));
                 }
-                batch.clear();
-                in_batch.clear();
-                bytes = 0;
             }
-        }
-        if batch.is_empty() {
-            return Ok(Ok(()));
         }
         self.send_batch(&batch)
     }
 
-    fn send_batch(&mut self, batch: &[Id]) -> Result<Result<()>> {
+    /// Adds the source frame at `loc` to `batch` as a frame to move when
+    /// its chunks are the next ones of the file (`ahead` starts with them:
+    /// so the frame holds nothing this snapshot does not reference, and a
+    /// copy of some snapshots sends no other one's chunks) and the
+    /// destination lacks them all; false otherwise: its chunks go one by
+    /// one. A frame found unmovable is remembered.
+    ///
+    /// A first snapshot's frames are runs of its files and move; a day's
+    /// new chunks are scattered through a file, so its frames do not, and
+    /// are re-framed (a day is small).
+    fn try_take_frame(&mut self, loc: &Location, ahead: &[Id], batch: &mut Batch) -> Result<bool> {
+        let key = (loc.pack, loc.frame_offset);
+        if self.unmovable.contains(&key) {
+            return Ok(false);
+        }
+        let info = self.from_index.pack(loc.pack).clone();
+        let layout = match self.layouts.get(&loc.pack) {
+            Some(l) => l.clone(),
+            None => {
+                // Unreadable trailer: the chunk-by-chunk path reports it.
+                let Ok(l) = self.from.read_pack_index(&Object::Pack(info.id), info.size) else {
+                    self.unmovable.insert(key);
+                    return Ok(false);
+                };
+                if self.layouts.len() >= LAYOUTS_KEPT {
+                    self.layouts.clear();
+                }
+                let l = Arc::new(l);
+                self.layouts.insert(loc.pack, l.clone());
+                l
+            }
+        };
+        let Some(fi) = layout.frame_at(loc.frame_offset) else {
+            self.unmovable.insert(key);
+            return Ok(false);
+        };
+        let chunks = layout.frame_chunks(fi);
+        let to_index = &*self.to_index;
+        let runs_ahead =
+            chunks.len() <= ahead.len() && chunks.iter().zip(ahead).all(|(c, id)| c.id == *id);
+        if !runs_ahead
+            || chunks
+                .iter()
+                .any(|c| self.packer.has(to_index, &c.id) || batch.has(&c.id))
+        {
+            self.unmovable.insert(key);
+            return Ok(false);
+        }
+        batch.chunks.extend(chunks.iter().map(|c| c.id));
+        batch.bytes += layout.frames[fi].raw_len as u64;
+        batch.frames.push((info.id, layout, fi));
+        Ok(true)
+    }
+
+    fn send_batch(&mut self, batch: &Batch) -> Result<Result<()>> {
         crate::os::check_interrupted()?;
-        let ready = match self.prepare(batch) {
+        let moved = match self.read_frames(&batch.frames) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        for frame in moved {
+            self.chunks_sent += frame.chunks.len() as u64;
+            self.packer.add_frame(self.to_index, frame)?;
+        }
+        let ready = match self.prepare(&batch.order) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
@@ -516,11 +615,52 @@ impl Copier<'_> {
         Ok(Ok(()))
     }
 
+    /// Reads the frames to move in parallel, each decoded and every chunk
+    /// re-hashed (copy never propagates damage), and returns them as they
+    /// are stored.
+    fn read_frames(&self, frames: &[(Id, Arc<PackLayout>, usize)]) -> Result<Vec<EncodedFrame>> {
+        let from = self.from;
+        frames
+            .par_iter()
+            .map(|(pack, layout, fi)| {
+                let f = &layout.frames[*fi];
+                let chunks = layout.frame_chunks(*fi).to_vec();
+                let first = chunks.first().map(|c| c.id).unwrap_or(Id([0; 32]));
+                let stored = from
+                    .read_object_range(&Object::Pack(*pack), f.offset as u64, f.stored_len as usize)
+                    .map_err(|e| {
+                        ChunkFault::of_read_error(from.display(&Object::Pack(*pack)), &e)
+                            .into_error(&first)
+                    })?;
+                let decoded = from
+                    .decode_frame(layout, *fi, stored.clone())
+                    .map_err(|e| ChunkFault::Corrupt(e.to_string()).into_error(&first))?;
+                for (i, c) in chunks.iter().enumerate() {
+                    if !matches!(decoded.chunk(i), Some(Ok(_))) {
+                        return Err(
+                            ChunkFault::Corrupt("content does not match its hash".into())
+                                .into_error(&c.id),
+                        );
+                    }
+                }
+                Ok(EncodedFrame {
+                    kind: FrameKind::Data,
+                    codec: f.codec,
+                    chunks,
+                    stored,
+                })
+            })
+            .collect()
+    }
+
     /// Reads and checks a batch of source chunks in parallel and turns each
     /// into what the destination stores (raw: the destination's packer
     /// frames and encodes it). None for a chunk the destination
     /// turns out to have (after re-hashing). Records new id mappings.
     fn prepare(&mut self, batch: &[Id]) -> Result<Vec<Option<Ready>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let from = self.from;
         let to = self.to;
         let index = self.from_index;

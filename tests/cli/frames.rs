@@ -358,3 +358,85 @@ fn gc_moves_a_wholly_live_frame_as_it_is_stored() {
     validate_ok(&env, &env.store, &s2, pw);
     verify_ok(&env, &env.store, pw);
 }
+
+/// The stored bytes of every frame of every pack of a store.
+fn all_frames(dir: &Path, secrets: &Secrets) -> BTreeSet<Vec<u8>> {
+    let store = Store::open(&StoreAddress::local(dir), secrets).unwrap();
+    let index = store.load_index().unwrap();
+    let mut out = BTreeSet::new();
+    for p in index.packs() {
+        let name = Object::Pack(p.id).name();
+        let layout = store.read_pack_index(&Object::Pack(p.id), p.size).unwrap();
+        for f in &layout.frames {
+            out.insert(frame_bytes(
+                dir,
+                &name,
+                f.offset as u64,
+                f.stored_len as u64,
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn copy_between_stores_of_one_key_moves_frames_as_they_are_stored() {
+    let env = Env::fixture();
+    let pw = init(&env, &env.store, true);
+    // 512 blocks: whole frames of this one file (frames close at 256
+    // chunks or 1 MiB), as a large HNSW file makes them.
+    let big = env.chroma().join("seg/data_level0.bin");
+    fs::create_dir_all(big.parent().unwrap()).unwrap();
+    fs::write(&big, crate::support::pseudo_random(11, 2 << 20)).unwrap();
+    let s1 = ok(&env, &env.store, &["create", "--chroma"], pw)["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A second store under the same master key and parameters (its
+    // config and key file cloned): chunks keep their ids and seals.
+    let dest = env.dir.path().join("dest");
+    fs::create_dir_all(dest.join("keys")).unwrap();
+    fs::copy(env.store.join("config.json"), dest.join("config.json")).unwrap();
+    fs::copy(
+        env.store.join("keys/repokey.json"),
+        dest.join("keys/repokey.json"),
+    )
+    .unwrap();
+    let mut cmd = on(&env, &env.store);
+    cmd.args(["copy", "--to"])
+        .arg(&dest)
+        .envs(pw.iter().copied())
+        .envs([("ATOSNAP_TO_PASSWORD", "frames")].iter().copied());
+    let out = run_cmd(&mut cmd);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["chunk_ids_rewritten"], false, "{out:?}");
+    validate_ok(&env, &dest, &s1, PW);
+    verify_ok(&env, &dest, PW);
+    assert_eq!(
+        restored(&env, &dest, &s1, PW),
+        restored(&env, &env.store, &s1, PW)
+    );
+    // Sealed with fresh nonces, a re-encoded frame would differ: the big
+    // file's frames arrived as the source stores them. (Frames that mix
+    // files are re-framed: a copy of some snapshots sends no other one's
+    // chunks.)
+    let secrets = Secrets::from_password("frames");
+    let store = Store::open(&StoreAddress::local(&env.store), &secrets).unwrap();
+    let manifest = store
+        .read_manifest(
+            &atosnap::stamp::Stamp::parse(&s1).unwrap(),
+            atosnap::store::ReadFrom::Cache,
+        )
+        .unwrap();
+    let entry = manifest
+        .entries
+        .iter()
+        .find(|e| e.path == b"chroma/seg/data_level0.bin")
+        .unwrap();
+    let index = store.load_index().unwrap();
+    let middle = store.file_chunk_ids(&index, entry.file().unwrap()).unwrap()[256];
+    let (_, name, offset, len) = frame_of(&store, &middle);
+    drop((index, store));
+    let moved = frame_bytes(&env.store, &name, offset, len);
+    assert!(all_frames(&dest, &secrets).contains(&moved));
+}
