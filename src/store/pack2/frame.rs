@@ -88,7 +88,7 @@ impl FrameBuf {
     /// the zstd output is above `max_ratio_percent` of the raw bytes (the
     /// chunk codec's rule, [`crate::chunk::encode`]).
     pub fn encode(self, params: &FrameParams, sealer: &Sealer) -> EncodedFrame {
-        let (encoded, compressed) = crate::chunk::encode(&self.raw, &params.compression);
+        let (encoded, compressed) = crate::chunk::encode_frame(&self.raw, &params.compression);
         let codec = if compressed { Codec::Zstd } else { Codec::Raw };
         let stored = seal_frame(sealer, encoded, &self.ids);
         EncodedFrame {
