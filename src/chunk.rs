@@ -204,54 +204,81 @@ pub fn cut(data: &[u8], strategy: Strategy, at_eof: bool) -> Vec<Range<usize>> {
 /// Reads `reader` in batches of about `batch` bytes and calls `f` with each
 /// batch and its chunk ranges. Returns the total bytes read.
 pub fn for_each_batch<R: Read>(
-    mut reader: R,
+    reader: R,
     strategy: Strategy,
     batch: usize,
     mut f: impl FnMut(&[u8], &[Range<usize>]) -> crate::error::Result<()>,
 ) -> crate::error::Result<io::Result<u64>> {
-    // Two maximal chunks always fit, so every full batch makes progress.
-    let batch = batch.max(2 * strategy.max_chunk());
-    let mut buf: Vec<u8> = Vec::with_capacity(batch);
-    let mut total = 0u64;
+    let mut batcher = Batcher::new(reader, strategy, batch);
+    let mut buf = Vec::with_capacity(batcher.batch_bytes());
     loop {
-        let eof = match fill(&mut reader, &mut buf, batch) {
-            Ok(eof) => eof,
+        match batcher.next_into(&mut buf) {
+            Ok(Some(ranges)) => f(&buf, &ranges)?,
+            Ok(None) => return Ok(Ok(batcher.total())),
             Err(e) => return Ok(Err(e)),
-        };
-        if buf.is_empty() {
-            break;
-        }
-        let ranges = cut(&buf, strategy, eof);
-        let consumed = ranges.last().map(|r| r.end).unwrap_or(0);
-        f(&buf, &ranges)?;
-        total += consumed as u64;
-        buf.drain(..consumed);
-        if eof {
-            break;
         }
     }
-    Ok(Ok(total))
 }
 
-/// Reads until `buf` holds `target` bytes or the reader ends; true at EOF.
-fn fill<R: Read>(reader: &mut R, buf: &mut Vec<u8>, target: usize) -> io::Result<bool> {
-    while buf.len() < target {
-        let start = buf.len();
-        buf.resize(target, 0);
-        match reader.read(&mut buf[start..]) {
-            Ok(0) => {
-                buf.truncate(start);
-                return Ok(true);
-            }
-            Ok(n) => buf.truncate(start + n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
-            Err(e) => {
-                buf.truncate(start);
-                return Err(e);
-            }
+/// A stream read in batches of about `batch` bytes, each cut into chunks.
+/// The piece at a batch's end that may continue in the next one is carried
+/// over, so boundaries do not depend on the batch size; the caller owns
+/// the buffers (a pipeline recycles a few).
+pub struct Batcher<R> {
+    reader: R,
+    strategy: Strategy,
+    batch: usize,
+    tail: Vec<u8>,
+    done: bool,
+    total: u64,
+}
+
+impl<R: Read> Batcher<R> {
+    pub fn new(reader: R, strategy: Strategy, batch: usize) -> Batcher<R> {
+        Batcher {
+            reader,
+            strategy,
+            // Two maximal chunks always fit, so every full batch makes
+            // progress.
+            batch: batch.max(2 * strategy.max_chunk()),
+            tail: Vec::new(),
+            done: false,
+            total: 0,
         }
     }
-    Ok(false)
+
+    /// The most bytes a batch holds.
+    pub fn batch_bytes(&self) -> usize {
+        self.batch
+    }
+
+    /// Bytes handed out in chunks so far (the whole stream once
+    /// [`next_into`](Batcher::next_into) said None).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Fills `buf` (its old content dropped) with the next batch and
+    /// returns its chunk ranges; None once the stream has ended.
+    pub fn next_into(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<Vec<Range<usize>>>> {
+        if self.done {
+            return Ok(None);
+        }
+        buf.clear();
+        buf.append(&mut self.tail);
+        let want = self.batch.saturating_sub(buf.len());
+        let read = (&mut self.reader).take(want as u64).read_to_end(buf)?;
+        let eof = read < want;
+        self.done = eof;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let ranges = cut(buf, self.strategy, eof);
+        let consumed = ranges.last().map(|r| r.end).unwrap_or(0);
+        self.tail.extend_from_slice(&buf[consumed..]);
+        self.total += consumed as u64;
+        Ok(Some(ranges))
+    }
 }
 
 thread_local! {

@@ -131,17 +131,22 @@ impl Publisher {
     fn start(backend: Arc<dyn Backend>, sealer: Sealer) -> Publisher {
         let (jobs, rx) = mpsc::sync_channel::<(PathBuf, OpenPack)>(PACKS_PUBLISHING);
         let (tx, results) = mpsc::channel();
-        let worker = std::thread::spawn(move || {
-            while let Ok((path, writer)) = rx.recv() {
-                if tx.send(publish(&*backend, &sealer, path, writer)).is_err() {
-                    break;
+        // A thread that does not start drops `rx`: the first hand-over
+        // then fails with `publisher_gone`.
+        let worker = std::thread::Builder::new()
+            .name("pack-publisher".into())
+            .spawn(move || {
+                while let Ok((path, writer)) = rx.recv() {
+                    if tx.send(publish(&*backend, &sealer, path, writer)).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            })
+            .ok();
         Publisher {
             jobs: Some(jobs),
             results: Mutex::new(results),
-            worker: Some(worker),
+            worker,
             in_flight: 0,
         }
     }
@@ -193,16 +198,21 @@ impl EncodePool {
         let rx = Arc::new(Mutex::new(rx));
         let (tx, results) = mpsc::channel();
         let workers = (0..n)
-            .map(|_| {
+            .filter_map(|_| {
                 let (rx, tx) = (rx.clone(), tx.clone());
                 let (params, sealer) = (params.clone(), sealer.clone());
-                std::thread::spawn(move || loop {
-                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok((seq, frame)) = job else { break };
-                    if tx.send((seq, frame.encode(&params, &sealer))).is_err() {
-                        break;
-                    }
-                })
+                // With no thread started, `rx` is dropped here and the
+                // first frame handed over fails with `pool_gone`.
+                std::thread::Builder::new()
+                    .name("frame-encoder".into())
+                    .spawn(move || loop {
+                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((seq, frame)) = job else { break };
+                        if tx.send((seq, frame.encode(&params, &sealer))).is_err() {
+                            break;
+                        }
+                    })
+                    .ok()
             })
             .collect();
         EncodePool {
