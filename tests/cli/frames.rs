@@ -282,3 +282,34 @@ fn copy_reframes_between_v2_stores_and_from_a_format1_store() {
     }
     verify_ok(&env, &up, &[]);
 }
+
+/// A pack that the background publisher cannot publish (here `objects/`
+/// is a file, so no pack folder can be made) fails the create, naming
+/// the pack, and no snapshot is published; once the store is whole again
+/// the next create succeeds. Small packs make the failure land while the
+/// capture is still reading (the pipeline's writer stage, not the final
+/// flush).
+#[test]
+fn a_pack_that_cannot_be_published_fails_create_naming_it_and_no_snapshot_is_left() {
+    let env = Env::fixture();
+    env.init_with_pack_size(64 * 1024);
+    let objects = env.store.join("objects");
+    let _ = fs::remove_dir_all(&objects);
+    fs::write(&objects, b"not a folder").unwrap();
+    let r = env.run(&["create", "--chroma"]);
+    assert_ne!(r.code, 0, "{}", r.json);
+    let message = r.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("publish pack")
+            && message.contains("objects/")
+            && message.contains(".pack"),
+        "{}",
+        r.json
+    );
+    fs::remove_file(&objects).unwrap();
+    fs::create_dir(&objects).unwrap();
+    assert_eq!(env.ok(&["list"])["snapshots"], serde_json::json!([]));
+    let created = env.ok(&["create", "--chroma"]);
+    assert_eq!(created["validated"], true, "{created}");
+    env.assert_healthy();
+}
