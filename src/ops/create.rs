@@ -35,6 +35,7 @@ use crate::store::Store;
 mod capture;
 mod pipeline;
 mod previous;
+mod stream_list;
 
 use capture::Capture;
 use previous::{newest_manifest, unresolved_references};

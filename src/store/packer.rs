@@ -125,7 +125,7 @@ enum PublishFault {
 
 /// Packs at most being published at once: one finishing while the next
 /// one fills is enough to hide an fsync; a second bounds the wait.
-const PACKS_PUBLISHING: usize = 2;
+const PACKS_PUBLISHING: usize = 1;
 
 impl Publisher {
     fn start(backend: Arc<dyn Backend>, sealer: Sealer) -> Publisher {

@@ -4,6 +4,7 @@
 //! against the previous snapshot's tree of the same path.
 
 use chrono::Utc;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
@@ -12,17 +13,17 @@ use std::path::{Path, PathBuf};
 
 use super::pipeline;
 use super::previous::Previous;
+use super::stream_list::{busy, store_waiting, SharedBlobs, Waiting, WaitingSink};
 use crate::chunk::{self, Strategy};
 use crate::error::{IoContext, Result};
-use crate::id::Id;
 use crate::progress::Progress;
 use crate::sources::{self, chroma, sqlite};
 use crate::store::index::ChunkIndex;
-use crate::store::lists::ListRef;
+use crate::store::lists::{LeafCut, ListBuilder, ListRef};
 use crate::store::manifest::{
     ChunkList, Entry, EntryKind, FileEntry, SourceStat, CHROMA_PREFIX, REGISTRY_PATH,
 };
-use crate::store::packer::Packer;
+use crate::store::packer::{BuiltList, Packer};
 use crate::store::Store;
 
 /// Bytes of a file per pipeline batch: the pipeline holds three, the page
@@ -66,11 +67,10 @@ struct Check {
     at: usize,
 }
 
-/// A file's bytes stored: size, chunk ids and how it was cut.
+/// A file's bytes stored: its size and its list tree.
 struct Stored {
     size: u64,
-    chunks: Vec<Id>,
-    strategy: Strategy,
+    built: BuiltList,
 }
 
 /// The chunk index, loaded on first use.
@@ -155,10 +155,11 @@ impl<'a> Capture<'a> {
         }
     }
 
-    /// The list of a file just stored: its tree, built against the
-    /// previous snapshot's tree of the same path.
-    fn list_of(&mut self, path: &[u8], stored: &Stored) -> Result<ChunkList> {
-        let olds: Vec<ListRef> = [
+    /// The trees a new list of `path` is built against, in the order
+    /// they are tried: the previous snapshot's, then (when that one is
+    /// suspect) the one before it.
+    fn olds(&self, path: &[u8]) -> Vec<ListRef> {
+        [
             self.cache.get(path).and_then(|e| match &e.list {
                 ChunkList::Tree(r) => Some(*r),
                 ChunkList::Ids(_) => None,
@@ -167,11 +168,11 @@ impl<'a> Capture<'a> {
         ]
         .into_iter()
         .flatten()
-        .collect();
-        let index = loaded(&mut self.index, self.store)?;
-        let built = self
-            .packer
-            .add_list(index, &stored.strategy, &stored.chunks, &olds)?;
+        .collect()
+    }
+
+    /// The list of a file just stored, from its built tree.
+    fn list_of(&mut self, path: &[u8], built: BuiltList) -> ChunkList {
         if let Some(e) = built.old_fault {
             self.warnings.push(format!(
                 "the previous list of {} could not be read ({}: {e}); its new list was built whole",
@@ -180,24 +181,58 @@ impl<'a> Capture<'a> {
             ));
         }
         self.list_blobs_new += built.blobs_new;
-        Ok(ChunkList::Tree(built.list))
+        ChunkList::Tree(built.list)
     }
 
-    /// Chunks, hashes and stores everything `reader` (the file `path`)
-    /// yields, through the pipeline: reading and hashing run a batch
-    /// ahead on their own thread while this one stores.
+    /// Chunks, hashes and stores everything `reader` (the file `path`,
+    /// `snap_path` in the snapshot) yields, through the pipeline: reading
+    /// and hashing run a batch ahead on their own thread while this one
+    /// stores the chunks and builds the file's list tree.
     fn store_stream<R: Read + Send>(
         &mut self,
         reader: R,
+        snap_path: &[u8],
         path: &Path,
         strategy: Strategy,
     ) -> Result<std::io::Result<Stored>> {
-        let index = loaded(&mut self.index, self.store)?;
-        let packer = &mut self.packer;
-        let progress = self.progress;
-        let mut chunks = Vec::new();
-        let mut new = 0u64;
-        let sealer = self.store.sealer();
+        loaded(&mut self.index, self.store)?;
+        let index = RefCell::new(self.index.take().unwrap_or_default());
+        let stored = self.stream_into(reader, snap_path, path, strategy, &index);
+        self.index = Some(index.into_inner());
+        stored
+    }
+
+    /// [`store_stream`](Capture::store_stream) with the index shared by
+    /// the packer and the list builder (`stream_list`). With one old tree
+    /// or none (every file but those of a suspect previous snapshot) the
+    /// ids stream into the builder; otherwise they are collected and
+    /// `Packer::add_list` tries each old tree in turn.
+    fn stream_into<R: Read + Send>(
+        &mut self,
+        reader: R,
+        snap_path: &[u8],
+        path: &Path,
+        strategy: Strategy,
+        index: &RefCell<ChunkIndex>,
+    ) -> Result<std::io::Result<Stored>> {
+        let store = self.store;
+        let olds = self.olds(snap_path);
+        let (params, sealer) = (store.list_params(), store.sealer());
+        let id_of = |b: &[u8]| sealer.chunk_id(b);
+        let waiting = RefCell::new(Waiting::default());
+        let source = SharedBlobs { store, index };
+        let mut sink = WaitingSink(&waiting);
+        let mut builder = None;
+        if olds.len() <= 1 {
+            let cut = LeafCut::for_strategy(&strategy, &params);
+            let fresh = ListBuilder::new(&params, cut, &id_of, &mut sink)?;
+            builder = Some(match olds.first() {
+                Some(old) => fresh.with_old(&source, old),
+                None => fresh,
+            });
+        }
+        let (packer, progress) = (&mut self.packer, self.progress);
+        let (mut whole, mut count, mut new, mut blobs_new) = (Vec::new(), 0u64, 0u64, 0u64);
         let read = pipeline::for_each_hashed(
             reader,
             path,
@@ -208,25 +243,51 @@ impl<'a> Capture<'a> {
                 crate::os::check_interrupted()?;
                 // New chunks go into frames, compressed by the packer's
                 // encoder threads while the next batch is read and hashed.
-                for (range, id) in ranges.iter().zip(ids) {
-                    if packer.add_raw(index, *id, &buf[range.clone()])? {
-                        new += 1;
+                {
+                    let mut index = index.try_borrow_mut().map_err(|_| busy())?;
+                    for (range, id) in ranges.iter().zip(ids) {
+                        if packer.add_raw(&mut index, *id, &buf[range.clone()])? {
+                            new += 1;
+                        }
                     }
                 }
+                match builder.as_mut() {
+                    Some(builder) => {
+                        for id in ids {
+                            builder.push(*id)?;
+                        }
+                        blobs_new += store_waiting(packer, index, &waiting)?;
+                    }
+                    None => whole.extend_from_slice(ids),
+                }
+                count += ids.len() as u64;
                 progress.advance(ranges.last().map(|r| r.end).unwrap_or(0) as u64);
-                chunks.extend_from_slice(ids);
                 Ok(())
             },
         )?;
         self.chunks_new += new;
-        Ok(read.map(|size| {
-            self.chunks_total += chunks.len() as u64;
-            Stored {
-                size,
-                chunks,
-                strategy,
+        let size = match read {
+            Ok(size) => size,
+            Err(e) => return Ok(Err(e)),
+        };
+        let built = match builder {
+            Some(builder) => {
+                let built = builder.finish()?;
+                blobs_new += store_waiting(&mut self.packer, index, &waiting)?;
+                BuiltList {
+                    list: built.list,
+                    stats: built.stats,
+                    blobs_new,
+                    old_fault: built.old_fault,
+                }
             }
-        }))
+            None => {
+                let mut index = index.try_borrow_mut().map_err(|_| busy())?;
+                self.packer.add_list(&mut index, &strategy, &whole, &olds)?
+            }
+        };
+        self.chunks_total += count;
+        Ok(Ok(Stored { size, built }))
     }
 
     fn push_file(&mut self, path: Vec<u8>, meta: &std::fs::Metadata, file: FileEntry) {
@@ -263,7 +324,7 @@ impl<'a> Capture<'a> {
             }
             Err(e) => return Err(e),
         };
-        let list = self.list_of(&path, &stored)?;
+        let list = self.list_of(&path, stored.built);
         self.push_file(
             path,
             &meta,
@@ -322,7 +383,7 @@ impl<'a> Capture<'a> {
             Some(mut stream) => {
                 let page = Some(stream.page_size);
                 let strategy = chunk::strategy_for(path, page, &self.store.config().chunking);
-                let stored = self.store_stream(&mut stream, src, strategy)?;
+                let stored = self.store_stream(&mut stream, path, src, strategy)?;
                 let stored = stored.ctx("read", src)?;
                 // The check runs while the next files are captured; its
                 // outcome is taken (and an error placed here) by `finish`.
@@ -361,7 +422,9 @@ impl<'a> Capture<'a> {
             let page = sqlite::sqlite_page_size_of(&tmp).ctx("read", &tmp)?;
             let strategy = chunk::strategy_for(path, page, &self.store.config().chunking);
             let file = File::open(&tmp).ctx("open", &tmp)?;
-            let stored = self.store_stream(file, &tmp, strategy)?.ctx("read", &tmp)?;
+            let stored = self
+                .store_stream(file, path, &tmp, strategy)?
+                .ctx("read", &tmp)?;
             Ok((stored, problems))
         })();
         for suffix in ["", "-journal", "-wal", "-shm"] {
@@ -401,9 +464,9 @@ impl<'a> Capture<'a> {
             &self.store.config().chunking,
         );
         let stored = self
-            .store_stream(&bytes[..], src, strategy)?
+            .store_stream(&bytes[..], REGISTRY_PATH.as_bytes(), src, strategy)?
             .ctx("read", src)?;
-        let list = self.list_of(REGISTRY_PATH.as_bytes(), &stored)?;
+        let list = self.list_of(REGISTRY_PATH.as_bytes(), stored.built);
         self.push_file(
             REGISTRY_PATH.as_bytes().to_vec(),
             &meta,
@@ -486,7 +549,7 @@ impl<'a> Capture<'a> {
                 }
             };
             let before = file.metadata().ctx("stat", src)?;
-            let stored = match self.store_stream(&file, src, strategy)? {
+            let stored = match self.store_stream(&file, &snap_path, src, strategy)? {
                 Ok(s) => s,
                 Err(e) => {
                     self.errors.push(format!("file_unreadable: {display}: {e}"));
@@ -514,7 +577,7 @@ impl<'a> Capture<'a> {
         if source.as_ref().is_some_and(|s| self.is_racy(s)) {
             source = None;
         }
-        let list = self.list_of(&snap_path, &stored)?;
+        let list = self.list_of(&snap_path, stored.built);
         self.push_file(
             snap_path,
             &after,
