@@ -89,6 +89,9 @@ enum Mode {
 struct Framer {
     params: FrameParams,
     frame: FrameBuf,
+    /// List blobs get frames of their own: a tree is then read a frame of
+    /// blobs at a time, not a frame of chunk data per blob.
+    list_frame: FrameBuf,
     pool: Option<EncodePool>,
     /// Sequence number of the next frame cut, and of the next to write.
     next_cut: u64,
@@ -100,6 +103,17 @@ struct Framer {
 }
 
 type OpenPack = PackWriterV2<BufWriter<File>>;
+
+impl Framer {
+    /// The frame being filled with chunks, or with list blobs.
+    fn open_frame(&mut self, list: bool) -> &mut FrameBuf {
+        if list {
+            &mut self.list_frame
+        } else {
+            &mut self.frame
+        }
+    }
+}
 
 /// Full packs being finished on a background thread (trailer, fsync,
 /// publish), so frames keep flowing into the next pack meanwhile: the
@@ -267,6 +281,7 @@ impl<'s> Packer<'s> {
             Some(params) => Mode::V2(Box::new(Framer {
                 params,
                 frame: FrameBuf::new(FrameKind::Data),
+                list_frame: FrameBuf::new(FrameKind::Data),
                 pool: None,
                 next_cut: 0,
                 next_write: 0,
@@ -297,6 +312,16 @@ impl<'s> Packer<'s> {
     /// Adds a raw chunk (its id already computed). Returns false when the
     /// chunk was already present and nothing was written.
     pub fn add_raw(&mut self, index: &mut ChunkIndex, id: Id, raw: &[u8]) -> Result<bool> {
+        self.add_to(index, id, raw, false)
+    }
+
+    /// Adds a list blob (its id already computed), into the open frame of
+    /// list blobs. Returns false when the store already holds it.
+    pub fn add_list_blob(&mut self, index: &mut ChunkIndex, id: Id, blob: &[u8]) -> Result<bool> {
+        self.add_to(index, id, blob, true)
+    }
+
+    fn add_to(&mut self, index: &mut ChunkIndex, id: Id, raw: &[u8], list: bool) -> Result<bool> {
         if self.has(index, &id) {
             return Ok(false);
         }
@@ -317,18 +342,24 @@ impl<'s> Packer<'s> {
             let w = PackWriterV2::create(&path).ctx("create", &path)?;
             f.open = Some((path, w));
         }
-        if !f.frame.fits(raw.len()) {
-            self.close_frame(index)?;
+        if !f.open_frame(list).fits(raw.len()) {
+            self.close_frame(index, list)?;
         }
         let Mode::V2(f) = &mut self.mode else {
             return Ok(true);
         };
-        let full = f
-            .frame
-            .push(id, raw, &f.params)
+        let Framer {
+            params,
+            frame,
+            list_frame,
+            ..
+        } = &mut **f;
+        let open = if list { list_frame } else { frame };
+        let full = open
+            .push(id, raw, params)
             .map_err(|e| Error::io("frame", "the open pack", std::io::Error::other(e)))?;
         if full {
-            self.close_frame(index)?;
+            self.close_frame(index, list)?;
         }
         Ok(true)
     }
@@ -371,16 +402,17 @@ impl<'s> Packer<'s> {
         Ok(true)
     }
 
-    /// Hands the open frame to the encoders and writes the frames that are
-    /// ready, waiting for one when too many are in flight.
-    fn close_frame(&mut self, index: &mut ChunkIndex) -> Result<()> {
+    /// Hands the open frame (of list blobs with `list`) to the encoders
+    /// and writes the frames that are ready, waiting for one when too many
+    /// are in flight.
+    fn close_frame(&mut self, index: &mut ChunkIndex, list: bool) -> Result<()> {
         let Mode::V2(f) = &mut self.mode else {
             return Ok(());
         };
-        if f.frame.is_empty() {
+        if f.open_frame(list).is_empty() {
             return Ok(());
         }
-        let frame = std::mem::replace(&mut f.frame, FrameBuf::new(FrameKind::Data));
+        let frame = std::mem::replace(f.open_frame(list), FrameBuf::new(FrameKind::Data));
         let pool = f
             .pool
             .get_or_insert_with(|| EncodePool::start(&f.params, self.store.sealer()));
@@ -402,7 +434,8 @@ impl<'s> Packer<'s> {
 
     /// Waits for every frame in flight and writes them all.
     fn drain(&mut self, index: &mut ChunkIndex) -> Result<()> {
-        self.close_frame(index)?;
+        self.close_frame(index, false)?;
+        self.close_frame(index, true)?;
         let Mode::V2(f) = &mut self.mode else {
             return Ok(());
         };
@@ -589,7 +622,7 @@ impl<'s> Packer<'s> {
             }
             let mut blobs_new = 0;
             for (id, bytes) in pending.blobs {
-                if self.add_raw(index, id, &bytes)? {
+                if self.add_list_blob(index, id, &bytes)? {
                     blobs_new += 1;
                 }
             }

@@ -62,7 +62,7 @@ pub(super) fn store_waiting(
     let mut index = index.try_borrow_mut().map_err(|_| busy())?;
     let mut new = 0;
     for (id, bytes) in blobs {
-        if packer.add_raw(&mut index, id, &bytes)? {
+        if packer.add_list_blob(&mut index, id, &bytes)? {
             new += 1;
         }
     }
