@@ -313,3 +313,39 @@ fn a_pack_that_cannot_be_published_fails_create_naming_it_and_no_snapshot_is_lef
     assert_eq!(created["validated"], true, "{created}");
     env.assert_healthy();
 }
+
+/// List blobs get frames of their own: the frame holding a file's list
+/// root holds list blobs only, never chunk data (which a reader of the
+/// tree would otherwise decode along with every blob). A file's blobs
+/// are stored while its chunks are, so they would else be strewn over
+/// the chunk frames.
+#[test]
+fn list_blobs_are_framed_apart_from_chunk_data() {
+    let env = Env::fixture();
+    env.ok(&["init"]);
+    let stamp = env.ok(&["create", "--chroma"])["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = env.manifest(&stamp);
+    let files: Vec<String> = m
+        .entries
+        .iter()
+        .filter(|e| e.file().is_some_and(|f| f.size > 0))
+        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+        .collect();
+    let chunks: BTreeSet<Id> = files
+        .iter()
+        .flat_map(|f| env.file_chunks(&stamp, f))
+        .collect();
+    let store = env.open_store();
+    for f in &files {
+        let root = env.list_root(&stamp, f);
+        let (ids, ..) = frame_of(&store, &root);
+        let data: Vec<&Id> = ids.iter().filter(|id| chunks.contains(id)).collect();
+        assert!(
+            data.is_empty(),
+            "{f}: its root's frame holds chunks {data:?}"
+        );
+    }
+}
