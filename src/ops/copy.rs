@@ -46,7 +46,7 @@ use crate::id::{Id, IdMap, IdSet};
 use crate::progress::Progress;
 use crate::stamp::Stamp;
 use crate::store::audit_log::{self, CopyRecord};
-use crate::store::index::{ChunkIndex, Location};
+use crate::store::index::ChunkIndex;
 use crate::store::lists::{ListRef, Reached};
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{ChunkList, EntryKind, FileEntry, Manifest};
@@ -350,12 +350,8 @@ impl Copier<'_> {
             Ok(v) => v,
             Err(e) => return Ok(Outcome::Failed(e)),
         };
-        let lists = match self.send_chunks(stamp, &manifest)? {
-            Ok(lists) => lists,
-            Err(e) => return Ok(Outcome::Failed(e)),
-        };
-        if !self.keep_trees {
-            self.build_trees(&mut manifest, lists)?;
+        if let Err(e) = self.send_snapshot(stamp, &mut manifest)? {
+            return Ok(Outcome::Failed(e));
         }
         self.packer.flush(self.to_index)?;
         crate::failpoint::hit(|| FAILPOINT_AFTER_PACKS.to_string());
@@ -377,140 +373,154 @@ impl Copier<'_> {
         Ok((manifest, metadata))
     }
 
-    /// The source ids to send for file `f`: its chunks, and with
-    /// `keep_trees` its list blobs too (none when a snapshot published at
-    /// the destination holds the root: it holds the whole tree then; a
-    /// root merely present may be a cut copy's, its subtree partly sent). The source ids of its
-    /// chunks in file order are returned when trees are rebuilt.
-    fn file_ids(
-        &self,
-        f: &FileEntry,
-        tree_seen: &mut IdSet,
-        out: &mut Vec<Id>,
-    ) -> Result<Option<Vec<Id>>> {
+    /// Sends what the destination lacks of `manifest`, one file at a time
+    /// (memory follows the largest file, not the snapshot), and when trees
+    /// are rebuilt builds each file's tree at the destination right after
+    /// its chunks, so the manifest then holds the new roots. The inner
+    /// error is damage at the source (the first chunk or list blob found
+    /// missing or corrupt); the outer one a failure at the destination.
+    fn send_snapshot(&mut self, stamp: &Stamp, manifest: &mut Manifest) -> Result<Result<()>> {
+        let total = manifest
+            .entries
+            .iter()
+            .filter_map(|e| e.file())
+            .map(|f| f.size)
+            .sum();
+        self.progress.phase(&format!("copy {stamp}"), Some(total));
+        let mut tree_seen = IdSet::default();
+        let mut trees = std::collections::HashMap::new();
+        for entry in manifest.entries.iter_mut() {
+            let EntryKind::File(f) = &mut entry.kind else {
+                continue;
+            };
+            let ids = match self.file_ids(f, &mut tree_seen) {
+                Ok(ids) => ids,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Err(e) = self.send(&ids)? {
+                return Ok(Err(e));
+            }
+            if !self.keep_trees {
+                let built = self.build_tree(&entry.path, f, &ids)?;
+                trees.insert(entry.path.clone(), built);
+            }
+            self.progress.advance(f.size);
+        }
         if !self.keep_trees {
-            let ids = self.from.file_chunk_ids(self.from_index, f)?;
-            out.extend_from_slice(&ids);
-            return Ok(Some(ids));
+            self.prev_trees = trees;
+        }
+        Ok(Ok(()))
+    }
+
+    /// The source ids to send for file `f`: its chunks in file order when
+    /// trees are rebuilt; with `keep_trees` its chunks and list blobs (none
+    /// when a snapshot published at the destination holds the root: it
+    /// holds the whole tree then; a root merely present may be a cut
+    /// copy's, its subtree partly sent).
+    fn file_ids(&self, f: &FileEntry, tree_seen: &mut IdSet) -> Result<Vec<Id>> {
+        if !self.keep_trees {
+            return self.from.file_chunk_ids(self.from_index, f);
         }
         if let ChunkList::Tree(ListRef {
             root: Some(root), ..
         }) = &f.list
         {
             if self.published_roots.contains(root) {
-                return Ok(None);
+                return Ok(Vec::new());
             }
         }
+        let mut out = Vec::new();
         self.from
             .file_reach(self.from_index, f, tree_seen, &mut |r| {
                 let (Reached::Blob(id) | Reached::Chunk(id)) = r;
                 out.push(id);
             })
-            .map(|()| None)
+            .map(|()| out)
     }
 
-    /// Builds every file's tree at the destination from its source ids
-    /// (`lists`, in manifest order of the files), renamed with their
-    /// destination ids; the manifest then holds the new roots.
-    fn build_trees(&mut self, manifest: &mut Manifest, lists: Vec<Vec<Id>>) -> Result<()> {
-        let mut trees = std::collections::HashMap::new();
-        let files = manifest
-            .entries
-            .iter_mut()
-            .filter_map(|e| match &mut e.kind {
-                EntryKind::File(f) => Some((&e.path, f)),
-                _ => None,
-            });
-        for ((path, f), ids) in files.zip(lists) {
-            let ids = match &self.ids {
-                Some(map) => map_ids(&ids, map)?,
-                None => ids,
-            };
-            // Only fixed-block or content-defined matters for the leaves.
-            let page = f.sqlite.then_some(4096);
-            let strategy = chunk::strategy_for(path, page, &self.to.config().chunking);
-            let built = self.packer.add_list(
-                self.to_index,
-                &strategy,
-                &ids,
-                self.prev_trees
-                    .get(path.as_slice())
-                    .map(std::slice::from_ref)
-                    .unwrap_or_default(),
-            )?;
-            f.list = ChunkList::Tree(built.list);
-            trees.insert(path.clone(), built.list);
-        }
-        self.prev_trees = trees;
-        Ok(())
-    }
-
-    /// Sends every chunk of `manifest` the destination lacks, and the list
-    /// blobs it lacks when trees are kept. Returns each file's source
-    /// chunk ids when trees are to be rebuilt. The inner error is damage
-    /// at the source (the first chunk or list blob found missing or
-    /// corrupt); the outer one a failure to write at the destination.
-    fn send_chunks(&mut self, stamp: &Stamp, manifest: &Manifest) -> Result<Result<Vec<Vec<Id>>>> {
-        // The source chunks to handle, each once, in manifest order.
-        let mut seen = IdSet::default();
-        let mut tree_seen = IdSet::default();
-        let mut needed: Vec<(Id, Location)> = Vec::new();
-        let mut lists = Vec::new();
-        let mut ids = Vec::new();
-        for f in manifest.entries.iter().filter_map(|e| e.file()) {
-            match self.file_ids(f, &mut tree_seen, &mut ids) {
-                Ok(Some(list)) => lists.push(list),
-                Ok(None) => {}
-                Err(e) => return Ok(Err(e)),
+    /// Builds file `f`'s tree at the destination from its source chunk
+    /// ids, renamed with their destination ids, against the previously
+    /// copied snapshot's tree of the same path; `f` then holds its root.
+    fn build_tree(&mut self, path: &[u8], f: &mut FileEntry, ids: &[Id]) -> Result<ListRef> {
+        let mapped;
+        let ids = match &self.ids {
+            Some(map) => {
+                mapped = map_ids(ids, map)?;
+                &mapped[..]
             }
-        }
-        for id in &ids {
+            None => ids,
+        };
+        // Only fixed-block or content-defined matters for the leaves.
+        let page = f.sqlite.then_some(4096);
+        let strategy = chunk::strategy_for(path, page, &self.to.config().chunking);
+        let built = self.packer.add_list(
+            self.to_index,
+            &strategy,
+            ids,
+            self.prev_trees
+                .get(path)
+                .map(std::slice::from_ref)
+                .unwrap_or_default(),
+        )?;
+        f.list = ChunkList::Tree(built.list);
+        Ok(built.list)
+    }
+
+    /// Sends the chunks of `ids` the destination lacks, in batches of about
+    /// [`BATCH_BYTES`] read and checked in parallel. An id is skipped once
+    /// the destination has it (sent earlier in this run included: the
+    /// packer knows its pending chunks), so each goes once.
+    fn send(&mut self, ids: &[Id]) -> Result<Result<()>> {
+        let mut batch = Vec::new();
+        let mut in_batch = IdSet::default();
+        let mut bytes = 0u64;
+        for id in ids {
             let todo = match &self.ids {
                 None => !self.packer.has(self.to_index, id),
                 Some(ids) => !ids.contains_key(id),
             };
-            if !todo || !seen.insert(*id) {
+            if !todo || !in_batch.insert(*id) {
                 continue;
             }
-            match self.from_index.get(id) {
-                Some(loc) => needed.push((*id, *loc)),
-                None => return Ok(Err(ChunkFault::Missing.into_error(id))),
-            }
-        }
-        drop(seen);
-        let total: u64 = needed.iter().map(|(_, l)| l.raw_len as u64).sum();
-        self.progress.phase(&format!("copy {stamp}"), Some(total));
-
-        let mut start = 0;
-        while start < needed.len() {
-            let mut end = start;
-            let mut bytes = 0u64;
-            while end < needed.len() && (end == start || bytes < BATCH_BYTES) {
-                bytes += needed[end].1.raw_len as u64;
-                end += 1;
-            }
-            let batch = &needed[start..end];
-            crate::os::check_interrupted()?;
-            let ready = match self.prepare(batch) {
-                Ok(r) => r,
-                Err(e) => return Ok(Err(e)),
+            let Some(loc) = self.from_index.get(id) else {
+                return Ok(Err(ChunkFault::Missing.into_error(id)));
             };
-            for r in ready.into_iter().flatten() {
-                if self.packer.add_raw(self.to_index, r.id, &r.raw)? {
-                    self.chunks_sent += 1;
+            bytes += loc.raw_len as u64;
+            batch.push(*id);
+            if bytes >= BATCH_BYTES {
+                if let Err(e) = self.send_batch(&batch)? {
+                    return Ok(Err(e));
                 }
+                batch.clear();
+                in_batch.clear();
+                bytes = 0;
             }
-            self.progress.advance(bytes);
-            start = end;
         }
-        Ok(Ok(lists))
+        if batch.is_empty() {
+            return Ok(Ok(()));
+        }
+        self.send_batch(&batch)
+    }
+
+    fn send_batch(&mut self, batch: &[Id]) -> Result<Result<()>> {
+        crate::os::check_interrupted()?;
+        let ready = match self.prepare(batch) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        for r in ready.into_iter().flatten() {
+            if self.packer.add_raw(self.to_index, r.id, &r.raw)? {
+                self.chunks_sent += 1;
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Reads and checks a batch of source chunks in parallel and turns each
     /// into what the destination stores (raw: the destination's packer
     /// frames and encodes it). None for a chunk the destination
     /// turns out to have (after re-hashing). Records new id mappings.
-    fn prepare(&mut self, batch: &[(Id, Location)]) -> Result<Vec<Option<Ready>>> {
+    fn prepare(&mut self, batch: &[Id]) -> Result<Vec<Option<Ready>>> {
         let from = self.from;
         let to = self.to;
         let index = self.from_index;
@@ -519,7 +529,7 @@ impl Copier<'_> {
         let to_index = &*self.to_index;
         let prepared: Vec<std::result::Result<(Id, Option<Ready>), Error>> = batch
             .par_iter()
-            .map(|(id, _)| {
+            .map(|id| {
                 // Read through the source's frame cache: a frame of
                 // consecutive chunks is decoded (and re-hashed) once.
                 let raw = from.read_chunk(index, id).map_err(|f| f.into_error(id))?;
@@ -534,7 +544,7 @@ impl Copier<'_> {
             })
             .collect();
         let mut out = Vec::with_capacity(prepared.len());
-        for ((src, _), p) in batch.iter().zip(prepared) {
+        for (src, p) in batch.iter().zip(prepared) {
             let (new_id, ready) = p?;
             if let Some(ids) = &mut self.ids {
                 ids.insert(*src, new_id);

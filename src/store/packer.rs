@@ -176,7 +176,10 @@ fn publish(backend: &dyn Backend, sealer: &Sealer, path: PathBuf, writer: OpenPa
         }
     };
     match backend.put_file(&finished.name, &path) {
-        Ok(()) => Ok(finished),
+        Ok(()) => {
+            crate::failpoint::hit(|| "pack:published".into());
+            Ok(finished)
+        }
         Err(e) => Err(PublishFault::Publish(finished.name, e)),
     }
 }
@@ -364,6 +367,34 @@ impl<'s> Packer<'s> {
         Ok(true)
     }
 
+    /// Adds a format-2 frame as it is stored elsewhere in this store (or
+    /// in a store sealing alike, `Sealer::same_ids_as`): its bytes are
+    /// written unchanged, after the frames cut before it, so gc and copy
+    /// move a whole live frame without decoding and re-encoding it. A
+    /// frame's seal binds only its chunk ids (never its pack or offset),
+    /// so it opens wherever it lands. The caller has checked it (decoded,
+    /// every chunk re-hashed) and that this store holds none of its
+    /// chunks. Refused in a format-1 store.
+    pub fn add_frame(&mut self, index: &mut ChunkIndex, frame: EncodedFrame) -> Result<()> {
+        if !self.frames() {
+            return Err(Error::io(
+                "add a format-2 frame to",
+                self.store.display_dir(crate::store::Dir::Packs),
+                std::io::Error::other("the store writes format-1 packs"),
+            ));
+        }
+        // What is in the open frames was cut first.
+        self.close_frame(index, false)?;
+        self.close_frame(index, true)?;
+        self.pending.extend(frame.chunks.iter().map(|c| c.id));
+        let Mode::V2(f) = &mut self.mode else {
+            return Ok(());
+        };
+        f.done.insert(f.next_cut, frame);
+        f.next_cut += 1;
+        self.write_ready(index)
+    }
+
     /// Adds a stored (encoded and sealed) chunk to a format-1 pack.
     /// Returns false when the chunk was already present and nothing was
     /// written.
@@ -469,6 +500,7 @@ impl<'s> Packer<'s> {
                 }
             };
             writer.add(enc).ctx("write", &*path)?;
+            crate::failpoint::hit(|| "pack:frame-written".into());
             if writer.len() >= self.store.config().pack.target_size {
                 self.finish_pack(index, false)?;
             }

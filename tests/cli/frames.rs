@@ -349,3 +349,79 @@ fn list_blobs_are_framed_apart_from_chunk_data() {
         );
     }
 }
+
+/// Reads the stored bytes of a frame (as `frame_of` names it).
+fn frame_bytes(store_dir: &Path, name: &str, offset: u64, len: u64) -> Vec<u8> {
+    let pack = fs::read(store_dir.join(name)).unwrap();
+    pack[offset as usize..(offset + len) as usize].to_vec()
+}
+
+#[test]
+fn gc_moves_a_wholly_live_frame_as_it_is_stored() {
+    // A repokey store: a re-encoded frame gets a new nonce, so equal bytes
+    // prove the frame was moved, not decoded and sealed again.
+    let env = Env::tiny();
+    let pw = init(&env, &env.store, true);
+    let config_path = env.store.join("config.json");
+    let mut config: Value = serde_json::from_slice(&fs::read(&config_path).unwrap()).unwrap();
+    config["frames"]["max_chunks"] = Value::from(8);
+    fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    // 64 blocks: 8 frames of 8; three quarters change, so after s1 goes
+    // its pack is sparse, and the frame of block 0 is wholly live.
+    let big = env.chroma().join("seg/data_level0.bin");
+    fs::write(&big, crate::support::pseudo_random(7, 256 * 1024)).unwrap();
+    let s1 = ok(&env, &env.store, &["create", "--chroma"], pw)["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bytes = fs::read(&big).unwrap();
+    bytes[64 * 1024..].copy_from_slice(&crate::support::pseudo_random(8, 192 * 1024));
+    fs::write(&big, bytes).unwrap();
+    let s2 = ok(&env, &env.store, &["create", "--chroma"], pw)["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let open = || {
+        Store::open(
+            &StoreAddress::local(&env.store),
+            &Secrets::from_password("frames"),
+        )
+        .unwrap()
+    };
+    let first_block = {
+        let store = open();
+        let manifest = store
+            .read_manifest(
+                &atosnap::stamp::Stamp::parse(&s2).unwrap(),
+                atosnap::store::ReadFrom::Cache,
+            )
+            .unwrap();
+        let entry = manifest
+            .entries
+            .iter()
+            .find(|e| e.path == b"chroma/seg/data_level0.bin")
+            .unwrap();
+        let index = store.load_index().unwrap();
+        store.file_chunk_ids(&index, entry.file().unwrap()).unwrap()[0]
+    };
+    let (ids, name, offset, len) = frame_of(&open(), &first_block);
+    let before = frame_bytes(&env.store, &name, offset, len);
+
+    let done = ok(&env, &env.store, &["forget", &s1, "--confirm"], pw);
+    assert!(
+        !strings(&done["gc"]["rewritten_packs"]).is_empty(),
+        "{done}"
+    );
+    assert!(!env.store.join(&name).exists(), "the sparse pack is gone");
+    let (ids_after, name_after, offset_after, len_after) = frame_of(&open(), &first_block);
+    assert_ne!(name_after, name);
+    assert_eq!(ids_after, ids, "the same chunks in the same frame");
+    assert_eq!(
+        frame_bytes(&env.store, &name_after, offset_after, len_after),
+        before,
+        "the frame's stored bytes moved unchanged"
+    );
+    validate_ok(&env, &env.store, &s2, pw);
+    verify_ok(&env, &env.store, pw);
+}
