@@ -4,11 +4,15 @@
 //! Order of work, each step durable before the next:
 //! 1. refuse early (missing db, not SQLite) before anything is written;
 //! 2. take the shared store lock (gc cannot delete under us);
-//! 3. stream every source through chunking, hashing and compression in
-//!    parallel batches, skipping chunks the store already has, and build
-//!    each file's list tree (list blobs, `store::lists`) against the
-//!    previous snapshot's tree of the same path;
-//! 4. flush the last pack (fsync, rename);
+//! 3. stream every source through the pipeline (`create/pipeline.rs`: a
+//!    reader thread reads, cuts and hashes a batch ahead; the packer's
+//!    encoder threads compress frames; its publisher finishes full packs),
+//!    skipping chunks the store already has, and build each file's list
+//!    tree as its ids come (list blobs, `store::lists`, `create/
+//!    stream_list.rs`) against the previous snapshot's tree of the same
+//!    path (`create/capture.rs`);
+//! 4. flush the last pack and wait for every pack being published (fsync,
+//!    rename);
 //! 5. publish `snapshots/<stamp>/` atomically.
 //!
 //! A crash at any point leaves at most unreferenced packs and temp files.

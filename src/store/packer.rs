@@ -10,9 +10,11 @@
 //! each frame is compressed and sealed on a small pool of encoder threads
 //! (at most [`FRAMES_IN_FLIGHT`] at a time, so a first snapshot keeps
 //! both cores busy with bounded memory), and the encoded frames are
-//! appended to the pack in the order they were cut. A format-1 store
-//! (read-only for `create` since format 2) gets format-1 packs, each chunk
-//! encoded and sealed on its own.
+//! appended to the pack in the order they were cut. List blobs fill
+//! frames of their own. A full pack is finished and published by a
+//! publisher thread while the next one fills; `flush` waits for it. A
+//! format-1 store (read-only for `create` since format 2) gets format-1
+//! packs, each chunk encoded and sealed on its own.
 
 use std::collections::BTreeMap;
 use std::fs::File;
