@@ -283,6 +283,73 @@ fn copy_reframes_between_v2_stores_and_from_a_format1_store() {
     verify_ok(&env, &up, &[]);
 }
 
+/// A pack that the background publisher cannot publish (here `objects/`
+/// is a file, so no pack folder can be made) fails the create, naming
+/// the pack, and no snapshot is published; once the store is whole again
+/// the next create succeeds. Small packs make the failure land while the
+/// capture is still reading (the pipeline's writer stage, not the final
+/// flush).
+#[test]
+fn a_pack_that_cannot_be_published_fails_create_naming_it_and_no_snapshot_is_left() {
+    let env = Env::fixture();
+    env.init_with_pack_size(64 * 1024);
+    let objects = env.store.join("objects");
+    let _ = fs::remove_dir_all(&objects);
+    fs::write(&objects, b"not a folder").unwrap();
+    let r = env.run(&["create", "--chroma"]);
+    assert_ne!(r.code, 0, "{}", r.json);
+    let message = r.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("publish pack")
+            && message.contains("objects/")
+            && message.contains(".pack"),
+        "{}",
+        r.json
+    );
+    fs::remove_file(&objects).unwrap();
+    fs::create_dir(&objects).unwrap();
+    assert_eq!(env.ok(&["list"])["snapshots"], serde_json::json!([]));
+    let created = env.ok(&["create", "--chroma"]);
+    assert_eq!(created["validated"], true, "{created}");
+    env.assert_healthy();
+}
+
+/// List blobs get frames of their own: the frame holding a file's list
+/// root holds list blobs only, never chunk data (which a reader of the
+/// tree would otherwise decode along with every blob). A file's blobs
+/// are stored while its chunks are, so they would else be strewn over
+/// the chunk frames.
+#[test]
+fn list_blobs_are_framed_apart_from_chunk_data() {
+    let env = Env::fixture();
+    env.ok(&["init"]);
+    let stamp = env.ok(&["create", "--chroma"])["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = env.manifest(&stamp);
+    let files: Vec<String> = m
+        .entries
+        .iter()
+        .filter(|e| e.file().is_some_and(|f| f.size > 0))
+        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+        .collect();
+    let chunks: BTreeSet<Id> = files
+        .iter()
+        .flat_map(|f| env.file_chunks(&stamp, f))
+        .collect();
+    let store = env.open_store();
+    for f in &files {
+        let root = env.list_root(&stamp, f);
+        let (ids, ..) = frame_of(&store, &root);
+        let data: Vec<&Id> = ids.iter().filter(|id| chunks.contains(id)).collect();
+        assert!(
+            data.is_empty(),
+            "{f}: its root's frame holds chunks {data:?}"
+        );
+    }
+}
+
 /// Reads the stored bytes of a frame (as `frame_of` names it).
 fn frame_bytes(store_dir: &Path, name: &str, offset: u64, len: u64) -> Vec<u8> {
     let pack = fs::read(store_dir.join(name)).unwrap();
