@@ -350,6 +350,19 @@ fn list_blobs_are_framed_apart_from_chunk_data() {
     }
 }
 
+/// The chunk ids, in order, of the file at `path` in snapshot `stamp`.
+fn chunk_ids_of(store: &Store, stamp: &str, path: &[u8]) -> Vec<Id> {
+    let manifest = store
+        .read_manifest(
+            &atosnap::stamp::Stamp::parse(stamp).unwrap(),
+            atosnap::store::ReadFrom::Cache,
+        )
+        .unwrap();
+    let entry = manifest.entries.iter().find(|e| e.path == path).unwrap();
+    let index = store.load_index().unwrap();
+    store.file_chunk_ids(&index, entry.file().unwrap()).unwrap()
+}
+
 /// Reads the stored bytes of a frame (as `frame_of` names it).
 fn frame_bytes(store_dir: &Path, name: &str, offset: u64, len: u64) -> Vec<u8> {
     let pack = fs::read(store_dir.join(name)).unwrap();
@@ -389,22 +402,7 @@ fn gc_moves_a_wholly_live_frame_as_it_is_stored() {
         )
         .unwrap()
     };
-    let first_block = {
-        let store = open();
-        let manifest = store
-            .read_manifest(
-                &atosnap::stamp::Stamp::parse(&s2).unwrap(),
-                atosnap::store::ReadFrom::Cache,
-            )
-            .unwrap();
-        let entry = manifest
-            .entries
-            .iter()
-            .find(|e| e.path == b"chroma/seg/data_level0.bin")
-            .unwrap();
-        let index = store.load_index().unwrap();
-        store.file_chunk_ids(&index, entry.file().unwrap()).unwrap()[0]
-    };
+    let first_block = chunk_ids_of(&open(), &s2, b"chroma/seg/data_level0.bin")[0];
     let (ids, name, offset, len) = frame_of(&open(), &first_block);
     let before = frame_bytes(&env.store, &name, offset, len);
 
@@ -489,21 +487,9 @@ fn copy_between_stores_of_one_key_moves_frames_as_they_are_stored() {
     // chunks.)
     let secrets = Secrets::from_password("frames");
     let store = Store::open(&StoreAddress::local(&env.store), &secrets).unwrap();
-    let manifest = store
-        .read_manifest(
-            &atosnap::stamp::Stamp::parse(&s1).unwrap(),
-            atosnap::store::ReadFrom::Cache,
-        )
-        .unwrap();
-    let entry = manifest
-        .entries
-        .iter()
-        .find(|e| e.path == b"chroma/seg/data_level0.bin")
-        .unwrap();
-    let index = store.load_index().unwrap();
-    let middle = store.file_chunk_ids(&index, entry.file().unwrap()).unwrap()[256];
+    let middle = chunk_ids_of(&store, &s1, b"chroma/seg/data_level0.bin")[256];
     let (_, name, offset, len) = frame_of(&store, &middle);
-    drop((index, store));
+    drop(store);
     let moved = frame_bytes(&env.store, &name, offset, len);
     assert!(all_frames(&dest, &secrets).contains(&moved));
 }
