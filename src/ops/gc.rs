@@ -42,15 +42,16 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::id::{Id, IdSet};
+use crate::id::Id;
+use crate::ops::mark::{self, Mark, SpillDir};
 use crate::stamp::Stamp;
+use crate::store::chunk_index::Spillable;
 use crate::store::index::ChunkIndex;
 use crate::store::layout::PackLayout;
-use crate::store::lists::Reached;
 use crate::store::lock::ExclusiveLock;
 use crate::store::pack;
 use crate::store::packer::Packer;
@@ -196,20 +197,17 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
         index.add_pack(*id, *size, entries);
     }
 
-    // Chunk id -> home pack (u32::MAX until assigned). Every list blob a
-    // tree reaches is live too, delta chains included; a tree that cannot
-    // be walked hides what it references, so gc refuses as for a
+    // The mark: every id the trees reach, sorted on disk. Every list
+    // blob a tree reaches is live too, delta chains included; a tree that
+    // cannot be walked hides what it references, so gc refuses as for a
     // manifest that does not read.
-    let mut live: HashMap<Id, u32> = HashMap::new();
-    let mut seen = IdSet::default();
+    let spill = SpillDir::for_store(store)?;
+    let mut marked = Mark::<Id>::new(store, &index, &spill);
     let mut mark = |m: &crate::store::manifest::Manifest, snapshot: &str| -> Result<()> {
         for e in &m.entries {
             let Some(f) = e.file() else { continue };
-            store
-                .file_reach(&index, f, &mut seen, &mut |r| {
-                    let (Reached::Blob(id) | Reached::Chunk(id)) = r;
-                    live.entry(id).or_insert(u32::MAX);
-                })
+            marked
+                .file(f, mark::any_id)
                 .map_err(|err| Error::GcUnsafe {
                     snapshot: snapshot.to_string(),
                     detail: format!("the list of {} does not read: {err}", e.path_lossy()),
@@ -250,14 +248,18 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             )),
         }
     }
-
+    let live = marked.finish()?;
     drop(index);
+    let layouts: Vec<&PackLayout> = packs.iter().map(|p| &p.3).collect();
+    let mut copies = join_copies(&layouts, &spill, live)?;
+    plan.chunks_missing = copies.missing;
 
     // Home copies: packs with the highest live share (all copies counted)
     // claim their live chunks first.
     let share: Vec<(u64, u64)> = packs
         .iter()
-        .map(|(_, _, _, layout)| stored_and_live(layout, |_, id| live.contains_key(id)))
+        .enumerate()
+        .map(|(p, (_, _, _, layout))| stored_and_live(layout, |ci, _| copies.live[p][ci]))
         .collect();
     let mut order: Vec<usize> = (0..packs.len()).collect();
     order.sort_by(|&a, &b| {
@@ -268,19 +270,11 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             .cmp(&(la as u128 * tb as u128))
             .then(packs[a].1.cmp(&packs[b].1))
     });
-    for &p in &order {
-        for id in packs[p].3.ids() {
-            if let Some(home) = live.get_mut(&id) {
-                if *home == u32::MAX {
-                    *home = p as u32;
-                }
-            }
-        }
-    }
-    plan.chunks_missing = live.values().filter(|h| **h == u32::MAX).count() as u64;
+    copies.assign_homes(&order);
 
     for (p, (id, name, size, layout)) in packs.into_iter().enumerate() {
-        let home_here = |_: usize, id: &Id| live.get(id) == Some(&(p as u32));
+        let home = &copies.home[p];
+        let home_here = |ci: usize, _: &Id| home[ci];
         let (chunk_bytes, live_bytes) = stored_and_live(&layout, home_here);
         let live_here: Vec<usize> = (0..layout.chunks.len())
             .filter(|&ci| home_here(ci, &layout.chunks[ci].id))
@@ -313,6 +307,142 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     plan.packs.sort_by(|a, b| a.name.cmp(&b.name));
     plan.damaged.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(plan)
+}
+
+/// A chunk entry of a pack's layout: the copies of every chunk, sorted by
+/// id, to join with the marked stream.
+struct Copy {
+    id: Id,
+    pack: u32,
+    chunk: u32,
+}
+
+impl Spillable for Copy {
+    const LEN: usize = 40;
+    type Key = (Id, u32, u32);
+
+    fn key(&self) -> (Id, u32, u32) {
+        (self.id, self.pack, self.chunk)
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        out[..32].copy_from_slice(&self.id.0);
+        out[32..36].copy_from_slice(&self.pack.to_le_bytes());
+        out[36..40].copy_from_slice(&self.chunk.to_le_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Copy {
+        let w = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        Copy {
+            id: <Id as Spillable>::decode(&b[..32]),
+            pack: w(32),
+            chunk: w(36),
+        }
+    }
+}
+
+/// The live copies of the marked ids, per pack: one flag per chunk entry
+/// (a byte, not a 60-byte map entry per live chunk).
+struct Copies {
+    /// `live[pack][chunk]`: the entry holds a live id (any copy).
+    live: Vec<Vec<bool>>,
+    /// `home[pack][chunk]`: the entry is its id's home copy.
+    home: Vec<Vec<bool>>,
+    /// Live ids stored in more than one pack (rare: raced writers, a
+    /// killed gc): their entries, until the packs' order picks a home.
+    contested: Vec<Vec<(u32, u32)>>,
+    /// Live ids in no pack.
+    missing: u64,
+}
+
+impl Copies {
+    /// Each contested id's home is its copy in the pack first in `order`
+    /// (every entry of that pack holding it).
+    fn assign_homes(&mut self, order: &[usize]) {
+        let mut rank = vec![0usize; order.len()];
+        for (r, &p) in order.iter().enumerate() {
+            rank[p] = r;
+        }
+        for entries in std::mem::take(&mut self.contested) {
+            let Some(&(first, _)) = entries.iter().min_by_key(|(p, _)| rank[*p as usize]) else {
+                continue;
+            };
+            for &(p, ci) in entries.iter().filter(|(p, _)| *p == first) {
+                self.home[p as usize][ci as usize] = true;
+            }
+        }
+    }
+}
+
+/// Merge-joins the marked ids (sorted, each once) with every pack's chunk
+/// entries sorted by id.
+fn join_copies(
+    layouts: &[&PackLayout],
+    spill: &SpillDir,
+    live: mark::Marked<Id>,
+) -> Result<Copies> {
+    let mut sorter = spill.sorter::<Copy>();
+    for (p, layout) in layouts.iter().enumerate() {
+        for (ci, c) in layout.chunks.iter().enumerate() {
+            sorter.push(Copy {
+                id: c.id,
+                pack: p as u32,
+                chunk: ci as u32,
+            })?;
+        }
+    }
+    let flags = || -> Vec<Vec<bool>> {
+        layouts
+            .iter()
+            .map(|l| vec![false; l.chunks.len()])
+            .collect()
+    };
+    let mut out = Copies {
+        live: flags(),
+        home: flags(),
+        contested: Vec::new(),
+        missing: 0,
+    };
+    let mut entries = sorter.finish()?.peekable();
+    let mut group: Vec<(u32, u32)> = Vec::new();
+    for id in live {
+        let id = id?;
+        group.clear();
+        // Entries of ids that are not live are passed over.
+        while let Some(next) = entries.peek() {
+            match next {
+                Ok(c) if c.id < id => {
+                    entries.next();
+                }
+                Ok(c) if c.id == id => {
+                    group.push((c.pack, c.chunk));
+                    entries.next();
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    if let Some(Err(e)) = entries.next() {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        match group.as_slice() {
+            [] => out.missing += 1,
+            [(first, _), rest @ ..] => {
+                for &(p, ci) in &group {
+                    out.live[p as usize][ci as usize] = true;
+                }
+                if rest.iter().all(|(p, _)| p == first) {
+                    for &(p, ci) in &group {
+                        out.home[p as usize][ci as usize] = true;
+                    }
+                } else {
+                    out.contested.push(group.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What executing a plan did.

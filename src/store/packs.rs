@@ -267,10 +267,10 @@ impl Store {
     /// packs holding `ids` in the order they are first needed, so that the
     /// readers in `work` find each pack downloaded instead of each waiting
     /// for its own. A local store just runs `work`.
-    pub fn with_packs_prefetched<'a, T>(
+    pub fn with_packs_prefetched<T>(
         &self,
         index: &ChunkIndex,
-        ids: impl Iterator<Item = &'a Id>,
+        ids: impl Iterator<Item = impl std::borrow::Borrow<Id>>,
         work: impl FnOnce() -> T,
     ) -> T {
         if !self.is_remote() {
@@ -278,7 +278,7 @@ impl Store {
         }
         let mut seen = std::collections::HashSet::new();
         let names: Vec<String> = ids
-            .filter_map(|id| index.get(id))
+            .filter_map(|id| index.get(id.borrow()))
             .filter(|loc| seen.insert(loc.pack))
             .map(|loc| Object::Pack(index.pack(loc.pack).id).name())
             .collect();
