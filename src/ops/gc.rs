@@ -49,7 +49,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::ops::mark::{self, Mark, SpillDir};
 use crate::stamp::Stamp;
-use crate::store::chunk_index::Spillable;
+use crate::store::chunk_index::{SpillSorter, Spillable};
 use crate::store::index::ChunkIndex;
 use crate::store::layout::PackLayout;
 use crate::store::lock::ExclusiveLock;
@@ -164,44 +164,58 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
                 .and_then(|m| m.elapsed().ok())
                 .is_none_or(|age| age < grace)
     };
-    // Every pack's own index, in parallel: read before marking, since
-    // marking reads the list blobs of format-2 trees from the packs.
+    // Every pack's own index, a few in parallel at a time: read before
+    // marking, since marking reads the list blobs of format-2 trees from
+    // the packs. Each pack's chunk entries go into a sort by id (to join
+    // with the mark), and only their sizes stay in memory.
+    const PACKS_PER_ROUND: usize = 8;
+    let spill = SpillDir::for_store(store)?;
+    let mut entries = spill.sorter::<Copy>();
     let listed = store.list_packs()?;
-    let read: Vec<_> = listed
-        .into_par_iter()
-        .map(|p| {
-            let layout = store.read_pack_index(&Object::Listed(p.name.clone()), p.size);
-            (p, layout)
-        })
-        .collect();
-    let mut packs: Vec<(Id, String, u64, PackLayout)> = Vec::new();
+    let mut packs: Vec<(Id, String, u64, Sizes)> = Vec::new();
     let mut young: BTreeSet<String> = BTreeSet::new();
-    for (p, layout) in read {
-        if within_grace(p.modified) {
-            young.insert(p.name.clone());
-        }
-        match (pack::pack_id_from_name(&p.name), layout) {
-            (Some(id), Ok(layout)) => packs.push((id, p.name, p.size, layout)),
-            (None, _) => plan.damaged.push(SkippedPack {
-                name: p.name,
-                detail: "not a pack name".into(),
-            }),
-            (Some(_), Err(detail)) => plan.damaged.push(SkippedPack {
-                name: p.name,
-                detail,
-            }),
-        }
-    }
     let mut index = ChunkIndex::new();
-    for (id, _, size, entries) in &packs {
-        index.add_pack(*id, *size, entries);
+    for round in listed.chunks(PACKS_PER_ROUND) {
+        let read: Vec<_> = round
+            .par_iter()
+            .map(|p| {
+                let layout = store.read_pack_index(&Object::Listed(p.name.clone()), p.size);
+                (p, layout)
+            })
+            .collect();
+        for (p, layout) in read {
+            if within_grace(p.modified) {
+                young.insert(p.name.clone());
+            }
+            match (pack::pack_id_from_name(&p.name), layout) {
+                (Some(id), Ok(layout)) => {
+                    let n = packs.len() as u32;
+                    index.add_pack(id, p.size, &layout);
+                    for (ci, c) in layout.chunks.iter().enumerate() {
+                        entries.push(Copy {
+                            id: c.id,
+                            pack: n,
+                            chunk: ci as u32,
+                        })?;
+                    }
+                    packs.push((id, p.name.clone(), p.size, Sizes::of(&layout)));
+                }
+                (None, _) => plan.damaged.push(SkippedPack {
+                    name: p.name.clone(),
+                    detail: "not a pack name".into(),
+                }),
+                (Some(_), Err(detail)) => plan.damaged.push(SkippedPack {
+                    name: p.name.clone(),
+                    detail,
+                }),
+            }
+        }
     }
 
     // The mark: every id the trees reach, sorted on disk. Every list
     // blob a tree reaches is live too, delta chains included; a tree that
     // cannot be walked hides what it references, so gc refuses as for a
     // manifest that does not read.
-    let spill = SpillDir::for_store(store)?;
     let mut marked = Mark::<Id>::new(store, &index, &spill);
     let mut mark = |m: &crate::store::manifest::Manifest, snapshot: &str| -> Result<()> {
         for e in &m.entries {
@@ -250,8 +264,8 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     }
     let live = marked.finish()?;
     drop(index);
-    let layouts: Vec<&PackLayout> = packs.iter().map(|p| &p.3).collect();
-    let mut copies = join_copies(&layouts, &spill, live)?;
+    let counts: Vec<usize> = packs.iter().map(|p| p.3.raw_lens.len()).collect();
+    let mut copies = join_copies(&counts, entries, live)?;
     plan.chunks_missing = copies.missing;
 
     // Home copies: packs with the highest live share (all copies counted)
@@ -259,7 +273,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     let share: Vec<(u64, u64)> = packs
         .iter()
         .enumerate()
-        .map(|(p, (_, _, _, layout))| stored_and_live(layout, |ci, _| copies.live[p][ci]))
+        .map(|(p, (_, _, _, sizes))| sizes.stored_and_live(|ci| copies.live[p][ci]))
         .collect();
     let mut order: Vec<usize> = (0..packs.len()).collect();
     order.sort_by(|&a, &b| {
@@ -272,15 +286,13 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     });
     copies.assign_homes(&order);
 
-    for (p, (id, name, size, layout)) in packs.into_iter().enumerate() {
+    for (p, (id, name, size, sizes)) in packs.into_iter().enumerate() {
         let home = &copies.home[p];
-        let home_here = |ci: usize, _: &Id| home[ci];
-        let (chunk_bytes, live_bytes) = stored_and_live(&layout, home_here);
-        let live_here: Vec<usize> = (0..layout.chunks.len())
-            .filter(|&ci| home_here(ci, &layout.chunks[ci].id))
-            .collect();
+        let (chunk_bytes, live_bytes) = sizes.stored_and_live(|ci| home[ci]);
+        let chunks = sizes.raw_lens.len();
+        let live_here: Vec<usize> = (0..chunks).filter(|&ci| home[ci]).collect();
         plan.chunks_live += live_here.len() as u64;
-        plan.chunks_dead += (layout.chunks.len() - live_here.len()) as u64;
+        plan.chunks_dead += (chunks - live_here.len()) as u64;
         let mut action = if live_here.is_empty() {
             Action::Delete
         } else if live_bytes * 100 < chunk_bytes * REWRITE_BELOW_LIVE_PERCENT {
@@ -292,15 +304,28 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             plan.packs_within_grace += 1;
             action = Action::Keep;
         }
-        let chunks = layout.chunks.len() as u64;
+        // A pack to rewrite: its layout read again (the plan kept only
+        // sizes); one that no longer reads is kept as it is.
+        let mut live = None;
+        if action == Action::Rewrite {
+            match store.read_pack_index(&Object::Listed(name.clone()), size) {
+                Ok(layout) => live = Some((layout, live_here)),
+                Err(detail) => {
+                    plan.warnings.push(format!(
+                        "pack {name} kept: its index no longer reads ({detail})"
+                    ));
+                    action = Action::Keep;
+                }
+            }
+        }
         plan.packs.push(PackPlan {
             id,
             name,
             size,
             chunk_bytes,
             live_bytes,
-            chunks,
-            live: (action == Action::Rewrite).then_some((layout, live_here)),
+            chunks: chunks as u64,
+            live,
             action,
         });
     }
@@ -375,28 +400,13 @@ impl Copies {
 }
 
 /// Merge-joins the marked ids (sorted, each once) with every pack's chunk
-/// entries sorted by id.
+/// entries sorted by id (`counts`: each pack's number of entries).
 fn join_copies(
-    layouts: &[&PackLayout],
-    spill: &SpillDir,
+    counts: &[usize],
+    sorter: SpillSorter<Copy>,
     live: mark::Marked<Id>,
 ) -> Result<Copies> {
-    let mut sorter = spill.sorter::<Copy>();
-    for (p, layout) in layouts.iter().enumerate() {
-        for (ci, c) in layout.chunks.iter().enumerate() {
-            sorter.push(Copy {
-                id: c.id,
-                pack: p as u32,
-                chunk: ci as u32,
-            })?;
-        }
-    }
-    let flags = || -> Vec<Vec<bool>> {
-        layouts
-            .iter()
-            .map(|l| vec![false; l.chunks.len()])
-            .collect()
-    };
+    let flags = || -> Vec<Vec<bool>> { counts.iter().map(|&n| vec![false; n]).collect() };
     let mut out = Copies {
         live: flags(),
         home: flags(),
@@ -557,25 +567,44 @@ enum CopyError {
     Store(Error),
 }
 
-/// A pack's stored frame bytes, and the share of them that the chunks
-/// `is_live` accepts (chunk index, id) hold: each frame's stored bytes
-/// split by raw bytes.
-fn stored_and_live(layout: &PackLayout, is_live: impl Fn(usize, &Id) -> bool) -> (u64, u64) {
-    let mut all = 0u64;
-    let mut lv = 0u64;
-    for (fi, f) in layout.frames.iter().enumerate() {
-        all += f.stored_len as u64;
-        let first = f.first_chunk as usize;
-        let live_raw: u64 = layout
-            .frame_chunks(fi)
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| is_live(first + i, &c.id))
-            .map(|(_, c)| c.raw_len as u64)
-            .sum();
-        lv += PackLayout::share(f.stored_len, f.raw_len, live_raw);
+/// What the plan keeps of a pack's layout: its frames' sizes and its
+/// chunks' raw lengths (4 bytes a chunk, not its 36-byte entry).
+struct Sizes {
+    /// Per frame: stored bytes, raw bytes, first chunk, chunks.
+    frames: Vec<(u32, u32, u32, u32)>,
+    raw_lens: Vec<u32>,
+}
+
+impl Sizes {
+    fn of(layout: &PackLayout) -> Sizes {
+        Sizes {
+            frames: (layout.frames.iter())
+                .map(|f| (f.stored_len, f.raw_len, f.first_chunk, f.n_chunks))
+                .collect(),
+            raw_lens: layout.chunks.iter().map(|c| c.raw_len).collect(),
+        }
     }
-    (all, lv)
+
+    /// The pack's stored frame bytes, and the share of them that the
+    /// chunks `is_live` accepts (by chunk index) hold: each frame's stored
+    /// bytes split by raw bytes.
+    fn stored_and_live(&self, is_live: impl Fn(usize) -> bool) -> (u64, u64) {
+        let mut all = 0u64;
+        let mut lv = 0u64;
+        for &(stored_len, raw_len, first, n) in &self.frames {
+            all += stored_len as u64;
+            let (first, n) = (first as usize, n as usize);
+            let live_raw: u64 = match self.raw_lens.get(first..first + n) {
+                Some(lens) => (lens.iter().enumerate())
+                    .filter(|(i, _)| is_live(first + i))
+                    .map(|(_, len)| *len as u64)
+                    .sum(),
+                None => 0,
+            };
+            lv += PackLayout::share(stored_len, raw_len, live_raw);
+        }
+        (all, lv)
+    }
 }
 
 /// Copies the live chunks of a sparse pack into the packer (new frames
