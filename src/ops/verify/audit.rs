@@ -541,7 +541,9 @@ pub fn metadata_problem(store: &Store, stamp: &Stamp) -> Option<String> {
 
 /// Stored bytes of the frames handed over at once when re-hashing: they
 /// are decoded and checked in parallel while the next ones are read.
-const BLOCK: usize = 2 << 20;
+/// Frames are up to about 1 MiB, so a batch holds several for each core
+/// (with two or three, one core idled while the other decoded the last).
+const BLOCK: usize = 6 << 20;
 /// The reader's buffer: small frames (format 1: one chunk each) are read
 /// through it, large ones straight into their own buffers.
 const READ_BUF: usize = 256 << 10;
@@ -642,7 +644,7 @@ fn check_pack(store: &Store, index: &ChunkIndex, p: u32, rehash: bool) -> PackCh
             return check;
         }
     };
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, Vec<u8>)>>(2);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, Vec<u8>)>>(1);
     let mut next = 0usize;
     let streamed = std::thread::scope(|scope| {
         let places = tiled.iter().map(|&fi| {
