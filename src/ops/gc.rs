@@ -51,9 +51,10 @@ use crate::ops::mark::{self, Mark, SpillDir};
 use crate::stamp::Stamp;
 use crate::store::chunk_index::{SpillSorter, Spillable};
 use crate::store::index::ChunkIndex;
-use crate::store::layout::PackLayout;
+use crate::store::layout::{PackFormat, PackLayout};
 use crate::store::lock::ExclusiveLock;
 use crate::store::pack;
+use crate::store::pack2::{ChunkEntry, DecodedFrame, EncodedFrame, FrameKind};
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Dir, Object, Store};
@@ -642,9 +643,33 @@ fn copy_live(
                     ChunkFault::of_read_error(store.display(&pack), &err),
                 )
             })?;
+        // A wholly live format-2 frame moves as it is stored: checked
+        // (decoded, every chunk re-hashed) but not re-encoded.
+        let whole = layout.format == PackFormat::V2
+            && live_here.len() == f.n_chunks as usize
+            && live_here
+                .iter()
+                .all(|&ci| !packer.has(scratch, &layout.chunks[ci].id));
+        let verbatim = whole.then(|| stored.clone());
         let frame = store
             .decode_frame(layout, fi, stored)
             .map_err(|e| CopyError::Chunk(first_live, ChunkFault::Corrupt(e.to_string())))?;
+        if let Some(stored) = verbatim {
+            let chunks = layout.frame_chunks(fi).to_vec();
+            check_all(&frame, &chunks)?;
+            packer
+                .add_frame(
+                    scratch,
+                    EncodedFrame {
+                        kind: FrameKind::Data,
+                        codec: f.codec,
+                        chunks,
+                        stored,
+                    },
+                )
+                .map_err(CopyError::Store)?;
+            continue;
+        }
         for &ci in live_here {
             let id = layout.chunks[ci].id;
             let bytes = match frame.chunk(ci - first) {
@@ -659,6 +684,20 @@ fn copy_live(
             packer
                 .add_raw(scratch, id, bytes)
                 .map_err(CopyError::Store)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every chunk of a decoded frame hashes to its id (else the first that
+/// does not is corrupt: a damaged frame is never moved as it is).
+fn check_all(frame: &DecodedFrame, chunks: &[ChunkEntry]) -> std::result::Result<(), CopyError> {
+    for (i, c) in chunks.iter().enumerate() {
+        if !matches!(frame.chunk(i), Some(Ok(_))) {
+            return Err(CopyError::Chunk(
+                c.id,
+                ChunkFault::Corrupt("content does not match its hash".into()),
+            ));
         }
     }
     Ok(())

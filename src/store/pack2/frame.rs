@@ -84,11 +84,12 @@ impl FrameBuf {
             || self.raw.len() >= params.frame_max_bytes as usize)
     }
 
-    /// Encodes and seals the frame: zstd at the configured level, raw when
-    /// the zstd output is above `max_ratio_percent` of the raw bytes (the
-    /// chunk codec's rule, [`crate::chunk::encode`]).
+    /// Encodes and seals the frame: zstd at the configured level (level 1
+    /// for data that barely compresses in an `auto` store,
+    /// [`crate::chunk::encode_frame`]), raw when the zstd output is above
+    /// `max_ratio_percent` of the raw bytes (the chunk codec's rule).
     pub fn encode(self, params: &FrameParams, sealer: &Sealer) -> EncodedFrame {
-        let (encoded, compressed) = crate::chunk::encode(&self.raw, &params.compression);
+        let (encoded, compressed) = crate::chunk::encode_frame(&self.raw, &params.compression);
         let codec = if compressed { Codec::Zstd } else { Codec::Raw };
         let stored = seal_frame(sealer, encoded, &self.ids);
         EncodedFrame {

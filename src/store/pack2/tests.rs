@@ -490,7 +490,7 @@ fn hnsw_like(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The figure of docs/FORMAT.md "Packs (format 2)": bytes of a pack of 256
+/// The figure of docs/FORMAT.md "Packs": bytes of a pack of 256
 /// HNSW-like 4 KiB chunks in format 2 against format 1 (`cargo test --lib
 /// store::pack2::tests::measure -- --ignored --nocapture`).
 #[test]
