@@ -99,8 +99,10 @@ pub fn validate_manifest(
     })
 }
 
-/// Chunks read per parallel batch while streaming a file's list.
-const CHECK_BATCH: usize = 4096;
+/// Chunks read per parallel batch while streaming a file's list: 2 MiB of
+/// ids. Each batch ends with a wait for its slowest reader, and the list
+/// is read between batches by one thread, so batches are large.
+const CHECK_BATCH: usize = 1 << 16;
 /// Chunks remembered as read and sound (each file's repeats, zero pages,
 /// are not read again); the set starts over when full, so memory stays
 /// bounded whatever the store's size.
