@@ -30,7 +30,11 @@ A trial, for each tool in turn, on a fresh copy of rt-<G>g (new inodes):
   growth, RSS); verify reading all data (atosnap verify, restic check
   --read-data, borg check --verify-data; wall, RSS); the work copy is deleted,
   then full restore of the day into an empty dir (wall, RSS). Peak memory is
-  the largest max-RSS of those commands (/usr/bin/time -f %M).
+  the largest max-RSS of those commands (/usr/bin/time -f %M). With
+  --every-command, atosnap's store also gets validate, diff, ls, stats, gc
+  and cleanup (dry runs), drill, an in-place restore of the first
+  snapshot onto the work copy and a copy of the day into a new store,
+  each timed with its peak RSS, and counted in peak memory.
 
 Disk: before preparing a size and before measuring it the free space of
 --cache / --scratch is checked against what the step needs (prepare: twice
@@ -248,7 +252,7 @@ def prepare(a, gib):
     return paths
 
 
-def trial(tool, paths, scratch):
+def trial(tool, paths, scratch, every_command=False):
     r = {}
     base = tempfile.mkdtemp(dir=scratch, prefix=tool.name + "-")
     work, store, dest = (os.path.join(base, d) for d in ("rt", "store", "restored"))
@@ -267,6 +271,8 @@ def trial(tool, paths, scratch):
         r["nochange_s"], r["nochange_mib"], _ = tool.backup(store, work)
         r["nochange_growth"] = du(store) - before
         r["check_s"], r["check_mib"] = tool.check(store)
+        if every_command and tool.name == "atosnap":
+            r.update(other_commands(tool, store, work, snap, base))
         shutil.rmtree(work)
         r["restore_s"], r["restore_mib"] = tool.restore(store, snap, dest)
         r["peak_mib"] = max(r[k] for k in r if k.endswith("_mib"))
@@ -276,9 +282,38 @@ def trial(tool, paths, scratch):
     return r
 
 
+def other_commands(tool, store, work, snap, base):
+    """atosnap's other commands on the trial's store (after its verify):
+    wall and peak RSS of each, so "peak memory of every command" is
+    measured, not assumed. The in-place restore puts the first snapshot
+    back onto the work copy (at the day's state): the previous day."""
+    b = [tool.bin, "--quiet", "--store", store]
+    stamps = [s["stamp"] for s in json.loads(run(b + ["list"])[2])["snapshots"]]
+    first = stamps[0]
+    other = os.path.join(base, "other")
+    steps = [
+        ("validate", b + ["validate", snap]),
+        ("diff", b + ["diff", first, snap]),
+        ("ls", b + ["ls", snap]),
+        ("stats", b + ["stats"]),
+        ("gc_dry", b + ["gc"]),
+        ("cleanup_dry", b + ["cleanup"]),
+        ("drill", b + ["drill", snap]),
+        ("inplace", tool.args(store, work) + ["restore", first, "--confirm-service-stopped", "--no-pre-snapshot",
+                                              "--chroma"]),
+    ]
+    r = {}
+    for name, cmd in steps:
+        r[name + "_s"], r[name + "_mib"], _ = run(cmd)
+    subprocess.run([tool.bin, "--store", other, "init"], check=True, stdout=subprocess.DEVNULL)
+    r["copy_s"], r["copy_mib"], _ = run(b + ["copy", "--to", other, snap])
+    shutil.rmtree(other, ignore_errors=True)
+    return r
+
+
 def measure(a, gib, paths, tools):
     runtime = du(paths["day1"])
-    need = int(2.2 * runtime + a.keep_free * 1e9)
+    need = int((3.2 if a.every_command else 2.2) * runtime + a.keep_free * 1e9)
     if free_bytes(a.scratch) < need:
         log(f"SKIP measuring {gib:g} GiB: needs {need / 1e9:.1f} GB free in {a.scratch} (2.2x the "
             f"{runtime / 1e9:.1f} GB runtime + --keep-free {a.keep_free:g}), {free_bytes(a.scratch) / 1e9:.1f} GB free")
@@ -289,7 +324,7 @@ def measure(a, gib, paths, tools):
     for t in range(a.trials):
         for name in a.tools.split(","):
             log(f"{gib:g} GiB, trial {t + 1}/{a.trials}: {name}")
-            r = trial(tools[name], paths, a.scratch)
+            r = trial(tools[name], paths, a.scratch, a.every_command)
             log("  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
             for k, v in r.items():
                 res.setdefault(name, {}).setdefault(k, []).append(v)
@@ -335,6 +370,8 @@ ROWS = [("first snapshot, wall (s)", "first_s", "s"), ("store after first (MB)",
         ("verify reading all data (s)", "check_s", "s"), ("full restore into empty dir (s)", "restore_s", "s"),
         ("peak RSS first / day / no-change (MiB)", "first_mib day_mib nochange_mib", "mib3"),
         ("peak RSS verify / restore (MiB)", "check_mib restore_mib", "mib2"), ("peak memory (MiB)", "peak_mib", "s")]
+# With --every-command (atosnap only): wall (s) / peak RSS (MiB) of each.
+OTHER = ["validate", "diff", "ls", "stats", "gc_dry", "cleanup_dry", "drill", "inplace", "copy"]
 
 
 def cell(m, floors, key, unit):
@@ -368,6 +405,11 @@ def markdown(sizes, skipped, extra, at_gb):
         for label, key, unit in ROWS:
             cells = (cell(s["medians"][name], s["floors"], key, unit) for s in cols)
             out.append(f"| {label} | " + " | ".join(cells) + " |")
+        for cmd in OTHER:
+            ms = [s["medians"][name] for s in cols]
+            if any(cmd + "_s" in m for m in ms):
+                cells = (f"{m[cmd + '_s']:.2f} s / {m[cmd + '_mib']:.0f} MiB" if cmd + "_s" in m else "" for m in ms)
+                out.append(f"| {cmd.replace('_', ' ')}: wall / peak RSS | " + " | ".join(cells) + " |")
         out.append("")
     if sizes:
         floors = (f"{s['gib']:g} GiB first {s['floors']['first_zstd3_bytes'] / 1e6:,.1f} MB, "
@@ -409,6 +451,9 @@ def main():
     ap.add_argument("--keep-free", type=float, default=5.0, help="GB to leave free on disk (default 5)")
     ap.add_argument("--extrapolate-gb", type=float, default=50.0)
     ap.add_argument("--prepare-only", action="store_true", help="build the cached runtimes and stop")
+    ap.add_argument("--every-command", action="store_true",
+                    help="also time atosnap's validate, diff, ls, stats, gc, cleanup, drill, in-place restore "
+                         "and copy on its store (wall and peak RSS of each; needs a store's size more disk)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     a = ap.parse_args()

@@ -219,6 +219,14 @@ pub enum Error {
     /// more, released its lock; its temp files are swept by the next run.
     #[error("interrupted by {signal}: stopped before publishing anything more (the store lock is released; leftover temp files are swept by the next run)")]
     Interrupted { signal: String },
+    /// The folder where a restore stages its files lacks the room for
+    /// them: refused before anything is written.
+    #[error("not enough free space to stage the restore in {folder}: {needed} bytes needed (the staged files plus 5 %), {available} available; free space on that filesystem and retry (nothing was written)")]
+    RestoreNoSpace {
+        folder: PathBuf,
+        needed: u64,
+        available: u64,
+    },
     #[error("no store at {path}, and a password was given: nothing was created. An encrypted store is made only by `atosnap init --encryption repokey`; if the store should be there, check the mount and --store / ATOCORE_BACKUP_DIR")]
     StoreMissingWithPassword { path: String },
 }
@@ -279,6 +287,7 @@ impl Error {
             | Error::ServeRuntime(_)
             | Error::DemoFixtures(_) => "error",
             Error::RestoreTargetIsLive { .. } => "restore_target_is_live",
+            Error::RestoreNoSpace { .. } => "restore_no_space",
             Error::CopyStampTaken { .. } => "copy_stamp_taken",
             Error::Interrupted { .. } => "interrupted",
             Error::StoreMissingWithPassword { .. } => "store_missing",

@@ -11,7 +11,13 @@ use std::time::{Duration, Instant};
 /// and checked, nothing live changed), `restore:after-pre-snapshot`,
 /// `restore:after-sidecars`, `restore:before-rename:<snapshot path>`,
 /// `restore:mid-renames` (the db renamed into place, the rest not yet),
-/// `restore:chroma-after-remove`.
+/// `restore:chroma-after-remove`; for writers (create, copy, gc's
+/// rewrite): `pack:frame-written` (the first frame of a format-2 pack is
+/// in its temp file, the pack unfinished), `pack:published` (the first
+/// pack is durable under its name, no snapshot refers to it yet),
+/// `snapshot:before-publish` (every pack durable, the snapshot not
+/// written) and `backend:dir-staged:<snapshot dir>` (a local store: the
+/// snapshot's files are durable in a temp folder, not yet renamed).
 pub fn hit(name: impl FnOnce() -> String) {
     static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if let Some(p) = POINT.get_or_init(|| std::env::var("ATOSNAP_FAILPOINT").ok()) {

@@ -1,6 +1,7 @@
 //! What this process knows about its host and its own life: the host
-//! name, whether a process still runs, who owns a temp file, and whether
-//! the process was asked to stop (SIGINT / SIGTERM).
+//! name, whether a process still runs, who owns a temp file, whether the
+//! process was asked to stop (SIGINT / SIGTERM), and the free space of a
+//! file system.
 //!
 //! Temp files (the store's `tmp/`, restore's temps beside their targets)
 //! are named for their owner, `<pid>-<host>-<boot>-<pidns>-<token>-…`:
@@ -20,6 +21,32 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
+
+/// Bytes an unprivileged writer may still use on the file system holding
+/// `dir` (`statvfs`: available blocks times the fragment size). Test
+/// hook: `ATOSNAP_TEST_FREE_BYTES=<n>` says n instead, so that a test can
+/// play a full disk without filling one.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    if let Some(n) = std::env::var("ATOSNAP_TEST_FREE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Ok(n);
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call and
+    // `st` has room for one `statvfs`, which the call fills on success.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
 
 /// This host's name (lock objects, claim markers and temp names carry it).
 pub fn hostname() -> String {

@@ -40,6 +40,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "crash/failpoints.rs"]
+mod failpoints;
+
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

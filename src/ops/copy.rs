@@ -47,12 +47,15 @@ use crate::progress::Progress;
 use crate::stamp::Stamp;
 use crate::store::audit_log::{self, CopyRecord};
 use crate::store::index::{ChunkIndex, Location};
+use crate::store::layout::PackLayout;
 use crate::store::lists::{ListRef, Reached};
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{ChunkList, EntryKind, FileEntry, Manifest};
+use crate::store::pack2::{EncodedFrame, FrameKind};
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
-use crate::store::{ChunkFault, Store};
+use crate::store::{ChunkFault, Object, Store};
+use std::sync::Arc;
 
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
 /// (the batch read, and its re-encoded copy).
@@ -207,6 +210,12 @@ pub fn copy(
             },
             prev_trees: std::collections::HashMap::new(),
             chunks_sent: 0,
+            move_frames: same_ids
+                && from.config().frames.is_some()
+                && from.config().frames == to.config().frames
+                && from.config().compression == to.config().compression,
+            unmovable: Default::default(),
+            layouts: Default::default(),
             progress,
         };
         for stamp in &pending {
@@ -313,6 +322,12 @@ struct Copier<'a> {
     /// trees new ones are built against.
     prev_trees: std::collections::HashMap<Vec<u8>, ListRef>,
     chunks_sent: u64,
+    /// Frames move whole (see [`Copier::send`]): both stores are format 2,
+    /// name and seal chunks alike and frame and compress alike.
+    move_frames: bool,
+    /// Source frames (pack row, offset) found unmovable.
+    unmovable: std::collections::HashSet<(u32, u32)>,
+    layouts: std::collections::HashMap<u32, Arc<PackLayout>>,
     progress: &'a dyn Progress,
 }
 
@@ -335,6 +350,27 @@ fn tree_roots(m: &Manifest) -> impl Iterator<Item = Id> + '_ {
     })
 }
 
+/// Source pack layouts kept for moving frames (a manifest's files are
+/// mostly in consecutive packs).
+const LAYOUTS_KEPT: usize = 8;
+
+/// What one batch sends: frames to move whole and chunks to send one by
+/// one, with every chunk id either brings (so none goes twice).
+#[derive(Default)]
+struct Batch {
+    frames: Vec<(Id, Arc<PackLayout>, usize)>,
+    order: Vec<Id>,
+    chunks: IdSet,
+    /// Raw bytes of the batch.
+    bytes: u64,
+}
+
+impl Batch {
+    fn has(&self, id: &Id) -> bool {
+        self.chunks.contains(id)
+    }
+}
+
 /// A source chunk ready for the destination.
 struct Ready {
     id: Id,
@@ -350,12 +386,8 @@ impl Copier<'_> {
             Ok(v) => v,
             Err(e) => return Ok(Outcome::Failed(e)),
         };
-        let lists = match self.send_chunks(stamp, &manifest)? {
-            Ok(lists) => lists,
-            Err(e) => return Ok(Outcome::Failed(e)),
-        };
-        if !self.keep_trees {
-            self.build_trees(&mut manifest, lists)?;
+        if let Err(e) = self.send_snapshot(stamp, &mut manifest)? {
+            return Ok(Outcome::Failed(e));
         }
         self.packer.flush(self.to_index)?;
         crate::failpoint::hit(|| FAILPOINT_AFTER_PACKS.to_string());
@@ -377,140 +409,261 @@ impl Copier<'_> {
         Ok((manifest, metadata))
     }
 
-    /// The source ids to send for file `f`: its chunks, and with
-    /// `keep_trees` its list blobs too (none when a snapshot published at
-    /// the destination holds the root: it holds the whole tree then; a
-    /// root merely present may be a cut copy's, its subtree partly sent). The source ids of its
-    /// chunks in file order are returned when trees are rebuilt.
-    fn file_ids(
-        &self,
-        f: &FileEntry,
-        tree_seen: &mut IdSet,
-        out: &mut Vec<Id>,
-    ) -> Result<Option<Vec<Id>>> {
+    /// Sends what the destination lacks of `manifest`, one file at a time
+    /// (memory follows the largest file, not the snapshot), and when trees
+    /// are rebuilt builds each file's tree at the destination right after
+    /// its chunks, so the manifest then holds the new roots. The inner
+    /// error is damage at the source (the first chunk or list blob found
+    /// missing or corrupt); the outer one a failure at the destination.
+    fn send_snapshot(&mut self, stamp: &Stamp, manifest: &mut Manifest) -> Result<Result<()>> {
+        let total = manifest
+            .entries
+            .iter()
+            .filter_map(|e| e.file())
+            .map(|f| f.size)
+            .sum();
+        self.progress.phase(&format!("copy {stamp}"), Some(total));
+        let mut tree_seen = IdSet::default();
+        let mut trees = std::collections::HashMap::new();
+        for entry in manifest.entries.iter_mut() {
+            let EntryKind::File(f) = &mut entry.kind else {
+                continue;
+            };
+            let ids = match self.file_ids(f, &mut tree_seen) {
+                Ok(ids) => ids,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Err(e) = self.send(&ids)? {
+                return Ok(Err(e));
+            }
+            if !self.keep_trees {
+                let built = self.build_tree(&entry.path, f, &ids)?;
+                trees.insert(entry.path.clone(), built);
+            }
+            self.progress.advance(f.size);
+        }
         if !self.keep_trees {
-            let ids = self.from.file_chunk_ids(self.from_index, f)?;
-            out.extend_from_slice(&ids);
-            return Ok(Some(ids));
+            self.prev_trees = trees;
+        }
+        Ok(Ok(()))
+    }
+
+    /// The source ids to send for file `f`: its chunks in file order when
+    /// trees are rebuilt; with `keep_trees` its chunks and list blobs (none
+    /// when a snapshot published at the destination holds the root: it
+    /// holds the whole tree then; a root merely present may be a cut
+    /// copy's, its subtree partly sent).
+    fn file_ids(&self, f: &FileEntry, tree_seen: &mut IdSet) -> Result<Vec<Id>> {
+        if !self.keep_trees {
+            return self.from.file_chunk_ids(self.from_index, f);
         }
         if let ChunkList::Tree(ListRef {
             root: Some(root), ..
         }) = &f.list
         {
             if self.published_roots.contains(root) {
-                return Ok(None);
+                return Ok(Vec::new());
             }
         }
+        let mut out = Vec::new();
         self.from
             .file_reach(self.from_index, f, tree_seen, &mut |r| {
                 let (Reached::Blob(id) | Reached::Chunk(id)) = r;
                 out.push(id);
             })
-            .map(|()| None)
+            .map(|()| out)
     }
 
-    /// Builds every file's tree at the destination from its source ids
-    /// (`lists`, in manifest order of the files), renamed with their
-    /// destination ids; the manifest then holds the new roots.
-    fn build_trees(&mut self, manifest: &mut Manifest, lists: Vec<Vec<Id>>) -> Result<()> {
-        let mut trees = std::collections::HashMap::new();
-        let files = manifest
-            .entries
-            .iter_mut()
-            .filter_map(|e| match &mut e.kind {
-                EntryKind::File(f) => Some((&e.path, f)),
-                _ => None,
-            });
-        for ((path, f), ids) in files.zip(lists) {
-            let ids = match &self.ids {
-                Some(map) => map_ids(&ids, map)?,
-                None => ids,
-            };
-            // Only fixed-block or content-defined matters for the leaves.
-            let page = f.sqlite.then_some(4096);
-            let strategy = chunk::strategy_for(path, page, &self.to.config().chunking);
-            let built = self.packer.add_list(
-                self.to_index,
-                &strategy,
-                &ids,
-                self.prev_trees
-                    .get(path.as_slice())
-                    .map(std::slice::from_ref)
-                    .unwrap_or_default(),
-            )?;
-            f.list = ChunkList::Tree(built.list);
-            trees.insert(path.clone(), built.list);
-        }
-        self.prev_trees = trees;
-        Ok(())
-    }
-
-    /// Sends every chunk of `manifest` the destination lacks, and the list
-    /// blobs it lacks when trees are kept. Returns each file's source
-    /// chunk ids when trees are to be rebuilt. The inner error is damage
-    /// at the source (the first chunk or list blob found missing or
-    /// corrupt); the outer one a failure to write at the destination.
-    fn send_chunks(&mut self, stamp: &Stamp, manifest: &Manifest) -> Result<Result<Vec<Vec<Id>>>> {
-        // The source chunks to handle, each once, in manifest order.
-        let mut seen = IdSet::default();
-        let mut tree_seen = IdSet::default();
-        let mut needed: Vec<(Id, Location)> = Vec::new();
-        let mut lists = Vec::new();
-        let mut ids = Vec::new();
-        for f in manifest.entries.iter().filter_map(|e| e.file()) {
-            match self.file_ids(f, &mut tree_seen, &mut ids) {
-                Ok(Some(list)) => lists.push(list),
-                Ok(None) => {}
-                Err(e) => return Ok(Err(e)),
+    /// Builds file `f`'s tree at the destination from its source chunk
+    /// ids, renamed with their destination ids, against the previously
+    /// copied snapshot's tree of the same path; `f` then holds its root.
+    fn build_tree(&mut self, path: &[u8], f: &mut FileEntry, ids: &[Id]) -> Result<ListRef> {
+        let mapped;
+        let ids = match &self.ids {
+            Some(map) => {
+                mapped = map_ids(ids, map)?;
+                &mapped[..]
             }
-        }
-        for id in &ids {
+            None => ids,
+        };
+        // Only fixed-block or content-defined matters for the leaves.
+        let page = f.sqlite.then_some(4096);
+        let strategy = chunk::strategy_for(path, page, &self.to.config().chunking);
+        let built = self.packer.add_list(
+            self.to_index,
+            &strategy,
+            ids,
+            self.prev_trees
+                .get(path)
+                .map(std::slice::from_ref)
+                .unwrap_or_default(),
+        )?;
+        f.list = ChunkList::Tree(built.list);
+        Ok(built.list)
+    }
+
+    /// Sends the chunks of `ids` the destination lacks, in batches of about
+    /// [`BATCH_BYTES`] read and checked in parallel. An id is skipped once
+    /// the destination has it (sent earlier in this run included: the
+    /// packer knows its pending chunks), so each goes once. With
+    /// `move_frames`, a source frame none of whose chunks the destination
+    /// has moves whole, as it is stored (checked, not re-encoded).
+    fn send(&mut self, ids: &[Id]) -> Result<Result<()>> {
+        let mut batch = Batch::default();
+        for (at, id) in ids.iter().enumerate() {
             let todo = match &self.ids {
                 None => !self.packer.has(self.to_index, id)?,
                 Some(ids) => !ids.contains_key(id),
             };
-            if !todo || !seen.insert(*id) {
+            if !todo || batch.has(id) {
                 continue;
             }
-            match self.from_index.get(id)? {
-                Some(loc) => needed.push((*id, loc)),
-                None => return Ok(Err(ChunkFault::Missing.into_error(id))),
-            }
-        }
-        drop(seen);
-        let total: u64 = needed.iter().map(|(_, l)| l.raw_len as u64).sum();
-        self.progress.phase(&format!("copy {stamp}"), Some(total));
-
-        let mut start = 0;
-        while start < needed.len() {
-            let mut end = start;
-            let mut bytes = 0u64;
-            while end < needed.len() && (end == start || bytes < BATCH_BYTES) {
-                bytes += needed[end].1.raw_len as u64;
-                end += 1;
-            }
-            let batch = &needed[start..end];
-            crate::os::check_interrupted()?;
-            let ready = match self.prepare(batch) {
-                Ok(r) => r,
-                Err(e) => return Ok(Err(e)),
+            let loc = match self.from_index.locate(id) {
+                Ok(loc) => loc,
+                Err(f) => return Ok(Err(f.into_error(id))),
             };
-            for r in ready.into_iter().flatten() {
-                if self.packer.add_raw(self.to_index, r.id, &r.raw)? {
-                    self.chunks_sent += 1;
+            if !(self.move_frames
+                && loc.in_frame()
+                && self.try_take_frame(&loc, &ids[at..], &mut batch)?)
+            {
+                batch.chunks.insert(*id);
+                batch.order.push(*id);
+                batch.bytes += loc.raw_len as u64;
+            }
+            if batch.bytes >= BATCH_BYTES {
+                if let Err(e) = self.send_batch(&std::mem::take(&mut batch))? {
+                    return Ok(Err(e));
                 }
             }
-            self.progress.advance(bytes);
-            start = end;
         }
-        Ok(Ok(lists))
+        self.send_batch(&batch)
+    }
+
+    /// Adds the source frame at `loc` to `batch` as a frame to move when
+    /// its chunks are the next ones of the file (`ahead` starts with them:
+    /// so the frame holds nothing this snapshot does not reference, and a
+    /// copy of some snapshots sends no other one's chunks) and the
+    /// destination lacks them all; false otherwise: its chunks go one by
+    /// one. A frame found unmovable is remembered.
+    ///
+    /// A first snapshot's frames are runs of its files and move; a day's
+    /// new chunks are scattered through a file, so its frames do not, and
+    /// are re-framed (a day is small).
+    fn try_take_frame(&mut self, loc: &Location, ahead: &[Id], batch: &mut Batch) -> Result<bool> {
+        let key = (loc.pack, loc.frame_offset);
+        if self.unmovable.contains(&key) {
+            return Ok(false);
+        }
+        let info = self.from_index.pack(loc.pack).clone();
+        let layout = match self.layouts.get(&loc.pack) {
+            Some(l) => l.clone(),
+            None => {
+                // Unreadable trailer: the chunk-by-chunk path reports it.
+                let Ok(l) = self.from.read_pack_index(&Object::Pack(info.id), info.size) else {
+                    self.unmovable.insert(key);
+                    return Ok(false);
+                };
+                if self.layouts.len() >= LAYOUTS_KEPT {
+                    self.layouts.clear();
+                }
+                let l = Arc::new(l);
+                self.layouts.insert(loc.pack, l.clone());
+                l
+            }
+        };
+        let Some(fi) = layout.frame_at(loc.frame_offset) else {
+            self.unmovable.insert(key);
+            return Ok(false);
+        };
+        let chunks = layout.frame_chunks(fi);
+        let to_index = &*self.to_index;
+        let runs_ahead =
+            chunks.len() <= ahead.len() && chunks.iter().zip(ahead).all(|(c, id)| c.id == *id);
+        let mut clash = !runs_ahead;
+        for c in chunks {
+            if clash {
+                break;
+            }
+            clash = batch.has(&c.id) || self.packer.has(to_index, &c.id)?;
+        }
+        if clash {
+            self.unmovable.insert(key);
+            return Ok(false);
+        }
+        batch.chunks.extend(chunks.iter().map(|c| c.id));
+        batch.bytes += layout.frames[fi].raw_len as u64;
+        batch.frames.push((info.id, layout, fi));
+        Ok(true)
+    }
+
+    fn send_batch(&mut self, batch: &Batch) -> Result<Result<()>> {
+        crate::os::check_interrupted()?;
+        let moved = match self.read_frames(&batch.frames) {
+            Ok(m) => m,
+            Err(e) => return Ok(Err(e)),
+        };
+        for frame in moved {
+            self.chunks_sent += frame.chunks.len() as u64;
+            self.packer.add_frame(self.to_index, frame)?;
+        }
+        let ready = match self.prepare(&batch.order) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        for r in ready.into_iter().flatten() {
+            if self.packer.add_raw(self.to_index, r.id, &r.raw)? {
+                self.chunks_sent += 1;
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Reads the frames to move in parallel, each decoded and every chunk
+    /// re-hashed (copy never propagates damage), and returns them as they
+    /// are stored.
+    fn read_frames(&self, frames: &[(Id, Arc<PackLayout>, usize)]) -> Result<Vec<EncodedFrame>> {
+        let from = self.from;
+        frames
+            .par_iter()
+            .map(|(pack, layout, fi)| {
+                let f = &layout.frames[*fi];
+                let chunks = layout.frame_chunks(*fi).to_vec();
+                let first = chunks.first().map(|c| c.id).unwrap_or(Id([0; 32]));
+                let stored = from
+                    .read_object_range(&Object::Pack(*pack), f.offset as u64, f.stored_len as usize)
+                    .map_err(|e| {
+                        ChunkFault::of_read_error(from.display(&Object::Pack(*pack)), &e)
+                            .into_error(&first)
+                    })?;
+                let decoded = from
+                    .decode_frame(layout, *fi, stored.clone())
+                    .map_err(|e| ChunkFault::Corrupt(e.to_string()).into_error(&first))?;
+                for (i, c) in chunks.iter().enumerate() {
+                    if !matches!(decoded.chunk(i), Some(Ok(_))) {
+                        return Err(
+                            ChunkFault::Corrupt("content does not match its hash".into())
+                                .into_error(&c.id),
+                        );
+                    }
+                }
+                Ok(EncodedFrame {
+                    kind: FrameKind::Data,
+                    codec: f.codec,
+                    chunks,
+                    stored,
+                })
+            })
+            .collect()
     }
 
     /// Reads and checks a batch of source chunks in parallel and turns each
     /// into what the destination stores (raw: the destination's packer
     /// frames and encodes it). None for a chunk the destination
     /// turns out to have (after re-hashing). Records new id mappings.
-    fn prepare(&mut self, batch: &[(Id, Location)]) -> Result<Vec<Option<Ready>>> {
+    fn prepare(&mut self, batch: &[Id]) -> Result<Vec<Option<Ready>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let from = self.from;
         let to = self.to;
         let index = self.from_index;
@@ -519,7 +672,7 @@ impl Copier<'_> {
         let to_index = &*self.to_index;
         let prepared: Vec<std::result::Result<(Id, Option<Ready>), Error>> = batch
             .par_iter()
-            .map(|(id, _)| {
+            .map(|id| {
                 // Read through the source's frame cache: a frame of
                 // consecutive chunks is decoded (and re-hashed) once.
                 let raw = from.read_chunk(index, id).map_err(|f| f.into_error(id))?;
@@ -534,7 +687,7 @@ impl Copier<'_> {
             })
             .collect();
         let mut out = Vec::with_capacity(prepared.len());
-        for ((src, _), p) in batch.iter().zip(prepared) {
+        for (src, p) in batch.iter().zip(prepared) {
             let (new_id, ready) = p?;
             if let Some(ids) = &mut self.ids {
                 ids.insert(*src, new_id);

@@ -42,17 +42,19 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::id::{Id, IdSet};
+use crate::id::Id;
+use crate::ops::mark::{self, Mark, SpillDir};
 use crate::stamp::Stamp;
+use crate::store::chunk_index::{SpillSorter, Spillable};
 use crate::store::index::ChunkIndex;
-use crate::store::layout::PackLayout;
-use crate::store::lists::Reached;
+use crate::store::layout::{PackFormat, PackLayout};
 use crate::store::lock::ExclusiveLock;
 use crate::store::pack;
+use crate::store::pack2::{ChunkEntry, DecodedFrame, EncodedFrame, FrameKind};
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Dir, Object, Store};
@@ -163,50 +165,64 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
                 .and_then(|m| m.elapsed().ok())
                 .is_none_or(|age| age < grace)
     };
-    // Every pack's own index, in parallel: read before marking, since
-    // marking reads the list blobs of format-2 trees from the packs.
+    // Every pack's own index, a few in parallel at a time: read before
+    // marking, since marking reads the list blobs of format-2 trees from
+    // the packs. Each pack's chunk entries go into a sort by id (to join
+    // with the mark), and only their sizes stay in memory.
+    const PACKS_PER_ROUND: usize = 8;
+    let spill = SpillDir::for_store(store)?;
+    let mut entries = spill.sorter::<Copy>();
     let listed = store.list_packs()?;
-    let read: Vec<_> = listed
-        .into_par_iter()
-        .map(|p| {
-            let layout = store.read_pack_index(&Object::Listed(p.name.clone()), p.size);
-            (p, layout)
-        })
-        .collect();
-    let mut packs: Vec<(Id, String, u64, PackLayout)> = Vec::new();
+    let mut packs: Vec<(Id, String, u64, Sizes)> = Vec::new();
     let mut young: BTreeSet<String> = BTreeSet::new();
-    for (p, layout) in read {
-        if within_grace(p.modified) {
-            young.insert(p.name.clone());
-        }
-        match (pack::pack_id_from_name(&p.name), layout) {
-            (Some(id), Ok(layout)) => packs.push((id, p.name, p.size, layout)),
-            (None, _) => plan.damaged.push(SkippedPack {
-                name: p.name,
-                detail: "not a pack name".into(),
-            }),
-            (Some(_), Err(detail)) => plan.damaged.push(SkippedPack {
-                name: p.name,
-                detail,
-            }),
+    let mut index = ChunkIndex::new();
+    for round in listed.chunks(PACKS_PER_ROUND) {
+        let read: Vec<_> = round
+            .par_iter()
+            .map(|p| {
+                let layout = store.read_pack_index(&Object::Listed(p.name.clone()), p.size);
+                (p, layout)
+            })
+            .collect();
+        for (p, layout) in read {
+            if within_grace(p.modified) {
+                young.insert(p.name.clone());
+            }
+            match (pack::pack_id_from_name(&p.name), layout) {
+                (Some(id), Ok(layout)) => {
+                    let n = packs.len() as u32;
+                    index.add_pack(id, p.size, &layout);
+                    for (ci, c) in layout.chunks.iter().enumerate() {
+                        entries.push(Copy {
+                            id: c.id,
+                            pack: n,
+                            chunk: ci as u32,
+                        })?;
+                    }
+                    packs.push((id, p.name.clone(), p.size, Sizes::of(&layout)));
+                }
+                (None, _) => plan.damaged.push(SkippedPack {
+                    name: p.name.clone(),
+                    detail: "not a pack name".into(),
+                }),
+                (Some(_), Err(detail)) => plan.damaged.push(SkippedPack {
+                    name: p.name.clone(),
+                    detail,
+                }),
+            }
         }
     }
-    let index = store.load_index()?;
 
-    // Chunk id -> home pack (u32::MAX until assigned). Every list blob a
-    // tree reaches is live too, delta chains included; a tree that cannot
-    // be walked hides what it references, so gc refuses as for a
+    // The mark: every id the trees reach, sorted on disk. Every list
+    // blob a tree reaches is live too, delta chains included; a tree that
+    // cannot be walked hides what it references, so gc refuses as for a
     // manifest that does not read.
-    let mut live: HashMap<Id, u32> = HashMap::new();
-    let mut seen = IdSet::default();
+    let mut marked = Mark::<Id>::new(store, &index, &spill);
     let mut mark = |m: &crate::store::manifest::Manifest, snapshot: &str| -> Result<()> {
         for e in &m.entries {
             let Some(f) = e.file() else { continue };
-            store
-                .file_reach(&index, f, &mut seen, &mut |r| {
-                    let (Reached::Blob(id) | Reached::Chunk(id)) = r;
-                    live.entry(id).or_insert(u32::MAX);
-                })
+            marked
+                .file(f, mark::any_id)
                 .map_err(|err| Error::GcUnsafe {
                     snapshot: snapshot.to_string(),
                     detail: format!("the list of {} does not read: {err}", e.path_lossy()),
@@ -247,14 +263,18 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             )),
         }
     }
-
+    let live = marked.finish()?;
     drop(index);
+    let counts: Vec<usize> = packs.iter().map(|p| p.3.raw_lens.len()).collect();
+    let mut copies = join_copies(&counts, entries, live)?;
+    plan.chunks_missing = copies.missing;
 
     // Home copies: packs with the highest live share (all copies counted)
     // claim their live chunks first.
     let share: Vec<(u64, u64)> = packs
         .iter()
-        .map(|(_, _, _, layout)| stored_and_live(layout, |_, id| live.contains_key(id)))
+        .enumerate()
+        .map(|(p, (_, _, _, sizes))| sizes.stored_and_live(|ci| copies.live[p][ci]))
         .collect();
     let mut order: Vec<usize> = (0..packs.len()).collect();
     order.sort_by(|&a, &b| {
@@ -265,25 +285,15 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             .cmp(&(la as u128 * tb as u128))
             .then(packs[a].1.cmp(&packs[b].1))
     });
-    for &p in &order {
-        for id in packs[p].3.ids() {
-            if let Some(home) = live.get_mut(&id) {
-                if *home == u32::MAX {
-                    *home = p as u32;
-                }
-            }
-        }
-    }
-    plan.chunks_missing = live.values().filter(|h| **h == u32::MAX).count() as u64;
+    copies.assign_homes(&order);
 
-    for (p, (id, name, size, layout)) in packs.into_iter().enumerate() {
-        let home_here = |_: usize, id: &Id| live.get(id) == Some(&(p as u32));
-        let (chunk_bytes, live_bytes) = stored_and_live(&layout, home_here);
-        let live_here: Vec<usize> = (0..layout.chunks.len())
-            .filter(|&ci| home_here(ci, &layout.chunks[ci].id))
-            .collect();
+    for (p, (id, name, size, sizes)) in packs.into_iter().enumerate() {
+        let home = &copies.home[p];
+        let (chunk_bytes, live_bytes) = sizes.stored_and_live(|ci| home[ci]);
+        let chunks = sizes.raw_lens.len();
+        let live_here: Vec<usize> = (0..chunks).filter(|&ci| home[ci]).collect();
         plan.chunks_live += live_here.len() as u64;
-        plan.chunks_dead += (layout.chunks.len() - live_here.len()) as u64;
+        plan.chunks_dead += (chunks - live_here.len()) as u64;
         let mut action = if live_here.is_empty() {
             Action::Delete
         } else if live_bytes * 100 < chunk_bytes * REWRITE_BELOW_LIVE_PERCENT {
@@ -295,21 +305,155 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             plan.packs_within_grace += 1;
             action = Action::Keep;
         }
-        let chunks = layout.chunks.len() as u64;
+        // A pack to rewrite: its layout read again (the plan kept only
+        // sizes); one that no longer reads is kept as it is.
+        let mut live = None;
+        if action == Action::Rewrite {
+            match store.read_pack_index(&Object::Listed(name.clone()), size) {
+                Ok(layout) => live = Some((layout, live_here)),
+                Err(detail) => {
+                    plan.warnings.push(format!(
+                        "pack {name} kept: its index no longer reads ({detail})"
+                    ));
+                    action = Action::Keep;
+                }
+            }
+        }
         plan.packs.push(PackPlan {
             id,
             name,
             size,
             chunk_bytes,
             live_bytes,
-            chunks,
-            live: (action == Action::Rewrite).then_some((layout, live_here)),
+            chunks: chunks as u64,
+            live,
             action,
         });
     }
     plan.packs.sort_by(|a, b| a.name.cmp(&b.name));
     plan.damaged.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(plan)
+}
+
+/// A chunk entry of a pack's layout: the copies of every chunk, sorted by
+/// id, to join with the marked stream.
+struct Copy {
+    id: Id,
+    pack: u32,
+    chunk: u32,
+}
+
+impl Spillable for Copy {
+    const LEN: usize = 40;
+    type Key = (Id, u32, u32);
+
+    fn key(&self) -> (Id, u32, u32) {
+        (self.id, self.pack, self.chunk)
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        out[..32].copy_from_slice(&self.id.0);
+        out[32..36].copy_from_slice(&self.pack.to_le_bytes());
+        out[36..40].copy_from_slice(&self.chunk.to_le_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Copy {
+        let w = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        Copy {
+            id: <Id as Spillable>::decode(&b[..32]),
+            pack: w(32),
+            chunk: w(36),
+        }
+    }
+}
+
+/// The live copies of the marked ids, per pack: one flag per chunk entry
+/// (a byte, not a 60-byte map entry per live chunk).
+struct Copies {
+    /// `live[pack][chunk]`: the entry holds a live id (any copy).
+    live: Vec<Vec<bool>>,
+    /// `home[pack][chunk]`: the entry is its id's home copy.
+    home: Vec<Vec<bool>>,
+    /// Live ids stored in more than one pack (rare: raced writers, a
+    /// killed gc): their entries, until the packs' order picks a home.
+    contested: Vec<Vec<(u32, u32)>>,
+    /// Live ids in no pack.
+    missing: u64,
+}
+
+impl Copies {
+    /// Each contested id's home is its copy in the pack first in `order`
+    /// (every entry of that pack holding it).
+    fn assign_homes(&mut self, order: &[usize]) {
+        let mut rank = vec![0usize; order.len()];
+        for (r, &p) in order.iter().enumerate() {
+            rank[p] = r;
+        }
+        for entries in std::mem::take(&mut self.contested) {
+            let Some(&(first, _)) = entries.iter().min_by_key(|(p, _)| rank[*p as usize]) else {
+                continue;
+            };
+            for &(p, ci) in entries.iter().filter(|(p, _)| *p == first) {
+                self.home[p as usize][ci as usize] = true;
+            }
+        }
+    }
+}
+
+/// Merge-joins the marked ids (sorted, each once) with every pack's chunk
+/// entries sorted by id (`counts`: each pack's number of entries).
+fn join_copies(
+    counts: &[usize],
+    sorter: SpillSorter<Copy>,
+    live: mark::Marked<Id>,
+) -> Result<Copies> {
+    let flags = || -> Vec<Vec<bool>> { counts.iter().map(|&n| vec![false; n]).collect() };
+    let mut out = Copies {
+        live: flags(),
+        home: flags(),
+        contested: Vec::new(),
+        missing: 0,
+    };
+    let mut entries = sorter.finish()?.peekable();
+    let mut group: Vec<(u32, u32)> = Vec::new();
+    for id in live {
+        let id = id?;
+        group.clear();
+        // Entries of ids that are not live are passed over.
+        while let Some(next) = entries.peek() {
+            match next {
+                Ok(c) if c.id < id => {
+                    entries.next();
+                }
+                Ok(c) if c.id == id => {
+                    group.push((c.pack, c.chunk));
+                    entries.next();
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    if let Some(Err(e)) = entries.next() {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        match group.as_slice() {
+            [] => out.missing += 1,
+            [(first, _), rest @ ..] => {
+                for &(p, ci) in &group {
+                    out.live[p as usize][ci as usize] = true;
+                }
+                if rest.iter().all(|(p, _)| p == first) {
+                    for &(p, ci) in &group {
+                        out.home[p as usize][ci as usize] = true;
+                    }
+                } else {
+                    out.contested.push(group.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What executing a plan did.
@@ -424,25 +568,44 @@ enum CopyError {
     Store(Error),
 }
 
-/// A pack's stored frame bytes, and the share of them that the chunks
-/// `is_live` accepts (chunk index, id) hold: each frame's stored bytes
-/// split by raw bytes.
-fn stored_and_live(layout: &PackLayout, is_live: impl Fn(usize, &Id) -> bool) -> (u64, u64) {
-    let mut all = 0u64;
-    let mut lv = 0u64;
-    for (fi, f) in layout.frames.iter().enumerate() {
-        all += f.stored_len as u64;
-        let first = f.first_chunk as usize;
-        let live_raw: u64 = layout
-            .frame_chunks(fi)
-            .iter()
-            .enumerate()
-            .filter(|(i, c)| is_live(first + i, &c.id))
-            .map(|(_, c)| c.raw_len as u64)
-            .sum();
-        lv += PackLayout::share(f.stored_len, f.raw_len, live_raw);
+/// What the plan keeps of a pack's layout: its frames' sizes and its
+/// chunks' raw lengths (4 bytes a chunk, not its 36-byte entry).
+struct Sizes {
+    /// Per frame: stored bytes, raw bytes, first chunk, chunks.
+    frames: Vec<(u32, u32, u32, u32)>,
+    raw_lens: Vec<u32>,
+}
+
+impl Sizes {
+    fn of(layout: &PackLayout) -> Sizes {
+        Sizes {
+            frames: (layout.frames.iter())
+                .map(|f| (f.stored_len, f.raw_len, f.first_chunk, f.n_chunks))
+                .collect(),
+            raw_lens: layout.chunks.iter().map(|c| c.raw_len).collect(),
+        }
     }
-    (all, lv)
+
+    /// The pack's stored frame bytes, and the share of them that the
+    /// chunks `is_live` accepts (by chunk index) hold: each frame's stored
+    /// bytes split by raw bytes.
+    fn stored_and_live(&self, is_live: impl Fn(usize) -> bool) -> (u64, u64) {
+        let mut all = 0u64;
+        let mut lv = 0u64;
+        for &(stored_len, raw_len, first, n) in &self.frames {
+            all += stored_len as u64;
+            let (first, n) = (first as usize, n as usize);
+            let live_raw: u64 = match self.raw_lens.get(first..first + n) {
+                Some(lens) => (lens.iter().enumerate())
+                    .filter(|(i, _)| is_live(first + i))
+                    .map(|(_, len)| *len as u64)
+                    .sum(),
+                None => 0,
+            };
+            lv += PackLayout::share(stored_len, raw_len, live_raw);
+        }
+        (all, lv)
+    }
 }
 
 /// Copies the live chunks of a sparse pack into the packer (new frames
@@ -480,9 +643,35 @@ fn copy_live(
                     ChunkFault::of_read_error(store.display(&pack), &err),
                 )
             })?;
+        // A wholly live format-2 frame moves as it is stored: checked
+        // (decoded, every chunk re-hashed) but not re-encoded.
+        let whole = layout.format == PackFormat::V2
+            && live_here.len() == f.n_chunks as usize
+            && live_here
+                .iter()
+                // A cache read that fails: not moved whole (add_raw meets
+                // and reports it).
+                .all(|&ci| !packer.has(scratch, &layout.chunks[ci].id).unwrap_or(true));
+        let verbatim = whole.then(|| stored.clone());
         let frame = store
             .decode_frame(layout, fi, stored)
             .map_err(|e| CopyError::Chunk(first_live, ChunkFault::Corrupt(e.to_string())))?;
+        if let Some(stored) = verbatim {
+            let chunks = layout.frame_chunks(fi).to_vec();
+            check_all(&frame, &chunks)?;
+            packer
+                .add_frame(
+                    scratch,
+                    EncodedFrame {
+                        kind: FrameKind::Data,
+                        codec: f.codec,
+                        chunks,
+                        stored,
+                    },
+                )
+                .map_err(CopyError::Store)?;
+            continue;
+        }
         for &ci in live_here {
             let id = layout.chunks[ci].id;
             let bytes = match frame.chunk(ci - first) {
@@ -497,6 +686,20 @@ fn copy_live(
             packer
                 .add_raw(scratch, id, bytes)
                 .map_err(CopyError::Store)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every chunk of a decoded frame hashes to its id (else the first that
+/// does not is corrupt: a damaged frame is never moved as it is).
+fn check_all(frame: &DecodedFrame, chunks: &[ChunkEntry]) -> std::result::Result<(), CopyError> {
+    for (i, c) in chunks.iter().enumerate() {
+        if !matches!(frame.chunk(i), Some(Ok(_))) {
+            return Err(CopyError::Chunk(
+                c.id,
+                ChunkFault::Corrupt("content does not match its hash".into()),
+            ));
         }
     }
     Ok(())

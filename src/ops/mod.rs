@@ -13,6 +13,7 @@ pub mod forget;
 pub mod gc;
 pub mod list;
 pub mod ls;
+pub mod mark;
 pub mod policy;
 pub mod restore;
 pub mod stats;

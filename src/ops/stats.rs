@@ -15,8 +15,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::id::{Id, IdMap, IdSet};
-use crate::store::index::ChunkIndex;
+use crate::id::Id;
+use crate::ops::mark::{locate, Mark, SpillDir};
+use crate::store::chunk_index::Spillable;
 use crate::store::lists::Reached;
 use crate::store::manifest::Manifest;
 use crate::store::{Dir, ReadFrom, Store};
@@ -94,137 +95,129 @@ pub fn stats(store: &Store, per_snapshot: bool, lock_wait: Duration) -> Result<S
     }
     let index = store.load_index()?;
     r.packs = (index.packs().len() + index.damaged.len()) as u64;
-    // Chunk -> how many snapshots reference it: the only map kept for
-    // the whole store (a snapshot's own chunks are a passing set).
-    let mut refs: IdMap<u32> = IdMap::default();
+    // Every (chunk, snapshot) pair, sorted on disk: a chunk's snapshots
+    // come together, so how many reference it needs no map of every chunk.
+    let spill = SpillDir::for_store(store)?;
+    let mut mark = Mark::<SnapshotRef>::new(store, &index, &spill);
     let mut shares = Vec::new();
-    for (stamp, chunks) in manifests(store, &index, &mut r.warnings)? {
+    for stamp in store.list_snapshots()?.stamps {
+        let m = match store.read_manifest(&stamp, ReadFrom::Cache) {
+            Ok(m) => m,
+            Err(e) => {
+                r.warnings.push(format!("snapshot {stamp} left out: {e}"));
+                continue;
+            }
+        };
+        // Without --per-snapshot, one key for all: each chunk once.
+        let snapshot = if per_snapshot { shares.len() as u32 } else { 0 };
+        let (files, raw_bytes) = references(&mut mark, &m, snapshot, &mut r.warnings);
         r.snapshots += 1;
-        r.deduplicated_bytes += chunks.raw_bytes;
-        for id in &chunks.ids {
-            *refs.entry(*id).or_insert(0) += 1;
-        }
+        r.deduplicated_bytes += raw_bytes;
         shares.push(SnapshotStats {
-            stamp,
-            files: chunks.files,
-            raw_bytes: chunks.raw_bytes,
-            chunks: chunks.ids.len() as u64,
+            stamp: stamp.to_string(),
+            files,
+            raw_bytes,
             ..SnapshotStats::default()
         });
     }
-    for id in refs.keys() {
-        match index.get(id)? {
-            Some(loc) => {
-                r.chunks += 1;
-                r.unique_raw_bytes += loc.raw_len as u64;
-                r.unique_stored_bytes += loc.stored_share();
+    let mut group: Vec<u32> = Vec::new();
+    let mut pairs = mark.finish()?.peekable();
+    while let Some(first) = pairs.next() {
+        let first = first?;
+        group.clear();
+        group.push(first.snapshot);
+        while let Some(Ok(next)) = pairs.peek() {
+            if next.id != first.id {
+                break;
             }
-            None => r.chunks_missing += 1,
+            group.push(next.snapshot);
+            pairs.next();
         }
-    }
-    r.dedup_ratio = ratio(r.deduplicated_bytes, r.unique_raw_bytes);
-    r.compression_ratio = ratio(r.unique_raw_bytes, r.unique_stored_bytes);
-    if per_snapshot {
-        // A second reading (from the cache on a remote store): the chunks
-        // of each snapshot that no other references.
-        let at: std::collections::HashMap<String, usize> = (shares.iter())
-            .enumerate()
-            .map(|(i, s)| (s.stamp.clone(), i))
-            .collect();
-        for (stamp, chunks) in manifests(store, &index, &mut Vec::new())? {
-            if let Some(&i) = at.get(&stamp) {
-                add_unique(&mut shares[i], &chunks, &refs, &index)?;
+        let loc = locate(&index, &first.id)?;
+        if per_snapshot {
+            for &s in &group {
+                shares[s as usize].chunks += 1;
             }
         }
-        r.per_snapshot = Some(shares);
-    }
-    r.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(r)
-}
-
-/// What a manifest references: its distinct chunks, files and bytes.
-struct References {
-    ids: IdSet,
-    files: u64,
-    raw_bytes: u64,
-}
-
-impl References {
-    /// A file whose list cannot be read adds the chunks read before the
-    /// damage and a warning (`verify` names the list blob).
-    fn of(
-        store: &Store,
-        index: &ChunkIndex,
-        manifest: &Manifest,
-        warnings: &mut Vec<String>,
-    ) -> References {
-        let mut r = References {
-            ids: IdSet::default(),
-            files: 0,
-            raw_bytes: 0,
+        let Some(loc) = loc else {
+            r.chunks_missing += 1;
+            continue;
         };
-        let mut seen = IdSet::default();
-        for e in &manifest.entries {
-            let Some(f) = e.file() else { continue };
-            r.files += 1;
-            r.raw_bytes += f.size;
-            let ids = &mut r.ids;
-            let read = store.file_reach(index, f, &mut seen, &mut |reached| {
-                if let Reached::Chunk(id) = reached {
-                    ids.insert(id);
-                }
-            });
-            if let Err(err) = read {
-                warnings.push(format!(
-                    "snapshot {}: the list of {} does not read: {err}",
-                    manifest.stamp,
-                    e.path_lossy()
-                ));
-            }
-        }
-        r
-    }
-}
-
-/// Every snapshot's references, oldest first, one manifest in memory at
-/// a time. A manifest that does not read is left out with a warning
-/// (`verify` says more).
-fn manifests<'a>(
-    store: &'a Store,
-    index: &'a ChunkIndex,
-    warnings: &'a mut Vec<String>,
-) -> Result<impl Iterator<Item = (String, References)> + 'a> {
-    let stamps = store.list_snapshots()?.stamps;
-    Ok(stamps.into_iter().filter_map(move |stamp| {
-        match store.read_manifest(&stamp, ReadFrom::Cache) {
-            Ok(m) => Some((
-                stamp.to_string(),
-                References::of(store, index, &m, warnings),
-            )),
-            Err(e) => {
-                warnings.push(format!("snapshot {stamp} left out: {e}"));
-                None
-            }
-        }
-    }))
-}
-
-/// Adds the chunks of `chunks` that no other snapshot references.
-fn add_unique(
-    s: &mut SnapshotStats,
-    chunks: &References,
-    refs: &IdMap<u32>,
-    index: &ChunkIndex,
-) -> Result<()> {
-    let only_here = |id: &&Id| refs.get(*id) == Some(&1);
-    for id in chunks.ids.iter().filter(only_here) {
-        if let Some(loc) = index.get(id)? {
+        r.chunks += 1;
+        r.unique_raw_bytes += loc.raw_len as u64;
+        r.unique_stored_bytes += loc.stored_share();
+        if let ([only], true) = (group.as_slice(), per_snapshot) {
+            // The chunks no other snapshot references: what forgetting
+            // this one alone would free.
+            let s = &mut shares[*only as usize];
             s.unique_chunks += 1;
             s.unique_raw_bytes += loc.raw_len as u64;
             s.unique_stored_bytes += loc.stored_share();
         }
     }
-    Ok(())
+    r.dedup_ratio = ratio(r.deduplicated_bytes, r.unique_raw_bytes);
+    r.compression_ratio = ratio(r.unique_raw_bytes, r.unique_stored_bytes);
+    r.per_snapshot = per_snapshot.then_some(shares);
+    r.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(r)
+}
+
+/// A chunk a snapshot references (the snapshot's number among those read).
+struct SnapshotRef {
+    id: Id,
+    snapshot: u32,
+}
+
+impl Spillable for SnapshotRef {
+    const LEN: usize = 36;
+    type Key = (Id, u32);
+
+    fn key(&self) -> (Id, u32) {
+        (self.id, self.snapshot)
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        out[..32].copy_from_slice(&self.id.0);
+        out[32..].copy_from_slice(&self.snapshot.to_le_bytes());
+    }
+
+    fn decode(b: &[u8]) -> SnapshotRef {
+        SnapshotRef {
+            id: <Id as Spillable>::decode(&b[..32]),
+            snapshot: u32::from_le_bytes([b[32], b[33], b[34], b[35]]),
+        }
+    }
+}
+
+/// Sorts the chunks `manifest` references (each of its trees walked
+/// whole) and returns its files and their bytes. A file whose list cannot
+/// be read adds the chunks read before the damage and a warning (`verify`
+/// names the list blob).
+fn references(
+    mark: &mut Mark<'_, SnapshotRef>,
+    manifest: &Manifest,
+    snapshot: u32,
+    warnings: &mut Vec<String>,
+) -> (u64, u64) {
+    mark.forget_walked();
+    let (mut files, mut raw_bytes) = (0, 0);
+    for e in &manifest.entries {
+        let Some(f) = e.file() else { continue };
+        files += 1;
+        raw_bytes += f.size;
+        let read = mark.file(f, |reached| match reached {
+            Reached::Chunk(id) => Some(SnapshotRef { id, snapshot }),
+            Reached::Blob(_) => None,
+        });
+        if let Err(err) = read {
+            warnings.push(format!(
+                "snapshot {}: the list of {} does not read: {err}",
+                manifest.stamp,
+                e.path_lossy()
+            ));
+        }
+    }
+    (files, raw_bytes)
 }
 
 fn ratio(a: u64, b: u64) -> Option<f64> {

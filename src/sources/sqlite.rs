@@ -270,14 +270,35 @@ pub fn stream_pages(path: &Path, check: bool) -> Result<Option<PageStream>> {
 
 impl PageStream {
     /// Waits for the reader; returns the quick_check problems, if any.
-    pub fn finish(mut self) -> Result<Option<String>> {
+    pub fn finish(self) -> Result<Option<String>> {
+        self.pages_done().wait()
+    }
+
+    /// Ends the reading once every page was read: the quick_check (if
+    /// any) goes on in the same read transaction, in the background, so
+    /// the caller can capture other files meanwhile.
+    pub fn pages_done(mut self) -> PendingCheck {
         // Drain so the worker is never blocked on a full channel.
         while self.rx.recv().is_ok() {}
+        PendingCheck {
+            worker: self.worker.take(),
+            path: std::mem::take(&mut self.path),
+        }
+    }
+}
+
+/// A page stream's quick_check still running (see [`PageStream::pages_done`]).
+pub struct PendingCheck {
+    worker: Option<JoinHandle<Result<Option<String>>>>,
+    path: PathBuf,
+}
+
+impl PendingCheck {
+    /// Waits for the check; returns its problems, if any.
+    pub fn wait(mut self) -> Result<Option<String>> {
         match self.worker.take().map(|w| w.join()) {
             Some(Ok(r)) => r,
-            Some(Err(_)) => Err(Error::ReaderPanicked {
-                path: self.path.clone(),
-            }),
+            Some(Err(_)) => Err(Error::ReaderPanicked { path: self.path }),
             None => Ok(None),
         }
     }

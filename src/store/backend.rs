@@ -399,6 +399,7 @@ impl Backend for LocalBackend {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
+        crate::failpoint::hit(|| format!("backend:dir-staged:{dir}"));
         // rename(2) of a folder onto an existing non-empty folder fails, so
         // two writers racing for one name cannot both win.
         match fs::rename(&tmp, &dest) {

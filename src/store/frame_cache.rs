@@ -47,6 +47,14 @@ impl<K: PartialEq + Clone, V: Clone> OnceLru<K, V> {
         value
     }
 
+    /// The value for `key` when it is cached and loaded already (the LRU
+    /// order is left as it is).
+    pub fn peek(&self, key: &K) -> Option<V> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, cell) = slots.iter().find(|(k, _)| k == key)?;
+        cell.get().cloned()
+    }
+
     fn cell(&self, key: &K) -> Cell<V> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pos) = slots.iter().position(|(k, _)| k == key) {

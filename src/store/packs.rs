@@ -29,6 +29,26 @@ use super::{pack, Dir, Object};
 /// billions of entries).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
+impl ChunkIndex {
+    /// Where chunk `id` is, or why that cannot be said: it is missing, or
+    /// a file of the index cache did not read (a storage failure naming
+    /// the file: the command stops; the chunk is not missing).
+    pub fn locate(&self, id: &Id) -> std::result::Result<Location, ChunkFault> {
+        match self.lookup(id) {
+            Ok(Some(loc)) => Ok(loc),
+            Ok(None) => Err(ChunkFault::Missing),
+            Err(e) => {
+                let (IndexError::Damaged { path, .. } | IndexError::Io { path, .. }) = &e;
+                Err(ChunkFault::Unreadable {
+                    pack: path.clone(),
+                    kind: std::io::ErrorKind::Other,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
 /// A store handle's caches for readers (see `frame_cache`).
 pub(crate) struct ReadCaches {
     frames: OnceLru<(Id, u32), std::result::Result<Arc<DecodedFrame>, ChunkFault>>,
@@ -392,19 +412,19 @@ impl Store {
     /// packs holding `ids` in the order they are first needed, so that the
     /// readers in `work` find each pack downloaded instead of each waiting
     /// for its own. A local store just runs `work`.
-    pub fn with_packs_prefetched<'a, T>(
+    pub fn with_packs_prefetched<T, I: std::borrow::Borrow<Id>>(
         &self,
         index: &ChunkIndex,
-        ids: impl Iterator<Item = &'a Id>,
+        ids: impl Iterator<Item = I>,
         work: impl FnOnce() -> T,
     ) -> T {
         if !self.is_remote() {
             return work();
         }
         let mut seen = std::collections::HashSet::new();
-        // A cache read that fails only loses the prefetch of that pack.
         let names: Vec<String> = ids
-            .filter_map(|id| index.get(id).ok().flatten())
+            // A cache read that fails only loses the prefetch of that pack.
+            .filter_map(|id| index.get(id.borrow()).ok().flatten())
             .filter(|loc| seen.insert(loc.pack))
             .map(|loc| Object::Pack(index.pack(loc.pack).id).name())
             .collect();
@@ -432,41 +452,166 @@ impl Store {
         index: &ChunkIndex,
         id: &Id,
     ) -> std::result::Result<Vec<u8>, ChunkFault> {
-        let loc = match index.lookup(id) {
-            Ok(Some(loc)) => loc,
-            Ok(None) => return Err(ChunkFault::Missing),
-            // A cache file that does not read: the command stops, naming
-            // it; the chunk is not missing.
-            Err(e) => {
-                let (IndexError::Damaged { path, .. } | IndexError::Io { path, .. }) = &e;
-                return Err(ChunkFault::Unreadable {
-                    pack: path.clone(),
-                    kind: std::io::ErrorKind::Other,
-                    detail: e.to_string(),
-                });
-            }
-        };
-        let pack = index.pack(loc.pack);
+        let loc = index.locate(id)?;
         if !loc.in_frame() {
-            let stored = self.read_stored(&pack.id, &loc)?;
+            let stored = self.read_stored(&index.pack(loc.pack).id, &loc)?;
             return self.decode_chunk(stored, id, loc.compressed(), loc.raw_len);
         }
-        let frame = self.cached_frame(&pack.id, pack.size, &loc)?;
-        let name = Object::Pack(pack.id).name();
+        let mut out = vec![0; loc.raw_len as usize];
+        self.read_chunk_into(index, id, &loc, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Store::read_chunk`] of the chunk `id` found at `loc`, its bytes
+    /// copied into `out`, which must be exactly `loc.raw_len` long (a
+    /// restore fills one buffer per write with many chunks: no allocation
+    /// per chunk).
+    pub fn read_chunk_into(
+        &self,
+        index: &ChunkIndex,
+        id: &Id,
+        loc: &Location,
+        out: &mut [u8],
+    ) -> std::result::Result<(), ChunkFault> {
+        let pack = index.pack(loc.pack);
+        let put = |out: &mut [u8], bytes: &[u8]| {
+            if bytes.len() != out.len() {
+                return Err(ChunkFault::Corrupt(format!(
+                    "{} bytes where the index records {}",
+                    bytes.len(),
+                    out.len()
+                )));
+            }
+            out.copy_from_slice(bytes);
+            Ok(())
+        };
+        if !loc.in_frame() {
+            let stored = self.read_stored(&pack.id, loc)?;
+            let raw = self.decode_chunk(stored, id, loc.compressed(), loc.raw_len)?;
+            return put(out, &raw);
+        }
+        let frame = self.cached_frame(&pack.id, pack.size, loc)?;
         let i = frame
             .position_at(loc.chunk_offset as usize)
             .filter(|&i| frame.id(i) == Some(*id))
             .ok_or_else(|| {
+                let name = Object::Pack(pack.id).name();
                 ChunkFault::Corrupt(format!(
                     "not at its recorded place in its frame of pack {name}"
                 ))
             })?;
         match frame.chunk(i) {
-            Some(Ok(bytes)) => Ok(bytes.to_vec()),
+            Some(Ok(bytes)) => put(out, bytes),
             _ => Err(ChunkFault::Corrupt(
                 "content does not match its hash".into(),
             )),
         }
+    }
+
+    /// Reads chunks that lie scattered in frames (an in-place restore
+    /// fetching the few chunks that differ): each `(id, location, range)`
+    /// into `buf[range]`. A frame already decoded is used; otherwise the
+    /// frame is decoded only up to the end of the last chunk wanted from
+    /// it (not kept), and only the wanted chunks are re-hashed.
+    pub fn read_scattered_into(
+        &self,
+        index: &ChunkIndex,
+        wanted: &[(Id, Location, std::ops::Range<usize>)],
+        buf: &mut [u8],
+    ) -> std::result::Result<(), (Id, ChunkFault)> {
+        let same_frame = |a: &Location, b: &Location| {
+            (a.pack, a.frame_offset) == (b.pack, b.frame_offset) && a.in_frame()
+        };
+        let mut rest = wanted;
+        while let Some((_, first, _)) = rest.first() {
+            let n = rest
+                .iter()
+                .take_while(|(_, l, _)| same_frame(first, l))
+                .count()
+                .max(1);
+            let (group, next) = rest.split_at(n);
+            rest = next;
+            let pack = index.pack(first.pack);
+            let cached = first.in_frame()
+                && self
+                    .reads
+                    .frames
+                    .peek(&(pack.id, first.frame_offset))
+                    .is_some();
+            if !first.in_frame() || cached {
+                for (id, loc, range) in group {
+                    self.read_chunk_into(index, id, loc, &mut buf[range.clone()])
+                        .map_err(|f| (*id, f))?;
+                }
+                continue;
+            }
+            self.read_frame_prefix(index, group, buf)?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::read_scattered_into`] of chunks of one frame, decoded up
+    /// to the last one's end.
+    fn read_frame_prefix(
+        &self,
+        index: &ChunkIndex,
+        group: &[(Id, Location, std::ops::Range<usize>)],
+        buf: &mut [u8],
+    ) -> std::result::Result<(), (Id, ChunkFault)> {
+        let Some((first_id, loc, _)) = group.first() else {
+            return Ok(());
+        };
+        let fault = |f: ChunkFault| (*first_id, f);
+        let pack = index.pack(loc.pack);
+        let name = Object::Pack(pack.id).name();
+        let stored = self.read_stored(&pack.id, loc).map_err(fault)?;
+        let layout = self.cached_layout(&pack.id, pack.size).map_err(|detail| {
+            fault(ChunkFault::Corrupt(format!(
+                "the index of pack {name} does not read: {detail}"
+            )))
+        })?;
+        let corrupt = |detail: String| fault(ChunkFault::Corrupt(detail));
+        let fi = layout.frame_at(loc.frame_offset).ok_or_else(|| {
+            corrupt(format!(
+                "pack {name} has no frame at offset {}",
+                loc.frame_offset
+            ))
+        })?;
+        let upto = group
+            .iter()
+            .map(|(_, l, _)| l.chunk_offset as usize + l.raw_len as usize)
+            .max()
+            .unwrap_or(0);
+        let codec = layout
+            .frames
+            .get(fi)
+            .map(|f| f.codec)
+            .ok_or_else(|| corrupt(format!("frame {fi} is not in pack {name}")))?;
+        let raw = super::pack2::decode_prefix(
+            stored,
+            codec,
+            layout.frame_chunks(fi),
+            layout.ad_mode(),
+            &self.sealer,
+            upto,
+        )
+        .map_err(|e| corrupt(format!("in pack {name}: {}", e.detail)))?;
+        for (id, l, range) in group {
+            let start = l.chunk_offset as usize;
+            let bytes = raw.get(start..start + l.raw_len as usize);
+            match bytes {
+                Some(b) if b.len() == range.len() && self.sealer.chunk_id(b) == *id => {
+                    buf[range.clone()].copy_from_slice(b);
+                }
+                _ => {
+                    return Err((
+                        *id,
+                        ChunkFault::Corrupt("content does not match its hash".into()),
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The decoded frame holding the chunk at `loc` in pack `pack` of

@@ -392,6 +392,7 @@ impl Store {
         let dir = Object::snapshot_dir(stamp).name();
         crate::os::check_interrupted()?;
         lock.still_held()?;
+        crate::failpoint::hit(|| "snapshot:before-publish".into());
         self.backend
             // Summary first, manifest last: on a bucket the manifest is
             // what makes the folder a snapshot (see list_snapshots).

@@ -282,3 +282,214 @@ fn copy_reframes_between_v2_stores_and_from_a_format1_store() {
     }
     verify_ok(&env, &up, &[]);
 }
+
+/// A pack that the background publisher cannot publish (here `objects/`
+/// is a file, so no pack folder can be made) fails the create, naming
+/// the pack, and no snapshot is published; once the store is whole again
+/// the next create succeeds. Small packs make the failure land while the
+/// capture is still reading (the pipeline's writer stage, not the final
+/// flush).
+#[test]
+fn a_pack_that_cannot_be_published_fails_create_naming_it_and_no_snapshot_is_left() {
+    let env = Env::fixture();
+    env.init_with_pack_size(64 * 1024);
+    let objects = env.store.join("objects");
+    let _ = fs::remove_dir_all(&objects);
+    fs::write(&objects, b"not a folder").unwrap();
+    let r = env.run(&["create", "--chroma"]);
+    assert_ne!(r.code, 0, "{}", r.json);
+    let message = r.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("publish pack")
+            && message.contains("objects/")
+            && message.contains(".pack"),
+        "{}",
+        r.json
+    );
+    fs::remove_file(&objects).unwrap();
+    fs::create_dir(&objects).unwrap();
+    assert_eq!(env.ok(&["list"])["snapshots"], serde_json::json!([]));
+    let created = env.ok(&["create", "--chroma"]);
+    assert_eq!(created["validated"], true, "{created}");
+    env.assert_healthy();
+}
+
+/// List blobs get frames of their own: the frame holding a file's list
+/// root holds list blobs only, never chunk data (which a reader of the
+/// tree would otherwise decode along with every blob). A file's blobs
+/// are stored while its chunks are, so they would else be strewn over
+/// the chunk frames.
+#[test]
+fn list_blobs_are_framed_apart_from_chunk_data() {
+    let env = Env::fixture();
+    env.ok(&["init"]);
+    let stamp = env.ok(&["create", "--chroma"])["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m = env.manifest(&stamp);
+    let files: Vec<String> = m
+        .entries
+        .iter()
+        .filter(|e| e.file().is_some_and(|f| f.size > 0))
+        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+        .collect();
+    let chunks: BTreeSet<Id> = files
+        .iter()
+        .flat_map(|f| env.file_chunks(&stamp, f))
+        .collect();
+    let store = env.open_store();
+    for f in &files {
+        let root = env.list_root(&stamp, f);
+        let (ids, ..) = frame_of(&store, &root);
+        let data: Vec<&Id> = ids.iter().filter(|id| chunks.contains(id)).collect();
+        assert!(
+            data.is_empty(),
+            "{f}: its root's frame holds chunks {data:?}"
+        );
+    }
+}
+
+/// The chunk ids, in order, of the file at `path` in snapshot `stamp`.
+fn chunk_ids_of(store: &Store, stamp: &str, path: &[u8]) -> Vec<Id> {
+    let manifest = store
+        .read_manifest(
+            &atosnap::stamp::Stamp::parse(stamp).unwrap(),
+            atosnap::store::ReadFrom::Cache,
+        )
+        .unwrap();
+    let entry = manifest.entries.iter().find(|e| e.path == path).unwrap();
+    let index = store.load_index().unwrap();
+    store.file_chunk_ids(&index, entry.file().unwrap()).unwrap()
+}
+
+/// Reads the stored bytes of a frame (as `frame_of` names it).
+fn frame_bytes(store_dir: &Path, name: &str, offset: u64, len: u64) -> Vec<u8> {
+    let pack = fs::read(store_dir.join(name)).unwrap();
+    pack[offset as usize..(offset + len) as usize].to_vec()
+}
+
+#[test]
+fn gc_moves_a_wholly_live_frame_as_it_is_stored() {
+    // A repokey store: a re-encoded frame gets a new nonce, so equal bytes
+    // prove the frame was moved, not decoded and sealed again.
+    let env = Env::tiny();
+    let pw = init(&env, &env.store, true);
+    let config_path = env.store.join("config.json");
+    let mut config: Value = serde_json::from_slice(&fs::read(&config_path).unwrap()).unwrap();
+    config["frames"]["max_chunks"] = Value::from(8);
+    fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    // 64 blocks: 8 frames of 8; three quarters change, so after s1 goes
+    // its pack is sparse, and the frame of block 0 is wholly live.
+    let big = env.chroma().join("seg/data_level0.bin");
+    fs::write(&big, crate::support::pseudo_random(7, 256 * 1024)).unwrap();
+    let s1 = ok(&env, &env.store, &["create", "--chroma"], pw)["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bytes = fs::read(&big).unwrap();
+    bytes[64 * 1024..].copy_from_slice(&crate::support::pseudo_random(8, 192 * 1024));
+    fs::write(&big, bytes).unwrap();
+    let s2 = ok(&env, &env.store, &["create", "--chroma"], pw)["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let open = || {
+        Store::open(
+            &StoreAddress::local(&env.store),
+            &Secrets::from_password("frames"),
+        )
+        .unwrap()
+    };
+    let first_block = chunk_ids_of(&open(), &s2, b"chroma/seg/data_level0.bin")[0];
+    let (ids, name, offset, len) = frame_of(&open(), &first_block);
+    let before = frame_bytes(&env.store, &name, offset, len);
+
+    let done = ok(&env, &env.store, &["forget", &s1, "--confirm"], pw);
+    assert!(
+        !strings(&done["gc"]["rewritten_packs"]).is_empty(),
+        "{done}"
+    );
+    assert!(!env.store.join(&name).exists(), "the sparse pack is gone");
+    let (ids_after, name_after, offset_after, len_after) = frame_of(&open(), &first_block);
+    assert_ne!(name_after, name);
+    assert_eq!(ids_after, ids, "the same chunks in the same frame");
+    assert_eq!(
+        frame_bytes(&env.store, &name_after, offset_after, len_after),
+        before,
+        "the frame's stored bytes moved unchanged"
+    );
+    validate_ok(&env, &env.store, &s2, pw);
+    verify_ok(&env, &env.store, pw);
+}
+
+/// The stored bytes of every frame of every pack of a store.
+fn all_frames(dir: &Path, secrets: &Secrets) -> BTreeSet<Vec<u8>> {
+    let store = Store::open(&StoreAddress::local(dir), secrets).unwrap();
+    let index = store.load_index().unwrap();
+    let mut out = BTreeSet::new();
+    for p in index.packs() {
+        let name = Object::Pack(p.id).name();
+        let layout = store.read_pack_index(&Object::Pack(p.id), p.size).unwrap();
+        for f in &layout.frames {
+            out.insert(frame_bytes(
+                dir,
+                &name,
+                f.offset as u64,
+                f.stored_len as u64,
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn copy_between_stores_of_one_key_moves_frames_as_they_are_stored() {
+    let env = Env::fixture();
+    let pw = init(&env, &env.store, true);
+    // 512 blocks: whole frames of this one file (frames close at 256
+    // chunks or 1 MiB), as a large HNSW file makes them.
+    let big = env.chroma().join("seg/data_level0.bin");
+    fs::create_dir_all(big.parent().unwrap()).unwrap();
+    fs::write(&big, crate::support::pseudo_random(11, 2 << 20)).unwrap();
+    let s1 = ok(&env, &env.store, &["create", "--chroma"], pw)["stamp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A second store under the same master key and parameters (its
+    // config and key file cloned): chunks keep their ids and seals.
+    let dest = env.dir.path().join("dest");
+    fs::create_dir_all(dest.join("keys")).unwrap();
+    fs::copy(env.store.join("config.json"), dest.join("config.json")).unwrap();
+    fs::copy(
+        env.store.join("keys/repokey.json"),
+        dest.join("keys/repokey.json"),
+    )
+    .unwrap();
+    let mut cmd = on(&env, &env.store);
+    cmd.args(["copy", "--to"])
+        .arg(&dest)
+        .envs(pw.iter().copied())
+        .envs([("ATOSNAP_TO_PASSWORD", "frames")].iter().copied());
+    let out = run_cmd(&mut cmd);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["chunk_ids_rewritten"], false, "{out:?}");
+    validate_ok(&env, &dest, &s1, PW);
+    verify_ok(&env, &dest, PW);
+    assert_eq!(
+        restored(&env, &dest, &s1, PW),
+        restored(&env, &env.store, &s1, PW)
+    );
+    // Sealed with fresh nonces, a re-encoded frame would differ: the big
+    // file's frames arrived as the source stores them. (Frames that mix
+    // files are re-framed: a copy of some snapshots sends no other one's
+    // chunks.)
+    let secrets = Secrets::from_password("frames");
+    let store = Store::open(&StoreAddress::local(&env.store), &secrets).unwrap();
+    let middle = chunk_ids_of(&store, &s1, b"chroma/seg/data_level0.bin")[256];
+    let (_, name, offset, len) = frame_of(&store, &middle);
+    drop(store);
+    let moved = frame_bytes(&env.store, &name, offset, len);
+    assert!(all_frames(&dest, &secrets).contains(&moved));
+}

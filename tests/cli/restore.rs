@@ -783,3 +783,52 @@ fn a_touched_file_with_the_snapshots_content_is_left_alone() {
     assert_eq!(ino(&data), inode, "left alone");
     assert_same_tree!(rt.restorable(), want);
 }
+
+/// Issue 15, item 5: before a byte is staged, each file system that would
+/// receive staging files must have room for them plus 5 %; otherwise the
+/// restore is refused (exit 1) naming the folder and the bytes needed,
+/// with nothing written, live or `--to`. (`ATOSNAP_TEST_FREE_BYTES` plays
+/// the full disk.)
+#[test]
+fn a_restore_without_room_to_stage_is_refused_before_writing() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    rt.insert_marker("after");
+    let to = rt.path("to");
+    let full = [("ATOSNAP_TEST_FREE_BYTES", "1000")];
+    let Out { json, code, .. } = rt.run_env(&["restore", &s1, "--to", to.to_str().unwrap()], &full);
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json["error"]["code"], "restore_no_space", "{json}");
+    let msg = json["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(to.to_str().unwrap()),
+        "the folder is named: {msg}"
+    );
+    assert!(
+        msg.contains("bytes needed") && msg.contains("1000 available"),
+        "{msg}"
+    );
+    let left: Vec<_> = walkdir::WalkDir::new(&to)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect();
+    assert!(left.is_empty(), "nothing written: {left:?}");
+
+    // Live: refused before the pre-restore snapshot, nothing touched.
+    let before = tree(&rt.runtime);
+    let inode = ino(&rt.chroma());
+    let Out { json, code, .. } = rt.run_env(&["restore", &s1, "--confirm-service-stopped"], &full);
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json["error"]["code"], "restore_no_space", "{json}");
+    assert_same_tree!(tree(&rt.runtime), before, "live data untouched");
+    assert_eq!(ino(&rt.chroma()), inode);
+    assert_eq!(rt.stamps(), vec![s1.clone()], "no pre-restore snapshot");
+    assert!(has_marker(&rt.db(), "after"));
+
+    // With room (the real statvfs), the same restore goes through.
+    let r = rt.ok(&["restore", &s1, "--to", to.to_str().unwrap()]);
+    assert_eq!(r["restored_integrity_ok"], true, "{r}");
+}

@@ -750,3 +750,91 @@ fn stale_temp_file_is_not_an_error() {
     assert_eq!(out.json["repair"]["healed"], true);
     assert!(!tmp.join("garbage-left-by-a-crash.pack").exists());
 }
+
+// ---- the mark sorted on disk ------------------------------------------------------
+
+/// A command's JSON without what differs between two runs of it.
+fn steady(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("duration_ms");
+        o.remove("recorded");
+    }
+    v
+}
+
+/// verify, verify --snapshot, gc (dry run), stats --per-snapshot and
+/// validate report exactly the same whether the mark's sort keeps every id
+/// in one run or spills them to many (a budget of a few dozen ids), on a
+/// store with several snapshots, delta leaves, a deleted snapshot (an
+/// orphan pack and partly live frames), a corrupt chunk and a missing
+/// list blob's worth of missing chunks.
+#[test]
+fn a_mark_spilled_to_many_runs_reports_what_one_run_does() {
+    let env = Env::tiny();
+    env.ok(&["init"]);
+    // Leaves of 4 ids: one changed page makes delta leaves, and the trees
+    // have interior nodes.
+    let path = env.store.join("config.json");
+    let mut config: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    config["lists"]["leaf_slots"] = Value::from(4);
+    config["lists"]["max_chain"] = Value::from(8);
+    fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+
+    let s1 = stamp_of(&env.create(&["--chroma"]));
+    change_runtime(&env, 1);
+    let s2 = stamp_of(&env.create(&["--chroma"]));
+    env.add_junk("junk.bin", 300_000, 5);
+    let s3 = stamp_of(&env.create(&["--chroma"]));
+    fs::remove_file(env.chroma().join("junk.bin")).unwrap();
+    change_runtime(&env, 2);
+    let s4 = stamp_of(&env.create(&["--chroma"]));
+    // s3 gone: its junk pack is an orphan; s1 gone: frames of the first
+    // pack are partly live.
+    fs::remove_dir_all(env.snapshot_dir(&s3)).unwrap();
+    fs::remove_dir_all(env.snapshot_dir(&s1)).unwrap();
+
+    let runs = |args: &[&str]| {
+        let one = env.run(args);
+        let many = env.run_env(args, &[("ATOSNAP_SORT_BUDGET_BYTES", "1024")]);
+        assert!(!many.stderr.contains("panicked"), "{}", many.stderr);
+        assert_eq!(one.code, many.code, "{args:?}: {one:?} / {many:?}");
+        assert_eq!(steady(one.json.clone()), steady(many.json), "{args:?}");
+        one
+    };
+    let healthy = runs(&["verify"]);
+    assert_eq!(healthy.json["ok"], true, "{healthy:?}");
+    assert!(healthy.json["reclaimable_bytes"].as_u64().unwrap() > 300_000);
+    assert_eq!(healthy.json["orphans"].as_array().unwrap().len(), 1);
+    let gc = runs(&["gc"]);
+    assert!(!gc.strings("would_delete_packs").is_empty(), "{gc:?}");
+    let stats = runs(&["stats", "--per-snapshot"]);
+    assert_eq!(stats.json["per_snapshot"].as_array().unwrap().len(), 2);
+    runs(&["validate", &s4]);
+
+    // A corrupt frame holding a page both snapshots share, and a lost
+    // pack (chunks and list blobs missing).
+    let id = shared_db_chunk(&env, &s2, &s4);
+    let (pack, offset, len) = env.chunk_location(&id);
+    flip_bit(&pack, offset + len / 2);
+    let v = runs(&["verify"]);
+    assert!(!strings(&v.json["corrupt"]).is_empty(), "{v:?}");
+    runs(&["verify", "--snapshot", &s2]);
+    runs(&["verify", "--subset", "1/2"]);
+    runs(&["gc"]);
+    runs(&["stats", "--per-snapshot"]);
+    assert_eq!(runs(&["validate", &s2]).code, 3);
+
+    let newest = env
+        .packs()
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap();
+    fs::remove_file(&newest).unwrap();
+    let v = runs(&["verify"]);
+    assert!(!strings(&v.json["missing"]).is_empty(), "{v:?}");
+    runs(&["verify", "--snapshot", &s4]);
+    runs(&["stats", "--per-snapshot"]);
+    runs(&["validate", &s4]);
+    // Nothing of the sorts is left behind.
+    assert_eq!(env.tmp_entries(), Vec::<String>::new());
+}

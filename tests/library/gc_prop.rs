@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use atosnap::ops::create::{self, CreateOptions};
 use atosnap::ops::gc;
+use atosnap::ops::mark;
 use atosnap::ops::verify;
 use atosnap::progress::NoProgress;
 use atosnap::stamp::Stamp;
@@ -143,6 +144,23 @@ fn run_case(snaps: &[Snap], deleted: &[bool], pack_size: u64) -> Result<(), Test
         }
     }
     let before = store.load_index().unwrap();
+    // The mark's sort spilled to many runs plans exactly what one run does.
+    let dry = gc::GcOptions {
+        confirm: false,
+        lock_wait: WAIT,
+    };
+    let planned = |r: gc::GcResult| {
+        (
+            r.would_delete_packs,
+            r.would_rewrite_packs,
+            r.bytes_reclaimable,
+            r.dead_bytes_kept,
+            (r.chunks_live, r.chunks_dead, r.chunks_missing),
+        )
+    };
+    let one_run = planned(gc::gc(&store, &dry).unwrap());
+    let many_runs = planned(mark::with_sort_budget(256, || gc::gc(&store, &dry)).unwrap());
+    prop_assert_eq!(one_run, many_runs);
     let confirm = gc::GcOptions {
         confirm: true,
         lock_wait: WAIT,

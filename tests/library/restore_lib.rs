@@ -90,10 +90,13 @@ fn the_plan_names_what_differs_and_what_can_be_reused() {
     let ids = store
         .file_chunk_ids(&store.load_index().unwrap(), file)
         .unwrap();
+    // One bit per 4 KiB slot (no map of the file's chunks): every slot
+    // but the changed one.
     let reusable = &chroma.reusable[i];
-    let distinct: std::collections::HashSet<_> = ids.iter().collect();
-    assert_eq!(reusable.len(), distinct.len() - 1);
-    assert!(!reusable.contains_key(&ids[10]));
+    assert!(reusable.is_positional());
+    assert_eq!(reusable.chunks(), ids.len() as u64 - 1);
+    assert_eq!(reusable.at(&ids[10], 10 * 4096, 4096), None);
+    assert_eq!(reusable.at(&ids[11], 11 * 4096, 4096), Some(11 * 4096));
     // The db: every page but the WAL-mode header page is on disk already.
     assert!(!plan.db_reusable.is_empty());
 }

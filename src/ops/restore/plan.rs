@@ -20,7 +20,6 @@ use crate::store::manifest::{
 };
 use crate::store::Store;
 
-use super::stage::chunk_ids;
 use super::{chroma_rel, Targets};
 
 /// File type bits of `st_mode`, and the symlink type.
@@ -113,13 +112,10 @@ pub fn plan(
         i.and_then(|i| {
             let e = &manifest.entries[i];
             let f = e.file()?;
-            let ids = chunk_ids(store, index, f).ok()?;
             let params = &store.config().chunking;
-            positional(target, &e.path, f, &ids, params).or_else(|| {
-                compare_on_disk(target, &e.path, f, &ids, params, store.sealer())
-                    .ok()
-                    .map(|d| d.reusable)
-            })
+            positional(target, &e.path, f, params)
+                .or_else(|| compare_on_disk(store, index, target, &e.path, f).ok())
+                .map(|d| d.reusable)
         })
         .unwrap_or_default()
     };
@@ -134,55 +130,66 @@ pub fn plan(
 }
 
 /// For a file cut in fixed-size chunks, where each of the snapshot's
-/// chunks sits in the file on disk at `path` if that part is unchanged:
-/// chunk i at offset i × size (within the file's length; the first
-/// position of a repeated chunk). Nothing is read but a SQLite header:
+/// chunks would sit in the file on disk at `path` if that part is
+/// unchanged: chunk i at offset i × size, as far as the file reaches.
+/// Nothing is read but a SQLite header, nothing is held per chunk:
 /// staging re-hashes each chunk before using it. None for a file cut by
 /// content, or that cannot be read.
 pub fn positional(
     path: &Path,
     snap_path: &[u8],
     file: &FileEntry,
-    ids: &[Id],
     params: &crate::store::format::ChunkingParams,
-) -> Option<Reusable> {
+) -> Option<OnDisk> {
     let len = fs::metadata(path).ok()?.len();
-    let page = match file.sqlite {
-        true => Some(sqlite::sqlite_page_size_of(path).ok()??),
-        false => None,
-    };
-    let chunk::Strategy::Fixed(n) = chunk::strategy_for(snap_path, page, params) else {
-        return None;
-    };
-    let n = n as u64;
-    let mut map = Reusable::new();
-    for (i, id) in ids.iter().enumerate() {
-        let offset = i as u64 * n;
-        let want = n.min(file.size.saturating_sub(offset));
-        if want == 0 || offset + want > len {
-            break;
-        }
-        map.entry(*id).or_insert((offset, want as u32));
-    }
-    Some(map)
+    let n = fixed_size(path, snap_path, file, params).ok()??;
+    Some(OnDisk {
+        matches: false,
+        reusable: Reusable::Slots {
+            size: n,
+            len,
+            matched: None,
+        },
+    })
 }
 
-/// The positional reuse map of a file on disk whose size or mtime differs
+/// The chunk size of a file cut in fixed-size chunks (the page size from
+/// its own header for a SQLite file); None for one cut by content, or a
+/// SQLite file without a readable header.
+fn fixed_size(
+    path: &Path,
+    snap_path: &[u8],
+    file: &FileEntry,
+    params: &crate::store::format::ChunkingParams,
+) -> std::io::Result<Option<u64>> {
+    let page = match file.sqlite {
+        true => match sqlite::sqlite_page_size_of(path)? {
+            Some(p) => Some(p),
+            None => return Ok(None),
+        },
+        false => None,
+    };
+    Ok(match chunk::strategy_for(snap_path, page, params) {
+        chunk::Strategy::Fixed(n) if n > 0 => Some(n as u64),
+        _ => None,
+    })
+}
+
+/// The positional reuse of a file on disk whose size or mtime differs
 /// from the snapshot entry's (None: it looks unchanged, or its chunks have
 /// no fixed offsets, and the plan hashes it).
 fn presumed_changed(
     path: &Path,
     entry: &crate::store::manifest::Entry,
     file: &FileEntry,
-    ids: &[Id],
     params: &crate::store::format::ChunkingParams,
-) -> Option<Reusable> {
+) -> Option<OnDisk> {
     let m = fs::symlink_metadata(path).ok()?;
     let same = m.len() == file.size && crate::sources::mtime_ns(&m) == entry.mtime_ns;
     if same {
         return None;
     }
-    positional(path, &entry.path, file, ids, params)
+    positional(path, &entry.path, file, params)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -277,7 +284,6 @@ pub fn plan_chroma(
     // their chunks at the same offsets anyway, so hashing them here too
     // would read them twice.
     let params = &store.config().chunking;
-    let sealer = store.sealer();
     let verdicts: Vec<(usize, OnDisk, bool)> = candidates
         .par_iter()
         .map(|(i, path)| {
@@ -285,20 +291,12 @@ pub fn plan_chroma(
             let EntryKind::File(f) = &e.kind else {
                 return (*i, OnDisk::default(), false);
             };
-            // A file whose list cannot be read is simply written (staging
-            // then names the fault).
-            let Ok(ids) = chunk_ids(store, index, f) else {
-                return (*i, OnDisk::default(), false);
-            };
-            if let Some(reusable) = presumed_changed(path, e, f, &ids, params) {
-                let found = OnDisk {
-                    matches: false,
-                    reusable,
-                };
+            if let Some(found) = presumed_changed(path, e, f, params) {
                 return (*i, found, true);
             }
-            // An unreadable file is simply replaced.
-            let found = compare_on_disk(path, &e.path, f, &ids, params, sealer).unwrap_or_default();
+            // An unreadable file (or list: staging then names the fault)
+            // is simply replaced.
+            let found = compare_on_disk(store, index, path, &e.path, f).unwrap_or_default();
             (*i, found, false)
         })
         .collect();
@@ -451,10 +449,86 @@ pub fn file_matches(
 }
 
 /// Where the chunks a snapshot file needs sit in the file on disk it will
-/// replace: chunk id to (offset, length). Rebuilding the file then reads
-/// those from disk (re-hashed on the way) instead of the store, so an
-/// in-place restore decompresses only what changed.
-pub type Reusable = HashMap<Id, (u64, u32)>;
+/// replace. Rebuilding the file then reads those from disk (re-hashed on
+/// the way) instead of the store, so an in-place restore decompresses
+/// only what changed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Reusable {
+    /// Nothing on disk to reuse.
+    #[default]
+    Nothing,
+    /// A file cut in fixed-size chunks: the snapshot's chunk at offset o
+    /// is at o in the file on disk too, as far as that file's `len`
+    /// reaches. `matched`: one bit per slot of `size` bytes, set where the
+    /// plan hashed the file on disk and found the snapshot's chunk (None:
+    /// not hashed, every slot is a candidate). A few bits per chunk,
+    /// however large the file.
+    Slots {
+        size: u64,
+        len: u64,
+        matched: Option<Vec<u64>>,
+    },
+    /// A file cut by content: chunk id to (offset, length) on disk.
+    Found(HashMap<Id, (u64, u32)>),
+}
+
+impl Reusable {
+    /// Where on disk to read (and re-hash) the snapshot's chunk `id` of
+    /// `len` bytes at `offset` in the snapshot's file, if anywhere.
+    pub fn at(&self, id: &Id, offset: u64, len: u32) -> Option<u64> {
+        match self {
+            Reusable::Nothing => None,
+            Reusable::Slots {
+                size,
+                len: on_disk,
+                matched,
+            } => {
+                let slot = offset / size;
+                let inside = offset.is_multiple_of(*size) && offset + len as u64 <= *on_disk;
+                let hit = matched.as_ref().is_none_or(|bits| bit(bits, slot));
+                (inside && hit).then_some(offset)
+            }
+            Reusable::Found(map) => map.get(id).filter(|(_, l)| *l == len).map(|(o, _)| *o),
+        }
+    }
+
+    /// How many chunks may be reused (slots for a positional file).
+    pub fn chunks(&self) -> u64 {
+        match self {
+            Reusable::Nothing => 0,
+            Reusable::Slots {
+                matched: Some(bits),
+                ..
+            } => bits.iter().map(|w| w.count_ones() as u64).sum(),
+            Reusable::Slots { size, len, .. } => len.div_ceil(*size),
+            Reusable::Found(map) => map.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks() == 0
+    }
+
+    /// Positional reuse only: every slot is where the snapshot's file has
+    /// it, so a file whose every chunk was reused holds exactly the
+    /// snapshot's content.
+    pub fn is_positional(&self) -> bool {
+        matches!(self, Reusable::Slots { .. })
+    }
+}
+
+fn bit(bits: &[u64], slot: u64) -> bool {
+    bits.get((slot / 64) as usize)
+        .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+}
+
+fn set_bit(bits: &mut Vec<u64>, slot: u64) {
+    let word = (slot / 64) as usize;
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    bits[word] |= 1 << (slot % 64);
+}
 
 /// What hashing a file on disk found, against a snapshot file.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -466,46 +540,70 @@ pub struct OnDisk {
 
 /// Hashes the whole file at `path` with the strategy of the snapshot file
 /// `file` (see [`file_matches`]): does it match, and which of the
-/// snapshot's chunks does it already hold, where.
+/// snapshot's chunks does it already hold, where. A file cut in fixed-size
+/// chunks is compared slot by slot with the snapshot's list as it streams
+/// (a bit per slot); one cut by content needs the set of its ids.
 pub fn compare_on_disk(
+    store: &Store,
+    index: &ChunkIndex,
     path: &Path,
     snap_path: &[u8],
     file: &FileEntry,
-    chunks: &[Id],
-    params: &crate::store::format::ChunkingParams,
-    sealer: &crate::store::seal::Sealer,
 ) -> std::io::Result<OnDisk> {
+    let params = &store.config().chunking;
+    let sealer = store.sealer();
     let f = File::open(path)?;
     let size = f.metadata()?.len();
-    let page = if file.sqlite {
-        match sqlite::sqlite_page_size_of(path)? {
-            Some(p) => Some(p),
-            None => return Ok(OnDisk::default()),
-        }
-    } else {
-        None
+    let fixed = fixed_size(path, snap_path, file, params)?;
+    if file.sqlite && fixed.is_none() {
+        return Ok(OnDisk::default());
+    }
+    let listed = |e: Error| std::io::Error::other(e.to_string());
+    let mut ids = store.file_chunks(index, file).map_err(listed)?;
+    let strategy = match fixed {
+        Some(n) => chunk::Strategy::Fixed(n as usize),
+        None => chunk::strategy_for(snap_path, None, params),
     };
-    let strategy = chunk::strategy_for(snap_path, page, params);
-    let needed: HashSet<&Id> = chunks.iter().collect();
-    let mut out = OnDisk::default();
+    // For a file cut by content: every id it needs (a small file: the
+    // big ones are HNSW blocks and SQLite pages).
+    let needed: Option<HashSet<Id>> = match fixed {
+        Some(_) => None,
+        None => Some(
+            store
+                .file_chunk_ids(index, file)
+                .map_err(listed)?
+                .into_iter()
+                .collect(),
+        ),
+    };
+    let mut bits = Vec::new();
+    let mut found = HashMap::new();
     let mut same_order = size == file.size;
-    let mut pos = 0usize;
+    let mut pos = 0u64;
     let mut offset = 0u64;
     let streamed = chunk::for_each_batch(f, strategy, HASH_BATCH, |buf, ranges| {
-        let ids: Vec<Id> = ranges
+        let on_disk: Vec<Id> = ranges
             .par_iter()
             .map(|r| sealer.chunk_id(&buf[r.clone()]))
             .collect();
-        for (id, r) in ids.iter().zip(ranges) {
-            if same_order && chunks.get(pos) != Some(id) {
-                same_order = false;
+        for (id, r) in on_disk.iter().zip(ranges) {
+            let wanted = match ids.next() {
+                Some(w) => Some(w?),
+                None => None,
+            };
+            let here = wanted.as_ref() == Some(id);
+            same_order &= here;
+            match &needed {
+                None if here => set_bit(&mut bits, pos),
+                None => {}
+                Some(needed) if needed.contains(id) => {
+                    found
+                        .entry(*id)
+                        .or_insert((offset + r.start as u64, r.len() as u32));
+                }
+                Some(_) => {}
             }
             pos += 1;
-            if needed.contains(id) {
-                out.reusable
-                    .entry(*id)
-                    .or_insert((offset + r.start as u64, r.len() as u32));
-            }
         }
         offset += ranges.last().map(|r| r.end as u64).unwrap_or(0);
         Ok(())
@@ -515,8 +613,18 @@ pub fn compare_on_disk(
         Ok(Err(e)) => return Err(e),
         Ok(Ok(_)) => {}
     }
-    out.matches = same_order && pos == chunks.len();
-    Ok(out)
+    let reusable = match fixed {
+        Some(n) => Reusable::Slots {
+            size: n,
+            len: size,
+            matched: Some(bits),
+        },
+        None => Reusable::Found(found),
+    };
+    Ok(OnDisk {
+        matches: same_order && ids.next().is_none(),
+        reusable,
+    })
 }
 
 #[cfg(test)]
@@ -554,5 +662,38 @@ mod tests {
         assert!(!file_matches(&path, snap_path, &entry, &chunks, &params, &sealer).unwrap());
         fs::write(&path, &data[..100]).unwrap();
         assert!(!file_matches(&path, snap_path, &entry, &chunks, &params, &sealer).unwrap());
+    }
+
+    #[test]
+    fn reusable_slots_hold_a_bit_per_slot_and_stay_inside_the_file() {
+        let id = Id::hash(b"x");
+        let unhashed = Reusable::Slots {
+            size: 4096,
+            len: 3 * 4096 + 100,
+            matched: None,
+        };
+        assert_eq!(unhashed.at(&id, 4096, 4096), Some(4096));
+        assert_eq!(unhashed.at(&id, 3 * 4096, 100), Some(3 * 4096));
+        assert_eq!(unhashed.at(&id, 3 * 4096, 4096), None, "past the end");
+        assert_eq!(unhashed.at(&id, 100, 4096), None, "not a slot");
+        assert_eq!(unhashed.chunks(), 4);
+        let mut bits = Vec::new();
+        set_bit(&mut bits, 0);
+        set_bit(&mut bits, 70);
+        let hashed = Reusable::Slots {
+            size: 4096,
+            len: 100 * 4096,
+            matched: Some(bits),
+        };
+        assert_eq!(hashed.at(&id, 0, 4096), Some(0));
+        assert_eq!(hashed.at(&id, 4096, 4096), None);
+        assert_eq!(hashed.at(&id, 70 * 4096, 4096), Some(70 * 4096));
+        assert_eq!(hashed.at(&id, 71 * 4096, 4096), None);
+        assert_eq!(hashed.chunks(), 2);
+        assert!(hashed.is_positional() && !hashed.is_empty());
+        let found = Reusable::Found(HashMap::from([(id, (500, 10))]));
+        assert_eq!(found.at(&id, 0, 10), Some(500));
+        assert_eq!(found.at(&id, 0, 11), None);
+        assert!(Reusable::Nothing.is_empty());
     }
 }

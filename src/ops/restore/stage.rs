@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
-use crate::ops::extract::{self, ExtractError, SMALL_FILE_MAX};
+use crate::ops::extract::{self, ExtractError, Placed, SMALL_FILE_MAX};
 use crate::progress::Progress;
 use crate::sources::sqlite;
 use crate::store::index::ChunkIndex;
@@ -29,7 +29,7 @@ use crate::store::{ChunkFault, Store};
 
 use super::apply::{file_time, parent_of, temp_in, wanted_owner, Install, TempGuard};
 use super::chroma_rel;
-use super::plan::{file_matches, RestorePlan, Reusable};
+use super::plan::{RestorePlan, Reusable};
 
 /// A file's chunk ids, in file order: the one place restore reads them
 /// (a tree-listed file's list blobs are read and re-hashed here).
@@ -145,8 +145,6 @@ struct Job<'a> {
     presumed: bool,
     entry: &'a Entry,
     file: &'a FileEntry,
-    /// The file's chunk ids, in order.
-    ids: Vec<Id>,
     target: PathBuf,
     dir: PathBuf,
     reusable: Option<&'a Reusable>,
@@ -167,7 +165,8 @@ pub fn stage(
     if !errors.is_empty() {
         return Err(refusal(manifest, errors));
     }
-    let jobs = jobs(store, index, manifest, plan)?;
+    let jobs = jobs(manifest, plan)?;
+    check_space(&jobs)?;
     let total: u64 = jobs.iter().map(|j| j.file.size).sum();
     progress.phase("validate and stage", Some(total));
     let mut staged = Staged::default();
@@ -182,10 +181,18 @@ pub fn stage(
         })
         .collect();
     let durable = plan.targets.live;
+    // Streamed from the lists (a remote store only: a local one ignores
+    // it), the chunks found on disk left out.
     let to_fetch = jobs.iter().flat_map(|j| {
-        j.ids
-            .iter()
-            .filter(move |id| !j.reusable.is_some_and(|r| r.contains_key(*id)))
+        let mut offset = 0u64;
+        let ids = store.file_chunks(index, j.file).into_iter().flatten();
+        ids.filter_map(std::result::Result::ok).filter(move |id| {
+            // A lookup that fails only loses the prefetch of the chunk.
+            let len = index.get(id).ok().flatten().map_or(0, |l| l.raw_len);
+            let at = offset;
+            offset += len as u64;
+            j.reusable.is_none_or(|r| r.at(id, at, len).is_none())
+        })
     });
     // The db's `integrity_check` (one thread) runs as soon as it is
     // staged, while the other files are still being staged.
@@ -212,7 +219,7 @@ pub fn stage(
                     &staged.counts,
                     &on_bytes,
                 );
-                let staged_file = staged_file.map(|r| r.map(|w| unless_same(store, j, w)));
+                let staged_file = staged_file.map(|r| r.map(|w| unless_same(j, w)));
                 let check = match &staged_file {
                     Ok(Ok(Some(tmp))) if j.slot == Slot::Db => Some(check_db(tmp)),
                     _ => None,
@@ -272,6 +279,31 @@ pub fn stage(
     }
 }
 
+/// Refuses the restore (exit 1, nothing staged) when a file system that
+/// would receive staging files has less free space than their bytes plus
+/// 5 %: staging holds every differing file at once, and a disk filled
+/// half-way would fail the restore after minutes of work.
+fn check_space(jobs: &[Job<'_>]) -> Result<()> {
+    let mut by_fs: BTreeMap<u64, (&Path, u64)> = BTreeMap::new();
+    for j in jobs {
+        let dev = fs::metadata(&j.dir).ctx("stat", &j.dir)?.dev();
+        let slot = by_fs.entry(dev).or_insert((&j.dir, 0));
+        slot.1 = slot.1.saturating_add(j.file.size);
+    }
+    for (dir, bytes) in by_fs.into_values() {
+        let needed = bytes.saturating_add(bytes / 20);
+        let available = crate::os::free_bytes(dir).ctx("statvfs", dir)?;
+        if needed > available {
+            return Err(Error::RestoreNoSpace {
+                folder: dir.to_path_buf(),
+                needed,
+                available,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn refusal(manifest: &Manifest, errors: BTreeSet<String>) -> Error {
     Error::ValidationFailed {
         stamp: manifest.stamp.clone(),
@@ -290,30 +322,44 @@ fn precheck(store: &Store, index: &ChunkIndex, manifest: &Manifest) -> Result<BT
     }
     for entry in &manifest.entries {
         let Some(f) = entry.file() else { continue };
-        let ids = match chunk_ids(store, index, f) {
-            Ok(ids) => ids,
+        if let Err(err) = precheck_file(store, index, entry, f, &mut errors) {
             // A list blob's damage is a fault like a chunk's; a storage
             // failure is the error.
-            Err(err) => {
-                let (id, fault) = crate::store::error_fault(&err).ok_or(err)?;
-                errors.insert(format!(
-                    "{} (the list of {})",
-                    fault.code(&id),
-                    entry.path_lossy()
-                ));
-                continue;
-            }
-        };
-        for id in &ids {
-            if index.get(id)?.is_none() {
-                errors.insert(named(ChunkFault::Missing.code(id), entry));
-            }
-        }
-        if extract::indexed_size(index, &ids)?.is_some_and(|s| s != f.size) {
-            errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
+            let (id, fault) = crate::store::error_fault(&err).ok_or(err)?;
+            errors.insert(format!(
+                "{} (the list of {})",
+                fault.code(&id),
+                entry.path_lossy()
+            ));
         }
     }
     Ok(errors)
+}
+
+/// [`precheck`] of one file, its list streamed: each chunk in the index,
+/// the recorded sizes adding up to the file's.
+fn precheck_file(
+    store: &Store,
+    index: &ChunkIndex,
+    entry: &Entry,
+    f: &FileEntry,
+    errors: &mut BTreeSet<String>,
+) -> Result<()> {
+    let mut size = Some(0u64);
+    for id in store.file_chunks(index, f)? {
+        let id = id?;
+        match index.get(&id)? {
+            Some(loc) => size = size.map(|s| s + loc.raw_len as u64),
+            None => {
+                errors.insert(named(ChunkFault::Missing.code(&id), entry));
+                size = None;
+            }
+        }
+    }
+    if size.is_some_and(|s| s != f.size) {
+        errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
+    }
+    Ok(())
 }
 
 fn named(code: String, entry: &Entry) -> String {
@@ -322,12 +368,7 @@ fn named(code: String, entry: &Entry) -> String {
 
 /// The staging jobs of a plan: the db, the registry, the Chroma files to
 /// write.
-fn jobs<'m>(
-    store: &Store,
-    chunks: &ChunkIndex,
-    manifest: &'m Manifest,
-    plan: &'m RestorePlan,
-) -> Result<Vec<Job<'m>>> {
+fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>>> {
     let t = &plan.targets;
     let mut jobs = Vec::new();
     let file_at = |i: usize| {
@@ -353,7 +394,6 @@ fn jobs<'m>(
                 presumed: false,
                 entry,
                 file,
-                ids: chunk_ids(store, chunks, file)?,
                 target: target.clone(),
                 dir,
                 reusable,
@@ -373,7 +413,6 @@ fn jobs<'m>(
                 presumed: cp.presumed.contains(&i),
                 entry,
                 file,
-                ids: chunk_ids(store, chunks, file)?,
                 target: cp.root.join(OsStr::from_bytes(rel)),
                 dir,
                 reusable: cp.reusable.get(&i),
@@ -408,28 +447,17 @@ fn stage_dir(root: &Path, rel: &[u8]) -> Result<PathBuf> {
 }
 
 /// The staged file, or None (and it is removed) when it is a Chroma file
-/// the plan presumed changed whose every chunk came from the file on disk,
-/// and that file, hashed position by position, holds exactly the
-/// snapshot's content: it is left alone.
-fn unless_same(store: &Store, job: &Job<'_>, w: Written) -> Option<PathBuf> {
-    if !(job.presumed && w.all_reused) {
+/// the plan presumed changed whose every chunk came from the file on disk
+/// at its own offset, that file having the snapshot's size: each of its
+/// slots hashed to the snapshot's chunk there, so it holds exactly the
+/// snapshot's content and is left alone.
+fn unless_same(job: &Job<'_>, w: Written) -> Option<PathBuf> {
+    let positional = job.reusable.is_some_and(Reusable::is_positional);
+    if !(job.presumed && w.all_reused && positional) {
         return Some(w.tmp);
     }
-    let params = &store.config().chunking;
-    let same = file_matches(
-        &job.target,
-        &job.entry.path,
-        job.file,
-        &job.ids,
-        params,
-        store.sealer(),
-    );
-    if same.unwrap_or(false) {
-        let _ = fs::remove_file(&w.tmp);
-        None
-    } else {
-        Some(w.tmp)
-    }
+    let _ = fs::remove_file(&w.tmp);
+    None
 }
 
 /// Names every fault of a file that failed to stage (the failure path
@@ -445,7 +473,10 @@ fn name_faults(
     match fault {
         Fault::Chunk(id, f) => {
             errors.insert(named(f.code(&id), job.entry));
-            let ids: BTreeSet<&Id> = job.ids.iter().collect();
+            let Ok(ids) = chunk_ids(store, index, job.file) else {
+                return;
+            };
+            let ids: BTreeSet<&Id> = ids.iter().collect();
             let more: Vec<String> = ids
                 .par_iter()
                 .filter_map(|id| match store.read_chunk(index, id) {
@@ -489,16 +520,13 @@ pub(super) fn stage_file(
         .and_then(|r| File::open(target).ok().map(|f| (f, r)));
     let sealer = store.sealer();
     let reused = AtomicU64::new(0);
-    let local = |id: &Id| -> Option<Vec<u8>> {
-        let (f, map) = old.as_ref()?;
-        let &(offset, len) = map.get(id)?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, offset).ok()?;
-        if sealer.chunk_id(&buf) != *id {
-            return None; // changed since the plan: from the store
-        }
-        reused.fetch_add(1, Ordering::Relaxed);
-        Some(buf)
+    let local = |piece: &[Placed], buf: &mut [u8], filled: &mut [bool]| -> u64 {
+        let Some((f, reusable)) = old.as_ref() else {
+            return 0;
+        };
+        let n = reuse_runs(f, reusable, sealer, piece, buf, filled);
+        reused.fetch_add(n, Ordering::Relaxed);
+        n
     };
     let tmp = temp_in(dir);
     let mut guard = TempGuard(&tmp, false);
@@ -508,9 +536,8 @@ pub(super) fn stage_file(
         .mode(0o600)
         .open(&tmp)
         .ctx("create", &tmp)?;
-    let mut w = BufWriter::with_capacity(1 << 20, &f);
     let source = extract::ChunkSource::LocalFirst(&local);
-    let written = match extract::write_file(store, index, file, &mut w, on_bytes, source) {
+    let (written, chunks) = match extract::write_file_at(store, index, file, &f, on_bytes, source) {
         Ok(n) => n,
         Err(ExtractError::Chunk(id, fault)) => return Ok(Err(Fault::Chunk(id, fault))),
         Err(ExtractError::Write(e)) => return Err(Error::io("write", &tmp, e)),
@@ -521,13 +548,10 @@ pub(super) fn stage_file(
             })
         }
     };
-    w.flush().ctx("write", &tmp)?;
-    drop(w);
     if written != file.size {
         return Ok(Err(Fault::Size { written }));
     }
     let reused = reused.load(Ordering::Relaxed);
-    let chunks = file.list.len();
     let old_len = old
         .as_ref()
         .and_then(|(f, _)| f.metadata().ok())
@@ -553,6 +577,53 @@ pub(super) fn stage_file(
     guard.1 = true;
     drop(guard);
     Ok(Ok(Written { tmp, all_reused }))
+}
+
+/// Copies into `buf` the chunks of `piece` that the file on disk `old`
+/// holds where `reusable` says, each re-hashed (one read per run of chunks
+/// that follow each other on disk); marks them in `filled` and returns how
+/// many. A chunk whose bytes there changed since the plan is left to the
+/// store.
+fn reuse_runs(
+    old: &File,
+    reusable: &Reusable,
+    sealer: &crate::store::seal::Sealer,
+    piece: &[Placed],
+    buf: &mut [u8],
+    filled: &mut [bool],
+) -> u64 {
+    let mut reused = 0;
+    let (mut i, mut at) = (0usize, 0usize);
+    while i < piece.len() {
+        let (id, offset, len) = piece[i];
+        let Some(disk) = reusable.at(&id, offset, len) else {
+            at += len as usize;
+            i += 1;
+            continue;
+        };
+        let (mut j, mut end) = (i + 1, at + len as usize);
+        while let Some(&(next, offset, len)) = piece.get(j) {
+            if reusable.at(&next, offset, len) != Some(disk + (end - at) as u64) {
+                break;
+            }
+            end += len as usize;
+            j += 1;
+        }
+        if old.read_exact_at(&mut buf[at..end], disk).is_ok() {
+            let mut a = at;
+            for k in i..j {
+                let (id, _, len) = piece[k];
+                let b = a + len as usize;
+                if sealer.chunk_id(&buf[a..b]) == id {
+                    filled[k] = true;
+                    reused += 1;
+                }
+                a = b;
+            }
+        }
+        (i, at) = (j, end);
+    }
+    reused
 }
 
 /// The staged db's identity when SQLite's `integrity_check` passes on it

@@ -7,9 +7,12 @@ use std::io::Read;
 
 use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
+use crate::ops::mark::{self, locate, Mark, SpillDir};
 use crate::stamp::Stamp;
+use crate::store::chunk_index::Spillable;
 use crate::store::index::ChunkIndex;
 use crate::store::lists::Reached;
+use crate::store::manifest::Manifest;
 use crate::store::pack;
 use crate::store::pack2::Codec;
 use crate::store::{Check, ChunkFault, Object, PackLayout, ReadFrom, Store};
@@ -50,9 +53,8 @@ struct PackCheck {
     /// it left unchecked.
     unreadable: Option<String>,
     unverified: Vec<Id>,
-    /// Stored bytes of all entries, and of those that are live here.
+    /// Stored bytes of all its frames.
     total_stored: u64,
-    live_stored: u64,
 }
 
 impl PackCheck {
@@ -89,13 +91,14 @@ impl PackCheck {
             .then(|| "pack content does not match its name".to_string())
     }
 
-    /// Whether the damage concerns an audit of `referenced` only: damage to
-    /// the pack as a whole does, a corrupt chunk only if referenced.
-    fn concerns(&self, referenced: &IdSet) -> bool {
+    /// Whether the damage concerns an audit of what `referenced` accepts
+    /// only: damage to the pack as a whole does, a corrupt chunk only if
+    /// referenced.
+    fn concerns(&self, referenced: impl Fn(&Id) -> bool) -> bool {
         // A corrupt chunk explains a name mismatch on its own.
         self.structural.is_some()
             || (self.name_mismatch && self.corrupt.is_empty())
-            || self.corrupt.iter().any(|id| referenced.contains(id))
+            || self.corrupt.iter().any(referenced)
     }
 }
 
@@ -113,21 +116,19 @@ pub(super) fn audit(
     let mut readable = Vec::new();
     let mut unreadable = Vec::new();
     // Referenced: every chunk and every list blob the trees reach (delta
-    // chains included), each distinct subtree walked once. A list blob
-    // that does not read is referenced (missing, or corrupt below).
+    // chains included), each distinct subtree walked once, sorted on disk
+    // rather than held in a set. A list blob that does not read is
+    // referenced (missing, or corrupt below).
     let index = store.load_index_rechecked()?;
-    let mut referenced = IdSet::default();
-    let mut tree_seen = IdSet::default();
+    let spill = SpillDir::for_store(store)?;
+    let mut mark = Mark::<Id>::new(store, &index, &spill);
     let mut lists_corrupt: BTreeSet<Id> = BTreeSet::new();
     for stamp in &stamps {
         // The audit reads the store itself, never a remote store's cache.
         match store.read_manifest(stamp, ReadFrom::Store) {
             Ok(m) => {
                 for f in m.entries.iter().filter_map(|e| e.file()) {
-                    let walked = store.file_reach(&index, f, &mut tree_seen, &mut |r| {
-                        let (Reached::Blob(id) | Reached::Chunk(id)) = r;
-                        referenced.insert(id);
-                    });
+                    let walked = mark.file(f, mark::any_id);
                     if let Some((id, ChunkFault::Corrupt(_))) =
                         walked.err().as_ref().and_then(crate::store::error_fault)
                     {
@@ -153,28 +154,11 @@ pub(super) fn audit(
             Err(e) => return Err(e),
         }
     }
-
-    // One sorted walk of the index (sequential reads) rather than a
-    // lookup per referenced id: each pack's live bytes, and whether any
-    // referenced id is missing (only then are they looked up one by one).
-    let npacks = index.packs().len();
-    let mut pack_live: Vec<u64> = vec![0; npacks];
-    let mut indexed = 0usize;
-    for item in index.iter()? {
-        let (id, loc) = item?;
-        if referenced.contains(&id) {
-            indexed += 1;
-            pack_live[loc.pack as usize] += loc.stored_share();
-        }
-    }
-    let mut missing: BTreeSet<Id> = BTreeSet::new();
-    if indexed < referenced.len() {
-        for id in &referenced {
-            if !index.contains(id)? {
-                missing.insert(*id);
-            }
-        }
-    }
+    let Joined {
+        missing,
+        pack_live,
+        live_stored,
+    } = join(&index, &spill, mark.finish()?)?;
 
     // Packs whose index does not read: their chunks are unknown. With
     // --snapshot they matter only when a referenced chunk is missing (it
@@ -193,11 +177,13 @@ pub(super) fn audit(
     // A chunk the index lacks may sit in a pack whose index could not be
     // read: unverified, not missing.
     let mut unverified: HashSet<Id> = HashSet::new();
+    let mut missing = missing;
     if index.damaged.iter().any(|d| pack::is_unreadable(&d.detail)) {
         unverified.extend(std::mem::take(&mut missing));
     }
 
     // Packs to check: all of them, or those holding a referenced chunk.
+    let npacks = index.packs().len();
     let to_check: Vec<u32> = (0..npacks as u32)
         .filter(|&p| selected.is_none() || pack_live[p as usize] > 0)
         .collect();
@@ -240,17 +226,66 @@ pub(super) fn audit(
         to_check.iter().partition(|p| rehash.contains(p));
     let mut checks: Vec<(u32, PackCheck)> = structural
         .par_iter()
-        .map(|&p| check_pack(store, &index, p, &referenced, false).map(|c| (p, c)))
-        .collect::<Result<_>>()?;
+        .map(|&p| (p, check_pack(store, &index, p, false)))
+        .collect();
     for p in hashed {
         crate::os::check_interrupted()?;
-        checks.push((p, check_pack(store, &index, p, &referenced, true)?));
+        checks.push((p, check_pack(store, &index, p, true)));
     }
 
     // A chunk is bad when the copy every reader uses (its index location)
     // is corrupt, or when it is missing.
     let mut bad: HashSet<Id> = missing.iter().copied().collect();
     bad.extend(lists_corrupt.iter().copied());
+    let home_in = |id: &Id, p: u32| -> Result<bool> {
+        Ok(locate(&index, id)?.is_some_and(|loc| loc.pack == p))
+    };
+    for (p, check) in &checks {
+        for id in &check.unverified {
+            if home_in(id, *p)? {
+                unverified.insert(*id);
+            }
+        }
+        for id in &check.corrupt {
+            if home_in(id, *p)? {
+                bad.insert(*id);
+            }
+        }
+    }
+
+    // The second walk: the damage mapped to files, and (with --snapshot)
+    // which of the damaged chunks the snapshots reference: a few ids, where
+    // the mark's set held every one.
+    let asked: IdSet = match selected {
+        Some(_) => checks
+            .iter()
+            .flat_map(|(_, c)| c.corrupt.iter().chain(&c.unverified))
+            .copied()
+            .collect(),
+        None => IdSet::default(),
+    };
+    let per_file = sample.is_some() || !bad.is_empty() || !unverified.is_empty();
+    let walk = Damage {
+        index: &index,
+        bad: &bad,
+        unverified: &unverified,
+        rehash: &rehash,
+        asked: &asked,
+    };
+    let mut referenced_asked = IdSet::default();
+    let mut files_of: Vec<(Stamp, Files)> = Vec::with_capacity(readable.len());
+    for stamp in &readable {
+        let files = match per_file || !asked.is_empty() {
+            true => {
+                let m = store.read_manifest(stamp, ReadFrom::Cache)?;
+                walk.files(store, &m, &mut referenced_asked)
+            }
+            false => Files::default(),
+        };
+        files_of.push((stamp.clone(), files));
+    }
+    let referenced = |id: &Id| selected.is_none() || referenced_asked.contains(id);
+
     let mut packs_read: Vec<Id> = Vec::new();
     let mut corrupt: BTreeSet<Id> = lists_corrupt;
     for (p, check) in &checks {
@@ -262,35 +297,24 @@ pub(super) fn audit(
             packs_read.push(index.pack(*p).id);
         }
         if let Some(detail) = &check.unreadable {
-            if selected.is_none() || check.unverified.iter().any(|id| referenced.contains(id)) {
+            if check.unverified.iter().any(referenced) {
                 report.unreadable.insert(name.clone(), detail.clone());
             }
         }
-        for id in &check.unverified {
-            if index.get(id)?.is_some_and(|loc| loc.pack == *p) {
-                unverified.insert(*id);
-            }
-        }
         if let Some(detail) = check.detail() {
-            if selected.is_none() || check.concerns(&referenced) {
+            if selected.is_none() || check.concerns(referenced) {
                 report.damaged_objects.push(name.clone());
                 report.damage.insert(name, detail);
             }
         }
-        for id in &check.corrupt {
-            if selected.is_none() || referenced.contains(id) {
-                corrupt.insert(*id);
-            }
-            if index.get(id)?.is_some_and(|loc| loc.pack == *p) {
-                bad.insert(*id);
-            }
-        }
+        corrupt.extend(check.corrupt.iter().filter(|id| referenced(id)));
         if selected.is_none() {
             if pack_live[*p as usize] == 0 {
                 report.orphans.push(Object::Pack(index.pack(*p).id).name());
                 report.reclaimable_bytes += index.pack(*p).size;
             } else {
-                report.reclaimable_bytes += check.total_stored.saturating_sub(check.live_stored);
+                let live = live_stored[*p as usize];
+                report.reclaimable_bytes += check.total_stored.saturating_sub(live);
             }
         }
     }
@@ -299,53 +323,21 @@ pub(super) fn audit(
 
     let mut covered: std::collections::BTreeMap<String, bool> =
         unreadable.iter().map(|s| (s.to_string(), false)).collect();
-    // Files are walked again only when something must be mapped to them.
-    let per_file = sample.is_some() || !bad.is_empty() || !unverified.is_empty();
-    for stamp in &readable {
-        let m = store.read_manifest(stamp, ReadFrom::Cache)?;
-        let files: Vec<(String, Vec<Id>)> = match per_file {
-            true => m
-                .entries
-                .iter()
-                .filter_map(|e| {
-                    e.file()
-                        .map(|f| (e.path_lossy(), file_ids(store, &index, f)))
-                })
-                .collect(),
-            false => Vec::new(),
-        };
-        let mut rehashed_all = true;
-        if sample.is_some() {
-            for id in files.iter().flat_map(|(_, ids)| ids) {
-                if index.get(id)?.is_some_and(|l| !rehash.contains(&l.pack)) {
-                    rehashed_all = false;
-                    break;
-                }
-            }
-        }
-        let damaged: BTreeSet<String> = files
-            .iter()
-            .filter(|(_, ids)| ids.iter().any(|id| bad.contains(id)))
-            .map(|(p, _)| p.clone())
-            .collect();
-        let unreadable_files: BTreeSet<String> = files
-            .iter()
-            .filter(|(p, ids)| ids.iter().any(|id| unverified.contains(id)) && !damaged.contains(p))
-            .map(|(p, _)| p.clone())
-            .collect();
-        let metadata_error = metadata_problem(store, stamp);
-        let ok = damaged.is_empty() && metadata_error.is_none() && unreadable_files.is_empty();
-        if rehashed_all {
+    for (stamp, files) in files_of {
+        let metadata_error = metadata_problem(store, &stamp);
+        let ok =
+            files.damaged.is_empty() && metadata_error.is_none() && files.unreadable.is_empty();
+        if sample.is_none() || files.rehashed_all {
             covered.insert(stamp.to_string(), ok);
         }
         report.snapshots.insert(
             stamp.to_string(),
             SnapshotHealth {
                 ok,
-                damaged_files: damaged.into_iter().collect(),
+                damaged_files: files.damaged.into_iter().collect(),
                 error: None,
                 metadata_error,
-                unreadable_files: unreadable_files.into_iter().collect(),
+                unreadable_files: files.unreadable.into_iter().collect(),
             },
         );
     }
@@ -367,15 +359,196 @@ pub(super) fn audit(
     })
 }
 
-/// Every id file `f` reaches: its list blobs and chunks (up to a list
-/// blob that does not read, itself included).
-fn file_ids(store: &Store, index: &ChunkIndex, f: &crate::store::manifest::FileEntry) -> Vec<Id> {
-    let mut ids = Vec::new();
-    let _ = store.file_reach(index, f, &mut IdSet::default(), &mut |r| {
-        let (Reached::Blob(id) | Reached::Chunk(id)) = r;
-        ids.push(id);
-    });
-    ids
+/// A referenced chunk's place, sorted by pack and frame so that each
+/// frame's live share is summed in one run.
+struct LiveChunk {
+    pack: u32,
+    frame_offset: u32,
+    chunk_offset: u32,
+    raw_len: u32,
+    frame_stored_len: u32,
+    frame_raw_len: u32,
+}
+
+impl Spillable for LiveChunk {
+    const LEN: usize = 24;
+    type Key = (u32, u32, u32);
+
+    fn key(&self) -> (u32, u32, u32) {
+        (self.pack, self.frame_offset, self.chunk_offset)
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        let words = [
+            self.pack,
+            self.frame_offset,
+            self.chunk_offset,
+            self.raw_len,
+            self.frame_stored_len,
+            self.frame_raw_len,
+        ];
+        for (i, w) in words.iter().enumerate() {
+            out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    fn decode(b: &[u8]) -> LiveChunk {
+        let w = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+        LiveChunk {
+            pack: w(0),
+            frame_offset: w(1),
+            chunk_offset: w(2),
+            raw_len: w(3),
+            frame_stored_len: w(4),
+            frame_raw_len: w(5),
+        }
+    }
+}
+
+/// The referenced stream joined with the chunk index.
+struct Joined {
+    /// Referenced ids the index lacks.
+    missing: BTreeSet<Id>,
+    /// Per pack: the stored shares of the referenced chunks it is the
+    /// index's home of (nonzero: the pack is referenced).
+    pack_live: Vec<u64>,
+    /// Per pack: its frames' stored bytes split by the raw bytes of those
+    /// chunks (what is not reclaimable in it).
+    live_stored: Vec<u64>,
+}
+
+/// Resolves each referenced id (sorted, each once) through the index, then
+/// sums the live bytes per pack and frame from a second sort by place.
+fn join(index: &ChunkIndex, spill: &SpillDir, referenced: mark::Marked<Id>) -> Result<Joined> {
+    let npacks = index.packs().len();
+    let mut joined = Joined {
+        missing: BTreeSet::new(),
+        pack_live: vec![0; npacks],
+        live_stored: vec![0; npacks],
+    };
+    let mut places = spill.sorter::<LiveChunk>();
+    // A merge of two sorted streams, the referenced ids and the index's
+    // records: sequential reads of the index cache, no lookup per id.
+    let mut records = index.iter()?.peekable();
+    for id in referenced {
+        let id = id?;
+        let mut found = None;
+        while let Some(item) = records.peek() {
+            match item {
+                Ok((rid, _)) if *rid < id => {}
+                Ok((rid, loc)) => {
+                    found = (*rid == id).then_some(*loc);
+                    break;
+                }
+                Err(_) => {}
+            }
+            if let Some(Err(e)) = records.next() {
+                return Err(e);
+            }
+        }
+        match found {
+            None => {
+                joined.missing.insert(id);
+            }
+            Some(loc) => {
+                joined.pack_live[loc.pack as usize] += loc.stored_share();
+                places.push(LiveChunk {
+                    pack: loc.pack,
+                    frame_offset: loc.frame_offset,
+                    chunk_offset: loc.chunk_offset,
+                    raw_len: loc.raw_len,
+                    frame_stored_len: loc.frame_stored_len(),
+                    frame_raw_len: loc.frame_raw_len,
+                })?;
+            }
+        }
+    }
+    // One frame's live raw bytes at a time: its stored bytes are shared
+    // out once per frame, as the pack check did over the pack's layout.
+    let mut frame: Option<(u32, u32, u32, u32, u64)> = None;
+    let close = |f: Option<(u32, u32, u32, u32, u64)>, joined: &mut Joined| {
+        if let Some((pack, _, stored, raw, live_raw)) = f {
+            joined.live_stored[pack as usize] += PackLayout::share(stored, raw, live_raw);
+        }
+    };
+    for c in places.finish()? {
+        let c = c?;
+        match &mut frame {
+            Some((pack, offset, _, _, live_raw))
+                if *pack == c.pack && *offset == c.frame_offset =>
+            {
+                *live_raw += c.raw_len as u64;
+            }
+            _ => {
+                close(frame.take(), &mut joined);
+                frame = Some((
+                    c.pack,
+                    c.frame_offset,
+                    c.frame_stored_len,
+                    c.frame_raw_len,
+                    c.raw_len as u64,
+                ));
+            }
+        }
+    }
+    close(frame, &mut joined);
+    Ok(joined)
+}
+
+/// What the second walk found in one snapshot's files.
+#[derive(Default)]
+struct Files {
+    damaged: BTreeSet<String>,
+    unreadable: BTreeSet<String>,
+    /// Every chunk of every file is in a re-hashed pack (or missing).
+    rehashed_all: bool,
+}
+
+/// The second walk's questions: a few ids, not every referenced one.
+struct Damage<'a> {
+    index: &'a ChunkIndex,
+    bad: &'a HashSet<Id>,
+    unverified: &'a HashSet<Id>,
+    rehash: &'a HashSet<u32>,
+    /// Ids whose being referenced the report needs (--snapshot).
+    asked: &'a IdSet,
+}
+
+impl Damage<'_> {
+    /// Walks every file of `m` (its list blobs and chunks, up to a list
+    /// blob that does not read), one id at a time.
+    fn files(&self, store: &Store, m: &Manifest, referenced_asked: &mut IdSet) -> Files {
+        let mut out = Files {
+            rehashed_all: true,
+            ..Files::default()
+        };
+        for e in &m.entries {
+            let Some(f) = e.file() else { continue };
+            let (mut bad, mut unverified) = (false, false);
+            let _ = store.file_reach(self.index, f, &mut IdSet::default(), &mut |r| {
+                let (Reached::Blob(id) | Reached::Chunk(id)) = r;
+                bad |= self.bad.contains(&id);
+                unverified |= self.unverified.contains(&id);
+                if self.asked.contains(&id) {
+                    referenced_asked.insert(id);
+                }
+                if out.rehashed_all {
+                    // A lookup that fails cannot say the chunk was read.
+                    out.rehashed_all = match locate(self.index, &id) {
+                        Ok(Some(l)) => self.rehash.contains(&l.pack),
+                        Ok(None) => true,
+                        Err(_) => false,
+                    };
+                }
+            });
+            if bad {
+                out.damaged.insert(e.path_lossy());
+            } else if unverified {
+                out.unreadable.insert(e.path_lossy());
+            }
+        }
+        out
+    }
 }
 
 /// Why a snapshot's `backup-metadata.json` is not usable, if it is not.
@@ -397,9 +570,14 @@ pub fn metadata_problem(store: &Store, stamp: &Stamp) -> Option<String> {
     }
 }
 
-/// Bytes of a pack read at once when re-hashing: the chunks inside a block
-/// are decoded and checked in parallel while the next blocks are read.
-const BLOCK: usize = 2 << 20;
+/// Stored bytes of the frames handed over at once when re-hashing: they
+/// are decoded and checked in parallel while the next ones are read.
+/// Frames are up to about 1 MiB, so a batch holds several for each core
+/// (with two or three, one core idled while the other decoded the last).
+const BLOCK: usize = 6 << 20;
+/// The reader's buffer: small frames (format 1: one chunk each) are read
+/// through it, large ones straight into their own buffers.
+const READ_BUF: usize = 256 << 10;
 
 /// Checks one pack. Always its structure: the trailer and index read, the
 /// frames (format-1 chunks) tile the blob area exactly, raw frames have
@@ -407,20 +585,16 @@ const BLOCK: usize = 2 << 20;
 /// the whole file: its hash must be its name, every frame must decode and
 /// every chunk in it must hash to its id (a frame that does not decode
 /// makes every chunk in it corrupt). Memory is bounded by one window.
-fn check_pack(
-    store: &Store,
-    index: &ChunkIndex,
-    p: u32,
-    referenced: &IdSet,
-    rehash: bool,
-) -> Result<PackCheck> {
+fn check_pack(store: &Store, index: &ChunkIndex, p: u32, rehash: bool) -> PackCheck {
     let info = index.pack(p);
     let pack = Object::Pack(info.id);
     let mut check = PackCheck::default();
     let layout = match store.read_pack_layout(&pack, info.size, Check::Strict) {
         Ok(l) => l,
         Err(detail) => {
-            let ids = index.ids_in_pack(p)?;
+            // A cache that does not read names no chunks: the pack is
+            // still reported, by name.
+            let ids = index.ids_in_pack(p).unwrap_or_default();
             if pack::is_unreadable(&detail) {
                 check.unreadable = Some(detail);
                 check.unverified = ids;
@@ -428,7 +602,7 @@ fn check_pack(
                 check.structural = Some(detail);
                 check.corrupt = ids;
             }
-            return Ok(check);
+            return check;
         }
     };
     let magic = layout.magic();
@@ -447,13 +621,6 @@ fn check_pack(
         let f = &layout.frames[fi];
         let start = f.offset as u64;
         check.total_stored += f.stored_len as u64;
-        let mut live_raw = 0u64;
-        for c in layout.frame_chunks(fi) {
-            if referenced.contains(&c.id) && index.get(&c.id)?.is_some_and(|l| l.pack == p) {
-                live_raw += c.raw_len as u64;
-            }
-        }
-        check.live_stored += PackLayout::share(f.stored_len, f.raw_len, live_raw);
         if f.codec == Codec::Raw && f.stored_len as u64 != f.raw_len as u64 + overhead {
             check.damaged(format!(
                 "index entry for chunk {} records {} raw bytes stored in {}",
@@ -493,71 +660,42 @@ fn check_pack(
             Err(e) => check.unreadable(&e, layout.ids()),
         }
         check.bytes += magic.len() as u64;
-        return Ok(check);
+        return check;
     }
 
-    // Re-hash: a reader thread streams the file once in blocks, hashing it
-    // whole, while the frames of each block are decoded and checked in
-    // parallel.
+    // Re-hash: a reader thread streams the file once, frame by frame into
+    // buffers of their own, hashing it whole, while the frames it has read
+    // are decoded and checked in parallel (no buffer is copied again).
     let reader = match store.open_object(&pack) {
         Ok(r) => r,
         Err(e) => {
             check.unreadable(&e, layout.ids());
-            return Ok(check);
+            return check;
         }
     };
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, Vec<u8>)>>(1);
     let mut next = 0usize;
     let streamed = std::thread::scope(|scope| {
-        let hashing = scope.spawn(move || stream_blocks(reader, tx));
-        let mut buf: Vec<u8> = Vec::new();
-        let mut buf_start = 0u64;
-        let mut header_seen = false;
-        for block in rx {
-            if buf.is_empty() {
-                buf = block;
-            } else {
-                buf.extend_from_slice(&block);
-            }
-            if !header_seen && buf_start == 0 && buf.len() >= magic.len() {
-                header_seen = true;
-                if &buf[..magic.len()] != magic {
-                    check.damaged("bad pack header".into());
-                }
-            }
-            let buf_end = buf_start + buf.len() as u64;
-            let ready = tiled[next..]
-                .iter()
-                .take_while(|&&fi| layout.frames[fi].end() <= buf_end)
-                .count();
-            decode_batch(
-                store,
-                &layout,
-                &buf,
-                buf_start,
-                &tiled[next..next + ready],
-                &mut check,
-            );
-            next += ready;
-            // Keep only what the next frame still needs.
-            let keep_from = tiled
-                .get(next)
-                .map(|&fi| (layout.frames[fi].offset as u64).max(buf_start))
-                .unwrap_or(buf_end);
-            let drop = ((keep_from - buf_start) as usize).min(buf.len());
-            buf.drain(..drop);
-            buf_start += drop as u64;
+        let places = tiled.iter().map(|&fi| {
+            let f = &layout.frames[fi];
+            (fi, f.offset as u64, f.stored_len as usize)
+        });
+        let places: Vec<(usize, u64, usize)> = places.collect();
+        let reading = scope.spawn(move || stream_frames(reader, magic.len(), &places, tx));
+        for batch in rx {
+            next += batch.len();
+            decode_batch(store, &layout, batch, &mut check);
         }
-        if !header_seen {
-            check.damaged("bad pack header".into());
-        }
-        hashing
+        reading
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread failed")))
     });
     match streamed {
-        Ok((hash, len)) => {
+        Ok(Streamed { hash, len, header }) => {
             check.bytes = len;
+            if header != magic {
+                check.damaged("bad pack header".into());
+            }
             if let Some(&fi) = tiled.get(next) {
                 check.damaged(format!(
                     "truncated: chunk {} ends past the end of the file ({len} bytes)",
@@ -596,32 +734,25 @@ fn check_pack(
     }
     check.corrupt.sort();
     check.corrupt.dedup();
-    Ok(check)
+    check
 }
 
-/// Decodes and checks, in parallel, frames lying wholly in `buf` (which
-/// starts at file offset `start`).
+/// Decodes and checks, in parallel, frames read whole (frame index,
+/// stored bytes).
 fn decode_batch(
     store: &Store,
     layout: &PackLayout,
-    buf: &[u8],
-    start: u64,
-    batch: &[usize],
+    batch: Vec<(usize, Vec<u8>)>,
     check: &mut PackCheck,
 ) {
-    let bad: Vec<Vec<Id>> = batch
-        .par_iter()
-        .map(|&fi| {
-            let f = &layout.frames[fi];
-            let from = (f.offset as u64 - start) as usize;
-            let stored = buf[from..from + f.stored_len as usize].to_vec();
-            frame_faults(store, layout, fi, stored)
-        })
-        .collect();
     check.chunks += batch
         .iter()
-        .map(|&fi| layout.frame_chunks(fi).len() as u64)
+        .map(|(fi, _)| layout.frame_chunks(*fi).len() as u64)
         .sum::<u64>();
+    let bad: Vec<Vec<Id>> = batch
+        .into_par_iter()
+        .map(|(fi, stored)| frame_faults(store, layout, fi, stored))
+        .collect();
     check.corrupt.extend(bad.into_iter().flatten());
 }
 
@@ -642,25 +773,76 @@ fn frame_faults(store: &Store, layout: &PackLayout, fi: usize, stored: Vec<u8>) 
     }
 }
 
-/// Reads a stream to its end in blocks, sending each on and hashing it.
-/// Returns the hash of everything read and its length.
-fn stream_blocks(
-    mut reader: Box<dyn Read + Send>,
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-) -> std::io::Result<(Id, u64)> {
+/// What reading a pack through found.
+struct Streamed {
+    /// blake3 of every byte read, and how many.
+    hash: Id,
+    len: u64,
+    /// The first bytes (the magic's length, fewer if the file is shorter).
+    header: Vec<u8>,
+}
+
+/// Reads a pack to its end, hashing every byte, and sends the frames at
+/// `places` (frame index, offset, stored length; in file order, not
+/// overlapping) in batches of about [`BLOCK`] bytes, each frame in a
+/// buffer of its own. Bytes between frames are hashed only; the file
+/// ending inside a frame stops the sending (that frame and the later ones
+/// are not sent).
+fn stream_frames(
+    reader: Box<dyn Read + Send>,
+    header_len: usize,
+    places: &[(usize, u64, usize)],
+    tx: std::sync::mpsc::SyncSender<Vec<(usize, Vec<u8>)>>,
+) -> std::io::Result<Streamed> {
+    let mut input = std::io::BufReader::with_capacity(READ_BUF, reader);
     let mut hasher = blake3::Hasher::new();
-    let mut len = 0u64;
-    loop {
-        let mut block = Vec::with_capacity(BLOCK);
-        let n = (&mut reader).take(BLOCK as u64).read_to_end(&mut block)?;
-        if n == 0 {
+    let mut header = Vec::with_capacity(header_len);
+    let mut len = (&mut input)
+        .take(header_len as u64)
+        .read_to_end(&mut header)? as u64;
+    hasher.update(&header);
+    let mut batch: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let places = match len == header_len as u64 {
+        true => places,
+        false => &[],
+    };
+    for &(fi, offset, stored_len) in places {
+        if offset > len {
+            let gap = offset - len;
+            let skipped = std::io::copy(&mut (&mut input).take(gap), &mut hasher)?;
+            len += skipped;
+            if skipped < gap {
+                break;
+            }
+        }
+        let mut stored = Vec::with_capacity(stored_len);
+        let got = (&mut input)
+            .take(stored_len as u64)
+            .read_to_end(&mut stored)?;
+        hasher.update(&stored);
+        len += got as u64;
+        if got < stored_len {
             break;
         }
-        hasher.update(&block);
-        len += n as u64;
-        if tx.send(block).is_err() {
-            break;
+        batch_bytes += stored_len;
+        batch.push((fi, stored));
+        if batch_bytes >= BLOCK {
+            batch_bytes = 0;
+            if tx.send(std::mem::take(&mut batch)).is_err() {
+                return Err(std::io::Error::other("the checking side stopped"));
+            }
         }
     }
-    Ok((Id::from(hasher.finalize()), len))
+    if !batch.is_empty() && tx.send(batch).is_err() {
+        return Err(std::io::Error::other("the checking side stopped"));
+    }
+    drop(tx);
+    // The rest: the index and trailer (or whatever follows), hashed.
+    len += std::io::copy(&mut input, &mut hasher)?;
+    Ok(Streamed {
+        hash: Id::from(hasher.finalize()),
+        len,
+        header,
+    })
 }

@@ -12,12 +12,13 @@ pub use sample::Sample;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
+use crate::id::{Id, IdSet};
 use crate::ops::extract::{self, ExtractError};
+use crate::ops::mark;
 use crate::sources::sqlite;
 use crate::stamp::Stamp;
 use crate::store::audit_log::{self, VerifyRecord, VerifyScope};
@@ -85,109 +86,153 @@ pub fn validate_manifest(
     report: &mut ValidateReport,
 ) -> Result<()> {
     crate::failpoint::pause("validate:before-reads");
-    let lists = FileLists::read(store, index, manifest)?;
-    let every_chunk = lists.ids.values().filter_map(|r| r.as_ref().ok()).flatten();
+    // A remote store fetches the packs ahead in the order the files need
+    // them (a local store does not walk this).
+    let every_chunk = manifest
+        .entries
+        .iter()
+        .filter_map(Entry::file)
+        .flat_map(|f| store.file_chunks(index, f).into_iter().flatten())
+        .map_while(|id| id.ok());
     store.with_packs_prefetched(index, every_chunk, || {
-        check_manifest(store, index, manifest, &lists, report)
+        check_manifest(store, index, manifest, report)
     })
 }
 
-/// Every file's chunk ids, read once from its list (each list blob read
-/// is re-hashed like a chunk); a file whose list does not read has the
-/// blob at fault instead.
-struct FileLists<'m> {
-    ids: HashMap<&'m [u8], FileIds>,
+/// Chunks read per parallel batch while streaming a file's list: 2 MiB of
+/// ids. Each batch ends with a wait for its slowest reader, and the list
+/// is read between batches by one thread, so batches are large.
+const CHECK_BATCH: usize = 1 << 16;
+/// Chunks remembered as read and sound (each file's repeats, zero pages,
+/// are not read again); the set starts over when full, so memory stays
+/// bounded whatever the store's size.
+const CHECKED_KEPT: usize = 1 << 16;
+
+/// What checking the chunks of the files other than the db found.
+#[derive(Default)]
+struct Checked<'m> {
+    /// Chunk faults of the files whose list reads (each chunk once).
+    faults: HashMap<Id, ChunkFault>,
+    /// Per file path: its list reads and none of its chunks is at fault.
+    ok: HashMap<&'m [u8], bool>,
 }
 
-/// A file's chunk ids, or the list blob at fault.
-type FileIds = std::result::Result<Vec<Id>, (Id, ChunkFault)>;
-
-impl<'m> FileLists<'m> {
-    /// A list that cannot be read for a storage failure (not damage) is
-    /// the error.
-    fn read(store: &Store, index: &ChunkIndex, manifest: &'m Manifest) -> Result<FileLists<'m>> {
-        let mut ids = HashMap::new();
-        for e in &manifest.entries {
-            let Some(f) = e.file() else { continue };
-            let read = match store.file_chunk_ids(index, f) {
-                Ok(list) => Ok(list),
-                Err(err) => Err(crate::store::error_fault(&err).ok_or(err)?),
-            };
-            ids.insert(&e.path[..], read);
-        }
-        Ok(FileLists { ids })
+/// Streams `f`'s chunk ids: the list blob at fault if its list does not
+/// read (a storage failure is the error), else its size by the index
+/// (None when a chunk is not indexed). `each` sees every id in file order.
+fn stream_file(
+    store: &Store,
+    index: &ChunkIndex,
+    f: &FileEntry,
+    mut each: impl FnMut(Id) -> Result<()>,
+) -> Result<std::result::Result<Option<u64>, (Id, ChunkFault)>> {
+    let ids = match store.file_chunks(index, f) {
+        Ok(ids) => ids,
+        Err(err) => return Ok(Err(crate::store::error_fault(&err).ok_or(err)?)),
+    };
+    let mut size = Some(0u64);
+    for id in ids {
+        let id = match id {
+            Ok(id) => id,
+            Err(err) => return Ok(Err(crate::store::error_fault(&err).ok_or(err)?)),
+        };
+        let loc = mark::locate(index, &id)?;
+        size = size.and_then(|s| Some(s + loc?.raw_len as u64));
+        each(id)?;
     }
-
-    fn of(&self, path: &[u8]) -> Option<&FileIds> {
-        self.ids.get(path)
-    }
+    Ok(Ok(size))
 }
 
 fn check_manifest(
     store: &Store,
     index: &ChunkIndex,
     manifest: &Manifest,
-    lists: &FileLists<'_>,
     report: &mut ValidateReport,
 ) -> Result<()> {
     let mut errors: BTreeSet<String> = BTreeSet::new();
-    for (id, fault) in lists.ids.values().filter_map(|r| r.as_ref().err()) {
-        errors.insert(fault.code(id));
-    }
-    let db_ids = manifest
-        .find(crate::store::manifest::DB_PATH)
-        .and_then(|e| lists.of(&e.path));
 
-    // The db: rebuilt into a temp file (which verifies its chunks), then
+    // The db: its ids (the other files' check passes over them), then
+    // rebuilt into a temp file (which verifies its chunks) and
     // integrity-checked by SQLite itself.
+    let db_entry = manifest.find(crate::store::manifest::DB_PATH);
+    let mut db_chunks = IdSet::default();
+    let db_list = match db_entry.and_then(|e| e.file().map(|f| (e, f))) {
+        None => None,
+        Some((e, f)) => {
+            let read = stream_file(store, index, f, |id| {
+                db_chunks.insert(id);
+                Ok(())
+            })?;
+            match read {
+                Ok(size) => {
+                    size_check(e, f, size, &mut errors);
+                    Some(true)
+                }
+                Err((id, fault)) => {
+                    errors.insert(fault.code(&id));
+                    Some(false)
+                }
+            }
+        }
+    };
     report.db_ok = match manifest.db() {
         None => {
             errors.insert("db_missing_from_snapshot".into());
             false
         }
-        Some(db) => match db_ids {
-            Some(Ok(ids)) => check_db(store, index, db, ids, &mut errors)?,
+        Some(db) => match db_list {
+            Some(true) => check_db(store, index, db, &mut errors)?,
             _ => false,
         },
     };
 
-    // Every other chunk, each once, in parallel.
-    let db_chunks: HashSet<&Id> = match db_ids {
-        Some(Ok(ids)) => ids.iter().collect(),
-        _ => HashSet::new(),
-    };
-    // In manifest order: a file's chunks share format-2 frames, and the
-    // store's frame cache decodes each frame once only when they are read
-    // in order (rayon splits the list into contiguous runs).
-    let mut seen: HashSet<&Id> = HashSet::new();
-    let others: Vec<&Id> = manifest
-        .entries
-        .iter()
-        .filter_map(|e| match lists.of(&e.path) {
-            Some(Ok(ids)) => Some(ids.iter()),
-            _ => None,
-        })
-        .flatten()
-        .filter(|id| !db_chunks.contains(id) && seen.insert(*id))
-        .collect();
-    let faults: HashMap<Id, ChunkFault> = others
-        .par_iter()
-        .filter_map(|id| store.read_chunk(index, id).err().map(|f| (**id, f)))
-        .map(|(id, f)| damage_only(id, f).map(|f| (id, f)))
-        .collect::<Result<_>>()?;
-    let file_ok = |e: &Entry| match lists.of(&e.path) {
-        Some(Ok(ids)) => ids.iter().all(|id| !faults.contains_key(id)),
-        _ => false,
-    };
-    for (id, fault) in &faults {
-        errors.insert(fault.code(id));
-    }
+    // Every other chunk, in manifest order and file order, in parallel
+    // batches: a file's chunks share format-2 frames, and the store's frame
+    // cache decodes each frame once only when they are read in order.
+    let mut checked = Checked::default();
+    let mut sound = IdSet::default();
     for entry in &manifest.entries {
-        if let (Some(f), Some(Ok(ids))) = (entry.file(), lists.of(&entry.path)) {
-            if extract::indexed_size(index, ids)?.is_some_and(|s| s != f.size) {
-                errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
+        let Some(f) = entry.file() else { continue };
+        if db_entry.is_some_and(|db| std::ptr::eq(db, entry)) {
+            checked.ok.insert(&entry.path, db_list == Some(true));
+            continue;
+        }
+        let mut pending: Vec<(Id, ChunkFault)> = Vec::new();
+        let mut batch: Vec<Id> = Vec::with_capacity(CHECK_BATCH);
+        let read = stream_file(store, index, f, |id| {
+            if db_chunks.contains(&id) || sound.contains(&id) {
+                return Ok(());
+            }
+            if sound.len() >= CHECKED_KEPT {
+                sound.clear();
+            }
+            sound.insert(id);
+            batch.push(id);
+            if batch.len() == CHECK_BATCH {
+                check_batch(store, index, &mut batch, &mut pending)?;
+            }
+            Ok(())
+        })?;
+        check_batch(store, index, &mut batch, &mut pending)?;
+        for (id, _) in &pending {
+            sound.remove(id);
+        }
+        match read {
+            // A file whose list does not read has its chunks unchecked.
+            Err((id, fault)) => {
+                errors.insert(fault.code(&id));
+                checked.ok.insert(&entry.path, false);
+            }
+            Ok(size) => {
+                size_check(entry, f, size, &mut errors);
+                checked.ok.insert(&entry.path, pending.is_empty());
+                checked.faults.extend(pending);
             }
         }
+    }
+    let file_ok = |e: &Entry| checked.ok.get(&e.path[..]) == Some(&true);
+    for (id, fault) in &checked.faults {
+        errors.insert(fault.code(id));
     }
 
     let registry = manifest.find(crate::store::manifest::REGISTRY_PATH);
@@ -226,6 +271,31 @@ fn check_manifest(
     Ok(())
 }
 
+/// A file whose chunks the index sizes at other than its recorded size.
+fn size_check(entry: &Entry, f: &FileEntry, size: Option<u64>, errors: &mut BTreeSet<String>) {
+    if size.is_some_and(|s| s != f.size) {
+        errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
+    }
+}
+
+/// Reads and checks the chunks of `batch` in parallel (emptying it); the
+/// damaged ones go to `faults`, a storage failure is the error.
+fn check_batch(
+    store: &Store,
+    index: &ChunkIndex,
+    batch: &mut Vec<Id>,
+    faults: &mut Vec<(Id, ChunkFault)>,
+) -> Result<()> {
+    let found: Vec<(Id, ChunkFault)> = batch
+        .par_iter()
+        .filter_map(|id| store.read_chunk(index, id).err().map(|f| (*id, f)))
+        .map(|(id, f)| damage_only(id, f).map(|f| (id, f)))
+        .collect::<Result<_>>()?;
+    faults.extend(found);
+    batch.clear();
+    Ok(())
+}
+
 /// A chunk whose pack the storage failed to deliver proves nothing either
 /// way: validation stops at the first such read with that I/O error
 /// (exit 1) instead of calling the snapshot damaged, and without trying
@@ -242,7 +312,6 @@ fn check_db(
     store: &Store,
     index: &ChunkIndex,
     db: &FileEntry,
-    db_ids: &[Id],
     errors: &mut BTreeSet<String>,
 ) -> Result<bool> {
     let prefix = format!("{}-validate-", std::process::id());
@@ -275,12 +344,15 @@ fn check_db(
         Ok(_) => {}
         Err(ExtractError::Chunk(id, fault)) => {
             errors.insert(damage_only(id, fault)?.code(&id));
-            // Keep checking the db's other chunks so every fault is named.
-            for id in db_ids {
-                if let Err(f) = store.read_chunk(index, id) {
-                    errors.insert(damage_only(*id, f)?.code(id));
+            // Keep checking the db's other chunks so every fault is named
+            // (its list read whole before).
+            stream_file(store, index, db, |id| {
+                if let Err(f) = store.read_chunk(index, &id) {
+                    errors.insert(damage_only(id, f)?.code(&id));
                 }
-            }
+                Ok(())
+            })?
+            .ok();
             return Ok(false);
         }
         Err(ExtractError::Write(e)) => return Err(Error::io("write", tmp.path(), e)),

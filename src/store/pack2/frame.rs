@@ -26,6 +26,90 @@ pub fn frame_ad(ids: impl IntoIterator<Item = Id>) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+fn unit_error(chunks: &[ChunkEntry], detail: String) -> FrameError {
+    FrameError {
+        ids: chunks.iter().map(|c| c.id).collect(),
+        detail,
+    }
+}
+
+/// Opens the seal of a unit (frame or format-1 chunk): its encoded bytes
+/// and whether they are zstd-compressed.
+fn open_unit(
+    stored: Vec<u8>,
+    codec: Codec,
+    chunks: &[ChunkEntry],
+    ad: AdMode,
+    sealer: &Sealer,
+) -> Result<(Vec<u8>, bool), FrameError> {
+    let fail = |detail: String| unit_error(chunks, detail);
+    let total: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
+    if total > MAX_FRAME_RAW as u64 {
+        return Err(fail(format!(
+            "declares {total} raw bytes, more than any frame ({MAX_FRAME_RAW})"
+        )));
+    }
+    let encoded = if sealer.is_encrypted() {
+        let opened = match (ad, chunks) {
+            (AdMode::ChunkId, [one]) => sealer.open(stored, &one.id.0),
+            (AdMode::ChunkId, _) => {
+                return Err(fail(format!(
+                    "a format-1 chunk record covers {} chunks",
+                    chunks.len()
+                )))
+            }
+            (AdMode::Frame, _) => sealer.open(stored, &frame_ad(chunks.iter().map(|c| c.id))),
+        };
+        opened.map_err(|e| fail(format!("does not open: {e}")))?
+    } else {
+        stored
+    };
+    let compressed = match codec {
+        Codec::Raw => false,
+        Codec::Zstd => true,
+        Codec::ZstdDict => {
+            return Err(fail(
+                "uses a dictionary, which this build does not decode".to_string(),
+            ))
+        }
+    };
+    Ok((encoded, compressed))
+}
+
+/// The first `upto` raw bytes of a unit (at most its declared raw length),
+/// nothing past them decoded: a restore that needs one chunk early in a
+/// frame stops there. The caller re-hashes the chunks it takes.
+pub fn decode_prefix(
+    stored: Vec<u8>,
+    codec: Codec,
+    chunks: &[ChunkEntry],
+    ad: AdMode,
+    sealer: &Sealer,
+    upto: usize,
+) -> Result<Vec<u8>, FrameError> {
+    use std::io::Read;
+    let total: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
+    let upto = upto.min(total as usize);
+    let (encoded, compressed) = open_unit(stored, codec, chunks, ad, sealer)?;
+    if !compressed {
+        return match encoded.get(..upto) {
+            Some(head) if encoded.len() as u64 == total => Ok(head.to_vec()),
+            _ => Err(unit_error(
+                chunks,
+                format!(
+                    "stored length {} differs from the recorded {total}",
+                    encoded.len()
+                ),
+            )),
+        };
+    }
+    let mut raw = vec![0; upto];
+    zstd::stream::read::Decoder::with_buffer(&encoded[..])
+        .and_then(|mut d| d.read_exact(&mut raw))
+        .map_err(|e| unit_error(chunks, format!("does not decode: {e}")))?;
+    Ok(raw)
+}
+
 /// A frame being filled by a writer: the chunks, in capture order.
 #[derive(Debug)]
 pub struct FrameBuf {
@@ -84,11 +168,12 @@ impl FrameBuf {
             || self.raw.len() >= params.frame_max_bytes as usize)
     }
 
-    /// Encodes and seals the frame: zstd at the configured level, raw when
-    /// the zstd output is above `max_ratio_percent` of the raw bytes (the
-    /// chunk codec's rule, [`crate::chunk::encode`]).
+    /// Encodes and seals the frame: zstd at the configured level (level 1
+    /// for data that barely compresses in an `auto` store,
+    /// [`crate::chunk::encode_frame`]), raw when the zstd output is above
+    /// `max_ratio_percent` of the raw bytes (the chunk codec's rule).
     pub fn encode(self, params: &FrameParams, sealer: &Sealer) -> EncodedFrame {
-        let (encoded, compressed) = crate::chunk::encode(&self.raw, &params.compression);
+        let (encoded, compressed) = crate::chunk::encode_frame(&self.raw, &params.compression);
         let codec = if compressed { Codec::Zstd } else { Codec::Raw };
         let stored = seal_frame(sealer, encoded, &self.ids);
         EncodedFrame {
@@ -265,44 +350,12 @@ pub fn decode_unit(
     sealer: &Sealer,
     id_of: &dyn Fn(&[u8]) -> Id,
 ) -> Result<DecodedFrame, FrameError> {
-    let fail = |detail: String| FrameError {
-        ids: chunks.iter().map(|c| c.id).collect(),
-        detail,
-    };
     let total: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
-    if total > MAX_FRAME_RAW as u64 {
-        return Err(fail(format!(
-            "declares {total} raw bytes, more than any frame ({MAX_FRAME_RAW})"
-        )));
-    }
-    let encoded = if sealer.is_encrypted() {
-        let opened = match (ad, chunks) {
-            (AdMode::ChunkId, [one]) => sealer.open(stored, &one.id.0),
-            (AdMode::ChunkId, _) => {
-                return Err(fail(format!(
-                    "a format-1 chunk record covers {} chunks",
-                    chunks.len()
-                )))
-            }
-            (AdMode::Frame, _) => sealer.open(stored, &frame_ad(chunks.iter().map(|c| c.id))),
-        };
-        opened.map_err(|e| fail(format!("does not open: {e}")))?
-    } else {
-        stored
-    };
-    let compressed = match codec {
-        Codec::Raw => false,
-        Codec::Zstd => true,
-        Codec::ZstdDict => {
-            return Err(fail(
-                "uses a dictionary, which this build does not decode".to_string(),
-            ))
-        }
-    };
+    let (encoded, compressed) = open_unit(stored, codec, chunks, ad, sealer)?;
     // `total` is at most MAX_FRAME_RAW, so it fits a u32, and `decode`
     // decompresses into exactly that much room.
     let raw = crate::chunk::decode(encoded, compressed, total as u32)
-        .map_err(|e| fail(format!("does not decode: {e}")))?;
+        .map_err(|e| unit_error(chunks, format!("does not decode: {e}")))?;
     let mut spans = Vec::with_capacity(chunks.len());
     let mut matches = Vec::with_capacity(chunks.len());
     let mut at = 0usize;

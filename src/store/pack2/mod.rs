@@ -20,7 +20,9 @@ pub mod trailer;
 #[cfg(test)]
 mod tests;
 
-pub use frame::{decode_unit, frame_ad, AdMode, DecodedFrame, EncodedFrame, FrameBuf, FrameError};
+pub use frame::{
+    decode_prefix, decode_unit, frame_ad, AdMode, DecodedFrame, EncodedFrame, FrameBuf, FrameError,
+};
 pub use pack::{FinishedPackV2, PackReaderV2, PackWriterV2};
 pub use trailer::{ChunkEntry, FrameEntry, TrailerV2};
 

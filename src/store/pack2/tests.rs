@@ -490,7 +490,7 @@ fn hnsw_like(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The figure of docs/FORMAT.md "Packs (format 2)": bytes of a pack of 256
+/// The figure of docs/FORMAT.md "Packs": bytes of a pack of 256
 /// HNSW-like 4 KiB chunks in format 2 against format 1 (`cargo test --lib
 /// store::pack2::tests::measure -- --ignored --nocapture`).
 #[test]
@@ -522,4 +522,42 @@ fn measure_hnsw_like_pack_against_format1() {
         v2.len(),
         v2.len() as f64 / raw as f64
     );
+}
+
+/// A restore fetching one chunk early in a frame decodes only the frame's
+/// head: the prefix equals the full decode's first bytes, for zstd and
+/// raw frames, plain and sealed; a prefix longer than the frame is cut to
+/// it; a damaged frame is refused as the full decode refuses it.
+#[test]
+fn a_frame_prefix_decodes_to_the_head_of_the_full_decode() {
+    for (encrypted, compressible) in [(false, true), (false, false), (true, true), (true, false)] {
+        let s = sealer(encrypted);
+        let mut p = params();
+        p.frame_max_chunks = 8;
+        let chunks: Vec<Vec<u8>> = (0..8u64)
+            .map(|i| chunk_bytes(i, 4096, compressible))
+            .collect();
+        let f = frames_of(&chunks, &s, &p).remove(0);
+        assert_eq!(f.chunks.len(), 8);
+        assert_eq!(f.codec == Codec::Zstd, compressible);
+        let whole: Vec<u8> = chunks.concat();
+        let ad = AdMode::Frame;
+        for upto in [1, 4096, 3 * 4096 + 5, whole.len(), whole.len() + 10] {
+            let head = decode_prefix(f.stored.clone(), f.codec, &f.chunks, ad, &s, upto).unwrap();
+            assert_eq!(
+                head,
+                whole[..upto.min(whole.len())],
+                "{encrypted} {compressible}"
+            );
+        }
+        let mut bad = f.stored.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        match decode_prefix(bad, f.codec, &f.chunks, ad, &s, whole.len()) {
+            Err(e) => assert_eq!(e.ids.len(), 8, "{}", e.detail),
+            // A plain frame may decode to other bytes: the caller's hash
+            // check finds them.
+            Ok(head) => assert!(!encrypted && head != whole),
+        }
+    }
 }
