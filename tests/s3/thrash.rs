@@ -118,7 +118,16 @@ fn racing_writers_on_one_bucket_all_succeed_and_lose_nothing() {
             1 => {
                 // The same new data, already in the local store, copied in
                 // while a create of the bucket sends it too.
-                let snap = start(&s.rt, local, other_cache, &["create", "--chroma"]);
+                // Under a past stamp of its own: taken in the same second
+                // as the bucket's create below, it would share its stamp,
+                // and the copy would rightly refuse it as another snapshot.
+                let at = format!("2020-01-01T{:02}:{:02}:00Z", round / 60, round % 60);
+                let snap = start(
+                    &s.rt,
+                    local,
+                    other_cache,
+                    &["create", "--chroma", "--at", &at],
+                );
                 history.push(check(
                     round,
                     "local create",
