@@ -60,6 +60,9 @@ use std::sync::Arc;
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
 /// (the batch read, and its re-encoded copy).
 const BATCH_BYTES: u64 = 8 << 20;
+/// Ids of a file's tree walked before what they name is sent (2 MiB of
+/// ids; a frame moves whole only within one such window).
+const SEND_IDS: usize = 65_536;
 /// Failpoint (see [`crate::failpoint::hit`]): the process dies after a
 /// snapshot's packs are durable at the destination and before its manifest
 /// is published. `copy_after_packs:<stamp>` picks the snapshot.
@@ -429,14 +432,18 @@ impl Copier<'_> {
             let EntryKind::File(f) = &mut entry.kind else {
                 continue;
             };
-            let ids = match self.file_ids(f, &mut tree_seen) {
-                Ok(ids) => ids,
-                Err(e) => return Ok(Err(e)),
-            };
-            if let Err(e) = self.send(&ids)? {
-                return Ok(Err(e));
-            }
-            if !self.keep_trees {
+            if self.keep_trees {
+                if let Err(e) = self.send_tree(f, &mut tree_seen)? {
+                    return Ok(Err(e));
+                }
+            } else {
+                let ids = match self.from.file_chunk_ids(self.from_index, f) {
+                    Ok(ids) => ids,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if let Err(e) = self.send(&ids)? {
+                    return Ok(Err(e));
+                }
                 let built = self.build_tree(&entry.path, f, &ids)?;
                 trees.insert(entry.path.clone(), built);
             }
@@ -448,30 +455,44 @@ impl Copier<'_> {
         Ok(Ok(()))
     }
 
-    /// The source ids to send for file `f`: its chunks in file order when
-    /// trees are rebuilt; with `keep_trees` its chunks and list blobs (none
-    /// when a snapshot published at the destination holds the root: it
-    /// holds the whole tree then; a root merely present may be a cut
-    /// copy's, its subtree partly sent).
-    fn file_ids(&self, f: &FileEntry, tree_seen: &mut IdSet) -> Result<Vec<Id>> {
-        if !self.keep_trees {
-            return self.from.file_chunk_ids(self.from_index, f);
-        }
+    /// Sends what the destination lacks of file `f`'s tree as it is: its
+    /// list blobs and chunks, [`SEND_IDS`] at a time as the walk reaches
+    /// them (memory does not follow the file's size). Nothing when a
+    /// snapshot published at the destination holds the root: it holds the
+    /// whole tree then (a root merely present may be a cut copy's, its
+    /// subtree partly sent).
+    fn send_tree(&mut self, f: &FileEntry, tree_seen: &mut IdSet) -> Result<Result<()>> {
         if let ChunkList::Tree(ListRef {
             root: Some(root), ..
         }) = &f.list
         {
             if self.published_roots.contains(root) {
-                return Ok(Vec::new());
+                return Ok(Ok(()));
             }
         }
-        let mut out = Vec::new();
-        self.from
-            .file_reach(self.from_index, f, tree_seen, &mut |r| {
-                let (Reached::Blob(id) | Reached::Chunk(id)) = r;
-                out.push(id);
-            })
-            .map(|()| out)
+        let (from, from_index) = (self.from, self.from_index);
+        let mut ids = Vec::new();
+        let mut stopped: Option<Result<Result<()>>> = None;
+        let walked = from.file_reach(from_index, f, tree_seen, &mut |r| {
+            let (Reached::Blob(id) | Reached::Chunk(id)) = r;
+            if stopped.is_some() {
+                return;
+            }
+            ids.push(id);
+            if ids.len() >= SEND_IDS {
+                match self.send(&ids) {
+                    Ok(Ok(())) => ids.clear(),
+                    failed => stopped = Some(failed),
+                }
+            }
+        });
+        if let Some(failed) = stopped {
+            return failed;
+        }
+        if let Err(e) = walked {
+            return Ok(Err(e));
+        }
+        self.send(&ids)
     }
 
     /// Builds file `f`'s tree at the destination from its source chunk
