@@ -42,6 +42,7 @@ mod support;
 
 #[path = "crash/failpoints.rs"]
 mod failpoints;
+use failpoints::assert_next_writer_cleans_tmp;
 
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -515,12 +516,7 @@ fn trial(
     env.assert_healthy();
 
     // 2. The next writer cleans what the killed process left in tmp/.
-    env.ok(&["create", "--at", "2026-04-10T12:00:00Z"]);
-    assert!(
-        env.tmp_entries().is_empty(),
-        "{context}: {:?}",
-        env.tmp_entries()
-    );
+    assert_next_writer_cleans_tmp(&env, &context);
 
     // 3. Run again: it converges.
     let doc = env.ok(&args(kind, variant_of(kind, n)));

@@ -20,6 +20,16 @@ use super::*;
 
 const NEW: &str = "20260405T120000Z";
 
+/// The next writer (a plain `create`) leaves the store's `tmp/` empty.
+pub(super) fn assert_next_writer_cleans_tmp(env: &Env, context: &str) {
+    env.ok(&["create", "--at", "2026-04-10T12:00:00Z"]);
+    assert!(
+        env.tmp_entries().is_empty(),
+        "{context}: {:?}",
+        env.tmp_entries()
+    );
+}
+
 fn create_points() -> [String; 4] {
     [
         "pack:frame-written".into(),
@@ -70,12 +80,7 @@ fn a_create_killed_at_each_kill_point_leaves_no_snapshot_and_converges() {
             assert_eq!(doc["stamp"], NEW, "{context}: {doc}");
             assert_eq!(doc["validated"], true, "{context}: {doc}");
             env.assert_healthy();
-            env.ok(&["create", "--at", "2026-04-10T12:00:00Z"]);
-            assert!(
-                env.tmp_entries().is_empty(),
-                "{context}: {:?}",
-                env.tmp_entries()
-            );
+            assert_next_writer_cleans_tmp(&env, &context);
         }
     }
 }
