@@ -403,12 +403,13 @@ fn walk_existing(
 /// Does the file at `path` hold exactly `file`'s content? Same size, and
 /// the same chunk ids when cut with the strategy the snapshot used (the
 /// page size from its own header for a SQLite file). Content is hashed;
-/// mtimes are not trusted.
-pub fn file_matches(
+/// mtimes are not trusted. `chunks` is streamed (a file's list is not
+/// held whole).
+pub fn file_matches<B: std::borrow::Borrow<Id>>(
     path: &Path,
     snap_path: &[u8],
     file: &FileEntry,
-    chunks: &[Id],
+    chunks: impl IntoIterator<Item = B>,
     params: &crate::store::format::ChunkingParams,
     sealer: &crate::store::seal::Sealer,
 ) -> std::io::Result<bool> {
@@ -425,26 +426,26 @@ pub fn file_matches(
         None
     };
     let strategy = chunk::strategy_for(snap_path, page, params);
-    let mut pos = 0usize;
+    let mut expected = chunks.into_iter();
     let mut mismatch = false;
     let streamed = chunk::for_each_batch(f, strategy, HASH_BATCH, |buf, ranges| {
         let ids: Vec<_> = ranges
             .par_iter()
             .map(|r| sealer.chunk_id(&buf[r.clone()]))
             .collect();
-        let end = pos + ids.len();
-        if end > chunks.len() || chunks[pos..end] != ids[..] {
-            mismatch = true;
-            return Err(Error::ChunksDiffer);
+        for id in &ids {
+            if expected.next().is_none_or(|want| want.borrow() != id) {
+                mismatch = true;
+                return Err(Error::ChunksDiffer);
+            }
         }
-        pos = end;
         Ok(())
     });
     match streamed {
         Err(_) if mismatch => Ok(false),
         Err(e) => Err(std::io::Error::other(e.to_string())),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(total)) => Ok(total == file.size && pos == chunks.len()),
+        Ok(Ok(total)) => Ok(total == file.size && expected.next().is_none()),
     }
 }
 
