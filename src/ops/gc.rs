@@ -217,6 +217,26 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     // blob a tree reaches is live too, delta chains included; a tree that
     // cannot be walked hides what it references, so gc refuses as for a
     // manifest that does not read.
+    // Listed now, after the packs: a snapshot listed here was published
+    // after its packs were durable, but maybe after the pack listing
+    // above. Packs listed again now hold its list blobs: they are read
+    // for the mark only, never candidates (a create running beside gc
+    // must not make gc refuse for want of them).
+    let listing = store.list_snapshots()?;
+    let candidates: std::collections::HashSet<&str> =
+        listed.iter().map(|p| p.name.as_str()).collect();
+    for p in store.list_packs()? {
+        if candidates.contains(p.name.as_str()) {
+            continue;
+        }
+        let (Some(id), Ok(layout)) = (
+            pack::pack_id_from_name(&p.name),
+            store.read_pack_index(&Object::Listed(p.name.clone()), p.size),
+        ) else {
+            continue;
+        };
+        index.add_pack(id, p.size, &layout);
+    }
     let mut marked = Mark::<Id>::new(store, &index, &spill);
     let mut mark = |m: &crate::store::manifest::Manifest, snapshot: &str| -> Result<()> {
         for e in &m.entries {
@@ -230,7 +250,6 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
         }
         Ok(())
     };
-    let listing = store.list_snapshots()?;
     plan.abandoned_folders = listing
         .incomplete
         .iter()
