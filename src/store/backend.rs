@@ -87,6 +87,26 @@ pub struct ListEntry {
     pub size: u64,
     /// Last modification (a bucket's Last-Modified): gc's grace period.
     pub modified: Option<std::time::SystemTime>,
+    /// The storage's tag of this version of the object (a bucket's ETag),
+    /// when it gives one: it changes whenever the object is written anew.
+    pub etag: Option<String>,
+}
+
+/// What a stat says of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectStat {
+    pub size: u64,
+    /// As [`ListEntry::etag`].
+    pub etag: Option<String>,
+}
+
+impl From<&ListEntry> for ObjectStat {
+    fn from(e: &ListEntry) -> ObjectStat {
+        ObjectStat {
+            size: e.size,
+            etag: e.etag.clone(),
+        }
+    }
 }
 
 /// The storage of a store. Failures are `io::Error`s whose
@@ -106,6 +126,13 @@ pub trait Backend: Send + Sync {
         self.read_range(name, offset, len)
     }
     fn size(&self, name: &str) -> io::Result<u64>;
+    /// Size and version tag of `name` (a storage without tags: none).
+    fn stat(&self, name: &str) -> io::Result<ObjectStat> {
+        Ok(ObjectStat {
+            size: self.size(name)?,
+            etag: None,
+        })
+    }
     /// Hints that `name` will be read soon: a remote backend fetches it
     /// now (a caller runs this on a helper thread, ahead of its readers).
     fn prefetch(&self, _name: &str) -> io::Result<()> {
@@ -336,6 +363,7 @@ impl Backend for LocalBackend {
                 name: rel.to_string(),
                 size: meta.len(),
                 modified: meta.modified().ok(),
+                etag: None,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

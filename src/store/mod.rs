@@ -77,9 +77,9 @@ pub struct Store {
     cache: Option<Arc<ObjectCache>>,
     /// `--grace-period`, when given.
     gc_grace: Option<std::time::Duration>,
-    /// Remote stores: sizes of the snapshot files seen by the last
-    /// listing, so reading them needs no stat request per file.
-    listed_sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Remote stores: size and tag of the snapshot files seen by the last
+    /// listing, so reading them through the cache needs no stat request.
+    listed: std::sync::Mutex<std::collections::HashMap<String, backend::ObjectStat>>,
     /// Readers' caches of decoded frames and pack layouts.
     reads: packs::ReadCaches,
     config: StoreConfig,

@@ -5,6 +5,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::stamp::Stamp;
 use crate::store::manifest::Manifest;
 
+use super::backend::ObjectStat;
 use super::lock::{ExclusiveLock, SharedLock};
 use super::{Dir, Object, Store, MANIFEST_NAME, METADATA_NAME};
 
@@ -73,9 +74,8 @@ impl Store {
 
     /// Replaces a snapshot's summary (`atosnap tag`). Only under the
     /// exclusive lock. Atomic (temp + rename locally, one PUT on a bucket).
-    /// The new object is always larger than the old one (JSON whitespace
-    /// pads it when needed): a remote store's cache keys summaries by name
-    /// and size, so no host can mistake the new summary for a cached old one.
+    /// A remote store's cache keys summaries by the bucket's ETag, so no
+    /// host mistakes the new summary for a cached old one.
     pub fn replace_metadata(
         &self,
         lock: &ExclusiveLock,
@@ -84,26 +84,16 @@ impl Store {
     ) -> Result<()> {
         lock.still_held()?;
         let name = Object::summary(stamp).name();
-        let old_size = self
-            .backend
-            .size(&name)
-            .ctx("stat", self.object_path(&name))?;
-        let mut plain = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Encode {
+        let plain = serde_json::to_vec_pretty(metadata).map_err(|e| Error::Encode {
             detail: e.to_string(),
         })?;
-        let sealed_len = self
-            .sealer
-            .seal(plain.clone(), METADATA_NAME.as_bytes())
-            .len() as u64;
-        if sealed_len <= old_size {
-            plain.resize(plain.len() + (old_size + 1 - sealed_len) as usize, b'\n');
-        }
         let bytes = self.sealer.seal(plain, METADATA_NAME.as_bytes());
         self.backend
             .replace(&name, &bytes)
             .ctx("write", self.object_path(&name))?;
-        if let Ok(mut sizes) = self.listed_sizes.lock() {
-            sizes.insert(name, bytes.len() as u64);
+        // The listing's tag is the old object's: the next read asks anew.
+        if let Ok(mut listed) = self.listed.lock() {
+            listed.remove(&name);
         }
         Ok(())
     }
@@ -143,9 +133,9 @@ impl Store {
         let mut listing = SnapshotListing::default();
         let mut folders: std::collections::BTreeMap<String, (bool, Option<std::time::SystemTime>)> =
             Default::default();
-        if let Ok(mut sizes) = self.listed_sizes.lock() {
-            sizes.clear();
-            sizes.extend(files.iter().map(|f| (f.name.clone(), f.size)));
+        if let Ok(mut listed) = self.listed.lock() {
+            listed.clear();
+            listed.extend(files.iter().map(|f| (f.name.clone(), ObjectStat::from(f))));
         }
         let prefix = format!("{}/", Dir::Snapshots.name());
         for f in &files {
@@ -204,22 +194,24 @@ impl Store {
         self.read_through_cache(&format!("{name}.{size}"), name)
     }
 
-    /// The cache key of a snapshot file: by stamp and size, so a snapshot
-    /// deleted and taken again under the same stamp is never confused.
+    /// The cache key of a snapshot file: its name, size and the bucket's
+    /// ETag of it. A snapshot deleted and taken again in the same second
+    /// has the same stamp, and often a manifest of the same size: only the
+    /// tag tells the new object from the cached old one. A storage that
+    /// gives no tag gets no caching of snapshot files (`None`).
     fn snapshot_file_cache_key(&self, name: &str) -> std::io::Result<Option<String>> {
         if self.cache.is_none() {
             return Ok(None);
         }
-        let listed = self
-            .listed_sizes
-            .lock()
-            .ok()
-            .and_then(|m| m.get(name).copied());
-        let size = match listed {
-            Some(size) => size,
-            None => self.backend.size(name)?,
+        let listed = self.listed.lock().ok().and_then(|m| m.get(name).cloned());
+        let stat = match listed {
+            Some(stat) => stat,
+            None => self.backend.stat(name)?,
         };
-        Ok(Some(format!("{name}.{size}")))
+        Ok(stat.etag.map(|etag| {
+            let tag = blake3::hash(etag.as_bytes()).to_hex();
+            format!("{name}.{}.{}", stat.size, &tag[..16])
+        }))
     }
 
     /// Reads a snapshot file (manifest or summary), from the cache of a
@@ -235,10 +227,7 @@ impl Store {
     pub fn read_manifest(&self, stamp: &Stamp, from: ReadFrom) -> Result<Manifest> {
         let fresh = from == ReadFrom::Store;
         let name = Object::manifest(stamp).name();
-        let listed = self
-            .listed_sizes
-            .lock()
-            .is_ok_and(|m| m.contains_key(&name));
+        let listed = self.listed.lock().is_ok_and(|m| m.contains_key(&name));
         if !listed && !self.snapshot_exists(stamp)? {
             return Err(Error::SnapshotMissing {
                 stamp: stamp.to_string(),
@@ -328,9 +317,10 @@ impl Store {
     }
 
     /// Publishes a snapshot atomically under `wanted`, or the next free
-    /// `-N` stamp of the same second. The manifest's `stamp` field is set to
-    /// the stamp actually used. Returns that stamp. Refused, publishing
-    /// nothing, like [`Store::publish_snapshot_as`].
+    /// `-N` stamp of the same second after every snapshot of that second
+    /// that stands. The manifest's `stamp` field is set to the stamp
+    /// actually used. Returns that stamp. Refused, publishing nothing, like
+    /// [`Store::publish_snapshot_as`].
     pub fn publish_snapshot(
         &self,
         lock: &SharedLock,
@@ -338,7 +328,7 @@ impl Store {
         manifest: &mut Manifest,
         metadata: &mut serde_json::Value,
     ) -> Result<Stamp> {
-        let mut seq = wanted.seq();
+        let mut seq = self.first_seq_after_standing(wanted)?;
         loop {
             let stamp = wanted.with_seq(seq);
             if self.publish_snapshot_as(lock, &stamp, manifest, metadata)? {
@@ -348,12 +338,28 @@ impl Store {
         }
     }
 
+    /// The first sequence number for a new snapshot of `wanted`'s second:
+    /// after the highest one standing. Stamps order snapshots (retention
+    /// keeps "the newest", the files cache takes the newest as the previous
+    /// one); taking the free stamp of a forgotten `X` while `X-2` stands
+    /// would put the newest snapshot before an older one.
+    fn first_seq_after_standing(&self, wanted: &Stamp) -> Result<u32> {
+        let standing = self
+            .list_snapshots()?
+            .stamps
+            .iter()
+            .filter(|s| s.time() == wanted.time())
+            .map(|s| s.seq() + 1)
+            .max();
+        Ok(standing.map_or(wanted.seq(), |next| next.max(wanted.seq())))
+    }
+
     /// Deletes a snapshot folder. Only under the exclusive lock.
     pub fn delete_snapshot(&self, lock: &ExclusiveLock, stamp: &Stamp) -> Result<()> {
         lock.still_held()?;
         let dir = Object::snapshot_dir(stamp).name();
-        if let Ok(mut sizes) = self.listed_sizes.lock() {
-            sizes.retain(|name, _| !name.starts_with(&format!("{dir}/")));
+        if let Ok(mut listed) = self.listed.lock() {
+            listed.retain(|name, _| !name.starts_with(&format!("{dir}/")));
         }
         self.backend
             .delete_dir(&dir)

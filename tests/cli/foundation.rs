@@ -514,6 +514,29 @@ fn same_second_gets_a_suffix_and_tags_are_listed() {
     assert_eq!(validate(&env, "20260411T120000Z-2").code, 0);
 }
 
+/// Stamps order snapshots: a snapshot taken after the first of its second
+/// was forgotten must still sort after the ones left of that second, or
+/// retention ("keep the newest") would delete it and the files cache
+/// would take an older snapshot for the previous one.
+#[test]
+fn a_snapshot_never_takes_a_stamp_before_one_of_its_second_that_stands() {
+    let env = Env::tiny();
+    let at = ["--at", "2026-04-11T12:00:00Z"];
+    assert_eq!(env.create(&at)["stamp"], "20260411T120000Z");
+    assert_eq!(env.create(&at)["stamp"], "20260411T120000Z-2");
+    let forget = env.run(&["forget", "20260411T120000Z", "--confirm"]);
+    assert_eq!(forget.code, 0, "{forget:?}");
+    let newest = env.create(&at);
+    assert_eq!(newest["stamp"], "20260411T120000Z-3", "{newest}");
+    let keep = env.run(&["cleanup", "--confirm", "--keep-last", "1"]);
+    assert_eq!(keep.code, 0, "{keep:?}");
+    assert_eq!(strings(&keep.json["kept_stamps"]), ["20260411T120000Z-3"]);
+    // Once the whole second is gone its first stamp is free again.
+    let forget = env.run(&["forget", "20260411T120000Z-3", "--confirm", "--force"]);
+    assert_eq!(forget.code, 0, "{forget:?}");
+    assert_eq!(env.create(&at)["stamp"], "20260411T120000Z");
+}
+
 #[test]
 fn unparseable_folders_are_listed_never_touched() {
     let env = Env::tiny();

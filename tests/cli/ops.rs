@@ -275,29 +275,6 @@ fn a_tagged_snapshot_survives_cleanup_through_keep_tag() {
 }
 
 #[test]
-fn each_tag_edit_grows_the_summary() {
-    // The cache of a remote store keys summaries by size: an edit must
-    // never give the old size back.
-    let env = Env::tiny();
-    let s = snap(&env, "2026-04-11T12:00:00Z");
-    let meta = env.snapshot_dir(&s).join("backup-metadata.json");
-    let mut last = fs::metadata(&meta).unwrap().len();
-    for args in [
-        ["--add", "aa"],
-        ["--remove", "aa"],
-        ["--add", "bb"],
-        ["--remove", "bb"],
-    ] {
-        ok(&env, &["tag", &s, args[0], args[1]]);
-        let now = fs::metadata(&meta).unwrap().len();
-        assert!(now > last, "{args:?}: {last} -> {now}");
-        last = now;
-        let parsed: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
-        assert!(parsed["tags"].is_array());
-    }
-}
-
-#[test]
 fn tag_bad_input() {
     let env = Env::tiny();
     let s = snap(&env, "2026-04-11T12:00:00Z");

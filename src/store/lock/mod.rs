@@ -454,6 +454,9 @@ mod tests {
         fn size(&self, name: &str) -> std::io::Result<u64> {
             self.inner.size(name)
         }
+        fn stat(&self, name: &str) -> std::io::Result<crate::store::backend::ObjectStat> {
+            self.inner.stat(name)
+        }
         fn list_files(&self, dir: &str) -> std::io::Result<Vec<crate::store::backend::ListEntry>> {
             self.inner.list_files(dir)
         }

@@ -106,7 +106,7 @@ use opendal::options::{ListOptions, ReadOptions};
 use opendal::services::S3;
 use opendal::{ErrorKind as OdKind, HttpTransporter, OperationContext, Operator};
 
-use super::backend::{create_private_dir_all, temp_path_in, Backend, ListEntry};
+use super::backend::{create_private_dir_all, temp_path_in, Backend, ListEntry, ObjectStat};
 use claim::abandoned;
 use errors::{error_chain, is_unreachable, scrub, Names};
 use spool::Spool;
@@ -541,11 +541,15 @@ impl Backend for S3Backend {
     }
 
     fn size(&self, name: &str) -> io::Result<u64> {
-        Ok(self
-            .op
-            .stat(name)
-            .map_err(|e| self.err(name, e))?
-            .content_length())
+        Ok(self.stat(name)?.size)
+    }
+
+    fn stat(&self, name: &str) -> io::Result<ObjectStat> {
+        let meta = self.op.stat(name).map_err(|e| self.err(name, e))?;
+        Ok(ObjectStat {
+            size: meta.content_length(),
+            etag: meta.etag().map(str::to_string),
+        })
     }
 
     fn list_files(&self, dir: &str) -> io::Result<Vec<ListEntry>> {
@@ -557,6 +561,7 @@ impl Backend for S3Backend {
                 name: e.path().trim_start_matches('/').to_string(),
                 size: e.metadata().content_length(),
                 modified: e.metadata().last_modified().map(SystemTime::from),
+                etag: e.metadata().etag().map(str::to_string),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
