@@ -4,7 +4,7 @@
 //! The primary path streams the pages through SQLite's own pager with the
 //! `sqlite_dbpage` virtual table inside ONE read transaction (so every page
 //! comes from the same snapshot, WAL content included), on a producer
-//! thread that hands 8 MiB batches to the chunker through a bounded
+//! thread that hands 512 KiB batches to the chunker through a bounded
 //! channel: no second copy on disk, reading overlapped with hashing. When
 //! the virtual table is unavailable, the online backup API copies the
 //! database into a temp file instead (`backup_to`).
@@ -176,8 +176,10 @@ pub fn table_row_counts(path: &Path) -> Result<std::collections::BTreeMap<String
     Ok(out)
 }
 
-/// Bytes per batch handed from the page reader to the chunker.
-const PAGE_BATCH_BYTES: usize = 2 << 20;
+/// Bytes per batch handed from the page reader to the chunker. The
+/// chunker's pipeline batches again (2 MiB), so these only need to keep
+/// the hand-over cheap: three of them are in memory at once.
+const PAGE_BATCH_BYTES: usize = 512 << 10;
 
 /// The pages of a database, streamed from one read transaction.
 pub struct PageStream {
@@ -200,6 +202,10 @@ pub fn stream_pages(path: &Path, check: bool) -> Result<Option<PageStream>> {
     )
     .map_err(|e| Error::sqlite(path, e))?;
     conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| Error::sqlite(path, e))?;
+    // Every page is read once, in order: a page cache only holds memory
+    // (SQLite's default is 2 MiB per connection).
+    conn.execute_batch("PRAGMA cache_size = -256")
         .map_err(|e| Error::sqlite(path, e))?;
     if conn
         .prepare("SELECT data FROM sqlite_dbpage LIMIT 0")

@@ -160,8 +160,10 @@ pub struct DamagedPack {
 }
 
 /// Chunks of added packs held in RAM before they are spilled to a
-/// private segment (about 64 bytes each: 4 MiB).
-pub const PENDING_CAP: usize = 1 << 16;
+/// private segment: 7/8 of 32,768, the most a map of 32,768 slots holds
+/// before it doubles (57 bytes a slot: 1.8 MiB; one chunk more would
+/// take 3.6 MiB). A 4 GiB first snapshot spills about 45 segments.
+pub const PENDING_CAP: usize = (1 << 15) / 8 * 7;
 
 /// A private folder of spilled pending chunks, removed when dropped.
 struct Spill {
@@ -181,6 +183,8 @@ pub struct ChunkIndex {
     /// Chunks of packs added this run, not yet spilled.
     pending: IdMap<Location>,
     spill: Option<Spill>,
+    /// A spill failed: later chunks stay in RAM, no spill is tried again.
+    spill_failed: bool,
     /// Where the spill folder goes (the cache folder, else the temp dir).
     spill_parent: Option<PathBuf>,
     /// The cache folder the view is of, where added packs are published.
@@ -225,6 +229,7 @@ impl ChunkIndex {
             view: Some(view),
             pending: IdMap::default(),
             spill: None,
+            spill_failed: false,
             spill_parent: Some(cache.dir().to_path_buf()),
             cache: Some(cache),
             damaged,
@@ -236,16 +241,29 @@ impl ChunkIndex {
     pub fn add_pack(&mut self, id: Id, size: u64, layout: &PackLayout) -> u32 {
         let pack = self.packs.len() as u32;
         self.packs.push(PackInfo { id, size });
+        if self.pending.capacity() == 0 {
+            // Sized once: growing by doubling holds both tables at once.
+            self.pending.reserve(PENDING_CAP);
+        }
         for (id, loc) in layout_locations(layout, pack) {
+            // Spilled at the cap, so the map never doubles.
+            if self.pending.len() >= PENDING_CAP && !self.spill_failed {
+                if let Err(e) = self.spill_pending() {
+                    // Kept in RAM instead: only memory is lost.
+                    tracing::debug!("pending chunk index not spilled: {e}");
+                    self.spill_failed = true;
+                }
+            }
             self.pending.entry(id).or_insert(loc);
         }
-        if self.pending.len() >= PENDING_CAP {
-            if let Err(e) = self.spill_pending() {
-                // Kept in RAM instead: only memory is lost.
-                tracing::debug!("pending chunk index not spilled: {e}");
-            }
-        }
         pack
+    }
+
+    /// How many pending chunks the map has room for (tests: it never
+    /// grows past one table of [`PENDING_CAP`]).
+    #[cfg(test)]
+    pub(crate) fn pending_room(&self) -> usize {
+        self.pending.capacity()
     }
 
     /// Writes the pending chunks to a private segment, sorted.
@@ -277,7 +295,8 @@ impl ChunkIndex {
         }
         let path = w.finish()?;
         spill.segments.push(Segment::open(&path)?);
-        self.pending = IdMap::default();
+        // Emptied, its table kept for the next chunks.
+        self.pending.clear();
         Ok(())
     }
 
@@ -488,6 +507,53 @@ impl Iterator for ChunkIter<'_> {
             }
             self.last = Some(id);
             return Some(Ok((id, loc)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::pack::PackEntry;
+
+    fn layout(n: usize, salt: u8) -> PackLayout {
+        let entries = (0..n)
+            .map(|i| PackEntry {
+                id: Id::hash(&[&(i as u64).to_le_bytes()[..], &[salt]].concat()),
+                offset: i as u32 * 8,
+                stored_len: 8,
+                raw_len: 8,
+                compressed: false,
+            })
+            .collect();
+        PackLayout::from_v1(entries, n as u64 * 8)
+    }
+
+    #[test]
+    fn a_spill_that_cannot_be_written_keeps_chunks_in_ram_and_is_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, b"x").unwrap();
+        let mut index = ChunkIndex::new();
+        index.spill_parent = Some(not_a_dir);
+        let big = layout(PENDING_CAP + 10, 0);
+        index.add_pack(Id::hash(b"pack"), 1, &big);
+        assert!(index.spill_failed);
+        assert!(index.spill.is_none());
+        for c in big.chunks.iter().step_by(101) {
+            assert!(index.lookup(&c.id).unwrap().is_some(), "{}", c.id);
+        }
+    }
+
+    #[test]
+    fn one_pack_of_more_chunks_than_the_cap_is_spilled_as_it_is_added() {
+        let mut index = ChunkIndex::new();
+        let big = layout(2 * PENDING_CAP + 3, 1);
+        index.add_pack(Id::hash(b"pack"), 1, &big);
+        assert!(index.pending_room() <= PENDING_CAP);
+        assert_eq!(index.spill.as_ref().map(|s| s.segments.len()), Some(2));
+        for c in big.chunks.iter().step_by(101) {
+            assert!(index.lookup(&c.id).unwrap().is_some(), "{}", c.id);
         }
     }
 }

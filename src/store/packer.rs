@@ -16,7 +16,7 @@
 //! format-1 store (read-only for `create` since format 2) gets format-1
 //! packs, each chunk encoded and sealed on its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
@@ -69,15 +69,21 @@ pub struct BuiltList {
 }
 
 /// Frames cut but not yet written at most: about this many MiB of raw
-/// frames and their encoded copies in memory.
-pub const FRAMES_IN_FLIGHT: usize = 6;
+/// frames and their encoded copies in memory. Measured on the 130k
+/// runtime's first snapshot: 4 costs 15 % more wall time (the two
+/// encoders wait), 6 buys nothing over 5 and holds 2 MiB more.
+pub const FRAMES_IN_FLIGHT: usize = 5;
 /// zstd level of format-2 trailers (chunk ids barely compress).
 const TRAILER_LEVEL: i32 = 3;
 
 pub struct Packer<'s> {
     store: &'s Store,
     mode: Mode,
-    pending: IdSet,
+    /// Chunks added but not yet in the index (their pack is open, being
+    /// published or its frame encoded): a few packs' worth at a time. A
+    /// B-tree, since a hash set that churns this way grows on tombstones
+    /// to twice the table its peak needs (measured: 4.3 MB against 1.5).
+    pending: BTreeSet<Id>,
     /// Packs published by this packer and their sizes.
     pub packs_written: Vec<(Id, u64)>,
 }
@@ -299,7 +305,7 @@ impl<'s> Packer<'s> {
         Packer {
             store,
             mode,
-            pending: IdSet::default(),
+            pending: BTreeSet::new(),
             packs_written: Vec::new(),
         }
     }
