@@ -10,8 +10,8 @@
 //! chunks, and are published to the cache when the index is dropped.
 //!
 //! RAM per chunk of the store: 4 bytes (a segment's prefix table, loaded
-//! once it has served 1000 lookups, with a 256 KiB start table per
-//! segment), nothing for a command that makes fewer; plus about 100 bytes
+//! once it has served 1000 lookups, with a start table of about one byte
+//! per record, at most 256 KiB), nothing for a command that makes fewer; plus about 100 bytes
 //! per pack (its table row and `PackInfo`) and about 64 bytes per chunk a
 //! writer adds, for at most [`PENDING_CAP`] chunks at a time (then 4 bytes
 //! per spilled chunk). Measured at 1.32 M chunks (heaptrack, `validate`):
@@ -162,13 +162,98 @@ pub struct DamagedPack {
 /// Chunks of added packs held in RAM before they are spilled to a
 /// private segment: 7/8 of 32,768, the most a map of 32,768 slots holds
 /// before it doubles (57 bytes a slot: 1.8 MiB; one chunk more would
-/// take 3.6 MiB). A 4 GiB first snapshot spills about 45 segments.
+/// take 3.6 MiB). Spilled segments merge by level, so a small cap costs
+/// a few rewrites, not more segments to look in.
 pub const PENDING_CAP: usize = (1 << 15) / 8 * 7;
 
 /// A private folder of spilled pending chunks, removed when dropped.
 struct Spill {
     dir: tempfile::TempDir,
-    segments: Vec<Segment>,
+    /// Oldest first (the order lookups try them), each with its level:
+    /// a spill is level 0, and [`SPILL_FAN_IN`] segments of one level
+    /// merge into one of the next, so a writer's lookups try a few
+    /// segments however many chunks it adds (1.3 M chunks: 7 segments, each
+    /// record rewritten two or three times).
+    segments: Vec<(u32, Segment)>,
+    /// Names segments uniquely within the folder.
+    written: u64,
+}
+
+/// Segments of one level merged into one of the next.
+const SPILL_FAN_IN: usize = 4;
+
+impl Spill {
+    /// Writes `records` (sorted) as a new segment of the folder.
+    fn write(
+        &mut self,
+        records: impl Iterator<Item = std::result::Result<IndexRecord, IndexError>>,
+    ) -> std::result::Result<Segment, IndexError> {
+        let name = crate::store::chunk_index::segment::segment_name(self.written);
+        self.written += 1;
+        let mut w = SegmentWriter::create(self.dir.path(), &name, 0)?;
+        for r in records {
+            w.push(&r?)?;
+        }
+        Segment::open(&w.finish()?)
+    }
+
+    /// While the newest [`SPILL_FAN_IN`] segments share a level, merges
+    /// them into one of the next level (a chunk in two of them keeps the
+    /// older location, as lookups find it).
+    fn merge_full_levels(&mut self) -> std::result::Result<(), IndexError> {
+        loop {
+            let n = self.segments.len();
+            if n < SPILL_FAN_IN {
+                return Ok(());
+            }
+            let level = self.segments[n - 1].0;
+            let tail = &self.segments[n - SPILL_FAN_IN..];
+            if tail.iter().any(|(l, _)| *l != level) {
+                return Ok(());
+            }
+            let sources = tail
+                .iter()
+                .map(|(_, seg)| seg.iter())
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let segment = self.write(merge_oldest_first(sources))?;
+            for (_, old) in self.segments.drain(n - SPILL_FAN_IN..) {
+                let path = old.path().to_path_buf();
+                drop(old);
+                std::fs::remove_file(&path).map_err(IndexError::io("remove", &path))?;
+            }
+            self.segments.push((level + 1, segment));
+        }
+    }
+}
+
+/// The k-way merge of sorted segments, one record per id: of an id in
+/// several, the earliest source's (the one a lookup finds first).
+fn merge_oldest_first<I>(
+    sources: Vec<I>,
+) -> impl Iterator<Item = std::result::Result<IndexRecord, IndexError>>
+where
+    I: Iterator<Item = std::result::Result<IndexRecord, IndexError>>,
+{
+    let mut heads: Vec<std::iter::Peekable<I>> =
+        sources.into_iter().map(Iterator::peekable).collect();
+    std::iter::from_fn(move || {
+        let mut best: Option<(usize, Id)> = None;
+        for (i, h) in heads.iter_mut().enumerate() {
+            match h.peek() {
+                Some(Err(_)) => return h.next(),
+                Some(Ok(r)) if best.is_none_or(|(_, id)| r.id < id) => best = Some((i, r.id)),
+                _ => {}
+            }
+        }
+        let (i, id) = best?;
+        let first = heads[i].next();
+        for h in heads.iter_mut() {
+            while matches!(h.peek(), Some(Ok(r)) if r.id == id) {
+                h.next();
+            }
+        }
+        first
+    })
 }
 
 #[derive(Default)]
@@ -279,6 +364,7 @@ impl ChunkIndex {
                 self.spill.insert(Spill {
                     dir,
                     segments: Vec::new(),
+                    written: 0,
                 })
             }
         };
@@ -288,16 +374,12 @@ impl ChunkIndex {
             .map(|(id, loc)| loc.record(*id, loc.pack))
             .collect();
         records.sort_unstable_by_key(IndexRecord::key);
-        let name = crate::store::chunk_index::segment::segment_name(spill.segments.len() as u64);
-        let mut w = SegmentWriter::create(spill.dir.path(), &name, 0)?;
-        for r in &records {
-            w.push(r)?;
-        }
-        let path = w.finish()?;
-        spill.segments.push(Segment::open(&path)?);
+        let segment = spill.write(records.iter().map(|r| Ok(*r)))?;
+        drop(records);
+        spill.segments.push((0, segment));
         // Emptied, its table kept for the next chunks.
         self.pending.clear();
-        Ok(())
+        spill.merge_full_levels()
     }
 
     /// Where `id` is. An error is a cache file that could not be read
@@ -318,7 +400,7 @@ impl ChunkIndex {
         }
         if let Some(spill) = &self.spill {
             let mut found = Vec::new();
-            for seg in &spill.segments {
+            for (_, seg) in &spill.segments {
                 seg.find(id, &mut found)?;
                 if let Some(r) = found.first() {
                     return Ok(Some(Location::from_record(r, r.pack)));
@@ -368,7 +450,7 @@ impl ChunkIndex {
             }
         }
         if let Some(spill) = &self.spill {
-            for seg in &spill.segments {
+            for (_, seg) in &spill.segments {
                 sources.push(Box::new(seg.iter()?.map(|r| {
                     r.map(|r| (r.id, Location::from_record(&r, r.pack)))
                         .map_err(Into::into)
@@ -407,7 +489,7 @@ impl ChunkIndex {
         };
         let mut out: Vec<RecordSource<'_>> = Vec::new();
         if let Some(spill) = &self.spill {
-            for seg in &spill.segments {
+            for (_, seg) in &spill.segments {
                 out.push(Box::new(seg.iter()?.map(move |r| r.map(rebase))));
             }
         }
@@ -543,6 +625,55 @@ mod tests {
         for c in big.chunks.iter().step_by(101) {
             assert!(index.lookup(&c.id).unwrap().is_some(), "{}", c.id);
         }
+    }
+
+    #[test]
+    fn spilled_segments_merge_by_level_and_a_chunk_keeps_its_older_pack() {
+        let mut index = ChunkIndex::new();
+        // One spill's worth, twice under the same ids (packs 0 and 1),
+        // then two more: four level-0 segments merge into one.
+        let twice = layout(PENDING_CAP, 3);
+        let a = index.add_pack(Id::hash(b"a"), 1, &twice);
+        let b = index.add_pack(Id::hash(b"b"), 1, &twice);
+        assert_ne!(a, b);
+        let more = layout(2 * PENDING_CAP + 1, 4);
+        index.add_pack(Id::hash(b"c"), 1, &more);
+        let levels: Vec<u32> = index
+            .spill
+            .as_ref()
+            .unwrap()
+            .segments
+            .iter()
+            .map(|(l, _)| *l)
+            .collect();
+        assert_eq!(levels, [1]);
+        for c in twice.chunks.iter().step_by(97) {
+            assert_eq!(index.lookup(&c.id).unwrap().map(|l| l.pack), Some(a));
+        }
+        for c in more.chunks.iter().step_by(97) {
+            assert!(index.lookup(&c.id).unwrap().is_some());
+        }
+        // Nine spills: 4 -> 1, 4 -> 1, and one left at level 0.
+        let mut nine = ChunkIndex::new();
+        let big = layout(9 * PENDING_CAP + 1, 5);
+        nine.add_pack(Id::hash(b"d"), 1, &big);
+        let levels: Vec<u32> = nine
+            .spill
+            .as_ref()
+            .unwrap()
+            .segments
+            .iter()
+            .map(|(l, _)| *l)
+            .collect();
+        assert_eq!(levels, [1, 1, 0]);
+        let files = std::fs::read_dir(nine.spill.as_ref().unwrap().dir.path())
+            .unwrap()
+            .count();
+        assert_eq!(files, 3, "merged segments are removed");
+        let walked: Vec<Id> = nine.iter().unwrap().map(|r| r.unwrap().0).collect();
+        let mut want: Vec<Id> = big.chunks.iter().map(|c| c.id).collect();
+        want.sort();
+        assert_eq!(walked, want, "each chunk once, sorted");
     }
 
     #[test]

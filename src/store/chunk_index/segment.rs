@@ -209,33 +209,43 @@ pub struct Segment {
     prefixes: OnceLock<Prefixes>,
 }
 
-/// A segment's prefix table in RAM, with where each value of its top 16
+/// A segment's prefix table in RAM, with where each value of its top
 /// bits starts (so a lookup searches a few entries, not the whole table).
 #[derive(Debug)]
 struct Prefixes {
     table: Vec<u32>,
-    /// `starts[h]`: the first entry whose prefix's top 16 bits are `>= h`
-    /// (65,537 entries, 256 KiB).
+    /// How far a prefix is shifted to give its bucket: the top
+    /// `32 - shift` bits, about one bucket per 4 entries (8 to 16 bits).
+    shift: u32,
+    /// `starts[b]`: the first entry whose bucket is `>= b` (at most 65,537
+    /// entries, 256 KiB; a spilled segment of 28,672 records has 8,193).
     starts: Vec<u32>,
 }
 
 impl Prefixes {
     fn new(table: Vec<u32>) -> Prefixes {
-        let mut starts = Vec::with_capacity((1 << 16) + 1);
+        let bits = (usize::BITS - table.len().leading_zeros()).saturating_sub(2);
+        let shift = 32 - bits.clamp(8, 16);
+        let buckets = 1u32 << (32 - shift);
+        let mut starts = Vec::with_capacity(buckets as usize + 1);
         let mut i = 0usize;
-        for h in 0..=(1u32 << 16) {
-            while i < table.len() && (table[i] >> 16) < h {
+        for b in 0..=buckets {
+            while i < table.len() && (table[i] >> shift) < b {
                 i += 1;
             }
             starts.push(i as u32);
         }
-        Prefixes { table, starts }
+        Prefixes {
+            table,
+            shift,
+            starts,
+        }
     }
 
     /// The entries whose prefix is `want`.
     fn range(&self, want: u32) -> (u64, u64) {
-        let h = (want >> 16) as usize;
-        let (lo, hi) = (self.starts[h] as usize, self.starts[h + 1] as usize);
+        let b = (want >> self.shift) as usize;
+        let (lo, hi) = (self.starts[b] as usize, self.starts[b + 1] as usize);
         let part = &self.table[lo..hi];
         let first = part.partition_point(|&x| x < want);
         let len = part[first..].partition_point(|&x| x == want);
