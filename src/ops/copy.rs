@@ -61,6 +61,8 @@ use std::sync::Arc;
 /// (the batch read, and its re-encoded copy). 8 MiB was no faster on the
 /// 130k runtime and held 4 MiB more.
 const BATCH_BYTES: u64 = 4 << 20;
+/// Decoded source frames kept while copying (see `copy`).
+const COPY_FRAMES_KEPT: usize = 4;
 /// Ids of a file's tree walked before what they name is sent (2 MiB of
 /// ids; a frame moves whole only within one such window).
 const SEND_IDS: usize = 65_536;
@@ -134,6 +136,10 @@ pub fn copy(
     let mut wanted: Vec<Stamp> = stamps.to_vec();
     // The source is only read; copy only adds to the destination.
     let _from_lock = from.lock_shared_reader("copy (source)", opts.lock_wait)?;
+    // Chunks are read in file order, a batch at a time: a frame is done
+    // with long before four others are decoded (measured on the 130k
+    // runtime: as fast as 8, and 4 MiB less).
+    from.keep_decoded_frames(COPY_FRAMES_KEPT);
     let to_lock = to.lock_shared("copy", opts.lock_wait)?;
     if wanted.is_empty() {
         wanted = from.list_snapshots()?.stamps;

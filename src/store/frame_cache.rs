@@ -9,6 +9,7 @@
 //! dropped, so a transient read error is retried by the next reader.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Decoded frames kept per store handle: a frame holds at most
@@ -23,14 +24,23 @@ type Cell<V> = Arc<OnceLock<V>>;
 
 pub struct OnceLru<K, V> {
     slots: Mutex<VecDeque<(K, Cell<V>)>>,
-    cap: usize,
+    cap: AtomicUsize,
 }
 
 impl<K: PartialEq + Clone, V: Clone> OnceLru<K, V> {
     pub fn new(cap: usize) -> Self {
         OnceLru {
             slots: Mutex::new(VecDeque::with_capacity(cap + 1)),
-            cap: cap.max(1),
+            cap: AtomicUsize::new(cap.max(1)),
+        }
+    }
+
+    /// Keeps at most `cap` values from now on (the oldest go first).
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap.max(1), Ordering::Relaxed);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        while slots.len() > cap.max(1) {
+            slots.pop_front();
         }
     }
 
@@ -66,7 +76,7 @@ impl<K: PartialEq + Clone, V: Clone> OnceLru<K, V> {
         }
         let cell: Cell<V> = Arc::new(OnceLock::new());
         slots.push_back((key.clone(), cell.clone()));
-        while slots.len() > self.cap {
+        while slots.len() > self.cap.load(Ordering::Relaxed) {
             slots.pop_front();
         }
         cell
@@ -76,7 +86,23 @@ impl<K: PartialEq + Clone, V: Clone> OnceLru<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_smaller_cap_drops_the_oldest_at_once_and_holds_after() {
+        let lru: OnceLru<u32, u32> = OnceLru::new(4);
+        for k in 0..4 {
+            lru.get_or_load(&k, || k, |_| true);
+        }
+        lru.set_cap(2);
+        let kept: Vec<u32> = (0..4).filter(|k| lru.peek(k).is_some()).collect();
+        assert_eq!(kept, [2, 3]);
+        lru.get_or_load(&9, || 9, |_| true);
+        let kept: Vec<u32> = [2, 3, 9]
+            .into_iter()
+            .filter(|k| lru.peek(k).is_some())
+            .collect();
+        assert_eq!(kept, [3, 9]);
+    }
 
     #[test]
     fn loads_once_per_key_evicts_the_oldest_and_drops_failures() {

@@ -64,6 +64,15 @@ impl Default for ReadCaches {
     }
 }
 
+impl Store {
+    /// Keeps at most `n` decoded frames for this handle's readers from now
+    /// on (default [`FRAMES_KEPT`]): a reader that walks chunks in the
+    /// order they were stored (copy) needs few.
+    pub fn keep_decoded_frames(&self, n: usize) {
+        self.reads.frames.set_cap(n);
+    }
+}
+
 /// Why a chunk could not be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChunkFault {
