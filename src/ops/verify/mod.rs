@@ -2,6 +2,7 @@
 //! whole store, or named snapshots: an integrity audit of every object).
 
 mod audit;
+mod pack_check;
 pub mod repair;
 mod report;
 pub mod sample;
