@@ -611,6 +611,12 @@ mod tests {
         PackLayout::from_v1(entries, n as u64 * 8)
     }
 
+    /// The level of each spilled segment, oldest first.
+    fn spill_levels(index: &ChunkIndex) -> Vec<u32> {
+        let spill = index.spill.as_ref().expect("spilled");
+        spill.segments.iter().map(|(l, _)| *l).collect()
+    }
+
     #[test]
     fn a_spill_that_cannot_be_written_keeps_chunks_in_ram_and_is_not_retried() {
         let dir = tempfile::tempdir().unwrap();
@@ -638,14 +644,7 @@ mod tests {
         assert_ne!(a, b);
         let more = layout(2 * PENDING_CAP + 1, 4);
         index.add_pack(Id::hash(b"c"), 1, &more);
-        let levels: Vec<u32> = index
-            .spill
-            .as_ref()
-            .unwrap()
-            .segments
-            .iter()
-            .map(|(l, _)| *l)
-            .collect();
+        let levels = spill_levels(&index);
         assert_eq!(levels, [1]);
         for c in twice.chunks.iter().step_by(97) {
             assert_eq!(index.lookup(&c.id).unwrap().map(|l| l.pack), Some(a));
@@ -657,14 +656,7 @@ mod tests {
         let mut nine = ChunkIndex::new();
         let big = layout(9 * PENDING_CAP + 1, 5);
         nine.add_pack(Id::hash(b"d"), 1, &big);
-        let levels: Vec<u32> = nine
-            .spill
-            .as_ref()
-            .unwrap()
-            .segments
-            .iter()
-            .map(|(l, _)| *l)
-            .collect();
+        let levels = spill_levels(&nine);
         assert_eq!(levels, [1, 1, 0]);
         let files = std::fs::read_dir(nine.spill.as_ref().unwrap().dir.path())
             .unwrap()
