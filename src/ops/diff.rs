@@ -57,6 +57,9 @@ pub fn diff(store: &Store, from: &str, to: &str) -> Result<DiffResult> {
     let a = store.read_manifest(&a_stamp, ReadFrom::Cache)?;
     let b = store.read_manifest(&b_stamp, ReadFrom::Cache)?;
     let index = store.load_index()?;
+    // One folder for every changed file's sorts (chosen once: a local
+    // store's `tmp/` when it can be written).
+    let spill = SpillDir::for_store(store)?;
     let mut out = DiffResult {
         from: a_stamp.to_string(),
         to: b_stamp.to_string(),
@@ -71,7 +74,7 @@ pub fn diff(store: &Store, from: &str, to: &str) -> Result<DiffResult> {
                 size: size_of(ea),
             }),
             Some(eb) => {
-                let (same, differing) = compare(store, &index, ea, eb)?;
+                let (same, differing) = compare(store, &index, &spill, ea, eb)?;
                 if differing == 0 && same {
                     out.unchanged_files += 1;
                 } else {
@@ -117,7 +120,13 @@ fn size_of(k: &EntryKind) -> u64 {
 }
 
 /// Whether two entries hold the same content, and the bytes that differ.
-fn compare(store: &Store, index: &ChunkIndex, a: &EntryKind, b: &EntryKind) -> Result<(bool, u64)> {
+fn compare(
+    store: &Store,
+    index: &ChunkIndex,
+    spill: &SpillDir,
+    a: &EntryKind,
+    b: &EntryKind,
+) -> Result<(bool, u64)> {
     let (x, y) = match (a, b) {
         (EntryKind::File(x), EntryKind::File(y)) => (x, y),
         (EntryKind::Symlink { target: x }, EntryKind::Symlink { target: y }) if x == y => {
@@ -132,7 +141,6 @@ fn compare(store: &Store, index: &ChunkIndex, a: &EntryKind, b: &EntryKind) -> R
     // a delta leaf and the full leaf it equals). Both lists stream in file
     // order (equal?) into on-disk sorts, then merge: a 4 GiB HNSW file's
     // million ids are never held (they were: 90 MiB for diff at 4 GiB).
-    let spill = SpillDir::for_store(store)?;
     let (mut sx, mut sy) = (spill.sorter(), spill.sorter());
     let (mut xs, mut ys) = (store.file_chunks(index, x)?, store.file_chunks(index, y)?);
     let mut same = x.size == y.size;
