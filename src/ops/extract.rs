@@ -6,12 +6,14 @@
 //! file, so files in parallel alone would leave a core idle).
 
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
 use crate::id::Id;
-use crate::store::index::ChunkIndex;
+use crate::store::follow::ChunkLocator;
+use crate::store::index::{ChunkIndex, Location};
 use crate::store::manifest::FileEntry;
 use crate::store::{ChunkFault, Store};
 
@@ -38,8 +40,46 @@ pub const SMALL_FILE_MAX: u64 = 64 << 20;
 const SMALL_FILE_RESERVE: u64 = 1 << 20;
 
 /// A chunk of a file being rebuilt: its id, its offset in the file, its
-/// length.
-pub type Placed = (Id, u64, u32);
+/// length, and where the store holds it (looked up once, when the chunk is
+/// placed, and used by whoever then reads it).
+#[derive(Clone, Copy, Debug)]
+pub struct Placed {
+    pub id: Id,
+    pub offset: u64,
+    pub len: u32,
+    pub loc: Location,
+    /// Its frame serves little else of this part of the file (see
+    /// [`mark_sporadic`]).
+    pub sporadic: bool,
+}
+
+/// Marks the chunks of `window` whose frame serves at most
+/// [`SPORADIC_MAX`] chunks of it. Such a chunk is read by decoding its
+/// frame only up to its end, without keeping it. Why: a file whose pages
+/// moved since they were stored (SQLite relocates pages) reaches back into
+/// frames read long before, a chunk or two each; decoding, re-hashing and
+/// caching a whole frame for each was a fifth of the decoding of a day's
+/// restore (the frame cache cannot hold frames needed that far apart). At
+/// most two partial decodes of a frame replace one whole one, so this
+/// never costs much. A frame that reaches an edge of the window may go on
+/// beyond it: never sporadic.
+fn mark_sporadic(window: &mut [Placed]) {
+    let key = |c: &Placed| (c.loc.pack, c.loc.frame_offset);
+    let mut used: HashMap<(u32, u32), usize> = HashMap::new();
+    for c in window.iter().filter(|c| c.loc.in_frame()) {
+        *used.entry(key(c)).or_default() += 1;
+    }
+    for edge in [window.first(), window.last()].into_iter().flatten() {
+        used.insert(key(edge), usize::MAX);
+    }
+    for c in window.iter_mut() {
+        let n = used.get(&key(c)).copied().unwrap_or(usize::MAX);
+        c.sporadic = c.loc.in_frame() && n <= SPORADIC_MAX;
+    }
+}
+
+/// See [`mark_sporadic`].
+const SPORADIC_MAX: usize = 2;
 
 /// Chunks taken from somewhere else than the store. Given a piece of the
 /// file (its chunks, back to back) and the piece's buffer, it copies into
@@ -75,26 +115,30 @@ impl ChunkSource<'_> {
                 return Ok(());
             }
         }
-        let mut wanted = Vec::new();
+        // The rest of a piece the disk mostly had are the few chunks that
+        // differ, and sporadic chunks are alone in their frames: their
+        // frames are decoded only as far as needed, not kept. The others
+        // go through the frame cache (each frame decoded once for its
+        // neighbours too).
+        let mut scattered = Vec::new();
+        let mut runs = Vec::new();
         let mut at = 0usize;
-        for ((id, _, len), done) in piece.iter().zip(filled) {
-            let end = at + *len as usize;
+        for (c, done) in piece.iter().zip(filled) {
+            let end = at + c.len as usize;
             if !done {
-                let loc = index.locate(id).map_err(|f| ExtractError::Chunk(*id, f))?;
-                wanted.push((*id, loc, at..end));
+                let to = if local_hits > 0 || c.sporadic {
+                    &mut scattered
+                } else {
+                    &mut runs
+                };
+                to.push((c.id, c.loc, at..end));
             }
             at = end;
         }
-        // The rest of a piece the disk mostly had are the few chunks that
-        // differ: their frames are decoded only as far as needed. A piece
-        // from the store alone goes through the frame cache (each frame
-        // decoded once for its neighbours too).
-        if local_hits > 0 {
-            return store
-                .read_scattered_into(index, &wanted, buf)
-                .map_err(|(id, f)| ExtractError::Chunk(id, f));
-        }
-        for (id, loc, range) in wanted {
+        store
+            .read_scattered_into(index, &scattered, buf)
+            .map_err(|(id, f)| ExtractError::Chunk(id, f))?;
+        for (id, loc, range) in runs {
             store
                 .read_chunk_into(index, &id, &loc, &mut buf[range])
                 .map_err(|f| ExtractError::Chunk(id, f))?;
@@ -103,11 +147,11 @@ impl ChunkSource<'_> {
     }
 }
 
-/// The chunks of a file's list with their offsets and lengths from the
-/// index, a window at a time (a missing chunk is a fault).
+/// The chunks of a file's list with their offsets, lengths and locations,
+/// a window at a time (a missing chunk is a fault).
 struct Placing<'s, I> {
     ids: I,
-    index: &'s ChunkIndex,
+    locator: ChunkLocator<'s>,
     offset: u64,
 }
 
@@ -116,13 +160,18 @@ impl<I: Iterator<Item = crate::error::Result<Id>>> Placing<'_, I> {
         out.clear();
         for id in self.ids.by_ref().take(max) {
             let id = id.map_err(list_error)?;
-            let len = self
-                .index
+            let loc = self
+                .locator
                 .locate(&id)
-                .map_err(|f| ExtractError::Chunk(id, f))?
-                .raw_len;
-            out.push((id, self.offset, len));
-            self.offset += len as u64;
+                .map_err(|f| ExtractError::Chunk(id, f))?;
+            out.push(Placed {
+                id,
+                offset: self.offset,
+                len: loc.raw_len,
+                loc,
+                sporadic: false,
+            });
+            self.offset += loc.raw_len as u64;
         }
         Ok(())
     }
@@ -141,7 +190,7 @@ pub fn write_file<W: Write>(
     let mut written = 0u64;
     let mut placing = Placing {
         ids: store.file_chunks(index, file).map_err(list_error)?,
-        index,
+        locator: ChunkLocator::new(store, index),
         offset: 0,
     };
     let mut batch = Vec::with_capacity(BATCH_CHUNKS);
@@ -155,7 +204,7 @@ pub fn write_file<W: Write>(
         let data: Vec<Vec<u8>> = batch
             .par_iter()
             .map(|c| {
-                let mut bytes = vec![0; c.2 as usize];
+                let mut bytes = vec![0; c.len as usize];
                 source
                     .fill(store, index, std::slice::from_ref(c), &mut bytes)
                     .map(|()| bytes)
@@ -193,7 +242,7 @@ pub fn write_file_at(
     let mut chunks = 0u64;
     let mut placing = Placing {
         ids: store.file_chunks(index, file).map_err(list_error)?,
-        index,
+        locator: ChunkLocator::new(store, index),
         offset: 0,
     };
     let mut window = Vec::with_capacity(WINDOW_CHUNKS);
@@ -202,6 +251,7 @@ pub fn write_file_at(
         if window.is_empty() || placing.offset > file.size {
             return Ok((placing.offset, chunks));
         }
+        mark_sporadic(&mut window);
         chunks += window.len() as u64;
         // The first fault stops the other pieces: against a store that
         // cannot be reached, each would wait out its retries.
@@ -215,8 +265,8 @@ pub fn write_file_at(
 fn pieces(window: &[Placed]) -> Vec<&[Placed]> {
     let mut out = Vec::new();
     let mut start = 0;
-    for (i, (_, offset, len)) in window.iter().enumerate() {
-        if offset + *len as u64 - window[start].1 >= PIECE_BYTES {
+    for (i, c) in window.iter().enumerate() {
+        if c.offset + c.len as u64 - window[start].offset >= PIECE_BYTES {
             out.push(&window[start..=i]);
             start = i + 1;
         }
@@ -240,10 +290,10 @@ fn write_piece(
     source: ChunkSource<'_>,
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<(), ExtractError> {
-    let Some(&(_, start, _)) = piece.first() else {
+    let Some(start) = piece.first().map(|c| c.offset) else {
         return Ok(());
     };
-    let bytes: u64 = piece.iter().map(|c| c.2 as u64).sum();
+    let bytes: u64 = piece.iter().map(|c| c.len as u64).sum();
     PIECE.with(|cell| {
         let mut buf = cell.borrow_mut();
         buf.resize(bytes as usize, 0);
@@ -323,4 +373,58 @@ pub fn indexed_size(index: &ChunkIndex, ids: &[Id]) -> crate::error::Result<Opti
         }
     }
     Ok(Some(size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::layout::{FrameSpan, PackFormat};
+    use crate::store::pack2::Codec;
+
+    /// Chunk `i` of a window: 4 KiB in the frame at `frame` of pack 0.
+    fn placed(i: usize, frame: u32) -> Placed {
+        let f = FrameSpan {
+            offset: frame,
+            stored_len: 1000,
+            codec: Codec::Zstd,
+            first_chunk: 0,
+            n_chunks: 256,
+            raw_len: 1 << 20,
+        };
+        let loc = Location::in_frame_of(PackFormat::V2, &f, 0, 0, 4096);
+        Placed {
+            id: Id([i as u8; 32]),
+            offset: i as u64 * 4096,
+            len: 4096,
+            loc,
+            sporadic: false,
+        }
+    }
+
+    #[test]
+    fn only_frames_that_give_a_window_one_or_two_chunks_inside_it_are_sporadic() {
+        // Frame 10 opens and closes the window, frame 20 gives it three
+        // chunks, frame 30 two, frame 40 one.
+        let frames = [10, 20, 30, 20, 40, 20, 30, 10];
+        let mut window: Vec<Placed> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| placed(i, f))
+            .collect();
+        mark_sporadic(&mut window);
+        let sporadic: Vec<u32> = window
+            .iter()
+            .filter(|c| c.sporadic)
+            .map(|c| c.loc.frame_offset)
+            .collect();
+        assert_eq!(sporadic, [30, 40, 30]);
+        // Alone at an edge, a frame may go on past the window.
+        let mut window: Vec<Placed> = [40, 20, 20, 20]
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| placed(i, f))
+            .collect();
+        mark_sporadic(&mut window);
+        assert!(window.iter().all(|c| !c.sporadic));
+    }
 }

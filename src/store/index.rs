@@ -25,7 +25,7 @@ use crate::id::{Id, IdMap};
 use crate::store::chunk_index::{
     IndexCache, IndexError, IndexRecord, IndexView, PackRow, Segment, SegmentWriter,
 };
-use crate::store::layout::{PackFormat, PackLayout};
+use crate::store::layout::{FrameSpan, PackFormat, PackLayout};
 use crate::store::pack2::Codec;
 
 /// The frame's stored length takes the low 29 bits of `frame_word`
@@ -112,28 +112,37 @@ impl Location {
     }
 }
 
+impl Location {
+    /// The location of a chunk of `raw_len` bytes at `chunk_offset` in
+    /// frame `f` of a pack of `format`, `pack` being the pack's number.
+    pub fn in_frame_of(
+        format: PackFormat,
+        f: &FrameSpan,
+        pack: u32,
+        chunk_offset: u32,
+        raw_len: u32,
+    ) -> Location {
+        let v2 = if format == PackFormat::V2 { V2_BIT } else { 0 };
+        Location {
+            pack,
+            frame_offset: f.offset,
+            frame_word: (f.stored_len & LEN_MASK) | ((f.codec as u32) << CODEC_SHIFT) | v2,
+            frame_raw_len: f.raw_len,
+            chunk_offset,
+            raw_len,
+        }
+    }
+}
+
 /// Every (id, location) of a pack's layout, `pack` being its number.
 pub fn layout_locations(
     layout: &PackLayout,
     pack: u32,
 ) -> impl Iterator<Item = (Id, Location)> + '_ {
-    let v2 = if layout.format == PackFormat::V2 {
-        V2_BIT
-    } else {
-        0
-    };
     layout.frames.iter().enumerate().flat_map(move |(fi, f)| {
-        let word = (f.stored_len & LEN_MASK) | ((f.codec as u32) << CODEC_SHIFT) | v2;
         let mut at = 0u32;
         layout.frame_chunks(fi).iter().map(move |c| {
-            let loc = Location {
-                pack,
-                frame_offset: f.offset,
-                frame_word: word,
-                frame_raw_len: f.raw_len,
-                chunk_offset: at,
-                raw_len: c.raw_len,
-            };
+            let loc = Location::in_frame_of(layout.format, f, pack, at, c.raw_len);
             at = at.saturating_add(c.raw_len);
             (c.id, loc)
         })

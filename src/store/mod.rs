@@ -22,6 +22,7 @@ pub mod backend;
 pub mod cache;
 pub mod chunk_index;
 mod file_lists;
+pub mod follow;
 pub mod format;
 mod frame_cache;
 pub mod index;

@@ -654,7 +654,11 @@ impl Store {
     }
 
     /// A pack's layout, from the cache or read once.
-    fn cached_layout(&self, pack: &Id, size: u64) -> std::result::Result<Arc<PackLayout>, String> {
+    pub(super) fn cached_layout(
+        &self,
+        pack: &Id,
+        size: u64,
+    ) -> std::result::Result<Arc<PackLayout>, String> {
         let load = || {
             self.read_pack_index(&Object::Pack(*pack), size)
                 .map(Arc::new)

@@ -200,6 +200,16 @@ fn a_forged_registry_size_is_never_allocated() {
             .any(|e| e.starts_with("size_mismatch: project-registry.json")),
         "{errors:?}"
     );
+    // Restore refuses it as damage (exit 3), before staging a byte: not
+    // as a lack of free space for 64 TiB.
+    let to = env.dir.path().join("forged-restore");
+    let out = env.run(&["restore", &s1, "--to", to.to_str().unwrap()]);
+    no_panic(&out);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("size_mismatch: project-registry.json"),
+        "{out:?}"
+    );
 }
 
 #[test]
