@@ -217,7 +217,9 @@ def prepare(a, gib):
     """Builds (or finds) rt-<G>g, its day delta and floors; None when skipped."""
     name = os.path.join(a.cache, tag(gib))
     paths = {"day1": name, "delta": name + ".day", "physics": name + ".physics.json"}
-    if os.path.exists(name + ".done"):
+    # A size whose runtime or day was deleted (to free disk) is rebuilt.
+    built = all(os.path.isdir(p) for p in (name, name + ".day"))
+    if built and os.path.exists(name + ".done"):
         with open(name + ".done") as f:
             built_from = f.read().strip()
         if built_from in ("", a.base):
