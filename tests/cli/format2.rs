@@ -129,6 +129,84 @@ fn a_no_change_snapshot_adds_under_64_kib() {
     assert_eq!(env.run(&["validate", stamp]).code, 0);
 }
 
+/// How many files a snapshot holds.
+fn file_count(env: &Env, created: &Value) -> u64 {
+    let m = env.manifest(created["stamp"].as_str().unwrap());
+    m.entries.iter().filter(|e| e.file().is_some()).count() as u64
+}
+
+/// Changes a file's ctime only (as SQLite's `fchown` of a `-wal` does when
+/// it runs as root).
+fn touch_ctime(path: &Path) {
+    let mode = fs::metadata(path).unwrap().permissions();
+    fs::set_permissions(path, mode).unwrap();
+}
+
+/// The db comes from the files cache when neither it nor its WAL's frames
+/// changed, even though opening it (as every capture does) changed the
+/// WAL's ctime; a new frame in the WAL is read. The registry is always
+/// read: every other file is from the cache in a no-change snapshot.
+#[test]
+fn the_db_is_not_read_again_when_only_its_wal_ctime_changed() {
+    let env = Env::tiny();
+    let db = env.db();
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;")
+        .unwrap();
+    let insert = |id: i64| {
+        conn.execute(
+            "INSERT INTO memories(id, content) VALUES (?1, 'in the wal')",
+            [id],
+        )
+        .unwrap();
+    };
+    insert(5000);
+    assert!(fs::metadata(&wal).unwrap().len() > 0);
+    settle();
+    let first = env.create(&["--chroma"]);
+    let all_but_registry = file_count(&env, &first) - 1;
+    touch_ctime(&wal);
+    let second = env.create(&["--chroma"]);
+    assert_eq!(u(&second, "files_from_cache"), all_but_registry, "{second}");
+
+    // A new frame in the WAL: the db is read again, with the new row.
+    insert(5001);
+    settle();
+    let third = env.create(&["--chroma"]);
+    assert_eq!(
+        u(&third, "files_from_cache"),
+        all_but_registry - 1,
+        "{third}"
+    );
+    let stamp = third["stamp"].as_str().unwrap();
+    let to = env.dir.path().join("third");
+    assert_eq!(
+        env.run(&["restore", stamp, "--to", to.to_str().unwrap()])
+            .code,
+        0
+    );
+    let restored = rusqlite::Connection::open(to.join("atocore.db")).unwrap();
+    let n: i64 = restored
+        .query_row("SELECT count(*) FROM memories WHERE id >= 5000", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 2);
+
+    // Checkpointed into the db, the WAL empty: an empty WAL counts as none,
+    // whatever its ctime.
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    assert_eq!(fs::metadata(&wal).unwrap().len(), 0);
+    settle();
+    env.create(&["--chroma"]);
+    touch_ctime(&wal);
+    let fifth = env.create(&["--chroma"]);
+    assert_eq!(u(&fifth, "files_from_cache"), all_but_registry, "{fifth}");
+    drop(conn);
+}
+
 #[test]
 fn one_changed_page_writes_a_few_chunks_and_list_blobs() {
     let env = Env::fixture();

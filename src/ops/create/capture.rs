@@ -350,9 +350,12 @@ impl<'a> Capture<'a> {
         wal.push("-wal");
         let wal = std::fs::metadata(PathBuf::from(wal))
             .ok()
-            .map(|m| sources::source_stat(&m));
+            .and_then(|m| wal_identity(&m));
         let main = sources::source_stat(meta);
-        if self.is_racy(&main) || wal.as_ref().is_some_and(|w| self.is_racy(w)) {
+        let wal_racy = wal
+            .as_ref()
+            .is_some_and(|w| self.now_ns - w.mtime_ns < RACY_WINDOW_NS);
+        if self.is_racy(&main) || wal_racy {
             return (None, None);
         }
         (Some(main), wal)
@@ -647,4 +650,18 @@ pub(super) fn chroma_path(rel: &[u8]) -> Vec<u8> {
         p.extend_from_slice(rel);
     }
     p
+}
+
+/// The identity of a database's `-wal` for the files cache: None when it
+/// is empty (a WAL without frames adds nothing to the database, like no
+/// WAL), else its size, mtime, inode and device, without its ctime. Why
+/// not the ctime: SQLite opening the database, as this capture does, may
+/// change it (run as root, SQLite gives the `-wal` the database's owner
+/// with `fchown`), so every snapshot made the next one read the whole
+/// database again. Whatever changes a WAL's frames changes its mtime.
+fn wal_identity(m: &std::fs::Metadata) -> Option<SourceStat> {
+    (m.len() > 0).then(|| SourceStat {
+        ctime_ns: 0,
+        ..sources::source_stat(m)
+    })
 }
