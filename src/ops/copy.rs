@@ -203,7 +203,7 @@ pub fn copy(
     if !pending.is_empty() {
         to.clean_tmp(None)?;
         let from_index = from.load_index()?;
-        let mut to_index = to.load_index()?;
+        let mut to_index = to.load_index_for_writes()?;
         let mut copier = Copier {
             from,
             to,

@@ -1,4 +1,5 @@
-//! [`ChunkLocator`]: where a file's chunks are, asked in file order.
+//! Where chunks are: [`ChunkIndex::locate`] for one chunk, and
+//! [`ChunkLocator`] for a file's chunks, asked in file order.
 //! Chunks stored together are read back together: a file's chunks were
 //! packed in file order, so after one lookup in the index the next chunks
 //! are usually the next entries of the same pack, which the pack's layout
@@ -13,10 +14,31 @@
 
 use std::sync::Arc;
 
+use super::chunk_index::IndexError;
 use super::index::{ChunkIndex, Location};
 use super::layout::PackLayout;
 use super::{ChunkFault, Store};
 use crate::id::Id;
+
+impl ChunkIndex {
+    /// Where chunk `id` is, or why that cannot be said: it is missing, or
+    /// a file of the index cache did not read (a storage failure naming
+    /// the file: the command stops; the chunk is not missing).
+    pub fn locate(&self, id: &Id) -> Result<Location, ChunkFault> {
+        match self.lookup(id) {
+            Ok(Some(loc)) => Ok(loc),
+            Ok(None) => Err(ChunkFault::Missing),
+            Err(e) => {
+                let (IndexError::Damaged { path, .. } | IndexError::Io { path, .. }) = &e;
+                Err(ChunkFault::Unreadable {
+                    pack: path.clone(),
+                    kind: std::io::ErrorKind::Other,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}
 
 /// Finds chunks, following the pack of the last one found.
 pub struct ChunkLocator<'a> {

@@ -12,7 +12,7 @@ use crate::id::Id;
 
 use super::backend::{self, BackendErrorKind};
 use super::chunk_index::cache::SORT_BUDGET;
-use super::chunk_index::{IndexCache, IndexError, IndexRecord, PackRow};
+use super::chunk_index::{Checks, IndexCache, IndexRecord, PackRow};
 use super::frame_cache::{OnceLru, FRAMES_KEPT, LAYOUTS_KEPT};
 use super::index::{layout_records, ChunkIndex, DamagedPack, Location};
 use super::layout::PackLayout;
@@ -29,30 +29,13 @@ use super::{pack, Dir, Object};
 /// billions of entries).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
-impl ChunkIndex {
-    /// Where chunk `id` is, or why that cannot be said: it is missing, or
-    /// a file of the index cache did not read (a storage failure naming
-    /// the file: the command stops; the chunk is not missing).
-    pub fn locate(&self, id: &Id) -> std::result::Result<Location, ChunkFault> {
-        match self.lookup(id) {
-            Ok(Some(loc)) => Ok(loc),
-            Ok(None) => Err(ChunkFault::Missing),
-            Err(e) => {
-                let (IndexError::Damaged { path, .. } | IndexError::Io { path, .. }) = &e;
-                Err(ChunkFault::Unreadable {
-                    pack: path.clone(),
-                    kind: std::io::ErrorKind::Other,
-                    detail: e.to_string(),
-                })
-            }
-        }
-    }
-}
+/// A pack's layout, or why it did not read.
+type LayoutRead = std::result::Result<Arc<PackLayout>, String>;
 
 /// A store handle's caches for readers (see `frame_cache`).
 pub(crate) struct ReadCaches {
     frames: OnceLru<(Id, u32), std::result::Result<Arc<DecodedFrame>, ChunkFault>>,
-    layouts: OnceLru<Id, std::result::Result<Arc<PackLayout>, String>>,
+    layouts: OnceLru<Id, LayoutRead>,
 }
 
 impl Default for ReadCaches {
@@ -262,14 +245,22 @@ impl Store {
     /// longer listed are marked gone. Packs whose index cannot be read are
     /// listed in `damaged`.
     pub fn load_index(&self) -> Result<ChunkIndex> {
-        self.refresh_index(false)
+        self.refresh_index(false, Checks::Again)
+    }
+
+    /// [`Store::load_index`] for a writer (create, copy's destination),
+    /// trusting the cache files checked whole before (`index/verified`).
+    /// A writer asks only whether a chunk is stored already: a cache file
+    /// damaged since its check could only make it store a chunk again.
+    pub fn load_index_for_writes(&self) -> Result<ChunkIndex> {
+        self.refresh_index(false, Checks::Trusted)
     }
 
     /// As [`Store::load_index`], reading every listed pack's trailer again
     /// (verify, repair): a pack damaged since the cache indexed it is
     /// then in `damaged` and out of the index.
     pub fn load_index_rechecked(&self) -> Result<ChunkIndex> {
-        self.refresh_index(true)
+        self.refresh_index(true, Checks::Again)
     }
 
     /// The trailers of `packs`, read in parallel rounds as the iterator is
@@ -317,10 +308,10 @@ impl Store {
         }
     }
 
-    fn refresh_index(&self, recheck: bool) -> Result<ChunkIndex> {
+    fn refresh_index(&self, recheck: bool, checks: Checks) -> Result<ChunkIndex> {
         let cache = IndexCache::at(self.index_cache_dir())?;
         let lock = cache.lock()?;
-        let mut view = cache.open(&lock)?;
+        let mut view = cache.open(&lock, checks)?;
         let live: HashMap<Id, u64> = view
             .packs()
             .rows
@@ -654,11 +645,7 @@ impl Store {
     }
 
     /// A pack's layout, from the cache or read once.
-    pub(super) fn cached_layout(
-        &self,
-        pack: &Id,
-        size: u64,
-    ) -> std::result::Result<Arc<PackLayout>, String> {
+    pub(super) fn cached_layout(&self, pack: &Id, size: u64) -> LayoutRead {
         let load = || {
             self.read_pack_index(&Object::Pack(*pack), size)
                 .map(Arc::new)

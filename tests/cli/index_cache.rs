@@ -184,3 +184,61 @@ fn packs_deleted_by_gc_leave_the_index() {
     assert_eq!(after["chunks_missing"].as_u64(), Some(0), "{after}");
     assert_eq!(rt.ok(&["verify"])["ok"], true);
 }
+
+/// A segment damaged in place with its mtime put back (as bit rot leaves
+/// it): the `verified` record still vouches for it, but only writers trust
+/// that record; every reader checks the segment whole, finds the damage
+/// and rebuilds. A writer trusting it can only store a chunk again.
+#[test]
+fn a_segment_damaged_behind_its_recorded_check_is_caught_by_every_reader() {
+    use std::os::unix::fs::FileExt;
+    let rt = two_snapshots();
+    // Two seconds after the segments were written, a writer records them.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    rt.create(&["--chroma"]);
+    assert!(
+        index_files(&rt).iter().any(|p| p.ends_with("verified")),
+        "{:?}",
+        index_files(&rt)
+    );
+    let want = results(&rt);
+    let seg = named(&rt, ".idx");
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&seg).unwrap());
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg)
+        .unwrap();
+    let mut n = [0u8; 8];
+    f.read_exact_at(&mut n, 8).unwrap();
+    let n = u64::from_le_bytes(n);
+    // A byte of the id of the middle record.
+    let at = 24 + 4 * n + 60 * (n / 2) + 5;
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    drop(f);
+    filetime::set_file_mtime(&seg, mtime).unwrap();
+    let damaged = fs::read(&seg).unwrap();
+    let after = results(&rt);
+    assert_eq!(after, want, "after a damaged record in {}", seg.display());
+    let rebuilt = fs::read(named(&rt, ".idx")).unwrap();
+    assert_ne!(rebuilt, damaged, "the segment was rebuilt");
+
+    // Damaged again: a writer trusts the record, and at worst stores a
+    // chunk again; its snapshot is whole.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    rt.create(&["--chroma"]);
+    let seg = named(&rt, ".idx");
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&seg).unwrap());
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[at as usize] ^= 0x10;
+    fs::write(&seg, &bytes).unwrap();
+    filetime::set_file_mtime(&seg, mtime).unwrap();
+    rt.add_junk("more.bin", 20 * 1024, 9);
+    let created = rt.create(&["--chroma"]);
+    assert_eq!(created["validated"], true, "{created}");
+    let verified = rt.ok(&["verify"]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["missing"], serde_json::json!([]), "{verified}");
+}

@@ -76,7 +76,7 @@ struct Stored {
 /// The chunk index, loaded on first use.
 fn loaded<'i>(index: &'i mut Option<ChunkIndex>, store: &Store) -> Result<&'i mut ChunkIndex> {
     if index.is_none() {
-        *index = Some(store.load_index()?);
+        *index = Some(store.load_index_for_writes()?);
     }
     Ok(index.get_or_insert_with(ChunkIndex::new))
 }

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::segment::parse_segment_name;
-use super::view::{IndexView, PackRow, TABLE_NAME};
+use super::view::{Checks, IndexView, PackRow, TABLE_NAME, VERIFIED_NAME};
 use super::{IndexError, IndexRecord};
 use crate::store::backend;
 
@@ -74,15 +74,15 @@ impl IndexCache {
     /// Opens the view (the caller holds the lock). A damaged table or
     /// segment drops the folder's index files: the caller rebuilds them
     /// from the pack trailers.
-    pub fn open(&self, _lock: &CacheLock) -> Result<IndexView, IndexError> {
-        match IndexView::open(&self.dir) {
+    pub fn open(&self, _lock: &CacheLock, checks: Checks) -> Result<IndexView, IndexError> {
+        match IndexView::open_with(&self.dir, checks) {
             Err(IndexError::Damaged { path, detail }) => {
                 tracing::warn!(
                     "chunk index cache file {} is damaged ({detail}); rebuilding the index",
                     path.display()
                 );
                 self.wipe()?;
-                IndexView::open(&self.dir)
+                IndexView::open_with(&self.dir, checks)
             }
             other => other,
         }
@@ -95,7 +95,7 @@ impl IndexCache {
             let entry = entry.map_err(IndexError::io("list", &self.dir))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name == TABLE_NAME || parse_segment_name(&name).is_some() {
+            if name == TABLE_NAME || name == VERIFIED_NAME || parse_segment_name(&name).is_some() {
                 let path = entry.path();
                 fs::remove_file(&path).map_err(IndexError::io("remove", &path))?;
             }
@@ -112,7 +112,7 @@ impl IndexCache {
         records: impl Iterator<Item = Result<IndexRecord, IndexError>>,
     ) -> Result<(), IndexError> {
         let lock = self.lock()?;
-        let mut view = self.open(&lock)?;
+        let mut view = self.open(&lock, Checks::Trusted)?;
         let known: std::collections::HashSet<_> = view
             .packs()
             .rows

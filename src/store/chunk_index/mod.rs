@@ -21,9 +21,9 @@ pub mod view;
 mod tests;
 
 pub use cache::IndexCache;
-pub use segment::{Segment, SegmentWriter};
+pub use segment::{Segment, SegmentWriter, Verified};
 pub use spill::{SpillSorter, Spillable};
-pub use view::{IndexView, PackRow, PackTable};
+pub use view::{Checks, IndexView, PackRow, PackTable};
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -454,3 +454,81 @@ enum Op {
     Compact,
     Reopen,
 }
+
+#[test]
+fn a_segment_checked_whole_once_is_trusted_while_it_keeps_its_identity() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), 0, 0, &sorted_records(40));
+    let (_, fresh) = Segment::open_known(&path, None).unwrap();
+    // A record damaged in place; length, inode and mtime kept.
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&path).unwrap());
+    let at = 24 + 4 * 40 + 61;
+    let mut byte = [0u8];
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    drop(f);
+    filetime::set_file_mtime(&path, mtime).unwrap();
+    // A check made within 2 s of the file's mtime vouches for nothing.
+    assert!(Segment::open_known(&path, Some(&fresh)).is_err());
+    // One made later does: the file is not read whole again (so the
+    // damage goes unseen, the trade-off `verify` does not make).
+    let settled = Verified {
+        checked_ns: fresh.mtime_ns + 2_000_000_000,
+        ..fresh
+    };
+    let (_, again) = Segment::open_known(&path, Some(&settled)).unwrap();
+    assert_eq!(again, settled, "a trusted check is kept as it was");
+    // Another mtime, length or inode: checked whole again.
+    let later = filetime::FileTime::from_unix_time(mtime.unix_seconds() + 1, 0);
+    filetime::set_file_mtime(&path, later).unwrap();
+    assert!(Segment::open_known(&path, Some(&settled)).is_err());
+    let other = Verified {
+        ino: settled.ino + 1,
+        ..settled
+    };
+    filetime::set_file_mtime(&path, mtime).unwrap();
+    assert!(Segment::open_known(&path, Some(&other)).is_err());
+}
+
+#[test]
+fn the_view_keeps_its_checks_in_a_file_that_may_be_lost_or_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = IndexView::open(dir.path()).unwrap();
+    let row = PackRow {
+        id: Id::hash(b"p"),
+        size: 1,
+        format: 1,
+        gone: false,
+    };
+    v.add_packs(&[row], vec![rec(Id::hash(b"c"), 0, 1)], 1 << 20)
+        .unwrap();
+    drop(v);
+    // Each open records what it checked.
+    drop(IndexView::open(dir.path()).unwrap());
+    let verified = dir.path().join(super::view::VERIFIED_NAME);
+    let text = fs::read_to_string(&verified).unwrap();
+    let lines: Vec<(String, Verified)> = text.lines().filter_map(Verified::parse).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0].0, segment_name(0));
+    assert_eq!(lines[0].1.max_row, Some(0));
+    assert_eq!(lines[0].1.line(&lines[0].0).trim_end(), text.trim_end());
+    for garbage in ["", "seg-0000000000000000.idx 1 2 3\n", "\u{0}\u{1}nonsense"] {
+        fs::write(&verified, garbage).unwrap();
+        let v = IndexView::open(dir.path()).unwrap();
+        assert!(v.get(&Id::hash(b"c")).unwrap().is_some());
+        let again = fs::read_to_string(&verified).unwrap();
+        assert_eq!(again.lines().filter_map(Verified::parse).count(), 1);
+    }
+    fs::remove_file(&verified).unwrap();
+    assert!(IndexView::open(dir.path())
+        .unwrap()
+        .get(&Id::hash(b"c"))
+        .unwrap()
+        .is_some());
+}

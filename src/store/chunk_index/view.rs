@@ -15,10 +15,11 @@
 //! the table lacks; [`IndexView::open`] removes such an orphan, since the
 //! next rows appended would reuse those numbers.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::segment::{parse_segment_name, segment_name, Segment, SegmentWriter};
+use super::segment::{parse_segment_name, segment_name, Segment, SegmentWriter, Verified};
 use super::spill::SpillSorter;
 use super::{IndexError, IndexRecord};
 use crate::id::Id;
@@ -26,6 +27,39 @@ use crate::store::backend;
 
 pub const TABLE_MAGIC: &[u8; 8] = b"ATOPTBL1";
 pub const TABLE_NAME: &str = "packs.tbl";
+/// The segments that passed their whole-file check (see
+/// [`Segment::open_known`]), a line each.
+pub const VERIFIED_NAME: &str = "verified";
+
+/// Whether opening a view trusts the segment checks `verified` records
+/// (only writers do: see `Store::load_index_for_writes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checks {
+    Trusted,
+    Again,
+}
+
+/// The `verified` file of `dir`; empty when missing or unreadable (every
+/// segment is then checked whole again).
+fn read_verified(dir: &Path) -> BTreeMap<String, Verified> {
+    let Ok(text) = fs::read_to_string(dir.join(VERIFIED_NAME)) else {
+        return BTreeMap::new();
+    };
+    text.lines().filter_map(Verified::parse).collect()
+}
+
+/// Rewrites the `verified` file (best effort: without it, segments are
+/// only checked again). The caller holds the cache lock.
+fn write_verified(dir: &Path, verified: &BTreeMap<String, Verified>) {
+    let text: String = verified.iter().map(|(name, v)| v.line(name)).collect();
+    let path = dir.join(VERIFIED_NAME);
+    let tmp = backend::temp_path_in(dir, "ver");
+    let done =
+        backend::write_new_synced(&tmp, text.as_bytes()).and_then(|()| fs::rename(&tmp, &path));
+    if done.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+}
 pub const PACK_ROW_LEN: usize = 48;
 /// More segments than this, or more gone records than a quarter, call for
 /// a compaction ([`IndexView::needs_compaction`]).
@@ -126,6 +160,13 @@ impl IndexView {
     /// (empty if absent) and every segment, each verified. Orphan segments
     /// (naming rows beyond the table) are removed.
     pub fn open(dir: &Path) -> Result<IndexView, IndexError> {
+        IndexView::open_with(dir, Checks::Trusted)
+    }
+
+    /// [`IndexView::open`], every segment checked whole with
+    /// [`Checks::Again`] (every reader: a damaged line would make it
+    /// report a chunk missing or corrupt).
+    pub fn open_with(dir: &Path, checks: Checks) -> Result<IndexView, IndexError> {
         backend::create_private_dir_all(dir).map_err(IndexError::io("create", dir))?;
         let table_path = dir.join(TABLE_NAME);
         let packs = match fs::read(&table_path) {
@@ -133,13 +174,19 @@ impl IndexView {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => PackTable::default(),
             Err(e) => return Err(IndexError::io("read", &table_path)(e)),
         };
+        let known = match checks {
+            Checks::Trusted => read_verified(dir),
+            Checks::Again => BTreeMap::new(),
+        };
+        let mut verified = BTreeMap::new();
         let mut segments = Vec::new();
         for entry in fs::read_dir(dir).map_err(IndexError::io("list", dir))? {
             let entry = entry.map_err(IndexError::io("list", dir))?;
-            let Some(seq) = entry.file_name().to_str().and_then(parse_segment_name) else {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(seq) = parse_segment_name(&name) else {
                 continue;
             };
-            let seg = Segment::open(&entry.path())?;
+            let (seg, passed) = Segment::open_known(&entry.path(), known.get(&name))?;
             if seg
                 .max_row()
                 .is_some_and(|r| r as usize >= packs.rows.len())
@@ -147,7 +194,11 @@ impl IndexView {
                 fs::remove_file(seg.path()).map_err(IndexError::io("remove", seg.path()))?;
                 continue;
             }
+            verified.insert(name, passed);
             segments.push((seq, seg));
+        }
+        if checks == Checks::Trusted && verified != known {
+            write_verified(dir, &verified);
         }
         segments.sort_by_key(|s| std::cmp::Reverse(s.0));
         Ok(IndexView {
