@@ -280,10 +280,9 @@ fn the_pack_table_round_trips_and_refuses_damage() {
     assert!(PackTable::decode(&b[..b.len() - 1], p).is_err());
 }
 
-#[test]
-fn an_orphan_segment_is_removed_on_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut v = IndexView::open(dir.path()).unwrap();
+/// A view in a new folder with one pack (row 0) holding chunk "c".
+fn view_with_one_pack(dir: &Path) -> IndexView {
+    let mut v = IndexView::open(dir).unwrap();
     let row = PackRow {
         id: Id::hash(b"p"),
         size: 1,
@@ -292,6 +291,13 @@ fn an_orphan_segment_is_removed_on_open() {
     };
     v.add_packs(&[row], vec![rec(Id::hash(b"c"), 0, 1)], 1 << 20)
         .unwrap();
+    v
+}
+
+#[test]
+fn an_orphan_segment_is_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    view_with_one_pack(dir.path());
     // A writer killed after its segment and before the table: rows 1.. unknown.
     write(dir.path(), 7, 1, &[rec(Id::hash(b"d"), 1, 2)]);
     let v = IndexView::open(dir.path()).unwrap();
@@ -499,16 +505,7 @@ fn a_segment_checked_whole_once_is_trusted_while_it_keeps_its_identity() {
 #[test]
 fn the_view_keeps_its_checks_in_a_file_that_may_be_lost_or_garbage() {
     let dir = tempfile::tempdir().unwrap();
-    let mut v = IndexView::open(dir.path()).unwrap();
-    let row = PackRow {
-        id: Id::hash(b"p"),
-        size: 1,
-        format: 1,
-        gone: false,
-    };
-    v.add_packs(&[row], vec![rec(Id::hash(b"c"), 0, 1)], 1 << 20)
-        .unwrap();
-    drop(v);
+    view_with_one_pack(dir.path());
     // Each open records what it checked.
     drop(IndexView::open(dir.path()).unwrap());
     let verified = dir.path().join(super::view::VERIFIED_NAME);
