@@ -1,6 +1,7 @@
 //! `ChunkIndex` over the cache (`Store::load_index`): refresh against the
 //! pack listing, packs added and removed by other handles, damage, two
 //! refreshes at once, the pending spill, and file modes.
+//! (compiled only for tests: `#[cfg(test)] mod index_cache_tests;` in mod.rs).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,6 @@
 //! Segment round trip and damage, the spill sorter against sort + dedup,
 //! and the view against a `HashMap` oracle.
+//! (compiled only for tests: `#[cfg(test)] mod tests;` in mod.rs).
 
 use std::collections::HashMap;
 use std::fs;

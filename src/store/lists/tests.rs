@@ -3,6 +3,7 @@
 //! chains stay bounded, an unchanged file writes nothing, and hostile
 //! nodes are refused with the blob's id. `measure_list_bytes` (ignored)
 //! prints the bytes a 1 % day costs a 4 GiB fixed-block file.
+//! (compiled only for tests: `#[cfg(test)] mod tests;` in mod.rs).
 
 use std::collections::HashMap;
 

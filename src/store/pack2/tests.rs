@@ -1,4 +1,5 @@
 //! Round trips and damage for format-2 frames, trailers and packs.
+//! (compiled only for tests: `#[cfg(test)] mod tests;` in mod.rs).
 
 use proptest::prelude::*;
 

@@ -2,6 +2,7 @@
 //! 2 M records built through the spill sorter under a 16 MiB budget, its
 //! build time, the process's peak RSS, and lookup costs. Ignored; run:
 //! `cargo test --lib store::chunk_index::tests::measure -- --ignored --nocapture --test-threads 1`
+//! (compiled only for tests: a module of the `#[cfg(test)]` tests).
 
 use std::time::Instant;
 

@@ -1,6 +1,7 @@
 //! hostile_nodes_are_refused: forged or damaged list blobs end a read with
 //! `chunk_corrupt` (or `chunk_missing`) naming the blob at fault, never
 //! with a loop, a panic, a wrong id count or a large allocation.
+//! (compiled only for tests: a module of the `#[cfg(test)]` tests).
 
 use super::*;
 

@@ -4,6 +4,7 @@
 //! a million ids: about an hour in a debug build on a busy machine, a few
 //! minutes with `CARGO_PROFILE_TEST_OPT_LEVEL=2`); run with
 //! `cargo test --lib store::lists::tests::measure -- --ignored --nocapture`.
+//! (compiled only for tests: a module of the `#[cfg(test)]` tests).
 
 use super::*;
 
