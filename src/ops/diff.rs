@@ -185,17 +185,15 @@ impl Spillable for Occurrence {
     }
 
     fn encode(&self, out: &mut [u8]) {
-        out[..32].copy_from_slice(&self.id.0);
+        self.id.encode(&mut out[..32]);
         out[32..].copy_from_slice(&self.at.to_le_bytes());
     }
 
     fn decode(b: &[u8]) -> Occurrence {
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&b[..32]);
         let mut at = [0u8; 8];
         at.copy_from_slice(&b[32..40]);
         Occurrence {
-            id: Id(id),
+            id: <Id as Spillable>::decode(&b[..32]),
             at: u64::from_le_bytes(at),
         }
     }

@@ -177,7 +177,7 @@ impl Spillable for SnapshotRef {
     }
 
     fn encode(&self, out: &mut [u8]) {
-        out[..32].copy_from_slice(&self.id.0);
+        self.id.encode(&mut out[..32]);
         out[32..].copy_from_slice(&self.snapshot.to_le_bytes());
     }
 
