@@ -2,7 +2,7 @@
 //! runtime (SQLite database, project registry, Chroma vector store).
 //!
 //! Where things live (layers, low to high; imports only point down):
-//! - ground floor (`src/*.rs`): `error`, `id`, `stamp`, `chunk`, `os`, `progress`, `failpoint`
+//! - ground floor (`src/*.rs`): `error`, `id`, `stamp`, `chunk`, `lanes`, `os`, `progress`, `failpoint`
 //! - `store/`: the on-disk format: backend (local, `s3/`), packs, index,
 //!   manifest, audit logs (drills, verifies, copies), keys, seal, locks,
 //!   cache, config; `Store`
@@ -19,6 +19,7 @@ pub mod chunk;
 pub mod error;
 pub mod failpoint;
 pub mod id;
+pub mod lanes;
 pub mod ops;
 pub mod os;
 pub mod progress;

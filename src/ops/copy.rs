@@ -221,8 +221,10 @@ pub fn copy(
             prev_trees: std::collections::HashMap::new(),
             chunks_sent: 0,
             move_frames: same_ids
-                && from.config().frames.is_some()
-                && from.config().frames == to.config().frames
+                && match (&from.config().frames, &to.config().frames) {
+                    (Some(from_frames), Some(to_frames)) => to_frames.takes_frames_of(from_frames),
+                    _ => false,
+                }
                 && from.config().compression == to.config().compression,
             unmovable: Default::default(),
             layouts: Default::default(),

@@ -51,6 +51,23 @@ pub struct FrameConfig {
     pub max_chunks: u32,
     /// A frame closes once its raw bytes reach this (1..=8 MiB).
     pub max_bytes: u32,
+    /// Whether writers may store frames of 4-byte numbers with codec 3
+    /// (`zstd` over byte lanes). Written only when true: a build without
+    /// the codec refuses such a config (an unknown field) instead of
+    /// reporting its frames as damage; a store made before the codec
+    /// keeps writing codecs 0 and 1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lanes: bool,
+}
+
+impl FrameConfig {
+    /// Whether a frame a store of config `from` wrote may move as it is
+    /// into a store of this config: cut the same way, and in a codec this
+    /// config allows (lanes frames only into a store that declares lanes).
+    pub fn takes_frames_of(&self, from: &FrameConfig) -> bool {
+        (self.max_chunks, self.max_bytes) == (from.max_chunks, from.max_bytes)
+            && (self.lanes || !from.lanes)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -98,6 +115,7 @@ impl StoreConfig {
             frames: Some(FrameConfig {
                 max_chunks: FrameParams::default_v2().frame_max_chunks,
                 max_bytes: FrameParams::default_v2().frame_max_bytes,
+                lanes: FrameParams::default_v2().lanes,
             }),
         }
     }
@@ -125,6 +143,7 @@ impl StoreConfig {
             compression: self.compression.clone(),
             frame_max_chunks: f.max_chunks,
             frame_max_bytes: f.max_bytes,
+            lanes: f.lanes,
         })
     }
 
@@ -247,7 +266,7 @@ mod tests {
             "{json}"
         );
         assert!(
-            json.contains(r#""frames":{"max_chunks":256,"max_bytes":1048576}"#),
+            json.contains(r#""frames":{"max_chunks":256,"max_bytes":1048576,"lanes":true}"#),
             "{json}"
         );
         let back = StoreConfig::parse(json.as_bytes(), "config.json").unwrap();

@@ -512,7 +512,8 @@ impl Store {
     /// fetching the few chunks that differ): each `(id, location, range)`
     /// into `buf[range]`. A frame already decoded is used; otherwise the
     /// frame is decoded only up to the end of the last chunk wanted from
-    /// it (not kept), and only the wanted chunks are re-hashed.
+    /// it (not kept), and only the wanted chunks are re-hashed (a lanes
+    /// frame, which cannot be decoded in part, is decoded whole and kept).
     pub fn read_scattered_into(
         &self,
         index: &ChunkIndex,
@@ -538,7 +539,10 @@ impl Store {
                     .frames
                     .peek(&(pack.id, first.frame_offset))
                     .is_some();
-            if !first.in_frame() || cached {
+            // A lanes frame has no prefix to decode: decoded whole, it
+            // is kept for the next chunk asked of it.
+            let whole = first.codec() == super::pack2::Codec::ZstdLanes;
+            if !first.in_frame() || cached || whole {
                 for (id, loc, range) in group {
                     self.read_chunk_into(index, id, loc, &mut buf[range.clone()])
                         .map_err(|f| (*id, f))?;

@@ -16,21 +16,25 @@ use atosnap::store::{Object, Store};
 use super::copy::{on, restored, stamps_of, validate_ok, verify_ok};
 use crate::support::{copy_tree, run_cmd, strings, truncate, Out, Runtime as Env};
 
-const PW: &[(&str, &str)] = &[("ATOSNAP_PASSWORD", "frames")];
+pub(super) const PW: &[(&str, &str)] = &[("ATOSNAP_PASSWORD", "frames")];
 
-fn run(env: &Env, store: &Path, args: &[&str], pw: &[(&str, &str)]) -> Out {
+pub(super) fn run(env: &Env, store: &Path, args: &[&str], pw: &[(&str, &str)]) -> Out {
     let out = run_cmd(on(env, store).args(args).envs(pw.iter().copied()));
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     out
 }
 
-fn ok(env: &Env, store: &Path, args: &[&str], pw: &[(&str, &str)]) -> Value {
+pub(super) fn ok(env: &Env, store: &Path, args: &[&str], pw: &[(&str, &str)]) -> Value {
     let out = run(env, store, args, pw);
     assert_eq!(out.code, 0, "{args:?}: {out:?}");
     out.json
 }
 
-fn init(env: &Env, store: &Path, encrypted: bool) -> &'static [(&'static str, &'static str)] {
+pub(super) fn init(
+    env: &Env,
+    store: &Path,
+    encrypted: bool,
+) -> &'static [(&'static str, &'static str)] {
     if encrypted {
         ok(env, store, &["init", "--encryption", "repokey"], PW);
         PW
@@ -62,7 +66,7 @@ fn assert_all_v2(store: &Path) {
 
 /// The chunk ids of the frame holding `id`, its pack's object name and
 /// the frame's (offset, stored length).
-fn frame_of(store: &Store, id: &Id) -> (Vec<Id>, String, u64, u64) {
+pub(super) fn frame_of(store: &Store, id: &Id) -> (Vec<Id>, String, u64, u64) {
     let index = store.load_index().unwrap();
     let loc = index.get(id).unwrap().expect("indexed");
     let info = index.pack(loc.pack).clone();
@@ -351,7 +355,7 @@ fn list_blobs_are_framed_apart_from_chunk_data() {
 }
 
 /// The chunk ids, in order, of the file at `path` in snapshot `stamp`.
-fn chunk_ids_of(store: &Store, stamp: &str, path: &[u8]) -> Vec<Id> {
+pub(super) fn chunk_ids_of(store: &Store, stamp: &str, path: &[u8]) -> Vec<Id> {
     let manifest = store
         .read_manifest(
             &atosnap::stamp::Stamp::parse(stamp).unwrap(),

@@ -20,6 +20,7 @@ mod gc;
 mod hardening;
 mod index_cache;
 mod interrupt;
+mod lanes;
 mod lock;
 mod ops;
 mod ops_surface;

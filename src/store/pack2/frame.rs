@@ -11,6 +11,7 @@ use std::ops::Range;
 
 use super::trailer::ChunkEntry;
 use super::{Codec, FrameKind, FrameParams, MAX_FRAME_CHUNKS, MAX_FRAME_RAW};
+use crate::chunk::FrameEncoding;
 use crate::error::Error;
 use crate::id::Id;
 use crate::store::seal::Sealer;
@@ -34,14 +35,14 @@ fn unit_error(chunks: &[ChunkEntry], detail: String) -> FrameError {
 }
 
 /// Opens the seal of a unit (frame or format-1 chunk): its encoded bytes
-/// and whether they are zstd-compressed.
+/// and how to decode them.
 fn open_unit(
     stored: Vec<u8>,
     codec: Codec,
     chunks: &[ChunkEntry],
     ad: AdMode,
     sealer: &Sealer,
-) -> Result<(Vec<u8>, bool), FrameError> {
+) -> Result<(Vec<u8>, FrameEncoding), FrameError> {
     let fail = |detail: String| unit_error(chunks, detail);
     let total: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
     if total > MAX_FRAME_RAW as u64 {
@@ -64,21 +65,17 @@ fn open_unit(
     } else {
         stored
     };
-    let compressed = match codec {
-        Codec::Raw => false,
-        Codec::Zstd => true,
-        Codec::ZstdDict => {
-            return Err(fail(
-                "uses a dictionary, which this build does not decode".to_string(),
-            ))
-        }
-    };
-    Ok((encoded, compressed))
+    let encoding = codec
+        .encoding()
+        .ok_or_else(|| fail("uses a dictionary, which this build does not decode".to_string()))?;
+    Ok((encoded, encoding))
 }
 
 /// The first `upto` raw bytes of a unit (at most its declared raw length),
 /// nothing past them decoded: a restore that needs one chunk early in a
-/// frame stops there. The caller re-hashes the chunks it takes.
+/// frame stops there (a lanes frame is decoded whole: its first word's
+/// last byte is in its last lane). The caller re-hashes the chunks it
+/// takes.
 pub fn decode_prefix(
     stored: Vec<u8>,
     codec: Codec,
@@ -90,18 +87,12 @@ pub fn decode_prefix(
     use std::io::Read;
     let total: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
     let upto = upto.min(total as usize);
-    let (encoded, compressed) = open_unit(stored, codec, chunks, ad, sealer)?;
-    if !compressed {
-        return match encoded.get(..upto) {
-            Some(head) if encoded.len() as u64 == total => Ok(head.to_vec()),
-            _ => Err(unit_error(
-                chunks,
-                format!(
-                    "stored length {} differs from the recorded {total}",
-                    encoded.len()
-                ),
-            )),
-        };
+    let (encoded, encoding) = open_unit(stored, codec, chunks, ad, sealer)?;
+    if encoding != FrameEncoding::Zstd {
+        let mut raw = crate::chunk::decode_frame(encoded, encoding, total as u32)
+            .map_err(|e| unit_error(chunks, format!("does not decode: {e}")))?;
+        raw.truncate(upto);
+        return Ok(raw);
     }
     let mut raw = vec![0; upto];
     zstd::stream::read::Decoder::with_buffer(&encoded[..])
@@ -168,13 +159,15 @@ impl FrameBuf {
             || self.raw.len() >= params.frame_max_bytes as usize)
     }
 
-    /// Encodes and seals the frame: zstd at the configured level (level 1
-    /// for data that barely compresses in an `auto` store,
-    /// [`crate::chunk::encode_frame`]), raw when the zstd output is above
-    /// `max_ratio_percent` of the raw bytes (the chunk codec's rule).
+    /// Encodes and seals the frame: zstd at the configured level (level 1,
+    /// in lanes when that pays, for data that barely compresses in an
+    /// `auto` store, [`crate::chunk::encode_frame`]), raw when the zstd
+    /// output is above `max_ratio_percent` of the raw bytes (the chunk
+    /// codec's rule).
     pub fn encode(self, params: &FrameParams, sealer: &Sealer) -> EncodedFrame {
-        let (encoded, compressed) = crate::chunk::encode_frame(&self.raw, &params.compression);
-        let codec = if compressed { Codec::Zstd } else { Codec::Raw };
+        let (encoded, encoding) =
+            crate::chunk::encode_frame(&self.raw, &params.compression, params.lanes);
+        let codec = Codec::of(encoding);
         let stored = seal_frame(sealer, encoded, &self.ids);
         EncodedFrame {
             kind: self.kind,
@@ -351,10 +344,10 @@ pub fn decode_unit(
     id_of: &dyn Fn(&[u8]) -> Id,
 ) -> Result<DecodedFrame, FrameError> {
     let total: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
-    let (encoded, compressed) = open_unit(stored, codec, chunks, ad, sealer)?;
+    let (encoded, encoding) = open_unit(stored, codec, chunks, ad, sealer)?;
     // `total` is at most MAX_FRAME_RAW, so it fits a u32, and `decode`
     // decompresses into exactly that much room.
-    let raw = crate::chunk::decode(encoded, compressed, total as u32)
+    let raw = crate::chunk::decode_frame(encoded, encoding, total as u32)
         .map_err(|e| unit_error(chunks, format!("does not decode: {e}")))?;
     let mut spans = Vec::with_capacity(chunks.len());
     let mut matches = Vec::with_capacity(chunks.len());

@@ -26,7 +26,7 @@ pub use frame::{
 pub use pack::{FinishedPackV2, PackReaderV2, PackWriterV2};
 pub use trailer::{ChunkEntry, FrameEntry, TrailerV2};
 
-use crate::chunk::CompressionParams;
+use crate::chunk::{CompressionParams, FrameEncoding};
 
 /// The first 8 bytes of a format-2 pack.
 pub const PACK2_MAGIC: &[u8; 8] = b"ATOPACK2";
@@ -67,6 +67,9 @@ pub enum Codec {
     /// zstd with one of the pack's dictionaries: in the format, not
     /// written or decoded by this build (design §6 R2).
     ZstdDict = 2,
+    /// zstd over the frame's bytes gathered into 4-byte lanes
+    /// ([`crate::lanes`]): frames of 4-byte numbers (HNSW floats).
+    ZstdLanes = 3,
 }
 
 impl Codec {
@@ -75,7 +78,27 @@ impl Codec {
             0 => Some(Codec::Raw),
             1 => Some(Codec::Zstd),
             2 => Some(Codec::ZstdDict),
+            3 => Some(Codec::ZstdLanes),
             _ => None,
+        }
+    }
+
+    /// The codec of a frame a writer encoded.
+    pub fn of(encoding: FrameEncoding) -> Codec {
+        match encoding {
+            FrameEncoding::Raw => Codec::Raw,
+            FrameEncoding::Zstd => Codec::Zstd,
+            FrameEncoding::ZstdLanes => Codec::ZstdLanes,
+        }
+    }
+
+    /// How this build decodes the codec (None: a dictionary frame).
+    pub fn encoding(self) -> Option<FrameEncoding> {
+        match self {
+            Codec::Raw => Some(FrameEncoding::Raw),
+            Codec::Zstd => Some(FrameEncoding::Zstd),
+            Codec::ZstdLanes => Some(FrameEncoding::ZstdLanes),
+            Codec::ZstdDict => None,
         }
     }
 }
@@ -91,11 +114,16 @@ pub struct FrameParams {
     /// A frame closes once its raw bytes reach this (so it holds at most
     /// this plus one chunk).
     pub frame_max_bytes: u32,
+    /// Whether frames of 4-byte numbers may be written with
+    /// [`Codec::ZstdLanes`] (a store whose config says so: builds before
+    /// the codec refuse such a config instead of reading its frames as
+    /// damage).
+    pub lanes: bool,
 }
 
 impl FrameParams {
-    /// Step 0's `init` defaults: zstd level 3, raw above 97 %, frames of
-    /// 1 MiB or 256 chunks.
+    /// `init`'s defaults: zstd level 3, raw above 97 %, frames of 1 MiB or
+    /// 256 chunks, lanes allowed.
     pub fn default_v2() -> FrameParams {
         FrameParams {
             compression: CompressionParams {
@@ -106,6 +134,7 @@ impl FrameParams {
             },
             frame_max_chunks: 256,
             frame_max_bytes: 1 << 20,
+            lanes: true,
         }
     }
 

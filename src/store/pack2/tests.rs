@@ -374,10 +374,10 @@ fn trailer_bounds_are_checked_before_allocation() {
     refused(decode_plain(&big, 38), "more than any frame");
     // Codec and dictionary fields.
     let mut bytes = good.clone();
-    bytes[20 + 14] = 3;
+    bytes[20 + 14] = 4;
     refused(
         TrailerV2::decode(&bytes, 1 << 20, 38, 0),
-        "unknown frame codec 3",
+        "unknown frame codec 4",
     );
     let mut dict = t.clone();
     dict.frames[0].codec = Codec::ZstdDict;

@@ -286,7 +286,7 @@ impl TrailerV2 {
                 f.dict,
                 self.dicts.len()
             ))),
-            Codec::Raw | Codec::Zstd if f.dict != 0 => Err(bad(format!(
+            Codec::Raw | Codec::Zstd | Codec::ZstdLanes if f.dict != 0 => Err(bad(format!(
                 "frame {i} names a dictionary without using one"
             ))),
             _ => Ok(()),
