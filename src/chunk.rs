@@ -7,7 +7,9 @@
 //!
 //! Encoding: zstd at the store's level, kept only when it pays (at most
 //! `max_ratio_percent` of the raw size), else the raw bytes; or always the
-//! raw bytes in a store made with `init --compression none`.
+//! raw bytes in a store made with `init --compression none`. The zstd
+//! calls (one compressor per tuning and thread) are here; which codec a
+//! format-2 frame gets is [`crate::codec`]'s choice.
 
 use std::cell::RefCell;
 use std::io::{self, Read};
@@ -282,9 +284,9 @@ impl<R: Read> Batcher<R> {
 }
 
 thread_local! {
-    /// One compressor per level this thread used (at most two: the
-    /// store's level and the probe's level 1).
-    static COMPRESSOR: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(Vec::new()) };
+    /// One compressor per tuning this thread used (at most four: the
+    /// store's level, the probe's level 1 and the two of lanes).
+    static COMPRESSOR: RefCell<Vec<(Tuning, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(Vec::new()) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -303,146 +305,59 @@ pub fn encode(raw: &[u8], params: &CompressionParams) -> (Vec<u8>, bool) {
     }
 }
 
+/// How zstd is set for one call (only the stored form depends on it:
+/// every zstd frame decodes the same way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tuning {
+    /// A zstd level as it is.
+    Level(i32),
+    /// Level 1 taking only long matches (7 bytes or more, from a table of
+    /// 256 entries), so that nearly everything is a literal, Huffman-coded:
+    /// for bytes of low entropy that seldom repeat in runs, as a lane of
+    /// float exponents. Measured on that lane of the 130k runtime's HNSW
+    /// file: 31.7 % of its size at about half the time of plain level 1,
+    /// which keeps 36.2 % (short matches code such bytes worse than
+    /// Huffman does).
+    Entropy,
+}
+
+impl Tuning {
+    fn compressor(self) -> Option<zstd::bulk::Compressor<'static>> {
+        use zstd::zstd_safe::CParameter;
+        match self {
+            Tuning::Level(level) => zstd::bulk::Compressor::new(level).ok(),
+            Tuning::Entropy => {
+                let mut c = zstd::bulk::Compressor::new(1).ok()?;
+                c.set_parameter(CParameter::MinMatch(7)).ok()?;
+                c.set_parameter(CParameter::HashLog(8)).ok()?;
+                Some(c)
+            }
+        }
+    }
+}
+
 /// zstd of `raw` at `level` with this thread's compressor for it.
-fn zstd_at(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+pub(crate) fn zstd_at(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+    zstd_with(raw, Tuning::Level(level))
+}
+
+/// zstd of `raw`, tuned as `tuning` says, with this thread's compressor
+/// for it (one zstd frame, its content size in its header).
+pub fn zstd_with(raw: &[u8], tuning: Tuning) -> Option<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut all = cell.borrow_mut();
-        let at = match all.iter().position(|(l, _)| *l == level) {
+        let at = match all.iter().position(|(t, _)| *t == tuning) {
             Some(at) => at,
             None => {
-                if all.len() >= 3 {
+                if all.len() >= 4 {
                     all.remove(0);
                 }
-                all.push((level, zstd::bulk::Compressor::new(level).ok()?));
+                all.push((tuning, tuning.compressor()?));
                 all.len() - 1
             }
         };
         all[at].1.compress(raw).ok()
     })
-}
-
-/// Frames this large or larger are probed before they are encoded.
-const PROBE_MIN: usize = 256 << 10;
-/// The probe: this many bytes from each quarter of the frame.
-const PROBE_SLICE: usize = 16 << 10;
-/// A probe that zstd level 1 keeps at this share of its size or more is
-/// data zstd barely shrinks (HNSW floats: 91 %, link lists: 80 %).
-const PROBE_POOR_PERCENT: usize = 85;
-
-/// A lanes probe at most this share of the plain probe's size makes the
-/// frame a lanes frame: on the 130k runtime's HNSW floats the lanes probe
-/// is about 90 % of the plain one; on SQLite pages and text, worse than it.
-const LANES_PAY_PERCENT: usize = 95;
-
-/// How a frame's raw bytes were encoded before sealing (the frame codecs
-/// a writer uses; `store::pack2::Codec` is their number on disk).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameEncoding {
-    Raw,
-    Zstd,
-    /// zstd over the frame's bytes gathered into 4-byte lanes
-    /// ([`crate::lanes`]).
-    ZstdLanes,
-}
-
-/// Encodes a frame (format 2): as [`encode`], except that in a store whose
-/// level is left to atosnap (`auto`) a frame whose level-1 probe barely
-/// shrinks is encoded at level 1, its bytes gathered into lanes first when
-/// `lanes` allows it and a lanes probe pays. On such data a higher level
-/// finds no more matches: measured on the 130k runtime's `data_level0.bin`
-/// in 1 MiB frames, level 3 was within 0.1 % of level 1's bytes at 2.4x
-/// its time (and in lanes, 1.3 % larger at 1.8x), while SQLite pages
-/// (probes at 20-70 %) are 4-11 % smaller at level 3 and keep it. Only the
-/// stored form changes, never a chunk id; the probe costs a level-1 pass
-/// over 64 KiB of the frame (two for a frame that barely shrinks).
-pub fn encode_frame(
-    raw: &[u8],
-    params: &CompressionParams,
-    lanes: bool,
-) -> (Vec<u8>, FrameEncoding) {
-    let plain = |(bytes, compressed): (Vec<u8>, bool)| {
-        let encoding = if compressed {
-            FrameEncoding::Zstd
-        } else {
-            FrameEncoding::Raw
-        };
-        (bytes, encoding)
-    };
-    if !(params.auto && params.algorithm == "zstd") {
-        return plain(encode(raw, params));
-    }
-    let Some(sample) = probe_sample(raw) else {
-        return plain(encode(raw, params));
-    };
-    let Some(plain_probe) = zstd_at(&sample, 1).map(|z| z.len()) else {
-        return plain(encode(raw, params));
-    };
-    if plain_probe * 100 < sample.len() * PROBE_POOR_PERCENT {
-        return plain(encode(raw, params));
-    }
-    let fast = CompressionParams {
-        level: 1,
-        ..params.clone()
-    };
-    let lanes_pay =
-        || lanes_probe(&sample).is_some_and(|size| size * 100 <= plain_probe * LANES_PAY_PERCENT);
-    if lanes && lanes_pay() {
-        let (bytes, compressed) = encode_as(&crate::lanes::split(raw), raw, &fast);
-        if compressed {
-            return (bytes, FrameEncoding::ZstdLanes);
-        }
-        return (bytes, FrameEncoding::Raw);
-    }
-    plain(encode(raw, &fast))
-}
-
-/// The probe's lanes at level 1, each compressed alone. In a whole frame
-/// each lane fills zstd blocks of its own, with their own Huffman tables:
-/// the gain. Gathered into one 64 KiB block, the lanes would share one
-/// table and probe exactly as the plain sample does.
-fn lanes_probe(sample: &[u8]) -> Option<usize> {
-    let lanes = crate::lanes::split(sample);
-    let lane = sample.len() / crate::lanes::WORD;
-    lanes
-        .chunks(lane.max(1))
-        .map(|l| zstd_at(l, 1).map(|z| z.len()))
-        .sum()
-}
-
-/// [`encode`] of `form` (raw's bytes in another order), judged against
-/// `raw`: the raw bytes are kept when zstd does not pay.
-fn encode_as(form: &[u8], raw: &[u8], params: &CompressionParams) -> (Vec<u8>, bool) {
-    match encode(form, params) {
-        (bytes, true) => (bytes, true),
-        (_, false) => (raw.to_vec(), false),
-    }
-}
-
-/// The probe of a frame: [`PROBE_SLICE`] bytes from each quarter of `raw`,
-/// each starting on a lane word (None for small frames: not probed).
-fn probe_sample(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.len() < PROBE_MIN {
-        return None;
-    }
-    let quarter = raw.len() / 4 / crate::lanes::WORD * crate::lanes::WORD;
-    let mut sample = Vec::with_capacity(4 * PROBE_SLICE);
-    for q in 0..4 {
-        sample.extend_from_slice(&raw[q * quarter..q * quarter + PROBE_SLICE]);
-    }
-    Some(sample)
-}
-
-/// Decodes a stored frame's (opened) bytes back to its `raw_len` raw bytes.
-pub fn decode_frame(
-    encoded: Vec<u8>,
-    encoding: FrameEncoding,
-    raw_len: u32,
-) -> Result<Vec<u8>, String> {
-    match encoding {
-        FrameEncoding::Raw => decode(encoded, false, raw_len),
-        FrameEncoding::Zstd => decode(encoded, true, raw_len),
-        FrameEncoding::ZstdLanes => decode(encoded, true, raw_len).map(|l| crate::lanes::join(&l)),
-    }
 }
 
 /// Decodes a stored chunk back to `raw_len` raw bytes.
@@ -504,121 +419,6 @@ mod tests {
         .unwrap()
         .unwrap();
         out
-    }
-
-    /// Float-like bytes: one byte in eight from a small set (an exponent),
-    /// the rest noise; zstd level 1 keeps about 90 % of them.
-    fn floats(len: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                if i % 8 == 7 {
-                    0x3c + (x % 3) as u8
-                } else {
-                    x as u8
-                }
-            })
-            .collect()
-    }
-
-    /// Embedding-like floats: f32 values near zero (a sum of uniforms),
-    /// little-endian, as in Chroma's HNSW `data_level0.bin`.
-    fn embedding(len: usize) -> Vec<u8> {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut uniform = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as f32 / (1u64 << 53) as f32 - 0.5
-        };
-        (0..len / 4)
-            .flat_map(|_| ((uniform() + uniform() + uniform()) * 0.1).to_le_bytes())
-            .collect()
-    }
-
-    fn auto_level_3() -> CompressionParams {
-        CompressionParams {
-            level: 3,
-            max_ratio_percent: 97,
-            ..CompressionParams::auto()
-        }
-    }
-
-    #[test]
-    fn frames_that_barely_compress_are_encoded_at_level_1_when_auto() {
-        let auto = auto_level_3();
-        let data = floats(1 << 20);
-        let (stored, encoding) = encode_frame(&data, &auto, false);
-        assert_eq!(encoding, FrameEncoding::Zstd);
-        assert_eq!(stored, zstd_at(&data, 1).unwrap());
-        assert_ne!(stored, zstd_at(&data, 3).unwrap());
-        let pinned = CompressionParams {
-            auto: false,
-            ..auto.clone()
-        };
-        assert_eq!(
-            encode_frame(&data, &pinned, true).0,
-            zstd_at(&data, 3).unwrap()
-        );
-        let text: Vec<u8> = (0..1 << 20)
-            .flat_map(|i: u32| format!("row {i} of the chunk table; ").into_bytes())
-            .take(1 << 20)
-            .collect();
-        assert_eq!(
-            encode_frame(&text, &auto, true),
-            (zstd_at(&text, 3).unwrap(), FrameEncoding::Zstd)
-        );
-        let small = floats(PROBE_MIN - 1);
-        assert_eq!(
-            encode_frame(&small, &auto, false).0,
-            zstd_at(&small, 3).unwrap()
-        );
-        for (raw, (stored, encoding)) in [
-            (&data, encode_frame(&data, &auto, false)),
-            (&text, encode_frame(&text, &auto, true)),
-        ] {
-            assert_eq!(
-                &decode_frame(stored, encoding, raw.len() as u32).unwrap(),
-                raw
-            );
-        }
-    }
-
-    #[test]
-    fn float_frames_are_stored_in_lanes_when_the_store_allows_it() {
-        let auto = auto_level_3();
-        // Not a multiple of 4: the tail travels as it is.
-        let mut data = embedding(1 << 20);
-        data.extend_from_slice(&[1, 2, 3]);
-        let (plain, encoding) = encode_frame(&data, &auto, false);
-        assert_eq!(encoding, FrameEncoding::Zstd);
-        let (lanes, encoding) = encode_frame(&data, &auto, true);
-        assert_eq!(encoding, FrameEncoding::ZstdLanes);
-        assert_eq!(lanes, zstd_at(&crate::lanes::split(&data), 1).unwrap());
-        assert!(
-            lanes.len() * 100 <= plain.len() * 95,
-            "lanes {} bytes, plain {}",
-            lanes.len(),
-            plain.len()
-        );
-        let back = decode_frame(lanes.clone(), FrameEncoding::ZstdLanes, data.len() as u32);
-        assert_eq!(back.unwrap(), data);
-        // The lanes' zstd frame declares the same raw length: a wrong one
-        // is refused, never a short or long frame.
-        assert!(decode_frame(lanes, FrameEncoding::ZstdLanes, data.len() as u32 - 1).is_err());
-        // Noise: neither form pays, stored raw.
-        let noise: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
-        assert_eq!(
-            encode_frame(&noise, &auto, true),
-            (noise.clone(), FrameEncoding::Raw)
-        );
-        // `floats` has its exponent-like byte in every other word only:
-        // lanes do not pay there, level 1 stays.
-        let sparse = floats(1 << 20);
-        assert_eq!(encode_frame(&sparse, &auto, true).1, FrameEncoding::Zstd);
     }
 
     proptest! {

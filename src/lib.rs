@@ -2,7 +2,7 @@
 //! runtime (SQLite database, project registry, Chroma vector store).
 //!
 //! Where things live (layers, low to high; imports only point down):
-//! - ground floor (`src/*.rs`): `error`, `id`, `stamp`, `chunk`, `lanes`, `os`, `progress`, `failpoint`
+//! - ground floor (`src/*.rs`): `error`, `id`, `stamp`, `chunk`, `codec` (with `lanes`), `os`, `progress`, `failpoint`
 //! - `store/`: the on-disk format: backend (local, `s3/`), packs, index,
 //!   manifest, audit logs (drills, verifies, copies), keys, seal, locks,
 //!   cache, config; `Store`
@@ -16,10 +16,10 @@
 //! JSON and maps errors to exit codes.
 
 pub mod chunk;
+pub mod codec;
 pub mod error;
 pub mod failpoint;
 pub mod id;
-pub mod lanes;
 pub mod ops;
 pub mod os;
 pub mod progress;

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::trailer::ChunkEntry;
 use super::{Codec, FrameKind, FrameParams, MAX_FRAME_CHUNKS, MAX_FRAME_RAW};
-use crate::chunk::FrameEncoding;
+use crate::codec::FrameEncoding;
 use crate::error::Error;
 use crate::id::Id;
 use crate::store::seal::Sealer;
@@ -89,7 +89,7 @@ pub fn decode_prefix(
     let upto = upto.min(total as usize);
     let (encoded, encoding) = open_unit(stored, codec, chunks, ad, sealer)?;
     if encoding != FrameEncoding::Zstd {
-        let mut raw = crate::chunk::decode_frame(encoded, encoding, total as u32)
+        let mut raw = crate::codec::decode_frame(encoded, encoding, total as u32)
             .map_err(|e| unit_error(chunks, format!("does not decode: {e}")))?;
         raw.truncate(upto);
         return Ok(raw);
@@ -161,12 +161,12 @@ impl FrameBuf {
 
     /// Encodes and seals the frame: zstd at the configured level (level 1,
     /// in lanes when that pays, for data that barely compresses in an
-    /// `auto` store, [`crate::chunk::encode_frame`]), raw when the zstd
+    /// `auto` store, [`crate::codec::encode_frame`]), raw when the zstd
     /// output is above `max_ratio_percent` of the raw bytes (the chunk
     /// codec's rule).
     pub fn encode(self, params: &FrameParams, sealer: &Sealer) -> EncodedFrame {
         let (encoded, encoding) =
-            crate::chunk::encode_frame(&self.raw, &params.compression, params.lanes);
+            crate::codec::encode_frame(&self.raw, &params.compression, params.lanes);
         let codec = Codec::of(encoding);
         let stored = seal_frame(sealer, encoded, &self.ids);
         EncodedFrame {
@@ -347,7 +347,7 @@ pub fn decode_unit(
     let (encoded, encoding) = open_unit(stored, codec, chunks, ad, sealer)?;
     // `total` is at most MAX_FRAME_RAW, so it fits a u32, and `decode`
     // decompresses into exactly that much room.
-    let raw = crate::chunk::decode_frame(encoded, encoding, total as u32)
+    let raw = crate::codec::decode_frame(encoded, encoding, total as u32)
         .map_err(|e| unit_error(chunks, format!("does not decode: {e}")))?;
     let mut spans = Vec::with_capacity(chunks.len());
     let mut matches = Vec::with_capacity(chunks.len());

@@ -26,7 +26,8 @@ pub use frame::{
 pub use pack::{FinishedPackV2, PackReaderV2, PackWriterV2};
 pub use trailer::{ChunkEntry, FrameEntry, TrailerV2};
 
-use crate::chunk::{CompressionParams, FrameEncoding};
+use crate::chunk::CompressionParams;
+use crate::codec::FrameEncoding;
 
 /// The first 8 bytes of a format-2 pack.
 pub const PACK2_MAGIC: &[u8; 8] = b"ATOPACK2";
@@ -68,7 +69,7 @@ pub enum Codec {
     /// written or decoded by this build (design §6 R2).
     ZstdDict = 2,
     /// zstd over the frame's bytes gathered into 4-byte lanes
-    /// ([`crate::lanes`]): frames of 4-byte numbers (HNSW floats).
+    /// ([`crate::codec::lanes`]): frames of 4-byte numbers (HNSW floats).
     ZstdLanes = 3,
 }
 
