@@ -284,9 +284,12 @@ impl<R: Read> Batcher<R> {
 }
 
 thread_local! {
-    /// One compressor per tuning this thread used (at most four: the
-    /// store's level, the probe's level 1 and the two of lanes).
-    static COMPRESSOR: RefCell<Vec<(Tuning, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's compressor and the tuning it is set to. One context,
+    /// set again when the tuning changes, rather than one per tuning: a
+    /// frame may go through four (the store's level, the probe's level 1,
+    /// the two of lanes), and each context holds its tables (about 1 to
+    /// 3 MiB at these levels) for as long as its thread lives.
+    static COMPRESSOR: RefCell<Option<(Tuning, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -322,15 +325,16 @@ pub enum Tuning {
 }
 
 impl Tuning {
-    fn compressor(self) -> Option<zstd::bulk::Compressor<'static>> {
-        use zstd::zstd_safe::CParameter;
+    /// Sets `c` to this tuning, from whatever it was set to.
+    fn set(self, c: &mut zstd::bulk::Compressor<'static>) -> Option<()> {
+        use zstd::zstd_safe::{CParameter, ResetDirective};
+        c.context_mut().reset(ResetDirective::Parameters).ok()?;
         match self {
-            Tuning::Level(level) => zstd::bulk::Compressor::new(level).ok(),
+            Tuning::Level(level) => c.set_compression_level(level).ok(),
             Tuning::Entropy => {
-                let mut c = zstd::bulk::Compressor::new(1).ok()?;
+                c.set_compression_level(1).ok()?;
                 c.set_parameter(CParameter::MinMatch(7)).ok()?;
-                c.set_parameter(CParameter::HashLog(8)).ok()?;
-                Some(c)
+                c.set_parameter(CParameter::HashLog(8)).ok()
             }
         }
     }
@@ -345,18 +349,22 @@ pub(crate) fn zstd_at(raw: &[u8], level: i32) -> Option<Vec<u8>> {
 /// for it (one zstd frame, its content size in its header).
 pub fn zstd_with(raw: &[u8], tuning: Tuning) -> Option<Vec<u8>> {
     COMPRESSOR.with(|cell| {
-        let mut all = cell.borrow_mut();
-        let at = match all.iter().position(|(t, _)| *t == tuning) {
-            Some(at) => at,
-            None => {
-                if all.len() >= 4 {
-                    all.remove(0);
-                }
-                all.push((tuning, tuning.compressor()?));
-                all.len() - 1
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some((tuning, zstd::bulk::Compressor::new(0).ok()?));
+            let (_, c) = slot.as_mut()?;
+            tuning.set(c)?;
+        }
+        let (set_to, c) = slot.as_mut()?;
+        if *set_to != tuning {
+            // A failed set leaves the context unknown: dropped, made anew.
+            if tuning.set(c).is_none() {
+                *slot = None;
+                return None;
             }
-        };
-        all[at].1.compress(raw).ok()
+            *set_to = tuning;
+        }
+        c.compress(raw).ok()
     })
 }
 
