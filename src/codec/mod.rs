@@ -38,7 +38,7 @@ pub enum FrameEncoding {
 /// `lanes` allows it and a lanes probe pays. On such data a higher level
 /// finds no more matches: measured on the 130k runtime's `data_level0.bin`
 /// in 1 MiB frames, level 3 was within 0.1 % of level 1's bytes at 2.4x
-/// its time (and in lanes, 1.3 % larger at 1.8x), while SQLite pages
+/// its time (in lanes, 1.3 % larger than level 1 at 1.8x), while SQLite pages
 /// (probes at 20-70 %) are 4-11 % smaller at level 3 and keep it. Only the
 /// stored form changes, never a chunk id; the probe costs a level-1 pass
 /// over 64 KiB of the frame (two for a frame that barely shrinks).
@@ -217,8 +217,8 @@ mod tests {
         );
         let back = decode_frame(lanes.clone(), FrameEncoding::ZstdLanes, data.len() as u32);
         assert_eq!(back.unwrap(), data);
-        // The lanes' zstd frame declares the same raw length: a wrong one
-        // is refused, never a short or long frame.
+        // The lanes' zstd frames decode to exactly the raw length: a
+        // wrong one is refused, never a short or long frame.
         assert!(decode_frame(lanes, FrameEncoding::ZstdLanes, data.len() as u32 - 1).is_err());
         // Noise: neither form pays, stored raw.
         let noise: Vec<u8> = (0..1 << 20).map(|_| rand::random::<u8>()).collect();
