@@ -80,6 +80,52 @@ pub(super) fn frame_of(store: &Store, id: &Id) -> (Vec<Id>, String, u64, u64) {
     (ids, name, f.offset as u64, f.stored_len as u64)
 }
 
+/// Restores `stamp` into a folder and checks it holds the live Chroma
+/// tree and registry, byte for byte.
+pub(super) fn restore_to_matches_live(env: &Env, stamp: &str, pw: &[(&str, &str)], label: &str) {
+    let to = env.dir.path().join(format!("restored-{label}"));
+    ok(
+        env,
+        &env.store,
+        &["restore", stamp, "--to", to.to_str().unwrap()],
+        pw,
+    );
+    assert_eq!(
+        crate::support::restorable_tree(&to.join("chroma"), &to.join("project-registry.json")),
+        env.restorable()
+    );
+}
+
+/// Runs verify over a store with one damaged frame (of chunk `ids`, in
+/// pack `name`): exit 3, the pack named, and the chunks named corrupt all
+/// of that frame (every one of them when the frame is sealed: it no
+/// longer authenticates; in an unencrypted store zstd keeps no checksum,
+/// so a flipped literal garbles the chunks it lands in, each named, and a
+/// broken block names them all).
+pub(super) fn verify_names_the_frame(
+    env: &Env,
+    pw: &[(&str, &str)],
+    name: &str,
+    ids: &[Id],
+    encrypted: bool,
+) {
+    let out = run(env, &env.store, &["verify"], pw);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        strings(&out.json["damaged_objects"]).contains(&name.to_string()),
+        "{out:?}"
+    );
+    let corrupt: BTreeSet<String> = strings(&out.json["corrupt"]).into_iter().collect();
+    let frame: BTreeSet<String> = ids.iter().map(Id::to_hex).collect();
+    assert!(
+        !corrupt.is_empty() && corrupt.is_subset(&frame),
+        "{corrupt:?}"
+    );
+    if encrypted {
+        assert_eq!(corrupt, frame);
+    }
+}
+
 #[test]
 fn new_stores_write_format2_packs_and_round_trip_plain_and_repokey() {
     for encrypted in [false, true] {
@@ -107,17 +153,7 @@ fn new_stores_write_format2_packs_and_round_trip_plain_and_repokey() {
         validate_ok(&env, &env.store, &s1, pw);
         verify_ok(&env, &env.store, pw);
         // Restored files are the live ones, byte for byte.
-        let to = env.dir.path().join(format!("restored-{encrypted}"));
-        ok(
-            &env,
-            &env.store,
-            &["restore", &s1, "--to", to.to_str().unwrap()],
-            pw,
-        );
-        assert_eq!(
-            crate::support::restorable_tree(&to.join("chroma"), &to.join("project-registry.json")),
-            env.restorable()
-        );
+        restore_to_matches_live(&env, &s1, pw, &encrypted.to_string());
         // The restore the copy helpers make agrees too (db included).
         let tree = restored(&env, &env.store, &s1, pw);
         assert!(tree.contains_key("chroma"), "{tree:?}");
@@ -155,25 +191,7 @@ fn a_flipped_frame_byte_names_the_chunks_of_the_frame_and_restore_refuses() {
         assert!(ids.len() > 1, "a frame of several chunks");
         crate::support::flip_bit(&env.store.join(&name), offset + len / 2);
 
-        let out = run(&env, &env.store, &["verify"], pw);
-        assert_eq!(out.code, 3, "{out:?}");
-        assert!(
-            strings(&out.json["damaged_objects"]).contains(&name),
-            "{out:?}"
-        );
-        let corrupt: BTreeSet<String> = strings(&out.json["corrupt"]).into_iter().collect();
-        let frame: BTreeSet<String> = ids.iter().map(Id::to_hex).collect();
-        if encrypted {
-            // The frame no longer authenticates: every chunk of it.
-            assert_eq!(corrupt, frame);
-        } else {
-            // zstd keeps no checksum: a flipped literal garbles the chunks
-            // it lands in, each named; a broken block names them all.
-            assert!(
-                !corrupt.is_empty() && corrupt.is_subset(&frame),
-                "{corrupt:?}"
-            );
-        }
+        verify_names_the_frame(&env, pw, &name, &ids, encrypted);
 
         let out = run(&env, &env.store, &["validate", &s1], pw);
         assert_eq!(out.code, 3, "{out:?}");

@@ -4,21 +4,22 @@
 //! any frame's; a store made before the codec never gets a lanes frame,
 //! neither from `create` nor moved in by `copy`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
 use serde_json::Value;
 
-use atosnap::id::Id;
 use atosnap::store::key::Secrets;
 use atosnap::store::location::StoreAddress;
 use atosnap::store::pack2::Codec;
 use atosnap::store::{Object, Store};
 
 use super::copy::{on, restored, validate_ok, verify_ok};
-use super::frames::{chunk_ids_of, frame_of, init, ok, run};
-use crate::support::{run_cmd, strings, Runtime as Env};
+use super::frames::{
+    chunk_ids_of, frame_of, init, ok, restore_to_matches_live, run, verify_names_the_frame,
+};
+use crate::support::{run_cmd, Runtime as Env};
 
 /// Frames per codec over every pack of the store.
 fn codecs(dir: &Path, secrets: &Secrets) -> BTreeMap<u8, usize> {
@@ -75,17 +76,7 @@ fn hnsw_floats_are_stored_in_lanes_and_every_reader_gets_them_back() {
 
         validate_ok(&env, &env.store, &s1, pw);
         verify_ok(&env, &env.store, pw);
-        let to = env.dir.path().join(format!("restored-{encrypted}"));
-        ok(
-            &env,
-            &env.store,
-            &["restore", &s1, "--to", to.to_str().unwrap()],
-            pw,
-        );
-        assert_eq!(
-            crate::support::restorable_tree(&to.join("chroma"), &to.join("project-registry.json")),
-            env.restorable()
-        );
+        restore_to_matches_live(&env, &s1, pw, &encrypted.to_string());
 
         // A flipped byte in the frame of an HNSW block: named like any
         // frame's damage, and no restore takes it.
@@ -101,21 +92,7 @@ fn hnsw_floats_are_stored_in_lanes_and_every_reader_gets_them_back() {
         let (ids, name, offset, len) = frame_of(&store, &id);
         drop(store);
         crate::support::flip_bit(&env.store.join(&name), offset + len / 3);
-        let out = run(&env, &env.store, &["verify"], pw);
-        assert_eq!(out.code, 3, "{out:?}");
-        assert!(
-            strings(&out.json["damaged_objects"]).contains(&name),
-            "{out:?}"
-        );
-        let corrupt: BTreeSet<String> = strings(&out.json["corrupt"]).into_iter().collect();
-        let frame: BTreeSet<String> = ids.iter().map(Id::to_hex).collect();
-        assert!(
-            !corrupt.is_empty() && corrupt.is_subset(&frame),
-            "{corrupt:?}"
-        );
-        if encrypted {
-            assert_eq!(corrupt, frame, "the frame no longer authenticates");
-        }
+        verify_names_the_frame(&env, pw, &name, &ids, encrypted);
         let hnsw = env.hnsw_bin();
         fs::write(&hnsw, b"changed live").unwrap();
         let out = run(
