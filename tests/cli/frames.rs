@@ -126,6 +126,22 @@ pub(super) fn verify_names_the_frame(
     }
 }
 
+/// With the live HNSW file changed (so the restore needs the store's
+/// chunks of it), a live restore of `stamp` from a damaged store is
+/// refused (exit 3) and the live file is left as it was.
+pub(super) fn a_live_restore_is_refused(env: &Env, stamp: &str, pw: &[(&str, &str)]) {
+    let hnsw = env.hnsw_bin();
+    fs::write(&hnsw, b"changed live").unwrap();
+    let out = run(
+        env,
+        &env.store,
+        &["restore", stamp, "--confirm-service-stopped"],
+        pw,
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(fs::read(&hnsw).unwrap(), b"changed live", "live untouched");
+}
+
 #[test]
 fn new_stores_write_format2_packs_and_round_trip_plain_and_repokey() {
     for encrypted in [false, true] {
@@ -202,16 +218,7 @@ fn a_flipped_frame_byte_names_the_chunks_of_the_frame_and_restore_refuses() {
         // taken from them, not from the store).
         fs::write(env.db(), b"changed live db").unwrap();
         let db_before = fs::read(env.db()).unwrap();
-        let hnsw = env.hnsw_bin();
-        fs::write(&hnsw, b"changed live").unwrap();
-        let out = run(
-            &env,
-            &env.store,
-            &["restore", &s1, "--confirm-service-stopped"],
-            pw,
-        );
-        assert_eq!(out.code, 3, "{out:?}");
-        assert_eq!(fs::read(&hnsw).unwrap(), b"changed live", "live untouched");
+        a_live_restore_is_refused(&env, &s1, pw);
         assert_eq!(fs::read(env.db()).unwrap(), db_before);
     }
 }

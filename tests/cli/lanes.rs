@@ -17,7 +17,8 @@ use atosnap::store::{Object, Store};
 
 use super::copy::{on, restored, validate_ok, verify_ok};
 use super::frames::{
-    chunk_ids_of, frame_of, init, ok, restore_to_matches_live, run, verify_names_the_frame,
+    a_live_restore_is_refused, chunk_ids_of, frame_of, init, ok, restore_to_matches_live,
+    verify_names_the_frame,
 };
 use crate::support::{run_cmd, Runtime as Env};
 
@@ -93,16 +94,7 @@ fn hnsw_floats_are_stored_in_lanes_and_every_reader_gets_them_back() {
         drop(store);
         crate::support::flip_bit(&env.store.join(&name), offset + len / 3);
         verify_names_the_frame(&env, pw, &name, &ids, encrypted);
-        let hnsw = env.hnsw_bin();
-        fs::write(&hnsw, b"changed live").unwrap();
-        let out = run(
-            &env,
-            &env.store,
-            &["restore", &s1, "--confirm-service-stopped"],
-            pw,
-        );
-        assert_eq!(out.code, 3, "{out:?}");
-        assert_eq!(fs::read(&hnsw).unwrap(), b"changed live", "live untouched");
+        a_live_restore_is_refused(&env, &s1, pw);
     }
 }
 
