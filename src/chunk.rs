@@ -8,7 +8,7 @@
 //! Encoding: zstd at the store's level, kept only when it pays (at most
 //! `max_ratio_percent` of the raw size), else the raw bytes; or always the
 //! raw bytes in a store made with `init --compression none`. The zstd
-//! calls (one compressor per tuning and thread) are here; which codec a
+//! calls (one compressor per thread, set to each call's tuning) are here; which codec a
 //! format-2 frame gets is [`crate::codec`]'s choice.
 
 use std::cell::RefCell;
@@ -350,21 +350,17 @@ pub(crate) fn zstd_at(raw: &[u8], level: i32) -> Option<Vec<u8>> {
 pub fn zstd_with(raw: &[u8], tuning: Tuning) -> Option<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some((tuning, zstd::bulk::Compressor::new(0).ok()?));
-            let (_, c) = slot.as_mut()?;
-            tuning.set(c)?;
+        if slot.as_ref().map(|(set_to, _)| *set_to) != Some(tuning) {
+            let mut c = match slot.take() {
+                Some((_, c)) => c,
+                None => zstd::bulk::Compressor::new(0).ok()?,
+            };
+            // A failed set leaves the slot empty: the next call makes a
+            // new context rather than trust one set halfway.
+            tuning.set(&mut c)?;
+            *slot = Some((tuning, c));
         }
-        let (set_to, c) = slot.as_mut()?;
-        if *set_to != tuning {
-            // A failed set leaves the context unknown: dropped, made anew.
-            if tuning.set(c).is_none() {
-                *slot = None;
-                return None;
-            }
-            *set_to = tuning;
-        }
-        c.compress(raw).ok()
+        slot.as_mut()?.1.compress(raw).ok()
     })
 }
 
