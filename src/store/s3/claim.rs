@@ -1,6 +1,7 @@
 //! Claims on a snapshot folder: when a claim left by a crashed writer counts
 //! as abandoned.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::store::backend::ListEntry;
@@ -36,4 +37,117 @@ pub(super) fn abandoned(present: &[ListEntry]) -> bool {
             .iter()
             .all(|(h, pid)| *h == host && !crate::os::process_alive(*pid));
     stale || dead_local_claim
+}
+
+/// Whether the leftovers of an uncommitted folder may be deleted.
+/// `before` is the listing that found the folder without its commit file
+/// and was then judged [`abandoned`]; `after` a listing taken once that
+/// judgement was made. Why two: a writer's process is looked up after the
+/// listing, and in between the writer may have committed and exited, so
+/// `before` alone would condemn a complete folder. A writer judged gone
+/// writes nothing later, so `after` holds all it wrote: its commit if it
+/// committed (the folder stays), and no claim but the ones judged (a
+/// newer claim is a live writer's until judged in turn).
+pub(super) fn may_clear(before: &[ListEntry], after: &[ListEntry], commit: &str) -> bool {
+    let claims = |listing: &[ListEntry]| -> BTreeSet<String> {
+        listing
+            .iter()
+            .filter(|e| is_claim(&e.name))
+            .map(|e| e.name.clone())
+            .collect()
+    };
+    !after.iter().any(|e| e.name == commit)
+        && claims(after).is_subset(&claims(before))
+        && abandoned(after)
+}
+
+fn is_claim(name: &str) -> bool {
+    name.rsplit('/')
+        .next()
+        .is_some_and(|n| n.starts_with(CLAIM_PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    const DIR: &str = "snapshots/20260101T000000Z";
+    const COMMIT: &str = "snapshots/20260101T000000Z/manifest.bin";
+
+    fn entry(name: &str, age: Duration) -> ListEntry {
+        ListEntry {
+            name: format!("{DIR}/{name}"),
+            size: 1,
+            modified: SystemTime::now().checked_sub(age),
+            etag: None,
+        }
+    }
+
+    fn claim_of(host: &str, pid: u32) -> ListEntry {
+        entry(
+            &format!("{CLAIM_PREFIX}{host}-{pid}-00000000000000ab"),
+            Duration::ZERO,
+        )
+    }
+
+    /// A pid of this host that runs no process.
+    fn dead_pid() -> u32 {
+        (4_000_000..4_100_000)
+            .find(|p| !crate::os::process_alive(*p))
+            .expect("a free pid")
+    }
+
+    fn here() -> String {
+        crate::store::lock::object::hostname()
+    }
+
+    #[test]
+    fn a_claim_is_abandoned_when_its_process_is_gone_or_the_folder_went_still() {
+        let meta = entry("backup-metadata.json", Duration::ZERO);
+        let dead = claim_of(&here(), dead_pid());
+        assert!(abandoned(&[dead.clone(), meta.clone()]));
+        let live = claim_of(&here(), std::process::id());
+        assert!(!abandoned(&[live, meta.clone()]));
+        // Another host's process cannot be looked up: only time tells.
+        let remote = claim_of("another-host", dead_pid());
+        assert!(!abandoned(&[remote, meta.clone()]));
+        let old = entry(
+            "backup-metadata.json",
+            ABANDONED_AFTER + Duration::from_secs(1),
+        );
+        assert!(abandoned(&[old]));
+        // No claim at all, fresh files: a writer may still be at work.
+        assert!(!abandoned(&[meta]));
+    }
+
+    #[test]
+    fn a_writer_that_committed_after_the_listing_keeps_its_folder() {
+        let dead = claim_of(&here(), dead_pid());
+        let meta = entry("backup-metadata.json", Duration::ZERO);
+        let before = [dead.clone(), meta.clone()];
+        assert!(abandoned(&before), "judged on the first listing alone");
+        // It committed, dropped its claim and exited before it was looked up.
+        let committed = [meta.clone(), entry("manifest.bin", Duration::ZERO)];
+        assert!(!may_clear(&before, &committed, COMMIT));
+        // Still without its commit: the leftovers of a dead writer go.
+        assert!(may_clear(&before, &before, COMMIT));
+        // It wrote one more file before it died: that goes too.
+        let more = [dead, meta, entry("extra.json", Duration::ZERO)];
+        assert!(may_clear(&before, &more, COMMIT));
+    }
+
+    #[test]
+    fn a_claim_that_appeared_after_the_listing_is_left_to_its_writer() {
+        let dead = claim_of(&here(), dead_pid());
+        let before = [dead.clone()];
+        // A writer whose claim was not judged: even a gone one is judged
+        // on a listing of its own first.
+        let newer = [dead.clone(), claim_of(&here(), dead_pid() + 1)];
+        assert!(!may_clear(&before, &newer, COMMIT));
+        let live = [dead, claim_of(&here(), std::process::id())];
+        assert!(!may_clear(&before, &live, COMMIT));
+        // Emptied meanwhile (another taker cleared it): nothing to delete.
+        assert!(may_clear(&before, &[], COMMIT));
+    }
 }

@@ -107,7 +107,7 @@ use opendal::services::S3;
 use opendal::{ErrorKind as OdKind, HttpTransporter, OperationContext, Operator};
 
 use super::backend::{create_private_dir_all, temp_path_in, Backend, ListEntry, ObjectStat};
-use claim::abandoned;
+use claim::{abandoned, may_clear};
 use errors::{error_chain, is_unreachable, scrub, Names};
 use spool::Spool;
 use throttle::Pacers;
@@ -632,8 +632,14 @@ impl Backend for S3Backend {
                 }
                 // A writer died between its claim and its commit: its
                 // leftovers go, and the folder is claimed afresh (a racing
-                // taker is resolved by the claim below).
-                for e in &present {
+                // taker is resolved by the claim below). Listed again
+                // first: the writer may have committed after the listing
+                // above and exited before it was looked up.
+                let now = self.list_files(dir)?;
+                if !may_clear(&present, &now, &commit) {
+                    return Ok(false);
+                }
+                for e in &now {
                     let _ = self.op.delete(&e.name);
                 }
             }
