@@ -201,6 +201,11 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
         .unwrap();
     let code = outage_during(child, &dest.url, &dest.cache, 0);
     assert_eq!(code, 1, "the copy was cut off mid-way");
+    // The cut-off run is in the source's copy log, with its error.
+    let failed = copy_records(&local.store);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["ok"], false, "{failed:?}");
+    assert!(failed[0]["error"]["code"].is_string(), "{failed:?}");
     // The bucket lists nothing (the manifest goes last) or only whole
     // snapshots.
     assert!(dest.stamps().is_empty(), "{:?}", dest.stamps());
@@ -218,6 +223,16 @@ fn the_server_going_away_mid_create_and_mid_copy_breaks_nothing() {
     );
     assert_eq!(dest.stamps(), local.stamps());
     assert_whole(&dest);
+}
+
+/// The copy records of a local, unencrypted store, as JSON.
+fn copy_records(store: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_dir(store.join("copies"))
+        .map(|d| {
+            d.map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// gc rewrites sparse packs: their live chunks go into new packs, uploaded

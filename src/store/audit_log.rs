@@ -78,6 +78,18 @@ pub struct CopyRecord {
     /// found there).
     pub newest_stamp: Option<String>,
     pub ok: bool,
+    /// Why the run stopped, when it failed as a whole (the destination or
+    /// the source failed mid-way); a run that only skipped damaged
+    /// snapshots has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RecordedError>,
+}
+
+/// An error as a record keeps it: its stable code and its message.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RecordedError {
+    pub code: String,
+    pub message: String,
 }
 
 impl CopyRecord {

@@ -243,6 +243,46 @@ fn bad_sample_flags_are_usage_errors_naming_the_flag() {
     assert_eq!(out.json["packs_sampled"], 1);
 }
 
+/// A copy that stops on an error at the destination still leaves its
+/// record in the source (not ok, with the error's code), so the log shows
+/// the failure instead of only the last success growing old.
+#[test]
+fn a_copy_failing_at_the_destination_is_recorded_with_its_error() {
+    let (env, s1, s2) = two_snapshots();
+    let dest = env.path("offsite");
+    let to = dest.to_str().unwrap();
+    env.ok(&["copy", "--to", to, &s1]);
+    // A file where the destination's scratch folder should be: the copy
+    // of s2 cannot stage anything there.
+    fs::remove_dir_all(dest.join("tmp")).unwrap();
+    fs::write(dest.join("tmp"), b"in the way").unwrap();
+    let out = env.run(&["copy", "--to", to]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let code = out.error_code();
+    let recs = records(&env, "copies");
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    let failed = recs
+        .iter()
+        .find(|r| r["ok"] == false)
+        .expect("a failed record");
+    assert_eq!(failed["error"]["code"], code, "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tmp"), "names what failed: {message}");
+    assert_eq!(failed["stamps_copied"], serde_json::json!([]));
+    assert_eq!(failed["newest_stamp"], s1.as_str(), "s1 was found there");
+    // Only successes count as the last copy; the next good run is one.
+    fs::remove_file(dest.join("tmp")).unwrap();
+    let again = env.ok(&["copy", "--to", to]);
+    assert_eq!(again["snapshots_copied"][0], s2.as_str());
+    let recs = records(&env, "copies");
+    assert_eq!(recs.len(), 3);
+    assert_eq!(recs.iter().filter(|r| r["ok"] == true).count(), 2);
+    assert!(recs
+        .iter()
+        .filter(|r| r["ok"] == true)
+        .all(|r| r.get("error").is_none()));
+}
+
 #[test]
 fn copy_records_the_newest_stamp_per_destination() {
     let (env, s1, s2) = two_snapshots();
