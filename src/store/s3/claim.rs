@@ -91,11 +91,16 @@ mod tests {
         )
     }
 
-    /// A pid of this host that runs no process.
-    fn dead_pid() -> u32 {
+    /// The `n`th pid (from 0) of this host that runs no process.
+    fn dead_pid_n(n: usize) -> u32 {
         (4_000_000..4_100_000)
-            .find(|p| !crate::os::process_alive(*p))
+            .filter(|p| !crate::os::process_alive(*p))
+            .nth(n)
             .expect("a free pid")
+    }
+
+    fn dead_pid() -> u32 {
+        dead_pid_n(0)
     }
 
     fn here() -> String {
@@ -143,7 +148,7 @@ mod tests {
         let before = [dead.clone()];
         // A writer whose claim was not judged: even a gone one is judged
         // on a listing of its own first.
-        let newer = [dead.clone(), claim_of(&here(), dead_pid() + 1)];
+        let newer = [dead.clone(), claim_of(&here(), dead_pid_n(1))];
         assert!(!may_clear(&before, &newer, COMMIT));
         let live = [dead, claim_of(&here(), std::process::id())];
         assert!(!may_clear(&before, &live, COMMIT));
