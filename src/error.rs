@@ -213,6 +213,8 @@ pub enum Error {
 
     #[error("{to} already holds another snapshot {stamp} (another writer took that stamp in the same second): nothing was copied for it. Copy it to another store, or forget the destination's {stamp} if it is not wanted, then copy again")]
     CopyStampTaken { stamp: String, to: String },
+    #[error("{to} holds an incomplete folder for snapshot {stamp}: another process is writing it, or one stopped less than 15 minutes ago (its folder counts as abandoned after that): nothing was copied for it. Run the copy again later")]
+    CopyStampBusy { stamp: String, to: String },
     #[error("restore --to {to} would write the live runtime ({live}): restore live data with `atosnap restore STAMP --confirm-service-stopped` (without --to), which checks the service is stopped and takes a pre-restore snapshot first")]
     RestoreTargetIsLive { to: PathBuf, live: PathBuf },
     /// SIGINT or SIGTERM asked the command to stop: it published nothing
@@ -289,6 +291,7 @@ impl Error {
             Error::RestoreTargetIsLive { .. } => "restore_target_is_live",
             Error::RestoreNoSpace { .. } => "restore_no_space",
             Error::CopyStampTaken { .. } => "copy_stamp_taken",
+            Error::CopyStampBusy { .. } => "copy_stamp_busy",
             Error::Interrupted { .. } => "interrupted",
             Error::StoreMissingWithPassword { .. } => "store_missing",
         }

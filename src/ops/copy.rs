@@ -5,7 +5,10 @@
 //! Per snapshot, oldest first, each step durable before the next:
 //! 1. skip it when the destination has that stamp already, for the same
 //!    snapshot (its summary's facts agree); another snapshot under that
-//!    stamp (two writers in one second) is a `copy_stamp_taken` failure;
+//!    stamp (two writers in one second) is a `copy_stamp_taken` failure,
+//!    and an incomplete folder under it (on a bucket: another writer at
+//!    work, or one stopped less than 15 minutes ago) a `copy_stamp_busy`
+//!    failure;
 //! 2. read its manifest and summary from the source;
 //! 3. every chunk the destination lacks is read from the source, checked
 //!    against its id (copy never propagates damage) and added to the
@@ -120,6 +123,37 @@ pub struct CopyResult {
     pub exit_code: i32,
 }
 
+impl CopyResult {
+    /// Counts `stamp` as a failure: its error in `snapshots_failed`, the
+    /// exit code raised to at least 1.
+    fn fail(&mut self, stamp: &Stamp, e: &Error) {
+        self.exit_code = self.exit_code.max(e.exit_code().max(1));
+        self.snapshots_failed.push(CopyFailure {
+            stamp: stamp.to_string(),
+            code: e.code().to_string(),
+            message: e.to_string(),
+        });
+    }
+
+    /// Judges a stamp the destination holds (`whole`: its folder is a
+    /// complete snapshot, or why not): skipped when it is the source's
+    /// snapshot, a `copy_stamp_taken` failure when it is another one taken
+    /// in the same second.
+    fn standing(&mut self, from: &Store, to: &Store, stamp: &Stamp, whole: Result<()>) {
+        let verdict = whole.and_then(|()| match same_snapshot(from, to, stamp) {
+            true => Ok(()),
+            false => Err(Error::CopyStampTaken {
+                stamp: stamp.to_string(),
+                to: to.location_name(),
+            }),
+        });
+        match verdict {
+            Ok(()) => self.snapshots_skipped.push(stamp.to_string()),
+            Err(e) => self.fail(stamp, &e),
+        }
+    }
+}
+
 /// Copies `stamps` (every snapshot of the source when empty) from `from` to
 /// `to`, oldest first. A named stamp the source does not have is refused
 /// before any work (`snapshot_missing`). Damage found at the
@@ -214,20 +248,7 @@ fn copy_wanted(
             if !there {
                 return Some(s);
             }
-            if same_snapshot(from, to, &s) {
-                result.snapshots_skipped.push(s.to_string());
-            } else {
-                let e = Error::CopyStampTaken {
-                    stamp: s.to_string(),
-                    to: to.location_name(),
-                };
-                result.exit_code = result.exit_code.max(e.exit_code());
-                result.snapshots_failed.push(CopyFailure {
-                    stamp: s.to_string(),
-                    code: e.code().to_string(),
-                    message: e.to_string(),
-                });
-            }
+            result.standing(from, to, &s, Ok(()));
             None
         })
         .collect();
@@ -265,15 +286,20 @@ fn copy_wanted(
         for stamp in &pending {
             match copier.copy_snapshot(stamp)? {
                 Outcome::Copied => result.snapshots_copied.push(stamp.to_string()),
-                Outcome::AlreadyThere => result.snapshots_skipped.push(stamp.to_string()),
-                Outcome::Failed(e) => {
-                    result.exit_code = result.exit_code.max(e.exit_code().max(1));
-                    result.snapshots_failed.push(CopyFailure {
-                        stamp: stamp.to_string(),
-                        code: e.code().to_string(),
-                        message: e.to_string(),
-                    });
+                // Whole under that stamp by now, or someone's incomplete
+                // folder (a writer at work, or one that stopped less than
+                // the abandonment delay ago): never a skip then.
+                Outcome::AlreadyThere => {
+                    let whole = match to.snapshot_exists(stamp)? {
+                        true => Ok(()),
+                        false => Err(Error::CopyStampBusy {
+                            stamp: stamp.to_string(),
+                            to: to.location_name(),
+                        }),
+                    };
+                    result.standing(from, to, stamp, whole);
                 }
+                Outcome::Failed(e) => result.fail(stamp, &e),
             }
         }
         // Chunks of a failed snapshot already in the open pack are sound:
@@ -344,7 +370,9 @@ fn record(from: &Store, result: &mut CopyResult, failure: Option<&Error>) {
 
 enum Outcome {
     Copied,
-    /// Published meanwhile by another process (a concurrent copy).
+    /// The destination refused the publish: the stamp was taken meanwhile
+    /// (a concurrent copy or create), or its folder is another writer's,
+    /// incomplete. Judged by [`CopyResult::standing`].
     AlreadyThere,
     /// Damage at the source: nothing was published for this snapshot.
     Failed(Error),

@@ -716,6 +716,64 @@ fn verify_and_copy_record_their_outcomes_in_a_bucket() {
     );
 }
 
+/// A folder left incomplete in the bucket under a stamp the copy wants (a
+/// writer at work there: its claim names a live process of this host) is
+/// a `copy_stamp_busy` failure, recorded as such, and the writer's files
+/// are left alone; once the folder is gone the copy goes through. (Before,
+/// the refused publish was counted as "already there": a skip, exit 0.)
+#[test]
+fn an_incomplete_folder_at_the_destination_is_busy_not_skipped() {
+    let Some(bucket) = bucket() else { return };
+    let local = Rt::fixture();
+    let a = local.ok(&["create"])["stamp"].as_str().unwrap().to_string();
+    let dest = S3Rt::new(&bucket, "copy-busy");
+    dest.ok(&["init"]);
+    let b = dest.backend();
+    let dir = format!("snapshots/{a}");
+    let claim = format!(
+        "{dir}/.claim-{}-{}-0000000000000001",
+        atosnap::os::hostname(),
+        std::process::id()
+    );
+    let meta = format!("{dir}/backup-metadata.json");
+    b.write_once(&claim, b"claim").unwrap();
+    b.write_once(&meta, b"half-written").unwrap();
+    let cache = dest.cache.display().to_string();
+    let env = [("ATOSNAP_CACHE_DIR", cache.as_str())];
+    let out = local.run_env(&["copy", "--to", &dest.url], &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.json["snapshots_failed"][0]["stamp"],
+        a.as_str(),
+        "{out:?}"
+    );
+    assert_eq!(out.json["snapshots_failed"][0]["code"], "copy_stamp_busy");
+    assert_eq!(out.json["snapshots_skipped"], serde_json::json!([]));
+    assert_eq!(out.json["snapshots_copied"], serde_json::json!([]));
+    let record = std::fs::read(
+        out.json["recorded"]
+            .as_str()
+            .map(|r| local.store.join(r))
+            .unwrap(),
+    )
+    .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(record["ok"], false, "{record}");
+    assert_eq!(
+        b.read(&meta).unwrap(),
+        b"half-written",
+        "the writer's file stays"
+    );
+    assert!(dest.stamps().is_empty());
+    // Its writer gave up and cleaned up: the copy goes through.
+    b.delete(&claim).unwrap();
+    b.delete(&meta).unwrap();
+    let out = local.run_env(&["copy", "--to", &dest.url], &env);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["snapshots_copied"][0], a.as_str());
+    assert_eq!(dest.stamps(), vec![a]);
+}
+
 /// A tiny runtime holding `noise` bytes of random data in its Chroma dir,
 /// backed up to a fresh prefix of the bucket.
 fn tiny_on_bucket(bucket: &str, test: &str, noise: usize) -> S3Rt {
