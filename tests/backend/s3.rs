@@ -193,6 +193,64 @@ fn s3_write_dir_once_claim_race() {
     }
 }
 
+/// The leftovers of a writer of this host that died between its claim
+/// and its commit are cleared and the folder published; a folder whose
+/// claim names a live process is left to it.
+#[test]
+fn s3_write_dir_once_clears_a_dead_writers_leftovers_only() {
+    let Some((b, _scratch)) = open("leftovers") else {
+        return;
+    };
+    let host = atosnap::os::hostname();
+    let dead = (4_000_000..4_100_000)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let files = [
+        ("backup-metadata.json", b"new meta".to_vec()),
+        ("manifest.bin", b"new manifest".to_vec()),
+    ];
+    let dir = "snapshots/20260101T000000Z";
+    let dead_claim = format!("{dir}/.claim-{host}-{dead}-00000000000000aa");
+    b.write_once(&dead_claim, b"claim").unwrap();
+    b.write_once(&format!("{dir}/backup-metadata.json"), b"old")
+        .unwrap();
+    assert!(b.write_dir_once(dir, &files).unwrap());
+    let names: Vec<String> = b
+        .list_files(dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("{dir}/backup-metadata.json"),
+            format!("{dir}/manifest.bin")
+        ],
+        "the dead claim and the claim of the publish are gone"
+    );
+    assert_eq!(
+        b.read(&format!("{dir}/backup-metadata.json")).unwrap(),
+        b"new meta"
+    );
+
+    let dir = "snapshots/20260101T000001Z";
+    let live_claim = format!(
+        "{dir}/.claim-{host}-{}-00000000000000bb",
+        std::process::id()
+    );
+    b.write_once(&live_claim, b"claim").unwrap();
+    b.write_once(&format!("{dir}/backup-metadata.json"), b"at work")
+        .unwrap();
+    assert!(!b.write_dir_once(dir, &files).unwrap());
+    assert_eq!(
+        b.read(&format!("{dir}/backup-metadata.json")).unwrap(),
+        b"at work"
+    );
+    assert!(b.exists(&live_claim).unwrap());
+    assert!(!b.exists(&format!("{dir}/manifest.bin")).unwrap());
+}
+
 #[test]
 fn s3_put_file_and_barrier() {
     let Some((b, _scratch)) = open("putfile") else {

@@ -39,15 +39,16 @@ pub(super) fn abandoned(present: &[ListEntry]) -> bool {
     stale || dead_local_claim
 }
 
-/// Whether the leftovers of an uncommitted folder may be deleted.
-/// `before` is the listing that found the folder without its commit file
-/// and was then judged [`abandoned`]; `after` a listing taken once that
-/// judgement was made. Why two: a writer's process is looked up after the
-/// listing, and in between the writer may have committed and exited, so
-/// `before` alone would condemn a complete folder. A writer judged gone
-/// writes nothing later, so `after` holds all it wrote: its commit if it
-/// committed (the folder stays), and no claim but the ones judged (a
-/// newer claim is a live writer's until judged in turn).
+/// Whether a writer that has just claimed a folder may go on, deleting
+/// what else is in it. `before` is the listing taken before the claim,
+/// empty or judged [`abandoned`]; `after` the folder as listed once the
+/// claim was written, the claim itself left out. Why two listings: a
+/// writer's process is looked up after the first, and in between it may
+/// have committed and exited, so `before` alone would condemn a complete
+/// folder. A writer judged gone writes nothing later, so `after` holds all
+/// it wrote: its commit if it committed (the folder stays), and no claim
+/// but the ones judged (a newer claim is another taker's, racing: both
+/// step back and try again).
 pub(super) fn may_clear(before: &[ListEntry], after: &[ListEntry], commit: &str) -> bool {
     let claims = |listing: &[ListEntry]| -> BTreeSet<String> {
         listing
@@ -140,6 +141,17 @@ mod tests {
         // It wrote one more file before it died: that goes too.
         let more = [dead, meta, entry("extra.json", Duration::ZERO)];
         assert!(may_clear(&before, &more, COMMIT));
+    }
+
+    #[test]
+    fn an_empty_folder_is_won_only_when_nothing_else_came_in() {
+        assert!(may_clear(&[], &[], COMMIT));
+        let racer = claim_of(&here(), std::process::id());
+        assert!(!may_clear(&[], &[racer], COMMIT), "a racing taker");
+        let committed = entry("manifest.bin", Duration::ZERO);
+        assert!(!may_clear(&[], &[committed], COMMIT), "committed meanwhile");
+        let fresh = entry("backup-metadata.json", Duration::ZERO);
+        assert!(!may_clear(&[], &[fresh], COMMIT), "a writer at work");
     }
 
     #[test]

@@ -626,23 +626,15 @@ impl Backend for S3Backend {
         let claim = loop {
             attempt += 1;
             let present = self.list_files(dir)?;
-            if !present.is_empty() {
-                if present.iter().any(|e| e.name == commit) || !abandoned(&present) {
-                    return Ok(false);
-                }
-                // A writer died between its claim and its commit: its
-                // leftovers go, and the folder is claimed afresh (a racing
-                // taker is resolved by the claim below). Listed again
-                // first: the writer may have committed after the listing
-                // above and exited before it was looked up.
-                let now = self.list_files(dir)?;
-                if !may_clear(&present, &now, &commit) {
-                    return Ok(false);
-                }
-                for e in &now {
-                    let _ = self.op.delete(&e.name);
-                }
+            let gone = present.is_empty() || abandoned(&present);
+            if present.iter().any(|e| e.name == commit) || !gone {
+                return Ok(false);
             }
+            // `present` is empty, or the leftovers of a writer that died
+            // between its claim and its commit (judged gone just now). The
+            // folder is claimed before anything in it is deleted, so two
+            // takers never clear it at once (a slower one's deletes, by
+            // name, would hit the faster one's new files).
             let r: u64 = rand::random();
             let marker = format!(
                 "{CLAIM_PREFIX}{}-{}-{r:016x}",
@@ -651,12 +643,24 @@ impl Backend for S3Backend {
             );
             let claim = join(dir, &marker);
             self.write_once(&claim, marker.as_bytes())?;
-            if self.list_children(dir)? == [marker] {
+            let others: Vec<ListEntry> = self
+                .list_files(dir)?
+                .into_iter()
+                .filter(|e| e.name != claim)
+                .collect();
+            // Listed after the judgement: a writer that committed after
+            // the first listing, and exited before it was looked up, shows
+            // its commit here; a racing taker, its claim.
+            if may_clear(&present, &others, &commit) {
+                for e in &others {
+                    let _ = self.op.delete(&e.name);
+                }
                 break claim;
             }
-            // Someone else is here too: step back.
+            // Someone else is here too, or the folder was committed
+            // meanwhile: step back.
             self.op.delete(&claim).map_err(|e| self.err(&claim, e))?;
-            if attempt >= CLAIM_ATTEMPTS {
+            if others.iter().any(|e| e.name == commit) || attempt >= CLAIM_ATTEMPTS {
                 return Ok(false);
             }
             let pause = 50 + rand::random::<u64>() % 200;
