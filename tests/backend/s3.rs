@@ -249,6 +249,70 @@ fn s3_write_dir_once_clears_a_dead_writers_leftovers_only() {
     );
     assert!(b.exists(&live_claim).unwrap());
     assert!(!b.exists(&format!("{dir}/manifest.bin")).unwrap());
+    for e in b.list_files("snapshots").unwrap() {
+        b.delete(&e.name).unwrap();
+    }
+}
+
+/// Two takers race for a folder a dead writer of this host left without
+/// its commit: exactly one publishes, and its files are whole (neither
+/// taker deletes what the other wrote).
+#[test]
+fn s3_write_dir_once_two_takers_of_a_dead_writers_folder() {
+    let Some((b, _scratch)) = open("takers") else {
+        return;
+    };
+    let b = Arc::new(b);
+    let host = atosnap::os::hostname();
+    let dead = (4_000_000..4_100_000)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    for round in 0..3u8 {
+        let dir = format!("snapshots/20260102T000000Z-{round}");
+        b.write_once(
+            &format!("{dir}/.claim-{host}-{dead}-00000000000000cc"),
+            b"claim",
+        )
+        .unwrap();
+        b.write_once(&format!("{dir}/backup-metadata.json"), b"old")
+            .unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = (0..2u8)
+            .map(|i| {
+                let (b, barrier, dir) = (b.clone(), barrier.clone(), dir.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let files = [
+                        ("backup-metadata.json", vec![b'm', i]),
+                        ("manifest.bin", vec![b'x', i]),
+                    ];
+                    (i, b.write_dir_once(&dir, &files).unwrap())
+                })
+            })
+            .collect();
+        let results: Vec<(u8, bool)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<u8> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
+        assert!(winners.len() <= 1, "round {round}: {results:?}");
+        // Both may have stepped back (each saw the other's claim five
+        // times): then a third try takes the folder alone.
+        let w = match winners.first() {
+            Some(&w) => w,
+            None => {
+                let files = [
+                    ("backup-metadata.json", vec![b'm', 9]),
+                    ("manifest.bin", vec![b'x', 9]),
+                ];
+                assert!(b.write_dir_once(&dir, &files).unwrap(), "round {round}");
+                9
+            }
+        };
+        assert_eq!(
+            b.read(&format!("{dir}/backup-metadata.json")).unwrap(),
+            [b'm', w]
+        );
+        assert_eq!(b.read(&format!("{dir}/manifest.bin")).unwrap(), [b'x', w]);
+        b.delete_dir(&dir).unwrap();
+    }
 }
 
 #[test]

@@ -652,7 +652,11 @@ impl Backend for S3Backend {
             // the first listing, and exited before it was looked up, shows
             // its commit here; a racing taker, its claim.
             if may_clear(&present, &others, &commit) {
-                for e in &others {
+                // What is about to be written anew is overwritten, not
+                // deleted first: a delete that timed out here but reached
+                // the server later would remove the new file.
+                let rewritten = |name: &str| files.iter().any(|(f, _)| join(dir, f) == name);
+                for e in others.iter().filter(|e| !rewritten(&e.name)) {
                     let _ = self.op.delete(&e.name);
                 }
                 break claim;
