@@ -147,6 +147,48 @@ fn s3_basic_operations() {
     assert!(b.list_files("").unwrap().is_empty());
 }
 
+/// A snapshot folder's two files as writer `i` writes them.
+fn snapshot_files(i: u8) -> [(&'static str, Vec<u8>); 2] {
+    [
+        ("backup-metadata.json", vec![b'm', i]),
+        ("manifest.bin", vec![b'x', i]),
+    ]
+}
+
+/// Two threads publish `dir` at the same moment, writer 0 and writer 1:
+/// who won.
+fn two_writers_race(b: &Arc<S3Backend>, dir: &str) -> Vec<(u8, bool)> {
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let handles: Vec<_> = (0..2u8)
+        .map(|i| {
+            let (b, barrier, dir) = (b.clone(), barrier.clone(), dir.to_string());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (i, b.write_dir_once(&dir, &snapshot_files(i)).unwrap())
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// `dir` holds writer `w`'s files, both of them.
+fn assert_files_of(b: &S3Backend, dir: &str, w: u8) {
+    for (name, data) in snapshot_files(w) {
+        assert_eq!(
+            b.read(&format!("{dir}/{name}")).unwrap(),
+            data,
+            "{dir}/{name}"
+        );
+    }
+}
+
+/// A pid of this host that runs no process.
+fn dead_pid() -> u32 {
+    (4_000_000..4_100_000)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap()
+}
+
 #[test]
 fn s3_write_dir_once_claim_race() {
     let Some((b, _scratch)) = open("claim") else {
@@ -156,35 +198,11 @@ fn s3_write_dir_once_claim_race() {
     let dir = "snapshots/20260101T000000Z";
     for round in 0..3 {
         let dir = format!("{dir}-{round}");
-        let barrier = Arc::new(std::sync::Barrier::new(2));
-        let handles: Vec<_> = (0..2u8)
-            .map(|i| {
-                let (b, barrier, dir) = (b.clone(), barrier.clone(), dir.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    let won = b
-                        .write_dir_once(
-                            &dir,
-                            &[
-                                ("backup-metadata.json", vec![b'm', i]),
-                                ("manifest.bin", vec![b'x', i]),
-                            ],
-                        )
-                        .unwrap();
-                    (i, won)
-                })
-            })
-            .collect();
-        let results: Vec<(u8, bool)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let results = two_writers_race(&b, &dir);
         let winners: Vec<u8> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
         assert_eq!(winners.len(), 1, "round {round}: {results:?}");
         let w = winners[0];
-        // The winner's files, both of them.
-        assert_eq!(
-            b.read(&format!("{dir}/backup-metadata.json")).unwrap(),
-            [b'm', w]
-        );
-        assert_eq!(b.read(&format!("{dir}/manifest.bin")).unwrap(), [b'x', w]);
+        assert_files_of(&b, &dir, w);
         // And a later writer is refused.
         assert!(!b
             .write_dir_once(&dir, &[("manifest.bin", b"late".to_vec())])
@@ -202,9 +220,7 @@ fn s3_write_dir_once_clears_a_dead_writers_leftovers_only() {
         return;
     };
     let host = atosnap::os::hostname();
-    let dead = (4_000_000..4_100_000)
-        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-        .unwrap();
+    let dead = dead_pid();
     let files = [
         ("backup-metadata.json", b"new meta".to_vec()),
         ("manifest.bin", b"new manifest".to_vec()),
@@ -264,9 +280,7 @@ fn s3_write_dir_once_two_takers_of_a_dead_writers_folder() {
     };
     let b = Arc::new(b);
     let host = atosnap::os::hostname();
-    let dead = (4_000_000..4_100_000)
-        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-        .unwrap();
+    let dead = dead_pid();
     for round in 0..3u8 {
         let dir = format!("snapshots/20260102T000000Z-{round}");
         b.write_once(
@@ -276,21 +290,7 @@ fn s3_write_dir_once_two_takers_of_a_dead_writers_folder() {
         .unwrap();
         b.write_once(&format!("{dir}/backup-metadata.json"), b"old")
             .unwrap();
-        let barrier = Arc::new(std::sync::Barrier::new(2));
-        let handles: Vec<_> = (0..2u8)
-            .map(|i| {
-                let (b, barrier, dir) = (b.clone(), barrier.clone(), dir.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    let files = [
-                        ("backup-metadata.json", vec![b'm', i]),
-                        ("manifest.bin", vec![b'x', i]),
-                    ];
-                    (i, b.write_dir_once(&dir, &files).unwrap())
-                })
-            })
-            .collect();
-        let results: Vec<(u8, bool)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let results = two_writers_race(&b, &dir);
         let winners: Vec<u8> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
         assert!(winners.len() <= 1, "round {round}: {results:?}");
         // Both may have stepped back (each saw the other's claim five
@@ -306,11 +306,7 @@ fn s3_write_dir_once_two_takers_of_a_dead_writers_folder() {
                 9
             }
         };
-        assert_eq!(
-            b.read(&format!("{dir}/backup-metadata.json")).unwrap(),
-            [b'm', w]
-        );
-        assert_eq!(b.read(&format!("{dir}/manifest.bin")).unwrap(), [b'x', w]);
+        assert_files_of(&b, &dir, w);
         b.delete_dir(&dir).unwrap();
     }
 }
