@@ -174,19 +174,7 @@ mod tests {
     #[test]
     fn noise_lanes_and_the_rest_go_to_separate_frames_that_decode_as_one() {
         // Lanes 0-2 noise, lane 3 a few values: two zstd frames.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let raw: Vec<u8> = (0..(256 << 10) + 3)
-            .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                if i % 4 == 3 {
-                    0x3c + (x % 3) as u8
-                } else {
-                    x as u8
-                }
-            })
-            .collect();
+        let raw = crate::codec::noise_with_exponents((256 << 10) + 3, WORD);
         let probe = LaneProbe::of(&raw[..64 << 10]).unwrap();
         assert_eq!(
             (0..WORD).map(|l| probe.noise(l)).collect::<Vec<_>>(),

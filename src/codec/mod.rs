@@ -114,6 +114,25 @@ pub fn decode_frame(
     }
 }
 
+/// Test data: noise, but the last byte of every `period` bytes from a
+/// small set (3 values), as a float's exponent byte is.
+#[cfg(test)]
+pub(crate) fn noise_with_exponents(len: usize, period: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % period == period - 1 {
+                0x3c + (x % 3) as u8
+            } else {
+                x as u8
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,19 +140,7 @@ mod tests {
     /// Float-like bytes: one byte in eight from a small set (an exponent),
     /// the rest noise; zstd level 1 keeps about 90 % of them.
     fn floats(len: usize) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                if i % 8 == 7 {
-                    0x3c + (x % 3) as u8
-                } else {
-                    x as u8
-                }
-            })
-            .collect()
+        noise_with_exponents(len, 8)
     }
 
     /// Embedding-like floats: f32 values near zero (a sum of uniforms),
