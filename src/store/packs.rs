@@ -600,20 +600,21 @@ impl Store {
             upto,
         )
         .map_err(|e| corrupt(format!("in pack {name}: {}", e.detail)))?;
+        let mismatch = || ChunkFault::Corrupt("content does not match its hash".into());
+        let mut pieces = Vec::with_capacity(group.len());
         for (id, l, range) in group {
             let start = l.chunk_offset as usize;
-            let bytes = raw.get(start..start + l.raw_len as usize);
-            match bytes {
-                Some(b) if b.len() == range.len() && self.sealer.chunk_id(b) == *id => {
-                    buf[range.clone()].copy_from_slice(b);
-                }
-                _ => {
-                    return Err((
-                        *id,
-                        ChunkFault::Corrupt("content does not match its hash".into()),
-                    ))
-                }
+            match raw.get(start..start + l.raw_len as usize) {
+                Some(b) if b.len() == range.len() => pieces.push(b),
+                _ => return Err((*id, mismatch())),
             }
+        }
+        let ids = self.sealer.chunk_ids(&pieces);
+        for (((id, _, range), b), got) in group.iter().zip(pieces).zip(ids) {
+            if got != *id {
+                return Err((*id, mismatch()));
+            }
+            buf[range.clone()].copy_from_slice(b);
         }
         Ok(())
     }
@@ -672,15 +673,7 @@ impl Store {
                 detail: format!("frame {fi} is not in the pack"),
             });
         };
-        let id_of = |b: &[u8]| self.sealer.chunk_id(b);
-        decode_unit(
-            stored,
-            f.codec,
-            chunks,
-            layout.ad_mode(),
-            &self.sealer,
-            &id_of,
-        )
+        decode_unit(stored, f.codec, chunks, layout.ad_mode(), &self.sealer)
     }
 
     /// The stored bytes of the frame holding the chunk at `loc` in pack

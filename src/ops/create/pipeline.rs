@@ -6,7 +6,6 @@
 //! cutting and hashing overlap with storing, and a few recycled buffers
 //! bound the memory: [`BUFFERS`] batches.
 
-use rayon::prelude::*;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::path::Path;
@@ -107,10 +106,7 @@ fn read_and_hash<R: Read>(
         };
         let sent = match batcher.next_into(&mut buf) {
             Ok(Some(ranges)) => {
-                let ids = ranges
-                    .par_iter()
-                    .map(|r| sealer.chunk_id(&buf[r.clone()]))
-                    .collect();
+                let ids = sealer.chunk_ids_in(&buf, &ranges);
                 full.send(Ok(Hashed { buf, ranges, ids }))
             }
             Ok(None) => return batcher.total(),

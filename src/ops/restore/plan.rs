@@ -429,10 +429,7 @@ pub fn file_matches<B: std::borrow::Borrow<Id>>(
     let mut expected = chunks.into_iter();
     let mut mismatch = false;
     let streamed = chunk::for_each_batch(f, strategy, HASH_BATCH, |buf, ranges| {
-        let ids: Vec<_> = ranges
-            .par_iter()
-            .map(|r| sealer.chunk_id(&buf[r.clone()]))
-            .collect();
+        let ids = sealer.chunk_ids_in(buf, ranges);
         for id in &ids {
             if expected.next().is_none_or(|want| want.borrow() != id) {
                 mismatch = true;
@@ -583,10 +580,7 @@ pub fn compare_on_disk(
     let mut pos = 0u64;
     let mut offset = 0u64;
     let streamed = chunk::for_each_batch(f, strategy, HASH_BATCH, |buf, ranges| {
-        let on_disk: Vec<Id> = ranges
-            .par_iter()
-            .map(|r| sealer.chunk_id(&buf[r.clone()]))
-            .collect();
+        let on_disk = sealer.chunk_ids_in(buf, ranges);
         for (id, r) in on_disk.iter().zip(ranges) {
             let wanted = match ids.next() {
                 Some(w) => Some(w?),

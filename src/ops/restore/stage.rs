@@ -592,13 +592,18 @@ fn reuse_runs(
         }
         if old.read_exact_at(&mut buf[at..end], disk).is_ok() {
             let mut a = at;
-            for k in i..j {
-                let b = a + piece[k].len as usize;
-                if sealer.chunk_id(&buf[a..b]) == piece[k].id {
+            let pieces: Vec<&[u8]> = piece[i..j]
+                .iter()
+                .map(|c| {
+                    a += c.len as usize;
+                    &buf[a - c.len as usize..a]
+                })
+                .collect();
+            for (k, id) in (i..j).zip(sealer.chunk_ids(&pieces)) {
+                if id == piece[k].id {
                     filled[k] = true;
                     reused += 1;
                 }
-                a = b;
             }
         }
         (i, at) = (j, end);

@@ -322,15 +322,14 @@ pub enum AdMode {
 }
 
 /// Opens and decodes a frame's stored bytes; `chunks` are its trailer
-/// records in order and `id_of` the store's chunk id function.
+/// records in order and `sealer` the store's (it names the chunks too).
 pub fn decode_frame(
     stored: Vec<u8>,
     codec: Codec,
     chunks: &[ChunkEntry],
     sealer: &Sealer,
-    id_of: &dyn Fn(&[u8]) -> Id,
 ) -> Result<DecodedFrame, FrameError> {
-    decode_unit(stored, codec, chunks, AdMode::Frame, sealer, id_of)
+    decode_unit(stored, codec, chunks, AdMode::Frame, sealer)
 }
 
 /// [`decode_frame`] for any stored unit: a format-1 chunk is a frame of
@@ -341,7 +340,6 @@ pub fn decode_unit(
     chunks: &[ChunkEntry],
     ad: AdMode,
     sealer: &Sealer,
-    id_of: &dyn Fn(&[u8]) -> Id,
 ) -> Result<DecodedFrame, FrameError> {
     let total: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
     let (encoded, encoding) = open_unit(stored, codec, chunks, ad, sealer)?;
@@ -350,15 +348,20 @@ pub fn decode_unit(
     let raw = crate::codec::decode_frame(encoded, encoding, total as u32)
         .map_err(|e| unit_error(chunks, format!("does not decode: {e}")))?;
     let mut spans = Vec::with_capacity(chunks.len());
-    let mut matches = Vec::with_capacity(chunks.len());
     let mut at = 0usize;
     for c in chunks {
         let span = at..at + c.raw_len as usize;
         at = span.end;
-        // `decode` returned exactly `total` bytes, the sum of the spans.
-        matches.push(raw.get(span.clone()).map(id_of) == Some(c.id));
         spans.push((c.id, span));
     }
+    // `decode` returned exactly `total` bytes, the sum of the spans.
+    let pieces: Vec<&[u8]> = spans.iter().map(|(_, s)| &raw[s.clone()]).collect();
+    let matches = sealer
+        .chunk_ids(&pieces)
+        .iter()
+        .zip(chunks)
+        .map(|(got, c)| *got == c.id)
+        .collect();
     Ok(DecodedFrame {
         raw,
         spans,

@@ -190,7 +190,6 @@ impl PackReaderV2 {
         fi: usize,
         stored: Vec<u8>,
         sealer: &Sealer,
-        id_of: &dyn Fn(&[u8]) -> Id,
     ) -> Result<DecodedFrame, FrameError> {
         let Some(f) = self.trailer.frames.get(fi) else {
             return Err(FrameError {
@@ -198,24 +197,12 @@ impl PackReaderV2 {
                 detail: format!("frame {fi} is not in the pack"),
             });
         };
-        decode_frame(
-            stored,
-            f.codec,
-            self.trailer.frame_chunks(fi),
-            sealer,
-            id_of,
-        )
+        decode_frame(stored, f.codec, self.trailer.frame_chunks(fi), sealer)
     }
 
     /// Reads chunk `id` from the pack's bytes (decoding only its frame),
     /// checked against its id.
-    pub fn read_chunk(
-        &self,
-        pack: &[u8],
-        id: &Id,
-        sealer: &Sealer,
-        id_of: &dyn Fn(&[u8]) -> Id,
-    ) -> Result<Vec<u8>, Error> {
+    pub fn read_chunk(&self, pack: &[u8], id: &Id, sealer: &Sealer) -> Result<Vec<u8>, Error> {
         let missing = || Error::ChunkMissing { hash: id.to_hex() };
         let ci = self.position(id).ok_or_else(missing)?;
         let fi = self.trailer.frame_of(ci).ok_or_else(missing)?;
@@ -228,7 +215,7 @@ impl PackReaderV2 {
                 detail: "its frame lies outside the pack".to_string(),
             })?;
         let frame = self
-            .decode_frame(fi, stored.to_vec(), sealer, id_of)
+            .decode_frame(fi, stored.to_vec(), sealer)
             .map_err(|e| frame_error_for(&e, id))?;
         match frame.chunk(ci - first) {
             Some(r) => r.map(<[u8]>::to_vec),
@@ -287,10 +274,9 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let r = PackReaderV2::from_bytes(&bytes, &Sealer::Plain).unwrap();
-        let id_of = |b: &[u8]| Id::hash(b);
-        let got = r.read_chunk(&bytes, &Id::hash(b"chunk"), &Sealer::Plain, &id_of);
+        let got = r.read_chunk(&bytes, &Id::hash(b"chunk"), &Sealer::Plain);
         assert_eq!(got.unwrap(), b"chunk");
-        let missing = r.read_chunk(&bytes, &Id::hash(b"other"), &Sealer::Plain, &id_of);
+        let missing = r.read_chunk(&bytes, &Id::hash(b"other"), &Sealer::Plain);
         assert!(matches!(missing, Err(Error::ChunkMissing { .. })));
     }
 }

@@ -112,8 +112,7 @@ proptest! {
                 let size = zstd::zstd_safe::get_frame_content_size(&f.stored).ok();
                 prop_assert_eq!(size, Some(Some(raw as u64)));
             }
-            let id_of = |b: &[u8]| s.chunk_id(b);
-            let d = decode_frame(f.stored, f.codec, &f.chunks, &s, &id_of).unwrap();
+            let d = decode_frame(f.stored, f.codec, &f.chunks, &s).unwrap();
             prop_assert!(d.errors().is_empty());
             for (_, r) in d.chunks() {
                 back.push(r.unwrap().to_vec());
@@ -134,13 +133,12 @@ proptest! {
         prop_assert_eq!(&done.name, &crate::store::pack::pack_name(&done.id));
         let r = PackReaderV2::from_bytes(&bytes, &s).unwrap();
         prop_assert_eq!(r.trailer(), &done.trailer);
-        let id_of = |b: &[u8]| s.chunk_id(b);
         for (ci, c) in chunks.iter().enumerate() {
-            prop_assert_eq!(&r.read_chunk(&bytes, &s.chunk_id(c), &s, &id_of).unwrap(), c);
+            prop_assert_eq!(&r.read_chunk(&bytes, &s.chunk_id(c), &s).unwrap(), c);
             let (fi, span) = r.trailer().raw_span(ci).unwrap();
             let range = r.frame_range(fi).unwrap();
             let stored = bytes[range.start as usize..range.end as usize].to_vec();
-            let d = r.decode_frame(fi, stored, &s, &id_of).unwrap();
+            let d = r.decode_frame(fi, stored, &s).unwrap();
             let first = r.trailer().frames[fi].first_chunk as usize;
             prop_assert_eq!(d.chunk(ci - first).unwrap().unwrap(), c.as_slice());
             prop_assert_eq!(span.len(), c.len());
@@ -170,7 +168,7 @@ fn decode_at(
 ) -> Result<DecodedFrame, FrameError> {
     let range = r.frame_range(fi).unwrap();
     let stored = bytes[range.start as usize..range.end as usize].to_vec();
-    r.decode_frame(fi, stored, s, &|b: &[u8]| s.chunk_id(b))
+    r.decode_frame(fi, stored, s)
 }
 
 #[test]
@@ -200,7 +198,7 @@ fn a_flipped_frame_byte_names_every_chunk_of_that_frame() {
             assert!(decode_at(&bytes, &r, fi, &s).unwrap().errors().is_empty());
         }
         let id = r.trailer().frame_chunks(1)[3].id;
-        let err = r.read_chunk(&bytes, &id, &s, &|b: &[u8]| s.chunk_id(b));
+        let err = r.read_chunk(&bytes, &id, &s);
         assert_eq!(err.is_err(), encrypted, "{err:?}");
     }
 }
@@ -214,8 +212,7 @@ fn a_flipped_byte_of_a_zstd_frame_names_every_chunk_or_the_damaged_ones() {
     let mut stored = f.stored.clone();
     let at = stored.len() / 2;
     stored[at] ^= 0xff;
-    let id_of = |b: &[u8]| s.chunk_id(b);
-    let named = match decode_frame(stored, f.codec, &f.chunks, &s, &id_of) {
+    let named = match decode_frame(stored, f.codec, &f.chunks, &s) {
         Err(e) => corrupt_ids(&e.errors()),
         Ok(d) => corrupt_ids(&d.errors()),
     };
@@ -262,8 +259,7 @@ fn a_frame_under_other_ids_does_not_open() {
     let f = frames_of(&chunks, &s, &params()).remove(0);
     let mut reordered = f.chunks.clone();
     reordered.swap(0, 1);
-    let id_of = |b: &[u8]| s.chunk_id(b);
-    let e = decode_frame(f.stored, f.codec, &reordered, &s, &id_of).unwrap_err();
+    let e = decode_frame(f.stored, f.codec, &reordered, &s).unwrap_err();
     assert_eq!(corrupt_ids(&e.errors()), hexes(&reordered));
 }
 
@@ -471,8 +467,7 @@ fn a_frame_declaring_more_than_it_decodes_to_is_corrupt() {
     let chunks: Vec<Vec<u8>> = (0..4).map(|i| chunk_bytes(i, 1000, true)).collect();
     let mut f = frames_of(&chunks, &s, &params()).remove(0);
     f.chunks[3].raw_len += 1;
-    let id_of = |b: &[u8]| s.chunk_id(b);
-    let e = decode_frame(f.stored, f.codec, &f.chunks, &s, &id_of).unwrap_err();
+    let e = decode_frame(f.stored, f.codec, &f.chunks, &s).unwrap_err();
     assert_eq!(corrupt_ids(&e.errors()), hexes(&f.chunks));
 }
 

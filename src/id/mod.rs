@@ -1,6 +1,8 @@
 //! 32-byte object identifiers: chunk ids (blake3 of the raw chunk, keyed
 //! blake3 in an encrypted store) and pack ids (blake3 of the pack file).
 
+pub mod batch;
+
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
