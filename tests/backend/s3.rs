@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use atosnap::store::backend::Backend;
 use atosnap::store::s3::{S3Backend, S3Location};
 
-use crate::support::s3::bucket;
+use crate::support::files::dead_pid;
+use crate::support::s3::{bucket, claim_in};
 
 fn test_location(test: &str) -> Option<S3Location> {
     let bucket = bucket()?;
@@ -183,12 +184,6 @@ fn assert_files_of(b: &S3Backend, dir: &str, w: u8) {
 }
 
 /// A pid of this host that runs no process.
-fn dead_pid() -> u32 {
-    (4_000_000..4_100_000)
-        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-        .unwrap()
-}
-
 #[test]
 fn s3_write_dir_once_claim_race() {
     let Some((b, _scratch)) = open("claim") else {
@@ -219,14 +214,13 @@ fn s3_write_dir_once_clears_a_dead_writers_leftovers_only() {
     let Some((b, _scratch)) = open("leftovers") else {
         return;
     };
-    let host = atosnap::os::hostname();
     let dead = dead_pid();
     let files = [
         ("backup-metadata.json", b"new meta".to_vec()),
         ("manifest.bin", b"new manifest".to_vec()),
     ];
     let dir = "snapshots/20260101T000000Z";
-    let dead_claim = format!("{dir}/.claim-{host}-{dead}-00000000000000aa");
+    let dead_claim = claim_in(dir, dead, 0xaa);
     b.write_once(&dead_claim, b"claim").unwrap();
     b.write_once(&format!("{dir}/backup-metadata.json"), b"old")
         .unwrap();
@@ -251,10 +245,7 @@ fn s3_write_dir_once_clears_a_dead_writers_leftovers_only() {
     );
 
     let dir = "snapshots/20260101T000001Z";
-    let live_claim = format!(
-        "{dir}/.claim-{host}-{}-00000000000000bb",
-        std::process::id()
-    );
+    let live_claim = claim_in(dir, std::process::id(), 0xbb);
     b.write_once(&live_claim, b"claim").unwrap();
     b.write_once(&format!("{dir}/backup-metadata.json"), b"at work")
         .unwrap();
@@ -279,15 +270,10 @@ fn s3_write_dir_once_two_takers_of_a_dead_writers_folder() {
         return;
     };
     let b = Arc::new(b);
-    let host = atosnap::os::hostname();
     let dead = dead_pid();
     for round in 0..3u8 {
         let dir = format!("snapshots/20260102T000000Z-{round}");
-        b.write_once(
-            &format!("{dir}/.claim-{host}-{dead}-00000000000000cc"),
-            b"claim",
-        )
-        .unwrap();
+        b.write_once(&claim_in(&dir, dead, 0xcc), b"claim").unwrap();
         b.write_once(&format!("{dir}/backup-metadata.json"), b"old")
             .unwrap();
         let results = two_writers_race(&b, &dir);

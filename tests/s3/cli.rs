@@ -567,20 +567,19 @@ fn a_folder_abandoned_between_claim_and_commit_is_taken_over() {
     let s = S3Rt::new(&bucket, "abandoned");
     s.ok(&["init"]);
     let b = s.backend();
-    let host = atosnap::store::lock::object::hostname();
     let dir = "snapshots/20260101T000000Z";
     let files = [
         ("backup-metadata.json", b"{}".to_vec()),
         ("manifest.bin", b"m".to_vec()),
     ];
     // A claim by a process of this host that still runs: respected.
-    let live = format!("{dir}/.claim-{host}-{}-1", std::process::id());
+    let live = claim_in(dir, std::process::id(), 1);
     b.write_once(&live, b"x").unwrap();
     assert!(!b.write_dir_once(dir, &files).unwrap());
     b.delete(&live).unwrap();
     // A writer that died after its claim and its summary: the folder is
     // not a snapshot, and the next writer of the name takes it over.
-    let dead = format!("{dir}/.claim-{host}-999999999-2");
+    let dead = claim_in(dir, dead_pid(), 2);
     b.write_once(&dead, b"x").unwrap();
     b.write_once(&format!("{dir}/backup-metadata.json"), b"half")
         .unwrap();
@@ -730,11 +729,7 @@ fn an_incomplete_folder_at_the_destination_is_busy_not_skipped() {
     dest.ok(&["init"]);
     let b = dest.backend();
     let dir = format!("snapshots/{a}");
-    let claim = format!(
-        "{dir}/.claim-{}-{}-0000000000000001",
-        atosnap::os::hostname(),
-        std::process::id()
-    );
+    let claim = claim_in(&dir, std::process::id(), 1);
     let meta = format!("{dir}/backup-metadata.json");
     b.write_once(&claim, b"claim").unwrap();
     b.write_once(&meta, b"half-written").unwrap();

@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use atosnap::os::TempOwner;
 use atosnap::store::backend::Backend;
 use atosnap::store::location::RemoteSettings;
-use atosnap::store::s3::S3Location;
+use atosnap::store::s3::{claim_marker, S3Location};
 
 use super::run::{stamps_of, Out};
 use super::runtime::Runtime;
@@ -23,6 +24,17 @@ pub fn bucket() -> Option<String> {
             None
         }
     }
+}
+
+/// A claim marker in `dir` by a process of this host, boot and PID
+/// namespace with `pid`: this process's own claim when `pid` is ours, a
+/// dead writer's when no process has it.
+pub fn claim_in(dir: &str, pid: u32, random: u64) -> String {
+    let owner = TempOwner {
+        pid,
+        ..TempOwner::current().clone()
+    };
+    format!("{dir}/{}", claim_marker(&owner, random))
 }
 
 /// `s3://BUCKET/<test>-<random>`.

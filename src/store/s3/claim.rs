@@ -1,42 +1,58 @@
-//! Claims on a snapshot folder: when a claim left by a crashed writer counts
-//! as abandoned.
+//! Claims on a snapshot folder: how a claim names its writer, and when a
+//! claim left by a crashed writer counts as abandoned.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::os::TempOwner;
 use crate::store::backend::ListEntry;
 
 use super::CLAIM_PREFIX;
+
+/// The marker a writer puts in a folder it claims:
+/// `.claim-<pid>-<host>-<boot>-<pidns>-<token>-<random>`, the writer named
+/// as a temp file's owner is ([`TempOwner`]). The boot id and the PID
+/// namespace matter: two containers may share a host name but not their
+/// pids, and a pid looked up in the wrong namespace would condemn a live
+/// writer.
+pub fn claim_marker(owner: &TempOwner, random: u64) -> String {
+    format!("{CLAIM_PREFIX}{}{random:016x}", owner.prefix())
+}
+
+/// The writer a claim marker names; `None` for a name of another form (a
+/// claim written before claims named their PID namespace:
+/// `.claim-<host>-<pid>-<random>`).
+fn claim_owner(name: &str) -> Option<TempOwner> {
+    let marker = name.rsplit('/').next()?.strip_prefix(CLAIM_PREFIX)?;
+    TempOwner::parse(marker)
+}
 
 /// An incomplete folder left uncommitted this long is abandoned whoever
 /// claimed it: a writer commits seconds after its claim.
 pub(super) const ABANDONED_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Whether an incomplete folder (no commit file) was left by a writer that
-/// is gone: its claim marker names a process of this host that no longer
-/// runs, or nothing in it changed for [`ABANDONED_AFTER`].
+/// is gone: every claim in it names a writer provably gone (a process of
+/// this host, boot and PID namespace that no longer runs, or one of an
+/// earlier boot: [`TempOwner::is_gone`]), or nothing in it changed for
+/// [`ABANDONED_AFTER`]. A claim of another host or namespace, or of an
+/// older form, is judged by time alone.
 pub(super) fn abandoned(present: &[ListEntry]) -> bool {
     let stale = present.iter().all(|e| {
         e.modified
             .and_then(|m| m.elapsed().ok())
             .is_some_and(|age| age >= ABANDONED_AFTER)
     });
-    let host = crate::store::lock::object::hostname();
-    let claims: Vec<(&str, u32)> = present
+    let claims: Vec<Option<TempOwner>> = present
         .iter()
-        .filter_map(|e| e.name.rsplit('/').next()?.strip_prefix(CLAIM_PREFIX))
-        .filter_map(|rest| {
-            // `<host>-<pid>-<random>`; the host may hold dashes.
-            let mut parts = rest.rsplitn(3, '-');
-            let (_random, pid, claimed_on) = (parts.next()?, parts.next()?, parts.next()?);
-            Some((claimed_on, pid.parse().ok()?))
-        })
+        .filter(|e| is_claim(&e.name))
+        .map(|e| claim_owner(&e.name))
         .collect();
-    let dead_local_claim = !claims.is_empty()
+    let dead_claims = !claims.is_empty()
         && claims
             .iter()
-            .all(|(h, pid)| *h == host && !crate::os::process_alive(*pid));
-    stale || dead_local_claim
+            .all(|owner| owner.as_ref().is_some_and(TempOwner::is_gone));
+    stale || dead_claims
 }
 
 /// Whether a writer that has just claimed a folder may go on, deleting
@@ -85,11 +101,16 @@ mod tests {
         }
     }
 
-    fn claim_of(host: &str, pid: u32) -> ListEntry {
-        entry(
-            &format!("{CLAIM_PREFIX}{host}-{pid}-00000000000000ab"),
-            Duration::ZERO,
-        )
+    /// A claim by this process's host, boot and namespace, with `pid`.
+    fn claim_of_pid(pid: u32) -> ListEntry {
+        claim_by(TempOwner {
+            pid,
+            ..TempOwner::current().clone()
+        })
+    }
+
+    fn claim_by(owner: TempOwner) -> ListEntry {
+        entry(&claim_marker(&owner, 0xab), Duration::ZERO)
     }
 
     /// The `n`th pid (from 0) of this host that runs no process.
@@ -104,19 +125,19 @@ mod tests {
         dead_pid_n(0)
     }
 
-    fn here() -> String {
-        crate::store::lock::object::hostname()
-    }
-
     #[test]
     fn a_claim_is_abandoned_when_its_process_is_gone_or_the_folder_went_still() {
         let meta = entry("backup-metadata.json", Duration::ZERO);
-        let dead = claim_of(&here(), dead_pid());
+        let dead = claim_of_pid(dead_pid());
         assert!(abandoned(&[dead.clone(), meta.clone()]));
-        let live = claim_of(&here(), std::process::id());
+        let live = claim_of_pid(std::process::id());
         assert!(!abandoned(&[live, meta.clone()]));
         // Another host's process cannot be looked up: only time tells.
-        let remote = claim_of("another-host", dead_pid());
+        let remote = claim_by(TempOwner {
+            pid: dead_pid(),
+            host: "another-host".into(),
+            ..TempOwner::current().clone()
+        });
         assert!(!abandoned(&[remote, meta.clone()]));
         let old = entry(
             "backup-metadata.json",
@@ -128,8 +149,57 @@ mod tests {
     }
 
     #[test]
+    fn a_pid_is_looked_up_only_in_its_own_boot_and_namespace() {
+        let me = TempOwner::current().clone();
+        let meta = entry("backup-metadata.json", Duration::ZERO);
+        let judged = |owner: TempOwner| abandoned(&[claim_by(owner), meta.clone()]);
+        if me.pidns != "0" && me.boot != "0" {
+            // Another container with this host name: its pids are not ours.
+            let other_ns = TempOwner {
+                pid: dead_pid(),
+                pidns: format!("{}1", me.pidns),
+                ..me.clone()
+            };
+            assert!(!judged(other_ns), "a pid of another namespace");
+            // Before a reboot of this host: that writer is gone whatever
+            // its pid is now.
+            let earlier_boot = TempOwner {
+                pid: std::process::id(),
+                boot: if me.boot == "00000001" {
+                    "00000002"
+                } else {
+                    "00000001"
+                }
+                .into(),
+                ..me.clone()
+            };
+            assert!(judged(earlier_boot), "a claim of an earlier boot");
+            // An earlier process that had this very pid.
+            let reused_pid = TempOwner {
+                token: "ffffffff".into(),
+                ..me.clone()
+            };
+            assert!(judged(reused_pid), "this pid, another process");
+        }
+        assert!(!judged(me), "this process");
+        // A claim of the older form names no namespace: time alone tells,
+        // even when its pid runs nothing here.
+        let old_form = format!(
+            "{CLAIM_PREFIX}{}-{}-00000000000000ab",
+            crate::os::hostname(),
+            dead_pid()
+        );
+        assert!(!abandoned(&[
+            entry(&old_form, Duration::ZERO),
+            meta.clone()
+        ]));
+        let old_and_still = entry(&old_form, ABANDONED_AFTER + Duration::from_secs(1));
+        assert!(abandoned(&[old_and_still]));
+    }
+
+    #[test]
     fn a_writer_that_committed_after_the_listing_keeps_its_folder() {
-        let dead = claim_of(&here(), dead_pid());
+        let dead = claim_of_pid(dead_pid());
         let meta = entry("backup-metadata.json", Duration::ZERO);
         let before = [dead.clone(), meta.clone()];
         assert!(abandoned(&before), "judged on the first listing alone");
@@ -146,7 +216,7 @@ mod tests {
     #[test]
     fn an_empty_folder_is_won_only_when_nothing_else_came_in() {
         assert!(may_clear(&[], &[], COMMIT));
-        let racer = claim_of(&here(), std::process::id());
+        let racer = claim_of_pid(std::process::id());
         assert!(!may_clear(&[], &[racer], COMMIT), "a racing taker");
         let committed = entry("manifest.bin", Duration::ZERO);
         assert!(!may_clear(&[], &[committed], COMMIT), "committed meanwhile");
@@ -156,13 +226,13 @@ mod tests {
 
     #[test]
     fn a_claim_that_appeared_after_the_listing_is_left_to_its_writer() {
-        let dead = claim_of(&here(), dead_pid());
+        let dead = claim_of_pid(dead_pid());
         let before = [dead.clone()];
         // A writer whose claim was not judged: even a gone one is judged
         // on a listing of its own first.
-        let newer = [dead.clone(), claim_of(&here(), dead_pid_n(1))];
+        let newer = [dead.clone(), claim_of_pid(dead_pid_n(1))];
         assert!(!may_clear(&before, &newer, COMMIT));
-        let live = [dead, claim_of(&here(), std::process::id())];
+        let live = [dead, claim_of_pid(std::process::id())];
         assert!(!may_clear(&before, &live, COMMIT));
         // Emptied meanwhile (another taker cleared it): nothing to delete.
         assert!(may_clear(&before, &[], COMMIT));

@@ -58,7 +58,8 @@
 //!   ignores `If-None-Match: *` on PutObject (its put.rs never reads it; a
 //!   second conditional PUT of an existing key succeeds), so a conditional
 //!   create cannot be the claim. Instead: list `dir/` (anything there: the
-//!   folder exists, `Ok(false)`); PUT a marker `dir/.claim-<pid>-<random>`;
+//!   folder exists, `Ok(false)`); PUT a marker `dir/.claim-<owner>-<random>`
+//!   (`claim::claim_marker`: pid, host, boot id, PID namespace, token);
 //!   list `dir/` again. A writer whose listing shows its own marker and
 //!   nothing else owns the folder. Two racing writers cannot both win: each
 //!   lists only after its own marker is stored, so the later listing of the
@@ -68,9 +69,9 @@
 //!   leave both out. The owner then writes the files in order (the first
 //!   file first, the last file, the commit, last) and deletes its marker. A
 //!   folder without its last file (`manifest.bin`) is incomplete; a crash
-//!   can leave one, with a stale marker `.claim-<host>-<pid>-<random>`. It
-//!   counts as existing while its writer may still run; once the marker
-//!   names a dead process of this host, or nothing in the folder changed
+//!   can leave one, with a stale marker. It counts as existing while its
+//!   writer may still run; once the marker names a dead process of this
+//!   host, boot and PID namespace, or nothing in the folder changed
 //!   for 15 minutes, the next writer of that name removes the leftovers
 //!   and claims it afresh (so a rerun `copy` converges).
 //! - `delete` of a missing object is `NotFound` (checked with a HEAD first,
@@ -107,6 +108,7 @@ use opendal::services::S3;
 use opendal::{ErrorKind as OdKind, HttpTransporter, OperationContext, Operator};
 
 use super::backend::{create_private_dir_all, temp_path_in, Backend, ListEntry, ObjectStat};
+pub use claim::claim_marker;
 use claim::{abandoned, may_clear};
 use errors::{error_chain, is_unreachable, scrub, Names};
 use spool::Spool;
@@ -635,12 +637,7 @@ impl Backend for S3Backend {
             // folder is claimed before anything in it is deleted, so two
             // takers never clear it at once (a slower one's deletes, by
             // name, would hit the faster one's new files).
-            let r: u64 = rand::random();
-            let marker = format!(
-                "{CLAIM_PREFIX}{}-{}-{r:016x}",
-                crate::store::lock::object::hostname(),
-                std::process::id()
-            );
+            let marker = claim_marker(crate::os::TempOwner::current(), rand::random());
             let claim = join(dir, &marker);
             self.write_once(&claim, marker.as_bytes())?;
             let others: Vec<ListEntry> = self
