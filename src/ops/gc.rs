@@ -56,7 +56,7 @@ use crate::store::lock::ExclusiveLock;
 use crate::store::pack;
 use crate::store::pack2::{ChunkEntry, DecodedFrame, EncodedFrame, FrameKind};
 use crate::store::packer::Packer;
-use crate::store::ReadFrom;
+use crate::store::{audit_log, ReadFrom};
 use crate::store::{ChunkFault, Dir, Object, Store};
 
 /// A pack is rewritten when its live chunks make up less than this share
@@ -748,6 +748,12 @@ pub struct GcResult {
     pub written_packs: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_reclaimed: Option<u64>,
+    /// Audit records no reader needs, older than 90 days
+    /// (`audit_log::prunable`): to prune (dry run) or pruned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_prune_audit_records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_records_pruned: Option<u64>,
     /// Dead bytes left in packs above the rewrite threshold.
     pub dead_bytes_kept: u64,
     /// The grace period: packs modified more recently are never touched.
@@ -818,10 +824,38 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcResult> {
         r.would_delete_packs = Some(names(&plan, Action::Delete));
         r.would_rewrite_packs = Some(names(&plan, Action::Rewrite));
         r.bytes_reclaimable = Some(plan.bytes_reclaimable());
+        r.would_prune_audit_records = Some(audit_records(store, &plan).len() as u64);
         r
     };
     result.duration_ms = started.elapsed().as_millis() as u64;
     Ok(result)
+}
+
+/// The audit records gc prunes: none of them speaks of a snapshot or a
+/// pack the plan found (unparseable snapshots count as found).
+fn audit_records(store: &Store, plan: &Plan) -> Vec<String> {
+    let stamps = plan
+        .snapshots_marked
+        .iter()
+        .chain(&plan.protected_unparseable)
+        .cloned()
+        .collect();
+    let damaged = plan
+        .damaged
+        .iter()
+        .filter_map(|d| pack::pack_id_from_name(&d.name));
+    let packs = plan
+        .packs
+        .iter()
+        .map(|p| p.id)
+        .chain(damaged)
+        .map(|id| id.to_hex())
+        .collect();
+    let live = audit_log::Live {
+        stamps: &stamps,
+        packs: &packs,
+    };
+    audit_log::prunable(store, &live, chrono::Utc::now())
 }
 
 fn names(plan: &Plan, action: Action) -> Vec<String> {
@@ -844,12 +878,16 @@ pub fn collect(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
     r.written_packs = Some(done.written);
     r.bytes_reclaimed = Some(done.bytes_reclaimed);
     r.abandoned_snapshot_folders = done.abandoned_removed;
-    r.exit_code = match (done.errors.is_empty(), done.integrity_problem) {
+    let mut errors = done.errors;
+    let (pruned, not_pruned) = audit_log::prune(store, lock, &audit_records(store, &plan));
+    r.audit_records_pruned = Some(pruned);
+    errors.extend(not_pruned);
+    r.exit_code = match (errors.is_empty(), done.integrity_problem) {
         (true, _) => 0,
         (false, true) => 3,
         (false, false) => 1,
     };
-    r.errors = done.errors;
+    r.errors = errors;
     r.duration_ms = started.elapsed().as_millis() as u64;
     Ok(r)
 }

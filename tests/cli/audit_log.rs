@@ -5,6 +5,9 @@
 
 use crate::support::{flip_bit, strings, Out, Runtime as Env};
 use crate::verify::{stamp_of, two_snapshots, verify};
+use atosnap::store::audit_log::{self, CopyRecord, DrillRecord, VerifyRecord, VerifyScope};
+use atosnap::store::names::Log;
+use atosnap::store::{key::Secrets, location::StoreAddress, Store};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs;
@@ -314,4 +317,124 @@ fn copy_records_the_newest_stamp_per_destination() {
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(out.error_code(), "snapshot_missing");
     assert_eq!(records(&env, "copies").len(), 3);
+}
+
+/// Writes one record of `log` as if at `at`, through the library.
+fn old_record<T: serde::Serialize>(env: &Env, log: Log, key: Option<&str>, at: &str, rec: &T) {
+    audit_log::append(&open(env), log, key, at, rec).unwrap();
+}
+
+fn drill(stamp: &str, at: &str) -> DrillRecord {
+    DrillRecord {
+        stamp: stamp.into(),
+        drill_at: at.into(),
+        ok: true,
+    }
+}
+
+fn copy_to(at: &str, ok: bool) -> CopyRecord {
+    CopyRecord {
+        to: "/backups/elsewhere".into(),
+        at: at.into(),
+        stamps_copied: vec![],
+        newest_stamp: None,
+        ok,
+        error: None,
+    }
+}
+
+fn verified(at: &str, stamps: &[&str], packs: &[&str]) -> VerifyRecord {
+    VerifyRecord {
+        at: at.into(),
+        scope: VerifyScope::Snapshots,
+        sample: None,
+        ok: true,
+        damaged_objects: vec![],
+        packs_read: packs.iter().map(|p| p.to_string()).collect(),
+        snapshots: stamps.iter().map(|s| (s.to_string(), true)).collect(),
+        duration_ms: 1,
+    }
+}
+
+/// The record files of every log, by name.
+fn log_files(env: &Env) -> BTreeSet<String> {
+    ["drills", "verifies", "copies"]
+        .iter()
+        .flat_map(|d| fs::read_dir(env.store.join(d)).into_iter().flatten())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// gc prunes the audit records no reader needs once they are 90 days old,
+/// and keeps what `list` and the copy log show: the newest drill of each
+/// snapshot, the newest and the newest good copy to a destination, the
+/// newest verify and the newest covering each snapshot and pack, every
+/// young record, and any record it cannot read.
+#[test]
+fn gc_prunes_old_audit_records_no_reader_needs() {
+    let (env, s1, s2) = two_snapshots();
+    let pack = {
+        let (name, _) = env.pack_sizes().remove(0);
+        let id = atosnap::store::pack::pack_id_from_name(&name).unwrap();
+        id.to_hex()
+    };
+    let gone = "20190101T000000Z";
+    let now = chrono::Utc::now();
+    let day_ago = (now - chrono::Duration::days(1)).to_rfc3339();
+    let at = |h: u32| format!("2020-01-01T{h:02}:00:00.000Z");
+    let d = Log::Drill;
+    old_record(&env, d, Some(&s1), &at(1), &drill(&s1, &at(1))); // superseded
+    old_record(&env, d, Some(&s1), &at(2), &drill(&s1, &at(2))); // s1's newest
+    old_record(&env, d, Some(gone), &at(3), &drill(gone, &at(3))); // its snapshot is gone
+    old_record(&env, d, Some(&s2), &day_ago, &drill(&s2, &day_ago)); // young, superseded
+    old_record(
+        &env,
+        d,
+        Some(&s2),
+        &now.to_rfc3339(),
+        &drill(&s2, &now.to_rfc3339()),
+    );
+    for (h, ok) in [(4, true), (5, true), (6, false)] {
+        // The first is superseded; the second is the newest good one.
+        audit_log::append_copy(&open(&env), &copy_to(&at(h), ok)).unwrap();
+    }
+    let v = Log::Verify;
+    old_record(
+        &env,
+        v,
+        None,
+        &at(9),
+        &verified(&at(9), &[gone], &["00"; 1]),
+    ); // nothing left
+    old_record(&env, v, None, &at(10), &verified(&at(10), &[&s1], &[&pack])); // superseded
+    old_record(&env, v, None, &at(11), &verified(&at(11), &[&s1], &[&pack])); // s1's, pack's
+    old_record(&env, v, None, &at(12), &verified(&at(12), &[&s2], &[])); // the newest
+    fs::write(
+        env.store.join("verifies/20200101T000000000Z-beef.json"),
+        b"not json",
+    )
+    .unwrap();
+    let before = log_files(&env);
+    let listed = env.ok(&["list"]);
+
+    let dry = env.ok(&["gc"]);
+    assert_eq!(dry["would_prune_audit_records"], 5, "{dry}");
+    assert_eq!(log_files(&env), before, "a dry run deletes nothing");
+    let done = env.ok(&["gc", "--confirm"]);
+    assert_eq!(done["audit_records_pruned"], 5, "{done}");
+    let pruned: BTreeSet<String> = before.difference(&log_files(&env)).cloned().collect();
+    let hours: BTreeSet<String> = pruned
+        .iter()
+        .map(|n| n.rsplit_once("--").map_or(n.as_str(), |(_, t)| t)[9..11].to_string())
+        .collect();
+    assert_eq!(
+        hours,
+        ["01", "03", "04", "09", "10"].map(String::from).into()
+    );
+    assert_eq!(env.ok(&["list"]), listed, "what list shows is unchanged");
+    assert_eq!(env.ok(&["gc", "--confirm"])["audit_records_pruned"], 0);
+}
+
+fn open(env: &Env) -> Store {
+    Store::open(&StoreAddress::local(&env.store), &Secrets::none()).unwrap()
 }

@@ -8,6 +8,10 @@
 //! sortable, so the newest records are found from one listing and only
 //! those are read (through the cache of a remote store).
 
+mod prune;
+
+pub use prune::{prunable, prune, Live, KEEP_RECORDS_FOR};
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
