@@ -121,6 +121,20 @@ pub fn secrets(g: &Global) -> Secrets {
 }
 
 /// How remote stores are reached: endpoint, cache and transfer limits.
+/// The password of another store than `--store` (copy's destination,
+/// init's `--copy-key-from`): `file` (its flag or env), else the variable
+/// `env`, else `--store`'s own.
+pub fn other_secrets(g: &Global, file: &Option<PathBuf>, env: &str) -> Secrets {
+    use std::os::unix::ffi::OsStringExt;
+    if let Some(file) = file.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+        return Secrets::from_file(file.clone());
+    }
+    match std::env::var_os(env).filter(|v| !v.is_empty()) {
+        Some(v) => Secrets::from_password(v.into_vec()),
+        None => secrets(g),
+    }
+}
+
 pub fn remote_settings(g: &Global) -> RemoteSettings {
     RemoteSettings::new(g.s3_endpoint.clone(), g.cache_dir.clone()).with_limits(TransferLimits {
         upload_kib: g.limit_upload,

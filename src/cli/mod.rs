@@ -22,7 +22,7 @@ use atosnap::sources::paths::Paths;
 use atosnap::store::format::CompressionParams;
 use atosnap::store::key::Secrets;
 use atosnap::store::location::StoreAddress;
-use atosnap::store::{InitOptions, Store};
+use atosnap::store::{InitOptions, SharedKey, Store};
 
 pub use global::{open_store, paths, secrets, store_address, Global};
 
@@ -61,6 +61,14 @@ pub enum Command {
             value_parser = CompressionParams::parse_choice
         )]
         compression: CompressionParams,
+        /// With `repokey`: share the master key of this encrypted store
+        /// (its password: --from-password-file, else ATOSNAP_FROM_PASSWORD,
+        /// else this store's) instead of a fresh one; `copy` between the
+        /// two then moves stored data as it is. Each keeps its own password.
+        #[arg(long, value_name = "STORE")]
+        copy_key_from: Option<PathBuf>,
+        #[arg(long, env = "ATOSNAP_FROM_PASSWORD_FILE", value_name = "FILE")]
+        from_password_file: Option<PathBuf>,
     },
     /// Manage the key of an encrypted store.
     Key {
@@ -540,19 +548,6 @@ fn open_store_with_grace(g: &Global, paths: &Paths, grace: Option<u64>) -> Resul
     Ok(store)
 }
 
-/// The destination password of `copy`: `--to-password-file` (or
-/// ATOSNAP_TO_PASSWORD_FILE), else ATOSNAP_TO_PASSWORD, else the source's.
-fn to_secrets(g: &Global, to_password_file: Option<PathBuf>) -> Secrets {
-    use std::os::unix::ffi::OsStringExt;
-    if let Some(file) = to_password_file.filter(|p| !p.as_os_str().is_empty()) {
-        return Secrets::from_file(file);
-    }
-    match std::env::var_os("ATOSNAP_TO_PASSWORD").filter(|v| !v.is_empty()) {
-        Some(v) => Secrets::from_password(v.into_vec()),
-        None => secrets(g),
-    }
-}
-
 /// Opens `copy`'s destination, creating it when missing with the source's
 /// encryption scheme (a repokey store gets its own fresh master key,
 /// wrapped under the destination password) and compression.
@@ -568,6 +563,7 @@ fn open_or_init_like(
                 scheme: config.encryption.scheme.clone(),
                 secrets: secrets.clone(),
                 compression: config.compression.clone(),
+                shared_key: None,
             };
             match Store::init(address, &options) {
                 // Another process created it between our check and init.
@@ -588,10 +584,22 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
         Command::Init {
             encryption,
             compression,
+            copy_key_from,
+            from_password_file,
         } => {
             let address = store_address(g, &paths)?;
+            let shared_key = match copy_key_from {
+                Some(from) => {
+                    let from = StoreAddress::parse(from, global::remote_settings(g))?;
+                    let from_secrets =
+                        global::other_secrets(g, from_password_file, "ATOSNAP_FROM_PASSWORD");
+                    Some(SharedKey::of(&Store::open(&from, &from_secrets)?)?)
+                }
+                None => None,
+            };
             let options = InitOptions {
                 compression: compression.clone(),
+                shared_key,
                 ..InitOptions::with_scheme(encryption, &secrets(g))
             };
             let store = Store::init(&address, &options)?;
@@ -818,7 +826,8 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             let from = StoreAddress::parse(from.as_ref().unwrap_or(&paths.store), remote.clone())?;
             let source = Store::open(&from, &secrets(g))?;
             let to = StoreAddress::parse(to, remote)?;
-            let to_secrets = to_secrets(g, to_password_file.clone());
+            // `--to-password-file`, else ATOSNAP_TO_PASSWORD, else the source's.
+            let to_secrets = global::other_secrets(g, to_password_file, "ATOSNAP_TO_PASSWORD");
             let dest = open_or_init_like(&to, &source, &to_secrets)?;
             let opts = copy::CopyOptions { lock_wait };
             let result = copy::copy(&source, &dest, &stamps, &opts, progress.as_ref())?;

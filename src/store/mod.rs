@@ -48,7 +48,7 @@ mod tmp;
 
 pub use file_lists::{error_fault, fault_error, FileChunks, StoreBlobs};
 pub use layout::PackLayout;
-pub use open::InitOptions;
+pub use open::{InitOptions, SharedKey};
 pub use packs::{Check, ChunkFault};
 pub use snapshots::{IncompleteSnapshot, ReadFrom, SnapshotListing};
 pub use tmp::CleanedTmp;

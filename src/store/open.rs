@@ -10,7 +10,7 @@ use super::cache::ObjectCache;
 use super::format::{CompressionParams, StoreConfig};
 use super::key::{KdfCost, KeyFile, Secrets, UnwrapError};
 use super::location::{RemoteSettings, StoreAddress, StoreLocation};
-use super::seal::{MasterKey, Sealer};
+use super::seal::{MasterKey, RepoKeys, Sealer};
 use super::{backend, key, location};
 use super::{Dir, Object, Store};
 
@@ -68,6 +68,39 @@ pub struct InitOptions {
     /// How new chunks are compressed (`init --compression`), recorded in
     /// `config.json`.
     pub compression: CompressionParams,
+    /// A `repokey` store's master key taken from another store instead of
+    /// a fresh one (`init --copy-key-from`).
+    pub shared_key: Option<SharedKey>,
+}
+
+/// The master key of an existing encrypted store, for a new store that is
+/// to share it (`init --copy-key-from`, restic's `init --copy-chunker-params
+/// --from-repo` and borg's `--other-repo` in spirit): the two name and seal
+/// chunks alike, so `copy` between them moves stored frames as they are
+/// instead of opening, re-hashing and re-sealing every chunk. Each store
+/// keeps its own key file and password.
+#[derive(Clone)]
+pub struct SharedKey {
+    keys: Arc<RepoKeys>,
+}
+
+impl SharedKey {
+    /// The key of `store`; refused (`store_not_encrypted`) for a store
+    /// without one.
+    pub fn of(store: &Store) -> Result<SharedKey> {
+        match store.sealer() {
+            Sealer::Repokey(keys) => Ok(SharedKey { keys: keys.clone() }),
+            Sealer::Plain => Err(Error::NotEncrypted {
+                path: store.location().display(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedKey(..)")
+    }
 }
 
 impl Default for InitOptions {
@@ -77,6 +110,7 @@ impl Default for InitOptions {
             scheme: "none".into(),
             secrets: Secrets::none(),
             compression: CompressionParams::auto(),
+            shared_key: None,
         }
     }
 }
@@ -205,6 +239,12 @@ impl Store {
         let mut config = StoreConfig::new_default();
         config.set_compression(&options.compression);
         // Everything that can be refused is checked before anything is written.
+        if options.shared_key.is_some() && scheme != "repokey" {
+            return Err(Error::Usage(
+                "--copy-key-from needs --encryption repokey: an unencrypted store has no key"
+                    .into(),
+            ));
+        }
         let repokey = match scheme {
             "none" => None,
             "repokey" => {
@@ -217,11 +257,18 @@ impl Store {
                     ));
                 }
                 let cost = KdfCost::from_env()?;
-                let master = MasterKey::generate().map_err(Error::KeyMaterial)?;
-                let file = KeyFile::wrap(&master, &password, cost).map_err(Error::KeyMaterial)?;
+                let keys = match &options.shared_key {
+                    Some(shared) => shared.keys.clone(),
+                    None => {
+                        let master = MasterKey::generate().map_err(Error::KeyMaterial)?;
+                        Arc::new(RepoKeys::from_master(master))
+                    }
+                };
+                let master = keys.master();
+                let file = KeyFile::wrap(master, &password, cost).map_err(Error::KeyMaterial)?;
                 config.encryption.scheme = "repokey".into();
                 config.encryption.key_id = Some(master.key_id());
-                Some((master, file))
+                Some((Sealer::Repokey(keys), file))
             }
             other => {
                 return Err(Error::Usage(format!(
@@ -249,7 +296,7 @@ impl Store {
             .ctx("write", &config_path)?;
         let (sealer, key_file) = match repokey {
             None => (Sealer::Plain, None),
-            Some((master, file)) => (Sealer::repokey(master), Some(file)),
+            Some((sealer, file)) => (sealer, Some(file)),
         };
         Ok(Store::assemble(
             location,

@@ -20,6 +20,8 @@ const PASSWORD_VARS: &[&str] = &[
     "ATOSNAP_PASSWORD_FILE",
     "ATOSNAP_TO_PASSWORD",
     "ATOSNAP_TO_PASSWORD_FILE",
+    "ATOSNAP_FROM_PASSWORD",
+    "ATOSNAP_FROM_PASSWORD_FILE",
     "ATOSNAP_COPY_TO",
     "ATOSNAP_FAILPOINT",
 ];
@@ -664,4 +666,83 @@ fn a_copy_killed_at_any_moment_converges_on_rerun() {
         let r = copy_ok(&env, &dest, &[]);
         assert_eq!(u(&r, "chunks_sent"), 0);
     }
+}
+
+/// `init --encryption repokey --copy-key-from SRC`: the new store wraps the
+/// source's master key under its own password, so a copy between the two
+/// moves stored data as it is (no chunk re-hashed or re-sealed), and each
+/// store opens with its own password only.
+#[test]
+fn init_copy_key_from_shares_the_master_key_under_another_password() {
+    let env = Env::fixture();
+    let src = env.dir.path().join("src");
+    let pw_src = [("ATOSNAP_PASSWORD", "source secret")];
+    let init_src = run_cmd(
+        on(&env, &src)
+            .args(["init", "--encryption", "repokey"])
+            .envs(pw_src),
+    );
+    assert_eq!(init_src.code, 0, "{init_src:?}");
+    let s1 = run_cmd(on(&env, &src).args(["create", "--chroma"]).envs(pw_src));
+    assert_eq!(s1.code, 0, "{s1:?}");
+
+    let dest = env.dir.path().join("dest");
+    let pw_dest = [("ATOSNAP_PASSWORD", "dest secret")];
+    let shared = |store: &Path, extra: &[&str], from_pw: &str| {
+        run_cmd(
+            on(&env, store)
+                .args(["init", "--encryption", "repokey", "--copy-key-from"])
+                .arg(&src)
+                .args(extra)
+                .envs(pw_dest)
+                .env("ATOSNAP_FROM_PASSWORD", from_pw),
+        )
+    };
+    // The source's password is checked before anything is written.
+    let wrong = shared(&dest, &[], "not it");
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+    assert_eq!(wrong.json["error"]["code"], "wrong_password", "{wrong:?}");
+    assert!(!dest.join("config.json").exists());
+    let made = shared(&dest, &[], "source secret");
+    assert_eq!(made.code, 0, "{made:?}");
+    assert_eq!(made.json["key"]["key_id"], init_src.json["key"]["key_id"]);
+
+    let out = run_cmd(
+        on(&env, &src)
+            .args(["copy", "--to"])
+            .arg(&dest)
+            .envs(pw_src)
+            .env("ATOSNAP_TO_PASSWORD", "dest secret"),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json["chunk_ids_rewritten"], false, "{out:?}");
+    let stamp = s1.json["stamp"].as_str().unwrap();
+    validate_ok(&env, &dest, stamp, &pw_dest);
+    assert_eq!(
+        restored(&env, &src, stamp, &pw_src),
+        restored(&env, &dest, stamp, &pw_dest)
+    );
+    // One key, two key files: the source's password does not open the copy.
+    let other = run_cmd(on(&env, &dest).arg("list").envs(pw_src));
+    assert_eq!(other.json["error"]["code"], "wrong_password", "{other:?}");
+
+    // Refused: a key from an unencrypted store, or for an unencrypted one.
+    let plain = env.dir.path().join("plain");
+    assert_eq!(run_cmd(on(&env, &plain).arg("init")).code, 0);
+    let from_plain = run_cmd(
+        on(&env, &env.dir.path().join("d2"))
+            .args(["init", "--encryption", "repokey", "--copy-key-from"])
+            .arg(&plain)
+            .envs(pw_dest),
+    );
+    assert_eq!(from_plain.code, 1, "{from_plain:?}");
+    assert_eq!(from_plain.json["error"]["code"], "store_not_encrypted");
+    let to_plain = run_cmd(
+        on(&env, &env.dir.path().join("d3"))
+            .args(["init", "--copy-key-from"])
+            .arg(&src)
+            .envs(pw_src),
+    );
+    assert_eq!(to_plain.code, 2, "{to_plain:?}");
+    assert!(!env.dir.path().join("d3/config.json").exists());
 }
