@@ -878,16 +878,15 @@ pub fn collect(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
     r.written_packs = Some(done.written);
     r.bytes_reclaimed = Some(done.bytes_reclaimed);
     r.abandoned_snapshot_folders = done.abandoned_removed;
-    let mut errors = done.errors;
     let (pruned, not_pruned) = audit_log::prune(store, lock, &audit_records(store, &plan));
     r.audit_records_pruned = Some(pruned);
-    errors.extend(not_pruned);
-    r.exit_code = match (errors.is_empty(), done.integrity_problem) {
+    r.warnings.extend(not_pruned);
+    r.exit_code = match (done.errors.is_empty(), done.integrity_problem) {
         (true, _) => 0,
         (false, true) => 3,
         (false, false) => 1,
     };
-    r.errors = errors;
+    r.errors = done.errors;
     r.duration_ms = started.elapsed().as_millis() as u64;
     Ok(r)
 }

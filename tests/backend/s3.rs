@@ -183,7 +183,6 @@ fn assert_files_of(b: &S3Backend, dir: &str, w: u8) {
     }
 }
 
-/// A pid of this host that runs no process.
 #[test]
 fn s3_write_dir_once_claim_race() {
     let Some((b, _scratch)) = open("claim") else {

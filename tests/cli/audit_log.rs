@@ -399,18 +399,17 @@ fn gc_prunes_old_audit_records_no_reader_needs() {
         audit_log::append_copy(&open(&env), &copy_to(&at(h), ok)).unwrap();
     }
     let v = Log::Verify;
-    old_record(
-        &env,
-        v,
-        None,
-        &at(9),
-        &verified(&at(9), &[gone], &["00"; 1]),
-    ); // nothing left
-    old_record(&env, v, None, &at(10), &verified(&at(10), &[&s1], &[&pack])); // superseded
-    old_record(&env, v, None, &at(11), &verified(&at(11), &[&s1], &[&pack])); // s1's, pack's
-    old_record(&env, v, None, &at(12), &verified(&at(12), &[&s2], &[])); // the newest
+    let none: &[&str] = &[];
+    old_record(&env, v, None, &at(7), &verified(&at(7), &[&s1], none)); // superseded
+    old_record(&env, v, None, &at(8), &verified(&at(8), none, &[&pack])); // superseded
+    old_record(&env, v, None, &at(9), &verified(&at(9), &[gone], &["00"])); // nothing left
+    old_record(&env, v, None, &at(10), &verified(&at(10), none, &[&pack])); // the pack's
+    old_record(&env, v, None, &at(11), &verified(&at(11), &[&s1], none)); // s1's
+    old_record(&env, v, None, &at(12), &verified(&at(12), &[gone], none)); // newest readable
+                                                                           // The newest file does not read: kept, and the one before it is the
+                                                                           // newest verify readers see.
     fs::write(
-        env.store.join("verifies/20200101T000000000Z-beef.json"),
+        env.store.join("verifies/20200101T130000000Z-beef.json"),
         b"not json",
     )
     .unwrap();
@@ -418,10 +417,10 @@ fn gc_prunes_old_audit_records_no_reader_needs() {
     let listed = env.ok(&["list"]);
 
     let dry = env.ok(&["gc"]);
-    assert_eq!(dry["would_prune_audit_records"], 5, "{dry}");
+    assert_eq!(dry["would_prune_audit_records"], 6, "{dry}");
     assert_eq!(log_files(&env), before, "a dry run deletes nothing");
     let done = env.ok(&["gc", "--confirm"]);
-    assert_eq!(done["audit_records_pruned"], 5, "{done}");
+    assert_eq!(done["audit_records_pruned"], 6, "{done}");
     let pruned: BTreeSet<String> = before.difference(&log_files(&env)).cloned().collect();
     let hours: BTreeSet<String> = pruned
         .iter()
@@ -429,7 +428,9 @@ fn gc_prunes_old_audit_records_no_reader_needs() {
         .collect();
     assert_eq!(
         hours,
-        ["01", "03", "04", "09", "10"].map(String::from).into()
+        ["01", "03", "04", "07", "08", "09"]
+            .map(String::from)
+            .into()
     );
     assert_eq!(env.ok(&["list"]), listed, "what list shows is unchanged");
     assert_eq!(env.ok(&["gc", "--confirm"])["audit_records_pruned"], 0);

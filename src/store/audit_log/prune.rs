@@ -71,13 +71,15 @@ pub fn prunable(store: &Store, live: &Live<'_>, now: DateTime<Utc>) -> Vec<Strin
     // Verifies: the newest, and the newest covering each snapshot or pack.
     let mut stamps_left: HashSet<&str> = live.stamps.iter().map(String::as_str).collect();
     let mut packs_left: HashSet<&str> = live.packs.iter().map(String::as_str).collect();
-    let verifies = by_key(store, Log::Verify).into_values().flatten();
-    for (i, f) in verifies.enumerate() {
+    let mut newest_seen = false;
+    for f in by_key(store, Log::Verify).into_values().flatten() {
         let f = &f;
+        // `newest_verify` skips what does not read: so does "newest" here.
         let Some(rec) = read::<VerifyRecord>(store, Log::Verify, f) else {
             continue;
         };
-        let mut needed = i == 0;
+        let mut needed = !newest_seen;
+        newest_seen = true;
         for stamp in rec.snapshots.keys() {
             needed |= stamps_left.remove(stamp.as_str());
         }
@@ -92,23 +94,23 @@ pub fn prunable(store: &Store, live: &Live<'_>, now: DateTime<Utc>) -> Vec<Strin
 }
 
 /// Deletes `names` (from [`prunable`]) under the exclusive lock; returns
-/// how many went and why the others did not.
+/// how many went and why the others did not (warnings: the logs are never
+/// a reason for gc to fail). A lock found lost, or a signal, stops it.
 pub fn prune(store: &Store, lock: &ExclusiveLock, names: &[String]) -> (u64, Vec<String>) {
     let mut removed = 0;
-    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     for name in names {
-        let done = lock.still_held().and_then(|()| {
-            store
-                .backend()
-                .delete(name)
-                .ctx("delete", store.object_path(name))
-        });
-        match done {
+        if let Err(e) = lock.still_held().and(crate::os::check_interrupted()) {
+            warnings.push(format!("audit records not pruned: {e}"));
+            break;
+        }
+        let path = store.object_path(name);
+        match store.backend().delete(name).ctx("delete", path) {
             Ok(()) => removed += 1,
-            Err(e) => errors.push(format!("audit record {name} not pruned: {e}")),
+            Err(e) => warnings.push(format!("audit record {name} not pruned: {e}")),
         }
     }
-    (removed, errors)
+    (removed, warnings)
 }
 
 /// When a record was written, from the time in its name

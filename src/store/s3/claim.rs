@@ -19,12 +19,29 @@ pub fn claim_marker(owner: &TempOwner, random: u64) -> String {
     format!("{CLAIM_PREFIX}{}{random:016x}", owner.prefix())
 }
 
-/// The writer a claim marker names; `None` for a name of another form (a
-/// claim written before claims named their PID namespace:
-/// `.claim-<host>-<pid>-<random>`).
+/// The writer a claim marker names; `None` for a name of another form,
+/// every field checked for its shape, so that a claim written before
+/// claims named their PID namespace (`.claim-<host>-<pid>-<random>`, a
+/// host that may hold dashes) never reads as one that does.
 fn claim_owner(name: &str) -> Option<TempOwner> {
     let marker = name.rsplit('/').next()?.strip_prefix(CLAIM_PREFIX)?;
-    TempOwner::parse(marker)
+    let (_, random) = marker.rsplit_once('-')?;
+    let owner = TempOwner::parse(marker)?;
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let shaped = hex(random, 16)
+        && (owner.boot == "0" || hex(&owner.boot, 8))
+        && owner.pidns.bytes().all(|b| b.is_ascii_digit())
+        && hex(&owner.token, 8);
+    shaped.then_some(owner)
+}
+
+/// Whether the writer of a claim is provably gone: a process of this host,
+/// this boot and this PID namespace that no longer runs (or an earlier
+/// process with this very pid). Unlike a temp file's owner, a claim of
+/// another boot is not condemned: a bucket is shared between machines, and
+/// two of them may carry one host name.
+fn writer_gone(owner: &TempOwner) -> bool {
+    owner.boot == TempOwner::current().boot && owner.is_gone()
 }
 
 /// An incomplete folder left uncommitted this long is abandoned whoever
@@ -32,11 +49,10 @@ fn claim_owner(name: &str) -> Option<TempOwner> {
 pub(super) const ABANDONED_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Whether an incomplete folder (no commit file) was left by a writer that
-/// is gone: every claim in it names a writer provably gone (a process of
-/// this host, boot and PID namespace that no longer runs, or one of an
-/// earlier boot: [`TempOwner::is_gone`]), or nothing in it changed for
-/// [`ABANDONED_AFTER`]. A claim of another host or namespace, or of an
-/// older form, is judged by time alone.
+/// is gone: every claim in it names a writer provably gone
+/// ([`writer_gone`]), or nothing in it changed for [`ABANDONED_AFTER`]. A
+/// claim of another host, boot or namespace, or of an older form, is
+/// judged by time alone.
 pub(super) fn abandoned(present: &[ListEntry]) -> bool {
     let stale = present.iter().all(|e| {
         e.modified
@@ -51,7 +67,7 @@ pub(super) fn abandoned(present: &[ListEntry]) -> bool {
     let dead_claims = !claims.is_empty()
         && claims
             .iter()
-            .all(|owner| owner.as_ref().is_some_and(TempOwner::is_gone));
+            .all(|owner| owner.as_ref().is_some_and(writer_gone));
     stale || dead_claims
 }
 
@@ -161,10 +177,11 @@ mod tests {
                 ..me.clone()
             };
             assert!(!judged(other_ns), "a pid of another namespace");
-            // Before a reboot of this host: that writer is gone whatever
-            // its pid is now.
-            let earlier_boot = TempOwner {
-                pid: std::process::id(),
+            // Another boot id under this host name: an earlier boot of
+            // this machine, or another machine of the same name sharing
+            // the bucket. Only time tells.
+            let other_boot = TempOwner {
+                pid: dead_pid(),
                 boot: if me.boot == "00000001" {
                     "00000002"
                 } else {
@@ -173,7 +190,7 @@ mod tests {
                 .into(),
                 ..me.clone()
             };
-            assert!(judged(earlier_boot), "a claim of an earlier boot");
+            assert!(!judged(other_boot), "a claim of another boot");
             // An earlier process that had this very pid.
             let reused_pid = TempOwner {
                 token: "ffffffff".into(),
@@ -195,6 +212,12 @@ mod tests {
         ]));
         let old_and_still = entry(&old_form, ABANDONED_AFTER + Duration::from_secs(1));
         assert!(abandoned(&[old_and_still]));
+        // An older marker whose host starts with digits and holds dashes
+        // has six fields too, and is still not read as a new one.
+        let dashed = format!("{CLAIM_PREFIX}1-db-a-b-{}-00000000000000ab", dead_pid());
+        assert!(claim_owner(&dashed).is_none());
+        assert!(!abandoned(&[entry(&dashed, Duration::ZERO), meta.clone()]));
+        assert!(claim_owner(&claim_marker(TempOwner::current(), 7)).is_some());
     }
 
     #[test]
