@@ -120,7 +120,6 @@ pub fn secrets(g: &Global) -> Secrets {
     Secrets::from_env(g.password_file.clone())
 }
 
-/// How remote stores are reached: endpoint, cache and transfer limits.
 /// The password of another store than `--store` (copy's destination,
 /// init's `--copy-key-from`): `file` (its flag or env), else the variable
 /// `env`, else `--store`'s own.
@@ -135,6 +134,7 @@ pub fn other_secrets(g: &Global, file: &Option<PathBuf>, env: &str) -> Secrets {
     }
 }
 
+/// How remote stores are reached: endpoint, cache and transfer limits.
 pub fn remote_settings(g: &Global) -> RemoteSettings {
     RemoteSettings::new(g.s3_endpoint.clone(), g.cache_dir.clone()).with_limits(TransferLimits {
         upload_kib: g.limit_upload,

@@ -53,20 +53,21 @@ pub enum Command {
         /// (up to 256 chunks / 1 MiB): `auto` (zstd level 3, a frame
         /// stored raw when that does not shrink it to 97 %), `zstd:LEVEL`
         /// (1-22, same rule) or `none` (every frame raw). Recorded in
-        /// config.json; every writer of the store follows it.
+        /// config.json; every writer of the store follows it. Default:
+        /// `auto`, or the --copy-key-from store's (frames then move as is).
         #[arg(
             long,
-            default_value = "auto",
             value_name = "auto|none|zstd:LEVEL",
             value_parser = CompressionParams::parse_choice
         )]
-        compression: CompressionParams,
+        compression: Option<CompressionParams>,
         /// With `repokey`: share the master key of this encrypted store
         /// (its password: --from-password-file, else ATOSNAP_FROM_PASSWORD,
         /// else this store's) instead of a fresh one; `copy` between the
         /// two then moves stored data as it is. Each keeps its own password.
         #[arg(long, value_name = "STORE")]
         copy_key_from: Option<PathBuf>,
+        /// The --copy-key-from store's password file (unused without it).
         #[arg(long, env = "ATOSNAP_FROM_PASSWORD_FILE", value_name = "FILE")]
         from_password_file: Option<PathBuf>,
     },
@@ -588,17 +589,32 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             from_password_file,
         } => {
             let address = store_address(g, &paths)?;
-            let shared_key = match copy_key_from {
+            let (shared_key, source_compression) = match copy_key_from {
                 Some(from) => {
+                    // Refusals that need no source first: its password
+                    // costs a key derivation, and it must not hide them.
+                    if encryption != "repokey" {
+                        return Err(Error::Usage("--copy-key-from needs --encryption repokey: an unencrypted store has no key".into()));
+                    }
+                    if Store::exists(&address)? {
+                        return Err(Error::StoreExists {
+                            path: address.display(),
+                        });
+                    }
                     let from = StoreAddress::parse(from, global::remote_settings(g))?;
                     let from_secrets =
                         global::other_secrets(g, from_password_file, "ATOSNAP_FROM_PASSWORD");
-                    Some(SharedKey::of(&Store::open(&from, &from_secrets)?)?)
+                    let source = Store::open(&from, &from_secrets)?;
+                    let compression = source.config().compression.clone();
+                    (Some(SharedKey::of(&source)?), Some(compression))
                 }
-                None => None,
+                None => (None, None),
             };
             let options = InitOptions {
-                compression: compression.clone(),
+                compression: compression
+                    .clone()
+                    .or(source_compression)
+                    .unwrap_or_else(CompressionParams::auto),
                 shared_key,
                 ..InitOptions::with_scheme(encryption, &secrets(g))
             };

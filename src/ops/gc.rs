@@ -878,7 +878,7 @@ pub fn collect(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
     r.written_packs = Some(done.written);
     r.bytes_reclaimed = Some(done.bytes_reclaimed);
     r.abandoned_snapshot_folders = done.abandoned_removed;
-    let (pruned, not_pruned) = audit_log::prune(store, lock, &audit_records(store, &plan));
+    let (pruned, not_pruned) = audit_log::prune(store, lock, &audit_records(store, &plan))?;
     r.audit_records_pruned = Some(pruned);
     r.warnings.extend(not_pruned);
     r.exit_code = match (done.errors.is_empty(), done.integrity_problem) {

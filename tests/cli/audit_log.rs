@@ -405,9 +405,9 @@ fn gc_prunes_old_audit_records_no_reader_needs() {
     old_record(&env, v, None, &at(9), &verified(&at(9), &[gone], &["00"])); // nothing left
     old_record(&env, v, None, &at(10), &verified(&at(10), none, &[&pack])); // the pack's
     old_record(&env, v, None, &at(11), &verified(&at(11), &[&s1], none)); // s1's
-    old_record(&env, v, None, &at(12), &verified(&at(12), &[gone], none)); // newest readable
-                                                                           // The newest file does not read: kept, and the one before it is the
-                                                                           // newest verify readers see.
+                                                                          // The newest readable one; the file after it does not read: kept, and
+                                                                          // the readers' newest verify is the one before it.
+    old_record(&env, v, None, &at(12), &verified(&at(12), &[gone], none));
     fs::write(
         env.store.join("verifies/20200101T130000000Z-beef.json"),
         b"not json",

@@ -679,7 +679,7 @@ fn init_copy_key_from_shares_the_master_key_under_another_password() {
     let pw_src = [("ATOSNAP_PASSWORD", "source secret")];
     let init_src = run_cmd(
         on(&env, &src)
-            .args(["init", "--encryption", "repokey"])
+            .args(["init", "--encryption", "repokey", "--compression", "zstd:5"])
             .envs(pw_src),
     );
     assert_eq!(init_src.code, 0, "{init_src:?}");
@@ -706,6 +706,13 @@ fn init_copy_key_from_shares_the_master_key_under_another_password() {
     let made = shared(&dest, &[], "source secret");
     assert_eq!(made.code, 0, "{made:?}");
     assert_eq!(made.json["key"]["key_id"], init_src.json["key"]["key_id"]);
+    // The source's compression too, unless asked otherwise: copy moves
+    // frames only between stores that compress alike.
+    assert_eq!(made.json["compression"], "zstd:5", "{made:?}");
+    let again = shared(&dest, &[], "source secret");
+    assert_eq!(again.code, 1, "{again:?}");
+    let message = again.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("a store already exists"), "{again:?}");
 
     let out = run_cmd(
         on(&env, &src)
@@ -737,11 +744,12 @@ fn init_copy_key_from_shares_the_master_key_under_another_password() {
     );
     assert_eq!(from_plain.code, 1, "{from_plain:?}");
     assert_eq!(from_plain.json["error"]["code"], "store_not_encrypted");
+    // Refused before the source is opened: no password for it is needed
+    // to learn that.
     let to_plain = run_cmd(
         on(&env, &env.dir.path().join("d3"))
             .args(["init", "--copy-key-from"])
-            .arg(&src)
-            .envs(pw_src),
+            .arg(&src),
     );
     assert_eq!(to_plain.code, 2, "{to_plain:?}");
     assert!(!env.dir.path().join("d3/config.json").exists());

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use super::{by_key, read, split, CopyRecord, DrillRecord, VerifyRecord};
-use crate::error::IoContext;
+use crate::error::{IoContext, Result};
 use crate::store::backend::ListEntry;
 use crate::store::lock::ExclusiveLock;
 use crate::store::names::Log;
@@ -94,23 +94,22 @@ pub fn prunable(store: &Store, live: &Live<'_>, now: DateTime<Utc>) -> Vec<Strin
 }
 
 /// Deletes `names` (from [`prunable`]) under the exclusive lock; returns
-/// how many went and why the others did not (warnings: the logs are never
-/// a reason for gc to fail). A lock found lost, or a signal, stops it.
-pub fn prune(store: &Store, lock: &ExclusiveLock, names: &[String]) -> (u64, Vec<String>) {
+/// how many went and why the others did not (warnings: a record that
+/// stays is never a reason for gc to fail). A lock found lost, or a
+/// signal, is the error it is everywhere else.
+pub fn prune(store: &Store, lock: &ExclusiveLock, names: &[String]) -> Result<(u64, Vec<String>)> {
     let mut removed = 0;
     let mut warnings = Vec::new();
     for name in names {
-        if let Err(e) = lock.still_held().and(crate::os::check_interrupted()) {
-            warnings.push(format!("audit records not pruned: {e}"));
-            break;
-        }
+        lock.still_held()?;
+        crate::os::check_interrupted()?;
         let path = store.object_path(name);
         match store.backend().delete(name).ctx("delete", path) {
             Ok(()) => removed += 1,
             Err(e) => warnings.push(format!("audit record {name} not pruned: {e}")),
         }
     }
-    (removed, warnings)
+    Ok((removed, warnings))
 }
 
 /// When a record was written, from the time in its name

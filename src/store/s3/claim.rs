@@ -25,7 +25,7 @@ pub fn claim_marker(owner: &TempOwner, random: u64) -> String {
 /// host that may hold dashes) never reads as one that does.
 fn claim_owner(name: &str) -> Option<TempOwner> {
     let marker = name.rsplit('/').next()?.strip_prefix(CLAIM_PREFIX)?;
-    let (_, random) = marker.rsplit_once('-')?;
+    let random = marker.splitn(6, '-').nth(5)?;
     let owner = TempOwner::parse(marker)?;
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
     let shaped = hex(random, 16)
