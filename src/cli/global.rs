@@ -3,13 +3,14 @@
 //! password source.
 
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use atosnap::error::Error;
 use atosnap::sources::paths::Paths;
+use atosnap::store::format::CompressionParams;
 use atosnap::store::key::Secrets;
 use atosnap::store::location::{RemoteSettings, StoreAddress, TransferLimits};
-use atosnap::store::Store;
+use atosnap::store::{SharedKey, Store};
 
 use super::logging::LogFormat;
 
@@ -132,6 +133,39 @@ pub fn other_secrets(g: &Global, file: &Option<PathBuf>, env: &str) -> Secrets {
         Some(v) => Secrets::from_password(v.into_vec()),
         None => secrets(g),
     }
+}
+
+/// The key `init --copy-key-from FROM` shares, and FROM's compression
+/// (the default for the new store, so that frames move between the two
+/// as they are). The refusals that need no source come first: opening it
+/// costs a key derivation, and its password must not hide them.
+pub fn key_to_share(
+    g: &Global,
+    address: &StoreAddress,
+    encryption: &str,
+    from: Option<&Path>,
+    from_password_file: &Option<PathBuf>,
+) -> Result<(Option<SharedKey>, Option<CompressionParams>), Error> {
+    let Some(from) = from else {
+        return Ok((None, None));
+    };
+    if encryption != "repokey" {
+        return Err(Error::Usage(
+            "--copy-key-from needs --encryption repokey: an unencrypted store has no key".into(),
+        ));
+    }
+    if Store::exists(address)? {
+        return Err(Error::StoreExists {
+            path: address.display(),
+        });
+    }
+    let from = StoreAddress::parse(from, remote_settings(g))?;
+    let source = Store::open(
+        &from,
+        &other_secrets(g, from_password_file, "ATOSNAP_FROM_PASSWORD"),
+    )?;
+    let compression = source.config().compression.clone();
+    Ok((Some(SharedKey::of(&source)?), Some(compression)))
 }
 
 /// How remote stores are reached: endpoint, cache and transfer limits.

@@ -22,7 +22,7 @@ use atosnap::sources::paths::Paths;
 use atosnap::store::format::CompressionParams;
 use atosnap::store::key::Secrets;
 use atosnap::store::location::StoreAddress;
-use atosnap::store::{InitOptions, SharedKey, Store};
+use atosnap::store::{InitOptions, Store};
 
 pub use global::{open_store, paths, secrets, store_address, Global};
 
@@ -589,27 +589,13 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
             from_password_file,
         } => {
             let address = store_address(g, &paths)?;
-            let (shared_key, source_compression) = match copy_key_from {
-                Some(from) => {
-                    // Refusals that need no source first: its password
-                    // costs a key derivation, and it must not hide them.
-                    if encryption != "repokey" {
-                        return Err(Error::Usage("--copy-key-from needs --encryption repokey: an unencrypted store has no key".into()));
-                    }
-                    if Store::exists(&address)? {
-                        return Err(Error::StoreExists {
-                            path: address.display(),
-                        });
-                    }
-                    let from = StoreAddress::parse(from, global::remote_settings(g))?;
-                    let from_secrets =
-                        global::other_secrets(g, from_password_file, "ATOSNAP_FROM_PASSWORD");
-                    let source = Store::open(&from, &from_secrets)?;
-                    let compression = source.config().compression.clone();
-                    (Some(SharedKey::of(&source)?), Some(compression))
-                }
-                None => (None, None),
-            };
+            let (shared_key, source_compression) = global::key_to_share(
+                g,
+                &address,
+                encryption,
+                copy_key_from.as_deref(),
+                from_password_file,
+            )?;
             let options = InitOptions {
                 compression: compression
                     .clone()
