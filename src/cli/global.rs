@@ -149,11 +149,7 @@ pub fn key_to_share(
     let Some(from) = from else {
         return Ok((None, None));
     };
-    if encryption != "repokey" {
-        return Err(Error::Usage(
-            "--copy-key-from needs --encryption repokey: an unencrypted store has no key".into(),
-        ));
-    }
+    SharedKey::check_scheme(encryption)?;
     if Store::exists(address)? {
         return Err(Error::StoreExists {
             path: address.display(),

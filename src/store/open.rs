@@ -97,6 +97,20 @@ impl SharedKey {
     }
 }
 
+impl SharedKey {
+    /// Refuses a shared key for a store of another scheme than `repokey`
+    /// (a check that needs no source: callers make it before opening one).
+    pub fn check_scheme(scheme: &str) -> Result<()> {
+        match scheme {
+            "repokey" => Ok(()),
+            _ => Err(Error::Usage(
+                "--copy-key-from needs --encryption repokey: an unencrypted store has no key"
+                    .into(),
+            )),
+        }
+    }
+}
+
 impl std::fmt::Debug for SharedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SharedKey(..)")
@@ -239,11 +253,8 @@ impl Store {
         let mut config = StoreConfig::new_default();
         config.set_compression(&options.compression);
         // Everything that can be refused is checked before anything is written.
-        if options.shared_key.is_some() && scheme != "repokey" {
-            return Err(Error::Usage(
-                "--copy-key-from needs --encryption repokey: an unencrypted store has no key"
-                    .into(),
-            ));
+        if options.shared_key.is_some() {
+            SharedKey::check_scheme(scheme)?;
         }
         let repokey = match scheme {
             "none" => None,

@@ -151,9 +151,10 @@ mod tests {
         // Another host's process cannot be looked up: only time tells.
         let remote = claim_by(TempOwner {
             pid: dead_pid(),
-            host: "another-host".into(),
+            host: "anotherhost".into(),
             ..TempOwner::current().clone()
         });
+        assert!(claim_owner(&remote.name).is_some(), "a well-formed claim");
         assert!(!abandoned(&[remote, meta.clone()]));
         let old = entry(
             "backup-metadata.json",
