@@ -19,6 +19,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
 
@@ -140,16 +141,14 @@ impl TempOwner {
         })
     }
 
-    /// Whether this owner is provably gone, judged from this process.
+    /// Whether this owner is provably gone, judged from this process: a
+    /// process of this host, boot and PID namespace that no longer runs
+    /// (or an earlier process with this very pid). Another boot id under
+    /// this host name proves nothing: it is this machine before a reboot,
+    /// or another machine of the same name sharing the folder (NFS).
     pub fn is_gone(&self) -> bool {
         let me = TempOwner::current();
-        if self.host != me.host || self.boot == "0" || me.boot == "0" {
-            return false;
-        }
-        if self.boot != me.boot {
-            return true; // an earlier boot of this host
-        }
-        if self.pidns != me.pidns || me.pidns == "0" {
+        if !self.of_this_boot_and_namespace() {
             return false;
         }
         if self.pid == me.pid {
@@ -158,17 +157,30 @@ impl TempOwner {
         !process_alive(self.pid)
     }
 
+    /// Whether this owner ran on this host, boot and PID namespace, where
+    /// its pid means what it means to this process.
+    fn of_this_boot_and_namespace(&self) -> bool {
+        let me = TempOwner::current();
+        self.host == me.host
+            && self.boot == me.boot
+            && me.boot != "0"
+            && self.pidns == me.pidns
+            && me.pidns != "0"
+    }
+
+    /// Whether this owner is of this host name but another boot id: this
+    /// machine before a reboot, or another machine of the same name.
+    fn of_another_boot(&self) -> bool {
+        let me = TempOwner::current();
+        self.host == me.host && self.boot != me.boot && self.boot != "0" && me.boot != "0"
+    }
+
     /// Whether this owner is a running process of this host, boot and PID
     /// namespace (this process included). A pid reused by another process
     /// also counts: the answer errs towards "alive".
     pub fn is_alive_here(&self) -> bool {
         let me = TempOwner::current();
-        let here = self.host == me.host
-            && self.boot == me.boot
-            && me.boot != "0"
-            && self.pidns == me.pidns
-            && me.pidns != "0";
-        if !here {
+        if !self.of_this_boot_and_namespace() {
             return false;
         }
         if self.pid == me.pid {
@@ -184,10 +196,27 @@ pub fn temp_owner_alive_here(name: &str) -> bool {
     TempOwner::parse(name).is_some_and(|o| o.is_alive_here())
 }
 
-/// Whether the temp file `name` (after any fixed prefix) belongs to a
-/// process that is provably gone; an unparseable name never is.
-pub fn temp_owner_gone(name: &str) -> bool {
-    TempOwner::parse(name).is_some_and(|o| o.is_gone())
+/// A temp file of another boot of this host name that went untouched this
+/// long is abandoned: after a reboot (a power cut mid-write) the next
+/// writer sweeps it, while a writer on another machine of the same name
+/// keeps its files, which it touches as it writes them.
+pub const OTHER_BOOT_STILL_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Whether the temp file `name` (after any fixed prefix), last modified at
+/// `modified`, was left by a writer that is gone: its owner is provably
+/// gone ([`TempOwner::is_gone`]), or it is of another boot of this host
+/// name and untouched for [`OTHER_BOOT_STILL_FOR`]. An unparseable name
+/// never is.
+pub fn temp_stale(name: &str, modified: Option<SystemTime>) -> bool {
+    let Some(owner) = TempOwner::parse(name) else {
+        return false;
+    };
+    let still = || {
+        modified
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= OTHER_BOOT_STILL_FOR)
+    };
+    owner.is_gone() || (owner.of_another_boot() && still())
 }
 
 fn name_safe(s: &str) -> String {
@@ -366,7 +395,7 @@ mod tests {
         let me = TempOwner::current();
         let name = format!("{}0123456789abcdef.pack", me.prefix());
         assert_eq!(TempOwner::parse(&name).as_ref(), Some(me));
-        assert!(!temp_owner_gone(&name), "our own temp is not stale");
+        assert!(!temp_stale(&name, None), "our own temp is not stale");
         assert!(me.prefix().starts_with(&format!("{}-", std::process::id())));
     }
 
@@ -404,8 +433,45 @@ mod tests {
         };
         assert!(!live.is_gone() || !process_alive(1));
         for bad in ["1234-00aa.pack", "garbage.pack", "x-h-b-n-t-r.pack", ""] {
-            assert!(!temp_owner_gone(bad), "{bad}");
+            assert!(!temp_stale(bad, Some(SystemTime::UNIX_EPOCH)), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_temp_of_another_boot_is_stale_only_once_it_went_still() {
+        let me = TempOwner::current().clone();
+        if me.boot == "0" {
+            return; // no boot id on this system: nothing to tell apart
+        }
+        let other_boot = TempOwner {
+            boot: if me.boot == "00000001" {
+                "00000002"
+            } else {
+                "00000001"
+            }
+            .into(),
+            ..me.clone()
+        };
+        // This machine before a reboot, or another machine of this name
+        // writing into a shared folder right now: the pid says nothing.
+        assert!(!other_boot.is_gone());
+        let name = format!("{}0123456789abcdef.pack", other_boot.prefix());
+        let now = SystemTime::now();
+        let just_touched = now - Duration::from_secs(5);
+        let still = now - OTHER_BOOT_STILL_FOR - Duration::from_secs(5);
+        assert!(!temp_stale(&name, Some(just_touched)), "being written");
+        assert!(!temp_stale(&name, None), "no time known");
+        assert!(temp_stale(&name, Some(still)), "left before a reboot");
+        // Another host's file is never judged by a writer here, however old.
+        let other_host = TempOwner {
+            host: "elsewhere".into(),
+            ..other_boot
+        };
+        let name = format!("{}0123456789abcdef.pack", other_host.prefix());
+        assert!(!temp_stale(&name, Some(still)));
+        // This process's own file, however old, is never stale.
+        let mine = format!("{}0123456789abcdef.pack", me.prefix());
+        assert!(!temp_stale(&mine, Some(still)));
     }
 
     #[test]

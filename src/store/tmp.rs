@@ -56,7 +56,10 @@ impl Store {
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale = match exclusive {
                 Some(_) => !crate::os::temp_owner_alive_here(&name),
-                None => crate::os::temp_owner_gone(&name),
+                None => {
+                    let modified = entry.metadata().and_then(|m| m.modified()).ok();
+                    crate::os::temp_stale(&name, modified)
+                }
             };
             if !stale {
                 continue;

@@ -38,21 +38,48 @@ fn only_temps_of_provably_gone_owners_are_swept_without_the_exclusive_lock() {
         pidns: "1".into(),
         ..dead.clone()
     };
+    // Another boot id under this host name: this machine before a reboot,
+    // or another machine of the same name on a shared folder (NFS). Fresh,
+    // it may be live work; untouched for 15 minutes, it is a leftover.
+    let boot = if me.boot == "00000001" {
+        "00000002"
+    } else {
+        "00000001"
+    };
+    let other_boot = TempOwner {
+        boot: boot.into(),
+        ..dead.clone()
+    };
+    let fresh_other_boot = temp(&tmp, &other_boot, "pack");
+    let old_other_boot = temp(&tmp, &other_boot, "sqlite");
+    let long_ago = std::time::SystemTime::now() - atosnap::os::OTHER_BOOT_STILL_FOR * 2;
+    filetime::set_file_mtime(
+        &old_other_boot,
+        filetime::FileTime::from_system_time(long_ago),
+    )
+    .unwrap();
     let dead_tmp = temp(&tmp, &dead, "pack");
     let mine = temp(&tmp, me, "pack");
     let foreign = [
         temp(&tmp, &other_host, "pack"),
         temp(&tmp, &other_ns, "sqlite"),
+        fresh_other_boot,
     ];
     // A name of the old `<pid>-<random>` form (or any other): owner unknown.
     let legacy = tmp.join("4194304-00000000000000bb.pack");
     std::fs::write(&legacy, b"x").unwrap();
 
     let cleaned = store.clean_tmp(None).unwrap();
-    assert_eq!(cleaned.files, 1);
+    let booted = me.boot != "0";
+    assert_eq!(cleaned.files, 1 + booted as u64);
     assert!(
         !dead_tmp.exists(),
         "this host's dead writer's temp is swept"
+    );
+    assert_eq!(
+        old_other_boot.exists(),
+        !booted,
+        "a still temp of an earlier boot is swept"
     );
     assert!(mine.exists(), "our own temp is live work");
     for f in foreign.iter().chain([&legacy]) {
@@ -78,7 +105,7 @@ fn only_temps_of_provably_gone_owners_are_swept_without_the_exclusive_lock() {
     let cleaned = store.clean_tmp(Some(&lock)).unwrap();
     let _ = reader.kill();
     let _ = reader.wait();
-    assert_eq!(cleaned.files, 3);
+    assert_eq!(cleaned.files, 4 + !booted as u64);
     assert!(mine.exists(), "our own temp is kept");
     assert!(lockless_tmp.exists(), "a running reader's spool is kept");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 2);

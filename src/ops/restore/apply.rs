@@ -164,9 +164,10 @@ fn clean_stale_temps(dir: &Path) {
         let Some(rest) = name.as_bytes().strip_prefix(TEMP_PREFIX.as_bytes()) else {
             continue;
         };
-        // Only a provably gone owner's: a temp of another host or PID
-        // namespace may belong to a restore running there right now.
-        let stale = std::str::from_utf8(rest).is_ok_and(crate::os::temp_owner_gone);
+        // Only a gone owner's: a temp of another host or PID namespace may
+        // belong to a restore running there right now.
+        let modified = e.metadata().and_then(|m| m.modified()).ok();
+        let stale = std::str::from_utf8(rest).is_ok_and(|n| crate::os::temp_stale(n, modified));
         if stale {
             let _ = fs::remove_file(e.path());
         }

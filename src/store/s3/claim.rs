@@ -35,24 +35,17 @@ fn claim_owner(name: &str) -> Option<TempOwner> {
     shaped.then_some(owner)
 }
 
-/// Whether the writer of a claim is provably gone: a process of this host,
-/// this boot and this PID namespace that no longer runs (or an earlier
-/// process with this very pid). Unlike a temp file's owner, a claim of
-/// another boot is not condemned: a bucket is shared between machines, and
-/// two of them may carry one host name.
-fn writer_gone(owner: &TempOwner) -> bool {
-    owner.boot == TempOwner::current().boot && owner.is_gone()
-}
-
 /// An incomplete folder left uncommitted this long is abandoned whoever
 /// claimed it: a writer commits seconds after its claim.
 pub(super) const ABANDONED_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Whether an incomplete folder (no commit file) was left by a writer that
 /// is gone: every claim in it names a writer provably gone
-/// ([`writer_gone`]), or nothing in it changed for [`ABANDONED_AFTER`]. A
-/// claim of another host, boot or namespace, or of an older form, is
-/// judged by time alone.
+/// ([`TempOwner::is_gone`]: a process of this host, boot and PID namespace
+/// that no longer runs), or nothing in it changed for [`ABANDONED_AFTER`].
+/// A claim of another host, boot or namespace (a bucket is shared between
+/// machines, two of which may carry one host name), or of an older form,
+/// is judged by time alone.
 pub(super) fn abandoned(present: &[ListEntry]) -> bool {
     let stale = present.iter().all(|e| {
         e.modified
@@ -67,7 +60,7 @@ pub(super) fn abandoned(present: &[ListEntry]) -> bool {
     let dead_claims = !claims.is_empty()
         && claims
             .iter()
-            .all(|owner| owner.as_ref().is_some_and(writer_gone));
+            .all(|owner| owner.as_ref().is_some_and(TempOwner::is_gone));
     stale || dead_claims
 }
 
