@@ -155,7 +155,7 @@ pub fn key_to_share(
             path: address.display(),
         });
     }
-    let from = StoreAddress::parse(from, remote_settings(g))?;
+    let from = address_of("--copy-key-from", from, g)?;
     let source = Store::open(
         &from,
         &other_secrets(g, from_password_file, "ATOSNAP_FROM_PASSWORD"),
@@ -195,7 +195,16 @@ pub fn unused_limits_warning(g: &Global, stores: &[&StoreAddress]) -> Option<Str
 
 /// The store the global flags name, local or remote.
 pub fn store_address(g: &Global, paths: &Paths) -> Result<StoreAddress, Error> {
-    StoreAddress::parse(&paths.store, remote_settings(g))
+    address_of("--store", &paths.store, g)
+}
+
+/// The store `flag` names, local or remote; a malformed s3:// location is
+/// a usage error naming the flag.
+pub fn address_of(flag: &str, value: &Path, g: &Global) -> Result<StoreAddress, Error> {
+    StoreAddress::parse(value, remote_settings(g)).map_err(|e| match e {
+        Error::Usage(m) => Error::Usage(format!("{flag} {m}")),
+        e => e,
+    })
 }
 
 /// Opens the existing store with the command's password source. Every

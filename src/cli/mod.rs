@@ -824,10 +824,12 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 .iter()
                 .map(|s| atosnap::stamp::Stamp::parse(s))
                 .collect::<Result<Vec<_>, _>>()?;
-            let remote = global::remote_settings(g);
-            let from = StoreAddress::parse(from.as_ref().unwrap_or(&paths.store), remote.clone())?;
+            let from = match from {
+                Some(from) => global::address_of("--from", from, g)?,
+                None => global::store_address(g, &paths)?,
+            };
             let source = Store::open(&from, &secrets(g))?;
-            let to = StoreAddress::parse(to, remote)?;
+            let to = global::address_of("--to", to, g)?;
             // `--to-password-file`, else ATOSNAP_TO_PASSWORD, else the source's.
             let to_secrets = global::other_secrets(g, to_password_file, "ATOSNAP_TO_PASSWORD");
             let dest = open_or_init_like(&to, &source, &to_secrets)?;

@@ -127,7 +127,7 @@ impl StoreLocation {
         if !S3Location::is_s3_url(text) {
             return Ok(StoreLocation::Local(value.to_path_buf()));
         }
-        let loc = S3Location::parse(text).map_err(|e| Error::Usage(format!("--store {e}")))?;
+        let loc = S3Location::parse(text).map_err(|e| Error::Usage(e.to_string()))?;
         Ok(StoreLocation::S3(loc))
     }
 

@@ -754,3 +754,52 @@ fn init_copy_key_from_shares_the_master_key_under_another_password() {
     assert_eq!(to_plain.code, 2, "{to_plain:?}");
     assert!(!env.dir.path().join("d3/config.json").exists());
 }
+
+/// A malformed s3:// location is a usage error naming the flag that gave
+/// it, whichever of the store flags that is; nothing is written.
+#[test]
+fn a_malformed_bucket_location_names_its_flag() {
+    let env = Env::fixture();
+    let cases: [(&str, &[&str]); 4] = [
+        ("--store", &["--store", "s3:///no-bucket", "list"]),
+        (
+            "--to",
+            &["--store", "local", "copy", "--to", "s3:///no-bucket"],
+        ),
+        (
+            "--from",
+            &["copy", "--from", "s3://b/../x", "--to", "elsewhere"],
+        ),
+        (
+            "--copy-key-from",
+            &[
+                "--store",
+                "new",
+                "init",
+                "--encryption",
+                "repokey",
+                "--copy-key-from",
+                "s3:// /x",
+            ],
+        ),
+    ];
+    assert_eq!(
+        run_cmd(on(&env, &env.dir.path().join("local")).arg("init")).code,
+        0
+    );
+    for (flag, args) in cases {
+        let mut cmd = env.bare_command();
+        for v in PASSWORD_VARS {
+            cmd.env_remove(v);
+        }
+        let out = run_cmd(cmd.arg("--quiet").args(args));
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        let message = out.json["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("{flag} s3://")),
+            "{args:?}: {message}"
+        );
+    }
+    assert!(!env.dir.path().join("new").exists());
+    assert!(!env.dir.path().join("elsewhere").exists());
+}
