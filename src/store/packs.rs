@@ -600,20 +600,31 @@ impl Store {
             upto,
         )
         .map_err(|e| corrupt(format!("in pack {name}: {}", e.detail)))?;
-        let mismatch = || ChunkFault::Corrupt("content does not match its hash".into());
-        let mut pieces = Vec::with_capacity(group.len());
-        for (id, l, range) in group {
-            let start = l.chunk_offset as usize;
-            match raw.get(start..start + l.raw_len as usize) {
-                Some(b) if b.len() == range.len() => pieces.push(b),
-                _ => return Err((*id, mismatch())),
-            }
-        }
+        let mismatch = |id: &Id| {
+            (
+                *id,
+                ChunkFault::Corrupt("content does not match its hash".into()),
+            )
+        };
+        // The pieces up to the first one not where (or not as long as) its
+        // records say; the chunks before that one are checked first, so
+        // the error names the first bad chunk in the frame's order.
+        let pieces: Vec<&[u8]> = group
+            .iter()
+            .map_while(|(_, l, range)| {
+                let start = l.chunk_offset as usize;
+                raw.get(start..start + l.raw_len as usize)
+                    .filter(|b| b.len() == range.len())
+            })
+            .collect();
         let ids = self.sealer.chunk_ids(&pieces);
-        for (((id, _, range), b), got) in group.iter().zip(pieces).zip(ids) {
-            if got != *id {
-                return Err((*id, mismatch()));
-            }
+        if let Some(((id, _, _), _)) = group.iter().zip(ids).find(|((id, _, _), got)| got != id) {
+            return Err(mismatch(id));
+        }
+        if let Some((id, _, _)) = group.get(pieces.len()) {
+            return Err(mismatch(id));
+        }
+        for ((_, _, range), b) in group.iter().zip(pieces) {
             buf[range.clone()].copy_from_slice(b);
         }
         Ok(())
@@ -880,5 +891,36 @@ mod tests {
         assert_eq!(store.read_chunk(&index, &id).unwrap(), b"first chunk");
         let fresh = store.reopened();
         assert_eq!(fresh.read_chunk(&index, &id), Err(ChunkFault::Missing));
+    }
+
+    /// Two bad chunks asked of one frame: a wrong id, then a wrong
+    /// length (a forged list). The error names the first in the frame.
+    #[test]
+    fn a_scattered_read_names_the_first_bad_chunk_of_a_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_with_a_pack(dir.path());
+        let index = store.load_index().unwrap();
+        let first = store.sealer.chunk_id(b"first chunk");
+        let second = store.sealer.chunk_id(b"second chunk");
+        let loc = |id: &Id| index.get(id).unwrap().unwrap();
+        let forged = store.sealer.chunk_id(b"not the first chunk");
+        let wanted = [(forged, loc(&first), 0..11), (second, loc(&second), 11..20)];
+        let mut buf = vec![0u8; 20];
+        let got = store
+            .reopened()
+            .read_scattered_into(&index, &wanted, &mut buf);
+        assert_eq!(got.map_err(|(id, _)| id), Err(forged));
+        // Either alone is found too.
+        let got = store
+            .reopened()
+            .read_scattered_into(&index, &wanted[1..], &mut buf);
+        assert_eq!(got.map_err(|(id, _)| id), Err(second));
+        let good = [(first, loc(&first), 0..11), (second, loc(&second), 11..23)];
+        let mut buf = vec![0u8; 23];
+        store
+            .reopened()
+            .read_scattered_into(&index, &good, &mut buf)
+            .unwrap();
+        assert_eq!(buf, b"first chunksecond chunk");
     }
 }
