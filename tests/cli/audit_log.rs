@@ -320,8 +320,8 @@ fn copy_records_the_newest_stamp_per_destination() {
 }
 
 /// Writes one record of `log` as if at `at`, through the library.
-fn old_record<T: serde::Serialize>(env: &Env, log: Log, key: Option<&str>, at: &str, rec: &T) {
-    audit_log::append(&open(env), log, key, at, rec).unwrap();
+fn old_record<T: serde::Serialize>(store: &Store, log: Log, key: Option<&str>, at: &str, rec: &T) {
+    audit_log::append(store, log, key, at, rec).unwrap();
 }
 
 fn drill(stamp: &str, at: &str) -> DrillRecord {
@@ -373,6 +373,42 @@ fn log_files(env: &Env) -> BTreeSet<String> {
 #[test]
 fn gc_prunes_old_audit_records_no_reader_needs() {
     let (env, s1, s2) = two_snapshots();
+    prunes_what_no_reader_needs(&env, &s1, &s2, Secrets::none(), &[]);
+}
+
+/// The same in an encrypted store, whose records are sealed: gc reads
+/// them through the store's key to judge them.
+#[test]
+fn gc_prunes_sealed_audit_records_alike() {
+    let env = Env::tiny();
+    let pw = [
+        ("ATOSNAP_PASSWORD", "pw"),
+        ("ATOSNAP_KDF_PARAMS", CHEAP_KDF),
+    ];
+    let ok = |args: &[&str]| {
+        let out = env.run_env(args, &pw);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        out.json
+    };
+    ok(&["init", "--encryption", "repokey"]);
+    let s1 = stamp_of(&ok(&["create", "--chroma"]));
+    let s2 = stamp_of(&ok(&["create", "--chroma"]));
+    prunes_what_no_reader_needs(&env, &s1, &s2, Secrets::from_password("pw"), &pw);
+}
+
+fn prunes_what_no_reader_needs(
+    env: &Env,
+    s1: &str,
+    s2: &str,
+    secrets: Secrets,
+    pw: &[(&str, &str)],
+) {
+    let ok = |args: &[&str]| {
+        let out = env.run_env(args, pw);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+        out.json
+    };
+    let store = Store::open(&StoreAddress::local(&env.store), &secrets).unwrap();
     let pack = {
         let (name, _) = env.pack_sizes().remove(0);
         let id = atosnap::store::pack::pack_id_from_name(&name).unwrap();
@@ -382,46 +418,41 @@ fn gc_prunes_old_audit_records_no_reader_needs() {
     let now = chrono::Utc::now();
     let day_ago = (now - chrono::Duration::days(1)).to_rfc3339();
     let at = |h: u32| format!("2020-01-01T{h:02}:00:00.000Z");
-    let d = Log::Drill;
-    old_record(&env, d, Some(&s1), &at(1), &drill(&s1, &at(1))); // superseded
-    old_record(&env, d, Some(&s1), &at(2), &drill(&s1, &at(2))); // s1's newest
-    old_record(&env, d, Some(gone), &at(3), &drill(gone, &at(3))); // its snapshot is gone
-    old_record(&env, d, Some(&s2), &day_ago, &drill(&s2, &day_ago)); // young, superseded
-    old_record(
-        &env,
-        d,
-        Some(&s2),
-        &now.to_rfc3339(),
-        &drill(&s2, &now.to_rfc3339()),
-    );
+    let (d, v) = (Log::Drill, Log::Verify);
+    old_record(&store, d, Some(s1), &at(1), &drill(s1, &at(1))); // superseded
+    old_record(&store, d, Some(s1), &at(2), &drill(s1, &at(2))); // s1's newest
+    old_record(&store, d, Some(gone), &at(3), &drill(gone, &at(3))); // its snapshot is gone
+    old_record(&store, d, Some(s2), &day_ago, &drill(s2, &day_ago)); // young, superseded
+    let now = now.to_rfc3339();
+    old_record(&store, d, Some(s2), &now, &drill(s2, &now));
     for (h, ok) in [(4, true), (5, true), (6, false)] {
         // The first is superseded; the second is the newest good one.
-        audit_log::append_copy(&open(&env), &copy_to(&at(h), ok)).unwrap();
+        audit_log::append_copy(&store, &copy_to(&at(h), ok)).unwrap();
     }
-    let v = Log::Verify;
     let none: &[&str] = &[];
-    old_record(&env, v, None, &at(7), &verified(&at(7), &[&s1], none)); // superseded
-    old_record(&env, v, None, &at(8), &verified(&at(8), none, &[&pack])); // superseded
-    old_record(&env, v, None, &at(9), &verified(&at(9), &[gone], &["00"])); // nothing left
-    old_record(&env, v, None, &at(10), &verified(&at(10), none, &[&pack])); // the pack's
-    old_record(&env, v, None, &at(11), &verified(&at(11), &[&s1], none)); // s1's
-                                                                          // The newest readable one; the file after it does not read: kept, and
-                                                                          // the readers' newest verify is the one before it.
-    old_record(&env, v, None, &at(12), &verified(&at(12), &[gone], none));
+    old_record(&store, v, None, &at(7), &verified(&at(7), &[s1], none)); // superseded
+    old_record(&store, v, None, &at(8), &verified(&at(8), none, &[&pack])); // superseded
+    old_record(&store, v, None, &at(9), &verified(&at(9), &[gone], &["00"])); // nothing left
+    old_record(&store, v, None, &at(10), &verified(&at(10), none, &[&pack])); // the pack's
+    old_record(&store, v, None, &at(11), &verified(&at(11), &[s1], none)); // s1's
+
+    // The newest readable one; the file after it does not read: kept, and
+    // the readers' newest verify is the one before it.
+    old_record(&store, v, None, &at(12), &verified(&at(12), &[gone], none));
     fs::write(
         env.store.join("verifies/20200101T130000000Z-beef.json"),
         b"not json",
     )
     .unwrap();
-    let before = log_files(&env);
-    let listed = env.ok(&["list"]);
+    let before = log_files(env);
+    let listed = ok(&["list"]);
 
-    let dry = env.ok(&["gc"]);
+    let dry = ok(&["gc"]);
     assert_eq!(dry["would_prune_audit_records"], 6, "{dry}");
-    assert_eq!(log_files(&env), before, "a dry run deletes nothing");
-    let done = env.ok(&["gc", "--confirm"]);
+    assert_eq!(log_files(env), before, "a dry run deletes nothing");
+    let done = ok(&["gc", "--confirm"]);
     assert_eq!(done["audit_records_pruned"], 6, "{done}");
-    let pruned: BTreeSet<String> = before.difference(&log_files(&env)).cloned().collect();
+    let pruned: BTreeSet<String> = before.difference(&log_files(env)).cloned().collect();
     let hours: BTreeSet<String> = pruned
         .iter()
         .map(|n| n.rsplit_once("--").map_or(n.as_str(), |(_, t)| t)[9..11].to_string())
@@ -432,10 +463,6 @@ fn gc_prunes_old_audit_records_no_reader_needs() {
             .map(String::from)
             .into()
     );
-    assert_eq!(env.ok(&["list"]), listed, "what list shows is unchanged");
-    assert_eq!(env.ok(&["gc", "--confirm"])["audit_records_pruned"], 0);
-}
-
-fn open(env: &Env) -> Store {
-    Store::open(&StoreAddress::local(&env.store), &Secrets::none()).unwrap()
+    assert_eq!(ok(&["list"]), listed, "what list shows is unchanged");
+    assert_eq!(ok(&["gc", "--confirm"])["audit_records_pruned"], 0);
 }
