@@ -163,6 +163,21 @@ pub trait Backend: Send + Sync {
     /// Publishes a folder of small files atomically. Returns false, writing
     /// nothing, when `dir` already exists.
     fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> io::Result<bool>;
+    /// [`Backend::write_dir_once`], calling `may_commit` as late as the
+    /// backend can before the write that makes the folder appear, and
+    /// publishing nothing when it fails: a writer whose lease on the store
+    /// may have lapsed meanwhile must not publish. Locally that is once,
+    /// first (an OS lock cannot lapse); a bucket calls it again after its
+    /// uploads and its claim, right before the commit file.
+    fn write_dir_once_checked(
+        &self,
+        dir: &str,
+        files: &[(&str, Vec<u8>)],
+        may_commit: &dyn Fn() -> io::Result<()>,
+    ) -> io::Result<bool> {
+        may_commit()?;
+        self.write_dir_once(dir, files)
+    }
     fn delete(&self, name: &str) -> io::Result<()>;
     /// Removes a folder and what it holds, so that it disappears at once.
     fn delete_dir(&self, dir: &str) -> io::Result<()>;

@@ -367,6 +367,12 @@ impl Store {
         }
     }
 
+    /// The same store over another backend (a test's wrapper of its own).
+    #[cfg(test)]
+    pub(crate) fn with_backend(self, backend: Arc<dyn Backend>) -> Store {
+        Store { backend, ..self }
+    }
+
     /// The key file of an encrypted store (public parts only matter: the
     /// master key in it is wrapped).
     pub fn key_file(&self) -> Option<&KeyFile> {

@@ -396,13 +396,35 @@ impl Store {
         })?;
         let meta = self.sealer.seal(meta, METADATA_NAME.as_bytes());
         let dir = Object::snapshot_dir(stamp).name();
-        crate::os::check_interrupted()?;
-        lock.still_held()?;
+        // A bucket may still be uploading the last packs: the lock is
+        // judged after they are durable, not before.
+        self.packs_durable()?;
+        let may_commit = || -> Result<()> {
+            crate::os::check_interrupted()?;
+            lock.still_held()
+        };
+        may_commit()?;
         crate::failpoint::hit(|| "snapshot:before-publish".into());
-        self.backend
+        // Judged again right before the commit (the claim of a bucket's
+        // folder takes requests of its own); the typed error is kept, the
+        // backend only learns that it must not commit.
+        let refused = std::cell::RefCell::new(None);
+        let published = self.backend.write_dir_once_checked(
+            &dir,
             // Summary first, manifest last: on a bucket the manifest is
             // what makes the folder a snapshot (see list_snapshots).
-            .write_dir_once(&dir, &[(METADATA_NAME, meta), (MANIFEST_NAME, encoded)])
-            .ctx("publish snapshot", self.object_path(&dir))
+            &[(METADATA_NAME, meta), (MANIFEST_NAME, encoded)],
+            &|| {
+                may_commit().map_err(|e| {
+                    let io = std::io::Error::other(e.to_string());
+                    *refused.borrow_mut() = Some(e);
+                    io
+                })
+            },
+        );
+        if let Some(e) = refused.into_inner() {
+            return Err(e);
+        }
+        published.ctx("publish snapshot", self.object_path(&dir))
     }
 }

@@ -205,6 +205,43 @@ fn s3_write_dir_once_claim_race() {
     }
 }
 
+/// A writer that may no longer commit (its lock lapsed while it uploaded
+/// and claimed) is asked right before the commit file, after the files
+/// before it are written: it publishes nothing, and the folder is neither
+/// a snapshot nor in the way of the next writer of the stamp.
+#[test]
+fn s3_write_dir_once_asks_right_before_the_commit() {
+    let Some((b, _scratch)) = open("late-check") else {
+        return;
+    };
+    let dir = "snapshots/20260102T000000Z";
+    let files = snapshot_files(0);
+    let seen_summary = std::cell::Cell::new(None);
+    let refused = b.write_dir_once_checked(dir, &files, &|| {
+        seen_summary.set(Some(
+            b.exists(&format!("{dir}/backup-metadata.json")).unwrap(),
+        ));
+        Err(std::io::Error::other("the lock lapsed"))
+    });
+    assert_eq!(refused.unwrap_err().to_string(), "the lock lapsed");
+    assert_eq!(seen_summary.get(), Some(true), "asked after the summary");
+    assert!(!b.exists(&format!("{dir}/manifest.bin")).unwrap());
+    let left: Vec<String> = b
+        .list_files(dir)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(
+        left.iter().all(|n| !n.contains(".claim-")),
+        "the claim is withdrawn: {left:?}"
+    );
+    // The same writer, allowed, publishes over its own leftovers.
+    assert!(b.write_dir_once_checked(dir, &files, &|| Ok(())).unwrap());
+    assert_files_of(&b, dir, 0);
+    b.delete_dir(dir).unwrap();
+}
+
 /// The leftovers of a writer of this host that died between its claim
 /// and its commit are cleared and the folder published; a folder whose
 /// claim names a live process is left to it.

@@ -377,6 +377,19 @@ mod tests {
         }
     }
 
+    fn empty_manifest(stamp: &Stamp) -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            stamp: stamp.to_string(),
+            created_at: "2026-04-11T12:00:00Z".into(),
+            tags: vec![],
+            hostname: "h".into(),
+            chroma_included: false,
+            capture_errors: vec![],
+            entries: vec![],
+        }
+    }
+
     /// A suspended host: `Instant` stands still, the wall clock moves on
     /// past the lock's deadline. The lock is lost, publish refuses with
     /// `store_lock_lost` and writes nothing.
@@ -399,16 +412,7 @@ mod tests {
         assert!(err.to_string().contains("300s"), "{err}");
 
         let stamp = Stamp::parse("20260411T120000Z").unwrap();
-        let mut manifest = Manifest {
-            version: MANIFEST_VERSION,
-            stamp: stamp.to_string(),
-            created_at: "2026-04-11T12:00:00Z".into(),
-            tags: vec![],
-            hostname: "h".into(),
-            chroma_included: false,
-            capture_errors: vec![],
-            entries: vec![],
-        };
+        let mut manifest = empty_manifest(&stamp);
         let mut meta = serde_json::json!({});
         let err = store
             .publish_snapshot(&lock, &stamp, &mut manifest, &mut meta)
@@ -420,10 +424,12 @@ mod tests {
         assert!(lock.still_held().is_err());
     }
 
-    /// A backend whose writes fail while `down` is set (an outage).
+    /// A backend whose writes fail while `down` is set (an outage), and
+    /// that runs `on_barrier` when asked to wait for its uploads.
     struct Flaky {
         inner: LocalBackend,
         down: AtomicBool,
+        on_barrier: Option<Box<dyn Fn() + Send + Sync>>,
     }
 
     impl Flaky {
@@ -479,6 +485,15 @@ mod tests {
             self.check()?;
             self.inner.write_dir_once(dir, files)
         }
+        fn write_dir_once_checked(
+            &self,
+            dir: &str,
+            files: &[(&str, Vec<u8>)],
+            may_commit: &dyn Fn() -> std::io::Result<()>,
+        ) -> std::io::Result<bool> {
+            self.check()?;
+            self.inner.write_dir_once_checked(dir, files, may_commit)
+        }
         fn delete(&self, name: &str) -> std::io::Result<()> {
             self.check()?;
             self.inner.delete(name)
@@ -490,6 +505,50 @@ mod tests {
         fn tmp_dir(&self) -> std::path::PathBuf {
             self.inner.tmp_dir()
         }
+        fn barrier(&self) -> std::io::Result<()> {
+            if let Some(hook) = &self.on_barrier {
+                hook();
+            }
+            self.inner.barrier()
+        }
+    }
+
+    /// The last packs of a create still uploading when it publishes (a
+    /// bucket under `--limit-upload`, or retrying): the host is suspended
+    /// meanwhile and the lock lapses. The lock is judged after the uploads,
+    /// so nothing is published.
+    #[test]
+    fn a_lock_that_lapses_while_the_last_packs_upload_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::init(
+            &crate::store::location::StoreAddress::local(dir.path()),
+            &crate::store::InitOptions::default(),
+        )
+        .unwrap();
+        let (offset, clock) = test_clock();
+        let ttl = Duration::from_secs(300);
+        let slow: Arc<dyn Backend> = Arc::new(Flaky {
+            inner: LocalBackend::new(dir.path()),
+            down: AtomicBool::new(false),
+            on_barrier: Some(Box::new(move || {
+                offset.store(ttl.as_millis() as u64, Ordering::SeqCst)
+            })),
+        });
+        let store = store.with_backend(slow.clone());
+        let held = acquire_with(slow, "create", how(ttl, clock)).unwrap();
+        let lock = SharedLock::from_held(Held::Object(held));
+        assert!(lock.still_held().is_ok(), "held when the capture ended");
+        let stamp = Stamp::parse("20260411T120000Z").unwrap();
+        let err = store
+            .publish_snapshot(
+                &lock,
+                &stamp,
+                &mut empty_manifest(&stamp),
+                &mut serde_json::json!({}),
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), "store_lock_lost", "{err}");
+        assert!(store.list_snapshots().unwrap().stamps.is_empty());
     }
 
     /// The heartbeat cannot write for longer than the lifetime (others may
@@ -502,6 +561,7 @@ mod tests {
         let flaky = Arc::new(Flaky {
             inner: LocalBackend::new(dir.path()),
             down: AtomicBool::new(false),
+            on_barrier: None,
         });
         let b: Arc<dyn Backend> = flaky.clone();
         let clock = super::object::system_clock();

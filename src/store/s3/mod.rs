@@ -616,14 +616,23 @@ impl Backend for S3Backend {
     }
 
     fn write_dir_once(&self, dir: &str, files: &[(&str, Vec<u8>)]) -> io::Result<bool> {
+        self.write_dir_once_checked(dir, files, &|| Ok(()))
+    }
+
+    fn write_dir_once_checked(
+        &self,
+        dir: &str,
+        files: &[(&str, Vec<u8>)],
+        may_commit: &dyn Fn() -> io::Result<()>,
+    ) -> io::Result<bool> {
         self.barrier()?;
-        if files.is_empty() {
+        let Some(((commit_name, commit_data), before)) = files.split_last() else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{}: no files to publish", self.names.display(dir)),
             ));
-        }
-        let commit = join(dir, files[files.len() - 1].0);
+        };
+        let commit = join(dir, commit_name);
         let mut attempt = 0;
         let claim = loop {
             attempt += 1;
@@ -667,10 +676,24 @@ impl Backend for S3Backend {
             let pause = 50 + rand::random::<u64>() % 200;
             std::thread::sleep(Duration::from_millis(pause));
         };
-        // Files in order: the last one commits.
-        for (name, data) in files {
+        // Files in order: the last one commits, and only while the writer
+        // may still commit (the uploads, the claim and the files before it
+        // can take minutes when requests are retried).
+        for (name, data) in before {
             self.write_once(&join(dir, name), data)?;
         }
+        if let Err(e) = may_commit() {
+            // Withdrawn: what was written goes, the claim last (best
+            // effort: an uncommitted folder is never listed, and its
+            // leftovers are cleared by the next writer of the stamp once
+            // abandoned, or by gc).
+            for (name, _) in before {
+                let _ = self.op.delete(&join(dir, name));
+            }
+            let _ = self.op.delete(&claim);
+            return Err(e);
+        }
+        self.write_once(&commit, commit_data)?;
         // Best effort: a stale marker in a complete folder is harmless.
         let _ = self.op.delete(&claim);
         Ok(true)
