@@ -162,20 +162,42 @@ fn keep_tag_keeps_old_tagged_snapshots() {
     assert!(env.stamps().contains(&"20260210T120000Z".to_string()));
 }
 
+/// The tags live in the summary (`atosnap tag` edits them there); the
+/// manifest holds only those a snapshot was taken with. A snapshot whose
+/// summary is gone may have been pinned since: it is kept, with a warning,
+/// and `--confirm` deletes only the others.
 #[test]
-fn tags_come_from_the_manifest_when_the_summary_is_gone() {
+fn a_snapshot_whose_summary_is_gone_is_kept_as_it_may_have_been_pinned() {
     let env = Env::fixture();
-    let old = env.create_on("2026-02-10", &["--tag", "keep-me"]);
-    days(&env, 2, 4);
-    fs::remove_file(
-        env.store
+    let pinned = env.create_on("2026-02-10", &[]);
+    let plain = env.create_on("2026-02-11", &[]);
+    days(&env, 3, 5);
+    env.ok(&["tag", &pinned, "--add", "keep-me"]);
+    for stamp in [&pinned, &plain] {
+        let summary = env
+            .store
             .join("snapshots")
-            .join(&old)
-            .join("backup-metadata.json"),
-    )
-    .unwrap();
-    let r = env.ok(&["cleanup", "--keep-daily", "1", "--keep-tag", "keep-me"]);
-    assert_eq!(strs(&r["kept_reasons"][&old]), ["tag:keep-me"], "{r}");
+            .join(stamp)
+            .join("backup-metadata.json");
+        fs::remove_file(summary).unwrap();
+    }
+    let r = env.ok(&[
+        "cleanup",
+        "--confirm",
+        "--keep-daily",
+        "1",
+        "--keep-tag",
+        "keep-me",
+    ]);
+    for stamp in [&pinned, &plain] {
+        assert_eq!(strs(&r["kept_reasons"][stamp]), ["tags_unreadable"], "{r}");
+        assert!(env.stamps().contains(stamp), "{stamp} kept");
+        let warned = strs(&r["warnings"])
+            .iter()
+            .any(|w| w.contains(stamp.as_str()));
+        assert!(warned, "{r}");
+    }
+    assert_eq!(strs(&r["deleted_stamps"]).len(), 2, "{r}");
 }
 
 #[test]

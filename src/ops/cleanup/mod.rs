@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::ops::gc::{self, GcResult};
 use crate::stamp::Stamp;
 use crate::store::lock::ExclusiveLock;
-use crate::store::ReadFrom;
 use crate::store::Store;
 use retention::{Candidate, Policy};
 
@@ -216,22 +215,16 @@ fn make_plan(store: &Store, policy: &Policy) -> Result<(retention::Plan, Cleanup
     Ok((plan, result))
 }
 
-/// Tags from the readable summary (where `atosnap tag` edits them), else
-/// from the manifest (the tags the snapshot was taken with).
+/// Tags from the summary, where `atosnap tag` edits them. When it does not
+/// read, the tags are unknown (and the snapshot kept): the manifest holds
+/// only the tags it was taken with, so a tag added since (a pin) would be
+/// missed and the snapshot judged by its date alone.
 pub fn read_tags(store: &Store, stamp: &Stamp) -> std::result::Result<Vec<String>, String> {
-    let from_metadata = store
-        .read_metadata(stamp)
-        .map_err(|e| e.to_string())
-        .and_then(|m| {
-            m.get("tags")
-                .and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok())
-                .ok_or_else(|| "backup-metadata.json has no tags list".to_string())
-        });
-    match from_metadata {
-        Ok(tags) => Ok(tags),
-        Err(meta_err) => store
-            .read_manifest(stamp, ReadFrom::Cache)
-            .map(|m| m.tags)
-            .map_err(|e| format!("metadata: {meta_err}; manifest: {e}")),
-    }
+    let metadata = store.read_metadata(stamp).map_err(|e| {
+        format!("{e}; `verify --repair` rebuilds it (with the tags the snapshot was taken with)")
+    })?;
+    metadata
+        .get("tags")
+        .and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok())
+        .ok_or_else(|| "backup-metadata.json has no tags list".to_string())
 }
