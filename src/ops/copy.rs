@@ -407,11 +407,17 @@ struct Copier<'a> {
     progress: &'a dyn Progress,
 }
 
-/// The tree roots of every snapshot listed at `to`. A manifest that does
-/// not read only loses its roots' shortcut (their trees are sent).
+/// The tree roots of every snapshot listed at `to` whose summary says it
+/// validated. A snapshot `verify --repair` found damaged there (or whose
+/// summary or manifest does not read) vouches for nothing: its trees may
+/// have lost blobs or chunks, which the copy then sends again from the
+/// source (as `create` re-reads such a snapshot's files).
 fn published_roots(to: &Store) -> Result<IdSet> {
     let mut roots = IdSet::default();
     for stamp in to.list_snapshots()?.stamps {
+        if !to.summary_says_validated(&stamp) {
+            continue;
+        }
         if let Ok(m) = to.read_manifest(&stamp, ReadFrom::Cache) {
             roots.extend(tree_roots(&m));
         }

@@ -286,6 +286,17 @@ impl Store {
         )
     }
 
+    /// Whether a snapshot's summary reads and says it validated: false
+    /// after a capture error, or once `verify --repair` found files of it
+    /// damaged for good. Only such a snapshot vouches for its files'
+    /// trees to a later `create` or `copy`.
+    pub fn summary_says_validated(&self, stamp: &Stamp) -> bool {
+        self.read_metadata(stamp)
+            .ok()
+            .and_then(|m| m.get("validated").and_then(|v| v.as_bool()))
+            == Some(true)
+    }
+
     pub fn read_metadata(&self, stamp: &Stamp) -> Result<serde_json::Value> {
         let name = Object::summary(stamp).name();
         let bytes = self

@@ -803,3 +803,32 @@ fn a_malformed_bucket_location_names_its_flag() {
     assert!(!env.dir.path().join("new").exists());
     assert!(!env.dir.path().join("elsewhere").exists());
 }
+
+/// A destination snapshot that `verify --repair` found damaged vouches for
+/// nothing: a later copy of a snapshot sharing its file trees sends them
+/// again from the whole source, and the copy is whole.
+#[test]
+fn a_damaged_destination_snapshot_does_not_vouch_for_its_trees() {
+    let env = Env::fixture();
+    let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
+    let dest = env.dir.path().join("copy");
+    copy_ok(&env, &dest, &[&s1]);
+    for pack in walkdir::WalkDir::new(dest.join("objects"))
+        .into_iter()
+        .flatten()
+    {
+        if pack.file_type().is_file() {
+            std::fs::remove_file(pack.path()).unwrap();
+        }
+    }
+    let repaired = run_cmd(on(&env, &dest).args(["verify", "--repair"]));
+    assert_eq!(repaired.code, 3, "{repaired:?}");
+    // Nothing changed at the source: the second snapshot's files have the
+    // first one's trees.
+    let s2 = env.create_stamp(&["--chroma", "--at", "2026-04-11T12:00:00Z"]);
+    let r = copy_ok(&env, &dest, &[&s2]);
+    assert!(u(&r, "chunks_sent") > 0, "{r}");
+    validate_ok(&env, &dest, &s2, &[]);
+    let v = run_cmd(on(&env, &dest).args(["verify", "--snapshot", &s2]));
+    assert_eq!(v.code, 0, "{v:?}");
+}

@@ -33,11 +33,7 @@ pub(super) fn newest_manifest(store: &Store, wanted: &Stamp) -> Option<Previous>
         .take(4)
         .filter_map(|s| Some((s, store.read_manifest(s, ReadFrom::Cache).ok()?)));
     let (stamp, manifest) = readable.next()?;
-    let validated = store
-        .read_metadata(stamp)
-        .ok()
-        .and_then(|m| m.get("validated").and_then(|v| v.as_bool()));
-    let suspect = validated != Some(true);
+    let suspect = !store.summary_says_validated(stamp);
     Some(Previous {
         manifest,
         older: suspect.then(|| readable.next().map(|(_, m)| m)).flatten(),
