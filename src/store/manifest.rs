@@ -374,9 +374,18 @@ mod wire {
     pub fn from_v2(w: ManifestW<FileV2>) -> Result<Manifest, String> {
         refuse_newer(w.version, MANIFEST_VERSION, MANIFEST_MAGIC)?;
         convert(w, |path, f| {
-            f.list
-                .check()
-                .map_err(|e| format!("entry {:?}: {e}", String::from_utf8_lossy(path)))?;
+            let entry = |e: String| format!("entry {:?}: {e}", String::from_utf8_lossy(path));
+            f.list.check().map_err(entry)?;
+            // Every chunk holds at least one byte. A tree's nodes are
+            // checked one by one as they are read, so without this a tree
+            // whose nodes repeat one child could claim any count, and a
+            // reader collecting the ids would never stop.
+            if f.list.chunks > f.size {
+                return Err(entry(format!(
+                    "its list claims {} chunks for {} bytes",
+                    f.list.chunks, f.size
+                )));
+            }
             Ok(FileEntry {
                 size: f.size,
                 list: ChunkList::Tree(f.list),
@@ -509,6 +518,37 @@ mod tests {
             .contains("checksum"));
         assert!(Manifest::decode(&bytes[..bytes.len() - 5], &Sealer::Plain).is_err());
         assert!(Manifest::decode(b"garbage", &Sealer::Plain).is_err());
+    }
+
+    /// A list claiming more chunks than its file has bytes is refused at
+    /// decoding: every chunk holds a byte at least, and a forged tree
+    /// (nodes repeating one child) could otherwise claim any count.
+    #[test]
+    fn a_list_claiming_more_chunks_than_bytes_is_refused() {
+        let mut m = sample();
+        if let EntryKind::File(f) = &mut m.entries[0].kind {
+            f.list = ChunkList::Tree(ListRef {
+                root: Some(Id::hash(b"abc")),
+                chunks: 1 << 32,
+                levels: 4,
+            });
+        }
+        let bytes = m.encode(&Sealer::Plain).unwrap();
+        let err = Manifest::decode(&bytes, &Sealer::Plain).unwrap_err();
+        assert!(
+            err.contains("\"atocore.db\": its list claims 4294967296 chunks for 3 bytes"),
+            "{err}"
+        );
+        // As many chunks as bytes is possible (one-byte chunks).
+        if let EntryKind::File(f) = &mut m.entries[0].kind {
+            f.list = ChunkList::Tree(ListRef {
+                root: Some(Id::hash(b"abc")),
+                chunks: 3,
+                levels: 0,
+            });
+        }
+        let bytes = m.encode(&Sealer::Plain).unwrap();
+        assert_eq!(Manifest::decode(&bytes, &Sealer::Plain).unwrap(), m);
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! no write passes through a symlink found under DIR, and DIR must not be
 //! where the live runtime files are.
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -21,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
-use crate::id::Id;
 use crate::ops::ls;
 use crate::ops::restore::{self, Install};
 use crate::stamp::Stamp;
@@ -220,12 +218,15 @@ fn check_chunks(
     manifest: &Manifest,
     chosen: &[&Entry],
 ) -> Result<()> {
-    let mut wanted: Vec<(Id, &Entry)> = Vec::new();
     let mut faults: Vec<String> = Vec::new();
     for e in chosen {
         let Some(f) = e.file() else { continue };
-        match store.file_chunk_ids(index, f) {
-            Ok(ids) => wanted.extend(ids.into_iter().map(|id| (id, *e))),
+        match super::stage::chunk_faults(store, index, f) {
+            Ok(found) => faults.extend(
+                found
+                    .into_iter()
+                    .map(|(id, f)| format!("{} (a chunk of {})", f.code(&id), e.path_lossy())),
+            ),
             // A list blob's damage is a fault like a chunk's; a storage
             // failure is the error.
             Err(err) => {
@@ -238,17 +239,6 @@ fn check_chunks(
             }
         }
     }
-    faults.extend(
-        wanted
-            .par_iter()
-            .filter_map(|(id, e)| {
-                store
-                    .read_chunk(index, id)
-                    .err()
-                    .map(|f| format!("{} (a chunk of {})", f.code(id), e.path_lossy()))
-            })
-            .collect::<Vec<_>>(),
-    );
     if faults.is_empty() {
         return Ok(());
     }

@@ -31,10 +31,46 @@ use super::apply::{file_time, parent_of, temp_in, wanted_owner, Install, TempGua
 use super::chroma_rel;
 use super::plan::{RestorePlan, Reusable};
 
-/// A file's chunk ids, in file order: the one place restore reads them
-/// (a tree-listed file's list blobs are read and re-hashed here).
-pub(super) fn chunk_ids(store: &Store, index: &ChunkIndex, file: &FileEntry) -> Result<Vec<Id>> {
-    store.file_chunk_ids(index, file)
+/// Chunks read at once when a file's chunks are checked: its list streams,
+/// so memory follows neither the file's size nor a forged chunk count.
+const CHECK_BATCH: usize = 4096;
+/// Faults named per file at most: a file whose every chunk is gone is
+/// named by its first ones, not by a million.
+const FAULTS_NAMED: usize = 100;
+
+/// Reads every chunk of `file` (re-hashed), a batch at a time as its list
+/// streams, and returns the chunks that did not read, at most
+/// [`FAULTS_NAMED`]. A list blob that does not read ends the walk: the
+/// error, for the caller to name.
+pub(super) fn chunk_faults(
+    store: &Store,
+    index: &ChunkIndex,
+    file: &FileEntry,
+) -> Result<Vec<(Id, ChunkFault)>> {
+    let mut faults = Vec::new();
+    let mut batch = Vec::with_capacity(CHECK_BATCH);
+    let read = |batch: &mut Vec<Id>, faults: &mut Vec<(Id, ChunkFault)>| {
+        batch.sort_unstable();
+        batch.dedup();
+        let found: Vec<(Id, ChunkFault)> = batch
+            .par_iter()
+            .filter_map(|id| store.read_chunk(index, id).err().map(|f| (*id, f)))
+            .collect();
+        faults.extend(found);
+        batch.clear();
+    };
+    for id in store.file_chunks(index, file)? {
+        batch.push(id?);
+        if batch.len() == CHECK_BATCH {
+            read(&mut batch, &mut faults);
+            if faults.len() >= FAULTS_NAMED {
+                break;
+            }
+        }
+    }
+    read(&mut batch, &mut faults);
+    faults.truncate(FAULTS_NAMED);
+    Ok(faults)
 }
 
 /// How many chunks were read from the store and how many were taken from
@@ -453,20 +489,13 @@ fn name_faults(
     match fault {
         Fault::Chunk(id, f) => {
             errors.insert(named(f.code(&id), job.entry));
-            let Ok(ids) = chunk_ids(store, index, job.file) else {
+            let Ok(faults) = chunk_faults(store, index, job.file) else {
                 return;
             };
-            let ids: BTreeSet<&Id> = ids.iter().collect();
-            let more: Vec<String> = ids
-                .par_iter()
-                .filter_map(|id| match store.read_chunk(index, id) {
-                    Err(f @ (ChunkFault::Missing | ChunkFault::Corrupt(_))) => {
-                        Some(named(f.code(id), job.entry))
-                    }
-                    _ => None,
-                })
-                .collect();
-            errors.extend(more);
+            let damage = faults
+                .into_iter()
+                .filter(|(_, f)| matches!(f, ChunkFault::Missing | ChunkFault::Corrupt(_)));
+            errors.extend(damage.map(|(id, f)| named(f.code(&id), job.entry)));
         }
         Fault::Size { written } => {
             errors.insert(format!(
