@@ -56,6 +56,41 @@ fn digest(root: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// Runs `cmd` with `source` bind-mounted on `target`, in a user and mount
+/// namespace of its own (`unshare -rm`); None where none can be made.
+fn in_mount_namespace(source: &Path, target: &Path, cmd: &std::process::Command) -> Option<Out> {
+    let can = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can {
+        return None;
+    }
+    let mut wrapped = std::process::Command::new("unshare");
+    wrapped
+        .args([
+            "-rm",
+            "sh",
+            "-c",
+            "mount --bind \"$1\" \"$2\" && shift 2 && exec \"$@\"",
+            "sh",
+        ])
+        .arg(source)
+        .arg(target)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    Some(crate::support::run_cmd(&mut wrapped))
+}
+
 fn no_panic(out: &Out) {
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
@@ -164,6 +199,21 @@ fn restore_to_the_live_runtime_under_another_name_is_refused() {
         let msg = out.json["error"]["message"].as_str().unwrap();
         assert!(msg.contains("--confirm-service-stopped"), "{msg}");
         assert_eq!(digest(&env.runtime), before, "--to {}", to.display());
+    }
+    // The live data folder bind-mounted elsewhere (in a mount namespace of
+    // the test's own): no path leads from the mount to the live paths, but
+    // the identities (device, inode) are the same.
+    let mount = env.dir.path().join("mount");
+    fs::create_dir(&mount).unwrap();
+    let mut restore = env.command();
+    restore.args(["restore", &s1, "--to", mount.to_str().unwrap()]);
+    match in_mount_namespace(&data, &mount, &restore) {
+        Some(out) => {
+            no_panic(&out);
+            assert_eq!(out.error_code(), "restore_target_is_live", "{out:?}");
+            assert_eq!(digest(&env.runtime), before, "through a bind mount");
+        }
+        None => eprintln!("no mount namespace here: the bind-mount case is not run"),
     }
     // A folder of its own is fine, and so is the live restore itself.
     let elsewhere = env.dir.path().join("elsewhere");

@@ -263,8 +263,10 @@ pub fn refuse_live_target(opts: &RestoreOptions) -> Result<()> {
 }
 
 /// Refuses a `--to` folder whose restored files would be live files, that
-/// holds a live path, or that lies inside one (paths resolved through
-/// symlinks; an empty live path is not configured and is skipped).
+/// holds a live path, or that lies inside one: by path (symlinks
+/// resolved), and by file identity (device and inode), which sees through
+/// a bind mount, the way the Chroma dir is usually mounted. An empty live
+/// path is not configured and is skipped.
 pub fn refuse_live_dir(to: &Path, live: [&Path; 3]) -> Result<()> {
     let dir = resolve(to);
     let written = [
@@ -272,12 +274,21 @@ pub fn refuse_live_dir(to: &Path, live: [&Path; 3]) -> Result<()> {
         resolve(&to.join(REGISTRY_PATH)),
         resolve(&to.join(CHROMA_PREFIX)),
     ];
+    let written_ids: Vec<Identity> = written.iter().filter_map(|p| identity(p)).collect();
+    let dir_chain = identity_chain(&dir);
     for live in live {
         if live.as_os_str().is_empty() {
             continue;
         }
         let resolved = resolve(live);
-        if written.contains(&resolved) || resolved.starts_with(&dir) || dir.starts_with(&resolved) {
+        let by_path =
+            written.contains(&resolved) || resolved.starts_with(&dir) || dir.starts_with(&resolved);
+        let by_identity = identity(&resolved).is_some_and(|id| {
+            written_ids.contains(&id)
+                || dir_chain.contains(&id)
+                || identity(&dir).is_some_and(|d| identity_chain(&resolved).contains(&d))
+        });
+        if by_path || by_identity {
             return Err(Error::RestoreTargetIsLive {
                 to: to.to_path_buf(),
                 live: live.to_path_buf(),
@@ -285,6 +296,19 @@ pub fn refuse_live_dir(to: &Path, live: [&Path; 3]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A file's device and inode: the same through every path and mount.
+type Identity = (u64, u64);
+
+fn identity(p: &Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The identities of `p` and of each folder above it that exists.
+fn identity_chain(p: &Path) -> Vec<Identity> {
+    p.ancestors().filter_map(identity).collect()
 }
 
 /// `p` made absolute with its symlinks resolved, as far as it exists (the
