@@ -545,6 +545,45 @@ fn restore_include_restores_only_those_paths() {
     );
 }
 
+/// A stale `-wal` beside DIR/atocore.db would be replayed onto the
+/// restored file by the next ordinary open: `--include` removes the
+/// sidecars before it installs a SQLite file, as a full restore does.
+#[test]
+fn restore_include_removes_stale_sidecars_of_a_sqlite_file() {
+    let env = Env::fixture();
+    let s = snap(&env, "2026-04-11T12:00:00Z");
+    let to = env.dir.path().join("out");
+    let include = |to: &std::path::Path| {
+        let out = env.run(&[
+            "restore",
+            &s,
+            "--to",
+            to.to_str().unwrap(),
+            "--include",
+            "atocore.db",
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+    };
+    include(&to);
+    let db = to.join("atocore.db");
+    let wal = to.join("atocore.db-wal");
+    // A WAL holding a table the snapshot does not have, kept aside while
+    // its connection is open (closing checkpoints and removes it).
+    let saved = env.dir.path().join("saved-wal");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE stale_probe(x); INSERT INTO stale_probe VALUES (1);")
+            .unwrap();
+        fs::copy(&wal, &saved).unwrap();
+    }
+    fs::copy(&saved, &wal).unwrap();
+    include(&to);
+    assert!(!wal.exists(), "the stale WAL is removed");
+    assert!(!crate::support::has_table(&db, "stale_probe"));
+}
+
 #[test]
 fn restore_include_bad_input() {
     let env = Env::tiny();
@@ -591,6 +630,23 @@ fn restore_include_bad_input() {
         (1, "restore_target_is_live"),
         "{out:?}"
     );
+    // A missing DIR inside the live Chroma dir is refused before it is
+    // made: nothing appears in the live tree for the next create to take.
+    let inside = env.chroma().join("restored-here");
+    let out = env.run(&[
+        "restore",
+        &s,
+        "--to",
+        inside.to_str().unwrap(),
+        "--include",
+        "atocore.db",
+    ]);
+    assert_eq!(
+        (out.code, out.error_code()),
+        (1, "restore_target_is_live"),
+        "{out:?}"
+    );
+    assert!(!inside.exists(), "the refused DIR was created");
 }
 
 #[test]

@@ -106,6 +106,12 @@ pub fn restore_paths(store: &Store, opts: &IncludeOptions) -> Result<IncludeResu
                 dirs.push((e, target));
             }
             EntryKind::File(f) => {
+                if f.sqlite {
+                    // Stale `-wal` / `-shm` / `-journal` go first (step 4
+                    // of a full restore): the next open would replay them
+                    // onto the new file.
+                    crate::sources::sqlite::remove_sidecars(&target)?;
+                }
                 let how = Install {
                     reusable: None,
                     durable: false,
@@ -192,8 +198,10 @@ fn refuse_below_symlinks(manifest: &Manifest, chosen: &[&Entry]) -> Result<()> {
     Ok(())
 }
 
-/// DIR exists (created when missing) and does not hold the live files.
+/// DIR does not hold the live files, and exists (created when missing:
+/// only once it is known not to lie in the live tree).
 fn prepare_target(dir: &Path, live: &[PathBuf; 3]) -> Result<()> {
+    restore::refuse_live_dir(dir, [&live[0], &live[1], &live[2]])?;
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -207,7 +215,7 @@ fn prepare_target(dir: &Path, live: &[PathBuf; 3]) -> Result<()> {
         }
         Err(e) => return Err(Error::io("stat", dir, e)),
     }
-    restore::refuse_live_dir(dir, [&live[0], &live[1], &live[2]])
+    Ok(())
 }
 
 /// Reads every chunk of the chosen files (re-hashed); the first fault
