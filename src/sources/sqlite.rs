@@ -373,6 +373,12 @@ pub fn checkpoint_wal(db: &Path) -> Option<String> {
     if !matches!(sqlite_page_size_of(db), Ok(Some(_))) {
         return Some("not a SQLite database".into());
     }
+    // A symlink is replaced, never written through (SPEC §4): the db it
+    // names, with a WAL planted beside the link, is not the target's to
+    // checkpoint.
+    if !fs::symlink_metadata(db).is_ok_and(|m| m.file_type().is_file()) {
+        return Some("not a regular file: nothing is written through it".into());
+    }
     let conn = rusqlite::Connection::open_with_flags(
         db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -487,5 +493,48 @@ mod tests {
         assert!(remove_sidecars(&db).unwrap().is_empty());
         // Not a database: the checkpoint reports it, best effort.
         assert!(checkpoint_wal(&db).is_some());
+    }
+
+    /// A db with a WAL that holds a committed write: `db` and `db-wal`
+    /// copied while the writer's connection kept the WAL unfolded.
+    fn db_with_a_wal(dir: &Path, name: &str) -> PathBuf {
+        let scratch = dir.join(format!("{name}.scratch"));
+        let conn = rusqlite::Connection::open(&scratch).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let db = dir.join(name);
+        fs::copy(&scratch, &db).unwrap();
+        fs::copy(
+            dir.join(format!("{name}.scratch-wal")),
+            dir.join(format!("{name}-wal")),
+        )
+        .unwrap();
+        db
+    }
+
+    #[test]
+    fn the_checkpoint_folds_a_wal_but_never_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_len = |db: &Path| {
+            fs::metadata(sidecars(db)[0].clone())
+                .map(|m| m.len())
+                .unwrap_or(0)
+        };
+        let real = db_with_a_wal(dir.path(), "real.db");
+        assert!(wal_len(&real) > 0);
+        assert_eq!(checkpoint_wal(&real), None);
+        assert_eq!(wal_len(&real), 0, "folded in and truncated");
+
+        let outside = db_with_a_wal(dir.path(), "outside.db");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let before = (fs::read(&outside).unwrap(), wal_len(&outside));
+        // The outside db's WAL planted beside the link, as a checkpoint
+        // through the link would read it.
+        fs::copy(sidecars(&outside)[0].clone(), sidecars(&link)[0].clone()).unwrap();
+        assert!(checkpoint_wal(&link).is_some(), "refused");
+        assert_eq!((fs::read(&outside).unwrap(), wal_len(&outside)), before);
     }
 }
