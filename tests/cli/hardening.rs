@@ -283,3 +283,40 @@ fn a_far_future_snapshot_does_not_stand_in_for_the_previous_one() {
         "the files cache used snapshot {s2}, not the future one: {created}"
     );
 }
+
+/// A snapshot captured through a symlinked Chroma dir records `chroma` as
+/// a link (decoding allows entries below that one link): `--include`
+/// restores below it as a full restore does, into a real folder.
+#[test]
+fn include_below_a_chroma_dir_captured_through_a_link() {
+    let env = Env::tiny();
+    let s1 = stamp_of(&env);
+    forge(&env, &s1, |m| {
+        let root = m.entries.iter_mut().find(|e| e.path == b"chroma").unwrap();
+        root.kind = EntryKind::Symlink {
+            target: b"/srv/elsewhere/chroma".to_vec(),
+        };
+    });
+    for include in ["chroma/seg", "chroma"] {
+        let to = env
+            .dir
+            .path()
+            .join(format!("out-{}", include.replace('/', "-")));
+        let out = env.run(&[
+            "restore",
+            &s1,
+            "--to",
+            to.to_str().unwrap(),
+            "--include",
+            include,
+        ]);
+        no_panic(&out);
+        assert_eq!(out.code, 0, "--include {include}: {out:?}");
+        let chroma = fs::symlink_metadata(to.join("chroma")).unwrap();
+        assert!(chroma.is_dir(), "a real folder");
+        assert_eq!(
+            fs::read(to.join("chroma/seg/index_metadata.pickle")).unwrap(),
+            fs::read(env.chroma().join("seg/index_metadata.pickle")).unwrap()
+        );
+    }
+}

@@ -23,7 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::ops::ls;
 use crate::ops::restore::{self, Install};
 use crate::stamp::Stamp;
-use crate::store::manifest::{Entry, EntryKind, Manifest, DB_PATH, REGISTRY_PATH};
+use crate::store::manifest::{Entry, EntryKind, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH};
 use crate::store::ReadFrom;
 use crate::store::Store;
 
@@ -99,6 +99,13 @@ pub fn restore_paths(store: &Store, opts: &IncludeOptions) -> Result<IncludeResu
         let target = opts.to.join(OsStr::from_bytes(&e.path));
         ensure_parents(&opts.to, &target)?;
         match &e.kind {
+            // Captured through a link: restored as the folder it led to
+            // (with no mode or mtime of the link's).
+            EntryKind::Symlink { .. } if is_chroma_root(e) => {
+                if make_dir(&target)? {
+                    r.dirs_created += 1;
+                }
+            }
             EntryKind::Dir => {
                 if make_dir(&target)? {
                     r.dirs_created += 1;
@@ -148,6 +155,12 @@ pub fn restore_paths(store: &Store, opts: &IncludeOptions) -> Result<IncludeResu
     Ok(r)
 }
 
+/// The `chroma` entry itself: a folder, or a link to the folder the
+/// capture followed.
+fn is_chroma_root(e: &Entry) -> bool {
+    e.path == CHROMA_PREFIX.as_bytes()
+}
+
 /// The entries the included paths select, each once, parents first.
 fn choose<'m>(manifest: &'m Manifest, included: &[String]) -> Result<Vec<&'m Entry>> {
     let mut chosen: BTreeSet<usize> = BTreeSet::new();
@@ -172,12 +185,14 @@ fn choose<'m>(manifest: &'m Manifest, included: &[String]) -> Result<Vec<&'m Ent
 }
 
 /// A manifest entry below a symlink entry is corrupt: writing it would go
-/// through the link.
+/// through the link. The Chroma dir itself is exempt, as at decoding
+/// ([`Manifest::check_tree`]): captured through a link to the real folder,
+/// it is restored as a folder.
 fn refuse_below_symlinks(manifest: &Manifest, chosen: &[&Entry]) -> Result<()> {
     let links: Vec<&[u8]> = manifest
         .entries
         .iter()
-        .filter(|e| matches!(e.kind, EntryKind::Symlink { .. }))
+        .filter(|e| matches!(e.kind, EntryKind::Symlink { .. }) && !is_chroma_root(e))
         .map(|e| &e.path[..])
         .collect();
     for e in chosen {
@@ -297,12 +312,12 @@ fn make_dir(p: &Path) -> Result<bool> {
 /// A symlink made beside `target`, renamed over it.
 fn install_symlink(link: &[u8], target: &Path) -> Result<()> {
     let parent = target.parent().unwrap_or(Path::new("."));
-    let tmp = parent.join(format!(
-        "{}{}-link",
-        restore::TEMP_PREFIX,
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
+    // Named for its owner like every restore temp, so a killed run's is
+    // swept by the next restore into this folder.
+    let tmp = super::apply::temp_in(parent);
     std::os::unix::fs::symlink(OsStr::from_bytes(link), &tmp).ctx("create", &tmp)?;
-    fs::rename(&tmp, target).ctx("rename into place", target)
+    fs::rename(&tmp, target).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("rename into place", target, e)
+    })
 }
