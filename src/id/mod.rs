@@ -8,8 +8,31 @@ use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Id(pub [u8; 32]);
+
+/// Bytewise order (sorted index segments and spill files rely on it),
+/// decided for hashes nearly always by the first eight bytes: compared as
+/// one big-endian word, without a call to `memcmp` (3 % of a first
+/// snapshot's CPU went to comparing ids in the packer's B-tree and the
+/// index).
+impl Ord for Id {
+    fn cmp(&self, other: &Id) -> std::cmp::Ordering {
+        let head = |id: &Id| {
+            id.0.first_chunk::<8>()
+                .map_or(0, |b| u64::from_be_bytes(*b))
+        };
+        head(self)
+            .cmp(&head(other))
+            .then_with(|| self.0[8..].cmp(&other.0[8..]))
+    }
+}
+
+impl PartialOrd for Id {
+    fn partial_cmp(&self, other: &Id) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Id {
     pub fn hash(data: &[u8]) -> Id {
@@ -101,6 +124,24 @@ pub type IdSet = HashSet<Id, BuildIdHasher>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The order is bytewise, whatever the bytes: ids sharing a long
+        /// prefix (the first word equal) included.
+        #[test]
+        fn ids_order_bytewise(
+            a in any::<[u8; 32]>(),
+            b in any::<[u8; 32]>(),
+            shared in 0usize..=32,
+        ) {
+            let mut b = b;
+            b[..shared].copy_from_slice(&a[..shared]);
+            prop_assert_eq!(Id(a).cmp(&Id(b)), a.cmp(&b));
+            prop_assert_eq!(Id(b).cmp(&Id(a)), b.cmp(&a));
+            prop_assert_eq!(Id(a).partial_cmp(&Id(a)), Some(std::cmp::Ordering::Equal));
+        }
+    }
 
     #[test]
     fn id_set_finds_what_it_holds() {

@@ -40,6 +40,8 @@ pub mod pack;
 pub mod pack2;
 pub mod packer;
 mod packs;
+#[cfg(test)]
+mod packs_tests;
 mod quarantine;
 pub mod s3;
 pub mod seal;
