@@ -168,6 +168,17 @@ impl TempOwner {
             && me.pidns != "0"
     }
 
+    /// A well-formed boot id that is not this owner's (tests).
+    #[cfg(test)]
+    pub(crate) fn other_boot_id(&self) -> String {
+        if self.boot == "00000001" {
+            "00000002"
+        } else {
+            "00000001"
+        }
+        .into()
+    }
+
     /// Whether this owner is of this host name but another boot id: this
     /// machine before a reboot, or another machine of the same name.
     fn of_another_boot(&self) -> bool {
@@ -444,12 +455,7 @@ mod tests {
             return; // no boot id on this system: nothing to tell apart
         }
         let other_boot = TempOwner {
-            boot: if me.boot == "00000001" {
-                "00000002"
-            } else {
-                "00000001"
-            }
-            .into(),
+            boot: me.other_boot_id(),
             ..me.clone()
         };
         // This machine before a reboot, or another machine of this name

@@ -615,37 +615,19 @@ fn restore_include_bad_input() {
         (1, "snapshot_missing"),
         "{out:?}"
     );
-    // DIR holding the live files is refused (the same check as restore --to).
-    let live = env.runtime.join("data");
-    let out = env.run(&[
-        "restore",
-        &s,
-        "--to",
-        live.to_str().unwrap(),
-        "--include",
-        "atocore.db",
-    ]);
-    assert_eq!(
-        (out.code, out.error_code()),
-        (1, "restore_target_is_live"),
-        "{out:?}"
-    );
-    // A missing DIR inside the live Chroma dir is refused before it is
-    // made: nothing appears in the live tree for the next create to take.
+    // DIR holding the live files is refused (the same check as restore
+    // --to); a missing DIR inside the live Chroma dir is refused before it
+    // is made: nothing appears in the live tree for the next create to take.
     let inside = env.chroma().join("restored-here");
-    let out = env.run(&[
-        "restore",
-        &s,
-        "--to",
-        inside.to_str().unwrap(),
-        "--include",
-        "atocore.db",
-    ]);
-    assert_eq!(
-        (out.code, out.error_code()),
-        (1, "restore_target_is_live"),
-        "{out:?}"
-    );
+    for live in [env.runtime.join("data"), inside.clone()] {
+        let to = live.to_str().unwrap();
+        let out = env.run(&["restore", &s, "--to", to, "--include", "atocore.db"]);
+        assert_eq!(
+            (out.code, out.error_code()),
+            (1, "restore_target_is_live"),
+            "{out:?}"
+        );
+    }
     assert!(!inside.exists(), "the refused DIR was created");
 }
 

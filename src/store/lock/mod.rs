@@ -377,6 +377,14 @@ mod tests {
         }
     }
 
+    fn local_store(dir: &std::path::Path) -> crate::store::Store {
+        crate::store::Store::init(
+            &crate::store::location::StoreAddress::local(dir),
+            &crate::store::InitOptions::default(),
+        )
+        .unwrap()
+    }
+
     fn empty_manifest(stamp: &Stamp) -> Manifest {
         Manifest {
             version: MANIFEST_VERSION,
@@ -396,11 +404,7 @@ mod tests {
     #[test]
     fn a_lock_past_its_wall_clock_deadline_is_lost_and_publish_refuses() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::init(
-            &crate::store::location::StoreAddress::local(dir.path()),
-            &crate::store::InitOptions::default(),
-        )
-        .unwrap();
+        let store = local_store(dir.path());
         let (offset, clock) = test_clock();
         let ttl = Duration::from_secs(300);
         let held = acquire_with(store.backend_handle(), "create", how(ttl, clock)).unwrap();
@@ -520,11 +524,7 @@ mod tests {
     #[test]
     fn a_lock_that_lapses_while_the_last_packs_upload_publishes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::init(
-            &crate::store::location::StoreAddress::local(dir.path()),
-            &crate::store::InitOptions::default(),
-        )
-        .unwrap();
+        let store = local_store(dir.path());
         let (offset, clock) = test_clock();
         let ttl = Duration::from_secs(300);
         let slow: Arc<dyn Backend> = Arc::new(Flaky {

@@ -176,12 +176,7 @@ mod tests {
             // the bucket. Only time tells.
             let other_boot = TempOwner {
                 pid: dead_pid(),
-                boot: if me.boot == "00000001" {
-                    "00000002"
-                } else {
-                    "00000001"
-                }
-                .into(),
+                boot: me.other_boot_id(),
                 ..me.clone()
             };
             assert!(!judged(other_boot), "a claim of another boot");
