@@ -199,7 +199,7 @@ impl Spill {
     ) -> std::result::Result<Segment, IndexError> {
         let name = crate::store::chunk_index::segment::segment_name(self.written);
         self.written += 1;
-        let mut w = SegmentWriter::create(self.dir.path(), &name, 0)?;
+        let mut w = SegmentWriter::scratch(self.dir.path(), &name, 0)?;
         for r in records {
             w.push(&r?)?;
         }

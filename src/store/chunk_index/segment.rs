@@ -84,6 +84,9 @@ pub struct SegmentWriter {
     first_row: u32,
     n: u64,
     last: Option<(Id, u32)>,
+    /// fsynced (file and folder) once written: false for a writer's
+    /// private scratch segments ([`SegmentWriter::scratch`]).
+    durable: bool,
 }
 
 impl SegmentWriter {
@@ -103,6 +106,19 @@ impl SegmentWriter {
             first_row,
             n: 0,
             last: None,
+            durable: true,
+        })
+    }
+
+    /// A writer of a segment only this process reads, in a private folder
+    /// removed when it ends (a writer's spilled pending chunks): nothing
+    /// is fsynced, since after a crash nothing reads it again. Each fsync
+    /// stalled `create`'s writer thread (about ten spills and merges on a
+    /// first snapshot of 216,000 chunks).
+    pub fn scratch(dir: &Path, name: &str, first_row: u32) -> Result<SegmentWriter, IndexError> {
+        Ok(SegmentWriter {
+            durable: false,
+            ..SegmentWriter::create(dir, name, first_row)?
         })
     }
 
@@ -137,9 +153,13 @@ impl SegmentWriter {
             .map_err(|e| IndexError::io("write", rec_path)(e.into_error()))?;
         let rec_file = File::open(rec_path).map_err(IndexError::io("open", rec_path))?;
         let tmp = backend::temp_path_in(&self.dir, "seg");
-        let written = write_final(&tmp, rec_file, rec_path, self.n, self.first_row)
+        let durable = self.durable;
+        let written = write_final(&tmp, rec_file, rec_path, (self.n, self.first_row), durable)
             .and_then(|()| fs::rename(&tmp, &self.path).map_err(IndexError::io("rename", &tmp)))
-            .and_then(|()| backend::sync_dir(&self.dir).map_err(IndexError::io("sync", &self.dir)));
+            .and_then(|()| match durable {
+                true => backend::sync_dir(&self.dir).map_err(IndexError::io("sync", &self.dir)),
+                false => Ok(()),
+            });
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -148,13 +168,13 @@ impl SegmentWriter {
 }
 
 /// Header, then the prefixes (one pass over the records temp), then the
-/// records (a second pass), then the hash; fsynced.
+/// records (a second pass), then the hash; fsynced when `durable`.
 fn write_final(
     tmp: &Path,
     mut records: File,
     rec_path: &Path,
-    n: u64,
-    first_row: u32,
+    (n, first_row): (u64, u32),
+    durable: bool,
 ) -> Result<(), IndexError> {
     let file = backend::create_private_file(tmp).map_err(IndexError::io("create", tmp))?;
     let mut out = HashingWriter {
@@ -184,6 +204,9 @@ fn write_final(
     let file = inner
         .into_inner()
         .map_err(|e| werr("write", tmp)(e.into_error()))?;
+    if !durable {
+        return Ok(());
+    }
     file.sync_all().map_err(werr("sync", tmp))
 }
 
