@@ -553,35 +553,52 @@ fn restore_include_removes_stale_sidecars_of_a_sqlite_file() {
     let env = Env::fixture();
     let s = snap(&env, "2026-04-11T12:00:00Z");
     let to = env.dir.path().join("out");
-    let include = |to: &std::path::Path| {
-        let out = env.run(&[
-            "restore",
-            &s,
-            "--to",
-            to.to_str().unwrap(),
-            "--include",
-            "atocore.db",
-        ]);
-        assert_eq!(out.code, 0, "{out:?}");
+    let include = |failpoint: &str| {
+        env.run_env(
+            &[
+                "restore",
+                &s,
+                "--to",
+                to.to_str().unwrap(),
+                "--include",
+                "atocore.db",
+            ],
+            &[("ATOSNAP_FAILPOINT", failpoint)],
+        )
     };
-    include(&to);
+    assert_eq!(include("").code, 0);
     let db = to.join("atocore.db");
     let wal = to.join("atocore.db-wal");
-    // A WAL holding a table the snapshot does not have, kept aside while
-    // its connection is open (closing checkpoints and removes it).
-    let saved = env.dir.path().join("saved-wal");
+    // A db whose WAL holds a table its main file does not: both files
+    // copied aside while the writer's connection keeps the WAL unfolded
+    // (closing checkpoints it and removes it).
+    let (saved_db, saved_wal) = (env.dir.path().join("db"), env.dir.path().join("wal"));
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        conn.execute_batch("CREATE TABLE stale_probe(x); INSERT INTO stale_probe VALUES (1);")
+        conn.execute_batch("CREATE TABLE wal_probe(x); INSERT INTO wal_probe VALUES (1);")
             .unwrap();
-        fs::copy(&wal, &saved).unwrap();
+        fs::copy(&db, &saved_db).unwrap();
+        fs::copy(&wal, &saved_wal).unwrap();
     }
-    fs::copy(&saved, &wal).unwrap();
-    include(&to);
+    let put_back = || {
+        fs::copy(&saved_db, &db).unwrap();
+        fs::copy(&saved_wal, &wal).unwrap();
+    };
+    // Killed with the new file staged, not yet renamed: the old db is
+    // whole, its WAL folded in rather than lost with the sidecars.
+    put_back();
+    let killed = include("restore:before-rename:atocore.db");
+    assert_eq!(killed.code, 137, "{killed:?}");
+    assert!(!wal.exists());
+    let has_probe = |db: &std::path::Path| crate::support::has_table(db, "wal_probe");
+    assert!(has_probe(&db), "the old db keeps what its WAL held");
+    // Restored: the stale WAL is gone, not replayed onto the new file.
+    put_back();
+    assert_eq!(include("").code, 0);
     assert!(!wal.exists(), "the stale WAL is removed");
-    assert!(!crate::support::has_table(&db, "stale_probe"));
+    assert!(!has_probe(&db));
 }
 
 #[test]

@@ -250,6 +250,15 @@ pub fn install_file(
         }
     };
     let mut guard = TempGuard(&tmp, false);
+    if file.sqlite {
+        // The `-wal` / `-shm` / `-journal` of the file replaced must not
+        // stay (the next open would replay them onto the new one): its WAL
+        // is folded in, then they go (steps 3 and 4 of a full restore),
+        // once the new file is staged. So a failed staging, or a kill
+        // before the rename, leaves the old file whole.
+        crate::sources::sqlite::checkpoint_wal(target);
+        crate::sources::sqlite::remove_sidecars(target)?;
+    }
     crate::failpoint::hit(|| format!("restore:before-rename:{}", entry.path_lossy()));
     fs::rename(&tmp, target).ctx("rename into place", target)?;
     guard.1 = true;

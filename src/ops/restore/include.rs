@@ -113,12 +113,6 @@ pub fn restore_paths(store: &Store, opts: &IncludeOptions) -> Result<IncludeResu
                 dirs.push((e, target));
             }
             EntryKind::File(f) => {
-                if f.sqlite {
-                    // Stale `-wal` / `-shm` / `-journal` go first (step 4
-                    // of a full restore): the next open would replay them
-                    // onto the new file.
-                    crate::sources::sqlite::remove_sidecars(&target)?;
-                }
                 let how = Install {
                     reusable: None,
                     durable: false,
