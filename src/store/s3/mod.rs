@@ -683,14 +683,12 @@ impl Backend for S3Backend {
             self.write_once(&join(dir, name), data)?;
         }
         if let Err(e) = may_commit() {
-            // Withdrawn: what was written goes, the claim last (best
-            // effort: an uncommitted folder is never listed, and its
-            // leftovers are cleared by the next writer of the stamp once
-            // abandoned, or by gc).
-            for (name, _) in before {
-                let _ = self.op.delete(&join(dir, name));
-            }
-            let _ = self.op.delete(&claim);
+            // Withdrawn, deleting nothing: the folder may no longer be this
+            // writer's (taken over while it was suspended), and a delete
+            // that timed out here could land after the next writer's
+            // files. Left as a dead writer's leftovers: never listed (no
+            // commit), cleared by the next writer of the stamp once this
+            // process is gone or after 15 minutes, or by gc.
             return Err(e);
         }
         self.write_once(&commit, commit_data)?;
