@@ -682,15 +682,13 @@ impl Backend for S3Backend {
         for (name, data) in before {
             self.write_once(&join(dir, name), data)?;
         }
-        if let Err(e) = may_commit() {
-            // Withdrawn, deleting nothing: the folder may no longer be this
-            // writer's (taken over while it was suspended), and a delete
-            // that timed out here could land after the next writer's
-            // files. Left as a dead writer's leftovers: never listed (no
-            // commit), cleared by the next writer of the stamp once this
-            // process is gone or after 15 minutes, or by gc.
-            return Err(e);
-        }
+        // Refused: withdrawn, deleting nothing. The folder may no longer
+        // be this writer's (taken over while it was suspended), and a
+        // delete that timed out here could land after the next writer's
+        // files. Left as a dead writer's leftovers: never listed (no
+        // commit), cleared by the next writer of the stamp once this
+        // process is gone or after 15 minutes, or by gc.
+        may_commit()?;
         self.write_once(&commit, commit_data)?;
         // Best effort: a stale marker in a complete folder is harmless.
         let _ = self.op.delete(&claim);
