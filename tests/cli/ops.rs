@@ -601,6 +601,41 @@ fn restore_include_removes_stale_sidecars_of_a_sqlite_file() {
     assert!(!has_probe(&db));
 }
 
+/// Hundreds of bad chunks in the included files: the refusal names the
+/// first hundred faults, not one per chunk, and writes nothing.
+#[test]
+fn restore_include_names_at_most_a_hundred_faults() {
+    let env = Env::fixture();
+    let s = snap(&env, "2026-04-11T12:00:00Z");
+    // Every lanes frame (the HNSW floats, up to 256 chunks each) gets its
+    // zstd magic broken, so no chunk of it decodes; list frames and the
+    // rest are left whole.
+    let store = env.open_store();
+    for (name, size) in env.pack_sizes() {
+        let layout = store
+            .read_pack_index(&atosnap::store::Object::Listed(name.clone()), size)
+            .unwrap();
+        for f in &layout.frames {
+            if f.codec == atosnap::store::pack2::Codec::ZstdLanes {
+                crate::support::flip_bit(&env.store.join(&name), f.offset as u64 + 1);
+            }
+        }
+    }
+    let to = env.dir.path().join("out");
+    let out = env.run(&[
+        "restore",
+        &s,
+        "--to",
+        to.to_str().unwrap(),
+        "--include",
+        "chroma",
+    ]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let named = out.stderr.matches("chunk_corrupt:").count();
+    assert_eq!(named, 100, "{}", out.stderr);
+    assert!(!to.join("chroma").exists(), "nothing written");
+}
+
 #[test]
 fn restore_include_bad_input() {
     let env = Env::tiny();

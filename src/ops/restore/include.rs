@@ -23,7 +23,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::ops::ls;
 use crate::ops::restore::{self, Install};
 use crate::stamp::Stamp;
-use crate::store::manifest::{Entry, EntryKind, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH};
+use crate::store::manifest::{
+    Entry, EntryKind, FileEntry, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH,
+};
 use crate::store::ReadFrom;
 use crate::store::Store;
 
@@ -235,27 +237,28 @@ fn check_chunks(
     manifest: &Manifest,
     chosen: &[&Entry],
 ) -> Result<()> {
+    let files: Vec<(&Entry, &FileEntry)> = chosen
+        .iter()
+        .filter_map(|e| Some((*e, e.file()?)))
+        .collect();
+    let found = super::stage::chunk_faults(store, index, &files);
     let mut faults: Vec<String> = Vec::new();
-    for e in chosen {
-        let Some(f) = e.file() else { continue };
-        match super::stage::chunk_faults(store, index, f) {
-            Ok(found) => faults.extend(
-                found
-                    .into_iter()
-                    .map(|(id, f)| format!("{} (a chunk of {})", f.code(&id), e.path_lossy())),
-            ),
-            // A list blob's damage is a fault like a chunk's; a storage
-            // failure is the error.
-            Err(err) => {
-                let (id, fault) = crate::store::error_fault(&err).ok_or(err)?;
-                faults.push(format!(
-                    "{} (the list of {})",
-                    fault.code(&id),
-                    e.path_lossy()
-                ))
-            }
-        }
+    for (e, err) in found.lists {
+        // A list blob's damage is a fault like a chunk's; a storage
+        // failure is the error.
+        let (id, fault) = crate::store::error_fault(&err).ok_or(err)?;
+        faults.push(format!(
+            "{} (the list of {})",
+            fault.code(&id),
+            e.path_lossy()
+        ));
     }
+    faults.extend(
+        found
+            .chunks
+            .into_iter()
+            .map(|(id, f, e)| format!("{} (a chunk of {})", f.code(&id), e.path_lossy())),
+    );
     if faults.is_empty() {
         return Ok(());
     }

@@ -34,43 +34,68 @@ use super::plan::{RestorePlan, Reusable};
 /// Chunks read at once when a file's chunks are checked: its list streams,
 /// so memory follows neither the file's size nor a forged chunk count.
 const CHECK_BATCH: usize = 4096;
-/// Faults named per file at most: a file whose every chunk is gone is
+/// Faults named by one check at most: a file whose every chunk is gone is
 /// named by its first ones, not by a million.
 const FAULTS_NAMED: usize = 100;
 
-/// Reads every chunk of `file` (re-hashed), a batch at a time as its list
-/// streams, and returns the chunks that did not read, at most
-/// [`FAULTS_NAMED`]. A list blob that does not read ends the walk: the
-/// error, for the caller to name.
-pub(super) fn chunk_faults(
+/// What [`chunk_faults`] found: chunks that did not read, each with its
+/// file (at most [`FAULTS_NAMED`]), and files whose list did not read.
+pub(super) struct Faults<'e> {
+    pub chunks: Vec<(Id, ChunkFault, &'e Entry)>,
+    pub lists: Vec<(&'e Entry, Error)>,
+}
+
+/// Reads every chunk of `files` (re-hashed), [`CHECK_BATCH`] at a time
+/// across the files as their lists stream, so many small files are read
+/// in parallel as one big one is. A list blob that does not read ends its
+/// file's walk (the chunks of it found bad so far are kept).
+pub(super) fn chunk_faults<'e>(
     store: &Store,
     index: &ChunkIndex,
-    file: &FileEntry,
-) -> Result<Vec<(Id, ChunkFault)>> {
-    let mut faults = Vec::new();
-    let mut batch = Vec::with_capacity(CHECK_BATCH);
-    let read = |batch: &mut Vec<Id>, faults: &mut Vec<(Id, ChunkFault)>| {
-        batch.sort_unstable();
-        batch.dedup();
-        let found: Vec<(Id, ChunkFault)> = batch
+    files: &[(&'e Entry, &'e FileEntry)],
+) -> Faults<'e> {
+    let mut found = Faults {
+        chunks: Vec::new(),
+        lists: Vec::new(),
+    };
+    let mut batch: Vec<(Id, &'e Entry)> = Vec::with_capacity(CHECK_BATCH);
+    let read = |batch: &mut Vec<(Id, &'e Entry)>, out: &mut Vec<(Id, ChunkFault, &'e Entry)>| {
+        batch.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.path.cmp(&b.1.path)));
+        batch.dedup_by(|a, b| a.0 == b.0 && a.1.path == b.1.path);
+        let bad: Vec<(Id, ChunkFault, &'e Entry)> = batch
             .par_iter()
-            .filter_map(|id| store.read_chunk(index, id).err().map(|f| (*id, f)))
+            .filter_map(|&(id, e)| store.read_chunk(index, &id).err().map(|f| (id, f, e)))
             .collect();
-        faults.extend(found);
+        out.extend(bad);
         batch.clear();
     };
-    for id in store.file_chunks(index, file)? {
-        batch.push(id?);
-        if batch.len() == CHECK_BATCH {
-            read(&mut batch, &mut faults);
-            if faults.len() >= FAULTS_NAMED {
-                break;
+    'files: for &(entry, file) in files {
+        let ids = match store.file_chunks(index, file) {
+            Ok(ids) => ids,
+            Err(e) => {
+                found.lists.push((entry, e));
+                continue;
+            }
+        };
+        for id in ids {
+            match id {
+                Ok(id) => batch.push((id, entry)),
+                Err(e) => {
+                    found.lists.push((entry, e));
+                    continue 'files;
+                }
+            }
+            if batch.len() == CHECK_BATCH {
+                read(&mut batch, &mut found.chunks);
+                if found.chunks.len() >= FAULTS_NAMED {
+                    break 'files;
+                }
             }
         }
     }
-    read(&mut batch, &mut faults);
-    faults.truncate(FAULTS_NAMED);
-    Ok(faults)
+    read(&mut batch, &mut found.chunks);
+    found.chunks.truncate(FAULTS_NAMED);
+    found
 }
 
 /// How many chunks were read from the store and how many were taken from
@@ -489,13 +514,12 @@ fn name_faults(
     match fault {
         Fault::Chunk(id, f) => {
             errors.insert(named(f.code(&id), job.entry));
-            let Ok(faults) = chunk_faults(store, index, job.file) else {
-                return;
-            };
+            let faults = chunk_faults(store, index, &[(job.entry, job.file)]);
             let damage = faults
+                .chunks
                 .into_iter()
-                .filter(|(_, f)| matches!(f, ChunkFault::Missing | ChunkFault::Corrupt(_)));
-            errors.extend(damage.map(|(id, f)| named(f.code(&id), job.entry)));
+                .filter(|(_, f, _)| matches!(f, ChunkFault::Missing | ChunkFault::Corrupt(_)));
+            errors.extend(damage.map(|(id, f, e)| named(f.code(&id), e)));
         }
         Fault::Size { written } => {
             errors.insert(format!(
