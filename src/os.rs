@@ -213,17 +213,37 @@ pub fn temp_owner_alive_here(name: &str) -> bool {
 /// keeps its files, which it touches as it writes them.
 pub const OTHER_BOOT_STILL_FOR: Duration = Duration::from_secs(15 * 60);
 
-/// Whether the temp file `name` (after any fixed prefix), last modified at
-/// `modified`, was left by a writer that is gone: its owner is provably
-/// gone ([`TempOwner::is_gone`]), or it is of another boot of this host
-/// name and untouched for [`OTHER_BOOT_STILL_FOR`]. An unparseable name
-/// never is.
-pub fn temp_stale(name: &str, modified: Option<SystemTime>) -> bool {
+/// When a temp file (or folder: what is in it too) was last touched: the
+/// later of its mtime and ctime. Not the mtime alone: a restore's staged
+/// file gets the snapshot's old mtime at once, and setting it bumps the
+/// ctime, as every write does.
+pub fn last_touched(path: &Path) -> Option<SystemTime> {
+    let touched = |m: &fs::Metadata| {
+        let ctime = SystemTime::UNIX_EPOCH.checked_add(Duration::new(
+            m.ctime().max(0) as u64,
+            m.ctime_nsec().clamp(0, 999_999_999) as u32,
+        ));
+        m.modified().ok().max(ctime)
+    };
+    walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok().and_then(|m| touched(&m)))
+        .max()
+}
+
+/// Whether the temp file `name` (after any fixed prefix), last touched at
+/// what `touched` says ([`last_touched`], asked only when it matters), was left by a writer that is gone: its
+/// owner is provably gone ([`TempOwner::is_gone`]), or it is of another
+/// boot of this host name and untouched for [`OTHER_BOOT_STILL_FOR`]. An
+/// unparseable name never is.
+pub fn temp_stale(name: &str, touched: impl FnOnce() -> Option<SystemTime>) -> bool {
     let Some(owner) = TempOwner::parse(name) else {
         return false;
     };
     let still = || {
-        modified
+        touched()
             .and_then(|m| m.elapsed().ok())
             .is_some_and(|age| age >= OTHER_BOOT_STILL_FOR)
     };
@@ -406,7 +426,7 @@ mod tests {
         let me = TempOwner::current();
         let name = format!("{}0123456789abcdef.pack", me.prefix());
         assert_eq!(TempOwner::parse(&name).as_ref(), Some(me));
-        assert!(!temp_stale(&name, None), "our own temp is not stale");
+        assert!(!temp_stale(&name, || None), "our own temp is not stale");
         assert!(me.prefix().starts_with(&format!("{}-", std::process::id())));
     }
 
@@ -444,8 +464,27 @@ mod tests {
         };
         assert!(!live.is_gone() || !process_alive(1));
         for bad in ["1234-00aa.pack", "garbage.pack", "x-h-b-n-t-r.pack", ""] {
-            assert!(!temp_stale(bad, Some(SystemTime::UNIX_EPOCH)), "{bad}");
+            assert!(!temp_stale(bad, || Some(SystemTime::UNIX_EPOCH)), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_file_is_touched_when_written_or_backdated_and_a_folder_by_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = SystemTime::now() - Duration::from_secs(2);
+        let f = dir.path().join("staged");
+        fs::write(&f, b"x").unwrap();
+        // Backdated as a restore backdates a staged file: touched now.
+        let long_ago = filetime::FileTime::from_unix_time(1_000_000, 0);
+        filetime::set_file_mtime(&f, long_ago).unwrap();
+        assert!(last_touched(&f).is_some_and(|t| t >= before));
+        // A folder whose own times are old holds a file touched now.
+        let sub = dir.path().join("spool");
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("part"), b"y").unwrap();
+        filetime::set_file_mtime(&sub, long_ago).unwrap();
+        assert!(last_touched(&sub).is_some_and(|t| t >= before));
+        assert_eq!(last_touched(&dir.path().join("missing")), None);
     }
 
     #[test]
@@ -465,19 +504,19 @@ mod tests {
         let now = SystemTime::now();
         let just_touched = now - Duration::from_secs(5);
         let still = now - OTHER_BOOT_STILL_FOR - Duration::from_secs(5);
-        assert!(!temp_stale(&name, Some(just_touched)), "being written");
-        assert!(!temp_stale(&name, None), "no time known");
-        assert!(temp_stale(&name, Some(still)), "left before a reboot");
+        assert!(!temp_stale(&name, || Some(just_touched)), "being written");
+        assert!(!temp_stale(&name, || None), "no time known");
+        assert!(temp_stale(&name, || Some(still)), "left before a reboot");
         // Another host's file is never judged by a writer here, however old.
         let other_host = TempOwner {
             host: "elsewhere".into(),
             ..other_boot
         };
         let name = format!("{}0123456789abcdef.pack", other_host.prefix());
-        assert!(!temp_stale(&name, Some(still)));
+        assert!(!temp_stale(&name, || Some(still)));
         // This process's own file, however old, is never stale.
         let mine = format!("{}0123456789abcdef.pack", me.prefix());
-        assert!(!temp_stale(&mine, Some(still)));
+        assert!(!temp_stale(&mine, || Some(still)));
     }
 
     #[test]

@@ -56,10 +56,7 @@ impl Store {
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale = match exclusive {
                 Some(_) => !crate::os::temp_owner_alive_here(&name),
-                None => {
-                    let modified = entry.metadata().and_then(|m| m.modified()).ok();
-                    crate::os::temp_stale(&name, modified)
-                }
+                None => crate::os::temp_stale(&name, || crate::os::last_touched(&entry.path())),
             };
             if !stale {
                 continue;

@@ -166,8 +166,8 @@ fn clean_stale_temps(dir: &Path) {
         };
         // Only a gone owner's: a temp of another host or PID namespace may
         // belong to a restore running there right now.
-        let modified = e.metadata().and_then(|m| m.modified()).ok();
-        let stale = std::str::from_utf8(rest).is_ok_and(|n| crate::os::temp_stale(n, modified));
+        let touched = || crate::os::last_touched(&e.path());
+        let stale = std::str::from_utf8(rest).is_ok_and(|n| crate::os::temp_stale(n, touched));
         if stale {
             let _ = fs::remove_file(e.path());
         }
