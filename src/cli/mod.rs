@@ -618,6 +618,10 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                     "keep the password (and a copy of keys/repokey.json) safe: a lost password or key file means lost backups"
                 ]);
             }
+            if from_password_file.is_some() && copy_key_from.is_none() {
+                let w = "--from-password-file (ATOSNAP_FROM_PASSWORD_FILE) ignored: it is the password of a --copy-key-from store";
+                add_warning(&mut doc, w.into());
+            }
             Ok((doc, 0))
         }
         Command::Key {

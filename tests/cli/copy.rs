@@ -753,6 +753,19 @@ fn init_copy_key_from_shares_the_master_key_under_another_password() {
     );
     assert_eq!(to_plain.code, 2, "{to_plain:?}");
     assert!(!env.dir.path().join("d3/config.json").exists());
+    // A source password file without a source: made, with a warning (the
+    // variable may come from an environment file every command shares).
+    let lone = run_cmd(
+        on(&env, &env.dir.path().join("d4"))
+            .arg("init")
+            .env("ATOSNAP_FROM_PASSWORD_FILE", "/nonexistent/pw"),
+    );
+    assert_eq!(lone.code, 0, "{lone:?}");
+    let warned = strings(&lone.json["warnings"]);
+    assert!(
+        warned.iter().any(|w| w.contains("--from-password-file")),
+        "{lone:?}"
+    );
 }
 
 /// A malformed s3:// location is a usage error naming the flag that gave
