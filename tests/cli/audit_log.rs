@@ -13,6 +13,18 @@ use std::collections::BTreeSet;
 use std::fs;
 
 const CHEAP_KDF: &str = "m=64,t=1,p=1";
+/// The environment of an encrypted store's commands here.
+const SEALED: &[(&str, &str)] = &[
+    ("ATOSNAP_PASSWORD", "pw"),
+    ("ATOSNAP_KDF_PARAMS", CHEAP_KDF),
+];
+
+/// Runs `args` with `env_vars`, which must succeed; its result.
+fn ok_with(env: &Env, args: &[&str], env_vars: &[(&str, &str)]) -> Value {
+    let out = env.run_env(args, env_vars);
+    assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    out.json
+}
 
 /// The verify records in the store, oldest first, as JSON (unencrypted).
 fn records(env: &Env, dir: &str) -> Vec<Value> {
@@ -131,15 +143,7 @@ fn a_record_that_cannot_be_written_is_a_warning_not_a_lost_verdict() {
 #[test]
 fn records_are_sealed_in_an_encrypted_store() {
     let env = Env::tiny();
-    let pw = [
-        ("ATOSNAP_PASSWORD", "pw"),
-        ("ATOSNAP_KDF_PARAMS", CHEAP_KDF),
-    ];
-    let run = |args: &[&str]| {
-        let out = env.run_env(args, &pw);
-        assert_eq!(out.code, 0, "{args:?}: {out:?}");
-        out.json
-    };
+    let run = |args: &[&str]| ok_with(&env, args, SEALED);
     run(&["init", "--encryption", "repokey"]);
     let stamp = stamp_of(&run(&["create"]));
     let v = run(&["verify"]);
@@ -381,19 +385,11 @@ fn gc_prunes_old_audit_records_no_reader_needs() {
 #[test]
 fn gc_prunes_sealed_audit_records_alike() {
     let env = Env::tiny();
-    let pw = [
-        ("ATOSNAP_PASSWORD", "pw"),
-        ("ATOSNAP_KDF_PARAMS", CHEAP_KDF),
-    ];
-    let ok = |args: &[&str]| {
-        let out = env.run_env(args, &pw);
-        assert_eq!(out.code, 0, "{args:?}: {out:?}");
-        out.json
-    };
+    let ok = |args: &[&str]| ok_with(&env, args, SEALED);
     ok(&["init", "--encryption", "repokey"]);
     let s1 = stamp_of(&ok(&["create", "--chroma"]));
     let s2 = stamp_of(&ok(&["create", "--chroma"]));
-    prunes_what_no_reader_needs(&env, &s1, &s2, Secrets::from_password("pw"), &pw);
+    prunes_what_no_reader_needs(&env, &s1, &s2, Secrets::from_password("pw"), SEALED);
 }
 
 fn prunes_what_no_reader_needs(
@@ -403,11 +399,7 @@ fn prunes_what_no_reader_needs(
     secrets: Secrets,
     pw: &[(&str, &str)],
 ) {
-    let ok = |args: &[&str]| {
-        let out = env.run_env(args, pw);
-        assert_eq!(out.code, 0, "{args:?}: {out:?}");
-        out.json
-    };
+    let ok = |args: &[&str]| ok_with(env, args, pw);
     let store = Store::open(&StoreAddress::local(&env.store), &secrets).unwrap();
     let pack = {
         let (name, _) = env.pack_sizes().remove(0);

@@ -2,9 +2,10 @@
 //! frequent snapshots and the stored policy, `forget`, `tag`, `ls`, `dump`
 //! and `restore --include`, good path and bad input.
 
-use crate::support::{flip_bit, run_cmd, Runtime as Env};
+use crate::support::{flip_bit, run_cmd, Out, Runtime as Env};
 use serde_json::Value;
 use std::fs;
+use std::path::Path;
 
 fn strs(v: &Value) -> Vec<String> {
     crate::support::strings(v)
@@ -16,6 +17,15 @@ fn snap(env: &Env, at: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// `restore STAMP --to DIR --include PATH...`.
+fn restore_include(env: &Env, stamp: &str, to: &Path, paths: &[&str]) -> Out {
+    let mut args = vec!["restore", stamp, "--to", to.to_str().unwrap()];
+    for p in paths {
+        args.extend(["--include", p]);
+    }
+    env.run(&args)
 }
 
 fn hourly(env: &Env, day: &str, hours: std::ops::Range<u32>) -> Vec<String> {
@@ -465,14 +475,7 @@ fn a_corrupt_chunk_matters_only_in_the_file_asked_for() {
 
     // restore --include: the same rule.
     let to = env.dir.path().join("partial");
-    let out = env.run(&[
-        "restore",
-        &s,
-        "--to",
-        to.to_str().unwrap(),
-        "--include",
-        "chroma/seg",
-    ]);
+    let out = restore_include(&env, &s, &to, &["chroma/seg"]);
     assert_eq!(out.code, 3, "{out:?}");
     assert_eq!(out.error_code(), "validation_failed");
     assert!(out.stderr.contains(&bad), "{out:?}");
@@ -481,16 +484,7 @@ fn a_corrupt_chunk_matters_only_in_the_file_asked_for() {
         "nothing written"
     );
 
-    let out = env.run(&[
-        "restore",
-        &s,
-        "--to",
-        to.to_str().unwrap(),
-        "--include",
-        "chroma/seg/data_level0.bin",
-        "--include",
-        "atocore.db",
-    ]);
+    let out = restore_include(&env, &s, &to, &["chroma/seg/data_level0.bin", "atocore.db"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.json["files_written"], 2);
     assert_eq!(out.json["restored_integrity_ok"], true);
@@ -511,16 +505,7 @@ fn restore_include_restores_only_those_paths() {
     let to = env.dir.path().join("out");
     fs::create_dir_all(to.join("chroma")).unwrap();
     fs::write(to.join("chroma/keep-me"), b"mine").unwrap();
-    let out = env.run(&[
-        "restore",
-        &s,
-        "--to",
-        to.to_str().unwrap(),
-        "--include",
-        "chroma/seg",
-        "--include",
-        "project-registry.json",
-    ]);
+    let out = restore_include(&env, &s, &to, &["chroma/seg", "project-registry.json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.json["registry_restored"], true);
     assert_eq!(out.json["db_restored"], false);
@@ -622,14 +607,7 @@ fn restore_include_names_at_most_a_hundred_faults() {
         }
     }
     let to = env.dir.path().join("out");
-    let out = env.run(&[
-        "restore",
-        &s,
-        "--to",
-        to.to_str().unwrap(),
-        "--include",
-        "chroma",
-    ]);
+    let out = restore_include(&env, &s, &to, &["chroma"]);
     assert_eq!(out.code, 3, "{out:?}");
     let named = out.stderr.matches("chunk_corrupt:").count();
     assert_eq!(named, 100, "{}", out.stderr);
@@ -654,14 +632,7 @@ fn restore_include_bad_input() {
         (1, "path_not_in_snapshot"),
         "{out:?}"
     );
-    let out = env.run(&[
-        "restore",
-        "20200101T000000Z",
-        "--to",
-        t,
-        "--include",
-        "atocore.db",
-    ]);
+    let out = restore_include(&env, "20200101T000000Z", Path::new(t), &["atocore.db"]);
     assert_eq!(
         (out.code, out.error_code()),
         (1, "snapshot_missing"),
