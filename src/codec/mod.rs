@@ -16,6 +16,15 @@ const PROBE_SLICE: usize = 16 << 10;
 /// data zstd barely shrinks (HNSW floats: 91 %, link lists: 80 %).
 const PROBE_POOR_PERCENT: usize = 85;
 
+/// A probe that zstd level 1 keeps at this share of its size or more, but
+/// below [`PROBE_POOR_PERCENT`], is encoded at level 1 too: measured on the
+/// 130k runtime's SQLite files in 1 MiB frames, level 3 took 2.5 s of one
+/// core for 236 MB where level 1 took 1.6 s for 256 MB; frames probing at
+/// 40 % or more (most of `chroma.sqlite3`) gave 0.76 s of that time for
+/// 11 MB, while the densest (most of `atocore.db`, probing near 25 %) are
+/// 9 % smaller at level 3 for almost no time.
+const PROBE_LEVEL_ONE_PERCENT: usize = 40;
+
 /// A lanes probe at most this share of the plain probe's size makes the
 /// frame a lanes frame: on the 130k runtime's HNSW floats the lanes probe
 /// is about 90 % of the plain one; on SQLite pages and text, worse than it.
@@ -38,10 +47,12 @@ pub enum FrameEncoding {
 /// `lanes` allows it and a lanes probe pays. On such data a higher level
 /// finds no more matches: measured on the 130k runtime's `data_level0.bin`
 /// in 1 MiB frames, level 3 was within 0.1 % of level 1's bytes at 2.4x
-/// its time (in lanes, 1.3 % larger than level 1 at 1.8x), while SQLite pages
-/// (probes at 20-70 %) are 4-11 % smaller at level 3 and keep it. Only the
-/// stored form changes, never a chunk id; the probe costs a level-1 pass
-/// over 64 KiB of the frame (two for a frame that barely shrinks).
+/// its time (in lanes, 1.3 % larger than level 1 at 1.8x). Frames whose
+/// probe keeps [`PROBE_LEVEL_ONE_PERCENT`] or more are encoded at level 1
+/// as well (level 3 saves them about 4 % at twice the time); only the
+/// densest (probes below it) keep the store's level. Only the stored form
+/// changes, never a chunk id; the probe costs a level-1 pass over 64 KiB
+/// of the frame (two for a frame that barely shrinks).
 pub fn encode_frame(
     raw: &[u8],
     params: &CompressionParams,
@@ -64,13 +75,16 @@ pub fn encode_frame(
     let Some(plain_probe) = zstd_at(&sample, 1).map(|z| z.len()) else {
         return plain(encode(raw, params));
     };
-    if plain_probe * 100 < sample.len() * PROBE_POOR_PERCENT {
+    if plain_probe * 100 < sample.len() * PROBE_LEVEL_ONE_PERCENT {
         return plain(encode(raw, params));
     }
     let fast = CompressionParams {
         level: 1,
         ..params.clone()
     };
+    if plain_probe * 100 < sample.len() * PROBE_POOR_PERCENT {
+        return plain(encode(raw, &fast));
+    }
     let lanes_probe = || {
         lanes::LaneProbe::of(&sample).filter(|p| p.total() * 100 <= plain_probe * LANES_PAY_PERCENT)
     };
@@ -204,6 +218,47 @@ mod tests {
                 raw
             );
         }
+    }
+
+    #[test]
+    fn frames_that_compress_moderately_are_encoded_at_level_1_when_auto() {
+        let auto = auto_level_3();
+        // Sixteen symbols in random order: zstd keeps about half (Huffman
+        // coded literals), between the dense and the poor probes.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let moderate: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b"abcdefghijklmnop"[(x % 16) as usize]
+            })
+            .collect();
+        let probe = zstd_at(&probe_sample(&moderate).unwrap(), 1).unwrap().len();
+        let kept = probe * 100 / (4 * PROBE_SLICE);
+        assert!(
+            (PROBE_LEVEL_ONE_PERCENT..PROBE_POOR_PERCENT).contains(&kept),
+            "probe kept {kept} %"
+        );
+        let (stored, encoding) = encode_frame(&moderate, &auto, true);
+        assert_eq!(
+            (stored.as_slice(), encoding),
+            (
+                zstd_at(&moderate, 1).unwrap().as_slice(),
+                FrameEncoding::Zstd
+            )
+        );
+        let back = decode_frame(stored, encoding, moderate.len() as u32).unwrap();
+        assert_eq!(back, moderate);
+        // A store that pinned its level keeps it for such frames too.
+        let pinned = CompressionParams {
+            auto: false,
+            ..auto
+        };
+        assert_eq!(
+            encode_frame(&moderate, &pinned, true).0,
+            zstd_at(&moderate, 3).unwrap()
+        );
     }
 
     #[test]
