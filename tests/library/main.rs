@@ -6,6 +6,7 @@
 mod support;
 
 mod format1;
+mod gc_duplicates;
 mod gc_prop;
 mod layering;
 mod restore_lib;

@@ -8,8 +8,11 @@
 //!   anything ([`Error::GcUnsafe`]): its chunks cannot be told from garbage.
 //! - **Home copy**: a chunk stored in several packs (two writers raced, or a
 //!   gc was killed after rewriting) is live in one pack only: the copy in
-//!   the pack with the highest live share (ties: pack name order). The other
-//!   copies are dead.
+//!   the pack with the highest live share (ties: pack name order) whose
+//!   copy reads back whole: the home copy is re-hashed before the others
+//!   are given up ([`copies`]). The other copies are dead. A damaged copy
+//!   found so is named in the warnings and counted in `damaged_copies`
+//!   (exit 3); when no copy reads back, every copy is kept.
 //! - **Per pack**: no live chunk → the pack is deleted; live chunks below
 //!   [`REWRITE_BELOW_LIVE_PERCENT`] of its chunk bytes → its live chunks are
 //!   copied (each re-verified against its id) into new packs, which are made
@@ -40,6 +43,8 @@
 //! dead_bytes_kept` of a dry run (stored chunk bytes; pack headers and
 //! indexes aside) when no chunk is stored twice.
 
+mod copies;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -49,7 +54,6 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::ops::mark::{self, Mark, SpillDir};
 use crate::stamp::Stamp;
-use crate::store::chunk_index::{SpillSorter, Spillable};
 use crate::store::index::ChunkIndex;
 use crate::store::layout::{PackFormat, PackLayout};
 use crate::store::lock::ExclusiveLock;
@@ -58,6 +62,7 @@ use crate::store::pack2::{ChunkEntry, DecodedFrame, EncodedFrame, FrameKind};
 use crate::store::packer::Packer;
 use crate::store::{audit_log, ReadFrom};
 use crate::store::{ChunkFault, Dir, Object, Store};
+use copies::{join_copies, Copy, CopyCheck};
 
 /// A pack is rewritten when its live chunks make up less than this share
 /// (in stored bytes) of its chunk bytes. At 50 % a rewrite at least halves
@@ -112,6 +117,9 @@ pub struct Plan {
     pub chunks_dead: u64,
     /// Referenced chunks found in no readable pack (verify names them).
     pub chunks_missing: u64,
+    /// Copies of chunks stored twice that gc would have kept but that do
+    /// not read back whole (another copy is kept; exit 3).
+    pub damaged_copies: u64,
     pub warnings: Vec<String>,
     /// Packs that would go but are younger than the grace period.
     pub packs_within_grace: u64,
@@ -304,7 +312,10 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
             .cmp(&(la as u128 * tb as u128))
             .then(packs[a].1.cmp(&packs[b].1))
     });
-    copies.assign_homes(&order);
+    let check = CopyCheck::new(store, packs.iter().map(|p| (p.1.clone(), p.2)).collect());
+    let homes = copies.assign_homes(&order, &check);
+    plan.damaged_copies = homes.damaged;
+    plan.warnings.extend(homes.warnings);
 
     for (p, (id, name, size, sizes)) in packs.into_iter().enumerate() {
         let home = &copies.home[p];
@@ -352,127 +363,6 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     plan.packs.sort_by(|a, b| a.name.cmp(&b.name));
     plan.damaged.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(plan)
-}
-
-/// A chunk entry of a pack's layout: the copies of every chunk, sorted by
-/// id, to join with the marked stream.
-struct Copy {
-    id: Id,
-    pack: u32,
-    chunk: u32,
-}
-
-impl Spillable for Copy {
-    const LEN: usize = 40;
-    type Key = (Id, u32, u32);
-
-    fn key(&self) -> (Id, u32, u32) {
-        (self.id, self.pack, self.chunk)
-    }
-
-    fn encode(&self, out: &mut [u8]) {
-        out[..32].copy_from_slice(&self.id.0);
-        out[32..36].copy_from_slice(&self.pack.to_le_bytes());
-        out[36..40].copy_from_slice(&self.chunk.to_le_bytes());
-    }
-
-    fn decode(b: &[u8]) -> Copy {
-        let w = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        Copy {
-            id: <Id as Spillable>::decode(&b[..32]),
-            pack: w(32),
-            chunk: w(36),
-        }
-    }
-}
-
-/// The live copies of the marked ids, per pack: one flag per chunk entry
-/// (a byte, not a 60-byte map entry per live chunk).
-struct Copies {
-    /// `live[pack][chunk]`: the entry holds a live id (any copy).
-    live: Vec<Vec<bool>>,
-    /// `home[pack][chunk]`: the entry is its id's home copy.
-    home: Vec<Vec<bool>>,
-    /// Live ids stored in more than one pack (rare: raced writers, a
-    /// killed gc): their entries, until the packs' order picks a home.
-    contested: Vec<Vec<(u32, u32)>>,
-    /// Live ids in no pack.
-    missing: u64,
-}
-
-impl Copies {
-    /// Each contested id's home is its copy in the pack first in `order`
-    /// (every entry of that pack holding it).
-    fn assign_homes(&mut self, order: &[usize]) {
-        let mut rank = vec![0usize; order.len()];
-        for (r, &p) in order.iter().enumerate() {
-            rank[p] = r;
-        }
-        for entries in std::mem::take(&mut self.contested) {
-            let Some(&(first, _)) = entries.iter().min_by_key(|(p, _)| rank[*p as usize]) else {
-                continue;
-            };
-            for &(p, ci) in entries.iter().filter(|(p, _)| *p == first) {
-                self.home[p as usize][ci as usize] = true;
-            }
-        }
-    }
-}
-
-/// Merge-joins the marked ids (sorted, each once) with every pack's chunk
-/// entries sorted by id (`counts`: each pack's number of entries).
-fn join_copies(
-    counts: &[usize],
-    sorter: SpillSorter<Copy>,
-    live: mark::Marked<Id>,
-) -> Result<Copies> {
-    let flags = || -> Vec<Vec<bool>> { counts.iter().map(|&n| vec![false; n]).collect() };
-    let mut out = Copies {
-        live: flags(),
-        home: flags(),
-        contested: Vec::new(),
-        missing: 0,
-    };
-    let mut entries = sorter.finish()?.peekable();
-    let mut group: Vec<(u32, u32)> = Vec::new();
-    for id in live {
-        let id = id?;
-        group.clear();
-        // Entries of ids that are not live are passed over.
-        while let Some(next) = entries.peek() {
-            match next {
-                Ok(c) if c.id < id => {
-                    entries.next();
-                }
-                Ok(c) if c.id == id => {
-                    group.push((c.pack, c.chunk));
-                    entries.next();
-                }
-                Ok(_) => break,
-                Err(_) => {
-                    if let Some(Err(e)) = entries.next() {
-                        return Err(e.into());
-                    }
-                }
-            }
-        }
-        match group.as_slice() {
-            [] => out.missing += 1,
-            [(first, _), rest @ ..] => {
-                for &(p, ci) in &group {
-                    out.live[p as usize][ci as usize] = true;
-                }
-                if rest.iter().all(|(p, _)| p == first) {
-                    for &(p, ci) in &group {
-                        out.home[p as usize][ci as usize] = true;
-                    }
-                } else {
-                    out.contested.push(group.clone());
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// What executing a plan did.
@@ -733,6 +623,9 @@ pub struct GcResult {
     pub chunks_live: u64,
     pub chunks_dead: u64,
     pub chunks_missing: u64,
+    /// Copies of chunks stored twice that would have been kept but do
+    /// not read back whole: another copy is kept instead (exit 3).
+    pub damaged_copies: u64,
     pub rewrite_threshold_percent: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_delete_packs: Option<Vec<String>>,
@@ -786,6 +679,9 @@ impl GcResult {
             chunks_live: plan.chunks_live,
             chunks_dead: plan.chunks_dead,
             chunks_missing: plan.chunks_missing,
+            damaged_copies: plan.damaged_copies,
+            // Damage found while choosing which copies to keep.
+            exit_code: if plan.damaged_copies > 0 { 3 } else { 0 },
             rewrite_threshold_percent: REWRITE_BELOW_LIVE_PERCENT,
             dead_bytes_kept: plan.dead_bytes_kept(),
             packs_within_grace: plan.packs_within_grace,
@@ -882,9 +778,9 @@ pub fn collect(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
     r.audit_records_pruned = Some(pruned);
     r.warnings.extend(not_pruned);
     r.exit_code = match (done.errors.is_empty(), done.integrity_problem) {
-        (true, _) => 0,
-        (false, true) => 3,
-        (false, false) => 1,
+        (_, true) => 3,
+        (true, false) => r.exit_code,
+        (false, false) => 1.max(r.exit_code),
     };
     r.errors = done.errors;
     r.duration_ms = started.elapsed().as_millis() as u64;
