@@ -188,6 +188,31 @@ struct Spill {
     written: u64,
 }
 
+/// A spill folder's name: this prefix, then its writer
+/// ([`crate::os::TempOwner`]), then tempfile's random part.
+const SPILL_PREFIX: &str = "pending-";
+
+/// Removes the spill folders of writers that are gone (a folder removes
+/// itself when its writer ends, but not after a kill), as the next
+/// writer spilling beside them starts. Best effort: a folder that cannot
+/// be removed is left for the next one.
+fn sweep_stale_spills(parent: &std::path::Path) {
+    let Ok(list) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in list.flatten() {
+        let name = entry.file_name();
+        let Some(owned) = name.to_str().and_then(|n| n.strip_prefix(SPILL_PREFIX)) else {
+            continue;
+        };
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && crate::os::temp_stale(owned, || crate::os::last_touched(&path)) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// Segments of one level merged into one of the next.
 const SPILL_FAN_IN: usize = 4;
 
@@ -366,8 +391,10 @@ impl ChunkIndex {
             Some(s) => s,
             None => {
                 let parent = self.spill_parent.clone().unwrap_or_else(std::env::temp_dir);
+                sweep_stale_spills(&parent);
+                let owner = crate::os::TempOwner::current().prefix();
                 let dir = tempfile::Builder::new()
-                    .prefix("pending-")
+                    .prefix(&format!("{SPILL_PREFIX}{owner}"))
                     .tempdir_in(&parent)
                     .map_err(IndexError::io("create", &parent))?;
                 self.spill.insert(Spill {
@@ -675,6 +702,47 @@ mod tests {
         let mut want: Vec<Id> = big.chunks.iter().map(|c| c.id).collect();
         want.sort();
         assert_eq!(walked, want, "each chunk once, sorted");
+    }
+
+    #[test]
+    fn a_killed_writers_spill_folder_is_swept_by_the_next_spill() {
+        let cache = tempfile::tempdir().unwrap();
+        let me = crate::os::TempOwner::current().clone();
+        // pid 4194304 is above Linux's pid_max: never a live process.
+        let dead = crate::os::TempOwner {
+            pid: 4_194_304,
+            ..me.clone()
+        };
+        let folder = |owner: &crate::os::TempOwner| {
+            let dir = cache
+                .path()
+                .join(format!("{SPILL_PREFIX}{}abc123", owner.prefix()));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("segment"), b"records").unwrap();
+            dir
+        };
+        let killed = folder(&dead);
+        let running = folder(&me);
+        let other_host = folder(&crate::os::TempOwner {
+            host: "elsewhere".into(),
+            ..dead.clone()
+        });
+        // A folder of the old form names no writer: never swept.
+        let old_form = cache.path().join("pending-Xy12Ab");
+        std::fs::create_dir(&old_form).unwrap();
+        let mut index = ChunkIndex::new();
+        index.spill_parent = Some(cache.path().to_path_buf());
+        index.add_pack(Id::hash(b"pack"), 1, &layout(PENDING_CAP + 1, 6));
+        assert!(!killed.exists(), "the killed writer's folder stays");
+        assert!(running.exists() && other_host.exists() && old_form.exists());
+        let own = index.spill.as_ref().unwrap().dir.path().to_path_buf();
+        let name = own.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with(&format!("{SPILL_PREFIX}{}", me.prefix())),
+            "{name}"
+        );
+        drop(index);
+        assert!(!own.exists());
     }
 
     #[test]

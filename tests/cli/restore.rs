@@ -211,6 +211,40 @@ fn no_pre_snapshot_adds_no_snapshot() {
 }
 
 #[test]
+fn a_live_wal_that_cannot_be_folded_in_is_reported() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&[]);
+    // The live db is damaged (as when a restore is needed) and a WAL with
+    // frames lies beside it: step 3 cannot fold it in, step 4 removes it.
+    let wal = rt.path("runtime/data/atocore.db-wal");
+    std::fs::write(&wal, vec![7u8; 4096]).unwrap();
+    write_over(&rt.db(), &vec![0u8; 4096]);
+    let r = rt.ok(&[
+        "restore",
+        &s1,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ]);
+    assert_eq!(r["restored_integrity_ok"], true, "{r}");
+    let warnings = strings(&r["warnings"]);
+    assert_eq!(warnings.len(), 1, "{r}");
+    assert!(
+        warnings[0].contains("atocore.db could not be folded into it")
+            && warnings[0].contains("are lost (--no-pre-snapshot)"),
+        "{warnings:?}"
+    );
+    assert!(!wal.exists() || std::fs::read(&wal).unwrap().is_empty());
+    // A healthy db without a WAL: nothing to say.
+    let again = rt.ok(&[
+        "restore",
+        &s1,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ]);
+    assert_eq!(again["warnings"], serde_json::json!([]), "{again}");
+}
+
+#[test]
 fn stale_wal_and_shm_bytes_do_not_survive() {
     let rt = Rt::fixture();
     let s1 = rt.create_stamp(&[]);

@@ -126,6 +126,10 @@ pub struct RestoreResult {
     /// of a file that already matched and was left alone.
     #[serde(default)]
     pub chunks_reused: u64,
+    /// What the restore could not do that the operator should know of
+    /// (step 3's checkpoint of a live WAL that failed).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -203,7 +207,8 @@ pub fn restore(
     crate::os::check_interrupted()?;
 
     // 3. and 4.: the old db's WAL folded in, then stale sidecars removed.
-    sqlite::checkpoint_wal(&targets.db);
+    let mut warnings = Vec::new();
+    warnings.extend(fold_live_wal(&targets, pre_restore_snapshot.as_deref()));
     sqlite::remove_sidecars(&targets.db)?;
     crate::failpoint::hit(|| "restore:after-sidecars".into());
 
@@ -231,8 +236,31 @@ pub fn restore(
         chroma_files_removed: outcome.chroma_removed,
         chunks_fetched: outcome.chunks_fetched,
         chunks_reused: outcome.chunks_reused,
+        warnings,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Step 3, reported: a live db's WAL that could not be folded in goes
+/// with step 4, and the transactions it held that the db did not yet have
+/// with it (kept only by the pre-restore snapshot, which reads through
+/// the WAL). Nothing to say for `--to` (the target is not live data), for
+/// an absent or empty WAL, or when the checkpoint worked.
+fn fold_live_wal(targets: &Targets, pre_restore_snapshot: Option<&str>) -> Option<String> {
+    let wal = sqlite::sidecars(&targets.db).swap_remove(0);
+    let holds_frames = fs::symlink_metadata(&wal).is_ok_and(|m| m.is_file() && m.len() > 0);
+    let why = sqlite::checkpoint_wal(&targets.db)?;
+    if !targets.live || !holds_frames {
+        return None;
+    }
+    let kept = match pre_restore_snapshot {
+        Some(stamp) => format!("are in the pre-restore snapshot {stamp}"),
+        None => "are lost (--no-pre-snapshot)".to_string(),
+    };
+    Some(format!(
+        "the WAL of {} could not be folded into it ({why}) and was removed: the transactions only it held {kept}",
+        targets.db.display()
+    ))
 }
 
 /// Whether `path` is the file `checked`, unchanged: the staged db that
