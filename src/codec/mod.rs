@@ -19,11 +19,14 @@ const PROBE_POOR_PERCENT: usize = 85;
 /// A probe that zstd level 1 keeps at this share of its size or more, but
 /// below [`PROBE_POOR_PERCENT`], is encoded at level 1 too: measured on the
 /// 130k runtime's SQLite files in 1 MiB frames, level 3 took 2.5 s of one
-/// core for 236 MB where level 1 took 1.6 s for 256 MB; frames probing at
-/// 40 % or more (most of `chroma.sqlite3`) gave 0.76 s of that time for
-/// 11 MB, while the densest (most of `atocore.db`, probing near 25 %) are
-/// 9 % smaller at level 3 for almost no time.
-const PROBE_LEVEL_ONE_PERCENT: usize = 40;
+/// core for 236 MB where level 1 took 1.6 s for 256 MB. Frames probing at
+/// 30 % or more (all of `chroma.sqlite3`, whose probes lie at 37-66 %, and
+/// a third of `atocore.db`) gave 0.88 s of that time for 16.5 MB; the
+/// densest (most of `atocore.db`, probing at 25-30 %) are 9 % smaller at
+/// level 3 for almost no time. The first snapshot's store is 1.030x its
+/// floor (0.995x with level 3 throughout; 1.037x with level 1 for every
+/// probed frame, 2 % faster again).
+const PROBE_LEVEL_ONE_PERCENT: usize = 30;
 
 /// A lanes probe at most this share of the plain probe's size makes the
 /// frame a lanes frame: on the 130k runtime's HNSW floats the lanes probe
