@@ -38,6 +38,10 @@ pub struct ForgetResult {
     pub deleted_stamps: Option<Vec<String>>,
     /// Snapshots left afterwards, oldest first.
     pub remaining_stamps: Vec<String>,
+    /// What the dry run's gc plan found (chunks stored twice whose copies
+    /// are damaged or unread).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub errors: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_reclaimable: Option<u64>,
@@ -80,6 +84,7 @@ pub fn forget(store: &Store, opts: &ForgetOptions) -> Result<ForgetResult> {
         r.would_delete_stamps = Some(wanted.iter().map(|s| s.to_string()).collect());
         let priced = cleanup::price_deletion(store, &wanted);
         r.bytes_reclaimable = Some(priced.bytes_reclaimable);
+        r.warnings = priced.warnings;
         r.errors = priced.errors;
         r.exit_code = priced.exit_code;
     }

@@ -379,18 +379,30 @@ pub fn checkpoint_wal(db: &Path) -> Option<String> {
     if !fs::symlink_metadata(db).is_ok_and(|m| m.file_type().is_file()) {
         return Some("not a regular file: nothing is written through it".into());
     }
-    let conn = rusqlite::Connection::open_with_flags(
+    let conn = match rusqlite::Connection::open_with_flags(
         db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| e.to_string())
-    .ok()?;
+    ) {
+        Ok(conn) => conn,
+        Err(e) => return Some(format!("cannot open it: {e}")),
+    };
     let _ = conn.busy_timeout(Duration::from_secs(2));
-    let r = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    // The pragma does not fail when another connection holds the db: its
+    // row says so (busy, frames in the WAL, frames written back).
+    let r = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    });
     let closed = conn.close();
     match (r, closed) {
         (Err(e), _) => Some(e.to_string()),
         (_, Err((_, e))) => Some(e.to_string()),
+        (Ok((busy, log, done)), _) if busy != 0 || done < log => Some(format!(
+            "another connection holds it: {done} of the WAL's {log} frames written back"
+        )),
         _ => None,
     }
 }
@@ -536,5 +548,29 @@ mod tests {
         fs::copy(sidecars(&outside)[0].clone(), sidecars(&link)[0].clone()).unwrap();
         assert!(checkpoint_wal(&link).is_some(), "refused");
         assert_eq!((fs::read(&outside).unwrap(), wal_len(&outside)), before);
+    }
+
+    #[test]
+    fn a_checkpoint_another_connection_keeps_from_finishing_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("held.db");
+        let writer = rusqlite::Connection::open(&db).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;
+                 CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+            )
+            .unwrap();
+        // A reader on the db as it is now, then more frames it does not see:
+        // those cannot be written back while it reads.
+        let reader = rusqlite::Connection::open(&db).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM t;")
+            .unwrap();
+        writer.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        let why = checkpoint_wal(&db).expect("reported");
+        assert!(why.contains("another connection holds it"), "{why}");
+        reader.execute_batch("COMMIT").unwrap();
+        assert_eq!(checkpoint_wal(&db), None);
     }
 }

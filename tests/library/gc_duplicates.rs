@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::support::{make_db, pseudo_random};
 use atosnap::id::Id;
+use atosnap::ops::cleanup::{self, retention::Policy};
 use atosnap::ops::create::{self, CreateOptions};
+use atosnap::ops::forget;
 use atosnap::ops::gc::{self, Action, GcOptions};
 use atosnap::ops::verify::{self, VerifyOptions};
 use atosnap::progress::NoProgress;
@@ -255,4 +257,42 @@ fn when_no_copy_reads_back_every_copy_is_kept() {
         "{:?}",
         done.errors
     );
+}
+
+#[test]
+fn the_dry_runs_of_cleanup_and_forget_report_what_gc_would() {
+    let t = stored_twice();
+    let root = t.dir.path().join("store");
+    let copy_name = Object::Pack(t.copy).name();
+    damage_copy(&t.store, &root, &copy_name, &t.kept[0]);
+    let third = snapshot(&t.store, t.dir.path(), 2);
+    let named = |warnings: &[String]| warnings.iter().any(|w| w.contains(&copy_name));
+
+    let forget = forget::forget(
+        &t.store,
+        &forget::ForgetOptions {
+            stamps: vec![third.to_string()],
+            confirm: false,
+            force: false,
+            lock_wait: WAIT,
+        },
+    )
+    .unwrap();
+    assert_eq!(forget.exit_code, 3, "{forget:?}");
+    assert!(named(&forget.warnings), "{:?}", forget.warnings);
+
+    let cleanup = cleanup::cleanup(
+        &t.store,
+        &cleanup::CleanupOptions {
+            policy: Policy {
+                keep_last: 10,
+                ..Policy::default()
+            },
+            confirm: false,
+            lock_wait: WAIT,
+        },
+    )
+    .unwrap();
+    assert_eq!(cleanup.exit_code, 3, "{cleanup:?}");
+    assert!(named(&cleanup.warnings), "{:?}", cleanup.warnings);
 }

@@ -103,6 +103,7 @@ pub fn cleanup(store: &Store, opts: &CleanupOptions) -> Result<CleanupResult> {
         r.would_delete_stamps = Some(plan.delete.iter().map(|s| s.to_string()).collect());
         let priced = price_deletion(store, &plan.delete);
         r.bytes_reclaimable = Some(priced.bytes_reclaimable);
+        r.warnings.extend(priced.warnings);
         r.errors.extend(priced.errors);
         r.exit_code = r.exit_code.max(priced.exit_code);
         r
@@ -154,6 +155,9 @@ pub fn delete_then_gc(store: &Store, lock: &ExclusiveLock, stamps: &[Stamp]) -> 
 #[derive(Clone, Debug, Default)]
 pub struct Priced {
     pub bytes_reclaimable: u64,
+    /// What gc's plan found about chunks stored twice (it would report
+    /// them too).
+    pub warnings: Vec<String>,
     pub errors: Vec<String>,
     pub exit_code: i32,
 }
@@ -164,12 +168,14 @@ pub fn price_deletion(store: &Store, doomed: &[Stamp]) -> Priced {
     match gc::plan(store, &doomed) {
         Ok(g) => Priced {
             bytes_reclaimable: g.bytes_reclaimable(),
-            ..Priced::default()
+            exit_code: g.exit_code(),
+            warnings: g.warnings,
+            errors: Vec::new(),
         },
         Err(e) => Priced {
-            bytes_reclaimable: 0,
             errors: vec![format!("gc would refuse: {e}")],
             exit_code: e.exit_code(),
+            ..Priced::default()
         },
     }
 }

@@ -120,6 +120,9 @@ pub struct Plan {
     /// Copies of chunks stored twice that gc would have kept but that do
     /// not read back whole (another copy is kept; exit 3).
     pub damaged_copies: u64,
+    /// Copies of chunks stored twice that could not be read to check them
+    /// (every copy of those chunks is kept; exit 1).
+    pub unreadable_copies: u64,
     pub warnings: Vec<String>,
     /// Packs that would go but are younger than the grace period.
     pub packs_within_grace: u64,
@@ -143,6 +146,18 @@ impl Plan {
                 Action::Keep => 0,
             })
             .sum()
+    }
+
+    /// The exit code the plan alone calls for: 3 when a copy gc would
+    /// have kept is damaged, 1 when one could not be read, else 0.
+    pub fn exit_code(&self) -> i32 {
+        if self.damaged_copies > 0 {
+            3
+        } else if self.unreadable_copies > 0 {
+            1
+        } else {
+            0
+        }
     }
 
     /// Dead chunk bytes left in packs above the rewrite threshold.
@@ -315,6 +330,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     let check = CopyCheck::new(store, packs.iter().map(|p| (p.1.clone(), p.2)).collect());
     let homes = copies.assign_homes(&order, &check);
     plan.damaged_copies = homes.damaged;
+    plan.unreadable_copies = homes.unreadable;
     plan.warnings.extend(homes.warnings);
 
     for (p, (id, name, size, sizes)) in packs.into_iter().enumerate() {
@@ -626,6 +642,9 @@ pub struct GcResult {
     /// Copies of chunks stored twice that would have been kept but do
     /// not read back whole: another copy is kept instead (exit 3).
     pub damaged_copies: u64,
+    /// Copies of chunks stored twice that could not be read to check
+    /// them: every copy of those chunks is kept (exit 1).
+    pub unreadable_copies: u64,
     pub rewrite_threshold_percent: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_delete_packs: Option<Vec<String>>,
@@ -680,8 +699,9 @@ impl GcResult {
             chunks_dead: plan.chunks_dead,
             chunks_missing: plan.chunks_missing,
             damaged_copies: plan.damaged_copies,
-            // Damage found while choosing which copies to keep.
-            exit_code: if plan.damaged_copies > 0 { 3 } else { 0 },
+            unreadable_copies: plan.unreadable_copies,
+            // What choosing which copies to keep found.
+            exit_code: plan.exit_code(),
             rewrite_threshold_percent: REWRITE_BELOW_LIVE_PERCENT,
             dead_bytes_kept: plan.dead_bytes_kept(),
             packs_within_grace: plan.packs_within_grace,

@@ -248,7 +248,8 @@ pub fn restore(
 /// an absent or empty WAL, or when the checkpoint worked.
 fn fold_live_wal(targets: &Targets, pre_restore_snapshot: Option<&str>) -> Option<String> {
     let wal = sqlite::sidecars(&targets.db).swap_remove(0);
-    let holds_frames = fs::symlink_metadata(&wal).is_ok_and(|m| m.is_file() && m.len() > 0);
+    // Past its 32-byte header a WAL holds frames.
+    let holds_frames = fs::symlink_metadata(&wal).is_ok_and(|m| m.is_file() && m.len() > 32);
     let why = sqlite::checkpoint_wal(&targets.db)?;
     if !targets.live || !holds_frames {
         return None;
@@ -258,7 +259,7 @@ fn fold_live_wal(targets: &Targets, pre_restore_snapshot: Option<&str>) -> Optio
         None => "are lost (--no-pre-snapshot)".to_string(),
     };
     Some(format!(
-        "the WAL of {} could not be folded into it ({why}) and was removed: the transactions only it held {kept}",
+        "the WAL of {} could not be folded into it ({why}) and was removed: the transactions it held that the db did not have yet {kept}",
         targets.db.display()
     ))
 }
