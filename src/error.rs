@@ -123,6 +123,11 @@ pub enum Error {
         command: String,
     },
 
+    #[error(
+        "{path} is in use by a connection this host's /proc does not show (a service in another container?): {detail}; stop it before restoring (nothing was changed)"
+    )]
+    DbHeldUnseen { path: PathBuf, detail: String },
+
     #[error("pre-restore safety snapshot failed, nothing was changed: {detail} (fix the cause, or pass --no-pre-snapshot after copying the live files aside)")]
     PreSnapshotFailed { detail: String },
 
@@ -261,7 +266,7 @@ impl Error {
             Error::ChunkCorrupt { .. } => "chunk_corrupt",
             Error::NotConfirmed => "confirmation_required",
             Error::ValidationFailed { .. } => "validation_failed",
-            Error::DbInUse { .. } => "db_in_use",
+            Error::DbInUse { .. } | Error::DbHeldUnseen { .. } => "db_in_use",
             Error::PreSnapshotFailed { .. } => "pre_snapshot_failed",
             Error::ChromaNotInSnapshot { .. } => "chroma_not_in_snapshot",
             Error::NoSnapshots => "no_snapshots",

@@ -46,7 +46,9 @@ pub fn status_for(e: &Error) -> StatusCode {
         | Error::StoreMissing { .. }
         | Error::StoreMissingWithPassword { .. }
         | Error::NoSnapshots => StatusCode::NOT_FOUND,
-        Error::Locked { .. } | Error::DbInUse { .. } => StatusCode::CONFLICT,
+        Error::Locked { .. } | Error::DbInUse { .. } | Error::DbHeldUnseen { .. } => {
+            StatusCode::CONFLICT
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -367,25 +367,49 @@ pub fn sidecars(db: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Why step 3 did not fold a WAL in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalNotFolded {
+    /// Another connection holds the db (a reader on an older snapshot, or
+    /// a writer): someone is using it.
+    pub busy: bool,
+    pub detail: String,
+}
+
+impl WalNotFolded {
+    fn other(detail: impl Into<String>) -> WalNotFolded {
+        WalNotFolded {
+            busy: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for WalNotFolded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 /// Step 3: folds the live db's WAL into it, best effort (a missing or
-/// damaged db is about to be replaced anyway). Returns what went wrong.
-pub fn checkpoint_wal(db: &Path) -> Option<String> {
+/// damaged db is about to be replaced anyway). Says why it did not.
+pub fn checkpoint_wal(db: &Path) -> std::result::Result<(), WalNotFolded> {
     if !matches!(sqlite_page_size_of(db), Ok(Some(_))) {
-        return Some("not a SQLite database".into());
+        return Err(WalNotFolded::other("not a SQLite database"));
     }
     // A symlink is replaced, never written through (SPEC §4): the db it
     // names, with a WAL planted beside the link, is not the target's to
     // checkpoint.
     if !fs::symlink_metadata(db).is_ok_and(|m| m.file_type().is_file()) {
-        return Some("not a regular file: nothing is written through it".into());
+        return Err(WalNotFolded::other(
+            "not a regular file: nothing is written through it",
+        ));
     }
-    let conn = match rusqlite::Connection::open_with_flags(
+    let conn = rusqlite::Connection::open_with_flags(
         db,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    ) {
-        Ok(conn) => conn,
-        Err(e) => return Some(format!("cannot open it: {e}")),
-    };
+    )
+    .map_err(|e| WalNotFolded::other(format!("cannot open it: {e}")))?;
     let _ = conn.busy_timeout(Duration::from_secs(2));
     // The pragma does not fail when another connection holds the db: its
     // row says so (busy, frames in the WAL, frames written back).
@@ -398,12 +422,21 @@ pub fn checkpoint_wal(db: &Path) -> Option<String> {
     });
     let closed = conn.close();
     match (r, closed) {
-        (Err(e), _) => Some(e.to_string()),
-        (_, Err((_, e))) => Some(e.to_string()),
-        (Ok((busy, log, done)), _) if busy != 0 || done < log => Some(format!(
-            "another connection holds it: {done} of the WAL's {log} frames written back"
-        )),
-        _ => None,
+        (Err(e), _) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+            Err(WalNotFolded {
+                busy: true,
+                detail: format!("another connection holds it: {e}"),
+            })
+        }
+        (Err(e), _) => Err(WalNotFolded::other(e.to_string())),
+        (_, Err((_, e))) => Err(WalNotFolded::other(e.to_string())),
+        (Ok((busy, log, done)), _) if busy != 0 || done < log => Err(WalNotFolded {
+            busy: true,
+            detail: format!(
+                "another connection holds it: {done} of the WAL's {log} frames written back"
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -504,7 +537,7 @@ mod tests {
         assert!(!dir.path().join("a.db-wal").exists());
         assert!(remove_sidecars(&db).unwrap().is_empty());
         // Not a database: the checkpoint reports it, best effort.
-        assert!(checkpoint_wal(&db).is_some());
+        assert!(checkpoint_wal(&db).is_err());
     }
 
     /// A db with a WAL that holds a committed write: `db` and `db-wal`
@@ -536,7 +569,7 @@ mod tests {
         };
         let real = db_with_a_wal(dir.path(), "real.db");
         assert!(wal_len(&real) > 0);
-        assert_eq!(checkpoint_wal(&real), None);
+        assert_eq!(checkpoint_wal(&real), Ok(()));
         assert_eq!(wal_len(&real), 0, "folded in and truncated");
 
         let outside = db_with_a_wal(dir.path(), "outside.db");
@@ -546,7 +579,7 @@ mod tests {
         // The outside db's WAL planted beside the link, as a checkpoint
         // through the link would read it.
         fs::copy(sidecars(&outside)[0].clone(), sidecars(&link)[0].clone()).unwrap();
-        assert!(checkpoint_wal(&link).is_some(), "refused");
+        assert!(checkpoint_wal(&link).is_err(), "refused");
         assert_eq!((fs::read(&outside).unwrap(), wal_len(&outside)), before);
     }
 
@@ -568,9 +601,12 @@ mod tests {
             .execute_batch("BEGIN; SELECT count(*) FROM t;")
             .unwrap();
         writer.execute("INSERT INTO t VALUES (2)", []).unwrap();
-        let why = checkpoint_wal(&db).expect("reported");
-        assert!(why.contains("another connection holds it"), "{why}");
+        let why = checkpoint_wal(&db).expect_err("reported");
+        assert!(
+            why.busy && why.detail.contains("another connection holds it"),
+            "{why}"
+        );
         reader.execute_batch("COMMIT").unwrap();
-        assert_eq!(checkpoint_wal(&db), None);
+        assert_eq!(checkpoint_wal(&db), Ok(()));
     }
 }

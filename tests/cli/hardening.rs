@@ -59,36 +59,8 @@ fn digest(root: &Path) -> Vec<(String, String)> {
 /// Runs `cmd` with `source` bind-mounted on `target`, in a user and mount
 /// namespace of its own (`unshare -rm`); None where none can be made.
 fn in_mount_namespace(source: &Path, target: &Path, cmd: &std::process::Command) -> Option<Out> {
-    let can = std::process::Command::new("unshare")
-        .args(["-rm", "true"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !can {
-        return None;
-    }
-    let mut wrapped = std::process::Command::new("unshare");
-    wrapped
-        .args([
-            "-rm",
-            "sh",
-            "-c",
-            "mount --bind \"$1\" \"$2\" && shift 2 && exec \"$@\"",
-            "sh",
-        ])
-        .arg(source)
-        .arg(target)
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => wrapped.env(k, v),
-            None => wrapped.env_remove(k),
-        };
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        wrapped.current_dir(dir);
-    }
-    Some(crate::support::run_cmd(&mut wrapped))
+    let prelude = "mount --bind \"$1\" \"$2\" &&";
+    crate::support::run_unshared(&["-rm"], prelude, &[source, target], cmd)
 }
 
 fn no_panic(out: &Out) {

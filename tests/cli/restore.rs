@@ -245,6 +245,44 @@ fn a_live_wal_that_cannot_be_folded_in_is_reported() {
 }
 
 #[test]
+fn a_live_db_held_by_a_process_proc_does_not_show_is_not_restored_over() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&[]);
+    // The service in another container: a reader in a read transaction,
+    // and a write after it (frames the reader keeps from being written
+    // back). The restore runs in a PID namespace (and /proc) of its own,
+    // where neither process shows.
+    let service = rusqlite::Connection::open(rt.db()).unwrap();
+    service.execute_batch("PRAGMA journal_mode=WAL").unwrap();
+    let reader = rusqlite::Connection::open(rt.db()).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM memories;")
+        .unwrap();
+    insert_marker(&rt.db(), "written-after-the-reader");
+    let mut cmd = rt.command();
+    cmd.args([
+        "restore",
+        &s1,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ]);
+    let Some(out) = run_unshared(&["-rpf", "--mount-proc"], "", &[], &cmd) else {
+        eprintln!("no PID namespace can be made here: skipped");
+        return;
+    };
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.json["error"]["code"], "db_in_use", "{}", out.stdout);
+    let message = out.json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("/proc does not show"), "{message}");
+    drop(reader);
+    assert!(
+        has_marker(&rt.db(), "written-after-the-reader"),
+        "nothing changed"
+    );
+    drop(service);
+}
+
+#[test]
 fn stale_wal_and_shm_bytes_do_not_survive() {
     let rt = Rt::fixture();
     let s1 = rt.create_stamp(&[]);

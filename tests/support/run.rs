@@ -73,6 +73,43 @@ pub fn run_cmd(cmd: &mut Command) -> Out {
     parse(&cmd.output().expect("the atosnap binary runs"))
 }
 
+/// Runs `cmd` in namespaces of its own (`unshare` with `flags`), after the
+/// shell `prelude` (given `prelude_args` as `$1`...; empty, or ending in
+/// `&&`); None where such namespaces cannot be made.
+pub fn run_unshared(
+    flags: &[&str],
+    prelude: &str,
+    prelude_args: &[&std::path::Path],
+    cmd: &Command,
+) -> Option<Out> {
+    let can = Command::new("unshare")
+        .args(flags)
+        .arg("true")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can {
+        return None;
+    }
+    let script = format!("{prelude} shift {} && exec \"$@\"", prelude_args.len());
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(flags)
+        .args(["sh", "-c", &script, "sh"])
+        .args(prelude_args)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    Some(run_cmd(&mut wrapped))
+}
+
 impl Runtime {
     /// The binary with no path flags and a clean environment, in the temp
     /// dir.

@@ -256,7 +256,7 @@ pub fn install_file(
         // is folded in, then they go (steps 3 and 4 of a full restore),
         // once the new file is staged. So a failed staging, or a kill
         // before the rename, leaves the old file whole.
-        crate::sources::sqlite::checkpoint_wal(target);
+        let _ = crate::sources::sqlite::checkpoint_wal(target);
         crate::sources::sqlite::remove_sidecars(target)?;
     }
     crate::failpoint::hit(|| format!("restore:before-rename:{}", entry.path_lossy()));

@@ -208,7 +208,7 @@ pub fn restore(
 
     // 3. and 4.: the old db's WAL folded in, then stale sidecars removed.
     let mut warnings = Vec::new();
-    warnings.extend(fold_live_wal(&targets, pre_restore_snapshot.as_deref()));
+    warnings.extend(fold_live_wal(&targets, pre_restore_snapshot.as_deref())?);
     sqlite::remove_sidecars(&targets.db)?;
     crate::failpoint::hit(|| "restore:after-sidecars".into());
 
@@ -245,23 +245,36 @@ pub fn restore(
 /// with step 4, and the transactions it held that the db did not yet have
 /// with it (kept only by the pre-restore snapshot, which reads through
 /// the WAL). Nothing to say for `--to` (the target is not live data), for
-/// an absent or empty WAL, or when the checkpoint worked.
-fn fold_live_wal(targets: &Targets, pre_restore_snapshot: Option<&str>) -> Option<String> {
+/// an absent or empty WAL, or when the checkpoint worked. A live db that
+/// another connection holds is in use though `/proc` showed no holder (a
+/// service in another PID namespace): the restore stops, nothing changed.
+fn fold_live_wal(targets: &Targets, pre_restore_snapshot: Option<&str>) -> Result<Option<String>> {
     let wal = sqlite::sidecars(&targets.db).swap_remove(0);
     // Past its 32-byte header a WAL holds frames.
     let holds_frames = fs::symlink_metadata(&wal).is_ok_and(|m| m.is_file() && m.len() > 32);
-    let why = sqlite::checkpoint_wal(&targets.db)?;
-    if !targets.live || !holds_frames {
-        return None;
+    let Err(why) = sqlite::checkpoint_wal(&targets.db) else {
+        return Ok(None);
+    };
+    if !targets.live {
+        return Ok(None);
+    }
+    if why.busy {
+        return Err(Error::DbHeldUnseen {
+            path: targets.db.clone(),
+            detail: why.detail,
+        });
+    }
+    if !holds_frames {
+        return Ok(None);
     }
     let kept = match pre_restore_snapshot {
         Some(stamp) => format!("are in the pre-restore snapshot {stamp}"),
         None => "are lost (--no-pre-snapshot)".to_string(),
     };
-    Some(format!(
+    Ok(Some(format!(
         "the WAL of {} could not be folded into it ({why}) and was removed: the transactions it held that the db did not have yet {kept}",
         targets.db.display()
-    ))
+    )))
 }
 
 /// Whether `path` is the file `checked`, unchanged: the staged db that
