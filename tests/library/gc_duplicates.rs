@@ -148,38 +148,33 @@ fn stored_twice() -> Twice {
     }
 }
 
+/// `gc`, a dry run or `--confirm`.
+fn gc_run(store: &Store, confirm: bool) -> gc::GcResult {
+    let opts = GcOptions {
+        confirm,
+        lock_wait: WAIT,
+    };
+    gc::gc(store, &opts).unwrap()
+}
+
 #[test]
 fn a_damaged_home_copy_is_not_kept_in_place_of_the_good_one() {
-    let Twice {
-        dir,
-        store,
-        old_pack,
-        copy,
-        second,
-        kept,
-    } = stored_twice();
-    let root = dir.path().join("store");
-    let copy_name = Object::Pack(copy).name();
+    let t = stored_twice();
+    let root = t.dir.path().join("store");
+    let copy_name = Object::Pack(t.copy).name();
 
     // The second copies are home (their pack is wholly live), and the
     // first snapshot's pack, mostly dead now, is rewritten without them.
-    let plan = gc::plan(&store, &BTreeSet::new()).unwrap();
+    let plan = gc::plan(&t.store, &BTreeSet::new()).unwrap();
     let action = |name: &str| plan.packs.iter().find(|p| p.name == name).unwrap().action;
     assert_eq!(action(&copy_name), Action::Keep);
-    assert_ne!(action(&old_pack), Action::Keep, "{:?}", plan.packs);
+    assert_ne!(action(&t.old_pack), Action::Keep, "{:?}", plan.packs);
     assert_eq!(plan.damaged_copies, 0);
 
     // A home copy rots.
-    damage_copy(&store, &root, &copy_name, &kept[0]);
+    damage_copy(&t.store, &root, &copy_name, &t.kept[0]);
 
-    let dry = gc::gc(
-        &store,
-        &GcOptions {
-            confirm: false,
-            lock_wait: WAIT,
-        },
-    )
-    .unwrap();
+    let dry = gc_run(&t.store, false);
     assert_eq!(dry.exit_code, 3, "{:?}", dry.warnings);
     assert!(dry.damaged_copies > 0);
     assert!(
@@ -189,14 +184,7 @@ fn a_damaged_home_copy_is_not_kept_in_place_of_the_good_one() {
         "{:?}",
         dry.warnings
     );
-    let done = gc::gc(
-        &store,
-        &GcOptions {
-            confirm: true,
-            lock_wait: WAIT,
-        },
-    )
-    .unwrap();
+    let done = gc_run(&t.store, true);
     assert_eq!(done.exit_code, 3, "{:?} {:?}", done.warnings, done.errors);
     assert!(done.errors.is_empty(), "{:?}", done.errors);
     // The repair the warning asks for heals the snapshot: the rotten pack
@@ -205,9 +193,9 @@ fn a_damaged_home_copy_is_not_kept_in_place_of_the_good_one() {
     // snapshot's live chunks, not dropped with its dead ones).
     let mut repair = VerifyOptions::new(WAIT);
     repair.repair = true;
-    verify::verify(&store, &repair).unwrap();
+    verify::verify(&t.store, &repair).unwrap();
     let store = Store::open(&StoreAddress::local(&root), &Secrets::none()).unwrap();
-    let v = verify::validate(&store, &second.to_string(), WAIT).unwrap();
+    let v = verify::validate(&store, &t.second.to_string(), WAIT).unwrap();
     assert!(v.valid, "{:?}", v.errors);
 }
 
@@ -219,14 +207,7 @@ fn when_no_copy_reads_back_every_copy_is_kept() {
     damage_copy(&t.store, &root, &copy_name, &t.kept[0]);
     damage_copy(&t.store, &root, &t.old_pack, &t.kept[0]);
 
-    let dry = gc::gc(
-        &t.store,
-        &GcOptions {
-            confirm: false,
-            lock_wait: WAIT,
-        },
-    )
-    .unwrap();
+    let dry = gc_run(&t.store, false);
     assert_eq!(
         (dry.exit_code, dry.damaged_copies),
         (3, 2),
@@ -239,14 +220,7 @@ fn when_no_copy_reads_back_every_copy_is_kept() {
         "{:?}",
         dry.warnings
     );
-    let done = gc::gc(
-        &t.store,
-        &GcOptions {
-            confirm: true,
-            lock_wait: WAIT,
-        },
-    )
-    .unwrap();
+    let done = gc_run(&t.store, true);
     assert_eq!(done.exit_code, 3);
     // Both packs stay: the old one's rewrite meets the damaged copy and
     // leaves the pack as it is.
