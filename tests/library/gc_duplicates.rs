@@ -111,6 +111,7 @@ fn damage_copy(store: &Store, root: &Path, pack: &str, id: &Id) {
 /// snapshot and the chunks.
 struct Twice {
     dir: tempfile::TempDir,
+    secrets: Secrets,
     store: Store,
     old_pack: String,
     copy: Id,
@@ -119,6 +120,11 @@ struct Twice {
 }
 
 fn stored_twice() -> Twice {
+    stored_twice_in(InitOptions::default())
+}
+
+/// [`stored_twice`] in a store made with `init`.
+fn stored_twice_in(init: InitOptions) -> Twice {
     let dir = tempfile::tempdir().unwrap();
     make_db(&dir.path().join("atocore.db"), 20, false);
     let chroma = dir.path().join("chroma");
@@ -126,8 +132,8 @@ fn stored_twice() -> Twice {
     std::fs::write(chroma.join("kept.bin"), pseudo_random(1, 256 << 10)).unwrap();
     std::fs::write(chroma.join("dropped.bin"), pseudo_random(2, 2 << 20)).unwrap();
     let root = dir.path().join("store");
-    Store::init(&StoreAddress::local(&root), &InitOptions::default()).unwrap();
-    let store = Store::open(&StoreAddress::local(&root), &Secrets::none()).unwrap();
+    Store::init(&StoreAddress::local(&root), &init).unwrap();
+    let store = Store::open(&StoreAddress::local(&root), &init.secrets).unwrap();
     let first = snapshot(&store, dir.path(), 0);
     std::fs::remove_file(chroma.join("dropped.bin")).unwrap();
     let second = snapshot(&store, dir.path(), 1);
@@ -140,6 +146,7 @@ fn stored_twice() -> Twice {
     let copy = store_again(&store, &kept);
     Twice {
         dir,
+        secrets: init.secrets,
         store,
         old_pack,
         copy,
@@ -159,7 +166,22 @@ fn gc_run(store: &Store, confirm: bool) -> gc::GcResult {
 
 #[test]
 fn a_damaged_home_copy_is_not_kept_in_place_of_the_good_one() {
-    let t = stored_twice();
+    the_good_copy_is_kept_and_heals(stored_twice());
+}
+
+#[test]
+fn in_an_encrypted_store_too() {
+    let init = InitOptions {
+        scheme: "repokey".into(),
+        secrets: Secrets::from_password("correct horse"),
+        ..InitOptions::default()
+    };
+    the_good_copy_is_kept_and_heals(stored_twice_in(init));
+}
+
+/// A home copy rots: gc keeps the good copy instead, and `verify
+/// --repair` then heals the snapshot.
+fn the_good_copy_is_kept_and_heals(t: Twice) {
     let root = t.dir.path().join("store");
     let copy_name = Object::Pack(t.copy).name();
 
@@ -194,7 +216,7 @@ fn a_damaged_home_copy_is_not_kept_in_place_of_the_good_one() {
     let mut repair = VerifyOptions::new(WAIT);
     repair.repair = true;
     verify::verify(&t.store, &repair).unwrap();
-    let store = Store::open(&StoreAddress::local(&root), &Secrets::none()).unwrap();
+    let store = Store::open(&StoreAddress::local(&root), &t.secrets).unwrap();
     let v = verify::validate(&store, &t.second.to_string(), WAIT).unwrap();
     assert!(v.valid, "{:?}", v.errors);
 }
