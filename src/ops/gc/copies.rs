@@ -155,6 +155,7 @@ impl Copies {
             }
         }
         let mut out = HomeChecks::default();
+        let mut unnamed = 0usize;
         for (g, (id, entries)) in groups.iter().enumerate() {
             let kept = match home[g] {
                 Some(Home::In(p)) => Some(p),
@@ -163,15 +164,20 @@ impl Copies {
             for &(p, ci) in entries.iter().filter(|(p, _)| kept.is_none_or(|k| k == *p)) {
                 self.home[p as usize][ci as usize] = true;
             }
-            if let Some(warning) = out.count(id, &faults[g], kept, candidates[g].len(), check) {
+            if faults[g].is_empty() {
+                continue;
+            }
+            out.count(&faults[g]);
+            if out.warnings.len() < NAMED {
+                let warning = say(id, &faults[g], kept, candidates[g].len(), check);
                 out.warnings.push(warning);
+            } else {
+                unnamed += 1;
             }
         }
-        if out.warnings.len() > NAMED {
-            let more = out.warnings.len() - NAMED;
-            out.warnings.truncate(NAMED);
+        if unnamed > 0 {
             out.warnings.push(format!(
-                "{more} more chunks stored twice have copies damaged or unread (run `atosnap verify`)"
+                "{unnamed} more chunks stored twice have copies damaged or unread (run `atosnap verify`)"
             ));
         }
         out
@@ -179,38 +185,45 @@ impl Copies {
 }
 
 impl HomeChecks {
-    /// Counts the faulty copies of `id` and says what was kept instead.
-    fn count(
-        &mut self,
-        id: &Id,
-        faults: &[(u32, CopyFault)],
-        kept: Option<u32>,
-        copies: usize,
-        check: &impl CheckCopies,
-    ) -> Option<String> {
-        let last = faults.last()?;
-        let mut said = Vec::new();
-        for (pack, fault) in faults {
-            let (why, counter) = match fault {
-                CopyFault::Damaged(why) => (why, &mut self.damaged),
-                CopyFault::Unreadable(why) => (why, &mut self.unreadable),
-            };
-            *counter += 1;
-            said.push(format!("its copy in {} {why}", check.name(*pack)));
+    /// Counts an id's faulty copies.
+    fn count(&mut self, faults: &[(u32, CopyFault)]) {
+        for (_, fault) in faults {
+            match fault {
+                CopyFault::Damaged(_) => self.damaged += 1,
+                CopyFault::Unreadable(_) => self.unreadable += 1,
+            }
         }
-        let said = said.join("; ");
-        Some(match (kept, &last.1) {
-            (Some(k), _) => format!(
-                "chunk {id}: {said}; the copy in {} is kept instead (run `atosnap verify --repair`)",
-                check.name(k)
-            ),
-            (None, CopyFault::Unreadable(_)) => format!(
-                "chunk {id}: {said}; every copy is kept (run gc again once the store reads)"
-            ),
-            (None, CopyFault::Damaged(_)) => format!(
-                "chunk {id}: none of its {copies} copies reads back whole ({said}); gc keeps them all (run `atosnap verify`)"
-            ),
+    }
+}
+
+/// The warning for `id` (at least one faulty copy): what is wrong with
+/// which copy, and what was kept instead.
+fn say(
+    id: &Id,
+    faults: &[(u32, CopyFault)],
+    kept: Option<u32>,
+    copies: usize,
+    check: &impl CheckCopies,
+) -> String {
+    let said = (faults.iter())
+        .map(|(pack, fault)| {
+            let (CopyFault::Damaged(why) | CopyFault::Unreadable(why)) = fault;
+            format!("its copy in {} {why}", check.name(*pack))
         })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let last_unread = matches!(faults.last(), Some((_, CopyFault::Unreadable(_))));
+    match kept {
+        Some(k) => format!(
+            "chunk {id}: {said}; the copy in {} is kept instead (run `atosnap verify --repair`)",
+            check.name(k)
+        ),
+        None if last_unread => {
+            format!("chunk {id}: {said}; every copy is kept (run gc again once the store reads)")
+        }
+        None => format!(
+            "chunk {id}: none of its {copies} copies reads back whole ({said}); gc keeps them all (run `atosnap verify`)"
+        ),
     }
 }
 
