@@ -516,25 +516,32 @@ impl ChunkIndex {
     }
 
     /// Records of the packs added this run, naming them by their place in
-    /// the added packs.
-    fn added_records(&self) -> std::result::Result<Vec<RecordSource<'_>>, IndexError> {
+    /// the added packs, sorted by id, each id once (the spilled segments
+    /// and the pending chunks merged; of an id in several, the location a
+    /// lookup finds first).
+    fn added_records(
+        &self,
+    ) -> std::result::Result<
+        impl Iterator<Item = std::result::Result<IndexRecord, IndexError>> + '_,
+        IndexError,
+    > {
         let first = self.first_added;
         let rebase = move |r: IndexRecord| IndexRecord {
             pack: r.pack - first,
             ..r
         };
-        let mut out: Vec<RecordSource<'_>> = Vec::new();
+        let mut sources: Vec<RecordSource<'_>> = Vec::new();
         if let Some(spill) = &self.spill {
             for (_, seg) in &spill.segments {
-                out.push(Box::new(seg.iter()?.map(move |r| r.map(rebase))));
+                sources.push(Box::new(seg.iter()?.map(move |r| r.map(rebase))));
             }
         }
-        out.push(Box::new(
-            self.pending
-                .iter()
-                .map(move |(id, loc)| Ok(rebase(loc.record(*id, loc.pack)))),
-        ));
-        Ok(out)
+        let mut pending: Vec<IndexRecord> = (self.pending.iter())
+            .map(|(id, loc)| rebase(loc.record(*id, loc.pack)))
+            .collect();
+        pending.sort_unstable_by_key(IndexRecord::key);
+        sources.push(Box::new(pending.into_iter().map(Ok)));
+        Ok(merge_oldest_first(sources))
     }
 
     /// Hands the packs added this run to the cache (best effort: a cache
@@ -557,7 +564,7 @@ impl ChunkIndex {
             .collect();
         let done = self
             .added_records()
-            .and_then(|sources| cache.publish(&packs, sources.into_iter().flatten()));
+            .and_then(|records| cache.publish(&packs, records));
         if let Err(e) = done {
             tracing::debug!("added packs not published to the index cache: {e}");
         }

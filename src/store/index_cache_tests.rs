@@ -263,9 +263,12 @@ fn pending_chunks_past_the_cap_are_spilled_and_still_found() {
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(walked, sorted, "one sorted walk, each chunk once");
+    let before = segments(dir.path()).len();
     drop(index);
-    // Published when dropped: the next load reads no trailer and finds
-    // every chunk.
+    // Published when dropped, as one new segment (the spilled segments
+    // and the pending chunks merged in order): the next load reads no
+    // trailer and finds every chunk.
+    assert_eq!(segments(dir.path()).len(), before + 1);
     let again = handle(dir.path()).load_index().unwrap();
     assert_eq!(again.chunk_count().unwrap(), n);
     let pack = again.pack(again.get(&ids[0]).unwrap().unwrap().pack);

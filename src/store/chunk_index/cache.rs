@@ -104,8 +104,8 @@ impl IndexCache {
     }
 
     /// Adds `packs` and their `records` (naming them by their place in
-    /// `packs`) under the lock, skipping those another process has added
-    /// meanwhile; compacts when due.
+    /// `packs`, sorted by [`IndexRecord::key`]) under the lock, skipping
+    /// those another process has added meanwhile; compacts when due.
     pub fn publish(
         &self,
         packs: &[PackRow],
@@ -141,7 +141,7 @@ impl IndexCache {
                 .map(|pack| Ok(IndexRecord { pack, ..r })),
             Err(e) => Some(Err(e)),
         });
-        view.add_packs_from(&new, records, SORT_BUDGET)?;
+        view.add_sorted_packs_from(&new, records)?;
         if view.needs_compaction() {
             view.compact(SORT_BUDGET)?;
         }

@@ -265,21 +265,37 @@ impl IndexView {
         records: impl IntoIterator<Item = Result<IndexRecord, IndexError>>,
         budget: usize,
     ) -> Result<(), IndexError> {
-        let first_row = self.packs.rows.len() as u32;
         let mut sorter = SpillSorter::new(&self.dir, budget);
-        for r in records {
-            let mut r = r?;
-            if r.pack as usize >= new_packs.len() {
-                return Err(IndexError::damaged(
-                    &self.dir,
-                    format!("a new record names pack {} of {}", r.pack, new_packs.len()),
-                ));
-            }
-            r.pack += first_row;
-            sorter.push(r)?;
+        for r in as_rows(&self.dir, new_packs.len(), self.packs.rows.len(), records) {
+            sorter.push(r?)?;
         }
+        self.add_segment(new_packs, sorter.finish()?)
+    }
+
+    /// As [`IndexView::add_packs_from`], from records already sorted by
+    /// [`IndexRecord::key`] (a writer's spilled segments merged): written
+    /// as they come, without a sort. Records out of order are refused
+    /// (`SegmentWriter::push`) before anything is published.
+    pub fn add_sorted_packs_from(
+        &mut self,
+        new_packs: &[PackRow],
+        records: impl IntoIterator<Item = Result<IndexRecord, IndexError>>,
+    ) -> Result<(), IndexError> {
+        let dir = self.dir.clone();
+        let rows = as_rows(&dir, new_packs.len(), self.packs.rows.len(), records);
+        self.add_segment(new_packs, rows)
+    }
+
+    /// Writes `records` (sorted, packs numbered as rows) as the newest
+    /// segment, then the table with `new_packs` added.
+    fn add_segment(
+        &mut self,
+        new_packs: &[PackRow],
+        records: impl Iterator<Item = Result<IndexRecord, IndexError>>,
+    ) -> Result<(), IndexError> {
+        let first_row = self.packs.rows.len() as u32;
         let seq = self.next_seq();
-        let seg = self.write_segment(seq, first_row, sorter.finish()?)?;
+        let seg = self.write_segment(seq, first_row, records)?;
         self.segments.insert(0, seg);
         self.packs.rows.extend_from_slice(new_packs);
         self.save_table()
@@ -382,4 +398,28 @@ impl IndexView {
         }
         done.map_err(IndexError::io("write", &path))
     }
+}
+
+/// New records renumbered as table rows (their packs, numbered from 0
+/// among the `n` new ones, follow the table's `first_row` rows); one that
+/// names no new pack is a damaged input.
+fn as_rows<'a>(
+    dir: &'a Path,
+    n: usize,
+    first_row: usize,
+    records: impl IntoIterator<Item = Result<IndexRecord, IndexError>> + 'a,
+) -> impl Iterator<Item = Result<IndexRecord, IndexError>> + 'a {
+    records.into_iter().map(move |r| {
+        let r = r?;
+        if r.pack as usize >= n {
+            return Err(IndexError::damaged(
+                dir,
+                format!("a new record names pack {} of {n}", r.pack),
+            ));
+        }
+        Ok(IndexRecord {
+            pack: r.pack + first_row as u32,
+            ..r
+        })
+    })
 }
