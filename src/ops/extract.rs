@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
 use crate::id::Id;
@@ -99,20 +100,21 @@ pub enum ChunkSource<'a> {
 
 impl ChunkSource<'_> {
     /// Fills `buf` with the chunks of `piece` (back to back, `buf` as long
-    /// as they are), from the local chunks first.
+    /// as they are), from the local chunks first. Returns which chunks the
+    /// local chunks had.
     fn fill(
         self,
         store: &Store,
         index: &ChunkIndex,
         piece: &[Placed],
         buf: &mut [u8],
-    ) -> Result<(), ExtractError> {
+    ) -> Result<Vec<bool>, ExtractError> {
         let mut filled = vec![false; piece.len()];
         let mut local_hits = 0;
         if let ChunkSource::LocalFirst(local) = self {
             local_hits = local(piece, buf, &mut filled);
             if local_hits == piece.len() as u64 {
-                return Ok(());
+                return Ok(filled);
             }
         }
         // The rest of a piece the disk mostly had are the few chunks that
@@ -123,7 +125,7 @@ impl ChunkSource<'_> {
         let mut scattered = Vec::new();
         let mut runs = Vec::new();
         let mut at = 0usize;
-        for (c, done) in piece.iter().zip(filled) {
+        for (c, &done) in piece.iter().zip(&filled) {
             let end = at + c.len as usize;
             if !done {
                 let to = if local_hits > 0 || c.sporadic {
@@ -143,7 +145,7 @@ impl ChunkSource<'_> {
                 .read_chunk_into(index, &id, &loc, &mut buf[range])
                 .map_err(|f| ExtractError::Chunk(id, f))?;
         }
-        Ok(())
+        Ok(filled)
     }
 }
 
@@ -207,7 +209,7 @@ pub fn write_file<W: Write>(
                 let mut bytes = vec![0; c.len as usize];
                 source
                     .fill(store, index, std::slice::from_ref(c), &mut bytes)
-                    .map(|()| bytes)
+                    .map(|_| bytes)
             })
             .collect::<Result<_, _>>()?;
         for chunk in data {
@@ -226,20 +228,47 @@ const WINDOW_CHUNKS: usize = 16384;
 /// buffer by one thread and written with one `pwrite`.
 const PIECE_BYTES: u64 = 4 << 20;
 
+/// What [`write_file_at`] writes into its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Every chunk: `out` becomes the whole file.
+    Whole,
+    /// Only the chunks the local source did not have: `out` is a sparse
+    /// patch holding what differs, each byte at its own offset (see
+    /// `ops::restore::patch`).
+    Changes,
+}
+
+/// How [`write_file_at`] went: the bytes and chunks of the file, and the
+/// byte ranges written, in order.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    pub bytes: u64,
+    pub chunks: u64,
+    /// The byte ranges written, runs joined.
+    pub spans: Vec<Range<u64>>,
+}
+
+/// Spans a patch lists at most (4 MiB of them in memory): past this many,
+/// the rest of the file is written whole, as one more span.
+pub const MAX_SPANS: usize = 1 << 18;
+
 /// Writes the file's content into `out` (a new, empty file), each chunk
 /// taken from `source` and verified, each piece of about [`PIECE_BYTES`]
 /// written at its offset as soon as it is complete, pieces in parallel.
-/// Returns the bytes and the chunks written; more than `file.size` bytes
-/// are never written (the byte count then says the chunks hold more).
+/// With [`Output::Changes`], only what the local source lacked is written
+/// (and, past [`MAX_SPANS`] runs of it, the rest whole). More than
+/// `file.size` bytes are never written (the byte count then says the
+/// chunks hold more).
 pub fn write_file_at(
     store: &Store,
     index: &ChunkIndex,
     file: &FileEntry,
     out: &File,
     on_bytes: &(dyn Fn(u64) + Sync),
-    source: ChunkSource<'_>,
-) -> Result<(u64, u64), ExtractError> {
-    let mut chunks = 0u64;
+    (source, mut output): (ChunkSource<'_>, Output),
+) -> Result<Extracted, ExtractError> {
+    let mut done = Extracted::default();
     let mut placing = Placing {
         ids: store.file_chunks(index, file).map_err(list_error)?,
         locator: ChunkLocator::new(store, index),
@@ -249,15 +278,26 @@ pub fn write_file_at(
     loop {
         placing.next_window(WINDOW_CHUNKS, &mut window)?;
         if window.is_empty() || placing.offset > file.size {
-            return Ok((placing.offset, chunks));
+            done.bytes = placing.offset;
+            return Ok(done);
         }
         mark_sporadic(&mut window);
-        chunks += window.len() as u64;
+        done.chunks += window.len() as u64;
         // The first fault stops the other pieces: against a store that
         // cannot be reached, each would wait out its retries.
-        pieces(&window)
+        let spans: Vec<Vec<Range<u64>>> = pieces(&window)
             .par_iter()
-            .try_for_each(|piece| write_piece(store, index, piece, out, source, on_bytes))?;
+            .map(|piece| write_piece(store, index, piece, out, (source, output), on_bytes))
+            .collect::<Result<_, _>>()?;
+        for span in spans.into_iter().flatten() {
+            match done.spans.last_mut() {
+                Some(last) if last.end == span.start => last.end = span.end,
+                _ => done.spans.push(span),
+            }
+        }
+        if done.spans.len() >= MAX_SPANS {
+            output = Output::Whole;
+        }
     }
 }
 
@@ -282,26 +322,54 @@ thread_local! {
     static PIECE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Rebuilds one piece and writes it (all of it, or its changed spans).
+/// Returns the spans written.
 fn write_piece(
     store: &Store,
     index: &ChunkIndex,
     piece: &[Placed],
     out: &File,
-    source: ChunkSource<'_>,
+    (source, output): (ChunkSource<'_>, Output),
     on_bytes: &(dyn Fn(u64) + Sync),
-) -> Result<(), ExtractError> {
+) -> Result<Vec<Range<u64>>, ExtractError> {
     let Some(start) = piece.first().map(|c| c.offset) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let bytes: u64 = piece.iter().map(|c| c.len as u64).sum();
-    PIECE.with(|cell| {
+    let spans = PIECE.with(|cell| {
         let mut buf = cell.borrow_mut();
         buf.resize(bytes as usize, 0);
-        source.fill(store, index, piece, &mut buf)?;
-        out.write_all_at(&buf, start).map_err(ExtractError::Write)
+        let local = source.fill(store, index, piece, &mut buf)?;
+        let spans = match output {
+            Output::Whole => std::iter::once(start..start + bytes).collect(),
+            Output::Changes => changed_spans(piece, &local),
+        };
+        for s in &spans {
+            let at = (s.start - start) as usize..(s.end - start) as usize;
+            out.write_all_at(&buf[at], s.start)
+                .map_err(ExtractError::Write)?;
+        }
+        Ok(spans)
     })?;
     on_bytes(bytes);
-    Ok(())
+    Ok(spans)
+}
+
+/// The byte ranges of a piece's chunks that were not `local`, runs of
+/// them joined.
+fn changed_spans(piece: &[Placed], local: &[bool]) -> Vec<Range<u64>> {
+    let mut spans: Vec<Range<u64>> = Vec::new();
+    for (c, &here) in piece.iter().zip(local) {
+        if here {
+            continue;
+        }
+        let r = c.offset..c.offset + c.len as u64;
+        match spans.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => spans.push(r),
+        }
+    }
+    spans
 }
 
 /// A file's list that cannot be read: the list blob at fault, reported as

@@ -25,6 +25,7 @@ mod lock;
 mod ops;
 mod ops_surface;
 mod restore;
+mod restore_patch;
 mod restore_wal;
 mod stats;
 mod store_hardening;

@@ -16,6 +16,7 @@ use crate::store::index::ChunkIndex;
 use crate::store::manifest::{Entry, EntryKind, FileEntry, Manifest};
 use crate::store::Store;
 
+use super::patch;
 use super::plan::{path_of, ChromaPlan, RestorePlan, Reusable, S_IFLNK, S_IFMT};
 use super::stage::{stage, stage_file, ChunkCounts, Fault, Staged, StagedFile};
 use super::{chroma_rel, Targets, TEMP_PREFIX};
@@ -59,6 +60,13 @@ pub fn install(
 ) -> Result<Applied> {
     let t = &plan.targets;
     progress.phase("install", None);
+    // A file to patch must be the one staged against: checked for all of
+    // them before anything changes.
+    for f in staged.chroma.values() {
+        if let Some(p) = &f.patch {
+            patch::check_unchanged(&f.target, p)?;
+        }
+    }
     // From here on the live tree changes for good.
     staged.dir_mtimes.clear();
     let mut out = Applied {
@@ -168,7 +176,8 @@ fn clean_stale_temps(dir: &Path) {
         // belong to a restore running there right now.
         let touched = || crate::os::last_touched(&e.path());
         let stale = std::str::from_utf8(rest).is_ok_and(|n| crate::os::temp_stale(n, touched));
-        if stale {
+        // A committed patch is finished, not removed (see `patch.rs`).
+        if stale && patch::recover(&e.path()) == patch::Recovered::NotAPatch {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -208,6 +217,9 @@ pub(super) fn wanted_owner(target: &Path) -> Option<(u32, u32)> {
 pub struct Install<'a> {
     pub reusable: Option<&'a Reusable>,
     pub durable: bool,
+    /// A file that mostly holds the snapshot's bytes where it has them may
+    /// be patched in place rather than replaced (see `patch.rs`).
+    pub patch: bool,
 }
 
 /// Rebuilds a file from its chunks into a temp file beside `target`, sets
@@ -366,9 +378,20 @@ fn install_chroma(
                     });
                 };
                 crate::failpoint::hit(|| format!("restore:before-rename:{}", e.path_lossy()));
-                fs::rename(&f.tmp, &path).ctx("rename into place", &path)?;
-                // Renamed: no longer the staging's to remove.
-                staged.chroma.remove(&i);
+                if f.patch.is_none() {
+                    fs::rename(&f.tmp, &path).ctx("rename into place", &path)?;
+                    // Renamed: no longer the staging's to remove.
+                    staged.chroma.remove(&i);
+                } else if let Some(StagedFile {
+                    tmp,
+                    patch: Some(p),
+                    ..
+                }) = staged.chroma.remove(&i)
+                {
+                    // Once committed, a patch is the next restore's to
+                    // finish if this one fails: the staging's no more.
+                    patch::install(&tmp, &path, &p, e, durable)?;
+                }
             }
             EntryKind::Symlink { target } => install_symlink(e, target, &path)?,
             EntryKind::Dir => {}

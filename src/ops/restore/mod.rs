@@ -40,6 +40,7 @@
 
 mod apply;
 pub mod include;
+mod patch;
 mod plan;
 mod stage;
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, IoContext, Result};
 use crate::id::Id;
-use crate::ops::extract::{self, ExtractError, Placed, SMALL_FILE_MAX};
+use crate::ops::extract::{self, ExtractError, Output, Placed, SMALL_FILE_MAX};
 use crate::progress::Progress;
 use crate::sources::sqlite;
 use crate::store::index::ChunkIndex;
@@ -29,6 +29,7 @@ use crate::store::{ChunkFault, Store};
 
 use super::apply::{file_time, parent_of, temp_in, wanted_owner, Install, TempGuard};
 use super::chroma_rel;
+use super::patch::{self, Patch};
 use super::plan::{RestorePlan, Reusable};
 
 /// Chunks read at once when a file's chunks are checked: its list streams,
@@ -124,15 +125,25 @@ impl FileIdentity {
     pub fn of(m: &fs::Metadata) -> FileIdentity {
         FileIdentity(m.dev(), m.ino(), m.len(), crate::sources::mtime_ns(m))
     }
+
+    pub fn dev(&self) -> u64 {
+        self.0
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.1
+    }
 }
 
-/// A complete copy of a snapshot file, waiting beside its target.
+/// A complete copy of a snapshot file, or a patch that makes the file on
+/// disk one ([`Patch`]), waiting beside its target.
 #[derive(Debug)]
 pub struct StagedFile {
     /// Its manifest entry.
     pub entry: usize,
     pub tmp: PathBuf,
     pub target: PathBuf,
+    pub patch: Option<Patch>,
 }
 
 /// Everything staged for one restore. Dropping it removes the staging
@@ -179,6 +190,8 @@ pub(super) struct Written {
     /// Every chunk came from the file being replaced, which has the
     /// snapshot's size: it may hold the snapshot's content already.
     pub(super) all_reused: bool,
+    /// `tmp` is a patch for the file on disk, not a whole copy.
+    pub(super) patch: Option<Patch>,
 }
 
 /// Why a file could not be staged, other than a failing disk: the
@@ -259,7 +272,7 @@ pub fn stage(
     // staged, while the other files are still being staged.
     type Done = (
         usize,
-        Result<std::result::Result<Option<PathBuf>, Fault>>,
+        Result<std::result::Result<Option<Written>, Fault>>,
         Option<DbCheck>,
     );
     let results: Vec<Done> = store.with_packs_prefetched(index, to_fetch, || {
@@ -269,6 +282,9 @@ pub fn stage(
                 let how = Install {
                     reusable: j.reusable,
                     durable,
+                    // The db is always rebuilt whole and renamed (SPEC
+                    // §3 step 5), and checked before it is.
+                    patch: matches!(j.slot, Slot::Chroma(_)),
                 };
                 let on_bytes = |b: u64| progress.advance(b);
                 let staged_file = stage_file(
@@ -282,7 +298,7 @@ pub fn stage(
                 );
                 let staged_file = staged_file.map(|r| r.map(|w| unless_same(j, w)));
                 let check = match &staged_file {
-                    Ok(Ok(Some(tmp))) if j.slot == Slot::Db => Some(check_db(tmp)),
+                    Ok(Ok(Some(w))) if j.slot == Slot::Db => Some(check_db(&w.tmp)),
                     _ => None,
                 };
                 (n, staged_file, check)
@@ -304,11 +320,12 @@ pub fn stage(
             Ok(Ok(None)) => {
                 staged.same.insert(j.index);
             }
-            Ok(Ok(Some(tmp))) => {
+            Ok(Ok(Some(w))) => {
                 let f = StagedFile {
                     entry: j.index,
-                    tmp,
+                    tmp: w.tmp,
                     target: j.target.clone(),
+                    patch: w.patch,
                 };
                 match j.slot {
                     Slot::Db => staged.db = Some(f),
@@ -492,10 +509,10 @@ fn stage_dir(root: &Path, rel: &[u8]) -> Result<PathBuf> {
 /// at its own offset, that file having the snapshot's size: each of its
 /// slots hashed to the snapshot's chunk there, so it holds exactly the
 /// snapshot's content and is left alone.
-fn unless_same(job: &Job<'_>, w: Written) -> Option<PathBuf> {
+fn unless_same(job: &Job<'_>, w: Written) -> Option<Written> {
     let positional = job.reusable.is_some_and(Reusable::is_positional);
     if !(job.presumed && w.all_reused && positional) {
-        return Some(w.tmp);
+        return Some(w);
     }
     let _ = fs::remove_file(&w.tmp);
     None
@@ -551,6 +568,18 @@ pub(super) fn stage_file(
         .reusable
         .filter(|r| !r.is_empty())
         .and_then(|r| File::open(target).ok().map(|f| (f, r)));
+    // Patched in place: a plain file with one link whose chunks sit where
+    // the snapshot has them (see `patch.rs`).
+    let patch_of = old
+        .as_ref()
+        .filter(|(_, r)| how.patch && r.is_positional())
+        .and_then(|(f, _)| f.metadata().ok())
+        .filter(|m| m.is_file() && m.nlink() == 1)
+        .map(|m| FileIdentity::of(&m));
+    let output = match patch_of {
+        Some(_) => Output::Changes,
+        None => Output::Whole,
+    };
     let sealer = store.sealer();
     let reused = AtomicU64::new(0);
     let local = |piece: &[Placed], buf: &mut [u8], filled: &mut [bool]| -> u64 {
@@ -569,9 +598,11 @@ pub(super) fn stage_file(
         .mode(0o600)
         .open(&tmp)
         .ctx("create", &tmp)?;
-    crate::os::preallocate(&f, file.size);
+    if output == Output::Whole {
+        crate::os::preallocate(&f, file.size);
+    }
     let source = extract::ChunkSource::LocalFirst(&local);
-    let (written, chunks) = match extract::write_file_at(store, index, file, &f, on_bytes, source) {
+    let done = match extract::write_file_at(store, index, file, &f, on_bytes, (source, output)) {
         Ok(n) => n,
         Err(ExtractError::Chunk(id, fault)) => return Ok(Err(Fault::Chunk(id, fault))),
         Err(ExtractError::Write(e)) => return Err(Error::io("write", &tmp, e)),
@@ -582,6 +613,7 @@ pub(super) fn stage_file(
             })
         }
     };
+    let (written, chunks) = (done.bytes, done.chunks);
     if written != file.size {
         return Ok(Err(Fault::Size { written }));
     }
@@ -595,6 +627,32 @@ pub(super) fn stage_file(
     counts
         .fetched
         .fetch_add(chunks.saturating_sub(reused), Ordering::Relaxed);
+    let mut patch = None;
+    if let (Some(identity), Some((from, _))) = (patch_of, old.as_ref()) {
+        if patch::worth_it(&done.spans, file.size) {
+            patch = Some(Patch {
+                spans: done.spans,
+                len: file.size,
+                identity,
+            });
+        } else {
+            patch::fill_gaps(from, &f, &done.spans, file.size)
+                .ctx("copy the unchanged bytes into", &tmp)?;
+        }
+    }
+    if patch.is_some() {
+        // Owner, mode and mtime are the target's to get when it is patched.
+        if how.durable {
+            f.sync_all().ctx("fsync", &tmp)?;
+        }
+        guard.1 = true;
+        drop(guard);
+        return Ok(Ok(Written {
+            tmp,
+            all_reused,
+            patch,
+        }));
+    }
     if let (Some((uid, gid)), Ok(m)) = (owner, f.metadata()) {
         if (m.uid(), m.gid()) != (uid, gid) {
             // Best effort: only root may give a file away.
@@ -610,7 +668,11 @@ pub(super) fn stage_file(
     }
     guard.1 = true;
     drop(guard);
-    Ok(Ok(Written { tmp, all_reused }))
+    Ok(Ok(Written {
+        tmp,
+        all_reused,
+        patch: None,
+    }))
 }
 
 /// Copies into `buf` the chunks of `piece` that the file on disk `old`

@@ -1,0 +1,418 @@
+//! Restore's patches in place. A Chroma file on disk that already holds
+//! most of the snapshot's bytes where the snapshot has them (SQLite pages
+//! and HNSW blocks stay at their offsets from one day to the next) is
+//! brought to the snapshot by writing only what differs into it, instead
+//! of being rewritten whole into a staging file and renamed over: a day's
+//! in-place restore then writes a tenth of the bytes.
+//!
+//! Atomic the way SQLite's journal is, since the rename is gone:
+//! 1. staging writes the differing bytes, each verified, into a patch
+//!    file beside the target, each at its own offset (a sparse file);
+//! 2. installing first commits the patch: a trailer naming the target, its
+//!    size, mode, mtime and the spans written is appended and fsynced;
+//! 3. only then are the spans copied into the target, which is cut to its
+//!    size, given its mode and mtime and fsynced; the patch goes last.
+//!
+//! A restore killed before the commit leaves the target untouched and a
+//! patch without a trailer (removed like any staging file); one killed
+//! after it leaves a committed patch, which the next restore of that tree
+//! replays before it plans ([`recover`]; replaying is idempotent), so the
+//! file ends wholly new. The file keeps its inode, owner and other links
+//! are not involved: only a plain file with one link is patched.
+
+use serde::{Deserialize, Serialize};
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::ErrorKind;
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+use crate::store::manifest::Entry;
+
+use super::apply::{file_time, parent_of};
+use super::stage::FileIdentity;
+
+/// Ends a committed patch file.
+const MAGIC: &[u8; 8] = b"ATSPATCH";
+/// The fixed end of a committed patch: trailer length, its BLAKE3, MAGIC.
+const FOOTER: u64 = 8 + 32 + 8;
+/// A trailer larger than this is not one of ours (one of
+/// [`crate::ops::extract::MAX_SPANS`] spans takes about 8 MB).
+const TRAILER_MAX: u64 = 32 << 20;
+/// Bytes per copy when a span is moved between files.
+const COPY_BUF: usize = 1 << 20;
+
+/// A staged patch: the spans written into the patch file, the size the
+/// target ends with, and the target as staging found it (it must be the
+/// same, unchanged file when the patch is applied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Patch {
+    pub spans: Vec<Range<u64>>,
+    pub len: u64,
+    pub identity: FileIdentity,
+}
+
+impl Patch {
+    pub fn bytes(&self) -> u64 {
+        span_bytes(&self.spans)
+    }
+}
+
+fn span_bytes(spans: &[Range<u64>]) -> u64 {
+    spans.iter().map(|s| s.end - s.start).sum()
+}
+
+/// Is patching worth it? Its bytes are written twice (patch, then
+/// target): only when at most half of the file differs.
+pub fn worth_it(spans: &[Range<u64>], len: u64) -> bool {
+    span_bytes(spans).saturating_mul(2) <= len
+}
+
+/// Turns a patch that is not worth it into a whole staging file: the
+/// bytes between its spans are copied from the file it was made against
+/// (`old`, held open since staging verified those very bytes), and the
+/// file is cut to `len`.
+pub fn fill_gaps(old: &File, patch: &File, spans: &[Range<u64>], len: u64) -> std::io::Result<()> {
+    let mut at = 0u64;
+    for s in spans.iter().chain(std::iter::once(&(len..len))) {
+        copy_span(old, patch, at..s.start.min(len))?;
+        at = s.end;
+    }
+    patch.set_len(len)
+}
+
+/// Copies `span` of `from` into `to` at the same offsets.
+fn copy_span(from: &File, to: &File, span: Range<u64>) -> std::io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUF.min((span.end.saturating_sub(span.start)) as usize)];
+    let mut at = span.start;
+    while at < span.end {
+        let n = ((span.end - at) as usize).min(buf.len());
+        from.read_exact_at(&mut buf[..n], at)?;
+        to.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// What a committed patch records.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Trailer {
+    /// The target's file name, in the patch's folder.
+    target: Vec<u8>,
+    /// The target's device and inode: a file put there since is not
+    /// patched.
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mode: u32,
+    mtime_ns: i64,
+    spans: Vec<(u64, u64)>,
+}
+
+/// Step 7 for a patched file: refuses a target that changed since it was
+/// staged, commits the patch, applies it and removes it. An error after
+/// the commit leaves the committed patch for the next restore to replay.
+pub fn install(
+    tmp: &Path,
+    target: &Path,
+    patch: &Patch,
+    entry: &Entry,
+    durable: bool,
+) -> Result<()> {
+    check_unchanged(target, patch)?;
+    let trailer = Trailer {
+        target: target
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default(),
+        dev: patch.identity.dev(),
+        ino: patch.identity.ino(),
+        len: patch.len,
+        mode: entry.mode & 0o7777,
+        mtime_ns: entry.mtime_ns,
+        spans: patch.spans.iter().map(|s| (s.start, s.end)).collect(),
+    };
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tmp)
+        .ctx("open", tmp)?;
+    commit(&f, &trailer, patch).ctx("commit the patch", tmp)?;
+    if durable {
+        f.sync_all().ctx("fsync", tmp)?;
+        crate::store::backend::sync_dir(parent_of(tmp)).ctx("fsync folder", parent_of(tmp))?;
+    }
+    crate::failpoint::hit(|| format!("restore:patch-committed:{}", entry.path_lossy()));
+    replay(&f, target, &trailer, durable)?;
+    fs::remove_file(tmp).ctx("remove", tmp)
+}
+
+/// Refuses a target that is no longer the file the patch was made
+/// against (another process wrote, replaced or linked it since staging).
+pub fn check_unchanged(target: &Path, patch: &Patch) -> Result<()> {
+    let now = fs::symlink_metadata(target).ctx("stat", target)?;
+    if now.is_file() && now.nlink() == 1 && FileIdentity::of(&now) == patch.identity {
+        return Ok(());
+    }
+    Err(Error::TargetInvalid {
+        path: target.to_path_buf(),
+        detail: "changed since the restore staged it (is something still writing the runtime?); \
+                 nothing of it was written: run the restore again"
+            .into(),
+    })
+}
+
+/// Appends the trailer after the data (at a 4 KiB boundary past the
+/// target's size and every span).
+fn commit(f: &File, trailer: &Trailer, patch: &Patch) -> std::io::Result<()> {
+    let data_end = patch.spans.iter().map(|s| s.end).fold(patch.len, u64::max);
+    let at = data_end.div_ceil(4096) * 4096;
+    let json = serde_json::to_vec(trailer).map_err(std::io::Error::other)?;
+    let mut tail = json.clone();
+    tail.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    tail.extend_from_slice(blake3::hash(&json).as_bytes());
+    tail.extend_from_slice(MAGIC);
+    f.set_len(at)?;
+    f.write_all_at(&tail, at)
+}
+
+/// Reads a committed patch's trailer: None for a file that is not one
+/// (a patch never committed, or any other staging file).
+fn read_trailer(f: &File) -> Option<Trailer> {
+    let len = f.metadata().ok()?.len();
+    let mut footer = [0u8; FOOTER as usize];
+    f.read_exact_at(&mut footer, len.checked_sub(FOOTER)?)
+        .ok()?;
+    if &footer[40..] != MAGIC {
+        return None;
+    }
+    let json_len = u64::from_le_bytes(footer[..8].try_into().ok()?);
+    if json_len > TRAILER_MAX {
+        return None;
+    }
+    let mut json = vec![0u8; json_len as usize];
+    f.read_exact_at(&mut json, (len - FOOTER).checked_sub(json_len)?)
+        .ok()?;
+    if blake3::hash(&json).as_bytes() != &footer[8..40] {
+        return None;
+    }
+    let t: Trailer = serde_json::from_slice(&json).ok()?;
+    let name_ok =
+        !t.target.is_empty() && !t.target.contains(&b'/') && t.target != b".." && t.target != b".";
+    let spans_ok = t.spans.iter().all(|&(a, b)| a <= b && b <= t.len);
+    (name_ok && spans_ok).then_some(t)
+}
+
+/// Copies the spans into the target (never through a symlink), cuts it to
+/// its size, sets mode and mtime, fsyncs it when `durable`.
+fn replay(patch: &File, target: &Path, t: &Trailer, durable: bool) -> Result<()> {
+    let out = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(target)
+        .ctx("open for patching", target)?;
+    for &(a, b) in &t.spans {
+        copy_span(patch, &out, a..b).ctx("patch", target)?;
+    }
+    out.set_len(t.len).ctx("set the size of", target)?;
+    out.set_permissions(Permissions::from_mode(t.mode))
+        .ctx("set the mode of", target)?;
+    filetime::set_file_handle_times(&out, None, Some(file_time(t.mtime_ns)))
+        .ctx("set the mtime of", target)?;
+    if durable {
+        out.sync_all().ctx("fsync", target)?;
+    }
+    Ok(())
+}
+
+/// What [`recover`] did with a stale staging file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovered {
+    /// Not a committed patch: the caller removes it as any staging file.
+    NotAPatch,
+    /// A committed patch, replayed into its target (or its target is gone)
+    /// and removed.
+    Replayed,
+    /// A committed patch that could not be replayed: kept for another try.
+    Kept,
+}
+
+/// Finishes the patch a killed restore committed (see the module doc):
+/// called on staging files whose owner is gone.
+pub fn recover(path: &Path) -> Recovered {
+    let Ok(f) = File::open(path) else {
+        return Recovered::NotAPatch;
+    };
+    let Some(t) = read_trailer(&f) else {
+        return Recovered::NotAPatch;
+    };
+    let target = parent_of(path).join(OsStr::from_bytes(&t.target));
+    let replayed = match fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() && (m.dev(), m.ino()) == (t.dev, t.ino) => {
+            replay(&f, &target, &t, true).is_ok()
+        }
+        // Gone or replaced since: nothing left to finish.
+        Ok(_) => true,
+        Err(e) => e.kind() == ErrorKind::NotFound,
+    };
+    if replayed && fs::remove_file(path).is_ok() {
+        Recovered::Replayed
+    } else {
+        Recovered::Kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(p: &Path) -> FileIdentity {
+        FileIdentity::of(&fs::symlink_metadata(p).unwrap())
+    }
+
+    /// A target of 3 × 4096 bytes, and a patch file changing its middle
+    /// block and growing it by 100 bytes.
+    fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Patch, Vec<u8>) {
+        let target = dir.join("data.bin");
+        let old: Vec<u8> = vec![1; 3 * 4096];
+        fs::write(&target, &old).unwrap();
+        let mut new = old.clone();
+        new[4096..8192].fill(2);
+        new.extend_from_slice(&[3; 100]);
+        let tmp = dir.join(".atosnap-tmp-x.tmp");
+        let f = File::create(&tmp).unwrap();
+        f.write_all_at(&new[4096..8192], 4096).unwrap();
+        f.write_all_at(&new[3 * 4096..], 3 * 4096).unwrap();
+        let patch = Patch {
+            spans: vec![4096..8192, 3 * 4096..new.len() as u64],
+            len: new.len() as u64,
+            identity: identity(&target),
+        };
+        (target, tmp, patch, new)
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            path: b"chroma/data.bin".to_vec(),
+            kind: crate::store::manifest::EntryKind::Dir,
+            mode: 0o640,
+            mtime_ns: 1_700_000_000_123_456_789,
+        }
+    }
+
+    #[test]
+    fn a_patch_brings_the_file_to_the_snapshot_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, tmp, patch, new) = setup(dir.path());
+        let inode = fs::metadata(&target).unwrap().ino();
+        install(&tmp, &target, &patch, &entry(), true).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), new);
+        let m = fs::metadata(&target).unwrap();
+        assert_eq!(m.ino(), inode, "patched in place");
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!(crate::sources::mtime_ns(&m), entry().mtime_ns);
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn a_target_changed_since_staging_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, tmp, patch, _) = setup(dir.path());
+        fs::write(&target, vec![9u8; 3 * 4096 + 1]).unwrap();
+        let err = install(&tmp, &target, &patch, &entry(), false).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("changed since the restore staged it"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&target).unwrap(), vec![9u8; 3 * 4096 + 1]);
+        assert_eq!(recover(&tmp), Recovered::NotAPatch, "never committed");
+    }
+
+    #[test]
+    fn a_committed_patch_left_by_a_killed_restore_is_replayed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, tmp, patch, new) = setup(dir.path());
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .unwrap();
+        let trailer = Trailer {
+            target: b"data.bin".to_vec(),
+            dev: patch.identity.dev(),
+            ino: patch.identity.ino(),
+            len: patch.len,
+            mode: 0o600,
+            mtime_ns: 5_000_000_000,
+            spans: patch.spans.iter().map(|s| (s.start, s.end)).collect(),
+        };
+        commit(&f, &trailer, &patch).unwrap();
+        assert_eq!(read_trailer(&f), Some(trailer));
+        // Killed half-way through the copy: the first span only.
+        copy_span(
+            &f,
+            &File::options().write(true).open(&target).unwrap(),
+            4096..6000,
+        )
+        .unwrap();
+        assert_eq!(recover(&tmp), Recovered::Replayed);
+        assert_eq!(fs::read(&target).unwrap(), new);
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o600);
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn a_damaged_trailer_is_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, tmp, patch, _) = setup(dir.path());
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .unwrap();
+        let mut trailer = Trailer {
+            target: b"data.bin".to_vec(),
+            dev: 0,
+            ino: 0,
+            len: patch.len,
+            mode: 0o600,
+            mtime_ns: 0,
+            spans: vec![(0, 10)],
+        };
+        commit(&f, &trailer, &patch).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.write_all_at(b"X", len - FOOTER - 3).unwrap();
+        assert_eq!(read_trailer(&f), None, "hash mismatch");
+        for bad in [b"../x".to_vec(), b"..".to_vec(), Vec::new()] {
+            trailer.target = bad;
+            commit(&f, &trailer, &patch).unwrap();
+            assert_eq!(read_trailer(&f), None);
+        }
+        trailer.target = b"data.bin".to_vec();
+        trailer.spans = vec![(0, patch.len + 1)];
+        commit(&f, &trailer, &patch).unwrap();
+        assert_eq!(read_trailer(&f), None, "span past the end");
+        assert_eq!(fs::read(&target).unwrap(), vec![1; 3 * 4096]);
+    }
+
+    #[test]
+    fn a_patch_not_worth_it_becomes_a_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, tmp, patch, new) = setup(dir.path());
+        assert!(worth_it(&patch.spans, patch.len));
+        let most = std::iter::once(0..patch.len / 2 + 1).collect::<Vec<_>>();
+        assert!(!worth_it(&most, patch.len));
+        let old = File::open(&target).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .unwrap();
+        fill_gaps(&old, &f, &patch.spans, patch.len).unwrap();
+        assert_eq!(fs::read(&tmp).unwrap(), new);
+    }
+}

@@ -1,0 +1,119 @@
+//! `restore` patching Chroma files in place (`src/ops/restore/patch.rs`):
+//! a file that mostly holds the snapshot's blocks keeps its inode and gets
+//! only what differs; one that mostly differs, or has other links, is
+//! replaced whole; a restore killed once a patch is committed is finished
+//! by the next one.
+
+use crate::support::Runtime as Rt;
+use crate::support::*;
+
+const SEGMENT: &str = "e8763d70-0924-4389-9e69-cddb1f90792c";
+
+fn seg(rt: &Rt, name: &str) -> std::path::PathBuf {
+    rt.chroma().join(SEGMENT).join(name)
+}
+
+fn restore_live(rt: &Rt, stamp: &str) -> serde_json::Value {
+    rt.ok(&[
+        "restore",
+        stamp,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ])
+}
+
+/// The snapshot's tree, as a clean restore into an empty folder leaves it.
+fn reference(rt: &Rt, stamp: &str) -> std::collections::BTreeMap<Vec<u8>, Node> {
+    let to = rt.path("reference");
+    let _ = std::fs::remove_dir_all(&to);
+    rt.ok(&["restore", stamp, "--to", to.to_str().unwrap()]);
+    restorable_tree(&to.join("chroma"), &to.join("project-registry.json"))
+}
+
+#[test]
+fn a_file_with_a_few_changed_blocks_is_patched_in_place() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let want = reference(&rt, &s1);
+    let data = seg(&rt, "data_level0.bin");
+    let size = std::fs::metadata(&data).unwrap().len();
+    assert!(
+        size > 8 * 4096,
+        "the fixture's HNSW file has blocks: {size}"
+    );
+    flip_bit(&data, 4096 + 3);
+    flip_bit(&data, 5 * 4096 + 9);
+    // A longer file: the tail past the snapshot's size is cut off.
+    let mut grown = std::fs::read(&data).unwrap();
+    grown.extend_from_slice(&[7u8; 5000]);
+    std::fs::write(&data, &grown).unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let inode = ino(&data);
+    let r = restore_live(&rt, &s1);
+    assert_eq!(r["chroma_files_written"], 1, "{r}");
+    assert_eq!(r["chunks_fetched"], 2, "the two blocks only: {r}");
+    assert_eq!(ino(&data), inode, "patched, not replaced");
+    assert_same_tree!(rt.restorable(), want, "content, size, mode and mtime");
+    assert!(files_named(&rt.runtime, ".atosnap-restore-").is_empty());
+    rt.ok(&["verify"]);
+}
+
+#[test]
+fn a_file_that_mostly_differs_or_has_other_links_is_replaced_whole() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let want = reference(&rt, &s1);
+    let data = seg(&rt, "data_level0.bin");
+    let size = std::fs::metadata(&data).unwrap().len() as usize;
+    // Every block differs: a patch would write it all twice.
+    std::fs::write(&data, vec![0x5au8; size]).unwrap();
+    let inode = ino(&data);
+    restore_live(&rt, &s1);
+    assert_ne!(ino(&data), inode, "renamed over");
+    assert_same_tree!(rt.restorable(), want);
+
+    // One block differs, but another name links to the same inode: a
+    // patch would change that file too, so this one is replaced and the
+    // other keeps its bytes.
+    flip_bit(&data, 4096 + 1);
+    let link = rt.path("elsewhere.bin");
+    std::fs::hard_link(&data, &link).unwrap();
+    let linked = std::fs::read(&link).unwrap();
+    restore_live(&rt, &s1);
+    assert_ne!(ino(&data), ino(&link), "the link is left alone");
+    assert_eq!(std::fs::read(&link).unwrap(), linked);
+    assert_same_tree!(rt.restorable(), want);
+}
+
+#[test]
+fn a_restore_killed_after_committing_a_patch_is_finished_by_the_next() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let want = reference(&rt, &s1);
+    let data = seg(&rt, "data_level0.bin");
+    flip_bit(&data, 2 * 4096 + 5);
+    let changed = std::fs::read(&data).unwrap();
+    let inode = ino(&data);
+    let point = format!("restore:patch-committed:chroma/{SEGMENT}/data_level0.bin");
+    let Out { code, stderr, .. } = rt.run_env(
+        &["restore", &s1, "--confirm-service-stopped"],
+        &[("ATOSNAP_FAILPOINT", point.as_str())],
+    );
+    assert_eq!(code, 137, "{point} was not reached: {stderr}");
+    // Committed, not yet applied: the file as it was, its patch beside it.
+    assert_eq!(std::fs::read(&data).unwrap(), changed);
+    let patches = files_named(&rt.chroma().join(SEGMENT), ".atosnap-restore-");
+    assert_eq!(patches.len(), 1, "{patches:?}");
+
+    // The next restore of this tree finishes it before it plans: its
+    // plan then finds the file already as the snapshot has it.
+    let r = restore_live(&rt, &s1);
+    assert_eq!(r["chroma_files_written"], 0, "{r}");
+    assert_eq!(r["chunks_fetched"].as_u64(), Some(0), "{r}");
+    assert!(
+        files_named(&rt.runtime, ".atosnap-restore-").is_empty(),
+        "{r}"
+    );
+    assert_eq!(ino(&data), inode);
+    assert_same_tree!(rt.restorable(), want);
+}
