@@ -82,9 +82,11 @@ impl PackCheck {
 
 /// Stored bytes of the frames handed over at once when re-hashing: they
 /// are decoded and checked in parallel while the next ones are read.
-/// Frames are up to about 1 MiB, so a batch holds a few for each core;
-/// the other pack being re-hashed keeps a core busy when one idles.
-const BLOCK: usize = 3 << 20;
+/// Frames are up to about 1 MiB, so a batch holds two or so; the other
+/// pack being re-hashed keeps a core busy when one idles. 3 MiB batches
+/// took verify's peak on the 130k runtime to 60-67 MiB, against a 64 MiB
+/// target; 2 MiB ones peak at 55-58 MiB in the same time (0.67-0.73 s).
+const BLOCK: usize = 2 << 20;
 /// Packs re-hashed at once, whatever the number of cores (memory stays a
 /// few blocks each). With one, a pack's last frames and the next one's
 /// first reads left a core idle: on the 130k runtime two took verify
