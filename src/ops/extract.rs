@@ -233,6 +233,9 @@ const PIECE_BYTES: u64 = 4 << 20;
 pub enum Output {
     /// Every chunk: `out` becomes the whole file.
     Whole,
+    /// Every chunk, written behind (see [`crate::os::WriteBehind`]): for a
+    /// file nothing reads again soon.
+    WholeBehind,
     /// Only the chunks the local source did not have: `out` is a sparse
     /// patch holding what differs, each byte at its own offset (see
     /// `ops::restore::patch`).
@@ -275,10 +278,13 @@ pub fn write_file_at(
         offset: 0,
     };
     let mut window = Vec::with_capacity(WINDOW_CHUNKS);
+    let mut behind = crate::os::WriteBehind::default();
     loop {
+        let start = placing.offset;
         placing.next_window(WINDOW_CHUNKS, &mut window)?;
         if window.is_empty() || placing.offset > file.size {
             done.bytes = placing.offset;
+            behind.finish(out);
             return Ok(done);
         }
         mark_sporadic(&mut window);
@@ -294,6 +300,9 @@ pub fn write_file_at(
                 Some(last) if last.end == span.start => last.end = span.end,
                 _ => done.spans.push(span),
             }
+        }
+        if output == Output::WholeBehind {
+            behind.written(out, start..placing.offset);
         }
         if done.spans.len() >= MAX_SPANS {
             output = Output::Whole;
@@ -341,7 +350,7 @@ fn write_piece(
         buf.resize(bytes as usize, 0);
         let local = source.fill(store, index, piece, &mut buf)?;
         let spans = match output {
-            Output::Whole => std::iter::once(start..start + bytes).collect(),
+            Output::Whole | Output::WholeBehind => std::iter::once(start..start + bytes).collect(),
             Output::Changes => changed_spans(piece, &local),
         };
         for s in &spans {

@@ -217,9 +217,13 @@ pub(super) fn wanted_owner(target: &Path) -> Option<(u32, u32)> {
 pub struct Install<'a> {
     pub reusable: Option<&'a Reusable>,
     pub durable: bool,
-    /// A file that mostly holds the snapshot's bytes where it has them may
-    /// be patched in place rather than replaced (see `patch.rs`).
-    pub patch: bool,
+    /// Bulk data (a Chroma file): written behind, and the file it
+    /// replaces read once ([`crate::os::WriteBehind`]: neither is read
+    /// again soon, and a restore must not flood the page cache); one that
+    /// mostly holds the snapshot's bytes where it has them may be patched
+    /// in place rather than replaced (see `patch.rs`). Not the db, whose
+    /// staged copy `integrity_check` reads at once.
+    pub bulk: bool,
 }
 
 /// Rebuilds a file from its chunks into a temp file beside `target`, sets

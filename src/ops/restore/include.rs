@@ -118,7 +118,7 @@ pub fn restore_paths(store: &Store, opts: &IncludeOptions) -> Result<IncludeResu
                 let how = Install {
                     reusable: None,
                     durable: false,
-                    patch: false,
+                    bulk: false,
                 };
                 restore::install_file(store, &index, e, f, &target, how, &|_| {})?;
                 r.files_written += 1;

@@ -284,7 +284,7 @@ pub fn stage(
                     durable,
                     // The db is always rebuilt whole and renamed (SPEC
                     // §3 step 5), and checked before it is.
-                    patch: matches!(j.slot, Slot::Chroma(_)),
+                    bulk: matches!(j.slot, Slot::Chroma(_)),
                 };
                 let on_bytes = |b: u64| progress.advance(b);
                 let staged_file = stage_file(
@@ -572,13 +572,14 @@ pub(super) fn stage_file(
     // the snapshot has them (see `patch.rs`).
     let patch_of = old
         .as_ref()
-        .filter(|(_, r)| how.patch && r.is_positional())
+        .filter(|(_, r)| how.bulk && r.is_positional())
         .and_then(|(f, _)| f.metadata().ok())
         .filter(|m| m.is_file() && m.nlink() == 1)
         .map(|m| FileIdentity::of(&m));
-    let output = match patch_of {
-        Some(_) => Output::Changes,
-        None => Output::Whole,
+    let output = match (patch_of, how.bulk) {
+        (Some(_), _) => Output::Changes,
+        (None, true) => Output::WholeBehind,
+        (None, false) => Output::Whole,
     };
     let sealer = store.sealer();
     let reused = AtomicU64::new(0);
@@ -588,6 +589,10 @@ pub(super) fn stage_file(
         };
         let n = reuse_runs(f, reusable, sealer, piece, buf, filled);
         reused.fetch_add(n, Ordering::Relaxed);
+        if let (true, Some(a), Some(b)) = (how.bulk, piece.first(), piece.last()) {
+            // Read once: its pages serve the next reads and writes.
+            crate::os::forget_cached(f, &(a.offset..b.offset + b.len as u64));
+        }
         n
     };
     let tmp = temp_in(dir);
@@ -598,7 +603,7 @@ pub(super) fn stage_file(
         .mode(0o600)
         .open(&tmp)
         .ctx("create", &tmp)?;
-    if output == Output::Whole {
+    if output != Output::Changes {
         crate::os::preallocate(&f, file.size);
     }
     let source = extract::ChunkSource::LocalFirst(&local);
