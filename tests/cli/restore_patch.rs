@@ -13,15 +13,6 @@ fn seg(rt: &Rt, name: &str) -> std::path::PathBuf {
     rt.chroma().join(SEGMENT).join(name)
 }
 
-fn restore_live(rt: &Rt, stamp: &str) -> serde_json::Value {
-    rt.ok(&[
-        "restore",
-        stamp,
-        "--confirm-service-stopped",
-        "--no-pre-snapshot",
-    ])
-}
-
 /// The snapshot's tree, as a clean restore into an empty folder leaves it.
 fn reference(rt: &Rt, stamp: &str) -> std::collections::BTreeMap<Vec<u8>, Node> {
     let to = rt.path("reference");
@@ -49,7 +40,7 @@ fn a_file_with_a_few_changed_blocks_is_patched_in_place() {
     std::fs::write(&data, &grown).unwrap();
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let inode = ino(&data);
-    let r = restore_live(&rt, &s1);
+    let r = rt.restore_live(&s1);
     assert_eq!(r["chroma_files_written"], 1, "{r}");
     assert_eq!(r["chunks_fetched"], 2, "the two blocks only: {r}");
     assert_eq!(ino(&data), inode, "patched, not replaced");
@@ -68,7 +59,7 @@ fn a_file_that_mostly_differs_or_has_other_links_is_replaced_whole() {
     // Every block differs: a patch would write it all twice.
     std::fs::write(&data, vec![0x5au8; size]).unwrap();
     let inode = ino(&data);
-    restore_live(&rt, &s1);
+    rt.restore_live(&s1);
     assert_ne!(ino(&data), inode, "renamed over");
     assert_same_tree!(rt.restorable(), want);
 
@@ -79,7 +70,7 @@ fn a_file_that_mostly_differs_or_has_other_links_is_replaced_whole() {
     let link = rt.path("elsewhere.bin");
     std::fs::hard_link(&data, &link).unwrap();
     let linked = std::fs::read(&link).unwrap();
-    restore_live(&rt, &s1);
+    rt.restore_live(&s1);
     assert_ne!(ino(&data), ino(&link), "the link is left alone");
     assert_eq!(std::fs::read(&link).unwrap(), linked);
     assert_same_tree!(rt.restorable(), want);
@@ -107,7 +98,7 @@ fn a_restore_killed_after_committing_a_patch_is_finished_by_the_next() {
 
     // The next restore of this tree finishes it before it plans: its
     // plan then finds the file already as the snapshot has it.
-    let r = restore_live(&rt, &s1);
+    let r = rt.restore_live(&s1);
     assert_eq!(r["chroma_files_written"], 0, "{r}");
     assert_eq!(r["chunks_fetched"].as_u64(), Some(0), "{r}");
     assert!(

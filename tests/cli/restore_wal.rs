@@ -6,17 +6,6 @@
 use crate::support::Runtime as Rt;
 use crate::support::*;
 
-/// `restore STAMP` over the live runtime, without a pre-restore snapshot;
-/// its result (the command must succeed).
-fn restore_live(rt: &Rt, stamp: &str) -> serde_json::Value {
-    rt.ok(&[
-        "restore",
-        stamp,
-        "--confirm-service-stopped",
-        "--no-pre-snapshot",
-    ])
-}
-
 #[test]
 fn a_live_wal_that_cannot_be_folded_in_is_reported() {
     let rt = Rt::fixture();
@@ -26,7 +15,7 @@ fn a_live_wal_that_cannot_be_folded_in_is_reported() {
     let wal = rt.path("runtime/data/atocore.db-wal");
     std::fs::write(&wal, vec![7u8; 4096]).unwrap();
     write_over(&rt.db(), &vec![0u8; 4096]);
-    let r = restore_live(&rt, &s1);
+    let r = rt.restore_live(&s1);
     assert_eq!(r["restored_integrity_ok"], true, "{r}");
     let warnings = strings(&r["warnings"]);
     assert_eq!(warnings.len(), 1, "{r}");
@@ -37,7 +26,7 @@ fn a_live_wal_that_cannot_be_folded_in_is_reported() {
     );
     assert!(!wal.exists() || std::fs::read(&wal).unwrap().is_empty());
     // A healthy db without a WAL: nothing to say.
-    let again = restore_live(&rt, &s1);
+    let again = rt.restore_live(&s1);
     assert_eq!(again["warnings"], serde_json::json!([]), "{again}");
 }
 
@@ -92,7 +81,7 @@ fn stale_wal_and_shm_bytes_do_not_survive() {
     let shm = rt.path("runtime/data/atocore.db-shm");
     std::fs::write(&wal, &stale).unwrap();
     std::fs::write(&shm, &stale).unwrap();
-    let r = restore_live(&rt, &s1);
+    let r = rt.restore_live(&s1);
     assert_eq!(r["restored_integrity_ok"], true);
     assert!(!wal.exists() || std::fs::read(&wal).unwrap().is_empty());
     assert!(!shm.exists());
@@ -122,7 +111,7 @@ fn a_real_wal_written_after_the_snapshot_is_not_replayed_onto_the_restored_db() 
     assert!(!saved.is_empty());
     drop(conn);
     std::fs::write(&wal, &saved).unwrap();
-    let r = restore_live(&rt, &s1);
+    let r = rt.restore_live(&s1);
     assert_eq!(r["restored_integrity_ok"], true);
     assert!(!wal.exists());
     assert!(!has_marker(&rt.db(), "in-wal"));

@@ -174,6 +174,17 @@ impl Runtime {
         out.json
     }
 
+    /// `restore STAMP` over the live runtime, without a pre-restore
+    /// snapshot; its result (the command must succeed).
+    pub fn restore_live(&self, stamp: &str) -> Value {
+        self.ok(&[
+            "restore",
+            stamp,
+            "--confirm-service-stopped",
+            "--no-pre-snapshot",
+        ])
+    }
+
     /// `create` with `args`, which must succeed.
     pub fn create(&self, args: &[&str]) -> Value {
         let mut all = vec!["create"];

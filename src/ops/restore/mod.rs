@@ -3,7 +3,9 @@
 //! the order of the steps; `plan.rs` compares disk and snapshot (and holds
 //! the check "does this file on disk match that manifest entry" that drill
 //! reuses), `stage.rs` validates by writing staging files, `apply.rs`
-//! installs them, `include.rs` is `restore --include`. The SQLite steps
+//! installs them, `patch.rs` patches a Chroma file in place when it
+//! mostly holds the snapshot's bytes already, `include.rs` is
+//! `restore --include`. The SQLite steps
 //! live in [`crate::sources::sqlite`], the `/proc` scan for open files in
 //! [`crate::os`].
 //!
@@ -27,16 +29,20 @@
 //! 5. [`install`] renames the staged db over the target and fsyncs the folder;
 //! 6. the registry likewise;
 //! 7. Chroma, INTO the existing directory, which is never removed or
-//!    recreated: removals, folders, staged files renamed, metadata;
+//!    recreated: removals, folders, staged files renamed (or patches
+//!    committed and applied), metadata;
 //! 8. `PRAGMA integrity_check` on the restored db ([`sqlite::final_integrity`]),
 //!    unless it is the very file checked in step 1.
 //!
-//! Every write is temp + rename, so a restore killed at any point and run
-//! again converges on the snapshot; leftover temp and staging files are
-//! named [`TEMP_PREFIX`]`<owner>-…` (pid, host, boot, PID namespace,
-//! process token: see [`crate::os`]) and swept by the next restore once
-//! their owner is provably gone (never a live restore's of another
-//! container).
+//! Every write is temp + rename or a committed patch, so a restore killed
+//! at any point and run again converges on the snapshot (the next restore
+//! replays a committed patch before it plans); leftover temp and staging
+//! files are named [`TEMP_PREFIX`]`<owner>-…` (pid, host, boot, PID
+//! namespace, process token: see [`crate::os`]) and swept by the next
+//! restore once their owner is provably gone (never a live restore's of
+//! another container). Chroma files are written behind
+//! ([`crate::os::WriteBehind`]): a restore does not fill the page cache
+//! with gigabytes the service will read from disk anyway.
 
 mod apply;
 pub mod include;
