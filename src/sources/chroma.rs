@@ -47,6 +47,24 @@ pub fn is_restore_temp(name: &[u8]) -> bool {
     name.starts_with(RESTORE_TEMP_PREFIX.as_bytes())
 }
 
+/// The last 8 bytes of a committed restore patch (`ops/restore/patch.rs`):
+/// a restore killed while it patched a file leaves one beside it, and the
+/// file is half-written until the next restore replays it.
+pub const PATCH_MAGIC: &[u8; 8] = b"ATSPATCH";
+
+/// Whether the file at `path` ends like a committed restore patch.
+pub fn is_committed_patch(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Some(at) = f.metadata().ok().and_then(|m| m.len().checked_sub(8)) else {
+        return false;
+    };
+    let mut tail = [0u8; 8];
+    f.read_exact_at(&mut tail, at).is_ok() && &tail == PATCH_MAGIC
+}
+
 /// The SQLite database a sidecar belongs to, if `path` is named like one.
 fn sidecar_base(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.as_bytes();
@@ -65,12 +83,21 @@ pub fn scan(root: &Path) -> Scan {
             format!("chroma/{}", String::from_utf8_lossy(rel))
         }
     };
-    for entry in walkdir::WalkDir::new(root)
+    // Restore's staging files are skipped; a committed patch among them
+    // means the file beside it is half-written (see `PATCH_MAGIC`).
+    let mut interrupted: Vec<PathBuf> = Vec::new();
+    let walk = walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
         .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !is_restore_temp(e.file_name().as_bytes()))
-    {
+        .filter_entry(|e| {
+            let temp = e.depth() > 0 && is_restore_temp(e.file_name().as_bytes());
+            if temp && e.file_type().is_file() && is_committed_patch(e.path()) {
+                interrupted.push(e.path().to_path_buf());
+            }
+            !temp
+        });
+    for entry in walk {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
@@ -151,6 +178,14 @@ pub fn scan(root: &Path) -> Scan {
             ));
         }
     }
+    for patch in interrupted {
+        let rel = patch.strip_prefix(root).unwrap_or(&patch);
+        scan.warnings.push(format!(
+            "restore_interrupted: {}: a restore was killed while it patched a file in this folder, \
+             which is half-written until that restore is run again (its committed patch is kept)",
+            display(rel.as_os_str().as_bytes())
+        ));
+    }
     scan
 }
 
@@ -183,5 +218,18 @@ mod tests {
             b"seg/data.bin".to_vec(),
         ];
         assert_eq!(rels, want);
+        assert!(scan(root).warnings.is_empty());
+        // A committed patch is not captured either, but said.
+        let mut patch = b"spans".to_vec();
+        patch.extend_from_slice(PATCH_MAGIC);
+        std::fs::write(root.join("seg/.atosnap-restore-3-h-b-n-t-00.tmp"), patch).unwrap();
+        let again = scan(root);
+        assert_eq!(again.items.len(), want.len());
+        assert_eq!(again.warnings.len(), 1, "{:?}", again.warnings);
+        assert!(
+            again.warnings[0].starts_with("restore_interrupted: chroma/seg/.atosnap-restore-3"),
+            "{:?}",
+            again.warnings
+        );
     }
 }

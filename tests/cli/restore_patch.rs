@@ -96,6 +96,15 @@ fn a_restore_killed_after_committing_a_patch_is_finished_by_the_next() {
     let patches = files_named(&rt.chroma().join(SEGMENT), ".atosnap-restore-");
     assert_eq!(patches.len(), 1, "{patches:?}");
 
+    // A snapshot taken meanwhile says the tree is half-restored.
+    let c = rt.create(&["--chroma"]);
+    let warned = strings(&c["warnings"]);
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.starts_with(&format!("restore_interrupted: chroma/{SEGMENT}/"))),
+        "{c}"
+    );
     // The next restore of this tree finishes it before it plans: its
     // plan then finds the file already as the snapshot has it.
     let r = rt.restore_live(&s1);

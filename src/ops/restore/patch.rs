@@ -35,8 +35,9 @@ use crate::store::manifest::Entry;
 use super::apply::{file_time, parent_of};
 use super::stage::FileIdentity;
 
-/// Ends a committed patch file.
-const MAGIC: &[u8; 8] = b"ATSPATCH";
+/// Ends a committed patch file (`create` looks for it: see
+/// [`crate::sources::chroma::is_committed_patch`]).
+const MAGIC: &[u8; 8] = crate::sources::chroma::PATCH_MAGIC;
 /// The fixed end of a committed patch: trailer length, its BLAKE3, MAGIC.
 const FOOTER: u64 = 8 + 32 + 8;
 /// A trailer larger than this is not one of ours (one of
