@@ -113,6 +113,22 @@ struct Trailer {
     spans: Vec<(u64, u64)>,
 }
 
+impl Trailer {
+    /// The trailer committing `patch` to the file `target` (a name in the
+    /// patch's folder), which then gets `mode` and `mtime_ns`.
+    fn of(target: &[u8], patch: &Patch, mode: u32, mtime_ns: i64) -> Trailer {
+        Trailer {
+            target: target.to_vec(),
+            dev: patch.identity.dev(),
+            ino: patch.identity.ino(),
+            len: patch.len,
+            mode: mode & 0o7777,
+            mtime_ns,
+            spans: patch.spans.iter().map(|s| (s.start, s.end)).collect(),
+        }
+    }
+}
+
 /// Step 7 for a patched file: refuses a target that changed since it was
 /// staged, commits the patch, applies it and removes it. An error after
 /// the commit leaves the committed patch for the next restore to replay.
@@ -124,18 +140,8 @@ pub fn install(
     durable: bool,
 ) -> Result<()> {
     check_unchanged(target, patch)?;
-    let trailer = Trailer {
-        target: target
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_default(),
-        dev: patch.identity.dev(),
-        ino: patch.identity.ino(),
-        len: patch.len,
-        mode: entry.mode & 0o7777,
-        mtime_ns: entry.mtime_ns,
-        spans: patch.spans.iter().map(|s| (s.start, s.end)).collect(),
-    };
+    let name = target.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    let trailer = Trailer::of(name, patch, entry.mode, entry.mtime_ns);
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -342,15 +348,7 @@ mod tests {
             .write(true)
             .open(&tmp)
             .unwrap();
-        let trailer = Trailer {
-            target: b"data.bin".to_vec(),
-            dev: patch.identity.dev(),
-            ino: patch.identity.ino(),
-            len: patch.len,
-            mode: 0o600,
-            mtime_ns: 5_000_000_000,
-            spans: patch.spans.iter().map(|s| (s.start, s.end)).collect(),
-        };
+        let trailer = Trailer::of(b"data.bin", &patch, 0o600, 5_000_000_000);
         commit(&f, &trailer, &patch).unwrap();
         assert_eq!(read_trailer(&f), Some(trailer));
         // Killed half-way through the copy: the first span only.
@@ -375,15 +373,7 @@ mod tests {
             .write(true)
             .open(&tmp)
             .unwrap();
-        let mut trailer = Trailer {
-            target: b"data.bin".to_vec(),
-            dev: 0,
-            ino: 0,
-            len: patch.len,
-            mode: 0o600,
-            mtime_ns: 0,
-            spans: vec![(0, 10)],
-        };
+        let mut trailer = Trailer::of(b"data.bin", &patch, 0o600, 0);
         commit(&f, &trailer, &patch).unwrap();
         let len = f.metadata().unwrap().len();
         f.write_all_at(b"X", len - FOOTER - 3).unwrap();
