@@ -117,3 +117,62 @@ fn a_restore_killed_after_committing_a_patch_is_finished_by_the_next() {
     assert_eq!(ino(&data), inode);
     assert_same_tree!(rt.restorable(), want);
 }
+
+/// A disk without room for whole staging copies: a Chroma file that can
+/// be patched counts only what differs (hashed before anything is
+/// staged), and its patch is kept even when it holds most of the file.
+/// Below even that, the refusal names the smaller figure.
+#[test]
+fn a_tight_disk_stages_patches_of_what_differs_only() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let want = reference(&rt, &s1);
+    let data = seg(&rt, "data_level0.bin");
+    let db = std::fs::metadata(rt.db()).unwrap().len();
+    let registry = std::fs::metadata(rt.registry()).unwrap().len();
+    let size = std::fs::metadata(&data).unwrap().len();
+    // Three blocks in four differ, past the half where a roomy disk
+    // stages the file whole.
+    let mut bytes = std::fs::read(&data).unwrap();
+    let blocks = bytes.len() / 4096;
+    for b in (0..blocks).filter(|b| b % 4 != 0) {
+        bytes[b * 4096] ^= 0xff;
+    }
+    std::fs::write(&data, &bytes).unwrap();
+    let differing = (blocks - blocks.div_ceil(4)) as u64 * 4096;
+    let with_margin = |n: u64| n + n / 20;
+    let whole = with_margin(db + registry + size);
+    let patched = with_margin(db + registry + differing);
+    assert!(patched < whole);
+
+    // Less than even the patch needs: refused, nothing written.
+    let inode = ino(&data);
+    let short = (patched - 1).to_string();
+    let args = [
+        "restore",
+        &s1,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ];
+    let Out { json, code, .. } = rt.run_env(&args, &[("ATOSNAP_TEST_FREE_BYTES", &short)]);
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json["error"]["code"], "restore_no_space", "{json}");
+    let msg = json["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("{patched} bytes needed")), "{msg}");
+    assert_eq!(std::fs::read(&data).unwrap(), bytes, "untouched");
+    assert!(files_named(&rt.runtime, ".atosnap-restore-").is_empty());
+
+    // Room for the patch, not for a whole copy: patched in place.
+    let room = (whole - 1).to_string();
+    let Out { json, code, .. } = rt.run_env(&args, &[("ATOSNAP_TEST_FREE_BYTES", &room)]);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(ino(&data), inode, "patched, not replaced");
+    assert_same_tree!(rt.restorable(), want);
+    assert!(files_named(&rt.runtime, ".atosnap-restore-").is_empty());
+
+    // With room for a whole copy the same change is staged whole.
+    std::fs::write(&data, &bytes).unwrap();
+    rt.restore_live(&s1);
+    assert_ne!(ino(&data), inode, "renamed over");
+    assert_same_tree!(rt.restorable(), want);
+}

@@ -505,6 +505,30 @@ impl Reusable {
         }
     }
 
+    /// Bytes of a snapshot file of `size` bytes found in place: the
+    /// slots hashed and matched (positional reuse only; 0 otherwise).
+    pub fn bytes_in_place(&self, size: u64) -> u64 {
+        let Reusable::Slots {
+            size: n,
+            matched: Some(bits),
+            ..
+        } = self
+        else {
+            return 0;
+        };
+        let mut total = 0u64;
+        for (w, word) in bits.iter().enumerate() {
+            let mut rest = *word;
+            while rest != 0 {
+                let slot = w as u64 * 64 + u64::from(rest.trailing_zeros());
+                rest &= rest - 1;
+                let start = slot.saturating_mul(*n);
+                total += n.min(&size.saturating_sub(start));
+            }
+        }
+        total.min(size)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.chunks() == 0
     }
@@ -693,6 +717,14 @@ mod tests {
         assert_eq!(hashed.at(&id, 70 * 4096, 4096), Some(70 * 4096));
         assert_eq!(hashed.at(&id, 71 * 4096, 4096), None);
         assert_eq!(hashed.chunks(), 2);
+        assert_eq!(hashed.bytes_in_place(100 * 4096), 2 * 4096);
+        // The last slot of a shorter snapshot file counts its own bytes.
+        assert_eq!(hashed.bytes_in_place(70 * 4096 + 10), 4096 + 10);
+        assert_eq!(
+            unhashed.bytes_in_place(3 * 4096),
+            0,
+            "not hashed: nothing known"
+        );
         assert!(hashed.is_positional() && !hashed.is_empty());
         let found = Reusable::Found(HashMap::from([(id, (500, 10))]));
         assert_eq!(found.at(&id, 0, 10), Some(500));

@@ -240,7 +240,7 @@ pub fn stage(
         return Err(refusal(manifest, errors));
     }
     let jobs = jobs(manifest, plan)?;
-    check_space(&jobs)?;
+    let room = check_space(store, index, &jobs)?;
     let total: u64 = jobs.iter().map(|j| j.file.size).sum();
     progress.phase("validate and stage", Some(total));
     let mut staged = Staged::default();
@@ -285,6 +285,7 @@ pub fn stage(
                     // The db is always rebuilt whole and renamed (SPEC
                     // §3 step 5), and checked before it is.
                     bulk: matches!(j.slot, Slot::Chroma(_)),
+                    tight: room == Room::Tight,
                 };
                 let on_bytes = |b: u64| progress.advance(b);
                 let staged_file = stage_file(
@@ -357,29 +358,97 @@ pub fn stage(
     }
 }
 
+/// Whether the file systems receiving staging files have room for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Room {
+    /// For every file staged whole.
+    Ample,
+    /// Only with the Chroma files that can be patched staged as patches of
+    /// what differs (measured by hashing them), each kept as a patch.
+    Tight,
+}
+
 /// Refuses the restore (exit 1, nothing staged) when a file system that
 /// would receive staging files has less free space than their bytes plus
 /// 5 %: staging holds every differing file at once, and a disk filled
-/// half-way would fail the restore after minutes of work.
-fn check_space(jobs: &[Job<'_>]) -> Result<()> {
+/// half-way would fail the restore after minutes of work. First counted
+/// as whole copies; when those do not fit, each Chroma file that can be
+/// patched (see [`patchable`]) is hashed and counts only the bytes that
+/// differ (and what it grows by): restoring yesterday into a large Chroma
+/// store must not need the store's size free when a day changed a few
+/// percent of it.
+fn check_space(store: &Store, index: &ChunkIndex, jobs: &[Job<'_>]) -> Result<Room> {
+    let whole = space_needed(jobs, |j| j.file.size)?;
+    if short_of_room(&whole)?.is_none() {
+        return Ok(Room::Ample);
+    }
+    let patched = space_needed(jobs, |j| {
+        patch_bytes(store, index, j).unwrap_or(j.file.size)
+    })?;
+    match short_of_room(&patched)? {
+        None => Ok(Room::Tight),
+        Some(refusal) => Err(refusal),
+    }
+}
+
+/// Bytes to stage per file system (one folder of it to name), `bytes`
+/// of each job summed.
+fn space_needed<'j>(
+    jobs: &'j [Job<'_>],
+    bytes: impl Fn(&Job<'_>) -> u64 + Sync,
+) -> Result<BTreeMap<u64, (&'j Path, u64)>> {
+    let each: Vec<u64> = jobs.par_iter().map(&bytes).collect();
     let mut by_fs: BTreeMap<u64, (&Path, u64)> = BTreeMap::new();
-    for j in jobs {
+    for (j, n) in jobs.iter().zip(each) {
         let dev = fs::metadata(&j.dir).ctx("stat", &j.dir)?.dev();
         let slot = by_fs.entry(dev).or_insert((&j.dir, 0));
-        slot.1 = slot.1.saturating_add(j.file.size);
+        slot.1 = slot.1.saturating_add(n);
     }
-    for (dir, bytes) in by_fs.into_values() {
+    Ok(by_fs)
+}
+
+/// The refusal for the first file system with less room than its bytes
+/// plus 5 %, if any.
+fn short_of_room(by_fs: &BTreeMap<u64, (&Path, u64)>) -> Result<Option<Error>> {
+    for &(dir, bytes) in by_fs.values() {
         let needed = bytes.saturating_add(bytes / 20);
         let available = crate::os::free_bytes(dir).ctx("statvfs", dir)?;
         if needed > available {
-            return Err(Error::RestoreNoSpace {
+            return Ok(Some(Error::RestoreNoSpace {
                 folder: dir.to_path_buf(),
                 needed,
                 available,
-            });
+            }));
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// What patching the job's file on disk would stage: the bytes of the
+/// snapshot's chunks not found in place (hashed now), plus what the file
+/// grows by (written into it while the patch still exists). None when
+/// the file cannot be patched, or cannot be read.
+fn patch_bytes(store: &Store, index: &ChunkIndex, j: &Job<'_>) -> Option<u64> {
+    let reusable = j.reusable?;
+    let old = File::open(&j.target).ok()?;
+    patchable(&old, reusable, matches!(j.slot, Slot::Chroma(_)))?;
+    let found = super::compare_on_disk(store, index, &j.target, &j.entry.path, j.file).ok()?;
+    let in_place = found.reusable.bytes_in_place(j.file.size);
+    let on_disk = old.metadata().ok()?.len();
+    Some(j.file.size - in_place + j.file.size.saturating_sub(on_disk))
+}
+
+/// The identity of the file on disk (`old`) a Chroma file would be
+/// patched into, or None when it must be replaced whole: patched only
+/// when bulk data whose chunks sit where the snapshot has them, in a
+/// plain file with one link (a patch through another link would change
+/// that file too).
+fn patchable(old: &File, reusable: &Reusable, bulk: bool) -> Option<FileIdentity> {
+    if !(bulk && reusable.is_positional() && !reusable.is_empty()) {
+        return None;
+    }
+    let m = old.metadata().ok()?;
+    (m.is_file() && m.nlink() == 1).then(|| FileIdentity::of(&m))
 }
 
 fn refusal(manifest: &Manifest, errors: BTreeSet<String>) -> Error {
@@ -568,14 +637,8 @@ pub(super) fn stage_file(
         .reusable
         .filter(|r| !r.is_empty())
         .and_then(|r| File::open(target).ok().map(|f| (f, r)));
-    // Patched in place: a plain file with one link whose chunks sit where
-    // the snapshot has them (see `patch.rs`).
-    let patch_of = old
-        .as_ref()
-        .filter(|(_, r)| how.bulk && r.is_positional())
-        .and_then(|(f, _)| f.metadata().ok())
-        .filter(|m| m.is_file() && m.nlink() == 1)
-        .map(|m| FileIdentity::of(&m));
+    // Patched in place when it can be (see `patch.rs`).
+    let patch_of = old.as_ref().and_then(|(f, r)| patchable(f, r, how.bulk));
     let output = match (patch_of, how.bulk) {
         (Some(_), _) => Output::Changes,
         (None, true) => Output::WholeBehind,
@@ -634,7 +697,7 @@ pub(super) fn stage_file(
         .fetch_add(chunks.saturating_sub(reused), Ordering::Relaxed);
     let mut patch = None;
     if let (Some(identity), Some((from, _))) = (patch_of, old.as_ref()) {
-        if patch::worth_it(&done.spans, file.size) {
+        if how.tight || patch::worth_it(&done.spans, file.size) {
             patch = Some(Patch {
                 spans: done.spans,
                 len: file.size,
