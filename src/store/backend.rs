@@ -323,6 +323,22 @@ pub fn write_new_synced(path: &Path, data: &[u8]) -> io::Result<()> {
     f.sync_all()
 }
 
+/// Test hook: with `ATOSNAP_TEST_UNREADABLE_FRAMES=<object name>` the
+/// range reads of that object from a local store fail as a disk's read
+/// error does (the storage failing, not the data: see
+/// [`BackendErrorKind`]), its trailer and index still reading (bad
+/// sectors under a pack's frames), so tests can prove what a command does
+/// with a copy it cannot read.
+fn refuse_if_injected(name: &str) -> io::Result<()> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    match NAME.get_or_init(|| std::env::var("ATOSNAP_TEST_UNREADABLE_FRAMES").ok()) {
+        Some(n) if n == name => Err(io::Error::other(format!(
+            "injected read failure of {name} (ATOSNAP_TEST_UNREADABLE_FRAMES)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Backend for LocalBackend {
     fn location(&self) -> String {
         self.root.display().to_string()
@@ -347,6 +363,11 @@ impl Backend for LocalBackend {
     }
 
     fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        refuse_if_injected(name)?;
+        self.read_range_direct(name, offset, len)
+    }
+
+    fn read_range_direct(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let f = self.open_cached(name)?;
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset)?;

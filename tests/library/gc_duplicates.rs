@@ -292,3 +292,82 @@ fn the_dry_runs_of_cleanup_and_forget_report_what_gc_would() {
     assert_eq!(cleanup.exit_code, 3, "{cleanup:?}");
     assert!(named(&cleanup.warnings), "{:?}", cleanup.warnings);
 }
+
+/// The packs holding a copy of `id`.
+fn packs_holding(store: &Store, root: &Path, id: &Id) -> Vec<String> {
+    let mut holding = Vec::new();
+    for p in store.list_packs().unwrap() {
+        let size = std::fs::metadata(root.join(&p.name)).unwrap().len();
+        let layout = store
+            .read_pack_index(&Object::Listed(p.name.clone()), size)
+            .unwrap();
+        if layout.chunks.iter().any(|c| c.id == *id) {
+            holding.push(p.name);
+        }
+    }
+    holding.sort();
+    holding
+}
+
+/// `atosnap gc` on the store at `root` (the binary, so a read failure can
+/// be injected), its cache in `cache`.
+fn gc_bin(
+    root: &Path,
+    cache: &Path,
+    confirm: bool,
+    unreadable: Option<&str>,
+) -> (i32, serde_json::Value) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_atosnap"));
+    cmd.args(["--quiet", "--store"]).arg(root).arg("gc");
+    if confirm {
+        cmd.arg("--confirm");
+    }
+    cmd.env("ATOSNAP_CACHE_DIR", cache);
+    if let Some(name) = unreadable {
+        cmd.env("ATOSNAP_TEST_UNREADABLE_FRAMES", name);
+    }
+    let out = cmd.output().unwrap();
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// The home copy cannot be read (the storage fails, the bytes may be
+/// fine): gc cannot tell whether it is sound, so it keeps every copy and
+/// exits 1; once the pack reads again, gc keeps one copy as before.
+#[test]
+fn an_unreadable_home_copy_keeps_every_copy() {
+    let t = stored_twice();
+    let root = t.dir.path().join("store");
+    let cache = t.dir.path().join("cache");
+    let copy_name = Object::Pack(t.copy).name();
+    let before = packs_holding(&t.store, &root, &t.kept[0]);
+    assert_eq!(before.len(), 2, "stored twice: {before:?}");
+    // The index cache is filled while every pack reads.
+    let (code, dry) = gc_bin(&root, &cache, false, None);
+    assert_eq!(code, 0, "{dry}");
+
+    for confirm in [false, true] {
+        let (code, r) = gc_bin(&root, &cache, confirm, Some(&copy_name));
+        assert_eq!(code, 1, "confirm {confirm}: {r}");
+        let each = t.kept.len() as u64;
+        assert_eq!(r["unreadable_copies"].as_u64(), Some(each), "{r}");
+        assert_eq!(r["damaged_copies"], 0, "{r}");
+        let said = format!("its copy in {copy_name} could not be read");
+        let warned = (r["warnings"].as_array().unwrap().iter())
+            .filter_map(|w| w.as_str())
+            .any(|w| w.contains(&said) && w.contains("every copy is kept"));
+        assert!(warned, "the pack and the failure are named: {r}");
+    }
+    let after = packs_holding(&t.store, &root, &t.kept[0]);
+    assert!(after.contains(&copy_name), "{after:?}");
+    assert_eq!(after.len(), 2, "the other copy is kept too: {after:?}");
+
+    // The pack reads again: one copy goes, the snapshot stays whole.
+    let (code, r) = gc_bin(&root, &cache, true, None);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(packs_holding(&t.store, &root, &t.kept[0]).len(), 1);
+    let store = Store::open(&StoreAddress::local(&root), &t.secrets).unwrap();
+    let v = verify::validate(&store, &t.second.to_string(), WAIT).unwrap();
+    assert!(v.valid, "{:?}", v.errors);
+}
