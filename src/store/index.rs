@@ -194,9 +194,22 @@ const SPILL_PREFIX: &str = "pending-";
 
 /// Removes the spill folders of writers that are gone (a folder removes
 /// itself when its writer ends, but not after a kill), as the next
-/// writer spilling beside them starts. Best effort: a folder that cannot
-/// be removed is left for the next one.
+/// writer spilling beside them starts; and folders of the old form, which
+/// name no writer, once untouched for [`OLD_FORM_STILL_FOR`]. Best
+/// effort: a folder that cannot be removed is left for the next one.
 fn sweep_stale_spills(parent: &std::path::Path) {
+    sweep_spills_older_than(parent, OLD_FORM_STILL_FOR);
+}
+
+/// Folders of the old form (`pending-` and tempfile's six random
+/// characters, before spill folders named their writer) are removed when
+/// untouched this long: no writer runs for a week without writing to its
+/// folder, and a process stopped that long loses only its own create,
+/// whose packs the next gc collects.
+const OLD_FORM_STILL_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// [`sweep_stale_spills`] with the old form's quiet period given.
+fn sweep_spills_older_than(parent: &std::path::Path, old_form_still_for: std::time::Duration) {
     let Ok(list) = std::fs::read_dir(parent) else {
         return;
     };
@@ -206,11 +219,28 @@ fn sweep_stale_spills(parent: &std::path::Path) {
             continue;
         };
         let path = entry.path();
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if is_dir && crate::os::temp_stale(owned, || crate::os::last_touched(&path)) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let untouched_for = |still: std::time::Duration| {
+            crate::os::last_touched(&path)
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= still)
+        };
+        let stale = match is_old_form(owned) {
+            true => untouched_for(old_form_still_for),
+            false => crate::os::temp_stale(owned, || crate::os::last_touched(&path)),
+        };
+        if stale {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
+}
+
+/// A spill folder name of the old form, after the prefix: tempfile's six
+/// random letters and digits, and nothing else.
+fn is_old_form(rest: &str) -> bool {
+    rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Segments of one level merged into one of the next.
@@ -734,7 +764,8 @@ mod tests {
             host: "elsewhere".into(),
             ..dead.clone()
         });
-        // A folder of the old form names no writer: never swept.
+        // A folder of the old form names no writer: swept only once
+        // untouched for a week.
         let old_form = cache.path().join("pending-Xy12Ab");
         std::fs::create_dir(&old_form).unwrap();
         let mut index = ChunkIndex::new();
@@ -750,6 +781,26 @@ mod tests {
         );
         drop(index);
         assert!(!own.exists());
+    }
+
+    #[test]
+    fn an_old_form_spill_folder_goes_once_untouched_for_long_enough() {
+        let cache = tempfile::tempdir().unwrap();
+        let old_form = cache.path().join("pending-Xy12Ab");
+        std::fs::create_dir(&old_form).unwrap();
+        std::fs::write(old_form.join("segment"), b"records").unwrap();
+        // Not the old form: a longer name, or one with other characters.
+        let other = cache.path().join("pending-Xy12Ab7");
+        let odd = cache.path().join("pending-Xy-2Ab");
+        for dir in [&other, &odd] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        let hour = std::time::Duration::from_secs(3600);
+        sweep_spills_older_than(cache.path(), hour);
+        assert!(old_form.exists(), "touched a moment ago");
+        sweep_spills_older_than(cache.path(), std::time::Duration::ZERO);
+        assert!(!old_form.exists(), "quiet long enough");
+        assert!(other.exists() && odd.exists(), "never the old form");
     }
 
     #[test]
