@@ -328,7 +328,8 @@ pub fn write_new_synced(path: &Path, data: &[u8]) -> io::Result<()> {
 /// error does (the storage failing, not the data: see
 /// [`BackendErrorKind`]), its trailer and index still reading (bad
 /// sectors under a pack's frames), so tests can prove what a command does
-/// with a copy it cannot read.
+/// with a copy it cannot read. Only `read_range`: whole-object reads
+/// (`read`, and `open_read`, which verify streams packs with) still work.
 fn refuse_if_injected(name: &str) -> io::Result<()> {
     static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     match NAME.get_or_init(|| std::env::var("ATOSNAP_TEST_UNREADABLE_FRAMES").ok()) {

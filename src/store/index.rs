@@ -194,11 +194,12 @@ const SPILL_PREFIX: &str = "pending-";
 
 /// Removes the spill folders of writers that are gone (a folder removes
 /// itself when its writer ends, but not after a kill), as the next
-/// writer spilling beside them starts; and folders of the old form, which
-/// name no writer, once untouched for [`OLD_FORM_STILL_FOR`]. Best
-/// effort: a folder that cannot be removed is left for the next one.
-fn sweep_stale_spills(parent: &std::path::Path) {
-    sweep_spills_older_than(parent, OLD_FORM_STILL_FOR);
+/// writer spilling beside them starts; and, with `old_form_too` (the
+/// parent is atosnap's cache, not a shared temp dir), folders of the old
+/// form, which name no writer, once untouched for [`OLD_FORM_STILL_FOR`].
+/// Best effort: a folder that cannot be removed is left for the next one.
+fn sweep_stale_spills(parent: &std::path::Path, old_form_too: bool) {
+    sweep_spills_older_than(parent, old_form_too.then_some(OLD_FORM_STILL_FOR));
 }
 
 /// Folders of the old form (`pending-` and tempfile's six random
@@ -208,8 +209,12 @@ fn sweep_stale_spills(parent: &std::path::Path) {
 /// whose packs the next gc collects.
 const OLD_FORM_STILL_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// [`sweep_stale_spills`] with the old form's quiet period given.
-fn sweep_spills_older_than(parent: &std::path::Path, old_form_still_for: std::time::Duration) {
+/// [`sweep_stale_spills`] with the old form's quiet period given (None:
+/// old-form folders are left alone).
+fn sweep_spills_older_than(
+    parent: &std::path::Path,
+    old_form_still_for: Option<std::time::Duration>,
+) {
     let Ok(list) = std::fs::read_dir(parent) else {
         return;
     };
@@ -227,9 +232,10 @@ fn sweep_spills_older_than(parent: &std::path::Path, old_form_still_for: std::ti
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age >= still)
         };
-        let stale = match is_old_form(owned) {
-            true => untouched_for(old_form_still_for),
-            false => crate::os::temp_stale(owned, || crate::os::last_touched(&path)),
+        let stale = match (is_old_form(owned), old_form_still_for) {
+            (true, Some(still)) => untouched_for(still),
+            (true, None) => false,
+            (false, _) => crate::os::temp_stale(owned, || crate::os::last_touched(&path)),
         };
         if stale {
             let _ = std::fs::remove_dir_all(&path);
@@ -420,8 +426,13 @@ impl ChunkIndex {
         let spill = match &mut self.spill {
             Some(s) => s,
             None => {
-                let parent = self.spill_parent.clone().unwrap_or_else(std::env::temp_dir);
-                sweep_stale_spills(&parent);
+                // Old-form folders are atosnap's only in its own cache:
+                // a shared temp dir may hold anyone's `pending-XXXXXX`.
+                let (parent, old_form_too) = match &self.spill_parent {
+                    Some(cache) => (cache.clone(), true),
+                    None => (std::env::temp_dir(), false),
+                };
+                sweep_stale_spills(&parent, old_form_too);
                 let owner = crate::os::TempOwner::current().prefix();
                 let dir = tempfile::Builder::new()
                     .prefix(&format!("{SPILL_PREFIX}{owner}"))
@@ -796,9 +807,12 @@ mod tests {
             std::fs::create_dir(dir).unwrap();
         }
         let hour = std::time::Duration::from_secs(3600);
-        sweep_spills_older_than(cache.path(), hour);
+        sweep_spills_older_than(cache.path(), Some(hour));
         assert!(old_form.exists(), "touched a moment ago");
-        sweep_spills_older_than(cache.path(), std::time::Duration::ZERO);
+        // A shared temp dir's `pending-XXXXXX` may be anyone's.
+        sweep_spills_older_than(cache.path(), None);
+        assert!(old_form.exists(), "not in atosnap's own cache");
+        sweep_spills_older_than(cache.path(), Some(std::time::Duration::ZERO));
         assert!(!old_form.exists(), "quiet long enough");
         assert!(other.exists() && odd.exists(), "never the old form");
     }

@@ -140,13 +140,20 @@ fn a_tight_disk_stages_patches_of_what_differs_only() {
     }
     std::fs::write(&data, &bytes).unwrap();
     let differing = (blocks - blocks.div_ceil(4)) as u64 * 4096;
+    // A small file that wholly differs: its patch would take more blocks
+    // than the file, so it counts (and is staged) as a whole copy.
+    let lengths = seg(&rt, "length.bin");
+    let small = std::fs::metadata(&lengths).unwrap().len();
+    assert!(!small.is_multiple_of(4096), "{small}");
+    std::fs::write(&lengths, vec![0xa5u8; small as usize]).unwrap();
     let with_margin = |n: u64| n + n / 20;
-    let whole = with_margin(db + registry + size);
-    let patched = with_margin(db + registry + differing);
+    let whole = with_margin(db + registry + size + small);
+    let patched = with_margin(db + registry + differing + small);
     assert!(patched < whole);
 
     // Less than even the patch needs: refused, nothing written.
     let inode = ino(&data);
+    let small_inode = ino(&lengths);
     let short = (patched - 1).to_string();
     let args = [
         "restore",
@@ -167,6 +174,7 @@ fn a_tight_disk_stages_patches_of_what_differs_only() {
     let Out { json, code, .. } = rt.run_env(&args, &[("ATOSNAP_TEST_FREE_BYTES", &room)]);
     assert_eq!(code, 0, "{json}");
     assert_eq!(ino(&data), inode, "patched, not replaced");
+    assert_ne!(ino(&lengths), small_inode, "the small file is replaced");
     assert_same_tree!(rt.restorable(), want);
     assert!(files_named(&rt.runtime, ".atosnap-restore-").is_empty());
 

@@ -224,10 +224,10 @@ pub struct Install<'a> {
     /// in place rather than replaced (see `patch.rs`). Not the db, whose
     /// staged copy `integrity_check` reads at once.
     pub bulk: bool,
-    /// The disk has no room for whole copies (see `stage::check_space`): a
-    /// patch is kept whatever share of the file it holds, since filling
-    /// its gaps would need that room.
-    pub tight: bool,
+    /// The disk has no room for a whole copy of this file (see
+    /// `stage::check_space`): its patch is kept whatever share of the
+    /// file it holds, since filling its gaps would need that room.
+    pub keep_patch: bool,
 }
 
 /// Rebuilds a file from its chunks into a temp file beside `target`, sets

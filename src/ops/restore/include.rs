@@ -119,7 +119,7 @@ pub fn restore_paths(store: &Store, opts: &IncludeOptions) -> Result<IncludeResu
                     reusable: None,
                     durable: false,
                     bulk: false,
-                    tight: false,
+                    keep_patch: false,
                 };
                 restore::install_file(store, &index, e, f, &target, how, &|_| {})?;
                 r.files_written += 1;

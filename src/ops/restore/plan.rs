@@ -505,28 +505,39 @@ impl Reusable {
         }
     }
 
-    /// Bytes of a snapshot file of `size` bytes found in place: the
-    /// slots hashed and matched (positional reuse only; 0 otherwise).
-    pub fn bytes_in_place(&self, size: u64) -> u64 {
+    /// What a patch of a snapshot file of `size` bytes would hold: the
+    /// runs of its slots the hash found differing (positional reuse
+    /// whose slots were hashed only; None otherwise), and their bytes,
+    /// each run rounded out to `block` (a sparse file takes whole
+    /// blocks).
+    pub fn differing(&self, size: u64, block: u64) -> Option<Differing> {
         let Reusable::Slots {
             size: n,
             matched: Some(bits),
             ..
         } = self
         else {
-            return 0;
+            return None;
         };
-        let mut total = 0u64;
-        for (w, word) in bits.iter().enumerate() {
-            let mut rest = *word;
-            while rest != 0 {
-                let slot = w as u64 * 64 + u64::from(rest.trailing_zeros());
-                rest &= rest - 1;
-                let start = slot.saturating_mul(*n);
-                total += n.min(&size.saturating_sub(start));
+        let (n, block) = ((*n).max(1), block.max(1));
+        let mut out = Differing::default();
+        let mut run: Option<u64> = None;
+        let slots = size.div_ceil(n);
+        for slot in 0..=slots {
+            let differs = slot < slots && !bit(bits, slot);
+            match (run, differs) {
+                (None, true) => run = Some(slot),
+                (Some(first), false) => {
+                    let from = (first * n) / block * block;
+                    let to = (slot * n).min(size).div_ceil(block) * block;
+                    out.bytes += to - from;
+                    out.runs += 1;
+                    run = None;
+                }
+                _ => {}
             }
         }
-        total.min(size)
+        Some(out)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -539,6 +550,13 @@ impl Reusable {
     pub fn is_positional(&self) -> bool {
         matches!(self, Reusable::Slots { .. })
     }
+}
+
+/// See [`Reusable::differing`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Differing {
+    pub bytes: u64,
+    pub runs: u64,
 }
 
 fn bit(bits: &[u64], slot: u64) -> bool {
@@ -717,12 +735,24 @@ mod tests {
         assert_eq!(hashed.at(&id, 70 * 4096, 4096), Some(70 * 4096));
         assert_eq!(hashed.at(&id, 71 * 4096, 4096), None);
         assert_eq!(hashed.chunks(), 2);
-        assert_eq!(hashed.bytes_in_place(100 * 4096), 2 * 4096);
-        // The last slot of a shorter snapshot file counts its own bytes.
-        assert_eq!(hashed.bytes_in_place(70 * 4096 + 10), 4096 + 10);
+        // Slots 0 and 70 of 100 match: runs 1..70 and 71..100 differ.
+        let d = |runs, bytes| Some(Differing { bytes, runs });
+        assert_eq!(hashed.differing(100 * 4096, 4096), d(2, 98 * 4096));
+        // The last slot of a shorter snapshot file counts its own bytes,
+        // rounded out to a block.
+        assert_eq!(hashed.differing(70 * 4096 + 10, 1), d(1, 69 * 4096));
+        assert_eq!(hashed.differing(72 * 4096 + 10, 1), d(2, 70 * 4096 + 10));
+        assert_eq!(hashed.differing(72 * 4096 + 10, 4096), d(2, 71 * 4096));
+        // Pages smaller than a block: each run takes whole blocks.
+        let small = Reusable::Slots {
+            size: 1024,
+            len: 8 * 1024,
+            matched: Some(vec![0b1011_1101]),
+        };
+        assert_eq!(small.differing(8 * 1024, 4096), d(2, 2 * 4096));
         assert_eq!(
-            unhashed.bytes_in_place(3 * 4096),
-            0,
+            unhashed.differing(3 * 4096, 4096),
+            None,
             "not hashed: nothing known"
         );
         assert!(hashed.is_positional() && !hashed.is_empty());

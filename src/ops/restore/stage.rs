@@ -240,7 +240,7 @@ pub fn stage(
         return Err(refusal(manifest, errors));
     }
     let jobs = jobs(manifest, plan)?;
-    let room = check_space(store, index, &jobs)?;
+    let keep_patch = check_space(store, index, &jobs, progress)?;
     let total: u64 = jobs.iter().map(|j| j.file.size).sum();
     progress.phase("validate and stage", Some(total));
     let mut staged = Staged::default();
@@ -285,7 +285,7 @@ pub fn stage(
                     // The db is always rebuilt whole and renamed (SPEC
                     // §3 step 5), and checked before it is.
                     bulk: matches!(j.slot, Slot::Chroma(_)),
-                    tight: room == Room::Tight,
+                    keep_patch: keep_patch[n],
                 };
                 let on_bytes = |b: u64| progress.advance(b);
                 let staged_file = stage_file(
@@ -358,48 +358,46 @@ pub fn stage(
     }
 }
 
-/// Whether the file systems receiving staging files have room for them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Room {
-    /// For every file staged whole.
-    Ample,
-    /// Only with the Chroma files that can be patched staged as patches of
-    /// what differs (measured by hashing them), each kept as a patch.
-    Tight,
-}
-
 /// Refuses the restore (exit 1, nothing staged) when a file system that
 /// would receive staging files has less free space than their bytes plus
 /// 5 %: staging holds every differing file at once, and a disk filled
 /// half-way would fail the restore after minutes of work. First counted
 /// as whole copies; when those do not fit, each Chroma file that can be
-/// patched (see [`patchable`]) is hashed and counts only the bytes that
-/// differ (and what it grows by): restoring yesterday into a large Chroma
-/// store must not need the store's size free when a day changed a few
-/// percent of it.
-fn check_space(store: &Store, index: &ChunkIndex, jobs: &[Job<'_>]) -> Result<Room> {
-    let whole = space_needed(jobs, |j| j.file.size)?;
-    if short_of_room(&whole)?.is_none() {
-        return Ok(Room::Ample);
+/// patched (see [`patchable`]) is hashed and counts what its patch would
+/// hold, if that is less than the file: restoring yesterday into a large
+/// Chroma store must not need the store's size free when a day changed
+/// a few percent of it. Returns, per job, whether its patch must be kept
+/// whatever share of the file it holds (filling its gaps would need the
+/// room that was not there).
+fn check_space(
+    store: &Store,
+    index: &ChunkIndex,
+    jobs: &[Job<'_>],
+    progress: &dyn Progress,
+) -> Result<Vec<bool>> {
+    let whole: Vec<u64> = jobs.iter().map(|j| j.file.size).collect();
+    if short_of_room(&space_needed(jobs, &whole)?)?.is_none() {
+        return Ok(vec![false; jobs.len()]);
     }
-    let patched = space_needed(jobs, |j| {
-        patch_bytes(store, index, j).unwrap_or(j.file.size)
-    })?;
-    match short_of_room(&patched)? {
-        None => Ok(Room::Tight),
+    progress.phase("measure what differs (little free space)", None);
+    let patches: Vec<Option<u64>> = jobs
+        .par_iter()
+        .map(|j| patch_bytes(store, index, j).filter(|&b| b < j.file.size))
+        .collect();
+    let bytes: Vec<u64> = (patches.iter().zip(&whole))
+        .map(|(patch, &size)| patch.unwrap_or(size))
+        .collect();
+    match short_of_room(&space_needed(jobs, &bytes)?)? {
+        None => Ok(patches.iter().map(Option::is_some).collect()),
         Some(refusal) => Err(refusal),
     }
 }
 
-/// Bytes to stage per file system (one folder of it to name), `bytes`
-/// of each job summed.
-fn space_needed<'j>(
-    jobs: &'j [Job<'_>],
-    bytes: impl Fn(&Job<'_>) -> u64 + Sync,
-) -> Result<BTreeMap<u64, (&'j Path, u64)>> {
-    let each: Vec<u64> = jobs.par_iter().map(&bytes).collect();
+/// Bytes to stage per file system (one folder of it to name): `bytes[i]`
+/// for job i.
+fn space_needed<'j>(jobs: &'j [Job<'_>], bytes: &[u64]) -> Result<BTreeMap<u64, (&'j Path, u64)>> {
     let mut by_fs: BTreeMap<u64, (&Path, u64)> = BTreeMap::new();
-    for (j, n) in jobs.iter().zip(each) {
+    for (j, &n) in jobs.iter().zip(bytes) {
         let dev = fs::metadata(&j.dir).ctx("stat", &j.dir)?.dev();
         let slot = by_fs.entry(dev).or_insert((&j.dir, 0));
         slot.1 = slot.1.saturating_add(n);
@@ -424,18 +422,23 @@ fn short_of_room(by_fs: &BTreeMap<u64, (&Path, u64)>) -> Result<Option<Error>> {
     Ok(None)
 }
 
-/// What patching the job's file on disk would stage: the bytes of the
-/// snapshot's chunks not found in place (hashed now), plus what the file
-/// grows by (written into it while the patch still exists). None when
-/// the file cannot be patched, or cannot be read.
+/// What patching the job's file on disk would stage: the runs of the
+/// snapshot's chunks not found in place (hashed now), each rounded out to
+/// the file system's blocks, plus what the file grows by (written into
+/// it while the patch still exists). None when the file cannot be
+/// patched or read, or when its runs would reach [`extract::MAX_SPANS`]
+/// (past which the rest of a patch is written whole).
 fn patch_bytes(store: &Store, index: &ChunkIndex, j: &Job<'_>) -> Option<u64> {
     let reusable = j.reusable?;
     let old = File::open(&j.target).ok()?;
     patchable(&old, reusable, matches!(j.slot, Slot::Chroma(_)))?;
+    let disk = old.metadata().ok()?;
     let found = super::compare_on_disk(store, index, &j.target, &j.entry.path, j.file).ok()?;
-    let in_place = found.reusable.bytes_in_place(j.file.size);
-    let on_disk = old.metadata().ok()?.len();
-    Some(j.file.size - in_place + j.file.size.saturating_sub(on_disk))
+    let differing = found.reusable.differing(j.file.size, disk.blksize())?;
+    if differing.runs >= extract::MAX_SPANS as u64 {
+        return None;
+    }
+    Some(differing.bytes + j.file.size.saturating_sub(disk.len()))
 }
 
 /// The identity of the file on disk (`old`) a Chroma file would be
@@ -697,7 +700,7 @@ pub(super) fn stage_file(
         .fetch_add(chunks.saturating_sub(reused), Ordering::Relaxed);
     let mut patch = None;
     if let (Some(identity), Some((from, _))) = (patch_of, old.as_ref()) {
-        if how.tight || patch::worth_it(&done.spans, file.size) {
+        if how.keep_patch || patch::worth_it(&done.spans, file.size) {
             patch = Some(Patch {
                 spans: done.spans,
                 len: file.size,
