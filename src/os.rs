@@ -144,6 +144,78 @@ pub fn forget_cached(file: &std::fs::File, range: &std::ops::Range<u64>) {
     let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), at, len, libc::POSIX_FADV_DONTNEED) };
 }
 
+/// Copies `range` of `from` into `to` at the same offsets, in the kernel
+/// (`copy_file_range`: one call per range, no buffer of ours, and on file
+/// systems that share extents no copy at all). Where the kernel cannot
+/// (another file system, an old kernel), through a buffer. Why: a patch
+/// is thousands of short runs, each two calls and a buffer otherwise.
+pub fn copy_range(
+    from: &std::fs::File,
+    to: &std::fs::File,
+    range: std::ops::Range<u64>,
+) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let mut at = range.start;
+    while at < range.end {
+        let (Ok(mut off_in), Ok(mut off_out)) =
+            (libc::loff_t::try_from(at), libc::loff_t::try_from(at))
+        else {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        };
+        let want = usize::try_from(range.end - at)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        // SAFETY: both descriptors are open for the whole call (borrowed
+        // files), and the offsets are locals the call updates.
+        let n = unsafe {
+            libc::copy_file_range(
+                from.as_raw_fd(),
+                &mut off_in,
+                to.as_raw_fd(),
+                &mut off_out,
+                want,
+                0,
+            )
+        };
+        match n {
+            0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            n if n > 0 => at += n as u64,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                        copy_range_buffered(from, to, at..range.end)
+                    }
+                    _ => Err(e),
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`copy_range`] through a buffer of at most 1 MiB.
+fn copy_range_buffered(
+    from: &std::fs::File,
+    to: &std::fs::File,
+    range: std::ops::Range<u64>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let mut at = range.start;
+    while at < range.end {
+        let n = usize::try_from(range.end - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        from.read_exact_at(&mut buf[..n], at)?;
+        to.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// This host's name (lock objects, claim markers and temp names carry it).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -518,6 +590,38 @@ mod tests {
             libc::munmap(at, len);
         }
         vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    #[test]
+    fn copied_ranges_land_at_their_offsets_in_the_kernel_or_through_a_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3 * 4096 + 100u32)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let from = dir.path().join("from");
+        fs::write(&from, &data).unwrap();
+        let from = fs::File::open(&from).unwrap();
+        for (name, buffered) in [("kernel", false), ("buffer", true)] {
+            let path = dir.path().join(name);
+            fs::write(&path, vec![0u8; data.len()]).unwrap();
+            let to = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let copy = |r: std::ops::Range<u64>| match buffered {
+                false => copy_range(&from, &to, r),
+                true => copy_range_buffered(&from, &to, r),
+            };
+            copy(4096..8192).unwrap();
+            copy(3 * 4096..data.len() as u64).unwrap();
+            copy(10..10).unwrap();
+            let got = fs::read(&path).unwrap();
+            let mut want = vec![0u8; data.len()];
+            want[4096..8192].copy_from_slice(&data[4096..8192]);
+            want[3 * 4096..].copy_from_slice(&data[3 * 4096..]);
+            assert_eq!(got, want, "{name}");
+            // Past the end of the source: an error, never zeros.
+            let past = data.len() as u64;
+            let err = copy(past - 10..past + 10).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{name}");
+        }
     }
 
     #[test]

@@ -43,9 +43,6 @@ const FOOTER: u64 = 8 + 32 + 8;
 /// A trailer larger than this is not one of ours (one of
 /// [`crate::ops::extract::MAX_SPANS`] spans takes about 8 MB).
 const TRAILER_MAX: u64 = 32 << 20;
-/// Bytes per copy when a span is moved between files.
-const COPY_BUF: usize = 1 << 20;
-
 /// A staged patch: the spans written into the patch file, the size the
 /// target ends with, and the target as staging found it (it must be the
 /// same, unchanged file when the patch is applied).
@@ -87,15 +84,7 @@ pub fn fill_gaps(old: &File, patch: &File, spans: &[Range<u64>], len: u64) -> st
 
 /// Copies `span` of `from` into `to` at the same offsets.
 fn copy_span(from: &File, to: &File, span: Range<u64>) -> std::io::Result<()> {
-    let mut buf = vec![0u8; COPY_BUF.min((span.end.saturating_sub(span.start)) as usize)];
-    let mut at = span.start;
-    while at < span.end {
-        let n = ((span.end - at) as usize).min(buf.len());
-        from.read_exact_at(&mut buf[..n], at)?;
-        to.write_all_at(&buf[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
+    crate::os::copy_range(from, to, span)
 }
 
 /// What a committed patch records.
