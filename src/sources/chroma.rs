@@ -6,6 +6,7 @@ use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::sources::restore_patch::Trailer;
 use crate::sources::sqlite::sqlite_page_size_of;
 
 /// Something found in the Chroma tree. `rel` is relative to the Chroma dir
@@ -47,24 +48,6 @@ pub fn is_restore_temp(name: &[u8]) -> bool {
     name.starts_with(RESTORE_TEMP_PREFIX.as_bytes())
 }
 
-/// The last 8 bytes of a committed restore patch (`ops/restore/patch.rs`):
-/// a restore killed while it patched a file leaves one beside it, and the
-/// file is half-written until the next restore replays it.
-pub const PATCH_MAGIC: &[u8; 8] = b"ATSPATCH";
-
-/// Whether the file at `path` ends like a committed restore patch.
-pub fn is_committed_patch(path: &Path) -> bool {
-    use std::os::unix::fs::FileExt;
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let Some(at) = f.metadata().ok().and_then(|m| m.len().checked_sub(8)) else {
-        return false;
-    };
-    let mut tail = [0u8; 8];
-    f.read_exact_at(&mut tail, at).is_ok() && &tail == PATCH_MAGIC
-}
-
 /// The SQLite database a sidecar belongs to, if `path` is named like one.
 fn sidecar_base(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.as_bytes();
@@ -84,16 +67,18 @@ pub fn scan(root: &Path) -> Scan {
         }
     };
     // Restore's staging files are skipped; a committed patch among them
-    // means the file beside it is half-written (see `PATCH_MAGIC`).
-    let mut interrupted: Vec<PathBuf> = Vec::new();
+    // means the file beside it may be half-written (see `restore_patch`).
+    let mut interrupted: Vec<(PathBuf, Trailer)> = Vec::new();
     let walk = walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| {
             let temp = e.depth() > 0 && is_restore_temp(e.file_name().as_bytes());
-            if temp && e.file_type().is_file() && is_committed_patch(e.path()) {
-                interrupted.push(e.path().to_path_buf());
+            if temp && e.file_type().is_file() {
+                if let Some(t) = Trailer::read_at(e.path()) {
+                    interrupted.push((e.path().to_path_buf(), t));
+                }
             }
             !temp
         });
@@ -178,13 +163,29 @@ pub fn scan(root: &Path) -> Scan {
             ));
         }
     }
-    for patch in interrupted {
-        let rel = patch.strip_prefix(root).unwrap_or(&patch);
-        scan.warnings.push(format!(
-            "restore_interrupted: {}: a restore was killed while it patched a file in this folder, \
-             which is half-written until that restore is run again (its committed patch is kept)",
-            display(rel.as_os_str().as_bytes())
-        ));
+    let rel = |p: &Path| {
+        let rel = p.strip_prefix(root).unwrap_or(p);
+        display(rel.as_os_str().as_bytes())
+    };
+    for (patch, t) in interrupted {
+        let target = t.target_beside(&patch);
+        match std::fs::symlink_metadata(&target) {
+            // Killed after its commit, the restore may have copied any
+            // part of the patch into the file: a torn copy, whatever the
+            // capture read (SPEC §1: never reported as good).
+            Ok(m) if t.patches(&m) => scan.errors.push(format!(
+                "restore_interrupted: {}: a restore was killed while it patched this file, which \
+                 stays half-written until a restore of this tree is run again (it finishes the \
+                 committed patch {})",
+                rel(&target),
+                rel(&patch)
+            )),
+            _ => scan.warnings.push(format!(
+                "stale restore patch: {}: its file was replaced or removed since; the next \
+                 restore of this tree removes it",
+                rel(&patch)
+            )),
+        }
     }
     scan
 }
@@ -192,6 +193,7 @@ pub fn scan(root: &Path) -> Scan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn restore_staging_files_are_never_scanned() {
@@ -219,17 +221,41 @@ mod tests {
         ];
         assert_eq!(rels, want);
         assert!(scan(root).warnings.is_empty());
-        // A committed patch is not captured either, but said.
-        let mut patch = b"spans".to_vec();
-        patch.extend_from_slice(PATCH_MAGIC);
-        std::fs::write(root.join("seg/.atosnap-restore-3-h-b-n-t-00.tmp"), patch).unwrap();
+        // A committed patch is not captured either. Its file may be
+        // half-written: an error, so the snapshot is not reported as good.
+        let data = std::fs::symlink_metadata(root.join("seg/data.bin")).unwrap();
+        let commit = |name: &str, target: &[u8]| {
+            let t = Trailer {
+                target: target.to_vec(),
+                dev: data.dev(),
+                ino: data.ino(),
+                len: 4,
+                mode: 0o600,
+                mtime_ns: 0,
+                spans: vec![(0, 4)],
+            };
+            let mut bytes = b"spans".to_vec();
+            bytes.extend(t.encode().unwrap());
+            std::fs::write(root.join("seg").join(name), bytes).unwrap();
+        };
+        commit(".atosnap-restore-3-h-b-n-t-00.tmp", b"data.bin");
         let again = scan(root);
         assert_eq!(again.items.len(), want.len());
-        assert_eq!(again.warnings.len(), 1, "{:?}", again.warnings);
+        assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+        assert_eq!(again.errors.len(), 1, "{:?}", again.errors);
         assert!(
-            again.warnings[0].starts_with("restore_interrupted: chroma/seg/.atosnap-restore-3"),
+            again.errors[0].starts_with("restore_interrupted: chroma/seg/data.bin: ")
+                && again.errors[0].contains("chroma/seg/.atosnap-restore-3"),
             "{:?}",
-            again.warnings
+            again.errors
         );
+        // One whose file was replaced since (another inode) is stale.
+        std::fs::remove_file(root.join("seg/.atosnap-restore-3-h-b-n-t-00.tmp")).unwrap();
+        std::fs::write(root.join("seg/other.bin"), b"data").unwrap();
+        commit(".atosnap-restore-4-h-b-n-t-00.tmp", b"other.bin");
+        let stale = scan(root);
+        assert!(stale.errors.is_empty(), "{:?}", stale.errors);
+        assert_eq!(stale.warnings.len(), 1, "{:?}", stale.warnings);
+        assert!(stale.warnings[0].starts_with("stale restore patch: chroma/seg/.atosnap-restore-4"));
     }
 }

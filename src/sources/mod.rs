@@ -4,6 +4,7 @@
 pub mod paths;
 
 pub mod chroma;
+pub mod restore_patch;
 pub mod sqlite;
 
 use std::fs::Metadata;

@@ -96,15 +96,18 @@ fn a_restore_killed_after_committing_a_patch_is_finished_by_the_next() {
     let patches = files_named(&rt.chroma().join(SEGMENT), ".atosnap-restore-");
     assert_eq!(patches.len(), 1, "{patches:?}");
 
-    // A snapshot taken meanwhile says the tree is half-restored.
+    // A snapshot taken meanwhile is written but never reported as good:
+    // it names the half-restored file, and a restore of it is refused.
     let c = rt.create(&["--chroma"]);
-    let warned = strings(&c["warnings"]);
-    assert!(
-        warned
-            .iter()
-            .any(|w| w.starts_with(&format!("restore_interrupted: chroma/{SEGMENT}/"))),
-        "{c}"
-    );
+    assert_eq!(c["validated"], false, "{c}");
+    let errors = strings(&c["validation_errors"]);
+    let named = format!("restore_interrupted: chroma/{SEGMENT}/data_level0.bin: ");
+    assert!(errors.iter().any(|e| e.starts_with(&named)), "{c}");
+    let torn = c["stamp"].as_str().unwrap();
+    assert_eq!(rt.run(&["validate", torn]).code, 3);
+    let into = rt.dir.path().join("torn");
+    let refused = rt.run(&["restore", torn, "--to", &into.to_string_lossy()]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
     // The next restore of this tree finishes it before it plans: its
     // plan then finds the file already as the snapshot has it.
     let r = rt.restore_live(&s1);

@@ -20,8 +20,6 @@
 //! file ends wholly new. The file keeps its inode, owner and other links
 //! are not involved: only a plain file with one link is patched.
 
-use serde::{Deserialize, Serialize};
-use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::ErrorKind;
 use std::ops::Range;
@@ -30,19 +28,12 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
+use crate::sources::restore_patch::Trailer;
 use crate::store::manifest::Entry;
 
 use super::apply::{file_time, parent_of};
 use super::stage::FileIdentity;
 
-/// Ends a committed patch file (`create` looks for it: see
-/// [`crate::sources::chroma::is_committed_patch`]).
-const MAGIC: &[u8; 8] = crate::sources::chroma::PATCH_MAGIC;
-/// The fixed end of a committed patch: trailer length, its BLAKE3, MAGIC.
-const FOOTER: u64 = 8 + 32 + 8;
-/// A trailer larger than this is not one of ours (one of
-/// [`crate::ops::extract::MAX_SPANS`] spans takes about 8 MB).
-const TRAILER_MAX: u64 = 32 << 20;
 /// A staged patch: the spans written into the patch file, the size the
 /// target ends with, and the target as staging found it (it must be the
 /// same, unchanged file when the patch is applied).
@@ -87,34 +78,17 @@ fn copy_span(from: &File, to: &File, span: Range<u64>) -> std::io::Result<()> {
     crate::os::copy_range(from, to, span)
 }
 
-/// What a committed patch records.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct Trailer {
-    /// The target's file name, in the patch's folder.
-    target: Vec<u8>,
-    /// The target's device and inode: a file put there since is not
-    /// patched.
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mode: u32,
-    mtime_ns: i64,
-    spans: Vec<(u64, u64)>,
-}
-
-impl Trailer {
-    /// The trailer committing `patch` to the file `target` (a name in the
-    /// patch's folder), which then gets `mode` and `mtime_ns`.
-    fn of(target: &[u8], patch: &Patch, mode: u32, mtime_ns: i64) -> Trailer {
-        Trailer {
-            target: target.to_vec(),
-            dev: patch.identity.dev(),
-            ino: patch.identity.ino(),
-            len: patch.len,
-            mode: mode & 0o7777,
-            mtime_ns,
-            spans: patch.spans.iter().map(|s| (s.start, s.end)).collect(),
-        }
+/// The trailer committing `patch` to the file `target` (a name in the
+/// patch's folder), which then gets `mode` and `mtime_ns`.
+fn trailer_of(target: &[u8], patch: &Patch, mode: u32, mtime_ns: i64) -> Trailer {
+    Trailer {
+        target: target.to_vec(),
+        dev: patch.identity.dev(),
+        ino: patch.identity.ino(),
+        len: patch.len,
+        mode: mode & 0o7777,
+        mtime_ns,
+        spans: patch.spans.iter().map(|s| (s.start, s.end)).collect(),
     }
 }
 
@@ -130,7 +104,7 @@ pub fn install(
 ) -> Result<()> {
     check_unchanged(target, patch)?;
     let name = target.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-    let trailer = Trailer::of(name, patch, entry.mode, entry.mtime_ns);
+    let trailer = trailer_of(name, patch, entry.mode, entry.mtime_ns);
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -166,40 +140,9 @@ pub fn check_unchanged(target: &Path, patch: &Patch) -> Result<()> {
 fn commit(f: &File, trailer: &Trailer, patch: &Patch) -> std::io::Result<()> {
     let data_end = patch.spans.iter().map(|s| s.end).fold(patch.len, u64::max);
     let at = data_end.div_ceil(4096) * 4096;
-    let json = serde_json::to_vec(trailer).map_err(std::io::Error::other)?;
-    let mut tail = json.clone();
-    tail.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    tail.extend_from_slice(blake3::hash(&json).as_bytes());
-    tail.extend_from_slice(MAGIC);
+    let tail = trailer.encode()?;
     f.set_len(at)?;
     f.write_all_at(&tail, at)
-}
-
-/// Reads a committed patch's trailer: None for a file that is not one
-/// (a patch never committed, or any other staging file).
-fn read_trailer(f: &File) -> Option<Trailer> {
-    let len = f.metadata().ok()?.len();
-    let mut footer = [0u8; FOOTER as usize];
-    f.read_exact_at(&mut footer, len.checked_sub(FOOTER)?)
-        .ok()?;
-    if &footer[40..] != MAGIC {
-        return None;
-    }
-    let json_len = u64::from_le_bytes(footer[..8].try_into().ok()?);
-    if json_len > TRAILER_MAX {
-        return None;
-    }
-    let mut json = vec![0u8; json_len as usize];
-    f.read_exact_at(&mut json, (len - FOOTER).checked_sub(json_len)?)
-        .ok()?;
-    if blake3::hash(&json).as_bytes() != &footer[8..40] {
-        return None;
-    }
-    let t: Trailer = serde_json::from_slice(&json).ok()?;
-    let name_ok =
-        !t.target.is_empty() && !t.target.contains(&b'/') && t.target != b".." && t.target != b".";
-    let spans_ok = t.spans.iter().all(|&(a, b)| a <= b && b <= t.len);
-    (name_ok && spans_ok).then_some(t)
 }
 
 /// Copies the spans into the target (never through a symlink), cuts it to
@@ -242,14 +185,12 @@ pub fn recover(path: &Path) -> Recovered {
     let Ok(f) = File::open(path) else {
         return Recovered::NotAPatch;
     };
-    let Some(t) = read_trailer(&f) else {
+    let Some(t) = Trailer::read(&f) else {
         return Recovered::NotAPatch;
     };
-    let target = parent_of(path).join(OsStr::from_bytes(&t.target));
+    let target = t.target_beside(path);
     let replayed = match fs::symlink_metadata(&target) {
-        Ok(m) if m.is_file() && (m.dev(), m.ino()) == (t.dev, t.ino) => {
-            replay(&f, &target, &t, true).is_ok()
-        }
+        Ok(m) if t.patches(&m) => replay(&f, &target, &t, true).is_ok(),
         // Gone or replaced since: nothing left to finish.
         Ok(_) => true,
         Err(e) => e.kind() == ErrorKind::NotFound,
@@ -264,6 +205,7 @@ pub fn recover(path: &Path) -> Recovered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::restore_patch::FOOTER;
 
     fn identity(p: &Path) -> FileIdentity {
         FileIdentity::of(&fs::symlink_metadata(p).unwrap())
@@ -337,9 +279,9 @@ mod tests {
             .write(true)
             .open(&tmp)
             .unwrap();
-        let trailer = Trailer::of(b"data.bin", &patch, 0o600, 5_000_000_000);
+        let trailer = trailer_of(b"data.bin", &patch, 0o600, 5_000_000_000);
         commit(&f, &trailer, &patch).unwrap();
-        assert_eq!(read_trailer(&f), Some(trailer));
+        assert_eq!(Trailer::read(&f), Some(trailer));
         // Killed half-way through the copy: the first span only.
         copy_span(
             &f,
@@ -362,20 +304,10 @@ mod tests {
             .write(true)
             .open(&tmp)
             .unwrap();
-        let mut trailer = Trailer::of(b"data.bin", &patch, 0o600, 0);
-        commit(&f, &trailer, &patch).unwrap();
+        commit(&f, &trailer_of(b"data.bin", &patch, 0o600, 0), &patch).unwrap();
         let len = f.metadata().unwrap().len();
         f.write_all_at(b"X", len - FOOTER - 3).unwrap();
-        assert_eq!(read_trailer(&f), None, "hash mismatch");
-        for bad in [b"../x".to_vec(), b"..".to_vec(), Vec::new()] {
-            trailer.target = bad;
-            commit(&f, &trailer, &patch).unwrap();
-            assert_eq!(read_trailer(&f), None);
-        }
-        trailer.target = b"data.bin".to_vec();
-        trailer.spans = vec![(0, patch.len + 1)];
-        commit(&f, &trailer, &patch).unwrap();
-        assert_eq!(read_trailer(&f), None, "span past the end");
+        assert_eq!(recover(&tmp), Recovered::NotAPatch, "hash mismatch");
         assert_eq!(fs::read(&target).unwrap(), vec![1; 3 * 4096]);
     }
 
