@@ -323,22 +323,34 @@ pub fn write_new_synced(path: &Path, data: &[u8]) -> io::Result<()> {
     f.sync_all()
 }
 
-/// Test hook: with `ATOSNAP_TEST_UNREADABLE_FRAMES=<object name>` the
-/// range reads of that object from a local store fail as a disk's read
-/// error does (the storage failing, not the data: see
-/// [`BackendErrorKind`]), its trailer and index still reading (bad
-/// sectors under a pack's frames), so tests can prove what a command does
-/// with a copy it cannot read. Only `read_range`: whole-object reads
-/// (`read`, and `open_read`, which verify streams packs with) still work.
-fn refuse_if_injected(name: &str) -> io::Result<()> {
-    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    match NAME.get_or_init(|| std::env::var("ATOSNAP_TEST_UNREADABLE_FRAMES").ok()) {
+/// Test hooks: the range reads of one object from a local store fail as
+/// a disk's read error does (the storage failing, not the data: see
+/// [`BackendErrorKind`]), so tests can prove what a command does with an
+/// object it cannot read. `ATOSNAP_TEST_UNREADABLE_FRAMES=<object name>`
+/// fails only `read_range`: its trailer and index still read (bad sectors
+/// under a pack's frames). `ATOSNAP_TEST_UNREADABLE_OBJECT=<object name>`
+/// fails `read_range_direct` too, so not even its index reads. Whole-object
+/// reads (`read`, and `open_read`, which verify streams packs with) still
+/// work.
+fn refuse_if_injected(var: &'static str, name: &str) -> io::Result<()> {
+    static NAMES: std::sync::OnceLock<[Option<String>; 2]> = std::sync::OnceLock::new();
+    let [frames, object] = NAMES.get_or_init(|| {
+        [
+            std::env::var(FRAMES_HOOK).ok(),
+            std::env::var(OBJECT_HOOK).ok(),
+        ]
+    });
+    let hooked = if var == FRAMES_HOOK { frames } else { object };
+    match hooked {
         Some(n) if n == name => Err(io::Error::other(format!(
-            "injected read failure of {name} (ATOSNAP_TEST_UNREADABLE_FRAMES)"
+            "injected read failure of {name} ({var})"
         ))),
         _ => Ok(()),
     }
 }
+
+const FRAMES_HOOK: &str = "ATOSNAP_TEST_UNREADABLE_FRAMES";
+const OBJECT_HOOK: &str = "ATOSNAP_TEST_UNREADABLE_OBJECT";
 
 impl Backend for LocalBackend {
     fn location(&self) -> String {
@@ -364,11 +376,12 @@ impl Backend for LocalBackend {
     }
 
     fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        refuse_if_injected(name)?;
+        refuse_if_injected(FRAMES_HOOK, name)?;
         self.read_range_direct(name, offset, len)
     }
 
     fn read_range_direct(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        refuse_if_injected(OBJECT_HOOK, name)?;
         let f = self.open_cached(name)?;
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset)?;

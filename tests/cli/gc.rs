@@ -189,14 +189,11 @@ fn a_damaged_pack_is_never_deleted() {
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len / 2).unwrap();
     drop(f);
-    let r = env.ok(&["gc", "--confirm"]);
-    let damaged: Vec<String> = r["damaged_packs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(damaged, [s.pack_b.as_str()]);
+    // Left alone, the rest done, and said in the exit code (3: damage).
+    let out = env.run(&["gc", "--confirm"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let r = out.json;
+    assert_eq!(damaged_packs(&r), [s.pack_b.as_str()]);
     assert!(path.exists());
     assert_eq!(strs(&r["rewritten_packs"]), [s.pack_a.as_str()]);
     assert!(!env.store.join(&s.pack_a).exists());
@@ -207,6 +204,36 @@ fn a_damaged_pack_is_never_deleted() {
         strs(&env.run(&["verify"]).json["damaged_objects"]),
         [s.pack_b.as_str()]
     );
+}
+
+#[test]
+fn a_pack_whose_index_the_storage_fails_to_deliver_is_kept_with_exit_1() {
+    let (env, s) = after_deletion();
+    // B is dead, but the storage fails every read of it: a failure of
+    // the storage, not damage, and never a reason to delete it.
+    let mut cmd = env.command();
+    cmd.args(["gc", "--confirm"])
+        .env("ATOSNAP_TEST_UNREADABLE_OBJECT", &s.pack_b);
+    let out = crate::support::run_cmd(&mut cmd);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(damaged_packs(&out.json), [s.pack_b.as_str()]);
+    let detail = out.json["damaged_packs"][0]["detail"].as_str().unwrap();
+    assert!(detail.starts_with("unreadable: "), "{detail}");
+    assert!(env.store.join(&s.pack_b).exists());
+    assert_eq!(strs(&out.json["rewritten_packs"]), [s.pack_a.as_str()]);
+    // Once it reads again, gc takes it.
+    let r = env.ok(&["gc", "--confirm"]);
+    assert!(strs(&r["deleted_packs"]).contains(&s.pack_b), "{r}");
+    assert_eq!(env.run(&["validate", &s.d3]).code, 0);
+}
+
+fn damaged_packs(r: &Value) -> Vec<String> {
+    r["damaged_packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]

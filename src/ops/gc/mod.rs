@@ -148,12 +148,19 @@ impl Plan {
             .sum()
     }
 
-    /// The exit code the plan alone calls for: 3 when a copy gc would
-    /// have kept is damaged, 1 when one could not be read, else 0.
+    /// The exit code the plan alone calls for: 3 when it found damage (a
+    /// copy gc would have kept does not read back whole, or a pack's index
+    /// does not read as one), 1 when the storage failed to deliver a copy
+    /// or a pack's index, else 0. Either way gc did its work around them:
+    /// the code is for an operator who reads only exit codes.
     pub fn exit_code(&self) -> i32 {
-        if self.damaged_copies > 0 {
+        let (unreadable_packs, damaged_packs): (Vec<_>, Vec<_>) = self
+            .damaged
+            .iter()
+            .partition(|p| pack::is_unreadable(&p.detail));
+        if self.damaged_copies > 0 || !damaged_packs.is_empty() {
             3
-        } else if self.unreadable_copies > 0 {
+        } else if self.unreadable_copies > 0 || !unreadable_packs.is_empty() {
             1
         } else {
             0
@@ -676,7 +683,8 @@ pub struct GcResult {
     /// Remote snapshot folders without a manifest, past the grace period:
     /// to remove (dry run) or removed.
     pub abandoned_snapshot_folders: Vec<String>,
-    /// Packs left alone because their index does not read.
+    /// Packs left alone because their index does not read (exit 3; 1
+    /// when only the storage failed to deliver it).
     pub damaged_packs: Vec<SkippedPack>,
     pub protected_unparseable: Vec<String>,
     pub tmp_files_removed: u64,
