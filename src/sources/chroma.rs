@@ -6,7 +6,7 @@ use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::sources::restore_patch::Trailer;
+use crate::sources::restore_patch::{self, Staged};
 use crate::sources::sqlite::sqlite_page_size_of;
 
 /// Something found in the Chroma tree. `rel` is relative to the Chroma dir
@@ -68,7 +68,7 @@ pub fn scan(root: &Path) -> Scan {
     };
     // Restore's staging files are skipped; a committed patch among them
     // means the file beside it may be half-written (see `restore_patch`).
-    let mut interrupted: Vec<(PathBuf, Trailer)> = Vec::new();
+    let mut interrupted: Vec<(PathBuf, Staged)> = Vec::new();
     let walk = walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
@@ -76,8 +76,9 @@ pub fn scan(root: &Path) -> Scan {
         .filter_entry(|e| {
             let temp = e.depth() > 0 && is_restore_temp(e.file_name().as_bytes());
             if temp && e.file_type().is_file() {
-                if let Some(t) = Trailer::read_at(e.path()) {
-                    interrupted.push((e.path().to_path_buf(), t));
+                match restore_patch::inspect(e.path()) {
+                    Staged::NotAPatch => {}
+                    found => interrupted.push((e.path().to_path_buf(), found)),
                 }
             }
             !temp
@@ -167,33 +168,76 @@ pub fn scan(root: &Path) -> Scan {
         let rel = p.strip_prefix(root).unwrap_or(p);
         display(rel.as_os_str().as_bytes())
     };
-    for (patch, t) in interrupted {
-        let target = t.target_beside(&patch);
-        match std::fs::symlink_metadata(&target) {
-            // Killed after its commit, the restore may have copied any
-            // part of the patch into the file: a torn copy, whatever the
-            // capture read (SPEC §1: never reported as good).
-            Ok(m) if t.patches(&m) => scan.errors.push(format!(
-                "restore_interrupted: {}: a restore was killed while it patched this file, which \
-                 stays half-written until a restore of this tree is run again (it finishes the \
-                 committed patch {})",
-                rel(&target),
-                rel(&patch)
-            )),
-            _ => scan.warnings.push(format!(
-                "stale restore patch: {}: its file was replaced or removed since; the next \
-                 restore of this tree removes it",
-                rel(&patch)
-            )),
-        }
+    for (patch, found) in interrupted {
+        let (error, warning) = patch_verdict(&patch, found, &rel);
+        scan.errors.extend(error);
+        scan.warnings.extend(warning);
     }
     scan
+}
+
+/// What a restore staging file that is (or may be) a committed patch
+/// says of the snapshot: an error when the file beside it may be
+/// half-written (a torn copy, whatever the capture read: SPEC §1, never
+/// reported as good), a warning when the patch is left over.
+fn patch_verdict(
+    patch: &Path,
+    found: Staged,
+    rel: &dyn Fn(&Path) -> String,
+) -> (Option<String>, Option<String>) {
+    let file = match found {
+        Staged::NotAPatch => return (None, None),
+        Staged::Unknown(detail) => {
+            return (
+                Some(format!(
+                    "restore_interrupted: {}: a restore staging file that may be a committed \
+                     patch, but {detail}: a file of this folder may be half-written; run a \
+                     restore of this tree again",
+                    rel(patch)
+                )),
+                None,
+            )
+        }
+        Staged::Committed(file) => file,
+    };
+    let target = file.target_beside(patch);
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if file.patches(&m) && !file.applied(&m) => (
+            Some(format!(
+                "restore_interrupted: {}: a restore was killed while it patched this file, \
+                 which stays half-written until a restore of this tree is run again (it \
+                 finishes the committed patch {}; remove the patch only if the file was \
+                 rebuilt since)",
+                rel(&target),
+                rel(patch)
+            )),
+            None,
+        ),
+        Ok(m) if file.patches(&m) => (
+            None,
+            Some(format!(
+                "leftover restore patch: {}: {} is whole (the patch was applied); the next \
+                 restore of this tree removes it",
+                rel(patch),
+                rel(&target)
+            )),
+        ),
+        _ => (
+            None,
+            Some(format!(
+                "stale restore patch: {}: its file was replaced or removed since; the next \
+                 restore of this tree removes it",
+                rel(patch)
+            )),
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use crate::sources::restore_patch::Trailer;
+    use std::os::unix::fs::{FileExt, MetadataExt};
 
     #[test]
     fn restore_staging_files_are_never_scanned() {
@@ -257,5 +301,42 @@ mod tests {
         assert!(stale.errors.is_empty(), "{:?}", stale.errors);
         assert_eq!(stale.warnings.len(), 1, "{:?}", stale.warnings);
         assert!(stale.warnings[0].starts_with("stale restore patch: chroma/seg/.atosnap-restore-4"));
+        std::fs::remove_file(root.join("seg/.atosnap-restore-4-h-b-n-t-00.tmp")).unwrap();
+        // One whose replay finished (the file has its size and mtime) and
+        // was killed before removing it: the file is whole.
+        let name = ".atosnap-restore-5-h-b-n-t-00.tmp";
+        commit(name, b"data.bin");
+        let data_mtime = crate::sources::mtime_ns(&data);
+        let t = Trailer {
+            target: b"data.bin".to_vec(),
+            dev: data.dev(),
+            ino: data.ino(),
+            len: data.len(),
+            mode: 0o600,
+            mtime_ns: data_mtime,
+            spans: vec![],
+        };
+        let mut bytes = b"spans".to_vec();
+        bytes.extend(t.encode().unwrap());
+        std::fs::write(root.join("seg").join(name), &bytes).unwrap();
+        let applied = scan(root);
+        assert!(applied.errors.is_empty(), "{:?}", applied.errors);
+        assert!(applied.warnings[0]
+            .starts_with("leftover restore patch: chroma/seg/.atosnap-restore-5"));
+        // One whose trailer no longer reads: which file it patched is
+        // unknown, so the snapshot cannot be called good.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("seg").join(name))
+            .unwrap();
+        f.write_all_at(b"X", 5 + 2).unwrap();
+        let unknown = scan(root);
+        assert_eq!(unknown.errors.len(), 1, "{:?}", unknown.errors);
+        assert!(
+            unknown.errors[0].starts_with("restore_interrupted: chroma/seg/.atosnap-restore-5")
+                && unknown.errors[0].contains("checksum"),
+            "{:?}",
+            unknown.errors
+        );
     }
 }

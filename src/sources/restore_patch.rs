@@ -52,37 +52,68 @@ impl Trailer {
     /// (a patch never committed, or any other staging file), or whose
     /// trailer is damaged or names a target outside its folder.
     pub fn read(f: &File) -> Option<Trailer> {
-        let len = f.metadata().ok()?.len();
-        let mut footer = [0u8; FOOTER as usize];
-        f.read_exact_at(&mut footer, len.checked_sub(FOOTER)?)
-            .ok()?;
-        if &footer[40..] != MAGIC {
-            return None;
-        }
-        let json_len = u64::from_le_bytes(footer[..8].try_into().ok()?);
-        if json_len > TRAILER_MAX {
-            return None;
-        }
-        let mut json = vec![0u8; json_len as usize];
-        f.read_exact_at(&mut json, (len - FOOTER).checked_sub(json_len)?)
-            .ok()?;
-        if blake3::hash(&json).as_bytes() != &footer[8..40] {
-            return None;
-        }
+        let json = committed_json(f).ok().flatten()?;
         let t: Trailer = serde_json::from_slice(&json).ok()?;
-        let name_ok = !t.target.is_empty()
-            && !t.target.contains(&b'/')
-            && t.target != b".."
-            && t.target != b".";
         let spans_ok = t.spans.iter().all(|&(a, b)| a <= b && b <= t.len);
-        (name_ok && spans_ok).then_some(t)
+        (name_ok(&t.target) && spans_ok).then_some(t)
     }
 
-    /// Reads the trailer of the file at `path`, if it is a committed patch.
-    pub fn read_at(path: &Path) -> Option<Trailer> {
-        Trailer::read(&File::open(path).ok()?)
+    /// What the trailer says of its target.
+    pub fn file(&self) -> PatchedFile {
+        PatchedFile {
+            target: self.target.clone(),
+            dev: self.dev,
+            ino: self.ino,
+            len: self.len,
+            mtime_ns: self.mtime_ns,
+        }
     }
+}
 
+/// A target's name must stay in the patch's folder.
+fn name_ok(target: &[u8]) -> bool {
+    !target.is_empty() && !target.contains(&b'/') && target != b".." && target != b"."
+}
+
+/// The trailer's JSON of a committed patch, its length and BLAKE3 checked:
+/// `Ok(None)` when the file does not end like one, `Err` when it does but
+/// the trailer does not read.
+fn committed_json(f: &File) -> Result<Option<Vec<u8>>, String> {
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let Some(footer_at) = len.checked_sub(FOOTER) else {
+        return Ok(None);
+    };
+    let mut footer = [0u8; FOOTER as usize];
+    f.read_exact_at(&mut footer, footer_at)
+        .map_err(|e| e.to_string())?;
+    if &footer[40..] != MAGIC {
+        return Ok(None);
+    }
+    let json_len = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+    if json_len > TRAILER_MAX || json_len > footer_at {
+        return Err(format!("its trailer claims {json_len} bytes"));
+    }
+    let mut json = vec![0u8; json_len as usize];
+    f.read_exact_at(&mut json, footer_at - json_len)
+        .map_err(|e| e.to_string())?;
+    if blake3::hash(&json).as_bytes() != &footer[8..40] {
+        return Err("its trailer does not match its checksum".into());
+    }
+    Ok(Some(json))
+}
+
+/// What a committed patch says of its target, spans left out (what
+/// create's scan needs).
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct PatchedFile {
+    pub target: Vec<u8>,
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i64,
+}
+
+impl PatchedFile {
     /// The target's path, beside the patch at `patch`.
     pub fn target_beside(&self, patch: &Path) -> PathBuf {
         let folder = patch.parent().unwrap_or(Path::new("."));
@@ -93,6 +124,53 @@ impl Trailer {
     /// the file the patch was made against.
     pub fn patches(&self, m: &Metadata) -> bool {
         m.is_file() && (m.dev(), m.ino()) == (self.dev, self.ino)
+    }
+
+    /// Whether `m` shows the replay finished: the size and mtime a replay
+    /// sets last are there (killed before the patch was removed).
+    pub fn applied(&self, m: &Metadata) -> bool {
+        m.len() == self.len && crate::sources::mtime_ns(m) == self.mtime_ns
+    }
+}
+
+/// A restore staging file, as far as a committed patch goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Staged {
+    /// Not a committed patch (or gone meanwhile).
+    NotAPatch,
+    /// A committed patch.
+    Committed(PatchedFile),
+    /// A file that may be a committed patch but whose trailer does not
+    /// read, or that cannot be read at all: what it patched is unknown.
+    Unknown(String),
+}
+
+/// Looks at the restore staging file at `path` without following a link
+/// or blocking on a FIFO put there in its place.
+pub fn inspect(path: &Path) -> Staged {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Staged::NotAPatch,
+        // A link put there since (ELOOP) is no staging file of ours.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Staged::NotAPatch,
+        Err(e) => return Staged::Unknown(format!("it cannot be read: {e}")),
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Staged::NotAPatch;
+    }
+    match committed_json(&f) {
+        Ok(None) => Staged::NotAPatch,
+        Ok(Some(json)) => match serde_json::from_slice::<PatchedFile>(&json) {
+            Ok(p) if name_ok(&p.target) => Staged::Committed(p),
+            Ok(_) => Staged::Unknown("its trailer names no file of its folder".into()),
+            Err(e) => Staged::Unknown(format!("its trailer does not parse: {e}")),
+        },
+        Err(detail) => Staged::Unknown(detail),
     }
 }
 
@@ -112,53 +190,95 @@ mod tests {
         }
     }
 
-    fn committed(dir: &Path, t: &Trailer) -> PathBuf {
-        let p = dir.join(".atosnap-restore-x.tmp");
+    fn committed(dir: &Path, name: &str, t: &Trailer) -> PathBuf {
+        let p = dir.join(name);
         let mut bytes = vec![7u8; 8192];
         bytes.extend(t.encode().unwrap());
         std::fs::write(&p, bytes).unwrap();
         p
     }
 
+    fn read_at(p: &Path) -> Option<Trailer> {
+        Trailer::read(&File::open(p).unwrap())
+    }
+
     #[test]
     fn a_trailer_reads_back_and_names_its_target_beside_the_patch() {
         let dir = tempfile::tempdir().unwrap();
         let t = trailer(b"data.bin");
-        let p = committed(dir.path(), &t);
-        let read = Trailer::read_at(&p).unwrap();
-        assert_eq!(read, t);
-        assert_eq!(read.target_beside(&p), dir.path().join("data.bin"));
+        let p = committed(dir.path(), "p.tmp", &t);
+        assert_eq!(read_at(&p).unwrap(), t);
+        let Staged::Committed(file) = inspect(&p) else {
+            panic!("{:?}", inspect(&p));
+        };
+        assert_eq!(file, t.file());
+        assert_eq!(file.target_beside(&p), dir.path().join("data.bin"));
         std::fs::write(dir.path().join("data.bin"), b"x").unwrap();
         let m = std::fs::symlink_metadata(dir.path().join("data.bin")).unwrap();
-        assert!(!read.patches(&m), "another inode");
-        let same = Trailer {
+        assert!(!file.patches(&m), "another inode");
+        let same = PatchedFile {
             dev: m.dev(),
             ino: m.ino(),
-            ..read
+            ..file
         };
         assert!(same.patches(&m));
+        assert!(
+            !same.applied(&m),
+            "its size and mtime are not the patch's yet"
+        );
+        let done = PatchedFile {
+            len: 1,
+            mtime_ns: crate::sources::mtime_ns(&m),
+            ..same
+        };
+        assert!(done.applied(&m));
     }
 
     #[test]
     fn damaged_or_escaping_trailers_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let p = committed(dir.path(), &trailer(b"data.bin"));
+        let p = committed(dir.path(), "p.tmp", &trailer(b"data.bin"));
         let f = File::options().write(true).open(&p).unwrap();
         let len = f.metadata().unwrap().len();
         f.write_all_at(b"X", len - FOOTER - 3).unwrap();
-        assert_eq!(Trailer::read_at(&p), None, "hash mismatch");
+        assert_eq!(read_at(&p), None, "hash mismatch");
+        assert!(matches!(inspect(&p), Staged::Unknown(d) if d.contains("checksum")));
         for bad in [&b"../x"[..], b"..", b".", b""] {
-            let p = committed(dir.path(), &trailer(bad));
-            assert_eq!(Trailer::read_at(&p), None, "{bad:?}");
+            let p = committed(dir.path(), "bad.tmp", &trailer(bad));
+            assert_eq!(read_at(&p), None, "{bad:?}");
+            assert!(matches!(inspect(&p), Staged::Unknown(_)), "{bad:?}");
         }
         let mut past = trailer(b"data.bin");
         past.spans = vec![(0, past.len + 1)];
         assert_eq!(
-            Trailer::read_at(&committed(dir.path(), &past)),
+            read_at(&committed(dir.path(), "past.tmp", &past)),
             None,
             "span past the end"
         );
+        // A length beyond the file is refused before anything is allocated.
+        let mut huge = vec![0u8; 16];
+        huge.extend_from_slice(&(TRAILER_MAX - 1).to_le_bytes());
+        huge.extend_from_slice(&[0; 32]);
+        huge.extend_from_slice(MAGIC);
+        std::fs::write(&p, huge).unwrap();
+        assert_eq!(read_at(&p), None);
+        assert!(matches!(inspect(&p), Staged::Unknown(d) if d.contains("claims")));
         std::fs::write(&p, b"short").unwrap();
-        assert_eq!(Trailer::read_at(&p), None, "shorter than a footer");
+        assert_eq!(read_at(&p), None, "shorter than a footer");
+        assert_eq!(inspect(&p), Staged::NotAPatch);
+    }
+
+    #[test]
+    fn links_fifos_and_files_gone_are_no_patches() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = committed(dir.path(), "real.tmp", &trailer(b"data.bin"));
+        let link = dir.path().join("link.tmp");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(inspect(&link), Staged::NotAPatch, "never followed");
+        let fifo = dir.path().join("fifo.tmp");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        assert_eq!(inspect(&fifo), Staged::NotAPatch, "opened without blocking");
+        assert_eq!(inspect(&dir.path().join("gone.tmp")), Staged::NotAPatch);
     }
 }

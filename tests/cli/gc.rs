@@ -183,12 +183,23 @@ fn a_missing_snapshots_folder_makes_gc_refuse() {
 #[test]
 fn a_damaged_pack_is_never_deleted() {
     let (env, s) = after_deletion();
-    // B is dead, but its index no longer reads: that is verify's business.
+    // B is dead, but its index no longer reads: gc leaves it to verify
+    // and repair, and says so.
     let path = env.store.join(&s.pack_b);
     let len = fs::metadata(&path).unwrap().len();
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len / 2).unwrap();
     drop(f);
+    // A dry run that prices a deletion with gc's plan says why it exits 3.
+    let priced = env.run(&["forget", &s.d3, "--force"]);
+    assert_eq!(priced.code, 3, "{priced:?}");
+    assert!(
+        priced
+            .strings("warnings")
+            .iter()
+            .any(|w| w.starts_with(&format!("pack {} left alone: ", s.pack_b))),
+        "{priced:?}"
+    );
     // Left alone, the rest done, and said in the exit code (3: damage).
     let out = env.run(&["gc", "--confirm"]);
     assert_eq!(out.code, 3, "{out:?}");

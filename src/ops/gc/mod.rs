@@ -129,6 +129,9 @@ pub struct Plan {
     /// Remote snapshot folders without a manifest, older than the grace
     /// period (a writer died before finishing them).
     pub abandoned_folders: Vec<String>,
+    /// Why packs to rewrite were kept: their index read for the mark but
+    /// not when read again for the rewrite.
+    pub unread_on_rewrite: Vec<String>,
 }
 
 impl Plan {
@@ -154,13 +157,13 @@ impl Plan {
     /// or a pack's index, else 0. Either way gc did its work around them:
     /// the code is for an operator who reads only exit codes.
     pub fn exit_code(&self) -> i32 {
-        let (unreadable_packs, damaged_packs): (Vec<_>, Vec<_>) = self
-            .damaged
-            .iter()
-            .partition(|p| pack::is_unreadable(&p.detail));
-        if self.damaged_copies > 0 || !damaged_packs.is_empty() {
+        let details = || {
+            let damaged = self.damaged.iter().map(|p| p.detail.as_str());
+            damaged.chain(self.unread_on_rewrite.iter().map(String::as_str))
+        };
+        if self.damaged_copies > 0 || details().any(|d| !pack::is_unreadable(d)) {
             3
-        } else if self.unreadable_copies > 0 || !unreadable_packs.is_empty() {
+        } else if self.unreadable_copies > 0 || details().next().is_some() {
             1
         } else {
             0
@@ -368,6 +371,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
                     plan.warnings.push(format!(
                         "pack {name} kept: its index no longer reads ({detail})"
                     ));
+                    plan.unread_on_rewrite.push(detail);
                     action = Action::Keep;
                 }
             }
@@ -385,6 +389,14 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     }
     plan.packs.sort_by(|a, b| a.name.cmp(&b.name));
     plan.damaged.sort_by(|a, b| a.name.cmp(&b.name));
+    // Said where every caller shows it: the dry runs of cleanup and forget
+    // carry the plan's warnings and exit code, not `damaged_packs`.
+    for d in &plan.damaged {
+        plan.warnings.push(format!(
+            "pack {} left alone: its index does not read ({}); run verify",
+            d.name, d.detail
+        ));
+    }
     Ok(plan)
 }
 
@@ -813,4 +825,42 @@ pub fn collect(store: &Store, lock: &ExclusiveLock) -> Result<GcResult> {
     r.errors = done.errors;
     r.duration_ms = started.elapsed().as_millis() as u64;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skipped(detail: &str) -> SkippedPack {
+        SkippedPack {
+            name: "objects/ab/x.pack".into(),
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn damage_outranks_a_storage_failure_in_the_exit_code() {
+        let unreadable = "unreadable: injected read failure";
+        assert!(pack::is_unreadable(unreadable));
+        let mut plan = Plan::default();
+        assert_eq!(plan.exit_code(), 0);
+        plan.damaged.push(skipped(unreadable));
+        assert_eq!(plan.exit_code(), 1, "the storage failed: retry");
+        plan.damaged.push(skipped("not a pack name"));
+        assert_eq!(plan.exit_code(), 3, "damage found");
+        let mut plan = Plan {
+            unread_on_rewrite: vec![unreadable.into()],
+            ..Plan::default()
+        };
+        assert_eq!(plan.exit_code(), 1);
+        plan.unread_on_rewrite
+            .push("index checksum mismatch".into());
+        assert_eq!(plan.exit_code(), 3);
+        let plan = Plan {
+            unreadable_copies: 1,
+            damaged: vec![skipped("index checksum mismatch")],
+            ..Plan::default()
+        };
+        assert_eq!(plan.exit_code(), 3);
+    }
 }

@@ -188,9 +188,10 @@ pub fn recover(path: &Path) -> Recovered {
     let Some(t) = Trailer::read(&f) else {
         return Recovered::NotAPatch;
     };
-    let target = t.target_beside(path);
+    let file = t.file();
+    let target = file.target_beside(path);
     let replayed = match fs::symlink_metadata(&target) {
-        Ok(m) if t.patches(&m) => replay(&f, &target, &t, true).is_ok(),
+        Ok(m) if file.patches(&m) => replay(&f, &target, &t, true).is_ok(),
         // Gone or replaced since: nothing left to finish.
         Ok(_) => true,
         Err(e) => e.kind() == ErrorKind::NotFound,
