@@ -89,7 +89,9 @@ fn committed_json(f: &File) -> Result<Option<Vec<u8>>, String> {
     if &footer[40..] != MAGIC {
         return Ok(None);
     }
-    let json_len = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+    let mut json_len = [0u8; 8];
+    json_len.copy_from_slice(&footer[..8]);
+    let json_len = u64::from_le_bytes(json_len);
     if json_len > TRAILER_MAX || json_len > footer_at {
         return Err(format!("its trailer claims {json_len} bytes"));
     }
