@@ -268,20 +268,22 @@ mod tests {
         // A committed patch is not captured either. Its file may be
         // half-written: an error, so the snapshot is not reported as good.
         let data = std::fs::symlink_metadata(root.join("seg/data.bin")).unwrap();
-        let commit = |name: &str, target: &[u8]| {
+        // A patch of `target` that leaves it `len` bytes long, at `mtime_ns`.
+        let commit_as = |name: &str, target: &[u8], (len, mtime_ns): (u64, i64)| {
             let t = Trailer {
                 target: target.to_vec(),
                 dev: data.dev(),
                 ino: data.ino(),
-                len: 4,
+                len,
                 mode: 0o600,
-                mtime_ns: 0,
-                spans: vec![(0, 4)],
+                mtime_ns,
+                spans: vec![(0, len.min(4))],
             };
             let mut bytes = b"spans".to_vec();
             bytes.extend(t.encode().unwrap());
             std::fs::write(root.join("seg").join(name), bytes).unwrap();
         };
+        let commit = |name: &str, target: &[u8]| commit_as(name, target, (4, 0));
         commit(".atosnap-restore-3-h-b-n-t-00.tmp", b"data.bin");
         let again = scan(root);
         assert_eq!(again.items.len(), want.len());
@@ -305,20 +307,11 @@ mod tests {
         // One whose replay finished (the file has its size and mtime) and
         // was killed before removing it: the file is whole.
         let name = ".atosnap-restore-5-h-b-n-t-00.tmp";
-        commit(name, b"data.bin");
-        let data_mtime = crate::sources::mtime_ns(&data);
-        let t = Trailer {
-            target: b"data.bin".to_vec(),
-            dev: data.dev(),
-            ino: data.ino(),
-            len: data.len(),
-            mode: 0o600,
-            mtime_ns: data_mtime,
-            spans: vec![],
-        };
-        let mut bytes = b"spans".to_vec();
-        bytes.extend(t.encode().unwrap());
-        std::fs::write(root.join("seg").join(name), &bytes).unwrap();
+        commit_as(
+            name,
+            b"data.bin",
+            (data.len(), crate::sources::mtime_ns(&data)),
+        );
         let applied = scan(root);
         assert!(applied.errors.is_empty(), "{:?}", applied.errors);
         assert!(applied.warnings[0]
