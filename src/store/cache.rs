@@ -7,7 +7,7 @@
 //! manifests are keyed by stamp and size).
 
 use std::fs;
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,13 +40,20 @@ impl ObjectCache {
         &self.dir
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(key)
+    /// Where `key` lives: only below the cache folder. Keys carry object
+    /// names a bucket listing supplied, so a key with an empty, `.` or
+    /// `..` part (or an absolute one) has no place in the cache.
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        let plain = |part: &str| !matches!(part, "" | "." | "..");
+        key.split('/').all(plain).then(|| self.dir.join(key))
     }
 
     /// The cached bytes of `key`, when present and intact.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let path = self.path(key);
+        let Some(path) = self.path(key) else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
         let Ok(mut bytes) = fs::read(&path) else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -77,7 +84,9 @@ impl ObjectCache {
     }
 
     fn try_put(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let path = self.path(key);
+        let path = self.path(key).ok_or_else(|| {
+            std::io::Error::new(ErrorKind::InvalidInput, "key leaves the cache folder")
+        })?;
         let parent = path.parent().unwrap_or(&self.dir);
         // 0700 folders, 0600 entries: manifests of an unencrypted store
         // name every file of the runtime.
@@ -98,13 +107,34 @@ impl ObjectCache {
 
     /// Drops an entry (its object was deleted from the store).
     pub fn forget(&self, key: &str) {
-        let _ = fs::remove_file(self.path(key));
+        if let Some(path) = self.path(key) {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_never_leaves_the_cache_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ObjectCache::new(dir.path().join("cache"));
+        for key in [
+            "packidx/objects/ab/x.pack/../../../../escaped".to_string(),
+            format!("{}/escaped", dir.path().display()),
+            "packidx//x".into(),
+            "packidx/./x".into(),
+        ] {
+            cache.put(&key, b"tail");
+            assert_eq!(cache.get(&key), None, "{key}");
+            cache.forget(&key);
+        }
+        assert!(!dir.path().join("escaped").exists());
+        cache.put("packidx/ab/x", b"tail");
+        assert_eq!(cache.get("packidx/ab/x").as_deref(), Some(&b"tail"[..]));
+    }
 
     #[test]
     fn entries_round_trip_and_damage_is_caught() {

@@ -46,10 +46,15 @@ pub fn pack_name(id: &Id) -> String {
     super::names::Object::Pack(*id).name()
 }
 
-/// The pack id from an object name, if it is one.
+/// The pack id from an object name, if it is exactly that pack's name.
+/// Only the canonical name counts: gc reads a listed pack by the name it
+/// was listed under but deletes it by id, so a copy in another shard
+/// folder (or a name with more parts) standing for the id would let gc
+/// judge the copy live and delete the pack at the canonical name.
 pub fn pack_id_from_name(name: &str) -> Option<Id> {
     let file = name.strip_prefix("objects/")?.split('/').nth(1)?;
-    Id::from_hex(file.strip_suffix(".pack")?)
+    let id = Id::from_hex(file.strip_suffix(".pack")?)?;
+    (pack_name(&id) == name).then_some(id)
 }
 
 /// The bytes of a pack as they are written: passed on to `out` while the
@@ -321,6 +326,23 @@ pub fn decode_entries(encoded: &[u8]) -> Result<Vec<PackEntry>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_packs_own_name_parses_as_that_pack() {
+        let id = Id::hash(b"live pack");
+        let hex = id.to_hex();
+        assert_eq!(pack_id_from_name(&pack_name(&id)), Some(id));
+        for name in [
+            format!("objects/00/{hex}.pack"),
+            format!("objects/{}/{hex}.pack/../../../tmp/x.pack", &hex[..2]),
+            format!("objects/{}/{hex}.pack/more", &hex[..2]),
+            format!("objects/{}/{}.pack", &hex[..2], hex.to_uppercase()),
+            format!("objects/{hex}.pack"),
+            format!("x/objects/{}/{hex}.pack", &hex[..2]),
+        ] {
+            assert_eq!(pack_id_from_name(&name), None, "{name}");
+        }
+    }
 
     fn entries(n: u32) -> Vec<PackEntry> {
         (0..n)

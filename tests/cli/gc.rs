@@ -218,6 +218,34 @@ fn a_damaged_pack_is_never_deleted() {
 }
 
 #[test]
+fn a_copy_of_a_live_pack_under_another_name_never_costs_the_pack() {
+    // gc reads a listed pack by its listed name but deletes by id: a copy
+    // of live pack A in the wrong shard folder once passed for A, was
+    // judged the live one, and "the dead duplicate" deleted was A itself.
+    let s = scenario();
+    let env = Env::clone_of(&s.env);
+    let file = s.pack_a.rsplit('/').next().unwrap();
+    let shard = if s.pack_a.starts_with("objects/00/") {
+        "01"
+    } else {
+        "00"
+    };
+    let stray = format!("objects/{shard}/{file}");
+    fs::create_dir_all(env.store.join("objects").join(shard)).unwrap();
+    fs::copy(env.store.join(&s.pack_a), env.store.join(&stray)).unwrap();
+    for args in [&["gc"][..], &["gc", "--confirm"]] {
+        let out = env.run(args);
+        assert_eq!(out.code, 3, "{out:?}");
+        assert_eq!(damaged_packs(&out.json), [stray.as_str()], "{out:?}");
+        assert!(!out.json.to_string().contains(&s.pack_a), "{out:?}");
+    }
+    assert!(env.store.join(&s.pack_a).exists() && env.store.join(&stray).exists());
+    for stamp in [&s.d1, &s.d2, &s.d3] {
+        assert_eq!(env.run(&["validate", stamp]).code, 0, "{stamp}");
+    }
+}
+
+#[test]
 fn a_pack_whose_index_the_storage_fails_to_deliver_is_kept_with_exit_1() {
     let (env, s) = after_deletion();
     // B is dead, but the storage fails every read of it: a failure of
