@@ -125,6 +125,7 @@ impl Store {
     /// summary first, manifest last, and a folder without its manifest is
     /// one still being written (or abandoned by a crash). Such folders are
     /// not snapshots; gc removes them once older than its grace period.
+    /// Only a stamp-named folder can be one: any other is unparseable.
     fn list_remote_snapshot_folders(&self) -> Result<SnapshotListing> {
         let files = self
             .backend
@@ -149,14 +150,19 @@ impl Store {
             slot.1 = slot.1.max(f.modified);
         }
         for (folder, (has_manifest, modified)) in folders {
-            if !has_manifest {
-                listing
-                    .incomplete
-                    .push(IncompleteSnapshot { folder, modified });
-                continue;
-            }
+            // Writers only claim stamp-named folders: anything else is
+            // someone else's (SPEC §2: listed, never deleted), with or
+            // without a manifest in it.
             match Stamp::parse(&folder) {
-                Ok(stamp) if stamp.to_string() == folder => listing.stamps.push(stamp),
+                Ok(stamp) if stamp.to_string() == folder => {
+                    if has_manifest {
+                        listing.stamps.push(stamp);
+                    } else {
+                        listing
+                            .incomplete
+                            .push(IncompleteSnapshot { folder, modified });
+                    }
+                }
                 _ => listing.unparseable.push(folder),
             }
         }

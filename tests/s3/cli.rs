@@ -593,6 +593,39 @@ fn a_folder_abandoned_between_claim_and_commit_is_taken_over() {
     assert_eq!(b.read(&format!("{dir}/manifest.bin")).unwrap(), b"m");
 }
 
+/// SPEC §2: a folder under `snapshots/` that is not a stamp is listed,
+/// never deleted. On a bucket a folder without a manifest was taken for an
+/// abandoned snapshot before its name was looked at, and gc removed it.
+#[test]
+fn a_folder_that_is_not_a_stamp_is_listed_and_never_deleted() {
+    let Some(bucket) = bucket() else { return };
+    let s = S3Rt::new(&bucket, "not-a-stamp");
+    s.ok(&["init"]);
+    s.ok(&["create"]);
+    let b = s.backend();
+    b.write_once("snapshots/notes/readme.txt", b"operator notes")
+        .unwrap();
+    let list = s.ok(&["list"]);
+    assert_eq!(list["unparseable"], serde_json::json!(["notes"]), "{list}");
+    let out = s.run(&["gc", "--confirm", "--grace-period", "0"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.json["abandoned_snapshot_folders"],
+        serde_json::json!([])
+    );
+    assert!(b.exists("snapshots/notes/readme.txt").unwrap());
+    // An abandoned stamp-named folder is still taken.
+    b.write_once("snapshots/20260101T000000Z/backup-metadata.json", b"{}")
+        .unwrap();
+    let out = s.run(&["gc", "--confirm", "--grace-period", "0"]);
+    assert_eq!(
+        out.json["abandoned_snapshot_folders"],
+        serde_json::json!(["20260101T000000Z"]),
+        "{out:?}"
+    );
+    assert!(b.exists("snapshots/notes/readme.txt").unwrap());
+}
+
 #[test]
 fn tag_forget_policy_ls_dump_and_partial_restore_on_a_bucket() {
     let Some(bucket) = bucket() else { return };
