@@ -87,8 +87,8 @@ pub enum Error {
     )]
     Locked { holders: String, waited_secs: u64 },
 
-    #[error("the store lock object {name} was not refreshed for {stale_secs}s (storage unreachable, or the host suspended?), so others may have seen it expire: stopping before anything is deleted or published; rerun the command")]
-    LockLost { name: String, stale_secs: u64 },
+    #[error("the store lock object {name} {why}, so others may have taken the store: stopping before anything is deleted or published; rerun the command")]
+    LockLost { name: String, why: String },
 
     #[error("manifest of snapshot {stamp} is corrupt: {detail}")]
     ManifestCorrupt { stamp: String, detail: String },

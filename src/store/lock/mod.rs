@@ -336,10 +336,20 @@ mod tests {
             mode: "exclusive".into(),
             since: "2026-01-01T00:00:00Z".into(),
             expires_at: 1,
+            ttl_secs: 300,
         };
         let name = "locks/exclusive-deadhost-1-0.json";
         b.replace(name, &serde_json::to_vec(&dead).unwrap())
             .unwrap();
+        // Written just now by the storage's clock: live, whatever its
+        // holder's clock wrote (a host whose clock runs behind).
+        let err = acquire(b.clone(), "create", Duration::ZERO, false, None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("deadhost"), "{err}");
+        // Last written longer than its lifetime ago by both clocks: gone.
+        let old = filetime::FileTime::from_unix_time(unix_secs() - 301, 0);
+        filetime::set_file_mtime(_dir.path().join(name), old).unwrap();
         let held = acquire(b.clone(), "create", Duration::ZERO, false, None).unwrap();
         assert!(!b.exists(name).unwrap(), "the expired lock is cleared");
         drop(held);
@@ -354,6 +364,91 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("deadhost"), "{err}");
+    }
+
+    fn unix_secs() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// A host whose clock runs 6 minutes behind the others' writes lock
+    /// deadlines they see passed. Its lock stays live by the storage's
+    /// clock (its object was written a moment ago), so a gc elsewhere
+    /// waits instead of removing it and taking the store.
+    #[test]
+    fn a_lock_written_by_a_host_whose_clock_is_behind_still_excludes() {
+        let (_dir, b) = backend();
+        let behind: super::object::Clock = Arc::new(|| (unix_secs() as u64 - 360) * 1000);
+        let held =
+            acquire_with(b.clone(), "create", how(Duration::from_secs(300), behind)).unwrap();
+        let gc = acquire(b.clone(), "gc --confirm", Duration::ZERO, true, None);
+        assert!(matches!(gc, Err(Error::Locked { .. })), "gc took the store");
+        assert!(held.still_held().is_ok());
+    }
+
+    /// A lock whose object another process removed (it judged it expired)
+    /// is lost for good: `still_held` says so before a publish or a
+    /// deletion, and the heartbeat never writes the object again.
+    #[test]
+    fn a_lock_whose_object_was_removed_is_lost_and_never_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local_store(dir.path());
+        let b = store.backend_handle();
+        let held = acquire_with(
+            b.clone(),
+            "create",
+            how(Duration::from_secs(2), super::object::system_clock()),
+        )
+        .unwrap();
+        let lock = SharedLock::from_held(Held::Object(held));
+        assert!(lock.still_held().is_ok());
+        let own = live_locks(b.as_ref(), "").unwrap()[0].owner.clone();
+        b.delete(&own).unwrap();
+        let err = lock.still_held().unwrap_err();
+        assert_eq!(err.code(), "store_lock_lost", "{err}");
+        assert!(
+            err.to_string().contains("removed by another process"),
+            "{err}"
+        );
+        let stamp = Stamp::parse("20260411T120000Z").unwrap();
+        let err = store
+            .publish_snapshot(
+                &lock,
+                &stamp,
+                &mut empty_manifest(&stamp),
+                &mut serde_json::json!({}),
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), "store_lock_lost");
+        assert!(store.list_snapshots().unwrap().stamps.is_empty());
+        std::thread::sleep(Duration::from_millis(1200)); // two heartbeats' time
+        assert!(
+            !b.exists(&own).unwrap(),
+            "the heartbeat wrote the lock again"
+        );
+    }
+
+    /// The heartbeat notices a removed object by itself: a lock nobody
+    /// asks about is not revived by its next refresh.
+    #[test]
+    fn the_heartbeat_stops_at_a_removed_object() {
+        let (_dir, b) = backend();
+        let held = acquire_with(
+            b.clone(),
+            "create",
+            how(Duration::from_secs(2), super::object::system_clock()),
+        )
+        .unwrap();
+        let own = live_locks(b.as_ref(), "").unwrap()[0].owner.clone();
+        b.delete(&own).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(
+            !b.exists(&own).unwrap(),
+            "the heartbeat wrote the lock again"
+        );
+        assert_eq!(held.still_held().unwrap_err().code(), "store_lock_lost");
     }
 
     /// A wall clock that the test moves: `base` plus the offset.

@@ -6,8 +6,18 @@
 //! other's object, written before its own listing). A heartbeat thread
 //! rewrites the object every quarter of its time to live; a lock whose
 //! `expires_at` has passed belongs to a dead or cut-off process and is
-//! ignored (and removed). Expiry compares the holder's clock with the
-//! reader's: hosts sharing a store keep their clocks in sync (NTP).
+//! ignored (and removed). Expiry is judged by two clocks, and a lock is
+//! live while either says so: the holder's (its written `expires_at`
+//! against the reader's clock) and the storage's (the object's
+//! modification time plus its lifetime against that of the reader's own
+//! object, just written). A host whose clock runs behind others' would
+//! otherwise write deadlines that others see passed, and lose its lock
+//! to them while it works.
+//!
+//! A holder also checks that its object is still there, before each
+//! refresh and whenever it is asked whether it still holds the lock
+//! (before a publish or a deletion): one removed by another process
+//! (which judged it expired) is lost for good, never written again.
 //!
 //! The holder judges its own lock by the same wall clock, never by
 //! `Instant` (which stops while the host is suspended): it counts as
@@ -35,7 +45,7 @@ pub(crate) fn system_clock() -> Clock {
 }
 
 use crate::error::{Error, Result};
-use crate::store::backend::{Backend, BackendErrorKind};
+use crate::store::backend::{Backend, BackendErrorKind, ListEntry};
 use crate::store::names::{Dir, Object};
 
 /// A lock object's content.
@@ -49,6 +59,11 @@ pub struct LockRecord {
     pub since: String,
     /// Unix seconds: after this the lock counts as abandoned.
     pub expires_at: u64,
+    /// The holder's lifetime of the object (`ATOSNAP_LOCK_TTL_SECS`):
+    /// how long after its last write others must count it live. 0 in
+    /// objects of older versions (the reader's own lifetime is used).
+    #[serde(default)]
+    pub ttl_secs: u64,
 }
 
 /// How long a lock object lives without a heartbeat:
@@ -85,27 +100,71 @@ struct Tenure {
     refreshed_at: u64,
     /// Until when others see that write live.
     live_until: u64,
-    /// Set, for good, once the lock may have lapsed: how long it had
-    /// gone without a refresh then.
-    lost_after: Option<u64>,
+    /// Set, for good, once the lock may have lapsed.
+    lost: Option<Lapse>,
+}
+
+/// How a lock was lost.
+#[derive(Clone, Copy, Debug)]
+enum Lapse {
+    /// It went this many ms without a refresh: others may have seen it
+    /// expire.
+    Stale(u64),
+    /// Its object was removed by another process.
+    Removed,
+}
+
+impl Lapse {
+    fn why(self) -> String {
+        match self {
+            Lapse::Stale(ms) => format!(
+                "was not refreshed for {}s (storage unreachable, or the host suspended?)",
+                ms / 1000
+            ),
+            Lapse::Removed => "was removed by another process (which judged it expired: \
+                 is this host's clock behind the others'?)"
+                .into(),
+        }
+    }
 }
 
 impl Beat {
-    /// `Err(ms without a refresh)` once the lock may have lapsed.
-    /// Others judge expiry by the written deadline: stop a quarter of
-    /// the lifetime before it.
-    fn check(&self) -> std::result::Result<(), u64> {
+    /// `Err` once the lock may have lapsed. Others judge expiry by the
+    /// written deadline: stop a quarter of the lifetime before it.
+    fn check(&self) -> std::result::Result<(), Lapse> {
         let now = (self.clock)();
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stale) = held.lost_after {
-            return Err(stale);
+        if let Some(lapse) = held.lost {
+            return Err(lapse);
         }
         if now + self.ttl_ms / 4 >= held.live_until {
-            let stale = now.saturating_sub(held.refreshed_at);
-            held.lost_after = Some(stale);
-            return Err(stale);
+            let lapse = Lapse::Stale(now.saturating_sub(held.refreshed_at));
+            held.lost = Some(lapse);
+            return Err(lapse);
         }
         Ok(())
+    }
+
+    /// The lock's object is gone: lost for good.
+    fn removed(&self) -> Lapse {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        *held.lost.get_or_insert(Lapse::Removed)
+    }
+
+    /// Is the object still there? A lock whose object another process
+    /// removed is lost ([`Lapse::Removed`]); a failed check is an error
+    /// of its own (the storage's), and loses nothing.
+    fn confirm(&self, backend: &dyn Backend, name: &str) -> Result<()> {
+        self.check().map_err(|lapse| lost(name, lapse))?;
+        match backend.exists(name) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(lost(name, self.removed())),
+            Err(e) => Err(Error::io(
+                "check lock object",
+                backend.display_name(name),
+                e,
+            )),
+        }
     }
 
     /// A write begun at `began` succeeded: others see it live for a
@@ -114,11 +173,11 @@ impl Beat {
     fn refreshed(&self, began: u64) {
         let landed = (self.clock)();
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.lost_after.is_some() {
+        if held.lost.is_some() {
             return;
         }
         if landed >= held.live_until {
-            held.lost_after = Some(landed.saturating_sub(held.refreshed_at));
+            held.lost = Some(Lapse::Stale(landed.saturating_sub(held.refreshed_at)));
             return;
         }
         held.refreshed_at = began;
@@ -133,14 +192,19 @@ pub struct ObjectLock {
     thread: Option<JoinHandle<()>>,
 }
 
+fn lost(name: &str, lapse: Lapse) -> Error {
+    Error::LockLost {
+        name: name.to_string(),
+        why: lapse.why(),
+    }
+}
+
 impl ObjectLock {
     /// Fails (`store_lock_lost`) when the lock may have lapsed at any
-    /// time since it was taken.
+    /// time since it was taken, or its object is gone: one request to
+    /// the storage (callers ask before a publish or a deletion).
     pub fn still_held(&self) -> Result<()> {
-        self.beat.check().map_err(|stale_ms| Error::LockLost {
-            name: self.name.clone(),
-            stale_secs: stale_ms / 1000,
-        })
+        self.beat.confirm(self.backend.as_ref(), &self.name)
     }
 }
 
@@ -173,6 +237,7 @@ fn record(
         // Others see it live while their `now` in whole seconds is at
         // most this: at least a lifetime after `now_ms`.
         expires_at: now_ms / 1000 + ttl.as_secs(),
+        ttl_secs: ttl.as_secs(),
     }
 }
 
@@ -181,13 +246,33 @@ fn write(backend: &dyn Backend, name: &str, rec: &LockRecord) -> std::io::Result
     backend.replace(name, &bytes)
 }
 
-/// Live lock objects other than `own`; expired ones are removed.
+/// Is a lock object listed as `entry` live by the storage's clock: last
+/// written less than its lifetime (plus a second for the storage's
+/// rounding) before the reader's own object, just written? Unknown
+/// (false) without both times.
+fn written_recently(entry: &ListEntry, ttl_secs: u64, storage_now: Option<SystemTime>) -> bool {
+    let (Some(written), Some(now)) = (entry.modified, storage_now) else {
+        return false;
+    };
+    let ttl = Duration::from_secs(if ttl_secs == 0 {
+        ttl().as_secs()
+    } else {
+        ttl_secs
+    });
+    written + ttl + Duration::from_secs(1) >= now
+}
+
+/// Live lock objects other than `own`; expired ones are removed. A lock
+/// is live while its holder's deadline has not passed by this host's
+/// clock, or it was written within its lifetime by the storage's clock
+/// (`own`'s modification time; see the module doc).
 pub fn live_locks(backend: &dyn Backend, own: &str) -> Result<Vec<LockRecord>> {
     let locks = Dir::Locks.name();
     let list = backend
         .list_files(locks)
         .map_err(|e| Error::io("list", backend.display_name(locks), e))?;
     let now = unix_now();
+    let storage_now = list.iter().find(|e| e.name == own).and_then(|e| e.modified);
     let mut out = Vec::new();
     for entry in list {
         if entry.name == own || !entry.name.ends_with(".json") {
@@ -200,7 +285,11 @@ pub fn live_locks(backend: &dyn Backend, own: &str) -> Result<Vec<LockRecord>> {
             Err(e) => return Err(Error::io("read", backend.display_name(&entry.name), e)),
         };
         match rec {
-            Some(rec) if rec.expires_at >= now => out.push(rec),
+            Some(rec)
+                if rec.expires_at >= now || written_recently(&entry, rec.ttl_secs, storage_now) =>
+            {
+                out.push(rec)
+            }
             Some(_) => {
                 let _ = backend.delete(&entry.name);
             }
@@ -221,6 +310,7 @@ pub fn live_locks(backend: &dyn Backend, own: &str) -> Result<Vec<LockRecord>> {
                         mode: "exclusive".into(),
                         since: "?".into(),
                         expires_at: now,
+                        ttl_secs: 0,
                     });
                 }
             }
@@ -359,7 +449,7 @@ fn start_heartbeat(
         held: Mutex::new(Tenure {
             refreshed_at: written_at,
             live_until: written_at + ttl_ms,
-            lost_after: None,
+            lost: None,
         }),
     });
     let thread = {
@@ -394,12 +484,20 @@ fn heartbeat(backend: &dyn Backend, name: &str, mut rec: LockRecord, ttl: Durati
         if *stop {
             return;
         }
-        // A lock that may have lapsed is not revived: others may have
-        // taken the store meanwhile. It stays lost; the object is left
-        // to expire (and is deleted when the guard drops).
-        if beat.check().is_err() {
-            tracing::warn!("lock object {name} lapsed: no longer refreshed");
-            return;
+        // A lock that may have lapsed, or whose object another process
+        // removed, is not revived: others may have taken the store
+        // meanwhile. It stays lost; the object is left to expire (and is
+        // deleted when the guard drops, if still there).
+        match beat.confirm(backend, name) {
+            Err(e @ Error::LockLost { .. }) => {
+                tracing::warn!("{e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("could not refresh lock object {name}: {e}");
+                continue;
+            }
+            Ok(()) => {}
         }
         let began = (beat.clock)();
         rec.expires_at = began / 1000 + ttl.as_secs();
