@@ -150,21 +150,11 @@ pub enum Staged {
 /// Looks at the restore staging file at `path` without following a link
 /// or blocking on a FIFO put there in its place.
 pub fn inspect(path: &Path) -> Staged {
-    use std::os::unix::fs::OpenOptionsExt;
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    let f = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Staged::NotAPatch,
-        // A link put there since (ELOOP) is no staging file of ours.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Staged::NotAPatch,
+    let f = match open_staged(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Staged::NotAPatch,
         Err(e) => return Staged::Unknown(format!("it cannot be read: {e}")),
     };
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return Staged::NotAPatch;
-    }
     match committed_json(&f) {
         Ok(None) => Staged::NotAPatch,
         Ok(Some(json)) => match serde_json::from_slice::<PatchedFile>(&json) {
@@ -174,6 +164,25 @@ pub fn inspect(path: &Path) -> Staged {
         },
         Err(detail) => Staged::Unknown(detail),
     }
+}
+
+/// Opens a staging file to read its trailer, if it is a plain file:
+/// `None` when it is gone, a link (never followed) or anything else
+/// (a FIFO must not block the reader, which holds locks meanwhile).
+pub fn open_staged(path: &Path) -> std::io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // A link put there since (ELOOP) is no staging file of ours.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(f.metadata()?.is_file().then_some(f))
 }
 
 #[cfg(test)]

@@ -187,3 +187,58 @@ fn a_tight_disk_stages_patches_of_what_differs_only() {
     assert_ne!(ino(&data), inode, "renamed over");
     assert_same_tree!(rt.restorable(), want);
 }
+
+/// A read-only Chroma file, restored by a user who may not write it: it
+/// is replaced whole (the folder allows the rename), never patched. A
+/// patch was once committed before the target was opened, failed there,
+/// and stayed behind for every later restore to fail on again.
+#[test]
+fn a_read_only_file_is_replaced_whole_by_a_user_who_may_not_write_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some(unpriv) = unprivileged() else {
+        eprintln!("skipped: running as root without setpriv");
+        return;
+    };
+    let rt = Rt::fixture();
+    let data = seg(&rt, "data_level0.bin");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    open_up(rt.dir.path());
+    let to = rt.path("to");
+    let restore = || {
+        let mut cmd = std::process::Command::new(unpriv.get_program());
+        cmd.args(unpriv.get_args());
+        for v in ENV_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.env("ATOSNAP_CACHE_DIR", rt.path("cache-nobody"))
+            .current_dir(rt.dir.path())
+            .args(["--quiet", "--store"])
+            .arg(&rt.store)
+            .args(["restore", &s1, "--to"])
+            .arg(&to);
+        run_cmd(&mut cmd)
+    };
+    let first = restore();
+    assert_eq!(first.code, 0, "{first:?}");
+    let restored = to.join("chroma").join(SEGMENT).join("data_level0.bin");
+    assert_eq!(std::fs::metadata(&restored).unwrap().mode() & 0o7777, 0o444);
+    // One block differs: a writable file would be patched in place.
+    flip_bit(&restored, 4096 + 3);
+    let inode = std::fs::metadata(&restored).unwrap().ino();
+    let second = restore();
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_ne!(
+        std::fs::metadata(&restored).unwrap().ino(),
+        inode,
+        "replaced whole"
+    );
+    assert_eq!(
+        std::fs::read(&restored).unwrap(),
+        std::fs::read(&data).unwrap()
+    );
+    assert_eq!(
+        files_named(&to, ".atosnap-restore-"),
+        Vec::<std::path::PathBuf>::new()
+    );
+}

@@ -102,22 +102,40 @@ pub fn install(
     entry: &Entry,
     durable: bool,
 ) -> Result<()> {
-    check_unchanged(target, patch)?;
+    // Everything that can refuse comes before the commit: a patch that
+    // cannot be applied must not be left committed (the next restore
+    // would try it again, and create would see the file half-restored).
+    let uncommitted = |e: Error| {
+        let _ = fs::remove_file(tmp);
+        e
+    };
+    check_unchanged(target, patch).map_err(uncommitted)?;
+    let out = open_for_patching(target).map_err(uncommitted)?;
     let name = target.file_name().map(|n| n.as_bytes()).unwrap_or_default();
     let trailer = trailer_of(name, patch, entry.mode, entry.mtime_ns);
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .open(tmp)
-        .ctx("open", tmp)?;
+        .ctx("open", tmp)
+        .map_err(uncommitted)?;
     commit(&f, &trailer, patch).ctx("commit the patch", tmp)?;
     if durable {
         f.sync_all().ctx("fsync", tmp)?;
         crate::store::backend::sync_dir(parent_of(tmp)).ctx("fsync folder", parent_of(tmp))?;
     }
     crate::failpoint::hit(|| format!("restore:patch-committed:{}", entry.path_lossy()));
-    replay(&f, target, &trailer, durable)?;
+    replay(&f, &out, target, &trailer, durable)?;
     fs::remove_file(tmp).ctx("remove", tmp)
+}
+
+/// The target opened to be patched (never through a symlink).
+fn open_for_patching(target: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(target)
+        .ctx("open for patching", target)
 }
 
 /// Refuses a target that is no longer the file the patch was made
@@ -145,16 +163,11 @@ fn commit(f: &File, trailer: &Trailer, patch: &Patch) -> std::io::Result<()> {
     f.write_all_at(&tail, at)
 }
 
-/// Copies the spans into the target (never through a symlink), cuts it to
-/// its size, sets mode and mtime, fsyncs it when `durable`.
-fn replay(patch: &File, target: &Path, t: &Trailer, durable: bool) -> Result<()> {
-    let out = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(target)
-        .ctx("open for patching", target)?;
+/// Copies the spans into the target (`out`, opened at `target`), cuts it
+/// to its size, sets mode and mtime, fsyncs it when `durable`.
+fn replay(patch: &File, out: &File, target: &Path, t: &Trailer, durable: bool) -> Result<()> {
     for &(a, b) in &t.spans {
-        copy_span(patch, &out, a..b).ctx("patch", target)?;
+        copy_span(patch, out, a..b).ctx("patch", target)?;
     }
     out.set_len(t.len).ctx("set the size of", target)?;
     out.set_permissions(Permissions::from_mode(t.mode))
@@ -182,7 +195,7 @@ pub enum Recovered {
 /// Finishes the patch a killed restore committed (see the module doc):
 /// called on staging files whose owner is gone.
 pub fn recover(path: &Path) -> Recovered {
-    let Ok(f) = File::open(path) else {
+    let Ok(Some(f)) = crate::sources::restore_patch::open_staged(path) else {
         return Recovered::NotAPatch;
     };
     let Some(t) = Trailer::read(&f) else {
@@ -191,7 +204,9 @@ pub fn recover(path: &Path) -> Recovered {
     let file = t.file();
     let target = file.target_beside(path);
     let replayed = match fs::symlink_metadata(&target) {
-        Ok(m) if file.patches(&m) => replay(&f, &target, &t, true).is_ok(),
+        Ok(m) if file.patches(&m) => open_for_patching(&target)
+            .and_then(|out| replay(&f, &out, &target, &t, true))
+            .is_ok(),
         // Gone or replaced since: nothing left to finish.
         Ok(_) => true,
         Err(e) => e.kind() == ErrorKind::NotFound,
@@ -294,6 +309,30 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), new);
         assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o600);
         assert!(!tmp.exists());
+    }
+
+    /// The sweep hands recover any stale staging name: a FIFO there must
+    /// not block the restore (it holds the store lock), and a link to a
+    /// committed patch is never followed.
+    #[test]
+    fn a_fifo_or_a_link_at_a_staging_name_is_no_patch() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(".atosnap-tmp-fifo.tmp");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        assert_eq!(recover(&fifo), Recovered::NotAPatch);
+        let (target, tmp, patch, _) = setup(dir.path());
+        let f = File::options().read(true).write(true).open(&tmp).unwrap();
+        commit(&f, &trailer_of(b"data.bin", &patch, 0o600, 5), &patch).unwrap();
+        let link = dir.path().join(".atosnap-tmp-link.tmp");
+        std::os::unix::fs::symlink(&tmp, &link).unwrap();
+        let before = fs::read(&target).unwrap();
+        assert_eq!(recover(&link), Recovered::NotAPatch);
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            before,
+            "not replayed through the link"
+        );
     }
 
     #[test]

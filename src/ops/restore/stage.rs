@@ -431,7 +431,7 @@ fn short_of_room(by_fs: &BTreeMap<u64, (&Path, u64)>) -> Result<Option<Error>> {
 fn patch_bytes(store: &Store, index: &ChunkIndex, j: &Job<'_>) -> Option<u64> {
     let reusable = j.reusable?;
     let old = File::open(&j.target).ok()?;
-    patchable(&old, reusable, matches!(j.slot, Slot::Chroma(_)))?;
+    patchable(&old, &j.target, reusable, matches!(j.slot, Slot::Chroma(_)))?;
     let disk = old.metadata().ok()?;
     let found = super::compare_on_disk(store, index, &j.target, &j.entry.path, j.file).ok()?;
     let differing = found.reusable.differing(j.file.size, disk.blksize())?;
@@ -445,13 +445,14 @@ fn patch_bytes(store: &Store, index: &ChunkIndex, j: &Job<'_>) -> Option<u64> {
 /// patched into, or None when it must be replaced whole: patched only
 /// when bulk data whose chunks sit where the snapshot has them, in a
 /// plain file with one link (a patch through another link would change
-/// that file too).
-fn patchable(old: &File, reusable: &Reusable, bulk: bool) -> Option<FileIdentity> {
+/// that file too) that this process may write (a read-only file is
+/// replaced whole, by a rename its folder allows).
+fn patchable(old: &File, target: &Path, reusable: &Reusable, bulk: bool) -> Option<FileIdentity> {
     if !(bulk && reusable.is_positional() && !reusable.is_empty()) {
         return None;
     }
     let m = old.metadata().ok()?;
-    (m.is_file() && m.nlink() == 1).then(|| FileIdentity::of(&m))
+    (m.is_file() && m.nlink() == 1 && crate::os::writable(target)).then(|| FileIdentity::of(&m))
 }
 
 fn refusal(manifest: &Manifest, errors: BTreeSet<String>) -> Error {
@@ -641,7 +642,9 @@ pub(super) fn stage_file(
         .filter(|r| !r.is_empty())
         .and_then(|r| File::open(target).ok().map(|f| (f, r)));
     // Patched in place when it can be (see `patch.rs`).
-    let patch_of = old.as_ref().and_then(|(f, r)| patchable(f, r, how.bulk));
+    let patch_of = old
+        .as_ref()
+        .and_then(|(f, r)| patchable(f, target, r, how.bulk));
     let output = match (patch_of, how.bulk) {
         (Some(_), _) => Output::Changes,
         (None, true) => Output::WholeBehind,
