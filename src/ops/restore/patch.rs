@@ -172,7 +172,7 @@ fn replay(patch: &File, out: &File, target: &Path, t: &Trailer, durable: bool) -
     out.set_len(t.len).ctx("set the size of", target)?;
     out.set_permissions(Permissions::from_mode(t.mode))
         .ctx("set the mode of", target)?;
-    filetime::set_file_handle_times(&out, None, Some(file_time(t.mtime_ns)))
+    filetime::set_file_handle_times(out, None, Some(file_time(t.mtime_ns)))
         .ctx("set the mtime of", target)?;
     if durable {
         out.sync_all().ctx("fsync", target)?;
