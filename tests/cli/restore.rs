@@ -772,3 +772,43 @@ fn a_restore_without_room_to_stage_is_refused_before_writing() {
     let r = rt.ok(&["restore", &s1, "--to", to.to_str().unwrap()]);
     assert_eq!(r["restored_integrity_ok"], true, "{r}");
 }
+
+/// A restore run as root over a tree the service owns: files in folders
+/// it creates (a segment folder gone, or the whole Chroma folder) get
+/// the service's owner like the folders, never root's, so Chroma can
+/// still write its own files.
+#[test]
+fn files_in_folders_a_root_restore_creates_keep_the_services_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("skipped: needs root to hand files to another owner");
+        return;
+    }
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let data = rt.chroma().parent().unwrap().to_path_buf();
+    let chown_tree = || {
+        for e in walkdir::WalkDir::new(&data).into_iter().flatten() {
+            std::os::unix::fs::lchown(e.path(), Some(1000), Some(1000)).unwrap();
+        }
+    };
+    let not_the_services = || -> Vec<(std::path::PathBuf, u32)> {
+        walkdir::WalkDir::new(rt.chroma())
+            .into_iter()
+            .flatten()
+            .map(|e| (e.path().to_path_buf(), e.metadata().unwrap().uid()))
+            .filter(|(_, uid)| *uid != 1000)
+            .collect()
+    };
+    chown_tree();
+    std::fs::remove_dir_all(rt.chroma().join(SEGMENT)).unwrap();
+    std::fs::remove_file(rt.chroma().join("chroma.sqlite3")).unwrap();
+    rt.restore_live(&s1);
+    assert!(seg(&rt, "data_level0.bin").exists());
+    assert_eq!(not_the_services(), vec![], "a segment folder recreated");
+    chown_tree();
+    std::fs::remove_dir_all(rt.chroma()).unwrap();
+    rt.restore_live(&s1);
+    assert!(seg(&rt, "data_level0.bin").exists());
+    assert_eq!(not_the_services(), vec![], "the Chroma folder recreated");
+}

@@ -202,12 +202,28 @@ pub(super) fn file_time(ns: i64) -> filetime::FileTime {
 }
 
 /// The owner a new file at `target` should get: the one it replaces, else
-/// its folder's (so a restore run as root keeps the service's ownership).
+/// its nearest existing folder's (so a restore run as root keeps the
+/// service's ownership, also in folders it creates: those take their
+/// parent's owner, [`adopt_parent_owner`]).
 pub(super) fn wanted_owner(target: &Path) -> Option<(u32, u32)> {
     fs::symlink_metadata(target)
-        .or_else(|_| fs::metadata(parent_of(target)))
         .ok()
+        .or_else(|| {
+            target
+                .ancestors()
+                .skip(1)
+                .find_map(|d| fs::metadata(d).ok())
+        })
         .map(|m| (m.uid(), m.gid()))
+}
+
+/// Best effort: a folder the restore created gets its parent's owner.
+fn adopt_parent_owner(dir: &Path) {
+    if let (Ok(m), Ok(p)) = (fs::metadata(dir), fs::metadata(parent_of(dir))) {
+        if (m.uid(), m.gid()) != (p.uid(), p.gid()) {
+            let _ = std::os::unix::fs::chown(dir, Some(p.uid()), Some(p.gid()));
+        }
+    }
 }
 
 /// How a file is installed: which chunks can be read from the file being
@@ -341,7 +357,11 @@ fn install_chroma(
 ) -> Result<()> {
     let root = &plan.root;
     if !plan.root_exists {
+        let missing: Vec<&Path> = root.ancestors().take_while(|d| !d.exists()).collect();
         fs::create_dir_all(root).ctx("create", root)?;
+        for dir in missing.into_iter().rev() {
+            adopt_parent_owner(dir);
+        }
     }
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
     for r in &plan.remove {
@@ -363,12 +383,7 @@ fn install_chroma(
     for &i in &plan.create_dirs {
         let path = path_of(root, rel_of(manifest, i));
         real_dirs(root, rel_of(manifest, i), true)?;
-        // Best effort: a new folder gets its parent's owner.
-        if let (Ok(m), Ok(p)) = (fs::metadata(&path), fs::metadata(parent_of(&path))) {
-            if (m.uid(), m.gid()) != (p.uid(), p.gid()) {
-                let _ = std::os::unix::fs::chown(&path, Some(p.uid()), Some(p.gid()));
-            }
-        }
+        adopt_parent_owner(&path);
         touched.insert(parent_of(&path).to_path_buf());
     }
 
