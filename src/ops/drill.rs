@@ -73,7 +73,12 @@ pub fn drill(
     let _lock = store.lock_shared_reader("drill", lock_wait)?;
     let tmp = store.tmp_dir()?;
     let scratch = tempfile::Builder::new()
-        .prefix(&format!("{}-drill-", std::process::id()))
+        // Named by its owner, so that a killed drill's scratch (a whole
+        // restore) is swept by the next writer, not left for gc.
+        .prefix(&format!(
+            "{}drill-",
+            crate::os::TempOwner::current().prefix()
+        ))
         .tempdir_in(&tmp)
         .ctx("create a scratch folder in", &tmp)?;
     let root = scratch.path();

@@ -174,3 +174,28 @@ fn diff_lists_added_removed_and_changed_files_with_byte_counts() {
     let Out { code, .. } = rt.run(&["diff", &s1]);
     assert_eq!(code, 2, "usage");
 }
+
+/// A drill killed mid-restore leaves its scratch restore (the size of the
+/// runtime) in the store's `tmp/`: its folder names its owner, so the next
+/// writer sweeps it rather than leaving it until a gc.
+#[test]
+fn a_killed_drills_scratch_is_swept_by_the_next_writer() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let out = rt.run_env(
+        &["drill", &s1],
+        &[("ATOSNAP_FAILPOINT", "restore:after-stage")],
+    );
+    assert_eq!(out.code, 137, "{out:?}");
+    let scratch = || -> Vec<String> {
+        std::fs::read_dir(rt.store.join("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("-drill-"))
+            .collect()
+    };
+    assert_eq!(scratch().len(), 1, "the killed drill's scratch");
+    rt.create(&["--chroma"]);
+    assert_eq!(scratch(), Vec::<String>::new());
+}
