@@ -812,3 +812,29 @@ fn files_in_folders_a_root_restore_creates_keep_the_services_owner() {
     assert!(seg(&rt, "data_level0.bin").exists());
     assert_eq!(not_the_services(), vec![], "the Chroma folder recreated");
 }
+
+/// The disk fills while a file is staged (after the free-space check,
+/// which a writer elsewhere can outrun): the error names the file being
+/// restored, never only a random staging name.
+#[test]
+fn a_disk_that_fills_while_staging_names_the_file() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let to = rt.path("small");
+    std::fs::create_dir(&to).unwrap();
+    let mut cmd = rt.command();
+    cmd.args(["restore", &s1, "--to"])
+        .arg(&to)
+        .env("ATOSNAP_TEST_FREE_BYTES", "1000000000000");
+    let prelude = "mount -t tmpfs -o size=2m tmpfs \"$1\" &&";
+    let Some(out) = run_unshared(&["-rm"], prelude, &[&to], &cmd) else {
+        eprintln!("skipped: no mount namespace");
+        return;
+    };
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_code(), "disk_full", "{out:?}");
+    let msg = out.json["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("staging copy of"), "{msg}");
+    assert!(!msg.contains(".atosnap-restore-"), "{msg}");
+    assert!(msg.contains(&to.display().to_string()), "{msg}");
+}

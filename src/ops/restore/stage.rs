@@ -671,7 +671,7 @@ pub(super) fn stage_file(
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .ctx("create", &tmp)?;
+        .ctx("create the staging copy of", target)?;
     if output != Output::Changes {
         crate::os::preallocate(&f, file.size);
     }
@@ -679,10 +679,12 @@ pub(super) fn stage_file(
     let done = match extract::write_file_at(store, index, file, &f, on_bytes, (source, output)) {
         Ok(n) => n,
         Err(ExtractError::Chunk(id, fault)) => return Ok(Err(Fault::Chunk(id, fault))),
-        Err(ExtractError::Write(e)) => return Err(Error::io("write", &tmp, e)),
+        Err(ExtractError::Write(e)) => {
+            return Err(Error::io("write the staging copy of", target, e))
+        }
         Err(ExtractError::TooLarge { limit }) => {
             return Err(Error::TargetInvalid {
-                path: tmp.clone(),
+                path: target.to_path_buf(),
                 detail: format!("more than {limit} bytes"),
             })
         }
@@ -711,13 +713,13 @@ pub(super) fn stage_file(
             });
         } else {
             patch::fill_gaps(from, &f, &done.spans, file.size)
-                .ctx("copy the unchanged bytes into", &tmp)?;
+                .ctx("copy the unchanged bytes into the staging copy of", target)?;
         }
     }
     if patch.is_some() {
         // Owner, mode and mtime are the target's to get when it is patched.
         if how.durable {
-            f.sync_all().ctx("fsync", &tmp)?;
+            f.sync_all().ctx("fsync the staging copy of", target)?;
         }
         guard.1 = true;
         drop(guard);
@@ -734,11 +736,11 @@ pub(super) fn stage_file(
         }
     }
     f.set_permissions(Permissions::from_mode(entry.mode & 0o7777))
-        .ctx("set the mode of", &tmp)?;
+        .ctx("set the mode of the staging copy of", target)?;
     filetime::set_file_handle_times(&f, None, Some(file_time(entry.mtime_ns)))
-        .ctx("set the mtime of", &tmp)?;
+        .ctx("set the mtime of the staging copy of", target)?;
     if how.durable {
-        f.sync_all().ctx("fsync", &tmp)?;
+        f.sync_all().ctx("fsync the staging copy of", target)?;
     }
     guard.1 = true;
     drop(guard);
