@@ -87,6 +87,7 @@ pub fn create(
     progress: &dyn Progress,
 ) -> Result<CreateResult> {
     sqlite::check_database(&opts.db)?;
+    super::tag::new_tags(&opts.tags)?;
     let lock = store.lock_shared("create", opts.lock_wait)?;
     capture(store, &lock, opts, progress)
 }
@@ -102,6 +103,7 @@ pub(crate) fn capture(
     progress: &dyn Progress,
 ) -> Result<CreateResult> {
     let started = Instant::now();
+    let tags = super::tag::new_tags(&opts.tags)?;
     let at = opts.at.unwrap_or_else(Utc::now);
     let wanted = Stamp::at(at);
     sqlite::check_database(&opts.db)?;
@@ -168,7 +170,7 @@ pub(crate) fn capture(
         version: MANIFEST_VERSION,
         stamp: wanted.to_string(),
         created_at: at.to_rfc3339_opts(SecondsFormat::Secs, true),
-        tags: opts.tags.clone(),
+        tags: tags.clone(),
         hostname: crate::os::hostname(),
         chroma_included,
         capture_errors: errors.clone(),
@@ -185,7 +187,7 @@ pub(crate) fn capture(
     let mut result = CreateResult {
         stamp: wanted.to_string(),
         created_at: manifest.created_at.clone(),
-        tags: opts.tags.clone(),
+        tags,
         db_size_bytes: manifest.db_size(),
         registry_snapshot_included: registry_included,
         chroma_snapshot_included: chroma_included,

@@ -48,6 +48,28 @@ pub fn edit(before: &[String], add: &[String], remove: &[String]) -> Vec<String>
     tags
 }
 
+/// The tags of a new snapshot (`create --tag`, or the `tags` of a
+/// backup request): none blank, since `tag --remove` could never take a
+/// blank one off again, and each once, in the order given.
+pub fn new_tags(tags: &[String]) -> Result<Vec<String>> {
+    refuse_blank("create --tag", tags.iter())?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(tags
+        .iter()
+        .filter(|t| seen.insert(t.as_str()))
+        .cloned()
+        .collect())
+}
+
+fn refuse_blank<'a>(what: &str, mut tags: impl Iterator<Item = &'a String>) -> Result<()> {
+    match tags.find(|t| t.trim().is_empty()) {
+        Some(bad) => Err(Error::Usage(format!(
+            "{what}: {bad:?} is not a tag (empty or blank)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub fn tag(
     store: &Store,
     stamp: &str,
@@ -61,11 +83,7 @@ pub fn tag(
             "tag: give at least one --add T or --remove T".into(),
         ));
     }
-    if let Some(bad) = add.iter().chain(remove).find(|t| t.trim().is_empty()) {
-        return Err(Error::Usage(format!(
-            "tag: {bad:?} is not a tag (empty or blank)"
-        )));
-    }
+    refuse_blank("tag", add.iter().chain(remove))?;
     let lock = store.lock_exclusive("tag", lock_wait)?;
     if !store.snapshot_exists(&stamp)? {
         return Err(Error::SnapshotMissing {

@@ -473,6 +473,26 @@ fn missing_chroma_dir_is_a_warning() {
 
 // ---- stamps, tags, list --------------------------------------------------------
 
+/// A blank tag could never be taken off again (`tag --remove` refuses
+/// blank tags): create refuses one as `tag` does, and stores a repeated
+/// tag once.
+#[test]
+fn create_refuses_blank_tags_and_keeps_each_tag_once() {
+    let env = Env::tiny();
+    for blank in ["", " "] {
+        let out = env.run(&["create", "--tag", "ok", "--tag", blank]);
+        assert_eq!(out.code, 2, "{out:?}");
+        let msg = out.json["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("--tag"), "{msg}");
+    }
+    assert!(
+        !env.store.join("snapshots").exists()
+            || env.run(&["list"]).json["snapshots"] == serde_json::json!([])
+    );
+    let r = env.create(&["--tag", "a", "--tag", "b", "--tag", "a"]);
+    assert_eq!(r["tags"], serde_json::json!(["a", "b"]));
+}
+
 #[test]
 fn same_second_gets_a_suffix_and_tags_are_listed() {
     let env = Env::tiny();

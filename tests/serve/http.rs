@@ -394,6 +394,55 @@ fn the_token_is_required_off_loopback_and_checked() {
 }
 
 #[test]
+fn a_backup_request_with_a_blank_tag_is_refused() {
+    let rt = Runtime::synthetic();
+    let server = rt.start(&[]);
+    let r = server.post("/admin/backup", r#"{"tags": ["ok", "  "]}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("not a tag"), "{}", r.text());
+    assert_eq!(rt.run(&["list"]).json["snapshots"], serde_json::json!([]));
+}
+
+/// Requests are counted before the token is checked, labelled by their
+/// method, which a client may invent: without a token, anyone reaching the
+/// port once grew /metrics by a series per made-up method, without end.
+#[test]
+fn made_up_methods_cannot_grow_the_metrics() {
+    let rt = Runtime::synthetic();
+    rt.run(&["init"]);
+    let token = rt.path("token");
+    let secret = "0123456789abcdef0123456789abcdef";
+    std::fs::write(&token, secret).unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let server = rt.start(&["--token-file", token.to_str().unwrap()]);
+    for i in 0..50 {
+        let method = format!("X{i:04}{}", "Y".repeat(100));
+        assert_eq!(
+            request(server.addr, &method, "/healthz", &[], b"").status,
+            401
+        );
+    }
+    let auth = format!("Bearer {secret}");
+    let r = request(
+        server.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    let text = r.text();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("atosnap_http_requests_total"))
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert!(
+        series[0].contains("method=\"other\"") && series[0].ends_with(" 50"),
+        "{series:?}"
+    );
+}
+
+#[test]
 fn two_concurrent_creates_both_land_or_one_is_refused_and_the_store_stays_sound() {
     let rt = Runtime::synthetic();
     rt.run(&["create"]);
