@@ -68,6 +68,7 @@ pub fn diff(store: &Store, from: &str, to: &str) -> Result<DiffResult> {
     let a_map = contents(&a.entries);
     let b_map = contents(&b.entries);
     for (path, ea) in &a_map {
+        crate::os::check_interrupted()?;
         match b_map.get(path) {
             None => out.removed.push(PathSize {
                 path: lossy(path),

@@ -106,9 +106,11 @@ pub fn drill(
                     .errors
                     .push(format!("db_integrity_check_failed: {e}"));
             }
+            crate::os::check_interrupted()?;
             let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
             let index = store.load_index()?;
             check_restored(store, &index, &manifest, root, &mut result);
+            crate::os::check_interrupted()?;
             match sqlite::table_row_counts(&root.join(DB_PATH)) {
                 Ok(rows) => result.table_rows = rows,
                 Err(e) => result.errors.push(format!("table_count_failed: {e}")),

@@ -71,7 +71,7 @@ pub fn forget(store: &Store, opts: &ForgetOptions) -> Result<ForgetResult> {
     if opts.confirm {
         let lock = store.lock_exclusive("forget --confirm", opts.lock_wait)?;
         r.remaining_stamps = check(store, &wanted, opts.force)?;
-        let done = cleanup::delete_then_gc(store, &lock, &wanted);
+        let done = cleanup::delete_then_gc(store, &lock, &wanted)?;
         r.deleted_stamps = Some(done.deleted);
         r.bytes_reclaimed = Some(done.bytes_reclaimed);
         r.errors = done.errors;

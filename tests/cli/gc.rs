@@ -245,6 +245,26 @@ fn a_copy_of_a_live_pack_under_another_name_never_costs_the_pack() {
     }
 }
 
+/// Ctrl-C on `gc --confirm` stops it between two steps (SPEC §4: the
+/// `interrupted` document, exit 1), each of which leaves the store whole;
+/// it once went on rewriting and deleting to the end.
+#[test]
+fn an_interrupted_gc_stops_between_steps_and_leaves_the_store_whole() {
+    let (env, s) = after_deletion();
+    let out = env.interrupted_at("gc:before-rewrite", &["gc", "--confirm"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_code(), "interrupted", "{out:?}");
+    assert!(
+        env.store.join(&s.pack_a).exists(),
+        "the sparse pack is not rewritten"
+    );
+    assert_eq!(env.run(&["validate", &s.d3]).code, 0);
+    // The next gc finishes the work.
+    let r = env.ok(&["gc", "--confirm"]);
+    assert_eq!(strs(&r["rewritten_packs"]), [s.pack_a.as_str()]);
+    assert_eq!(env.run(&["validate", &s.d3]).code, 0);
+}
+
 #[test]
 fn a_pack_whose_index_the_storage_fails_to_deliver_is_kept_with_exit_1() {
     let (env, s) = after_deletion();

@@ -182,3 +182,14 @@ fn sigterm_on_a_bucket_deletes_the_lock_object() {
     assert_eq!(s.stamps().len(), 1);
     assert_eq!(s.ok(&["verify"])["ok"], true);
 }
+
+/// validate (a full read of the snapshot) stops at a signal, as create
+/// does, instead of running on and reporting the snapshot valid.
+#[test]
+fn sigint_during_validate_reports_interrupted() {
+    let rt = Rt::fixture();
+    let stamp = rt.create_stamp(&["--chroma"]);
+    let out = rt.interrupted_at("validate:before-reads", &["validate", &stamp]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_code(), "interrupted", "{out:?}");
+}

@@ -111,6 +111,29 @@ pub fn run_unshared(
 }
 
 impl Runtime {
+    /// Runs `args`, held at the failpoint `point` (`ATOSNAP_FAILPOINT_PAUSE`),
+    /// where it gets SIGINT; then released. Its output.
+    pub fn interrupted_at(&self, point: &str, args: &[&str]) -> Out {
+        let release = self.path("release");
+        let reached = self.path("release.reached");
+        let mut cmd = self.command();
+        cmd.args(args)
+            .env("ATOSNAP_FAILPOINT_PAUSE", point)
+            .env("ATOSNAP_FAILPOINT_RELEASE", &release)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !reached.exists() {
+            assert!(std::time::Instant::now() < deadline, "{point} not reached");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        std::fs::write(&release, b"").unwrap();
+        parse(&child.wait_with_output().unwrap())
+    }
+
     /// The binary with no path flags and a clean environment, in the temp
     /// dir.
     pub fn bare_command(&self) -> Command {

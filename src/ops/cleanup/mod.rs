@@ -87,7 +87,7 @@ pub fn cleanup(store: &Store, opts: &CleanupOptions) -> Result<CleanupResult> {
     let mut result = if opts.confirm {
         let lock = store.lock_exclusive("cleanup --confirm", opts.lock_wait)?;
         let (plan, mut r) = make_plan(store, &opts.policy)?;
-        let done = delete_then_gc(store, &lock, &plan.delete);
+        let done = delete_then_gc(store, &lock, &plan.delete)?;
         r.deleted = Some(done.deleted.len() as u64);
         r.deleted_stamps = Some(done.deleted);
         r.bytes_reclaimed = Some(done.bytes_reclaimed);
@@ -124,10 +124,12 @@ pub struct Deletion {
 
 /// Deletes `stamps` (each folder disappears at once), then runs gc under
 /// the same exclusive lock. A snapshot that cannot be deleted is an error
-/// in the result; the others still go.
-pub fn delete_then_gc(store: &Store, lock: &ExclusiveLock, stamps: &[Stamp]) -> Deletion {
+/// in the result; the others still go. A signal stops it between two
+/// deletions (`interrupted`): what is gone is gone, gc runs next time.
+pub fn delete_then_gc(store: &Store, lock: &ExclusiveLock, stamps: &[Stamp]) -> Result<Deletion> {
     let mut d = Deletion::default();
     for stamp in stamps {
+        crate::os::check_interrupted()?;
         match store.delete_snapshot(lock, stamp) {
             Ok(()) => d.deleted.push(stamp.to_string()),
             Err(e) => {
@@ -143,12 +145,13 @@ pub fn delete_then_gc(store: &Store, lock: &ExclusiveLock, stamps: &[Stamp]) -> 
             d.exit_code = d.exit_code.max(g.exit_code);
             d.gc = Some(g);
         }
+        Err(e @ Error::Interrupted { .. }) => return Err(e),
         Err(e) => {
             d.errors.push(format!("gc: {e}"));
             d.exit_code = d.exit_code.max(e.exit_code());
         }
     }
-    d
+    Ok(d)
 }
 
 /// What a dry run says deleting `doomed` would give back.

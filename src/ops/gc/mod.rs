@@ -210,6 +210,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
     let mut young: BTreeSet<String> = BTreeSet::new();
     let mut index = ChunkIndex::new();
     for round in listed.chunks(PACKS_PER_ROUND) {
+        crate::os::check_interrupted()?;
         let read: Vec<_> = round
             .par_iter()
             .map(|p| {
@@ -290,6 +291,7 @@ pub fn plan(store: &Store, exclude: &BTreeSet<Stamp>) -> Result<Plan> {
         .map(|f| f.folder.clone())
         .collect();
     for stamp in listing.stamps.iter().filter(|s| !exclude.contains(s)) {
+        crate::os::check_interrupted()?;
         let manifest =
             store
                 .read_manifest(stamp, ReadFrom::Cache)
@@ -433,10 +435,14 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
                 false
             }
         };
+    // A signal stops gc between two steps, each of which leaves the store
+    // whole (a rewritten pack's old copy goes only once the new is in).
     for p in plan.with_action(Action::Delete) {
+        crate::os::check_interrupted()?;
         delete(p, &mut out, &mut freed);
     }
     for folder in &plan.abandoned_folders {
+        crate::os::check_interrupted()?;
         match store.delete_abandoned_folder(lock, folder) {
             Ok(()) => out.abandoned_removed.push(folder.clone()),
             Err(e) => out
@@ -451,6 +457,7 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
     let mut write_error = None;
     crate::failpoint::pause("gc:before-rewrite");
     for p in plan.with_action(Action::Rewrite) {
+        crate::os::check_interrupted()?;
         match copy_live(store, &mut packer, &mut scratch, p) {
             Ok(()) => copied.push(p),
             // The storage failed, not the pack: stop as for a failed write.

@@ -182,7 +182,10 @@ fn check_manifest(
             false
         }
         Some(db) => match db_list {
-            Some(true) => check_db(store, index, db, &mut errors)?,
+            Some(true) => {
+                crate::os::check_interrupted()?;
+                check_db(store, index, db, &mut errors)?
+            }
             _ => false,
         },
     };
@@ -194,6 +197,7 @@ fn check_manifest(
     let mut sound = IdSet::default();
     for entry in &manifest.entries {
         let Some(f) = entry.file() else { continue };
+        crate::os::check_interrupted()?;
         if db_entry.is_some_and(|db| std::ptr::eq(db, entry)) {
             checked.ok.insert(&entry.path, db_list == Some(true));
             continue;
@@ -287,6 +291,7 @@ fn check_batch(
     batch: &mut Vec<Id>,
     faults: &mut Vec<(Id, ChunkFault)>,
 ) -> Result<()> {
+    crate::os::check_interrupted()?;
     let found: Vec<(Id, ChunkFault)> = batch
         .par_iter()
         .filter_map(|id| store.read_chunk(index, id).err().map(|f| (*id, f)))
