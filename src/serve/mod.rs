@@ -27,7 +27,8 @@
 //! Connections are served by hyper directly (our accept loop, not
 //! `axum::serve`) for the limits axum does not expose: a connection that
 //! has not sent a whole request head within [`ServeLimits::header_timeout`]
-//! is closed, a body must arrive within the same time (408), and past
+//! is closed, a body must arrive within the same time (408), one that takes
+//! no bytes of its answers for as long is closed too, and past
 //! [`ServeLimits::max_connections`] a connection is answered 503 and closed.
 //! Without a token, requests a browser makes for another site (a foreign
 //! `Origin` or `Host`) are refused with 403 ([`auth::cross_site_reason`]).
@@ -36,6 +37,7 @@ pub mod api_error;
 pub mod auth;
 mod handlers;
 pub mod metrics;
+mod stall;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -109,7 +111,8 @@ pub struct ServeConfig {
 #[derive(Clone, Debug)]
 pub struct ServeLimits {
     /// A connection must send a whole request head within this (and a
-    /// request body within it too). SPEC §3: 60 s.
+    /// request body within it too), and take the bytes of its answer
+    /// without stalling longer. SPEC §3: 60 s.
     pub header_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
@@ -300,12 +303,13 @@ async fn accept_loop(
 }
 
 type Connection = hyper::server::conn::http1::Connection<
-    hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    hyper_util::rt::TokioIo<stall::StallLimit>,
     hyper_util::service::TowerToHyperService<Router>,
 >;
 
 /// One HTTP/1.1 connection, closed when its request head (or the next
-/// one) is not complete within `header_timeout`.
+/// one) is not complete within `header_timeout`, or when the client takes
+/// none of its answer for as long ([`stall::StallLimit`]).
 fn serve_connection(
     stream: tokio::net::TcpStream,
     app: Router,
@@ -317,7 +321,7 @@ fn serve_connection(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout);
     builder.serve_connection(
-        hyper_util::rt::TokioIo::new(stream),
+        hyper_util::rt::TokioIo::new(stall::StallLimit::new(stream, header_timeout)),
         hyper_util::service::TowerToHyperService::new(app),
     )
 }

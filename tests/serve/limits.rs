@@ -187,3 +187,49 @@ fn a_body_that_is_not_an_object_or_has_unknown_fields_is_400() {
     );
     assert_eq!(server.post("/admin/backup", "{}").status, 200);
 }
+
+/// A client that sends requests and never reads the answers: once the
+/// socket buffers fill, its answer stalls. The connection is closed after
+/// the stall limit (the header timeout), so it neither keeps its place
+/// under the cap for ever nor holds up a shutdown.
+#[test]
+fn a_client_that_never_reads_its_answers_is_disconnected() {
+    use std::io::Write;
+    let rt = Runtime::synthetic();
+    rt.run(&["init"]);
+    let mut server = start_with_env(
+        &rt,
+        &[
+            ("ATOSNAP_SERVE_HEADER_TIMEOUT_MS", "500"),
+            ("ATOSNAP_SERVE_MAX_CONNECTIONS", "1"),
+        ],
+        &[],
+    );
+    let mut greedy = std::net::TcpStream::connect(server.addr).unwrap();
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    for _ in 0..20_000 {
+        if greedy.write_all(req.as_bytes()).is_err() {
+            break;
+        }
+    }
+    // Its slot comes free: the next client is served, not refused.
+    wait_until("the stalled connection to be closed", || {
+        server.get("/healthz").status == 200
+    });
+    server.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exited = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exited.and_then(|s| s.code()), Some(0), "{}", server.log_text());
+    drop(greedy);
+}
