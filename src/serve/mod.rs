@@ -235,7 +235,7 @@ async fn serve_until_signal(cfg: ServeConfig) -> Result<ServeSummary> {
         ) => return Err(e),
         Err(e) => tracing::warn!(code = e.code(), "store not readable yet: {e}"),
     }
-    let stop = Arc::new(Mutex::new(String::new()));
+    let stop = state.stopped_by.clone();
     let signal = shutdown_signal(stop.clone())?;
     tracing::info!(
         target: LIFECYCLE,
@@ -426,6 +426,9 @@ struct AppState {
     probes: Arc<Semaphore>,
     requests: AtomicU64,
     started: Instant,
+    /// The signal that stopped the server (empty while it runs). Set when
+    /// it arrives: store work not yet started is refused from then on.
+    stopped_by: Arc<Mutex<String>>,
 }
 
 impl AppState {
@@ -449,6 +452,7 @@ impl AppState {
             probes: Arc::new(Semaphore::new(PROBE_JOBS as usize)),
             requests: AtomicU64::new(0),
             started: Instant::now(),
+            stopped_by: Arc::new(Mutex::new(String::new())),
         }
     }
 
@@ -483,6 +487,17 @@ impl AppState {
         gate: Option<OwnedSemaphorePermit>,
         work: impl FnOnce() -> std::result::Result<T, ApiError> + Send + 'static,
     ) -> std::result::Result<T, ApiError> {
+        // SIGTERM lets running work finish, and starts none: a request
+        // that waited at its gate while the server began to stop (a
+        // second create queued behind the running one) is turned away.
+        if !lock(&self.stopped_by).is_empty() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is stopping; nothing was done",
+            )
+            .retry_later());
+        }
         run_blocking(&self.jobs, gate, work).await
     }
 

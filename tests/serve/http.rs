@@ -541,7 +541,7 @@ fn gets_answer_while_a_create_runs_and_list_never_shows_it_half_done() {
 }
 
 #[test]
-fn sigterm_during_a_create_lets_it_finish_then_exits_0() {
+fn sigterm_during_a_create_lets_it_finish_starts_no_queued_one_then_exits_0() {
     let rt = Runtime::synthetic();
     let lock_path = rt.path("ingestion.lock");
     let writer = hold_shared(&lock_path);
@@ -560,6 +560,18 @@ fn sigterm_during_a_create_lets_it_finish_then_exits_0() {
     wait_until("the create to take the store lock", || {
         create_holds_store_lock(&rt.store())
     });
+    // A second create waits at the gate for the first when the signal
+    // comes: it must not start once the first is done.
+    let queued = std::thread::spawn(move || {
+        request(
+            addr,
+            "POST",
+            "/admin/backup",
+            &[],
+            br#"{"include_chroma": true, "tags": ["queued"]}"#,
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
     server.signal("TERM");
     wait_until("the server to stop accepting", || {
         std::net::TcpStream::connect(addr).is_err()
@@ -572,6 +584,13 @@ fn sigterm_during_a_create_lets_it_finish_then_exits_0() {
     drop(writer);
     let r = create.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    let q = queued.join().unwrap();
+    assert_eq!(q.status, 503, "{}", q.text());
+    assert_eq!(q.json()["error"]["code"], "shutting_down");
+    assert!(q
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("retry-after")));
     let stamp = r.json()["stamp"].as_str().unwrap().to_string();
     let (code, out) = server.wait();
     assert_eq!(code, Some(0), "{out}");
@@ -582,6 +601,7 @@ fn sigterm_during_a_create_lets_it_finish_then_exits_0() {
     } = rt.run(&["verify"]);
     assert_eq!(code, 0, "{report}");
     let list = rt.run(&["list"]).json;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list["snapshots"][0]["stamp"], stamp.as_str());
     assert_eq!(list["snapshots"][0]["tags"], serde_json::json!(["last"]));
 }

@@ -230,6 +230,11 @@ fn a_client_that_never_reads_its_answers_is_disconnected() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(exited.and_then(|s| s.code()), Some(0), "{}", server.log_text());
+    assert_eq!(
+        exited.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        server.log_text()
+    );
     drop(greedy);
 }
