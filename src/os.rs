@@ -216,7 +216,6 @@ fn copy_range_buffered(
     Ok(())
 }
 
-/// This host's name (lock objects, claim markers and temp names carry it).
 /// May this process write `path` (effective ids, as `open` judges)? A
 /// read-only file is patched in place only by one who may write it.
 pub fn writable(path: &Path) -> bool {
@@ -228,6 +227,7 @@ pub fn writable(path: &Path) -> bool {
     unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
 }
 
+/// This host's name (lock objects, claim markers and temp names carry it).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

@@ -648,8 +648,10 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 ),
                 None => None,
             };
-            // Refuse a missing db before a store is created for it.
+            // Refuse a missing db, or a blank tag, before a store is
+            // created for them.
             atosnap::sources::sqlite::check_database(&paths.db)?;
+            let tags = atosnap::ops::tag::new_tags("--tag", tags)?;
             // A password with no store is refused there, not turned into
             // an unencrypted store.
             let store = Store::open_or_init(&store_address(g, &paths)?, &secrets(g))?;
@@ -657,7 +659,7 @@ fn dispatch(cli: &Cli) -> Result<(serde_json::Value, i32), Error> {
                 db: paths.db.clone(),
                 registry: paths.registry.clone(),
                 chroma: chroma.then(|| paths.chroma_dir.clone()),
-                tags: tags.clone(),
+                tags,
                 at,
                 lock_wait,
                 ingestion_lock: g.ingestion_lock.clone(),

@@ -87,7 +87,6 @@ pub fn create(
     progress: &dyn Progress,
 ) -> Result<CreateResult> {
     sqlite::check_database(&opts.db)?;
-    super::tag::new_tags(&opts.tags)?;
     let lock = store.lock_shared("create", opts.lock_wait)?;
     capture(store, &lock, opts, progress)
 }
@@ -103,7 +102,7 @@ pub(crate) fn capture(
     progress: &dyn Progress,
 ) -> Result<CreateResult> {
     let started = Instant::now();
-    let tags = super::tag::new_tags(&opts.tags)?;
+    let tags = super::tag::new_tags("tags", &opts.tags)?;
     let at = opts.at.unwrap_or_else(Utc::now);
     let wanted = Stamp::at(at);
     sqlite::check_database(&opts.db)?;

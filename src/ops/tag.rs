@@ -48,17 +48,12 @@ pub fn edit(before: &[String], add: &[String], remove: &[String]) -> Vec<String>
     tags
 }
 
-/// The tags of a new snapshot (`create --tag`, or the `tags` of a
-/// backup request): none blank, since `tag --remove` could never take a
-/// blank one off again, and each once, in the order given.
-pub fn new_tags(tags: &[String]) -> Result<Vec<String>> {
-    refuse_blank("create --tag", tags.iter())?;
-    let mut seen = std::collections::HashSet::new();
-    Ok(tags
-        .iter()
-        .filter(|t| seen.insert(t.as_str()))
-        .cloned()
-        .collect())
+/// The tags of a new snapshot, given as `what` (`--tag`, or the `tags`
+/// of a backup request): none blank, since `tag --remove` could never
+/// take a blank one off again, and each once, in the order given.
+pub fn new_tags(what: &str, tags: &[String]) -> Result<Vec<String>> {
+    refuse_blank(what, tags.iter())?;
+    Ok(edit(&[], tags, &[]))
 }
 
 fn refuse_blank<'a>(what: &str, mut tags: impl Iterator<Item = &'a String>) -> Result<()> {

@@ -191,13 +191,15 @@ pub(super) async fn create_backup(
     req: Request,
 ) -> std::result::Result<Response, ApiError> {
     let body: CreateRequest = json_body(&st, req).await?;
+    // Refused before waiting at the gate or making a missing store.
+    let tags = crate::ops::tag::new_tags("tags", &body.tags)?;
     let waited = Instant::now();
     let gate = st.create_gate.enter(st.lock_wait).await?;
     let opts = CreateOptions {
         db: st.paths.db.clone(),
         registry: st.paths.registry.clone(),
         chroma: body.include_chroma.then(|| st.paths.chroma_dir.clone()),
-        tags: body.tags,
+        tags,
         at: None,
         // The gate's wait counts against --lock-wait.
         lock_wait: st.lock_wait.saturating_sub(waited.elapsed()),

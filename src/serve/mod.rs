@@ -488,17 +488,22 @@ impl AppState {
         work: impl FnOnce() -> std::result::Result<T, ApiError> + Send + 'static,
     ) -> std::result::Result<T, ApiError> {
         // SIGTERM lets running work finish, and starts none: a request
-        // that waited at its gate while the server began to stop (a
-        // second create queued behind the running one) is turned away.
-        if !lock(&self.stopped_by).is_empty() {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is stopping; nothing was done",
-            )
-            .retry_later());
-        }
-        run_blocking(&self.jobs, gate, work).await
+        // that waited at its gate, or for a job permit, while the server
+        // began to stop (a second create queued behind the running one)
+        // is turned away. Checked right before the work starts.
+        let stopped_by = self.stopped_by.clone();
+        run_blocking(&self.jobs, gate, move || {
+            if !lock(&stopped_by).is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the server is stopping; nothing was done",
+                )
+                .retry_later());
+            }
+            work()
+        })
+        .await
     }
 
     /// [`AppState::blocking`] for `/healthz` and `/metrics`: their own

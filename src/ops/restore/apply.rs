@@ -217,13 +217,33 @@ pub(super) fn wanted_owner(target: &Path) -> Option<(u32, u32)> {
         .map(|m| (m.uid(), m.gid()))
 }
 
-/// Best effort: a folder the restore created gets its parent's owner.
+/// Best effort: a folder the restore made gets its parent's owner. Never
+/// through a link: a name swapped for one since changes only the link.
 fn adopt_parent_owner(dir: &Path) {
-    if let (Ok(m), Ok(p)) = (fs::metadata(dir), fs::metadata(parent_of(dir))) {
-        if (m.uid(), m.gid()) != (p.uid(), p.gid()) {
-            let _ = std::os::unix::fs::chown(dir, Some(p.uid()), Some(p.gid()));
+    if let (Ok(m), Ok(p)) = (fs::symlink_metadata(dir), fs::metadata(parent_of(dir))) {
+        if m.is_dir() && (m.uid(), m.gid()) != (p.uid(), p.gid()) {
+            let _ = std::os::unix::fs::lchown(dir, Some(p.uid()), Some(p.gid()));
         }
     }
+}
+
+/// Makes a missing Chroma folder and its missing parents. Each folder
+/// this call made (and only those: another process may make one
+/// meanwhile) takes its parent's owner.
+fn create_root(root: &Path) -> Result<()> {
+    let missing: Vec<&Path> = root
+        .ancestors()
+        .take_while(|d| fs::symlink_metadata(d).is_err())
+        .collect();
+    for dir in missing.into_iter().rev() {
+        match fs::create_dir(dir) {
+            Ok(()) => adopt_parent_owner(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create", dir, e)),
+        }
+    }
+    // Says what stands there when it is no folder.
+    fs::create_dir_all(root).ctx("create", root)
 }
 
 /// How a file is installed: which chunks can be read from the file being
@@ -357,11 +377,7 @@ fn install_chroma(
 ) -> Result<()> {
     let root = &plan.root;
     if !plan.root_exists {
-        let missing: Vec<&Path> = root.ancestors().take_while(|d| !d.exists()).collect();
-        fs::create_dir_all(root).ctx("create", root)?;
-        for dir in missing.into_iter().rev() {
-            adopt_parent_owner(dir);
-        }
+        create_root(root)?;
     }
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
     for r in &plan.remove {

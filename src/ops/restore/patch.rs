@@ -110,7 +110,10 @@ pub fn install(
         e
     };
     check_unchanged(target, patch).map_err(uncommitted)?;
+    // And the file opened is that one (not one swapped in since).
     let out = open_for_patching(target).map_err(uncommitted)?;
+    let opened = out.metadata().ctx("stat", target).map_err(uncommitted)?;
+    unchanged(target, &opened, patch).map_err(uncommitted)?;
     let name = target.file_name().map(|n| n.as_bytes()).unwrap_or_default();
     let trailer = trailer_of(name, patch, entry.mode, entry.mtime_ns);
     let f = OpenOptions::new()
@@ -142,7 +145,13 @@ fn open_for_patching(target: &Path) -> Result<File> {
 /// against (another process wrote, replaced or linked it since staging).
 pub fn check_unchanged(target: &Path, patch: &Patch) -> Result<()> {
     let now = fs::symlink_metadata(target).ctx("stat", target)?;
-    if now.is_file() && now.nlink() == 1 && FileIdentity::of(&now) == patch.identity {
+    unchanged(target, &now, patch)
+}
+
+/// [`check_unchanged`] on the file's metadata `now` (of the path, or of
+/// the descriptor the patch will be written through).
+fn unchanged(target: &Path, now: &fs::Metadata, patch: &Patch) -> Result<()> {
+    if now.is_file() && now.nlink() == 1 && FileIdentity::of(now) == patch.identity {
         return Ok(());
     }
     Err(Error::TargetInvalid {
@@ -195,8 +204,12 @@ pub enum Recovered {
 /// Finishes the patch a killed restore committed (see the module doc):
 /// called on staging files whose owner is gone.
 pub fn recover(path: &Path) -> Recovered {
-    let Ok(Some(f)) = crate::sources::restore_patch::open_staged(path) else {
-        return Recovered::NotAPatch;
+    let f = match crate::sources::restore_patch::open_staged(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Recovered::NotAPatch,
+        // It may be a committed patch that cannot be read just now: never
+        // removed unread.
+        Err(_) => return Recovered::Kept,
     };
     let Some(t) = Trailer::read(&f) else {
         return Recovered::NotAPatch;

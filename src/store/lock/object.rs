@@ -16,8 +16,11 @@
 //!
 //! A holder also checks that its object is still there, before each
 //! refresh and whenever it is asked whether it still holds the lock
-//! (before a publish or a deletion): one removed by another process
-//! (which judged it expired) is lost for good, never written again.
+//! (before a publish or a deletion; a sighting stands for a few seconds):
+//! one removed by another process (which judged it expired) is lost for
+//! good, and the heartbeat stops writing it once it has seen it gone (the
+//! check and the write are two requests: S3 has no conditional write
+//! here to make them one).
 //!
 //! The holder judges its own lock by the same wall clock, never by
 //! `Instant` (which stops while the host is suspended): it counts as
@@ -66,13 +69,17 @@ pub struct LockRecord {
     pub ttl_secs: u64,
 }
 
+/// The longest lifetime of a lock object: a day (a longer one, set or
+/// read from an object, is cut to it).
+const MAX_TTL_SECS: u64 = 86_400;
+
 /// How long a lock object lives without a heartbeat:
-/// `ATOSNAP_LOCK_TTL_SECS`, default 300 s.
+/// `ATOSNAP_LOCK_TTL_SECS` (2 s to a day), default 300 s.
 pub fn ttl() -> Duration {
     let secs = std::env::var("ATOSNAP_LOCK_TTL_SECS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&s| s >= 2)
+        .filter(|&s| (2..=MAX_TTL_SECS).contains(&s))
         .unwrap_or(300);
     Duration::from_secs(secs)
 }
@@ -92,6 +99,8 @@ struct Beat {
     clock: Clock,
     ttl_ms: u64,
     held: Mutex<Tenure>,
+    /// When the object was last seen still there ([`Beat::confirm`]).
+    seen_at: Mutex<Option<u64>>,
 }
 
 /// What the holder knows of its own lock, in wall-clock milliseconds.
@@ -153,11 +162,22 @@ impl Beat {
 
     /// Is the object still there? A lock whose object another process
     /// removed is lost ([`Lapse::Removed`]); a failed check is an error
-    /// of its own (the storage's), and loses nothing.
+    /// of its own (the storage's), and loses nothing. Asked of the
+    /// storage at most once per [`Beat::recheck_ms`]: gc asks before each
+    /// of thousands of deletions, and another process removes the object
+    /// only once it went a whole lifetime unrefreshed.
     fn confirm(&self, backend: &dyn Backend, name: &str) -> Result<()> {
         self.check().map_err(|lapse| lost(name, lapse))?;
+        let now = (self.clock)();
+        let mut seen_at = self.seen_at.lock().unwrap_or_else(|e| e.into_inner());
+        if seen_at.is_some_and(|t| now.saturating_sub(t) < self.recheck_ms()) {
+            return Ok(());
+        }
         match backend.exists(name) {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                *seen_at = Some(now);
+                Ok(())
+            }
             Ok(false) => Err(lost(name, self.removed())),
             Err(e) => Err(Error::io(
                 "check lock object",
@@ -165,6 +185,12 @@ impl Beat {
                 e,
             )),
         }
+    }
+
+    /// How long a sighting of the object stands: an eighth of the
+    /// lifetime, at most 5 s.
+    fn recheck_ms(&self) -> u64 {
+        (self.ttl_ms / 8).min(5_000)
     }
 
     /// A write begun at `began` succeeded: others see it live for a
@@ -254,12 +280,15 @@ fn written_recently(entry: &ListEntry, ttl_secs: u64, storage_now: Option<System
     let (Some(written), Some(now)) = (entry.modified, storage_now) else {
         return false;
     };
-    let ttl = Duration::from_secs(if ttl_secs == 0 {
-        ttl().as_secs()
-    } else {
-        ttl_secs
-    });
-    written + ttl + Duration::from_secs(1) >= now
+    let ttl_secs = match ttl_secs {
+        0 => ttl().as_secs(),
+        s => s.min(MAX_TTL_SECS),
+    };
+    // One second for the storage's rounding of its times.
+    let live_for = Duration::from_secs(ttl_secs + 1);
+    written
+        .checked_add(live_for)
+        .is_none_or(|until| until >= now)
 }
 
 /// Live lock objects other than `own`; expired ones are removed. A lock
@@ -451,6 +480,7 @@ fn start_heartbeat(
             live_until: written_at + ttl_ms,
             lost: None,
         }),
+        seen_at: Mutex::new(None),
     });
     let thread = {
         let (backend, name, beat) = (backend.clone(), name.clone(), beat.clone());
@@ -488,16 +518,11 @@ fn heartbeat(backend: &dyn Backend, name: &str, mut rec: LockRecord, ttl: Durati
         // removed, is not revived: others may have taken the store
         // meanwhile. It stays lost; the object is left to expire (and is
         // deleted when the guard drops, if still there).
-        match beat.confirm(backend, name) {
-            Err(e @ Error::LockLost { .. }) => {
-                tracing::warn!("{e}");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!("could not refresh lock object {name}: {e}");
-                continue;
-            }
-            Ok(()) => {}
+        // A check the storage failed to answer still leaves the write to
+        // try: a lapse is what loses the lock, not one failed request.
+        if let Err(e @ Error::LockLost { .. }) = beat.confirm(backend, name) {
+            tracing::warn!("{e}");
+            return;
         }
         let began = (beat.clock)();
         rec.expires_at = began / 1000 + ttl.as_secs();
