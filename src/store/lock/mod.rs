@@ -325,19 +325,24 @@ mod tests {
         assert!(acquire(b.clone(), "create", Duration::ZERO, false, None).is_ok());
     }
 
-    #[test]
-    fn an_expired_lock_of_a_dead_holder_is_ignored_and_removed() {
-        let (_dir, b) = backend();
-        let dead = LockRecord {
-            owner: "locks/exclusive-deadhost-1-0.json".into(),
-            host: "deadhost".into(),
+    /// An exclusive lock of `host`'s gc whose deadline passed long ago.
+    fn foreign_exclusive(host: &str, ttl_secs: u64) -> LockRecord {
+        LockRecord {
+            owner: format!("locks/exclusive-{host}-1-0.json"),
+            host: host.into(),
             pid: 1,
             command: "gc --confirm".into(),
             mode: "exclusive".into(),
             since: "2026-01-01T00:00:00Z".into(),
             expires_at: 1,
-            ttl_secs: 300,
-        };
+            ttl_secs,
+        }
+    }
+
+    #[test]
+    fn an_expired_lock_of_a_dead_holder_is_ignored_and_removed() {
+        let (_dir, b) = backend();
+        let dead = foreign_exclusive("deadhost", 300);
         let name = "locks/exclusive-deadhost-1-0.json";
         b.replace(name, &serde_json::to_vec(&dead).unwrap())
             .unwrap();
@@ -421,16 +426,7 @@ mod tests {
     #[test]
     fn a_lock_object_with_a_huge_lifetime_is_live_and_read_without_panic() {
         let (_dir, b) = backend();
-        let rec = LockRecord {
-            owner: "locks/exclusive-odd-1-0.json".into(),
-            host: "odd".into(),
-            pid: 1,
-            command: "gc".into(),
-            mode: "exclusive".into(),
-            since: "2026-01-01T00:00:00Z".into(),
-            expires_at: 1,
-            ttl_secs: u64::MAX,
-        };
+        let rec = foreign_exclusive("odd", u64::MAX);
         b.replace(&rec.owner.clone(), &serde_json::to_vec(&rec).unwrap())
             .unwrap();
         let err = acquire(b.clone(), "create", Duration::ZERO, false, None)
