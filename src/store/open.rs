@@ -222,6 +222,7 @@ impl Store {
                         path: config_path.display().to_string(),
                         detail: format!("unknown encryption scheme {scheme}"),
                     })?;
+                refuse_a_downgrade(backend.as_ref(), &config_path, scheme)?;
                 (sealer, None)
             }
         };
@@ -400,4 +401,28 @@ impl Store {
             .ctx("replace", self.object_path(&key_file))?;
         Ok(file)
     }
+}
+
+/// A store whose `config.json` says it is not encrypted while its key
+/// file is there was encrypted once: someone changed the config, and
+/// opening it as it says would write every new chunk in the clear.
+fn refuse_a_downgrade(
+    backend: &dyn Backend,
+    config_path: &std::path::Path,
+    scheme: &str,
+) -> Result<()> {
+    let key_file = Object::KeyFile.name();
+    let present = backend
+        .exists(&key_file)
+        .map_err(|e| Error::io("stat", backend.display_name(&key_file), e))?;
+    if present {
+        return Err(Error::StoreConfigInvalid {
+            path: config_path.display().to_string(),
+            detail: format!(
+                "it says encryption {scheme:?}, but {} holds a key: the store was encrypted and its config changed since; refusing to write to it unsealed (restore config.json from a copy)",
+                backend.display_name(&key_file).display()
+            ),
+        });
+    }
+    Ok(())
 }

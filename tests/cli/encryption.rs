@@ -636,3 +636,45 @@ fn unencrypted_stores_keep_their_format_and_need_no_password() {
     let (code, _) = run(env.cmd().args(["init", "--encryption", "rot13"]));
     assert_eq!(code, 2);
 }
+
+/// Someone who can write the store edits `config.json` to say
+/// "unencrypted" (and drops its `key_id`): the store must not open as a
+/// plain one and take new data in the clear. Its key file says it was
+/// encrypted.
+#[test]
+fn a_config_changed_to_unencrypted_cannot_downgrade_the_store() {
+    let env = Env::new();
+    let pw = env.init_repokey("s3cret");
+    env.create(&pw, &["--at", "2026-04-10T12:00:00Z"]);
+    let config_path = env.store.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["encryption"]["scheme"] = "none".into();
+    config["encryption"]
+        .as_object_mut()
+        .unwrap()
+        .remove("key_id");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    env.add_marker_row();
+    for with_password in [true, false] {
+        let mut cmd = env.cmd();
+        cmd.args(["create", "--at", "2026-04-11T12:00:00Z"]);
+        if with_password {
+            cmd.arg("--password-file").arg(&pw);
+        }
+        let (code, doc) = run(&mut cmd);
+        assert_eq!(code, 1, "{doc}");
+        assert_eq!(doc["error"]["code"], "store_config_invalid", "{doc}");
+        let msg = doc["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("config.json") && msg.contains("repokey.json"),
+            "{msg}"
+        );
+    }
+    let leaked: Vec<String> = env
+        .store_files()
+        .into_iter()
+        .filter(|(_, b)| contains(b, MARKER))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(leaked, Vec::<String>::new());
+}
