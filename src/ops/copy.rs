@@ -257,6 +257,11 @@ fn copy_wanted(
         to.clean_tmp(None)?;
         let from_index = from.load_index()?;
         let mut to_index = to.load_index_for_writes()?;
+        // A tree a published snapshot holds is taken as whole without a
+        // look, unless the destination was found to have lost packs just
+        // now: then every chunk is looked up, and what is gone is sent
+        // again from the source.
+        let trust_published = keep_trees && to_index.packs_lost == 0 && to_index.damaged.is_empty();
         let mut copier = Copier {
             from,
             to,
@@ -266,7 +271,7 @@ fn copy_wanted(
             packer: Packer::new(to),
             ids: (!same_ids).then(IdMap::default),
             keep_trees,
-            published_roots: if keep_trees {
+            published_roots: if trust_published {
                 published_roots(to)?
             } else {
                 IdSet::default()

@@ -345,6 +345,9 @@ pub struct ChunkIndex {
     /// The cache folder the view is of, where added packs are published.
     cache: Option<IndexCache>,
     pub damaged: Vec<DamagedPack>,
+    /// Packs this index's refresh found gone or changed that the cache
+    /// had as live: data may have been lost (or a gc ran elsewhere).
+    pub packs_lost: usize,
 }
 
 /// `rows` entry of a pack that is gone.
@@ -388,6 +391,7 @@ impl ChunkIndex {
             spill_parent: Some(cache.dir().to_path_buf()),
             cache: Some(cache),
             damaged,
+            packs_lost: 0,
         }
     }
 

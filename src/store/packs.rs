@@ -364,6 +364,7 @@ impl Store {
         }
         // Before the new rows exist: a pack read again after a size change
         // gets a new row, and marks go by id.
+        let packs_lost = gone.len();
         if !gone.is_empty() {
             view.mark_all_gone(&gone)?;
         }
@@ -405,7 +406,9 @@ impl Store {
             view.compact(SORT_BUDGET)?;
         }
         drop(lock);
-        Ok(ChunkIndex::over_view(view, damaged, cache))
+        let mut index = ChunkIndex::over_view(view, damaged, cache);
+        index.packs_lost = packs_lost;
+        Ok(index)
     }
 
     /// Runs `work` while, on a remote store, two helper threads fetch the

@@ -826,14 +826,7 @@ fn a_damaged_destination_snapshot_does_not_vouch_for_its_trees() {
     let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
     let dest = env.dir.path().join("copy");
     copy_ok(&env, &dest, &[&s1]);
-    for pack in walkdir::WalkDir::new(dest.join("objects"))
-        .into_iter()
-        .flatten()
-    {
-        if pack.file_type().is_file() {
-            std::fs::remove_file(pack.path()).unwrap();
-        }
-    }
+    remove_packs(&dest);
     let repaired = run_cmd(on(&env, &dest).args(["verify", "--repair"]));
     assert_eq!(repaired.code, 3, "{repaired:?}");
     // Nothing changed at the source: the second snapshot's files have the
@@ -842,6 +835,35 @@ fn a_damaged_destination_snapshot_does_not_vouch_for_its_trees() {
     let r = copy_ok(&env, &dest, &[&s2]);
     assert!(u(&r, "chunks_sent") > 0, "{r}");
     validate_ok(&env, &dest, &s2, &[]);
+    let v = run_cmd(on(&env, &dest).args(["verify", "--snapshot", &s2]));
+    assert_eq!(v.code, 0, "{v:?}");
+}
+
+fn remove_packs(store: &Path) {
+    for pack in walkdir::WalkDir::new(store.join("objects"))
+        .into_iter()
+        .flatten()
+    {
+        if pack.file_type().is_file() {
+            std::fs::remove_file(pack.path()).unwrap();
+        }
+    }
+}
+
+/// Packs lost at the destination, found first by the copy itself (no
+/// verify ran there since): the published snapshot's summary still says
+/// validated, but its trees vouch for nothing then. The copy once skipped
+/// them and published a snapshot whose chunks were gone, exit 0.
+#[test]
+fn packs_the_destination_lost_are_sent_again_not_vouched_for() {
+    let env = Env::fixture();
+    let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
+    let dest = env.dir.path().join("copy");
+    copy_ok(&env, &dest, &[&s1]);
+    remove_packs(&dest);
+    let s2 = env.create_stamp(&["--chroma", "--at", "2026-04-11T12:00:00Z"]);
+    let r = copy_ok(&env, &dest, &[&s2]);
+    assert!(u(&r, "chunks_sent") > 0, "{r}");
     let v = run_cmd(on(&env, &dest).args(["verify", "--snapshot", &s2]));
     assert_eq!(v.code, 0, "{v:?}");
 }
