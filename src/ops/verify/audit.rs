@@ -30,7 +30,7 @@ pub struct Audit {
     /// Snapshots whose every chunk was re-hashed (or whose manifest does
     /// not read), with their health: what the verify log records.
     pub covered: std::collections::BTreeMap<String, bool>,
-    /// The packs re-hashed end to end (ids).
+    /// The packs re-hashed end to end and found sound (ids).
     pub packs_read: Vec<Id>,
 }
 
@@ -210,7 +210,12 @@ pub(super) fn audit(
         report.bytes_checked += check.bytes;
         report.chunks_checked += check.chunks;
         let name = Object::Pack(index.pack(*p).id).name();
-        if check.unreadable.is_none() && rehash.contains(p) {
+        // Only a pack read clean counts as verified: one found damaged
+        // stays first in `--oldest`'s queue until a read finds it sound,
+        // so the run after the one that found it reports it again.
+        let clean =
+            check.unreadable.is_none() && check.detail().is_none() && check.corrupt.is_empty();
+        if clean && rehash.contains(p) {
             packs_read.push(index.pack(*p).id);
         }
         if let Some(detail) = &check.unreadable {

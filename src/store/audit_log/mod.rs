@@ -60,7 +60,7 @@ pub struct VerifyRecord {
     pub ok: bool,
     #[serde(default)]
     pub damaged_objects: Vec<String>,
-    /// Ids (hex) of the packs re-hashed end to end.
+    /// Ids (hex) of the packs re-hashed end to end and found sound.
     #[serde(default)]
     pub packs_read: Vec<String>,
     /// Snapshots whose every chunk was re-hashed, with their health.
