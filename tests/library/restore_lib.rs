@@ -233,3 +233,64 @@ fn apply_never_writes_through_a_symlink() {
     assert_eq!(err.code(), "target_invalid", "{err}");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
+
+fn restore_to(store: &Store, rt: &Rt, stamp: &str, to: &std::path::Path) -> restore::RestoreResult {
+    restore::restore(
+        store,
+        &restore::RestoreOptions {
+            stamp: stamp.to_string(),
+            db: rt.db(),
+            registry: rt.registry(),
+            chroma_dir: rt.chroma(),
+            to: Some(to.to_path_buf()),
+            confirm_service_stopped: false,
+            pre_snapshot: false,
+            chroma: restore::ChromaChoice::Auto,
+            lock_wait: Duration::from_secs(10),
+        },
+        &NoProgress,
+    )
+    .unwrap()
+}
+
+/// A Chroma file large enough to be written straight to disk (`O_DIRECT`,
+/// from a writer thread: `ops/extract/direct.rs`), whose size is not a
+/// whole number of blocks (its tail goes through the page cache), comes
+/// back byte for byte; and the in-place restore that patches it later
+/// reads what was written that way.
+#[test]
+fn a_large_file_written_direct_comes_back_byte_for_byte() {
+    let rt = Rt::fixture();
+    let data = rt.chroma().join(SEGMENT).join("data_level0.bin");
+    // Compressible, so its chunks share frames as real HNSW data does.
+    let mut day1: Vec<u8> = crate::support::pseudo_random(3, (20 << 20) + 1234)
+        .into_iter()
+        .map(|b| b & 0x0f)
+        .collect();
+    std::fs::write(&data, &day1).unwrap();
+    let (store, first) = snapshot(&rt);
+    for block in (0..day1.len() / 4096).step_by(37) {
+        day1[block * 4096 + 11] ^= 0x40;
+    }
+    std::fs::write(&data, &day1).unwrap();
+    let (store2, second) = snapshot(&rt);
+    drop(store2);
+
+    let out = tempfile::tempdir().unwrap();
+    let restored = out
+        .path()
+        .join("chroma")
+        .join(SEGMENT)
+        .join("data_level0.bin");
+    restore_to(&store, &rt, &second, out.path());
+    assert!(std::fs::read(&restored).unwrap() == day1, "day 2 differs");
+    let inode = crate::support::ino(&restored);
+    let r = restore_to(&store, &rt, &first, out.path());
+    let want: Vec<u8> = crate::support::pseudo_random(3, (20 << 20) + 1234)
+        .into_iter()
+        .map(|b| b & 0x0f)
+        .collect();
+    assert!(std::fs::read(&restored).unwrap() == want, "day 1 differs");
+    assert_eq!(crate::support::ino(&restored), inode, "patched in place");
+    assert!(r.chunks_reused > 4000, "{r:?}");
+}
