@@ -69,21 +69,6 @@ pub fn preallocate(file: &std::fs::File, len: u64) {
     let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
 }
 
-/// `file` opened a second time for writing with `O_DIRECT` (through `/proc/self/fd`: the same inode, whatever its name is
-/// now). None where that cannot be done (no `/proc`, or a file system
-/// without `O_DIRECT`, such as tmpfs): the caller goes through the page
-/// cache.
-pub fn reopen_direct(file: &std::fs::File) -> Option<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
-    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
-}
-
 /// Write-behind for a large file written front to back: the kernel is
 /// asked to start writing `range` to disk now, without waiting
 /// ([`WriteBehind::written`]), and the range before it, once on disk,
@@ -593,39 +578,6 @@ fn process_command(pid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_file_reopened_direct_is_the_same_file_with_o_direct_set() {
-        use std::io::Read;
-        use std::os::unix::io::AsRawFd;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let f = std::fs::File::create(&path).unwrap();
-        // tmpfs has no O_DIRECT: then there is nothing to check.
-        let Some(direct) = reopen_direct(&f) else {
-            return;
-        };
-        // SAFETY: a plain fcntl query on a descriptor we own.
-        let flags = unsafe { libc::fcntl(direct.as_raw_fd(), libc::F_GETFL) };
-        assert_ne!(flags & libc::O_DIRECT, 0);
-        assert_eq!(flags & libc::O_ACCMODE, libc::O_WRONLY);
-        std::fs::rename(&path, dir.path().join("g")).unwrap();
-        use std::os::unix::fs::FileExt;
-        let mem = vec![5u8; 8192];
-        let at = mem.as_ptr().align_offset(4096);
-        direct
-            .write_all_at(&mem[at..at + 4096], 0)
-            .unwrap_or_else(|e| {
-                // A file system may take the flag and refuse the alignment.
-                assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
-            });
-        let mut back = Vec::new();
-        std::fs::File::open(dir.path().join("g"))
-            .unwrap()
-            .read_to_end(&mut back)
-            .unwrap();
-        assert!(back.is_empty() || back == [5u8; 4096]);
-    }
 
     /// Pages of `file` in the page cache (mincore over a mapping of it).
     fn resident_pages(file: &std::fs::File, len: usize) -> usize {

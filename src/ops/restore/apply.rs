@@ -253,10 +253,9 @@ fn create_root(root: &Path) -> Result<()> {
 pub struct Install<'a> {
     pub reusable: Option<&'a Reusable>,
     pub durable: bool,
-    /// Bulk data (a Chroma file): written straight to disk or behind,
-    /// and the file it replaces read once (`extract::Output::WholeBehind`:
-    /// neither is read again soon, and a restore must not flood the page
-    /// cache); one that
+    /// Bulk data (a Chroma file): written behind, and the file it
+    /// replaces read once ([`crate::os::WriteBehind`]: neither is read
+    /// again soon, and a restore must not flood the page cache); one that
     /// mostly holds the snapshot's bytes where it has them may be patched
     /// in place rather than replaced (see `patch.rs`). Not the db, whose
     /// staged copy `integrity_check` reads at once.

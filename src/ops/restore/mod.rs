@@ -40,8 +40,7 @@
 //! files are named [`TEMP_PREFIX`]`<owner>-…` (pid, host, boot, PID
 //! namespace, process token: see [`crate::os`]) and swept by the next
 //! restore once their owner is provably gone (never a live restore's of
-//! another container). Large Chroma files go straight to disk
-//! ([`crate::ops::extract::direct`]), smaller ones are written behind
+//! another container). Chroma files are written behind
 //! ([`crate::os::WriteBehind`]): a restore does not fill the page cache
 //! with gigabytes the service will read from disk anyway.
 

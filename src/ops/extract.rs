@@ -3,11 +3,7 @@
 //! the file's size. [`write_file`] writes to any stream in order (validate,
 //! dump); [`write_file_at`] writes a file's pieces at their offsets from
 //! both cores at once (restore and drill: a multi-GiB HNSW file is one
-//! file, so files in parallel alone would leave a core idle), each piece
-//! in a buffer of [`direct`]'s pool, and large bulk files straight to disk
-//! from a writer thread.
-
-pub mod direct;
+//! file, so files in parallel alone would leave a core idle).
 
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -21,8 +17,6 @@ use crate::store::follow::ChunkLocator;
 use crate::store::index::{ChunkIndex, Location};
 use crate::store::manifest::FileEntry;
 use crate::store::{ChunkFault, Store};
-
-use direct::DirectWriter;
 
 /// Chunks read per parallel batch (with 4 KiB pages: 1 MiB; with 256 KiB
 /// CDC chunks at most 64 MiB in flight).
@@ -239,9 +233,8 @@ const PIECE_BYTES: u64 = 4 << 20;
 pub enum Output {
     /// Every chunk: `out` becomes the whole file.
     Whole,
-    /// Every chunk, for a file nothing reads again soon: straight to disk
-    /// when large enough ([`direct`]), else written behind (see
-    /// [`crate::os::WriteBehind`]).
+    /// Every chunk, written behind (see [`crate::os::WriteBehind`]): for a
+    /// file nothing reads again soon.
     WholeBehind,
     /// Only the chunks the local source did not have: `out` is a sparse
     /// patch holding what differs, each byte at its own offset (see
@@ -276,40 +269,7 @@ pub fn write_file_at(
     file: &FileEntry,
     out: &File,
     on_bytes: &(dyn Fn(u64) + Sync),
-    (source, output): (ChunkSource<'_>, Output),
-) -> Result<Extracted, ExtractError> {
-    std::thread::scope(|scope| {
-        // A large file written whole goes straight to disk (see
-        // `direct.rs`), else it is written behind.
-        let direct = (output == Output::WholeBehind && file.size >= direct::MIN_FILE)
-            .then(|| DirectWriter::start(scope, out))
-            .flatten();
-        let done = write_windows(
-            store,
-            index,
-            file,
-            out,
-            on_bytes,
-            (source, output),
-            direct.as_ref(),
-        );
-        match direct.map(DirectWriter::finish) {
-            // The writer's own error is the cause of any a piece saw.
-            Some(Err(e)) => Err(ExtractError::Write(e)),
-            _ => done,
-        }
-    })
-}
-
-/// [`write_file_at`]'s loop over the windows of the file's list.
-fn write_windows(
-    store: &Store,
-    index: &ChunkIndex,
-    file: &FileEntry,
-    out: &File,
-    on_bytes: &(dyn Fn(u64) + Sync),
     (source, mut output): (ChunkSource<'_>, Output),
-    direct: Option<&DirectWriter<'_>>,
 ) -> Result<Extracted, ExtractError> {
     let mut done = Extracted::default();
     let mut placing = Placing {
@@ -333,10 +293,7 @@ fn write_windows(
         // cannot be reached, each would wait out its retries.
         let spans: Vec<Vec<Range<u64>>> = pieces(&window)
             .par_iter()
-            .map(|piece| {
-                let to = Target { out, direct };
-                write_piece(store, index, piece, to, (source, output), on_bytes)
-            })
+            .map(|piece| write_piece(store, index, piece, out, (source, output), on_bytes))
             .collect::<Result<_, _>>()?;
         for span in spans.into_iter().flatten() {
             match done.spans.last_mut() {
@@ -344,7 +301,7 @@ fn write_windows(
                 _ => done.spans.push(span),
             }
         }
-        if output == Output::WholeBehind && direct.is_none() {
+        if output == Output::WholeBehind {
             behind.written(out, start..placing.offset);
         }
         if done.spans.len() >= MAX_SPANS {
@@ -369,12 +326,9 @@ fn pieces(window: &[Placed]) -> Vec<&[Placed]> {
     out
 }
 
-/// Where a piece goes: the file, or its writer thread when the file is
-/// written direct.
-#[derive(Clone, Copy)]
-struct Target<'a, 's> {
-    out: &'a File,
-    direct: Option<&'a DirectWriter<'s>>,
+thread_local! {
+    /// Each thread's piece buffer, kept between pieces.
+    static PIECE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Rebuilds one piece and writes it (all of it, or its changed spans).
@@ -383,7 +337,7 @@ fn write_piece(
     store: &Store,
     index: &ChunkIndex,
     piece: &[Placed],
-    to: Target<'_, '_>,
+    out: &File,
     (source, output): (ChunkSource<'_>, Output),
     on_bytes: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Range<u64>>, ExtractError> {
@@ -391,30 +345,21 @@ fn write_piece(
         return Ok(Vec::new());
     };
     let bytes: u64 = piece.iter().map(|c| c.len as u64).sum();
-    let len = bytes as usize;
-    let mut buf = direct::take_buffer(len);
-    let local = source.fill(store, index, piece, buf.slice_mut(len))?;
-    let spans = match output {
-        Output::Whole | Output::WholeBehind => std::iter::once(start..start + bytes).collect(),
-        Output::Changes => changed_spans(piece, &local),
-    };
-    match to.direct {
-        Some(writer) if direct::can_go_direct(&buf, start, len) => {
-            if !writer.submit(buf, len, start) {
-                // The writer's own error is reported when it finishes.
-                return Err(ExtractError::Write(std::io::Error::other("write failed")));
-            }
+    let spans = PIECE.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.resize(bytes as usize, 0);
+        let local = source.fill(store, index, piece, &mut buf)?;
+        let spans = match output {
+            Output::Whole | Output::WholeBehind => std::iter::once(start..start + bytes).collect(),
+            Output::Changes => changed_spans(piece, &local),
+        };
+        for s in &spans {
+            let at = (s.start - start) as usize..(s.end - start) as usize;
+            out.write_all_at(&buf[at], s.start)
+                .map_err(ExtractError::Write)?;
         }
-        _ => {
-            let piece_bytes = buf.slice_mut(len);
-            for s in &spans {
-                let at = (s.start - start) as usize..(s.end - start) as usize;
-                to.out
-                    .write_all_at(&piece_bytes[at], s.start)
-                    .map_err(ExtractError::Write)?;
-            }
-        }
-    }
+        Ok(spans)
+    })?;
     on_bytes(bytes);
     Ok(spans)
 }
