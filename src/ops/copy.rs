@@ -257,11 +257,7 @@ fn copy_wanted(
         to.clean_tmp(None)?;
         let from_index = from.load_index()?;
         let mut to_index = to.load_index_for_writes()?;
-        // A tree a published snapshot holds is taken as whole without a
-        // look, unless the destination was found to have lost packs just
-        // now: then every chunk is looked up, and what is gone is sent
-        // again from the source.
-        let trust_published = keep_trees && to_index.packs_lost == 0 && to_index.damaged.is_empty();
+        let trust_published = keep_trees && summaries_vouch(to, &to_index);
         let mut copier = Copier {
             from,
             to,
@@ -416,6 +412,24 @@ struct Copier<'a> {
 /// validated. A snapshot `verify --repair` found damaged there (or whose
 /// summary or manifest does not read) vouches for nothing: its trees may
 /// have lost blobs or chunks, which the copy then sends again from the
+/// Whether the destination's published snapshots vouch for the trees they
+/// hold (a tree one of them holds is then taken as whole without a look).
+/// Not while packs are found damaged, nor once packs were found lost
+/// (gone without this host's gc deleting them: by hand, bit rot, a gc on
+/// another host) until a verify of the whole store that started after
+/// that found it sound: a snapshot whose summary says validated may have
+/// lost chunks since. Until then every chunk is looked up, and what is
+/// gone is sent again from the source.
+fn summaries_vouch(to: &Store, to_index: &ChunkIndex) -> bool {
+    if to_index.packs_lost > 0 || !to_index.damaged.is_empty() {
+        return false;
+    }
+    match &to_index.losses_seen {
+        None => true,
+        Some(at) => crate::store::audit_log::whole_verify_passed_since(to, at),
+    }
+}
+
 /// source (as `create` re-reads such a snapshot's files).
 fn published_roots(to: &Store) -> Result<IdSet> {
     let mut roots = IdSet::default();

@@ -346,8 +346,13 @@ pub struct ChunkIndex {
     cache: Option<IndexCache>,
     pub damaged: Vec<DamagedPack>,
     /// Packs this index's refresh found gone or changed that the cache
-    /// had as live: data may have been lost (or a gc ran elsewhere).
+    /// had as live, other than those this host deleted (gc): data may have
+    /// been lost (or a gc ran on another host).
     pub packs_lost: usize,
+    /// When a refresh of this cache last found packs lost (RFC 3339),
+    /// this one or an earlier one: until a whole verify passes after it,
+    /// the store's summaries do not vouch for its chunks.
+    pub losses_seen: Option<String>,
 }
 
 /// `rows` entry of a pack that is gone.
@@ -392,6 +397,7 @@ impl ChunkIndex {
             cache: Some(cache),
             damaged,
             packs_lost: 0,
+            losses_seen: None,
         }
     }
 

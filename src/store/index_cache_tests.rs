@@ -274,3 +274,40 @@ fn pending_chunks_past_the_cap_are_spilled_and_still_found() {
     let pack = again.pack(again.get(&ids[0]).unwrap().unwrap().pack);
     assert!(s.object_exists(&Object::Pack(pack.id)).unwrap());
 }
+
+/// A pack this host's gc deleted is no loss; one gone otherwise (by hand,
+/// bit rot, a gc elsewhere) is, and the mark of it outlives the refresh
+/// that found it (a copy then looks up every chunk until a whole verify
+/// passes: `ops::copy`).
+#[test]
+fn a_pack_gc_deleted_here_is_no_loss_but_one_gone_otherwise_is_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let a = add_pack(&s, 1, 5, true);
+    let b = add_pack(&s, 2, 5, true);
+    add_pack(&s, 3, 5, true);
+    let index = s.load_index().unwrap();
+    let pack_of = |id: &Id| index.pack(index.get(id).unwrap().unwrap().pack).id;
+    let (pa, pb) = (pack_of(&a[0]), pack_of(&b[0]));
+    drop(index);
+    let lock = s.lock_exclusive("test", std::time::Duration::ZERO).unwrap();
+    s.delete_pack(&lock, &pa).unwrap();
+    drop(lock);
+    let index = s.load_index().unwrap();
+    assert_eq!((index.packs_lost, index.losses_seen.as_deref()), (0, None));
+    drop(index);
+
+    let name = Object::Pack(pb).name();
+    fs::remove_file(dir.path().join("store").join(&name)).unwrap();
+    let index = s.load_index().unwrap();
+    assert_eq!(index.packs_lost, 1);
+    let seen = index.losses_seen.clone().expect("the loss is marked");
+    drop(index);
+    let index = s.load_index().unwrap();
+    assert_eq!(index.packs_lost, 0, "found once");
+    assert_eq!(
+        index.losses_seen.as_deref(),
+        Some(seen.as_str()),
+        "remembered"
+    );
+}

@@ -364,9 +364,14 @@ impl Store {
         }
         // Before the new rows exist: a pack read again after a size change
         // gets a new row, and marks go by id.
-        let packs_lost = gone.len();
+        let deleted_here = cache.take_deleted_here();
+        let packs_lost = gone.iter().filter(|id| !deleted_here.contains(id)).count();
         if !gone.is_empty() {
             view.mark_all_gone(&gone)?;
+        }
+        if packs_lost > 0 {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            cache.note_losses(&now)?;
         }
         if !to_add.is_empty() {
             let rows: Vec<PackRow> = to_add
@@ -406,8 +411,10 @@ impl Store {
             view.compact(SORT_BUDGET)?;
         }
         drop(lock);
+        let losses_seen = cache.losses_seen();
         let mut index = ChunkIndex::over_view(view, damaged, cache);
         index.packs_lost = packs_lost;
+        index.losses_seen = losses_seen;
         Ok(index)
     }
 
@@ -764,6 +771,9 @@ impl Store {
     /// Deletes a pack. Only under the exclusive lock.
     pub fn delete_pack(&self, lock: &ExclusiveLock, id: &Id) -> Result<()> {
         lock.still_held()?;
+        // Recorded first: a refresh that finds the pack gone then knows
+        // this host deleted it, and that nothing was lost.
+        crate::store::chunk_index::cache::note_pack_deleted(&self.index_cache_dir(), id);
         let name = Object::Pack(*id).name();
         self.backend
             .delete(&name)

@@ -867,3 +867,24 @@ fn packs_the_destination_lost_are_sent_again_not_vouched_for() {
     let v = run_cmd(on(&env, &dest).args(["verify", "--snapshot", &s2]));
     assert_eq!(v.code, 0, "{v:?}");
 }
+
+/// The same loss found first by another command at the destination (a
+/// `verify` without `--repair`, exit 3): the copy after it does not see
+/// packs go in its own refresh, yet must not take the summaries on trust
+/// until a whole verify passes there. It once did, and published a
+/// snapshot whose chunks were gone, exit 0.
+#[test]
+fn a_loss_another_command_found_first_still_makes_the_copy_look() {
+    let env = Env::fixture();
+    let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
+    let dest = env.dir.path().join("copy");
+    copy_ok(&env, &dest, &[&s1]);
+    remove_packs(&dest);
+    let v = run_cmd(on(&env, &dest).args(["verify"]));
+    assert_eq!(v.code, 3, "{v:?}");
+    let s2 = env.create_stamp(&["--chroma", "--at", "2026-04-11T12:00:00Z"]);
+    let r = copy_ok(&env, &dest, &[&s2]);
+    assert!(u(&r, "chunks_sent") > 0, "{r}");
+    let v = run_cmd(on(&env, &dest).args(["verify", "--snapshot", &s2]));
+    assert_eq!(v.code, 0, "{v:?}");
+}

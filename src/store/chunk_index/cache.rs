@@ -20,6 +20,13 @@ use super::{IndexError, IndexRecord};
 use crate::store::backend;
 
 pub const LOCK_NAME: &str = "lock";
+/// Packs this host is deleting (gc), one hex id per line, appended before
+/// each deletion: a refresh that finds them gone knows no data was lost.
+const DELETED_HERE_NAME: &str = "deleted-here";
+/// When a refresh last found packs gone that this host did not delete
+/// (RFC 3339): chunks may be lost, and a copy does not take the
+/// destination's summaries on trust until a whole verify after it passed.
+const LOSSES_NAME: &str = "losses-seen";
 /// RAM of the external sort of a refresh, a publish or a compaction.
 pub const SORT_BUDGET: usize = 16 << 20;
 
@@ -88,6 +95,42 @@ impl IndexCache {
         }
     }
 
+    /// Takes the ids of the packs this host recorded deleting
+    /// ([`note_pack_deleted`]) since the last refresh (the caller holds the
+    /// lock). The file is renamed first, so an id appended meanwhile goes
+    /// into a new one for the next refresh.
+    pub fn take_deleted_here(&self) -> std::collections::HashSet<crate::id::Id> {
+        let path = self.dir.join(DELETED_HERE_NAME);
+        let taken = self.dir.join(format!("{DELETED_HERE_NAME}.taking"));
+        if fs::rename(&path, &taken).is_err() {
+            return Default::default();
+        }
+        let ids = fs::read_to_string(&taken)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| crate::id::Id::from_hex(l.trim()))
+            .collect();
+        let _ = fs::remove_file(&taken);
+        ids
+    }
+
+    /// When a refresh last found packs lost (see [`LOSSES_NAME`]).
+    pub fn losses_seen(&self) -> Option<String> {
+        let text = fs::read_to_string(self.dir.join(LOSSES_NAME)).ok()?;
+        let at = text.trim();
+        chrono::DateTime::parse_from_rfc3339(at).ok()?;
+        Some(at.to_string())
+    }
+
+    /// Records that packs were found lost now (the caller holds the lock).
+    /// Replaced by rename: a torn write cannot lose the mark.
+    pub fn note_losses(&self, at: &str) -> Result<(), IndexError> {
+        let path = self.dir.join(LOSSES_NAME);
+        let tmp = self.dir.join(format!("{LOSSES_NAME}.tmp"));
+        fs::write(&tmp, at).map_err(IndexError::io("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(IndexError::io("rename", &path))
+    }
+
     /// Removes the pack table and every segment.
     pub fn wipe(&self) -> Result<(), IndexError> {
         let list = fs::read_dir(&self.dir).map_err(IndexError::io("list", &self.dir))?;
@@ -146,6 +189,26 @@ impl IndexCache {
             view.compact(SORT_BUDGET)?;
         }
         Ok(())
+    }
+}
+
+/// Records, in the index cache folder `dir` (when it exists), that this
+/// host is deleting pack `id`: the next refresh then does not count it as
+/// lost. Best effort: a pack missing from the record only makes copies
+/// look up every chunk until a verify passes.
+pub fn note_pack_deleted(dir: &Path, id: &crate::id::Id) {
+    use std::io::Write;
+    if !dir.is_dir() {
+        return;
+    }
+    let appended = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(dir.join(DELETED_HERE_NAME))
+        .and_then(|mut f| f.write_all(format!("{}\n", id.to_hex()).as_bytes()));
+    if let Err(e) = appended {
+        tracing::debug!("recording pack {id} as deleted here: {e}");
     }
 }
 
