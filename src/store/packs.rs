@@ -518,6 +518,116 @@ impl Store {
         }
     }
 
+    /// Reads chunks that follow each other in `buf` (a restore's piece):
+    /// each `(id, location, range)` into `buf[range]`. Where the chunks of
+    /// one frame are that whole frame, in order and back to back, and it
+    /// is not cached, the frame is decoded straight into `buf` and not
+    /// kept (the pieces of a file are cut at frame ends, so no other piece
+    /// needs it); the others go through the frame cache
+    /// ([`Store::read_chunk_into`]). Why: a decoded frame kept, then each
+    /// chunk copied out of it, was a copy of every byte of a restore.
+    pub fn read_runs_into(
+        &self,
+        index: &ChunkIndex,
+        runs: &[(Id, Location, std::ops::Range<usize>)],
+        buf: &mut [u8],
+    ) -> std::result::Result<(), (Id, ChunkFault)> {
+        let same_frame = |a: &Location, b: &Location| {
+            (a.pack, a.frame_offset) == (b.pack, b.frame_offset) && a.in_frame()
+        };
+        let mut rest = runs;
+        while let Some((_, first, _)) = rest.first() {
+            let n = rest
+                .iter()
+                .take_while(|(_, l, _)| same_frame(first, l))
+                .count()
+                .max(1);
+            let (group, next) = rest.split_at(n);
+            rest = next;
+            if self.read_whole_frame_into(index, group, buf)? {
+                continue;
+            }
+            for (id, loc, range) in group {
+                self.read_chunk_into(index, id, loc, &mut buf[range.clone()])
+                    .map_err(|f| (*id, f))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Store::read_runs_into`] of one frame's chunks, when they are the
+    /// whole frame, in order, back to back in `buf`, and the frame is not
+    /// cached: decoded into `buf`, every chunk re-hashed. False (nothing
+    /// read) otherwise.
+    fn read_whole_frame_into(
+        &self,
+        index: &ChunkIndex,
+        group: &[(Id, Location, std::ops::Range<usize>)],
+        buf: &mut [u8],
+    ) -> std::result::Result<bool, (Id, ChunkFault)> {
+        let Some((first_id, loc, first_range)) = group.first() else {
+            return Ok(false);
+        };
+        let pack = index.pack(loc.pack);
+        if !loc.in_frame()
+            || loc.chunk_offset != 0
+            || self
+                .reads
+                .frames
+                .peek(&(pack.id, loc.frame_offset))
+                .is_some()
+        {
+            return Ok(false);
+        }
+        let mut end = first_range.start;
+        for (_, _, range) in group {
+            if range.start != end {
+                return Ok(false);
+            }
+            end = range.end;
+        }
+        let fault = |f: ChunkFault| (*first_id, f);
+        let name = Object::Pack(pack.id).name();
+        let layout = self.cached_layout(&pack.id, pack.size).map_err(|detail| {
+            fault(ChunkFault::Corrupt(format!(
+                "the index of pack {name} does not read: {detail}"
+            )))
+        })?;
+        let Some((fi, frame)) = layout
+            .frame_at(loc.frame_offset)
+            .and_then(|fi| Some((fi, layout.frames.get(fi)?)))
+        else {
+            return Ok(false);
+        };
+        let chunks = layout.frame_chunks(fi);
+        let whole = chunks.len() == group.len()
+            && chunks
+                .iter()
+                .zip(group)
+                .all(|(c, (id, _, range))| c.id == *id && c.raw_len as usize == range.len());
+        if !whole {
+            return Ok(false);
+        }
+        let stored = self.read_stored(&pack.id, loc).map_err(fault)?;
+        let into = &mut buf[first_range.start..end];
+        let matches = super::pack2::frame::decode_unit_into(
+            stored,
+            frame.codec,
+            chunks,
+            layout.ad_mode(),
+            &self.sealer,
+            into,
+        )
+        .map_err(|e| fault(ChunkFault::Corrupt(format!("in pack {name}: {}", e.detail))))?;
+        match matches.iter().position(|m| !m) {
+            None => Ok(true),
+            Some(i) => Err((
+                group[i].0,
+                ChunkFault::Corrupt("content does not match its hash".into()),
+            )),
+        }
+    }
+
     /// Reads chunks that lie scattered in frames (an in-place restore
     /// fetching the few chunks that differ): each `(id, location, range)`
     /// into `buf[range]`. A frame already decoded is used; otherwise the
