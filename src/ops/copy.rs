@@ -408,28 +408,27 @@ struct Copier<'a> {
     progress: &'a dyn Progress,
 }
 
+/// Whether the destination's published snapshots vouch for the trees they
+/// hold (a tree one of them holds is then taken as whole without a look).
+/// Not while packs are found damaged; not once packs were found lost
+/// (gone without this host's gc deleting them: by hand, bit rot, a gc on
+/// another host) until a verify of the whole store that started with that
+/// mark found every snapshot whole and cleared it (a snapshot whose
+/// summary says validated may have lost chunks since); and not while the
+/// newest verify of the whole store in its log failed (a cache made afresh
+/// knows of no earlier loss). Until then every chunk is looked up, and
+/// what is gone is sent again from the source.
+fn summaries_vouch(to: &Store, to_index: &ChunkIndex) -> bool {
+    to_index.packs_lost == 0
+        && to_index.damaged.is_empty()
+        && to_index.losses_seen.is_none()
+        && crate::store::audit_log::newest_whole_verify_ok(to) != Some(false)
+}
+
 /// The tree roots of every snapshot listed at `to` whose summary says it
 /// validated. A snapshot `verify --repair` found damaged there (or whose
 /// summary or manifest does not read) vouches for nothing: its trees may
 /// have lost blobs or chunks, which the copy then sends again from the
-/// Whether the destination's published snapshots vouch for the trees they
-/// hold (a tree one of them holds is then taken as whole without a look).
-/// Not while packs are found damaged, nor once packs were found lost
-/// (gone without this host's gc deleting them: by hand, bit rot, a gc on
-/// another host) until a verify of the whole store that started after
-/// that found it sound: a snapshot whose summary says validated may have
-/// lost chunks since. Until then every chunk is looked up, and what is
-/// gone is sent again from the source.
-fn summaries_vouch(to: &Store, to_index: &ChunkIndex) -> bool {
-    if to_index.packs_lost > 0 || !to_index.damaged.is_empty() {
-        return false;
-    }
-    match &to_index.losses_seen {
-        None => true,
-        Some(at) => crate::store::audit_log::whole_verify_passed_since(to, at),
-    }
-}
-
 /// source (as `create` re-reads such a snapshot's files).
 fn published_roots(to: &Store) -> Result<IdSet> {
     let mut roots = IdSet::default();

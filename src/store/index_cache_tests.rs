@@ -310,4 +310,18 @@ fn a_pack_gc_deleted_here_is_no_loss_but_one_gone_otherwise_is_remembered() {
         Some(seen.as_str()),
         "remembered"
     );
+    drop(index);
+    let cache = index_dir(dir.path());
+    assert!(
+        !cache.join("deleted-here").exists(),
+        "the refresh took the record of this host's deletions"
+    );
+    // Cleared only while it is the mark a verify saw.
+    s.clear_losses("another mark").unwrap();
+    assert!(s.load_index().unwrap().losses_seen.is_some());
+    s.clear_losses(&seen).unwrap();
+    assert_eq!(s.load_index().unwrap().losses_seen, None);
+    // A mark that exists but says nothing counts as a loss.
+    fs::write(cache.join("losses-seen"), b"").unwrap();
+    assert!(s.load_index().unwrap().losses_seen.is_some());
 }

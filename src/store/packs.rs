@@ -366,12 +366,11 @@ impl Store {
         // gets a new row, and marks go by id.
         let deleted_here = cache.take_deleted_here();
         let packs_lost = gone.iter().filter(|id| !deleted_here.contains(id)).count();
+        if packs_lost > 0 {
+            cache.note_losses()?;
+        }
         if !gone.is_empty() {
             view.mark_all_gone(&gone)?;
-        }
-        if packs_lost > 0 {
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            cache.note_losses(&now)?;
         }
         if !to_add.is_empty() {
             let rows: Vec<PackRow> = to_add
@@ -416,6 +415,14 @@ impl Store {
         index.packs_lost = packs_lost;
         index.losses_seen = losses_seen;
         Ok(index)
+    }
+
+    /// Clears this host's mark of lost packs if it is still `seen`: a
+    /// verify of the whole store that started with that mark found every
+    /// snapshot whole (see `store::chunk_index::cache`).
+    pub fn clear_losses(&self, seen: &str) -> Result<()> {
+        let cache = IndexCache::at(self.index_cache_dir())?;
+        Ok(cache.clear_losses(seen)?)
     }
 
     /// Runs `work` while, on a remote store, two helper threads fetch the

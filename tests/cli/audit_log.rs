@@ -499,47 +499,30 @@ fn verify_rec(at: &str, scope: VerifyScope, ok: bool, duration_ms: u64) -> Verif
     }
 }
 
-/// Packs found lost at `mark`: only a verify of the whole store that
-/// passed and started after it (its end less its duration) says the
-/// snapshots are whole again; a verify of some snapshots, a failed one,
-/// or one that was already running when the loss was seen does not.
+/// What copy asks of the log: whether the newest verify of the whole
+/// store passed. Verifies of some snapshots or of a sample say nothing.
 #[test]
-fn a_loss_is_cleared_only_by_a_whole_verify_that_passed_and_started_after_it() {
+fn the_newest_whole_verify_decides_and_partial_ones_say_nothing() {
     let env = Env::fixture();
     env.create_stamp(&[]);
     let store = Store::open(&StoreAddress::local(&env.store), &Secrets::none()).unwrap();
-    let mark = "2026-05-01T12:00:00.000Z";
-    let passed = || audit_log::whole_verify_passed_since(&store, mark);
-    assert!(!passed(), "no verify at all");
-    let add = |at: &str, scope, ok, ms| {
+    let newest = || audit_log::newest_whole_verify_ok(&store);
+    assert_eq!(newest(), None, "no verify at all");
+    let add = |at: &str, scope, ok| {
         old_record(
             &store,
             Log::Verify,
             None,
             at,
-            &verify_rec(at, scope, ok, ms),
+            &verify_rec(at, scope, ok, 1000),
         )
     };
-    add("2026-05-01T11:00:00.000Z", VerifyScope::Store, true, 1000);
-    assert!(!passed(), "a verify before the loss");
-    add(
-        "2026-05-01T13:00:00.000Z",
-        VerifyScope::Snapshots,
-        true,
-        1000,
-    );
-    add("2026-05-01T13:10:00.000Z", VerifyScope::Sample, true, 1000);
-    assert!(!passed(), "verifies of a part of the store");
-    add("2026-05-01T13:20:00.000Z", VerifyScope::Store, false, 1000);
-    assert!(!passed(), "a verify that found damage");
-    add(
-        "2026-05-01T13:30:00.000Z",
-        VerifyScope::Store,
-        true,
-        2 * 3600 * 1000,
-    );
-    assert!(!passed(), "a verify already running when the loss was seen");
-    assert!(!audit_log::whole_verify_passed_since(&store, "not a time"));
-    add("2026-05-01T14:00:00.000Z", VerifyScope::Store, true, 1000);
-    assert!(passed());
+    add("2026-05-01T11:00:00.000Z", VerifyScope::Snapshots, false);
+    add("2026-05-01T11:10:00.000Z", VerifyScope::Sample, false);
+    assert_eq!(newest(), None, "only partial verifies");
+    add("2026-05-01T12:00:00.000Z", VerifyScope::Store, false);
+    add("2026-05-01T12:10:00.000Z", VerifyScope::Snapshots, true);
+    assert_eq!(newest(), Some(false));
+    add("2026-05-01T13:00:00.000Z", VerifyScope::Store, true);
+    assert_eq!(newest(), Some(true));
 }

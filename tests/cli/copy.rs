@@ -888,3 +888,132 @@ fn a_loss_another_command_found_first_still_makes_the_copy_look() {
     let v = run_cmd(on(&env, &dest).args(["verify", "--snapshot", &s2]));
     assert_eq!(v.code, 0, "{v:?}");
 }
+
+fn index_dirs(env: &Env) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(env.path("cache"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_dir() && e.file_name() == "index")
+        .map(|e| e.path().to_path_buf())
+        .collect()
+}
+
+/// s1 copied, the destination loses its packs, a `verify` there finds it
+/// (exit 3). Returns the destination and s2, created at the source.
+fn lost_at_destination(env: &Env) -> (std::path::PathBuf, String) {
+    let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
+    let dest = env.dir.path().join("copy");
+    copy_ok(env, &dest, &[&s1]);
+    remove_packs(&dest);
+    let v = run_cmd(on(env, &dest).args(["verify"]));
+    assert_eq!(v.code, 3, "{v:?}");
+    let s2 = env.create_stamp(&["--chroma", "--at", "2026-04-11T12:00:00Z"]);
+    (dest, s2)
+}
+
+/// The copy of s2 sends what is gone, and s2 verifies at the destination.
+fn copy_makes_whole(env: &Env, dest: &Path, s2: &str) {
+    let r = copy_ok(env, dest, &[s2]);
+    assert!(u(&r, "chunks_sent") > 0, "{r}");
+    let v = run_cmd(on(env, dest).args(["verify", "--snapshot", s2]));
+    assert_eq!(v.code, 0, "{v:?}");
+}
+
+/// A cache made afresh (deleted, another host, a cache dir that cannot be
+/// written) knows of no loss: the failed whole verify in the store's log
+/// still keeps the summaries from vouching.
+#[test]
+fn a_loss_survives_a_cache_made_afresh_through_the_verify_log() {
+    let env = Env::fixture();
+    let (dest, s2) = lost_at_destination(&env);
+    std::fs::remove_dir_all(env.path("cache")).unwrap();
+    copy_makes_whole(&env, &dest, &s2);
+}
+
+/// A mark that does not read (torn) counts as a loss, never as none.
+#[test]
+fn a_torn_mark_of_lost_packs_still_counts_as_a_loss() {
+    let env = Env::fixture();
+    let (dest, s2) = lost_at_destination(&env);
+    let marks: Vec<_> = index_dirs(&env)
+        .into_iter()
+        .map(|d| d.join("losses-seen"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(marks.len(), 1);
+    std::fs::write(&marks[0], b"").unwrap();
+    copy_makes_whole(&env, &dest, &s2);
+}
+
+/// The mark is written before the packs are marked gone: a refresh that
+/// fails to write it fails before forgetting the loss, and the next one
+/// finds the packs gone again.
+#[test]
+fn a_mark_that_cannot_be_written_never_forgets_the_loss() {
+    let env = Env::fixture();
+    let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
+    let dest = env.dir.path().join("copy");
+    copy_ok(&env, &dest, &[&s1]);
+    remove_packs(&dest);
+    let dirs = index_dirs(&env);
+    for d in &dirs {
+        std::fs::create_dir(d.join("losses-seen.tmp")).unwrap();
+    }
+    let v = run_cmd(on(&env, &dest).args(["verify"]));
+    assert_eq!(v.code, 1, "{v:?}");
+    for d in &dirs {
+        std::fs::remove_dir(d.join("losses-seen.tmp")).unwrap();
+    }
+    // A verify log that says nothing either way: only the mark can tell.
+    std::fs::remove_dir_all(dest.join("verifies")).ok();
+    let s2 = env.create_stamp(&["--chroma", "--at", "2026-04-11T12:00:00Z"]);
+    copy_makes_whole(&env, &dest, &s2);
+}
+
+/// A passing verify record that claims a later time (a host whose clock
+/// runs fast, or a forged record) cannot clear this host's mark: only a
+/// verify of the whole store run here, that started with the mark and
+/// found every snapshot whole, does. (A whole verify that fails keeps
+/// it: see `a_torn_mark_of_lost_packs_still_counts_as_a_loss`.)
+#[test]
+fn only_a_whole_verify_here_that_passes_clears_the_mark() {
+    let env = Env::fixture();
+    let (dest, s2) = lost_at_destination(&env);
+    let fast = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let store = atosnap::store::Store::open(
+        &atosnap::store::location::StoreAddress::local(&dest),
+        &atosnap::store::key::Secrets::none(),
+    )
+    .unwrap();
+    let forged = atosnap::store::audit_log::VerifyRecord {
+        at: fast.clone(),
+        scope: atosnap::store::audit_log::VerifyScope::Store,
+        sample: None,
+        ok: true,
+        damaged_objects: vec![],
+        packs_read: vec![],
+        snapshots: Default::default(),
+        duration_ms: 1,
+    };
+    atosnap::store::audit_log::append(
+        &store,
+        atosnap::store::names::Log::Verify,
+        None,
+        &fast,
+        &forged,
+    )
+    .unwrap();
+    copy_makes_whole(&env, &dest, &s2);
+    let marked = || {
+        index_dirs(&env)
+            .iter()
+            .any(|d| d.join("losses-seen").exists())
+    };
+    assert!(marked(), "a record from elsewhere cleared the mark");
+    // The copy sent back every chunk s1 shares with s2 (the same tree):
+    // the store is whole again, and a whole verify here says so.
+    let v = run_cmd(on(&env, &dest).args(["verify"]));
+    assert_eq!(v.code, 0, "{v:?}");
+    assert!(!marked(), "the passing whole verify clears the mark");
+}

@@ -32,6 +32,9 @@ pub struct Audit {
     pub covered: std::collections::BTreeMap<String, bool>,
     /// The packs re-hashed end to end and found sound (ids).
     pub packs_read: Vec<Id>,
+    /// This host's mark of lost packs as the audit's index refresh left
+    /// it (see [`crate::store::index::ChunkIndex::losses_seen`]).
+    pub losses_seen: Option<String>,
 }
 
 pub(super) fn audit(
@@ -278,6 +281,7 @@ pub(super) fn audit(
         unreadable,
         covered,
         packs_read,
+        losses_seen: index.losses_seen.clone(),
     })
 }
 

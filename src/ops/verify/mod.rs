@@ -467,5 +467,15 @@ fn record(store: &Store, opts: &VerifyOptions, audit: Audit, started: Instant) -
             .warnings
             .push(format!("verify record not written: {}: {e}", e.code())),
     }
+    // Every snapshot found whole: packs found lost before (the mark this
+    // audit started with) cost none of their chunks, and copy may take
+    // this store's summaries on trust again.
+    if let (VerifyScope::Store, true, Some(seen)) = (scope, report.ok, &audit.losses_seen) {
+        if let Err(e) = store.clear_losses(seen) {
+            report
+                .warnings
+                .push(format!("the mark of lost packs not cleared: {e}"));
+        }
+    }
     report
 }

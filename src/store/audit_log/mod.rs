@@ -230,27 +230,18 @@ pub fn newest_verify(store: &Store) -> Option<VerifyRecord> {
     newest_first(store, Log::Verify).next()
 }
 
-/// Whether a verify of the whole store that started after `since` (RFC
-/// 3339) found it sound: every snapshot's every chunk was there then.
-/// Read newest first, up to the first record from before `since`.
-pub fn whole_verify_passed_since(store: &Store, since: &str) -> bool {
-    let Ok(since) = chrono::DateTime::parse_from_rfc3339(since) else {
-        return false;
-    };
-    for rec in newest_first::<VerifyRecord>(store, Log::Verify) {
-        let Ok(ended) = chrono::DateTime::parse_from_rfc3339(&rec.at) else {
-            continue;
-        };
-        let started = ended - chrono::Duration::milliseconds(rec.duration_ms as i64);
-        if ended <= since {
-            return false;
-        }
-        if rec.scope == VerifyScope::Store && rec.ok && started > since {
-            return true;
-        }
-    }
-    false
+/// Whether the newest verify of the whole store passed, among the newest
+/// [`RECENT_VERIFIES`] records of the log (None: none among them).
+pub fn newest_whole_verify_ok(store: &Store) -> Option<bool> {
+    newest_first::<VerifyRecord>(store, Log::Verify)
+        .take(RECENT_VERIFIES)
+        .find(|r| r.scope == VerifyScope::Store)
+        .map(|r| r.ok)
 }
+
+/// Records [`newest_whole_verify_ok`] reads at most: each is a request on
+/// a bucket, and a copy asks on every run.
+const RECENT_VERIFIES: usize = 16;
 
 /// When each of `packs` (ids in hex) was last re-hashed by a verify, read
 /// from the log newest first until every one is found; packs never

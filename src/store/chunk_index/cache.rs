@@ -23,9 +23,10 @@ pub const LOCK_NAME: &str = "lock";
 /// Packs this host is deleting (gc), one hex id per line, appended before
 /// each deletion: a refresh that finds them gone knows no data was lost.
 const DELETED_HERE_NAME: &str = "deleted-here";
-/// When a refresh last found packs gone that this host did not delete
-/// (RFC 3339): chunks may be lost, and a copy does not take the
-/// destination's summaries on trust until a whole verify after it passed.
+/// Set when a refresh finds packs gone that this host did not delete
+/// (their time and a token): chunks may be lost, and a copy does not take
+/// the destination's summaries on trust until a verify of the whole store
+/// that started with this mark passes (and clears it).
 const LOSSES_NAME: &str = "losses-seen";
 /// RAM of the external sort of a refresh, a publish or a compaction.
 pub const SORT_BUDGET: usize = 16 << 20;
@@ -114,21 +115,43 @@ impl IndexCache {
         ids
     }
 
-    /// When a refresh last found packs lost (see [`LOSSES_NAME`]).
+    /// The mark of packs found lost (see [`LOSSES_NAME`]): when, and a
+    /// token telling one mark from the next. A mark that exists but does
+    /// not read counts as a loss (a torn write must not clear it).
     pub fn losses_seen(&self) -> Option<String> {
-        let text = fs::read_to_string(self.dir.join(LOSSES_NAME)).ok()?;
-        let at = text.trim();
-        chrono::DateTime::parse_from_rfc3339(at).ok()?;
-        Some(at.to_string())
+        let path = self.dir.join(LOSSES_NAME);
+        match fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            _ => Some("unreadable".to_string()),
+        }
     }
 
-    /// Records that packs were found lost now (the caller holds the lock).
-    /// Replaced by rename: a torn write cannot lose the mark.
-    pub fn note_losses(&self, at: &str) -> Result<(), IndexError> {
+    /// Marks packs found lost now (the caller holds the lock): written,
+    /// fsynced and renamed into place before the packs are marked gone,
+    /// so no crash or failure between the two forgets the loss.
+    pub fn note_losses(&self) -> Result<(), IndexError> {
+        use std::io::Write;
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mark = format!("{at} {:016x}", rand::random::<u64>());
         let path = self.dir.join(LOSSES_NAME);
         let tmp = self.dir.join(format!("{LOSSES_NAME}.tmp"));
-        fs::write(&tmp, at).map_err(IndexError::io("write", &tmp))?;
+        let written = File::create(&tmp)
+            .and_then(|mut f| f.write_all(mark.as_bytes()).and_then(|()| f.sync_all()));
+        written.map_err(IndexError::io("write", &tmp))?;
         fs::rename(&tmp, &path).map_err(IndexError::io("rename", &path))
+    }
+
+    /// Clears the mark of lost packs if it is still `seen` (a verify of
+    /// the whole store that saw that mark when it started has found every
+    /// snapshot whole): a mark another process wrote since stays.
+    pub fn clear_losses(&self, seen: &str) -> Result<(), IndexError> {
+        let _lock = self.lock()?;
+        if self.losses_seen().as_deref() != Some(seen) {
+            return Ok(());
+        }
+        let path = self.dir.join(LOSSES_NAME);
+        fs::remove_file(&path).map_err(IndexError::io("remove", &path))
     }
 
     /// Removes the pack table and every segment.
