@@ -184,12 +184,6 @@ impl Drop for Staged {
     }
 }
 
-/// A file staged (None: it holds the snapshot's content already), a fault
-/// of the snapshot, or a failure of the disk.
-type Staging = Result<std::result::Result<Option<Written>, Fault>>;
-/// A staging job's outcome, with the db's `integrity_check`.
-type Done = (usize, Staging, Option<DbCheck>);
-
 /// A staged file.
 pub(super) struct Written {
     pub(super) tmp: PathBuf,
@@ -274,51 +268,43 @@ pub fn stage(
             j.reusable.is_none_or(|r| r.at(id, at, len).is_none())
         })
     });
-    let stage_job = |n: usize| -> Staging {
-        let j = &jobs[n];
-        let how = Install {
-            reusable: j.reusable,
-            durable,
-            // The db is always rebuilt whole and renamed (SPEC §3 step
-            // 5), and checked before it is.
-            bulk: matches!(j.slot, Slot::Chroma(_)),
-            keep_patch: keep_patch[n],
-        };
-        let on_bytes = |b: u64| progress.advance(b);
-        let staged_file = stage_file(
-            store,
-            index,
-            (j.entry, j.file),
-            (&j.target, &j.dir),
-            how,
-            &staged.counts,
-            &on_bytes,
-        );
-        staged_file.map(|r| r.map(|w| unless_same(j, w)))
-    };
-    // The db first, its pieces on every core. Its `integrity_check` (one
-    // thread) then runs beside the other files' staging, and that thread
-    // joins them once the check is done: staged last, the db's check was
-    // the tail of a restore, with one core idle.
-    let (db_jobs, other_jobs): (Vec<usize>, Vec<usize>) =
-        (0..jobs.len()).partition(|&n| jobs[n].slot == Slot::Db);
+    // The db's `integrity_check` (one thread) runs as soon as it is
+    // staged, while the other files are still being staged.
+    type Done = (
+        usize,
+        Result<std::result::Result<Option<Written>, Fault>>,
+        Option<DbCheck>,
+    );
     let results: Vec<Done> = store.with_packs_prefetched(index, to_fetch, || {
-        let db: Vec<(usize, Staging)> = db_jobs.iter().map(|&n| (n, stage_job(n))).collect();
-        let staged_db = db.iter().find_map(|(_, r)| match r {
-            Ok(Ok(Some(w))) => Some(w.tmp.as_path()),
-            _ => None,
-        });
-        let (check, others) = rayon::join(
-            || staged_db.map(check_db),
-            || {
-                other_jobs
-                    .par_iter()
-                    .map(|&n| (n, stage_job(n), None))
-                    .collect::<Vec<Done>>()
-            },
-        );
-        let db = db.into_iter().map(|(n, r)| (n, r, check.clone()));
-        db.chain(others).collect()
+        jobs.par_iter()
+            .enumerate()
+            .map(|(n, j)| {
+                let how = Install {
+                    reusable: j.reusable,
+                    durable,
+                    // The db is always rebuilt whole and renamed (SPEC
+                    // §3 step 5), and checked before it is.
+                    bulk: matches!(j.slot, Slot::Chroma(_)),
+                    keep_patch: keep_patch[n],
+                };
+                let on_bytes = |b: u64| progress.advance(b);
+                let staged_file = stage_file(
+                    store,
+                    index,
+                    (j.entry, j.file),
+                    (&j.target, &j.dir),
+                    how,
+                    &staged.counts,
+                    &on_bytes,
+                );
+                let staged_file = staged_file.map(|r| r.map(|w| unless_same(j, w)));
+                let check = match &staged_file {
+                    Ok(Ok(Some(w))) if j.slot == Slot::Db => Some(check_db(&w.tmp)),
+                    _ => None,
+                };
+                (n, staged_file, check)
+            })
+            .collect()
     });
     let mut errors = BTreeSet::new();
     let mut fatal = None;
