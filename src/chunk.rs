@@ -373,28 +373,6 @@ pub fn zstd_with(raw: &[u8], tuning: Tuning) -> Option<Vec<u8>> {
     })
 }
 
-/// Decompresses one zstd frame into exactly `out` with this thread's
-/// decompressor: an error unless it fills `out` exactly (zstd never writes
-/// past it, so a frame claiming more cannot make it allocate).
-pub fn decompress_into(stored: &[u8], out: &mut [u8]) -> Result<(), String> {
-    let n = DECOMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = zstd::bulk::Decompressor::new().ok();
-        }
-        match slot.as_mut() {
-            Some(d) => d
-                .decompress_to_buffer(stored, out)
-                .map_err(|e| format!("does not decompress: {e}")),
-            None => Err("no zstd decompressor".to_string()),
-        }
-    })?;
-    if n != out.len() {
-        return Err(format!("decompressed to {n} bytes, expected {}", out.len()));
-    }
-    Ok(())
-}
-
 /// Decodes a stored chunk back to `raw_len` raw bytes.
 pub fn decode(stored: Vec<u8>, compressed: bool, raw_len: u32) -> Result<Vec<u8>, String> {
     if raw_len > MAX_RAW_CHUNK {

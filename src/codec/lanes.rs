@@ -121,29 +121,12 @@ pub fn split(raw: &[u8]) -> Vec<u8> {
 /// output is never zeroed first. Measured on 1 MiB frames: about 9 GB/s,
 /// against 5 with indexed writes into a zeroed buffer.
 pub fn join(lanes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(lanes.len());
-    join_blocks(lanes, |bytes| out.extend_from_slice(bytes));
-    out
-}
-
-/// [`join`] into `out`, which must be exactly as long as `lanes` (a
-/// restore decoding a frame straight into the piece it rebuilds).
-pub fn join_into(lanes: &[u8], out: &mut [u8]) {
-    let mut at = 0;
-    join_blocks(lanes, |bytes| {
-        out[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    });
-}
-
-/// The joined bytes of `lanes`, handed to `put` in order, a block at a
-/// time.
-fn join_blocks(lanes: &[u8], mut put: impl FnMut(&[u8])) {
     let words = lanes.len() / WORD;
     let (l0, rest) = lanes.split_at(words);
     let (l1, rest) = rest.split_at(words);
     let (l2, rest) = rest.split_at(words);
     let (l3, tail) = rest.split_at(words);
+    let mut out = Vec::with_capacity(lanes.len());
     let mut block = [0u8; JOIN_BLOCK * WORD];
     let mut i = 0;
     while i + JOIN_BLOCK <= words {
@@ -156,13 +139,14 @@ fn join_blocks(lanes: &[u8], mut put: impl FnMut(&[u8])) {
         for ((((a, b), c), d), w) in lanes.zip(block.chunks_exact_mut(WORD)) {
             w.copy_from_slice(&[*a, *b, *c, *d]);
         }
-        put(&block);
+        out.extend_from_slice(&block);
         i += JOIN_BLOCK;
     }
     for k in i..words {
-        put(&[l0[k], l1[k], l2[k], l3[k]]);
+        out.extend_from_slice(&[l0[k], l1[k], l2[k], l3[k]]);
     }
-    put(tail);
+    out.extend_from_slice(tail);
+    out
 }
 
 /// Words per block of [`join`].
@@ -214,11 +198,7 @@ mod tests {
     proptest! {
         #[test]
         fn join_undoes_split(raw in proptest::collection::vec(any::<u8>(), 0..5000)) {
-            let lanes = split(&raw);
-            let mut into = vec![0u8; raw.len()];
-            join_into(&lanes, &mut into);
-            prop_assert_eq!(&into, &raw);
-            prop_assert_eq!(join(&lanes), raw);
+            prop_assert_eq!(join(&split(&raw)), raw);
         }
 
         #[test]

@@ -131,40 +131,6 @@ pub fn decode_frame(
     }
 }
 
-/// [`decode_frame`] straight into `out`, which must be exactly the raw
-/// length: nothing is allocated for a plain zstd or raw frame (a lanes
-/// frame is decoded into this thread's scratch buffer, then joined into
-/// `out`). zstd never writes past `out`, so a frame holding more is an
-/// error, never a larger allocation.
-pub fn decode_frame_into(
-    encoded: &[u8],
-    encoding: FrameEncoding,
-    out: &mut [u8],
-) -> Result<(), String> {
-    thread_local! {
-        static LANES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    match encoding {
-        FrameEncoding::Raw if encoded.len() == out.len() => {
-            out.copy_from_slice(encoded);
-            Ok(())
-        }
-        FrameEncoding::Raw => Err(format!(
-            "stored length {} differs from the recorded {}",
-            encoded.len(),
-            out.len()
-        )),
-        FrameEncoding::Zstd => crate::chunk::decompress_into(encoded, out),
-        FrameEncoding::ZstdLanes => LANES.with(|cell| {
-            let mut lanes = cell.borrow_mut();
-            lanes.resize(out.len(), 0);
-            crate::chunk::decompress_into(encoded, &mut lanes)?;
-            lanes::join_into(&lanes, out);
-            Ok(())
-        }),
-    }
-}
-
 /// Test data: noise, but the last byte of every `period` bytes from a
 /// small set (3 values), as a float's exponent byte is.
 #[cfg(test)]

@@ -140,9 +140,11 @@ impl ChunkSource<'_> {
         store
             .read_scattered_into(index, &scattered, buf)
             .map_err(|(id, f)| ExtractError::Chunk(id, f))?;
-        store
-            .read_runs_into(index, &runs, buf)
-            .map_err(|(id, f)| ExtractError::Chunk(id, f))?;
+        for (id, loc, range) in runs {
+            store
+                .read_chunk_into(index, &id, &loc, &mut buf[range])
+                .map_err(|f| ExtractError::Chunk(id, f))?;
+        }
         Ok(filled)
     }
 }
@@ -225,8 +227,6 @@ const WINDOW_CHUNKS: usize = 16384;
 /// Bytes per positioned write: each piece of a window is rebuilt in one
 /// buffer by one thread and written with one `pwrite`.
 const PIECE_BYTES: u64 = 4 << 20;
-/// How far past [`PIECE_BYTES`] a piece may go to end with a frame.
-const PIECE_SLACK: u64 = 2 << 20;
 
 /// What [`write_file_at`] writes into its output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,20 +310,12 @@ pub fn write_file_at(
     }
 }
 
-/// A window cut into runs of about [`PIECE_BYTES`], each ending where a
-/// frame ends (within [`PIECE_SLACK`] more): a piece then holds its frames
-/// whole, and each is decoded straight into it (see
-/// [`Store::read_runs_into`]).
+/// A window cut into runs of about [`PIECE_BYTES`].
 fn pieces(window: &[Placed]) -> Vec<&[Placed]> {
     let mut out = Vec::new();
     let mut start = 0;
     for (i, c) in window.iter().enumerate() {
-        let bytes = c.offset + c.len as u64 - window[start].offset;
-        let frame_goes_on = window.get(i + 1).is_some_and(|next| {
-            next.loc.in_frame()
-                && (next.loc.pack, next.loc.frame_offset) == (c.loc.pack, c.loc.frame_offset)
-        });
-        if bytes >= PIECE_BYTES && (!frame_goes_on || bytes >= PIECE_BYTES + PIECE_SLACK) {
+        if c.offset + c.len as u64 - window[start].offset >= PIECE_BYTES {
             out.push(&window[start..=i]);
             start = i + 1;
         }
@@ -484,62 +476,6 @@ mod tests {
             loc,
             sporadic: false,
         }
-    }
-
-    /// Chunk `i` of a file stored in frames of `per_frame` 4 KiB chunks.
-    fn in_frames(i: usize, per_frame: usize) -> Placed {
-        let frame = (i / per_frame) as u32;
-        let f = FrameSpan {
-            offset: frame * 1000,
-            stored_len: 1000,
-            codec: Codec::Zstd,
-            first_chunk: 0,
-            n_chunks: per_frame as u32,
-            raw_len: (per_frame * 4096) as u32,
-        };
-        let at = ((i % per_frame) * 4096) as u32;
-        Placed {
-            loc: Location::in_frame_of(PackFormat::V2, &f, 0, at, 4096),
-            ..placed(i, 0)
-        }
-    }
-
-    fn frame_of_one(i: usize) -> FrameSpan {
-        FrameSpan {
-            offset: i as u32 * 1000,
-            stored_len: 1000,
-            codec: Codec::Zstd,
-            first_chunk: 0,
-            n_chunks: 1,
-            raw_len: 4096,
-        }
-    }
-
-    #[test]
-    fn pieces_end_where_frames_end_within_the_slack() {
-        // Frames of 300 chunks (1.17 MiB): 4 MiB falls inside the fourth.
-        let window: Vec<Placed> = (0..3000).map(|i| in_frames(i, 300)).collect();
-        let cut = pieces(&window);
-        assert_eq!(cut.iter().map(|p| p.len()).sum::<usize>(), window.len());
-        for p in &cut[..cut.len() - 1] {
-            assert_eq!(p.len(), 1200, "four whole frames");
-            assert_eq!(p[0].loc.chunk_offset, 0, "a piece starts a frame");
-        }
-        // Frames larger than the slack: cut at the slack's end.
-        let window: Vec<Placed> = (0..4000).map(|i| in_frames(i, 4000)).collect();
-        let cut = pieces(&window);
-        let bytes = |p: &[Placed]| p.iter().map(|c| c.len as u64).sum::<u64>();
-        assert_eq!(bytes(cut[0]), PIECE_BYTES + PIECE_SLACK);
-        // Chunks in no frame (format 1): at PIECE_BYTES, as before.
-        let window: Vec<Placed> = (0..3000)
-            .map(|i| {
-                let mut c = in_frames(i, 1);
-                c.loc = Location::in_frame_of(PackFormat::V1, &frame_of_one(i), 0, 0, 4096);
-                c
-            })
-            .collect();
-        assert!(!window[0].loc.in_frame());
-        assert_eq!(bytes(pieces(&window)[0]), PIECE_BYTES);
     }
 
     #[test]

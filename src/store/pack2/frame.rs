@@ -348,44 +348,6 @@ pub fn decode_frame(
     decode_unit(stored, codec, chunks, AdMode::Frame, sealer)
 }
 
-/// [`decode_unit`] straight into `out` (exactly the unit's raw length):
-/// a restore rebuilding a piece that holds the whole frame, with no
-/// decoded copy kept. Returns, per chunk, whether its bytes (now in
-/// `out`, back to back) hash to its id.
-pub fn decode_unit_into(
-    stored: Vec<u8>,
-    codec: Codec,
-    chunks: &[ChunkEntry],
-    ad: AdMode,
-    sealer: &Sealer,
-    out: &mut [u8],
-) -> Result<Vec<bool>, FrameError> {
-    let total: u64 = chunks.iter().map(|c| c.raw_len as u64).sum();
-    if total != out.len() as u64 {
-        return Err(unit_error(
-            chunks,
-            format!("holds {total} raw bytes, not the {} asked for", out.len()),
-        ));
-    }
-    let (encoded, encoding) = open_unit(stored, codec, chunks, ad, sealer)?;
-    crate::codec::decode_frame_into(&encoded, encoding, out)
-        .map_err(|e| unit_error(chunks, format!("does not decode: {e}")))?;
-    let mut at = 0usize;
-    let pieces: Vec<&[u8]> = chunks
-        .iter()
-        .map(|c| {
-            at += c.raw_len as usize;
-            &out[at - c.raw_len as usize..at]
-        })
-        .collect();
-    let ids = sealer.chunk_ids(&pieces);
-    Ok(ids
-        .iter()
-        .zip(chunks)
-        .map(|(got, c)| *got == c.id)
-        .collect())
-}
-
 /// [`decode_frame`] for any stored unit: a format-1 chunk is a frame of
 /// one chunk sealed with its id ([`AdMode::ChunkId`]).
 pub fn decode_unit(
