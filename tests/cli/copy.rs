@@ -823,19 +823,34 @@ fn a_malformed_bucket_location_names_its_flag() {
 #[test]
 fn a_damaged_destination_snapshot_does_not_vouch_for_its_trees() {
     let env = Env::fixture();
+    // Nothing changes at the source: the second snapshot's files have the
+    // first one's trees.
+    let (dest, s2) = lost_at_destination(&env, Some(&["verify", "--repair"]));
+    copy_makes_whole(&env, &dest, &s2);
+    validate_ok(&env, &dest, &s2, &[]);
+}
+
+/// s1 copied, then the destination loses its packs; `found_by`, a command
+/// run there then, finds it (exit 3). Returns the destination and s2,
+/// created at the source since.
+fn lost_at_destination(env: &Env, found_by: Option<&[&str]>) -> (PathBuf, String) {
     let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
     let dest = env.dir.path().join("copy");
-    copy_ok(&env, &dest, &[&s1]);
+    copy_ok(env, &dest, &[&s1]);
     remove_packs(&dest);
-    let repaired = run_cmd(on(&env, &dest).args(["verify", "--repair"]));
-    assert_eq!(repaired.code, 3, "{repaired:?}");
-    // Nothing changed at the source: the second snapshot's files have the
-    // first one's trees.
+    if let Some(args) = found_by {
+        let v = run_cmd(on(env, &dest).args(args));
+        assert_eq!(v.code, 3, "{v:?}");
+    }
     let s2 = env.create_stamp(&["--chroma", "--at", "2026-04-11T12:00:00Z"]);
-    let r = copy_ok(&env, &dest, &[&s2]);
+    (dest, s2)
+}
+
+/// The copy of s2 sends what is gone, and s2 verifies at the destination.
+fn copy_makes_whole(env: &Env, dest: &Path, s2: &str) {
+    let r = copy_ok(env, dest, &[s2]);
     assert!(u(&r, "chunks_sent") > 0, "{r}");
-    validate_ok(&env, &dest, &s2, &[]);
-    let v = run_cmd(on(&env, &dest).args(["verify", "--snapshot", &s2]));
+    let v = run_cmd(on(env, dest).args(["verify", "--snapshot", s2]));
     assert_eq!(v.code, 0, "{v:?}");
 }
 
@@ -857,15 +872,8 @@ fn remove_packs(store: &Path) {
 #[test]
 fn packs_the_destination_lost_are_sent_again_not_vouched_for() {
     let env = Env::fixture();
-    let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
-    let dest = env.dir.path().join("copy");
-    copy_ok(&env, &dest, &[&s1]);
-    remove_packs(&dest);
-    let s2 = env.create_stamp(&["--chroma", "--at", "2026-04-11T12:00:00Z"]);
-    let r = copy_ok(&env, &dest, &[&s2]);
-    assert!(u(&r, "chunks_sent") > 0, "{r}");
-    let v = run_cmd(on(&env, &dest).args(["verify", "--snapshot", &s2]));
-    assert_eq!(v.code, 0, "{v:?}");
+    let (dest, s2) = lost_at_destination(&env, None);
+    copy_makes_whole(&env, &dest, &s2);
 }
 
 /// The same loss found first by another command at the destination (a
@@ -876,17 +884,8 @@ fn packs_the_destination_lost_are_sent_again_not_vouched_for() {
 #[test]
 fn a_loss_another_command_found_first_still_makes_the_copy_look() {
     let env = Env::fixture();
-    let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
-    let dest = env.dir.path().join("copy");
-    copy_ok(&env, &dest, &[&s1]);
-    remove_packs(&dest);
-    let v = run_cmd(on(&env, &dest).args(["verify"]));
-    assert_eq!(v.code, 3, "{v:?}");
-    let s2 = env.create_stamp(&["--chroma", "--at", "2026-04-11T12:00:00Z"]);
-    let r = copy_ok(&env, &dest, &[&s2]);
-    assert!(u(&r, "chunks_sent") > 0, "{r}");
-    let v = run_cmd(on(&env, &dest).args(["verify", "--snapshot", &s2]));
-    assert_eq!(v.code, 0, "{v:?}");
+    let (dest, s2) = lost_at_destination(&env, Some(&["verify"]));
+    copy_makes_whole(&env, &dest, &s2);
 }
 
 fn index_dirs(env: &Env) -> Vec<std::path::PathBuf> {
@@ -898,34 +897,13 @@ fn index_dirs(env: &Env) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// s1 copied, the destination loses its packs, a `verify` there finds it
-/// (exit 3). Returns the destination and s2, created at the source.
-fn lost_at_destination(env: &Env) -> (std::path::PathBuf, String) {
-    let s1 = env.create_stamp(&["--chroma", "--at", "2026-04-10T12:00:00Z"]);
-    let dest = env.dir.path().join("copy");
-    copy_ok(env, &dest, &[&s1]);
-    remove_packs(&dest);
-    let v = run_cmd(on(env, &dest).args(["verify"]));
-    assert_eq!(v.code, 3, "{v:?}");
-    let s2 = env.create_stamp(&["--chroma", "--at", "2026-04-11T12:00:00Z"]);
-    (dest, s2)
-}
-
-/// The copy of s2 sends what is gone, and s2 verifies at the destination.
-fn copy_makes_whole(env: &Env, dest: &Path, s2: &str) {
-    let r = copy_ok(env, dest, &[s2]);
-    assert!(u(&r, "chunks_sent") > 0, "{r}");
-    let v = run_cmd(on(env, dest).args(["verify", "--snapshot", s2]));
-    assert_eq!(v.code, 0, "{v:?}");
-}
-
 /// A cache made afresh (deleted, another host, a cache dir that cannot be
 /// written) knows of no loss: the failed whole verify in the store's log
 /// still keeps the summaries from vouching.
 #[test]
 fn a_loss_survives_a_cache_made_afresh_through_the_verify_log() {
     let env = Env::fixture();
-    let (dest, s2) = lost_at_destination(&env);
+    let (dest, s2) = lost_at_destination(&env, Some(&["verify"]));
     std::fs::remove_dir_all(env.path("cache")).unwrap();
     copy_makes_whole(&env, &dest, &s2);
 }
@@ -934,7 +912,7 @@ fn a_loss_survives_a_cache_made_afresh_through_the_verify_log() {
 #[test]
 fn a_torn_mark_of_lost_packs_still_counts_as_a_loss() {
     let env = Env::fixture();
-    let (dest, s2) = lost_at_destination(&env);
+    let (dest, s2) = lost_at_destination(&env, Some(&["verify"]));
     let marks: Vec<_> = index_dirs(&env)
         .into_iter()
         .map(|d| d.join("losses-seen"))
@@ -978,7 +956,7 @@ fn a_mark_that_cannot_be_written_never_forgets_the_loss() {
 #[test]
 fn only_a_whole_verify_here_that_passes_clears_the_mark() {
     let env = Env::fixture();
-    let (dest, s2) = lost_at_destination(&env);
+    let (dest, s2) = lost_at_destination(&env, Some(&["verify"]));
     let fast = (chrono::Utc::now() + chrono::Duration::hours(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let store = atosnap::store::Store::open(
