@@ -10,6 +10,7 @@ mod audit_log;
 mod cleanup;
 mod concurrency;
 mod copy;
+mod copy_losses;
 mod demo;
 mod drill_diff;
 mod encryption;
