@@ -349,9 +349,10 @@ pub struct ChunkIndex {
     /// had as live, other than those this host deleted (gc): data may have
     /// been lost (or a gc ran on another host).
     pub packs_lost: usize,
-    /// When a refresh of this cache last found packs lost (RFC 3339),
-    /// this one or an earlier one: until a whole verify passes after it,
-    /// the store's summaries do not vouch for its chunks.
+    /// This host's mark of packs found lost (a time and a token), by this
+    /// refresh or an earlier one: while it stands, the store's summaries
+    /// do not vouch for its chunks. Only a verify of the whole store here
+    /// that started with this mark and passed clears it.
     pub losses_seen: Option<String>,
 }
 
