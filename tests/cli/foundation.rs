@@ -714,6 +714,14 @@ fn a_file_changing_during_read_is_never_a_good_torn_copy() {
         let entry = m.find("chroma/seg/big.pickle").unwrap().file().unwrap();
         let bytes = stored_bytes(&store, &index, entry);
         let whole = bytes.len() == SIZE && bytes.iter().all(|b| *b == bytes[0]);
+        // A file read again after it changed counts its chunks once.
+        let listed: u64 = m
+            .entries
+            .iter()
+            .filter_map(|e| e.file())
+            .map(|f| f.list.len())
+            .sum();
+        assert_eq!(r["chunks_total"], listed, "{stamp}");
         let errors = strings(&r["validation_errors"]);
         if r["validated"] == true {
             assert!(whole, "{stamp}: a torn copy was reported valid");

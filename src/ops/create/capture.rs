@@ -542,8 +542,12 @@ impl<'a> Capture<'a> {
         let display = String::from_utf8_lossy(&snap_path).into_owned();
         let strategy = chunk::strategy_for(&snap_path, None, &self.store.config().chunking);
         let mut attempt = 0;
+        // A file read twice counts its chunks once: the snapshot lists
+        // only the second read.
+        let chunks_before = self.chunks_total;
         let (stored, after, stable) = loop {
             attempt += 1;
+            self.chunks_total = chunks_before;
             let file = match File::open(src) {
                 Ok(f) => f,
                 Err(e) => {
