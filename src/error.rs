@@ -226,6 +226,11 @@ pub enum Error {
     /// more, released its lock; its temp files are swept by the next run.
     #[error("interrupted by {signal}: stopped before publishing anything more (the store lock is released; leftover temp files are swept by the next run)")]
     Interrupted { signal: String },
+    /// A signal stopped `gc --confirm` (or cleanup's gc) between two of
+    /// its steps, each of which leaves the store whole: `done` says what
+    /// it had deleted by then, since that cannot be undone.
+    #[error("interrupted by {signal}: gc stopped between two steps with the store whole, after it {done}; the next gc finishes the work (the store lock is released; leftover temp files are swept by the next run)")]
+    GcInterrupted { signal: String, done: String },
     /// The folder where a restore stages its files lacks the room for
     /// them: refused before anything is written.
     #[error("not enough free space to stage the restore in {folder}: {needed} bytes needed (the staged files plus 5 %), {available} available; free space on that filesystem and retry (nothing was written)")]
@@ -297,9 +302,17 @@ impl Error {
             Error::RestoreNoSpace { .. } => "restore_no_space",
             Error::CopyStampTaken { .. } => "copy_stamp_taken",
             Error::CopyStampBusy { .. } => "copy_stamp_busy",
-            Error::Interrupted { .. } => "interrupted",
+            Error::Interrupted { .. } | Error::GcInterrupted { .. } => "interrupted",
             Error::StoreMissingWithPassword { .. } => "store_missing",
         }
+    }
+
+    /// Whether a signal stopped the command (SPEC §4: `interrupted`).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Error::Interrupted { .. } | Error::GcInterrupted { .. }
+        )
     }
 
     /// Process exit code per SPEC §3.

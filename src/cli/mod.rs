@@ -458,7 +458,7 @@ fn dump_to_stdout(g: &Global, stamp: &str, path: &str) -> i32 {
 /// stderr.
 fn interrupted_instead(e: Error) -> Error {
     match atosnap::os::interrupted() {
-        Some(sig) if !matches!(e, Error::Interrupted { .. }) => {
+        Some(sig) if !e.is_interrupted() => {
             tracing::warn!("while stopping: {e}");
             Error::Interrupted {
                 signal: atosnap::os::signal_name(sig),

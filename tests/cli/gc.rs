@@ -251,9 +251,19 @@ fn a_copy_of_a_live_pack_under_another_name_never_costs_the_pack() {
 #[test]
 fn an_interrupted_gc_stops_between_steps_and_leaves_the_store_whole() {
     let (env, s) = after_deletion();
+    let dead = env.store.join(&s.pack_b);
+    let dead_size = fs::metadata(&dead).unwrap().len();
     let out = env.interrupted_at("gc:before-rewrite", &["gc", "--confirm"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(out.error_code(), "interrupted", "{out:?}");
+    // The dead pack went before the signal, and the error says so: a
+    // deletion cannot be undone, so the operator learns of it.
+    assert!(!dead.exists());
+    let message = out.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("deleted 1 dead pack(s) ({dead_size} bytes)")),
+        "{message}"
+    );
     assert!(
         env.store.join(&s.pack_a).exists(),
         "the sparse pack is not rewritten"

@@ -145,7 +145,7 @@ pub fn delete_then_gc(store: &Store, lock: &ExclusiveLock, stamps: &[Stamp]) -> 
             d.exit_code = d.exit_code.max(g.exit_code);
             d.gc = Some(g);
         }
-        Err(e @ Error::Interrupted { .. }) => return Err(e),
+        Err(e) if e.is_interrupted() => return Err(e),
         Err(e) => {
             d.errors.push(format!("gc: {e}"));
             d.exit_code = d.exit_code.max(e.exit_code());

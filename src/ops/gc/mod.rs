@@ -415,6 +415,24 @@ pub struct Executed {
     pub integrity_problem: bool,
 }
 
+impl Executed {
+    /// `Err(GcInterrupted)` once a signal asked gc to stop, saying what
+    /// this run had already deleted (`freed` bytes so far).
+    fn check_interrupted(&self, freed: u64) -> Result<()> {
+        crate::os::check_interrupted().map_err(|e| match e {
+            Error::Interrupted { signal } => Error::GcInterrupted {
+                signal,
+                done: format!(
+                    "deleted {} dead pack(s) ({freed} bytes) and removed {} abandoned snapshot folder(s)",
+                    self.deleted.len(),
+                    self.abandoned_removed.len()
+                ),
+            },
+            e => e,
+        })
+    }
+}
+
 /// Carries out `plan` under the exclusive lock: dead packs go first, then
 /// sparse packs are rewritten (new packs durable before the old ones go).
 /// Problems with one pack are reported in `errors` and leave that pack in
@@ -438,11 +456,11 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
     // A signal stops gc between two steps, each of which leaves the store
     // whole (a rewritten pack's old copy goes only once the new is in).
     for p in plan.with_action(Action::Delete) {
-        crate::os::check_interrupted()?;
+        out.check_interrupted(freed)?;
         delete(p, &mut out, &mut freed);
     }
     for folder in &plan.abandoned_folders {
-        crate::os::check_interrupted()?;
+        out.check_interrupted(freed)?;
         match store.delete_abandoned_folder(lock, folder) {
             Ok(()) => out.abandoned_removed.push(folder.clone()),
             Err(e) => out
@@ -457,7 +475,7 @@ pub fn execute(store: &Store, lock: &ExclusiveLock, plan: &Plan) -> Result<Execu
     let mut write_error = None;
     crate::failpoint::pause("gc:before-rewrite");
     for p in plan.with_action(Action::Rewrite) {
-        crate::os::check_interrupted()?;
+        out.check_interrupted(freed)?;
         match copy_live(store, &mut packer, &mut scratch, p) {
             Ok(()) => copied.push(p),
             // The storage failed, not the pack: stop as for a failed write.
