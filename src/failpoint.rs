@@ -36,7 +36,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(600);
 /// `ATOSNAP_FAILPOINT_RELEASE=<file>` the process, at point `name`,
 /// creates `<file>.reached` and waits until `<file>` exists (at most
 /// 10 minutes), so a test can act at exactly that point. Points:
-/// `gc:before-rewrite` (the plan is made; no sparse pack is read yet),
+/// `create:chroma-scanned` (the Chroma folder is listed, no file of it
+/// read yet), `gc:before-rewrite` (the plan is made; no sparse pack is read yet),
 /// `gc:before-upload-barrier` (the rewritten packs are handed to the
 /// backend, which may still be uploading them; nothing is deleted yet),
 /// `validate:before-reads` (manifest and chunk index read; no list blob

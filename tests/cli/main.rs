@@ -7,6 +7,7 @@
 mod support;
 
 mod audit_log;
+mod capture;
 mod cleanup;
 mod concurrency;
 mod copy;

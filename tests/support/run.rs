@@ -114,6 +114,20 @@ impl Runtime {
     /// Runs `args`, held at the failpoint `point` (`ATOSNAP_FAILPOINT_PAUSE`),
     /// where it gets SIGINT; then released. Its output.
     pub fn interrupted_at(&self, point: &str, args: &[&str]) -> Out {
+        self.paused_at(point, args, |child| {
+            // SAFETY: kill(2) on our own child.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        })
+    }
+
+    /// Runs `args`, held at the failpoint `point` while `act` runs, then
+    /// released.
+    pub fn paused_at(
+        &self,
+        point: &str,
+        args: &[&str],
+        act: impl FnOnce(&std::process::Child),
+    ) -> Out {
         let release = self.path("release");
         let reached = self.path("release.reached");
         let mut cmd = self.command();
@@ -128,8 +142,7 @@ impl Runtime {
             assert!(std::time::Instant::now() < deadline, "{point} not reached");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        // SAFETY: kill(2) on our own child.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        act(&child);
         std::fs::write(&release, b"").unwrap();
         parse(&child.wait_with_output().unwrap())
     }

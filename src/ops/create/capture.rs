@@ -15,7 +15,7 @@ use super::pipeline;
 use super::previous::Previous;
 use super::stream_list::{busy, store_waiting, SharedBlobs, Waiting, WaitingSink};
 use crate::chunk::{self, Strategy};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::sources::{self, chroma, sqlite};
 use crate::store::index::ChunkIndex;
@@ -307,7 +307,18 @@ impl<'a> Capture<'a> {
         src: &Path,
         is_main_db: bool,
     ) -> Result<()> {
-        let meta = std::fs::metadata(src).ctx("stat", src)?;
+        let meta = match std::fs::metadata(src) {
+            Ok(meta) => meta,
+            // A Chroma file gone since the scan, as any Chroma file.
+            Err(e) if !is_main_db => {
+                self.errors.push(format!(
+                    "file_unreadable: {}: {e}",
+                    String::from_utf8_lossy(&path)
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io("stat", src, e)),
+        };
         let (source, wal_source) = self.sqlite_identity(src, &meta);
         if let Some(entry) = self.cached_entry(&path, source.as_ref(), wal_source.as_ref())? {
             self.reuse(path, &meta, entry);
@@ -488,6 +499,7 @@ impl<'a> Capture<'a> {
         let scan = chroma::scan(dir);
         self.warnings.extend(scan.warnings);
         self.errors.extend(scan.errors);
+        crate::failpoint::pause("create:chroma-scanned");
         let total: u64 = scan
             .items
             .iter()
