@@ -442,6 +442,7 @@ fn dump_to_stdout(g: &Global, stamp: &str, path: &str) -> i32 {
             Err(e) => (error_doc(e.code(), &e.to_string()), e.exit_code()),
         },
         Err(e) => {
+            let e = interrupted_instead(e);
             tracing::error!("{e}");
             (error_doc(e.code(), &e.to_string()), e.exit_code())
         }

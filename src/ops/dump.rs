@@ -41,6 +41,15 @@ struct Hashing<'a, W: Write> {
 
 impl<W: Write> Write for Hashing<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // A dump of gigabytes takes a while: a signal stops it between two
+        // writes (the CLI then reports `interrupted`). Not ErrorKind::
+        // Interrupted, which `write_all` would retry.
+        if let Some(sig) = crate::os::interrupted() {
+            return Err(std::io::Error::other(format!(
+                "interrupted by {}",
+                crate::os::signal_name(sig)
+            )));
+        }
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)

@@ -193,3 +193,39 @@ fn sigint_during_validate_reports_interrupted() {
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(out.error_code(), "interrupted", "{out:?}");
 }
+
+/// dump streams a file of any size to stdout: a signal stops it between
+/// two writes with the `interrupted` document on stderr, instead of
+/// streaming to the end.
+#[test]
+fn sigint_stops_a_dump_to_stdout() {
+    use std::io::Read;
+    const MIB: usize = 64;
+    let rt = Rt::fixture();
+    grow_chroma(&rt.chroma(), MIB);
+    let stamp = rt.create_stamp(&["--chroma"]);
+    let mut child = rt
+        .command()
+        .args(["dump", &stamp, "chroma/bulk.dat"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // The dump has begun: it now waits on the full pipe.
+    let mut first = vec![0u8; 64 << 10];
+    stdout.read_exact(&mut first).unwrap();
+    signal(&child, libc::SIGINT);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(doc["error"]["code"], "interrupted", "{doc}");
+    let streamed = first.len() + rest.len();
+    assert!(
+        streamed < (MIB << 20) / 2,
+        "{streamed} bytes streamed after the signal"
+    );
+}
