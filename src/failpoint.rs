@@ -37,7 +37,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(600);
 /// creates `<file>.reached` and waits until `<file>` exists (at most
 /// 10 minutes), so a test can act at exactly that point. Points:
 /// `create:chroma-scanned` (the Chroma folder is listed, no file of it
-/// read yet), `gc:before-rewrite` (the plan is made; no sparse pack is read yet),
+/// read yet), `stats:before-reads` (the snapshots are listed, none read),
+/// `gc:before-rewrite` (the plan is made; no sparse pack is read yet),
 /// `gc:before-upload-barrier` (the rewritten packs are handed to the
 /// backend, which may still be uploading them; nothing is deleted yet),
 /// `validate:before-reads` (manifest and chunk index read; no list blob

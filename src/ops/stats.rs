@@ -100,7 +100,12 @@ pub fn stats(store: &Store, per_snapshot: bool, lock_wait: Duration) -> Result<S
     let spill = SpillDir::for_store(store)?;
     let mut mark = Mark::<SnapshotRef>::new(store, &index, &spill);
     let mut shares = Vec::new();
-    for stamp in store.list_snapshots()?.stamps {
+    let stamps = store.list_snapshots()?.stamps;
+    crate::failpoint::pause("stats:before-reads");
+    // A signal stops stats between two snapshots or two chunks: on a
+    // large store it reads every snapshot's lists.
+    for stamp in stamps {
+        crate::os::check_interrupted()?;
         let m = match store.read_manifest(&stamp, ReadFrom::Cache) {
             Ok(m) => m,
             Err(e) => {
@@ -123,6 +128,7 @@ pub fn stats(store: &Store, per_snapshot: bool, lock_wait: Duration) -> Result<S
     let mut group: Vec<u32> = Vec::new();
     let mut pairs = mark.finish()?.peekable();
     while let Some(first) = pairs.next() {
+        crate::os::check_interrupted()?;
         let first = first?;
         group.clear();
         group.push(first.snapshot);

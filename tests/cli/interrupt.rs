@@ -194,6 +194,16 @@ fn sigint_during_validate_reports_interrupted() {
     assert_eq!(out.error_code(), "interrupted", "{out:?}");
 }
 
+/// stats, which reads every snapshot's lists, stops at a signal too.
+#[test]
+fn sigint_during_stats_reports_interrupted() {
+    let rt = Rt::fixture();
+    rt.create_stamp(&["--chroma"]);
+    let out = rt.interrupted_at("stats:before-reads", &["stats"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_code(), "interrupted", "{out:?}");
+}
+
 /// dump streams a file of any size to stdout: a signal stops it between
 /// two writes with the `interrupted` document on stderr, instead of
 /// streaming to the end.
