@@ -278,6 +278,7 @@ mod tests {
                 mode: 0o600,
                 mtime_ns,
                 spans: vec![(0, len.min(4))],
+                before: None,
             };
             let mut bytes = b"spans".to_vec();
             bytes.extend(t.encode().unwrap());

@@ -4,8 +4,10 @@
 //! trailer to name the file a killed restore left half-written, which a
 //! snapshot must never report as good.
 //!
-//! A committed patch ends with: the trailer as JSON, its length (8 bytes,
-//! little-endian), its BLAKE3 (32 bytes), and [`MAGIC`].
+//! A committed patch ends with: a block of [`MARK_BLOCK`] bytes (zero
+//! until the replay begins, then [`REPLAYING`]), the trailer as JSON, its
+//! length (8 bytes, little-endian), its BLAKE3 (32 bytes), and [`MAGIC`].
+//! Patches of older builds have no mark block and no `before`.
 
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
@@ -18,6 +20,10 @@ use std::path::{Path, PathBuf};
 pub const MAGIC: &[u8; 8] = b"ATSPATCH";
 /// The fixed end of a committed patch: trailer length, its BLAKE3, MAGIC.
 pub const FOOTER: u64 = 8 + 32 + 8;
+/// The block before a trailer that marks a replay begun.
+pub const MARK_BLOCK: u64 = 4096;
+/// The start of the mark block once the replay has begun.
+pub const REPLAYING: &[u8; 16] = b"ATSPATCH REPLAY\n";
 /// A trailer larger than this is not one of ours (one of
 /// `ops::extract::MAX_SPANS` spans takes about 8 MB).
 const TRAILER_MAX: u64 = 32 << 20;
@@ -35,6 +41,30 @@ pub struct Trailer {
     pub mode: u32,
     pub mtime_ns: i64,
     pub spans: Vec<(u64, u64)>,
+    /// The target as the commit found it. A target no longer so, whose
+    /// replay never began, was written by another process since (a
+    /// service started after the restore was killed): the patch is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Before>,
+}
+
+/// A target's size, mtime and ctime when its patch was committed.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Before {
+    pub len: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl Before {
+    pub fn of(m: &Metadata) -> Before {
+        let s = crate::sources::source_stat(m);
+        Before {
+            len: s.size,
+            mtime_ns: s.mtime_ns,
+            ctime_ns: s.ctime_ns,
+        }
+    }
 }
 
 impl Trailer {
@@ -52,7 +82,7 @@ impl Trailer {
     /// (a patch never committed, or any other staging file), or whose
     /// trailer is damaged or names a target outside its folder.
     pub fn read(f: &File) -> Option<Trailer> {
-        let json = committed_json(f).ok().flatten()?;
+        let (json, _) = committed_json(f).ok().flatten()?;
         let t: Trailer = serde_json::from_slice(&json).ok()?;
         let spans_ok = t.spans.iter().all(|&(a, b)| a <= b && b <= t.len);
         (name_ok(&t.target) && spans_ok).then_some(t)
@@ -70,15 +100,38 @@ impl Trailer {
     }
 }
 
+/// Whether the replay of the committed patch `f` has begun (its mark
+/// block says so). A patch of an older build has no mark block: false.
+pub fn replay_begun(f: &File) -> bool {
+    let Ok(Some((_, json_at))) = committed_json(f) else {
+        return false;
+    };
+    let mut mark = [0u8; REPLAYING.len()];
+    json_at
+        .checked_sub(MARK_BLOCK)
+        .is_some_and(|at| f.read_exact_at(&mut mark, at).is_ok() && &mark == REPLAYING)
+}
+
+/// Marks the replay of the committed patch `f` begun.
+pub fn mark_replay_begun(f: &File) -> std::io::Result<()> {
+    let (_, json_at) = committed_json(f)
+        .map_err(std::io::Error::other)?
+        .ok_or_else(|| std::io::Error::other("not a committed patch"))?;
+    let at = json_at
+        .checked_sub(MARK_BLOCK)
+        .ok_or_else(|| std::io::Error::other("a patch without a mark block"))?;
+    f.write_all_at(REPLAYING, at)
+}
+
 /// A target's name must stay in the patch's folder.
 fn name_ok(target: &[u8]) -> bool {
     !target.is_empty() && !target.contains(&b'/') && target != b".." && target != b"."
 }
 
-/// The trailer's JSON of a committed patch, its length and BLAKE3 checked:
-/// `Ok(None)` when the file does not end like one, `Err` when it does but
-/// the trailer does not read.
-fn committed_json(f: &File) -> Result<Option<Vec<u8>>, String> {
+/// The trailer's JSON of a committed patch, its length and BLAKE3 checked,
+/// and where it starts: `Ok(None)` when the file does not end like one,
+/// `Err` when it does but the trailer does not read.
+fn committed_json(f: &File) -> Result<Option<(Vec<u8>, u64)>, String> {
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     let Some(footer_at) = len.checked_sub(FOOTER) else {
         return Ok(None);
@@ -96,12 +149,13 @@ fn committed_json(f: &File) -> Result<Option<Vec<u8>>, String> {
         return Err(format!("its trailer claims {json_len} bytes"));
     }
     let mut json = vec![0u8; json_len as usize];
-    f.read_exact_at(&mut json, footer_at - json_len)
+    let json_at = footer_at - json_len;
+    f.read_exact_at(&mut json, json_at)
         .map_err(|e| e.to_string())?;
     if blake3::hash(&json).as_bytes() != &footer[8..40] {
         return Err("its trailer does not match its checksum".into());
     }
-    Ok(Some(json))
+    Ok(Some((json, json_at)))
 }
 
 /// What a committed patch says of its target, spans left out (what
@@ -157,7 +211,7 @@ pub fn inspect(path: &Path) -> Staged {
     };
     match committed_json(&f) {
         Ok(None) => Staged::NotAPatch,
-        Ok(Some(json)) => match serde_json::from_slice::<PatchedFile>(&json) {
+        Ok(Some((json, _))) => match serde_json::from_slice::<PatchedFile>(&json) {
             Ok(p) if name_ok(&p.target) => Staged::Committed(p),
             Ok(_) => Staged::Unknown("its trailer names no file of its folder".into()),
             Err(e) => Staged::Unknown(format!("its trailer does not parse: {e}")),
@@ -198,6 +252,7 @@ mod tests {
             mode: 0o640,
             mtime_ns: 5,
             spans: vec![(4096, 8192)],
+            before: None,
         }
     }
 

@@ -121,6 +121,51 @@ fn a_restore_killed_after_committing_a_patch_is_finished_by_the_next() {
     assert_same_tree!(rt.restorable(), want);
 }
 
+/// A restore killed between committing a patch and copying it, then the
+/// service started again and writing that file in place: a later restore
+/// drops the stale patch, and one refused (a damaged store) leaves what
+/// the service wrote untouched. It once replayed the old patch over it
+/// before validating anything.
+#[test]
+fn a_patch_overtaken_by_the_service_is_dropped_not_replayed() {
+    use std::os::unix::fs::FileExt;
+    let rt = Rt::fixture();
+    rt.init_with_single_chunk_frames();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let data = seg(&rt, "data_level0.bin");
+    flip_bit(&data, 2 * 4096 + 5);
+    let point = format!("restore:patch-committed:chroma/{SEGMENT}/data_level0.bin");
+    let args = [
+        "restore",
+        &s1,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ];
+    let Out { code, stderr, .. } = rt.run_env(&args, &[("ATOSNAP_FAILPOINT", point.as_str())]);
+    assert_eq!(code, 137, "{point} was not reached: {stderr}");
+    let service = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    service.write_all_at(&[0xAB; 4096], 2 * 4096).unwrap();
+    drop(service);
+    let live = std::fs::read(&data).unwrap();
+    // The registry must be fetched, and its chunk is damaged: refused.
+    std::fs::write(rt.registry(), br#"{"projects": []}"#).unwrap();
+    let id = rt.file_chunks(&s1, "project-registry.json")[0];
+    let (pack, offset, len) = rt.chunk_location(&id);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[offset as usize..(offset + len) as usize].fill(0x5a);
+    write_over(&pack, &bytes);
+    let out = rt.run(&args);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        std::fs::read(&data).unwrap() == live,
+        "a refused restore wrote the file"
+    );
+    assert!(
+        files_named(&rt.chroma().join(SEGMENT), ".atosnap-restore-").is_empty(),
+        "the stale patch is dropped"
+    );
+}
+
 /// A disk without room for whole staging copies: a Chroma file that can
 /// be patched counts only what differs (hashed before anything is
 /// staged), and its patch is kept even when it holds most of the file.

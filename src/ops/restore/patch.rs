@@ -17,7 +17,11 @@
 //! patch without a trailer (removed like any staging file); one killed
 //! after it leaves a committed patch, which the next restore of that tree
 //! replays before it plans ([`recover`]; replaying is idempotent), so the
-//! file ends wholly new. The file keeps its inode, owner and other links
+//! file ends wholly new. The patch is marked (and fsynced) before its
+//! first span is copied: a patch whose replay never began, and whose
+//! target no longer has the size, mtime and ctime the commit recorded, was
+//! overtaken by another writer (a service started after the killed
+//! restore) and is dropped, never replayed over that writer's data. The file keeps its inode, owner and other links
 //! are not involved: only a plain file with one link is patched.
 
 use std::fs::{self, File, OpenOptions, Permissions};
@@ -28,7 +32,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
-use crate::sources::restore_patch::Trailer;
+use crate::sources::restore_patch::{self, Before, Trailer};
 use crate::store::manifest::Entry;
 
 use super::apply::{file_time, parent_of};
@@ -80,7 +84,7 @@ fn copy_span(from: &File, to: &File, span: Range<u64>) -> std::io::Result<()> {
 
 /// The trailer committing `patch` to the file `target` (a name in the
 /// patch's folder), which then gets `mode` and `mtime_ns`.
-fn trailer_of(target: &[u8], patch: &Patch, mode: u32, mtime_ns: i64) -> Trailer {
+fn trailer_of(target: &[u8], patch: &Patch, mode: u32, mtime_ns: i64, before: Before) -> Trailer {
     Trailer {
         target: target.to_vec(),
         dev: patch.identity.dev(),
@@ -89,6 +93,7 @@ fn trailer_of(target: &[u8], patch: &Patch, mode: u32, mtime_ns: i64) -> Trailer
         mode: mode & 0o7777,
         mtime_ns,
         spans: patch.spans.iter().map(|s| (s.start, s.end)).collect(),
+        before: Some(before),
     }
 }
 
@@ -115,7 +120,7 @@ pub fn install(
     let opened = out.metadata().ctx("stat", target).map_err(uncommitted)?;
     unchanged(target, &opened, patch).map_err(uncommitted)?;
     let name = target.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-    let trailer = trailer_of(name, patch, entry.mode, entry.mtime_ns);
+    let trailer = trailer_of(name, patch, entry.mode, entry.mtime_ns, Before::of(&opened));
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -128,6 +133,7 @@ pub fn install(
         crate::store::backend::sync_dir(parent_of(tmp)).ctx("fsync folder", parent_of(tmp))?;
     }
     crate::failpoint::hit(|| format!("restore:patch-committed:{}", entry.path_lossy()));
+    begin_replay(&f, tmp, durable)?;
     replay(&f, &out, target, &trailer, durable)?;
     fs::remove_file(tmp).ctx("remove", tmp)
 }
@@ -162,14 +168,24 @@ fn unchanged(target: &Path, now: &fs::Metadata, patch: &Patch) -> Result<()> {
     })
 }
 
-/// Appends the trailer after the data (at a 4 KiB boundary past the
-/// target's size and every span).
+/// Appends the (zero) mark block and the trailer after the data, at a
+/// 4 KiB boundary past the target's size and every span.
 fn commit(f: &File, trailer: &Trailer, patch: &Patch) -> std::io::Result<()> {
     let data_end = patch.spans.iter().map(|s| s.end).fold(patch.len, u64::max);
-    let at = data_end.div_ceil(4096) * 4096;
+    let at = data_end.div_ceil(4096) * 4096 + restore_patch::MARK_BLOCK;
     let tail = trailer.encode()?;
     f.set_len(at)?;
     f.write_all_at(&tail, at)
+}
+
+/// Marks the replay begun, durably before the target's first byte
+/// changes when `durable`.
+fn begin_replay(f: &File, tmp: &Path, durable: bool) -> Result<()> {
+    restore_patch::mark_replay_begun(f).ctx("mark the replay of", tmp)?;
+    if durable {
+        f.sync_data().ctx("fsync", tmp)?;
+    }
+    Ok(())
 }
 
 /// Copies the spans into the target (`out`, opened at `target`), cuts it
@@ -199,6 +215,9 @@ pub enum Recovered {
     Replayed,
     /// A committed patch that could not be replayed: kept for another try.
     Kept,
+    /// A committed patch whose replay never began and whose target was
+    /// written since: removed unreplayed.
+    Stale,
 }
 
 /// Finishes the patch a killed restore committed (see the module doc):
@@ -216,19 +235,43 @@ pub fn recover(path: &Path) -> Recovered {
     };
     let file = t.file();
     let target = file.target_beside(path);
+    let mut outcome = Recovered::Replayed;
     let replayed = match fs::symlink_metadata(&target) {
+        Ok(m) if file.patches(&m) && overtaken(&f, &t, &m) => {
+            outcome = Recovered::Stale;
+            true
+        }
         Ok(m) if file.patches(&m) => open_for_patching(&target)
-            .and_then(|out| replay(&f, &out, &target, &t, true))
+            .and_then(|out| {
+                // The patch again, to mark (read-only until now; never
+                // through a link).
+                let marked = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(path)
+                    .ctx("open", path)?;
+                begin_replay(&marked, path, true)?;
+                replay(&f, &out, &target, &t, true)
+            })
             .is_ok(),
         // Gone or replaced since: nothing left to finish.
         Ok(_) => true,
         Err(e) => e.kind() == ErrorKind::NotFound,
     };
     if replayed && fs::remove_file(path).is_ok() {
-        Recovered::Replayed
+        outcome
     } else {
         Recovered::Kept
     }
+}
+
+/// Whether another writer overtook the committed patch `f`: its replay
+/// never began and its target (`m`) is no longer as the commit found it.
+/// A patch of an older build records neither: it is replayed as before.
+fn overtaken(f: &File, t: &Trailer, m: &fs::Metadata) -> bool {
+    t.before
+        .is_some_and(|b| b != Before::of(m) && !restore_patch::replay_begun(f))
 }
 
 #[cfg(test)]
@@ -238,6 +281,22 @@ mod tests {
 
     fn identity(p: &Path) -> FileIdentity {
         FileIdentity::of(&fs::symlink_metadata(p).unwrap())
+    }
+
+    fn before(p: &Path) -> Before {
+        Before::of(&fs::symlink_metadata(p).unwrap())
+    }
+
+    /// A committed patch (replay not begun) of `setup`'s target.
+    fn committed(tmp: &Path, target: &Path, patch: &Patch) -> File {
+        let f = File::options().read(true).write(true).open(tmp).unwrap();
+        commit(
+            &f,
+            &trailer_of(b"data.bin", patch, 0o600, 5, before(target)),
+            patch,
+        )
+        .unwrap();
+        f
     }
 
     /// A target of 3 × 4096 bytes, and a patch file changing its middle
@@ -308,10 +367,11 @@ mod tests {
             .write(true)
             .open(&tmp)
             .unwrap();
-        let trailer = trailer_of(b"data.bin", &patch, 0o600, 5_000_000_000);
+        let trailer = trailer_of(b"data.bin", &patch, 0o600, 5_000_000_000, before(&target));
         commit(&f, &trailer, &patch).unwrap();
         assert_eq!(Trailer::read(&f), Some(trailer));
         // Killed half-way through the copy: the first span only.
+        begin_replay(&f, &tmp, true).unwrap();
         copy_span(
             &f,
             &File::options().write(true).open(&target).unwrap(),
@@ -336,7 +396,12 @@ mod tests {
         assert_eq!(recover(&fifo), Recovered::NotAPatch);
         let (target, tmp, patch, _) = setup(dir.path());
         let f = File::options().read(true).write(true).open(&tmp).unwrap();
-        commit(&f, &trailer_of(b"data.bin", &patch, 0o600, 5), &patch).unwrap();
+        commit(
+            &f,
+            &trailer_of(b"data.bin", &patch, 0o600, 5, before(&target)),
+            &patch,
+        )
+        .unwrap();
         let link = dir.path().join(".atosnap-tmp-link.tmp");
         std::os::unix::fs::symlink(&tmp, &link).unwrap();
         let before = fs::read(&target).unwrap();
@@ -348,6 +413,37 @@ mod tests {
         );
     }
 
+    /// Killed between the commit and the replay, then the file written by
+    /// another process (the service, started again): the stale patch is
+    /// dropped, never replayed over what that process wrote.
+    #[test]
+    fn a_patch_whose_target_was_written_before_its_replay_began_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, tmp, patch, _) = setup(dir.path());
+        committed(&tmp, &target, &patch);
+        let newer = vec![5u8; 3 * 4096];
+        File::options()
+            .write(true)
+            .open(&target)
+            .unwrap()
+            .write_all_at(&newer, 0)
+            .unwrap();
+        assert_eq!(recover(&tmp), Recovered::Stale);
+        assert_eq!(fs::read(&target).unwrap(), newer, "untouched");
+        assert!(!tmp.exists(), "the stale patch is removed");
+    }
+
+    /// Killed between the commit and the replay, the file untouched since:
+    /// the replay is finished as the restore meant it.
+    #[test]
+    fn a_patch_whose_target_is_as_the_commit_found_it_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (target, tmp, patch, new) = setup(dir.path());
+        committed(&tmp, &target, &patch);
+        assert_eq!(recover(&tmp), Recovered::Replayed);
+        assert_eq!(fs::read(&target).unwrap(), new);
+    }
+
     #[test]
     fn a_damaged_trailer_is_not_replayed() {
         let dir = tempfile::tempdir().unwrap();
@@ -357,7 +453,12 @@ mod tests {
             .write(true)
             .open(&tmp)
             .unwrap();
-        commit(&f, &trailer_of(b"data.bin", &patch, 0o600, 0), &patch).unwrap();
+        commit(
+            &f,
+            &trailer_of(b"data.bin", &patch, 0o600, 0, before(&target)),
+            &patch,
+        )
+        .unwrap();
         let len = f.metadata().unwrap().len();
         f.write_all_at(b"X", len - FOOTER - 3).unwrap();
         assert_eq!(recover(&tmp), Recovered::NotAPatch, "hash mismatch");
