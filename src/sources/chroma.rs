@@ -202,6 +202,16 @@ fn patch_verdict(
     };
     let target = file.target_beside(patch);
     match std::fs::symlink_metadata(&target) {
+        Ok(m) if file.patches(&m) && file.overtaken(&m) => (
+            None,
+            Some(format!(
+                "stale restore patch: {}: the restore that committed it was killed before \
+                 it changed {}, which was written since; the next restore of this tree \
+                 removes the patch",
+                rel(patch),
+                rel(&target)
+            )),
+        ),
         Ok(m) if file.patches(&m) && !file.applied(&m) => (
             Some(format!(
                 "restore_interrupted: {}: a restore was killed while it patched this file, \

@@ -96,6 +96,8 @@ impl Trailer {
             ino: self.ino,
             len: self.len,
             mtime_ns: self.mtime_ns,
+            before: self.before,
+            begun: false,
         }
     }
 }
@@ -103,9 +105,11 @@ impl Trailer {
 /// Whether the replay of the committed patch `f` has begun (its mark
 /// block says so). A patch of an older build has no mark block: false.
 pub fn replay_begun(f: &File) -> bool {
-    let Ok(Some((_, json_at))) = committed_json(f) else {
-        return false;
-    };
+    matches!(committed_json(f), Ok(Some((_, json_at))) if mark_set(f, json_at))
+}
+
+/// Whether the mark block before the trailer at `json_at` is set.
+fn mark_set(f: &File, json_at: u64) -> bool {
     let mut mark = [0u8; REPLAYING.len()];
     json_at
         .checked_sub(MARK_BLOCK)
@@ -167,6 +171,12 @@ pub struct PatchedFile {
     pub ino: u64,
     pub len: u64,
     pub mtime_ns: i64,
+    #[serde(default)]
+    pub before: Option<Before>,
+    /// Whether the patch's replay has begun (its mark block; not in the
+    /// trailer).
+    #[serde(skip)]
+    pub begun: bool,
 }
 
 impl PatchedFile {
@@ -180,6 +190,15 @@ impl PatchedFile {
     /// the file the patch was made against.
     pub fn patches(&self, m: &Metadata) -> bool {
         m.is_file() && (m.dev(), m.ino()) == (self.dev, self.ino)
+    }
+
+    /// Whether another writer overtook the patch: its replay never began
+    /// and its target (`m`, the same file) is no longer as the commit
+    /// found it. The file then holds that writer's data, whole; the patch
+    /// is stale. A patch of an older build records neither: never.
+    pub fn overtaken(&self, m: &Metadata) -> bool {
+        self.before
+            .is_some_and(|b| b != Before::of(m) && !self.begun)
     }
 
     /// Whether `m` shows the replay finished: the size and mtime a replay
@@ -211,8 +230,11 @@ pub fn inspect(path: &Path) -> Staged {
     };
     match committed_json(&f) {
         Ok(None) => Staged::NotAPatch,
-        Ok(Some((json, _))) => match serde_json::from_slice::<PatchedFile>(&json) {
-            Ok(p) if name_ok(&p.target) => Staged::Committed(p),
+        Ok(Some((json, json_at))) => match serde_json::from_slice::<PatchedFile>(&json) {
+            Ok(p) if name_ok(&p.target) => Staged::Committed(PatchedFile {
+                begun: mark_set(&f, json_at),
+                ..p
+            }),
             Ok(_) => Staged::Unknown("its trailer names no file of its folder".into()),
             Err(e) => Staged::Unknown(format!("its trailer does not parse: {e}")),
         },

@@ -147,6 +147,15 @@ fn a_patch_overtaken_by_the_service_is_dropped_not_replayed() {
     service.write_all_at(&[0xAB; 4096], 2 * 4096).unwrap();
     drop(service);
     let live = std::fs::read(&data).unwrap();
+    // A snapshot of it meanwhile is good: the file is whole (the service's
+    // data), the patch only a leftover.
+    let c = rt.create(&["--chroma"]);
+    assert_eq!(c["validated"], true, "{c}");
+    let warned = strings(&c["warnings"]);
+    assert!(
+        warned.iter().any(|w| w.starts_with("stale restore patch: ")),
+        "{c}"
+    );
     // The registry must be fetched, and its chunk is damaged: refused.
     std::fs::write(rt.registry(), br#"{"projects": []}"#).unwrap();
     let id = rt.file_chunks(&s1, "project-registry.json")[0];

@@ -32,7 +32,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
-use crate::sources::restore_patch::{self, Before, Trailer};
+use crate::sources::restore_patch::{self, Before, PatchedFile, Trailer};
 use crate::store::manifest::Entry;
 
 use super::apply::{file_time, parent_of};
@@ -233,11 +233,14 @@ pub fn recover(path: &Path) -> Recovered {
     let Some(t) = Trailer::read(&f) else {
         return Recovered::NotAPatch;
     };
-    let file = t.file();
+    let file = PatchedFile {
+        begun: restore_patch::replay_begun(&f),
+        ..t.file()
+    };
     let target = file.target_beside(path);
     let mut outcome = Recovered::Replayed;
     let replayed = match fs::symlink_metadata(&target) {
-        Ok(m) if file.patches(&m) && overtaken(&f, &t, &m) => {
+        Ok(m) if file.patches(&m) && file.overtaken(&m) => {
             outcome = Recovered::Stale;
             true
         }
@@ -264,14 +267,6 @@ pub fn recover(path: &Path) -> Recovered {
     } else {
         Recovered::Kept
     }
-}
-
-/// Whether another writer overtook the committed patch `f`: its replay
-/// never began and its target (`m`) is no longer as the commit found it.
-/// A patch of an older build records neither: it is replayed as before.
-fn overtaken(f: &File, t: &Trailer, m: &fs::Metadata) -> bool {
-    t.before
-        .is_some_and(|b| b != Before::of(m) && !restore_patch::replay_begun(f))
 }
 
 #[cfg(test)]
