@@ -218,6 +218,27 @@ fn copy_range_buffered(
 
 /// May this process write `path` (effective ids, as `open` judges)? A
 /// read-only file is patched in place only by one who may write it.
+/// Opens `path` to read if it is a regular file; anything else (a FIFO, a
+/// socket, a device, a folder) is an `InvalidInput` error. The open never
+/// blocks: a FIFO planted where a file is expected would otherwise hold a
+/// plain `open` until a writer comes, with the store lock held
+/// (`O_NONBLOCK` does nothing to a regular file's reads).
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if f.metadata()?.is_file() {
+        Ok(f)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
+}
+
 pub fn writable(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {

@@ -24,7 +24,7 @@ use crate::error::{Error, IoContext, Result};
 /// The page size if `path` starts with a SQLite header; None otherwise.
 pub fn sqlite_page_size_of(path: &Path) -> std::io::Result<Option<u32>> {
     let mut header = [0u8; 100];
-    let mut f = std::fs::File::open(path)?;
+    let mut f = crate::os::open_regular(path)?;
     let mut n = 0;
     while n < header.len() {
         match f.read(&mut header[n..])? {

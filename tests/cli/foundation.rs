@@ -605,11 +605,7 @@ fn symlinks_are_recorded_not_followed() {
 fn special_files_are_skipped_with_a_warning() {
     let env = Env::tiny();
     let fifo = env.chroma().join("seg/a-fifo");
-    let status = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success());
+    support::mkfifo(&fifo);
     let r = env.create(&["--chroma"]);
     assert_eq!(r["validated"], true, "{r}");
     assert_eq!(r["chroma_snapshot_files"], 3);

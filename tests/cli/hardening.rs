@@ -292,3 +292,35 @@ fn include_below_a_chroma_dir_captured_through_a_link() {
         );
     }
 }
+
+/// A FIFO where the db or the registry of a `--to` folder would be, or
+/// where a Chroma file is with a `-wal` name beside it (which makes the
+/// pre-restore snapshot look for its database): restore never blocks
+/// opening it (it once waited for a writer for ever, holding the store
+/// lock, and ignored SIGTERM) and replaces it.
+#[test]
+fn fifos_in_the_target_never_hang_a_restore() {
+    let rt = Env::fixture();
+    let stamp = stamp_of(&rt);
+    for name in ["atocore.db", "project-registry.json"] {
+        let to = rt.path(&format!("drill-{name}"));
+        fs::create_dir_all(&to).unwrap();
+        crate::support::mkfifo(&to.join(name));
+        let out = rt
+            .run_within(&["restore", &stamp, "--to", to.to_str().unwrap()], 60)
+            .unwrap_or_else(|| panic!("restore --to hung on a FIFO at {name}"));
+        assert_eq!(out.code, 0, "{name}: {out:?}");
+        assert!(fs::symlink_metadata(to.join(name)).unwrap().is_file());
+    }
+    let seg = rt.chroma().join("e8763d70-0924-4389-9e69-cddb1f90792c");
+    fs::remove_file(seg.join("header.bin")).unwrap();
+    crate::support::mkfifo(&seg.join("header.bin"));
+    fs::write(seg.join("header.bin-wal"), b"x").unwrap();
+    let out = rt
+        .run_within(&["restore", &stamp, "--confirm-service-stopped"], 60)
+        .expect("a live restore hung on a FIFO in the Chroma tree");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(fs::symlink_metadata(seg.join("header.bin"))
+        .unwrap()
+        .is_file());
+}

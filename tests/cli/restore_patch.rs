@@ -153,7 +153,9 @@ fn a_patch_overtaken_by_the_service_is_dropped_not_replayed() {
     assert_eq!(c["validated"], true, "{c}");
     let warned = strings(&c["warnings"]);
     assert!(
-        warned.iter().any(|w| w.starts_with("stale restore patch: ")),
+        warned
+            .iter()
+            .any(|w| w.starts_with("stale restore patch: ")),
         "{c}"
     );
     // The registry must be fetched, and its chunk is damaged: refused.

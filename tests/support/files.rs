@@ -363,3 +363,9 @@ pub fn files_named(root: &Path, prefix: &str) -> Vec<PathBuf> {
         .map(|e| e.into_path())
         .collect()
 }
+
+/// Makes a FIFO (named pipe) at `path`.
+pub fn mkfifo(path: &Path) {
+    let made = std::process::Command::new("mkfifo").arg(path).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo {}", path.display());
+}

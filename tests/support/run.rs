@@ -203,6 +203,25 @@ impl Runtime {
         run_cmd(&mut cmd)
     }
 
+    /// Runs `args`, killed after `secs` seconds: None when it hung.
+    pub fn run_within(&self, args: &[&str], secs: u64) -> Option<Out> {
+        let mut cmd = self.command();
+        cmd.args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(parse(&child.wait_with_output().unwrap()))
+    }
+
     /// Runs and insists on exit 0.
     pub fn ok(&self, args: &[&str]) -> Value {
         let out = self.run(args);

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -415,7 +415,7 @@ pub fn file_matches<B: std::borrow::Borrow<Id>>(
     params: &crate::store::format::ChunkingParams,
     sealer: &crate::store::seal::Sealer,
 ) -> std::io::Result<bool> {
-    let f = File::open(path)?;
+    let f = crate::os::open_regular(path)?;
     if f.metadata()?.len() != file.size {
         return Ok(false);
     }
@@ -594,7 +594,7 @@ pub fn compare_on_disk(
 ) -> std::io::Result<OnDisk> {
     let params = &store.config().chunking;
     let sealer = store.sealer();
-    let f = File::open(path)?;
+    let f = crate::os::open_regular(path)?;
     let size = f.metadata()?.len();
     let fixed = fixed_size(path, snap_path, file, params)?;
     if file.sqlite && fixed.is_none() {

@@ -430,7 +430,7 @@ fn short_of_room(by_fs: &BTreeMap<u64, (&Path, u64)>) -> Result<Option<Error>> {
 /// (past which the rest of a patch is written whole).
 fn patch_bytes(store: &Store, index: &ChunkIndex, j: &Job<'_>) -> Option<u64> {
     let reusable = j.reusable?;
-    let old = File::open(&j.target).ok()?;
+    let old = crate::os::open_regular(&j.target).ok()?;
     patchable(&old, &j.target, reusable, matches!(j.slot, Slot::Chroma(_)))?;
     let disk = old.metadata().ok()?;
     let found = super::compare_on_disk(store, index, &j.target, &j.entry.path, j.file).ok()?;
@@ -640,7 +640,7 @@ pub(super) fn stage_file(
     let old = how
         .reusable
         .filter(|r| !r.is_empty())
-        .and_then(|r| File::open(target).ok().map(|f| (f, r)));
+        .and_then(|r| crate::os::open_regular(target).ok().map(|f| (f, r)));
     // Patched in place when it can be (see `patch.rs`).
     let patch_of = old
         .as_ref()
