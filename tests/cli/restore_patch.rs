@@ -177,6 +177,28 @@ fn a_patch_overtaken_by_the_service_is_dropped_not_replayed() {
     );
 }
 
+/// Two names of one inode (hard links) whose snapshot modes differ: the
+/// file is replaced, which unlinks it, instead of its mode being set
+/// through the shared inode (the last name set won, exit 0 with the tree
+/// not the snapshot's, and every run again).
+#[test]
+fn a_matching_file_with_other_links_gets_its_own_mode_and_mtime() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = Rt::fixture();
+    let (header, copy) = (seg(&rt, "header.bin"), seg(&rt, "copy.bin"));
+    std::fs::copy(&header, &copy).unwrap();
+    std::fs::set_permissions(&header, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let want = reference(&rt, &s1);
+    std::fs::remove_file(&copy).unwrap();
+    std::fs::hard_link(&header, &copy).unwrap();
+    rt.restore_live(&s1);
+    assert_same_tree!(rt.restorable(), want);
+    let again = rt.restore_live(&s1);
+    assert_eq!(again["chroma_files_written"], 0, "{again}");
+}
+
 /// A disk without room for whole staging copies: a Chroma file that can
 /// be patched counts only what differs (hashed before anything is
 /// staged), and its patch is kept even when it holds most of the file.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::chunk;
@@ -16,7 +17,7 @@ use crate::sources::chroma::is_restore_temp;
 use crate::sources::sqlite;
 use crate::store::index::ChunkIndex;
 use crate::store::manifest::{
-    EntryKind, FileEntry, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH,
+    Entry, EntryKind, FileEntry, Manifest, CHROMA_PREFIX, DB_PATH, REGISTRY_PATH,
 };
 use crate::store::Store;
 
@@ -294,11 +295,15 @@ pub fn plan_chroma(
                 return (*i, OnDisk::default(), false);
             };
             if let Some(found) = presumed_changed(path, e, f, params) {
-                return (*i, found, true);
+                // Found the same by staging, it would keep the file.
+                return (*i, found, !linked_with_other_meta(path, e));
             }
             // An unreadable file (or list: staging then names the fault)
             // is simply replaced.
-            let found = compare_on_disk(store, index, path, &e.path, f).unwrap_or_default();
+            let mut found = compare_on_disk(store, index, path, &e.path, f).unwrap_or_default();
+            // Its mode or mtime set through another link would change that
+            // file too: such a file is replaced, which unlinks it.
+            found.matches &= !linked_with_other_meta(path, e);
             (*i, found, false)
         })
         .collect();
@@ -318,6 +323,15 @@ pub fn plan_chroma(
     plan.write.sort_unstable();
     plan.unchanged.sort_unstable();
     Ok(plan)
+}
+
+/// Whether the file at `path` has other links and a mode or mtime other
+/// than `e`'s (what `fix_meta` would set through every link).
+fn linked_with_other_meta(path: &Path, e: &Entry) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| {
+        m.nlink() > 1
+            && (m.mode() & 0o7777 != e.mode & 0o7777 || crate::sources::mtime_ns(&m) != e.mtime_ns)
+    })
 }
 
 fn walk_existing(
