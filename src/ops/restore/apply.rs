@@ -3,6 +3,7 @@
 //! place: removals, folders, renames, metadata), temps and staging files
 //! left by dead runs swept.
 
+use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{self, Permissions};
@@ -403,33 +404,26 @@ fn install_chroma(
         touched.insert(parent_of(&path).to_path_buf());
     }
 
+    let patched = install_patches(staged, manifest, plan, durable)?;
     for &i in &plan.write {
         let e = &manifest.entries[i];
         let path = path_of(root, rel_of(manifest, i));
         real_dirs(root, rel_of(manifest, i), false)?;
         match &e.kind {
             EntryKind::File(_) if staged.same.contains(&i) => fix_meta(&path, e, false)?,
+            EntryKind::File(_) if patched.contains(&i) => {}
             EntryKind::File(_) => {
-                let Some(f) = staged.chroma.get(&i) else {
+                let Some(f) = staged.chroma.remove(&i) else {
                     return Err(Error::TargetInvalid {
                         path,
                         detail: "no staged copy to install".into(),
                     });
                 };
                 crate::failpoint::hit(|| format!("restore:before-rename:{}", e.path_lossy()));
-                if f.patch.is_none() {
-                    fs::rename(&f.tmp, &path).ctx("rename into place", &path)?;
-                    // Renamed: no longer the staging's to remove.
-                    staged.chroma.remove(&i);
-                } else if let Some(StagedFile {
-                    tmp,
-                    patch: Some(p),
-                    ..
-                }) = staged.chroma.remove(&i)
-                {
-                    // Once committed, a patch is the next restore's to
-                    // finish if this one fails: the staging's no more.
-                    patch::install(&tmp, &path, &p, e, durable)?;
+                if let Err(err) = fs::rename(&f.tmp, &path) {
+                    // Still the staging's to remove.
+                    staged.chroma.insert(i, f);
+                    return Err(Error::io("rename into place", &path, err));
                 }
             }
             EntryKind::Symlink { target } => install_symlink(e, target, &path)?,
@@ -474,6 +468,49 @@ fn install_chroma(
         }
     }
     Ok(())
+}
+
+/// Installs the patched Chroma files, in parallel: each is a journal of
+/// its own, in a folder that is there, and none depends on another or on
+/// the renames after. Every one is tried; the first error is returned,
+/// else the entries patched.
+fn install_patches(
+    staged: &mut Staged,
+    manifest: &Manifest,
+    plan: &ChromaPlan,
+    durable: bool,
+) -> Result<BTreeSet<usize>> {
+    let root = &plan.root;
+    let mut jobs = Vec::new();
+    for &i in &plan.write {
+        let patched = staged.chroma.get(&i).is_some_and(|f| f.patch.is_some());
+        if !patched || staged.same.contains(&i) {
+            continue;
+        }
+        real_dirs(root, rel_of(manifest, i), false)?;
+        let e = &manifest.entries[i];
+        crate::failpoint::hit(|| format!("restore:before-rename:{}", e.path_lossy()));
+        // Once committed, a patch is the next restore's to finish if this
+        // one fails (and one refused before its commit is removed by
+        // `patch::install`): the staging's no more.
+        if let Some(StagedFile {
+            tmp,
+            patch: Some(p),
+            ..
+        }) = staged.chroma.remove(&i)
+        {
+            jobs.push((i, tmp, p));
+        }
+    }
+    let done: Vec<Result<()>> = jobs
+        .par_iter()
+        .map(|(i, tmp, p)| {
+            let path = path_of(root, rel_of(manifest, *i));
+            patch::install(tmp, &path, p, &manifest.entries[*i], durable)
+        })
+        .collect();
+    done.into_iter().collect::<Result<()>>()?;
+    Ok(jobs.into_iter().map(|(i, ..)| i).collect())
 }
 
 /// Makes sure each folder on the way from `root` to `root/rel` (`rel`
