@@ -380,6 +380,26 @@ impl TempOwner {
     }
 }
 
+/// Whether `name` is one atosnap gives its temp files: `<owner>-...`
+/// ([`TempOwner`]), or the `<pid>-<16 hex digits>.<suffix>` of earlier
+/// versions. Nothing else in a temp folder is atosnap's to remove.
+pub fn is_temp_name(name: &str) -> bool {
+    let legacy = || {
+        let Some((pid, rest)) = name.split_once('-') else {
+            return false;
+        };
+        let Some((random, suffix)) = rest.split_once('.') else {
+            return false;
+        };
+        !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && random.len() == 16
+            && random.bytes().all(|b| b.is_ascii_hexdigit())
+            && !suffix.is_empty()
+    };
+    TempOwner::parse(name).is_some() || legacy()
+}
+
 /// Whether the temp file `name` (after any fixed prefix) belongs to a
 /// running process of this host (see [`TempOwner::is_alive_here`]).
 pub fn temp_owner_alive_here(name: &str) -> bool {

@@ -47,13 +47,19 @@ impl Store {
     /// with the exclusive lock, when no writer can run, is every such file
     /// a leftover. Even then a file of a running process of this host is
     /// kept: commands that take no store lock (`list`, `ls`, `dump` on a
-    /// bucket spool their downloads here) and this process itself.
+    /// bucket spool their downloads here) and this process itself. Only
+    /// names atosnap gives its temps are ever removed, and a link is
+    /// removed, never followed: `tmp/` may be a link to another disk, and
+    /// what else lies there is not the store's.
     pub fn clean_tmp(&self, exclusive: Option<&ExclusiveLock>) -> Result<CleanedTmp> {
         let dir = self.tmp_dir()?;
         let mut cleaned = CleanedTmp::default();
         let rd = std::fs::read_dir(&dir).ctx("list", &dir)?;
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if !crate::os::is_temp_name(&name) {
+                continue;
+            }
             let stale = match exclusive {
                 Some(_) => !crate::os::temp_owner_alive_here(&name),
                 None => crate::os::temp_stale(&name, || crate::os::last_touched(&entry.path())),
@@ -62,11 +68,12 @@ impl Store {
                 continue;
             }
             let path = entry.path();
-            let size = dir_size(&path);
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let (size, removed) = if is_dir {
+                (dir_size(&path), std::fs::remove_dir_all(&path))
             } else {
-                std::fs::remove_file(&path)
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                (size, std::fs::remove_file(&path))
             };
             if removed.is_ok() {
                 cleaned.files += 1;

@@ -477,3 +477,23 @@ fn the_grace_period_keeps_young_packs_until_it_passes() {
     assert!(strs(&r["deleted_packs"]).contains(&s.pack_b), "{r}");
     env.assert_healthy();
 }
+
+/// `tmp/` a link to another folder (a bigger disk, or planted): gc under
+/// the exclusive lock removes only atosnap's own temp names there, never
+/// anything else in that folder (it once emptied it).
+#[test]
+fn gc_never_removes_what_is_not_its_temp_through_a_linked_tmp() {
+    let env = Env::tiny();
+    env.create(&["--chroma"]);
+    let elsewhere = env.dir.path().join("elsewhere");
+    fs::create_dir_all(elsewhere.join("projects")).unwrap();
+    fs::write(elsewhere.join("thesis.tex"), b"years of work").unwrap();
+    fs::write(elsewhere.join("projects/notes.md"), b"notes").unwrap();
+    let tmp = env.store.join("tmp");
+    fs::remove_dir_all(&tmp).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
+    let r = env.ok(&["gc", "--confirm"]);
+    assert_eq!(r["tmp_files_removed"], 0, "{r}");
+    assert!(elsewhere.join("thesis.tex").exists());
+    assert!(elsewhere.join("projects/notes.md").exists());
+}

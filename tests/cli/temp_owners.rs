@@ -71,12 +71,29 @@ fn only_temps_of_provably_gone_owners_are_swept_without_the_exclusive_lock() {
     // A name of the old `<pid>-<random>` form (or any other): owner unknown.
     let legacy = tmp.join("4194304-00000000000000bb.pack");
     std::fs::write(&legacy, b"x").unwrap();
+    // Not a temp name at all (tmp/ may be a link to a shared disk): never
+    // atosnap's to remove, with or without the exclusive lock, and a link
+    // there is never followed.
+    let others = tmp.join("notes.md");
+    std::fs::write(&others, b"someone else's").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("keep"), b"keep").unwrap();
+    let link = tmp.join(format!("{}0000000000000001.dir", dead.prefix()));
+    std::os::unix::fs::symlink(outside.path(), &link).unwrap();
 
     let cleaned = store.clean_tmp(None).unwrap();
-    assert_eq!(cleaned.files, 1);
+    assert_eq!(cleaned.files, 2);
     assert!(
         !dead_tmp.exists(),
         "this host's dead writer's temp is swept"
+    );
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "the link is removed"
+    );
+    assert!(
+        outside.path().join("keep").exists(),
+        "not what it points to"
     );
     assert!(mine.exists(), "our own temp is live work");
     for f in foreign.iter().chain([&legacy]) {
@@ -105,7 +122,8 @@ fn only_temps_of_provably_gone_owners_are_swept_without_the_exclusive_lock() {
     assert_eq!(cleaned.files, 5);
     assert!(mine.exists(), "our own temp is kept");
     assert!(lockless_tmp.exists(), "a running reader's spool is kept");
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 2);
+    assert!(others.exists(), "a file not named as a temp is kept");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 3);
 
     // Once the reader has exited, its spool is a leftover.
     let cleaned = store.clean_tmp(Some(&lock)).unwrap();
