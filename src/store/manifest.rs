@@ -20,7 +20,7 @@
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::Read;
 
 use crate::id::Id;
@@ -226,40 +226,84 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Refuses a tree no capture makes: the same path twice, or an entry
-    /// below a file or a symlink (`chroma/x` a link and `chroma/x/y` an
-    /// entry: restoring it would write wherever the link points). The
+    /// Refuses a tree no capture makes: a path that is not one of the
+    /// three sources or a plain relative name below `chroma/` ([`path_ok`]:
+    /// restoring it could escape the target), the same path twice, or an
+    /// entry below a file or a symlink (`chroma/x` a link and `chroma/x/y`
+    /// an entry: restoring it would write wherever the link points). The
     /// Chroma dir itself is exempt: it may be a link to the real folder.
+    /// Linear in the manifest's bytes (but for the sort), whatever its
+    /// paths: a hostile one must not hang every reader.
     pub fn check_tree(&self) -> Result<(), String> {
-        let mut kinds: HashMap<&[u8], &EntryKind> = HashMap::with_capacity(self.entries.len());
+        if let Some(e) = self.entries.iter().find(|e| !path_ok(&e.path)) {
+            return Err(format!("unsafe or unexpected path {:?}", e.path_lossy()));
+        }
+        let mut seen: HashSet<&[u8]> = HashSet::with_capacity(self.entries.len());
         for e in &self.entries {
-            if kinds.insert(&e.path, &e.kind).is_some() {
+            if !seen.insert(&e.path) {
                 return Err(format!("entry {:?} is listed twice", e.path_lossy()));
             }
         }
-        for e in &self.entries {
-            let above = e
-                .path
-                .iter()
-                .enumerate()
-                .filter(|(_, &b)| b == b'/')
-                .map(|(i, _)| &e.path[..i])
-                .filter(|p| *p != CHROMA_PREFIX.as_bytes());
-            for parent in above {
-                let what = match kinds.get(parent) {
-                    Some(EntryKind::Symlink { .. }) => "a symlink",
-                    Some(EntryKind::File(_)) => "a file",
-                    _ => continue,
+        // In tree order (a folder's entries right after it, `/` sorting
+        // before any other byte), the entries above one are a stack.
+        let mut order: Vec<&Entry> = self.entries.iter().collect();
+        order.sort_unstable_by(|a, b| tree_order(&a.path).cmp(tree_order(&b.path)));
+        let mut above: Vec<&Entry> = Vec::new();
+        for e in order {
+            while above.last().is_some_and(|a| !is_below(&e.path, &a.path)) {
+                above.pop();
+            }
+            let blocker = above.iter().find(|a| {
+                a.path != CHROMA_PREFIX.as_bytes()
+                    && matches!(a.kind, EntryKind::Symlink { .. } | EntryKind::File(_))
+            });
+            if let Some(a) = blocker {
+                let what = match a.kind {
+                    EntryKind::Symlink { .. } => "a symlink",
+                    _ => "a file",
                 };
                 return Err(format!(
                     "entry {:?} lies below {:?}, which is {what}",
                     e.path_lossy(),
-                    String::from_utf8_lossy(parent)
+                    a.path_lossy()
                 ));
             }
+            above.push(e);
         }
         Ok(())
     }
+}
+
+/// The longest path a manifest may hold (Linux's `PATH_MAX`).
+pub const PATH_MAX: usize = 4096;
+
+/// Whether `p` is a path a capture makes: the db, the registry, the
+/// Chroma dir, or below it plain relative names (no `.`, `..`, empty
+/// component or NUL), at most [`PATH_MAX`] bytes.
+pub fn path_ok(p: &[u8]) -> bool {
+    let below_chroma = || {
+        p.strip_prefix(CHROMA_PREFIX.as_bytes())
+            .and_then(|r| r.strip_prefix(b"/"))
+            .is_some_and(|rel| {
+                rel.split(|&b| b == b'/')
+                    .all(|c| !c.is_empty() && c != b"." && c != b".." && !c.contains(&0))
+            })
+    };
+    p.len() <= PATH_MAX
+        && (p == DB_PATH.as_bytes()
+            || p == REGISTRY_PATH.as_bytes()
+            || p == CHROMA_PREFIX.as_bytes()
+            || below_chroma())
+}
+
+/// A path's bytes with `/` first in the order (NUL is no path's).
+fn tree_order(p: &[u8]) -> impl Iterator<Item = u8> + Clone + '_ {
+    p.iter().map(|&b| if b == b'/' { 0 } else { b })
+}
+
+/// Whether `p` lies below the folder `dir`.
+fn is_below(p: &[u8], dir: &[u8]) -> bool {
+    p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/'
 }
 
 /// Bincode as manifests are written, bounded by the bytes at hand.
@@ -504,6 +548,80 @@ mod tests {
                 mtime_ns: 1,
             }],
         }
+    }
+
+    fn tree(entries: &[(&[u8], EntryKind)]) -> Result<(), String> {
+        let entries = entries
+            .iter()
+            .map(|(p, kind)| Entry {
+                path: p.to_vec(),
+                kind: kind.clone(),
+                mode: 0o40755,
+                mtime_ns: 0,
+            })
+            .collect();
+        Manifest {
+            entries,
+            ..sample()
+        }
+        .check_tree()
+    }
+
+    /// What a capture never makes is refused at decoding, for every
+    /// reader (validate, verify, restore alike): paths that could escape,
+    /// and entries below a file or a symlink, even with siblings sorting
+    /// between them byte by byte (`x-1` before `x/y`).
+    #[test]
+    fn a_tree_no_capture_makes_is_refused() {
+        let (dir, link) = (
+            EntryKind::Dir,
+            EntryKind::Symlink {
+                target: b"t".to_vec(),
+            },
+        );
+        let fine = [
+            (&b"chroma"[..], link.clone()),
+            (b"chroma/x", dir.clone()),
+            (b"chroma/x-1", dir.clone()),
+            (b"chroma/x/y", dir.clone()),
+        ];
+        assert_eq!(tree(&fine), Ok(()), "the Chroma dir itself may be a link");
+        let below = [
+            (&b"chroma/x"[..], link.clone()),
+            (b"chroma/x-1", dir.clone()),
+            (b"chroma/x/y/z", dir.clone()),
+        ];
+        let err = tree(&below).unwrap_err();
+        assert!(
+            err.contains("lies below \"chroma/x\", which is a symlink"),
+            "{err}"
+        );
+        let long = [
+            b"chroma/".to_vec(),
+            b"a/".repeat(PATH_MAX / 2),
+            b"a".to_vec(),
+        ]
+        .concat();
+        for bad in [
+            &b"chroma/../escape"[..],
+            b"chroma//x",
+            b"chroma/./x",
+            b"chroma/x\0",
+            b"elsewhere",
+            &long,
+        ] {
+            let err = tree(&[(bad, dir.clone())]).unwrap_err();
+            assert!(err.contains("unsafe or unexpected path"), "{err}");
+        }
+        // The deepest path allowed, with every folder on its way: fine
+        // (and checked in one pass, not one lookup per prefix).
+        let deep: Vec<Vec<u8>> = (1..=(PATH_MAX - 7) / 2)
+            .map(|n| [b"chroma".to_vec(), b"/a".repeat(n)].concat())
+            .collect();
+        let deep: Vec<(&[u8], EntryKind)> = deep.iter().map(|p| (&p[..], dir.clone())).collect();
+        assert_eq!(tree(&deep), Ok(()));
+        let twice = [(&b"chroma/x"[..], dir.clone()), (b"chroma/x", dir)];
+        assert!(tree(&twice).unwrap_err().contains("listed twice"));
     }
 
     #[test]

@@ -324,3 +324,26 @@ fn fifos_in_the_target_never_hang_a_restore() {
         .unwrap()
         .is_file());
 }
+
+/// A path restore refuses as unsafe is refused by every reader of the
+/// manifest: validate (the gate before a restore) and verify once passed
+/// it, and verify recorded the snapshot as good.
+#[test]
+fn validate_and_verify_refuse_what_restore_refuses_as_unsafe() {
+    let env = Env::tiny();
+    let stamp = stamp_of(&env);
+    forge(&env, &stamp, |m| {
+        m.entries.push(Entry {
+            path: b"chroma/../escape".to_vec(),
+            kind: EntryKind::Dir,
+            mode: 0o40755,
+            mtime_ns: 0,
+        })
+    });
+    let validate = env.run(&["validate", &stamp]);
+    assert_eq!(validate.code, 3, "{validate:?}");
+    assert!(validate.stdout.contains("unsafe or unexpected path"), "{validate:?}");
+    let verify = env.run(&["verify"]);
+    assert_eq!(verify.code, 3, "{verify:?}");
+    assert_eq!(verify.json["snapshots"][&stamp]["ok"], false, "{verify:?}");
+}

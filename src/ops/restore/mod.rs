@@ -420,20 +420,12 @@ pub fn chroma_wanted(manifest: &Manifest, choice: ChromaChoice) -> Result<bool> 
     }
 }
 
-/// Refuses a manifest whose paths could escape the target: only the three
-/// sources, and below `chroma/` plain relative names (no `.`, `..`, empty
-/// component or NUL).
+/// Refuses a manifest whose paths could escape the target
+/// ([`path_ok`](crate::store::manifest::path_ok); a decoded manifest was
+/// checked already, this guards one built otherwise).
 pub fn check_paths(manifest: &Manifest) -> Result<()> {
     for entry in &manifest.entries {
-        let p = &entry.path[..];
-        let ok = p == DB_PATH.as_bytes()
-            || p == REGISTRY_PATH.as_bytes()
-            || p == CHROMA_PREFIX.as_bytes()
-            || chroma_rel(p).is_some_and(|rel| {
-                rel.split(|&b| b == b'/')
-                    .all(|c| !c.is_empty() && c != b"." && c != b".." && !c.contains(&0))
-            });
-        if !ok {
+        if !crate::store::manifest::path_ok(&entry.path) {
             return Err(Error::ManifestCorrupt {
                 stamp: manifest.stamp.clone(),
                 detail: format!("unsafe or unexpected path {:?}", entry.path_lossy()),
