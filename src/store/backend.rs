@@ -260,6 +260,11 @@ pub fn temp_path_in(dir: &Path, suffix: &str) -> PathBuf {
     dir.join(format!("{owner}{r:016x}.{suffix}"))
 }
 
+/// The largest object read whole (config, key file, manifests, summaries,
+/// records): a format-1 manifest of a runtime of some 30 GB. A larger one
+/// (a sparse file costs no disk) is refused before it is read into memory.
+pub const WHOLE_READ_MAX: u64 = 256 << 20;
+
 /// Mode of every file atosnap creates in a store, a cache or a spool.
 pub const PRIVATE_FILE_MODE: u32 = 0o600;
 /// Mode of every folder atosnap creates there.
@@ -370,8 +375,19 @@ impl Backend for LocalBackend {
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        File::open(self.path(name))?.read_to_end(&mut buf)?;
+        let f = File::open(self.path(name))?;
+        let len = f.metadata()?.len();
+        if len > WHOLE_READ_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "it is {len} bytes, more than any object atosnap reads whole \
+                     ({WHOLE_READ_MAX}): not one it wrote"
+                ),
+            ));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        f.take(WHOLE_READ_MAX + 1).read_to_end(&mut buf)?;
         Ok(buf)
     }
 
@@ -553,6 +569,26 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A huge object (a sparse file costs no disk) is refused before it
+    /// is read into memory; one at the limit's side is read.
+    #[test]
+    fn an_object_larger_than_any_read_whole_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        create_private_dir(&dir.path().join("tmp")).unwrap();
+        let b = LocalBackend::new(dir.path());
+        b.write_once("small", b"fine").unwrap();
+        assert_eq!(b.read("small").unwrap(), b"fine");
+        let huge = File::create(dir.path().join("huge")).unwrap();
+        huge.set_len(WHOLE_READ_MAX + 1).unwrap();
+        let err = b.read("huge").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string()
+                .contains("more than any object atosnap reads whole"),
+            "{err}"
+        );
     }
 
     #[test]

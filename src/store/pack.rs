@@ -242,7 +242,10 @@ impl std::fmt::Display for PackIndexError {
         match self {
             PackIndexError::TooShort(n) => write!(f, "truncated: only {n} bytes"),
             PackIndexError::BadMagic => write!(f, "truncated or not a pack: trailer magic missing"),
-            PackIndexError::BadIndexLength => write!(f, "index length points outside the file"),
+            PackIndexError::BadIndexLength => write!(
+                f,
+                "index length points outside the file or past the largest index a pack has"
+            ),
             PackIndexError::IndexChecksum => write!(f, "index checksum mismatch"),
             PackIndexError::IndexDecode(e) => write!(f, "index does not decode: {e}"),
             PackIndexError::EntryOutOfBounds(id) => {
@@ -267,6 +270,11 @@ pub fn parse_trailer(size: u64, trailer: &[u8]) -> Result<(u64, usize, [u8; 32])
         return Err(PackIndexError::BadMagic);
     }
     let index_len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as u64;
+    // Refused before it is read into memory: no index of a pack is larger
+    // than the most a trailer may decode to, and a bit for the sealing.
+    if index_len > crate::store::pack2::trailer::MAX_TRAILER_DECODED + (1 << 20) {
+        return Err(PackIndexError::BadIndexLength);
+    }
     let mut hash = [0u8; 32];
     hash.copy_from_slice(&trailer[4..36]);
     let blob_end = size
@@ -326,6 +334,23 @@ pub fn decode_entries(encoded: &[u8]) -> Result<Vec<PackEntry>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A trailer declaring an index larger than any pack's is refused
+    /// before the index is read (a sparse 4 GiB pack once made verify and
+    /// validate allocate 4 GiB).
+    #[test]
+    fn an_index_larger_than_any_packs_is_refused_before_it_is_read() {
+        let mut trailer = vec![0u8; TRAILER_LEN];
+        trailer[36..44].copy_from_slice(TRAILER_MAGIC);
+        trailer[..4].copy_from_slice(&(u32::MAX - 64).to_le_bytes());
+        let size = 5 << 30;
+        assert!(matches!(
+            parse_trailer(size, &trailer),
+            Err(PackIndexError::BadIndexLength)
+        ));
+        trailer[..4].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        assert!(parse_trailer(size, &trailer).is_ok());
+    }
 
     #[test]
     fn only_a_packs_own_name_parses_as_that_pack() {

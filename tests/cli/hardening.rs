@@ -342,8 +342,27 @@ fn validate_and_verify_refuse_what_restore_refuses_as_unsafe() {
     });
     let validate = env.run(&["validate", &stamp]);
     assert_eq!(validate.code, 3, "{validate:?}");
-    assert!(validate.stdout.contains("unsafe or unexpected path"), "{validate:?}");
+    assert!(
+        validate.stdout.contains("unsafe or unexpected path"),
+        "{validate:?}"
+    );
     let verify = env.run(&["verify"]);
     assert_eq!(verify.code, 3, "{verify:?}");
     assert_eq!(verify.json["snapshots"][&stamp]["ok"], false, "{verify:?}");
+}
+
+/// A manifest made huge (a sparse file: no disk spent) is refused as
+/// corrupt before it is read: validate once read 3 GiB into memory.
+#[test]
+fn a_huge_sparse_manifest_is_refused_unread() {
+    let env = Env::tiny();
+    let stamp = stamp_of(&env);
+    let manifest = env.snapshot_dir(&stamp).join("manifest.bin");
+    fs::File::create(&manifest).unwrap().set_len(3 << 30).unwrap();
+    let out = env.run(&["validate", &stamp]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stdout.contains("manifest_corrupt") && out.stdout.contains("reads whole"),
+        "{out:?}"
+    );
 }
