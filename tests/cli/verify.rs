@@ -740,15 +740,22 @@ fn stale_temp_file_is_not_an_error() {
     let (env, _, _) = two_snapshots();
     let tmp = env.store.join("tmp");
     fs::create_dir_all(&tmp).unwrap();
-    fs::write(tmp.join("garbage-left-by-a-crash.pack"), b"half a pack").unwrap();
+    // A temp of a writer that died (a name of the earlier `<pid>-<random>`
+    // form), and a file no atosnap temp (never atosnap's to remove).
+    let (left, other) = (
+        tmp.join("4194304-00000000000000bb.pack"),
+        tmp.join("not-a-temp-name.pack"),
+    );
+    fs::write(&left, b"half a pack").unwrap();
+    fs::write(&other, b"someone's").unwrap();
     let out = verify(&env, &[]);
     assert_eq!(out.json["ok"], true, "{out:?}");
-    assert!(tmp.join("garbage-left-by-a-crash.pack").exists());
+    assert!(left.exists());
     let out = verify(&env, &["--repair"]);
     assert_eq!(out.json["ok"], true);
     assert_eq!(out.json["repair"]["tmp_files_removed"], 1);
     assert_eq!(out.json["repair"]["healed"], true);
-    assert!(!tmp.join("garbage-left-by-a-crash.pack").exists());
+    assert!(!left.exists() && other.exists());
 }
 
 // ---- the mark sorted on disk ------------------------------------------------------
