@@ -117,7 +117,8 @@ pub(crate) fn capture(
     );
     cap.capture_sqlite(DB_PATH.as_bytes().to_vec(), &opts.db, true)?;
 
-    let registry_included = match std::fs::symlink_metadata(&opts.registry) {
+    // Followed if a link (a Kubernetes ConfigMap mounts its files so).
+    let registry_included = match std::fs::metadata(&opts.registry) {
         Ok(m) if m.is_file() => {
             cap.capture_registry(&opts.registry)?;
             true

@@ -141,3 +141,102 @@ fn chroma_files_gone_before_they_are_read_are_named_not_fatal() {
     let m = env.manifest(out.json["stamp"].as_str().unwrap());
     assert!(gone.iter().all(|rel| m.find(rel).is_none()));
 }
+
+fn rows(db: &std::path::Path) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.query_row("SELECT count(*) FROM memories", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// `--db` a link to the live db (a volume, a bind mount): SQLite follows
+/// it, and the service's `-wal` lies beside the real file. The files cache
+/// once looked for `<link>-wal`, found none, took the db as unchanged and
+/// kept the previous snapshot's: a row committed to the WAL was lost.
+#[test]
+fn commits_in_the_wal_of_a_linked_db_are_captured() {
+    let env = Env::tiny();
+    let real = env.runtime.join("real/atocore.db");
+    fs::create_dir_all(real.parent().unwrap()).unwrap();
+    support::make_db(&real, 300, true);
+    fs::remove_file(env.db()).unwrap();
+    std::os::unix::fs::symlink(&real, env.db()).unwrap();
+    let service = rusqlite::Connection::open(&real).unwrap();
+    service
+        .execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;")
+        .unwrap();
+    // Past the files cache's racy window, so the first is cacheable.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    assert_eq!(env.create(&[])["validated"], true);
+    service
+        .execute("INSERT INTO memories(id, content) VALUES (100000, 'x')", [])
+        .unwrap();
+    let second = env.create(&[]);
+    assert_eq!(second["validated"], true, "{second}");
+    assert_eq!(second["files_from_cache"], 0, "{second}");
+    let out = env.path("out");
+    env.ok(&[
+        "restore",
+        second["stamp"].as_str().unwrap(),
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(rows(&out.join("atocore.db")), 301);
+}
+
+/// A registry that is a link to a regular file (how a Kubernetes
+/// ConfigMap mounts one) is captured: it was left out with a warning.
+#[test]
+fn a_linked_registry_is_captured() {
+    let env = Env::tiny();
+    let data = env.runtime.join("config/..data");
+    fs::create_dir_all(&data).unwrap();
+    fs::rename(env.registry(), data.join("project-registry.json")).unwrap();
+    std::os::unix::fs::symlink("..data/project-registry.json", env.registry()).unwrap();
+    let out = env.create(&[]);
+    assert_eq!(out["registry_snapshot_included"], true, "{out}");
+    assert_eq!(out["validated"], true, "{out}");
+}
+
+/// A Chroma file replaced by a FIFO after the scan: create never blocks
+/// opening it (it once hung for ever, holding the store lock); the file
+/// is named as unreadable.
+#[test]
+fn a_fifo_put_in_after_the_scan_never_hangs_create() {
+    let env = Env::tiny();
+    let release = env.path("release");
+    let mut child = env
+        .command()
+        .args(["create", "--chroma"])
+        .env("ATOSNAP_FAILPOINT_PAUSE", "create:chroma-scanned")
+        .env("ATOSNAP_FAILPOINT_RELEASE", &release)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !env.path("release.reached").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let p = env.chroma().join("seg/index_metadata.pickle");
+    fs::remove_file(&p).unwrap();
+    support::mkfifo(&p);
+    fs::write(&release, b"").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("create blocked on the FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = support::parse(&child.wait_with_output().unwrap());
+    assert_eq!(out.json["validated"], false, "{out:?}");
+    let errors = out.strings("validation_errors");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("file_unreadable: chroma/seg/index_metadata.pickle")),
+        "{errors:?}"
+    );
+}

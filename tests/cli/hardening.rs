@@ -358,7 +358,10 @@ fn a_huge_sparse_manifest_is_refused_unread() {
     let env = Env::tiny();
     let stamp = stamp_of(&env);
     let manifest = env.snapshot_dir(&stamp).join("manifest.bin");
-    fs::File::create(&manifest).unwrap().set_len(3 << 30).unwrap();
+    fs::File::create(&manifest)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
     let out = env.run(&["validate", &stamp]);
     assert_eq!(out.code, 3, "{out:?}");
     assert!(

@@ -357,7 +357,10 @@ impl<'a> Capture<'a> {
         src: &Path,
         meta: &std::fs::Metadata,
     ) -> (Option<SourceStat>, Option<SourceStat>) {
-        let mut wal = src.as_os_str().to_owned();
+        // Beside the file SQLite opens: it follows a link named by --db
+        // (a volume or bind-mount layout), and so does its `-wal`.
+        let base = std::fs::canonicalize(src).unwrap_or_else(|_| src.to_path_buf());
+        let mut wal = base.into_os_string();
         wal.push("-wal");
         let wal = std::fs::metadata(PathBuf::from(wal))
             .ok()
@@ -456,7 +459,7 @@ impl<'a> Capture<'a> {
         let mut meta = std::fs::metadata(src).ctx("stat", src)?;
         for _ in 0..2 {
             bytes.clear();
-            let mut f = File::open(src).ctx("open", src)?;
+            let mut f = crate::os::open_regular(src).ctx("open", src)?;
             let before = sources::source_stat(&f.metadata().ctx("stat", src)?);
             f.read_to_end(&mut bytes).ctx("read", src)?;
             meta = f.metadata().ctx("stat", src)?;
@@ -560,7 +563,8 @@ impl<'a> Capture<'a> {
         let (stored, after, stable) = loop {
             attempt += 1;
             self.chunks_total = chunks_before;
-            let file = match File::open(src) {
+            // Never blocking on a FIFO put there since the scan.
+            let file = match crate::os::open_regular(src) {
                 Ok(f) => f,
                 Err(e) => {
                     self.errors.push(format!("file_unreadable: {display}: {e}"));
