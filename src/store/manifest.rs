@@ -603,15 +603,22 @@ mod tests {
         ]
         .concat();
         for bad in [
-            &b"chroma/../escape"[..],
-            b"chroma//x",
-            b"chroma/./x",
-            b"chroma/x\0",
-            b"elsewhere",
+            &b"chroma/../etc/passwd"[..],
+            b"chroma/a/../../x",
+            b"chroma//a",
+            b"chroma/./a",
+            b"chroma/a/",
+            b"/etc/passwd",
+            b"other.db",
+            b"chroma/a\0b",
+            b"chromax",
             &long,
         ] {
             let err = tree(&[(bad, dir.clone())]).unwrap_err();
             assert!(err.contains("unsafe or unexpected path"), "{err}");
+        }
+        for good in [&b"chroma/a/b\xff.bin"[..], b"chroma/...", b"atocore.db"] {
+            assert!(path_ok(good), "{good:?}");
         }
         // The deepest path allowed, with every folder on its way: fine
         // (and checked in one pass, not one lookup per prefix).

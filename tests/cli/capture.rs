@@ -2,9 +2,10 @@
 //! again while it reads it: never a torn copy reported good, the snapshot
 //! not validated and the file named.
 
-use crate::support::{self, strings, Runtime as Env};
+use crate::support::{self, open_up, run_cmd, strings, unprivileged, Runtime as Env};
 use serde_json::Value;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 
 use atosnap::ops::extract::{write_file, ChunkSource};
 
@@ -128,15 +129,8 @@ fn chroma_files_gone_before_they_are_read_are_named_not_fatal() {
         }
     });
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.json["validated"], false, "{out:?}");
-    let errors = out.strings("validation_errors");
     for rel in gone {
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with(&format!("file_unreadable: {rel}: "))),
-            "{rel}: {errors:?}"
-        );
+        names_unreadable(&out, rel);
     }
     let m = env.manifest(out.json["stamp"].as_str().unwrap());
     assert!(gone.iter().all(|rel| m.find(rel).is_none()));
@@ -231,12 +225,39 @@ fn a_fifo_put_in_after_the_scan_never_hangs_create() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let out = support::parse(&child.wait_with_output().unwrap());
+    names_unreadable(&out, "chroma/seg/index_metadata.pickle");
+}
+
+/// The snapshot is not reported good, and names `rel` as unreadable.
+fn names_unreadable(out: &support::Out, rel: &str) {
     assert_eq!(out.json["validated"], false, "{out:?}");
     let errors = out.strings("validation_errors");
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with("file_unreadable: chroma/seg/index_metadata.pickle")),
-        "{errors:?}"
+    let named = format!("file_unreadable: {rel}: ");
+    assert!(errors.iter().any(|e| e.starts_with(&named)), "{errors:?}");
+}
+
+#[test]
+fn unreadable_chroma_file_is_named() {
+    let Some(mut cmd) = unprivileged() else {
+        eprintln!("skipped: running as root without setpriv");
+        return;
+    };
+    let env = Env::tiny();
+    open_up(env.dir.path());
+    let secret = env.chroma().join("seg/index_metadata.pickle");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+    let out = run_cmd(
+        cmd.arg("--quiet")
+            .arg("--store")
+            .arg(&env.store)
+            .arg("--db")
+            .arg(env.db())
+            .arg("--registry")
+            .arg(env.registry())
+            .arg("--chroma-dir")
+            .arg(env.chroma())
+            .args(["create", "--chroma"]),
     );
+    assert_eq!(out.code, 0, "{out:?}");
+    names_unreadable(&out, "chroma/seg/index_metadata.pickle");
 }

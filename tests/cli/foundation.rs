@@ -714,39 +714,6 @@ fn read_only_store_is_a_clear_error() {
 }
 
 #[test]
-fn unreadable_chroma_file_is_named() {
-    let Some(mut cmd) = unprivileged() else {
-        eprintln!("skipped: running as root without setpriv");
-        return;
-    };
-    let env = Env::tiny();
-    open_up(env.dir.path());
-    let secret = env.chroma().join("seg/index_metadata.pickle");
-    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
-    let out = run_cmd(
-        cmd.arg("--quiet")
-            .arg("--store")
-            .arg(&env.store)
-            .arg("--db")
-            .arg(env.db())
-            .arg("--registry")
-            .arg(env.registry())
-            .arg("--chroma-dir")
-            .arg(env.chroma())
-            .args(["create", "--chroma"]),
-    );
-    assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(out.json["validated"], false);
-    let errors = out.strings("validation_errors");
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.starts_with("file_unreadable: chroma/seg/index_metadata.pickle")),
-        "{errors:?}"
-    );
-}
-
-#[test]
 fn non_utf8_names_are_captured_as_bytes() {
     use std::os::unix::ffi::OsStrExt;
     let env = Env::tiny();

@@ -541,22 +541,11 @@ mod tests {
         }
     }
 
+    /// The rule itself is `manifest::path_ok`'s (tested there).
     #[test]
     fn unsafe_manifest_paths_are_refused() {
-        for bad in [
-            &b"chroma/../etc/passwd"[..],
-            b"chroma/a/../../x",
-            b"chroma//a",
-            b"chroma/./a",
-            b"chroma/a/",
-            b"/etc/passwd",
-            b"other.db",
-            b"chroma/a\0b",
-            b"chromax",
-        ] {
-            let err = check_paths(&manifest_with(&[bad])).unwrap_err();
-            assert_eq!(err.code(), "manifest_corrupt", "{:?}", bad);
-        }
+        let err = check_paths(&manifest_with(&[b"chroma/../etc/passwd"])).unwrap_err();
+        assert_eq!(err.code(), "manifest_corrupt");
         check_paths(&manifest_with(&[
             b"atocore.db",
             b"project-registry.json",
