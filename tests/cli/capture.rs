@@ -247,15 +247,7 @@ fn unreadable_chroma_file_is_named() {
     let secret = env.chroma().join("seg/index_metadata.pickle");
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
     let out = run_cmd(
-        cmd.arg("--quiet")
-            .arg("--store")
-            .arg(&env.store)
-            .arg("--db")
-            .arg(env.db())
-            .arg("--registry")
-            .arg(env.registry())
-            .arg("--chroma-dir")
-            .arg(env.chroma())
+        env.path_flags(cmd.arg("--quiet"), &env.db())
             .args(["create", "--chroma"]),
     );
     assert_eq!(out.code, 0, "{out:?}");

@@ -684,16 +684,7 @@ fn read_only_store_is_a_clear_error() {
         let mode = if e.file_type().is_dir() { 0o555 } else { 0o444 };
         fs::set_permissions(e.path(), fs::Permissions::from_mode(mode)).unwrap();
     }
-    let out = run_cmd(
-        cmd.arg("--quiet")
-            .arg("--store")
-            .arg(&env.store)
-            .arg("--db")
-            .arg(env.db())
-            .arg("--registry")
-            .arg(env.registry())
-            .arg("create"),
-    );
+    let out = run_cmd(env.path_flags(cmd.arg("--quiet"), &env.db()).arg("create"));
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         ["permission_denied", "read_only"].contains(&out.error_code()),

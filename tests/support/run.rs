@@ -178,6 +178,13 @@ impl Runtime {
     /// As [`Runtime::loud_command`] with another `--db`.
     pub fn command_with_db(&self, db: &Path) -> Command {
         let mut cmd = self.bare_command();
+        self.path_flags(&mut cmd, db);
+        cmd
+    }
+
+    /// Adds `--store`, `--db db`, `--registry` and `--chroma-dir` to `cmd`
+    /// (one made otherwise, e.g. [`super::unprivileged`]).
+    pub fn path_flags<'c>(&self, cmd: &'c mut Command, db: &Path) -> &'c mut Command {
         cmd.arg("--store")
             .arg(&self.store)
             .arg("--db")
@@ -185,8 +192,7 @@ impl Runtime {
             .arg("--registry")
             .arg(self.registry())
             .arg("--chroma-dir")
-            .arg(self.chroma());
-        cmd
+            .arg(self.chroma())
     }
 
     pub fn run(&self, args: &[&str]) -> Out {

@@ -307,17 +307,21 @@ impl<'a> Capture<'a> {
         src: &Path,
         is_main_db: bool,
     ) -> Result<()> {
+        // A Chroma SQLite file that cannot be read (gone since the scan,
+        // say) is named, as any Chroma file; the main db fails the create.
+        let unreadable = |errors: &mut Vec<String>, e: Error| {
+            if is_main_db {
+                return Err(e);
+            }
+            errors.push(format!(
+                "file_unreadable: {}: {e}",
+                String::from_utf8_lossy(&path)
+            ));
+            Ok(())
+        };
         let meta = match std::fs::metadata(src) {
             Ok(meta) => meta,
-            // A Chroma file gone since the scan, as any Chroma file.
-            Err(e) if !is_main_db => {
-                self.errors.push(format!(
-                    "file_unreadable: {}: {e}",
-                    String::from_utf8_lossy(&path)
-                ));
-                return Ok(());
-            }
-            Err(e) => return Err(Error::io("stat", src, e)),
+            Err(e) => return unreadable(&mut self.errors, Error::io("stat", src, e)),
         };
         let (source, wal_source) = self.sqlite_identity(src, &meta);
         if let Some(entry) = self.cached_entry(&path, source.as_ref(), wal_source.as_ref())? {
@@ -326,14 +330,7 @@ impl<'a> Capture<'a> {
         }
         let stored = match self.capture_sqlite_pages(&path, src, is_main_db) {
             Ok(s) => s,
-            Err(e) if !is_main_db => {
-                self.errors.push(format!(
-                    "file_unreadable: {}: {e}",
-                    String::from_utf8_lossy(&path)
-                ));
-                return Ok(());
-            }
-            Err(e) => return Err(e),
+            Err(e) => return unreadable(&mut self.errors, e),
         };
         let list = self.list_of(&path, stored.built);
         self.push_file(
