@@ -262,6 +262,11 @@ impl std::fmt::Display for PackIndexError {
 
 /// Where the index sits, from the last `TRAILER_LEN` bytes of a pack of
 /// `size` bytes. Returns (index offset, index length, index hash).
+/// The largest stored index of a pack: above the most a format-2 trailer
+/// decodes to (`pack2::trailer::MAX_TRAILER_DECODED`, 54.5 MB) with room
+/// for the sealing; a format-1 index is far smaller.
+pub const MAX_STORED_INDEX: u64 = 64 << 20;
+
 pub fn parse_trailer(size: u64, trailer: &[u8]) -> Result<(u64, usize, [u8; 32]), PackIndexError> {
     if size < (PACK_MAGIC.len() + TRAILER_LEN) as u64 || trailer.len() != TRAILER_LEN {
         return Err(PackIndexError::TooShort(size));
@@ -270,9 +275,8 @@ pub fn parse_trailer(size: u64, trailer: &[u8]) -> Result<(u64, usize, [u8; 32])
         return Err(PackIndexError::BadMagic);
     }
     let index_len = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]) as u64;
-    // Refused before it is read into memory: no index of a pack is larger
-    // than the most a trailer may decode to, and a bit for the sealing.
-    if index_len > crate::store::pack2::trailer::MAX_TRAILER_DECODED + (1 << 20) {
+    // Refused before it is read into memory.
+    if index_len > MAX_STORED_INDEX {
         return Err(PackIndexError::BadIndexLength);
     }
     let mut hash = [0u8; 32];

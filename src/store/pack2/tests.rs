@@ -557,3 +557,11 @@ fn a_frame_prefix_decodes_to_the_head_of_the_full_decode() {
         }
     }
 }
+
+/// A format-1 reader refuses a pack index past `MAX_STORED_INDEX` unread:
+/// every format-2 trailer, sealed, must fit under it.
+#[test]
+fn the_largest_trailer_fits_under_the_stored_index_bound() {
+    let sealing = 1 << 20;
+    assert!(trailer::MAX_TRAILER_DECODED + sealing <= crate::store::pack::MAX_STORED_INDEX);
+}
