@@ -21,8 +21,9 @@
 //! first span is copied: a patch whose replay never began, and whose
 //! target no longer has the size, mtime and ctime the commit recorded, was
 //! overtaken by another writer (a service started after the killed
-//! restore) and is dropped, never replayed over that writer's data. The file keeps its inode, owner and other links
-//! are not involved: only a plain file with one link is patched.
+//! restore) and is dropped, never replayed over that writer's data. The
+//! file keeps its inode, owner and other links are not involved: only a
+//! plain file with one link is patched.
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::ErrorKind;
@@ -390,13 +391,7 @@ mod tests {
         assert!(made.unwrap().success());
         assert_eq!(recover(&fifo), Recovered::NotAPatch);
         let (target, tmp, patch, _) = setup(dir.path());
-        let f = File::options().read(true).write(true).open(&tmp).unwrap();
-        commit(
-            &f,
-            &trailer_of(b"data.bin", &patch, 0o600, 5, before(&target)),
-            &patch,
-        )
-        .unwrap();
+        committed(&tmp, &target, &patch);
         let link = dir.path().join(".atosnap-tmp-link.tmp");
         std::os::unix::fs::symlink(&tmp, &link).unwrap();
         let before = fs::read(&target).unwrap();
@@ -443,17 +438,7 @@ mod tests {
     fn a_damaged_trailer_is_not_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let (target, tmp, patch, _) = setup(dir.path());
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&tmp)
-            .unwrap();
-        commit(
-            &f,
-            &trailer_of(b"data.bin", &patch, 0o600, 0, before(&target)),
-            &patch,
-        )
-        .unwrap();
+        let f = committed(&tmp, &target, &patch);
         let len = f.metadata().unwrap().len();
         f.write_all_at(b"X", len - FOOTER - 3).unwrap();
         assert_eq!(recover(&tmp), Recovered::NotAPatch, "hash mismatch");
