@@ -253,7 +253,9 @@ impl Manifest {
             while above.last().is_some_and(|a| !is_below(&e.path, &a.path)) {
                 above.pop();
             }
-            let blocker = above.iter().find(|a| {
+            // A file or link above is the innermost: whatever came after
+            // it and was not below it has been popped.
+            let blocker = above.last().filter(|a| {
                 a.path != CHROMA_PREFIX.as_bytes()
                     && matches!(a.kind, EntryKind::Symlink { .. } | EntryKind::File(_))
             });
