@@ -367,6 +367,70 @@ pub fn sidecars(db: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Where a database's WAL stands for its readers (see [`wal_commit_point`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPoint {
+    /// No wal-index (no `-shm`, or one never set up): a reader opening the
+    /// database takes every committed frame in the WAL.
+    Unknown,
+    /// A digest of the wal-index header.
+    At(i64),
+    /// The header was being rewritten each time it was read, or the
+    /// `-shm` could not be read: not to be trusted.
+    Moving,
+}
+
+/// Bytes of one copy of SQLite's wal-index header (`WalIndexHdr`), kept
+/// twice at the start of the `-shm`; byte 12 is `isInit`.
+const WAL_INDEX_HEADER: usize = 48;
+
+/// What the readers of `db` (its canonical path) can see of its WAL: a
+/// digest of the wal-index header in its `-shm`, which a reader trusts
+/// for the frames it may take (`mxFrame`) and the WAL's generation (the
+/// salts). A commit changes it, even one whose frames were written (the
+/// WAL's size and mtime changed) before it became visible, which happens
+/// when the writer's fsync stalls: a files cache keyed on the WAL's stat
+/// alone took the database as unchanged once that commit landed. Read
+/// before the capture's read transaction begins, so what the capture
+/// sees is never older than the point recorded.
+///
+/// Call it only while this process holds no connection to `db`: closing
+/// the descriptor it opens drops every POSIX lock the process holds on the
+/// `-shm`, SQLite's read locks among them.
+pub fn wal_commit_point(db: &Path) -> CommitPoint {
+    let mut shm = db.as_os_str().to_os_string();
+    shm.push("-shm");
+    let file = match crate::os::open_regular(Path::new(&shm)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return CommitPoint::Unknown,
+        Err(_) => return CommitPoint::Moving,
+    };
+    let mut both = [0u8; 2 * WAL_INDEX_HEADER];
+    // SQLite writes the second copy, then the first; a reader that finds
+    // them equal has one whole header. A few tries, as SQLite's own
+    // readers make, before calling it moving.
+    for _ in 0..4 {
+        use std::os::unix::fs::FileExt;
+        match file.read_exact_at(&mut both, 0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return CommitPoint::Unknown,
+            Err(_) => return CommitPoint::Moving,
+        }
+        let (first, second) = both.split_at(WAL_INDEX_HEADER);
+        if first == second {
+            if first[12] == 0 {
+                return CommitPoint::Unknown;
+            }
+            let digest = blake3::hash(first);
+            let mut point = [0u8; 8];
+            point.copy_from_slice(&digest.as_bytes()[..8]);
+            return CommitPoint::At(i64::from_le_bytes(point));
+        }
+        std::thread::yield_now();
+    }
+    CommitPoint::Moving
+}
+
 /// Why step 3 did not fold a WAL in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalNotFolded {
@@ -470,6 +534,40 @@ pub fn final_integrity(db: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The commit point follows what a commit changes in the wal-index,
+    /// stays put while nothing commits, and is never trusted from a
+    /// header whose two copies disagree.
+    #[test]
+    fn the_commit_point_follows_commits_and_distrusts_a_torn_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("live.db");
+        assert_eq!(wal_commit_point(&db), CommitPoint::Unknown);
+        let live = Connection::open(&db).unwrap();
+        live.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(x);",
+        )
+        .unwrap();
+        // (`live` loses its locks on the -shm each time: harmless here,
+        // where it is the only connection.)
+        let first = wal_commit_point(&db);
+        assert!(matches!(first, CommitPoint::At(_)), "{first:?}");
+        assert_eq!(wal_commit_point(&db), first);
+        live.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let second = wal_commit_point(&db);
+        assert!(matches!(second, CommitPoint::At(_)) && second != first);
+
+        // A copy of the -shm with the copies torn apart, then one never set up.
+        let copy = dir.path().join("copy.db");
+        let mut shm = fs::read(dir.path().join("live.db-shm")).unwrap();
+        shm[WAL_INDEX_HEADER + 16] ^= 1;
+        fs::write(dir.path().join("copy.db-shm"), &shm).unwrap();
+        assert_eq!(wal_commit_point(&copy), CommitPoint::Moving);
+        fs::write(dir.path().join("copy.db-shm"), [0u8; 2 * WAL_INDEX_HEADER]).unwrap();
+        assert_eq!(wal_commit_point(&copy), CommitPoint::Unknown);
+        fs::write(dir.path().join("copy.db-shm"), [0u8; 10]).unwrap();
+        assert_eq!(wal_commit_point(&copy), CommitPoint::Unknown);
+    }
 
     /// Pages streamed while the WAL still holds the latest rows rebuild a
     /// database that has them: the stream reads through SQLite's pager.

@@ -122,7 +122,7 @@ pub struct FileEntry {
     pub source: Option<SourceStat>,
     /// For a SQLite database: the identity of its `-wal` file (None when
     /// there was none). A database is unchanged only if both match.
-    pub wal_source: Option<SourceStat>,
+    pub wal_source: Option<WalSource>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -130,6 +130,24 @@ pub struct SourceStat {
     pub size: u64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+/// The identity of a database's `-wal` for the files cache. Stored as a
+/// [`SourceStat`] is (the same fields in the same order, so manifests
+/// written before it read the same), with a commit point where the ctime
+/// would be: SQLite opening the database may change a WAL's ctime, and a
+/// commit may become visible without changing the WAL's size or mtime.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WalSource {
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// What the database's readers could see when it was read: a digest
+    /// of the wal-index header in its `-shm` (see
+    /// `sources::sqlite::wal_commit_point`); 0 when there was none, and
+    /// in manifests of builds before it.
+    pub commit_point: i64,
     pub ino: u64,
     pub dev: u64,
 }
@@ -358,7 +376,7 @@ mod wire {
         pub chunks: Vec<Id>,
         pub sqlite: bool,
         pub source: Option<SourceStat>,
-        pub wal_source: Option<SourceStat>,
+        pub wal_source: Option<WalSource>,
     }
 
     /// Format 2's file entry: the list tree's root instead of the ids.
@@ -368,7 +386,7 @@ mod wire {
         pub list: ListRef,
         pub sqlite: bool,
         pub source: Option<SourceStat>,
-        pub wal_source: Option<SourceStat>,
+        pub wal_source: Option<WalSource>,
     }
 
     pub fn to_v2(m: &Manifest) -> Result<ManifestW<FileV2>, String> {

@@ -178,6 +178,84 @@ fn commits_in_the_wal_of_a_linked_db_are_captured() {
     assert_eq!(rows(&out.join("atocore.db")), 301);
 }
 
+/// The two copies of SQLite's wal-index header at the start of a `-shm`.
+/// Read and written through one descriptor kept open: closing any
+/// descriptor of the file drops every POSIX lock this process holds on
+/// it, the service connection's among them (SQLite would then take the
+/// `-shm` for abandoned and rebuild it).
+fn wal_index_header(shm: &fs::File) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut header = vec![0u8; 96];
+    shm.read_exact_at(&mut header, 0).unwrap();
+    header
+}
+
+fn put_wal_index_header(shm: &fs::File, header: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    shm.write_all_at(header, 0).unwrap();
+}
+
+/// A commit whose frames are in the WAL but which readers cannot see yet
+/// (the writer's fsync stalled past the files cache's 2 s window) when a
+/// create reads the db. When it lands, only the wal-index in `-shm`
+/// changes, not the WAL's size or mtime: the files cache once took the
+/// db as unchanged and kept the copy without the row until the next write.
+#[test]
+fn a_commit_landing_after_a_create_read_the_db_is_captured_by_the_next() {
+    let env = Env::tiny();
+    let db = env.db();
+    let service = rusqlite::Connection::open(&db).unwrap();
+    service
+        .execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;")
+        .unwrap();
+    let before: i64 = rows(&db);
+    let shm = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("{}-shm", db.display()))
+        .unwrap();
+    service
+        .execute("INSERT INTO memories(id, content) VALUES (100000, 'a')", [])
+        .unwrap();
+    let visible = wal_index_header(&shm);
+    service
+        .execute("INSERT INTO memories(id, content) VALUES (100001, 'b')", [])
+        .unwrap();
+    let landed = wal_index_header(&shm);
+    assert_ne!(visible, landed);
+    // The second commit in flight: its frames written, readers held at
+    // the first by the header.
+    put_wal_index_header(&shm, &visible);
+    assert_eq!(rows(&db), before + 1);
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let restored_rows = |out: &Value, to: &str| {
+        let to = env.path(to);
+        env.ok(&[
+            "restore",
+            out["stamp"].as_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        rows(&to.join("atocore.db"))
+    };
+    let first = env.create(&[]);
+    assert_eq!(first["validated"], true, "{first}");
+    assert_eq!(restored_rows(&first, "first"), before + 1);
+
+    // The commit lands: the WAL itself is not touched.
+    put_wal_index_header(&shm, &landed);
+    assert_eq!(rows(&db), before + 2);
+    let second = env.create(&[]);
+    assert_eq!(second["validated"], true, "{second}");
+    assert_eq!(restored_rows(&second, "second"), before + 2);
+
+    // Nothing more lands: the db comes from the files cache again.
+    let third = env.create(&[]);
+    let from_cache = |out: &Value| out["files_from_cache"].as_u64().unwrap();
+    assert_eq!(from_cache(&third), from_cache(&second) + 1, "{third}");
+    drop(shm);
+}
+
 /// A registry that is a link to a regular file (how a Kubernetes
 /// ConfigMap mounts one) is captured: it was left out with a warning.
 #[test]

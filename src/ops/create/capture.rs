@@ -21,7 +21,7 @@ use crate::sources::{self, chroma, sqlite};
 use crate::store::index::ChunkIndex;
 use crate::store::lists::{LeafCut, ListBuilder, ListRef};
 use crate::store::manifest::{
-    ChunkList, Entry, EntryKind, FileEntry, SourceStat, CHROMA_PREFIX, REGISTRY_PATH,
+    ChunkList, Entry, EntryKind, FileEntry, SourceStat, WalSource, CHROMA_PREFIX, REGISTRY_PATH,
 };
 use crate::store::packer::{BuiltList, Packer};
 use crate::store::Store;
@@ -348,20 +348,25 @@ impl<'a> Capture<'a> {
     }
 
     /// Identity of a database and its `-wal` for the files cache; None when
-    /// either changed too recently to be trusted.
+    /// either changed too recently to be trusted, or the WAL's commit
+    /// point was moving. Taken before the capture's read transaction.
     fn sqlite_identity(
         &self,
         src: &Path,
         meta: &std::fs::Metadata,
-    ) -> (Option<SourceStat>, Option<SourceStat>) {
+    ) -> (Option<SourceStat>, Option<WalSource>) {
         // Beside the file SQLite opens: it follows a link named by --db
-        // (a volume or bind-mount layout), and so does its `-wal`.
+        // (a volume or bind-mount layout), and so do its `-wal` and `-shm`.
         let base = std::fs::canonicalize(src).unwrap_or_else(|_| src.to_path_buf());
-        let mut wal = base.into_os_string();
+        let mut wal = base.clone().into_os_string();
         wal.push("-wal");
-        let wal = std::fs::metadata(PathBuf::from(wal))
-            .ok()
-            .and_then(|m| wal_identity(&m));
+        let wal = std::fs::metadata(PathBuf::from(wal)).ok();
+        let commit_point = match sqlite::wal_commit_point(&base) {
+            sqlite::CommitPoint::Moving => return (None, None),
+            sqlite::CommitPoint::Unknown => 0,
+            sqlite::CommitPoint::At(point) => point,
+        };
+        let wal = wal.and_then(|m| wal_identity(&m, commit_point));
         let main = sources::source_stat(meta);
         let wal_racy = wal
             .as_ref()
@@ -622,7 +627,7 @@ impl<'a> Capture<'a> {
         &mut self,
         snap_path: &[u8],
         source: Option<&SourceStat>,
-        wal_source: Option<&SourceStat>,
+        wal_source: Option<&WalSource>,
     ) -> Result<Option<FileEntry>> {
         let Some(entry) = self.cache.get(snap_path) else {
             return Ok(None);
@@ -671,14 +676,19 @@ pub(super) fn chroma_path(rel: &[u8]) -> Vec<u8> {
 
 /// The identity of a database's `-wal` for the files cache: None when it
 /// is empty (a WAL without frames adds nothing to the database, like no
-/// WAL), else its size, mtime, inode and device, without its ctime. Why
-/// not the ctime: SQLite opening the database, as this capture does, may
-/// change it (run as root, SQLite gives the `-wal` the database's owner
-/// with `fchown`), so every snapshot made the next one read the whole
-/// database again. Whatever changes a WAL's frames changes its mtime.
-fn wal_identity(m: &std::fs::Metadata) -> Option<SourceStat> {
-    (m.len() > 0).then(|| SourceStat {
-        ctime_ns: 0,
-        ..sources::source_stat(m)
+/// WAL), else its size, mtime, inode and device with the commit point its
+/// readers saw, without its ctime. Why not the ctime: SQLite opening the
+/// database, as this capture does, may change it (run as root, SQLite
+/// gives the `-wal` the database's owner with `fchown`), so every snapshot
+/// made the next one read the whole database again. Whatever changes a
+/// WAL's frames changes its mtime; whatever makes them visible changes
+/// the commit point.
+fn wal_identity(m: &std::fs::Metadata, commit_point: i64) -> Option<WalSource> {
+    (m.len() > 0).then(|| WalSource {
+        size: m.len(),
+        mtime_ns: sources::mtime_ns(m),
+        commit_point,
+        ino: m.ino(),
+        dev: m.dev(),
     })
 }
