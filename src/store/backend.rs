@@ -8,6 +8,10 @@
 //! spool): new files are 0600 and new folders 0700 whatever the umask, since
 //! an unencrypted store holds the database in the clear. Existing folders
 //! keep their mode (an operator's stricter choice stays).
+//!
+//! And it owns the bound every backend holds an object read whole to
+//! ([`WHOLE_READ_MAX`], [`read_bounded`]): a forged object cannot exhaust
+//! a reader's memory.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -118,6 +122,8 @@ pub trait Backend: Send + Sync {
     /// A readable name for an object, for messages (a path or a URL).
     fn display_name(&self, name: &str) -> PathBuf;
     fn exists(&self, name: &str) -> io::Result<bool>;
+    /// The whole object, of at most [`WHOLE_READ_MAX`] bytes (a larger
+    /// one is refused, `InvalidData`, through [`read_bounded`]).
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
     fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// A small range read straight from the storage, bypassing whatever
@@ -262,8 +268,72 @@ pub fn temp_path_in(dir: &Path, suffix: &str) -> PathBuf {
 
 /// The largest object read whole (config, key file, manifests, summaries,
 /// records): a format-1 manifest of a runtime of some 30 GB. A larger one
-/// (a sparse file costs no disk) is refused before it is read into memory.
+/// (a sparse file costs no disk, a forged object in a bucket none of the
+/// reader's) is refused before it is read into memory, by every backend.
 pub const WHOLE_READ_MAX: u64 = 256 << 20;
+
+/// The most [`read_bounded`] grows its buffer by at a time when the size
+/// is not known (or the stream outlasts it): it doubles from 64 KiB up to
+/// steps of this, so a stream of `max + 1` bytes costs about `max` of
+/// memory, not the double a `Vec` growing by doubling would reserve.
+const READ_STEP: u64 = 8 << 20;
+
+/// Refuses an object of `size` bytes, larger than `max`, before any of it
+/// is read (the file's length, the object's HEAD).
+pub fn refuse_over(size: u64, max: u64) -> io::Result<()> {
+    if size <= max {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "it is {size} bytes, more than any object atosnap reads whole \
+             ({max}): not one it wrote"
+        ),
+    ))
+}
+
+/// Reads `src` to its end into memory, every backend's whole read: at most
+/// `max` bytes, else an `InvalidData` error in [`refuse_over`]'s words. A
+/// `size` the caller knows (a file's length, an object's Content-Length)
+/// over `max` is refused before anything is read, and sizes the buffer
+/// once; a stream longer than it said is still cut after `max + 1` bytes,
+/// the buffer growing at most [`READ_STEP`] at a time.
+pub fn read_bounded(mut src: impl Read, size: Option<u64>, max: u64) -> io::Result<Vec<u8>> {
+    if let Some(size) = size {
+        refuse_over(size, max)?;
+    }
+    let cut = max.saturating_add(1);
+    // One byte past `size` to see the end without growing the buffer.
+    let first = size.map_or(64 << 10, |n| n.saturating_add(1)).min(cut);
+    let mut buf = vec![0u8; first as usize];
+    let mut filled = 0usize;
+    loop {
+        if filled == buf.len() {
+            let room = cut - filled as u64;
+            if room == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "it is more than {max} bytes, more than any object \
+                         atosnap reads whole: not one it wrote"
+                    ),
+                ));
+            }
+            let grow = room.min(READ_STEP).min((filled as u64).max(64 << 10)) as usize;
+            buf.reserve_exact(grow);
+            buf.resize(filled + grow, 0);
+        }
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
 
 /// Mode of every file atosnap creates in a store, a cache or a spool.
 pub const PRIVATE_FILE_MODE: u32 = 0o600;
@@ -377,18 +447,7 @@ impl Backend for LocalBackend {
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         let f = File::open(self.path(name))?;
         let len = f.metadata()?.len();
-        if len > WHOLE_READ_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "it is {len} bytes, more than any object atosnap reads whole \
-                     ({WHOLE_READ_MAX}): not one it wrote"
-                ),
-            ));
-        }
-        let mut buf = Vec::with_capacity(len as usize);
-        f.take(WHOLE_READ_MAX + 1).read_to_end(&mut buf)?;
-        Ok(buf)
+        read_bounded(f, Some(len), WHOLE_READ_MAX)
     }
 
     fn read_range(&self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
@@ -589,6 +648,70 @@ mod tests {
                 .contains("more than any object atosnap reads whole"),
             "{err}"
         );
+    }
+
+    /// A stream that counts the bytes taken from it.
+    struct Counted<'a>(io::Cursor<Vec<u8>>, &'a mut u64);
+
+    impl Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            *self.1 += n as u64;
+            Ok(n)
+        }
+    }
+
+    /// Every backend's whole read: a stated size over the bound is refused
+    /// before a byte is read, a stream longer than it said (or of no
+    /// stated size) is cut one byte past the bound, and the buffer never
+    /// grows past that byte.
+    #[test]
+    fn a_whole_read_stops_one_byte_past_its_bound() {
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let read = |size: Option<u64>, max: u64| {
+            let mut taken = 0;
+            let r = read_bounded(
+                Counted(io::Cursor::new(data.clone()), &mut taken),
+                size,
+                max,
+            );
+            (r, taken)
+        };
+        // Within the bound (a stated size may exceed the stream): read exactly.
+        for (size, max) in [
+            (Some(1000), 1000),
+            (None, 1000),
+            (Some(2000), 4096),
+            (None, 1 << 20),
+        ] {
+            assert_eq!(read(size, max).0.unwrap(), data, "{size:?} {max}");
+        }
+        // Said too large: refused unread, naming size and bound.
+        let (r, taken) = read(Some(1000), 999);
+        let err = r.unwrap_err();
+        assert_eq!((err.kind(), taken), (io::ErrorKind::InvalidData, 0));
+        assert_eq!(
+            err.to_string(),
+            "it is 1000 bytes, more than any object atosnap reads whole (999): not one it wrote"
+        );
+        // Said small (or nothing), but the stream goes on: cut at 513.
+        for size in [Some(10), None] {
+            let (r, taken) = read(size, 512);
+            let err = r.unwrap_err();
+            assert_eq!((err.kind(), taken), (io::ErrorKind::InvalidData, 513));
+            assert!(
+                err.to_string().contains("more than 512 bytes")
+                    && err.to_string().contains("not one it wrote"),
+                "{err}"
+            );
+        }
+        // Grown in bounded steps: a stream of exactly the bound, of no
+        // stated size, ends in a buffer of the bound and one byte (a
+        // doubling `Vec` would hold twice that).
+        let big = vec![7u8; 3 << 20];
+        let got = read_bounded(io::Cursor::new(big.clone()), None, 3 << 20).unwrap();
+        assert_eq!(got, big);
+        assert!(got.capacity() as u64 <= (3 << 20) + 1, "{}", got.capacity());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atosnap::store::backend::Backend;
+use atosnap::store::backend::{Backend, BackendErrorKind, WHOLE_READ_MAX};
 use atosnap::store::s3::{S3Backend, S3Location};
 
 use crate::support::files::dead_pid;
@@ -333,6 +333,71 @@ fn s3_write_dir_once_two_takers_of_a_dead_writers_folder() {
         assert_files_of(&b, &dir, w);
         b.delete_dir(&dir).unwrap();
     }
+}
+
+/// A whole read is bounded as a local store's is: an object over the
+/// bound is refused (by its size, naming it), one within is read exactly,
+/// a missing one is still `NotFound`.
+#[test]
+fn s3_a_whole_read_over_its_bound_is_refused() {
+    let Some((b, _scratch)) = open("bounded") else {
+        return;
+    };
+    let name = "snapshots/20260101T000000Z/manifest.bin";
+    let data = pattern(1000, 3);
+    b.write_once(name, &data).unwrap();
+    let err = b.read_at_most(name, 512).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
+    let (msg, shown) = (err.to_string(), b.display_name(name));
+    for part in [
+        &*shown.to_string_lossy(),
+        "it is 1000 bytes",
+        "more than any object atosnap reads whole (512)",
+        "not one it wrote",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in {msg}");
+    }
+    assert_eq!(BackendErrorKind::of(&err), BackendErrorKind::Permanent);
+    for max in [999, 1000, 1001, WHOLE_READ_MAX] {
+        let got = b.read_at_most(name, max);
+        if max < 1000 {
+            assert!(got.is_err(), "{max}");
+        } else {
+            assert!(got.unwrap() == data, "{max}");
+        }
+    }
+    assert!(b.read(name).unwrap() == data);
+    b.write_once("empty", b"").unwrap();
+    assert!(b.read_at_most("empty", 0).unwrap().is_empty());
+    let missing = b
+        .read_at_most("snapshots/none/manifest.bin", 512)
+        .unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::NotFound);
+    assert_eq!(BackendErrorKind::of(&missing), BackendErrorKind::NotFound);
+}
+
+/// `read` itself holds to `WHOLE_READ_MAX`: an object one byte over it
+/// (zeros from a sparse file, which Garage stores compressed) is refused
+/// unread, where it was once downloaded into memory whole.
+#[test]
+fn s3_read_refuses_an_object_over_whole_read_max() {
+    let Some((b, scratch)) = open("huge") else {
+        return;
+    };
+    let name = "snapshots/20260101T000000Z/manifest.bin";
+    let local = scratch.path().join("huge");
+    std::fs::File::create(&local)
+        .unwrap()
+        .set_len(WHOLE_READ_MAX + 1)
+        .unwrap();
+    b.put_file(name, &local).unwrap();
+    b.barrier().unwrap();
+    assert_eq!(b.size(name).unwrap(), WHOLE_READ_MAX + 1);
+    let err = b.read(name).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
+    let limit = format!("more than any object atosnap reads whole ({WHOLE_READ_MAX})");
+    assert!(err.to_string().contains(&limit), "{err}");
+    b.delete(name).unwrap();
 }
 
 #[test]

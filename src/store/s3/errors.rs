@@ -78,6 +78,22 @@ impl Names {
         };
         tagged(kind, backend_kind(&e, kind), msg)
     }
+
+    /// Maps an `io::Error` met while streaming object `name`: an OpenDAL
+    /// error the stream carried is mapped as [`Names::err`] maps it (a
+    /// vanished object stays `NotFound`, a cut connection transient);
+    /// anything else (a whole read refused as too large) keeps its kind and
+    /// gets the object's name, as every S3 error message has it.
+    pub(super) fn stream_err(&self, name: &str, e: io::Error) -> io::Error {
+        let (kind, text) = (e.kind(), e.to_string());
+        match e
+            .into_inner()
+            .map(|inner| inner.downcast::<opendal::Error>())
+        {
+            Some(Ok(od)) => self.err(name, *od),
+            _ => io::Error::new(kind, format!("{}: {text}", self.display(name))),
+        }
+    }
 }
 
 /// What an OpenDAL error means to the store's callers: not there, worth
@@ -156,6 +172,27 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    /// A stream's errors: the OpenDAL error inside is classed as a
+    /// request's would be; another keeps its kind and gets the name.
+    #[test]
+    fn stream_errors_are_mapped_and_named() {
+        let carried = |od: OdError| io::Error::other(od);
+        let gone = names().stream_err("x", carried(OdError::new(OdKind::NotFound, "gone")));
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        assert_eq!(BackendErrorKind::of(&gone), BackendErrorKind::NotFound);
+        assert_eq!(gone.to_string(), "s3://b/p/x: not found");
+        let cut = OdError::new(OdKind::Unexpected, "connection reset").set_temporary();
+        let cut = names().stream_err("x", carried(cut));
+        assert_eq!(BackendErrorKind::of(&cut), BackendErrorKind::Transient);
+        let big = io::Error::new(io::ErrorKind::InvalidData, "it is 9 bytes, more");
+        let big = names().stream_err("manifest.bin", big);
+        assert_eq!(big.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(
+            big.to_string(),
+            "s3://b/p/manifest.bin: it is 9 bytes, more"
+        );
     }
 
     /// The message and the io kind are what they were before the kind was

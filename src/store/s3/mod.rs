@@ -82,7 +82,9 @@
 //!   scratch folder and serves ranges from it; the spool is an LRU bounded
 //!   by `ATOSNAP_S3_SPOOL_BYTES` (default 4 GiB, 0 = no spool: one ranged
 //!   GET per call) and is deleted when the backend is dropped. Other names
-//!   are ranged GETs.
+//!   are ranged GETs. Whole reads (`read`: config, keys, manifests,
+//!   summaries, records) are bounded by `WHOLE_READ_MAX` as a local
+//!   store's are: a larger object is refused by its HEAD, unread.
 //! - Bandwidth: `--limit-upload` / `--limit-download` (KiB/s, through
 //!   [`S3Location::limits`]) pace every upload and download of the
 //!   backend on average (see `throttle`).
@@ -107,7 +109,10 @@ use opendal::options::{ListOptions, ReadOptions};
 use opendal::services::S3;
 use opendal::{ErrorKind as OdKind, HttpTransporter, OperationContext, Operator};
 
-use super::backend::{create_private_dir_all, temp_path_in, Backend, ListEntry, ObjectStat};
+use super::backend::{
+    create_private_dir_all, read_bounded, refuse_over, temp_path_in, Backend, ListEntry,
+    ObjectStat, WHOLE_READ_MAX,
+};
 pub use claim::claim_marker;
 use claim::{abandoned, may_clear};
 use errors::{error_chain, is_unreachable, scrub, Names};
@@ -418,6 +423,31 @@ impl S3Backend {
         self.names.err(name, e)
     }
 
+    /// [`Backend::read`] under a bound of `max` bytes ([`WHOLE_READ_MAX`]
+    /// there; a parameter so tests can prove the refusal on a small
+    /// object): a forged object of gigabytes in the bucket must not make a
+    /// reader allocate them. Its size (the HEAD a GET of a whole object
+    /// costs with OpenDAL anyway) refuses a larger one before a byte is
+    /// downloaded and sizes the buffer; the GET asks for that many bytes
+    /// and its stream is still cut one byte past `max`.
+    pub fn read_at_most(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
+        let size = self.op.stat(name).map_err(|e| self.err(name, e))?;
+        let size = size.content_length();
+        refuse_over(size, max).map_err(|e| self.names.stream_err(name, e))?;
+        if size == 0 {
+            // Nothing to GET (an empty range is no request to send).
+            return Ok(Vec::new());
+        }
+        let reader = self.op.reader(name).map_err(|e| self.err(name, e))?;
+        let src = reader
+            .into_std_read(0..size)
+            .map_err(|e| self.err(name, e))?;
+        let data =
+            read_bounded(src, Some(size), max).map_err(|e| self.names.stream_err(name, e))?;
+        self.pacers.download(data.len() as u64);
+        Ok(data)
+    }
+
     /// Whether `read_range` on `name` goes through the spool.
     fn spooled(&self, name: &str) -> bool {
         self.spool.budget > 0 && (name.starts_with("objects/") || name.starts_with("quarantine/"))
@@ -479,9 +509,7 @@ impl Backend for S3Backend {
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        let data = self.op.read(name).map_err(|e| self.err(name, e))?.to_vec();
-        self.pacers.download(data.len() as u64);
-        Ok(data)
+        self.read_at_most(name, WHOLE_READ_MAX)
     }
 
     fn prefetch(&self, name: &str) -> io::Result<()> {
