@@ -24,7 +24,10 @@ mod tests;
 pub use build::{BuildStats, Built, ListBuilder};
 pub use cut::LeafCut;
 pub use node::Node;
-pub use read::{reach, ListIter, OldLeaf, OldList, Reached};
+pub use read::{
+    add_covered, reach, reach_weighed, Covered, ListIter, OldLeaf, OldList, Reached, SubtreeBytes,
+    Walked,
+};
 
 use serde::{Deserialize, Serialize};
 

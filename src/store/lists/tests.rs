@@ -490,3 +490,76 @@ fn the_old_cursor_loses_no_leaf_when_asked_behind_it() {
     assert_eq!(cursor.id_at(99).unwrap(), Some(ids[99]));
     assert_eq!(cursor.id_at(100).unwrap(), None, "past the end");
 }
+
+/// A source that counts the blobs read from it.
+struct Counted<'a> {
+    mem: &'a Mem,
+    reads: std::cell::Cell<usize>,
+}
+
+impl BlobSource for Counted<'_> {
+    fn get(&self, id: &Id) -> Result<Vec<u8>> {
+        self.reads.set(self.reads.get() + 1);
+        self.mem.get(id)
+    }
+}
+
+/// What verify's size check rests on: a tree's total is every slot's
+/// weight (a repeated id counts again), a tree sharing subtrees with one
+/// walked before reads only what it does not share, and an unknown weight
+/// stays unknown, kept or not.
+#[test]
+fn weighed_walks_sum_every_slot_and_read_each_subtree_once() {
+    let params = ListParams {
+        leaf_slots: 64,
+        node_slots: 16,
+        ..ListParams::default()
+    };
+    let weight = |id: &Id| id.0[0] as u64 + 1;
+    let mut ids = distinct(5_000, 7);
+    ids[100] = ids[99];
+    let mut changed = ids.clone();
+    changed[4_000] = id(u64::MAX);
+    let mut mem = Mem::default();
+    let cut = LeafCut::fixed(&params);
+    let old = build(&mut mem, &params, cut, &ids, None);
+    let new = build(&mut mem, &params, cut, &changed, Some(&old.list));
+    assert!(old.list.levels >= 2);
+    let source = Counted {
+        mem: &mem,
+        reads: Default::default(),
+    };
+    let walk = |list: &ListRef, kept: &mut SubtreeBytes, unknown: Option<Id>| {
+        let before = source.reads.get();
+        let total = reach_weighed(&source, &params, list, kept, &mut |r| match r {
+            Reached::Chunk(c) if Some(c) == unknown => None,
+            Reached::Chunk(c) => Some(weight(&c)),
+            // Not counted, whatever it says.
+            Reached::Blob(_) => Some(1 << 40),
+        })
+        .unwrap();
+        (total, source.reads.get() - before)
+    };
+    let sum = |ids: &[Id]| Some(ids.iter().map(weight).sum::<u64>());
+
+    let mut kept = SubtreeBytes::default();
+    let (total, whole) = walk(&old.list, &mut kept, None);
+    assert_eq!(total, sum(&ids));
+    let (total, reads) = walk(&new.list, &mut kept, None);
+    assert_eq!(total, sum(&changed));
+    // The new path (a delta leaf and its interior nodes) and the leaf the
+    // delta patches: nothing the two trees share.
+    assert!(
+        reads <= new.new.len() + 1,
+        "{reads} reads, {}",
+        new.new.len()
+    );
+    assert!(reads < whole, "{reads} of {whole}");
+    assert_eq!(walk(&new.list, &mut kept, None), (sum(&changed), 0));
+
+    let mut kept = SubtreeBytes::default();
+    assert_eq!(walk(&old.list, &mut kept, Some(ids[10])).0, None);
+    assert_eq!(walk(&old.list, &mut kept, Some(ids[10])), (None, 0));
+    // The changed tree shares the leaf holding it: unknown too.
+    assert_eq!(walk(&new.list, &mut kept, Some(ids[10])).0, None);
+}
