@@ -3,9 +3,7 @@
 //! ([`SpillSorter`]) instead of a hash set of every chunk, and comes back
 //! as one sorted, deduplicated stream that the callers join with the
 //! chunk index. Each distinct list-blob subtree is walked once (a set of
-//! the visited list-blob ids: about one id per thousand chunks; verify's
-//! mark keeps each one's raw bytes beside it, 8 bytes more, to check the
-//! files' sizes).
+//! the visited list-blob ids: about one id per thousand chunks).
 //!
 //! Memory: the sort's budget ([`SORT_BUDGET`]) plus a 64 KiB buffer per
 //! run while merging; the runs go to the store's `tmp/` (a local store)
@@ -18,7 +16,7 @@ use crate::id::{Id, IdSet};
 use crate::store::chunk_index::spill::Merged;
 use crate::store::chunk_index::{SpillSorter, Spillable};
 use crate::store::index::{ChunkIndex, Location};
-use crate::store::lists::{Covered, Reached, SubtreeBytes, Walked};
+use crate::store::lists::Reached;
 use crate::store::manifest::FileEntry;
 use crate::store::Store;
 
@@ -118,108 +116,50 @@ impl Spillable for Id {
 pub type Marked<T> = Merged<T>;
 
 /// Walks trees into a sort: what each reached blob or chunk becomes (if
-/// anything) is the caller's choice. `W` is what the mark keeps of the
-/// subtrees walked: their ids ([`Mark::new`]), or their ids and raw bytes
-/// ([`Mark::weighing`]: verify's, which checks files' sizes).
-pub struct Mark<'a, T: Spillable, W: Walked = IdSet> {
+/// anything) is the caller's choice.
+pub struct Mark<'a, T: Spillable> {
     store: &'a Store,
     index: &'a ChunkIndex,
-    walked: W,
-    /// Whether each chunk's raw length is looked up (for [`Mark::file`]'s
-    /// total): one index lookup per chunk slot of each subtree walked, no
-    /// second pass. Like any reader making many lookups, it has the
-    /// index's segments load their prefix tables (`chunk_index/segment.rs`,
-    /// 4 bytes per index record) so that each lookup is one small read.
-    weigh: bool,
+    seen: IdSet,
     sorter: SpillSorter<T>,
-    /// The first error of the sort (a run that could not be written) or
-    /// of an index lookup: the walk cannot return it, [`Mark::finish`]
-    /// does.
+    /// The first error of the sort (a run that could not be written):
+    /// the walk cannot return it, [`Mark::finish`] does.
     failed: Option<Error>,
 }
 
 impl<'a, T: Spillable> Mark<'a, T> {
     pub fn new(store: &'a Store, index: &'a ChunkIndex, spill: &SpillDir) -> Mark<'a, T> {
-        Mark::with(store, index, spill, IdSet::default(), false)
-    }
-
-    /// Forgets the subtrees walked so far: the next trees are walked whole
-    /// (stats counts each snapshot's own chunks).
-    pub fn forget_walked(&mut self) {
-        self.walked.clear();
-    }
-}
-
-impl<'a, T: Spillable> Mark<'a, T, SubtreeBytes> {
-    /// A mark whose [`Mark::file`] also says how many raw bytes the file's
-    /// chunks hold (None when one is not in the index), each distinct
-    /// subtree still walked once: its total is kept beside its id
-    /// ([`SubtreeBytes`], 8 bytes more per list blob).
-    pub fn weighing(
-        store: &'a Store,
-        index: &'a ChunkIndex,
-        spill: &SpillDir,
-    ) -> Mark<'a, T, SubtreeBytes> {
-        Mark::with(store, index, spill, SubtreeBytes::default(), true)
-    }
-}
-
-impl<'a, T: Spillable, W: Walked> Mark<'a, T, W> {
-    fn with(
-        store: &'a Store,
-        index: &'a ChunkIndex,
-        spill: &SpillDir,
-        walked: W,
-        weigh: bool,
-    ) -> Mark<'a, T, W> {
         Mark {
             store,
             index,
-            walked,
-            weigh,
+            seen: IdSet::default(),
             sorter: spill.sorter(),
             failed: None,
         }
     }
 
+    /// Forgets the subtrees walked so far: the next trees are walked whole
+    /// (stats counts each snapshot's own chunks).
+    pub fn forget_walked(&mut self) {
+        self.seen.clear();
+    }
+
     /// Walks `f`'s list (each subtree not walked before), sorting what
-    /// `item` makes of each reached id; the raw bytes of its chunks when
-    /// the mark is [`Mark::weighing`] (else None). The error is the walk's:
-    /// a list blob missing or damaged (what was reached before it is
-    /// sorted). A failure of the sort or of an index lookup is
-    /// [`Mark::finish`]'s error.
-    pub fn file(&mut self, f: &FileEntry, item: impl Fn(Reached) -> Option<T>) -> Result<Covered> {
-        let (sorter, failed, index, weigh) =
-            (&mut self.sorter, &mut self.failed, self.index, self.weigh);
-        // The last chunk weighed: a run of one id (zero pages) costs one
-        // lookup.
-        let mut last: Option<(Id, Covered)> = None;
+    /// `item` makes of each reached id. The error is the walk's: a list
+    /// blob missing or damaged (what was reached before it is sorted). A
+    /// failure of the sort itself is [`Mark::finish`]'s error.
+    pub fn file(&mut self, f: &FileEntry, item: impl Fn(Reached) -> Option<T>) -> Result<()> {
+        let (sorter, failed) = (&mut self.sorter, &mut self.failed);
         self.store
-            .file_reach_weighed(self.index, f, &mut self.walked, &mut |r| {
+            .file_reach(self.index, f, &mut self.seen, &mut |r| {
                 if failed.is_some() {
-                    return None;
+                    return;
                 }
                 if let Some(t) = item(r) {
                     if let Err(e) = sorter.push(t) {
                         *failed = Some(e.into());
                     }
                 }
-                let Reached::Chunk(id) = r else { return None };
-                if !weigh {
-                    return None;
-                }
-                if let Some((_, bytes)) = last.filter(|(l, _)| *l == id) {
-                    return bytes;
-                }
-                let bytes = match locate(index, &id) {
-                    Ok(loc) => loc.map(|l| l.raw_len as u64),
-                    Err(e) => {
-                        *failed = Some(e);
-                        return None;
-                    }
-                };
-                last = Some((id, bytes));
-                bytes
             })
     }
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 
 use super::index::ChunkIndex;
-use super::lists::{self, BlobSource, Covered, ListIter, ListParams, Reached, Walked};
+use super::lists::{self, BlobSource, ListIter, ListParams, Reached};
 use super::manifest::{ChunkList, FileEntry};
 use super::packs::ChunkFault;
 use super::Store;
@@ -125,36 +125,14 @@ impl Store {
         seen: &mut IdSet,
         visit: &mut dyn FnMut(Reached),
     ) -> Result<()> {
-        self.file_reach_weighed(index, f, seen, &mut |r| {
-            visit(r);
-            None
-        })
-        .map(drop)
-    }
-
-    /// [`Store::file_reach`], adding up what `visit` returns for each
-    /// chunk slot (its raw bytes): the file's total, subtrees walked
-    /// before counting what `walked` kept of them (see
-    /// [`lists::reach_weighed`]). A format-1 list is summed as it stands.
-    pub fn file_reach_weighed(
-        &self,
-        index: &ChunkIndex,
-        f: &FileEntry,
-        walked: &mut dyn Walked,
-        visit: &mut dyn FnMut(Reached) -> Covered,
-    ) -> Result<Covered> {
         match &f.list {
-            ChunkList::Ids(ids) => Ok(ids
-                .iter()
-                .map(|id| visit(Reached::Chunk(*id)))
-                .fold(Some(0), lists::add_covered)),
-            ChunkList::Tree(r) => lists::reach_weighed(
-                &self.list_blobs(index),
-                &self.list_params(),
-                r,
-                walked,
-                visit,
-            ),
+            ChunkList::Ids(ids) => {
+                ids.iter().for_each(|id| visit(Reached::Chunk(*id)));
+                Ok(())
+            }
+            ChunkList::Tree(r) => {
+                lists::reach(&self.list_blobs(index), &self.list_params(), r, seen, visit)
+            }
         }
     }
 }

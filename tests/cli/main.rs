@@ -35,4 +35,3 @@ mod temp_owners;
 mod transport;
 mod verify;
 mod verify_repair;
-mod verify_sizes;

@@ -1,9 +1,8 @@
 //! The audit: every pack read and every chunk checked against its id,
-//! every manifest and summary read, every file's recorded size checked
-//! against its chunks; what is damaged, missing or unreadable.
+//! every manifest and summary read; what is damaged, missing or unreadable.
 
 use rayon::prelude::*;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
@@ -11,13 +10,13 @@ use crate::ops::mark::{self, locate, Mark, SpillDir};
 use crate::stamp::Stamp;
 use crate::store::chunk_index::Spillable;
 use crate::store::index::ChunkIndex;
-use crate::store::lists::{Reached, SubtreeBytes};
+use crate::store::lists::Reached;
 use crate::store::manifest::Manifest;
 use crate::store::pack;
 use crate::store::{ChunkFault, Dir, Object, PackLayout, ReadFrom, Store};
 
 use super::pack_check::{check_pack, rehash_packs, PackCheck};
-use super::report::{SampleReport, SizeMismatch, SnapshotHealth, VerifyReport};
+use super::report::{SampleReport, SnapshotHealth, VerifyReport};
 use super::sample::{Candidate, Sample};
 
 /// What the audit found, with what repair needs beyond the report.
@@ -36,9 +35,6 @@ pub struct Audit {
     /// This host's mark of lost packs as the audit's index refresh left
     /// it (see [`crate::store::index::ChunkIndex::losses_seen`]).
     pub losses_seen: Option<String>,
-    /// Per snapshot, the files whose recorded size their chunks do not
-    /// hold (damaged files of the report that repair cannot heal).
-    pub wrong_sizes: BTreeMap<String, Vec<SizeMismatch>>,
 }
 
 pub(super) fn audit(
@@ -77,7 +73,6 @@ pub(super) fn audit(
         readable,
         unreadable,
         lists_corrupt,
-        wrong_sizes,
         joined:
             Joined {
                 missing,
@@ -253,12 +248,8 @@ pub(super) fn audit(
 
     let mut covered: std::collections::BTreeMap<String, bool> =
         unreadable.iter().map(|s| (s.to_string(), false)).collect();
-    for (stamp, mut files) in files_of {
+    for (stamp, files) in files_of {
         let metadata_error = metadata_problem(store, &stamp);
-        let wrong = wrong_sizes.get(&stamp.to_string());
-        files
-            .damaged
-            .extend(wrong.into_iter().flatten().map(|w| w.path.clone()));
         let ok =
             files.damaged.is_empty() && metadata_error.is_none() && files.unreadable.is_empty();
         if sample.is_none() || files.rehashed_all {
@@ -269,7 +260,6 @@ pub(super) fn audit(
             SnapshotHealth {
                 ok,
                 damaged_files: files.damaged.into_iter().collect(),
-                file_errors: wrong.into_iter().flatten().map(|w| w.to_string()).collect(),
                 error: None,
                 metadata_error,
                 unreadable_files: files.unreadable.into_iter().collect(),
@@ -292,7 +282,6 @@ pub(super) fn audit(
         covered,
         packs_read,
         losses_seen: index.losses_seen.clone(),
-        wrong_sizes,
     })
 }
 
@@ -512,9 +501,6 @@ struct Marked {
     readable: Vec<Stamp>,
     unreadable: Vec<Stamp>,
     lists_corrupt: BTreeSet<Id>,
-    /// Per snapshot (by stamp), its files whose recorded size is not what
-    /// their chunks hold.
-    wrong_sizes: BTreeMap<String, Vec<SizeMismatch>>,
     joined: Joined,
 }
 
@@ -522,11 +508,7 @@ struct Marked {
 /// distinct subtree once, sorted on disk rather than held in a set) and
 /// joins them with the index. A snapshot whose manifest does not read is
 /// reported in `report`; a list blob that does not read is referenced
-/// (missing, or corrupt below). Each file's recorded size is checked on
-/// the way against the raw bytes of its chunks: the mark weighs each
-/// chunk of each subtree it walks (one index lookup) and keeps every
-/// subtree's total, so a file sharing a subtree walked before adds it
-/// unread.
+/// (missing, or corrupt below).
 fn mark_snapshots(
     store: &Store,
     index: &ChunkIndex,
@@ -536,29 +518,19 @@ fn mark_snapshots(
 ) -> Result<Marked> {
     let mut readable = Vec::new();
     let mut unreadable = Vec::new();
-    let mut mark = Mark::<Id, SubtreeBytes>::weighing(store, index, spill);
+    let mut mark = Mark::<Id>::new(store, index, spill);
     let mut lists_corrupt: BTreeSet<Id> = BTreeSet::new();
-    let mut wrong_sizes: BTreeMap<String, Vec<SizeMismatch>> = BTreeMap::new();
     for stamp in stamps {
         // The audit reads the store itself, never a remote store's cache.
         match store.read_manifest(stamp, ReadFrom::Store) {
             Ok(m) => {
-                let mut wrong = Vec::new();
-                for e in &m.entries {
-                    let Some(f) = e.file() else { continue };
-                    match mark.file(f, mark::any_id) {
-                        Ok(bytes) => wrong.extend(SizeMismatch::check(e, f, bytes)),
-                        Err(err) => {
-                            if let Some((id, ChunkFault::Corrupt(_))) =
-                                crate::store::error_fault(&err)
-                            {
-                                lists_corrupt.insert(id);
-                            }
-                        }
+                for f in m.entries.iter().filter_map(|e| e.file()) {
+                    let walked = mark.file(f, mark::any_id);
+                    if let Some((id, ChunkFault::Corrupt(_))) =
+                        walked.err().as_ref().and_then(crate::store::error_fault)
+                    {
+                        lists_corrupt.insert(id);
                     }
-                }
-                if !wrong.is_empty() {
-                    wrong_sizes.insert(stamp.to_string(), wrong);
                 }
                 readable.push(stamp.clone());
             }
@@ -584,7 +556,6 @@ fn mark_snapshots(
         readable,
         unreadable,
         lists_corrupt,
-        wrong_sizes,
         joined,
     })
 }

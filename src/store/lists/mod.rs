@@ -24,10 +24,7 @@ mod tests;
 pub use build::{BuildStats, Built, ListBuilder};
 pub use cut::LeafCut;
 pub use node::Node;
-pub use read::{
-    add_covered, reach, reach_weighed, Covered, ListIter, OldLeaf, OldList, Reached, SubtreeBytes,
-    Walked,
-};
+pub use read::{reach, ListIter, OldLeaf, OldList, Reached};
 
 use serde::{Deserialize, Serialize};
 

@@ -6,10 +6,6 @@
 //!   slot (subtrees before it are skipped by their covered counts).
 //! - [`OldList`]: the previous version's tree as the builder consults it,
 //!   leaf by leaf, forward only.
-//! - [`reach`], [`reach_weighed`]: every blob and chunk a tree reaches,
-//!   each distinct subtree once across many trees ([`Walked`]), with the
-//!   raw bytes each subtree covers when the caller keeps them
-//!   ([`SubtreeBytes`]).
 //!
 //! Every node is checked against what its parent says of it (level,
 //! chunks covered), so a forged or damaged blob ends the walk with
@@ -292,64 +288,6 @@ pub enum Reached {
     Chunk(Id),
 }
 
-/// The raw bytes of the chunks a subtree lists, one count per slot (a
-/// chunk listed twice counts twice); None when a chunk's length is
-/// unknown (not in the index) or the walk does not weigh chunks.
-pub type Covered = Option<u64>;
-
-/// Two counts added: unknown when either is (or past `u64::MAX`, which no
-/// real file reaches).
-pub fn add_covered(a: Covered, b: Covered) -> Covered {
-    a?.checked_add(b?)
-}
-
-/// What a walk over many trees keeps of the subtrees it has walked, so
-/// that each distinct subtree is read once (gc and verify walk every
-/// snapshot's trees, a no-change series sharing nearly all of them).
-pub trait Walked {
-    /// What `id`'s subtree covers when it was walked before (`Some`), or
-    /// `None` when it is to be walked now.
-    fn before(&mut self, id: &Id) -> Option<Covered>;
-    /// `id`'s subtree has been walked whole and covers `bytes`.
-    fn after(&mut self, id: Id, bytes: Covered);
-}
-
-/// The ids alone (gc, stats, copy): a subtree is taken as walked from the
-/// moment its walk starts, and what it covers is not kept.
-impl Walked for crate::id::IdSet {
-    fn before(&mut self, id: &Id) -> Option<Covered> {
-        (!self.insert(*id)).then_some(None)
-    }
-
-    fn after(&mut self, _: Id, _: Covered) {}
-}
-
-/// Each walked subtree with the raw bytes it covers: what lets verify
-/// check every file's recorded size against its chunks while still reading
-/// each distinct subtree once (a file whose root was walked before takes
-/// its total from here).
-///
-/// RAM: one map entry per distinct list blob walked, an id (32 bytes) and
-/// a u64 (8 bytes): 8 bytes per list blob more than the id set of
-/// gc's walks keep (plus the hash table's control byte and spare capacity
-/// that both have). A list blob stands for about a thousand chunks.
-#[derive(Default)]
-pub struct SubtreeBytes(crate::id::IdMap<u64>);
-
-/// How [`SubtreeBytes`] keeps an unknown count (8 bytes, not the 16 of an
-/// `Option<u64>`): no subtree covers 16 EiB.
-const UNKNOWN_BYTES: u64 = u64::MAX;
-
-impl Walked for SubtreeBytes {
-    fn before(&mut self, id: &Id) -> Option<Covered> {
-        self.0.get(id).map(|&b| (b != UNKNOWN_BYTES).then_some(b))
-    }
-
-    fn after(&mut self, id: Id, bytes: Covered) {
-        self.0.insert(id, bytes.unwrap_or(UNKNOWN_BYTES));
-    }
-}
-
 /// Walks every blob `list` reaches and every chunk it lists, telling
 /// `visit`, each node checked as [`ListIter`] checks it. A subtree whose
 /// root is in `seen` was walked before (by an earlier file or snapshot
@@ -362,25 +300,6 @@ pub fn reach(
     seen: &mut crate::id::IdSet,
     visit: &mut dyn FnMut(Reached),
 ) -> Result<()> {
-    reach_weighed(source, params, list, seen, &mut |r| {
-        visit(r);
-        None
-    })
-    .map(drop)
-}
-
-/// [`reach`] with what `walked` keeps, adding up what `visit` returns for
-/// each chunk slot (its raw bytes; what it returns for a blob is not
-/// counted): the tree's total, a subtree walked before counting what
-/// `walked` kept of it. Only the error of a blob that does not read stops
-/// the walk.
-pub fn reach_weighed(
-    source: &dyn BlobSource,
-    params: &ListParams,
-    list: &ListRef,
-    walked: &mut dyn Walked,
-    visit: &mut dyn FnMut(Reached) -> Covered,
-) -> Result<Covered> {
     // The reference's own checks (levels, chunks) are LeafWalk's.
     LeafWalk::new(source, params, list)?;
     match list.root {
@@ -389,10 +308,10 @@ pub fn reach_weighed(
             params,
             (root, list.chunks),
             list.levels,
-            walked,
+            seen,
             visit,
         ),
-        None => Ok(Some(0)),
+        None => Ok(()),
     }
 }
 
@@ -401,38 +320,27 @@ fn reach_node(
     params: &ListParams,
     (id, covered): (Id, u64),
     level: u8,
-    walked: &mut dyn Walked,
-    visit: &mut dyn FnMut(Reached) -> Covered,
-) -> Result<Covered> {
-    if let Some(bytes) = walked.before(&id) {
-        return Ok(bytes);
+    seen: &mut crate::id::IdSet,
+    visit: &mut dyn FnMut(Reached),
+) -> Result<()> {
+    if !seen.insert(id) {
+        return Ok(());
     }
-    let bytes = if level == 0 {
+    if level == 0 {
         let leaf = LeafRef {
             id,
             start: 0,
             len: covered,
         };
-        let resolved = resolve_leaf_with(source, params, &leaf, &mut |b| {
-            visit(Reached::Blob(*b));
-        })?;
-        // Every slot is visited, whatever the count has become.
-        resolved
-            .ids
-            .iter()
-            .map(|c| visit(Reached::Chunk(*c)))
-            .fold(Some(0), add_covered)
-    } else {
-        visit(Reached::Blob(id));
-        let mut bytes = Some(0);
-        for child in read_interior(source, params, &id, level, covered)? {
-            let below = reach_node(source, params, child, level - 1, walked, visit)?;
-            bytes = add_covered(bytes, below);
-        }
-        bytes
-    };
-    walked.after(id, bytes);
-    Ok(bytes)
+        let resolved = resolve_leaf_with(source, params, &leaf, &mut |b| visit(Reached::Blob(*b)))?;
+        resolved.ids.iter().for_each(|c| visit(Reached::Chunk(*c)));
+        return Ok(());
+    }
+    visit(Reached::Blob(id));
+    for child in read_interior(source, params, &id, level, covered)? {
+        reach_node(source, params, child, level - 1, seen, visit)?;
+    }
+    Ok(())
 }
 
 /// A file's chunk ids in order. An error ends the iteration: it is
