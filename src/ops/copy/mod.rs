@@ -37,7 +37,13 @@
 //! destination from its ids, against the previously copied snapshot's
 //! tree of the same path, as `create` builds it.
 //!
+//! A re-keying copy takes what it can from a snapshot copied before
+//! ([`baseline`]): unchanged files keep the destination's trees, and only
+//! the chunks a file did not hold then are read and re-hashed.
+//!
 //! [`Sealer::same_ids_as`]: crate::store::seal::Sealer::same_ids_as
+
+mod baseline;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -58,6 +64,7 @@ use crate::store::pack2::{EncodedFrame, FrameKind};
 use crate::store::packer::Packer;
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Object, Store};
+use baseline::Baseline;
 use std::sync::Arc;
 
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
@@ -257,7 +264,11 @@ fn copy_wanted(
         to.clean_tmp(None)?;
         let from_index = from.load_index()?;
         let mut to_index = to.load_index_for_writes()?;
-        let trust_published = keep_trees && summaries_vouch(to, &to_index);
+        let vouched = summaries_vouch(to, &to_index);
+        let trust_published = keep_trees && vouched;
+        let baseline = (!same_ids)
+            .then(|| Baseline::published(from, to, vouched))
+            .flatten();
         let mut copier = Copier {
             from,
             to,
@@ -272,7 +283,8 @@ fn copy_wanted(
             } else {
                 IdSet::default()
             },
-            prev_trees: std::collections::HashMap::new(),
+            prev_trees: baseline.as_ref().map(Baseline::trees).unwrap_or_default(),
+            baseline,
             chunks_sent: 0,
             move_frames: same_ids
                 && match (&from.config().frames, &to.config().frames) {
@@ -398,6 +410,9 @@ struct Copier<'a> {
     /// The destination trees of the snapshot copied last, by path: the old
     /// trees new ones are built against.
     prev_trees: std::collections::HashMap<Vec<u8>, ListRef>,
+    /// A re-keying copy's snapshot copied before (this run's last, or one
+    /// both stores held when it began): what need not be read again.
+    baseline: Option<Baseline>,
     chunks_sent: u64,
     /// Frames move whole (see [`Copier::send`]): both stores are format 2,
     /// name and seal chunks alike and frame and compress alike.
@@ -486,6 +501,7 @@ impl Copier<'_> {
             Ok(v) => v,
             Err(e) => return Ok(Outcome::Failed(e)),
         };
+        let as_read = self.ids.is_some().then(|| manifest.clone());
         if let Err(e) = self.send_snapshot(stamp, &mut manifest)? {
             return Ok(Outcome::Failed(e));
         }
@@ -497,6 +513,9 @@ impl Copier<'_> {
             .publish_snapshot_as(self.to_lock, stamp, &mut manifest, &mut metadata)?
         {
             self.published_roots.extend(tree_roots(&manifest));
+            if let Some(as_read) = as_read {
+                self.baseline = Some(Baseline::copied(&as_read, &manifest));
+            }
             Ok(Outcome::Copied)
         } else {
             Ok(Outcome::AlreadyThere)
@@ -534,6 +553,24 @@ impl Copier<'_> {
                     return Ok(Err(e));
                 }
             } else {
+                if let Some(list) = self
+                    .baseline
+                    .as_ref()
+                    .and_then(|b| b.unchanged(&entry.path, f))
+                {
+                    f.list = ChunkList::Tree(list);
+                    trees.insert(entry.path.clone(), list);
+                    self.progress.advance(f.size);
+                    continue;
+                }
+                if let (Some(baseline), Some(map)) = (&self.baseline, &mut self.ids) {
+                    baseline.learn(
+                        &entry.path,
+                        (self.from, self.from_index),
+                        (self.to, &*self.to_index),
+                        map,
+                    );
+                }
                 let ids = match self.from.file_chunk_ids(self.from_index, f) {
                     Ok(ids) => ids,
                     Err(e) => return Ok(Err(e)),
@@ -829,46 +866,4 @@ fn map_ids(ids: &[Id], map: &IdMap<Id>) -> Result<Vec<Id>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::progress::NoProgress;
-
-    fn opts() -> CopyOptions {
-        CopyOptions {
-            lock_wait: Duration::from_secs(1),
-        }
-    }
-
-    #[test]
-    fn copy_of_an_empty_store_sends_nothing_and_named_missing_stamps_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let from = Store::init(
-            &crate::store::location::StoreAddress::local(dir.path().join("a")),
-            &crate::store::InitOptions::default(),
-        )
-        .unwrap();
-        let to = Store::init(
-            &crate::store::location::StoreAddress::local(dir.path().join("b")),
-            &crate::store::InitOptions::default(),
-        )
-        .unwrap();
-        let r = copy(&from, &to, &[], &opts(), &NoProgress).unwrap();
-        assert!(r.snapshots_copied.is_empty() && r.snapshots_skipped.is_empty());
-        assert_eq!((r.chunks_sent, r.bytes_sent, r.exit_code), (0, 0, 0));
-        assert!(!r.chunk_ids_rewritten);
-        let stamp = Stamp::parse("20260411T120000Z").unwrap();
-        let err = copy(&from, &to, &[stamp], &opts(), &NoProgress).unwrap_err();
-        assert_eq!(err.code(), "snapshot_missing");
-    }
-
-    #[test]
-    fn map_ids_maps_every_chunk_and_refuses_a_gap() {
-        let (a, b, c) = (Id::hash(b"a"), Id::hash(b"b"), Id::hash(b"c"));
-        let mut ids = IdMap::default();
-        ids.insert(a, c);
-        let e = map_ids(&[a, b, a], &ids).unwrap_err();
-        assert!(matches!(e, Error::CopyIdUnmapped { .. }), "{e}");
-        ids.insert(b, a);
-        assert_eq!(map_ids(&[a, b, a], &ids).unwrap(), vec![c, a, c]);
-    }
-}
+mod tests;

@@ -1,0 +1,131 @@
+//! A re-keying copy (the two stores name chunks differently) without
+//! reading again what an earlier copy re-keyed. A snapshot copied before
+//! is at both stores, each of its files listing the same chunks in the
+//! same order under the two names: zipping the two lists gives each source
+//! id its destination id. A file whose source tree is the one it had then
+//! takes the destination's tree whole; a changed file reads and re-hashes
+//! only the chunks its earlier version did not hold. Without this, every
+//! run re-read and re-hashed every chunk of every snapshot it copied (a
+//! daily copy to an off-site store of its own key read the whole runtime).
+//!
+//! Trust: an earlier snapshot counts only when the destination vouches for
+//! what its published snapshots hold (as a same-key copy trusts their
+//! trees), its summary says validated, both summaries agree on the
+//! snapshot's facts, and, per file, the sizes and chunk counts agree and
+//! the first chunk, read at the source and re-hashed, has the id the
+//! destination lists first (another snapshot under the same stamp cannot
+//! pass for the copy).
+
+use std::collections::HashMap;
+
+use crate::id::{Id, IdMap};
+use crate::stamp::Stamp;
+use crate::store::index::ChunkIndex;
+use crate::store::lists::ListRef;
+use crate::store::manifest::{ChunkList, FileEntry, Manifest};
+use crate::store::{ReadFrom, Store};
+
+/// The files of a snapshot at both stores, by path: as the source holds
+/// it, and the destination's tree.
+pub(super) struct Baseline {
+    files: HashMap<Vec<u8>, (FileEntry, ListRef)>,
+}
+
+impl Baseline {
+    /// A snapshot this run copied: `from` as read at the source, `to` as
+    /// published at the destination.
+    pub fn copied(from: &Manifest, to: &Manifest) -> Baseline {
+        let theirs: HashMap<&[u8], ListRef> = to
+            .entries
+            .iter()
+            .filter_map(|e| match &e.file()?.list {
+                ChunkList::Tree(r) => Some((&e.path[..], *r)),
+                ChunkList::Ids(_) => None,
+            })
+            .collect();
+        let files = from
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let f = e.file()?;
+                let list = *theirs.get(&e.path[..])?;
+                (list.chunks == f.list.len()).then(|| (e.path.clone(), (f.clone(), list)))
+            })
+            .collect();
+        Baseline { files }
+    }
+
+    /// The newest snapshot both stores hold that the destination vouches
+    /// for (`vouched`: see `summaries_vouch`), if any.
+    pub fn published(from: &Store, to: &Store, vouched: bool) -> Option<Baseline> {
+        if !vouched {
+            return None;
+        }
+        let at_source: std::collections::HashSet<Stamp> =
+            from.list_snapshots().ok()?.stamps.into_iter().collect();
+        let mut there = to.list_snapshots().ok()?.stamps;
+        there.sort();
+        let stamp = there.into_iter().rev().find(|s| {
+            at_source.contains(s)
+                && to.summary_says_validated(s)
+                && super::same_snapshot(from, to, s)
+        })?;
+        let from_manifest = from.read_manifest(&stamp, ReadFrom::Cache).ok()?;
+        let to_manifest = to.read_manifest(&stamp, ReadFrom::Cache).ok()?;
+        Some(Baseline::copied(&from_manifest, &to_manifest))
+    }
+
+    /// The destination's trees by path (what new trees are built against).
+    pub fn trees(&self) -> HashMap<Vec<u8>, ListRef> {
+        self.files
+            .iter()
+            .map(|(path, (_, list))| (path.clone(), *list))
+            .collect()
+    }
+
+    /// The destination's tree for `f` at `path` when `f` lists what it
+    /// listed then (the same tree, or the same ids).
+    pub fn unchanged(&self, path: &[u8], f: &FileEntry) -> Option<ListRef> {
+        let (then, list) = self.files.get(path)?;
+        (then.size == f.size && then.list == f.list).then_some(*list)
+    }
+
+    /// Teaches `ids` the destination id of every chunk `path` listed then,
+    /// once its first pair is proved (read at the source and re-hashed).
+    /// False when there is nothing to learn or a list does not read (the
+    /// chunks are then read as without a baseline: never wrong, only slower).
+    pub fn learn(
+        &self,
+        path: &[u8],
+        (from, from_index): (&Store, &ChunkIndex),
+        (to, to_index): (&Store, &ChunkIndex),
+        ids: &mut IdMap<Id>,
+    ) -> bool {
+        let Some((then, list)) = self.files.get(path) else {
+            return false;
+        };
+        let theirs = FileEntry {
+            list: ChunkList::Tree(*list),
+            ..then.clone()
+        };
+        let (Ok(mut ours), Ok(mut theirs)) = (
+            from.file_chunks(from_index, then),
+            to.file_chunks(to_index, &theirs),
+        ) else {
+            return false;
+        };
+        let (Some(Ok(first)), Some(Ok(first_there))) = (ours.next(), theirs.next()) else {
+            return false;
+        };
+        match from.read_chunk(from_index, &first) {
+            Ok(raw) if to.sealer().chunk_id(&raw) == first_there => {}
+            _ => return false,
+        }
+        ids.insert(first, first_there);
+        for pair in ours.zip(theirs) {
+            let (Ok(a), Ok(b)) = pair else { return false };
+            ids.insert(a, b);
+        }
+        true
+    }
+}
