@@ -7,6 +7,8 @@
 //! only the chunks its earlier version did not hold. Without this, every
 //! run re-read and re-hashed every chunk of every snapshot it copied (a
 //! daily copy to an off-site store of its own key read the whole runtime).
+//! Across runs only into a local store: a bucket's trees would come through
+//! the spool, whole packs downloaded for their list blobs.
 //!
 //! Trust: an earlier snapshot counts only when the destination vouches for
 //! what its published snapshots hold (as a same-key copy trusts their

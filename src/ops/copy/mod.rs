@@ -266,7 +266,10 @@ fn copy_wanted(
         let mut to_index = to.load_index_for_writes()?;
         let vouched = summaries_vouch(to, &to_index);
         let trust_published = keep_trees && vouched;
-        let baseline = (!same_ids)
+        // Not from a bucket: its trees would come through the spool, whole
+        // packs downloaded for their list blobs (about the last run's
+        // upload, again); within a run, the builder reads them anyway.
+        let baseline = (!same_ids && !to.is_remote())
             .then(|| Baseline::published(from, to, vouched))
             .flatten();
         let mut copier = Copier {
