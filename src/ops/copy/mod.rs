@@ -566,22 +566,26 @@ impl Copier<'_> {
                     self.progress.advance(f.size);
                     continue;
                 }
-                if let (Some(baseline), Some(map)) = (&self.baseline, &mut self.ids) {
-                    baseline.learn(
-                        &entry.path,
-                        (self.from, self.from_index),
-                        (self.to, &*self.to_index),
-                        map,
-                    );
-                }
                 let ids = match self.from.file_chunk_ids(self.from_index, f) {
                     Ok(ids) => ids,
                     Err(e) => return Ok(Err(e)),
                 };
-                if let Err(e) = self.send(&ids)? {
+                let known = self.baseline.as_ref().and_then(|b| {
+                    b.known(
+                        &entry.path,
+                        &ids,
+                        (self.from, self.from_index),
+                        (self.to, &*self.to_index),
+                    )
+                });
+                let sent = match &known {
+                    Some(known) => self.send(&unknown(&ids, known))?,
+                    None => self.send(&ids)?,
+                };
+                if let Err(e) = sent {
                     return Ok(Err(e));
                 }
-                let built = self.build_tree(&entry.path, f, &ids)?;
+                let built = self.build_tree(&entry.path, f, &ids, known.as_deref())?;
                 trees.insert(entry.path.clone(), built);
             }
             self.progress.advance(f.size);
@@ -633,13 +637,20 @@ impl Copier<'_> {
     }
 
     /// Builds file `f`'s tree at the destination from its source chunk
-    /// ids, renamed with their destination ids, against the previously
-    /// copied snapshot's tree of the same path; `f` then holds its root.
-    fn build_tree(&mut self, path: &[u8], f: &mut FileEntry, ids: &[Id]) -> Result<ListRef> {
+    /// ids, renamed with their destination ids (`known` from a baseline,
+    /// the rest as `send` mapped them), against the previously copied
+    /// snapshot's tree of the same path; `f` then holds its root.
+    fn build_tree(
+        &mut self,
+        path: &[u8],
+        f: &mut FileEntry,
+        ids: &[Id],
+        known: Option<&[Option<Id>]>,
+    ) -> Result<ListRef> {
         let mapped;
         let ids = match &self.ids {
             Some(map) => {
-                mapped = map_ids(ids, map)?;
+                mapped = map_ids(ids, known, map)?;
                 &mapped[..]
             }
             None => ids,
@@ -858,13 +869,24 @@ impl Copier<'_> {
 
 /// Renames a file's chunks with their destination ids (each was mapped by
 /// `send_chunks`; a gap would be a bug, refused, never published).
-fn map_ids(ids: &[Id], map: &IdMap<Id>) -> Result<Vec<Id>> {
+fn map_ids(ids: &[Id], known: Option<&[Option<Id>]>, map: &IdMap<Id>) -> Result<Vec<Id>> {
     ids.iter()
-        .map(|id| {
-            map.get(id)
-                .copied()
+        .enumerate()
+        .map(|(i, id)| {
+            known
+                .and_then(|k| k.get(i).copied().flatten())
+                .or_else(|| map.get(id).copied())
                 .ok_or_else(|| Error::CopyIdUnmapped { id: id.to_string() })
         })
+        .collect()
+}
+
+/// The ids a baseline did not name (what is left to read and re-hash).
+fn unknown(ids: &[Id], known: &[Option<Id>]) -> Vec<Id> {
+    ids.iter()
+        .enumerate()
+        .filter(|(i, _)| known.get(*i).copied().flatten().is_none())
+        .map(|(_, id)| *id)
         .collect()
 }
 

@@ -36,8 +36,17 @@ fn map_ids_maps_every_chunk_and_refuses_a_gap() {
     let (a, b, c) = (Id::hash(b"a"), Id::hash(b"b"), Id::hash(b"c"));
     let mut ids = IdMap::default();
     ids.insert(a, c);
-    let e = map_ids(&[a, b, a], &ids).unwrap_err();
+    let e = map_ids(&[a, b, a], None, &ids).unwrap_err();
     assert!(matches!(e, Error::CopyIdUnmapped { .. }), "{e}");
     ids.insert(b, a);
-    assert_eq!(map_ids(&[a, b, a], &ids).unwrap(), vec![c, a, c]);
+    assert_eq!(map_ids(&[a, b, a], None, &ids).unwrap(), vec![c, a, c]);
+    // What a baseline names comes first, position by position.
+    let known = [None, Some(b), None];
+    let e = map_ids(&[a, c, c], Some(&known), &ids).unwrap_err();
+    assert!(matches!(e, Error::CopyIdUnmapped { .. }), "{e}");
+    assert_eq!(
+        map_ids(&[a, b, a], Some(&known), &ids).unwrap(),
+        vec![c, b, c]
+    );
+    assert_eq!(unknown(&[a, b, c], &known), vec![a, c]);
 }
