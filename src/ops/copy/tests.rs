@@ -1,4 +1,6 @@
-//! Unit tests of `copy` on stores in temp folders.
+//! Unit tests of `copy` on stores in temp folders: an empty store, and
+//! the id renaming of a re-keying copy.
+//! (compiled only for tests: `#[cfg(test)] mod tests;` in mod.rs).
 
 use super::*;
 use crate::progress::NoProgress;
