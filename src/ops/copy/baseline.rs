@@ -33,10 +33,26 @@ pub(super) struct Baseline {
     files: HashMap<Vec<u8>, (FileEntry, ListRef)>,
 }
 
+/// A snapshot's files as the source holds them, by path: format-2 trees
+/// only (a format-1 list is every id of the file, too large to keep for
+/// the next snapshot; such a source is read whole, as before).
+pub(super) type SourceFiles = HashMap<Vec<u8>, FileEntry>;
+
+/// What a [`Baseline`] keeps of a snapshot read at the source.
+pub(super) fn source_files(m: &Manifest) -> SourceFiles {
+    m.entries
+        .iter()
+        .filter_map(|e| {
+            let f = e.file()?;
+            matches!(f.list, ChunkList::Tree(_)).then(|| (e.path.clone(), f.clone()))
+        })
+        .collect()
+}
+
 impl Baseline {
-    /// A snapshot this run copied: `from` as read at the source, `to` as
-    /// published at the destination.
-    pub fn copied(from: &Manifest, to: &Manifest) -> Baseline {
+    /// A snapshot this run copied: its files as read at the source, and
+    /// the manifest published at the destination.
+    pub fn copied(from: SourceFiles, to: &Manifest) -> Baseline {
         let theirs: HashMap<&[u8], ListRef> = to
             .entries
             .iter()
@@ -46,12 +62,10 @@ impl Baseline {
             })
             .collect();
         let files = from
-            .entries
-            .iter()
-            .filter_map(|e| {
-                let f = e.file()?;
-                let list = *theirs.get(&e.path[..])?;
-                (list.chunks == f.list.len()).then(|| (e.path.clone(), (f.clone(), list)))
+            .into_iter()
+            .filter_map(|(path, f)| {
+                let list = *theirs.get(&path[..])?;
+                (list.chunks == f.list.len()).then_some((path, (f, list)))
             })
             .collect();
         Baseline { files }
@@ -74,7 +88,7 @@ impl Baseline {
         })?;
         let from_manifest = from.read_manifest(&stamp, ReadFrom::Cache).ok()?;
         let to_manifest = to.read_manifest(&stamp, ReadFrom::Cache).ok()?;
-        Some(Baseline::copied(&from_manifest, &to_manifest))
+        Some(Baseline::copied(source_files(&from_manifest), &to_manifest))
     }
 
     /// The destination's trees by path (what new trees are built against).

@@ -504,7 +504,10 @@ impl Copier<'_> {
             Ok(v) => v,
             Err(e) => return Ok(Outcome::Failed(e)),
         };
-        let as_read = self.ids.is_some().then(|| manifest.clone());
+        let as_read = self
+            .ids
+            .is_some()
+            .then(|| baseline::source_files(&manifest));
         if let Err(e) = self.send_snapshot(stamp, &mut manifest)? {
             return Ok(Outcome::Failed(e));
         }
@@ -517,7 +520,7 @@ impl Copier<'_> {
         {
             self.published_roots.extend(tree_roots(&manifest));
             if let Some(as_read) = as_read {
-                self.baseline = Some(Baseline::copied(&as_read, &manifest));
+                self.baseline = Some(Baseline::copied(as_read, &manifest));
             }
             Ok(Outcome::Copied)
         } else {
