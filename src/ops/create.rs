@@ -8,8 +8,8 @@
 //!    reader thread reads, cuts and hashes a batch ahead; the packer's
 //!    encoder threads compress frames; its publisher finishes full packs),
 //!    skipping chunks the store already has, and build each file's list
-//!    tree as its ids come (list blobs, `store::lists`, `create/
-//!    stream_list.rs`) against the previous snapshot's tree of the same
+//!    tree as its ids come (list blobs, `store::lists`,
+//!    `store/list_stream.rs`) against the previous snapshot's tree of the same
 //!    path (`create/capture.rs`);
 //! 4. flush the last pack and wait for every pack being published (fsync,
 //!    rename);
@@ -39,7 +39,6 @@ use crate::store::Store;
 mod capture;
 mod pipeline;
 mod previous;
-mod stream_list;
 
 use capture::Capture;
 use previous::{newest_manifest, unresolved_references};

@@ -30,6 +30,7 @@ pub mod index;
 mod index_cache_tests;
 pub mod key;
 pub mod layout;
+pub mod list_stream;
 pub mod lists;
 pub mod location;
 pub mod lock;

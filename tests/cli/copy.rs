@@ -489,6 +489,18 @@ fn plain_to_repokey_to_plain_and_between_keys_re_encrypts() {
 /// run once re-read and re-hashed every chunk of every snapshot.
 #[test]
 fn a_re_keying_copy_reads_only_what_changed_since_the_last_copy() {
+    re_keying_copy_reads_only_what_changed(None);
+}
+
+/// The same with files sent and renamed three chunks at a time: windows
+/// end inside leaves and frames, and between the two lists' first pair
+/// and the rest; a chunk met again in a later window is found again.
+#[test]
+fn a_re_keying_copy_in_windows_of_three_chunks_builds_the_same_snapshot() {
+    re_keying_copy_reads_only_what_changed(Some("3"));
+}
+
+fn re_keying_copy_reads_only_what_changed(window: Option<&str>) {
     let env = Env::fixture();
     let (a, b) = two_snapshots(&env);
     let enc = env.dir.path().join("enc");
@@ -500,16 +512,27 @@ fn a_re_keying_copy_reads_only_what_changed_since_the_last_copy() {
     );
     assert_eq!(init.code, 0, "{init:?}");
     let copy_enc = || {
-        run_cmd(
-            on(&env, &env.store)
-                .args(["copy", "--to"])
-                .arg(&enc)
-                .env("ATOSNAP_TO_PASSWORD", "enc secret"),
-        )
+        let mut cmd = on(&env, &env.store);
+        cmd.args(["copy", "--to"])
+            .arg(&enc)
+            .env("ATOSNAP_TO_PASSWORD", "enc secret");
+        if let Some(n) = window {
+            cmd.env("ATOSNAP_TEST_COPY_WINDOW", n);
+        }
+        run_cmd(&mut cmd)
     };
     let first = copy_enc();
     assert_eq!(first.code, 0, "{first:?}");
-    assert_eq!(first.strings("snapshots_copied"), vec![a, b.clone()]);
+    assert_eq!(
+        first.strings("snapshots_copied"),
+        vec![a.clone(), b.clone()]
+    );
+    for stamp in [&a, &b] {
+        assert_eq!(
+            restored(&env, &enc, stamp, &pw),
+            restored(&env, &env.store, stamp, &[])
+        );
+    }
 
     change_db(&env, "probe_c");
     let c = env.create(&["--chroma", "--at", "2026-04-12T12:00:00Z"]);

@@ -18,12 +18,14 @@
 //! destination lists first (another snapshot under the same stamp cannot
 //! pass for the copy).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::id::Id;
 use crate::stamp::Stamp;
 use crate::store::index::ChunkIndex;
-use crate::store::lists::ListRef;
+use crate::store::list_stream::SharedBlobs;
+use crate::store::lists::{ListIter, ListRef};
 use crate::store::manifest::{ChunkList, FileEntry, Manifest};
 use crate::store::{ReadFrom, Store};
 
@@ -106,28 +108,29 @@ impl Baseline {
         (then.size == f.size && then.list == f.list).then_some(*list)
     }
 
-    /// For each of `ids` (the file at `path` now), its destination id when
-    /// the file listed the same chunk at the same place then (SQLite pages
-    /// and HNSW blocks keep their places; a content-defined file matches
-    /// up to its first shift): what need not be read. None when there is
-    /// no earlier version, or its first pair does not check out (read at
-    /// the source and re-hashed). A list that stops reading part-way leaves
-    /// the rest unknown: never wrong, only read as without a baseline.
-    /// Memory: 33 bytes per chunk of the file, for the file's copy only.
-    pub fn known(
+    /// A cursor naming, window by window, the destination id of each chunk
+    /// the file at `path` lists at the place its earlier version listed it
+    /// (SQLite pages and HNSW blocks keep their places; a content-defined
+    /// file matches up to its first shift): what need not be read. None
+    /// when there is no earlier version, or its first pair does not check
+    /// out (read at the source and re-hashed).
+    pub fn cursor<'a>(
         &self,
         path: &[u8],
-        ids: &[Id],
-        (from, from_index): (&Store, &ChunkIndex),
-        (to, to_index): (&Store, &ChunkIndex),
-    ) -> Option<Vec<Option<Id>>> {
+        (from, from_index): (&'a Store, &'a ChunkIndex),
+        (to, to_index): (&'a Store, &'a RefCell<ChunkIndex>),
+    ) -> Option<KnownCursor<'a>> {
         let (then, list) = self.files.get(path)?;
-        let theirs = FileEntry {
-            list: ChunkList::Tree(*list),
-            ..then.clone()
+        let ChunkList::Tree(ours) = &then.list else {
+            return None;
         };
-        let mut ours = from.file_chunks(from_index, then).ok()?;
-        let mut theirs = to.file_chunks(to_index, &theirs).ok()?;
+        let blobs = SharedBlobs {
+            store: to,
+            index: to_index,
+        };
+        let mut ours =
+            ListIter::new(from.list_blobs(from_index), &from.list_params(), ours).ok()?;
+        let mut theirs = ListIter::new(blobs, &to.list_params(), list).ok()?;
         let (Some(Ok(first)), Some(Ok(first_there))) = (ours.next(), theirs.next()) else {
             return None;
         };
@@ -135,14 +138,58 @@ impl Baseline {
             Ok(raw) if to.sealer().chunk_id(&raw) == first_there => {}
             _ => return None,
         }
-        let mut known = vec![None; ids.len()];
-        let pairs = std::iter::once((Ok(first), Ok(first_there))).chain(ours.zip(theirs));
-        for ((now, slot), pair) in ids.iter().zip(known.iter_mut()).zip(pairs) {
-            let (Ok(a), Ok(b)) = pair else { break };
+        Some(KnownCursor {
+            first: Some((first, first_there)),
+            ours,
+            theirs,
+            ended: false,
+        })
+    }
+}
+
+/// The earlier version of a file at both stores, walked in step (see
+/// [`Baseline::cursor`]). Memory: one leaf of each tree, and the window's
+/// names (33 bytes per chunk of the window).
+pub(super) struct KnownCursor<'a> {
+    /// The checked first pair, not yet handed out.
+    first: Option<(Id, Id)>,
+    ours: ListIter<'a>,
+    theirs: ListIter<'a>,
+    /// A list stopped (a blob unread, or the earlier version ended).
+    ended: bool,
+}
+
+impl KnownCursor<'_> {
+    /// For each of `window` (the file's next ids now), its destination id
+    /// when the earlier version listed that chunk at that place. A list
+    /// that stops reading part-way leaves the rest unknown: never wrong,
+    /// only read as without a baseline.
+    pub fn next_window(&mut self, window: &[Id]) -> Vec<Option<Id>> {
+        let mut named = vec![None; window.len()];
+        for (now, slot) in window.iter().zip(named.iter_mut()) {
+            let Some((a, b)) = self.next_pair() else {
+                break;
+            };
             if *now == a {
                 *slot = Some(b);
             }
         }
-        Some(known)
+        named
+    }
+
+    fn next_pair(&mut self) -> Option<(Id, Id)> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        if self.ended {
+            return None;
+        }
+        match (self.ours.next(), self.theirs.next()) {
+            (Some(Ok(a)), Some(Ok(b))) => Some((a, b)),
+            _ => {
+                self.ended = true;
+                None
+            }
+        }
     }
 }

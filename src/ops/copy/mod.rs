@@ -57,7 +57,10 @@ use crate::stamp::Stamp;
 use crate::store::audit_log::{self, CopyRecord, RecordedError};
 use crate::store::index::{ChunkIndex, Location};
 use crate::store::layout::PackLayout;
-use crate::store::lists::{ListRef, Reached};
+use crate::store::list_stream::{
+    index_mut, index_ref, store_waiting, SharedBlobs, Waiting, WaitingSink,
+};
+use crate::store::lists::{LeafCut, ListBuilder, ListRef, Reached};
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{ChunkList, EntryKind, FileEntry, Manifest};
 use crate::store::pack2::{EncodedFrame, FrameKind};
@@ -65,6 +68,7 @@ use crate::store::packer::Packer;
 use crate::store::ReadFrom;
 use crate::store::{ChunkFault, Object, Store};
 use baseline::Baseline;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// Raw bytes of source chunks handled per parallel batch: bounds memory
@@ -76,6 +80,20 @@ const COPY_FRAMES_KEPT: usize = 4;
 /// Ids of a file's tree walked before what they name is sent (2 MiB of
 /// ids; a frame moves whole only within one such window).
 const SEND_IDS: usize = 65_536;
+/// Ids of a file whose tree is rebuilt (a re-keying copy, or one from a
+/// format-1 store) sent, renamed and added to the new tree at a time: 64 MiB
+/// of 4 KiB chunks; the window's id map then holds at most 2 MiB.
+const REBUILD_WINDOW: usize = 16_384;
+
+/// [`REBUILD_WINDOW`], or `ATOSNAP_TEST_COPY_WINDOW=<n>` (a test hook: a
+/// small runtime's files then span many windows).
+fn rebuild_window() -> usize {
+    std::env::var("ATOSNAP_TEST_COPY_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(REBUILD_WINDOW)
+}
 /// Failpoint (see [`crate::failpoint::hit`]): the process dies after a
 /// snapshot's packs are durable at the destination and before its manifest
 /// is published. `copy_after_packs:<stamp>` picks the snapshot.
@@ -263,8 +281,8 @@ fn copy_wanted(
     if !pending.is_empty() {
         to.clean_tmp(None)?;
         let from_index = from.load_index()?;
-        let mut to_index = to.load_index_for_writes()?;
-        let vouched = summaries_vouch(to, &to_index);
+        let to_index = RefCell::new(to.load_index_for_writes()?);
+        let vouched = summaries_vouch(to, &*index_ref(&to_index)?);
         let trust_published = keep_trees && vouched;
         // Not from a bucket: its trees would come through the spool, whole
         // packs downloaded for their list blobs (about the last run's
@@ -277,7 +295,7 @@ fn copy_wanted(
             to,
             to_lock: &to_lock,
             from_index: &from_index,
-            to_index: &mut to_index,
+            to_index: &to_index,
             packer: Packer::new(to),
             ids: (!same_ids).then(IdMap::default),
             keep_trees,
@@ -320,7 +338,7 @@ fn copy_wanted(
         }
         // Chunks of a failed snapshot already in the open pack are sound:
         // kept, so a rerun after the source is repaired need not send them.
-        copier.packer.flush(copier.to_index)?;
+        copier.packer.flush(&mut *index_mut(&to_index)?)?;
         result.chunks_sent = copier.chunks_sent;
         result.bytes_sent = copier.packer.bytes_written();
     }
@@ -400,10 +418,14 @@ struct Copier<'a> {
     /// The destination's lock: publishing checks it is still held.
     to_lock: &'a SharedLock,
     from_index: &'a ChunkIndex,
-    to_index: &'a mut ChunkIndex,
+    /// The destination's index: the packer adds to it while a tree being
+    /// built reads its old version through it (see `store::list_stream`).
+    to_index: &'a RefCell<ChunkIndex>,
     packer: Packer<'a>,
-    /// Source id to destination id, when the stores name chunks
-    /// differently (None when the ids are the same).
+    /// Source id to destination id of the chunks the current window of a
+    /// file sent or found (see [`Copier::send_rebuilt`]), when the stores
+    /// name chunks differently (None when the ids are the same). Emptied
+    /// for each window: memory follows the window, not the run.
     ids: Option<IdMap<Id>>,
     /// Trees are sent as they are (see the module's doc).
     keep_trees: bool,
@@ -511,7 +533,7 @@ impl Copier<'_> {
         if let Err(e) = self.send_snapshot(stamp, &mut manifest)? {
             return Ok(Outcome::Failed(e));
         }
-        self.packer.flush(self.to_index)?;
+        self.packer.flush(&mut *index_mut(self.to_index)?)?;
         crate::failpoint::hit(|| FAILPOINT_AFTER_PACKS.to_string());
         crate::failpoint::hit(|| format!("{FAILPOINT_AFTER_PACKS}:{stamp}"));
         if self
@@ -569,27 +591,10 @@ impl Copier<'_> {
                     self.progress.advance(f.size);
                     continue;
                 }
-                let ids = match self.from.file_chunk_ids(self.from_index, f) {
-                    Ok(ids) => ids,
+                match self.send_rebuilt(&entry.path, f)? {
+                    Ok(built) => trees.insert(entry.path.clone(), built),
                     Err(e) => return Ok(Err(e)),
                 };
-                let known = self.baseline.as_ref().and_then(|b| {
-                    b.known(
-                        &entry.path,
-                        &ids,
-                        (self.from, self.from_index),
-                        (self.to, &*self.to_index),
-                    )
-                });
-                let sent = match &known {
-                    Some(known) => self.send(&unknown(&ids, known))?,
-                    None => self.send(&ids)?,
-                };
-                if let Err(e) = sent {
-                    return Ok(Err(e));
-                }
-                let built = self.build_tree(&entry.path, f, &ids, known.as_deref())?;
-                trees.insert(entry.path.clone(), built);
             }
             self.progress.advance(f.size);
         }
@@ -639,39 +644,76 @@ impl Copier<'_> {
         self.send(&ids)
     }
 
-    /// Builds file `f`'s tree at the destination from its source chunk
-    /// ids, renamed with their destination ids (`known` from a baseline,
-    /// the rest as `send` mapped them), against the previously copied
-    /// snapshot's tree of the same path; `f` then holds its root.
-    fn build_tree(
-        &mut self,
-        path: &[u8],
-        f: &mut FileEntry,
-        ids: &[Id],
-        known: Option<&[Option<Id>]>,
-    ) -> Result<ListRef> {
-        let mapped;
-        let ids = match &self.ids {
-            Some(map) => {
-                mapped = map_ids(ids, known, map)?;
-                &mapped[..]
-            }
-            None => ids,
-        };
+    /// Sends what the destination lacks of file `f` and builds its tree
+    /// there as the chunks go, [`rebuild_window`] ids at a time: each
+    /// window's ids are renamed with their destination ids (those a
+    /// [`Baseline`] knows, the rest as `send` mapped them) and pushed into
+    /// the new tree, built against the previously copied snapshot's tree of
+    /// the same path; `f` then holds its root. Memory follows the window,
+    /// not the file. The inner error is damage at the source.
+    fn send_rebuilt(&mut self, path: &[u8], f: &mut FileEntry) -> Result<Result<ListRef>> {
+        let (from, from_index, to, index) = (self.from, self.from_index, self.to, self.to_index);
+        let params = to.list_params();
+        let sealer = to.sealer().clone();
+        let id_of = move |b: &[u8]| sealer.chunk_id(b);
         // Only fixed-block or content-defined matters for the leaves.
         let page = f.sqlite.then_some(4096);
-        let strategy = chunk::strategy_for(path, page, &self.to.config().chunking);
-        let built = self.packer.add_list(
-            self.to_index,
-            &strategy,
-            ids,
-            self.prev_trees
-                .get(path)
-                .map(std::slice::from_ref)
-                .unwrap_or_default(),
-        )?;
+        let strategy = chunk::strategy_for(path, page, &to.config().chunking);
+        let waiting = RefCell::new(Waiting::default());
+        let old_blobs = SharedBlobs { store: to, index };
+        let mut sink = WaitingSink(&waiting);
+        let cut = LeafCut::for_strategy(&strategy, &params);
+        let mut builder = ListBuilder::new(&params, cut, &id_of, &mut sink)?;
+        if let Some(old) = self.prev_trees.get(path).copied() {
+            builder = builder.with_old(&old_blobs, &old);
+        }
+        let mut known = self
+            .baseline
+            .as_ref()
+            .and_then(|b| b.cursor(path, (from, from_index), (to, index)));
+        let mut ours = match from.file_chunks(from_index, f) {
+            Ok(ours) => ours,
+            Err(e) => return Ok(Err(e)),
+        };
+        let size = rebuild_window();
+        let mut window = Vec::with_capacity(size);
+        loop {
+            window.clear();
+            for id in ours.by_ref().take(size) {
+                match id {
+                    Ok(id) => window.push(id),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            if window.is_empty() {
+                break;
+            }
+            let named = known.as_mut().map(|k| k.next_window(&window));
+            if let Some(ids) = &mut self.ids {
+                ids.clear();
+            }
+            let sent = match &named {
+                Some(named) => self.send(&unknown(&window, named))?,
+                None => self.send(&window)?,
+            };
+            if let Err(e) = sent {
+                return Ok(Err(e));
+            }
+            match &self.ids {
+                Some(map) => {
+                    for id in map_ids(&window, named.as_deref(), map)? {
+                        builder.push(id)?;
+                    }
+                }
+                None => window.iter().try_for_each(|id| builder.push(*id))?,
+            }
+            store_waiting(&mut self.packer, index, &waiting)?;
+        }
+        drop(ours);
+        let built = builder.finish()?;
+        store_waiting(&mut self.packer, index, &waiting)?;
         f.list = ChunkList::Tree(built.list);
-        Ok(built.list)
+        Ok(Ok(built.list))
     }
 
     /// Sends the chunks of `ids` the destination lacks, in batches of about
@@ -684,7 +726,7 @@ impl Copier<'_> {
         let mut batch = Batch::default();
         for (at, id) in ids.iter().enumerate() {
             let todo = match &self.ids {
-                None => !self.packer.has(self.to_index, id)?,
+                None => !self.packer.has(&*index_ref(self.to_index)?, id)?,
                 Some(ids) => !ids.contains_key(id),
             };
             if !todo || batch.has(id) {
@@ -748,7 +790,8 @@ impl Copier<'_> {
             return Ok(false);
         };
         let chunks = layout.frame_chunks(fi);
-        let to_index = &*self.to_index;
+        let to_index = index_ref(self.to_index)?;
+        let to_index = &*to_index;
         let runs_ahead =
             chunks.len() <= ahead.len() && chunks.iter().zip(ahead).all(|(c, id)| c.id == *id);
         let mut clash = !runs_ahead;
@@ -776,14 +819,18 @@ impl Copier<'_> {
         };
         for frame in moved {
             self.chunks_sent += frame.chunks.len() as u64;
-            self.packer.add_frame(self.to_index, frame)?;
+            self.packer
+                .add_frame(&mut *index_mut(self.to_index)?, frame)?;
         }
         let ready = match self.prepare(&batch.order) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
         for r in ready.into_iter().flatten() {
-            if self.packer.add_raw(self.to_index, r.id, &r.raw)? {
+            if self
+                .packer
+                .add_raw(&mut *index_mut(self.to_index)?, r.id, &r.raw)?
+            {
                 self.chunks_sent += 1;
             }
         }
@@ -841,7 +888,8 @@ impl Copier<'_> {
         let index = self.from_index;
         let rewrite = self.ids.is_some();
         let packer = &self.packer;
-        let to_index = &*self.to_index;
+        let to_index = index_ref(self.to_index)?;
+        let to_index = &*to_index;
         let prepared: Vec<std::result::Result<(Id, Option<Ready>), Error>> = batch
             .par_iter()
             .map(|id| {

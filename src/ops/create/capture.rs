@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 
 use super::pipeline;
 use super::previous::Previous;
-use super::stream_list::{busy, store_waiting, SharedBlobs, Waiting, WaitingSink};
 use crate::chunk::{self, Strategy};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::sources::{self, chroma, sqlite};
 use crate::store::index::ChunkIndex;
+use crate::store::list_stream::{busy, store_waiting, SharedBlobs, Waiting, WaitingSink};
 use crate::store::lists::{LeafCut, ListBuilder, ListRef};
 use crate::store::manifest::{
     ChunkList, Entry, EntryKind, FileEntry, SourceStat, WalSource, CHROMA_PREFIX, REGISTRY_PATH,
@@ -203,7 +203,7 @@ impl<'a> Capture<'a> {
     }
 
     /// [`store_stream`](Capture::store_stream) with the index shared by
-    /// the packer and the list builder (`stream_list`). With one old tree
+    /// the packer and the list builder (`store::list_stream`). With one old tree
     /// or none (every file but those of a suspect previous snapshot) the
     /// ids stream into the builder; otherwise they are collected and
     /// `Packer::add_list` tries each old tree in turn.

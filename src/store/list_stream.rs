@@ -1,13 +1,13 @@
-//! A changed file's list tree built while its chunks are stored (design
-//! §2.1): the ids go into the `ListBuilder` batch by batch and are never
-//! collected whole, and the new list blobs are stored between batches, so
-//! a capture's memory does not grow with a file's chunk count (a 4 GiB
-//! file has a million ids: 32 MB as a vector, as much again as list
-//! blobs).
+//! A file's list tree built while its chunks are stored (design §2.1), by
+//! `create` and by a copy that rebuilds trees: the ids go into the
+//! `ListBuilder` batch by batch and are never collected whole, and the new
+//! list blobs are stored between batches, so memory does not grow with a
+//! file's chunk count (a 4 GiB file has a million ids: 32 MB as a vector,
+//! as much again as list blobs).
 //!
 //! The builder reads the old tree through the chunk index while the
 //! packer adds published packs to it: both borrow it from one `RefCell`,
-//! in turn, on the capturing thread.
+//! in turn, on one thread.
 
 use std::cell::RefCell;
 
@@ -19,27 +19,26 @@ use crate::store::packer::Packer;
 use crate::store::Store;
 
 /// The store's list blobs, read through the shared chunk index.
-pub(super) struct SharedBlobs<'a> {
+pub struct SharedBlobs<'a> {
     pub store: &'a Store,
     pub index: &'a RefCell<ChunkIndex>,
 }
 
 impl BlobSource for SharedBlobs<'_> {
     fn get(&self, id: &Id) -> Result<Vec<u8>> {
-        let index = self.index.try_borrow().map_err(|_| busy())?;
-        self.store.list_blobs(&index).get(id)
+        self.store.list_blobs(&*index_ref(self.index)?).get(id)
     }
 }
 
 /// New list blobs waiting to be stored (each once).
 #[derive(Default)]
-pub(super) struct Waiting {
+pub struct Waiting {
     blobs: Vec<(Id, Vec<u8>)>,
     seen: IdSet,
 }
 
 /// The builder's sink: blobs wait in [`Waiting`] until [`store_waiting`].
-pub(super) struct WaitingSink<'a>(pub &'a RefCell<Waiting>);
+pub struct WaitingSink<'a>(pub &'a RefCell<Waiting>);
 
 impl BlobSink for WaitingSink<'_> {
     fn put(&mut self, id: Id, bytes: Vec<u8>) -> Result<()> {
@@ -53,13 +52,13 @@ impl BlobSink for WaitingSink<'_> {
 
 /// Hands the waiting list blobs to the packer; returns how many were new
 /// to the store.
-pub(super) fn store_waiting(
+pub fn store_waiting(
     packer: &mut Packer,
     index: &RefCell<ChunkIndex>,
     waiting: &RefCell<Waiting>,
 ) -> Result<u64> {
     let blobs = std::mem::take(&mut waiting.try_borrow_mut().map_err(|_| busy())?.blobs);
-    let mut index = index.try_borrow_mut().map_err(|_| busy())?;
+    let mut index = index_mut(index)?;
     let mut new = 0;
     for (id, bytes) in blobs {
         if packer.add_list_blob(&mut index, id, &bytes)? {
@@ -69,9 +68,19 @@ pub(super) fn store_waiting(
     Ok(new)
 }
 
+/// `index` borrowed for writing (the packer's turn).
+pub fn index_mut(index: &RefCell<ChunkIndex>) -> Result<std::cell::RefMut<'_, ChunkIndex>> {
+    index.try_borrow_mut().map_err(|_| busy())
+}
+
+/// `index` borrowed for reading.
+pub fn index_ref(index: &RefCell<ChunkIndex>) -> Result<std::cell::Ref<'_, ChunkIndex>> {
+    index.try_borrow().map_err(|_| busy())
+}
+
 /// The index or the waiting blobs borrowed twice: a bug, reported rather
 /// than a panic.
-pub(super) fn busy() -> Error {
+pub fn busy() -> Error {
     Error::Encode {
         detail: "the chunk index was borrowed twice while a list was built".into(),
     }
