@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
 
 use super::index::ChunkIndex;
-use super::lists::{self, BlobSource, ListIter, ListParams, Reached};
+use super::lists::{self, BlobSource, ListIter, ListParams, Reached, Walked};
 use super::manifest::{ChunkList, FileEntry};
 use super::packs::ChunkFault;
 use super::Store;
@@ -125,13 +125,31 @@ impl Store {
         seen: &mut IdSet,
         visit: &mut dyn FnMut(Reached),
     ) -> Result<()> {
+        self.file_reach_in(index, f, seen, &mut |r, _| visit(r))
+            .map(drop)
+    }
+
+    /// [`Store::file_reach`], keeping what `walked` keeps of the nodes met
+    /// ([`lists::reach_in`]): `visit` is told each chunk's leaf number. A
+    /// format-1 list is one leaf of its own: its number is returned (None
+    /// for a tree, whose nodes' numbers are `walked`'s to say).
+    pub fn file_reach_in<W: Walked + ?Sized>(
+        &self,
+        index: &ChunkIndex,
+        f: &FileEntry,
+        walked: &mut W,
+        visit: &mut dyn FnMut(Reached, u32),
+    ) -> Result<Option<u32>> {
         match &f.list {
             ChunkList::Ids(ids) => {
-                ids.iter().for_each(|id| visit(Reached::Chunk(*id)));
-                Ok(())
+                let n = walked.flat();
+                ids.iter().for_each(|id| visit(Reached::Chunk(*id), n));
+                Ok(Some(n))
             }
             ChunkList::Tree(r) => {
-                lists::reach(&self.list_blobs(index), &self.list_params(), r, seen, visit)
+                let blobs = self.list_blobs(index);
+                lists::reach_in(&blobs, &self.list_params(), r, walked, visit)?;
+                Ok(None)
             }
         }
     }

@@ -16,7 +16,6 @@ use atosnap::stamp::Stamp;
 use atosnap::store::lists::{ListRef, Node};
 use atosnap::store::manifest::{ChunkList, EntryKind};
 use atosnap::store::packer::Packer;
-use atosnap::store::seal::Sealer;
 use atosnap::store::ReadFrom;
 
 fn u(v: &Value, field: &str) -> u64 {
@@ -70,14 +69,13 @@ fn list_of(env: &Env, stamp: &str, path: &str) -> ListRef {
 /// Replaces the list of `path` in snapshot `stamp` by `list`, with a valid
 /// (unkeyed) checksum: what anyone who can write a plain store can forge.
 fn forge_list(env: &Env, stamp: &str, path: &str, list: ListRef) {
-    let mut m = env.manifest(stamp);
-    for e in &mut m.entries {
-        if let (true, EntryKind::File(f)) = (e.path == path.as_bytes(), &mut e.kind) {
-            f.list = ChunkList::Tree(list);
+    env.forge_manifest(stamp, |m| {
+        for e in &mut m.entries {
+            if let (true, EntryKind::File(f)) = (e.path == path.as_bytes(), &mut e.kind) {
+                f.list = ChunkList::Tree(list);
+            }
         }
-    }
-    let bytes = m.encode(&Sealer::Plain).unwrap();
-    fs::write(env.snapshot_dir(stamp).join("manifest.bin"), bytes).unwrap();
+    });
 }
 
 /// Stores `nodes` as list blobs of the (plain) store; their ids.

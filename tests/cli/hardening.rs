@@ -7,23 +7,13 @@ use crate::support::{Out, Runtime as Env};
 use std::fs;
 use std::path::Path;
 
-use atosnap::store::manifest::{Entry, EntryKind, Manifest};
-use atosnap::store::seal::Sealer;
+use atosnap::store::manifest::{Entry, EntryKind};
 
 fn stamp_of(env: &Env) -> String {
     env.create(&["--chroma"])["stamp"]
         .as_str()
         .unwrap()
         .to_string()
-}
-
-/// Re-encodes snapshot `stamp`'s manifest after `edit`, as a writer of an
-/// unencrypted store can.
-fn forge(env: &Env, stamp: &str, edit: impl FnOnce(&mut Manifest)) {
-    let mut m = env.manifest(stamp);
-    edit(&mut m);
-    let bytes = m.encode(&Sealer::Plain).unwrap();
-    fs::write(env.snapshot_dir(stamp).join("manifest.bin"), bytes).unwrap();
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -75,7 +65,7 @@ fn entries_below_a_declared_symlink_are_refused_and_nothing_is_written_outside()
     let s1 = stamp_of(&env);
     let outside = env.dir.path().join("outside");
     fs::create_dir(&outside).unwrap();
-    forge(&env, &s1, |m| {
+    env.forge_manifest(&s1, |m| {
         let registry = m.registry().unwrap().clone();
         m.entries.push(Entry {
             path: b"chroma/x".to_vec(),
@@ -202,7 +192,7 @@ fn restore_to_the_live_runtime_under_another_name_is_refused() {
 fn a_forged_registry_size_is_never_allocated() {
     let env = Env::tiny();
     let s1 = stamp_of(&env);
-    forge(&env, &s1, |m| {
+    env.forge_manifest(&s1, |m| {
         let reg = m
             .entries
             .iter_mut()
@@ -243,7 +233,7 @@ fn a_far_future_snapshot_does_not_stand_in_for_the_previous_one() {
     let future = "99991231T235959Z";
     let dir = env.snapshot_dir(future);
     crate::support::copy_tree(&env.snapshot_dir(&s2), &dir);
-    forge(&env, future, |m| {
+    env.forge_manifest(future, |m| {
         m.stamp = future.to_string();
         m.entries.clear();
     });
@@ -263,7 +253,7 @@ fn a_far_future_snapshot_does_not_stand_in_for_the_previous_one() {
 fn include_below_a_chroma_dir_captured_through_a_link() {
     let env = Env::tiny();
     let s1 = stamp_of(&env);
-    forge(&env, &s1, |m| {
+    env.forge_manifest(&s1, |m| {
         let root = m.entries.iter_mut().find(|e| e.path == b"chroma").unwrap();
         root.kind = EntryKind::Symlink {
             target: b"/srv/elsewhere/chroma".to_vec(),
@@ -332,7 +322,7 @@ fn fifos_in_the_target_never_hang_a_restore() {
 fn validate_and_verify_refuse_what_restore_refuses_as_unsafe() {
     let env = Env::tiny();
     let stamp = stamp_of(&env);
-    forge(&env, &stamp, |m| {
+    env.forge_manifest(&stamp, |m| {
         m.entries.push(Entry {
             path: b"chroma/../escape".to_vec(),
             kind: EntryKind::Dir,

@@ -35,3 +35,4 @@ mod temp_owners;
 mod transport;
 mod verify;
 mod verify_repair;
+mod verify_sizes;

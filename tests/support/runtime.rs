@@ -158,6 +158,18 @@ impl Runtime {
             .unwrap()
     }
 
+    /// Re-encodes snapshot `stamp`'s manifest after `edit`, with a valid
+    /// (unkeyed) checksum: what anyone who can write an unencrypted store
+    /// can forge.
+    pub fn forge_manifest(&self, stamp: &str, edit: impl FnOnce(&mut Manifest)) {
+        let mut m = self.manifest(stamp);
+        edit(&mut m);
+        let bytes = m
+            .encode(&atosnap::store::seal::Sealer::Plain)
+            .expect("an encodable manifest");
+        fs::write(self.snapshot_dir(stamp).join("manifest.bin"), bytes).unwrap();
+    }
+
     pub fn snapshot_dir(&self, stamp: &str) -> PathBuf {
         self.store.join("snapshots").join(stamp)
     }

@@ -1,23 +1,26 @@
 //! The audit: every pack read and every chunk checked against its id,
-//! every manifest and summary read; what is damaged, missing or unreadable.
+//! every manifest and summary read, every file's recorded size checked
+//! against its chunks (`sizes`); what is damaged, missing or unreadable.
 
 use rayon::prelude::*;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::error::{Error, Result};
 use crate::id::{Id, IdSet};
-use crate::ops::mark::{self, locate, Mark, SpillDir};
+use crate::ops::mark::{self, locate, InLeaf, Mark, SpillDir, NO_LEAF};
 use crate::stamp::Stamp;
 use crate::store::chunk_index::Spillable;
-use crate::store::index::ChunkIndex;
-use crate::store::lists::Reached;
+use crate::store::index::{ChunkIndex, Location};
+use crate::store::lists::numbered::{self, UNKNOWN};
+use crate::store::lists::{Numbered, Reached};
 use crate::store::manifest::Manifest;
 use crate::store::pack;
 use crate::store::{ChunkFault, Dir, Object, PackLayout, ReadFrom, Store};
 
 use super::pack_check::{check_pack, rehash_packs, PackCheck};
-use super::report::{SampleReport, SnapshotHealth, VerifyReport};
+use super::report::{SampleReport, SizeMismatch, SnapshotHealth, VerifyReport};
 use super::sample::{Candidate, Sample};
+use super::sizes::Sizes;
 
 /// What the audit found, with what repair needs beyond the report.
 pub struct Audit {
@@ -35,6 +38,9 @@ pub struct Audit {
     /// This host's mark of lost packs as the audit's index refresh left
     /// it (see [`crate::store::index::ChunkIndex::losses_seen`]).
     pub losses_seen: Option<String>,
+    /// Per snapshot, the files whose recorded size their chunks do not
+    /// hold (damaged files of the report that repair cannot heal).
+    pub wrong_sizes: BTreeMap<String, Vec<SizeMismatch>>,
 }
 
 pub(super) fn audit(
@@ -73,11 +79,13 @@ pub(super) fn audit(
         readable,
         unreadable,
         lists_corrupt,
+        wrong_sizes,
         joined:
             Joined {
                 missing,
                 pack_live,
                 live_stored,
+                ..
             },
     } = marked?;
 
@@ -248,11 +256,16 @@ pub(super) fn audit(
 
     let mut covered: std::collections::BTreeMap<String, bool> =
         unreadable.iter().map(|s| (s.to_string(), false)).collect();
-    for (stamp, files) in files_of {
+    for (stamp, mut files) in files_of {
         let metadata_error = metadata_problem(store, &stamp);
+        let wrong = wrong_sizes.get(&stamp.to_string());
+        files
+            .damaged
+            .extend(wrong.into_iter().flatten().map(|w| w.path.clone()));
         let ok =
             files.damaged.is_empty() && metadata_error.is_none() && files.unreadable.is_empty();
-        if sample.is_none() || files.rehashed_all {
+        // A wrong size is the manifest's: known whatever was sampled.
+        if sample.is_none() || files.rehashed_all || wrong.is_some() {
             covered.insert(stamp.to_string(), ok);
         }
         report.snapshots.insert(
@@ -260,6 +273,7 @@ pub(super) fn audit(
             SnapshotHealth {
                 ok,
                 damaged_files: files.damaged.into_iter().collect(),
+                file_errors: wrong.into_iter().flatten().map(|w| w.to_string()).collect(),
                 error: None,
                 metadata_error,
                 unreadable_files: files.unreadable.into_iter().collect(),
@@ -282,6 +296,7 @@ pub(super) fn audit(
         covered,
         packs_read,
         losses_seen: index.losses_seen.clone(),
+        wrong_sizes,
     })
 }
 
@@ -341,54 +356,110 @@ struct Joined {
     /// Per pack: its frames' stored bytes split by the raw bytes of those
     /// chunks (what is not reclaimable in it).
     live_stored: Vec<u64>,
+    /// Per number of the mark's [`Numbered`]: for a leaf (or flat list),
+    /// the raw bytes of its chunks, each slot counted ([`UNKNOWN`] when one
+    /// is not indexed).
+    leaf_bytes: Vec<u64>,
 }
 
-/// Resolves each referenced id (sorted, each once) through the index, then
-/// sums the live bytes per pack and frame from a second sort by place.
-fn join(index: &ChunkIndex, spill: &SpillDir, referenced: mark::Marked<Id>) -> Result<Joined> {
+/// Resolves each referenced id (sorted, with its items of each leaf
+/// together) through the index, adding each chunk's raw bytes to the
+/// leaves that list it (`leaves` numbers); then sums the live bytes per
+/// pack and frame from a second sort by place.
+fn join(
+    index: &ChunkIndex,
+    spill: &SpillDir,
+    referenced: mark::Marked<InLeaf>,
+    leaves: usize,
+) -> Result<Joined> {
     let npacks = index.packs().len();
     let mut joined = Joined {
         missing: BTreeSet::new(),
         pack_live: vec![0; npacks],
         live_stored: vec![0; npacks],
+        leaf_bytes: vec![0; leaves],
     };
     let mut places = spill.sorter::<LiveChunk>();
     // A merge of two sorted streams, the referenced ids and the index's
     // records: sequential reads of the index cache, no lookup per id.
     let mut records = index.iter()?.peekable();
-    for id in referenced {
-        let id = id?;
-        let mut found = None;
-        while let Some(item) = records.peek() {
-            match item {
-                Ok((rid, _)) if *rid < id => {}
-                Ok((rid, loc)) => {
-                    found = (*rid == id).then_some(*loc);
-                    break;
-                }
-                Err(_) => {}
+    // The id of the items before and where it is: the next leaves listing
+    // it take its raw length from here.
+    let mut last: Option<(Id, Option<Location>)> = None;
+    for item in referenced {
+        let InLeaf { id, leaf, count } = item?;
+        let found = match last {
+            Some((l, found)) if l == id => found,
+            _ => {
+                let found = place(&mut records, &id)?;
+                live(&mut joined, &mut places, id, found)?;
+                last = Some((id, found));
+                found
             }
-            if let Some(Err(e)) = records.next() {
-                return Err(e);
-            }
+        };
+        if leaf == NO_LEAF {
+            continue;
         }
-        match found {
-            None => {
-                joined.missing.insert(id);
-            }
-            Some(loc) => {
-                joined.pack_live[loc.pack as usize] += loc.stored_share();
-                places.push(LiveChunk {
-                    pack: loc.pack,
-                    frame_offset: loc.frame_offset,
-                    chunk_offset: loc.chunk_offset,
-                    raw_len: loc.raw_len,
-                    frame_stored_len: loc.frame_stored_len(),
-                    frame_raw_len: loc.frame_raw_len,
-                })?;
-            }
+        if let Some(total) = joined.leaf_bytes.get_mut(leaf as usize) {
+            let bytes = found.map_or(UNKNOWN, |l| l.raw_len as u64 * count as u64);
+            *total = numbered::add(*total, bytes);
         }
     }
+    close_frames(&mut joined, places)?;
+    Ok(joined)
+}
+
+/// Where `id` is, by the index's records (sorted): those before it are
+/// passed, the one at it (if any) is its place.
+fn place(
+    records: &mut std::iter::Peekable<impl Iterator<Item = Result<(Id, Location)>>>,
+    id: &Id,
+) -> Result<Option<Location>> {
+    while let Some(item) = records.peek() {
+        match item {
+            Ok((rid, _)) if rid < id => {}
+            Ok((rid, loc)) => return Ok((rid == id).then_some(*loc)),
+            Err(_) => {}
+        }
+        if let Some(Err(e)) = records.next() {
+            return Err(e);
+        }
+    }
+    Ok(None)
+}
+
+/// A referenced id, once: missing, or its pack live and its place sorted.
+fn live(
+    joined: &mut Joined,
+    places: &mut crate::store::chunk_index::SpillSorter<LiveChunk>,
+    id: Id,
+    found: Option<Location>,
+) -> Result<()> {
+    match found {
+        None => {
+            joined.missing.insert(id);
+        }
+        Some(loc) => {
+            joined.pack_live[loc.pack as usize] += loc.stored_share();
+            places.push(LiveChunk {
+                pack: loc.pack,
+                frame_offset: loc.frame_offset,
+                chunk_offset: loc.chunk_offset,
+                raw_len: loc.raw_len,
+                frame_stored_len: loc.frame_stored_len(),
+                frame_raw_len: loc.frame_raw_len,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Sums each frame's live share per pack from the places of the live
+/// chunks (sorted by pack and frame).
+fn close_frames(
+    joined: &mut Joined,
+    places: crate::store::chunk_index::SpillSorter<LiveChunk>,
+) -> Result<()> {
     // One frame's live raw bytes at a time: its stored bytes are shared
     // out once per frame, as the pack check did over the pack's layout.
     let mut frame: Option<(u32, u32, u32, u32, u64)> = None;
@@ -406,7 +477,7 @@ fn join(index: &ChunkIndex, spill: &SpillDir, referenced: mark::Marked<Id>) -> R
                 *live_raw += c.raw_len as u64;
             }
             _ => {
-                close(frame.take(), &mut joined);
+                close(frame.take(), joined);
                 frame = Some((
                     c.pack,
                     c.frame_offset,
@@ -417,8 +488,8 @@ fn join(index: &ChunkIndex, spill: &SpillDir, referenced: mark::Marked<Id>) -> R
             }
         }
     }
-    close(frame, &mut joined);
-    Ok(joined)
+    close(frame, joined);
+    Ok(())
 }
 
 /// What the second walk found in one snapshot's files.
@@ -501,6 +572,9 @@ struct Marked {
     readable: Vec<Stamp>,
     unreadable: Vec<Stamp>,
     lists_corrupt: BTreeSet<Id>,
+    /// Per snapshot, its files whose recorded size is not what their
+    /// chunks hold.
+    wrong_sizes: BTreeMap<String, Vec<SizeMismatch>>,
     joined: Joined,
 }
 
@@ -508,7 +582,8 @@ struct Marked {
 /// distinct subtree once, sorted on disk rather than held in a set) and
 /// joins them with the index. A snapshot whose manifest does not read is
 /// reported in `report`; a list blob that does not read is referenced
-/// (missing, or corrupt below).
+/// (missing, or corrupt below). Each file's recorded size is checked
+/// against its chunks' raw bytes as the join adds them up (`sizes`).
 fn mark_snapshots(
     store: &Store,
     index: &ChunkIndex,
@@ -518,18 +593,25 @@ fn mark_snapshots(
 ) -> Result<Marked> {
     let mut readable = Vec::new();
     let mut unreadable = Vec::new();
-    let mut mark = Mark::<Id>::new(store, index, spill);
+    let mut mark = Mark::<InLeaf, Numbered>::with(store, index, spill, Numbered::default());
+    let mut sizes = Sizes::default();
     let mut lists_corrupt: BTreeSet<Id> = BTreeSet::new();
     for stamp in stamps {
         // The audit reads the store itself, never a remote store's cache.
         match store.read_manifest(stamp, ReadFrom::Store) {
             Ok(m) => {
-                for f in m.entries.iter().filter_map(|e| e.file()) {
-                    let walked = mark.file(f, mark::any_id);
-                    if let Some((id, ChunkFault::Corrupt(_))) =
-                        walked.err().as_ref().and_then(crate::store::error_fault)
-                    {
-                        lists_corrupt.insert(id);
+                sizes.snapshot();
+                for (at, e) in m.entries.iter().enumerate() {
+                    let Some(f) = e.file() else { continue };
+                    match mark.file_in(f, mark::in_leaf) {
+                        Ok(flat) => sizes.walked(mark.walked(), at, f, flat),
+                        Err(err) => {
+                            if let Some((id, ChunkFault::Corrupt(_))) =
+                                crate::store::error_fault(&err)
+                            {
+                                lists_corrupt.insert(id);
+                            }
+                        }
                     }
                 }
                 readable.push(stamp.clone());
@@ -551,11 +633,15 @@ fn mark_snapshots(
             Err(e) => return Err(e),
         }
     }
-    let joined = join(index, spill, mark.finish()?)?;
+    let (marked, numbered) = mark.finish_walked()?;
+    let mut joined = join(index, spill, marked, numbered.len())?;
+    let leaf_bytes = std::mem::take(&mut joined.leaf_bytes);
+    let wrong_sizes = sizes.check(store, &numbered, leaf_bytes, &readable)?;
     Ok(Marked {
         readable,
         unreadable,
         lists_corrupt,
+        wrong_sizes,
         joined,
     })
 }

@@ -6,9 +6,12 @@ mod pack_check;
 pub mod repair;
 mod report;
 pub mod sample;
+mod sizes;
 
 pub use audit::{metadata_problem, Audit};
-pub use report::{Quarantined, RepairReport, SampleReport, SnapshotHealth, VerifyReport};
+pub use report::{
+    Quarantined, RepairReport, SampleReport, SizeMismatch, SnapshotHealth, VerifyReport,
+};
 pub use sample::Sample;
 
 use rayon::prelude::*;
@@ -278,8 +281,8 @@ fn check_manifest(
 
 /// A file whose chunks the index sizes at other than its recorded size.
 fn size_check(entry: &Entry, f: &FileEntry, size: Option<u64>, errors: &mut BTreeSet<String>) {
-    if size.is_some_and(|s| s != f.size) {
-        errors.insert(format!("size_mismatch: {}", entry.path_lossy()));
+    if let Some(wrong) = SizeMismatch::check(entry, f, size) {
+        errors.insert(wrong.to_string());
     }
 }
 

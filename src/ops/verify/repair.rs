@@ -143,11 +143,18 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
     // What stays damaged, in every snapshot.
     for stamp in &readable {
         let m = store.read_manifest(stamp, ReadFrom::Cache)?;
+        // A file whose recorded size its chunks do not hold stays
+        // damaged whatever is salvaged: the manifest is what is wrong.
+        let wrong = audit.wrong_sizes.get(&stamp.to_string());
+        let wrong_path = |p: &str| wrong.into_iter().flatten().any(|w| w.path == p);
         let mut damaged: Vec<String> = Vec::new();
         for e in &m.entries {
             let Some(f) = e.file() else { continue };
-            if !lacking(store, &store.list_blobs(&index), &index, f)?.is_empty() {
-                damaged.push(e.path_lossy());
+            let path = e.path_lossy();
+            if wrong_path(&path)
+                || !lacking(store, &store.list_blobs(&index), &index, f)?.is_empty()
+            {
+                damaged.push(path);
             }
         }
         if !damaged.is_empty() {
@@ -157,6 +164,7 @@ pub fn repair(store: &Store, lock: &ExclusiveLock, audit: &Audit) -> Result<Repa
                 SnapshotHealth {
                     ok: false,
                     damaged_files: damaged,
+                    file_errors: wrong.into_iter().flatten().map(|w| w.to_string()).collect(),
                     ..SnapshotHealth::default()
                 },
             );

@@ -1,15 +1,64 @@
 //! What `verify` reports: the health of each snapshot, the whole report,
-//! and what a repair did. Imports no sibling, so `audit` and `repair`
-//! both build on it without a circle.
+//! and what a repair did; and the one `size_mismatch` finding that
+//! `validate` and `verify` share. Imports no sibling, so `audit` and
+//! `repair` both build on it without a circle.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+use crate::store::manifest::{Entry, FileEntry};
+
+/// A file whose recorded size (`FileEntry.size`) is not the sum of its
+/// chunks' raw lengths: a forged or damaged manifest, which a restore
+/// refuses. Its text is the stable code `size_mismatch`, the path and
+/// both numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeMismatch {
+    pub path: String,
+    pub recorded: u64,
+    /// The raw bytes its chunks hold, by the chunk index.
+    pub chunks_hold: u64,
+}
+
+impl SizeMismatch {
+    pub const CODE: &'static str = "size_mismatch";
+
+    /// The mismatch of `f` (the file of `entry`) when its chunks hold
+    /// `chunks_hold` bytes; None when they hold its size, or when that is
+    /// unknown (a chunk not in the index: reported as missing instead).
+    pub fn check(entry: &Entry, f: &FileEntry, chunks_hold: Option<u64>) -> Option<SizeMismatch> {
+        let chunks_hold = chunks_hold.filter(|&b| b != f.size)?;
+        Some(SizeMismatch {
+            path: entry.path_lossy(),
+            recorded: f.size,
+            chunks_hold,
+        })
+    }
+}
+
+impl std::fmt::Display for SizeMismatch {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            out,
+            "{}: {} ({} bytes recorded, its chunks hold {})",
+            SizeMismatch::CODE,
+            self.path,
+            self.recorded,
+            self.chunks_hold
+        )
+    }
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SnapshotHealth {
     pub ok: bool,
     /// Paths inside the snapshot whose data is damaged.
     pub damaged_files: Vec<String>,
+    /// What is wrong with files among `damaged_files` beyond their chunks
+    /// (`size_mismatch: <path> (<n> bytes recorded, its chunks hold <m>)`):
+    /// the manifest itself, which no repair rebuilds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_errors: Vec<String>,
     /// The manifest could not be read (the snapshot cannot be restored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -8,9 +8,10 @@
 //! merging. More than [`MAX_FAN_IN`] runs are first merged into one run, so
 //! the open files (and the merge buffers) stay bounded too.
 //!
-//! Duplicates (equal [`Spillable::Key`]) are dropped, keeping the item
-//! pushed first: the sort is stable and the merge takes equal keys from the
-//! earlier run first.
+//! Duplicates (equal [`Spillable::Key`]) become one item: the one pushed
+//! first, which [`Spillable::absorb`]s the later ones (by default it drops
+//! them; verify's mark adds up their counts). The sort is stable and the
+//! merge takes equal keys from the earlier run first.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -36,6 +37,14 @@ pub trait Spillable: Sized {
     fn encode(&self, out: &mut [u8]);
     /// Reads exactly `LEN` bytes.
     fn decode(b: &[u8]) -> Self;
+    /// Takes in `later`, an item of the same key pushed after this one,
+    /// before it is dropped: nothing by default (the first item stands).
+    fn absorb(&mut self, _later: &Self) {}
+    /// Whether which of the items of one key is kept, or absorbs the
+    /// others, makes no difference (their absorbing adds up counts): each
+    /// run is then sorted in place, without the stable sort's scratch
+    /// (the standard library's is as large as the buffer, up to 8 MB).
+    const ANY_FIRST: bool = false;
 }
 
 impl Spillable for IndexRecord {
@@ -130,8 +139,18 @@ impl<T: Spillable> SpillSorter<T> {
 }
 
 fn sort_dedup<T: Spillable>(v: &mut Vec<T>) {
-    v.sort_by_key(|a| a.key());
-    v.dedup_by(|later, first| later.key() == first.key());
+    if T::ANY_FIRST {
+        v.sort_unstable_by_key(|a| a.key());
+    } else {
+        v.sort_by_key(|a| a.key());
+    }
+    v.dedup_by(|later, first| {
+        let same = later.key() == first.key();
+        if same {
+            first.absorb(later);
+        }
+        same
+    });
 }
 
 fn write_run<T: Spillable>(
@@ -202,11 +221,13 @@ impl<T: Spillable> Ord for Head<T> {
     }
 }
 
-/// The k-way merge of runs, dropping later duplicates.
+/// The k-way merge of runs, later duplicates absorbed into the first.
 struct Merger<T: Spillable> {
     readers: Vec<RunReader>,
     heap: BinaryHeap<Reverse<Head<T>>>,
-    last: Option<T::Key>,
+    /// The smallest key's first item, held until the heap's smallest is
+    /// another key (the next runs' duplicates are absorbed into it).
+    pending: Option<T>,
     buf: Vec<u8>,
 }
 
@@ -215,7 +236,7 @@ impl<T: Spillable> Merger<T> {
         let mut m = Merger {
             readers: Vec::with_capacity(runs.len()),
             heap: BinaryHeap::with_capacity(runs.len()),
-            last: None,
+            pending: None,
             buf: vec![0u8; T::LEN],
         };
         for run in runs {
@@ -239,14 +260,16 @@ impl<T: Spillable> Merger<T> {
     fn next_item(&mut self) -> Result<Option<T>, IndexError> {
         while let Some(Reverse(head)) = self.heap.pop() {
             self.refill(head.run)?;
-            let key = head.item.key();
-            if self.last.as_ref() == Some(&key) {
-                continue;
+            match &mut self.pending {
+                Some(first) if first.key() == head.item.key() => first.absorb(&head.item),
+                _ => {
+                    if let Some(done) = self.pending.replace(head.item) {
+                        return Ok(Some(done));
+                    }
+                }
             }
-            self.last = Some(key);
-            return Ok(Some(head.item));
         }
-        Ok(None)
+        Ok(self.pending.take())
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! This module owns the bytes of a list node ([`node`]), where leaves end
 //! ([`cut`]), building a tree from a file's ids with the previous version's
-//! tree at hand ([`build`]) and reading one back ([`read`]). It is pure: it
+//! tree at hand ([`build`]), reading one back ([`read`]) and numbering the
+//! nodes walked so totals can be summed up the trees ([`numbered`]). It is pure: it
 //! neither reads packs nor writes them. Blobs come in through a
 //! [`BlobSource`] and go out through a [`BlobSink`]; ids are computed by
 //! the caller's function (the store's `Sealer::chunk_id`, keyed in a
@@ -16,6 +17,7 @@
 pub mod build;
 pub mod cut;
 pub mod node;
+pub mod numbered;
 pub mod read;
 
 #[cfg(test)]
@@ -24,7 +26,8 @@ mod tests;
 pub use build::{BuildStats, Built, ListBuilder};
 pub use cut::LeafCut;
 pub use node::Node;
-pub use read::{reach, ListIter, OldLeaf, OldList, Reached};
+pub use numbered::Numbered;
+pub use read::{reach, reach_in, ListIter, OldLeaf, OldList, Reached, Walked};
 
 use serde::{Deserialize, Serialize};
 

@@ -14,7 +14,7 @@
 use super::node::{delta_len, Delta, Node};
 use super::{corrupt, BlobSource, ListParams, ListRef, MAX_LEVELS};
 use crate::error::Result;
-use crate::id::Id;
+use crate::id::{Id, IdSet};
 
 /// A leaf of a tree, not yet read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,6 +288,35 @@ pub enum Reached {
     Chunk(Id),
 }
 
+/// What a walk keeps of the nodes it has met, so that each distinct node
+/// is walked once: their ids ([`IdSet`]: gc, stats, copy), or their ids
+/// numbered with each interior node's children ([`Numbered`](super::Numbered): verify,
+/// which adds its files' sizes up the trees).
+pub trait Walked {
+    /// Node `id` is met: true when it was not met before (walk it now).
+    fn enter(&mut self, id: Id) -> bool;
+    /// Leaf `id` (entered) resolved: the number its chunks carry.
+    fn leaf(&mut self, id: Id) -> u32;
+    /// Interior node `id` (entered) walked whole, every child in
+    /// `children` walked before it returns.
+    fn interior(&mut self, id: Id, children: &[(Id, u64)]);
+    /// A format-1 flat list: a leaf of its own, with no id.
+    fn flat(&mut self) -> u32;
+}
+
+impl Walked for IdSet {
+    fn enter(&mut self, id: Id) -> bool {
+        self.insert(id)
+    }
+    fn leaf(&mut self, _: Id) -> u32 {
+        0
+    }
+    fn interior(&mut self, _: Id, _: &[(Id, u64)]) {}
+    fn flat(&mut self) -> u32 {
+        0
+    }
+}
+
 /// Walks every blob `list` reaches and every chunk it lists, telling
 /// `visit`, each node checked as [`ListIter`] checks it. A subtree whose
 /// root is in `seen` was walked before (by an earlier file or snapshot
@@ -297,8 +326,20 @@ pub fn reach(
     source: &dyn BlobSource,
     params: &ListParams,
     list: &ListRef,
-    seen: &mut crate::id::IdSet,
+    seen: &mut IdSet,
     visit: &mut dyn FnMut(Reached),
+) -> Result<()> {
+    reach_in(source, params, list, seen, &mut |r, _| visit(r))
+}
+
+/// [`reach`], keeping what `walked` keeps of the nodes met, and telling
+/// `visit` with each chunk the number `walked` gave its leaf.
+pub fn reach_in<W: Walked + ?Sized>(
+    source: &dyn BlobSource,
+    params: &ListParams,
+    list: &ListRef,
+    walked: &mut W,
+    visit: &mut dyn FnMut(Reached, u32),
 ) -> Result<()> {
     // The reference's own checks (levels, chunks) are LeafWalk's.
     LeafWalk::new(source, params, list)?;
@@ -308,22 +349,24 @@ pub fn reach(
             params,
             (root, list.chunks),
             list.levels,
-            seen,
+            walked,
             visit,
         ),
         None => Ok(()),
     }
 }
 
-fn reach_node(
+fn reach_node<W: Walked + ?Sized>(
     source: &dyn BlobSource,
     params: &ListParams,
     (id, covered): (Id, u64),
     level: u8,
-    seen: &mut crate::id::IdSet,
-    visit: &mut dyn FnMut(Reached),
+    walked: &mut W,
+    visit: &mut dyn FnMut(Reached, u32),
 ) -> Result<()> {
-    if !seen.insert(id) {
+    // Entered before it is read: a node that does not read is not read
+    // again for the next tree sharing it (its damage is reported once).
+    if !walked.enter(id) {
         return Ok(());
     }
     if level == 0 {
@@ -332,14 +375,21 @@ fn reach_node(
             start: 0,
             len: covered,
         };
-        let resolved = resolve_leaf_with(source, params, &leaf, &mut |b| visit(Reached::Blob(*b)))?;
-        resolved.ids.iter().for_each(|c| visit(Reached::Chunk(*c)));
+        let resolved =
+            resolve_leaf_with(source, params, &leaf, &mut |b| visit(Reached::Blob(*b), 0))?;
+        let n = walked.leaf(id);
+        resolved
+            .ids
+            .iter()
+            .for_each(|c| visit(Reached::Chunk(*c), n));
         return Ok(());
     }
-    visit(Reached::Blob(id));
-    for child in read_interior(source, params, &id, level, covered)? {
-        reach_node(source, params, child, level - 1, seen, visit)?;
+    visit(Reached::Blob(id), 0);
+    let children = read_interior(source, params, &id, level, covered)?;
+    for child in &children {
+        reach_node(source, params, *child, level - 1, walked, visit)?;
     }
+    walked.interior(id, &children);
     Ok(())
 }
 

@@ -490,3 +490,93 @@ fn the_old_cursor_loses_no_leaf_when_asked_behind_it() {
     assert_eq!(cursor.id_at(99).unwrap(), Some(ids[99]));
     assert_eq!(cursor.id_at(100).unwrap(), None, "past the end");
 }
+
+/// A source that counts the blobs read from it.
+struct Counted<'a> {
+    mem: &'a Mem,
+    reads: std::cell::Cell<usize>,
+}
+
+impl BlobSource for Counted<'_> {
+    fn get(&self, id: &Id) -> Result<Vec<u8>> {
+        self.reads.set(self.reads.get() + 1);
+        self.mem.get(id)
+    }
+}
+
+/// What verify's size check rests on: a numbered walk tells each chunk
+/// slot with its leaf's number (a repeated id counts again), the leaves'
+/// totals summed up the trees are each tree's total, a tree sharing
+/// subtrees with one walked before reads only what it does not share and
+/// still adds up, and a leaf of unknown total makes every tree above it
+/// unknown.
+#[test]
+fn numbered_walks_sum_every_slot_and_read_each_subtree_once() {
+    use super::numbered::{add, UNKNOWN};
+    let params = ListParams {
+        leaf_slots: 64,
+        node_slots: 16,
+        ..ListParams::default()
+    };
+    let weight = |id: &Id| id.0[0] as u64 + 1;
+    let mut ids = distinct(5_000, 7);
+    ids[100] = ids[99];
+    ids[300] = ids[99];
+    let mut changed = ids.clone();
+    changed[4_000] = id(u64::MAX);
+    let mut mem = Mem::default();
+    let cut = LeafCut::fixed(&params);
+    let old = build(&mut mem, &params, cut, &ids, None);
+    let new = build(&mut mem, &params, cut, &changed, Some(&old.list));
+    assert!(old.list.levels >= 2);
+    let source = Counted {
+        mem: &mem,
+        reads: Default::default(),
+    };
+    let mut numbered = Numbered::default();
+    let mut leaf_bytes: Vec<u64> = Vec::new();
+    // The leaf listing ids[10].
+    let mut holding = None;
+    let mut walk = |list: &ListRef, numbered: &mut Numbered, leaf_bytes: &mut Vec<u64>| {
+        let before = source.reads.get();
+        reach_in(&source, &params, list, numbered, &mut |r, leaf| {
+            let Reached::Chunk(c) = r else { return };
+            let at = leaf as usize;
+            if leaf_bytes.len() <= at {
+                leaf_bytes.resize(at + 1, 0);
+            }
+            leaf_bytes[at] = add(leaf_bytes[at], weight(&c));
+            if c == ids[10] {
+                holding = Some(at);
+            }
+        })
+        .unwrap();
+        source.reads.get() - before
+    };
+    let total = |numbered: &Numbered, leaf_bytes: &[u64], list: &ListRef| {
+        let root = numbered.number(&list.root.unwrap()).expect("walked whole");
+        numbered.totals(leaf_bytes.to_vec())[root as usize]
+    };
+    let sum = |ids: &[Id]| ids.iter().map(weight).sum::<u64>();
+
+    let whole = walk(&old.list, &mut numbered, &mut leaf_bytes);
+    assert_eq!(total(&numbered, &leaf_bytes, &old.list), sum(&ids));
+    let reads = walk(&new.list, &mut numbered, &mut leaf_bytes);
+    assert_eq!(total(&numbered, &leaf_bytes, &new.list), sum(&changed));
+    assert_eq!(total(&numbered, &leaf_bytes, &old.list), sum(&ids));
+    // The new path (a delta leaf and its interior nodes) and the leaf the
+    // delta patches: nothing the two trees share.
+    assert!(
+        reads <= new.new.len() + 1,
+        "{reads} reads, {}",
+        new.new.len()
+    );
+    assert!(reads < whole, "{reads} of {whole}");
+    assert_eq!(walk(&new.list, &mut numbered, &mut leaf_bytes), 0);
+
+    // Both trees share the leaf holding ids[10] (the change is at 4000).
+    let holding = holding.expect("ids[10] reached");
+    leaf_bytes[holding] = UNKNOWN;
+    assert_eq!(total(&numbered, &leaf_bytes, &old.list), UNKNOWN);
+    assert_eq!(total(&numbered, &leaf_bytes, &new.list), UNKNOWN);
+}
