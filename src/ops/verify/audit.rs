@@ -314,6 +314,9 @@ struct LiveChunk {
 impl Spillable for LiveChunk {
     const LEN: usize = 24;
     type Key = (u32, u32, u32);
+    /// Two referenced chunks at one place are an index whose entries
+    /// overlap (a damaged pack): which raw length counts there is moot.
+    const ANY_FIRST: bool = true;
 
     fn key(&self) -> (u32, u32, u32) {
         (self.pack, self.frame_offset, self.chunk_offset)
