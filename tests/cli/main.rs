@@ -12,6 +12,7 @@ mod cleanup;
 mod concurrency;
 mod copy;
 mod copy_losses;
+mod copy_rekey;
 mod demo;
 mod drill_diff;
 mod encryption;

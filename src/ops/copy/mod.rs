@@ -35,7 +35,8 @@
 //! holds is not walked). Otherwise (a format-1 source: the upgrade path;
 //! or other ids or parameters) each file's tree is built at the
 //! destination from its ids, against the previously copied snapshot's
-//! tree of the same path, as `create` builds it.
+//! tree of the same path, as `create` builds it, a window of ids at a
+//! time ([`rebuild`]).
 //!
 //! A re-keying copy takes what it can from a snapshot copied before
 //! ([`baseline`]): unchanged files keep the destination's trees, and only
@@ -44,12 +45,12 @@
 //! [`Sealer::same_ids_as`]: crate::store::seal::Sealer::same_ids_as
 
 mod baseline;
+mod rebuild;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
-use crate::chunk;
 use crate::error::{Error, Result};
 use crate::id::{Id, IdMap, IdSet};
 use crate::progress::Progress;
@@ -57,10 +58,8 @@ use crate::stamp::Stamp;
 use crate::store::audit_log::{self, CopyRecord, RecordedError};
 use crate::store::index::{ChunkIndex, Location};
 use crate::store::layout::PackLayout;
-use crate::store::list_stream::{
-    index_mut, index_ref, store_waiting, SharedBlobs, Waiting, WaitingSink,
-};
-use crate::store::lists::{LeafCut, ListBuilder, ListRef, Reached};
+use crate::store::list_stream::{index_mut, index_ref};
+use crate::store::lists::{ListRef, Reached};
 use crate::store::lock::SharedLock;
 use crate::store::manifest::{ChunkList, EntryKind, FileEntry, Manifest};
 use crate::store::pack2::{EncodedFrame, FrameKind};
@@ -80,20 +79,6 @@ const COPY_FRAMES_KEPT: usize = 4;
 /// Ids of a file's tree walked before what they name is sent (2 MiB of
 /// ids; a frame moves whole only within one such window).
 const SEND_IDS: usize = 65_536;
-/// Ids of a file whose tree is rebuilt (a re-keying copy, or one from a
-/// format-1 store) sent, renamed and added to the new tree at a time: 64 MiB
-/// of 4 KiB chunks; the window's id map then holds at most 2 MiB.
-const REBUILD_WINDOW: usize = 16_384;
-
-/// [`REBUILD_WINDOW`], or `ATOSNAP_TEST_COPY_WINDOW=<n>` (a test hook: a
-/// small runtime's files then span many windows).
-fn rebuild_window() -> usize {
-    std::env::var("ATOSNAP_TEST_COPY_WINDOW")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(REBUILD_WINDOW)
-}
 /// Failpoint (see [`crate::failpoint::hit`]): the process dies after a
 /// snapshot's packs are durable at the destination and before its manifest
 /// is published. `copy_after_packs:<stamp>` picks the snapshot.
@@ -644,78 +629,6 @@ impl Copier<'_> {
         self.send(&ids)
     }
 
-    /// Sends what the destination lacks of file `f` and builds its tree
-    /// there as the chunks go, [`rebuild_window`] ids at a time: each
-    /// window's ids are renamed with their destination ids (those a
-    /// [`Baseline`] knows, the rest as `send` mapped them) and pushed into
-    /// the new tree, built against the previously copied snapshot's tree of
-    /// the same path; `f` then holds its root. Memory follows the window,
-    /// not the file. The inner error is damage at the source.
-    fn send_rebuilt(&mut self, path: &[u8], f: &mut FileEntry) -> Result<Result<ListRef>> {
-        let (from, from_index, to, index) = (self.from, self.from_index, self.to, self.to_index);
-        let params = to.list_params();
-        let sealer = to.sealer().clone();
-        let id_of = move |b: &[u8]| sealer.chunk_id(b);
-        // Only fixed-block or content-defined matters for the leaves.
-        let page = f.sqlite.then_some(4096);
-        let strategy = chunk::strategy_for(path, page, &to.config().chunking);
-        let waiting = RefCell::new(Waiting::default());
-        let old_blobs = SharedBlobs { store: to, index };
-        let mut sink = WaitingSink(&waiting);
-        let cut = LeafCut::for_strategy(&strategy, &params);
-        let mut builder = ListBuilder::new(&params, cut, &id_of, &mut sink)?;
-        if let Some(old) = self.prev_trees.get(path).copied() {
-            builder = builder.with_old(&old_blobs, &old);
-        }
-        let mut known = self
-            .baseline
-            .as_ref()
-            .and_then(|b| b.cursor(path, (from, from_index), (to, index)));
-        let mut ours = match from.file_chunks(from_index, f) {
-            Ok(ours) => ours,
-            Err(e) => return Ok(Err(e)),
-        };
-        let size = rebuild_window();
-        let mut window = Vec::with_capacity(size);
-        loop {
-            window.clear();
-            for id in ours.by_ref().take(size) {
-                match id {
-                    Ok(id) => window.push(id),
-                    Err(e) => return Ok(Err(e)),
-                }
-            }
-            if window.is_empty() {
-                break;
-            }
-            let named = known.as_mut().map(|k| k.next_window(&window));
-            if let Some(ids) = &mut self.ids {
-                ids.clear();
-            }
-            let sent = match &named {
-                Some(named) => self.send(&unknown(&window, named))?,
-                None => self.send(&window)?,
-            };
-            if let Err(e) = sent {
-                return Ok(Err(e));
-            }
-            match &self.ids {
-                Some(map) => {
-                    for id in map_ids(&window, named.as_deref(), map)? {
-                        builder.push(id)?;
-                    }
-                }
-                None => window.iter().try_for_each(|id| builder.push(*id))?,
-            }
-            store_waiting(&mut self.packer, index, &waiting)?;
-        }
-        drop(ours);
-        let built = builder.finish()?;
-        store_waiting(&mut self.packer, index, &waiting)?;
-        f.list = ChunkList::Tree(built.list);
-        Ok(Ok(built.list))
-    }
-
     /// Sends the chunks of `ids` the destination lacks, in batches of about
     /// [`BATCH_BYTES`] read and checked in parallel. An id is skipped once
     /// the destination has it (sent earlier in this run included: the
@@ -916,29 +829,6 @@ impl Copier<'_> {
         }
         Ok(out)
     }
-}
-
-/// Renames a file's chunks with their destination ids (each was mapped by
-/// `send_chunks`; a gap would be a bug, refused, never published).
-fn map_ids(ids: &[Id], known: Option<&[Option<Id>]>, map: &IdMap<Id>) -> Result<Vec<Id>> {
-    ids.iter()
-        .enumerate()
-        .map(|(i, id)| {
-            known
-                .and_then(|k| k.get(i).copied().flatten())
-                .or_else(|| map.get(id).copied())
-                .ok_or_else(|| Error::CopyIdUnmapped { id: id.to_string() })
-        })
-        .collect()
-}
-
-/// The ids a baseline did not name (what is left to read and re-hash).
-fn unknown(ids: &[Id], known: &[Option<Id>]) -> Vec<Id> {
-    ids.iter()
-        .enumerate()
-        .filter(|(i, _)| known.get(*i).copied().flatten().is_none())
-        .map(|(_, id)| *id)
-        .collect()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the id renaming of a re-keying copy.
 //! (compiled only for tests: `#[cfg(test)] mod tests;` in mod.rs).
 
+use super::rebuild::{map_ids, unknown};
 use super::*;
 use crate::progress::NoProgress;
 
