@@ -27,6 +27,7 @@ fn rebuild_window() -> usize {
         .filter(|n| *n > 0)
         .unwrap_or(REBUILD_WINDOW)
 }
+
 impl Copier<'_> {
     /// Sends what the destination lacks of file `f` and builds its tree
     /// there as the chunks go, [`rebuild_window`] ids at a time: each
@@ -105,8 +106,9 @@ impl Copier<'_> {
     }
 }
 
-/// Renames a file's chunks with their destination ids (each was mapped by
-/// `send_chunks`; a gap would be a bug, refused, never published).
+/// Renames a window's chunks with their destination ids (each a baseline
+/// did not name was mapped by `Copier::send`; a gap would be a bug,
+/// refused, never published).
 pub(super) fn map_ids(
     ids: &[Id],
     known: Option<&[Option<Id>]>,
