@@ -79,10 +79,13 @@ pub struct SpillSorter<T: Spillable> {
 }
 
 impl<T: Spillable> SpillSorter<T> {
-    /// Spills runs into `dir` (which must exist) so that the buffer and
-    /// the stable sort's scratch (half the buffer) stay within `budget`
-    /// bytes (at least one item per run). The buffer is reserved once and
-    /// reused: it never grows by doubling past the budget.
+    /// Spills runs into `dir` (which must exist), the buffer holding two
+    /// thirds of `budget` bytes (at least one item per run). The buffer is
+    /// reserved once and reused: it never grows by doubling past the
+    /// budget. A stable sort (not [`Spillable::ANY_FIRST`]) takes scratch
+    /// as large as the buffer while a run is sorted (the standard
+    /// library's, up to 8 MB), so such a sorter peaks at about 4/3 of
+    /// `budget`.
     pub fn new(dir: &Path, budget: usize) -> SpillSorter<T> {
         let item = std::mem::size_of::<T>().max(1);
         let cap = (budget / item * 2 / 3).max(1);
