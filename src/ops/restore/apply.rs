@@ -17,6 +17,7 @@ use crate::store::index::ChunkIndex;
 use crate::store::manifest::{Entry, EntryKind, FileEntry, Manifest};
 use crate::store::Store;
 
+use super::folders::MadeFolders;
 use super::patch;
 use super::plan::{path_of, ChromaPlan, RestorePlan, Reusable, S_IFLNK, S_IFMT};
 use super::stage::{stage, stage_file, ChunkCounts, Fault, Staged, StagedFile};
@@ -46,7 +47,9 @@ pub fn apply(
     progress: &dyn Progress,
 ) -> Result<Applied> {
     sweep_stale_temps(&plan.targets, plan.chroma.is_some());
-    let mut staged = stage(store, index, manifest, plan, progress)?;
+    let mut folders = MadeFolders::default();
+    let mut staged = stage(store, index, manifest, plan, &mut folders, progress)?;
+    folders.keep();
     install(&mut staged, manifest, plan, progress)
 }
 
@@ -232,19 +235,13 @@ fn adopt_parent_owner(dir: &Path) {
 /// this call made (and only those: another process may make one
 /// meanwhile) takes its parent's owner.
 fn create_root(root: &Path) -> Result<()> {
-    let missing: Vec<&Path> = root
-        .ancestors()
-        .take_while(|d| fs::symlink_metadata(d).is_err())
-        .collect();
-    for dir in missing.into_iter().rev() {
-        match fs::create_dir(dir) {
-            Ok(()) => adopt_parent_owner(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io("create", dir, e)),
-        }
+    let mut folders = MadeFolders::default();
+    folders.create(root)?;
+    for dir in folders.made() {
+        adopt_parent_owner(dir);
     }
-    // Says what stands there when it is no folder.
-    fs::create_dir_all(root).ctx("create", root)
+    folders.keep();
+    Ok(())
 }
 
 /// How a file is installed: which chunks can be read from the file being

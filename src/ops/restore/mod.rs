@@ -45,12 +45,14 @@
 //! with gigabytes the service will read from disk anyway.
 
 mod apply;
+mod folders;
 pub mod include;
 mod patch;
 mod plan;
 mod stage;
 
 pub use apply::{apply, install, install_file, sweep_stale_temps, Applied, Install};
+pub use folders::MadeFolders;
 pub use plan::{
     compare_on_disk, file_matches, plan, plan_chroma, positional, ChromaPlan, OnDisk, Removal,
     RestorePlan, Reusable,
@@ -62,7 +64,7 @@ use std::fs::{self};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::ops::create::{self, CreateOptions};
 use crate::progress::Progress;
 use crate::sources::sqlite;
@@ -185,8 +187,10 @@ pub fn restore(
     let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
     check_paths(&manifest)?;
     let with_chroma = chroma_wanted(&manifest, opts.chroma)?;
+    // Dropped before `keep`, it takes back the folders made so far.
+    let mut folders = MadeFolders::default();
     if let Some(dir) = &opts.to {
-        prepare_to_dir(dir)?;
+        prepare_to_dir(dir, &mut folders)?;
     }
     if targets.live {
         refuse_if_in_use(&targets, with_chroma)?;
@@ -198,7 +202,7 @@ pub fn restore(
     sweep_stale_temps(&targets, with_chroma);
     let index = store.load_index()?;
     let plan = plan(store, &index, &manifest, &targets, with_chroma)?;
-    let mut staged = stage(store, &index, &manifest, &plan, progress)?;
+    let mut staged = stage(store, &index, &manifest, &plan, &mut folders, progress)?;
     crate::failpoint::hit(|| "restore:after-stage".into());
 
     // 2. pre-restore safety snapshot
@@ -216,6 +220,7 @@ pub fn restore(
     // 3. and 4.: the old db's WAL folded in, then stale sidecars removed.
     let mut warnings = Vec::new();
     warnings.extend(fold_live_wal(&targets, pre_restore_snapshot.as_deref())?);
+    folders.keep();
     sqlite::remove_sidecars(&targets.db)?;
     crate::failpoint::hit(|| "restore:after-sidecars".into());
 
@@ -384,7 +389,7 @@ fn resolve(p: &Path) -> PathBuf {
     }
 }
 
-fn prepare_to_dir(dir: &Path) -> Result<()> {
+fn prepare_to_dir(dir: &Path, folders: &mut MadeFolders) -> Result<()> {
     // DIR/chroma is written as a real folder below DIR, never through a
     // link to somewhere else.
     let chroma = dir.join(CHROMA_PREFIX);
@@ -401,9 +406,7 @@ fn prepare_to_dir(dir: &Path) -> Result<()> {
             path: dir.to_path_buf(),
             detail: "--to must name a folder (it is a file)".into(),
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).ctx("create", dir)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => folders.create(dir).map(drop),
         Err(e) => Err(Error::io("stat", dir, e)),
     }
 }

@@ -29,6 +29,7 @@ use crate::store::{ChunkFault, Store};
 
 use super::apply::{file_time, parent_of, temp_in, wanted_owner, Install, TempGuard};
 use super::chroma_rel;
+use super::folders::MadeFolders;
 use super::patch::{self, Patch};
 use super::plan::{RestorePlan, Reusable};
 
@@ -227,19 +228,22 @@ struct Job<'a> {
 /// Step 1: validates the snapshot by staging every file the plan writes
 /// (`durable`: fsynced, for a live restore). Any fault refuses the restore
 /// (`validation_failed`, exit 3) with every fault named and every staging
-/// file removed; nothing at the targets is touched.
+/// file removed; nothing at the targets is touched. The folders staging
+/// needs and does not find are made and noted in `folders`, for the
+/// caller to take back if it stops before installing.
 pub fn stage(
     store: &Store,
     index: &ChunkIndex,
     manifest: &Manifest,
     plan: &RestorePlan,
+    folders: &mut MadeFolders,
     progress: &dyn Progress,
 ) -> Result<Staged> {
     let errors = precheck(manifest);
     if !errors.is_empty() {
         return Err(refusal(manifest, errors));
     }
-    let jobs = jobs(manifest, plan)?;
+    let jobs = jobs(manifest, plan, folders)?;
     let keep_patch = check_space(store, index, &jobs, progress)?;
     let total: u64 = jobs.iter().map(|j| j.file.size).sum();
     progress.phase("validate and stage", Some(total));
@@ -499,7 +503,11 @@ fn named(code: String, entry: &Entry) -> String {
 
 /// The staging jobs of a plan: the db, the registry, the Chroma files to
 /// write.
-fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>>> {
+fn jobs<'m>(
+    manifest: &'m Manifest,
+    plan: &'m RestorePlan,
+    folders: &mut MadeFolders,
+) -> Result<Vec<Job<'m>>> {
     let t = &plan.targets;
     let mut jobs = Vec::new();
     let file_at = |i: usize| {
@@ -518,7 +526,7 @@ fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>
     for (slot, i, target, reusable) in singles {
         if let Some((index, entry, file)) = i.and_then(file_at) {
             let dir = parent_of(target).to_path_buf();
-            fs::create_dir_all(&dir).ctx("create", &dir)?;
+            folders.create(&dir)?;
             jobs.push(Job {
                 slot,
                 index,
@@ -537,7 +545,7 @@ fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>
                 continue;
             };
             let rel = chroma_rel(&entry.path).unwrap_or_default();
-            let dir = stage_dir(&cp.root, rel)?;
+            let dir = stage_dir(&cp.root, rel, folders)?;
             jobs.push(Job {
                 slot: Slot::Chroma(i),
                 index,
@@ -558,10 +566,10 @@ fn jobs<'m>(manifest: &'m Manifest, plan: &'m RestorePlan) -> Result<Vec<Job<'m>
 /// place stays on one file system and no folder is created in the live
 /// tree before validation passes; the Chroma dir's parent while the dir
 /// itself does not exist.
-fn stage_dir(root: &Path, rel: &[u8]) -> Result<PathBuf> {
+fn stage_dir(root: &Path, rel: &[u8], folders: &mut MadeFolders) -> Result<PathBuf> {
     if !fs::metadata(root).is_ok_and(|m| m.is_dir()) {
         let parent = parent_of(root).to_path_buf();
-        fs::create_dir_all(&parent).ctx("create", &parent)?;
+        folders.create(&parent)?;
         return Ok(parent);
     }
     let mut dir = root.to_path_buf();
