@@ -44,6 +44,14 @@ const MAX_PAUSE: Duration = Duration::from_secs(600);
 /// `validate:before-reads` (manifest and chunk index read; no list blob
 /// or chunk yet).
 pub fn pause(name: &str) {
+    pause_named(|| name.to_string())
+}
+
+/// [`pause`] at a point whose name is only built when a pause is asked
+/// for: `restore:before-meta:<snapshot path>` (a restore has planned to
+/// set that file's or folder's mode and mtime and checked what stands
+/// there, and is about to set them).
+pub fn pause_named(name: impl FnOnce() -> String) {
     static POINT: std::sync::OnceLock<Option<(String, PathBuf)>> = std::sync::OnceLock::new();
     let point = POINT.get_or_init(|| {
         let name = std::env::var("ATOSNAP_FAILPOINT_PAUSE").ok()?;
@@ -51,12 +59,13 @@ pub fn pause(name: &str) {
         Some((name, PathBuf::from(release)))
     });
     let Some((p, release)) = point else { return };
-    if p != name {
+    let name = name();
+    if *p != name {
         return;
     }
     let mut reached = release.clone().into_os_string();
     reached.push(".reached");
-    if let Err(e) = std::fs::write(&reached, name) {
+    if let Err(e) = std::fs::write(&reached, &name) {
         eprintln!("atosnap: failpoint {p}: cannot write {reached:?}: {e}");
         return;
     }

@@ -28,6 +28,7 @@ mod lock;
 mod ops;
 mod ops_surface;
 mod restore;
+mod restore_hostile;
 mod restore_patch;
 mod restore_wal;
 mod stats;

@@ -838,32 +838,3 @@ fn a_disk_that_fills_while_staging_names_the_file() {
     assert!(!msg.contains(".atosnap-restore-"), "{msg}");
     assert!(msg.contains(&to.display().to_string()), "{msg}");
 }
-
-/// A restore refused by validation leaves the disk as it found it: no
-/// folder it created on the way stays behind (`--to` into a folder that
-/// does not exist yet, and a live runtime whose `data/` folder is gone).
-#[test]
-fn a_refused_restore_leaves_no_folder_it_created() {
-    let rt = Rt::fixture();
-    let s1 = rt.create_stamp(&["--chroma"]);
-    rt.corrupt_packs();
-
-    let parent = rt.path("drills");
-    let to = parent.join("today").join("target");
-    let Out { json, code, .. } = rt.run(&["restore", &s1, "--to", to.to_str().unwrap()]);
-    assert_eq!(code, 3, "{json}");
-    assert_eq!(json["error"]["code"], "validation_failed");
-    assert!(!parent.exists(), "{} was left", parent.display());
-
-    // A live restore into a runtime that lost its data folder (db and
-    // Chroma both live under it).
-    let data = rt.db().parent().unwrap().to_path_buf();
-    std::fs::remove_dir_all(&data).unwrap();
-    let before = tree(&rt.runtime);
-    let Out { json, code, .. } = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
-    assert_eq!(code, 3, "{json}");
-    assert_eq!(json["error"]["code"], "validation_failed");
-    assert!(!data.exists(), "{} was left", data.display());
-    assert_same_tree!(tree(&rt.runtime), before, "nothing else changed");
-    assert_eq!(rt.stamps(), vec![s1], "no pre-restore snapshot");
-}

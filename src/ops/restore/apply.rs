@@ -337,6 +337,12 @@ fn install_symlink(entry: &Entry, link_target: &[u8], target: &Path) -> Result<(
 
 /// Sets mode and mtime of an existing file or folder when they differ.
 /// `follow`: for the Chroma dir itself, which may be a symlink to it.
+///
+/// The file is held (`O_PATH | O_NOFOLLOW`) and checked to be the one
+/// just looked at before its mode and mtime change, through that handle:
+/// a file swapped for a symlink in between (a restore runs as root in a
+/// tree its service's user can write) must not lend the snapshot's mode
+/// to whatever the link names.
 fn fix_meta(path: &Path, entry: &Entry, follow: bool) -> Result<()> {
     let m = if follow {
         fs::metadata(path)
@@ -352,15 +358,66 @@ fn fix_meta(path: &Path, entry: &Entry, follow: bool) -> Result<()> {
         }
         return Ok(());
     }
-    if m.mode() & 0o7777 != entry.mode & 0o7777 {
-        fs::set_permissions(path, Permissions::from_mode(entry.mode & 0o7777))
+    let have = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    let mode_differs = m.mode() & 0o7777 != entry.mode & 0o7777;
+    if !mode_differs && have == entry.mtime_ns {
+        return Ok(());
+    }
+    crate::failpoint::pause_named(|| format!("restore:before-meta:{}", entry.path_lossy()));
+    let held = hold(path, follow, &m)?;
+    if mode_differs {
+        fs::set_permissions(&held, Permissions::from_mode(entry.mode & 0o7777))
             .ctx("set the mode of", path)?;
     }
-    let have = m.mtime() * 1_000_000_000 + m.mtime_nsec();
     if have != entry.mtime_ns {
-        filetime::set_file_mtime(path, file_time(entry.mtime_ns)).ctx("set the mtime of", path)?;
+        filetime::set_file_mtime(&held, file_time(entry.mtime_ns)).ctx("set the mtime of", path)?;
     }
     Ok(())
+}
+
+/// A path that reaches exactly the file `seen` describes: `path` opened
+/// without following a final symlink (but for `follow`) and checked to be
+/// that file, then named through `/proc/self/fd`, whose link leads to the
+/// file held whatever happens to `path` meanwhile. Without `/proc`, the
+/// path itself, checked just before.
+fn hold(path: &Path, follow: bool, seen: &fs::Metadata) -> Result<HeldPath> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = libc::O_PATH | libc::O_CLOEXEC;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .ctx("open", path)?;
+    let now = file.metadata().ctx("stat", path)?;
+    if (now.dev(), now.ino()) != (seen.dev(), seen.ino()) || now.file_type() != seen.file_type() {
+        return Err(Error::TargetInvalid {
+            path: path.to_path_buf(),
+            detail: "was replaced while the restore ran: its mode and mtime were not set (run the restore again)".into(),
+        });
+    }
+    use std::os::fd::AsRawFd;
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let path = if by_fd.exists() {
+        by_fd
+    } else {
+        path.to_path_buf()
+    };
+    Ok(HeldPath { path, _file: file })
+}
+
+/// A path kept valid by the descriptor it names (see [`hold`]).
+struct HeldPath {
+    path: PathBuf,
+    _file: fs::File,
+}
+
+impl AsRef<Path> for HeldPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Step 7: carries out a Chroma plan INTO `plan.root` (created only when

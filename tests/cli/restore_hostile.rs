@@ -1,0 +1,92 @@
+//! Restores that are refused or raced: a refused restore leaves the disk
+//! as it found it, and a file swapped under a running restore lends it
+//! nothing.
+
+use crate::support::Runtime as Rt;
+use crate::support::*;
+use std::os::unix::fs::PermissionsExt;
+
+const SEGMENT: &str = "e8763d70-0924-4389-9e69-cddb1f90792c";
+
+fn seg(rt: &Rt, name: &str) -> std::path::PathBuf {
+    rt.chroma().join(SEGMENT).join(name)
+}
+
+/// A restore refused by validation leaves the disk as it found it: no
+/// folder it created on the way stays behind (`--to` into a folder that
+/// does not exist yet, and a live runtime whose `data/` folder is gone).
+#[test]
+fn a_refused_restore_leaves_no_folder_it_created() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    rt.corrupt_packs();
+
+    let parent = rt.path("drills");
+    let to = parent.join("today").join("target");
+    let Out { json, code, .. } = rt.run(&["restore", &s1, "--to", to.to_str().unwrap()]);
+    assert_eq!(code, 3, "{json}");
+    assert_eq!(json["error"]["code"], "validation_failed");
+    assert!(!parent.exists(), "{} was left", parent.display());
+
+    // A live restore into a runtime that lost its data folder (db and
+    // Chroma both live under it).
+    let data = rt.db().parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&data).unwrap();
+    let before = tree(&rt.runtime);
+    let Out { json, code, .. } = rt.run(&["restore", &s1, "--confirm-service-stopped"]);
+    assert_eq!(code, 3, "{json}");
+    assert_eq!(json["error"]["code"], "validation_failed");
+    assert!(!data.exists(), "{} was left", data.display());
+    assert_same_tree!(tree(&rt.runtime), before, "nothing else changed");
+    assert_eq!(rt.stamps(), vec![s1], "no pre-restore snapshot");
+}
+
+/// A file the restore leaves alone but whose mode it sets back, swapped
+/// for a symlink after the restore looked at it: the mode must not reach
+/// the file the link names (a restore runs as root in a tree its service's
+/// user can write). The restore stops, naming the file; run again, it
+/// converges.
+#[test]
+fn a_file_swapped_for_a_symlink_before_its_mode_is_set_lends_it_to_nothing() {
+    let rt = Rt::fixture();
+    let header = seg(&rt, "header.bin");
+    std::fs::set_permissions(&header, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    std::fs::set_permissions(&header, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let outside = rt.path("outside-secret");
+    std::fs::write(&outside, b"not the restore's").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let point = format!("restore:before-meta:chroma/{SEGMENT}/header.bin");
+    let Out { json, code, .. } = rt.paused_at(
+        &point,
+        &[
+            "restore",
+            &s1,
+            "--confirm-service-stopped",
+            "--no-pre-snapshot",
+        ],
+        |_| {
+            std::fs::rename(&header, rt.path("header.moved")).unwrap();
+            std::os::unix::fs::symlink(&outside, &header).unwrap();
+        },
+    );
+    let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "the snapshot's mode reached the link's target");
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json["error"]["code"], "target_invalid");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("header.bin"),
+        "{json}"
+    );
+
+    // Run again, the link is replaced by the snapshot's file.
+    rt.restore_live(&s1);
+    let m = std::fs::symlink_metadata(&header).unwrap();
+    assert!(m.is_file());
+    assert_eq!(m.permissions().mode() & 0o7777, 0o644);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not the restore's");
+}
