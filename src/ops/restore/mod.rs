@@ -4,7 +4,8 @@
 //! the check "does this file on disk match that manifest entry" that drill
 //! reuses), `stage.rs` validates by writing staging files, `apply.rs`
 //! installs them, `patch.rs` patches a Chroma file in place when it
-//! mostly holds the snapshot's bytes already, `include.rs` is
+//! mostly holds the snapshot's bytes already, `folders.rs` takes back
+//! the folders a refused restore made, `include.rs` is
 //! `restore --include`. The SQLite steps
 //! live in [`crate::sources::sqlite`], the `/proc` scan for open files in
 //! [`crate::os`].
