@@ -90,3 +90,51 @@ fn a_file_swapped_for_a_symlink_before_its_mode_is_set_lends_it_to_nothing() {
     assert_eq!(m.permissions().mode() & 0o7777, 0o644);
     assert_eq!(std::fs::read(&outside).unwrap(), b"not the restore's");
 }
+
+/// A folder swapped for a symlink after the restore checked it: the file
+/// the restore removes in it is removed from the folder it checked, never
+/// from the one the link names.
+#[test]
+fn a_folder_swapped_for_a_symlink_before_a_removal_sends_it_nowhere_else() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let extra = seg(&rt, "not-in-the-snapshot.bin");
+    std::fs::write(&extra, b"made after the snapshot").unwrap();
+    let outside = rt.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("not-in-the-snapshot.bin"), b"not the restore's").unwrap();
+
+    let point = format!("restore:before-remove:{}", extra.display());
+    let moved = rt.path("segment.moved");
+    let Out { json, code, .. } = rt.paused_at(
+        &point,
+        &["restore", &s1, "--confirm-service-stopped", "--no-pre-snapshot"],
+        |_| {
+            std::fs::rename(rt.chroma().join(SEGMENT), &moved).unwrap();
+            std::os::unix::fs::symlink(&outside, rt.chroma().join(SEGMENT)).unwrap();
+        },
+    );
+    assert_eq!(
+        std::fs::read(outside.join("not-in-the-snapshot.bin")).unwrap(),
+        b"not the restore's",
+        "removed through the link: {json}"
+    );
+    assert!(
+        !moved.join("not-in-the-snapshot.bin").exists(),
+        "removed from the folder checked"
+    );
+    // What follows in the swapped folder is refused, naming it.
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json["error"]["code"], "target_invalid");
+    assert!(
+        json["error"]["message"].as_str().unwrap().contains(SEGMENT),
+        "{json}"
+    );
+
+    // Run again, the link is replaced by the snapshot's folder.
+    rt.restore_live(&s1);
+    assert!(std::fs::symlink_metadata(rt.chroma().join(SEGMENT))
+        .unwrap()
+        .is_dir());
+    assert!(outside.join("not-in-the-snapshot.bin").exists());
+}

@@ -18,6 +18,7 @@ use crate::store::manifest::{Entry, EntryKind, FileEntry, Manifest};
 use crate::store::Store;
 
 use super::folders::MadeFolders;
+use super::held::{not_a_real_dir, reach};
 use super::patch;
 use super::plan::{path_of, ChromaPlan, RestorePlan, Reusable, S_IFLNK, S_IFMT};
 use super::stage::{stage, stage_file, ChunkCounts, Fault, Staged, StagedFile};
@@ -320,22 +321,25 @@ pub fn install_file(
 }
 
 /// Creates a symlink beside `target` and renames it over `target`.
-fn install_symlink(entry: &Entry, link_target: &[u8], target: &Path) -> Result<()> {
+fn install_symlink(entry: &Entry, link_target: &[u8], target: &Path, shown: &Path) -> Result<()> {
     let owner = wanted_owner(target);
     let tmp = temp_beside(target);
     let mut guard = TempGuard(&tmp, false);
-    std::os::unix::fs::symlink(OsStr::from_bytes(link_target), &tmp).ctx("create symlink", &tmp)?;
+    std::os::unix::fs::symlink(OsStr::from_bytes(link_target), &tmp)
+        .ctx("create a symlink beside", shown)?;
     if let Some((uid, gid)) = owner {
         let _ = std::os::unix::fs::lchown(&tmp, Some(uid), Some(gid));
     }
     let t = file_time(entry.mtime_ns);
-    filetime::set_symlink_file_times(&tmp, t, t).ctx("set the mtime of", &tmp)?;
-    fs::rename(&tmp, target).ctx("rename into place", target)?;
+    filetime::set_symlink_file_times(&tmp, t, t).ctx("set the mtime of a symlink beside", shown)?;
+    fs::rename(&tmp, target).ctx("rename into place", shown)?;
     guard.1 = true;
     Ok(())
 }
 
-/// Sets mode and mtime of an existing file or folder when they differ.
+/// Sets mode and mtime of an existing file or folder when they differ
+/// (`path`: as [`super::held::Reached::path`] names it; `shown`: for
+/// messages).
 /// `follow`: for the Chroma dir itself, which may be a symlink to it.
 ///
 /// The file is held (`O_PATH | O_NOFOLLOW`) and checked to be the one
@@ -343,18 +347,18 @@ fn install_symlink(entry: &Entry, link_target: &[u8], target: &Path) -> Result<(
 /// a file swapped for a symlink in between (a restore runs as root in a
 /// tree its service's user can write) must not lend the snapshot's mode
 /// to whatever the link names.
-fn fix_meta(path: &Path, entry: &Entry, follow: bool) -> Result<()> {
+fn fix_meta(path: &Path, shown: &Path, entry: &Entry, follow: bool) -> Result<()> {
     let m = if follow {
         fs::metadata(path)
     } else {
         fs::symlink_metadata(path)
     }
-    .ctx("stat", path)?;
+    .ctx("stat", shown)?;
     if m.file_type().is_symlink() {
         let t = file_time(entry.mtime_ns);
         let have = m.mtime() * 1_000_000_000 + m.mtime_nsec();
         if have != entry.mtime_ns {
-            filetime::set_symlink_file_times(path, t, t).ctx("set the mtime of", path)?;
+            filetime::set_symlink_file_times(path, t, t).ctx("set the mtime of", shown)?;
         }
         return Ok(());
     }
@@ -364,13 +368,14 @@ fn fix_meta(path: &Path, entry: &Entry, follow: bool) -> Result<()> {
         return Ok(());
     }
     crate::failpoint::pause_named(|| format!("restore:before-meta:{}", entry.path_lossy()));
-    let held = hold(path, follow, &m)?;
+    let held = hold(path, shown, follow, &m)?;
     if mode_differs {
         fs::set_permissions(&held, Permissions::from_mode(entry.mode & 0o7777))
-            .ctx("set the mode of", path)?;
+            .ctx("set the mode of", shown)?;
     }
     if have != entry.mtime_ns {
-        filetime::set_file_mtime(&held, file_time(entry.mtime_ns)).ctx("set the mtime of", path)?;
+        filetime::set_file_mtime(&held, file_time(entry.mtime_ns))
+            .ctx("set the mtime of", shown)?;
     }
     Ok(())
 }
@@ -380,7 +385,7 @@ fn fix_meta(path: &Path, entry: &Entry, follow: bool) -> Result<()> {
 /// that file, then named through `/proc/self/fd`, whose link leads to the
 /// file held whatever happens to `path` meanwhile. Without `/proc`, the
 /// path itself, checked just before.
-fn hold(path: &Path, follow: bool, seen: &fs::Metadata) -> Result<HeldPath> {
+fn hold(path: &Path, shown: &Path, follow: bool, seen: &fs::Metadata) -> Result<HeldPath> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut flags = libc::O_PATH | libc::O_CLOEXEC;
     if !follow {
@@ -390,11 +395,11 @@ fn hold(path: &Path, follow: bool, seen: &fs::Metadata) -> Result<HeldPath> {
         .read(true)
         .custom_flags(flags)
         .open(path)
-        .ctx("open", path)?;
-    let now = file.metadata().ctx("stat", path)?;
+        .ctx("open", shown)?;
+    let now = file.metadata().ctx("stat", shown)?;
     if (now.dev(), now.ino()) != (seen.dev(), seen.ino()) || now.file_type() != seen.file_type() {
         return Err(Error::TargetInvalid {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             detail: "was replaced while the restore ran: its mode and mtime were not set (run the restore again)".into(),
         });
     }
@@ -436,40 +441,48 @@ fn install_chroma(
     }
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
     for r in &plan.remove {
-        real_dirs(root, &r.rel, false)?;
-        let path = path_of(root, &r.rel);
+        let at = reach(root, &r.rel, false)?;
+        crate::failpoint::pause_named(|| format!("restore:before-remove:{}", at.shown.display()));
         let removed = if r.is_dir {
-            fs::remove_dir_all(&path)
+            fs::remove_dir_all(at.path())
         } else {
-            fs::remove_file(&path)
+            fs::remove_file(at.path())
         };
         match removed {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", &path, e)),
+            Err(e) => return Err(Error::io("remove", &at.shown, e)),
         }
-        touched.insert(parent_of(&path).to_path_buf());
+        touched.insert(parent_of(&at.shown).to_path_buf());
     }
     crate::failpoint::hit(|| "restore:chroma-after-remove".into());
     for &i in &plan.create_dirs {
-        let path = path_of(root, rel_of(manifest, i));
-        real_dirs(root, rel_of(manifest, i), true)?;
+        let at = reach(root, rel_of(manifest, i), false)?;
+        let path = at.path();
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create", &at.shown, e)),
+        }
+        if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(not_a_real_dir(&at.shown));
+        }
         adopt_parent_owner(&path);
-        touched.insert(parent_of(&path).to_path_buf());
+        touched.insert(parent_of(&at.shown).to_path_buf());
     }
 
     let patched = install_patches(staged, manifest, plan, durable)?;
     for &i in &plan.write {
         let e = &manifest.entries[i];
-        let path = path_of(root, rel_of(manifest, i));
-        real_dirs(root, rel_of(manifest, i), false)?;
+        let at = reach(root, rel_of(manifest, i), false)?;
+        let path = at.path();
         match &e.kind {
-            EntryKind::File(_) if staged.same.contains(&i) => fix_meta(&path, e, false)?,
+            EntryKind::File(_) if staged.same.contains(&i) => fix_meta(&path, &at.shown, e, false)?,
             EntryKind::File(_) if patched.contains(&i) => {}
             EntryKind::File(_) => {
                 let Some(f) = staged.chroma.remove(&i) else {
                     return Err(Error::TargetInvalid {
-                        path,
+                        path: at.shown,
                         detail: "no staged copy to install".into(),
                     });
                 };
@@ -477,10 +490,10 @@ fn install_chroma(
                 if let Err(err) = fs::rename(&f.tmp, &path) {
                     // Still the staging's to remove.
                     staged.chroma.insert(i, f);
-                    return Err(Error::io("rename into place", &path, err));
+                    return Err(Error::io("rename into place", &at.shown, err));
                 }
             }
-            EntryKind::Symlink { target } => install_symlink(e, target, &path)?,
+            EntryKind::Symlink { target } => install_symlink(e, target, &path, &at.shown)?,
             EntryKind::Dir => {}
         }
     }
@@ -488,12 +501,8 @@ fn install_chroma(
         touched.insert(parent_of(&path_of(root, rel_of(manifest, i))).to_path_buf());
     }
     for &i in &plan.unchanged {
-        real_dirs(root, rel_of(manifest, i), false)?;
-        fix_meta(
-            &path_of(root, rel_of(manifest, i)),
-            &manifest.entries[i],
-            false,
-        )?;
+        let at = reach(root, rel_of(manifest, i), false)?;
+        fix_meta(&at.path(), &at.shown, &manifest.entries[i], false)?;
     }
     for dir in touched.iter().filter(|_| durable) {
         if dir.is_dir() {
@@ -505,12 +514,8 @@ fn install_chroma(
     let mut dirs = plan.dirs.clone();
     dirs.sort_by(|a, b| rel_of(manifest, *b).cmp(rel_of(manifest, *a)));
     for i in dirs {
-        real_dirs(root, rel_of(manifest, i), false)?;
-        fix_meta(
-            &path_of(root, rel_of(manifest, i)),
-            &manifest.entries[i],
-            false,
-        )?;
+        let at = reach(root, rel_of(manifest, i), false)?;
+        fix_meta(&at.path(), &at.shown, &manifest.entries[i], false)?;
     }
     if let Some(i) = plan.root_entry {
         // When the Chroma dir was reached through a symlink, the snapshot
@@ -518,7 +523,7 @@ fn install_chroma(
         // to the folder itself.
         let e = &manifest.entries[i];
         if e.mode & S_IFMT != S_IFLNK {
-            fix_meta(root, e, true)?;
+            fix_meta(root, root, e, true)?;
         }
     }
     Ok(())
@@ -541,7 +546,9 @@ fn install_patches(
         if !patched || staged.same.contains(&i) {
             continue;
         }
-        real_dirs(root, rel_of(manifest, i), false)?;
+        // The folders on the way are real ones (the patch itself opens
+        // its file without following a link).
+        reach(root, rel_of(manifest, i), false)?;
         let e = &manifest.entries[i];
         crate::failpoint::hit(|| format!("restore:before-rename:{}", e.path_lossy()));
         // Once committed, a patch is the next restore's to finish if this
@@ -565,50 +572,6 @@ fn install_patches(
         .collect();
     done.into_iter().collect::<Result<()>>()?;
     Ok(jobs.into_iter().map(|(i, ..)| i).collect())
-}
-
-/// Makes sure each folder on the way from `root` to `root/rel` (`rel`
-/// itself too when `whole`) is a real folder, creating missing ones. A
-/// symlink or anything else on the way refuses the write: a restore never
-/// writes, removes or sets metadata through a link, whether one planted
-/// in the tree on disk or one a forged manifest declares (the plan already
-/// replaces links where the snapshot has folders; this guards the rest).
-fn real_dirs(root: &Path, rel: &[u8], whole: bool) -> Result<()> {
-    let mut steps: Vec<&[u8]> = rel
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
-    if !whole {
-        steps.pop();
-    }
-    let mut dir = root.to_path_buf();
-    for step in steps {
-        dir.push(OsStr::from_bytes(step));
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => continue,
-            Ok(_) => return Err(not_a_real_dir(&dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("stat", &dir, e)),
-        }
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            // Made by a parallel writer of the same restore: a folder, or refused.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-                    return Err(not_a_real_dir(&dir));
-                }
-            }
-            Err(e) => return Err(Error::io("create", &dir, e)),
-        }
-    }
-    Ok(())
-}
-
-fn not_a_real_dir(path: &Path) -> Error {
-    Error::TargetInvalid {
-        path: path.to_path_buf(),
-        detail: "is a symlink or not a folder where the restore needs a folder; restore never writes through a link (remove it and run the restore again)".into(),
-    }
 }
 
 fn rel_of(manifest: &Manifest, i: usize) -> &[u8] {

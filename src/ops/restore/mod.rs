@@ -47,6 +47,7 @@
 
 mod apply;
 mod folders;
+mod held;
 pub mod include;
 mod patch;
 mod plan;

@@ -1,0 +1,153 @@
+//! Reaching an entry of the Chroma tree without following a link on the
+//! way, for the install step: each folder from the Chroma dir down is
+//! opened relative to the one above it (`openat`, `O_NOFOLLOW`), and the
+//! entry is then named through the folder held open. A restore runs as
+//! root in a tree its service's user can write: a folder swapped for a
+//! link after it was checked must not send a removal, a rename or a mode
+//! anywhere else.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+
+/// An entry reached from the Chroma dir: the folder holding it, held open,
+/// and its name there.
+pub(super) struct Reached {
+    dir: File,
+    name: Option<OsString>,
+    /// The entry's path as the operator knows it, for messages.
+    pub shown: PathBuf,
+}
+
+impl Reached {
+    /// A path naming the entry inside the folder held, whatever becomes
+    /// of the folders above it: `/proc/self/fd/<n>/<name>` (the kernel
+    /// resolves the descriptor's link to the folder itself). Without
+    /// `/proc`, the plain path, checked a moment before.
+    pub fn path(&self) -> PathBuf {
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
+        if !by_fd.is_dir() {
+            return self.shown.clone();
+        }
+        match &self.name {
+            Some(name) => by_fd.join(name),
+            None => by_fd,
+        }
+    }
+}
+
+/// Reaches `root/rel` (`rel` relative, `/`-separated), making each missing
+/// folder on the way (`rel` itself too when `whole`). A link or anything
+/// but a folder on the way refuses (`target_invalid`). `root`, the
+/// Chroma dir, may itself be a link to its folder.
+pub(super) fn reach(root: &Path, rel: &[u8], whole: bool) -> Result<Reached> {
+    let mut steps: Vec<&[u8]> = rel
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let name = if whole { None } else { steps.pop() };
+    let mut dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(root)
+        .ctx("open", root)?;
+    let mut shown = root.to_path_buf();
+    for step in steps {
+        shown.push(OsStr::from_bytes(step));
+        dir = step_into(&dir, step, &shown)?;
+    }
+    if let Some(name) = name {
+        shown.push(OsStr::from_bytes(name));
+    }
+    Ok(Reached {
+        dir,
+        name: name.map(|n| OsStr::from_bytes(n).to_os_string()),
+        shown,
+    })
+}
+
+/// The folder `name` in `dir`, made when missing, opened without
+/// following a link.
+fn step_into(dir: &File, name: &[u8], shown: &Path) -> Result<File> {
+    let c = CString::new(name).map_err(|_| not_a_real_dir(shown))?;
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    for _ in 0..2 {
+        // SAFETY: openat(2) with a valid descriptor and a NUL-terminated
+        // name; the descriptor returned is owned by the File made of it.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
+        if fd >= 0 {
+            // SAFETY: `fd` is a fresh descriptor nothing else owns.
+            return Ok(unsafe { File::from_raw_fd(fd) });
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            // A link (O_NOFOLLOW) or a file where a folder must be.
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => return Err(not_a_real_dir(shown)),
+            Some(libc::ENOENT) => {
+                // SAFETY: mkdirat(2), as above.
+                if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o777) } != 0 {
+                    let err = std::io::Error::last_os_error();
+                    // Made meanwhile (a parallel writer of the same
+                    // restore): opened, and checked, on the next turn.
+                    if err.kind() != std::io::ErrorKind::AlreadyExists {
+                        return Err(Error::io("create", shown, err));
+                    }
+                }
+            }
+            _ => return Err(Error::io("open", shown, err)),
+        }
+    }
+    Err(not_a_real_dir(shown))
+}
+
+pub(super) fn not_a_real_dir(path: &Path) -> Error {
+    Error::TargetInvalid {
+        path: path.to_path_buf(),
+        detail: "is a symlink or not a folder where the restore needs a folder; restore never writes through a link (remove it and run the restore again)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaching_makes_folders_refuses_links_and_holds_the_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("chroma");
+        std::fs::create_dir(&root).unwrap();
+        let at = reach(&root, b"a/b/file", false).unwrap();
+        assert!(root.join("a/b").is_dir(), "folders on the way are made");
+        assert_eq!(at.shown, root.join("a/b/file"));
+        std::fs::write(at.path(), b"x").unwrap();
+        assert_eq!(std::fs::read(root.join("a/b/file")).unwrap(), b"x");
+        let whole = reach(&root, b"a/c", true).unwrap();
+        assert!(root.join("a/c").is_dir());
+        assert!(whole.path().is_dir());
+
+        // The folder held stays the one reached when its path changes.
+        std::fs::rename(root.join("a"), tmp.path().join("moved")).unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(outside.join("b")).unwrap();
+        std::fs::write(outside.join("b/file"), b"not the restore's").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a")).unwrap();
+        std::fs::remove_file(at.path()).unwrap();
+        assert!(!tmp.path().join("moved/b/file").exists());
+        assert!(
+            outside.join("b/file").exists(),
+            "nothing removed through the link"
+        );
+
+        // A link on the way, or a file, refuses, naming the step.
+        let e = reach(&root, b"a/b/file", false).err().unwrap();
+        assert!(e.to_string().contains("chroma/a"), "{e}");
+        std::fs::write(root.join("f"), b"").unwrap();
+        assert!(reach(&root, b"f/x", false).is_err());
+        assert!(reach(&root, b"f", true).is_err());
+    }
+}
