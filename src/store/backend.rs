@@ -388,7 +388,14 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
 
 /// fsyncs a folder so a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    // O_DIRECTORY: anything else there (a FIFO swapped in, whose open
+    // would wait for a writer) fails at once.
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?
+        .sync_all()
 }
 
 /// Writes `data` to `path` (which must not exist) and fsyncs it.

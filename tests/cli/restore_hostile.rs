@@ -27,6 +27,10 @@ fn a_refused_restore_leaves_no_folder_it_created() {
     assert_eq!(code, 3, "{json}");
     assert_eq!(json["error"]["code"], "validation_failed");
     assert!(!parent.exists(), "{} was left", parent.display());
+    // The same with a relative path (the command runs in the temp dir).
+    let Out { json, code, .. } = rt.run(&["restore", &s1, "--to", "drills/today"]);
+    assert_eq!(code, 3, "{json}");
+    assert!(!parent.exists(), "{} was left", parent.display());
 
     // A live restore into a runtime that lost its data folder (db and
     // Chroma both live under it).
@@ -39,6 +43,17 @@ fn a_refused_restore_leaves_no_folder_it_created() {
     assert!(!data.exists(), "{} was left", data.display());
     assert_same_tree!(tree(&rt.runtime), before, "nothing else changed");
     assert_eq!(rt.stamps(), vec![s1], "no pre-restore snapshot");
+}
+
+/// `--to` a relative folder that does not exist yet: made, as before.
+#[test]
+fn a_restore_to_a_new_relative_folder_makes_it() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let r = rt.ok(&["restore", &s1, "--to", "drills/today"]);
+    assert_eq!(r["chroma_files_written"], 6, "{r}");
+    assert!(rt.path("drills/today/atocore.db").is_file());
+    assert!(rt.path("drills/today/chroma").is_dir());
 }
 
 /// A file the restore leaves alone but whose mode it sets back, swapped
@@ -102,13 +117,22 @@ fn a_folder_swapped_for_a_symlink_before_a_removal_sends_it_nowhere_else() {
     std::fs::write(&extra, b"made after the snapshot").unwrap();
     let outside = rt.path("outside");
     std::fs::create_dir(&outside).unwrap();
-    std::fs::write(outside.join("not-in-the-snapshot.bin"), b"not the restore's").unwrap();
+    std::fs::write(
+        outside.join("not-in-the-snapshot.bin"),
+        b"not the restore's",
+    )
+    .unwrap();
 
     let point = format!("restore:before-remove:{}", extra.display());
     let moved = rt.path("segment.moved");
     let Out { json, code, .. } = rt.paused_at(
         &point,
-        &["restore", &s1, "--confirm-service-stopped", "--no-pre-snapshot"],
+        &[
+            "restore",
+            &s1,
+            "--confirm-service-stopped",
+            "--no-pre-snapshot",
+        ],
         |_| {
             std::fs::rename(rt.chroma().join(SEGMENT), &moved).unwrap();
             std::os::unix::fs::symlink(&outside, rt.chroma().join(SEGMENT)).unwrap();

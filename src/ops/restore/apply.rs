@@ -18,7 +18,7 @@ use crate::store::manifest::{Entry, EntryKind, FileEntry, Manifest};
 use crate::store::Store;
 
 use super::folders::MadeFolders;
-use super::held::{not_a_real_dir, reach};
+use super::held::{Reached, Tree};
 use super::patch;
 use super::plan::{path_of, ChromaPlan, RestorePlan, Reusable, S_IFLNK, S_IFMT};
 use super::stage::{stage, stage_file, ChunkCounts, Fault, Staged, StagedFile};
@@ -222,25 +222,12 @@ pub(super) fn wanted_owner(target: &Path) -> Option<(u32, u32)> {
         .map(|m| (m.uid(), m.gid()))
 }
 
-/// Best effort: a folder the restore made gets its parent's owner. Never
-/// through a link: a name swapped for one since changes only the link.
-fn adopt_parent_owner(dir: &Path) {
-    if let (Ok(m), Ok(p)) = (fs::symlink_metadata(dir), fs::metadata(parent_of(dir))) {
-        if m.is_dir() && (m.uid(), m.gid()) != (p.uid(), p.gid()) {
-            let _ = std::os::unix::fs::lchown(dir, Some(p.uid()), Some(p.gid()));
-        }
-    }
-}
-
 /// Makes a missing Chroma folder and its missing parents. Each folder
 /// this call made (and only those: another process may make one
 /// meanwhile) takes its parent's owner.
 fn create_root(root: &Path) -> Result<()> {
     let mut folders = MadeFolders::default();
     folders.create(root)?;
-    for dir in folders.made() {
-        adopt_parent_owner(dir);
-    }
     folders.keep();
     Ok(())
 }
@@ -439,9 +426,20 @@ fn install_chroma(
     if !plan.root_exists {
         create_root(root)?;
     }
+    let tree = Tree::open(root)?;
+    // An entry the plan saw, which must still be there.
+    let existing = |rel: &[u8]| -> Result<Reached> {
+        tree.reach(rel, false, false)?.ok_or_else(|| {
+            let shown = path_of(root, rel);
+            Error::io("stat", &shown, std::io::ErrorKind::NotFound.into())
+        })
+    };
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
     for r in &plan.remove {
-        let at = reach(root, &r.rel, false)?;
+        // A folder on the way gone already: so is the entry.
+        let Some(at) = tree.reach(&r.rel, false, false)? else {
+            continue;
+        };
         crate::failpoint::pause_named(|| format!("restore:before-remove:{}", at.shown.display()));
         let removed = if r.is_dir {
             fs::remove_dir_all(at.path())
@@ -457,24 +455,17 @@ fn install_chroma(
     }
     crate::failpoint::hit(|| "restore:chroma-after-remove".into());
     for &i in &plan.create_dirs {
-        let at = reach(root, rel_of(manifest, i), false)?;
-        let path = at.path();
-        match fs::create_dir(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io("create", &at.shown, e)),
-        }
-        if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-            return Err(not_a_real_dir(&at.shown));
-        }
-        adopt_parent_owner(&path);
-        touched.insert(parent_of(&at.shown).to_path_buf());
+        let rel = rel_of(manifest, i);
+        tree.reach(rel, true, true)?;
+        touched.insert(parent_of(&path_of(root, rel)).to_path_buf());
     }
 
-    let patched = install_patches(staged, manifest, plan, durable)?;
+    let patched = install_patches(staged, manifest, plan, &tree, durable)?;
     for &i in &plan.write {
         let e = &manifest.entries[i];
-        let at = reach(root, rel_of(manifest, i), false)?;
+        let Some(at) = tree.reach(rel_of(manifest, i), false, true)? else {
+            continue; // never: folders on the way are made
+        };
         let path = at.path();
         match &e.kind {
             EntryKind::File(_) if staged.same.contains(&i) => fix_meta(&path, &at.shown, e, false)?,
@@ -487,7 +478,13 @@ fn install_chroma(
                     });
                 };
                 crate::failpoint::hit(|| format!("restore:before-rename:{}", e.path_lossy()));
-                if let Err(err) = fs::rename(&f.tmp, &path) {
+                // Staged beside its target (the usual case): renamed
+                // within the folder held.
+                let from = match f.tmp.file_name() {
+                    Some(name) if f.tmp.parent() == at.shown.parent() => at.sibling(name),
+                    _ => f.tmp.clone(),
+                };
+                if let Err(err) = fs::rename(&from, &path) {
                     // Still the staging's to remove.
                     staged.chroma.insert(i, f);
                     return Err(Error::io("rename into place", &at.shown, err));
@@ -501,7 +498,7 @@ fn install_chroma(
         touched.insert(parent_of(&path_of(root, rel_of(manifest, i))).to_path_buf());
     }
     for &i in &plan.unchanged {
-        let at = reach(root, rel_of(manifest, i), false)?;
+        let at = existing(rel_of(manifest, i))?;
         fix_meta(&at.path(), &at.shown, &manifest.entries[i], false)?;
     }
     for dir in touched.iter().filter(|_| durable) {
@@ -514,7 +511,7 @@ fn install_chroma(
     let mut dirs = plan.dirs.clone();
     dirs.sort_by(|a, b| rel_of(manifest, *b).cmp(rel_of(manifest, *a)));
     for i in dirs {
-        let at = reach(root, rel_of(manifest, i), false)?;
+        let at = existing(rel_of(manifest, i))?;
         fix_meta(&at.path(), &at.shown, &manifest.entries[i], false)?;
     }
     if let Some(i) = plan.root_entry {
@@ -523,7 +520,7 @@ fn install_chroma(
         // to the folder itself.
         let e = &manifest.entries[i];
         if e.mode & S_IFMT != S_IFLNK {
-            fix_meta(root, root, e, true)?;
+            fix_meta(&tree.root_path(), root, e, true)?;
         }
     }
     Ok(())
@@ -537,6 +534,7 @@ fn install_patches(
     staged: &mut Staged,
     manifest: &Manifest,
     plan: &ChromaPlan,
+    tree: &Tree,
     durable: bool,
 ) -> Result<BTreeSet<usize>> {
     let root = &plan.root;
@@ -546,9 +544,11 @@ fn install_patches(
         if !patched || staged.same.contains(&i) {
             continue;
         }
-        // The folders on the way are real ones (the patch itself opens
-        // its file without following a link).
-        reach(root, rel_of(manifest, i), false)?;
+        // The folders on the way are real ones. What keeps the patch
+        // from a file swapped in since is `patch::install` itself: it
+        // opens its file without following a link and checks it is the
+        // file staged against (device, inode, one link).
+        tree.reach(rel_of(manifest, i), false, false)?;
         let e = &manifest.entries[i];
         crate::failpoint::hit(|| format!("restore:before-rename:{}", e.path_lossy()));
         // Once committed, a patch is the next restore's to finish if this

@@ -29,7 +29,8 @@ impl MadeFolders {
     pub fn create(&mut self, dir: &Path) -> Result<usize> {
         let missing: Vec<&Path> = dir
             .ancestors()
-            .take_while(|d| fs::symlink_metadata(d).is_err())
+            // A relative path's last ancestor is "", the current folder.
+            .take_while(|d| !d.as_os_str().is_empty() && fs::symlink_metadata(d).is_err())
             .collect();
         let before = self.made.len();
         let outer = missing.last().and_then(|d| {
@@ -62,10 +63,27 @@ impl MadeFolders {
         &self.made
     }
 
-    /// The restore goes on to change its targets: the folders stay.
+    /// The restore goes on to change its targets: the folders stay, each
+    /// with its parent's owner (a root restore must not leave the service
+    /// a folder it cannot write in).
     pub fn keep(&mut self) {
+        for dir in &self.made {
+            adopt_parent_owner(dir);
+        }
         self.made.clear();
         self.parents.clear();
+    }
+}
+
+/// Best effort: a folder the restore made gets its parent's owner. Never
+/// through a link: a name swapped for one since changes only the link.
+fn adopt_parent_owner(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    if let (Ok(m), Ok(p)) = (fs::symlink_metadata(dir), fs::metadata(parent)) {
+        if m.is_dir() && (m.uid(), m.gid()) != (p.uid(), p.gid()) {
+            let _ = std::os::unix::fs::lchown(dir, Some(p.uid()), Some(p.gid()));
+        }
     }
 }
 
@@ -76,7 +94,9 @@ impl Drop for MadeFolders {
         for d in self.made.iter().rev() {
             let _ = fs::remove_dir(d);
         }
-        for (made, parent, ns) in &self.parents {
+        // Latest first: a second folder made in the same parent noted the
+        // mtime the first one gave it.
+        for (made, parent, ns) in self.parents.iter().rev() {
             if fs::symlink_metadata(made).is_err() {
                 let _ = filetime::set_file_mtime(parent, file_time(*ns));
             }
@@ -117,6 +137,19 @@ mod tests {
         made.keep();
         drop(made);
         assert!(tmp.path().join("k/l").is_dir());
+
+        // Two folders made in one parent: its mtime before the first.
+        let old = filetime::FileTime::from_unix_time(1_000_000_000, 7);
+        filetime::set_file_mtime(tmp.path(), old).unwrap();
+        let mut made = MadeFolders::default();
+        made.create(&tmp.path().join("p/q")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        made.create(&tmp.path().join("r")).unwrap();
+        drop(made);
+        assert!(!tmp.path().join("p").exists() && !tmp.path().join("r").exists());
+        let mtime =
+            filetime::FileTime::from_last_modification_time(&fs::metadata(tmp.path()).unwrap());
+        assert_eq!(mtime, old);
 
         // A file in the way is named.
         fs::write(tmp.path().join("f"), b"x").unwrap();

@@ -15,6 +15,13 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 
+/// The Chroma dir, opened once for an install (following a link there:
+/// the Chroma dir may be one), from which every entry is reached.
+pub(super) struct Tree {
+    root: File,
+    shown: PathBuf,
+}
+
 /// An entry reached from the Chroma dir: the folder holding it, held open,
 /// and its name there.
 pub(super) struct Reached {
@@ -24,73 +31,114 @@ pub(super) struct Reached {
     pub shown: PathBuf,
 }
 
+impl Tree {
+    pub fn open(root: &Path) -> Result<Tree> {
+        let root_file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(root)
+            .ctx("open", root)?;
+        Ok(Tree {
+            root: root_file,
+            shown: root.to_path_buf(),
+        })
+    }
+
+    /// A path naming the Chroma dir opened (see [`Reached::path`]).
+    pub fn root_path(&self) -> PathBuf {
+        by_fd(&self.root, None).unwrap_or_else(|| self.shown.clone())
+    }
+
+    /// Reaches `rel` (relative, `/`-separated) below the Chroma dir; `rel`
+    /// itself too when `whole`. With `make`, each missing folder on the
+    /// way is made (and given its parent's owner); without, a missing one
+    /// is `None`. A link or anything but a folder on the way refuses
+    /// (`target_invalid`).
+    pub fn reach(&self, rel: &[u8], whole: bool, make: bool) -> Result<Option<Reached>> {
+        let mut steps: Vec<&[u8]> = rel
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        let name = if whole { None } else { steps.pop() };
+        let mut dir = self.root.try_clone().ctx("open", &self.shown)?;
+        let mut shown = self.shown.clone();
+        for step in steps {
+            shown.push(OsStr::from_bytes(step));
+            match step_into(&dir, step, &shown, make)? {
+                Some(next) => dir = next,
+                None => return Ok(None),
+            }
+        }
+        if let Some(name) = name {
+            shown.push(OsStr::from_bytes(name));
+        }
+        Ok(Some(Reached {
+            dir,
+            name: name.map(|n| OsStr::from_bytes(n).to_os_string()),
+            shown,
+        }))
+    }
+}
+
 impl Reached {
     /// A path naming the entry inside the folder held, whatever becomes
     /// of the folders above it: `/proc/self/fd/<n>/<name>` (the kernel
     /// resolves the descriptor's link to the folder itself). Without
     /// `/proc`, the plain path, checked a moment before.
     pub fn path(&self) -> PathBuf {
-        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
-        if !by_fd.is_dir() {
-            return self.shown.clone();
-        }
-        match &self.name {
-            Some(name) => by_fd.join(name),
-            None => by_fd,
-        }
+        by_fd(&self.dir, self.name.as_deref()).unwrap_or_else(|| self.shown.clone())
+    }
+
+    /// A path naming `name` in the folder that holds the entry.
+    pub fn sibling(&self, name: &OsStr) -> PathBuf {
+        by_fd(&self.dir, Some(name)).unwrap_or_else(|| match self.shown.parent() {
+            Some(p) => p.join(name),
+            None => PathBuf::from(name),
+        })
     }
 }
 
-/// Reaches `root/rel` (`rel` relative, `/`-separated), making each missing
-/// folder on the way (`rel` itself too when `whole`). A link or anything
-/// but a folder on the way refuses (`target_invalid`). `root`, the
-/// Chroma dir, may itself be a link to its folder.
-pub(super) fn reach(root: &Path, rel: &[u8], whole: bool) -> Result<Reached> {
-    let mut steps: Vec<&[u8]> = rel
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
-    let name = if whole { None } else { steps.pop() };
-    let mut dir = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(root)
-        .ctx("open", root)?;
-    let mut shown = root.to_path_buf();
-    for step in steps {
-        shown.push(OsStr::from_bytes(step));
-        dir = step_into(&dir, step, &shown)?;
+/// `/proc/self/fd/<n>[/<name>]` for the folder `dir` holds, or None
+/// without `/proc`.
+fn by_fd(dir: &File, name: Option<&OsStr>) -> Option<PathBuf> {
+    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    if !path.is_dir() {
+        return None;
     }
-    if let Some(name) = name {
-        shown.push(OsStr::from_bytes(name));
-    }
-    Ok(Reached {
-        dir,
-        name: name.map(|n| OsStr::from_bytes(n).to_os_string()),
-        shown,
+    Some(match name {
+        Some(name) => path.join(name),
+        None => path,
     })
 }
 
-/// The folder `name` in `dir`, made when missing, opened without
-/// following a link.
-fn step_into(dir: &File, name: &[u8], shown: &Path) -> Result<File> {
+/// The folder `name` in `dir`, opened without following a link; made
+/// when missing and `make` (with `dir`'s owner), else None.
+fn step_into(dir: &File, name: &[u8], shown: &Path, make: bool) -> Result<Option<File>> {
     let c = CString::new(name).map_err(|_| not_a_real_dir(shown))?;
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let mut made = false;
     for _ in 0..2 {
         // SAFETY: openat(2) with a valid descriptor and a NUL-terminated
         // name; the descriptor returned is owned by the File made of it.
         let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
         if fd >= 0 {
             // SAFETY: `fd` is a fresh descriptor nothing else owns.
-            return Ok(unsafe { File::from_raw_fd(fd) });
+            let opened = unsafe { File::from_raw_fd(fd) };
+            if made {
+                adopt_owner_of(dir, &opened);
+            }
+            return Ok(Some(opened));
         }
         let err = std::io::Error::last_os_error();
         match err.raw_os_error() {
             // A link (O_NOFOLLOW) or a file where a folder must be.
             Some(libc::ELOOP) | Some(libc::ENOTDIR) => return Err(not_a_real_dir(shown)),
+            Some(libc::ENOENT) if !make => return Ok(None),
             Some(libc::ENOENT) => {
                 // SAFETY: mkdirat(2), as above.
-                if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o777) } != 0 {
+                if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o777) } == 0 {
+                    made = true;
+                } else {
                     let err = std::io::Error::last_os_error();
                     // Made meanwhile (a parallel writer of the same
                     // restore): opened, and checked, on the next turn.
@@ -105,7 +153,31 @@ fn step_into(dir: &File, name: &[u8], shown: &Path) -> Result<File> {
     Err(not_a_real_dir(shown))
 }
 
-pub(super) fn not_a_real_dir(path: &Path) -> Error {
+/// Best effort: the folder `made` (just made, and held) takes the owner
+/// of `parent`, changed through its descriptor (`AT_EMPTY_PATH`), never
+/// through a name.
+fn adopt_owner_of(parent: &File, made: &File) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(p), Ok(m)) = (parent.metadata(), made.metadata()) else {
+        return;
+    };
+    if (p.uid(), p.gid()) == (m.uid(), m.gid()) {
+        return;
+    }
+    // SAFETY: fchownat(2) on a descriptor this process holds, with an
+    // empty NUL-terminated name.
+    let _ = unsafe {
+        libc::fchownat(
+            made.as_raw_fd(),
+            c"".as_ptr(),
+            p.uid(),
+            p.gid(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+}
+
+fn not_a_real_dir(path: &Path) -> Error {
     Error::TargetInvalid {
         path: path.to_path_buf(),
         detail: "is a symlink or not a folder where the restore needs a folder; restore never writes through a link (remove it and run the restore again)".into(),
@@ -121,12 +193,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("chroma");
         std::fs::create_dir(&root).unwrap();
-        let at = reach(&root, b"a/b/file", false).unwrap();
+        let tree = Tree::open(&root).unwrap();
+        assert!(
+            tree.reach(b"a/b/file", false, false).unwrap().is_none(),
+            "not made"
+        );
+        assert!(!root.join("a").exists());
+        let at = tree.reach(b"a/b/file", false, true).unwrap().unwrap();
         assert!(root.join("a/b").is_dir(), "folders on the way are made");
         assert_eq!(at.shown, root.join("a/b/file"));
         std::fs::write(at.path(), b"x").unwrap();
         assert_eq!(std::fs::read(root.join("a/b/file")).unwrap(), b"x");
-        let whole = reach(&root, b"a/c", true).unwrap();
+        let whole = tree.reach(b"a/c", true, true).unwrap().unwrap();
         assert!(root.join("a/c").is_dir());
         assert!(whole.path().is_dir());
 
@@ -144,10 +222,10 @@ mod tests {
         );
 
         // A link on the way, or a file, refuses, naming the step.
-        let e = reach(&root, b"a/b/file", false).err().unwrap();
+        let e = tree.reach(b"a/b/file", false, true).err().unwrap();
         assert!(e.to_string().contains("chroma/a"), "{e}");
         std::fs::write(root.join("f"), b"").unwrap();
-        assert!(reach(&root, b"f/x", false).is_err());
-        assert!(reach(&root, b"f", true).is_err());
+        assert!(tree.reach(b"f/x", false, true).is_err());
+        assert!(tree.reach(b"f", true, false).is_err());
     }
 }
