@@ -42,7 +42,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(600);
 /// `gc:before-upload-barrier` (the rewritten packs are handed to the
 /// backend, which may still be uploading them; nothing is deleted yet),
 /// `validate:before-reads` (manifest and chunk index read; no list blob
-/// or chunk yet).
+/// or chunk yet), `restore:after-stage` (every file staged; nothing
+/// installed).
 pub fn pause(name: &str) {
     pause_named(|| name.to_string())
 }

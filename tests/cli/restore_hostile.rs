@@ -162,3 +162,33 @@ fn a_folder_swapped_for_a_symlink_before_a_removal_sends_it_nowhere_else() {
         .is_dir());
     assert!(outside.join("not-in-the-snapshot.bin").exists());
 }
+
+/// The last refusal comes at install, when a file to patch changed after
+/// it was staged against: the folders the restore made for staging (here
+/// the registry's, gone from the runtime) are taken back then too.
+#[test]
+fn a_restore_refused_at_install_takes_back_its_folders() {
+    let rt = Rt::fixture();
+    let s1 = rt.create_stamp(&["--chroma"]);
+    let data = seg(&rt, "data_level0.bin");
+    flip_bit(&data, 4096 + 3);
+    let config = rt.registry().parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&config).unwrap();
+
+    let Out { json, code, .. } = rt.paused_at(
+        "restore:after-stage",
+        &[
+            "restore",
+            &s1,
+            "--confirm-service-stopped",
+            "--no-pre-snapshot",
+        ],
+        |_| {
+            assert!(config.is_dir(), "made for the registry's staging");
+            flip_bit(&data, 9 * 4096 + 1);
+        },
+    );
+    assert_eq!(code, 1, "{json}");
+    assert!(!config.exists(), "{} was left: {json}", config.display());
+    assert!(files_named(&rt.runtime, ".atosnap-restore-").is_empty());
+}

@@ -50,17 +50,18 @@ pub fn apply(
     sweep_stale_temps(&plan.targets, plan.chroma.is_some());
     let mut folders = MadeFolders::default();
     let mut staged = stage(store, index, manifest, plan, &mut folders, progress)?;
-    folders.keep();
-    install(&mut staged, manifest, plan, progress)
+    install(&mut staged, manifest, plan, &mut folders, progress)
 }
 
 /// Steps 5 to 7: renames the staged files into place (the db, the
 /// registry, then the Chroma tree brought to the snapshot's), each folder
-/// fsynced on a live restore.
+/// fsynced on a live restore. The folders made for staging are kept once
+/// the last refusal is past.
 pub fn install(
     staged: &mut Staged,
     manifest: &Manifest,
     plan: &RestorePlan,
+    folders: &mut MadeFolders,
     progress: &dyn Progress,
 ) -> Result<Applied> {
     let t = &plan.targets;
@@ -72,6 +73,7 @@ pub fn install(
             patch::check_unchanged(&f.target, p)?;
         }
     }
+    folders.keep();
     // From here on the live tree changes for good.
     staged.dir_mtimes.clear();
     let mut out = Applied {

@@ -189,7 +189,8 @@ pub fn restore(
     let manifest = store.read_manifest(&stamp, ReadFrom::Cache)?;
     check_paths(&manifest)?;
     let with_chroma = chroma_wanted(&manifest, opts.chroma)?;
-    // Dropped before `keep`, it takes back the folders made so far.
+    // Dropped before `install` keeps them, it takes back the folders
+    // made so far.
     let mut folders = MadeFolders::default();
     if let Some(dir) = &opts.to {
         prepare_to_dir(dir, &mut folders)?;
@@ -206,6 +207,7 @@ pub fn restore(
     let plan = plan(store, &index, &manifest, &targets, with_chroma)?;
     let mut staged = stage(store, &index, &manifest, &plan, &mut folders, progress)?;
     crate::failpoint::hit(|| "restore:after-stage".into());
+    crate::failpoint::pause("restore:after-stage");
 
     // 2. pre-restore safety snapshot
     progress.phase("pre-restore snapshot", None);
@@ -222,12 +224,11 @@ pub fn restore(
     // 3. and 4.: the old db's WAL folded in, then stale sidecars removed.
     let mut warnings = Vec::new();
     warnings.extend(fold_live_wal(&targets, pre_restore_snapshot.as_deref())?);
-    folders.keep();
     sqlite::remove_sidecars(&targets.db)?;
     crate::failpoint::hit(|| "restore:after-sidecars".into());
 
     // 5. to 7.
-    let outcome = install(&mut staged, &manifest, &plan, progress)?;
+    let outcome = install(&mut staged, &manifest, &plan, &mut folders, progress)?;
 
     // 8. integrity of what was restored
     let integrity_error = match staged.db_checked {
