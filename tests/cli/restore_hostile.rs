@@ -12,6 +12,23 @@ fn seg(rt: &Rt, name: &str) -> std::path::PathBuf {
     rt.chroma().join(SEGMENT).join(name)
 }
 
+/// A live restore of `stamp` (no pre-restore snapshot), held at the pause
+/// point `point` while `act` changes the tree under it.
+fn live_restore_paused_at(
+    rt: &Rt,
+    stamp: &str,
+    point: &str,
+    act: impl FnOnce(&std::process::Child),
+) -> Out {
+    let args = [
+        "restore",
+        stamp,
+        "--confirm-service-stopped",
+        "--no-pre-snapshot",
+    ];
+    rt.paused_at(point, &args, act)
+}
+
 /// A restore refused by validation leaves the disk as it found it: no
 /// folder it created on the way stays behind (`--to` into a folder that
 /// does not exist yet, and a live runtime whose `data/` folder is gone).
@@ -73,19 +90,10 @@ fn a_file_swapped_for_a_symlink_before_its_mode_is_set_lends_it_to_nothing() {
     std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let point = format!("restore:before-meta:chroma/{SEGMENT}/header.bin");
-    let Out { json, code, .. } = rt.paused_at(
-        &point,
-        &[
-            "restore",
-            &s1,
-            "--confirm-service-stopped",
-            "--no-pre-snapshot",
-        ],
-        |_| {
-            std::fs::rename(&header, rt.path("header.moved")).unwrap();
-            std::os::unix::fs::symlink(&outside, &header).unwrap();
-        },
-    );
+    let Out { json, code, .. } = live_restore_paused_at(&rt, &s1, &point, |_| {
+        std::fs::rename(&header, rt.path("header.moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, &header).unwrap();
+    });
     let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o600, "the snapshot's mode reached the link's target");
     assert_eq!(code, 1, "{json}");
@@ -125,19 +133,10 @@ fn a_folder_swapped_for_a_symlink_before_a_removal_sends_it_nowhere_else() {
 
     let point = format!("restore:before-remove:{}", extra.display());
     let moved = rt.path("segment.moved");
-    let Out { json, code, .. } = rt.paused_at(
-        &point,
-        &[
-            "restore",
-            &s1,
-            "--confirm-service-stopped",
-            "--no-pre-snapshot",
-        ],
-        |_| {
-            std::fs::rename(rt.chroma().join(SEGMENT), &moved).unwrap();
-            std::os::unix::fs::symlink(&outside, rt.chroma().join(SEGMENT)).unwrap();
-        },
-    );
+    let Out { json, code, .. } = live_restore_paused_at(&rt, &s1, &point, |_| {
+        std::fs::rename(rt.chroma().join(SEGMENT), &moved).unwrap();
+        std::os::unix::fs::symlink(&outside, rt.chroma().join(SEGMENT)).unwrap();
+    });
     assert_eq!(
         std::fs::read(outside.join("not-in-the-snapshot.bin")).unwrap(),
         b"not the restore's",
@@ -175,19 +174,10 @@ fn a_restore_refused_at_install_takes_back_its_folders() {
     let config = rt.registry().parent().unwrap().to_path_buf();
     std::fs::remove_dir_all(&config).unwrap();
 
-    let Out { json, code, .. } = rt.paused_at(
-        "restore:after-stage",
-        &[
-            "restore",
-            &s1,
-            "--confirm-service-stopped",
-            "--no-pre-snapshot",
-        ],
-        |_| {
-            assert!(config.is_dir(), "made for the registry's staging");
-            flip_bit(&data, 9 * 4096 + 1);
-        },
-    );
+    let Out { json, code, .. } = live_restore_paused_at(&rt, &s1, "restore:after-stage", |_| {
+        assert!(config.is_dir(), "made for the registry's staging");
+        flip_bit(&data, 9 * 4096 + 1);
+    });
     assert_eq!(code, 1, "{json}");
     assert!(!config.exists(), "{} was left: {json}", config.display());
     assert!(files_named(&rt.runtime, ".atosnap-restore-").is_empty());
