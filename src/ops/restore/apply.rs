@@ -18,7 +18,7 @@ use crate::store::manifest::{Entry, EntryKind, FileEntry, Manifest};
 use crate::store::Store;
 
 use super::folders::MadeFolders;
-use super::held::{Reached, Tree};
+use super::held::{hold, Reached, Tree};
 use super::patch;
 use super::plan::{path_of, ChromaPlan, RestorePlan, Reusable, S_IFLNK, S_IFMT};
 use super::stage::{stage, stage_file, ChunkCounts, Fault, Staged, StagedFile};
@@ -367,51 +367,6 @@ fn fix_meta(path: &Path, shown: &Path, entry: &Entry, follow: bool) -> Result<()
             .ctx("set the mtime of", shown)?;
     }
     Ok(())
-}
-
-/// A path that reaches exactly the file `seen` describes: `path` opened
-/// without following a final symlink (but for `follow`) and checked to be
-/// that file, then named through `/proc/self/fd`, whose link leads to the
-/// file held whatever happens to `path` meanwhile. Without `/proc`, the
-/// path itself, checked just before.
-fn hold(path: &Path, shown: &Path, follow: bool, seen: &fs::Metadata) -> Result<HeldPath> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut flags = libc::O_PATH | libc::O_CLOEXEC;
-    if !follow {
-        flags |= libc::O_NOFOLLOW;
-    }
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)
-        .ctx("open", shown)?;
-    let now = file.metadata().ctx("stat", shown)?;
-    if (now.dev(), now.ino()) != (seen.dev(), seen.ino()) || now.file_type() != seen.file_type() {
-        return Err(Error::TargetInvalid {
-            path: shown.to_path_buf(),
-            detail: "was replaced while the restore ran: its mode and mtime were not set (run the restore again)".into(),
-        });
-    }
-    use std::os::fd::AsRawFd;
-    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let path = if by_fd.exists() {
-        by_fd
-    } else {
-        path.to_path_buf()
-    };
-    Ok(HeldPath { path, _file: file })
-}
-
-/// A path kept valid by the descriptor it names (see [`hold`]).
-struct HeldPath {
-    path: PathBuf,
-    _file: fs::File,
-}
-
-impl AsRef<Path> for HeldPath {
-    fn as_ref(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// Step 7: carries out a Chroma plan INTO `plan.root` (created only when

@@ -1,7 +1,9 @@
 //! Reaching an entry of the Chroma tree without following a link on the
 //! way, for the install step: each folder from the Chroma dir down is
 //! opened relative to the one above it (`openat`, `O_NOFOLLOW`), and the
-//! entry is then named through the folder held open. A restore runs as
+//! entry is then named through the folder held open; a file whose mode
+//! and mtime change is held ([`hold`]) and checked to be the file looked
+//! at. Both are named through `/proc/self/fd`. A restore runs as
 //! root in a tree its service's user can write: a folder swapped for a
 //! link after it was checked must not send a removal, a rename or a mode
 //! anywhere else.
@@ -98,13 +100,56 @@ impl Reached {
     }
 }
 
-/// `/proc/self/fd/<n>[/<name>]` for the folder `dir` holds, or None
-/// without `/proc`.
-fn by_fd(dir: &File, name: Option<&OsStr>) -> Option<PathBuf> {
-    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    if !path.is_dir() {
-        return None;
+/// A path kept valid by the descriptor it names (see [`hold`]).
+pub(super) struct HeldPath {
+    path: PathBuf,
+    _file: File,
+}
+
+impl AsRef<Path> for HeldPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
     }
+}
+
+/// A path that reaches exactly the file `seen` describes: `path` opened
+/// without following a final symlink (but for `follow`) and checked to be
+/// that file, then named through `/proc/self/fd`, whose link leads to the
+/// file held whatever happens to `path` meanwhile. Without `/proc`, the
+/// path itself, checked just before.
+pub(super) fn hold(
+    path: &Path,
+    shown: &Path,
+    follow: bool,
+    seen: &std::fs::Metadata,
+) -> Result<HeldPath> {
+    use std::os::unix::fs::MetadataExt;
+    let mut flags = libc::O_PATH | libc::O_CLOEXEC;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .ctx("open", shown)?;
+    let now = file.metadata().ctx("stat", shown)?;
+    if (now.dev(), now.ino()) != (seen.dev(), seen.ino()) || now.file_type() != seen.file_type() {
+        return Err(Error::TargetInvalid {
+            path: shown.to_path_buf(),
+            detail: "was replaced while the restore ran: its mode and mtime were not set (run the restore again)".into(),
+        });
+    }
+    let path = by_fd(&file, None).unwrap_or_else(|| path.to_path_buf());
+    Ok(HeldPath { path, _file: file })
+}
+
+/// `/proc/self/fd/<n>[/<name>]` for what `held` holds (`name` inside it,
+/// for a folder), or None without `/proc`.
+fn by_fd(held: &File, name: Option<&OsStr>) -> Option<PathBuf> {
+    let path = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    // The descriptor's own link: there whenever `/proc` is.
+    std::fs::symlink_metadata(&path).ok()?;
     Some(match name {
         Some(name) => path.join(name),
         None => path,
